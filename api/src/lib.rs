@@ -1,0 +1,13 @@
+//! ringmesh's resource model and its one compiler.
+//!
+//! Users write Istio-shaped resources (`ServiceEntry`, `VirtualService`, `DestinationRule`, ...)
+//! plus ringmesh's own `ProxyConfig`. This crate parses them from YAML, validates them with
+//! errors that name the file, line, resource and field, and compiles them into the immutable
+//! [`snapshot::Snapshot`] that proxy workers read. The proxy (standalone), the control plane
+//! and `ringmesh analyze` all run this same code, so a config that compiles in one compiles in all.
+#![warn(missing_docs)]
+
+pub mod hash_table;
+pub mod matcher;
+pub mod route_index;
+pub mod snapshot;

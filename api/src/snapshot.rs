@@ -1,0 +1,429 @@
+//! The compiled, immutable per-proxy snapshot: what a worker reads on every request.
+//!
+//! The compiler (`crate::compile`) produces it from resources; the proxy's control thread swaps
+//! it in behind an `ArcSwap`; workers read it without a lock. Everything here is plain data laid
+//! out for the request path: hash maps for hosts, precompiled matchers, cumulative weights. No
+//! method on the request path allocates or locks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::matcher::{HeaderMatch, PathMatch, QueryMatch, StringMatch};
+
+/// One compiled proxy configuration. Immutable once built.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Monotonic version; a newer snapshot always has a larger one.
+    pub version: u64,
+    /// Process-level settings (workers, cores, ports, limits). Changes to listeners and workers
+    /// take effect on restart only; everything else applies on reload.
+    pub proxy: ProxySettings,
+    /// Listeners in the order they were declared.
+    pub listeners: Vec<Listener>,
+    /// HTTP routing: virtual hosts by `Host`, then ordered routes.
+    pub routes: RouteTable,
+    /// Upstream clusters, indexed by [`ClusterId`].
+    pub clusters: Vec<Cluster>,
+}
+
+impl Snapshot {
+    /// The cluster with this id. Ids come from this snapshot, so the index is always valid.
+    pub fn cluster(&self, id: ClusterId) -> &Cluster {
+        &self.clusters[id.0 as usize]
+    }
+}
+
+/// How workers do I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    /// io_uring where the kernel allows it, epoll otherwise.
+    #[default]
+    Auto,
+    /// io_uring or fail at start-up.
+    IoUring,
+    /// epoll (monoio's legacy driver) even where io_uring works.
+    Epoll,
+}
+
+/// Process-level settings from the `ProxyConfig` resource.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxySettings {
+    /// Worker threads; `None` means one per core the process may use (affinity and cgroup quota).
+    pub workers: Option<usize>,
+    /// Cores to pin workers to, worker `i` on `cpus[i % len]`; empty means no pinning.
+    pub cpus: Vec<usize>,
+    /// I/O driver choice.
+    pub io: IoMode,
+    /// Admin server (config dump, clusters, ready). Loopback by default.
+    pub admin_address: SocketAddr,
+    /// Health server (`/healthz/ready`).
+    pub health_address: SocketAddr,
+    /// Prometheus metrics server (`/stats/prometheus`).
+    pub metrics_address: SocketAddr,
+    /// Limits on what clients and upstreams may send.
+    pub limits: Limits,
+    /// Cap on retries relative to active requests, per worker.
+    pub retry_budget: RetryBudget,
+}
+
+/// Limits applied to every HTTP connection. Defaults follow Envoy's where Envoy has one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    /// Largest request head (request line + headers) in bytes; larger gets 431.
+    pub max_request_head_bytes: usize,
+    /// Largest response head from an upstream; larger gets 502.
+    pub max_response_head_bytes: usize,
+    /// Most headers in one request or response head.
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head once it started one (slowloris guard).
+    pub request_header_timeout: Duration,
+    /// Time a downstream connection may sit with no request in flight.
+    pub downstream_idle_timeout: Duration,
+    /// Time allowed for in-flight requests to finish on shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// Envoy-style retry budget: retries in flight may not exceed `budget_percent` of active
+/// requests, but `min_retry_concurrency` are always allowed.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RetryBudget {
+    /// Percent of active requests that may be retries at once.
+    pub budget_percent: f64,
+    /// Retries always allowed in flight regardless of load.
+    pub min_retry_concurrency: u32,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Serialize)]
+pub enum ListenerKind {
+    /// HTTP/1.1 routed through [`RouteTable`].
+    Http,
+    /// Opaque TCP sent to a weighted set of clusters.
+    Tcp {
+        /// Where connections go.
+        clusters: WeightedClusters,
+        /// Close the pair after this long with no bytes in either direction.
+        idle_timeout: Duration,
+    },
+}
+
+/// One listening socket, opened by every worker with `SO_REUSEPORT`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listener {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// Protocol and, for TCP, its destination.
+    pub kind: ListenerKind,
+}
+
+/// Index into [`Snapshot::clusters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct ClusterId(pub u32);
+
+/// Index into [`RouteTable::virtual_hosts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct VirtualHostId(pub u32);
+
+/// Host lookup: exact names in a hash map, `*.suffix` wildcards longest first, then `*`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouteTable {
+    /// Virtual hosts in declaration order.
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Lower-case exact host name to virtual host.
+    #[serde(skip)]
+    pub(crate) exact: HashMap<String, VirtualHostId>,
+    /// (`.suffix` including the dot, host) sorted by suffix length, longest first.
+    #[serde(skip)]
+    pub(crate) suffixes: Vec<(String, VirtualHostId)>,
+    /// The `*` host, if any.
+    #[serde(skip)]
+    pub(crate) catch_all: Option<VirtualHostId>,
+}
+
+/// Read-only view of a request head that routing needs. Implemented by the proxy over its
+/// parsed head so that matching never copies the request.
+pub trait RequestHead {
+    /// Method, e.g. `GET`.
+    fn method(&self) -> &str;
+    /// Path without the query string, e.g. `/api/v1`.
+    fn path(&self) -> &str;
+    /// Query string without the `?`, if any.
+    fn query(&self) -> Option<&str>;
+    /// First value of a header; `name` is lower case, matching is case-insensitive.
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// A set of routes that share host names.
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualHost {
+    /// `namespace/name` of the VirtualService, or the service host for a default route.
+    pub name: String,
+    /// Host names as declared (lower case).
+    pub domains: Vec<String>,
+    /// Ordered routes; the first that matches wins.
+    pub routes: Vec<Route>,
+    #[serde(skip)]
+    pub(crate) index: crate::route_index::RouteIndex,
+}
+
+/// One route: conditions and what to do on a match.
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    /// Name for logs and metrics: the http route's `name`, or `<vs>/<index>`.
+    pub name: String,
+    /// Any one of these matches the route (Istio's `match` list is OR); empty matches all.
+    pub matches: Vec<RouteMatch>,
+    /// What happens on a match.
+    pub action: RouteAction,
+    /// Applied to the request before it is forwarded.
+    pub request_headers: HeaderOps,
+    /// Applied to the response before it goes back to the client.
+    pub response_headers: HeaderOps,
+}
+
+/// One `match` entry: all conditions must hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteMatch {
+    /// Path condition.
+    pub path: Option<PathMatch>,
+    /// Method condition.
+    pub method: Option<StringMatch>,
+    /// Header conditions.
+    pub headers: Vec<HeaderMatch>,
+    /// Query parameter conditions.
+    pub query: Vec<QueryMatch>,
+}
+
+/// What a matching route does.
+#[derive(Debug, Clone, Serialize)]
+pub enum RouteAction {
+    /// Proxy to a cluster.
+    Forward(ForwardAction),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer directly with a fixed status and body.
+    Direct(DirectResponse),
+}
+
+/// Proxy the request to one of a weighted set of clusters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardAction {
+    /// Destination clusters with precomputed cumulative weights.
+    pub clusters: WeightedClusters,
+    /// Replace the matched path prefix (or the whole path for an exact match).
+    pub path_rewrite: Option<PathRewrite>,
+    /// Replace the `Host` header.
+    pub host_rewrite: Option<String>,
+    /// Whole-request timeout including retries; `None` means none (Istio's default).
+    pub timeout: Option<Duration>,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+}
+
+/// Istio `rewrite.uri`: replaces the part of the path that the route's match consumed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathRewrite {
+    /// The replacement text.
+    pub replacement: String,
+}
+
+/// Clusters with cumulative weights, so that picking is one scan of a short array.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightedClusters {
+    /// `(cluster, cumulative weight)`, cumulative weights strictly increasing.
+    pub entries: Vec<(ClusterId, u32)>,
+}
+
+impl WeightedClusters {
+    /// A single destination with all the weight.
+    pub fn single(id: ClusterId) -> Self {
+        WeightedClusters {
+            entries: vec![(id, 1)],
+        }
+    }
+
+    /// Sum of all weights.
+    pub fn total(&self) -> u32 {
+        self.entries.last().map_or(0, |e| e.1)
+    }
+
+    /// The cluster for a uniformly random `r`; `r` is reduced modulo the total weight.
+    pub fn pick(&self, r: u32) -> ClusterId {
+        if let [(only, _)] = self.entries.as_slice() {
+            return *only;
+        }
+        let point = r % self.total().max(1);
+        for &(id, cumulative) in &self.entries {
+            if point < cumulative {
+                return id;
+            }
+        }
+        // Unreachable for a compiled table (point < total); keep the last as a safe answer.
+        self.entries.last().map_or(ClusterId(0), |e| e.0)
+    }
+}
+
+/// Retry policy for one route. Defaults follow Istio: 2 attempts on connect failure,
+/// refused stream and 503.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryPolicy {
+    /// Retries after the first try (`attempts` in Istio). 0 disables retries.
+    pub attempts: u32,
+    /// Timeout of each try; `None` means only the route timeout applies.
+    pub per_try_timeout: Option<Duration>,
+    /// Retry when the TCP connect fails.
+    pub on_connect_failure: bool,
+    /// Retry when the upstream resets or closes before any response byte.
+    pub on_reset: bool,
+    /// Retry on any 5xx.
+    pub on_5xx: bool,
+    /// Retry on 502, 503, 504.
+    pub on_gateway_error: bool,
+    /// Retry on these statuses.
+    pub retriable_status_codes: Vec<u16>,
+    /// First back-off interval; each retry doubles it up to `backoff_max`, with full jitter.
+    pub backoff_base: Duration,
+    /// Largest back-off interval.
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    /// Whether a response with this status may be retried under this policy.
+    pub fn retries_status(&self, status: u16) -> bool {
+        (self.on_5xx && (500..600).contains(&status))
+            || (self.on_gateway_error && matches!(status, 502..=504))
+            || self.retriable_status_codes.contains(&status)
+    }
+}
+
+/// Answer with a redirect (`Location` built from the request and these parts).
+#[derive(Debug, Clone, Serialize)]
+pub struct Redirect {
+    /// Status code: 301 (default), 302, 303, 307 or 308.
+    pub status: u16,
+    /// Replace the scheme.
+    pub scheme: Option<String>,
+    /// Replace the host.
+    pub authority: Option<String>,
+    /// Replace the port.
+    pub port: Option<u16>,
+    /// Replace the whole path.
+    pub path: Option<String>,
+}
+
+/// Answer with a fixed status and body.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectResponse {
+    /// Status code.
+    pub status: u16,
+    /// Body bytes (may be empty).
+    pub body: String,
+}
+
+/// Header changes: remove, then set (replace), then add (append).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeaderOps {
+    /// Lower-case names to replace, with values.
+    pub set: Vec<(String, String)>,
+    /// Lower-case names to append, with values.
+    pub add: Vec<(String, String)>,
+    /// Lower-case names to remove.
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// An upstream cluster: one service port, optionally narrowed to a subset.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    /// Istio-style name: `outbound|<port>|<subset>|<host>`.
+    pub name: String,
+    /// Service host name.
+    pub service: String,
+    /// Service port.
+    pub port: u16,
+    /// Subset name from the DestinationRule, if any.
+    pub subset: Option<String>,
+    /// Endpoints that serve it (may be empty: requests then get 503).
+    pub endpoints: Vec<Endpoint>,
+    /// Load-balancing policy and its precomputed tables.
+    pub lb: LbPolicy,
+    /// TCP connect timeout (Istio default 10 s).
+    pub connect_timeout: Duration,
+    /// Upstream connection pool settings.
+    pub pool: PoolSettings,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    /// Socket address to connect to.
+    pub address: SocketAddr,
+    /// Relative weight (>= 1).
+    pub weight: u32,
+    /// Labels (used for subsets; shown in `/clusters`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Connection pool settings for a cluster (Istio `connectionPool`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSettings {
+    /// Close an idle pooled connection after this long (Istio `http.idleTimeout`, default 1 h).
+    pub idle_timeout: Duration,
+    /// Close a connection after this many requests; `None` is unlimited.
+    pub max_requests_per_connection: Option<u32>,
+    /// Idle connections kept per endpoint per worker.
+    pub max_idle_per_endpoint: usize,
+}
+
+/// Load-balancing policy of a cluster.
+#[derive(Debug, Clone, Serialize)]
+pub enum LbPolicy {
+    /// Weighted round robin (Istio's `ROUND_ROBIN`; the default is `LEAST_REQUEST` in Istio).
+    RoundRobin,
+    /// Power of two choices on in-flight requests, weighted.
+    LeastRequest,
+    /// Uniform (weighted) random.
+    Random,
+    /// Consistent hash on a ring (Ketama style).
+    RingHash {
+        /// What to hash.
+        hash_on: HashOn,
+        /// The ring, shared read-only by all workers.
+        #[serde(skip)]
+        table: crate::hash_table::RingHashTable,
+    },
+    /// Consistent hash with a Maglev lookup table.
+    Maglev {
+        /// What to hash.
+        hash_on: HashOn,
+        /// The lookup table, shared read-only by all workers.
+        #[serde(skip)]
+        table: crate::hash_table::MaglevTable,
+    },
+}
+
+/// The request property a consistent hash is computed over.
+#[derive(Debug, Clone, Serialize)]
+pub enum HashOn {
+    /// A header's value (lower-case name).
+    Header(String),
+    /// A cookie's value.
+    Cookie {
+        /// Cookie name.
+        name: String,
+    },
+    /// The client's IP address.
+    SourceIp,
+}
