@@ -1,0 +1,281 @@
+//! Command lines of `ringmesh-echo` and `ringmesh-loadgen`, as library functions.
+//!
+//! The binaries are one-line wrappers around [`echo_main`] and [`loadgen_main`] so that the
+//! benchmark can run the very same argument parsing in a re-executed copy of itself
+//! (`ringmesh-bench __echo ARGS`) without a second binary on disk.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+use crate::echo::{spawn_echo, EchoConfig, EchoMode};
+use crate::load::{run_load, LoadConfig};
+use crate::sys;
+use crate::target::Target;
+
+/// Parses a duration such as `2ms`, `1.5s`, `500us` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 && secs < 1e9 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("invalid duration {s:?}"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Parses a CPU list such as `0,2-3`.
+pub fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("invalid cpu list {s:?}");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b || b >= 4096 {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(cpus)
+}
+
+/// `ringmesh-echo`: an HTTP/1.1 (or raw TCP) upstream for tests and benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "ringmesh-echo", version, about)]
+pub struct EchoArgs {
+    /// Address to listen on (port 0 picks one; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "RINGMESH_ECHO_LISTEN")]
+    pub listen: SocketAddr,
+    /// Worker threads, one SO_REUSEPORT listener each.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Response body size in bytes (for requests that do not echo a body).
+    #[arg(long, default_value_t = 64)]
+    pub body_size: usize,
+    /// Delay before each response, e.g. 2ms.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// Uniform jitter around the delay (delay ± jitter).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub delay_jitter: Duration,
+    /// Fraction of requests answered with 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Value of the x-ringmesh-instance header.
+    #[arg(long, default_value = "echo")]
+    pub instance: String,
+    /// Raw TCP echo instead of HTTP.
+    #[arg(long)]
+    pub tcp: bool,
+    /// Pin worker threads to these CPUs (e.g. 0,2-3).
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<Vec<usize>>,
+}
+
+impl EchoArgs {
+    /// The library config these flags describe.
+    pub fn to_config(&self) -> EchoConfig {
+        EchoConfig {
+            listen: self.listen,
+            workers: self.workers,
+            body_size: self.body_size,
+            delay: self.delay,
+            delay_jitter: self.delay_jitter,
+            error_rate: self.error_rate,
+            instance: self.instance.clone(),
+            mode: if self.tcp {
+                EchoMode::Tcp
+            } else {
+                EchoMode::Http
+            },
+            cpus: self.cpus.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Runs `ringmesh-echo` with `args` (including the program name) until the process is killed.
+pub fn echo_main<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    // Parse errors, --help and --version print and exit like any CLI.
+    let args = EchoArgs::try_parse_from(args).unwrap_or_else(|e| e.exit());
+    let _ = sys::raise_nofile_limit(1 << 20);
+    let handle = spawn_echo(args.to_config())?;
+    println!(
+        "ringmesh-echo listening on {} ({} workers, {} driver)",
+        handle.local_addr(),
+        args.workers,
+        sys::io_driver_name()
+    );
+    handle.wait();
+    Ok(())
+}
+
+/// `ringmesh-loadgen`: open-loop (coordinated-omission corrected) or closed-loop HTTP/1.1 load.
+#[derive(Debug, Parser)]
+#[command(name = "ringmesh-loadgen", version, about)]
+pub struct LoadArgs {
+    /// Target URL, http://host:port/path (loopback unless --allow-remote).
+    pub url: String,
+    /// Requests per second over all connections (open loop); 0 = closed loop.
+    #[arg(long, short = 'R', default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Closed loop: as many requests as the server answers (same as --rate 0).
+    #[arg(long)]
+    pub max: bool,
+    /// Keep-alive connections.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    pub connections: usize,
+    /// Measurement window, e.g. 10s.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unrecorded load before the window, e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Worker threads (default: CPUs, at most one per connection).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Request timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Extra header, 'name: value' (repeatable; Host overrides the URL's).
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Request body size in bytes.
+    #[arg(long, default_value_t = 0)]
+    pub body_size: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the HdrHistogram percentile distribution (.hgrm, milliseconds) here.
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+    /// Pin load threads to these CPUs (e.g. 0,2-3).
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<Vec<usize>>,
+    /// Allow non-loopback targets.
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+impl LoadArgs {
+    /// The library config these flags describe.
+    pub fn to_config(&self) -> anyhow::Result<LoadConfig> {
+        let target = Target::parse(&self.url, self.allow_remote)?;
+        let mut c = LoadConfig::for_target(target);
+        c.rate = if self.max { 0.0 } else { self.rate };
+        c.connections = self.connections;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        c.threads = self.threads.unwrap_or(cpus).min(self.connections.max(1));
+        c.duration = self.duration;
+        c.warmup = self.warmup;
+        c.timeout = self.timeout;
+        c.method = self.method.clone();
+        c.body_size = self.body_size;
+        c.cpus = self.cpus.clone().unwrap_or_default();
+        for h in &self.headers {
+            let Some((name, value)) = h.split_once(':') else {
+                bail!("header {h:?} is not 'name: value'");
+            };
+            c.headers
+                .push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Runs `ringmesh-loadgen` with `args` (including the program name). Exits with 2 when an
+/// open-loop run achieved under 99% of its target rate.
+pub fn loadgen_main<I, T>(args: I) -> anyhow::Result<ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = LoadArgs::try_parse_from(args).unwrap_or_else(|e| e.exit());
+    let config = args.to_config()?;
+    let _ = sys::raise_nofile_limit((config.connections as u64 + 1024).max(4096));
+    let report = run_load(config)?;
+    print!("{}", report.summary());
+    if let Some(path) = &args.json {
+        std::fs::write(path, report.to_json() + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.hgrm {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        report
+            .write_hgrm(&mut f)
+            .and_then(|()| std::io::Write::flush(&mut f))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if report.met_target() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "ringmesh-loadgen: achieved {:.0} of {:.0} rps target — run is UNDER TARGET",
+            report.rate_rps,
+            report.target_rate_rps.unwrap_or(0.0)
+        );
+        Ok(ExitCode::from(2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_cpu_lists_parse() {
+        assert_eq!(parse_duration("2ms"), Ok(Duration::from_millis(2)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_cpus("0,2-3"), Ok(vec![0, 2, 3]));
+        assert!(parse_cpus("3-1").is_err());
+    }
+
+    #[test]
+    fn load_args_map_to_config() {
+        let a = LoadArgs::try_parse_from([
+            "ringmesh-loadgen",
+            "http://127.0.0.1:9/x",
+            "--max",
+            "-c",
+            "4",
+            "-H",
+            "Host: echo.bench",
+            "--threads",
+            "8",
+        ])
+        .unwrap();
+        let c = a.to_config().unwrap();
+        assert!(c.closed_loop());
+        assert_eq!(c.threads, 4);
+        assert_eq!(
+            c.headers,
+            vec![("Host".to_owned(), "echo.bench".to_owned())]
+        );
+        let bad =
+            LoadArgs::try_parse_from(["ringmesh-loadgen", "http://127.0.0.1:9/", "-H", "nocolon"])
+                .unwrap();
+        assert!(bad.to_config().is_err());
+    }
+}

@@ -1,0 +1,371 @@
+//! The load generator: configuration, threads, and the merge into one [`LoadReport`].
+//!
+//! Thread-per-core like the proxy it measures: each thread runs its own monoio runtime with a
+//! share of the connections (connection `i` lives on thread `i % threads`) and its own HDR
+//! histogram; nothing is shared between threads until the run ends and the per-thread
+//! results are merged. Every loop is bounded: the schedule stops at the end of the
+//! measurement window and each exchange has a timeout, so a run always ends within
+//! `warmup + duration + timeout` plus connection setup.
+
+mod conn;
+mod stats;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
+
+use self::conn::{Plan, ThreadShared};
+#[cfg(test)]
+pub(crate) use self::stats::new_histogram;
+use self::stats::ThreadStats;
+pub use self::stats::{ErrorCounts, ErrorKind};
+use crate::report::{LatencySummary, LoadMode, LoadReport};
+use crate::sys;
+use crate::target::{Target, TargetError};
+
+/// One load run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Where to connect, the default `Host` and the request path.
+    pub target: Target,
+    /// Request method.
+    pub method: String,
+    /// Extra request headers; a `Host` here replaces the URL's authority.
+    pub headers: Vec<(String, String)>,
+    /// Request body size in bytes (sent with `content-length`); 0 sends no body.
+    pub body_size: usize,
+    /// Target rate in requests per second over all connections; 0 means closed loop.
+    pub rate: f64,
+    /// Keep-alive connections, each with at most one request in flight.
+    pub connections: usize,
+    /// Worker threads (each its own monoio runtime).
+    pub threads: usize,
+    /// Length of the measurement window.
+    pub duration: Duration,
+    /// Load applied before the window opens and not recorded (warms caches, pools, JITs).
+    pub warmup: Duration,
+    /// Per-request timeout; a request still unanswered after it counts as `timeout`.
+    pub timeout: Duration,
+    /// Per-connect timeout.
+    pub connect_timeout: Duration,
+    /// Pin thread `i` to `cpus[i % cpus.len()]` when non-empty.
+    pub cpus: Vec<usize>,
+}
+
+impl LoadConfig {
+    /// A config for `url` (loopback only) with defaults: open loop at 1,000 rps over 16
+    /// connections on one thread, 10 s after 1 s of warmup, `GET`, 10 s request timeout.
+    pub fn new(url: &str) -> Result<Self, TargetError> {
+        Ok(Self::for_target(Target::parse(url, false)?))
+    }
+
+    /// The same defaults for an already parsed target.
+    pub fn for_target(target: Target) -> Self {
+        Self {
+            target,
+            method: "GET".to_owned(),
+            headers: Vec::new(),
+            body_size: 0,
+            rate: 1000.0,
+            connections: 16,
+            threads: 1,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            cpus: Vec::new(),
+        }
+    }
+
+    /// True when the run is closed loop (throughput) rather than open loop (latency).
+    pub fn closed_loop(&self) -> bool {
+        self.rate <= 0.0
+    }
+
+    /// Checks every field and reports all problems at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if self.connections == 0 || self.connections > 100_000 {
+            problems.push(format!(
+                "connections must be 1..=100000, got {}",
+                self.connections
+            ));
+        }
+        if self.threads == 0 || self.threads > 1024 {
+            problems.push(format!("threads must be 1..=1024, got {}", self.threads));
+        }
+        if !self.rate.is_finite() || self.rate < 0.0 || self.rate > 10_000_000.0 {
+            problems.push(format!("rate must be 0..=10000000, got {}", self.rate));
+        }
+        if self.duration.is_zero() || self.duration > Duration::from_secs(24 * 3600) {
+            problems.push(format!(
+                "duration must be in (0, 24h], got {:?}",
+                self.duration
+            ));
+        }
+        if self.warmup > Duration::from_secs(3600) {
+            problems.push(format!("warmup must be at most 1h, got {:?}", self.warmup));
+        }
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            problems.push("timeouts must be positive".to_owned());
+        }
+        if self.body_size > 64 << 20 {
+            problems.push(format!(
+                "body-size must be at most 64 MiB, got {}",
+                self.body_size
+            ));
+        }
+        if self.method.is_empty() || !self.method.bytes().all(is_tchar) {
+            problems.push(format!("method {:?} is not an HTTP token", self.method));
+        }
+        for (name, value) in &self.headers {
+            if name.is_empty() || !name.bytes().all(is_tchar) {
+                problems.push(format!("header name {name:?} is not an HTTP token"));
+            }
+            if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                problems.push(format!(
+                    "header {name:?} has control characters in its value"
+                ));
+            }
+            if name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("transfer-encoding")
+            {
+                problems.push(format!(
+                    "header {name:?} is set by the generator (use --body-size)"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid load config: {}", problems.join("; "))
+        }
+    }
+
+    /// The exact bytes of the request every connection sends.
+    pub fn request_bytes(&self) -> Bytes {
+        let mut r = Vec::with_capacity(128 + self.body_size);
+        r.extend_from_slice(self.method.as_bytes());
+        r.push(b' ');
+        r.extend_from_slice(self.target.path.as_bytes());
+        r.extend_from_slice(b" HTTP/1.1\r\n");
+        if !self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("host"))
+        {
+            r.extend_from_slice(b"host: ");
+            r.extend_from_slice(self.target.authority.as_bytes());
+            r.extend_from_slice(b"\r\n");
+        }
+        for (name, value) in &self.headers {
+            r.extend_from_slice(name.as_bytes());
+            r.extend_from_slice(b": ");
+            r.extend_from_slice(value.as_bytes());
+            r.extend_from_slice(b"\r\n");
+        }
+        if !self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
+        {
+            r.extend_from_slice(b"user-agent: ringmesh-loadgen\r\n");
+        }
+        let method_has_body = matches!(self.method.as_str(), "POST" | "PUT" | "PATCH");
+        if self.body_size > 0 || method_has_body {
+            r.extend_from_slice(b"content-length: ");
+            r.extend_from_slice(itoa::Buffer::new().format(self.body_size).as_bytes());
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(b"\r\n");
+        r.extend(
+            b"0123456789abcdef"
+                .iter()
+                .copied()
+                .cycle()
+                .take(self.body_size),
+        );
+        Bytes::from(r)
+    }
+}
+
+/// RFC 9110 token characters (methods, header names).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Runs one load and returns the merged report. Blocks the calling thread for about
+/// `warmup + duration` (plus at most one request timeout for responses still in flight).
+pub fn run_load(config: LoadConfig) -> anyhow::Result<LoadReport> {
+    config.validate()?;
+    let threads = config.threads.min(config.connections);
+    let request = config.request_bytes();
+    let is_head = config.method == "HEAD";
+    // A short lead lets every thread build its runtime and connect before the first due time.
+    let t0 = Instant::now() + Duration::from_millis(50);
+    let start = t0 + config.warmup;
+    let plan = Plan {
+        t0,
+        start,
+        end: start + config.duration,
+        rate: config.rate,
+        connections: config.connections,
+    };
+    let config = Arc::new(config);
+    let mut handles = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let config = config.clone();
+        let request = request.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("loadgen-{t}"))
+            .spawn(move || run_thread(t, threads, &config, request, is_head, plan))
+            .context("spawning load thread")?;
+        handles.push(h);
+    }
+    let mut total = ThreadStats::new();
+    let mut first_error = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(st)) => total.merge(&st),
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(_) => first_error = first_error.or(Some(anyhow!("a load thread panicked"))),
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(build_report(&config, threads, total))
+}
+
+fn run_thread(
+    index: usize,
+    threads: usize,
+    config: &LoadConfig,
+    request: Bytes,
+    is_head: bool,
+    plan: Plan,
+) -> anyhow::Result<ThreadStats> {
+    sys::tighten_timer_slack();
+    if !config.cpus.is_empty() {
+        let cpu = config.cpus[index % config.cpus.len()];
+        sys::pin_current_thread(cpu)
+            .with_context(|| format!("pinning load thread to cpu {cpu}"))?;
+    }
+    let mut rt = sys::build_runtime().context("building monoio runtime")?;
+    let shared = std::rc::Rc::new(ThreadShared {
+        addr: config.target.addr,
+        request,
+        is_head,
+        timeout: config.timeout,
+        connect_timeout: config.connect_timeout,
+        plan,
+        stats: RefCell::new(ThreadStats::new()),
+    });
+    let closed = config.closed_loop();
+    let connections = config.connections;
+    let stats = rt.block_on({
+        let shared = shared.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for c in (index..connections).step_by(threads) {
+                let shared = shared.clone();
+                tasks.push(monoio::spawn(async move {
+                    if closed {
+                        conn::closed_loop(&shared).await;
+                    } else {
+                        conn::open_loop(&shared, c).await;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+            std::mem::replace(&mut *shared.stats.borrow_mut(), ThreadStats::new())
+        }
+    });
+    Ok(stats)
+}
+
+fn build_report(config: &LoadConfig, threads: usize, total: ThreadStats) -> LoadReport {
+    let duration_s = config.duration.as_secs_f64();
+    let answered = total.ok + total.errors.answered();
+    let h = &total.hist;
+    let q = |q: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    };
+    let latency_us = LatencySummary {
+        min: if h.is_empty() { 0 } else { h.min() },
+        mean: if h.is_empty() { 0.0 } else { h.mean() },
+        stdev: if h.is_empty() { 0.0 } else { h.stdev() },
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        p999: q(0.999),
+        p9999: q(0.9999),
+        max: if h.is_empty() { 0 } else { h.max() },
+    };
+    LoadReport {
+        mode: if config.closed_loop() {
+            LoadMode::Closed
+        } else {
+            LoadMode::Open
+        },
+        url: format!("http://{}{}", config.target.authority, config.target.path),
+        target_rate_rps: (!config.closed_loop()).then_some(config.rate),
+        connections: config.connections,
+        threads,
+        requests: total.ok + total.errors.total(),
+        ok: total.ok,
+        errors: total.errors.total(),
+        errors_by_kind: total.errors,
+        unsent: total.unsent,
+        warmup_requests: total.warmup,
+        sent_total: total.sent,
+        duration_s,
+        warmup_s: config.warmup.as_secs_f64(),
+        rate_rps: answered as f64 / duration_s,
+        latency_us,
+        histogram: total.hist,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_bytes_carry_host_override_and_body() {
+        let mut c = LoadConfig::new("http://127.0.0.1:1/p").unwrap();
+        c.method = "POST".into();
+        c.body_size = 4;
+        c.headers.push(("Host".into(), "echo.bench".into()));
+        let r = c.request_bytes();
+        let s = std::str::from_utf8(&r).unwrap();
+        assert!(
+            s.starts_with("POST /p HTTP/1.1\r\nHost: echo.bench\r\n"),
+            "{s}"
+        );
+        assert!(!s.contains("host: 127.0.0.1"));
+        assert!(s.ends_with("content-length: 4\r\n\r\n0123"), "{s}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let mut c = LoadConfig::new("http://127.0.0.1:1/").unwrap();
+        c.connections = 0;
+        c.rate = f64::NAN;
+        c.method = "G ET".into();
+        c.headers.push(("content-length".into(), "1".into()));
+        let msg = c.validate().unwrap_err().to_string();
+        for needle in ["connections", "rate", "method", "content-length"] {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Per-thread measurement state: one HDR histogram and plain counters per worker thread.
+//!
+//! Each load thread owns its `ThreadStats` outright (no atomics, no locks on the request
+//! path) and hands it back when the run ends; the threads' histograms are then merged. Only
+//! successful responses are recorded as latency: a refused connection or a `503` that comes
+//! back in 20 µs would otherwise make a failing system look fast, so failures are counted by
+//! kind instead.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Lowest recordable latency, in microseconds.
+pub(crate) const HIST_LOW_US: u64 = 1;
+/// Highest recordable latency (60 s), in microseconds; longer ones saturate at this value.
+pub(crate) const HIST_HIGH_US: u64 = 60_000_000;
+/// Significant decimal digits kept by the histogram.
+pub(crate) const HIST_SIGFIG: u8 = 3;
+
+/// A fresh latency histogram with the bounds every part of the crate agrees on.
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    // Constant bounds well inside hdrhistogram's limits (checked by a unit test): cannot fail.
+    Histogram::new_with_bounds(HIST_LOW_US, HIST_HIGH_US, HIST_SIGFIG)
+        .expect("constant histogram bounds are valid")
+}
+
+/// How a request failed. Counted, never recorded as latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Could not connect (refused, unreachable, connect timeout).
+    Connect,
+    /// The connection was reset or closed before the full response arrived.
+    Reset,
+    /// No complete response within the request timeout.
+    Timeout,
+    /// The response could not be parsed as HTTP/1.x.
+    Malformed,
+    /// A 4xx status.
+    Status4xx,
+    /// A 5xx status.
+    Status5xx,
+}
+
+/// Failure counts by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ErrorCounts {
+    /// Connection attempts that failed.
+    pub connect: u64,
+    /// Connections reset or closed mid-exchange.
+    pub reset: u64,
+    /// Requests that timed out.
+    pub timeout: u64,
+    /// Unparseable responses.
+    pub malformed: u64,
+    /// 4xx responses.
+    pub status_4xx: u64,
+    /// 5xx responses.
+    pub status_5xx: u64,
+}
+
+impl ErrorCounts {
+    /// Sum over all kinds.
+    pub fn total(&self) -> u64 {
+        self.connect
+            + self.reset
+            + self.timeout
+            + self.malformed
+            + self.status_4xx
+            + self.status_5xx
+    }
+
+    /// Counts one failure.
+    pub(crate) fn add(&mut self, kind: ErrorKind) {
+        match kind {
+            ErrorKind::Connect => self.connect += 1,
+            ErrorKind::Reset => self.reset += 1,
+            ErrorKind::Timeout => self.timeout += 1,
+            ErrorKind::Malformed => self.malformed += 1,
+            ErrorKind::Status4xx => self.status_4xx += 1,
+            ErrorKind::Status5xx => self.status_5xx += 1,
+        }
+    }
+
+    pub(crate) fn merge(&mut self, o: &ErrorCounts) {
+        self.connect += o.connect;
+        self.reset += o.reset;
+        self.timeout += o.timeout;
+        self.malformed += o.malformed;
+        self.status_4xx += o.status_4xx;
+        self.status_5xx += o.status_5xx;
+    }
+
+    /// Failures that still produced an HTTP response (they count toward the achieved rate).
+    pub fn answered(&self) -> u64 {
+        self.status_4xx + self.status_5xx
+    }
+}
+
+/// One thread's results.
+#[derive(Debug)]
+pub(crate) struct ThreadStats {
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) ok: u64,
+    pub(crate) errors: ErrorCounts,
+    /// Requests completed (any outcome) before the measurement window opened.
+    pub(crate) warmup: u64,
+    /// Requests written to a socket, warmup included (for CPU-per-request figures).
+    pub(crate) sent: u64,
+    /// Open loop only: requests due inside the window that were never sent because their
+    /// connection was still waiting on an earlier response when the run ended.
+    pub(crate) unsent: u64,
+}
+
+impl ThreadStats {
+    pub(crate) fn new() -> Self {
+        Self {
+            hist: new_histogram(),
+            ok: 0,
+            errors: ErrorCounts::default(),
+            warmup: 0,
+            sent: 0,
+            unsent: 0,
+        }
+    }
+
+    pub(crate) fn merge(&mut self, o: &ThreadStats) {
+        // Same bounds on both sides, so adding cannot fail; saturate defensively otherwise.
+        if self.hist.add(&o.hist).is_err() {
+            for v in o.hist.iter_recorded() {
+                self.hist
+                    .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+            }
+        }
+        self.ok += o.ok;
+        self.errors.merge(&o.errors);
+        self.warmup += o.warmup;
+        self.sent += o.sent;
+        self.unsent += o.unsent;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_bounds_are_valid_and_saturate() {
+        let mut h = new_histogram();
+        h.saturating_record(HIST_HIGH_US * 10);
+        h.saturating_record(0);
+        assert_eq!(h.len(), 2);
+        assert!(h.max() >= HIST_HIGH_US);
+    }
+
+    #[test]
+    fn errors_add_and_merge() {
+        let mut a = ErrorCounts::default();
+        a.add(ErrorKind::Connect);
+        a.add(ErrorKind::Status5xx);
+        let mut b = ErrorCounts::default();
+        b.add(ErrorKind::Status4xx);
+        b.merge(&a);
+        assert_eq!(b.total(), 3);
+        assert_eq!(b.answered(), 2);
+    }
+}

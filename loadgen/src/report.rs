@@ -1,0 +1,364 @@
+//! What a load run reports, in the three forms people and tools read.
+//!
+//! * A terminal summary in the spirit of wrk2: counts, errors by kind, achieved vs target rate
+//!   and the latency percentiles, with a loud warning when the run fell short of its rate (an
+//!   open-loop latency figure at a rate that was not achieved describes a different load).
+//! * JSON for scripts and the benchmark (`requests`, `errors`, `duration_s`, `rate_rps`,
+//!   `latency_us.{p50,p90,p99,p999,p9999,max}` …).
+//! * HdrHistogram's percentile-distribution text (`.hgrm`), byte-compatible with Java
+//!   HdrHistogram's `outputPercentileDistribution` and wrk2's `--latency` output, in
+//!   milliseconds, so the standard plotting tools read it.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::load::ErrorCounts;
+
+/// Open loop (fixed rate, latency from due time) or closed loop (as fast as possible).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadMode {
+    /// Fixed rate; coordinated-omission corrected latency.
+    Open,
+    /// Back-to-back requests; throughput.
+    Closed,
+}
+
+/// Latency percentiles of successful requests, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Smallest recorded value.
+    pub min: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Standard deviation.
+    pub stdev: f64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// 99.99th percentile.
+    pub p9999: u64,
+    /// Largest recorded value.
+    pub max: u64,
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Open or closed loop.
+    pub mode: LoadMode,
+    /// The URL loaded.
+    pub url: String,
+    /// Target rate (open loop only).
+    pub target_rate_rps: Option<f64>,
+    /// Connections used.
+    pub connections: usize,
+    /// Threads used.
+    pub threads: usize,
+    /// Requests in the measurement window, any outcome (`ok + errors`).
+    pub requests: u64,
+    /// Requests answered with 2xx/3xx — the ones in the latency histogram.
+    pub ok: u64,
+    /// Failed requests, all kinds.
+    pub errors: u64,
+    /// Failed requests by kind.
+    pub errors_by_kind: ErrorCounts,
+    /// Open loop: requests due in the window never sent because their connection was still
+    /// blocked on an earlier response at the end.
+    pub unsent: u64,
+    /// Requests completed during warmup (not in any other figure).
+    pub warmup_requests: u64,
+    /// Requests written to sockets in total, warmup included.
+    pub sent_total: u64,
+    /// Length of the measurement window in seconds.
+    pub duration_s: f64,
+    /// Length of the warmup in seconds.
+    pub warmup_s: f64,
+    /// Achieved rate: responses (any status) in the window per second.
+    pub rate_rps: f64,
+    /// Latency of successful requests (open loop: from the due time).
+    pub latency_us: LatencySummary,
+    /// The merged histogram (microseconds), for `.hgrm` output and further merging.
+    #[serde(skip)]
+    pub histogram: Histogram<u64>,
+}
+
+/// Fraction of the target rate a run must achieve to count as having run at that rate.
+pub const RATE_TOLERANCE: f64 = 0.99;
+
+impl LoadReport {
+    /// Achieved rate as a fraction of the target (open loop); `None` for closed loop.
+    pub fn rate_fraction(&self) -> Option<f64> {
+        self.target_rate_rps
+            .filter(|&t| t > 0.0)
+            .map(|t| self.rate_rps / t)
+    }
+
+    /// False when an open-loop run achieved under 99% of its target rate.
+    pub fn met_target(&self) -> bool {
+        self.rate_fraction().is_none_or(|f| f >= RATE_TOLERANCE)
+    }
+
+    /// The JSON form (pretty-printed).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// Writes the `.hgrm` percentile distribution (values in milliseconds).
+    pub fn write_hgrm(&self, out: &mut impl Write) -> io::Result<()> {
+        write_percentile_distribution(&self.histogram, out, 1000.0)
+    }
+
+    /// The human summary printed by the CLI.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let e = &self.errors_by_kind;
+        let mode = match self.mode {
+            LoadMode::Open => format!(
+                "open loop at {} rps",
+                fmt_rate(self.target_rate_rps.unwrap_or(0.0))
+            ),
+            LoadMode::Closed => "closed loop (max throughput)".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "{} — {mode}, {} connections, {} threads, {:.1}s (+{:.1}s warmup)",
+            self.url, self.connections, self.threads, self.duration_s, self.warmup_s
+        );
+        let _ = writeln!(
+            s,
+            "  requests  {} ({} ok, {} errors: connect {}, reset/closed {}, timeout {}, malformed {}, 4xx {}, 5xx {}){}",
+            self.requests,
+            self.ok,
+            self.errors,
+            e.connect,
+            e.reset,
+            e.timeout,
+            e.malformed,
+            e.status_4xx,
+            e.status_5xx,
+            if self.unsent > 0 {
+                format!(", {} unsent", self.unsent)
+            } else {
+                String::new()
+            }
+        );
+        match self.rate_fraction() {
+            Some(f) => {
+                let _ = writeln!(
+                    s,
+                    "  rate      {} rps achieved of {} rps target ({:.2}%)",
+                    fmt_rate(self.rate_rps),
+                    fmt_rate(self.target_rate_rps.unwrap_or(0.0)),
+                    f * 100.0
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  rate      {} rps", fmt_rate(self.rate_rps));
+            }
+        }
+        let l = &self.latency_us;
+        let from = match self.mode {
+            LoadMode::Open => "from due time",
+            LoadMode::Closed => "from send",
+        };
+        let _ = writeln!(s, "  latency ({from}, successful requests only)");
+        let _ = writeln!(
+            s,
+            "    p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  (mean {}, stdev {})",
+            fmt_us(l.p50),
+            fmt_us(l.p90),
+            fmt_us(l.p99),
+            fmt_us(l.p999),
+            fmt_us(l.p9999),
+            fmt_us(l.max),
+            fmt_us(l.mean as u64),
+            fmt_us(l.stdev as u64)
+        );
+        if !self.met_target() {
+            let _ = writeln!(
+                s,
+                "\n!!! UNDER TARGET RATE: achieved {} rps = {:.1}% of the {} rps target (< {:.0}%).\n!!! The latency above was measured at a lower load than asked for; do not quote it.",
+                fmt_rate(self.rate_rps),
+                self.rate_fraction().unwrap_or(0.0) * 100.0,
+                fmt_rate(self.target_rate_rps.unwrap_or(0.0)),
+                RATE_TOLERANCE * 100.0
+            );
+        }
+        s
+    }
+}
+
+/// Formats microseconds with a unit that keeps three significant digits readable.
+pub fn fmt_us(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us}µs")
+    } else if us < 1_000_000 {
+        format!("{:.2}ms", us as f64 / 1e3)
+    } else {
+        format!("{:.2}s", us as f64 / 1e6)
+    }
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
+    }
+}
+
+/// Writes `hist` in HdrHistogram's percentile-distribution format, dividing values by
+/// `scale` (1000 turns microseconds into milliseconds), five ticks per half distance — the
+/// same output as Java's `outputPercentileDistribution(out, 5, scale)` and wrk2.
+pub fn write_percentile_distribution(
+    hist: &Histogram<u64>,
+    out: &mut impl Write,
+    scale: f64,
+) -> io::Result<()> {
+    let p = usize::from(hist.sigfig());
+    writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    )?;
+    if !hist.is_empty() {
+        let mut total = 0u64;
+        for v in hist.iter_quantiles(5) {
+            total += v.count_since_last_iteration();
+            let value = v.value_iterated_to() as f64 / scale;
+            let q = v.quantile_iterated_to();
+            if q < 1.0 {
+                writeln!(
+                    out,
+                    "{value:>12.p$} {q:>2.12} {total:>10} {:>14.2}",
+                    1.0 / (1.0 - q)
+                )?;
+            } else {
+                writeln!(out, "{value:>12.p$} {q:>2.12} {total:>10}")?;
+            }
+        }
+    }
+    let (mean, stdev, max) = if hist.is_empty() {
+        (0.0, 0.0, 0.0)
+    } else {
+        (
+            hist.mean() / scale,
+            hist.stdev() / scale,
+            hist.max() as f64 / scale,
+        )
+    };
+    writeln!(
+        out,
+        "#[Mean    = {mean:>12.p$}, StdDeviation   = {stdev:>12.p$}]"
+    )?;
+    writeln!(
+        out,
+        "#[Max     = {max:>12.p$}, Total count    = {:>12}]",
+        hist.len()
+    )?;
+    let sub_buckets = (2 * 10u64.pow(u32::from(hist.sigfig()))).next_power_of_two();
+    writeln!(
+        out,
+        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+        hist.buckets(),
+        sub_buckets
+    )?;
+    Ok(())
+}
+
+/// One data row of an `.hgrm` file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HgrmRow {
+    /// Value (in the file's unit, milliseconds for ours).
+    pub value: f64,
+    /// Quantile in [0, 1].
+    pub quantile: f64,
+    /// Count of values at or below this one.
+    pub total_count: u64,
+}
+
+/// Parses the data rows of an `.hgrm` percentile distribution, ignoring the header and the
+/// `#[...]` footer; any other line that is not 3–4 numeric columns is an error.
+pub fn parse_hgrm(text: &str) -> Result<Vec<HgrmRow>, String> {
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') || t.starts_with("Value") {
+            continue;
+        }
+        let cols: Vec<&str> = t.split_whitespace().collect();
+        if !(3..=4).contains(&cols.len()) {
+            return Err(format!("line {}: expected 3 or 4 columns: {line:?}", n + 1));
+        }
+        let bad = |what| format!("line {}: bad {what}: {line:?}", n + 1);
+        rows.push(HgrmRow {
+            value: cols[0].parse().map_err(|_| bad("value"))?,
+            quantile: cols[1].parse().map_err(|_| bad("percentile"))?,
+            total_count: cols[2].parse().map_err(|_| bad("total count"))?,
+        });
+    }
+    Ok(rows)
+}
+
+/// Brackets the value at `quantile` from parsed `.hgrm` rows: the file only has rows at its
+/// percentile ticks, so the exact percentile lies between the last row below `quantile`
+/// (`lo`) and the first row at or above it (`hi`).
+pub fn hgrm_bracket(rows: &[HgrmRow], quantile: f64) -> Option<(f64, f64)> {
+    let i = rows.iter().position(|r| r.quantile >= quantile)?;
+    let hi = rows[i].value;
+    let lo = if i == 0 { hi } else { rows[i - 1].value };
+    Some((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hgrm_matches_java_layout_and_round_trips() {
+        let mut h = crate::load::new_histogram();
+        for v in 1..=10_000u64 {
+            h.record(v * 10).unwrap();
+        }
+        let mut out = Vec::new();
+        write_percentile_distribution(&h, &mut out, 1000.0).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            "       Value     Percentile TotalCount 1/(1-Percentile)"
+        );
+        assert_eq!(lines.next().unwrap(), "");
+        assert!(text.contains("#[Buckets = "), "{text}");
+        assert!(text.contains("SubBuckets     =         2048]"), "{text}");
+        let rows = parse_hgrm(&text).unwrap();
+        assert_eq!(rows.last().unwrap().total_count, 10_000);
+        assert!((rows.last().unwrap().quantile - 1.0).abs() < 1e-12);
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let (lo, hi) = hgrm_bracket(&rows, q).unwrap();
+            let v = h.value_at_quantile(q) as f64 / 1000.0;
+            assert!(
+                lo - 0.0005 <= v && v <= hi + 0.0005,
+                "q{q}: {v} not in [{lo}, {hi}]"
+            );
+        }
+        // p50 sits exactly on a tick.
+        let (_, p50) = hgrm_bracket(&rows, 0.5).unwrap();
+        assert!((p50 - h.value_at_quantile(0.5) as f64 / 1000.0).abs() < 0.0005);
+    }
+
+    #[test]
+    fn parse_rejects_garbage() {
+        assert!(parse_hgrm("1.0 0.5\n").is_err());
+        assert!(parse_hgrm("x 0.5 3\n").is_err());
+    }
+}

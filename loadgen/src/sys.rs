@@ -1,0 +1,209 @@
+//! Thread and runtime plumbing shared by the echo server and the load generator.
+//!
+//! Both run one monoio runtime per OS thread (io_uring, with monoio's automatic fallback to
+//! epoll where io_uring is blocked). This module builds that runtime, pins a thread to a CPU,
+//! narrows the kernel's timer slack and raises the open-file limit: small system calls that
+//! decide whether a measurement is precise, kept in one place so every thread is set up alike.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+/// The runtime type every loadgen/echo thread runs: io_uring when available, epoll otherwise,
+/// both with monoio's timer wheel for coarse timeouts.
+pub(crate) type Runtime = monoio::FusionRuntime<
+    monoio::time::TimeDriver<monoio::IoUringDriver>,
+    monoio::time::TimeDriver<monoio::LegacyDriver>,
+>;
+
+/// Builds the per-thread runtime.
+pub(crate) fn build_runtime() -> io::Result<Runtime> {
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(1024)
+        .enable_timer()
+        .build()
+}
+
+/// Which I/O driver monoio picks on this machine: `"io_uring"` or `"epoll"`.
+///
+/// Reported beside every benchmark so that a figure measured on the fallback driver is never
+/// mistaken for an io_uring figure.
+pub fn io_driver_name() -> &'static str {
+    if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "epoll"
+    }
+}
+
+/// Asks the kernel to fire this thread's timers within 1 µs of their deadline instead of the
+/// default 50 µs slack; the load generator's schedule and the echo server's delays depend on it.
+pub(crate) fn tighten_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer argument and only affects the calling thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Pins the calling thread to one CPU. Errors are returned, not ignored, so that a bad
+/// `--cpus` list is reported instead of silently measuring an unpinned run.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cpu {cpu} out of range"),
+        ));
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write within it (cpu checked above);
+    // sched_setaffinity(0) applies to the calling thread and reads only the set we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Raises `RLIMIT_NOFILE` to its hard limit (or to `want`, whichever is smaller) and returns
+/// the soft limit now in force. Tens of thousands of idle connections need it; children
+/// inherit it.
+pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
+    // SAFETY: getrlimit/setrlimit read and write the rlimit struct we own.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur >= want as libc::rlim_t {
+            return Ok(lim.rlim_cur as u64);
+        }
+        let mut target = lim;
+        target.rlim_cur = (want as libc::rlim_t).min(lim.rlim_max);
+        // Root may raise the hard limit too; try that first, fall back to the soft one.
+        let mut raised = target;
+        raised.rlim_cur = want as libc::rlim_t;
+        raised.rlim_max = lim.rlim_max.max(want as libc::rlim_t);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return Ok(want);
+        }
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &target) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(target.rlim_cur as u64)
+    }
+}
+
+/// A sub-millisecond timer for one task, built on a `timerfd`.
+///
+/// monoio's timer wheel rounds every deadline *up* to the next whole millisecond, so a 2 ms
+/// sleep takes 2–3 ms. That is fine for timeouts but not for an open-loop schedule whose
+/// latency is measured from the due time, nor for an echo server whose `--delay 2ms` must be
+/// 2 ms. A timerfd armed with the exact remaining time and awaited through the runtime's
+/// readiness API (an io_uring `PollAdd`, or epoll on the fallback driver) fires within the
+/// thread's timer slack (set to 1 µs by [`tighten_timer_slack`]). The fd is reused for every
+/// sleep of its task, so each wait costs one `timerfd_settime`, one poll and one `read`.
+#[derive(Debug)]
+pub(crate) struct PreciseTimer {
+    // monoio has no generic "fd readiness" type; its UnixStream wrapper only uses the fd for
+    // readiness polling here (never recv/send), which a timerfd supports.
+    fd: monoio::net::UnixStream,
+    raw: libc::c_int,
+}
+
+impl PreciseTimer {
+    /// Creates the timerfd; must be called on a monoio runtime thread.
+    pub(crate) fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain syscall; the returned fd is checked and then owned by the UnixStream.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd we own; ownership moves into the std wrapper.
+        let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(raw) };
+        let fd = monoio::net::UnixStream::from_std(std_stream)?;
+        Ok(Self { fd, raw })
+    }
+
+    /// Sleeps until `deadline` (returns at once if it has passed).
+    pub(crate) async fn sleep_until(&mut self, deadline: Instant) -> io::Result<()> {
+        loop {
+            let now = Instant::now();
+            if deadline <= now {
+                return Ok(());
+            }
+            let left = deadline - now;
+            self.arm(left)?;
+            self.fd.readable(false).await?;
+            self.drain();
+        }
+    }
+
+    fn arm(&self, d: Duration) -> io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                // A zero it_value would disarm the timer; 1 ns is "now".
+                tv_nsec: (d.subsec_nanos().max(if d.as_secs() == 0 { 1 } else { 0 }))
+                    as libc::c_long,
+            },
+        };
+        // SAFETY: raw is our live timerfd; spec is a valid itimerspec.
+        let rc = unsafe { libc::timerfd_settime(self.raw, 0, &spec, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into our stack buffer from our nonblocking timerfd;
+        // EAGAIN (not yet expired, spurious wakeup) is fine and handled by the caller's loop.
+        unsafe {
+            libc::read(self.raw, buf.as_mut_ptr().cast(), buf.len());
+        }
+    }
+}
+
+/// A small, fast, non-cryptographic PRNG (xorshift64*) for jitter and error injection; each
+/// thread owns one, so no shared state is touched per request.
+#[derive(Debug, Clone)]
+pub(crate) struct FastRng(u64);
+
+impl FastRng {
+    /// Seeds from the clock and a per-thread salt; never zero.
+    pub(crate) fn new(salt: u64) -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9_7F4A_7C15);
+        Self((t ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
+    }
+
+    /// Next 64 random bits.
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    pub(crate) fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
