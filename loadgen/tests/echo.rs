@@ -91,10 +91,7 @@ fn post_and_put_bodies_are_echoed_with_length_and_chunked_framing() {
     let mut s = connect(a);
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     s.write_all(
-        format!(
-            "POST /big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
-        )
-        .as_bytes(),
+        b"POST /big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
     )
     .unwrap();
     let mut interim = [0u8; 25];
