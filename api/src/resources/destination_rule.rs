@@ -1,0 +1,203 @@
+//! `DestinationRule` (networking.istio.io): what happens after routing picked a host —
+//! load balancing, connection pool, and the subsets routes may name.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Metadata, Origin};
+
+/// Policies for traffic to one host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationRule {
+    /// `networking.istio.io/v1` (v1beta1 and v1alpha3 are accepted).
+    #[serde(default)]
+    pub api_version: String,
+    /// Name and namespace.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// The rule.
+    #[serde(default)]
+    pub spec: DestinationRuleSpec,
+    /// Where it was loaded from (not serialized).
+    #[serde(skip)]
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// `DestinationRule.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationRuleSpec {
+    /// The service host (short names are expanded with the namespace).
+    #[serde(default)]
+    pub host: String,
+    /// Policy for all of the host's traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// Named subsets of the endpoints, selected by labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<Subset>,
+}
+
+/// Istio `TrafficPolicy` (the parts ringmesh implements).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    /// Load-balancing algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    /// Upstream connection settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+}
+
+/// Istio `LoadBalancerSettings`: `simple` or `consistentHash`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerSettings {
+    /// A simple algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simple: Option<SimpleLb>,
+    /// Consistent hashing (session affinity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHashLb>,
+}
+
+/// Istio `LoadBalancerSettings.SimpleLB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SimpleLb {
+    /// Let the proxy choose (Istio's default, `LEAST_REQUEST`).
+    #[serde(rename = "UNSPECIFIED")]
+    Unspecified,
+    /// Deprecated Istio alias of `LEAST_REQUEST`.
+    #[serde(rename = "LEAST_CONN")]
+    LeastConn,
+    /// Uniform random.
+    #[serde(rename = "RANDOM")]
+    Random,
+    /// Original destination; not supported by ringmesh.
+    #[serde(rename = "PASSTHROUGH")]
+    Passthrough,
+    /// Weighted round robin.
+    #[serde(rename = "ROUND_ROBIN")]
+    RoundRobin,
+    /// Power of two choices on in-flight requests.
+    #[serde(rename = "LEAST_REQUEST")]
+    LeastRequest,
+}
+
+/// Istio `ConsistentHashLB`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHashLb {
+    /// Hash a request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_name: Option<String>,
+    /// Hash a cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cookie: Option<HttpCookie>,
+    /// Hash the client's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
+    /// Ring hash (the default) with its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHashSpec>,
+    /// Maglev with its table size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MaglevSpec>,
+    /// Deprecated Istio field: ring hash with this minimum size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// Istio `ConsistentHashLB.HTTPCookie`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCookie {
+    /// Cookie name.
+    #[serde(default)]
+    pub name: String,
+    /// Cookie path (used when the proxy generates the cookie).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Lifetime of a generated cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// Istio `ConsistentHashLB.RingHash`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RingHashSpec {
+    /// Minimum number of points on the ring (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// Istio `ConsistentHashLB.MagLev`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MaglevSpec {
+    /// Lookup table size; must be prime (default 65537).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
+}
+
+/// Istio `ConnectionPoolSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPoolSettings {
+    /// TCP-level settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpPoolSettings>,
+    /// HTTP-level settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpPoolSettings>,
+}
+
+/// Istio `ConnectionPoolSettings.TCPSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpPoolSettings {
+    /// Most connections to the destination (accepted, not enforced yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i64>,
+    /// TCP connect timeout (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+}
+
+/// Istio `ConnectionPoolSettings.HTTPSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpPoolSettings {
+    /// Close pooled connections idle this long (default 1 h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// Requests per connection; 0 or absent is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<i64>,
+    /// Queued requests (accepted, not enforced yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http1_max_pending_requests: Option<i64>,
+    /// Outstanding retries (accepted, not enforced yet; the retry budget applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<i64>,
+}
+
+/// A named subset of the host's endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subset {
+    /// Name routes refer to (e.g. `v1`).
+    #[serde(default)]
+    pub name: String,
+    /// Endpoints whose labels include all of these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Overrides of the rule's policy, section by section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+}

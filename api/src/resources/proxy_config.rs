@@ -1,0 +1,144 @@
+//! `ProxyConfig` (ringmesh.io/v1alpha1): ringmesh's own process settings and listeners.
+//!
+//! Our format, so every struct denies unknown fields: a typo is an error, never a silently
+//! ignored setting.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Metadata, Origin};
+use crate::snapshot::IoMode;
+
+/// Process settings and listeners for one proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfig {
+    /// `ringmesh.io/v1alpha1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// Name and namespace (optional for this kind).
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// The settings.
+    #[serde(default)]
+    pub spec: ProxyConfigSpec,
+    /// Where it was loaded from (not serialized).
+    #[serde(skip)]
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// `ProxyConfig.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfigSpec {
+    /// Worker threads (>= 1); absent means one per usable core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<i64>,
+    /// Cores to pin workers to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpus: Vec<usize>,
+    /// `auto`, `io_uring` or `epoll`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoMode>,
+    /// Admin server address (default `127.0.0.1:15000`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_address: Option<String>,
+    /// Health server address (default `0.0.0.0:15020`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_address: Option<String>,
+    /// Metrics server address (default `0.0.0.0:15090`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
+    /// Connection limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+    /// Retry budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudgetSpec>,
+    /// Listeners; none means one HTTP listener `outbound` on `127.0.0.1:15001`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerSpec>,
+}
+
+/// `ProxyConfig.spec.limits`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Default 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_head_bytes: Option<i64>,
+    /// Default 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_head_bytes: Option<i64>,
+    /// Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_headers: Option<i64>,
+    /// Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_timeout: Option<String>,
+    /// Default `300s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// Default `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<String>,
+}
+
+/// `ProxyConfig.spec.retryBudget`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudgetSpec {
+    /// Default 20.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_percent: Option<f64>,
+    /// Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<i64>,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1, routed by the VirtualServices.
+    #[default]
+    #[serde(rename = "HTTP")]
+    Http,
+    /// Opaque TCP to a destination.
+    #[serde(rename = "TCP")]
+    Tcp,
+}
+
+/// One listener.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// Name for logs and metrics (unique).
+    #[serde(default)]
+    pub name: String,
+    /// `ip:port` to bind.
+    #[serde(default)]
+    pub address: String,
+    /// `HTTP` (default) or `TCP`.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// TCP only: where connections go unless a VirtualService tcp route for this port says
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<ListenerDestination>,
+    /// TCP only: close after this long without traffic (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+}
+
+/// A TCP listener's default destination.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerDestination {
+    /// Service host.
+    #[serde(default)]
+    pub host: String,
+    /// Service port; needed when the service has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+}
