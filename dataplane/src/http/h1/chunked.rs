@@ -244,7 +244,8 @@ impl ChunkedDecoder {
                 | ExtValueEscape
                 | ExtAfterQuoted
                 | ExtAfterWs
-        ) {
+        ) && b != b'\r'
+        {
             self.line_len += 1;
             if self.line_len > self.limits.max_line_bytes {
                 return Err(H1Error::ChunkLineTooLong);

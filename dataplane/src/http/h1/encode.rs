@@ -89,8 +89,9 @@ pub struct RequestEncode<'a, N = &'a str, V = &'a str> {
     pub connection: ConnectionHeader,
 }
 
-impl<N, V> RequestEncode<'_, N, V> {
-    /// Forward as received: same target, authority and framing, no added fields.
+impl<'a> RequestEncode<'a> {
+    /// Forward as received: same target, authority and framing, no added fields. Change
+    /// fields with struct update syntax, and the route's operations with [`Self::with_ops`].
     pub fn passthrough(head: &RequestHead) -> Self {
         RequestEncode {
             target: None,
@@ -109,6 +110,22 @@ impl<N, V> RequestEncode<'_, N, V> {
     }
 }
 
+impl<'a, N, V> RequestEncode<'a, N, V> {
+    /// The same options with other header operations (of any string type).
+    pub fn with_ops<N2, V2>(self, ops: HeaderOps<'a, N2, V2>) -> RequestEncode<'a, N2, V2> {
+        RequestEncode {
+            target: self.target,
+            authority: self.authority,
+            ops,
+            client_ip: self.client_ip,
+            forwarded_proto: self.forwarded_proto,
+            request_id: self.request_id,
+            framing: self.framing,
+            connection: self.connection,
+        }
+    }
+}
+
 /// How to forward a response head downstream.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseEncode<'a, N = &'a str, V = &'a str> {
@@ -122,8 +139,8 @@ pub struct ResponseEncode<'a, N = &'a str, V = &'a str> {
     pub connection: ConnectionHeader,
 }
 
-impl<N, V> ResponseEncode<'_, N, V> {
-    /// Forward as received.
+impl<'a> ResponseEncode<'a> {
+    /// Forward as received; see [`RequestEncode::passthrough`].
     pub fn passthrough(head: &ResponseHead) -> Self {
         ResponseEncode {
             ops: HeaderOps::default(),
@@ -133,6 +150,17 @@ impl<N, V> ResponseEncode<'_, N, V> {
             } else {
                 ConnectionHeader::None
             },
+        }
+    }
+}
+
+impl<'a, N, V> ResponseEncode<'a, N, V> {
+    /// The same options with other header operations (of any string type).
+    pub fn with_ops<N2, V2>(self, ops: HeaderOps<'a, N2, V2>) -> ResponseEncode<'a, N2, V2> {
+        ResponseEncode {
+            ops,
+            framing: self.framing,
+            connection: self.connection,
         }
     }
 }

@@ -879,14 +879,18 @@ fn map_request_error(e: httparse::Error, line: &[u8]) -> H1Error {
             }
         }
         httparse::Error::Version => {
-            // request-line = method SP request-target SP HTTP-version
+            // request-line = method SP request-target SP HTTP-version CRLF; httparse has read
+            // method and target up to the second SP, so the version is everything after it.
             let eol = memchr::memchr(b'\r', line).unwrap_or(line.len());
             let first = line.get(..eol).unwrap_or(&[]);
-            let version = match memchr::memrchr(b' ', first) {
-                Some(i) => first.get(i + 1..).unwrap_or(&[]),
-                None => first,
-            };
-            version_error(version)
+            let mut parts = first.splitn(3, |&b| b == b' ');
+            let rest = parts.nth(2).unwrap_or(&[]);
+            if rest.contains(&b' ') {
+                // `GET /a b HTTP/1.1`: a space inside the target.
+                H1Error::InvalidTarget
+            } else {
+                version_error(rest)
+            }
         }
         other => map_common_error(other),
     }
@@ -1100,10 +1104,8 @@ fn analyze_headers(
                 }
             }
             HeaderKind::Upgrade => f.has_upgrade_header = true,
-            HeaderKind::Expect => {
-                if h.value.eq_ignore_ascii_case(b"100-continue") {
-                    f.connection.expect_continue = true;
-                }
+            HeaderKind::Expect if h.value.eq_ignore_ascii_case(b"100-continue") => {
+                f.connection.expect_continue = true;
             }
             _ => {}
         }
