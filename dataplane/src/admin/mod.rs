@@ -1,0 +1,289 @@
+//! Admin (:15000, loopback), health (:15020) and Prometheus (:15090) servers on the control thread.
+//!
+//! These run on tokio with hyper, off the request path. Statistics are gathered by asking each
+//! worker for a copy of its shard over its command channel and merging the copies here, so
+//! workers never share a counter. Endpoints:
+//!
+//! | server  | path                 | what |
+//! |---------|----------------------|------|
+//! | admin   | `/config_dump`       | the running snapshot as JSON, with its version and the load warnings |
+//! | admin   | `/clusters`          | clusters, endpoints and per-endpoint counters as JSON |
+//! | admin   | `/ready`             | `LIVE` (200) or `DRAINING` (503) |
+//! | admin   | `/stats/prometheus`  | same as the metrics server |
+//! | admin   | `POST /drain_listeners` | stop accepting and drain, then exit |
+//! | health  | `/healthz/ready`     | 200 when workers serve, 503 while draining |
+//! | metrics | `/stats/prometheus`  | Prometheus text format |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+
+use crate::state::SnapshotSource;
+use crate::telemetry::prometheus;
+use crate::telemetry::stats::StatsTotals;
+use crate::worker::WorkerCommand;
+
+/// What the admin servers read.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The running snapshot.
+    pub source: Arc<SnapshotSource>,
+    /// Each worker's command channel.
+    pub workers: Vec<flume::Sender<WorkerCommand>>,
+    /// Set when draining began.
+    pub draining: AtomicBool,
+    /// Warnings from the last successful load (unsupported fields and kinds).
+    pub warnings: arc_swap::ArcSwap<Vec<String>>,
+    /// The last reload error, if the newest file was refused.
+    pub last_reload_error: arc_swap::ArcSwapOption<String>,
+    /// The I/O driver in use.
+    pub io: &'static str,
+    /// Asked to drain via the admin API.
+    pub drain_requested: tokio::sync::Notify,
+}
+
+/// Which of the three servers a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// :15000
+    Admin,
+    /// :15020
+    Health,
+    /// :15090
+    Metrics,
+}
+
+/// Sums every worker's statistics. Workers that do not answer within a second are skipped (the
+/// total says how many answered), so one stuck worker cannot hang a scrape.
+pub async fn gather_stats(workers: &[flume::Sender<WorkerCommand>]) -> StatsTotals {
+    let mut total = StatsTotals::empty();
+    let mut replies = Vec::with_capacity(workers.len());
+    for w in workers {
+        let (tx, rx) = flume::bounded(1);
+        if w.send(WorkerCommand::Stats(tx)).is_ok() {
+            replies.push(rx);
+        }
+    }
+    for rx in replies {
+        if let Ok(Ok(copy)) = tokio::time::timeout(Duration::from_secs(1), rx.recv_async()).await {
+            total.merge(&copy);
+        }
+    }
+    total
+}
+
+fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(v) {
+        Ok(b) => text(StatusCode::OK, b, "application/json"),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("serialize: {e}\n"),
+            "text/plain",
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct ConfigDump<'a> {
+    version: u64,
+    io: &'static str,
+    warnings: Vec<String>,
+    last_reload_error: Option<String>,
+    snapshot: &'a ringmesh_api::snapshot::Snapshot,
+}
+
+#[derive(Serialize)]
+struct ClusterView {
+    name: String,
+    service: String,
+    port: u16,
+    subset: Option<String>,
+    lb: String,
+    connect_timeout_ms: u128,
+    upstream_rq_total: u64,
+    upstream_rq_active: u64,
+    endpoints: Vec<EndpointView>,
+}
+
+#[derive(Serialize)]
+struct EndpointView {
+    address: String,
+    weight: u32,
+    labels: std::collections::BTreeMap<String, String>,
+    health: &'static str,
+    rq_total: u64,
+    rq_active: u64,
+    cx_connect_fail: u64,
+    cx_idle: u64,
+}
+
+async fn handle(
+    role: Role,
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let draining = state.draining.load(Ordering::Relaxed);
+    let resp = match (role, req.method(), path) {
+        (Role::Health, &Method::GET, "/healthz/ready")
+        | (Role::Admin, &Method::GET, "/healthz/ready") => {
+            if draining {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain")
+            } else {
+                text(StatusCode::OK, "ready\n", "text/plain")
+            }
+        }
+        (Role::Admin, &Method::GET, "/ready") => {
+            if draining {
+                text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n", "text/plain")
+            } else {
+                text(StatusCode::OK, "LIVE\n", "text/plain")
+            }
+        }
+        (Role::Metrics, &Method::GET, "/stats/prometheus")
+        | (Role::Admin, &Method::GET, "/stats/prometheus") => {
+            let totals = gather_stats(&state.workers).await;
+            text(
+                StatusCode::OK,
+                prometheus::render(&totals),
+                "text/plain; version=0.0.4",
+            )
+        }
+        (Role::Admin, &Method::GET, "/config_dump") => {
+            let snapshot = state.source.load();
+            let dump = ConfigDump {
+                version: snapshot.version,
+                io: state.io,
+                warnings: state.warnings.load().as_ref().clone(),
+                last_reload_error: state.last_reload_error.load().as_deref().cloned(),
+                snapshot: &snapshot,
+            };
+            json(&dump)
+        }
+        (Role::Admin, &Method::GET, "/clusters") => {
+            let snapshot = state.source.load();
+            let totals = gather_stats(&state.workers).await;
+            let clusters: Vec<ClusterView> = snapshot
+                .clusters
+                .iter()
+                .map(|c| {
+                    let t = totals.clusters.get(&c.name);
+                    ClusterView {
+                        name: c.name.clone(),
+                        service: c.service.clone(),
+                        port: c.port,
+                        subset: c.subset.clone(),
+                        lb: lb_name(&c.lb).to_string(),
+                        connect_timeout_ms: c.connect_timeout.as_millis(),
+                        upstream_rq_total: t.map_or(0, |t| t.upstream_rq_total),
+                        upstream_rq_active: t.map_or(0, |t| t.upstream_rq_active),
+                        endpoints: c
+                            .endpoints
+                            .iter()
+                            .map(|e| {
+                                let et = t.and_then(|t| t.endpoints.get(&e.address.to_string()));
+                                EndpointView {
+                                    address: e.address.to_string(),
+                                    weight: e.weight,
+                                    labels: e.labels.clone(),
+                                    health: "HEALTHY",
+                                    rq_total: et.map_or(0, |x| x.rq_total),
+                                    rq_active: et.map_or(0, |x| x.rq_active),
+                                    cx_connect_fail: et.map_or(0, |x| x.cx_connect_fail),
+                                    cx_idle: et.map_or(0, |x| x.cx_idle),
+                                }
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            json(&clusters)
+        }
+        (Role::Admin, &Method::POST, "/drain_listeners") => {
+            state.drain_requested.notify_one();
+            text(StatusCode::OK, "draining\n", "text/plain")
+        }
+        (_, m, _) if m != Method::GET => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n",
+            "text/plain",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+    };
+    Ok(resp)
+}
+
+fn lb_name(lb: &ringmesh_api::snapshot::LbPolicy) -> &'static str {
+    use ringmesh_api::snapshot::LbPolicy;
+    match lb {
+        LbPolicy::RoundRobin => "ROUND_ROBIN",
+        LbPolicy::LeastRequest => "LEAST_REQUEST",
+        LbPolicy::Random => "RANDOM",
+        LbPolicy::RingHash { .. } => "RING_HASH",
+        LbPolicy::Maglev { .. } => "MAGLEV",
+    }
+}
+
+/// Serves one role on an already-bound listener until the runtime stops.
+pub async fn serve(role: Role, listener: std::net::TcpListener, state: Arc<AdminState>) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|_| tokio::net::TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(?role, "admin listener: {e}");
+            return;
+        }
+    };
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(?role, "admin accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        // The control thread's runtime is single-threaded; spawn_local-free `spawn` is fine here
+        // (this is the control plane of the proxy, not a worker).
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(role, state.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Binds an admin-side address up front so that a port in use fails start-up clearly.
+pub fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{what}: bind {addr}: {e}"))
+}

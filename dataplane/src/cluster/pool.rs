@@ -1,0 +1,143 @@
+//! Per-core keep-alive pool of upstream connections, keyed by endpoint address.
+//!
+//! Last-in first-out, so the warmest connection is reused and surplus ones age out. Before a
+//! pooled connection is reused it is probed with a non-blocking `MSG_PEEK`: an upstream that
+//! closed an idle connection is noticed here rather than by failing a request on it. The
+//! `RefCell` is only borrowed synchronously, never across an `.await`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::error::{ErrorKind, ProxyError, Side};
+
+/// An upstream connection and its history.
+#[derive(Debug)]
+pub struct UpstreamConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Endpoint it is connected to.
+    pub addr: SocketAddr,
+    /// Requests it has carried.
+    pub requests: u32,
+    /// Whether it came from the pool (a failure on it before any response byte is retried
+    /// transparently: the upstream may have closed it while idle).
+    pub reused: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: UpstreamConn,
+    since: Instant,
+}
+
+/// One worker's pool.
+#[derive(Debug, Default)]
+pub struct UpstreamPool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+impl UpstreamPool {
+    /// A live idle connection to `addr`, if one is pooled and younger than `idle_timeout`.
+    pub fn checkout(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<UpstreamConn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(entry) = list.pop() {
+            if entry.since.elapsed() >= idle_timeout || !is_open(&entry.conn.stream) {
+                continue; // dropped: closes the socket
+            }
+            let mut conn = entry.conn;
+            conn.reused = true;
+            return Some(conn);
+        }
+        None
+    }
+
+    /// Returns a connection after a complete exchange, unless the pool for it is full.
+    pub fn checkin(&self, conn: UpstreamConn, max_idle: usize) {
+        if max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(conn.addr).or_default();
+        if list.len() >= max_idle {
+            // Drop the oldest: the newest is the one most likely to be kept open by the peer.
+            list.remove(0);
+        }
+        list.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// Idle connections per endpoint (for `/clusters`).
+    pub fn idle_counts(&self) -> HashMap<SocketAddr, usize> {
+        self.idle
+            .borrow()
+            .iter()
+            .map(|(a, l)| (*a, l.len()))
+            .collect()
+    }
+
+    /// Closes idle connections older than `max_age` (called periodically by the worker).
+    pub fn evict_older_than(&self, max_age: Duration) {
+        let mut idle = self.idle.borrow_mut();
+        for list in idle.values_mut() {
+            list.retain(|e| e.since.elapsed() < max_age);
+        }
+        idle.retain(|_, l| !l.is_empty());
+    }
+}
+
+/// Whether a pooled socket is still open: a non-blocking peek sees EOF (0) or an error when the
+/// peer closed or reset it, `EAGAIN` when it is open and quiet. Unexpected bytes (an upstream
+/// that talks out of turn) also disqualify it.
+fn is_open(stream: &TcpStream) -> bool {
+    let fd = stream.as_raw_fd();
+    let mut byte = 0u8;
+    // SAFETY: `fd` is a valid socket owned by `stream` for the duration of the call, and the
+    // buffer is one valid byte.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let err = std::io::Error::last_os_error();
+        return err.kind() == std::io::ErrorKind::WouldBlock;
+    }
+    false
+}
+
+/// Connects to `addr` within `timeout`, with `TCP_NODELAY` set (we write whole heads and
+/// chunks; Nagle would only add latency).
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, ProxyError> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(UpstreamConn {
+                stream,
+                addr,
+                requests: 0,
+                reused: false,
+            })
+        }
+        Ok(Err(_)) => Err(ProxyError::new(
+            ErrorKind::ConnectFailed,
+            Side::Upstream,
+            "upstream connect failed",
+        )),
+        Err(_) => Err(ProxyError::new(
+            ErrorKind::ConnectTimeout,
+            Side::Upstream,
+            "upstream connect timed out",
+        )),
+    }
+}

@@ -1,0 +1,448 @@
+//! The HTTP/1.1 proxy loop: steps 2–8 of the request path for one downstream connection.
+//!
+//! Read a head into the connection's buffer, parse it in place (`h1`), route it on the worker's
+//! snapshot, then either answer locally (errors, redirects, direct responses) or hand it to
+//! [`super::forward`], which picks an endpoint, sends the request over a pooled upstream
+//! connection (retrying where that is safe) and streams the response back. Pipelined requests
+//! are served in order because one request is finished before the next head is looked at.
+//! Nothing here locks; the only allocations per request are the forwarded head and the small
+//! header-span vector.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use ringmesh_api::snapshot::{Redirect, RequestHead as RouteRequest, RouteAction};
+
+use super::body::{self, BodyError};
+use super::forward::{self, Outcome};
+use super::h1::{self as encode, BodyFraming, H1Error, HeadLimits, RequestHead, RequestParser};
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::telemetry::stats::{dec, inc};
+use crate::worker::Worker;
+
+/// First read buffer size per connection. Small, because idle keep-alive connections should
+/// cost little memory; it grows for large heads and bodies.
+const INITIAL_BUFFER: usize = 4 * 1024;
+
+/// Largest request body read and thrown away when a request is answered locally; larger
+/// bodies make the proxy close the connection instead.
+const MAX_DISCARD: u64 = 64 * 1024;
+
+/// A parsed request as routing sees it: borrowed views into the head bytes.
+pub(crate) struct RouteView<'a> {
+    pub(crate) src: &'a [u8],
+    pub(crate) head: &'a RequestHead,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+}
+
+impl<'a> RouteView<'a> {
+    fn new(src: &'a [u8], head: &'a RequestHead) -> Self {
+        let method = std::str::from_utf8(head.method().as_bytes(src)).unwrap_or("");
+        let pq = std::str::from_utf8(head.path_and_query(src)).unwrap_or("/");
+        let (path, query) = match pq.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (pq, None),
+        };
+        RouteView {
+            src,
+            head,
+            method,
+            path,
+            query,
+        }
+    }
+}
+
+impl RouteRequest for RouteView<'_> {
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn query(&self) -> Option<&str> {
+        self.query
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.header(self.src, name.as_bytes())
+    }
+}
+
+/// Serves one downstream connection until it closes, errs, idles out, or the worker drains.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Downstream {
+        stream,
+        peer,
+        buf: BytesMut::with_capacity(INITIAL_BUFFER),
+        out: BytesMut::new(),
+    };
+    loop {
+        let limits = worker.snapshot.get().snapshot.proxy.limits.clone();
+        let head_limits = HeadLimits {
+            max_head_bytes: limits.max_request_head_bytes,
+            max_headers: limits.max_headers,
+        };
+        let head = match conn
+            .read_head(
+                head_limits,
+                limits.downstream_idle_timeout,
+                limits.request_header_timeout,
+            )
+            .await
+        {
+            Ok(Some(h)) => h,
+            Ok(None) => return, // clean close or idle timeout between requests
+            Err(e) => {
+                worker.stats.record_local_reply(e.flag());
+                worker.stats.record_status(e.status());
+                tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "request refused: {}", e.context);
+                conn.local_reply(e.status(), &[], e.body().as_bytes(), true)
+                    .await;
+                return;
+            }
+        };
+        inc(&worker.stats.downstream_rq_total);
+        inc(&worker.stats.downstream_rq_active);
+        let started = Instant::now();
+        let next = handle(&worker, &mut conn, head, limits.downstream_idle_timeout).await;
+        dec(&worker.stats.downstream_rq_active);
+        worker
+            .stats
+            .record_duration_us(started.elapsed().as_micros() as u64);
+        match next {
+            Next::Keep if !worker.draining.get() => {}
+            Next::Keep | Next::Close => return,
+            Next::Upgrade { upstream, buf } => {
+                forward::tunnel(conn, upstream, buf, limits.downstream_idle_timeout).await;
+                return;
+            }
+        }
+    }
+}
+
+/// What the connection does after a request.
+enum Next {
+    /// Read the next request.
+    Keep,
+    /// Close the connection.
+    Close,
+    /// Tunnel bytes to this upstream (after `101 Switching Protocols`).
+    Upgrade {
+        upstream: crate::cluster::pool::UpstreamConn,
+        buf: BytesMut,
+    },
+}
+
+impl From<bool> for Next {
+    fn from(keep: bool) -> Self {
+        if keep {
+            Next::Keep
+        } else {
+            Next::Close
+        }
+    }
+}
+
+/// One downstream connection's socket and buffers.
+pub(crate) struct Downstream {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    /// Bytes read from the client and not yet consumed.
+    pub(crate) buf: BytesMut,
+    /// Reused buffer for heads written to the client.
+    pub(crate) out: BytesMut,
+}
+
+impl Downstream {
+    /// Reads until a whole head is parsed. `Ok(None)`: the client closed or idled out before
+    /// sending a byte of a new request.
+    async fn read_head(
+        &mut self,
+        limits: HeadLimits,
+        idle: Duration,
+        header_timeout: Duration,
+    ) -> Result<Option<(RequestHead, Bytes)>, ProxyError> {
+        let mut parser = RequestParser::new(limits);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                match parser.parse(&self.buf) {
+                    Ok(Some(head)) => {
+                        let bytes = self.buf.split_to(head.len()).freeze();
+                        return Ok(Some((head, bytes)));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(h1_error(e)),
+                }
+                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+            }
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => idle,
+            };
+            match body::read_more(&mut self.stream, &mut self.buf, wait).await {
+                Ok(0) => {
+                    return if self.buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(ProxyError::new(
+                            ErrorKind::BadRequest { status: 400 },
+                            Side::Downstream,
+                            "client closed mid-head",
+                        ))
+                    };
+                }
+                Ok(_) => {}
+                Err(BodyError::Idle) if deadline.is_some() => {
+                    return Err(ProxyError::new(
+                        ErrorKind::RequestHeaderTimeout,
+                        Side::Downstream,
+                        "request header timeout",
+                    ));
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Writes a locally generated response. Errors are ignored: the client is gone.
+    pub(crate) async fn local_reply(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        close: bool,
+    ) {
+        self.out.clear();
+        encode::write_simple_response(status, None, headers, body, close, &mut self.out);
+        let out = std::mem::take(&mut self.out);
+        let (_, out) = self.stream.write_all(out).await;
+        self.out = out;
+    }
+}
+
+fn h1_error(e: H1Error) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::BadRequest { status: e.status() },
+        Side::Downstream,
+        e.reason(),
+    )
+}
+
+/// Routes and answers one request, and says what the connection does next.
+async fn handle(
+    worker: &Rc<Worker>,
+    conn: &mut Downstream,
+    (head, src): (RequestHead, Bytes),
+    idle: Duration,
+) -> Next {
+    let view = worker.snapshot.get();
+    let req = RouteView::new(&src, &head);
+    let host = head
+        .authority(&src)
+        .or_else(|| head.host(&src))
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .unwrap_or("");
+    let hit = view
+        .snapshot
+        .routes
+        .find_host(host)
+        .and_then(|vh| vh.find_route_match(&req));
+    let Some(hit) = hit else {
+        let e = ProxyError::new(
+            ErrorKind::NoRoute,
+            Side::Internal,
+            "no virtual host or route matched",
+        );
+        tracing::debug!(peer = %conn.peer, host, path = req.path, "404: no route");
+        return reply_error(worker, conn, &head, e, idle).await.into();
+    };
+    match &hit.route.action {
+        RouteAction::Direct(d) => {
+            let headers: Vec<(&str, &str)> = hit
+                .route
+                .response_headers
+                .set
+                .iter()
+                .chain(hit.route.response_headers.add.iter())
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let keep = finish_request_body(conn, &head, idle).await;
+            worker.stats.record_status(d.status);
+            conn.local_reply(d.status, &headers, d.body.as_bytes(), !keep)
+                .await;
+            keep.into()
+        }
+        RouteAction::Redirect(r) => {
+            let location = redirect_location(r, host, req.path, req.query);
+            let keep = finish_request_body(conn, &head, idle).await;
+            worker.stats.record_status(r.status);
+            conn.local_reply(r.status, &[("location", &location)], b"", !keep)
+                .await;
+            keep.into()
+        }
+        RouteAction::Forward(action) => {
+            let outcome = forward::forward(
+                worker,
+                &view,
+                conn,
+                &head,
+                &src,
+                &req,
+                hit.route,
+                hit.matched,
+                action,
+                idle,
+            )
+            .await;
+            match outcome {
+                Outcome::Done { keep_alive } => keep_alive.into(),
+                Outcome::Failed(e) => reply_error(worker, conn, &head, e, idle).await.into(),
+                Outcome::Aborted => Next::Close,
+                Outcome::Upgrade { upstream, buf } => Next::Upgrade { upstream, buf },
+            }
+        }
+    }
+}
+
+/// Answers with the error's status; keeps the connection only if the request body (if any)
+/// could be read past.
+async fn reply_error(
+    worker: &Rc<Worker>,
+    conn: &mut Downstream,
+    head: &RequestHead,
+    e: ProxyError,
+    idle: Duration,
+) -> bool {
+    worker.stats.record_local_reply(e.flag());
+    worker.stats.record_status(e.status());
+    if e.status() >= 500 {
+        tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "local reply: {}", e.context);
+    }
+    let keep = finish_request_body(conn, head, idle).await;
+    conn.local_reply(e.status(), &[], e.body().as_bytes(), !keep)
+        .await;
+    keep
+}
+
+/// After a local answer the request body (if unread) must be consumed to find the next
+/// request; small bodies are read and dropped, anything else closes the connection.
+pub(crate) async fn finish_request_body(
+    conn: &mut Downstream,
+    head: &RequestHead,
+    idle: Duration,
+) -> bool {
+    if !head.connection().keep_alive {
+        return false;
+    }
+    match head.framing() {
+        BodyFraming::None | BodyFraming::Length(0) => true,
+        BodyFraming::Length(n) if n > MAX_DISCARD => false,
+        framing => body::discard(framing, &mut conn.stream, &mut conn.buf, idle, MAX_DISCARD)
+            .await
+            .is_ok(),
+    }
+}
+
+/// Builds the `Location` of a redirect from the request and the route's replacements.
+pub(crate) fn redirect_location(
+    r: &Redirect,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let (req_host, req_port) = split_host_port(host);
+    let host = r.authority.as_deref().unwrap_or(req_host);
+    let port = r.port.map(|p| p.to_string()).or_else(|| {
+        if r.authority.is_none() {
+            req_port.map(str::to_string)
+        } else {
+            None
+        }
+    });
+    let path = r.path.as_deref().unwrap_or(path);
+    let mut loc = String::with_capacity(scheme.len() + host.len() + path.len() + 16);
+    loc.push_str(scheme);
+    loc.push_str("://");
+    loc.push_str(host);
+    if let Some(p) = port {
+        loc.push(':');
+        loc.push_str(&p);
+    }
+    loc.push_str(path);
+    if let Some(q) = query {
+        if !path.contains('?') {
+            loc.push('?');
+            loc.push_str(q);
+        }
+    }
+    loc
+}
+
+fn split_host_port(host: &str) -> (&str, Option<&str>) {
+    if host.starts_with('[') {
+        if let Some(end) = host.find(']') {
+            let rest = &host[end + 1..];
+            return (&host[..=end], rest.strip_prefix(':'));
+        }
+        return (host, None);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (host, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redirect(
+        scheme: Option<&str>,
+        authority: Option<&str>,
+        port: Option<u16>,
+        path: Option<&str>,
+    ) -> Redirect {
+        Redirect {
+            status: 301,
+            scheme: scheme.map(Into::into),
+            authority: authority.map(Into::into),
+            port,
+            path: path.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn redirect_keeps_what_is_not_replaced() {
+        assert_eq!(
+            redirect_location(
+                &redirect(None, None, None, Some("/new")),
+                "a.test:8080",
+                "/old",
+                Some("x=1")
+            ),
+            "http://a.test:8080/new?x=1"
+        );
+        assert_eq!(
+            redirect_location(
+                &redirect(Some("https"), Some("b.test"), None, None),
+                "a.test:8080",
+                "/p",
+                None
+            ),
+            "https://b.test/p"
+        );
+        assert_eq!(
+            redirect_location(&redirect(None, None, Some(9), None), "[::1]:80", "/p", None),
+            "http://[::1]:9/p"
+        );
+    }
+}

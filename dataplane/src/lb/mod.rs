@@ -1,0 +1,266 @@
+//! Load balancing: step 6 of the request path, "pick an endpoint".
+//!
+//! Each worker keeps its own [`ClusterState`] per cluster (round-robin cursor, smooth-weighted
+//! round-robin weights, in-flight counts), so picking never touches another core's memory and
+//! takes no lock. Consistent-hash tables (ring hash, Maglev) are built once by the compiler and
+//! shared read-only. Nothing here allocates on a pick.
+
+use std::cell::Cell;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use ringmesh_api::snapshot::{Cluster, LbPolicy};
+
+use crate::rng::FastRng;
+
+/// Counters of one endpoint on one worker. Kept across reloads (keyed by address).
+#[derive(Debug, Default)]
+pub struct EndpointCounters {
+    /// Requests sent (each try counts).
+    pub rq_total: Cell<u64>,
+    /// Requests in flight; least-request balancing reads this.
+    pub rq_active: Cell<u64>,
+    /// Connect failures.
+    pub cx_connect_fail: Cell<u64>,
+}
+
+/// Counters of one cluster on one worker. Kept across reloads (keyed by cluster name).
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Requests sent (each try counts).
+    pub rq_total: Cell<u64>,
+    /// Requests in flight.
+    pub rq_active: Cell<u64>,
+    /// Upstream responses by class (index 1..=5).
+    pub rq_by_class: [Cell<u64>; 6],
+    /// Per endpoint address.
+    pub endpoints: RefCell<HashMap<SocketAddr, Rc<EndpointCounters>>>,
+}
+
+impl ClusterCounters {
+    fn endpoint(&self, addr: SocketAddr) -> Rc<EndpointCounters> {
+        self.endpoints.borrow_mut().entry(addr).or_default().clone()
+    }
+}
+
+/// One worker's balancing state for one cluster of one snapshot.
+#[derive(Debug)]
+pub struct ClusterState {
+    /// Counters shared with later snapshots of the same cluster.
+    pub counters: Rc<ClusterCounters>,
+    /// Counters per endpoint, indexed like `Cluster::endpoints`.
+    pub endpoints: Vec<Rc<EndpointCounters>>,
+    cursor: Cell<usize>,
+    /// Smooth weighted round robin current weights (nginx's algorithm); empty when all weights
+    /// are equal and a plain cursor does the job.
+    swrr: Vec<Cell<i64>>,
+    total_weight: u64,
+}
+
+impl ClusterState {
+    /// State for `cluster` whose endpoints have these addresses.
+    pub fn new(cluster: &Cluster, counters: Rc<ClusterCounters>, addrs: &[SocketAddr]) -> Self {
+        let endpoints = addrs.iter().map(|a| counters.endpoint(*a)).collect();
+        let weighted = cluster
+            .endpoints
+            .windows(2)
+            .any(|w| w[0].weight != w[1].weight);
+        let swrr = if weighted {
+            cluster.endpoints.iter().map(|_| Cell::new(0)).collect()
+        } else {
+            Vec::new()
+        };
+        let total_weight = cluster
+            .endpoints
+            .iter()
+            .map(|e| e.weight.max(1) as u64)
+            .sum();
+        ClusterState {
+            counters,
+            endpoints,
+            cursor: Cell::new(0),
+            swrr,
+            total_weight,
+        }
+    }
+}
+
+/// Picks an endpoint index for a request, or `None` when the cluster has no endpoint.
+///
+/// `hash` is the request's consistent-hash key when the policy hashes and the request carries
+/// the property (header, cookie, source IP); without it a hashing policy falls back to random,
+/// as Envoy does.
+pub fn pick(
+    cluster: &Cluster,
+    state: &ClusterState,
+    rng: &FastRng,
+    hash: Option<u64>,
+) -> Option<usize> {
+    let n = cluster.endpoints.len();
+    if n == 0 {
+        return None;
+    }
+    if n == 1 {
+        return Some(0);
+    }
+    match &cluster.lb {
+        LbPolicy::RoundRobin => Some(round_robin(cluster, state)),
+        LbPolicy::Random => Some(weighted_random(cluster, state, rng)),
+        LbPolicy::LeastRequest => Some(least_request(cluster, state, rng)),
+        LbPolicy::RingHash { table, .. } => match hash {
+            Some(h) => Some(table.pick(h))
+                .filter(|&i| i < n)
+                .or_else(|| Some(weighted_random(cluster, state, rng))),
+            None => Some(weighted_random(cluster, state, rng)),
+        },
+        LbPolicy::Maglev { table, .. } => match hash {
+            Some(h) => Some(table.pick(h))
+                .filter(|&i| i < n)
+                .or_else(|| Some(weighted_random(cluster, state, rng))),
+            None => Some(weighted_random(cluster, state, rng)),
+        },
+    }
+}
+
+fn round_robin(cluster: &Cluster, state: &ClusterState) -> usize {
+    if state.swrr.is_empty() {
+        let i = state.cursor.get();
+        state.cursor.set(i.wrapping_add(1));
+        return i % cluster.endpoints.len();
+    }
+    // Smooth weighted round robin: every endpoint gains its weight, the largest wins and pays
+    // the total. Spreads a 3:1 split as a,a,b,a rather than a,a,a,b.
+    let mut best = 0;
+    let mut best_w = i64::MIN;
+    for (i, (cw, ep)) in state.swrr.iter().zip(cluster.endpoints.iter()).enumerate() {
+        let w = cw.get() + ep.weight.max(1) as i64;
+        cw.set(w);
+        if w > best_w {
+            best_w = w;
+            best = i;
+        }
+    }
+    state.swrr[best].set(best_w - state.total_weight as i64);
+    best
+}
+
+fn weighted_random(cluster: &Cluster, state: &ClusterState, rng: &FastRng) -> usize {
+    if state.swrr.is_empty() {
+        return rng.below(cluster.endpoints.len() as u32) as usize;
+    }
+    let mut point = rng.next_u64() % state.total_weight.max(1);
+    for (i, ep) in cluster.endpoints.iter().enumerate() {
+        let w = ep.weight.max(1) as u64;
+        if point < w {
+            return i;
+        }
+        point -= w;
+    }
+    cluster.endpoints.len() - 1
+}
+
+/// Power of two choices: two random endpoints, the one with fewer in-flight requests per unit of
+/// weight wins. Near least-loaded at O(1) cost and without herding on a single endpoint.
+fn least_request(cluster: &Cluster, state: &ClusterState, rng: &FastRng) -> usize {
+    let n = cluster.endpoints.len() as u32;
+    let a = rng.below(n) as usize;
+    let mut b = rng.below(n - 1) as usize;
+    if b >= a {
+        b += 1;
+    }
+    let load = |i: usize| {
+        let active = state.endpoints[i].rq_active.get() as u128;
+        let weight = cluster.endpoints[i].weight.max(1) as u128;
+        (active, weight)
+    };
+    let (la, wa) = load(a);
+    let (lb, wb) = load(b);
+    // Compare la/wa with lb/wb without division.
+    if la * wb <= lb * wa {
+        a
+    } else {
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmesh_api::snapshot::{Endpoint, PoolSettings};
+    use std::time::Duration;
+
+    fn cluster(weights: &[u32], lb: LbPolicy) -> (Cluster, ClusterState) {
+        let endpoints: Vec<Endpoint> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Endpoint {
+                address: SocketAddr::from(([127, 0, 0, 1], 10000 + i as u16)),
+                weight: *w,
+                labels: Default::default(),
+            })
+            .collect();
+        let c = Cluster {
+            name: "outbound|80||svc".into(),
+            service: "svc".into(),
+            port: 80,
+            subset: None,
+            endpoints,
+            lb,
+            connect_timeout: Duration::from_secs(1),
+            pool: PoolSettings {
+                idle_timeout: Duration::from_secs(60),
+                max_requests_per_connection: None,
+                max_idle_per_endpoint: 8,
+            },
+        };
+        let addrs: Vec<_> = c.endpoints.iter().map(|e| e.address).collect();
+        let s = ClusterState::new(&c, Rc::new(ClusterCounters::default()), &addrs);
+        (c, s)
+    }
+
+    #[test]
+    fn round_robin_cycles() {
+        let (c, s) = cluster(&[1, 1, 1], LbPolicy::RoundRobin);
+        let rng = FastRng::with_seed(1);
+        let picks: Vec<_> = (0..6).map(|_| pick(&c, &s, &rng, None).unwrap()).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn weighted_round_robin_is_smooth_and_exact() {
+        let (c, s) = cluster(&[3, 1], LbPolicy::RoundRobin);
+        let rng = FastRng::with_seed(1);
+        let picks: Vec<_> = (0..8).map(|_| pick(&c, &s, &rng, None).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
+        // Smooth: never three of endpoint 0 in a row across a cycle of 4.
+        assert_eq!(&picks[..4], &[0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn random_respects_weights() {
+        let (c, s) = cluster(&[9, 1], LbPolicy::Random);
+        let rng = FastRng::with_seed(7);
+        let zeros = (0..10_000)
+            .filter(|_| pick(&c, &s, &rng, None) == Some(0))
+            .count();
+        assert!((8_800..9_200).contains(&zeros), "{zeros}");
+    }
+
+    #[test]
+    fn least_request_avoids_busy_endpoint() {
+        let (c, s) = cluster(&[1, 1], LbPolicy::LeastRequest);
+        s.endpoints[0].rq_active.set(10);
+        let rng = FastRng::with_seed(3);
+        for _ in 0..100 {
+            assert_eq!(pick(&c, &s, &rng, None), Some(1));
+        }
+    }
+
+    #[test]
+    fn empty_cluster_has_no_pick() {
+        let (c, s) = cluster(&[], LbPolicy::RoundRobin);
+        assert_eq!(pick(&c, &s, &FastRng::with_seed(1), None), None);
+    }
+}

@@ -1,0 +1,28 @@
+//! ringmesh-proxy: the sidecar data plane.
+//!
+//! One monoio worker per core accepts on its own `SO_REUSEPORT` socket, parses HTTP/1.1 heads
+//! straight out of its read buffer, routes on an immutable snapshot, picks an endpoint with
+//! per-core load-balancer state and forwards over a per-core connection pool. A tokio control
+//! thread owns config loading, hot reload and the admin, health and metrics servers.
+//!
+//! [`start`] runs a proxy inside this process (tests, the benchmark); [`run_cli`] is the
+//! `ringmesh-proxy` binary's whole `main`.
+
+pub mod admin;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod http;
+pub mod lb;
+pub mod listener;
+pub mod rng;
+pub mod runtime;
+pub mod state;
+pub mod tcp;
+pub mod telemetry;
+pub mod worker;
+
+pub use cli::run_cli;
+pub use control::{start, ProxyHandle, ProxyOptions};

@@ -1,0 +1,57 @@
+//! Step 1 of the request path, "accept": one accept loop per listener per worker.
+//!
+//! Each worker accepts on its own `SO_REUSEPORT` socket and serves the connection on the same
+//! core for its whole life. Accept errors (e.g. out of file descriptors) are logged and backed
+//! off, never fatal.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::net::TcpListener;
+use ringmesh_api::snapshot::ListenerKind;
+
+use crate::telemetry::stats::{dec, inc};
+use crate::worker::Worker;
+
+/// Accepts until `stop` is closed.
+pub async fn accept_loop(
+    worker: Rc<Worker>,
+    name: String,
+    kind: ListenerKind,
+    listener: TcpListener,
+    stop: flume::Receiver<()>,
+) {
+    let kind = Rc::new(kind);
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = stop.recv_async() => {
+                tracing::debug!(worker = worker.id, listener = %name, "stopped accepting");
+                return;
+            }
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: wait a little instead of spinning.
+                tracing::warn!(worker = worker.id, listener = %name, "accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        inc(&worker.stats.downstream_cx_total);
+        inc(&worker.stats.downstream_cx_active);
+        let worker = worker.clone();
+        let kind = kind.clone();
+        let name = name.clone();
+        monoio::spawn(async move {
+            match &*kind {
+                ListenerKind::Http => crate::http::proxy::serve(worker.clone(), stream, peer).await,
+                ListenerKind::Tcp { .. } => {
+                    crate::tcp::serve(worker.clone(), stream, peer, &name).await
+                }
+            }
+            dec(&worker.stats.downstream_cx_active);
+        });
+    }
+}

@@ -1,0 +1,208 @@
+//! Worker threads: one monoio runtime per core, each with its own `SO_REUSEPORT` sockets.
+//!
+//! Sockets are bound here, on the starting thread, so that an address in use fails start-up with
+//! a clear error instead of killing a worker later. Each worker thread then gets its own socket
+//! per listener (the kernel spreads connections across them; no lock is taken to accept), is
+//! pinned to its core when `cpus` is set, and runs io_uring or, where the kernel or a seccomp
+//! profile refuses it, epoll.
+
+pub mod cores;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context};
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+use ringmesh_api::snapshot::{IoMode, Listener, ListenerKind};
+
+use crate::listener;
+use crate::state::SnapshotSource;
+use crate::worker::{Worker, WorkerCommand};
+
+/// The I/O driver workers actually run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    /// Linux io_uring.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl IoDriver {
+    /// Name used in the start-up log line (`io=io_uring`).
+    pub fn name(self) -> &'static str {
+        match self {
+            IoDriver::IoUring => "io_uring",
+            IoDriver::Epoll => "epoll",
+        }
+    }
+}
+
+/// Picks the driver for `mode`: `auto` probes io_uring and falls back to epoll.
+pub fn resolve_io(mode: IoMode) -> anyhow::Result<IoDriver> {
+    let uring = monoio::utils::detect_uring();
+    match mode {
+        IoMode::Epoll => Ok(IoDriver::Epoll),
+        IoMode::IoUring if uring => Ok(IoDriver::IoUring),
+        IoMode::IoUring => bail!("io: io_uring was required but the kernel or a seccomp profile refuses it; use io: auto or epoll"),
+        IoMode::Auto if uring => Ok(IoDriver::IoUring),
+        IoMode::Auto => {
+            tracing::warn!("io_uring is not available (kernel or seccomp profile); falling back to epoll");
+            Ok(IoDriver::Epoll)
+        }
+    }
+}
+
+/// Running workers.
+#[derive(Debug)]
+pub struct WorkerSet {
+    threads: Vec<JoinHandle<()>>,
+    commands: Vec<flume::Sender<WorkerCommand>>,
+    /// The driver the workers run.
+    pub io: IoDriver,
+    /// Listener name and the address it actually bound (resolves port 0).
+    pub bound: Vec<(String, SocketAddr)>,
+}
+
+impl WorkerSet {
+    /// Senders to each worker's command task.
+    pub fn commands(&self) -> &[flume::Sender<WorkerCommand>] {
+        &self.commands
+    }
+
+    /// Asks every worker to drain and waits for all threads to exit.
+    pub fn drain_and_join(self) {
+        for c in &self.commands {
+            let _ = c.send(WorkerCommand::Drain);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds one listening socket with `SO_REUSEPORT` so that every worker can bind the same address.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Starts `workers` worker threads serving `listeners`.
+pub fn start(
+    workers: usize,
+    cpus: &[usize],
+    io: IoDriver,
+    listeners: &[Listener],
+    source: Arc<SnapshotSource>,
+) -> anyhow::Result<WorkerSet> {
+    let workers = workers.max(1);
+    // sockets[w][l]: worker w's socket for listener l. The first bind resolves port 0; the
+    // others bind that exact port.
+    let mut bound = Vec::with_capacity(listeners.len());
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for l in listeners {
+        let first = bind_reuseport(l.address)
+            .with_context(|| format!("listener {}: bind {}", l.name, l.address))?;
+        let actual = first.local_addr()?;
+        bound.push((l.name.clone(), actual));
+        sockets[0].push(first);
+        for per_worker in sockets.iter_mut().skip(1) {
+            per_worker.push(
+                bind_reuseport(actual)
+                    .with_context(|| format!("listener {}: bind {}", l.name, actual))?,
+            );
+        }
+    }
+
+    let mut threads = Vec::with_capacity(workers);
+    let mut commands = Vec::with_capacity(workers);
+    for (id, socks) in sockets.into_iter().enumerate() {
+        let (tx, rx) = flume::unbounded();
+        commands.push(tx);
+        let source = source.clone();
+        let listeners = listeners.to_vec();
+        let cpu = if cpus.is_empty() {
+            None
+        } else {
+            Some(cpus[id % cpus.len()])
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("ringmesh-worker-{id}"))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+                        tracing::warn!(worker = id, cpu, "could not pin worker to cpu: {e:?}");
+                    }
+                }
+                let result = match io {
+                    IoDriver::IoUring => RuntimeBuilder::<IoUringDriver>::new()
+                        .with_entries(4096)
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(worker_main(id, source, listeners, socks, rx))),
+                    IoDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(worker_main(id, source, listeners, socks, rx))),
+                };
+                if let Err(e) = result {
+                    tracing::error!(worker = id, "worker runtime failed to start: {e}");
+                }
+            })
+            .context("spawn worker thread")?;
+        threads.push(thread);
+    }
+    Ok(WorkerSet {
+        threads,
+        commands,
+        io,
+        bound,
+    })
+}
+
+async fn worker_main(
+    id: usize,
+    source: Arc<SnapshotSource>,
+    listeners: Vec<Listener>,
+    sockets: Vec<std::net::TcpListener>,
+    commands: flume::Receiver<WorkerCommand>,
+) {
+    let worker = Worker::new(id, source);
+    // Dropping this sender tells every accept loop to stop.
+    let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+    for (l, sock) in listeners.into_iter().zip(sockets) {
+        let listener = match monoio::net::TcpListener::from_std(sock) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(worker = id, listener = %l.name, "cannot register listener: {e}");
+                continue;
+            }
+        };
+        let kind = l.kind.clone();
+        monoio::spawn(listener::accept_loop(
+            worker.clone(),
+            l.name.clone(),
+            kind,
+            listener,
+            stop_rx.clone(),
+        ));
+    }
+    drop(stop_rx);
+    monoio::spawn(worker.clone().pool_sweeper());
+    worker.command_loop(commands, move || drop(stop_tx)).await;
+}
+
+/// Whether a listener kind is HTTP (used by tests and logs).
+pub fn is_http(kind: &ListenerKind) -> bool {
+    matches!(kind, ListenerKind::Http)
+}

@@ -1,0 +1,9 @@
+//! Telemetry: per-core counters and histograms, summed only when someone asks.
+//!
+//! Each worker owns its [`stats::WorkerStats`] shard: plain `Cell<u64>` counters and an
+//! HdrHistogram, written without atomics on the request path. The admin side sends each worker a
+//! query over a channel and merges the copies it gets back ([`stats::StatsTotals`]); nothing on
+//! the request path ever waits for that.
+
+pub mod prometheus;
+pub mod stats;

@@ -1,0 +1,146 @@
+//! One worker: everything a core owns. Created on its own thread, never shared with another.
+//!
+//! The worker holds this core's snapshot view, statistics shard, upstream pool and random
+//! generator behind an `Rc`; connection tasks borrow it. The control thread talks to a worker
+//! only through [`WorkerCommand`] messages, answered by the worker's own command task.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cluster::pool::UpstreamPool;
+use crate::rng::FastRng;
+use crate::state::{SnapshotSource, SnapshotView};
+use crate::telemetry::stats::{ClusterTotals, EndpointTotals, StatsTotals, WorkerStats};
+
+/// A request from the control thread to one worker.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    /// Send back a copy of this worker's statistics (with per-cluster detail).
+    Stats(flume::Sender<StatsTotals>),
+    /// Stop accepting, finish in-flight requests within the drain timeout, then exit.
+    Drain,
+}
+
+/// Per-core state.
+#[derive(Debug)]
+pub struct Worker {
+    /// Index of this worker (0-based), used in logs.
+    pub id: usize,
+    /// Current snapshot and per-core balancing state.
+    pub snapshot: SnapshotView,
+    /// This core's statistics shard.
+    pub stats: WorkerStats,
+    /// This core's upstream connections.
+    pub pool: UpstreamPool,
+    /// This core's random numbers.
+    pub rng: FastRng,
+    /// Retries in flight on this core (retry budget).
+    pub retries_active: Cell<u32>,
+    /// Set once draining started: connections close after their current request.
+    pub draining: Cell<bool>,
+}
+
+impl Worker {
+    /// A worker reading snapshots from `source`.
+    pub fn new(id: usize, source: Arc<SnapshotSource>) -> Rc<Self> {
+        Rc::new(Worker {
+            id,
+            snapshot: SnapshotView::new(source),
+            stats: WorkerStats::default(),
+            pool: UpstreamPool::default(),
+            rng: FastRng::from_entropy(id as u64),
+            retries_active: Cell::new(0),
+            draining: Cell::new(false),
+        })
+    }
+
+    /// Whether the retry budget allows one more retry now (Envoy's `retry_budget`): retries in
+    /// flight below `budget_percent` of active requests, or below the minimum concurrency.
+    pub fn retry_allowed(&self) -> bool {
+        let budget = self.snapshot.get().snapshot.proxy.retry_budget;
+        let active = self.stats.downstream_rq_active.get() as f64;
+        let allowed =
+            ((active * budget.budget_percent / 100.0) as u32).max(budget.min_retry_concurrency);
+        self.retries_active.get() < allowed
+    }
+
+    /// A copy of this worker's statistics including per-cluster and per-endpoint detail.
+    pub fn stats_copy(&self) -> StatsTotals {
+        let mut t = self.stats.copy();
+        let idle = self.pool.idle_counts();
+        for (name, c) in self.snapshot.counters() {
+            let mut ct = ClusterTotals {
+                upstream_rq_total: c.rq_total.get(),
+                upstream_rq_active: c.rq_active.get(),
+                ..Default::default()
+            };
+            for (a, b) in ct.upstream_rq_by_class.iter_mut().zip(c.rq_by_class.iter()) {
+                *a = b.get();
+            }
+            for (addr, e) in c.endpoints.borrow().iter() {
+                ct.endpoints.insert(
+                    addr.to_string(),
+                    EndpointTotals {
+                        rq_total: e.rq_total.get(),
+                        rq_active: e.rq_active.get(),
+                        cx_connect_fail: e.cx_connect_fail.get(),
+                        cx_idle: idle.get(addr).copied().unwrap_or(0) as u64,
+                    },
+                );
+            }
+            t.clusters.insert(name, ct);
+        }
+        t
+    }
+
+    /// Answers control-thread commands until the channel closes or a drain completes.
+    pub async fn command_loop(
+        self: Rc<Self>,
+        commands: flume::Receiver<WorkerCommand>,
+        stop_accepting: impl FnOnce(),
+    ) {
+        let mut stop_accepting = Some(stop_accepting);
+        while let Ok(cmd) = commands.recv_async().await {
+            match cmd {
+                WorkerCommand::Stats(reply) => {
+                    let _ = reply.send(self.stats_copy());
+                }
+                WorkerCommand::Drain => {
+                    self.draining.set(true);
+                    if let Some(stop) = stop_accepting.take() {
+                        stop();
+                    }
+                    let timeout = self.snapshot.get().snapshot.proxy.limits.drain_timeout;
+                    let deadline = Instant::now() + timeout;
+                    while self.stats.downstream_rq_active.get() > 0 && Instant::now() < deadline {
+                        monoio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    tracing::info!(
+                        worker = self.id,
+                        in_flight = self.stats.downstream_rq_active.get(),
+                        "worker drained"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Periodically closes pooled connections idle past the longest cluster idle timeout.
+    pub async fn pool_sweeper(self: Rc<Self>) {
+        loop {
+            monoio::time::sleep(Duration::from_secs(5)).await;
+            let view = self.snapshot.get();
+            let max_idle = view
+                .snapshot
+                .clusters
+                .iter()
+                .map(|c| c.pool.idle_timeout)
+                .max()
+                .unwrap_or(Duration::from_secs(60));
+            self.pool.evict_older_than(max_idle);
+        }
+    }
+}

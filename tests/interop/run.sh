@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Interop tests: the proxy driven by real third-party programs (curl, wrk) on loopback.
+# Installs what it needs (Debian packages), builds the release binaries, and fails on the first
+# assertion that does not hold. Bounded: every load run has a fixed duration.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+need=()
+for bin in curl wrk haproxy nginx; do
+  command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light >/dev/null
+  else
+    echo "interop: missing ${need[*]} and not root to install them" >&2
+    exit 1
+  fi
+fi
+
+cargo build --release -q -p ringmesh-proxy -p ringmesh-loadgen --bins
+BIN=target/release
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+pass=0
+fail=0
+check() { # name, condition-command...
+  local name=$1; shift
+  if "$@"; then pass=$((pass + 1)); echo "ok   $name"; else fail=$((fail + 1)); echo "FAIL $name"; fi
+}
+
+$BIN/ringmesh-echo --listen 127.0.0.1:28080 --instance v1 >"$work/echo1.log" 2>&1 & pids+=($!)
+$BIN/ringmesh-echo --listen 127.0.0.1:28081 --instance v2 >"$work/echo2.log" 2>&1 & pids+=($!)
+$BIN/ringmesh-echo --listen 127.0.0.1:28082 --tcp >"$work/echo3.log" 2>&1 & pids+=($!)
+
+cat >"$work/proxy.yaml" <<YAML
+apiVersion: ringmesh.io/v1alpha1
+kind: ProxyConfig
+metadata: {name: interop}
+spec:
+  workers: 1
+  adminAddress: 127.0.0.1:25000
+  healthAddress: 127.0.0.1:25020
+  metricsAddress: 127.0.0.1:25090
+  listeners:
+  - {name: http, address: "127.0.0.1:25001", protocol: HTTP}
+  - {name: tcp, address: "127.0.0.1:25002", protocol: TCP, destination: {host: tcp.interop, port: 7}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo.interop]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: 28080}, labels: {version: v1}}
+  - {address: 127.0.0.1, ports: {http: 28081}, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp}
+spec:
+  hosts: [tcp.interop]
+  ports: [{number: 7, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {tcp: 28082}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo.interop
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo.interop]
+  http:
+  - match: [{headers: {x-canary: {exact: "1"}}}]
+    route: [{destination: {host: echo.interop, subset: v2}}]
+  - route: [{destination: {host: echo.interop, subset: v1}}]
+YAML
+
+RINGMESH_IO=${RINGMESH_IO:-auto} $BIN/ringmesh-proxy --config "$work/proxy.yaml" >"$work/proxy.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do
+  curl -fsS http://127.0.0.1:25020/healthz/ready >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+H='Host: echo.interop'
+check "proxy ready" curl -fsS -o /dev/null http://127.0.0.1:25020/healthz/ready
+check "start-up log names the io driver" grep -Eq 'io=(io_uring|epoll)' "$work/proxy.log"
+check "curl GET routed to v1" bash -c "curl -fsS -D - -H '$H' http://127.0.0.1:25001/ -o /dev/null | grep -qi 'x-ringmesh-instance: v1'"
+check "curl canary header routed to v2" bash -c "curl -fsS -D - -H '$H' -H 'x-canary: 1' http://127.0.0.1:25001/ -o /dev/null | grep -qi 'x-ringmesh-instance: v2'"
+check "curl POST body echoed" bash -c "[ \"\$(curl -fsS -H '$H' --data-binary hello-interop http://127.0.0.1:25001/echo)\" = hello-interop ]"
+check "curl chunked upload echoed" bash -c "[ \"\$(printf 'chunky' | curl -fsS -H '$H' -H 'Transfer-Encoding: chunked' --data-binary @- http://127.0.0.1:25001/echo)\" = chunky ]"
+check "curl unknown host is 404" bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: nope' http://127.0.0.1:25001/)\" = 404 ]"
+check "curl keep-alive reuses the connection" bash -c "curl -sv -H '$H' http://127.0.0.1:25001/a http://127.0.0.1:25001/b 2>&1 | grep -q 'Re-using existing connection'"
+check "tcp listener echoes" bash -c "[ \"\$(printf 'tcp-bytes' | curl -s --max-time 3 telnet://127.0.0.1:25002 || true)\" = tcp-bytes ]"
+
+wrk -t1 -c16 -d3s -H "$H" --latency http://127.0.0.1:25001/ >"$work/wrk.txt" 2>&1 || true
+cat "$work/wrk.txt"
+check "wrk ran with no socket errors" bash -c "! grep -q 'Socket errors' '$work/wrk.txt'"
+check "wrk got only 2xx" bash -c "! grep -q 'Non-2xx' '$work/wrk.txt'"
+check "wrk completed requests" bash -c "grep -Eq '[0-9]+ requests in' '$work/wrk.txt'"
+check "metrics count the requests" bash -c "curl -fsS http://127.0.0.1:25090/stats/prometheus | grep -Eq '^ringmesh_downstream_rq_total [0-9]{3,}'"
+
+echo "interop: $pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,32 @@
+//! Test harness: builders for upstreams, proxies and clients on ephemeral loopback ports.
+//!
+//! Every end-to-end test starts what it needs itself — a scriptable upstream
+//! ([`upstream::Upstream`]), a real proxy in this process ([`proxy::TestProxy`], the same
+//! `ringmesh_proxy::start` the binary runs) and a raw HTTP/1.1 client ([`client::Client`]) —
+//! on 127.0.0.1 with ports chosen by the kernel, so tests run in parallel and need nothing else.
+//! [`both_io!`] runs a test body once on io_uring and once on the epoll fallback.
+
+pub mod client;
+pub mod proxy;
+pub mod upstream;
+
+pub use ringmesh_api::snapshot::IoMode;
+
+/// Generates `io_uring` and `epoll` tests that call `$body(IoMode)`.
+#[macro_export]
+macro_rules! both_io {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn io_uring() {
+                    super::$name($crate::IoMode::IoUring)
+                }
+                #[test]
+                fn epoll() {
+                    super::$name($crate::IoMode::Epoll)
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,182 @@
+//! A proxy under test: writes the YAML a test gives into a fresh folder, prepends a
+//! `ProxyConfig` with ephemeral ports and the chosen I/O driver, and starts it in-process with
+//! the same entry point the binary uses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ringmesh_api::snapshot::IoMode;
+use ringmesh_proxy::{ProxyHandle, ProxyOptions};
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh temporary folder, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates one under the system temp dir.
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "ringmesh-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// YAML name of an I/O mode in `ProxyConfig`.
+pub fn io_name(io: IoMode) -> &'static str {
+    match io {
+        IoMode::Auto => "auto",
+        IoMode::IoUring => "io_uring",
+        IoMode::Epoll => "epoll",
+    }
+}
+
+/// The `ProxyConfig` document: one worker, ephemeral ports, an HTTP listener `http`, plus
+/// `extra_listeners` (YAML list items, already indented by two spaces) and `extra_spec`.
+pub fn proxy_config(io: IoMode, extra_listeners: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nmetadata:\n  name: test\nspec:\n  workers: 1\n  io: {}\n  adminAddress: 127.0.0.1:0\n  healthAddress: 127.0.0.1:0\n  metricsAddress: 127.0.0.1:0\n{extra_spec}  listeners:\n  - name: http\n    address: 127.0.0.1:0\n    protocol: HTTP\n{extra_listeners}",
+        io_name(io)
+    )
+}
+
+/// A `ServiceEntry` for `host:port` served by `endpoints` (each `(addr, labels)`).
+pub fn service_entry(
+    name: &str,
+    host: &str,
+    port: u16,
+    endpoints: &[(SocketAddr, &[(&str, &str)])],
+) -> String {
+    let mut s = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts: [\"{host}\"]\n  ports:\n  - number: {port}\n    name: http\n    protocol: HTTP\n  resolution: STATIC\n  endpoints:\n"
+    );
+    for (addr, labels) in endpoints {
+        s.push_str(&format!(
+            "  - address: {}\n    ports:\n      http: {}\n",
+            addr.ip(),
+            addr.port()
+        ));
+        if !labels.is_empty() {
+            s.push_str("    labels:\n");
+            for (k, v) in labels.iter() {
+                s.push_str(&format!("      {k}: \"{v}\"\n"));
+            }
+        }
+    }
+    s
+}
+
+/// A running proxy and the folder its config lives in.
+#[derive(Debug)]
+pub struct TestProxy {
+    /// The running proxy.
+    pub handle: Option<ProxyHandle>,
+    /// The config file.
+    pub config: PathBuf,
+    /// Keeps the folder alive.
+    pub dir: TempDir,
+}
+
+impl TestProxy {
+    /// Starts a proxy on `docs` (YAML documents joined with `---`).
+    pub fn start(docs: &[String]) -> TestProxy {
+        Self::try_start(docs).unwrap_or_else(|e| panic!("proxy failed to start: {e:#}"))
+    }
+
+    /// Starts a proxy, returning the start-up error instead of panicking.
+    pub fn try_start(docs: &[String]) -> anyhow::Result<TestProxy> {
+        let dir = TempDir::new();
+        let config = dir.0.join("proxy.yaml");
+        std::fs::write(&config, docs.join("\n---\n"))?;
+        let mut opts = ProxyOptions::from_file(&config);
+        opts.watch_interval = Some(Duration::from_millis(100));
+        let handle = ringmesh_proxy::start(opts)?;
+        Ok(TestProxy {
+            handle: Some(handle),
+            config,
+            dir,
+        })
+    }
+
+    fn h(&self) -> &ProxyHandle {
+        self.handle.as_ref().expect("proxy running")
+    }
+
+    /// The HTTP listener's address.
+    pub fn http(&self) -> SocketAddr {
+        self.h().listener("http").expect("http listener")
+    }
+
+    /// A listener's address by name.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.h().listener(name).expect("listener")
+    }
+
+    /// Admin address.
+    pub fn admin(&self) -> SocketAddr {
+        self.h().admin_address
+    }
+
+    /// Health address.
+    pub fn health(&self) -> SocketAddr {
+        self.h().health_address
+    }
+
+    /// Metrics address.
+    pub fn metrics(&self) -> SocketAddr {
+        self.h().metrics_address
+    }
+
+    /// Rewrites the config file (the proxy polls it every 100 ms).
+    pub fn rewrite(&self, docs: &[String]) {
+        // Write then rename so the proxy never reads a half-written file.
+        let tmp = self.dir.0.join("proxy.yaml.tmp");
+        std::fs::write(&tmp, docs.join("\n---\n")).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("rename config");
+    }
+
+    /// Stops the proxy and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `f` every 20 ms until it returns true or `within` passes.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
