@@ -7,17 +7,20 @@
 //! and `ringmesh analyze` all run this same code, so a config that compiles in one compiles in all.
 #![warn(missing_docs)]
 
+pub mod compile;
 pub mod diagnostic;
 pub mod duration;
 pub mod hash_table;
 pub mod load;
 mod locate;
 pub mod matcher;
+pub mod registry;
 pub mod resources;
 pub mod route_index;
 mod schema;
 pub mod snapshot;
 
+pub use compile::{compile, compile_files, CompileInput, Compiled};
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use duration::parse_duration;
 pub use load::{load_files, load_str};

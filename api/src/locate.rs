@@ -45,6 +45,7 @@ impl FieldPath {
     }
 
     /// Parses `spec.http[0].route` (as serde_yaml prints paths) back into segments.
+    #[cfg(test)]
     pub(crate) fn parse(text: &str) -> Self {
         let mut segs = Vec::new();
         for part in text.split('.') {
