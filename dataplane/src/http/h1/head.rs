@@ -78,7 +78,7 @@ impl Span {
     /// Length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        (self.end - self.start) as usize
+        self.end.saturating_sub(self.start) as usize
     }
 
     /// True when the span covers no byte.

@@ -1,6 +1,7 @@
 //! Tests for head parsing: every accepted shape, every refused smuggling shape (by exact
 //! variant), incremental feeding, pipelining, and property tests on random input.
 
+use super::super::{encode_request_head, encode_response_head, RequestEncode, ResponseEncode};
 use super::*;
 use proptest::prelude::*;
 
@@ -899,6 +900,80 @@ fn http_ish_bytes() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(chunk, 0..16).prop_map(|v| v.concat())
 }
 
+/// Mostly well-formed heads built from fields that matter to framing, then a few byte
+/// mutations: random bytes alone almost never get past the start line.
+fn head_like() -> impl Strategy<Value = Vec<u8>> {
+    let start = prop_oneof![
+        Just("GET / HTTP/1.1"),
+        Just("POST /x?y HTTP/1.0"),
+        Just("CONNECT h:443 HTTP/1.1"),
+        Just("OPTIONS * HTTP/1.1"),
+        Just("GET http://h.example/p HTTP/1.1"),
+        Just("PROPFIND /d HTTP/1.1"),
+        Just("HTTP/1.1 200 OK"),
+        Just("HTTP/1.0 204 No Content"),
+        Just("HTTP/1.1 101 Switching"),
+        Just("HTTP/1.1 304"),
+    ];
+    let name = prop_oneof![
+        Just("X-B"),
+        Just("Content-Length"),
+        Just("Transfer-Encoding"),
+        Just("Connection"),
+        Just("Upgrade"),
+        Just("Keep-Alive"),
+        Just("TE"),
+        Just("Expect"),
+        Just("X-Forwarded-For"),
+        Just("X-A"),
+    ];
+    let value = prop_oneof![
+        Just("h.example"),
+        Just("5"),
+        Just("0"),
+        Just("5, 5"),
+        Just("chunked"),
+        Just("gzip, chunked"),
+        Just("close"),
+        Just("keep-alive, X-A"),
+        Just("upgrade"),
+        Just("websocket"),
+        Just("100-continue"),
+        Just(""),
+        Just("a b"),
+    ];
+    let fields = proptest::collection::vec((name, value), 0..6);
+    let mutation = (any::<prop::sample::Index>(), any::<u8>(), 0u8..3);
+    let mutations = prop_oneof![
+        3 => Just(Vec::new()),
+        1 => proptest::collection::vec(mutation, 1..3),
+    ];
+    let flags = (any::<bool>(), any::<bool>());
+    (start, fields, flags, mutations).prop_map(|(start, fields, (complete, host), mutations)| {
+        let mut v = format!("{start}\r\n").into_bytes();
+        if host {
+            v.extend_from_slice(b"Host: h.example\r\n");
+        }
+        for (n, val) in fields {
+            v.extend_from_slice(format!("{n}: {val}\r\n").as_bytes());
+        }
+        if complete {
+            v.extend_from_slice(b"\r\nbody");
+        }
+        for (at, byte, op) in mutations {
+            let i = at.index(v.len());
+            match op {
+                0 => v[i] = byte,
+                1 => v.insert(i, byte),
+                _ => {
+                    v.remove(i);
+                }
+            }
+        }
+        v
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -910,7 +985,7 @@ proptest! {
     }
 
     #[test]
-    fn http_ish_bytes_never_panic_and_spans_are_in_bounds(buf in http_ish_bytes()) {
+    fn http_ish_bytes_never_panic_and_spans_are_in_bounds(buf in prop_oneof![http_ish_bytes(), head_like()]) {
         let small = HeadLimits { max_head_bytes: 256, max_headers: 8 };
         for l in [limits(), small] {
             if let Ok(Some(h)) = parse_request_head(&buf, &l) {
@@ -920,9 +995,18 @@ proptest! {
                     prop_assert!(f.value_span().range().end <= h.len());
                 }
                 prop_assert!(h.target_span().range().end <= h.len());
+                // What we accept, we re-encode into something we accept again.
+                let mut out = bytes::BytesMut::new();
+                encode_request_head(&h, &buf, &RequestEncode::passthrough(&h), &mut out);
+                let again = parse_request_head(&out, &limits());
+                prop_assert!(matches!(again, Ok(Some(_))), "{:?} -> {:?}", String::from_utf8_lossy(&out), again);
             }
             if let Ok(Some(h)) = parse_response_head(&buf, &l, Method::Get) {
                 prop_assert!(h.len() <= buf.len());
+                let mut out = bytes::BytesMut::new();
+                encode_response_head(&h, &buf, &ResponseEncode::passthrough(&h), &mut out);
+                let again = parse_response_head(&out, &limits(), Method::Get);
+                prop_assert!(matches!(again, Ok(Some(_))), "{:?} -> {:?}", String::from_utf8_lossy(&out), again);
             }
         }
     }
@@ -930,7 +1014,7 @@ proptest! {
     /// Feeding a growing buffer to one RequestParser gives, at every length, what the stateless
     /// parser gives on that prefix: the incremental scan never skips a check.
     #[test]
-    fn incremental_equals_stateless(buf in http_ish_bytes()) {
+    fn incremental_equals_stateless(buf in prop_oneof![http_ish_bytes(), head_like()]) {
         let l = HeadLimits { max_head_bytes: 200, max_headers: 8 };
         let mut p = RequestParser::new(l);
         let mut r = ResponseParser::new(l);
