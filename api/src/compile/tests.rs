@@ -1,1 +1,946 @@
-//! Compiler tests.
+//! Compiler tests: each feature and each error, asserting on message, field and line.
+
+use super::*;
+use crate::load::load_str;
+use crate::snapshot::RequestHead;
+
+fn compile_yaml(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
+    let (resources, mut warnings) = load_str("mesh.yaml", text)?;
+    let mut compiled = compile(&CompileInput {
+        resources,
+        extra_endpoints: Vec::new(),
+        version: 7,
+    })?;
+    warnings.append(&mut compiled.warnings);
+    compiled.warnings = warnings;
+    Ok(compiled)
+}
+
+fn ok(text: &str) -> Compiled {
+    match compile_yaml(text) {
+        Ok(c) => c,
+        Err(e) => panic!("expected success, got:\n{}", crate::Diagnostics(e)),
+    }
+}
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match compile_yaml(text) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e,
+    }
+}
+
+/// 1-based line of the first line containing `needle` (after `skip` earlier matches).
+fn line_of(text: &str, needle: &str, skip: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(skip)
+        .map(|(i, _)| i + 1)
+        .unwrap_or_else(|| panic!("{needle:?} not in text"))
+}
+
+#[derive(Debug, Default)]
+struct Req {
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Req {
+    fn new(path: &str) -> Self {
+        Req {
+            path: path.into(),
+            headers: vec![],
+        }
+    }
+    fn header(mut self, n: &str, v: &str) -> Self {
+        self.headers.push((n.into(), v.into()));
+        self
+    }
+}
+
+impl RequestHead for Req {
+    fn method(&self) -> &str {
+        "GET"
+    }
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn query(&self) -> Option<&str> {
+        None
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+    }
+}
+
+/// Cluster names a request to `host` + `req` can go to.
+fn route_clusters(c: &Compiled, host: &str, req: &Req) -> Vec<String> {
+    let vh = c.snapshot.routes.find_host(host).expect("virtual host");
+    let route = vh.find_route(req).expect("route");
+    match &route.action {
+        RouteAction::Forward(f) => f
+            .clusters
+            .entries
+            .iter()
+            .map(|(id, _)| c.snapshot.cluster(*id).name.clone())
+            .collect(),
+        other => panic!("not a forward: {other:?}"),
+    }
+}
+
+/// Bookinfo's reviews service as Istio's samples write it (service-entry form), with the
+/// samples' `destination-rule-all.yaml` rule and `virtual-service-reviews-jason-v2-v3.yaml`.
+const BOOKINFO: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews.default.svc.cluster.local
+  location: MESH_INTERNAL
+  ports:
+  - number: 9080
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  endpoints:
+  - address: 10.0.0.1
+    labels:
+      app: reviews
+      version: v1
+  - address: 10.0.0.2
+    labels:
+      app: reviews
+      version: v2
+  - address: 10.0.0.3
+    labels:
+      app: reviews
+      version: v3
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: RANDOM
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+  - name: v3
+    labels:
+      version: v3
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+    - reviews
+  http:
+  - match:
+    - headers:
+        end-user:
+          exact: jason
+    route:
+    - destination:
+        host: reviews
+        subset: v2
+  - route:
+    - destination:
+        host: reviews
+        subset: v3
+      weight: 50
+    - destination:
+        host: reviews
+        subset: v1
+      weight: 50
+";
+
+#[test]
+fn bookinfo_reviews_loads_unchanged_and_routes() {
+    let c = ok(BOOKINFO);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.snapshot.version, 7);
+    let names: Vec<&str> = c
+        .snapshot
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(names.contains(&"outbound|9080||reviews.default.svc.cluster.local"));
+    assert!(names.contains(&"outbound|9080|v2|reviews.default.svc.cluster.local"));
+    for host in [
+        "reviews",
+        "reviews:9080",
+        "reviews.default.svc.cluster.local",
+        "Reviews.Default",
+    ] {
+        assert!(c.snapshot.routes.find_host(host).is_some(), "{host}");
+    }
+    assert_eq!(
+        route_clusters(
+            &c,
+            "reviews:9080",
+            &Req::new("/reviews/1").header("end-user", "jason")
+        ),
+        ["outbound|9080|v2|reviews.default.svc.cluster.local"]
+    );
+    assert_eq!(
+        route_clusters(&c, "reviews", &Req::new("/reviews/1")),
+        [
+            "outbound|9080|v3|reviews.default.svc.cluster.local",
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        ]
+    );
+    let v2 = c
+        .snapshot
+        .clusters
+        .iter()
+        .find(|c| c.subset.as_deref() == Some("v2"))
+        .expect("v2 cluster");
+    assert_eq!(v2.endpoints.len(), 1);
+    assert_eq!(
+        v2.endpoints[0].address,
+        "10.0.0.2:9080".parse().expect("addr")
+    );
+    assert!(matches!(v2.lb, LbPolicy::Random));
+    let vh = c.snapshot.routes.find_host("reviews").expect("vh");
+    assert_eq!(vh.name, "default/reviews");
+    assert_eq!(vh.routes[1].name, "default/reviews/1");
+    match &vh.routes[1].action {
+        RouteAction::Forward(f) => {
+            assert_eq!(
+                f.clusters.entries.iter().map(|e| e.1).collect::<Vec<_>>(),
+                [50, 100]
+            );
+            assert_eq!(f.retry.attempts, 2);
+            assert_eq!(f.retry.retriable_status_codes, [503]);
+            assert!(f.timeout.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Default listener when there is no ProxyConfig.
+    assert_eq!(c.snapshot.listeners.len(), 1);
+    assert_eq!(
+        c.snapshot.listeners[0].address,
+        "127.0.0.1:15001".parse().expect("addr")
+    );
+    // The snapshot serializes for /config_dump.
+    let json = serde_json::to_string(&c.snapshot).expect("serializes");
+    assert!(json.contains("outbound|9080|v1|reviews.default.svc.cluster.local"));
+}
+
+#[test]
+fn weights_must_sum_to_100() {
+    let text = BOOKINFO.replacen("weight: 50", "weight: 40", 1);
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].field.as_deref(), Some("spec.http[1].route[1].weight"));
+    assert_eq!(e[0].line, Some(line_of(&text, "weight: 50", 0)));
+    assert_eq!(
+        e[0].to_string(),
+        format!(
+            "mesh.yaml:{}: VirtualService default/reviews: spec.http[1].route[1].weight: \
+             weights must sum to 100, got 90",
+            line_of(&text, "weight: 50", 0)
+        )
+    );
+}
+
+#[test]
+fn unknown_destination_host_and_subset() {
+    let text = BOOKINFO.replacen("subset: v2", "subset: v4", 1).replacen(
+        "        host: reviews\n        subset: v3",
+        "        host: ratings\n        subset: v3",
+        1,
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!(
+        e[0].field.as_deref(),
+        Some("spec.http[0].route[0].destination.subset")
+    );
+    assert_eq!(e[0].line, Some(line_of(&text, "subset: v4", 0)));
+    assert!(
+        e[0].message
+            .contains("subset \"v4\" is not defined in DestinationRule default/reviews")
+            && e[0].message.contains("(subsets: v1, v2, v3)"),
+        "{}",
+        e[0].message
+    );
+    assert_eq!(
+        e[1].field.as_deref(),
+        Some("spec.http[1].route[0].destination.host")
+    );
+    assert_eq!(
+        e[1].message,
+        "destination host \"ratings\" matches no ServiceEntry (also tried \
+         ratings.default.svc.cluster.local)"
+    );
+    assert_eq!(e[1].line, Some(line_of(&text, "host: ratings", 0)));
+}
+
+#[test]
+fn subset_without_destination_rule() {
+    let text = BOOKINFO
+        .replace("kind: DestinationRule", "kind: DestinationRule\n")
+        .replace(
+            "  host: reviews\n  trafficPolicy",
+            "  host: other.example.com\n  trafficPolicy",
+        );
+    let e = errors(&text);
+    assert!(
+        e.iter().any(|d| d.message
+            == "subset \"v2\" is not defined: no DestinationRule for host \
+                reviews.default.svc.cluster.local"),
+        "{e:#?}"
+    );
+}
+
+const SVC: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: web
+spec:
+  hosts: [web.example.com]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  endpoints:
+  - address: 127.0.0.1
+    ports: {http: 8080}
+";
+
+fn vs(http: &str) -> String {
+    format!(
+        "{SVC}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: web\nspec:\n  hosts: [web.example.com]\n  http:\n{http}"
+    )
+}
+
+#[test]
+fn redirect_and_route_together() {
+    let text =
+        vs("  - redirect: {uri: /new}\n    route:\n    - destination: {host: web.example.com}\n");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(
+        e[0].message,
+        "route and redirect cannot both be set in one http route"
+    );
+    assert_eq!(e[0].field.as_deref(), Some("spec.http[0].redirect"));
+    assert_eq!(e[0].line, Some(line_of(&text, "redirect:", 0)));
+}
+
+#[test]
+fn direct_response_needs_status() {
+    let text = vs("  - directResponse:\n      body: {string: hi}\n");
+    let e = errors(&text);
+    assert_eq!(e[0].message, "directResponse.status is required");
+    assert_eq!(e[0].field.as_deref(), Some("spec.http[0].directResponse"));
+    assert_eq!(e[0].line, Some(line_of(&text, "directResponse:", 0)));
+}
+
+#[test]
+fn direct_response_and_redirect_compile() {
+    let text = vs("  - match: [{uri: {exact: /old}}]\n    redirect: {uri: /new, redirectCode: 302, scheme: HTTPS}\n  - directResponse: {status: 503, body: {bytes: aGVsbG8=}}\n");
+    let c = ok(&text);
+    let vh = c.snapshot.routes.find_host("web.example.com").expect("vh");
+    match &vh.find_route(&Req::new("/old")).expect("route").action {
+        RouteAction::Redirect(r) => {
+            assert_eq!(r.status, 302);
+            assert_eq!(r.path.as_deref(), Some("/new"));
+            assert_eq!(r.scheme.as_deref(), Some("https"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &vh.find_route(&Req::new("/x")).expect("route").action {
+        RouteAction::Direct(d) => {
+            assert_eq!(d.status, 503);
+            assert_eq!(d.body, "hello");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn invalid_regex_names_the_problem() {
+    let text = vs("  - match:\n    - uri:\n        regex: \"/api/(v1\"\n    route:\n    - destination: {host: web.example.com}\n");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(
+        e[0].field.as_deref(),
+        Some("spec.http[0].match[0].uri.regex")
+    );
+    assert_eq!(e[0].line, Some(line_of(&text, "regex:", 0)));
+    assert!(
+        e[0].message.starts_with("invalid regex \"/api/(v1\""),
+        "{}",
+        e[0].message
+    );
+    assert!(e[0].message.contains("unclosed group"), "{}", e[0].message);
+}
+
+#[test]
+fn string_match_needs_exactly_one() {
+    let text = vs("  - match:\n    - uri: {exact: /a, prefix: /b}\n    route:\n    - destination: {host: web.example.com}\n");
+    let e = errors(&text);
+    assert_eq!(
+        e[0].message,
+        "set only one of exact, prefix or regex (found exact, prefix)"
+    );
+    let text =
+        vs("  - match:\n    - uri: {}\n    route:\n    - destination: {host: web.example.com}\n");
+    assert_eq!(
+        errors(&text)[0].message,
+        "set one of exact, prefix or regex"
+    );
+}
+
+#[test]
+fn bad_durations_and_retry_values() {
+    let text = vs("  - route:\n    - destination: {host: web.example.com}\n    timeout: 5 seconds\n    retries:\n      attempts: 3\n      perTryTimeout: 1x\n      retryOn: 5xx,gateway-eror,503\n");
+    let e = errors(&text);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert_eq!(e[0].field.as_deref(), Some("spec.http[0].timeout"));
+    assert!(e[0].message.contains("\"5 seconds\""), "{}", e[0].message);
+    assert_eq!(e[0].line, Some(line_of(&text, "timeout: 5", 0)));
+    assert_eq!(
+        e[1].field.as_deref(),
+        Some("spec.http[0].retries.perTryTimeout")
+    );
+    assert_eq!(e[2].field.as_deref(), Some("spec.http[0].retries.retryOn"));
+    assert!(
+        e[2].message.contains("did you mean \"gateway-error\""),
+        "{}",
+        e[2].message
+    );
+}
+
+#[test]
+fn retry_policies() {
+    let text = vs("  - match: [{uri: {prefix: /a}}]\n    route:\n    - destination: {host: web.example.com}\n    retries: {attempts: 0}\n  - match: [{uri: {prefix: /b}}]\n    route:\n    - destination: {host: web.example.com}\n    timeout: 1.5s\n    retries: {attempts: 4, perTryTimeout: 250ms, retryOn: \"5xx,reset,retriable-4xx,502\"}\n");
+    let c = ok(&text);
+    let vh = c.snapshot.routes.find_host("web.example.com").expect("vh");
+    let forward = |p: &str| match &vh.find_route(&Req::new(p)).expect("route").action {
+        RouteAction::Forward(f) => f.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(forward("/a").retry.attempts, 0);
+    let b = forward("/b");
+    assert_eq!(b.timeout, Some(Duration::from_millis(1500)));
+    assert_eq!(b.retry.attempts, 4);
+    assert_eq!(b.retry.per_try_timeout, Some(Duration::from_millis(250)));
+    assert!(b.retry.on_5xx && b.retry.on_reset && !b.retry.on_connect_failure);
+    assert_eq!(b.retry.retriable_status_codes, [409, 502]);
+    assert!(b.retry.retries_status(500));
+}
+
+#[test]
+fn ports_must_be_valid() {
+    let text = SVC
+        .replace("number: 80", "number: -5")
+        .replace("http: 8080", "http: 70000");
+    let e = errors(&text);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!(e[0].field.as_deref(), Some("spec.ports[0].number"));
+    assert_eq!(e[0].message, "port must be between 1 and 65535, got -5");
+    assert_eq!(e[0].line, Some(line_of(&text, "number: -5", 0)));
+    assert_eq!(e[1].field.as_deref(), Some("spec.endpoints[0].ports.http"));
+    assert_eq!(e[1].line, Some(line_of(&text, "http: 70000", 0)));
+}
+
+#[test]
+fn endpoint_ports_override_target_port() {
+    let text = format!(
+        "{}---\n{}",
+        SVC,
+        SVC.replace("name: web", "name: api")
+            .replace("web.example.com", "api.example.com")
+            .replace("protocol: HTTP}", "protocol: HTTP, targetPort: 9090}")
+            .replace("    ports: {http: 8080}\n", "")
+    );
+    let c = ok(&text);
+    let addr = |name: &str| {
+        c.snapshot
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.endpoints[0].address.to_string())
+    };
+    assert_eq!(
+        addr("outbound|80||web.example.com").as_deref(),
+        Some("127.0.0.1:8080")
+    );
+    assert_eq!(
+        addr("outbound|80||api.example.com").as_deref(),
+        Some("127.0.0.1:9090")
+    );
+}
+
+#[test]
+fn dns_hostname_endpoints_not_supported_yet() {
+    let text = SVC
+        .replace("  endpoints:", "  resolution: DNS\n  endpoints:")
+        .replace("address: 127.0.0.1", "address: web.internal");
+    let e = errors(&text);
+    assert_eq!(
+        e[0].message,
+        "resolution DNS with hostname endpoints is not supported yet; use IP addresses"
+    );
+    assert_eq!(e[0].field.as_deref(), Some("spec.endpoints[0].address"));
+    // DNS with IP literal endpoints is fine.
+    ok(&SVC.replace("  endpoints:", "  resolution: DNS\n  endpoints:"));
+}
+
+#[test]
+fn duplicate_resources_and_hosts() {
+    let text = format!("{SVC}---\n{SVC}");
+    let e = errors(&text);
+    assert!(
+        e[0].message
+            .starts_with("duplicate ServiceEntry default/web; the first is defined at mesh.yaml:1"),
+        "{e:#?}"
+    );
+    assert_eq!(e[0].line, Some(line_of(&text, "name: web", 1)));
+    let text = format!("{SVC}---\n{}", SVC.replace("name: web", "name: web2"));
+    let e = errors(&text);
+    assert!(
+        e[0].message
+            .starts_with("host web.example.com is already declared by ServiceEntry default/web"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn two_virtual_services_claiming_a_host() {
+    let one = vs("  - route:\n    - destination: {host: web.example.com}\n");
+    let two = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: web-canary\n  namespace: default\nspec:\n  hosts: [web.example.com]\n  http:\n  - route:\n    - destination: {host: web.example.com}\n";
+    let text = format!("{one}{two}");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(
+        e[0].resource.as_deref(),
+        Some("VirtualService default/web-canary")
+    );
+    assert!(
+        e[0].message.starts_with(
+            "host web.example.com is already claimed by VirtualService default/web at mesh.yaml:"
+        ),
+        "{}",
+        e[0].message
+    );
+}
+
+#[test]
+fn default_virtual_host_prefers_the_http_port() {
+    let text = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: data}
+spec:
+  hosts: [db]
+  ports:
+  - {number: 5432, name: tcp-pg, protocol: TCP}
+  - {number: 8080, name: http-admin, protocol: HTTP}
+  endpoints: [{address: 10.1.0.1}]
+";
+    let c = ok(text);
+    assert_eq!(
+        route_clusters(&c, "db.data.svc.cluster.local", &Req::new("/")),
+        ["outbound|8080||db.data.svc.cluster.local"]
+    );
+    assert!(c.snapshot.routes.find_host("db.data").is_some());
+    assert_eq!(c.snapshot.clusters.len(), 2);
+}
+
+#[test]
+fn several_ports_need_a_destination_port() {
+    let text = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  hosts: [web.example.com]\n  http:\n  - route:\n    - destination: {{host: web.example.com}}\n  - route:\n    - destination: {{host: web.example.com, port: {{number: 81}}}}\n",
+        SVC.replace(
+            "  - {number: 80, name: http, protocol: HTTP}\n",
+            "  - {number: 80, name: http, protocol: HTTP}\n  - {number: 443, name: https, protocol: HTTPS}\n"
+        )
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!(
+        e[0].message,
+        "service web.example.com has several ports (80, 443); set destination port.number"
+    );
+    assert_eq!(
+        e[0].field.as_deref(),
+        Some("spec.http[0].route[0].destination")
+    );
+    assert_eq!(
+        e[1].message,
+        "port 81 is not a port of service web.example.com (ports: 80, 443)"
+    );
+    assert_eq!(
+        e[1].field.as_deref(),
+        Some("spec.http[1].route[0].destination.port.number")
+    );
+}
+
+#[test]
+fn header_operations_merge() {
+    let text = vs("  - headers:\n      request:\n        set: {X-Route: r}\n        remove: [X-Debug]\n    route:\n    - destination: {host: web.example.com}\n      headers:\n        request: {set: {x-route: d, x-dest: d}}\n        response: {add: {x-served-by: web}}\n");
+    let c = ok(&text);
+    let vh = c.snapshot.routes.find_host("web.example.com").expect("vh");
+    let r = &vh.routes[0];
+    assert_eq!(
+        r.request_headers.set,
+        [
+            ("x-dest".to_owned(), "d".to_owned()),
+            ("x-route".to_owned(), "d".to_owned())
+        ]
+    );
+    assert_eq!(r.request_headers.remove, ["x-debug"]);
+    assert_eq!(
+        r.response_headers.add,
+        [("x-served-by".to_owned(), "web".to_owned())]
+    );
+}
+
+#[test]
+fn differing_destination_headers_are_an_error() {
+    let text = format!(
+        "{}---\n{}",
+        vs("  - route:\n    - destination: {host: web.example.com}\n      weight: 50\n      headers: {request: {set: {x-v: a}}}\n    - destination: {host: api.example.com}\n      weight: 50\n      headers: {request: {set: {x-v: b}}}\n"),
+        SVC.replace("name: web", "name: api").replace("web.example.com", "api.example.com")
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].field.as_deref(), Some("spec.http[0].route[1].headers"));
+    assert!(e[0]
+        .message
+        .starts_with("header operations differ between destinations"));
+}
+
+#[test]
+fn rewrite_and_matches_compile() {
+    let text = vs("  - match:\n    - uri: {prefix: /v1/}\n      ignoreUriCase: true\n      withoutHeaders: {x-canary: {}}\n      queryParams: {debug: {exact: \"1\"}}\n      authority: {prefix: web}\n    rewrite: {uri: /v2/, authority: backend}\n    route:\n    - destination: {host: web.example.com}\n");
+    let c = ok(&text);
+    let vh = c.snapshot.routes.find_host("web.example.com").expect("vh");
+    let r = &vh.routes[0];
+    let m = &r.matches[0];
+    assert!(m.path.as_ref().is_some_and(|p| p.ignore_case));
+    assert_eq!(m.headers.len(), 2);
+    assert_eq!(m.query.len(), 1);
+    match &r.action {
+        RouteAction::Forward(f) => {
+            assert_eq!(f.host_rewrite.as_deref(), Some("backend"));
+            let rw = f.path_rewrite.as_ref().expect("rewrite");
+            assert_eq!(rw.rewrite(Some(m), "/V1/users"), "/v2/users");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn gateway_only_virtual_service_is_skipped() {
+    let text = vs("  - route:\n    - destination: {host: web.example.com}\n").replace(
+        "  hosts: [web.example.com]\n  http:",
+        "  hosts: [web.example.com]\n  gateways: [istio-ingressgateway]\n  http:",
+    );
+    let c = ok(&text);
+    assert_eq!(c.warnings.len(), 1);
+    assert!(c.warnings[0].message.contains("skipped"));
+    // The service's default virtual host serves the host instead.
+    assert_eq!(
+        c.snapshot
+            .routes
+            .find_host("web.example.com")
+            .map(|v| v.name.as_str()),
+        Some("web.example.com")
+    );
+}
+
+#[test]
+fn load_balancers() {
+    let dr = |policy: &str| {
+        format!(
+            "{SVC}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web}}\nspec:\n  host: web.example.com\n  trafficPolicy:\n{policy}"
+        )
+    };
+    let lb = |policy: &str| ok(&dr(policy)).snapshot.clusters[0].lb.clone();
+    assert!(matches!(
+        ok(SVC).snapshot.clusters[0].lb,
+        LbPolicy::LeastRequest
+    ));
+    assert!(matches!(
+        lb("    loadBalancer: {simple: ROUND_ROBIN}\n"),
+        LbPolicy::RoundRobin
+    ));
+    match lb("    loadBalancer:\n      consistentHash:\n        httpHeaderName: X-User\n        ringHash: {minimumRingSize: 2048}\n") {
+        LbPolicy::RingHash { hash_on: HashOn::Header(h), table } => {
+            assert_eq!(h, "x-user");
+            assert!(table.len() >= 2048);
+        }
+        other => panic!("{other:?}"),
+    }
+    match lb("    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n        maglev: {tableSize: 251}\n") {
+        LbPolicy::Maglev { hash_on: HashOn::SourceIp, table } => assert_eq!(table.len(), 251),
+        other => panic!("{other:?}"),
+    }
+    let text = dr("    loadBalancer:\n      consistentHash:\n        httpCookie: {name: session, ttl: 0s}\n        maglev: {tableSize: 1000}\n");
+    let e = errors(&text);
+    assert_eq!(
+        e[0].field.as_deref(),
+        Some("spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize")
+    );
+    assert!(e[0].message.contains("prime"), "{}", e[0].message);
+    let e = errors(&dr("    loadBalancer: {simple: PASSTHROUGH}\n"));
+    assert!(e[0].message.starts_with("PASSTHROUGH load balancing"));
+    let e = errors(&dr("    loadBalancer: {consistentHash: {}}\n"));
+    assert!(e[0].message.starts_with("consistentHash needs one of"));
+}
+
+#[test]
+fn connection_pool_and_subset_overrides() {
+    let text = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web}}\nspec:\n  host: web.example.com\n  trafficPolicy:\n    connectionPool:\n      tcp: {{connectTimeout: 250ms, maxConnections: 10}}\n      http: {{idleTimeout: 30s, maxRequestsPerConnection: 100}}\n  subsets:\n  - name: slow\n    trafficPolicy:\n      connectionPool:\n        tcp: {{connectTimeout: 2s}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [web.example.com]\n  http:\n  - route:\n    - destination: {{host: web.example.com, subset: slow}}\n",
+        SVC
+    );
+    let c = ok(&text);
+    let base = &c.snapshot.clusters[0];
+    assert_eq!(base.connect_timeout, Duration::from_millis(250));
+    assert_eq!(base.pool.idle_timeout, Duration::from_secs(30));
+    assert_eq!(base.pool.max_requests_per_connection, Some(100));
+    let slow = c
+        .snapshot
+        .clusters
+        .iter()
+        .find(|c| c.subset.is_some())
+        .expect("subset cluster");
+    assert_eq!(slow.name, "outbound|80|slow|web.example.com");
+    assert_eq!(slow.connect_timeout, Duration::from_secs(2));
+    assert_eq!(slow.pool.idle_timeout, Duration::from_secs(30));
+    assert_eq!(
+        slow.endpoints.len(),
+        1,
+        "a subset without labels selects every endpoint"
+    );
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.message == "maxConnections is accepted but not enforced yet"));
+}
+
+const PROXY: &str = "\
+apiVersion: ringmesh.io/v1alpha1
+kind: ProxyConfig
+spec:
+  workers: 2
+  cpus: [0, 1]
+  io: epoll
+  adminAddress: 127.0.0.1:16000
+  limits:
+    maxHeaders: 50
+    requestHeaderTimeout: 2s
+  retryBudget: {budgetPercent: 10, minRetryConcurrency: 5}
+  listeners:
+  - name: http
+    address: 127.0.0.1:15001
+  - name: db
+    address: 127.0.0.1:15432
+    protocol: TCP
+    destination: {host: web.example.com}
+    idleTimeout: 10m
+";
+
+#[test]
+fn proxy_config_settings_and_listeners() {
+    let c = ok(&format!("{PROXY}---\n{SVC}"));
+    let p = &c.snapshot.proxy;
+    assert_eq!(p.workers, Some(2));
+    assert_eq!(p.cpus, [0, 1]);
+    assert_eq!(p.io, IoMode::Epoll);
+    assert_eq!(p.admin_address, "127.0.0.1:16000".parse().expect("addr"));
+    assert_eq!(p.health_address, "0.0.0.0:15020".parse().expect("addr"));
+    assert_eq!(p.limits.max_headers, 50);
+    assert_eq!(p.limits.max_request_head_bytes, 65536);
+    assert_eq!(p.limits.request_header_timeout, Duration::from_secs(2));
+    assert_eq!(p.limits.downstream_idle_timeout, Duration::from_secs(300));
+    assert_eq!(p.retry_budget.min_retry_concurrency, 5);
+    assert_eq!(c.snapshot.listeners.len(), 2);
+    match &c.snapshot.listeners[1].kind {
+        ListenerKind::Tcp {
+            clusters,
+            idle_timeout,
+        } => {
+            assert_eq!(*idle_timeout, Duration::from_secs(600));
+            assert_eq!(
+                c.snapshot.cluster(clusters.pick(0)).name,
+                "outbound|80||web.example.com"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn tcp_route_overrides_listener_destination() {
+    let text = format!(
+        "{PROXY}---\n{SVC}---\n{}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: db}}\nspec:\n  hosts: [db.example.com]\n  tcp:\n  - match: [{{port: 15432}}]\n    route:\n    - destination: {{host: db.example.com}}\n",
+        SVC.replace("name: web", "name: db").replace("web.example.com", "db.example.com")
+    );
+    let c = ok(&text);
+    match &c.snapshot.listeners[1].kind {
+        ListenerKind::Tcp { clusters, .. } => assert_eq!(
+            c.snapshot.cluster(clusters.pick(0)).name,
+            "outbound|80||db.example.com"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn listener_errors_are_all_reported() {
+    let text = PROXY
+        .replace("workers: 2", "workers: 0")
+        .replace("127.0.0.1:15432", "127.0.0.1:15001")
+        .replace("    destination: {host: web.example.com}\n", "")
+        .replace("maxHeaders: 50", "maxHeaders: 0")
+        .replace("budgetPercent: 10", "budgetPercent: 150");
+    let e = errors(&text);
+    let msgs: Vec<String> = e
+        .iter()
+        .map(|d| format!("{}: {}", d.field.as_deref().unwrap_or(""), d.message))
+        .collect();
+    assert_eq!(
+        msgs,
+        [
+            "spec.workers: workers must be at least 1, got 0",
+            "spec.limits.maxHeaders: maxHeaders must be at least 1, got 0",
+            "spec.retryBudget.budgetPercent: budgetPercent must be between 0 and 100, got 150",
+            "spec.listeners[1].address: address 127.0.0.1:15001 is already used by listener \"http\"",
+            "spec.listeners[1]: TCP listener needs a destination or a VirtualService tcp route matching port 15001",
+        ]
+    );
+    assert_eq!(
+        e[3].line,
+        Some(line_of(&text, "address: 127.0.0.1:15001", 1))
+    );
+    assert!(e
+        .iter()
+        .all(|d| d.resource.as_deref() == Some("ProxyConfig default/")));
+}
+
+#[test]
+fn listener_on_admin_port_and_bad_address() {
+    let text = PROXY
+        .replace("127.0.0.1:15001", "127.0.0.1:16000")
+        .replace("127.0.0.1:15432", "localhost:15432");
+    let e = errors(&format!("{text}---\n{SVC}"));
+    assert_eq!(
+        e[0].message,
+        "address 127.0.0.1:16000 is already used by the admin server (adminAddress)"
+    );
+    assert_eq!(
+        e[1].message,
+        "\"localhost:15432\" is not an ip:port address"
+    );
+}
+
+#[test]
+fn only_one_proxy_config() {
+    let text = format!(
+        "{PROXY}---\n{SVC}---\n{}",
+        PROXY.replace("spec:", "metadata: {name: second}\nspec:")
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0]
+        .message
+        .starts_with("only one ProxyConfig is allowed; another is defined at mesh.yaml:1"));
+}
+
+#[test]
+fn extra_endpoints_join_the_registry() {
+    let (resources, _) = load_str("mesh.yaml", SVC).expect("loads");
+    let extra = ExtraEndpoint {
+        host: "web.example.com".into(),
+        endpoint: RegistryEndpoint {
+            address: "10.9.9.9".parse().expect("ip"),
+            ports: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            weight: 3,
+        },
+    };
+    let c = compile(&CompileInput {
+        resources,
+        extra_endpoints: vec![extra],
+        version: 1,
+    })
+    .expect("compiles");
+    let eps = &c.snapshot.clusters[0].endpoints;
+    assert_eq!(eps.len(), 2);
+    assert_eq!(eps[1].address.to_string(), "10.9.9.9:80");
+    assert_eq!(eps[1].weight, 3);
+}
+
+#[test]
+fn every_error_of_a_file_set_is_reported_together() {
+    let text = format!(
+        "{}---\n{}",
+        BOOKINFO
+            .replacen("weight: 50", "weight: 10", 1)
+            .replacen("subset: v2", "subset: v9", 1)
+            .replace("address: 10.0.0.3", "address: not-an-ip"),
+        vs("  - route:\n    - destination: {host: nowhere}\n    timeout: soon\n")
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 5, "{e:#?}");
+    let fields: Vec<&str> = e.iter().filter_map(|d| d.field.as_deref()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.endpoints[2].address",
+            "spec.http[0].route[0].destination.subset",
+            "spec.http[1].route[1].weight",
+            "spec.http[0].route[0].destination.host",
+            "spec.http[0].timeout",
+        ]
+    );
+}
+
+#[test]
+fn compile_files_reads_a_directory() {
+    let dir = std::env::temp_dir().join(format!("ringmesh-api-compile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("10-proxy.yaml"), PROXY).expect("write");
+    std::fs::write(dir.join("20-web.yml"), SVC).expect("write");
+    let c = compile_files(std::slice::from_ref(&dir), 42).expect("compiles");
+    assert_eq!(c.snapshot.version, 42);
+    assert_eq!(c.snapshot.listeners.len(), 2);
+    std::fs::write(dir.join("30-bad.yaml"), SVC.replace("hosts:", "hostz:")).expect("write");
+    let e = compile_files(std::slice::from_ref(&dir), 43).expect_err("typo");
+    assert!(
+        e[0].to_string()
+            .contains("30-bad.yaml:6: ServiceEntry default/web: spec.hostz"),
+        "{}",
+        e[0]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn base64() {
+    assert_eq!(decode_base64("aGVsbG8=").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(decode_base64("aGk").as_deref(), Some(&b"hi"[..]));
+    assert_eq!(decode_base64("a$"), None);
+}
