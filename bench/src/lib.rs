@@ -1,0 +1,492 @@
+//! ringmesh-bench: the benchmark suite that says what one ringmesh hop costs.
+//!
+//! `cargo run --release -p ringmesh-bench` starts one echo upstream and, in front of it, each
+//! topology (`direct`, `ringmesh`, and `haproxy`/`nginx` when installed) as separate
+//! processes; then, round after round (A B C D A B C D …), it measures open-loop latency at a
+//! fixed rate (with the proxy's CPU time) and closed-loop throughput against each; finally it
+//! measures each proxy's memory per idle connection. Interleaving makes slow drift of a
+//! shared machine hit every scenario alike; medians with their min–max spread and the
+//! per-round difference to `direct` make the figures comparable. The report (markdown, JSON,
+//! one `.hgrm` per scenario and repeat, the proxies' config files and logs) lands in
+//! `target/ringmesh-bench/<unix-time>/` or `--out DIR`.
+
+pub mod measure;
+pub mod procs;
+pub mod report;
+pub mod topology;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+use crate::measure::{LoadShape, RunResult};
+use crate::procs::{free_port, http_get_status, Proc};
+use crate::report::{ScenarioSummary, Status};
+use crate::topology::{Env, Kind, Topology};
+
+/// Command line of `ringmesh-bench`.
+#[derive(Debug, Parser)]
+#[command(name = "ringmesh-bench", version, about = "ringmesh benchmark suite")]
+pub struct BenchArgs {
+    /// Output directory (default: target/ringmesh-bench/<unix-timestamp>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Scenarios, in round order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,ringmesh,haproxy,nginx"
+    )]
+    pub scenarios: Vec<String>,
+    /// Rounds over all scenarios; each figure is the median over rounds.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Open-loop rate, requests per second.
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Open-loop measurement window.
+    #[arg(long, default_value = "5s", value_parser = ringmesh_loadgen::parse_duration)]
+    pub duration: Duration,
+    /// Open-loop warmup.
+    #[arg(long, default_value = "1s", value_parser = ringmesh_loadgen::parse_duration)]
+    pub warmup: Duration,
+    /// Open-loop connections.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Closed-loop (throughput) connections.
+    #[arg(long, default_value_t = 32)]
+    pub throughput_connections: usize,
+    /// Closed-loop measurement window.
+    #[arg(long, default_value = "3s", value_parser = ringmesh_loadgen::parse_duration)]
+    pub throughput_duration: Duration,
+    /// ringmesh-proxy worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub proxy_workers: usize,
+    /// Load generator threads.
+    #[arg(long, default_value_t = 1)]
+    pub load_threads: usize,
+    /// Pin processes: load generator on the 1st CPU of the list, proxies on the 2nd, echo on
+    /// the 3rd (wrapping around), e.g. `0,1`. Unpinned by default.
+    #[arg(long, value_parser = ringmesh_loadgen::parse_cpus)]
+    pub cpus: Option<Vec<usize>>,
+    /// Idle keep-alive connections opened to each proxy for the memory-per-connection figure
+    /// (0 skips the test).
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_connections: usize,
+    /// Response body size of the echo upstream, bytes.
+    #[arg(long, default_value_t = 64)]
+    pub body_size: usize,
+}
+
+impl BenchArgs {
+    fn validate(&self) -> anyhow::Result<Vec<Kind>> {
+        let mut problems = Vec::new();
+        let mut kinds = Vec::new();
+        for s in &self.scenarios {
+            match Kind::parse(s) {
+                Some(k) if !kinds.contains(&k) => kinds.push(k),
+                Some(_) => {}
+                None => problems.push(format!(
+                    "unknown scenario {s:?} (known: direct, ringmesh, haproxy, nginx)"
+                )),
+            }
+        }
+        if kinds.is_empty() {
+            problems.push("no scenarios".into());
+        }
+        if self.repeats == 0 || self.repeats > 100 {
+            problems.push(format!("--repeats must be 1..=100, got {}", self.repeats));
+        }
+        if !(self.rate > 0.0 && self.rate <= 1e6) {
+            problems.push(format!("--rate must be in (0, 1e6], got {}", self.rate));
+        }
+        if self.proxy_workers == 0 || self.proxy_workers > 256 {
+            problems.push(format!(
+                "--proxy-workers must be 1..=256, got {}",
+                self.proxy_workers
+            ));
+        }
+        if self.idle_connections > 100_000 {
+            problems.push("--idle-connections must be at most 100000".into());
+        }
+        if let Some(c) = &self.cpus {
+            if c.is_empty() {
+                problems.push("--cpus is empty".into());
+            }
+        }
+        if problems.is_empty() {
+            Ok(kinds)
+        } else {
+            bail!("{}", problems.join("; "))
+        }
+    }
+
+    fn cpu_for(&self, slot: usize) -> Option<usize> {
+        self.cpus.as_ref().map(|c| c[slot % c.len()])
+    }
+}
+
+fn machine_info() -> Vec<(String, String)> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".to_owned(), |(_, m)| m.trim().to_owned());
+    let mem = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .map_or("unknown".to_owned(), |m| m.trim().to_owned());
+    vec![
+        ("cores available".into(), format!("{cores} ({model})")),
+        ("memory".into(), mem),
+        (
+            "kernel".into(),
+            read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        ),
+        (
+            "load generator / echo io driver".into(),
+            ringmesh_loadgen::io_driver_name().into(),
+        ),
+    ]
+}
+
+fn shell_quote(a: &str) -> String {
+    if !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@".contains(&b))
+    {
+        a.to_owned()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+/// Runs the suite with the given arguments (`args[0]` is the program name).
+pub fn run<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let command = args
+        .iter()
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cli = BenchArgs::try_parse_from(&args).unwrap_or_else(|e| e.exit());
+    let kinds = cli.validate()?;
+    let started = Instant::now();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let out_dir = cli
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/ringmesh-bench").join(started_unix.to_string()));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let nofile = ringmesh_loadgen::raise_nofile_limit(procs::NOFILE_WANT)
+        .context("raising RLIMIT_NOFILE")?;
+    let self_exe = std::env::current_exe().context("locating own executable")?;
+    eprintln!("ringmesh-bench: writing to {}", out_dir.display());
+
+    // The shared upstream.
+    let echo_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut echo_args = vec![
+        "__echo".to_owned(),
+        "--listen".into(),
+        echo_addr.to_string(),
+        "--workers".into(),
+        "1".into(),
+        "--body-size".into(),
+        cli.body_size.to_string(),
+        "--instance".into(),
+        "bench".into(),
+    ];
+    if let Some(cpu) = cli.cpu_for(2) {
+        echo_args.extend(["--cpus".into(), cpu.to_string()]);
+    }
+    let mut echo = Proc::spawn("echo", &self_exe, &echo_args, &out_dir, cli.cpu_for(2))?;
+    echo.wait_ready(
+        &format!("GET http://{echo_addr}/"),
+        Duration::from_secs(10),
+        || matches!(http_get_status(echo_addr, topology::HOST, "/"), Ok(200)),
+    )?;
+
+    let env = Env {
+        out_dir: out_dir.clone(),
+        self_exe,
+        echo_addr,
+        proxy_workers: cli.proxy_workers,
+        proxy_cpu: cli.cpu_for(1),
+        nofile,
+    };
+    let mut summaries: Vec<ScenarioSummary> = Vec::new();
+    let mut topologies: Vec<Topology> = Vec::new();
+    for &kind in &kinds {
+        if let Some(bin) = kind.external_binary() {
+            if topology::which(bin).is_none() {
+                let mut s = ScenarioSummary::new(kind, Status::Skipped);
+                s.notes.push(format!(
+                    "skipped: `{bin}` is not on PATH (install it to compare)"
+                ));
+                eprintln!("ringmesh-bench: {kind}: skipped, `{bin}` not on PATH");
+                summaries.push(s);
+                continue;
+            }
+        }
+        match topology::start(kind, &env) {
+            Ok(t) => {
+                let mut s = ScenarioSummary::new(kind, Status::Ok);
+                s.io_driver = t.io_driver.clone();
+                s.version = t.version.clone();
+                s.config_file = t
+                    .config_path
+                    .as_ref()
+                    .and_then(|p| p.file_name())
+                    .map(|f| f.to_string_lossy().into_owned());
+                if let Some(p) = &t.proxy {
+                    std::thread::sleep(Duration::from_millis(200));
+                    match p.rss_kib() {
+                        Ok(k) => s.idle_rss_kib = Some(k),
+                        Err(e) => s.notes.push(format!("idle RSS unavailable: {e}")),
+                    }
+                    if p.process_count() > 1 {
+                        s.notes.push(format!(
+                            "CPU and RSS summed over {} processes (master + workers)",
+                            p.process_count()
+                        ));
+                    }
+                }
+                eprintln!("ringmesh-bench: {kind}: ready on {}", t.entry);
+                summaries.push(s);
+                topologies.push(t);
+            }
+            Err(e) => {
+                let mut s = ScenarioSummary::new(kind, Status::Failed);
+                s.notes.push(format!("failed to start: {e:#}"));
+                eprintln!("ringmesh-bench: {kind}: FAILED to start: {e:#}");
+                summaries.push(s);
+            }
+        }
+    }
+
+    let shape = LoadShape {
+        rate: cli.rate,
+        latency_connections: cli.connections,
+        duration: cli.duration,
+        warmup: cli.warmup,
+        throughput_connections: cli.throughput_connections,
+        throughput_duration: cli.throughput_duration,
+        throughput_warmup: Duration::from_millis(500),
+        threads: cli.load_threads,
+        cpus: cli.cpu_for(0).into_iter().collect(),
+        body_size: cli.body_size,
+    };
+    let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); topologies.len()];
+    let mut failed: Vec<Option<String>> = vec![None; topologies.len()];
+    for repeat in 0..cli.repeats {
+        for (i, topo) in topologies.iter_mut().enumerate() {
+            if failed[i].is_some() {
+                continue;
+            }
+            if let Some(p) = topo.proxy.as_mut() {
+                if let Err(e) = p.check_alive() {
+                    failed[i] = Some(format!("{e:#}"));
+                    continue;
+                }
+            }
+            match measure::run_once(topo, &shape, repeat, &out_dir) {
+                Ok(r) => {
+                    eprintln!(
+                        "ringmesh-bench: [{}/{}] {:<8} throughput {:>7.0} rps | p50 {} p99 {} max {}{}",
+                        repeat + 1,
+                        cli.repeats,
+                        topo.kind.name(),
+                        r.throughput_rps,
+                        report::fmt_us(r.latency_us.p50 as f64),
+                        report::fmt_us(r.latency_us.p99 as f64),
+                        report::fmt_us(r.latency_us.max as f64),
+                        if r.latency_rate_met { "" } else { "  (UNDER TARGET RATE)" }
+                    );
+                    runs[i].push(r);
+                }
+                Err(e) => {
+                    eprintln!("ringmesh-bench: {}: measurement failed: {e:#}", topo.kind);
+                    failed[i] = Some(format!("measurement failed: {e:#}"));
+                }
+            }
+        }
+    }
+
+    // Memory per idle connection, last: it leaves allocator state behind.
+    let mut idle = vec![None; topologies.len()];
+    if cli.idle_connections > 0 {
+        // Each idle connection costs this process and the proxy one descriptor each.
+        let per_proxy = (nofile.saturating_sub(512) as usize).min(cli.idle_connections);
+        if per_proxy < cli.idle_connections {
+            eprintln!(
+                "ringmesh-bench: RLIMIT_NOFILE is {nofile}: opening {per_proxy} idle connections per proxy instead of {}",
+                cli.idle_connections
+            );
+        }
+        for (i, topo) in topologies.iter().enumerate() {
+            if topo.proxy.is_none() || failed[i].is_some() {
+                continue;
+            }
+            match measure::idle_connections(topo, per_proxy, Duration::from_secs(30)) {
+                Ok(r) => {
+                    eprintln!(
+                        "ringmesh-bench: {:<8} {} idle connections: RSS {} → {} KiB",
+                        topo.kind.name(),
+                        r.held,
+                        r.rss_before_kib,
+                        r.rss_after_kib
+                    );
+                    idle[i] = Some(r);
+                }
+                Err(e) => eprintln!("ringmesh-bench: {}: idle test failed: {e:#}", topo.kind),
+            }
+        }
+    }
+    let direct_runs = topologies
+        .iter()
+        .position(|t| t.kind == Kind::Direct)
+        .map(|i| runs[i].clone());
+    for (i, topo) in topologies.iter().enumerate() {
+        let Some(s) = summaries.iter_mut().find(|s| s.scenario == topo.kind) else {
+            continue;
+        };
+        s.runs = std::mem::take(&mut runs[i]);
+        if let Some(why) = failed[i].take() {
+            s.notes.push(why);
+            if s.runs.is_empty() {
+                s.status = Status::Failed;
+            }
+        }
+        if let Some(r) = idle[i].take() {
+            if r.held < r.requested {
+                s.notes.push(format!(
+                    "idle test held {} of {} connections ({} failed)",
+                    r.held, r.requested, r.failed
+                ));
+            }
+            s.idle_connections = Some(r);
+        }
+        s.summarise(if topo.kind == Kind::Direct {
+            None
+        } else {
+            direct_runs.as_deref()
+        });
+        if s.under_rate_runs > 0 {
+            s.notes.push(format!(
+                "{} open-loop run(s) achieved < 99% of the target rate: their latency describes a lower load",
+                s.under_rate_runs
+            ));
+        }
+    }
+    drop(topologies);
+    drop(echo);
+
+    let targets = report::judge(&summaries);
+    let mut machine = machine_info();
+    if let Some(d) = summaries.iter().find_map(|s| {
+        (s.scenario == Kind::Ringmesh)
+            .then(|| s.io_driver.clone())
+            .flatten()
+    }) {
+        machine.push(("ringmesh-proxy io driver".into(), d));
+    }
+    let settings =
+        vec![
+            (
+                "open loop".into(),
+                format!(
+                    "{} rps, {} connections, {:?} + {:?} warmup",
+                    cli.rate, cli.connections, cli.duration, cli.warmup
+                ),
+            ),
+            (
+                "closed loop".into(),
+                format!(
+                    "{} connections, {:?} + 500ms warmup",
+                    cli.throughput_connections, cli.throughput_duration
+                ),
+            ),
+            (
+                "rounds".into(),
+                format!("{} (interleaved: {})", cli.repeats, kinds_line(&kinds)),
+            ),
+            (
+                "processes".into(),
+                format!(
+                "echo 1 worker ({}-byte body), proxies {} worker(s), load generator {} thread(s){}",
+                cli.body_size,
+                cli.proxy_workers,
+                cli.load_threads,
+                cli.cpus
+                    .as_ref()
+                    .map_or(", unpinned".to_owned(), |c| format!(", pinned over CPUs {c:?}"))
+            ),
+            ),
+            (
+                "idle connections".into(),
+                format!(
+                    "{} per proxy (RLIMIT_NOFILE {nofile})",
+                    cli.idle_connections
+                ),
+            ),
+        ];
+    let info = report::RunInfo {
+        command,
+        started_unix,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        machine,
+        settings,
+    };
+    let md = report::markdown(&info, &summaries, &targets);
+    std::fs::write(out_dir.join("report.md"), &md)?;
+    let json = serde_json::json!({
+        "info": info,
+        "scenarios": summaries,
+        "targets": targets,
+    });
+    std::fs::write(
+        out_dir.join("report.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
+    println!("{md}");
+    println!("Report: {}", out_dir.join("report.md").display());
+    Ok(())
+}
+
+fn kinds_line(kinds: &[Kind]) -> String {
+    kinds
+        .iter()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(" → ")
+}
+
+/// Dispatches the hidden roles (`__echo`, `__proxy`) this binary is re-executed in; returns
+/// `None` when `args` is an ordinary invocation.
+pub fn run_role(args: &[std::ffi::OsString]) -> Option<anyhow::Result<()>> {
+    let role = args.get(1)?.to_str()?;
+    let rest = args.iter().skip(2).cloned();
+    match role {
+        "__echo" => Some(ringmesh_loadgen::echo_main(
+            std::iter::once(std::ffi::OsString::from("ringmesh-echo")).chain(rest),
+        )),
+        "__proxy" => {
+            let _ = ringmesh_loadgen::raise_nofile_limit(procs::NOFILE_WANT);
+            Some(ringmesh_proxy::run_cli(
+                std::iter::once(std::ffi::OsString::from("ringmesh-proxy")).chain(rest),
+            ))
+        }
+        _ => None,
+    }
+}

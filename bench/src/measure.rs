@@ -1,0 +1,240 @@
+//! The measurements taken in each scenario, and how.
+//!
+//! * **Latency**: an open-loop run at a fixed, moderate rate (coordinated-omission corrected;
+//!   see `ringmesh_loadgen`), one `.hgrm` file per scenario and repeat. The proxy process
+//!   tree's CPU time (`/proc/PID/stat` utime + stime) is read before and after, and divided
+//!   by the requests sent (warmup included, since the CPU time covers it too) to give CPU
+//!   seconds per 1,000 requests — the same number as cores per 1,000 rps.
+//! * **Throughput**: a closed-loop run, as many requests as come back.
+//! * **Memory**: VmRSS of the proxy tree when idle, and its growth while holding many idle
+//!   keep-alive connections (each has carried one request, so per-connection buffers a proxy
+//!   keeps after a request are counted, as they would be for a real idle client).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ringmesh_loadgen::{run_load, LatencySummary, LoadConfig, LoadReport, Target};
+use serde::Serialize;
+
+use crate::topology::{Topology, HOST};
+
+/// Load shapes, from the command line.
+#[derive(Debug, Clone)]
+pub struct LoadShape {
+    /// Open-loop rate (rps).
+    pub rate: f64,
+    /// Open-loop connections.
+    pub latency_connections: usize,
+    /// Open-loop window.
+    pub duration: Duration,
+    /// Open-loop warmup.
+    pub warmup: Duration,
+    /// Closed-loop connections.
+    pub throughput_connections: usize,
+    /// Closed-loop window.
+    pub throughput_duration: Duration,
+    /// Closed-loop warmup.
+    pub throughput_warmup: Duration,
+    /// Load generator threads.
+    pub threads: usize,
+    /// CPUs for the load generator threads (empty: unpinned).
+    pub cpus: Vec<usize>,
+    /// Response body size of the echo upstream (for the record).
+    pub body_size: usize,
+}
+
+/// One repeat of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// Repeat number (0-based).
+    pub repeat: usize,
+    /// Closed-loop throughput, rps.
+    pub throughput_rps: f64,
+    /// Closed-loop failures.
+    pub throughput_errors: u64,
+    /// Open-loop latency, µs.
+    pub latency_us: LatencySummary,
+    /// Open-loop achieved rate, rps.
+    pub latency_rate_rps: f64,
+    /// Whether the open-loop run achieved ≥ 99% of its target.
+    pub latency_rate_met: bool,
+    /// Open-loop failures.
+    pub latency_errors: u64,
+    /// Open-loop unsent requests.
+    pub latency_unsent: u64,
+    /// Proxy CPU seconds per 1,000 requests (= cores per 1,000 rps); none for `direct`.
+    pub cpu_per_1k: Option<f64>,
+    /// The `.hgrm` written for the open-loop run (file name in the output directory).
+    pub hgrm: String,
+}
+
+fn load_config(entry: SocketAddr, shape: &LoadShape) -> anyhow::Result<LoadConfig> {
+    let target = Target::parse(&format!("http://{entry}/"), false)?;
+    let mut c = LoadConfig::for_target(target);
+    c.headers.push(("Host".into(), HOST.into()));
+    c.threads = shape.threads;
+    c.cpus = shape.cpus.clone();
+    c.timeout = Duration::from_secs(5);
+    Ok(c)
+}
+
+/// Runs one latency and one throughput measurement against `topo`.
+pub fn run_once(
+    topo: &Topology,
+    shape: &LoadShape,
+    repeat: usize,
+    out_dir: &Path,
+) -> anyhow::Result<RunResult> {
+    let mut c = load_config(topo.entry, shape)?;
+    c.rate = shape.rate;
+    c.connections = shape.latency_connections;
+    c.duration = shape.duration;
+    c.warmup = shape.warmup;
+    let cpu_before = topo.proxy.as_ref().map(|p| p.cpu_time()).transpose()?;
+    let lat = run_load(c).with_context(|| format!("{} latency run", topo.kind))?;
+    let cpu_after = topo.proxy.as_ref().map(|p| p.cpu_time()).transpose()?;
+    let cpu_per_1k = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) if lat.sent_total > 0 => {
+            Some(a.saturating_sub(b).as_secs_f64() / lat.sent_total as f64 * 1000.0)
+        }
+        _ => None,
+    };
+    let hgrm = format!("{}-r{}.hgrm", topo.kind, repeat + 1);
+    write_hgrm(&lat, &out_dir.join(&hgrm))?;
+
+    // A short pause so the closed-loop run does not start on the open-loop run's tail.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = load_config(topo.entry, shape)?;
+    c.rate = 0.0;
+    c.connections = shape.throughput_connections;
+    c.duration = shape.throughput_duration;
+    c.warmup = shape.throughput_warmup;
+    let thr = run_load(c).with_context(|| format!("{} throughput run", topo.kind))?;
+
+    Ok(RunResult {
+        repeat,
+        throughput_rps: thr.rate_rps,
+        throughput_errors: thr.errors,
+        latency_us: lat.latency_us,
+        latency_rate_rps: lat.rate_rps,
+        latency_rate_met: lat.met_target(),
+        latency_errors: lat.errors,
+        latency_unsent: lat.unsent,
+        cpu_per_1k,
+        hgrm,
+    })
+}
+
+fn write_hgrm(report: &LoadReport, path: &Path) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    report.write_hgrm(&mut f)?;
+    f.flush()?;
+    Ok(())
+}
+
+/// Result of the idle-connection memory test.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleResult {
+    /// Connections asked for.
+    pub requested: usize,
+    /// Connections open (each after one successful request) when RSS was read.
+    pub held: usize,
+    /// Connections that failed to open or answer.
+    pub failed: usize,
+    /// Proxy RSS before, KiB.
+    pub rss_before_kib: u64,
+    /// Proxy RSS while holding them, KiB.
+    pub rss_after_kib: u64,
+    /// (after − before) / held, bytes.
+    pub bytes_per_connection: Option<f64>,
+    /// Seconds spent opening them.
+    pub open_seconds: f64,
+}
+
+/// Opens `n` keep-alive connections to the proxy (each carries one request, then stays idle),
+/// reads the proxy's RSS growth, and closes them. Bounded by `budget`; if the budget or the
+/// proxy's limits stop it early, the figure is computed over the connections actually held.
+pub fn idle_connections(topo: &Topology, n: usize, budget: Duration) -> anyhow::Result<IdleResult> {
+    let proxy = topo
+        .proxy
+        .as_ref()
+        .context("idle-connection test needs a proxy")?;
+    std::thread::sleep(Duration::from_millis(200));
+    let rss_before = proxy.rss_kib()?;
+    let started = Instant::now();
+    let deadline = started + budget;
+    let mut held = Vec::with_capacity(n);
+    let mut failed = 0usize;
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: ringmesh-bench\r\n\r\n");
+    let mut consecutive_failures = 0;
+    while held.len() < n && Instant::now() < deadline && consecutive_failures < 5 {
+        match one_request_conn(topo.entry, request.as_bytes()) {
+            Ok(s) => {
+                held.push(s);
+                consecutive_failures = 0;
+            }
+            Err(_) => {
+                failed += 1;
+                consecutive_failures += 1;
+            }
+        }
+    }
+    let open_seconds = started.elapsed().as_secs_f64();
+    // Let the proxy finish any bookkeeping triggered by the last requests.
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_after = proxy.rss_kib()?;
+    let count = held.len();
+    for s in held {
+        // Reset instead of FIN so thousands of loopback sockets do not linger in TIME_WAIT.
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    }
+    Ok(IdleResult {
+        requested: n,
+        held: count,
+        failed,
+        rss_before_kib: rss_before,
+        rss_after_kib: rss_after,
+        bytes_per_connection: (count > 0)
+            .then(|| (rss_after as f64 - rss_before as f64) * 1024.0 / count as f64),
+        open_seconds,
+    })
+}
+
+fn one_request_conn(addr: SocketAddr, request: &[u8]) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    s.set_nodelay(true)?;
+    s.write_all(request)?;
+    let mut buf = Vec::with_capacity(512);
+    let mut tmp = [0u8; 2048];
+    loop {
+        let n = s.read(&mut tmp)?;
+        anyhow::ensure!(n > 0, "closed before the response");
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            anyhow::ensure!(head.starts_with("http/1.1 200"), "status: {head:?}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("response without content-length")?;
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut tmp)?;
+                anyhow::ensure!(n > 0, "closed mid-body");
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            return Ok(s);
+        }
+        anyhow::ensure!(buf.len() < 64 * 1024, "response head too large");
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

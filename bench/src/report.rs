@@ -1,0 +1,574 @@
+//! Turning repeated runs into the figures people read: medians with their spread, latency
+//! added over `direct`, and the project's targets judged PASS/MISS beside them.
+//!
+//! Added latency is computed per repeat (scenario minus `direct` *in the same round*) and
+//! then summarised, so slow drift of a shared machine cancels out of the difference instead
+//! of widening it.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::measure::{IdleResult, RunResult};
+use crate::topology::Kind;
+
+/// Median and range over repeats.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Spread {
+    /// Median (mean of the two middle values for an even count).
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Median and range of `values`; `None` when empty.
+pub fn spread(values: &[f64]) -> Option<Spread> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Spread {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    })
+}
+
+/// Percentile set reported everywhere.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Option<Spread>,
+    /// 90th.
+    pub p90: Option<Spread>,
+    /// 99th.
+    pub p99: Option<Spread>,
+    /// 99.9th.
+    pub p999: Option<Spread>,
+    /// Maximum.
+    pub max: Option<Spread>,
+}
+
+/// Whether a scenario ran.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Measured.
+    Ok,
+    /// Not run (binary missing); not a failure.
+    Skipped,
+    /// Tried and failed; the note says why.
+    Failed,
+}
+
+/// Everything reported about one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioSummary {
+    /// Which topology.
+    pub scenario: Kind,
+    /// Ran, skipped or failed.
+    pub status: Status,
+    /// Why skipped or failed, or other remarks.
+    pub notes: Vec<String>,
+    /// Proxy version, where known.
+    pub version: Option<String>,
+    /// Proxy I/O driver, where known.
+    pub io_driver: Option<String>,
+    /// Proxy config file (in the output directory).
+    pub config_file: Option<String>,
+    /// Each repeat.
+    pub runs: Vec<RunResult>,
+    /// Closed-loop throughput, rps.
+    pub throughput_rps: Option<Spread>,
+    /// Open-loop latency, µs.
+    pub latency_us: Percentiles,
+    /// Open-loop latency minus `direct`'s in the same repeat, µs.
+    pub added_us: Percentiles,
+    /// Proxy CPU, cores per 1,000 rps.
+    pub cpu_cores_per_1k_rps: Option<Spread>,
+    /// Proxy resident memory after start-up, KiB.
+    pub idle_rss_kib: Option<u64>,
+    /// Idle-connection test.
+    pub idle_connections: Option<IdleResult>,
+    /// Failed requests over all runs.
+    pub errors: u64,
+    /// Open-loop runs that missed 99% of the target rate.
+    pub under_rate_runs: usize,
+}
+
+impl ScenarioSummary {
+    /// An empty summary for `scenario` in state `status`.
+    pub fn new(scenario: Kind, status: Status) -> Self {
+        Self {
+            scenario,
+            status,
+            notes: Vec::new(),
+            version: None,
+            io_driver: None,
+            config_file: None,
+            runs: Vec::new(),
+            throughput_rps: None,
+            latency_us: Percentiles::default(),
+            added_us: Percentiles::default(),
+            cpu_cores_per_1k_rps: None,
+            idle_rss_kib: None,
+            idle_connections: None,
+            errors: 0,
+            under_rate_runs: 0,
+        }
+    }
+
+    /// Fills the medians from `runs`, and the added latency against `direct`'s runs.
+    pub fn summarise(&mut self, direct: Option<&[RunResult]>) {
+        let runs = &self.runs;
+        let col = |f: &dyn Fn(&RunResult) -> f64| -> Option<Spread> {
+            spread(&runs.iter().map(f).collect::<Vec<_>>())
+        };
+        self.throughput_rps = col(&|r| r.throughput_rps);
+        self.latency_us = Percentiles {
+            p50: col(&|r| r.latency_us.p50 as f64),
+            p90: col(&|r| r.latency_us.p90 as f64),
+            p99: col(&|r| r.latency_us.p99 as f64),
+            p999: col(&|r| r.latency_us.p999 as f64),
+            max: col(&|r| r.latency_us.max as f64),
+        };
+        self.cpu_cores_per_1k_rps =
+            spread(&runs.iter().filter_map(|r| r.cpu_per_1k).collect::<Vec<_>>());
+        self.errors = runs
+            .iter()
+            .map(|r| r.throughput_errors + r.latency_errors)
+            .sum();
+        self.under_rate_runs = runs.iter().filter(|r| !r.latency_rate_met).count();
+        if let Some(direct) = direct {
+            let paired = |f: &dyn Fn(&RunResult) -> u64| -> Option<Spread> {
+                let diffs: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| {
+                        let d = direct.iter().find(|d| d.repeat == r.repeat)?;
+                        Some(f(r) as f64 - f(d) as f64)
+                    })
+                    .collect();
+                spread(&diffs)
+            };
+            self.added_us = Percentiles {
+                p50: paired(&|r| r.latency_us.p50),
+                p90: paired(&|r| r.latency_us.p90),
+                p99: paired(&|r| r.latency_us.p99),
+                p999: paired(&|r| r.latency_us.p999),
+                max: paired(&|r| r.latency_us.max),
+            };
+        }
+    }
+
+    fn per_conn_bytes(&self) -> Option<f64> {
+        self.idle_connections
+            .as_ref()
+            .and_then(|i| i.bytes_per_connection)
+    }
+}
+
+/// One of the issue's targets, judged.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    /// What is judged.
+    pub name: String,
+    /// The target, in words.
+    pub target: String,
+    /// The measured figure, in words.
+    pub value: String,
+    /// PASS, MISS or N/A (with the reason in `value`).
+    pub verdict: &'static str,
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+/// Judges the targets: ringmesh vs haproxy throughput and added latency, and ringmesh's own
+/// CPU and memory budgets.
+pub fn judge(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
+    let get = |k: Kind| {
+        scenarios
+            .iter()
+            .find(|s| s.scenario == k && s.status == Status::Ok)
+    };
+    let rm = get(Kind::Ringmesh);
+    let ha = get(Kind::Haproxy);
+    let na = |name: &str, target: &str, why: &str| TargetCheck {
+        name: name.into(),
+        target: target.into(),
+        value: why.into(),
+        verdict: "N/A",
+    };
+    let mut out = Vec::new();
+
+    let t = "≥ 1.3× haproxy";
+    let name = "ringmesh closed-loop throughput";
+    match (
+        rm.and_then(|s| s.throughput_rps),
+        ha.and_then(|s| s.throughput_rps),
+    ) {
+        (Some(r), Some(h)) if h.median > 0.0 => {
+            let ratio = r.median / h.median;
+            out.push(TargetCheck {
+                name: name.into(),
+                target: t.into(),
+                value: format!("{:.0} vs {:.0} rps = {ratio:.2}×", r.median, h.median),
+                verdict: verdict(ratio >= 1.3),
+            });
+        }
+        _ => out.push(na(name, t, "needs ringmesh and haproxy results")),
+    }
+
+    for (label, pick) in [
+        (
+            "p50",
+            (|p: &Percentiles| p.p50) as fn(&Percentiles) -> Option<Spread>,
+        ),
+        ("p99", |p: &Percentiles| p.p99),
+    ] {
+        let name = format!("ringmesh added {label} vs direct");
+        let t = "≤ 0.5× haproxy's added";
+        match (
+            rm.and_then(|s| pick(&s.added_us)),
+            ha.and_then(|s| pick(&s.added_us)),
+        ) {
+            (Some(r), Some(h)) => {
+                let value = format!(
+                    "{} vs {} (haproxy)",
+                    fmt_signed_us(r.median),
+                    fmt_signed_us(h.median)
+                );
+                if h.median <= 0.0 {
+                    out.push(TargetCheck {
+                        name,
+                        target: t.into(),
+                        value: value + ": haproxy added nothing measurable, no ratio",
+                        verdict: "N/A",
+                    });
+                } else {
+                    out.push(TargetCheck {
+                        name,
+                        target: t.into(),
+                        value: format!("{value} = {:.2}×", r.median / h.median),
+                        verdict: verdict(r.median <= 0.5 * h.median),
+                    });
+                }
+            }
+            _ => out.push(na(&name, t, "needs ringmesh, haproxy and direct results")),
+        }
+    }
+
+    let name = "ringmesh proxy CPU";
+    let t = "≤ 0.02 core per 1,000 rps";
+    match rm.and_then(|s| s.cpu_cores_per_1k_rps) {
+        Some(c) => out.push(TargetCheck {
+            name: name.into(),
+            target: t.into(),
+            value: format!("{:.4} core per 1,000 rps", c.median),
+            verdict: verdict(c.median <= 0.02),
+        }),
+        None => out.push(na(name, t, "no ringmesh CPU figure")),
+    }
+
+    let name = "ringmesh idle RSS";
+    let t = "< 8 MiB";
+    match rm.and_then(|s| s.idle_rss_kib) {
+        Some(k) => out.push(TargetCheck {
+            name: name.into(),
+            target: t.into(),
+            value: fmt_kib(k as f64),
+            verdict: verdict(k < 8 * 1024),
+        }),
+        None => out.push(na(name, t, "no ringmesh RSS figure")),
+    }
+
+    let name = "ringmesh RSS per idle connection";
+    let t = "< 16 KiB";
+    match rm.and_then(|s| s.per_conn_bytes()) {
+        Some(b) => out.push(TargetCheck {
+            name: name.into(),
+            target: t.into(),
+            value: format!("{:.1} KiB", b / 1024.0),
+            verdict: verdict(b < 16.0 * 1024.0),
+        }),
+        None => out.push(na(name, t, "no idle-connection figure")),
+    }
+    out
+}
+
+/// Formats microseconds as milliseconds with µs resolution.
+pub fn fmt_us(us: f64) -> String {
+    if us.abs() >= 1_000_000.0 {
+        format!("{:.2} s", us / 1e6)
+    } else {
+        format!("{:.3} ms", us / 1e3)
+    }
+}
+
+fn fmt_signed_us(us: f64) -> String {
+    if us >= 0.0 {
+        format!("+{}", fmt_us(us))
+    } else {
+        format!("−{}", fmt_us(-us))
+    }
+}
+
+fn fmt_kib(kib: f64) -> String {
+    if kib >= 1024.0 {
+        format!("{:.1} MiB", kib / 1024.0)
+    } else {
+        format!("{kib:.0} KiB")
+    }
+}
+
+fn opt(s: Option<Spread>, f: impl Fn(f64) -> String) -> String {
+    s.map_or_else(|| "—".to_owned(), |s| f(s.median))
+}
+
+fn range(s: Option<Spread>, f: impl Fn(f64) -> String) -> String {
+    s.map_or_else(
+        || "—".to_owned(),
+        |s| format!("{} – {}", f(s.min), f(s.max)),
+    )
+}
+
+/// Everything about the run that is not a figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// The command line, as typed.
+    pub command: String,
+    /// Unix time at start.
+    pub started_unix: u64,
+    /// Wall-clock seconds the suite took.
+    pub wall_seconds: f64,
+    /// Machine description lines.
+    pub machine: Vec<(String, String)>,
+    /// Settings lines.
+    pub settings: Vec<(String, String)>,
+}
+
+/// Renders the markdown report (also printed to the terminal).
+pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[TargetCheck]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# ringmesh benchmark\n");
+    let _ = writeln!(s, "Command: `{}`\n", info.command);
+    for (k, v) in &info.machine {
+        let _ = writeln!(s, "- {k}: {v}");
+    }
+    for (k, v) in &info.settings {
+        let _ = writeln!(s, "- {k}: {v}");
+    }
+    let _ = writeln!(s, "- suite wall time: {:.0} s\n", info.wall_seconds);
+
+    let _ = writeln!(s, "## Results (median of repeats)\n");
+    let _ = writeln!(
+        s,
+        "| scenario | throughput rps | p50 | p90 | p99 | p99.9 | max | added p50 | added p99 | CPU cores/1k rps | idle RSS | RSS/idle conn | errors |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for sc in scenarios {
+        if sc.status != Status::Ok {
+            let _ = writeln!(
+                s,
+                "| {} | {} | | | | | | | | | | | |",
+                sc.scenario,
+                match sc.status {
+                    Status::Skipped => "skipped",
+                    _ => "FAILED",
+                }
+            );
+            continue;
+        }
+        let l = &sc.latency_us;
+        let a = &sc.added_us;
+        let is_direct = sc.scenario == Kind::Direct;
+        let errors = if sc.under_rate_runs > 0 {
+            format!("{} ({} runs under rate)", sc.errors, sc.under_rate_runs)
+        } else {
+            sc.errors.to_string()
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            sc.scenario,
+            opt(sc.throughput_rps, |v| format!("{v:.0}")),
+            opt(l.p50, fmt_us),
+            opt(l.p90, fmt_us),
+            opt(l.p99, fmt_us),
+            opt(l.p999, fmt_us),
+            opt(l.max, fmt_us),
+            if is_direct {
+                "—".into()
+            } else {
+                opt(a.p50, fmt_signed_us)
+            },
+            if is_direct {
+                "—".into()
+            } else {
+                opt(a.p99, fmt_signed_us)
+            },
+            opt(sc.cpu_cores_per_1k_rps, |v| format!("{v:.4}")),
+            sc.idle_rss_kib.map_or("—".into(), |k| fmt_kib(k as f64)),
+            sc.per_conn_bytes()
+                .map_or("—".into(), |b| format!("{:.1} KiB", b / 1024.0)),
+            errors,
+        );
+    }
+
+    let _ = writeln!(s, "\n## Spread over repeats (min – max)\n");
+    let _ = writeln!(
+        s,
+        "| scenario | throughput rps | p50 | p99 | p99.9 | added p50 | added p99 | CPU cores/1k rps |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for sc in scenarios.iter().filter(|s| s.status == Status::Ok) {
+        let is_direct = sc.scenario == Kind::Direct;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            sc.scenario,
+            range(sc.throughput_rps, |v| format!("{v:.0}")),
+            range(sc.latency_us.p50, fmt_us),
+            range(sc.latency_us.p99, fmt_us),
+            range(sc.latency_us.p999, fmt_us),
+            if is_direct {
+                "—".into()
+            } else {
+                range(sc.added_us.p50, fmt_signed_us)
+            },
+            if is_direct {
+                "—".into()
+            } else {
+                range(sc.added_us.p99, fmt_signed_us)
+            },
+            range(sc.cpu_cores_per_1k_rps, |v| format!("{v:.4}")),
+        );
+    }
+
+    let _ = writeln!(s, "\n## Targets\n");
+    let _ = writeln!(s, "| target | goal | measured | verdict |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    for t in targets {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | **{}** |",
+            t.name, t.target, t.value, t.verdict
+        );
+    }
+
+    let notes: Vec<String> = scenarios
+        .iter()
+        .flat_map(|sc| {
+            sc.notes
+                .iter()
+                .map(move |n| format!("{}: {n}", sc.scenario))
+        })
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\n## Notes\n");
+        for n in notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nLatency is open loop at a fixed rate, measured from each request's due time \
+         (coordinated-omission corrected), successful requests only; \"added\" is the \
+         scenario minus `direct` in the same repeat. CPU is the proxy process tree's \
+         utime+stime over the open-loop run divided by requests sent. RSS is VmRSS of the \
+         proxy process tree. See bench/README.md."
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmesh_loadgen::LatencySummary;
+
+    fn run(repeat: usize, p50: u64, p99: u64, thr: f64) -> RunResult {
+        RunResult {
+            repeat,
+            throughput_rps: thr,
+            throughput_errors: 0,
+            latency_us: LatencySummary {
+                p50,
+                p99,
+                ..LatencySummary::default()
+            },
+            latency_rate_rps: 2000.0,
+            latency_rate_met: true,
+            latency_errors: 0,
+            latency_unsent: 0,
+            cpu_per_1k: Some(0.01),
+            hgrm: String::new(),
+        }
+    }
+
+    #[test]
+    fn spread_is_median_and_range() {
+        assert_eq!(
+            spread(&[3.0, 1.0, 2.0]),
+            Some(Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(spread(&[1.0, 2.0]).unwrap().median, 1.5);
+        assert_eq!(spread(&[]), None);
+    }
+
+    #[test]
+    fn added_latency_is_paired_by_repeat_and_targets_are_judged() {
+        let direct = vec![run(0, 100, 200, 50_000.0), run(1, 150, 300, 52_000.0)];
+        let mut d = ScenarioSummary::new(Kind::Direct, Status::Ok);
+        d.runs = direct.clone();
+        d.summarise(None);
+        let mut rm = ScenarioSummary::new(Kind::Ringmesh, Status::Ok);
+        rm.runs = vec![run(0, 120, 260, 40_000.0), run(1, 170, 360, 42_000.0)];
+        rm.idle_rss_kib = Some(4000);
+        rm.summarise(Some(&direct));
+        let mut ha = ScenarioSummary::new(Kind::Haproxy, Status::Ok);
+        ha.runs = vec![run(0, 180, 400, 30_000.0), run(1, 230, 500, 30_000.0)];
+        ha.summarise(Some(&direct));
+        assert_eq!(rm.added_us.p50.unwrap().median, 20.0);
+        assert_eq!(rm.added_us.p99.unwrap().median, 60.0);
+        assert_eq!(ha.added_us.p50.unwrap().median, 80.0);
+        let targets = judge(&[d.clone(), rm.clone(), ha.clone()]);
+        let v: Vec<&str> = targets.iter().map(|t| t.verdict).collect();
+        // throughput 41k/30k = 1.37 PASS; p50 20 ≤ 40 PASS; p99 60 ≤ 100 PASS; CPU PASS;
+        // RSS PASS; per-conn N/A (no idle test).
+        assert_eq!(v, ["PASS", "PASS", "PASS", "PASS", "PASS", "N/A"]);
+        let md = markdown(
+            &RunInfo {
+                command: "ringmesh-bench".into(),
+                started_unix: 0,
+                wall_seconds: 1.0,
+                machine: vec![],
+                settings: vec![],
+            },
+            &[d, rm, ha],
+            &targets,
+        );
+        assert!(md.contains("| ringmesh | 41000 |"), "{md}");
+        assert!(md.contains("+0.020 ms"), "{md}");
+    }
+}

@@ -1,0 +1,440 @@
+//! The topologies a scenario measures, and how each is brought up.
+//!
+//! Every topology puts exactly one hop (or none, for `direct`) between the load generator and
+//! the same shared echo upstream, so the only thing that differs between scenarios is the
+//! proxy. haproxy and nginx are configured the way their own tuning guides recommend for a
+//! keep-alive reverse proxy on one core (one thread/worker, keep-alive and connection reuse
+//! to the upstream, no access log) — the comparison is against each proxy at its best, not
+//! at its defaults. Their config files are written into the output directory beside the
+//! report so that anyone can check them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+
+use crate::procs::{free_port, http_get_status, Proc};
+
+/// The `Host` every request carries; the ringmesh ServiceEntry is named after it.
+pub const HOST: &str = "echo.bench";
+
+/// One topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Load generator straight to the echo server: the baseline.
+    Direct,
+    /// Through one ringmesh-proxy.
+    Ringmesh,
+    /// Through one haproxy (if installed).
+    Haproxy,
+    /// Through one nginx (if installed).
+    Nginx,
+}
+
+impl Kind {
+    /// Every kind, in the default order.
+    pub const ALL: [Kind; 4] = [Kind::Direct, Kind::Ringmesh, Kind::Haproxy, Kind::Nginx];
+
+    /// The scenario name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Ringmesh => "ringmesh",
+            Kind::Haproxy => "haproxy",
+            Kind::Nginx => "nginx",
+        }
+    }
+
+    /// Parses a scenario name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s.trim())
+    }
+
+    /// The external binary this kind needs on PATH, if any.
+    pub fn external_binary(self) -> Option<&'static str> {
+        match self {
+            Kind::Haproxy => Some("haproxy"),
+            Kind::Nginx => Some("nginx"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Finds `name` in `$PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// What every topology shares.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Where configs and logs go.
+    pub out_dir: PathBuf,
+    /// This binary, re-executed in roles.
+    pub self_exe: PathBuf,
+    /// The shared echo upstream.
+    pub echo_addr: SocketAddr,
+    /// ringmesh-proxy workers.
+    pub proxy_workers: usize,
+    /// CPU to pin proxy processes to, if pinning.
+    pub proxy_cpu: Option<usize>,
+    /// The open-file limit children inherit.
+    pub nofile: u64,
+}
+
+/// A running topology.
+#[derive(Debug)]
+pub struct Topology {
+    /// Which one.
+    pub kind: Kind,
+    /// Where the load generator sends requests.
+    pub entry: SocketAddr,
+    /// The proxy process (none for `direct`).
+    pub proxy: Option<Proc>,
+    /// The proxy's I/O driver when it reports one (ringmesh logs `io=…` at start-up).
+    pub io_driver: Option<String>,
+    /// The config file written for the proxy.
+    pub config_path: Option<PathBuf>,
+    /// Version string of an external proxy.
+    pub version: Option<String>,
+}
+
+/// How long a proxy may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Brings up `kind` in front of the echo server and waits until a request through it gets
+/// a `200`.
+pub fn start(kind: Kind, env: &Env) -> anyhow::Result<Topology> {
+    match kind {
+        Kind::Direct => Ok(Topology {
+            kind,
+            entry: env.echo_addr,
+            proxy: None,
+            io_driver: None,
+            config_path: None,
+            version: None,
+        }),
+        Kind::Ringmesh => start_ringmesh(env),
+        Kind::Haproxy => start_haproxy(env),
+        Kind::Nginx => start_nginx(env),
+    }
+}
+
+fn probe_through(entry: SocketAddr) -> impl FnMut() -> bool {
+    move || matches!(http_get_status(entry, HOST, "/"), Ok(200))
+}
+
+/// The ringmesh config: one outbound HTTP listener and a STATIC ServiceEntry for the echo.
+pub fn ringmesh_config(
+    workers: usize,
+    admin: SocketAddr,
+    health: SocketAddr,
+    metrics: SocketAddr,
+    listener: SocketAddr,
+    echo: SocketAddr,
+) -> String {
+    format!(
+        r#"# Written by ringmesh-bench: one outbound listener in front of the echo upstream.
+apiVersion: ringmesh.io/v1alpha1
+kind: ProxyConfig
+metadata: {{name: bench}}
+spec:
+  workers: {workers}
+  adminAddress: {admin}
+  healthAddress: {health}
+  metricsAddress: {metrics}
+  listeners:
+  - {{name: outbound, address: "{listener}", protocol: HTTP}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo}}
+spec:
+  hosts: [{HOST}]
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {echo_ip}, ports: {{http: {echo_port}}}}}]
+"#,
+        echo_ip = echo.ip(),
+        echo_port = echo.port(),
+    )
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn start_ringmesh(env: &Env) -> anyhow::Result<Topology> {
+    let admin = loopback(free_port()?);
+    let health = loopback(free_port()?);
+    let metrics = loopback(free_port()?);
+    let entry = loopback(free_port()?);
+    let path = env.out_dir.join("ringmesh.yaml");
+    std::fs::write(
+        &path,
+        ringmesh_config(
+            env.proxy_workers,
+            admin,
+            health,
+            metrics,
+            entry,
+            env.echo_addr,
+        ),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    let mut proc = Proc::spawn(
+        "ringmesh",
+        &env.self_exe,
+        &[
+            "__proxy".into(),
+            "--config".into(),
+            path.display().to_string(),
+        ],
+        &env.out_dir,
+        env.proxy_cpu,
+    )?;
+    proc.wait_ready(
+        &format!("GET http://{health}/healthz/ready"),
+        READY_TIMEOUT,
+        || {
+            matches!(
+                http_get_status(health, "localhost", "/healthz/ready"),
+                Ok(200)
+            )
+        },
+    )?;
+    proc.wait_ready(
+        &format!("GET http://{entry}/ with Host: {HOST}"),
+        READY_TIMEOUT,
+        probe_through(entry),
+    )?;
+    let io_driver = parse_io_driver(&proc.stderr_text());
+    Ok(Topology {
+        kind: Kind::Ringmesh,
+        entry,
+        proxy: Some(proc),
+        io_driver,
+        config_path: Some(path),
+        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+    })
+}
+
+/// Finds `io=NAME` in the proxy's start-up log.
+pub fn parse_io_driver(log: &str) -> Option<String> {
+    let i = log.find("io=")?;
+    let name: String = log[i + 3..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// haproxy, one thread, HTTP mode, keep-alive on both sides, `http-reuse always`.
+pub fn haproxy_config(entry: SocketAddr, echo: SocketAddr, nofile: u64) -> String {
+    // haproxy reserves two descriptors per connection and, with its default strict-limits,
+    // refuses to start when the limit cannot cover that. Idle clients need only one each (the
+    // upstream side is shared through http-reuse), so relax the check and size maxconn to the
+    // limit the children inherit.
+    let maxconn = nofile.saturating_sub(200).clamp(256, 1_000_000);
+    format!(
+        r#"# Written by ringmesh-bench: haproxy as a one-thread keep-alive HTTP reverse proxy.
+global
+    nbthread 1
+    maxconn {maxconn}
+    no strict-limits
+    tune.bufsize 16384
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    timeout http-keep-alive 120s
+    timeout http-request 10s
+
+frontend bench
+    bind {entry}
+    default_backend echo
+
+backend echo
+    server echo1 {echo} maxconn 10000
+"#
+    )
+}
+
+fn external_version(bin: &Path, flag: &str) -> Option<String> {
+    let out = std::process::Command::new(bin).arg(flag).output().ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    text.lines().next().map(|l| l.trim().to_owned())
+}
+
+fn start_haproxy(env: &Env) -> anyhow::Result<Topology> {
+    let Some(bin) = which("haproxy") else {
+        bail!("haproxy is not on PATH");
+    };
+    let entry = loopback(free_port()?);
+    let path = env.out_dir.join("haproxy.cfg");
+    std::fs::write(&path, haproxy_config(entry, env.echo_addr, env.nofile))
+        .with_context(|| format!("writing {}", path.display()))?;
+    let mut proc = Proc::spawn(
+        "haproxy",
+        &bin,
+        &["-db".into(), "-f".into(), path.display().to_string()],
+        &env.out_dir,
+        env.proxy_cpu,
+    )?;
+    proc.wait_ready(
+        &format!("GET http://{entry}/ with Host: {HOST}"),
+        READY_TIMEOUT,
+        probe_through(entry),
+    )?;
+    Ok(Topology {
+        kind: Kind::Haproxy,
+        entry,
+        proxy: Some(proc),
+        io_driver: Some("epoll".into()),
+        config_path: Some(path),
+        version: external_version(&bin, "-v"),
+    })
+}
+
+/// nginx, one worker, upstream keep-alive pool of 64, HTTP/1.1 to the upstream.
+pub fn nginx_config(entry: SocketAddr, echo: SocketAddr, prefix: &Path, nofile: u64) -> String {
+    let p = prefix.display();
+    let connections = nofile.saturating_sub(100).clamp(1024, 1_000_000);
+    format!(
+        r#"# Written by ringmesh-bench: nginx as a one-worker keep-alive HTTP reverse proxy.
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {p}/nginx.pid;
+error_log {p}/nginx-error.log warn;
+
+events {{
+    worker_connections {connections};
+}}
+
+http {{
+    access_log off;
+    keepalive_timeout 120s;
+    keepalive_requests 10000000;
+    client_body_temp_path {p}/tmp/client;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+
+    upstream echo {{
+        server {echo};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+
+    server {{
+        listen {entry};
+        location / {{
+            proxy_pass http://echo;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+fn start_nginx(env: &Env) -> anyhow::Result<Topology> {
+    let Some(bin) = which("nginx") else {
+        bail!("nginx is not on PATH");
+    };
+    let entry = loopback(free_port()?);
+    let prefix = env.out_dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("tmp"))
+        .with_context(|| format!("creating {}", prefix.display()))?;
+    let path = env.out_dir.join("nginx.conf");
+    std::fs::write(
+        &path,
+        nginx_config(entry, env.echo_addr, &prefix, env.nofile),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    let mut proc = Proc::spawn(
+        "nginx",
+        &bin,
+        &[
+            "-c".into(),
+            path.display().to_string(),
+            "-p".into(),
+            prefix.display().to_string(),
+            "-e".into(),
+            prefix.join("nginx-error.log").display().to_string(),
+        ],
+        &env.out_dir,
+        env.proxy_cpu,
+    )?;
+    proc.wait_ready(
+        &format!("GET http://{entry}/ with Host: {HOST}"),
+        READY_TIMEOUT,
+        probe_through(entry),
+    )?;
+    Ok(Topology {
+        kind: Kind::Nginx,
+        entry,
+        proxy: Some(proc),
+        io_driver: Some("epoll".into()),
+        config_path: Some(path),
+        version: external_version(&bin, "-v"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_and_io_driver_is_found() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.name()), Some(k));
+        }
+        assert_eq!(Kind::parse("envoy"), None);
+        assert_eq!(
+            parse_io_driver("2024 INFO ringmesh: worker 0 started io=io_uring cpu=1"),
+            Some("io_uring".into())
+        );
+        assert_eq!(parse_io_driver("nothing here"), None);
+    }
+
+    #[test]
+    fn ringmesh_config_points_at_the_echo() {
+        let a = |p| SocketAddr::from(([127, 0, 0, 1], p));
+        let c = ringmesh_config(2, a(1), a(2), a(3), a(4), a(18080));
+        assert!(c.contains("workers: 2"));
+        assert!(c.contains("address: \"127.0.0.1:4\""));
+        assert!(c.contains("endpoints: [{address: 127.0.0.1, ports: {http: 18080}}]"));
+        assert!(!c.contains("15000") && !c.contains("15020") && !c.contains("15090"));
+    }
+}
