@@ -8,9 +8,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use ringmesh_proxy::http::h1::{
-    encode_request_head, parse_request_head, HeadLimits, RequestEncode, RequestParser,
-};
+use ringmesh_proxy::http::h1::{encode_request_head, parse_request_head, HeadLimits, RequestEncode, RequestParser};
 
 fuzz_target!(|data: &[u8]| {
     let limits = HeadLimits {

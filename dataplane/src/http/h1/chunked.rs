@@ -274,14 +274,11 @@ impl ChunkedDecoder {
             (SizeFirst, _) => return Err(H1Error::InvalidChunkSize),
             // Whitespace after the size is BWS before an extension, nothing else (RFC 9112 §7.1.1).
             (Size | SizeWs, b' ' | b'\t') => SizeWs,
-            (
-                Size | SizeWs | ExtNameWs | ExtAfterQuoted | ExtAfterWs | ExtName | ExtValueToken,
-                b';',
-            ) => ExtBeforeName,
+            (Size | SizeWs | ExtNameWs | ExtAfterQuoted | ExtAfterWs | ExtName | ExtValueToken, b';') => ExtBeforeName,
             (Size | ExtName | ExtValueToken | ExtAfterQuoted, b'\r') => SizeLf,
             (
-                Size | SizeWs | ExtBeforeName | ExtName | ExtNameWs | ExtBeforeValue
-                | ExtValueToken | ExtAfterQuoted | ExtAfterWs,
+                Size | SizeWs | ExtBeforeName | ExtName | ExtNameWs | ExtBeforeValue | ExtValueToken | ExtAfterQuoted
+                | ExtAfterWs,
                 b'\n',
             ) => return Err(H1Error::BareLf),
             (Size | SizeWs, _) => return Err(H1Error::InvalidChunkSize),
@@ -296,14 +293,12 @@ impl ChunkedDecoder {
             (ExtValueQuoted, b'"') => ExtAfterQuoted,
             (ExtValueQuoted, b'\\') => ExtValueEscape,
             // qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text
-            (ExtValueQuoted, b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff) => {
-                ExtValueQuoted
-            }
+            (ExtValueQuoted, b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff) => ExtValueQuoted,
             // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
             (ExtValueEscape, b'\t' | b' '..=0x7e | 0x80..=0xff) => ExtValueQuoted,
             (
-                ExtBeforeName | ExtName | ExtNameWs | ExtBeforeValue | ExtValueToken
-                | ExtValueQuoted | ExtValueEscape | ExtAfterQuoted | ExtAfterWs,
+                ExtBeforeName | ExtName | ExtNameWs | ExtBeforeValue | ExtValueToken | ExtValueQuoted | ExtValueEscape
+                | ExtAfterQuoted | ExtAfterWs,
                 _,
             ) => return Err(H1Error::InvalidChunkExtension),
             (SizeLf, b'\n') => {
@@ -335,10 +330,7 @@ impl ChunkedDecoder {
                 // Fields that frame or route a message are only valid in the head; a backend that
                 // merged them from trailers would disagree with us (RFC 9110 §6.5.1).
                 let name = self.name.get(..self.name_len).unwrap_or(&[]);
-                if matches!(
-                    name,
-                    b"content-length" | b"transfer-encoding" | b"host" | b"trailer"
-                ) {
+                if matches!(name, b"content-length" | b"transfer-encoding" | b"host" | b"trailer") {
                     return Err(H1Error::ForbiddenTrailer);
                 }
                 TrailerValue
@@ -372,10 +364,7 @@ fn hex_val(b: u8) -> u64 {
 /// Write a chunk-size line (`<hex>\r\n`) for `len` payload bytes that the caller writes next,
 /// followed by [`CRLF`]. A zero `len` would end the body: use [`LAST_CHUNK`] for that.
 pub fn write_chunk_header(len: u64, dst: &mut BytesMut) {
-    debug_assert!(
-        len > 0,
-        "a zero-size chunk ends the body; write LAST_CHUNK instead"
-    );
+    debug_assert!(len > 0, "a zero-size chunk ends the body; write LAST_CHUNK instead");
     let mut tmp = [0u8; 16];
     let mut i = tmp.len();
     let mut n = len;

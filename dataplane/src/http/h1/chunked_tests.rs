@@ -66,10 +66,7 @@ fn simple_body() {
             done: true
         }
     );
-    assert_eq!(
-        payload_of(body).unwrap(),
-        (b"hello world".to_vec(), body.len(), true)
-    );
+    assert_eq!(payload_of(body).unwrap(), (b"hello world".to_vec(), body.len(), true));
 }
 
 #[test]
@@ -168,20 +165,12 @@ fn refusals() {
         (b"0\r\nX: a\rb\r\n\r\n", H1Error::InvalidTrailer),
         (b"0\r\n\rX", H1Error::InvalidTrailer),
         (b"0\r\nContent-Length: 5\r\n\r\n", H1Error::ForbiddenTrailer),
-        (
-            b"0\r\ntransfer-encoding: chunked\r\n\r\n",
-            H1Error::ForbiddenTrailer,
-        ),
+        (b"0\r\ntransfer-encoding: chunked\r\n\r\n", H1Error::ForbiddenTrailer),
         (b"0\r\nHOST: x\r\n\r\n", H1Error::ForbiddenTrailer),
         (b"0\r\nTrailer: x\r\n\r\n", H1Error::ForbiddenTrailer),
     ];
     for (input, want) in &cases[1..] {
-        assert_eq!(
-            scan_all(input),
-            Err(*want),
-            "{:?}",
-            String::from_utf8_lossy(input)
-        );
+        assert_eq!(scan_all(input), Err(*want), "{:?}", String::from_utf8_lossy(input));
     }
     // Names that merely start like a forbidden one are fine.
     assert!(
@@ -240,17 +229,12 @@ fn decode_reports_one_data_run_at_a_time() {
 
 #[test]
 fn every_split_point_equals_whole() {
-    let body: &[u8] =
-        b"5;ext=\"v\"\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: v\r\n\r\nNEXT";
+    let body: &[u8] = b"5;ext=\"v\"\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: v\r\n\r\nNEXT";
     let whole = scan_all(body).unwrap();
     for i in 0..=body.len() {
         for j in i..=body.len() {
             let got = scan_in_pieces(body, &[i, j]).unwrap();
-            assert_eq!(
-                got,
-                (whole.payload, whole.consumed, true),
-                "split at {i},{j}"
-            );
+            assert_eq!(got, (whole.payload, whole.consumed, true), "split at {i},{j}");
         }
     }
 }
@@ -286,11 +270,7 @@ fn valid_body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
         prop_oneof![Just(""), Just(";a=b"), Just(" ;x"), Just(";q=\"a b\"")],
         any::<bool>(),
     );
-    let trailer = prop_oneof![
-        Just(""),
-        Just("X-A: 1\r\n"),
-        Just("X-A: 1\r\nX-B: two words\r\n")
-    ];
+    let trailer = prop_oneof![Just(""), Just("X-A: 1\r\n"), Just("X-A: 1\r\nX-B: two words\r\n")];
     (proptest::collection::vec(chunk, 0..6), trailer).prop_map(|(chunks, trailer)| {
         let mut body = Vec::new();
         let mut payload = Vec::new();

@@ -257,8 +257,7 @@ pub fn encode_response_head<N: AsRef<[u8]>, V: AsRef<[u8]>>(
 
     // 1xx and 204 never carry content-length (RFC 9110 §8.6); a HEAD answer or a 304 keeps the
     // original one, which describes the representation rather than this message's body.
-    let keep_content_length =
-        opts.framing == BodyFraming::None && !(100..200).contains(&status) && status != 204;
+    let keep_content_length = opts.framing == BodyFraming::None && !(100..200).contains(&status) && status != 204;
     let keep_upgrade = opts.connection == ConnectionHeader::Upgrade;
     for h in head.headers() {
         match h.kind() {
@@ -379,12 +378,8 @@ pub fn valid_header_name(name: &[u8]) -> bool {
 /// leading or trailing whitespace (RFC 9110 §5.5). For config validation: a value with CRLF
 /// would let config inject fields.
 pub fn valid_header_value(value: &[u8]) -> bool {
-    let edges_ok =
-        !matches!(value.first(), Some(b' ' | b'\t')) && !matches!(value.last(), Some(b' ' | b'\t'));
-    edges_ok
-        && value
-            .iter()
-            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    let edges_ok = !matches!(value.first(), Some(b' ' | b'\t')) && !matches!(value.last(), Some(b' ' | b'\t'));
+    edges_ok && value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 const CRLF: &[u8] = b"\r\n";
@@ -437,20 +432,12 @@ fn is_managed(name: &[u8]) -> bool {
     k.is_hop_by_hop() || matches!(k, HeaderKind::Host | HeaderKind::ContentLength)
 }
 
-fn removed_by_ops<N: AsRef<[u8]>, V: AsRef<[u8]>>(
-    ops: &HeaderOps<'_, N, V>,
-    src: &[u8],
-    h: &HeaderSpan,
-) -> bool {
-    ops.remove.iter().any(|n| h.is_named(src, n.as_ref()))
-        || ops.set.iter().any(|(n, _)| h.is_named(src, n.as_ref()))
+fn removed_by_ops<N: AsRef<[u8]>, V: AsRef<[u8]>>(ops: &HeaderOps<'_, N, V>, src: &[u8], h: &HeaderSpan) -> bool {
+    ops.remove.iter().any(|n| h.is_named(src, n.as_ref())) || ops.set.iter().any(|(n, _)| h.is_named(src, n.as_ref()))
 }
 
 /// Writes `set` then `add` fields; returns whether one of them was `x-request-id`.
-fn write_ops<N: AsRef<[u8]>, V: AsRef<[u8]>>(
-    ops: &HeaderOps<'_, N, V>,
-    dst: &mut BytesMut,
-) -> bool {
+fn write_ops<N: AsRef<[u8]>, V: AsRef<[u8]>>(ops: &HeaderOps<'_, N, V>, dst: &mut BytesMut) -> bool {
     let mut request_id = false;
     for (name, value) in ops.set.iter().chain(ops.add.iter()) {
         let (name, value) = (name.as_ref(), value.as_ref());

@@ -6,15 +6,11 @@ use super::*;
 use proptest::prelude::*;
 
 fn parse(s: &[u8]) -> RequestHead {
-    parse_request_head(s, &HeadLimits::default())
-        .unwrap()
-        .unwrap()
+    parse_request_head(s, &HeadLimits::default()).unwrap().unwrap()
 }
 
 fn parse_res(s: &[u8], m: Method) -> ResponseHead {
-    parse_response_head(s, &HeadLimits::default(), m)
-        .unwrap()
-        .unwrap()
+    parse_response_head(s, &HeadLimits::default(), m).unwrap().unwrap()
 }
 
 fn enc(s: &[u8], opts: &RequestEncode<'_>) -> String {
@@ -96,24 +92,15 @@ fn upgrade_is_kept_when_tunnelling() {
 #[test]
 fn absolute_form_becomes_origin_form() {
     let s = b"GET http://up.example:81/p?q HTTP/1.1\r\nHost: other\r\n\r\n";
-    assert_eq!(
-        passthrough(s),
-        "GET /p?q HTTP/1.1\r\nhost: up.example:81\r\n\r\n"
-    );
+    assert_eq!(passthrough(s), "GET /p?q HTTP/1.1\r\nhost: up.example:81\r\n\r\n");
     let s = b"GET http://up.example?q HTTP/1.1\r\nHost: up.example\r\n\r\n";
-    assert_eq!(
-        passthrough(s),
-        "GET /?q HTTP/1.1\r\nhost: up.example\r\n\r\n"
-    );
+    assert_eq!(passthrough(s), "GET /?q HTTP/1.1\r\nhost: up.example\r\n\r\n");
     let s = b"GET http://up.example HTTP/1.1\r\nHost: up.example\r\n\r\n";
     assert_eq!(passthrough(s), "GET / HTTP/1.1\r\nhost: up.example\r\n\r\n");
     let s = b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n";
     assert_eq!(passthrough(s), "OPTIONS * HTTP/1.1\r\nhost: h\r\n\r\n");
     let s = b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n";
-    assert_eq!(
-        passthrough(s),
-        "CONNECT h:443 HTTP/1.1\r\nhost: h:443\r\n\r\n"
-    );
+    assert_eq!(passthrough(s), "CONNECT h:443 HTTP/1.1\r\nhost: h:443\r\n\r\n");
 }
 
 #[test]
@@ -137,11 +124,7 @@ fn rewrites_and_header_ops() {
     let s = b"GET /old/x HTTP/1.1\r\nHost: h\r\nX-Remove: 1\r\nX-Set: old\r\nx-set: old2\r\nX-Keep: k\r\n\r\n";
     let h = parse(s);
     let remove = ["x-remove", "content-length", "connection"];
-    let set = [
-        ("X-Set", "new"),
-        ("transfer-encoding", "chunked"),
-        ("host", "evil"),
-    ];
+    let set = [("X-Set", "new"), ("transfer-encoding", "chunked"), ("host", "evil")];
     let add = [("X-Add", "a"), ("X-Keep", "k2"), ("Keep-Alive", "no")];
     let opts = RequestEncode {
         target: Some(b"/new/x"),
@@ -177,8 +160,7 @@ fn header_ops_accept_owned_strings() {
 
 #[test]
 fn forwarding_fields() {
-    let s =
-        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\n\
+    let s = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\n\
 X-Forwarded-For: 2.2.2.2, 3.3.3.3\r\nX-Request-Id: client-id\r\n\r\n";
     let h = parse(s);
     let opts = RequestEncode {
@@ -298,8 +280,7 @@ fn response_content_length_without_body() {
 
 #[test]
 fn response_upgrade_and_reason() {
-    let s =
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    let s = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
     let h = parse_res(s, Method::Get);
     assert_eq!(
         enc_res(s, Method::Get, &ResponseEncode::passthrough(&h)),
@@ -352,14 +333,7 @@ fn simple_responses() {
         b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     );
     let mut dst = BytesMut::new();
-    write_simple_response(
-        301,
-        Some("Moved"),
-        &[("location", "https://h/x")],
-        b"",
-        false,
-        &mut dst,
-    );
+    write_simple_response(301, Some("Moved"), &[("location", "https://h/x")], b"", false, &mut dst);
     assert_eq!(
         &dst[..],
         b"HTTP/1.1 301 Moved\r\nlocation: https://h/x\r\ncontent-length: 0\r\n\r\n"

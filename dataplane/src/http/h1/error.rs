@@ -150,9 +150,7 @@ impl H1Error {
             H1Error::MissingHost => "missing host header",
             H1Error::MultipleHost => "multiple host headers",
             H1Error::InvalidHost => "invalid host header",
-            H1Error::ContentLengthAndTransferEncoding => {
-                "content-length and transfer-encoding both present"
-            }
+            H1Error::ContentLengthAndTransferEncoding => "content-length and transfer-encoding both present",
             H1Error::InvalidContentLength => "invalid content-length",
             H1Error::ConflictingContentLength => "conflicting content-length values",
             H1Error::InvalidTransferEncoding => "invalid transfer-encoding",

@@ -65,8 +65,7 @@ impl Span {
     /// Returns an empty slice rather than panicking if `src` is not that buffer.
     #[inline]
     pub fn get<'a>(&self, src: &'a [u8]) -> &'a [u8] {
-        src.get(self.start as usize..self.end as usize)
-            .unwrap_or(&[])
+        src.get(self.start as usize..self.end as usize).unwrap_or(&[])
     }
 
     /// The span as a `usize` range.
@@ -513,10 +512,7 @@ impl ResponseHead {
 }
 
 fn find_header<'a>(headers: &[HeaderSpan], src: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|h| h.is_named(src, name))
-        .map(|h| h.value(src))
+    headers.iter().find(|h| h.is_named(src, name)).map(|h| h.value(src))
 }
 
 /// Finds where a head ends without re-reading bytes it has already checked.
@@ -551,11 +547,7 @@ impl HeadScanner {
 
     /// `Ok(Some((start, len)))` once `buf[..len]` holds a whole head whose start line begins at
     /// `start` (after any leading empty lines); `Ok(None)` when more bytes are needed.
-    pub fn scan(
-        &mut self,
-        buf: &[u8],
-        max_head_bytes: usize,
-    ) -> Result<Option<(usize, usize)>, H1Error> {
+    pub fn scan(&mut self, buf: &[u8], max_head_bytes: usize) -> Result<Option<(usize, usize)>, H1Error> {
         if buf.len() < self.checked {
             // The caller handed us a different buffer; start over rather than misread it.
             self.reset();
@@ -688,11 +680,7 @@ impl ResponseParser {
 
     /// Parse the response head at the start of `buf`; `request_method` is the method of the
     /// request this answers (HEAD and CONNECT change the framing).
-    pub fn parse(
-        &mut self,
-        buf: &[u8],
-        request_method: Method,
-    ) -> Result<Option<ResponseHead>, H1Error> {
+    pub fn parse(&mut self, buf: &[u8], request_method: Method) -> Result<Option<ResponseHead>, H1Error> {
         parse_response_with(&mut self.scanner, buf, &self.limits, request_method)
     }
 
@@ -751,8 +739,7 @@ fn parse_request_with(
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HARD_MAX_HEADERS];
     let slots = &mut slots[..limits.headers()];
     let mut req = httparse::Request::new(&mut []);
-    match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, head, slots)
-    {
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, head, slots) {
         Ok(httparse::Status::Complete(n)) if n == head_len => {}
         Ok(_) => return Err(H1Error::Malformed),
         Err(e) => return Err(map_request_error(e, head.get(start..).unwrap_or(&[]))),
@@ -809,9 +796,7 @@ fn parse_response_with(
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HARD_MAX_HEADERS];
     let slots = &mut slots[..limits.headers()];
     let mut res = httparse::Response::new(&mut []);
-    match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut res, head, slots)
-    {
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, head, slots) {
         Ok(httparse::Status::Complete(n)) if n == head_len => {}
         Ok(_) => return Err(H1Error::Malformed),
         Err(e) => return Err(map_response_error(e, head.get(start..).unwrap_or(&[]))),
@@ -849,9 +834,8 @@ fn parse_response_with(
         }
     };
     let mut connection = fields.connection;
-    connection.keep_alive = !connection.close
-        && (version == 1 || fields.keep_alive_token)
-        && framing != BodyFraming::CloseDelimited;
+    connection.keep_alive =
+        !connection.close && (version == 1 || fields.keep_alive_token) && framing != BodyFraming::CloseDelimited;
     connection.upgrade = fields.upgrade_token && fields.has_upgrade_header;
     connection.expect_continue = false;
     Ok(Some(ResponseHead {
@@ -981,11 +965,7 @@ fn valid_authority(a: &[u8]) -> bool {
 /// Decide the target form and check it fits the method (RFC 9112 §3.2). Returns the form, the
 /// authority inside the target (absolute- and authority-form) and, for absolute-form, the
 /// path-and-query span.
-fn classify_target(
-    method: Method,
-    target: Span,
-    head: &[u8],
-) -> Result<(TargetForm, Option<Span>, Span), H1Error> {
+fn classify_target(method: Method, target: Span, head: &[u8]) -> Result<(TargetForm, Option<Span>, Span), H1Error> {
     let t = target.get(head);
     // httparse lets through any byte >= 0x21 but DEL, including non-ASCII; a fragment is never
     // part of a request target. Both mean the client is broken or probing: refuse.
@@ -1001,9 +981,7 @@ fn classify_target(
     }
     match t.first() {
         Some(b'/') => Ok((TargetForm::Origin, None, Span::default())),
-        Some(b'*') if t.len() == 1 && method == Method::Options => {
-            Ok((TargetForm::Asterisk, None, Span::default()))
-        }
+        Some(b'*') if t.len() == 1 && method == Method::Options => Ok((TargetForm::Asterisk, None, Span::default())),
         _ => {
             // absolute-form: only http and https make sense for this proxy.
             let scheme_len = if t.len() >= 7 && t[..7].eq_ignore_ascii_case(b"http://") {

@@ -17,10 +17,7 @@ fn req(s: &[u8]) -> Result<Option<RequestHead>, H1Error> {
 fn ok(s: &[u8]) -> RequestHead {
     match req(s) {
         Ok(Some(h)) => h,
-        other => panic!(
-            "expected a head for {:?}, got {other:?}",
-            String::from_utf8_lossy(s)
-        ),
+        other => panic!("expected a head for {:?}, got {other:?}", String::from_utf8_lossy(s)),
     }
 }
 
@@ -28,10 +25,7 @@ fn ok(s: &[u8]) -> RequestHead {
 fn err(s: &[u8]) -> H1Error {
     match req(s) {
         Err(e) => e,
-        other => panic!(
-            "expected an error for {:?}, got {other:?}",
-            String::from_utf8_lossy(s)
-        ),
+        other => panic!("expected an error for {:?}, got {other:?}", String::from_utf8_lossy(s)),
     }
 }
 
@@ -59,8 +53,7 @@ fn res_ok(s: &[u8], method: Method) -> ResponseHead {
 
 #[test]
 fn simple_get() {
-    let s =
-        b"GET /a/b?c=d HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n";
+    let s = b"GET /a/b?c=d HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n";
     let h = ok(s);
     assert_eq!(h.len(), s.len());
     assert_eq!(h.method(), Method::Get);
@@ -169,13 +162,9 @@ fn http10() {
 fn connection_flags() {
     let h = ok(&with_headers("Connection: close\r\n"));
     assert!(h.connection().close && !h.connection().keep_alive);
-    let h = ok(&with_headers(
-        "Connection: keep-alive, x-secret\r\nX-Secret: 1\r\n",
-    ));
+    let h = ok(&with_headers("Connection: keep-alive, x-secret\r\nX-Secret: 1\r\n"));
     assert!(h.connection().keep_alive && h.connection().extra_tokens);
-    let h = ok(&with_headers(
-        "Expect: 100-continue\r\nContent-Length: 3\r\n",
-    ));
+    let h = ok(&with_headers("Expect: 100-continue\r\nContent-Length: 3\r\n"));
     assert!(h.connection().expect_continue);
     let h = ok(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     assert!(h.connection().upgrade);
@@ -288,10 +277,7 @@ fn pipelined_requests() {
             let _body = buf.split_to(n as usize);
         }
     }
-    assert_eq!(
-        targets,
-        vec![b"/1".to_vec(), b"/2".to_vec(), b"/3".to_vec()]
-    );
+    assert_eq!(targets, vec![b"/1".to_vec(), b"/2".to_vec(), b"/3".to_vec()]);
     assert_eq!(&buf[..], b"GET /4");
 }
 
@@ -300,22 +286,15 @@ fn parser_restarts_when_given_a_shorter_buffer() {
     let mut p = RequestParser::new(limits());
     assert_eq!(p.parse(b"GET / HTTP/1.1\r\nHost: h\r\n"), Ok(None));
     // A different, shorter buffer: the scanner must not trust its old offset.
-    assert!(p
-        .parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap()
-        .is_some());
+    assert!(p.parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().is_some());
 }
 
 // ---------------------------------------------------------------- refused: framing / smuggling
 
 #[test]
 fn cl_and_te() {
-    let a = err(&with_headers(
-        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
-    ));
-    let b = err(&with_headers(
-        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
-    ));
+    let a = err(&with_headers("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"));
+    let b = err(&with_headers("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"));
     assert_eq!(a, H1Error::ContentLengthAndTransferEncoding);
     assert_eq!(b, H1Error::ContentLengthAndTransferEncoding);
     assert_eq!(a.status(), 400);
@@ -468,10 +447,7 @@ fn bare_lf() {
 
 #[test]
 fn bare_cr() {
-    assert_eq!(
-        err(b"\rGET / HTTP/1.1\r\nHost: h\r\n\r\n"),
-        H1Error::Malformed
-    );
+    assert_eq!(err(b"\rGET / HTTP/1.1\r\nHost: h\r\n\r\n"), H1Error::Malformed);
     assert_eq!(
         err(b"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n"),
         H1Error::InvalidHeaderValue
@@ -480,39 +456,18 @@ fn bare_cr() {
 
 #[test]
 fn control_bytes() {
-    assert_eq!(
-        err(&with_headers("X-A: a\0b\r\n")),
-        H1Error::InvalidHeaderValue
-    );
-    assert_eq!(
-        err(&with_headers("X-A: a\x01b\r\n")),
-        H1Error::InvalidHeaderValue
-    );
-    assert_eq!(
-        err(&with_headers("X-A: a\x7fb\r\n")),
-        H1Error::InvalidHeaderValue
-    );
-    assert_eq!(
-        err(&with_headers("X\0A: ab\r\n")),
-        H1Error::InvalidHeaderName
-    );
-    assert_eq!(
-        err(&with_headers("X(A): ab\r\n")),
-        H1Error::InvalidHeaderName
-    );
+    assert_eq!(err(&with_headers("X-A: a\0b\r\n")), H1Error::InvalidHeaderValue);
+    assert_eq!(err(&with_headers("X-A: a\x01b\r\n")), H1Error::InvalidHeaderValue);
+    assert_eq!(err(&with_headers("X-A: a\x7fb\r\n")), H1Error::InvalidHeaderValue);
+    assert_eq!(err(&with_headers("X\0A: ab\r\n")), H1Error::InvalidHeaderName);
+    assert_eq!(err(&with_headers("X(A): ab\r\n")), H1Error::InvalidHeaderName);
     assert_eq!(err(&with_headers(": ab\r\n")), H1Error::InvalidHeaderName);
-    assert_eq!(
-        err(&with_headers("NoColon\r\n")),
-        H1Error::InvalidHeaderName
-    );
+    assert_eq!(err(&with_headers("NoColon\r\n")), H1Error::InvalidHeaderName);
 }
 
 #[test]
 fn space_before_colon() {
-    assert_eq!(
-        err(&with_headers("Content-Length : 5\r\n")),
-        H1Error::InvalidHeaderName
-    );
+    assert_eq!(err(&with_headers("Content-Length : 5\r\n")), H1Error::InvalidHeaderName);
     assert_eq!(
         err(&with_headers("Transfer-Encoding\t: chunked\r\n")),
         H1Error::InvalidHeaderName
@@ -521,18 +476,9 @@ fn space_before_colon() {
 
 #[test]
 fn invalid_method() {
-    assert_eq!(
-        err(b"G(T / HTTP/1.1\r\nHost: h\r\n\r\n"),
-        H1Error::InvalidMethod
-    );
-    assert_eq!(
-        err(b" / HTTP/1.1\r\nHost: h\r\n\r\n"),
-        H1Error::InvalidMethod
-    );
-    assert_eq!(
-        err(b"G\x00T / HTTP/1.1\r\nHost: h\r\n\r\n"),
-        H1Error::InvalidMethod
-    );
+    assert_eq!(err(b"G(T / HTTP/1.1\r\nHost: h\r\n\r\n"), H1Error::InvalidMethod);
+    assert_eq!(err(b" / HTTP/1.1\r\nHost: h\r\n\r\n"), H1Error::InvalidMethod);
+    assert_eq!(err(b"G\x00T / HTTP/1.1\r\nHost: h\r\n\r\n"), H1Error::InvalidMethod);
 }
 
 #[test]
@@ -553,12 +499,7 @@ fn invalid_target() {
         b"CONNECT h.example: HTTP/1.1\r\nHost: h\r\n\r\n",
         b"GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",
     ] {
-        assert_eq!(
-            err(s),
-            H1Error::InvalidTarget,
-            "{:?}",
-            String::from_utf8_lossy(s)
-        );
+        assert_eq!(err(s), H1Error::InvalidTarget, "{:?}", String::from_utf8_lossy(s));
     }
 }
 
@@ -567,30 +508,12 @@ fn versions() {
     let e = err(b"GET / HTTP/2.0\r\nHost: h\r\n\r\n");
     assert_eq!(e, H1Error::UnsupportedVersion);
     assert_eq!(e.status(), 505);
-    assert_eq!(
-        err(b"GET / HTTP/1.2\r\nHost: h\r\n\r\n"),
-        H1Error::UnsupportedVersion
-    );
-    assert_eq!(
-        err(b"GET / HTTP/0.9\r\nHost: h\r\n\r\n"),
-        H1Error::UnsupportedVersion
-    );
-    assert_eq!(
-        err(b"GET / http/1.1\r\nHost: h\r\n\r\n"),
-        H1Error::InvalidVersion
-    );
-    assert_eq!(
-        err(b"GET / HTTP/1\r\nHost: h\r\n\r\n"),
-        H1Error::InvalidVersion
-    );
-    assert_eq!(
-        err(b"GET / HTTP/11.1\r\nHost: h\r\n\r\n"),
-        H1Error::InvalidVersion
-    );
-    assert_eq!(
-        err(b"GET / HTTP/1.1 \r\nHost: h\r\n\r\n"),
-        H1Error::Malformed
-    );
+    assert_eq!(err(b"GET / HTTP/1.2\r\nHost: h\r\n\r\n"), H1Error::UnsupportedVersion);
+    assert_eq!(err(b"GET / HTTP/0.9\r\nHost: h\r\n\r\n"), H1Error::UnsupportedVersion);
+    assert_eq!(err(b"GET / http/1.1\r\nHost: h\r\n\r\n"), H1Error::InvalidVersion);
+    assert_eq!(err(b"GET / HTTP/1\r\nHost: h\r\n\r\n"), H1Error::InvalidVersion);
+    assert_eq!(err(b"GET / HTTP/11.1\r\nHost: h\r\n\r\n"), H1Error::InvalidVersion);
+    assert_eq!(err(b"GET / HTTP/1.1 \r\nHost: h\r\n\r\n"), H1Error::Malformed);
 }
 
 #[test]
@@ -633,10 +556,7 @@ fn size_limits() {
         max_headers: 3,
     };
     let long = format!("GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n", "a".repeat(60));
-    assert_eq!(
-        parse_request_head(long.as_bytes(), &small),
-        Err(H1Error::HeadTooLarge)
-    );
+    assert_eq!(parse_request_head(long.as_bytes(), &small), Err(H1Error::HeadTooLarge));
     let mut complete = long.clone();
     complete.push_str("\r\n");
     assert_eq!(
@@ -644,20 +564,12 @@ fn size_limits() {
         Err(H1Error::HeadTooLarge)
     );
     // Exactly at the limit is fine.
-    let exact = format!(
-        "GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n",
-        "a".repeat(64 - 32)
-    );
+    let exact = format!("GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n", "a".repeat(64 - 32));
     assert_eq!(exact.len(), 64);
-    assert!(parse_request_head(exact.as_bytes(), &small)
-        .unwrap()
-        .is_some());
+    assert!(parse_request_head(exact.as_bytes(), &small).unwrap().is_some());
     // Leading empty lines count too.
     let blank = "\r\n".repeat(40);
-    assert_eq!(
-        parse_request_head(blank.as_bytes(), &small),
-        Err(H1Error::HeadTooLarge)
-    );
+    assert_eq!(parse_request_head(blank.as_bytes(), &small), Err(H1Error::HeadTooLarge));
 
     let many = b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
     let e = parse_request_head(many, &small).unwrap_err();
@@ -673,10 +585,7 @@ fn size_limits() {
         s.push_str(&format!("X-{i}: v\r\n"));
     }
     s.push_str("\r\n");
-    assert_eq!(
-        parse_request_head(s.as_bytes(), &huge),
-        Err(H1Error::TooManyHeaders)
-    );
+    assert_eq!(parse_request_head(s.as_bytes(), &huge), Err(H1Error::TooManyHeaders));
 }
 
 // ---------------------------------------------------------------- responses
@@ -713,12 +622,7 @@ fn response_without_body() {
     let h = res_ok(s, Method::Head);
     assert_eq!(h.framing(), BodyFraming::None);
     assert!(h.connection().keep_alive);
-    for status in [
-        "204 No Content",
-        "304 Not Modified",
-        "100 Continue",
-        "103 Early Hints",
-    ] {
+    for status in ["204 No Content", "304 Not Modified", "100 Continue", "103 Early Hints"] {
         let s = format!("HTTP/1.1 {status}\r\nContent-Length: 10\r\n\r\n");
         assert_eq!(
             res_ok(s.as_bytes(), Method::Get).framing(),
@@ -735,8 +639,7 @@ fn response_without_body() {
 
     let s = b"HTTP/1.1 100 Continue\r\n\r\n";
     assert!(res_ok(s, Method::Post).is_interim());
-    let s =
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    let s = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
     let h = res_ok(s, Method::Get);
     assert!(!h.is_interim());
     assert!(h.connection().upgrade);
@@ -784,19 +687,10 @@ fn response_refusals() {
         e(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
         H1Error::TransferEncodingInHttp10
     );
-    assert_eq!(
-        e(b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n"),
-        H1Error::ObsFold
-    );
+    assert_eq!(e(b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n"), H1Error::ObsFold);
     assert_eq!(e(b"HTTP/1.1 200 OK\nX: a\r\n\r\n"), H1Error::BareLf);
-    assert_eq!(
-        e(b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n"),
-        H1Error::InvalidHeaderName
-    );
-    assert_eq!(
-        e(b"HTTP/1.1 200 OK\r\nX: a\0\r\n\r\n"),
-        H1Error::InvalidHeaderValue
-    );
+    assert_eq!(e(b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n"), H1Error::InvalidHeaderName);
+    assert_eq!(e(b"HTTP/1.1 200 OK\r\nX: a\0\r\n\r\n"), H1Error::InvalidHeaderValue);
     // Host in a response is not looked at.
     assert!(res(
         b"HTTP/1.1 200 OK\r\nHost: a b\r\nContent-Length: 0\r\n\r\n",
@@ -840,27 +734,16 @@ fn authority_validation() {
     ] {
         assert!(valid_authority(ok.as_bytes()), "{ok:?}");
     }
-    for bad in [
-        "h:8a", "a:b:c", "[::1", "x[::1]", "[::1]:8a", "a@b", "a/b", "a b",
-    ] {
+    for bad in ["h:8a", "a:b:c", "[::1", "x[::1]", "[::1]:8a", "a@b", "a/b", "a b"] {
         assert!(!valid_authority(bad.as_bytes()), "{bad:?}");
     }
 }
 
 #[test]
 fn header_kind_classification() {
-    assert_eq!(
-        HeaderKind::classify(b"Content-Length"),
-        HeaderKind::ContentLength
-    );
-    assert_eq!(
-        HeaderKind::classify(b"TRANSFER-ENCODING"),
-        HeaderKind::TransferEncoding
-    );
-    assert_eq!(
-        HeaderKind::classify(b"x-forwarded-proto"),
-        HeaderKind::XForwardedProto
-    );
+    assert_eq!(HeaderKind::classify(b"Content-Length"), HeaderKind::ContentLength);
+    assert_eq!(HeaderKind::classify(b"TRANSFER-ENCODING"), HeaderKind::TransferEncoding);
+    assert_eq!(HeaderKind::classify(b"x-forwarded-proto"), HeaderKind::XForwardedProto);
     assert_eq!(HeaderKind::classify(b"TE"), HeaderKind::Te);
     assert_eq!(HeaderKind::classify(b"content-lengthx"), HeaderKind::Other);
     assert!(HeaderKind::Upgrade.is_hop_by_hop());

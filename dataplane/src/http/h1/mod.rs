@@ -90,7 +90,8 @@
 //! | trailer line malformed (bad name, space before colon, CTL in value) | `InvalidTrailer` | 400 |
 //! | `content-length`, `transfer-encoding`, `host` or `trailer` in trailers | `ForbiddenTrailer` | 400 |
 //!
-//! Accepted on purpose: leading empty lines (CRLF only) before a request line; `obs-text`
+//! Accepted on purpose: optional whitespace (SP/HTAB) around list elements (`chunked\t`,
+//! ` 5 , 5`); leading empty lines (CRLF only) before a request line; `obs-text`
 //! (bytes 0x80-0xFF) in header values and reason phrases, as opaque data; identical duplicate
 //! Content-Length values; `HTTP/1.0` with `Connection: keep-alive`; an empty Host (a client
 //! with no authority must send one); request targets with characters RFC 3986 does not allow
@@ -107,17 +108,14 @@ mod error;
 mod head;
 
 pub use chunked::{
-    write_chunk, write_chunk_header, ChunkedDecoder, ChunkedLimits, DecodeStep, ScanProgress, CRLF,
-    LAST_CHUNK,
+    write_chunk, write_chunk_header, ChunkedDecoder, ChunkedLimits, DecodeStep, ScanProgress, CRLF, LAST_CHUNK,
 };
 pub use encode::{
-    encode_request_head, encode_response_head, reason_phrase, valid_header_name,
-    valid_header_value, write_simple_response, ConnectionHeader, HeaderOps, RequestEncode,
-    ResponseEncode, NO_HEADER_OPS,
+    encode_request_head, encode_response_head, reason_phrase, valid_header_name, valid_header_value,
+    write_simple_response, ConnectionHeader, HeaderOps, RequestEncode, ResponseEncode, NO_HEADER_OPS,
 };
 pub use error::H1Error;
 pub use head::{
-    parse_request_head, parse_response_head, BodyFraming, ConnectionFlags, HeadLimits, HeadScanner,
-    HeaderKind, HeaderSpan, Method, RequestHead, RequestParser, ResponseHead, ResponseParser, Span,
-    TargetForm, HARD_MAX_HEADERS,
+    parse_request_head, parse_response_head, BodyFraming, ConnectionFlags, HeadLimits, HeadScanner, HeaderKind,
+    HeaderSpan, Method, RequestHead, RequestParser, ResponseHead, ResponseParser, Span, TargetForm, HARD_MAX_HEADERS,
 };
