@@ -23,24 +23,19 @@ use std::time::Duration;
 use crate::diagnostic::{did_you_mean, Diagnostic};
 use crate::duration::parse_duration;
 use crate::hash_table::{
-    is_prime, MaglevTable, RingHashTable, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MIN_RING_SIZE,
-    MAX_RING_SIZE,
+    is_prime, MaglevTable, RingHashTable, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MIN_RING_SIZE, MAX_RING_SIZE,
 };
 use crate::locate::FieldPath;
 use crate::matcher::{AnchoredRegex, HeaderMatch, PathMatch, QueryMatch, StringMatch};
-use crate::registry::{
-    fqdn, host_aliases, ExtraEndpoint, RegistryEndpoint, Service, ServicePort, ServiceRegistry,
-};
+use crate::registry::{fqdn, host_aliases, ExtraEndpoint, RegistryEndpoint, Service, ServicePort, ServiceRegistry};
 use crate::resources::{
-    Destination, DestinationRule, HeaderOperations, Headers, HttpRetry, HttpRoute,
-    ListenerProtocol, Origin, ProxyConfig, Resolution, Resource, ServiceEntry, SimpleLb,
-    StringMatchSpec, TrafficPolicy, VirtualService,
+    Destination, DestinationRule, HeaderOperations, Headers, HttpRetry, HttpRoute, ListenerProtocol, Origin,
+    ProxyConfig, Resolution, Resource, ServiceEntry, SimpleLb, StringMatchSpec, TrafficPolicy, VirtualService,
 };
 use crate::snapshot::{
-    Cluster, ClusterId, DirectResponse, Endpoint, ForwardAction, HashOn, HeaderOps, IoMode,
-    LbPolicy, Limits, Listener, ListenerKind, PathRewrite, PoolSettings, ProxySettings, Redirect,
-    RetryBudget, RetryPolicy, Route, RouteAction, RouteMatch, RouteTable, Snapshot, VirtualHost,
-    WeightedClusters,
+    Cluster, ClusterId, DirectResponse, Endpoint, ForwardAction, HashOn, HeaderOps, IoMode, LbPolicy, Limits, Listener,
+    ListenerKind, PathRewrite, PoolSettings, ProxySettings, Redirect, RetryBudget, RetryPolicy, Route, RouteAction,
+    RouteMatch, RouteTable, Snapshot, VirtualHost, WeightedClusters,
 };
 
 /// Everything the compiler needs. Plain data, so the control plane can build it from its store
@@ -114,9 +109,8 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
     }
     for extra in &input.extra_endpoints {
         if let Err(e) = c.registry.add_endpoint(extra.clone()) {
-            c.diags.push(Diagnostic::warning(format!(
-                "announced endpoint ignored: {e}"
-            )));
+            c.diags
+                .push(Diagnostic::warning(format!("announced endpoint ignored: {e}")));
         }
     }
     for dr in &destination_rules {
@@ -208,11 +202,7 @@ impl<'a> Site<'a> {
 /// ` at file:line` for "defined elsewhere" messages; empty when not from a file.
 fn location(origin: Option<&Origin>) -> String {
     match origin {
-        Some(o) => format!(
-            " at {}:{}",
-            o.file.as_deref().unwrap_or("<input>"),
-            o.first_line
-        ),
+        Some(o) => format!(" at {}:{}", o.file.as_deref().unwrap_or("<input>"), o.first_line),
         None => String::new(),
     }
 }
@@ -243,9 +233,7 @@ impl PolicyParts {
             lb: other.lb.clone().or_else(|| self.lb.clone()),
             connect_timeout: other.connect_timeout.or(self.connect_timeout),
             idle_timeout: other.idle_timeout.or(self.idle_timeout),
-            max_requests_per_connection: other
-                .max_requests_per_connection
-                .or(self.max_requests_per_connection),
+            max_requests_per_connection: other.max_requests_per_connection.or(self.max_requests_per_connection),
         }
     }
 }
@@ -317,11 +305,7 @@ impl Compiler {
         match u16::try_from(n) {
             Ok(p) if p > 0 => Some(p),
             _ => {
-                self.error(
-                    site,
-                    path,
-                    format!("port must be between 1 and 65535, got {n}"),
-                );
+                self.error(site, path, format!("port must be between 1 and 65535, got {n}"));
                 None
             }
         }
@@ -330,22 +314,14 @@ impl Compiler {
     fn check_duplicates(&mut self, resources: &[Resource]) {
         let mut seen: HashMap<(&'static str, String, String), Option<&Origin>> = HashMap::new();
         for r in resources {
-            let key = (
-                r.kind(),
-                r.metadata().namespace().to_owned(),
-                r.metadata().name.clone(),
-            );
+            let key = (r.kind(), r.metadata().namespace().to_owned(), r.metadata().name.clone());
             if let Some(first) = seen.get(&key) {
                 let site = Site {
                     origin: r.origin(),
                     label: r.label(),
                     namespace: key.1.clone(),
                 };
-                let msg = format!(
-                    "duplicate {}; the first is defined{}",
-                    r.label(),
-                    location(*first)
-                );
+                let msg = format!("duplicate {}; the first is defined{}", r.label(), location(*first));
                 self.error(&site, &FieldPath::root().key("metadata").key("name"), msg);
             } else {
                 seen.insert(key, r.origin());
@@ -393,30 +369,14 @@ impl Compiler {
         settings.cpus = spec.cpus.clone();
         settings.io = spec.io.unwrap_or_default();
         for (field, value, slot) in [
-            (
-                "adminAddress",
-                &spec.admin_address,
-                &mut settings.admin_address,
-            ),
-            (
-                "healthAddress",
-                &spec.health_address,
-                &mut settings.health_address,
-            ),
-            (
-                "metricsAddress",
-                &spec.metrics_address,
-                &mut settings.metrics_address,
-            ),
+            ("adminAddress", &spec.admin_address, &mut settings.admin_address),
+            ("healthAddress", &spec.health_address, &mut settings.health_address),
+            ("metricsAddress", &spec.metrics_address, &mut settings.metrics_address),
         ] {
             if let Some(text) = value {
                 match text.parse::<SocketAddr>() {
                     Ok(a) => *slot = a,
-                    Err(_) => self.error(
-                        &site,
-                        &root.key(field),
-                        format!("{text:?} is not an ip:port address"),
-                    ),
+                    Err(_) => self.error(&site, &root.key(field), format!("{text:?} is not an ip:port address")),
                 }
             }
         }
@@ -439,11 +399,7 @@ impl Compiler {
                 if let Some(v) = value {
                     match usize::try_from(v) {
                         Ok(n) if n >= 1 => *slot = n,
-                        _ => self.error(
-                            &site,
-                            &p.key(field),
-                            format!("{field} must be at least 1, got {v}"),
-                        ),
+                        _ => self.error(&site, &p.key(field), format!("{field} must be at least 1, got {v}")),
                     }
                 }
             }
@@ -453,11 +409,7 @@ impl Compiler {
                     &l.request_header_timeout,
                     limits.request_header_timeout,
                 ),
-                (
-                    "idleTimeout",
-                    &l.idle_timeout,
-                    limits.downstream_idle_timeout,
-                ),
+                ("idleTimeout", &l.idle_timeout, limits.downstream_idle_timeout),
                 ("drainTimeout", &l.drain_timeout, limits.drain_timeout),
             ];
             for (field, text, slot) in timeouts.iter_mut() {
@@ -518,18 +470,9 @@ impl Compiler {
         let mut out = Vec::new();
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut addresses: HashMap<SocketAddr, String> = HashMap::from([
-            (
-                proxy.admin_address,
-                "the admin server (adminAddress)".to_owned(),
-            ),
-            (
-                proxy.health_address,
-                "the health server (healthAddress)".to_owned(),
-            ),
-            (
-                proxy.metrics_address,
-                "the metrics server (metricsAddress)".to_owned(),
-            ),
+            (proxy.admin_address, "the admin server (adminAddress)".to_owned()),
+            (proxy.health_address, "the health server (healthAddress)".to_owned()),
+            (proxy.metrics_address, "the metrics server (metricsAddress)".to_owned()),
         ]);
         for (i, l) in pc.spec.listeners.iter().enumerate() {
             let p = FieldPath::root().key("spec").key("listeners").index(i);
@@ -539,10 +482,7 @@ impl Compiler {
                 self.error(
                     &site,
                     &p.key("name"),
-                    format!(
-                        "duplicate listener name {:?} (also spec.listeners[{first}])",
-                        l.name
-                    ),
+                    format!("duplicate listener name {:?} (also spec.listeners[{first}])", l.name),
                 );
             }
             let address = match l.address.parse::<SocketAddr>() {
@@ -557,7 +497,8 @@ impl Compiler {
                     None
                 }
             };
-            if let Some(a) = address {
+            // Port 0 asks the kernel for a free port: several such addresses never clash.
+            if let Some(a) = address.filter(|a| a.port() != 0) {
                 let who = format!("listener {:?}", l.name);
                 if let Some(other) = addresses.insert(a, who) {
                     self.error(
@@ -592,13 +533,9 @@ impl Compiler {
                         Some(t) => self.duration(&site, &p.key("idleTimeout"), t),
                         None => Some(DEFAULT_TCP_IDLE_TIMEOUT),
                     };
-                    let clusters =
-                        self.tcp_listener_clusters(&site, &p, l, address, virtual_services);
+                    let clusters = self.tcp_listener_clusters(&site, &p, l, address, virtual_services);
                     match (clusters, idle_timeout) {
-                        (Some(clusters), Some(idle_timeout)) => Some(ListenerKind::Tcp {
-                            clusters,
-                            idle_timeout,
-                        }),
+                        (Some(clusters), Some(idle_timeout)) => Some(ListenerKind::Tcp { clusters, idle_timeout }),
                         _ => None,
                     }
                 }
@@ -626,19 +563,15 @@ impl Compiler {
         virtual_services: &[&VirtualService],
     ) -> Option<WeightedClusters> {
         let port = address.map(|a| i64::from(a.port()));
-        let dest_service = l.destination.as_ref().and_then(|d| {
-            self.registry
-                .resolve(&d.host, &site.namespace)
-                .map(|s| s.host.clone())
-        });
+        let dest_service = l
+            .destination
+            .as_ref()
+            .and_then(|d| self.registry.resolve(&d.host, &site.namespace).map(|s| s.host.clone()));
         let mut by_port = None;
         let mut by_host = None;
         for vs in virtual_services.iter().filter(|vs| applies_to_mesh(vs)) {
             for (i, route) in vs.spec.tcp.iter().enumerate() {
-                if by_port.is_none()
-                    && port.is_some()
-                    && route.matches.iter().any(|m| m.port == port)
-                {
+                if by_port.is_none() && port.is_some() && route.matches.iter().any(|m| m.port == port) {
                     by_port = Some((*vs, i));
                 }
                 let claims_dest = dest_service.as_ref().is_some_and(|h| {
@@ -648,10 +581,7 @@ impl Compiler {
                             .is_some_and(|s| &s.host == h)
                     })
                 });
-                if by_host.is_none()
-                    && claims_dest
-                    && route.matches.iter().all(|m| m.port.is_none())
-                {
+                if by_host.is_none() && claims_dest && route.matches.iter().all(|m| m.port.is_none()) {
                     by_host = Some((*vs, i));
                 }
             }
@@ -665,9 +595,7 @@ impl Compiler {
                 let dest = Destination {
                     host: d.host.clone(),
                     subset: None,
-                    port: d
-                        .port
-                        .map(|number| crate::resources::PortSelector { number }),
+                    port: d.port.map(|number| crate::resources::PortSelector { number }),
                 };
                 let id = self.destination_cluster(site, &dp, &dest, "port")?;
                 Some(WeightedClusters::single(id))
@@ -690,16 +618,8 @@ impl Compiler {
     fn tcp_route_clusters(&mut self, vs: &VirtualService, i: usize) -> Option<WeightedClusters> {
         let site = Site::of_vs(vs);
         let route = vs.spec.tcp.get(i)?;
-        let p = FieldPath::root()
-            .key("spec")
-            .key("tcp")
-            .index(i)
-            .key("route");
-        let dests: Vec<(&Destination, Option<i64>)> = route
-            .route
-            .iter()
-            .map(|d| (&d.destination, d.weight))
-            .collect();
+        let p = FieldPath::root().key("spec").key("tcp").index(i).key("route");
+        let dests: Vec<(&Destination, Option<i64>)> = route.route.iter().map(|d| (&d.destination, d.weight)).collect();
         self.weighted(&site, &p, &dests)
     }
 
@@ -727,11 +647,7 @@ impl Compiler {
             };
             let Some(number) = number else { continue };
             if ports.iter().any(|q| q.number == number) {
-                self.error(
-                    &site,
-                    &pp.key("number"),
-                    format!("port {number} is declared twice"),
-                );
+                self.error(&site, &pp.key("number"), format!("port {number} is declared twice"));
                 continue;
             }
             if !p.name.is_empty() && ports.iter().any(|q| q.name == p.name) {
@@ -749,14 +665,11 @@ impl Compiler {
             });
         }
 
-        let resolution = se
-            .spec
-            .resolution
-            .unwrap_or(if se.spec.endpoints.is_empty() {
-                Resolution::None
-            } else {
-                Resolution::Static
-            });
+        let resolution = se.spec.resolution.unwrap_or(if se.spec.endpoints.is_empty() {
+            Resolution::None
+        } else {
+            Resolution::Static
+        });
         match resolution {
             Resolution::None if !se.spec.hosts.is_empty() => {
                 self.warn(
@@ -897,11 +810,7 @@ impl Compiler {
                 continue;
             }
             if subsets.iter().any(|o| o.name == s.name) {
-                self.error(
-                    &site,
-                    &sp.key("name"),
-                    format!("subset {:?} is defined twice", s.name),
-                );
+                self.error(&site, &sp.key("name"), format!("subset {:?} is defined twice", s.name));
                 continue;
             }
             let policy = match &s.traffic_policy {
@@ -948,19 +857,12 @@ impl Compiler {
         );
     }
 
-    fn traffic_policy(
-        &mut self,
-        site: &Site<'_>,
-        p: &FieldPath,
-        tp: &TrafficPolicy,
-    ) -> PolicyParts {
+    fn traffic_policy(&mut self, site: &Site<'_>, p: &FieldPath, tp: &TrafficPolicy) -> PolicyParts {
         let mut parts = PolicyParts::default();
         if let Some(lb) = &tp.load_balancer {
             let lp = p.key("loadBalancer");
             match (&lb.simple, &lb.consistent_hash) {
-                (Some(_), Some(_)) => {
-                    self.error(site, &lp, "set either simple or consistentHash, not both")
-                }
+                (Some(_), Some(_)) => self.error(site, &lp, "set either simple or consistentHash, not both"),
                 (Some(simple), None) => {
                     parts.lb = match simple {
                         SimpleLb::RoundRobin => Some(LbChoice::RoundRobin),
@@ -979,9 +881,7 @@ impl Compiler {
                         }
                     }
                 }
-                (None, Some(ch)) => {
-                    parts.lb = self.consistent_hash(site, &lp.key("consistentHash"), ch)
-                }
+                (None, Some(ch)) => parts.lb = self.consistent_hash(site, &lp.key("consistentHash"), ch),
                 (None, None) => {}
             }
         }
@@ -1017,10 +917,7 @@ impl Compiler {
                     }
                 }
                 for (field, set) in [
-                    (
-                        "http1MaxPendingRequests",
-                        http.http1_max_pending_requests.is_some(),
-                    ),
+                    ("http1MaxPendingRequests", http.http1_max_pending_requests.is_some()),
                     ("maxRetries", http.max_retries.is_some()),
                 ] {
                     if set {
@@ -1045,11 +942,7 @@ impl Compiler {
         let mut keys = Vec::new();
         if let Some(h) = &ch.http_header_name {
             if h.is_empty() {
-                self.error(
-                    site,
-                    &p.key("httpHeaderName"),
-                    "header name must not be empty",
-                );
+                self.error(site, &p.key("httpHeaderName"), "header name must not be empty");
                 return None;
             }
             keys.push(HashOn::Header(h.to_ascii_lowercase()));
@@ -1072,9 +965,7 @@ impl Compiler {
                     }
                 }
             }
-            keys.push(HashOn::Cookie {
-                name: c.name.clone(),
-            });
+            keys.push(HashOn::Cookie { name: c.name.clone() });
         }
         if ch.use_source_ip == Some(true) {
             keys.push(HashOn::SourceIp);
@@ -1112,9 +1003,7 @@ impl Compiler {
                         self.error(
                             site,
                             &p.key("maglev").key("tableSize"),
-                            format!(
-                                "maglev tableSize must be a prime number up to 5000011, got {n}"
-                            ),
+                            format!("maglev tableSize must be a prime number up to 5000011, got {n}"),
                         );
                         return None;
                     }
@@ -1127,10 +1016,7 @@ impl Compiler {
             });
         }
         let (field, size) = match &ch.ring_hash {
-            Some(r) => (
-                p.key("ringHash").key("minimumRingSize"),
-                r.minimum_ring_size,
-            ),
+            Some(r) => (p.key("ringHash").key("minimumRingSize"), r.minimum_ring_size),
             None => (p.key("minimumRingSize"), ch.minimum_ring_size),
         };
         let min_ring = match size {
@@ -1171,9 +1057,7 @@ impl Compiler {
         let endpoints: Vec<Endpoint> = service
             .endpoints
             .iter()
-            .filter(|e| {
-                labels.is_none_or(|want| want.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-            })
+            .filter(|e| labels.is_none_or(|want| want.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
             .map(|e| Endpoint {
                 address: SocketAddr::new(e.address, service.endpoint_port(e, &service_port)),
                 weight: e.weight.max(1),
@@ -1188,10 +1072,7 @@ impl Compiler {
                 hash_on,
                 table: RingHashTable::new(&endpoints, min_ring),
             },
-            LbChoice::Maglev {
-                hash_on,
-                table_size,
-            } => LbPolicy::Maglev {
+            LbChoice::Maglev { hash_on, table_size } => LbPolicy::Maglev {
                 hash_on,
                 table: MaglevTable::new(&endpoints, table_size),
             },
@@ -1238,10 +1119,7 @@ impl Compiler {
             self.error(
                 site,
                 &p.key("host"),
-                format!(
-                    "destination host {:?} matches no ServiceEntry{also}",
-                    d.host
-                ),
+                format!("destination host {:?} matches no ServiceEntry{also}", d.host),
             );
             return None;
         };
@@ -1271,11 +1149,7 @@ impl Compiler {
             None => match service.ports.as_slice() {
                 [only] => only.number,
                 [] => {
-                    self.error(
-                        site,
-                        &p.key("host"),
-                        format!("service {} has no ports", service.host),
-                    );
+                    self.error(site, &p.key("host"), format!("service {} has no ports", service.host));
                     return None;
                 }
                 _ => {
@@ -1286,11 +1160,7 @@ impl Compiler {
                             "service {} has several ports ({}); set destination {}",
                             service.host,
                             port_list(&service),
-                            if port_field == "port" {
-                                "port"
-                            } else {
-                                "port.number"
-                            }
+                            if port_field == "port" { "port" } else { "port.number" }
                         ),
                     );
                     return None;
@@ -1467,11 +1337,7 @@ impl Compiler {
         Some(VirtualHost::new(vh_name, domains, routes))
     }
 
-    fn default_virtual_host(
-        &mut self,
-        service: &Service,
-        used_domains: &mut HashSet<String>,
-    ) -> Option<VirtualHost> {
+    fn default_virtual_host(&mut self, service: &Service, used_domains: &mut HashSet<String>) -> Option<VirtualHost> {
         let port = service.default_port()?.number;
         let id = self.cluster_for(&service.host, port, None)?;
         let domains: Vec<String> = host_aliases(&service.host, &service.namespace)
@@ -1497,13 +1363,7 @@ impl Compiler {
         Some(VirtualHost::new(service.host.clone(), domains, vec![route]))
     }
 
-    fn http_route(
-        &mut self,
-        site: &Site<'_>,
-        vh_name: &str,
-        i: usize,
-        route: &HttpRoute,
-    ) -> Option<Route> {
+    fn http_route(&mut self, site: &Site<'_>, vh_name: &str, i: usize, route: &HttpRoute) -> Option<Route> {
         let p = FieldPath::root().key("spec").key("http").index(i);
         let mut ok = true;
         let mut matches = Vec::new();
@@ -1526,11 +1386,7 @@ impl Compiler {
         .collect();
         match actions.as_slice() {
             [] => {
-                self.error(
-                    site,
-                    &p,
-                    "an http route needs one of route, redirect or directResponse",
-                );
+                self.error(site, &p, "an http route needs one of route, redirect or directResponse");
                 return None;
             }
             [_] => {}
@@ -1558,17 +1414,13 @@ impl Compiler {
         };
 
         let action = if let Some(r) = &route.redirect {
-            self.redirect(site, &p.key("redirect"), r)
-                .map(RouteAction::Redirect)
+            self.redirect(site, &p.key("redirect"), r).map(RouteAction::Redirect)
         } else if let Some(d) = &route.direct_response {
             self.direct_response(site, &p.key("directResponse"), d)
                 .map(RouteAction::Direct)
         } else {
-            let dests: Vec<(&Destination, Option<i64>)> = route
-                .route
-                .iter()
-                .map(|d| (&d.destination, d.weight))
-                .collect();
+            let dests: Vec<(&Destination, Option<i64>)> =
+                route.route.iter().map(|d| (&d.destination, d.weight)).collect();
             let clusters = self.weighted(site, &p.key("route"), &dests);
             // Destination-level header operations: the snapshot applies header operations per
             // route, so they are merged into the route's when there is one destination, or
@@ -1581,18 +1433,13 @@ impl Compiler {
                 .filter_map(|(k, d)| d.headers.as_ref().map(|h| (k, h)))
                 .collect();
             if let Some((k0, h0)) = with_headers.first() {
-                let all_same = with_headers.len() == route.route.len()
-                    && with_headers.iter().all(|(_, h)| *h == *h0);
+                let all_same = with_headers.len() == route.route.len() && with_headers.iter().all(|(_, h)| *h == *h0);
                 if route.route.len() == 1 || all_same {
-                    let (req, resp) =
-                        self.header_ops(site, &p.key("route").index(*k0).key("headers"), h0);
+                    let (req, resp) = self.header_ops(site, &p.key("route").index(*k0).key("headers"), h0);
                     merge_ops(&mut request_headers, req);
                     merge_ops(&mut response_headers, resp);
                 } else {
-                    let k = with_headers
-                        .iter()
-                        .find(|(_, h)| *h != *h0)
-                        .map_or(*k0, |(k, _)| *k);
+                    let k = with_headers.iter().find(|(_, h)| *h != *h0).map_or(*k0, |(k, _)| *k);
                     self.error(
                         site,
                         &p.key("route").index(k).key("headers"),
@@ -1643,10 +1490,7 @@ impl Compiler {
             return None;
         }
         Some(Route {
-            name: route
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("{vh_name}/{i}")),
+            name: route.name.clone().unwrap_or_else(|| format!("{vh_name}/{i}")),
             matches,
             action,
             request_headers: std::mem::take(&mut request_headers),
@@ -1757,10 +1601,7 @@ impl Compiler {
             self.error(
                 site,
                 p,
-                format!(
-                    "set only one of exact, prefix or regex (found {})",
-                    set.join(", ")
-                ),
+                format!("set only one of exact, prefix or regex (found {})", set.join(", ")),
             );
             return None;
         }
@@ -1775,11 +1616,7 @@ impl Compiler {
                 Ok(re) => Some(Some(StringMatch::Regex(re))),
                 Err(e) => {
                     let detail = e.to_string().replace('\n', " ");
-                    self.error(
-                        site,
-                        &p.key("regex"),
-                        format!("invalid regex {r:?}: {detail}"),
-                    );
+                    self.error(site, &p.key("regex"), format!("invalid regex {r:?}: {detail}"));
                     None
                 }
             };
@@ -1792,23 +1629,14 @@ impl Compiler {
         }
     }
 
-    fn header_ops(
-        &mut self,
-        site: &Site<'_>,
-        p: &FieldPath,
-        h: &Headers,
-    ) -> (HeaderOps, HeaderOps) {
+    fn header_ops(&mut self, site: &Site<'_>, p: &FieldPath, h: &Headers) -> (HeaderOps, HeaderOps) {
         let mut convert = |field: &str, ops: &Option<HeaderOperations>| {
             let mut out = HeaderOps::default();
             let Some(ops) = ops else { return out };
             let op = p.key(field);
-            for (kind, map, list) in [
-                ("set", &ops.set, &mut out.set),
-                ("add", &ops.add, &mut out.add),
-            ] {
+            for (kind, map, list) in [("set", &ops.set, &mut out.set), ("add", &ops.add, &mut out.add)] {
                 for (name, value) in map {
-                    if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b == b':')
-                    {
+                    if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b == b':') {
                         self.error(
                             site,
                             &op.key(kind).key(name),
@@ -1827,12 +1655,7 @@ impl Compiler {
         (req, resp)
     }
 
-    fn redirect(
-        &mut self,
-        site: &Site<'_>,
-        p: &FieldPath,
-        r: &crate::resources::HttpRedirect,
-    ) -> Option<Redirect> {
+    fn redirect(&mut self, site: &Site<'_>, p: &FieldPath, r: &crate::resources::HttpRedirect) -> Option<Redirect> {
         let status = match r.redirect_code {
             None => 301,
             Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u16,
@@ -1901,32 +1724,25 @@ impl Compiler {
                     return None;
                 }
                 (Some(s), None) => s.clone(),
-                (None, Some(encoded)) => {
-                    match decode_base64(encoded).and_then(|v| String::from_utf8(v).ok()) {
-                        Some(s) => s,
-                        None => {
-                            self.error(
-                                site,
-                                &p.key("body").key("bytes"),
-                                "bytes must be base64 of UTF-8 text (binary bodies are not \
+                (None, Some(encoded)) => match decode_base64(encoded).and_then(|v| String::from_utf8(v).ok()) {
+                    Some(s) => s,
+                    None => {
+                        self.error(
+                            site,
+                            &p.key("body").key("bytes"),
+                            "bytes must be base64 of UTF-8 text (binary bodies are not \
                                  supported yet)",
-                            );
-                            return None;
-                        }
+                        );
+                        return None;
                     }
-                }
+                },
                 (None, None) => String::new(),
             },
         };
         Some(DirectResponse { status, body })
     }
 
-    fn retry_policy(
-        &mut self,
-        site: &Site<'_>,
-        p: &FieldPath,
-        r: Option<&HttpRetry>,
-    ) -> Option<RetryPolicy> {
+    fn retry_policy(&mut self, site: &Site<'_>, p: &FieldPath, r: Option<&HttpRetry>) -> Option<RetryPolicy> {
         let mut policy = default_retry_policy();
         let Some(r) = r else { return Some(policy) };
         let mut ok = true;
@@ -1975,20 +1791,12 @@ impl Compiler {
                     | "envoy-ratelimited"
                     | "retriable-headers"
                     | "http3-post-connect-failure" => {
-                        self.warn(
-                            site,
-                            &rp,
-                            format!("retryOn {token:?} is not supported yet; ignored"),
-                        );
+                        self.warn(site, &rp, format!("retryOn {token:?} is not supported yet; ignored"));
                     }
                     t if t.bytes().all(|b| b.is_ascii_digit()) => match t.parse::<u16>() {
                         Ok(code @ 100..=599) => policy.retriable_status_codes.push(code),
                         _ => {
-                            self.error(
-                                site,
-                                &rp,
-                                format!("retryOn status {t} is not an HTTP status (100-599)"),
-                            );
+                            self.error(site, &rp, format!("retryOn status {t} is not an HTTP status (100-599)"));
                             ok = false;
                         }
                     },

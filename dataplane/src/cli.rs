@@ -21,13 +21,7 @@ use crate::control::{self, ProxyOptions};
 pub struct Cli {
     /// Config file or directory (YAML: ProxyConfig, ServiceEntry, VirtualService, DestinationRule).
     /// Repeat for several.
-    #[arg(
-        long,
-        short = 'c',
-        env = "RINGMESH_CONFIG",
-        value_delimiter = ',',
-        required = true
-    )]
+    #[arg(long, short = 'c', env = "RINGMESH_CONFIG", value_delimiter = ',', required = true)]
     pub config: Vec<PathBuf>,
     /// Worker threads (default: cores this process may use, from affinity and cgroup quota).
     #[arg(long, env = "RINGMESH_WORKERS")]
@@ -63,9 +57,7 @@ fn parse_io(s: &str) -> Result<IoMode, String> {
         "auto" => Ok(IoMode::Auto),
         "io_uring" | "iouring" | "uring" => Ok(IoMode::IoUring),
         "epoll" | "legacy" => Ok(IoMode::Epoll),
-        other => Err(format!(
-            "unknown io driver {other:?}: expected auto, io_uring or epoll"
-        )),
+        other => Err(format!("unknown io driver {other:?}: expected auto, io_uring or epoll")),
     }
 }
 
@@ -99,9 +91,7 @@ where
         anyhow::anyhow!("{e}")
     })?;
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .try_init();
     if cli.check {

@@ -67,10 +67,7 @@ pub struct ProxyHandle {
 impl ProxyHandle {
     /// The bound address of the listener called `name`.
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
     }
 
     /// Asks for a reload now (as SIGHUP does).
@@ -116,10 +113,7 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
     }
     let settings = loaded.snapshot.proxy.clone();
     let listeners = loaded.snapshot.listeners.clone();
-    let workers = settings
-        .workers
-        .unwrap_or_else(cores::default_workers)
-        .max(1);
+    let workers = settings.workers.unwrap_or_else(cores::default_workers).max(1);
     let io = runtime::resolve_io(settings.io)?;
     let source = SnapshotSource::new(loaded.snapshot);
 
@@ -157,10 +151,7 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
     let control = std::thread::Builder::new()
         .name("ringmesh-control".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!("control runtime: {e}");
@@ -283,10 +274,7 @@ async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-fn signal_if(
-    enabled: bool,
-    kind: tokio::signal::unix::SignalKind,
-) -> Option<tokio::signal::unix::Signal> {
+fn signal_if(enabled: bool, kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {
     if enabled {
         tokio::signal::unix::signal(kind).ok()
     } else {

@@ -63,11 +63,7 @@ pub struct ProxyError {
 impl ProxyError {
     /// A new error.
     pub const fn new(kind: ErrorKind, side: Side, context: &'static str) -> Self {
-        ProxyError {
-            kind,
-            side,
-            context,
-        }
+        ProxyError { kind, side, context }
     }
 
     /// Whether another try on another connection could succeed (before any retry policy).

@@ -47,9 +47,7 @@ pub async fn accept_loop(
         monoio::spawn(async move {
             match &*kind {
                 ListenerKind::Http => crate::http::proxy::serve(worker.clone(), stream, peer).await,
-                ListenerKind::Tcp { .. } => {
-                    crate::tcp::serve(worker.clone(), stream, peer, &name).await
-                }
+                ListenerKind::Tcp { .. } => crate::tcp::serve(worker.clone(), stream, peer, &name).await,
             }
             dec(&worker.stats.downstream_cx_active);
         });

@@ -115,10 +115,7 @@ impl SnapshotView {
     }
 }
 
-fn build(
-    snapshot: Arc<Snapshot>,
-    counters: &RefCell<HashMap<String, Rc<ClusterCounters>>>,
-) -> WorkerSnapshot {
+fn build(snapshot: Arc<Snapshot>, counters: &RefCell<HashMap<String, Rc<ClusterCounters>>>) -> WorkerSnapshot {
     let mut counters = counters.borrow_mut();
     let clusters = snapshot
         .clusters

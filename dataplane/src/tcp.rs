@@ -37,9 +37,7 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
     let cluster_id = clusters.pick(worker.rng.next_u64() as u32);
     let cluster = view.snapshot.cluster(cluster_id);
     let state = &view.clusters[cluster_id.0 as usize];
-    let hash = Some(ringmesh_api::hash_table::hash_bytes(
-        peer.ip().to_string().as_bytes(),
-    ));
+    let hash = Some(ringmesh_api::hash_table::hash_bytes(peer.ip().to_string().as_bytes()));
     // Try each endpoint at most once on connect failure, like Envoy's default of one reattempt
     // per host; opaque TCP has nothing else to retry.
     let mut upstream = None;
@@ -77,29 +75,16 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
         .set(worker.stats.tcp_bytes_received.get() + received);
 }
 
-fn tcp_destination<'a>(
-    listeners: &'a [Listener],
-    name: &str,
-) -> Option<(&'a WeightedClusters, Duration)> {
-    listeners
-        .iter()
-        .find(|l| l.name == name)
-        .and_then(|l| match &l.kind {
-            ListenerKind::Tcp {
-                clusters,
-                idle_timeout,
-            } if clusters.total() > 0 => Some((clusters, *idle_timeout)),
-            _ => None,
-        })
+fn tcp_destination<'a>(listeners: &'a [Listener], name: &str) -> Option<(&'a WeightedClusters, Duration)> {
+    listeners.iter().find(|l| l.name == name).and_then(|l| match &l.kind {
+        ListenerKind::Tcp { clusters, idle_timeout } if clusters.total() > 0 => Some((clusters, *idle_timeout)),
+        _ => None,
+    })
 }
 
 /// Moves bytes both ways until both directions finished or the pair was idle too long.
 /// Returns (client → upstream, upstream → client) byte counts.
-pub async fn pipe_pair(
-    client: TcpStream,
-    upstream: TcpStream,
-    idle_timeout: Duration,
-) -> (u64, u64) {
+pub async fn pipe_pair(client: TcpStream, upstream: TcpStream, idle_timeout: Duration) -> (u64, u64) {
     let last = Rc::new(Cell::new(Instant::now()));
     let up_bytes = Rc::new(Cell::new(0u64));
     let down_bytes = Rc::new(Cell::new(0u64));

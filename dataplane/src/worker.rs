@@ -61,8 +61,7 @@ impl Worker {
     pub fn retry_allowed(&self) -> bool {
         let budget = self.snapshot.get().snapshot.proxy.retry_budget;
         let active = self.stats.downstream_rq_active.get() as f64;
-        let allowed =
-            ((active * budget.budget_percent / 100.0) as u32).max(budget.min_retry_concurrency);
+        let allowed = ((active * budget.budget_percent / 100.0) as u32).max(budget.min_retry_concurrency);
         self.retries_active.get() < allowed
     }
 
@@ -96,11 +95,7 @@ impl Worker {
     }
 
     /// Answers control-thread commands until the channel closes or a drain completes.
-    pub async fn command_loop(
-        self: Rc<Self>,
-        commands: flume::Receiver<WorkerCommand>,
-        stop_accepting: impl FnOnce(),
-    ) {
+    pub async fn command_loop(self: Rc<Self>, commands: flume::Receiver<WorkerCommand>, stop_accepting: impl FnOnce()) {
         let mut stop_accepting = Some(stop_accepting);
         while let Ok(cmd) = commands.recv_async().await {
             match cmd {

@@ -19,10 +19,7 @@ pub struct Response {
 impl Response {
     /// First value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
     /// Body as text.
     pub fn text(&self) -> String {
@@ -42,9 +39,7 @@ impl Client {
     /// Connects with a 10 s read timeout (tests never hang).
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect to proxy");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
         Client {
             stream,
@@ -65,12 +60,17 @@ impl Client {
 
     fn fill(&mut self) -> bool {
         let mut tmp = [0u8; 16 * 1024];
-        match self.stream.read(&mut tmp) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&tmp[..n]);
-                true
-            }
+        loop {
+            return match self.stream.read(&mut tmp) {
+                // A signal (io_uring's task-work notification in this process, for one) may
+                // interrupt a blocking read; that is not the peer closing.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Ok(0) | Err(_) => false,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    true
+                }
+            };
         }
     }
 
@@ -107,23 +107,13 @@ impl Client {
             body: Vec::new(),
         };
         self.buf.drain(..end);
-        if head_request
-            || resp.status == 204
-            || resp.status == 304
-            || (100..200).contains(&resp.status)
-        {
+        if head_request || resp.status == 204 || resp.status == 304 || (100..200).contains(&resp.status) {
             return Some(resp);
         }
-        if resp
-            .header("transfer-encoding")
-            .is_some_and(|v| v.contains("chunked"))
-        {
+        if resp.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             let (body, _trailers) = self.read_chunked()?;
             resp.body = body;
-        } else if let Some(cl) = resp
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-        {
+        } else if let Some(cl) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
             while self.buf.len() < cl {
                 if !self.fill() {
                     return None;
@@ -190,9 +180,7 @@ impl Client {
     /// True when the peer closed the connection (EOF) within `within`.
     pub fn closed_within(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
-        let _ = self
-            .stream
-            .set_read_timeout(Some(Duration::from_millis(50)));
+        let _ = self.stream.set_read_timeout(Some(Duration::from_millis(50)));
         let mut tmp = [0u8; 4096];
         while Instant::now() < deadline {
             match self.stream.read(&mut tmp) {
@@ -201,7 +189,7 @@ impl Client {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
                     ) => {}
                 Err(_) => return true,
             }

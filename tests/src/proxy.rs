@@ -61,12 +61,7 @@ pub fn proxy_config(io: IoMode, extra_listeners: &str, extra_spec: &str) -> Stri
 }
 
 /// A `ServiceEntry` for `host:port` served by `endpoints` (each `(addr, labels)`).
-pub fn service_entry(
-    name: &str,
-    host: &str,
-    port: u16,
-    endpoints: &[(SocketAddr, &[(&str, &str)])],
-) -> String {
+pub fn service_entry(name: &str, host: &str, port: u16, endpoints: &[(SocketAddr, &[(&str, &str)])]) -> String {
     let mut s = format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts: [\"{host}\"]\n  ports:\n  - number: {port}\n    name: http\n    protocol: HTTP\n  resolution: STATIC\n  endpoints:\n"
     );
@@ -105,6 +100,12 @@ impl TestProxy {
 
     /// Starts a proxy, returning the start-up error instead of panicking.
     pub fn try_start(docs: &[String]) -> anyhow::Result<TestProxy> {
+        if let Ok(filter) = std::env::var("RINGMESH_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let dir = TempDir::new();
         let config = dir.0.join("proxy.yaml");
         std::fs::write(&config, docs.join("\n---\n"))?;

@@ -29,10 +29,7 @@ pub struct Recorded {
 impl Recorded {
     /// First value of a header (name lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -116,10 +113,7 @@ impl Upstream {
     }
 
     /// An upstream answering with `handler`.
-    pub fn start(
-        name: &str,
-        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
-    ) -> Upstream {
+    pub fn start(name: &str, handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -128,26 +122,16 @@ impl Upstream {
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Handler> = Arc::new(handler);
         {
-            let (requests, connections, stop, name) = (
-                requests.clone(),
-                connections.clone(),
-                stop.clone(),
-                name.to_string(),
-            );
+            let (requests, connections, stop, name) =
+                (requests.clone(), connections.clone(), stop.clone(), name.to_string());
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((s, _)) => {
                             let id = connections.fetch_add(1, Ordering::SeqCst);
-                            let (requests, handler, name, stop) = (
-                                requests.clone(),
-                                handler.clone(),
-                                name.clone(),
-                                stop.clone(),
-                            );
-                            thread::spawn(move || {
-                                serve_conn(s, id, &name, &*handler, &requests, &stop)
-                            });
+                            let (requests, handler, name, stop) =
+                                (requests.clone(), handler.clone(), name.clone(), stop.clone());
+                            thread::spawn(move || serve_conn(s, id, &name, &*handler, &requests, &stop));
                         }
                         Err(_) => thread::sleep(Duration::from_millis(2)),
                     }
@@ -203,12 +187,7 @@ fn serve_conn(
         let reply = handler(&req);
         if req.method == "HEAD" {
             // A HEAD answer carries the headers of the GET answer but never its body.
-            if let Reply::Full {
-                status,
-                headers,
-                body,
-            } = reply
-            {
+            if let Reply::Full { status, headers, body } = reply {
                 let mut out = format!(
                     "HTTP/1.1 {status} X\r\nx-upstream: {name}\r\ncontent-length: {}\r\n",
                     body.len()
@@ -244,7 +223,7 @@ fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBool) -> bool {
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
                 ) =>
             {
                 continue
@@ -259,11 +238,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Reads one request (head and de-chunked body) from the connection.
-pub(crate) fn read_request(
-    s: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    stop: &AtomicBool,
-) -> Option<Recorded> {
+pub(crate) fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBool) -> Option<Recorded> {
     let head_end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
@@ -291,10 +266,7 @@ pub(crate) fn read_request(
         ..Default::default()
     };
     buf.drain(..head_end);
-    if rec
-        .header("transfer-encoding")
-        .is_some_and(|v| v.contains("chunked"))
-    {
+    if rec.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         let (body, trailers) = read_chunked(s, buf, stop)?;
         rec.body = body;
         rec.trailers = trailers;
@@ -313,11 +285,7 @@ pub(crate) fn read_request(
 }
 
 /// Reads a chunked body; returns the payload and the trailer lines.
-pub fn read_chunked(
-    s: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    stop: &AtomicBool,
-) -> Option<(Vec<u8>, Vec<String>)> {
+pub fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBool) -> Option<(Vec<u8>, Vec<String>)> {
     let mut body = Vec::new();
     loop {
         let line_end = loop {
@@ -362,11 +330,7 @@ pub fn read_chunked(
 
 fn write_reply(s: &mut TcpStream, name: &str, reply: Reply, buf: &mut Vec<u8>) -> bool {
     match reply {
-        Reply::Full {
-            status,
-            headers,
-            body,
-        } => {
+        Reply::Full { status, headers, body } => {
             let mut out = format!(
                 "HTTP/1.1 {status} X\r\nx-upstream: {name}\r\ncontent-length: {}\r\n",
                 body.len()
@@ -384,9 +348,7 @@ fn write_reply(s: &mut TcpStream, name: &str, reply: Reply, buf: &mut Vec<u8>) -
             chunks,
             trailers,
         } => {
-            let head = format!(
-                "HTTP/1.1 {status} X\r\nx-upstream: {name}\r\ntransfer-encoding: chunked\r\n\r\n"
-            );
+            let head = format!("HTTP/1.1 {status} X\r\nx-upstream: {name}\r\ntransfer-encoding: chunked\r\n\r\n");
             if s.write_all(head.as_bytes()).is_err() {
                 return false;
             }
@@ -432,10 +394,8 @@ fn write_reply(s: &mut TcpStream, name: &str, reply: Reply, buf: &mut Vec<u8>) -
             false
         }
         Reply::UpgradeEcho => {
-            if s.write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
-            )
-            .is_err()
+            if s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+                .is_err()
             {
                 return false;
             }
@@ -448,6 +408,7 @@ fn write_reply(s: &mut TcpStream, name: &str, reply: Reply, buf: &mut Vec<u8>) -
                 pending.clear();
                 let mut tmp = [0u8; 4096];
                 match s.read(&mut tmp) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Ok(0) | Err(_) => return false,
                     Ok(n) => pending.extend_from_slice(&tmp[..n]),
                 }

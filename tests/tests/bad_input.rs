@@ -10,19 +10,55 @@ use ringmesh_tests::{both_io, IoMode};
 
 /// (request bytes, expected status, why)
 const CASES: &[(&[u8], u16, &str)] = &[
-    (b"GET / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "CL and TE together"),
-    (b"POST / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400, "differing duplicate CL"),
-    (b"POST / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: -1\r\n\r\n", 400, "negative CL"),
-    (b"POST / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400, "overflowing CL"),
-    (b"POST / HTTP/1.1\r\nHost: echo.test\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400, "chunked not last"),
-    (b"POST / HTTP/1.1\r\nHost: echo.test\r\nTransfer-Encoding: xchunked\r\n\r\n", 400, "unknown coding"),
-    (b"GET / HTTP/1.1\r\nHost: echo.test\r\nX-Folded: a\r\n b\r\n\r\n", 400, "obs-fold"),
+    (
+        b"GET / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        "CL and TE together",
+    ),
+    (
+        b"POST / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        400,
+        "differing duplicate CL",
+    ),
+    (
+        b"POST / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: -1\r\n\r\n",
+        400,
+        "negative CL",
+    ),
+    (
+        b"POST / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        400,
+        "overflowing CL",
+    ),
+    (
+        b"POST / HTTP/1.1\r\nHost: echo.test\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        400,
+        "chunked not last",
+    ),
+    (
+        b"POST / HTTP/1.1\r\nHost: echo.test\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        400,
+        "unknown coding",
+    ),
+    (
+        b"GET / HTTP/1.1\r\nHost: echo.test\r\nX-Folded: a\r\n b\r\n\r\n",
+        400,
+        "obs-fold",
+    ),
     (b"GET / HTTP/1.1\nHost: echo.test\n\n", 400, "bare LF"),
-    (b"GET / HTTP/1.1\r\nHost: echo.test\r\nX-Nul: a\0b\r\n\r\n", 400, "NUL in value"),
+    (
+        b"GET / HTTP/1.1\r\nHost: echo.test\r\nX-Nul: a\0b\r\n\r\n",
+        400,
+        "NUL in value",
+    ),
     (b"GET / HTTP/1.1\r\nHost : echo.test\r\n\r\n", 400, "space before colon"),
     (b"G@T / HTTP/1.1\r\nHost: echo.test\r\n\r\n", 400, "bad method"),
     (b"GET / HTTP/1.1\r\n\r\n", 400, "missing Host"),
-    (b"GET / HTTP/1.1\r\nHost: echo.test\r\nHost: other\r\n\r\n", 400, "two Host headers"),
+    (
+        b"GET / HTTP/1.1\r\nHost: echo.test\r\nHost: other\r\n\r\n",
+        400,
+        "two Host headers",
+    ),
     (b"GET / HTTP/2.0\r\nHost: echo.test\r\n\r\n", 505, "unsupported version"),
     (b"this is not http\r\n\r\n", 400, "garbage request line"),
 ];
@@ -38,15 +74,8 @@ fn smuggling_shapes_are_refused(io: IoMode) {
         c.send(bytes);
         let r = c.response().unwrap_or_else(|| panic!("{why}: no response"));
         assert_eq!(r.status, *status, "{why}");
-        assert_eq!(
-            r.header("connection"),
-            Some("close"),
-            "{why}: connection must close"
-        );
-        assert!(
-            c.closed_within(Duration::from_secs(2)),
-            "{why}: connection left open"
-        );
+        assert_eq!(r.header("connection"), Some("close"), "{why}: connection must close");
+        assert!(c.closed_within(Duration::from_secs(2)), "{why}: connection left open");
     }
     assert_eq!(up.count(), 0, "a malformed request reached the upstream");
     // Still serving.
@@ -64,21 +93,13 @@ fn bad_chunk_size_closes(io: IoMode) {
     let r = c.response().expect("response");
     assert_eq!(r.status, 400);
     assert!(c.closed_within(Duration::from_secs(2)));
-    assert_eq!(
-        up.count(),
-        0,
-        "request with a bad chunk reached the upstream"
-    );
+    assert_eq!(up.count(), 0, "request with a bad chunk reached the upstream");
 }
 
 fn oversize_head_is_431(io: IoMode) {
     let up = Upstream::named("a");
     let p = TestProxy::start(&[
-        proxy_config(
-            io,
-            "",
-            "  limits:\n    maxRequestHeadBytes: 2048\n    maxHeaders: 10\n",
-        ),
+        proxy_config(io, "", "  limits:\n    maxRequestHeadBytes: 2048\n    maxHeaders: 10\n"),
         service_entry("echo", "echo.test", 80, &[(up.addr, &[])]),
     ]);
     let mut c = Client::connect(p.http());
@@ -111,10 +132,7 @@ fn slow_client_is_cut_off(io: IoMode) {
     // Idle keep-alive connection: closed after the idle timeout, without a response.
     let mut idle = Client::connect(p.http());
     assert_eq!(idle.get("echo.test", "/").status, 200);
-    assert!(
-        idle.closed_within(Duration::from_secs(3)),
-        "idle connection not closed"
-    );
+    assert!(idle.closed_within(Duration::from_secs(3)), "idle connection not closed");
 }
 
 fn random_garbage_never_kills_the_proxy(io: IoMode) {

@@ -26,11 +26,7 @@ fn spread(p: &TestProxy, n: usize, extra: &str) -> HashMap<String, usize> {
 }
 
 fn three() -> (Upstream, Upstream, Upstream) {
-    (
-        Upstream::named("a"),
-        Upstream::named("b"),
-        Upstream::named("c"),
-    )
+    (Upstream::named("a"), Upstream::named("b"), Upstream::named("c"))
 }
 
 fn eps(ups: &[&Upstream]) -> Vec<(SocketAddr, &'static [(&'static str, &'static str)])> {
@@ -72,7 +68,11 @@ fn consistent_hash_is_sticky(io: IoMode) {
         "      consistentHash:\n        httpHeaderName: x-user\n        maglev: {tableSize: 65537}\n",
     ] {
         let (a, b, c) = three();
-        let p = TestProxy::start(&[proxy_config(io, "", ""), service_entry("svc", "svc.test", 80, &eps(&[&a, &b, &c])), dr(lb)]);
+        let p = TestProxy::start(&[
+            proxy_config(io, "", ""),
+            service_entry("svc", "svc.test", 80, &eps(&[&a, &b, &c])),
+            dr(lb),
+        ]);
         let mut owners = HashMap::new();
         for user in 0..30 {
             let m = spread(&p, 5, &format!("x-user: user-{user}\r\n"));
@@ -90,11 +90,7 @@ fn endpoint_weights_respected(io: IoMode) {
         a.addr.port(),
         b.addr.port()
     );
-    let p = TestProxy::start(&[
-        proxy_config(io, "", ""),
-        se,
-        dr("      simple: ROUND_ROBIN\n"),
-    ]);
+    let p = TestProxy::start(&[proxy_config(io, "", ""), se, dr("      simple: ROUND_ROBIN\n")]);
     let m = spread(&p, 400, "");
     assert_eq!(m.get("a"), Some(&300), "{m:?}");
     assert_eq!(m.get("b"), Some(&100), "{m:?}");
@@ -214,9 +210,7 @@ fn upstream_connect_failure_is_503(io: IoMode) {
 }
 
 fn garbage_from_upstream_is_502(io: IoMode) {
-    let up = Upstream::start("junk", |_| {
-        Reply::Raw(b"HTTP/1.1 2x0 NOPE\r\n\r\n".to_vec())
-    });
+    let up = Upstream::start("junk", |_| Reply::Raw(b"HTTP/1.1 2x0 NOPE\r\n\r\n".to_vec()));
     let p = TestProxy::start(&[
         proxy_config(io, "", ""),
         service_entry("svc", "svc.test", 80, &eps(&[&up])),

@@ -24,8 +24,7 @@ fn hot_reload_applies_and_bad_file_keeps_old(io: IoMode) {
         service_entry("svc", "svc.test", 80, &[(b.addr, &[])]),
     ]);
     assert!(
-        eventually(Duration::from_secs(5), || c.get("svc.test", "/").text()
-            == "b"),
+        eventually(Duration::from_secs(5), || c.get("svc.test", "/").text() == "b"),
         "reload not applied"
     );
 
@@ -33,12 +32,9 @@ fn hot_reload_applies_and_bad_file_keeps_old(io: IoMode) {
     let bad = service_entry("svc", "svc.test", 80, &[(a.addr, &[])]).replace("hosts:", "hostz:");
     p.rewrite(&[proxy_config(io, "", ""), bad]);
     assert!(
-        eventually(Duration::from_secs(5), || admin_get(
-            p.admin(),
-            "/config_dump"
-        )
-        .1
-        .contains("hostz")),
+        eventually(Duration::from_secs(5), || admin_get(p.admin(), "/config_dump")
+            .1
+            .contains("hostz")),
         "reload error not reported in /config_dump"
     );
     for _ in 0..20 {
@@ -63,10 +59,7 @@ fn admin_health_and_metrics(io: IoMode) {
     }
     assert_eq!(c.get("nope.test", "/").status, 404);
 
-    assert_eq!(
-        admin_get(p.health(), "/healthz/ready"),
-        (200, "ready\n".into())
-    );
+    assert_eq!(admin_get(p.health(), "/healthz/ready"), (200, "ready\n".into()));
     assert_eq!(admin_get(p.admin(), "/ready"), (200, "LIVE\n".into()));
 
     let (s, body) = admin_get(p.metrics(), "/stats/prometheus");
@@ -81,9 +74,7 @@ fn admin_health_and_metrics(io: IoMode) {
         "{body}"
     );
     assert!(
-        body.contains(
-            "ringmesh_cluster_upstream_rq_total{cluster_name=\"outbound|80||svc.test\"} 7\n"
-        ),
+        body.contains("ringmesh_cluster_upstream_rq_total{cluster_name=\"outbound|80||svc.test\"} 7\n"),
         "{body}"
     );
 
@@ -103,14 +94,7 @@ fn admin_health_and_metrics(io: IoMode) {
     let (s, dump) = admin_get(p.admin(), "/config_dump");
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
-    assert_eq!(
-        v["io"],
-        if io == IoMode::Epoll {
-            "epoll"
-        } else {
-            "io_uring"
-        }
-    );
+    assert_eq!(v["io"], if io == IoMode::Epoll { "epoll" } else { "io_uring" });
     assert_eq!(v["snapshot"]["clusters"][0]["service"], "svc.test");
 
     assert_eq!(admin_get(p.admin(), "/nope").0, 404);
@@ -143,9 +127,7 @@ fn bad_config_fails_start_with_all_errors() {
         proxy_config(IoMode::Epoll, "", ""),
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: v\nspec:\n  hosts: [x.test]\n  http:\n  - route:\n    - destination: {host: missing.test}\n      weight: 50\n    - destination: {host: missing2.test}\n      weight: 20\n".to_string(),
     ];
-    let err = TestProxy::try_start(&docs)
-        .expect_err("must refuse")
-        .to_string();
+    let err = TestProxy::try_start(&docs).expect_err("must refuse").to_string();
     assert!(err.contains("proxy.yaml"), "{err}");
     assert!(err.contains("missing.test"), "{err}");
     assert!(err.contains("weight"), "{err}");
@@ -158,9 +140,6 @@ fn epoll_forced_is_reported() {
         proxy_config(IoMode::Epoll, "", ""),
         service_entry("svc", "svc.test", 80, &[(a.addr, &[])]),
     ]);
-    assert_eq!(
-        p.handle.as_ref().unwrap().io,
-        ringmesh_proxy::runtime::IoDriver::Epoll
-    );
+    assert_eq!(p.handle.as_ref().unwrap().io, ringmesh_proxy::runtime::IoDriver::Epoll);
     assert_eq!(Client::connect(p.http()).get("svc.test", "/").status, 200);
 }

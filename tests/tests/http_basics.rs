@@ -53,10 +53,7 @@ fn forwarded_headers(io: IoMode) {
     assert_eq!(id.len(), 36, "uuid form: {id}");
     assert_eq!(r.header("x-keep"), Some("yes"));
     for hop in ["x-secret", "keep-alive", "proxy-connection", "te"] {
-        assert!(
-            r.header(hop).is_none(),
-            "hop-by-hop header {hop} was forwarded"
-        );
+        assert!(r.header(hop).is_none(), "hop-by-hop header {hop} was forwarded");
     }
     assert_eq!(got[1].header("x-request-id"), Some("my-id"));
     assert_ne!(got[0].header("x-request-id"), got[1].header("x-request-id"));
@@ -88,10 +85,7 @@ fn content_length_body_both_ways(io: IoMode) {
 fn chunked_with_trailers_both_ways(io: IoMode) {
     let up = Upstream::start("a", |r| Reply::Chunked {
         status: 200,
-        chunks: vec![
-            (Duration::ZERO, r.body.clone()),
-            (Duration::ZERO, b"-tail".to_vec()),
-        ],
+        chunks: vec![(Duration::ZERO, r.body.clone()), (Duration::ZERO, b"-tail".to_vec())],
         trailers: vec![("x-checksum".into(), "42".into())],
     });
     let p = one_service(io, &up);
@@ -192,9 +186,7 @@ fn expect_continue(io: IoMode) {
     let up = Upstream::start("a", |r| Reply::ok(&String::from_utf8_lossy(&r.body)));
     let p = one_service(io, &up);
     let mut c = Client::connect(p.http());
-    c.send(
-        b"PUT /x HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
-    );
+    c.send(b"PUT /x HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
     let interim = c.response_to(true).unwrap();
     assert_eq!(interim.status, 100);
     c.send(b"body");
@@ -244,3 +236,22 @@ both_io!(
     close_delimited_response,
     head_request_has_no_body,
 );
+
+fn http10_keep_alive(io: IoMode) {
+    let up = Upstream::named("a");
+    let p = one_service(io, &up);
+    let mut c = Client::connect(p.http());
+    c.send(b"GET /1 HTTP/1.0\r\nHost: echo.test\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.response().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    c.send(b"GET /2 HTTP/1.0\r\nHost: echo.test\r\n\r\n");
+    let r = c.response().unwrap();
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(
+        c.closed_within(Duration::from_secs(2)),
+        "HTTP/1.0 without keep-alive must be closed"
+    );
+}
+
+both_io!(http10_keep_alive);

@@ -55,31 +55,13 @@ spec:
         (r.status, r.text())
     };
     assert_eq!(ask("shop.test", "GET /exact HTTP/1.1"), (200, "b".into()));
-    assert_eq!(
-        ask("shop.test", "GET /exact/more HTTP/1.1"),
-        (200, "a".into())
-    );
-    assert_eq!(
-        ask("shop.test", "DELETE /items/42 HTTP/1.1"),
-        (200, "c".into())
-    );
-    assert_eq!(
-        ask("shop.test", "GET /items/42 HTTP/1.1"),
-        (200, "a".into())
-    );
-    assert_eq!(
-        ask("shop.test", "GET /items/x42 HTTP/1.1"),
-        (200, "a".into())
-    );
-    assert_eq!(
-        ask("shop.test", "GET /any?canary=1 HTTP/1.1"),
-        (200, "d".into())
-    );
+    assert_eq!(ask("shop.test", "GET /exact/more HTTP/1.1"), (200, "a".into()));
+    assert_eq!(ask("shop.test", "DELETE /items/42 HTTP/1.1"), (200, "c".into()));
+    assert_eq!(ask("shop.test", "GET /items/42 HTTP/1.1"), (200, "a".into()));
+    assert_eq!(ask("shop.test", "GET /items/x42 HTTP/1.1"), (200, "a".into()));
+    assert_eq!(ask("shop.test", "GET /any?canary=1 HTTP/1.1"), (200, "d".into()));
     assert_eq!(ask("shop.test", "GET /api/v1 HTTP/1.1"), (200, "b".into()));
-    assert_eq!(
-        ask("eu.shop.test:8080", "GET /api/v1 HTTP/1.1"),
-        (200, "b".into())
-    );
+    assert_eq!(ask("eu.shop.test:8080", "GET /api/v1 HTTP/1.1"), (200, "b".into()));
     assert_eq!(ask("SHOP.TEST", "GET / HTTP/1.1"), (200, "a".into()));
     cl.send(b"GET /x HTTP/1.1\r\nHost: shop.test\r\nX-Canary: yes\r\n\r\n");
     assert_eq!(cl.response().unwrap().text(), "d");
@@ -127,10 +109,7 @@ spec:
             "reviews",
             "reviews.test",
             9080,
-            &[
-                (v1.addr, &[("version", "v1")]),
-                (v2.addr, &[("version", "v2")]),
-            ],
+            &[(v1.addr, &[("version", "v1")]), (v2.addr, &[("version", "v2")])],
         ),
         dr.to_string(),
         vs.to_string(),
@@ -226,10 +205,7 @@ spec:
     assert_eq!((r.status, r.text().as_str()), (200, "i am fine"));
     let r = cl.get("edge.test:8080", "/old/thing?x=1");
     assert_eq!(r.status, 308);
-    assert_eq!(
-        r.header("location"),
-        Some("http://edge.test:8080/moved?x=1")
-    );
+    assert_eq!(r.header("location"), Some("http://edge.test:8080/moved?x=1"));
     let r = cl.get("edge.test", "/teapot");
     assert_eq!(r.status, 418);
     assert_eq!(cl.get("edge.test", "/nothing").status, 404);

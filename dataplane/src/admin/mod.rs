@@ -82,11 +82,7 @@ pub async fn gather_stats(workers: &[flume::Sender<WorkerCommand>]) -> StatsTota
     total
 }
 
-fn text(
-    status: StatusCode,
-    body: impl Into<Bytes>,
-    content_type: &'static str,
-) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -149,8 +145,7 @@ async fn handle(
     let path = req.uri().path();
     let draining = state.draining.load(Ordering::Relaxed);
     let resp = match (role, req.method(), path) {
-        (Role::Health, &Method::GET, "/healthz/ready")
-        | (Role::Admin, &Method::GET, "/healthz/ready") => {
+        (Role::Health, &Method::GET, "/healthz/ready") | (Role::Admin, &Method::GET, "/healthz/ready") => {
             if draining {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain")
             } else {
@@ -164,14 +159,9 @@ async fn handle(
                 text(StatusCode::OK, "LIVE\n", "text/plain")
             }
         }
-        (Role::Metrics, &Method::GET, "/stats/prometheus")
-        | (Role::Admin, &Method::GET, "/stats/prometheus") => {
+        (Role::Metrics, &Method::GET, "/stats/prometheus") | (Role::Admin, &Method::GET, "/stats/prometheus") => {
             let totals = gather_stats(&state.workers).await;
-            text(
-                StatusCode::OK,
-                prometheus::render(&totals),
-                "text/plain; version=0.0.4",
-            )
+            text(StatusCode::OK, prometheus::render(&totals), "text/plain; version=0.0.4")
         }
         (Role::Admin, &Method::GET, "/config_dump") => {
             let snapshot = state.source.load();
@@ -227,11 +217,7 @@ async fn handle(
             state.drain_requested.notify_one();
             text(StatusCode::OK, "draining\n", "text/plain")
         }
-        (_, m, _) if m != Method::GET => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n",
-            "text/plain",
-        ),
+        (_, m, _) if m != Method::GET => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n", "text/plain"),
         _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
     };
     Ok(resp)

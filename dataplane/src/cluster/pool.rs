@@ -76,11 +76,7 @@ impl UpstreamPool {
 
     /// Idle connections per endpoint (for `/clusters`).
     pub fn idle_counts(&self) -> HashMap<SocketAddr, usize> {
-        self.idle
-            .borrow()
-            .iter()
-            .map(|(a, l)| (*a, l.len()))
-            .collect()
+        self.idle.borrow().iter().map(|(a, l)| (*a, l.len())).collect()
     }
 
     /// Closes idle connections older than `max_age` (called periodically by the worker).

@@ -45,11 +45,7 @@ impl BodyError {
 }
 
 /// Reads more bytes from `src` into `buf` (appending). `Ok(0)` is EOF.
-pub async fn read_more<R: AsyncReadRent>(
-    src: &mut R,
-    buf: &mut BytesMut,
-    idle: Duration,
-) -> Result<usize, BodyError> {
+pub async fn read_more<R: AsyncReadRent>(src: &mut R, buf: &mut BytesMut, idle: Duration) -> Result<usize, BodyError> {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
@@ -65,11 +61,7 @@ pub async fn read_more<R: AsyncReadRent>(
 }
 
 /// Writes the first `n` bytes of `buf` to `dst` without copying them.
-pub async fn write_prefix<W: AsyncWriteRent>(
-    dst: &mut W,
-    buf: &mut BytesMut,
-    n: usize,
-) -> Result<(), BodyError> {
+pub async fn write_prefix<W: AsyncWriteRent>(dst: &mut W, buf: &mut BytesMut, n: usize) -> Result<(), BodyError> {
     if n == 0 {
         return Ok(());
     }

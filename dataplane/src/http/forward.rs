@@ -17,8 +17,8 @@ use ringmesh_api::snapshot::{ForwardAction, HashOn, LbPolicy, Route, RouteMatch}
 
 use super::body::{self, BodyError};
 use super::h1::{
-    self as encode, BodyFraming, ChunkedLimits, ConnectionHeader, HeadLimits, HeaderOps,
-    RequestEncode, RequestHead, ResponseEncode, ResponseHead, ResponseParser,
+    self as encode, BodyFraming, ChunkedLimits, ConnectionHeader, HeadLimits, HeaderOps, RequestEncode, RequestHead,
+    ResponseEncode, ResponseHead, ResponseParser,
 };
 use super::proxy::{Downstream, RouteView};
 use crate::cluster::pool::{self, UpstreamConn};
@@ -36,16 +36,14 @@ pub(crate) enum Outcome {
         /// Whether the downstream connection may carry another request.
         keep_alive: bool,
     },
-    /// Nothing was sent to the client yet: answer with this error.
-    Failed(ProxyError),
+    /// Nothing was sent to the client yet: answer with this error. `body_consumed` says whether
+    /// the request body was already read from the client (then there is nothing left to skip).
+    Failed { error: ProxyError, body_consumed: bool },
     /// Part of a response went out, or the client is gone: close the connection.
     Aborted,
     /// The upstream switched protocols: the caller tunnels bytes between the client and this
     /// connection (`buf` holds bytes the upstream sent after its head).
-    Upgrade {
-        upstream: UpstreamConn,
-        buf: BytesMut,
-    },
+    Upgrade { upstream: UpstreamConn, buf: BytesMut },
 }
 
 /// Counts a try as in flight on its cluster and endpoint for as long as it lives, so that
@@ -77,9 +75,7 @@ struct RetrySlot<'a>(&'a Worker);
 
 impl Drop for RetrySlot<'_> {
     fn drop(&mut self) {
-        self.0
-            .retries_active
-            .set(self.0.retries_active.get().saturating_sub(1));
+        self.0.retries_active.set(self.0.retries_active.get().saturating_sub(1));
     }
 }
 
@@ -130,10 +126,7 @@ pub(crate) async fn forward(
     // same by default). `Expect` is then dropped from the forwarded head.
     let expect = head.connection().expect_continue && head.framing().has_body();
     if expect {
-        let (r, _) = conn
-            .stream
-            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
-            .await;
+        let (r, _) = conn.stream.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
         if r.is_err() {
             return Outcome::Aborted;
         }
@@ -143,11 +136,14 @@ pub(crate) async fn forward(
     // any upstream sees the request: smuggling attempts ride on exactly such bodies.
     if head.framing() == BodyFraming::Chunked && !conn.buf.is_empty() {
         if let Err(e) = super::h1::ChunkedDecoder::new(ChunkedLimits::default()).scan(&conn.buf) {
-            return Outcome::Failed(ProxyError::new(
-                ErrorKind::BadRequest { status: e.status() },
-                Side::Downstream,
-                e.reason(),
-            ));
+            return Outcome::Failed {
+                error: ProxyError::new(
+                    ErrorKind::BadRequest { status: e.status() },
+                    Side::Downstream,
+                    e.reason(),
+                ),
+                body_consumed: false,
+            };
         }
     }
 
@@ -172,11 +168,7 @@ pub(crate) async fn forward(
         let mut request_id = [0u8; 36];
         let need_id = head.header(src, b"x-request-id").is_none();
         if need_id {
-            write_uuid4(
-                worker.rng.next_u64(),
-                worker.rng.next_u64(),
-                &mut request_id,
-            );
+            write_uuid4(worker.rng.next_u64(), worker.rng.next_u64(), &mut request_id);
         }
         let opts = RequestEncode {
             target: rewritten.as_deref().map(str::as_bytes),
@@ -206,11 +198,10 @@ pub(crate) async fn forward(
     let mut transparent_retry_used = false;
     loop {
         let Some(endpoint) = lb::pick(cluster, state, &worker.rng, hash) else {
-            return Outcome::Failed(ProxyError::new(
-                ErrorKind::NoHealthyUpstream,
-                Side::Internal,
-                "cluster has no endpoints",
-            ));
+            return Outcome::Failed {
+                error: ProxyError::new(ErrorKind::NoHealthyUpstream, Side::Internal, "cluster has no endpoints"),
+                body_consumed: false,
+            };
         };
         let per_try_deadline = match (policy.per_try_timeout, deadline) {
             (Some(p), Some(d)) => Some((Instant::now() + p).min(d)),
@@ -237,10 +228,14 @@ pub(crate) async fn forward(
         };
         let (error, body_sent, per_try_timeout) = match result {
             Try::ClientFailed(e) => {
+                // A broken body cannot be skipped to find the next request: answer and close.
                 return match e.kind {
-                    ErrorKind::BadRequest { .. } => Outcome::Failed(e),
+                    ErrorKind::BadRequest { .. } => Outcome::Failed {
+                        error: e,
+                        body_consumed: true,
+                    },
                     _ => Outcome::Aborted,
-                }
+                };
             }
             Try::Failed {
                 error,
@@ -263,21 +258,13 @@ pub(crate) async fn forward(
                         let mut upstream = upstream;
                         let mut buf = buf;
                         let reusable = rhead.connection().keep_alive
-                            && body::discard(
-                                rhead.framing(),
-                                &mut upstream.stream,
-                                &mut buf,
-                                idle,
-                                64 * 1024,
-                            )
-                            .await
-                            .is_ok()
+                            && body::discard(rhead.framing(), &mut upstream.stream, &mut buf, idle, 64 * 1024)
+                                .await
+                                .is_ok()
                             && buf.is_empty();
                         if reusable {
                             upstream.requests += 1;
-                            worker
-                                .pool
-                                .checkin(upstream, cluster.pool.max_idle_per_endpoint);
+                            worker.pool.checkin(upstream, cluster.pool.max_idle_per_endpoint);
                         }
                         tracing::debug!(cluster = %cluster.name, status, attempt, "retrying on status");
                         _retry_slot = Some(slot);
@@ -295,17 +282,14 @@ pub(crate) async fn forward(
         };
         // A reused pooled connection that died before answering is not the request's fault:
         // retry once on a fresh connection whatever the policy says (hyper and Envoy do too).
-        let transparent =
-            matches!(error.kind, ErrorKind::UpstreamReset) && !body_sent && !transparent_retry_used;
+        let transparent = matches!(error.kind, ErrorKind::UpstreamReset) && !body_sent && !transparent_retry_used;
         let policy_allows = !body_sent
             && match error.kind {
                 ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => policy.on_connect_failure,
                 ErrorKind::UpstreamReset => policy.on_reset,
                 ErrorKind::UpstreamTimeout => {
                     per_try_timeout
-                        && (policy.on_5xx
-                            || policy.on_gateway_error
-                            || policy.retriable_status_codes.contains(&504))
+                        && (policy.on_5xx || policy.on_gateway_error || policy.retriable_status_codes.contains(&504))
                 }
                 _ => false,
             };
@@ -326,7 +310,10 @@ pub(crate) async fn forward(
         if error.kind == ErrorKind::UpstreamTimeout {
             inc(&worker.stats.upstream_rq_timeout);
         }
-        return Outcome::Failed(error);
+        return Outcome::Failed {
+            error,
+            body_consumed: body_sent,
+        };
     }
 }
 
@@ -348,9 +335,7 @@ fn take_retry_slot(worker: &Worker) -> Option<RetrySlot<'_>> {
 
 /// Full-jitter exponential back-off: a random wait in `[0, min(max, base * 2^(n-1))]`.
 async fn backoff(worker: &Worker, base: Duration, max: Duration, attempt: u32) {
-    let cap = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(max);
+    let cap = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(max);
     let cap_us = cap.as_micros().min(u32::MAX as u128) as u32;
     if cap_us == 0 {
         return;
@@ -360,11 +345,7 @@ async fn backoff(worker: &Worker, base: Duration, max: Duration, attempt: u32) {
 }
 
 /// The consistent-hash key of this request under the cluster's policy, if it has one.
-fn hash_key(
-    cluster: &ringmesh_api::snapshot::Cluster,
-    req: &RouteView<'_>,
-    conn: &Downstream,
-) -> Option<u64> {
+fn hash_key(cluster: &ringmesh_api::snapshot::Cluster, req: &RouteView<'_>, conn: &Downstream) -> Option<u64> {
     let hash_on = match &cluster.lb {
         LbPolicy::RingHash { hash_on, .. } | LbPolicy::Maglev { hash_on, .. } => hash_on,
         _ => return None,
@@ -442,9 +423,7 @@ async fn one_try(
         None => {
             inc(&worker.stats.upstream_cx_total);
             let timeout = match per_try_deadline {
-                Some(d) => cluster
-                    .connect_timeout
-                    .min(d.saturating_duration_since(Instant::now())),
+                Some(d) => cluster.connect_timeout.min(d.saturating_duration_since(Instant::now())),
                 None => cluster.connect_timeout,
             };
             match pool::connect(addr, timeout).await {
@@ -547,11 +526,7 @@ async fn one_try(
                 Err(e) => {
                     tracing::info!(upstream = %addr, cluster = %cluster.name, "invalid response head: {e}");
                     return Try::Failed {
-                        error: ProxyError::new(
-                            ErrorKind::UpstreamProtocol,
-                            Side::Upstream,
-                            e.reason(),
-                        ),
+                        error: ProxyError::new(ErrorKind::UpstreamProtocol, Side::Upstream, e.reason()),
                         body_sent,
                         per_try_timeout: false,
                     };
@@ -609,10 +584,8 @@ async fn relay_response(
     worker.stats.record_status(status);
     let upgrade = status == 101 && head.connection().upgrade;
     let framing = rhead.framing();
-    let client_keep = head.connection().keep_alive
-        && !worker.draining.get()
-        && framing != BodyFraming::CloseDelimited
-        && !upgrade;
+    let client_keep =
+        head.connection().keep_alive && !worker.draining.get() && framing != BodyFraming::CloseDelimited && !upgrade;
     let ops = &route.response_headers;
     let opts = ResponseEncode {
         ops: HeaderOps {
@@ -623,6 +596,9 @@ async fn relay_response(
         framing,
         connection: if upgrade {
             ConnectionHeader::Upgrade
+        } else if client_keep && head.version_minor() == 0 {
+            // An HTTP/1.0 client closes unless told the connection stays open.
+            ConnectionHeader::KeepAlive
         } else if client_keep {
             ConnectionHeader::None
         } else {
@@ -638,10 +614,7 @@ async fn relay_response(
         return Outcome::Aborted;
     }
     if upgrade {
-        return Outcome::Upgrade {
-            upstream,
-            buf: ubuf,
-        };
+        return Outcome::Upgrade { upstream, buf: ubuf };
     }
     match body::stream(
         framing,
@@ -668,9 +641,7 @@ async fn relay_response(
             .max_requests_per_connection
             .is_none_or(|m| upstream.requests < m);
     if upstream_reusable {
-        worker
-            .pool
-            .checkin(upstream, cluster.pool.max_idle_per_endpoint);
+        worker.pool.checkin(upstream, cluster.pool.max_idle_per_endpoint);
     }
     Outcome::Done {
         keep_alive: client_keep,
@@ -679,12 +650,7 @@ async fn relay_response(
 
 /// After `101 Switching Protocols`: bytes flow both ways until either side closes. Bytes that
 /// were already read past the heads on either side go first.
-pub(crate) async fn tunnel(
-    conn: Downstream,
-    upstream: UpstreamConn,
-    ubuf: BytesMut,
-    idle: Duration,
-) {
+pub(crate) async fn tunnel(conn: Downstream, upstream: UpstreamConn, ubuf: BytesMut, idle: Duration) {
     let Downstream {
         mut stream,
         buf: mut client_early,

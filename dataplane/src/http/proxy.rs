@@ -103,8 +103,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 worker.stats.record_local_reply(e.flag());
                 worker.stats.record_status(e.status());
                 tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "request refused: {}", e.context);
-                conn.local_reply(e.status(), &[], e.body().as_bytes(), true)
-                    .await;
+                conn.local_reply(e.status(), &[], e.body().as_bytes(), true).await;
                 return;
             }
         };
@@ -113,9 +112,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         let started = Instant::now();
         let next = handle(&worker, &mut conn, head, limits.downstream_idle_timeout).await;
         dec(&worker.stats.downstream_rq_active);
-        worker
-            .stats
-            .record_duration_us(started.elapsed().as_micros() as u64);
+        worker.stats.record_duration_us(started.elapsed().as_micros() as u64);
         match next {
             Next::Keep if !worker.draining.get() => {}
             Next::Keep | Next::Close => return,
@@ -213,13 +210,7 @@ impl Downstream {
     }
 
     /// Writes a locally generated response. Errors are ignored: the client is gone.
-    pub(crate) async fn local_reply(
-        &mut self,
-        status: u16,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        close: bool,
-    ) {
+    pub(crate) async fn local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], close: bool) {
         self.out.clear();
         encode::write_simple_response(status, None, headers, body, close, &mut self.out);
         let out = std::mem::take(&mut self.out);
@@ -237,12 +228,7 @@ fn h1_error(e: H1Error) -> ProxyError {
 }
 
 /// Routes and answers one request, and says what the connection does next.
-async fn handle(
-    worker: &Rc<Worker>,
-    conn: &mut Downstream,
-    (head, src): (RequestHead, Bytes),
-    idle: Duration,
-) -> Next {
+async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (RequestHead, Bytes), idle: Duration) -> Next {
     let view = worker.snapshot.get();
     let req = RouteView::new(&src, &head);
     let host = head
@@ -256,13 +242,9 @@ async fn handle(
         .find_host(host)
         .and_then(|vh| vh.find_route_match(&req));
     let Some(hit) = hit else {
-        let e = ProxyError::new(
-            ErrorKind::NoRoute,
-            Side::Internal,
-            "no virtual host or route matched",
-        );
+        let e = ProxyError::new(ErrorKind::NoRoute, Side::Internal, "no virtual host or route matched");
         tracing::debug!(peer = %conn.peer, host, path = req.path, "404: no route");
-        return reply_error(worker, conn, &head, e, idle).await.into();
+        return reply_error(worker, conn, &head, e, idle, false).await.into();
     };
     match &hit.route.action {
         RouteAction::Direct(d) => {
@@ -276,16 +258,14 @@ async fn handle(
                 .collect();
             let keep = finish_request_body(conn, &head, idle).await;
             worker.stats.record_status(d.status);
-            conn.local_reply(d.status, &headers, d.body.as_bytes(), !keep)
-                .await;
+            conn.local_reply(d.status, &headers, d.body.as_bytes(), !keep).await;
             keep.into()
         }
         RouteAction::Redirect(r) => {
             let location = redirect_location(r, host, req.path, req.query);
             let keep = finish_request_body(conn, &head, idle).await;
             worker.stats.record_status(r.status);
-            conn.local_reply(r.status, &[("location", &location)], b"", !keep)
-                .await;
+            conn.local_reply(r.status, &[("location", &location)], b"", !keep).await;
             keep.into()
         }
         RouteAction::Forward(action) => {
@@ -304,7 +284,11 @@ async fn handle(
             .await;
             match outcome {
                 Outcome::Done { keep_alive } => keep_alive.into(),
-                Outcome::Failed(e) => reply_error(worker, conn, &head, e, idle).await.into(),
+                Outcome::Failed { error, body_consumed } => {
+                    reply_error(worker, conn, &head, error, idle, body_consumed)
+                        .await
+                        .into()
+                }
                 Outcome::Aborted => Next::Close,
                 Outcome::Upgrade { upstream, buf } => Next::Upgrade { upstream, buf },
             }
@@ -320,25 +304,26 @@ async fn reply_error(
     head: &RequestHead,
     e: ProxyError,
     idle: Duration,
+    body_consumed: bool,
 ) -> bool {
     worker.stats.record_local_reply(e.flag());
     worker.stats.record_status(e.status());
     if e.status() >= 500 {
         tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "local reply: {}", e.context);
     }
-    let keep = finish_request_body(conn, head, idle).await;
-    conn.local_reply(e.status(), &[], e.body().as_bytes(), !keep)
-        .await;
+    let keep = match e.kind {
+        // After a framing error nothing on this connection can be trusted.
+        ErrorKind::BadRequest { .. } => false,
+        _ if body_consumed => head.connection().keep_alive,
+        _ => finish_request_body(conn, head, idle).await,
+    };
+    conn.local_reply(e.status(), &[], e.body().as_bytes(), !keep).await;
     keep
 }
 
 /// After a local answer the request body (if unread) must be consumed to find the next
 /// request; small bodies are read and dropped, anything else closes the connection.
-pub(crate) async fn finish_request_body(
-    conn: &mut Downstream,
-    head: &RequestHead,
-    idle: Duration,
-) -> bool {
+pub(crate) async fn finish_request_body(conn: &mut Downstream, head: &RequestHead, idle: Duration) -> bool {
     if !head.connection().keep_alive {
         return false;
     }
@@ -352,12 +337,7 @@ pub(crate) async fn finish_request_body(
 }
 
 /// Builds the `Location` of a redirect from the request and the route's replacements.
-pub(crate) fn redirect_location(
-    r: &Redirect,
-    host: &str,
-    path: &str,
-    query: Option<&str>,
-) -> String {
+pub(crate) fn redirect_location(r: &Redirect, host: &str, path: &str, query: Option<&str>) -> String {
     let scheme = r.scheme.as_deref().unwrap_or("http");
     let (req_host, req_port) = split_host_port(host);
     let host = r.authority.as_deref().unwrap_or(req_host);
@@ -405,12 +385,7 @@ fn split_host_port(host: &str) -> (&str, Option<&str>) {
 mod tests {
     use super::*;
 
-    fn redirect(
-        scheme: Option<&str>,
-        authority: Option<&str>,
-        port: Option<u16>,
-        path: Option<&str>,
-    ) -> Redirect {
+    fn redirect(scheme: Option<&str>, authority: Option<&str>, port: Option<u16>, path: Option<&str>) -> Redirect {
         Redirect {
             status: 301,
             scheme: scheme.map(Into::into),

@@ -63,20 +63,13 @@ impl ClusterState {
     /// State for `cluster` whose endpoints have these addresses.
     pub fn new(cluster: &Cluster, counters: Rc<ClusterCounters>, addrs: &[SocketAddr]) -> Self {
         let endpoints = addrs.iter().map(|a| counters.endpoint(*a)).collect();
-        let weighted = cluster
-            .endpoints
-            .windows(2)
-            .any(|w| w[0].weight != w[1].weight);
+        let weighted = cluster.endpoints.windows(2).any(|w| w[0].weight != w[1].weight);
         let swrr = if weighted {
             cluster.endpoints.iter().map(|_| Cell::new(0)).collect()
         } else {
             Vec::new()
         };
-        let total_weight = cluster
-            .endpoints
-            .iter()
-            .map(|e| e.weight.max(1) as u64)
-            .sum();
+        let total_weight = cluster.endpoints.iter().map(|e| e.weight.max(1) as u64).sum();
         ClusterState {
             counters,
             endpoints,
@@ -92,12 +85,7 @@ impl ClusterState {
 /// `hash` is the request's consistent-hash key when the policy hashes and the request carries
 /// the property (header, cookie, source IP); without it a hashing policy falls back to random,
 /// as Envoy does.
-pub fn pick(
-    cluster: &Cluster,
-    state: &ClusterState,
-    rng: &FastRng,
-    hash: Option<u64>,
-) -> Option<usize> {
+pub fn pick(cluster: &Cluster, state: &ClusterState, rng: &FastRng, hash: Option<u64>) -> Option<usize> {
     let n = cluster.endpoints.len();
     if n == 0 {
         return None;
@@ -242,9 +230,7 @@ mod tests {
     fn random_respects_weights() {
         let (c, s) = cluster(&[9, 1], LbPolicy::Random);
         let rng = FastRng::with_seed(7);
-        let zeros = (0..10_000)
-            .filter(|_| pick(&c, &s, &rng, None) == Some(0))
-            .count();
+        let zeros = (0..10_000).filter(|_| pick(&c, &s, &rng, None) == Some(0)).count();
         assert!((8_800..9_200).contains(&zeros), "{zeros}");
     }
 

@@ -12,8 +12,7 @@ pub fn affinity_cores() -> Vec<usize> {
     // SAFETY: `cpu_set_t` is plain data; zeroed is a valid empty set, and the kernel writes at
     // most `size_of::<cpu_set_t>()` bytes into it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Vec::new();
     }

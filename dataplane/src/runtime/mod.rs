@@ -45,7 +45,9 @@ pub fn resolve_io(mode: IoMode) -> anyhow::Result<IoDriver> {
     match mode {
         IoMode::Epoll => Ok(IoDriver::Epoll),
         IoMode::IoUring if uring => Ok(IoDriver::IoUring),
-        IoMode::IoUring => bail!("io: io_uring was required but the kernel or a seccomp profile refuses it; use io: auto or epoll"),
+        IoMode::IoUring => {
+            bail!("io: io_uring was required but the kernel or a seccomp profile refuses it; use io: auto or epoll")
+        }
         IoMode::Auto if uring => Ok(IoDriver::IoUring),
         IoMode::Auto => {
             tracing::warn!("io_uring is not available (kernel or seccomp profile); falling back to epoll");
@@ -111,16 +113,12 @@ pub fn start(
     let mut bound = Vec::with_capacity(listeners.len());
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     for l in listeners {
-        let first = bind_reuseport(l.address)
-            .with_context(|| format!("listener {}: bind {}", l.name, l.address))?;
+        let first = bind_reuseport(l.address).with_context(|| format!("listener {}: bind {}", l.name, l.address))?;
         let actual = first.local_addr()?;
         bound.push((l.name.clone(), actual));
         sockets[0].push(first);
         for per_worker in sockets.iter_mut().skip(1) {
-            per_worker.push(
-                bind_reuseport(actual)
-                    .with_context(|| format!("listener {}: bind {}", l.name, actual))?,
-            );
+            per_worker.push(bind_reuseport(actual).with_context(|| format!("listener {}: bind {}", l.name, actual))?);
         }
     }
 

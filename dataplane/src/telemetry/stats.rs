@@ -239,11 +239,7 @@ impl StatsTotals {
         self.downstream_cx_active += o.downstream_cx_active;
         self.downstream_rq_total += o.downstream_rq_total;
         self.downstream_rq_active += o.downstream_rq_active;
-        for (a, b) in self
-            .responses_by_class
-            .iter_mut()
-            .zip(o.responses_by_class.iter())
-        {
+        for (a, b) in self.responses_by_class.iter_mut().zip(o.responses_by_class.iter()) {
             *a += b;
         }
         for (k, v) in &o.local_replies {
@@ -265,11 +261,7 @@ impl StatsTotals {
             let t = self.clusters.entry(name.clone()).or_default();
             t.upstream_rq_total += c.upstream_rq_total;
             t.upstream_rq_active += c.upstream_rq_active;
-            for (a, b) in t
-                .upstream_rq_by_class
-                .iter_mut()
-                .zip(c.upstream_rq_by_class.iter())
-            {
+            for (a, b) in t.upstream_rq_by_class.iter_mut().zip(c.upstream_rq_by_class.iter()) {
                 *a += b;
             }
             for (addr, e) in &c.endpoints {
