@@ -34,11 +34,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Scenarios, in round order.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "direct,ringmesh,haproxy,nginx"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "direct,ringmesh,haproxy,nginx")]
     pub scenarios: Vec<String>,
     /// Rounds over all scenarios; each figure is the median over rounds.
     #[arg(long, default_value_t = 3)]
@@ -103,10 +99,7 @@ impl BenchArgs {
             problems.push(format!("--rate must be in (0, 1e6], got {}", self.rate));
         }
         if self.proxy_workers == 0 || self.proxy_workers > 256 {
-            problems.push(format!(
-                "--proxy-workers must be 1..=256, got {}",
-                self.proxy_workers
-            ));
+            problems.push(format!("--proxy-workers must be 1..=256, got {}", self.proxy_workers));
         }
         if self.idle_connections > 100_000 {
             problems.push("--idle-connections must be at most 100000".into());
@@ -144,10 +137,7 @@ fn machine_info() -> Vec<(String, String)> {
     vec![
         ("cores available".into(), format!("{cores} ({model})")),
         ("memory".into(), mem),
-        (
-            "kernel".into(),
-            read("/proc/sys/kernel/osrelease").trim().to_owned(),
-        ),
+        ("kernel".into(), read("/proc/sys/kernel/osrelease").trim().to_owned()),
         (
             "load generator / echo io driver".into(),
             ringmesh_loadgen::io_driver_name().into(),
@@ -156,10 +146,7 @@ fn machine_info() -> Vec<(String, String)> {
 }
 
 fn shell_quote(a: &str) -> String {
-    if !a.is_empty()
-        && a.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@".contains(&b))
-    {
+    if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@".contains(&b)) {
         a.to_owned()
     } else {
         format!("'{}'", a.replace('\'', r"'\''"))
@@ -189,8 +176,7 @@ where
         .clone()
         .unwrap_or_else(|| PathBuf::from("target/ringmesh-bench").join(started_unix.to_string()));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let nofile = ringmesh_loadgen::raise_nofile_limit(procs::NOFILE_WANT)
-        .context("raising RLIMIT_NOFILE")?;
+    let nofile = ringmesh_loadgen::raise_nofile_limit(procs::NOFILE_WANT).context("raising RLIMIT_NOFILE")?;
     let self_exe = std::env::current_exe().context("locating own executable")?;
     eprintln!("ringmesh-bench: writing to {}", out_dir.display());
 
@@ -211,11 +197,9 @@ where
         echo_args.extend(["--cpus".into(), cpu.to_string()]);
     }
     let mut echo = Proc::spawn("echo", &self_exe, &echo_args, &out_dir, cli.cpu_for(2))?;
-    echo.wait_ready(
-        &format!("GET http://{echo_addr}/"),
-        Duration::from_secs(10),
-        || matches!(http_get_status(echo_addr, topology::HOST, "/"), Ok(200)),
-    )?;
+    echo.wait_ready(&format!("GET http://{echo_addr}/"), Duration::from_secs(10), || {
+        matches!(http_get_status(echo_addr, topology::HOST, "/"), Ok(200))
+    })?;
 
     let env = Env {
         out_dir: out_dir.clone(),
@@ -231,9 +215,8 @@ where
         if let Some(bin) = kind.external_binary() {
             if topology::which(bin).is_none() {
                 let mut s = ScenarioSummary::new(kind, Status::Skipped);
-                s.notes.push(format!(
-                    "skipped: `{bin}` is not on PATH (install it to compare)"
-                ));
+                s.notes
+                    .push(format!("skipped: `{bin}` is not on PATH (install it to compare)"));
                 eprintln!("ringmesh-bench: {kind}: skipped, `{bin}` not on PATH");
                 summaries.push(s);
                 continue;
@@ -311,7 +294,11 @@ where
                         report::fmt_us(r.latency_us.p50 as f64),
                         report::fmt_us(r.latency_us.p99 as f64),
                         report::fmt_us(r.latency_us.max as f64),
-                        if r.latency_rate_met { "" } else { "  (UNDER TARGET RATE)" }
+                        if r.latency_rate_met {
+                            ""
+                        } else {
+                            "  (UNDER TARGET RATE)"
+                        }
                     );
                     runs[i].push(r);
                 }
@@ -394,36 +381,34 @@ where
 
     let targets = report::judge(&summaries);
     let mut machine = machine_info();
-    if let Some(d) = summaries.iter().find_map(|s| {
-        (s.scenario == Kind::Ringmesh)
-            .then(|| s.io_driver.clone())
-            .flatten()
-    }) {
+    if let Some(d) = summaries
+        .iter()
+        .find_map(|s| (s.scenario == Kind::Ringmesh).then(|| s.io_driver.clone()).flatten())
+    {
         machine.push(("ringmesh-proxy io driver".into(), d));
     }
-    let settings =
-        vec![
-            (
-                "open loop".into(),
-                format!(
-                    "{} rps, {} connections, {:?} + {:?} warmup",
-                    cli.rate, cli.connections, cli.duration, cli.warmup
-                ),
+    let settings = vec![
+        (
+            "open loop".into(),
+            format!(
+                "{} rps, {} connections, {:?} + {:?} warmup",
+                cli.rate, cli.connections, cli.duration, cli.warmup
             ),
-            (
-                "closed loop".into(),
-                format!(
-                    "{} connections, {:?} + 500ms warmup",
-                    cli.throughput_connections, cli.throughput_duration
-                ),
+        ),
+        (
+            "closed loop".into(),
+            format!(
+                "{} connections, {:?} + 500ms warmup",
+                cli.throughput_connections, cli.throughput_duration
             ),
-            (
-                "rounds".into(),
-                format!("{} (interleaved: {})", cli.repeats, kinds_line(&kinds)),
-            ),
-            (
-                "processes".into(),
-                format!(
+        ),
+        (
+            "rounds".into(),
+            format!("{} (interleaved: {})", cli.repeats, kinds_line(&kinds)),
+        ),
+        (
+            "processes".into(),
+            format!(
                 "echo 1 worker ({}-byte body), proxies {} worker(s), load generator {} thread(s){}",
                 cli.body_size,
                 cli.proxy_workers,
@@ -432,15 +417,12 @@ where
                     .as_ref()
                     .map_or(", unpinned".to_owned(), |c| format!(", pinned over CPUs {c:?}"))
             ),
-            ),
-            (
-                "idle connections".into(),
-                format!(
-                    "{} per proxy (RLIMIT_NOFILE {nofile})",
-                    cli.idle_connections
-                ),
-            ),
-        ];
+        ),
+        (
+            "idle connections".into(),
+            format!("{} per proxy (RLIMIT_NOFILE {nofile})", cli.idle_connections),
+        ),
+    ];
     let info = report::RunInfo {
         command,
         started_unix,
@@ -455,21 +437,14 @@ where
         "scenarios": summaries,
         "targets": targets,
     });
-    std::fs::write(
-        out_dir.join("report.json"),
-        serde_json::to_string_pretty(&json)? + "\n",
-    )?;
+    std::fs::write(out_dir.join("report.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     println!("{md}");
     println!("Report: {}", out_dir.join("report.md").display());
     Ok(())
 }
 
 fn kinds_line(kinds: &[Kind]) -> String {
-    kinds
-        .iter()
-        .map(|k| k.name())
-        .collect::<Vec<_>>()
-        .join(" → ")
+    kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(" → ")
 }
 
 /// Dispatches the hidden roles (`__echo`, `__proxy`) this binary is re-executed in; returns

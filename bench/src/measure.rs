@@ -82,12 +82,7 @@ fn load_config(entry: SocketAddr, shape: &LoadShape) -> anyhow::Result<LoadConfi
 }
 
 /// Runs one latency and one throughput measurement against `topo`.
-pub fn run_once(
-    topo: &Topology,
-    shape: &LoadShape,
-    repeat: usize,
-    out_dir: &Path,
-) -> anyhow::Result<RunResult> {
+pub fn run_once(topo: &Topology, shape: &LoadShape, repeat: usize, out_dir: &Path) -> anyhow::Result<RunResult> {
     let mut c = load_config(topo.entry, shape)?;
     c.rate = shape.rate;
     c.connections = shape.latency_connections;
@@ -129,9 +124,8 @@ pub fn run_once(
 }
 
 fn write_hgrm(report: &LoadReport, path: &Path) -> anyhow::Result<()> {
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-    );
+    let mut f =
+        std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
     report.write_hgrm(&mut f)?;
     f.flush()?;
     Ok(())
@@ -160,10 +154,7 @@ pub struct IdleResult {
 /// reads the proxy's RSS growth, and closes them. Bounded by `budget`; if the budget or the
 /// proxy's limits stop it early, the figure is computed over the connections actually held.
 pub fn idle_connections(topo: &Topology, n: usize, budget: Duration) -> anyhow::Result<IdleResult> {
-    let proxy = topo
-        .proxy
-        .as_ref()
-        .context("idle-connection test needs a proxy")?;
+    let proxy = topo.proxy.as_ref().context("idle-connection test needs a proxy")?;
     std::thread::sleep(Duration::from_millis(200));
     let rss_before = proxy.rss_kib()?;
     let started = Instant::now();
@@ -199,8 +190,7 @@ pub fn idle_connections(topo: &Topology, n: usize, budget: Duration) -> anyhow::
         failed,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
-        bytes_per_connection: (count > 0)
-            .then(|| (rss_after as f64 - rss_before as f64) * 1024.0 / count as f64),
+        bytes_per_connection: (count > 0).then(|| (rss_after as f64 - rss_before as f64) * 1024.0 / count as f64),
         open_seconds,
     })
 }

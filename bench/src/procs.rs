@@ -42,15 +42,10 @@ impl Proc {
     ) -> anyhow::Result<Self> {
         let stdout_path = log_dir.join(format!("{role}.stdout.log"));
         let stderr_path = log_dir.join(format!("{role}.stderr.log"));
-        let stdout = fs::File::create(&stdout_path)
-            .with_context(|| format!("creating {}", stdout_path.display()))?;
-        let stderr = fs::File::create(&stderr_path)
-            .with_context(|| format!("creating {}", stderr_path.display()))?;
+        let stdout = fs::File::create(&stdout_path).with_context(|| format!("creating {}", stdout_path.display()))?;
+        let stderr = fs::File::create(&stderr_path).with_context(|| format!("creating {}", stderr_path.display()))?;
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        cmd.args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         // SAFETY: the closure runs in the forked child before exec and only calls
         // async-signal-safe syscalls (setrlimit, sched_setaffinity) on stack data.
         unsafe {
@@ -65,8 +60,7 @@ impl Proc {
                     let mut set: libc::cpu_set_t = std::mem::zeroed();
                     libc::CPU_ZERO(&mut set);
                     libc::CPU_SET(cpu, &mut set);
-                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0
-                    {
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -108,22 +102,13 @@ impl Proc {
     /// Errors (with the stderr tail) if the child has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited ({status}); its stderr:\n{}",
-                self.role,
-                self.stderr_tail()
-            );
+            bail!("{} exited ({status}); its stderr:\n{}", self.role, self.stderr_tail());
         }
         Ok(())
     }
 
     /// Polls `probe` every 20 ms until it returns true, the child dies, or `timeout` passes.
-    pub fn wait_ready(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        mut probe: impl FnMut() -> bool,
-    ) -> anyhow::Result<()> {
+    pub fn wait_ready(&mut self, what: &str, timeout: Duration, mut probe: impl FnMut() -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_alive()?;
@@ -249,10 +234,7 @@ pub fn read_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
     for line in text.lines() {
         if let Some(v) = line.strip_prefix("VmRSS:") {
-            let kb = v
-                .split_whitespace()
-                .next()
-                .ok_or_else(|| anyhow!("empty VmRSS"))?;
+            let kb = v.split_whitespace().next().ok_or_else(|| anyhow!("empty VmRSS"))?;
             return Ok(kb.parse()?);
         }
     }
@@ -343,10 +325,8 @@ mod tests {
         )
         .unwrap();
         let pid = p.pid();
-        p.wait_ready("child spawned", Duration::from_secs(5), || {
-            process_tree(pid).len() >= 2
-        })
-        .unwrap();
+        p.wait_ready("child spawned", Duration::from_secs(5), || process_tree(pid).len() >= 2)
+            .unwrap();
         assert!(p.rss_kib().unwrap() > 0);
         p.cpu_time().unwrap();
         let tree = process_tree(p.pid());

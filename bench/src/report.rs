@@ -130,9 +130,7 @@ impl ScenarioSummary {
     /// Fills the medians from `runs`, and the added latency against `direct`'s runs.
     pub fn summarise(&mut self, direct: Option<&[RunResult]>) {
         let runs = &self.runs;
-        let col = |f: &dyn Fn(&RunResult) -> f64| -> Option<Spread> {
-            spread(&runs.iter().map(f).collect::<Vec<_>>())
-        };
+        let col = |f: &dyn Fn(&RunResult) -> f64| -> Option<Spread> { spread(&runs.iter().map(f).collect::<Vec<_>>()) };
         self.throughput_rps = col(&|r| r.throughput_rps);
         self.latency_us = Percentiles {
             p50: col(&|r| r.latency_us.p50 as f64),
@@ -141,12 +139,8 @@ impl ScenarioSummary {
             p999: col(&|r| r.latency_us.p999 as f64),
             max: col(&|r| r.latency_us.max as f64),
         };
-        self.cpu_cores_per_1k_rps =
-            spread(&runs.iter().filter_map(|r| r.cpu_per_1k).collect::<Vec<_>>());
-        self.errors = runs
-            .iter()
-            .map(|r| r.throughput_errors + r.latency_errors)
-            .sum();
+        self.cpu_cores_per_1k_rps = spread(&runs.iter().filter_map(|r| r.cpu_per_1k).collect::<Vec<_>>());
+        self.errors = runs.iter().map(|r| r.throughput_errors + r.latency_errors).sum();
         self.under_rate_runs = runs.iter().filter(|r| !r.latency_rate_met).count();
         if let Some(direct) = direct {
             let paired = |f: &dyn Fn(&RunResult) -> u64| -> Option<Spread> {
@@ -170,9 +164,7 @@ impl ScenarioSummary {
     }
 
     fn per_conn_bytes(&self) -> Option<f64> {
-        self.idle_connections
-            .as_ref()
-            .and_then(|i| i.bytes_per_connection)
+        self.idle_connections.as_ref().and_then(|i| i.bytes_per_connection)
     }
 }
 
@@ -200,11 +192,7 @@ fn verdict(ok: bool) -> &'static str {
 /// Judges the targets: ringmesh vs haproxy throughput and added latency, and ringmesh's own
 /// CPU and memory budgets.
 pub fn judge(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
-    let get = |k: Kind| {
-        scenarios
-            .iter()
-            .find(|s| s.scenario == k && s.status == Status::Ok)
-    };
+    let get = |k: Kind| scenarios.iter().find(|s| s.scenario == k && s.status == Status::Ok);
     let rm = get(Kind::Ringmesh);
     let ha = get(Kind::Haproxy);
     let na = |name: &str, target: &str, why: &str| TargetCheck {
@@ -217,10 +205,7 @@ pub fn judge(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
 
     let t = "≥ 1.3× haproxy";
     let name = "ringmesh closed-loop throughput";
-    match (
-        rm.and_then(|s| s.throughput_rps),
-        ha.and_then(|s| s.throughput_rps),
-    ) {
+    match (rm.and_then(|s| s.throughput_rps), ha.and_then(|s| s.throughput_rps)) {
         (Some(r), Some(h)) if h.median > 0.0 => {
             let ratio = r.median / h.median;
             out.push(TargetCheck {
@@ -234,24 +219,14 @@ pub fn judge(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
     }
 
     for (label, pick) in [
-        (
-            "p50",
-            (|p: &Percentiles| p.p50) as fn(&Percentiles) -> Option<Spread>,
-        ),
+        ("p50", (|p: &Percentiles| p.p50) as fn(&Percentiles) -> Option<Spread>),
         ("p99", |p: &Percentiles| p.p99),
     ] {
         let name = format!("ringmesh added {label} vs direct");
         let t = "≤ 0.5× haproxy's added";
-        match (
-            rm.and_then(|s| pick(&s.added_us)),
-            ha.and_then(|s| pick(&s.added_us)),
-        ) {
+        match (rm.and_then(|s| pick(&s.added_us)), ha.and_then(|s| pick(&s.added_us))) {
             (Some(r), Some(h)) => {
-                let value = format!(
-                    "{} vs {} (haproxy)",
-                    fmt_signed_us(r.median),
-                    fmt_signed_us(h.median)
-                );
+                let value = format!("{} vs {} (haproxy)", fmt_signed_us(r.median), fmt_signed_us(h.median));
                 if h.median <= 0.0 {
                     out.push(TargetCheck {
                         name,
@@ -340,10 +315,7 @@ fn opt(s: Option<Spread>, f: impl Fn(f64) -> String) -> String {
 }
 
 fn range(s: Option<Spread>, f: impl Fn(f64) -> String) -> String {
-    s.map_or_else(
-        || "—".to_owned(),
-        |s| format!("{} – {}", f(s.min), f(s.max)),
-    )
+    s.map_or_else(|| "—".to_owned(), |s| format!("{} – {}", f(s.min), f(s.max)))
 }
 
 /// Everything about the run that is not a figure.
@@ -379,10 +351,7 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
         s,
         "| scenario | throughput rps | p50 | p90 | p99 | p99.9 | max | added p50 | added p99 | CPU cores/1k rps | idle RSS | RSS/idle conn | errors |"
     );
-    let _ = writeln!(
-        s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for sc in scenarios {
         if sc.status != Status::Ok {
             let _ = writeln!(
@@ -466,20 +435,12 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
     let _ = writeln!(s, "| target | goal | measured | verdict |");
     let _ = writeln!(s, "|---|---|---|---|");
     for t in targets {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | **{}** |",
-            t.name, t.target, t.value, t.verdict
-        );
+        let _ = writeln!(s, "| {} | {} | {} | **{}** |", t.name, t.target, t.value, t.verdict);
     }
 
     let notes: Vec<String> = scenarios
         .iter()
-        .flat_map(|sc| {
-            sc.notes
-                .iter()
-                .map(move |n| format!("{}: {n}", sc.scenario))
-        })
+        .flat_map(|sc| sc.notes.iter().map(move |n| format!("{}: {n}", sc.scenario)))
         .collect();
     if !notes.is_empty() {
         let _ = writeln!(s, "\n## Notes\n");

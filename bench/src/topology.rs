@@ -192,37 +192,19 @@ fn start_ringmesh(env: &Env) -> anyhow::Result<Topology> {
     let path = env.out_dir.join("ringmesh.yaml");
     std::fs::write(
         &path,
-        ringmesh_config(
-            env.proxy_workers,
-            admin,
-            health,
-            metrics,
-            entry,
-            env.echo_addr,
-        ),
+        ringmesh_config(env.proxy_workers, admin, health, metrics, entry, env.echo_addr),
     )
     .with_context(|| format!("writing {}", path.display()))?;
     let mut proc = Proc::spawn(
         "ringmesh",
         &env.self_exe,
-        &[
-            "__proxy".into(),
-            "--config".into(),
-            path.display().to_string(),
-        ],
+        &["__proxy".into(), "--config".into(), path.display().to_string()],
         &env.out_dir,
         env.proxy_cpu,
     )?;
-    proc.wait_ready(
-        &format!("GET http://{health}/healthz/ready"),
-        READY_TIMEOUT,
-        || {
-            matches!(
-                http_get_status(health, "localhost", "/healthz/ready"),
-                Ok(200)
-            )
-        },
-    )?;
+    proc.wait_ready(&format!("GET http://{health}/healthz/ready"), READY_TIMEOUT, || {
+        matches!(http_get_status(health, "localhost", "/healthz/ready"), Ok(200))
+    })?;
     proc.wait_ready(
         &format!("GET http://{entry}/ with Host: {HOST}"),
         READY_TIMEOUT,
@@ -286,8 +268,7 @@ backend echo
 
 fn external_version(bin: &Path, flag: &str) -> Option<String> {
     let out = std::process::Command::new(bin).arg(flag).output().ok()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     text.lines().next().map(|l| l.trim().to_owned())
 }
 
@@ -374,14 +355,10 @@ fn start_nginx(env: &Env) -> anyhow::Result<Topology> {
     };
     let entry = loopback(free_port()?);
     let prefix = env.out_dir.join("nginx");
-    std::fs::create_dir_all(prefix.join("tmp"))
-        .with_context(|| format!("creating {}", prefix.display()))?;
+    std::fs::create_dir_all(prefix.join("tmp")).with_context(|| format!("creating {}", prefix.display()))?;
     let path = env.out_dir.join("nginx.conf");
-    std::fs::write(
-        &path,
-        nginx_config(entry, env.echo_addr, &prefix, env.nofile),
-    )
-    .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, nginx_config(entry, env.echo_addr, &prefix, env.nofile))
+        .with_context(|| format!("writing {}", path.display()))?;
     let mut proc = Proc::spawn(
         "nginx",
         &bin,
