@@ -37,8 +37,7 @@ pub fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
         let bad = || format!("invalid cpu list {s:?}");
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) =
-                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b || b >= 4096 {
                     return Err(bad());
                 }
@@ -94,11 +93,7 @@ impl EchoArgs {
             delay_jitter: self.delay_jitter,
             error_rate: self.error_rate,
             instance: self.instance.clone(),
-            mode: if self.tcp {
-                EchoMode::Tcp
-            } else {
-                EchoMode::Http
-            },
+            mode: if self.tcp { EchoMode::Tcp } else { EchoMode::Http },
             cpus: self.cpus.clone().unwrap_or_default(),
         }
     }
@@ -193,8 +188,7 @@ impl LoadArgs {
             let Some((name, value)) = h.split_once(':') else {
                 bail!("header {h:?} is not 'name: value'");
             };
-            c.headers
-                .push((name.trim().to_owned(), value.trim().to_owned()));
+            c.headers.push((name.trim().to_owned(), value.trim().to_owned()));
         }
         c.validate()?;
         Ok(c)
@@ -214,8 +208,7 @@ where
     let report = run_load(config)?;
     print!("{}", report.summary());
     if let Some(path) = &args.json {
-        std::fs::write(path, report.to_json() + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, report.to_json() + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.hgrm {
         let mut f = std::io::BufWriter::new(
@@ -269,13 +262,8 @@ mod tests {
         let c = a.to_config().unwrap();
         assert!(c.closed_loop());
         assert_eq!(c.threads, 4);
-        assert_eq!(
-            c.headers,
-            vec![("Host".to_owned(), "echo.bench".to_owned())]
-        );
-        let bad =
-            LoadArgs::try_parse_from(["ringmesh-loadgen", "http://127.0.0.1:9/", "-H", "nocolon"])
-                .unwrap();
+        assert_eq!(c.headers, vec![("Host".to_owned(), "echo.bench".to_owned())]);
+        let bad = LoadArgs::try_parse_from(["ringmesh-loadgen", "http://127.0.0.1:9/", "-H", "nocolon"]).unwrap();
         assert!(bad.to_config().is_err());
     }
 }

@@ -102,10 +102,7 @@ impl EchoConfig {
             problems.push(format!("workers must be 1..=1024, got {}", self.workers));
         }
         if !(0.0..=1.0).contains(&self.error_rate) || self.error_rate.is_nan() {
-            problems.push(format!(
-                "error-rate must be in [0, 1], got {}",
-                self.error_rate
-            ));
+            problems.push(format!("error-rate must be in [0, 1], got {}", self.error_rate));
         }
         if self.body_size > MAX_BODY {
             problems.push(format!(
@@ -114,9 +111,7 @@ impl EchoConfig {
             ));
         }
         if self.delay > MAX_DELAY || self.delay_jitter > MAX_DELAY {
-            problems.push(format!(
-                "delay and delay-jitter must be at most {MAX_DELAY:?}"
-            ));
+            problems.push(format!("delay and delay-jitter must be at most {MAX_DELAY:?}"));
         }
         if self.instance.bytes().any(|b| b < 0x20 || b == 0x7f) {
             problems.push("instance name must not contain control characters".to_owned());
@@ -366,10 +361,7 @@ fn build_body(size: usize) -> Vec<u8> {
 
 /// Reads more bytes onto the end of `buf` (growing it if full). Returns the buffer and the
 /// number of bytes read; 0 means the peer closed.
-pub(crate) async fn read_more(
-    stream: &mut TcpStream,
-    mut buf: Vec<u8>,
-) -> (std::io::Result<usize>, Vec<u8>) {
+pub(crate) async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(buf.capacity().max(8192));
     }
@@ -552,8 +544,8 @@ impl HttpConn<'_> {
     /// connection stays open.
     async fn handle(&mut self, info: RequestInfo, received_at: Instant) -> std::io::Result<bool> {
         let head_start = self.pos;
-        let head_copy = (info.special == Special::Headers)
-            .then(|| self.rbuf[head_start..head_start + info.head_len].to_vec());
+        let head_copy =
+            (info.special == Special::Headers).then(|| self.rbuf[head_start..head_start + info.head_len].to_vec());
         self.pos += info.head_len;
 
         let body = match self.read_body(&info).await? {
@@ -737,9 +729,6 @@ mod tests {
             ..EchoConfig::default()
         };
         let msg = cfg.validate().unwrap_err().to_string();
-        assert!(
-            msg.contains("workers") && msg.contains("error-rate"),
-            "{msg}"
-        );
+        assert!(msg.contains("workers") && msg.contains("error-rate"), "{msg}");
     }
 }

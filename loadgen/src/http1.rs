@@ -68,10 +68,7 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 /// accept a repeated identical value, and a smuggling-safe parser must reject differing ones).
 fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, FramingError> {
     let mut found: Option<u64> = None;
-    for h in headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-    {
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")) {
         for part in h.value.split(|&b| b == b',') {
             let v = parse_decimal(trim_ows(part)).ok_or(FramingError::InvalidContentLength)?;
             match found {
@@ -219,11 +216,7 @@ impl ChunkedDecoder {
     /// Consumes bytes from `input`, passing body data to `sink`, and returns how many bytes
     /// were consumed. It stops early only when the body is complete; bytes after the end
     /// belong to the next message.
-    pub fn decode(
-        &mut self,
-        input: &[u8],
-        mut sink: impl FnMut(&[u8]),
-    ) -> Result<usize, FramingError> {
+    pub fn decode(&mut self, input: &[u8], mut sink: impl FnMut(&[u8])) -> Result<usize, FramingError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -395,8 +388,7 @@ mod tests {
 
     #[test]
     fn chunked_roundtrip_in_one_piece_and_bytewise() {
-        let body =
-            b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let (out, done, consumed) = decode_all(&[body]).unwrap();
         assert_eq!(out, b"Wikipedia in\r\n\r\nchunks.");
         assert!(done);
@@ -418,11 +410,7 @@ mod tests {
             b"ffffffffffffffffff\r\n",
             b"0\r\n\n",
         ] {
-            assert!(
-                decode_all(&[bad]).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(decode_all(&[bad]).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
@@ -439,10 +427,7 @@ mod tests {
             Ok(BodyFraming::Length(12))
         );
         assert_eq!(
-            request_framing(&h(&[
-                ("transfer-encoding", b"gzip, chunked"),
-                ("content-length", b"3")
-            ])),
+            request_framing(&h(&[("transfer-encoding", b"gzip, chunked"), ("content-length", b"3")])),
             Ok(BodyFraming::Chunked)
         );
         assert_eq!(
@@ -454,18 +439,12 @@ mod tests {
             Err(FramingError::InvalidContentLength)
         );
         assert_eq!(request_framing(&h(&[])), Ok(BodyFraming::Empty));
-        assert_eq!(
-            response_framing(false, 200, &h(&[])),
-            Ok(BodyFraming::UntilClose)
-        );
+        assert_eq!(response_framing(false, 200, &h(&[])), Ok(BodyFraming::UntilClose));
         assert_eq!(
             response_framing(true, 200, &h(&[("content-length", b"9")])),
             Ok(BodyFraming::Empty)
         );
-        assert_eq!(
-            response_framing(false, 204, &h(&[])),
-            Ok(BodyFraming::Empty)
-        );
+        assert_eq!(response_framing(false, 204, &h(&[])), Ok(BodyFraming::Empty));
         assert!(keep_alive(1, &h(&[("Connection", b"Keep-Alive")])));
         assert!(!keep_alive(1, &h(&[("Connection", b"foo, close")])));
         assert!(!keep_alive(0, &h(&[])));

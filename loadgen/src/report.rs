@@ -97,9 +97,7 @@ pub const RATE_TOLERANCE: f64 = 0.99;
 impl LoadReport {
     /// Achieved rate as a fraction of the target (open loop); `None` for closed loop.
     pub fn rate_fraction(&self) -> Option<f64> {
-        self.target_rate_rps
-            .filter(|&t| t > 0.0)
-            .map(|t| self.rate_rps / t)
+        self.target_rate_rps.filter(|&t| t > 0.0).map(|t| self.rate_rps / t)
     }
 
     /// False when an open-loop run achieved under 99% of its target rate.
@@ -122,10 +120,7 @@ impl LoadReport {
         let mut s = String::new();
         let e = &self.errors_by_kind;
         let mode = match self.mode {
-            LoadMode::Open => format!(
-                "open loop at {} rps",
-                fmt_rate(self.target_rate_rps.unwrap_or(0.0))
-            ),
+            LoadMode::Open => format!("open loop at {} rps", fmt_rate(self.target_rate_rps.unwrap_or(0.0))),
             LoadMode::Closed => "closed loop (max throughput)".to_owned(),
         };
         let _ = writeln!(
@@ -219,11 +214,7 @@ fn fmt_rate(r: f64) -> String {
 /// Writes `hist` in HdrHistogram's percentile-distribution format, dividing values by
 /// `scale` (1000 turns microseconds into milliseconds), five ticks per half distance — the
 /// same output as Java's `outputPercentileDistribution(out, 5, scale)` and wrk2.
-pub fn write_percentile_distribution(
-    hist: &Histogram<u64>,
-    out: &mut impl Write,
-    scale: f64,
-) -> io::Result<()> {
+pub fn write_percentile_distribution(hist: &Histogram<u64>, out: &mut impl Write, scale: f64) -> io::Result<()> {
     let p = usize::from(hist.sigfig());
     writeln!(
         out,
@@ -237,11 +228,7 @@ pub fn write_percentile_distribution(
             let value = v.value_iterated_to() as f64 / scale;
             let q = v.quantile_iterated_to();
             if q < 1.0 {
-                writeln!(
-                    out,
-                    "{value:>12.p$} {q:>2.12} {total:>10} {:>14.2}",
-                    1.0 / (1.0 - q)
-                )?;
+                writeln!(out, "{value:>12.p$} {q:>2.12} {total:>10} {:>14.2}", 1.0 / (1.0 - q))?;
             } else {
                 writeln!(out, "{value:>12.p$} {q:>2.12} {total:>10}")?;
             }
@@ -250,21 +237,10 @@ pub fn write_percentile_distribution(
     let (mean, stdev, max) = if hist.is_empty() {
         (0.0, 0.0, 0.0)
     } else {
-        (
-            hist.mean() / scale,
-            hist.stdev() / scale,
-            hist.max() as f64 / scale,
-        )
+        (hist.mean() / scale, hist.stdev() / scale, hist.max() as f64 / scale)
     };
-    writeln!(
-        out,
-        "#[Mean    = {mean:>12.p$}, StdDeviation   = {stdev:>12.p$}]"
-    )?;
-    writeln!(
-        out,
-        "#[Max     = {max:>12.p$}, Total count    = {:>12}]",
-        hist.len()
-    )?;
+    writeln!(out, "#[Mean    = {mean:>12.p$}, StdDeviation   = {stdev:>12.p$}]")?;
+    writeln!(out, "#[Max     = {max:>12.p$}, Total count    = {:>12}]", hist.len())?;
     let sub_buckets = (2 * 10u64.pow(u32::from(hist.sigfig()))).next_power_of_two();
     writeln!(
         out,
@@ -346,10 +322,7 @@ mod tests {
         for q in [0.5, 0.9, 0.99, 0.999] {
             let (lo, hi) = hgrm_bracket(&rows, q).unwrap();
             let v = h.value_at_quantile(q) as f64 / 1000.0;
-            assert!(
-                lo - 0.0005 <= v && v <= hi + 0.0005,
-                "q{q}: {v} not in [{lo}, {hi}]"
-            );
+            assert!(lo - 0.0005 <= v && v <= hi + 0.0005, "q{q}: {v} not in [{lo}, {hi}]");
         }
         // p50 sits exactly on a tick.
         let (_, p50) = hgrm_bracket(&rows, 0.5).unwrap();

@@ -117,12 +117,7 @@ impl PreciseTimer {
     pub(crate) fn new() -> io::Result<Self> {
         use std::os::fd::FromRawFd;
         // SAFETY: plain syscall; the returned fd is checked and then owned by the UnixStream.
-        let raw = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
+        let raw = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -148,15 +143,11 @@ impl PreciseTimer {
 
     fn arm(&self, d: Duration) -> io::Result<()> {
         let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
             it_value: libc::timespec {
                 tv_sec: d.as_secs() as libc::time_t,
                 // A zero it_value would disarm the timer; 1 ns is "now".
-                tv_nsec: (d.subsec_nanos().max(if d.as_secs() == 0 { 1 } else { 0 }))
-                    as libc::c_long,
+                tv_nsec: (d.subsec_nanos().max(if d.as_secs() == 0 { 1 } else { 0 })) as libc::c_long,
             },
         };
         // SAFETY: raw is our live timerfd; spec is a valid itimerspec.

@@ -128,13 +128,7 @@ mod tests {
         let t = Target::parse("http://[::1]:9", false).unwrap();
         assert_eq!(t.addr, "[::1]:9".parse().unwrap());
         assert_eq!(t.path, "/");
-        assert_eq!(
-            Target::parse("http://127.0.0.1", false)
-                .unwrap()
-                .addr
-                .port(),
-            80
-        );
+        assert_eq!(Target::parse("http://127.0.0.1", false).unwrap().addr.port(), 80);
     }
 
     #[test]

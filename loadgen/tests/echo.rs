@@ -56,11 +56,7 @@ fn default_body_has_configured_size_and_status_paths_work() {
         let mut resp = httparse::Response::new(&mut headers);
         if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
             assert_eq!(resp.code, Some(200));
-            let cl = resp
-                .headers
-                .iter()
-                .find(|h| h.name == "content-length")
-                .unwrap();
+            let cl = resp.headers.iter().find(|h| h.name == "content-length").unwrap();
             assert_eq!(cl.value, b"1000");
             buf.drain(..head);
             break;
@@ -90,16 +86,13 @@ fn post_and_put_bodies_are_echoed_with_length_and_chunked_framing() {
     // A body that arrives in pieces, with Expect: 100-continue.
     let mut s = connect(a);
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    s.write_all(
-        b"POST /big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
-    )
-    .unwrap();
+    s.write_all(b"POST /big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
     let mut interim = [0u8; 25];
     s.read_exact(&mut interim).unwrap();
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
     for piece in big.chunks(30_000) {
-        s.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
-            .unwrap();
+        s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).unwrap();
         s.write_all(piece).unwrap();
         s.write_all(b"\r\n").unwrap();
     }
@@ -110,8 +103,10 @@ fn post_and_put_bodies_are_echoed_with_length_and_chunked_framing() {
 
     // GET bodies are consumed but not echoed; the connection stays in sync.
     let mut s = connect(a);
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /status/202 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /status/202 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
     let mut buf = Vec::new();
     assert_eq!(read_response(&mut s, &mut buf).body.len(), 64);
     assert_eq!(read_response(&mut s, &mut buf).status, 202);
@@ -152,11 +147,11 @@ fn pipelined_requests_are_answered_in_order() {
     let mut s = connect(e.local_addr());
     let mut batch = Vec::new();
     for i in 0..20 {
-        batch.extend_from_slice(
-            format!("POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n{i:04}").as_bytes(),
-        );
+        batch.extend_from_slice(format!("POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n{i:04}").as_bytes());
     }
-    batch.extend_from_slice(b"GET /delay/30 HTTP/1.1\r\nHost: x\r\n\r\nGET /status/204 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    batch.extend_from_slice(
+        b"GET /delay/30 HTTP/1.1\r\nHost: x\r\n\r\nGET /status/204 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     s.write_all(&batch).unwrap();
     let mut buf = Vec::new();
     for i in 0..20 {
@@ -197,8 +192,7 @@ fn configured_delay_and_delay_path_are_honoured_precisely() {
         "median {median:?} for a 3 ms delay"
     );
     let t = Instant::now();
-    s.write_all(b"GET /delay/50 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET /delay/50 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     read_response(&mut s, &mut buf);
     let took = t.elapsed();
     assert!(
@@ -233,8 +227,7 @@ fn several_workers_share_one_port_and_shutdown_frees_it() {
     assert_ne!(a.port(), 0);
     // Held-open keep-alive connection: shutdown must close it, not hang.
     let mut held = connect(a);
-    held.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     read_response(&mut held, &mut Vec::new());
     for _ in 0..30 {
         let r = roundtrip(a, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -245,15 +238,8 @@ fn several_workers_share_one_port_and_shutdown_frees_it() {
     e.shutdown();
     assert!(t.elapsed() < Duration::from_secs(3));
     let mut tmp = [0u8; 8];
-    assert_eq!(
-        held.read(&mut tmp).unwrap_or(0),
-        0,
-        "held connection closed"
-    );
-    assert!(
-        TcpStream::connect(a).is_err(),
-        "port released after shutdown"
-    );
+    assert_eq!(held.read(&mut tmp).unwrap_or(0), 0, "held connection closed");
+    assert!(TcpStream::connect(a).is_err(), "port released after shutdown");
 }
 
 #[test]

@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringmesh_loadgen::{
-    hgrm_bracket, parse_hgrm, run_load, spawn_echo, EchoConfig, LoadConfig, LoadReport,
-};
+use ringmesh_loadgen::{hgrm_bracket, parse_hgrm, run_load, spawn_echo, EchoConfig, LoadConfig, LoadReport};
 
 fn config(addr: SocketAddr, path: &str) -> LoadConfig {
     let mut c = LoadConfig::new(&format!("http://{addr}{path}")).unwrap();
@@ -42,11 +40,7 @@ fn fixed_2ms_upstream_reads_as_2ms_at_p50() {
     assert!(r.met_target(), "{}", r.summary());
     assert!((990..=1010).contains(&r.ok), "{}", r.summary());
     let p50 = r.latency_us.p50;
-    assert!(
-        (2000..=2500).contains(&p50),
-        "p50 {p50} µs\n{}",
-        r.summary()
-    );
+    assert!((2000..=2500).contains(&p50), "p50 {p50} µs\n{}", r.summary());
     assert!(
         r.latency_us.min >= 1990,
         "nothing faster than the delay: {}",
@@ -182,10 +176,7 @@ fn hgrm_file_parses_and_agrees_with_json() {
     }
     let rows = parse_hgrm(&text).unwrap();
     assert!(rows.len() > 20, "{text}");
-    assert_eq!(
-        rows.last().unwrap().total_count,
-        json["ok"].as_u64().unwrap()
-    );
+    assert_eq!(rows.last().unwrap().total_count, json["ok"].as_u64().unwrap());
     for (q, key) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p999")] {
         let (lo, hi) = hgrm_bracket(&rows, q).unwrap();
         let v = json_percentile(&json, key);
@@ -205,21 +196,14 @@ fn hgrm_file_parses_and_agrees_with_json() {
         .trim()
         .parse()
         .unwrap();
-    assert!(
-        (max_ms - json_percentile(&json, "max")).abs() < 0.0015,
-        "{max_line}"
-    );
+    assert!((max_ms - json_percentile(&json, "max")).abs() < 0.0015, "{max_line}");
     // Jitter makes the distribution wide enough to be meaningful.
     assert!(r.latency_us.p99 > r.latency_us.p50);
 }
 
 fn assert_no_latency(r: &LoadReport) {
     assert_eq!(r.ok, 0, "{}", r.summary());
-    assert_eq!(
-        r.histogram.len(),
-        0,
-        "errors must not be recorded as latency"
-    );
+    assert_eq!(r.histogram.len(), 0, "errors must not be recorded as latency");
     assert_eq!(r.latency_us.p50, 0);
     assert_eq!(r.latency_us.max, 0);
     assert_eq!(r.requests, r.errors);
@@ -314,11 +298,7 @@ fn status_errors_are_counted_by_class_not_as_latency() {
     let r = run_load(c).unwrap();
     assert_eq!(r.ok + r.errors_by_kind.status_5xx, r.requests);
     assert_eq!(r.histogram.len(), r.ok);
-    assert!(
-        (40..=170).contains(&r.errors_by_kind.status_5xx),
-        "{}",
-        r.summary()
-    );
+    assert!((40..=170).contains(&r.errors_by_kind.status_5xx), "{}", r.summary());
 }
 
 #[test]
@@ -341,10 +321,7 @@ fn silent_and_garbage_servers_count_as_timeout_and_malformed() {
     c.timeout = Duration::from_millis(200);
     let t = Instant::now();
     let r = run_load(c).unwrap();
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "bounded by the timeout"
-    );
+    assert!(t.elapsed() < Duration::from_secs(3), "bounded by the timeout");
     assert_no_latency(&r);
     assert!(r.errors_by_kind.timeout >= 2, "{}", r.summary());
 

@@ -135,11 +135,9 @@ fn parse_head(buf: &[u8], is_head: bool) -> Result<Head, ErrorKind> {
             if status == 101 {
                 return Err(ErrorKind::Malformed);
             }
-            let framing = http1::response_framing(is_head, status, resp.headers)
-                .map_err(|_| ErrorKind::Malformed)?;
+            let framing = http1::response_framing(is_head, status, resp.headers).map_err(|_| ErrorKind::Malformed)?;
             let version = resp.version.unwrap_or(1);
-            let keep_alive =
-                framing != BodyFraming::UntilClose && http1::keep_alive(version, resp.headers);
+            let keep_alive = framing != BodyFraming::UntilClose && http1::keep_alive(version, resp.headers);
             Ok(Head::Complete {
                 status,
                 head_len,
@@ -166,11 +164,7 @@ async fn fill(conn: &mut Conn) -> Result<(), ErrorKind> {
 
 /// Sends one request and reads its complete response. Returns the status and whether the
 /// connection may be reused.
-async fn exchange(
-    conn: &mut Conn,
-    request: Bytes,
-    is_head: bool,
-) -> Result<(u16, bool), ErrorKind> {
+async fn exchange(conn: &mut Conn, request: Bytes, is_head: bool) -> Result<(u16, bool), ErrorKind> {
     let (res, _) = conn.stream.write_all(request).await;
     res.map_err(|_| ErrorKind::Reset)?;
     conn.rbuf.clear();
@@ -240,12 +234,7 @@ async fn exchange(
 
 /// Runs `exchange` under the request timeout.
 async fn timed_exchange(shared: &ThreadShared, conn: &mut Conn) -> Result<(u16, bool), ErrorKind> {
-    match monoio::time::timeout(
-        shared.timeout,
-        exchange(conn, shared.request.clone(), shared.is_head),
-    )
-    .await
-    {
+    match monoio::time::timeout(shared.timeout, exchange(conn, shared.request.clone(), shared.is_head)).await {
         Ok(r) => r,
         Err(_) => Err(ErrorKind::Timeout),
     }
@@ -399,10 +388,7 @@ mod tests {
             parse_head(b"HTTP/1.1 100 Continue\r\n\r\n", false),
             Ok(Head::Interim(25))
         ));
-        assert!(matches!(
-            parse_head(b"HTTP/1.1 200", false),
-            Ok(Head::Partial)
-        ));
+        assert!(matches!(parse_head(b"HTTP/1.1 200", false), Ok(Head::Partial)));
         assert!(matches!(
             parse_head(b"garbage\r\n\r\n", false),
             Err(ErrorKind::Malformed)

@@ -89,10 +89,7 @@ impl LoadConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         let mut problems = Vec::new();
         if self.connections == 0 || self.connections > 100_000 {
-            problems.push(format!(
-                "connections must be 1..=100000, got {}",
-                self.connections
-            ));
+            problems.push(format!("connections must be 1..=100000, got {}", self.connections));
         }
         if self.threads == 0 || self.threads > 1024 {
             problems.push(format!("threads must be 1..=1024, got {}", self.threads));
@@ -101,10 +98,7 @@ impl LoadConfig {
             problems.push(format!("rate must be 0..=10000000, got {}", self.rate));
         }
         if self.duration.is_zero() || self.duration > Duration::from_secs(24 * 3600) {
-            problems.push(format!(
-                "duration must be in (0, 24h], got {:?}",
-                self.duration
-            ));
+            problems.push(format!("duration must be in (0, 24h], got {:?}", self.duration));
         }
         if self.warmup > Duration::from_secs(3600) {
             problems.push(format!("warmup must be at most 1h, got {:?}", self.warmup));
@@ -113,10 +107,7 @@ impl LoadConfig {
             problems.push("timeouts must be positive".to_owned());
         }
         if self.body_size > 64 << 20 {
-            problems.push(format!(
-                "body-size must be at most 64 MiB, got {}",
-                self.body_size
-            ));
+            problems.push(format!("body-size must be at most 64 MiB, got {}", self.body_size));
         }
         if self.method.is_empty() || !self.method.bytes().all(is_tchar) {
             problems.push(format!("method {:?} is not an HTTP token", self.method));
@@ -126,16 +117,10 @@ impl LoadConfig {
                 problems.push(format!("header name {name:?} is not an HTTP token"));
             }
             if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-                problems.push(format!(
-                    "header {name:?} has control characters in its value"
-                ));
+                problems.push(format!("header {name:?} has control characters in its value"));
             }
-            if name.eq_ignore_ascii_case("content-length")
-                || name.eq_ignore_ascii_case("transfer-encoding")
-            {
-                problems.push(format!(
-                    "header {name:?} is set by the generator (use --body-size)"
-                ));
+            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding") {
+                problems.push(format!("header {name:?} is set by the generator (use --body-size)"));
             }
         }
         if problems.is_empty() {
@@ -152,11 +137,7 @@ impl LoadConfig {
         r.push(b' ');
         r.extend_from_slice(self.target.path.as_bytes());
         r.extend_from_slice(b" HTTP/1.1\r\n");
-        if !self
-            .headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("host"))
-        {
+        if !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
             r.extend_from_slice(b"host: ");
             r.extend_from_slice(self.target.authority.as_bytes());
             r.extend_from_slice(b"\r\n");
@@ -167,11 +148,7 @@ impl LoadConfig {
             r.extend_from_slice(value.as_bytes());
             r.extend_from_slice(b"\r\n");
         }
-        if !self
-            .headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
-        {
+        if !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("user-agent")) {
             r.extend_from_slice(b"user-agent: ringmesh-loadgen\r\n");
         }
         let method_has_body = matches!(self.method.as_str(), "POST" | "PUT" | "PATCH");
@@ -181,13 +158,7 @@ impl LoadConfig {
             r.extend_from_slice(b"\r\n");
         }
         r.extend_from_slice(b"\r\n");
-        r.extend(
-            b"0123456789abcdef"
-                .iter()
-                .copied()
-                .cycle()
-                .take(self.body_size),
-        );
+        r.extend(b"0123456789abcdef".iter().copied().cycle().take(self.body_size));
         Bytes::from(r)
     }
 }
@@ -251,8 +222,7 @@ fn run_thread(
     sys::tighten_timer_slack();
     if !config.cpus.is_empty() {
         let cpu = config.cpus[index % config.cpus.len()];
-        sys::pin_current_thread(cpu)
-            .with_context(|| format!("pinning load thread to cpu {cpu}"))?;
+        sys::pin_current_thread(cpu).with_context(|| format!("pinning load thread to cpu {cpu}"))?;
     }
     let mut rt = sys::build_runtime().context("building monoio runtime")?;
     let shared = std::rc::Rc::new(ThreadShared {
@@ -348,10 +318,7 @@ mod tests {
         c.headers.push(("Host".into(), "echo.bench".into()));
         let r = c.request_bytes();
         let s = std::str::from_utf8(&r).unwrap();
-        assert!(
-            s.starts_with("POST /p HTTP/1.1\r\nHost: echo.bench\r\n"),
-            "{s}"
-        );
+        assert!(s.starts_with("POST /p HTTP/1.1\r\nHost: echo.bench\r\n"), "{s}");
         assert!(!s.contains("host: 127.0.0.1"));
         assert!(s.ends_with("content-length: 4\r\n\r\n0123"), "{s}");
     }

@@ -19,8 +19,7 @@ pub(crate) const HIST_SIGFIG: u8 = 3;
 /// A fresh latency histogram with the bounds every part of the crate agrees on.
 pub(crate) fn new_histogram() -> Histogram<u64> {
     // Constant bounds well inside hdrhistogram's limits (checked by a unit test): cannot fail.
-    Histogram::new_with_bounds(HIST_LOW_US, HIST_HIGH_US, HIST_SIGFIG)
-        .expect("constant histogram bounds are valid")
+    Histogram::new_with_bounds(HIST_LOW_US, HIST_HIGH_US, HIST_SIGFIG).expect("constant histogram bounds are valid")
 }
 
 /// How a request failed. Counted, never recorded as latency.
@@ -60,12 +59,7 @@ pub struct ErrorCounts {
 impl ErrorCounts {
     /// Sum over all kinds.
     pub fn total(&self) -> u64 {
-        self.connect
-            + self.reset
-            + self.timeout
-            + self.malformed
-            + self.status_4xx
-            + self.status_5xx
+        self.connect + self.reset + self.timeout + self.malformed + self.status_4xx + self.status_5xx
     }
 
     /// Counts one failure.
@@ -126,8 +120,7 @@ impl ThreadStats {
         // Same bounds on both sides, so adding cannot fail; saturate defensively otherwise.
         if self.hist.add(&o.hist).is_err() {
             for v in o.hist.iter_recorded() {
-                self.hist
-                    .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+                self.hist.saturating_record_n(v.value_iterated_to(), v.count_at_value());
             }
         }
         self.ok += o.ok;

@@ -51,12 +51,7 @@ pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Resp {
             let hs: Vec<(String, String)> = r
                 .headers
                 .iter()
-                .map(|h| {
-                    (
-                        h.name.to_owned(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
+                .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
                 .collect();
             if (100..200).contains(&status) {
                 buf.drain(..n);
