@@ -15,6 +15,9 @@ use monoio::net::TcpStream;
 
 use crate::error::{ErrorKind, ProxyError, Side};
 
+/// Pooled connections idle at least this long are probed before reuse.
+const PROBE_AFTER: Duration = Duration::from_millis(500);
+
 /// An upstream connection and its history.
 #[derive(Debug)]
 pub struct UpstreamConn {
@@ -27,6 +30,9 @@ pub struct UpstreamConn {
     /// Whether it came from the pool (a failure on it before any response byte is retried
     /// transparently: the upstream may have closed it while idle).
     pub reused: bool,
+    /// Read buffer kept with the connection, so a pooled connection reads its next response
+    /// without a new allocation.
+    pub buf: bytes::BytesMut,
 }
 
 #[derive(Debug)]
@@ -47,7 +53,11 @@ impl UpstreamPool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(entry) = list.pop() {
-            if entry.since.elapsed() >= idle_timeout || !is_open(&entry.conn.stream) {
+            let idle_for = entry.since.elapsed();
+            // Only a connection idle for a while is probed: servers close idle connections after
+            // seconds, not milliseconds, and the probe is a syscall on the request path. A fresh
+            // one that died anyway is caught by the transparent retry in `forward`.
+            if idle_for >= idle_timeout || (idle_for >= PROBE_AFTER && !is_open(&entry.conn.stream)) {
                 continue; // dropped: closes the socket
             }
             let mut conn = entry.conn;
@@ -123,6 +133,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn
                 addr,
                 requests: 0,
                 reused: false,
+                buf: bytes::BytesMut::new(),
             })
         }
         Ok(Err(_)) => Err(ProxyError::new(

@@ -264,6 +264,7 @@ pub(crate) async fn forward(
                             && buf.is_empty();
                         if reusable {
                             upstream.requests += 1;
+                            upstream.buf = buf;
                             worker.pool.checkin(upstream, cluster.pool.max_idle_per_endpoint);
                         }
                         tracing::debug!(cluster = %cluster.name, status, attempt, "retrying on status");
@@ -316,6 +317,9 @@ pub(crate) async fn forward(
         };
     }
 }
+
+/// Largest body sent in the same write as its head (copied once; larger bodies stream).
+const COALESCE_MAX: u64 = 16 * 1024;
 
 /// Context of the error for a pooled connection that was found closed by the upstream.
 const REUSED_CONN_RESET: &str = "pooled upstream connection closed before the response";
@@ -453,7 +457,23 @@ async fn one_try(
         )
     };
 
-    let (r, _) = upstream.stream.write_all(upstream_head.clone()).await;
+    let framing = head.framing();
+    // A small body that has fully arrived goes out in the same write as the head: one send
+    // instead of two is the largest saving per request on loopback.
+    let coalesce = match framing {
+        BodyFraming::Length(n) if n > 0 && n <= COALESCE_MAX && conn.buf.len() as u64 >= n => Some(n as usize),
+        _ => None,
+    };
+    let r = match coalesce {
+        Some(n) => {
+            let mut both = BytesMut::with_capacity(upstream_head.len() + n);
+            both.extend_from_slice(upstream_head);
+            both.extend_from_slice(&conn.buf[..n]);
+            let _ = conn.buf.split_to(n);
+            upstream.stream.write_all(both.freeze()).await.0
+        }
+        None => upstream.stream.write_all(upstream_head.clone()).await.0,
+    };
     if r.is_err() {
         return Try::Failed {
             error: reset(upstream.reused),
@@ -461,9 +481,8 @@ async fn one_try(
             per_try_timeout: false,
         };
     }
-    let framing = head.framing();
     let body_sent = framing.has_body();
-    if body_sent {
+    if body_sent && coalesce.is_none() {
         match body::stream(
             framing,
             &mut conn.stream,
@@ -505,7 +524,9 @@ async fn one_try(
         max_headers: limits.max_headers,
     };
     let mut parser = ResponseParser::new(head_limits);
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = std::mem::take(&mut upstream.buf);
+    buf.clear();
+    buf.reserve(4096);
     let timeout_at = per_try_deadline;
     loop {
         if !buf.is_empty() {
@@ -607,6 +628,15 @@ async fn relay_response(
     };
     conn.out.clear();
     encode::encode_response_head(&rhead, &rsrc, &opts, &mut conn.out);
+    // A small response body already read goes out with the head in one write.
+    let mut framing = framing;
+    if let BodyFraming::Length(n) = framing {
+        if n <= COALESCE_MAX && ubuf.len() as u64 >= n && !upgrade {
+            conn.out.extend_from_slice(&ubuf[..n as usize]);
+            let _ = ubuf.split_to(n as usize);
+            framing = BodyFraming::Length(0);
+        }
+    }
     let out = std::mem::take(&mut conn.out);
     let (r, out) = conn.stream.write_all(out).await;
     conn.out = out;
@@ -641,6 +671,7 @@ async fn relay_response(
             .max_requests_per_connection
             .is_none_or(|m| upstream.requests < m);
     if upstream_reusable {
+        upstream.buf = ubuf;
         worker.pool.checkin(upstream, cluster.pool.max_idle_per_endpoint);
     }
     Outcome::Done {

@@ -56,6 +56,31 @@ pub fn resolve_io(mode: IoMode) -> anyhow::Result<IoDriver> {
     }
 }
 
+/// Ring flags for a thread-per-core worker: only its own thread submits (`SINGLE_ISSUER`), and
+/// completions' task work runs when the worker next enters the kernel instead of interrupting it
+/// with a signal-like notification (`COOP_TASKRUN`), which costs an interrupt per completion and
+/// makes blocking syscalls elsewhere in the process fail with `EINTR`. Kernels older than 5.19
+/// reject the flags; `coop_taskrun_supported` then falls back to a plain ring.
+fn uring_flags() -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if coop_taskrun_supported() {
+        b.setup_coop_taskrun().setup_single_issuer();
+    }
+    b
+}
+
+/// Whether this kernel accepts `COOP_TASKRUN | SINGLE_ISSUER` (probed once with a tiny ring).
+fn coop_taskrun_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        io_uring::IoUring::<io_uring::squeue::Entry, io_uring::cqueue::Entry>::builder()
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .build(2)
+            .is_ok()
+    })
+}
+
 /// Running workers.
 #[derive(Debug)]
 pub struct WorkerSet {
@@ -144,7 +169,8 @@ pub fn start(
                 }
                 let result = match io {
                     IoDriver::IoUring => RuntimeBuilder::<IoUringDriver>::new()
-                        .with_entries(4096)
+                        .uring_builder(uring_flags())
+                        .with_entries(1024)
                         .enable_timer()
                         .build()
                         .map(|mut rt| rt.block_on(worker_main(id, source, listeners, socks, rx))),
