@@ -136,9 +136,7 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[i - 2][j - 2] + 1);
             }
@@ -150,10 +148,7 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 
 /// The closest of `candidates` to `name`, if close enough to be a plausible typo: distance at
 /// most 1 for short names, 2 for longer ones, or a case-only difference.
-pub(crate) fn did_you_mean<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let limit = if name.len() <= 4 { 1 } else { 2 };
     candidates
         .into_iter()
@@ -182,12 +177,8 @@ mod tests {
 
     #[test]
     fn display_warning_and_missing_parts() {
-        let d =
-            Diagnostic::warning("kind X is not supported yet; ignored").at(Some("a.yaml"), None);
-        assert_eq!(
-            d.to_string(),
-            "a.yaml: warning: kind X is not supported yet; ignored"
-        );
+        let d = Diagnostic::warning("kind X is not supported yet; ignored").at(Some("a.yaml"), None);
+        assert_eq!(d.to_string(), "a.yaml: warning: kind X is not supported yet; ignored");
         assert_eq!(Diagnostic::error("boom").to_string(), "boom");
     }
 
@@ -202,10 +193,7 @@ mod tests {
         assert_eq!(edit_distance("weigth", "weight"), 1);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(did_you_mean("hostz", ["hosts", "http"]), Some("hosts"));
-        assert_eq!(
-            did_you_mean("weigth", ["weight", "headers"]),
-            Some("weight")
-        );
+        assert_eq!(did_you_mean("weigth", ["weight", "headers"]), Some("weight"));
         assert_eq!(did_you_mean("Hosts", ["hosts"]), Some("hosts"));
         assert_eq!(did_you_mean("banana", ["hosts", "http"]), None);
         assert_eq!(did_you_mean("tpc", ["tcp", "tls"]), Some("tcp"));

@@ -87,9 +87,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         let whole: u128 = if whole.is_empty() {
             0
         } else {
-            whole
-                .parse()
-                .map_err(|_| DurationError::Overflow(s.to_owned()))?
+            whole.parse().map_err(|_| DurationError::Overflow(s.to_owned()))?
         };
         let mut part = whole
             .checked_mul(unit_nanos)
@@ -104,8 +102,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
             .checked_add(part)
             .ok_or_else(|| DurationError::Overflow(s.to_owned()))?;
     }
-    let secs = u64::try_from(total_nanos / 1_000_000_000)
-        .map_err(|_| DurationError::Overflow(s.to_owned()))?;
+    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| DurationError::Overflow(s.to_owned()))?;
     Ok(Duration::new(secs, (total_nanos % 1_000_000_000) as u32))
 }
 
@@ -131,28 +128,13 @@ mod tests {
     #[test]
     fn garbage_is_an_error_naming_the_value() {
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
-        assert_eq!(
-            parse_duration("10"),
-            Err(DurationError::MissingUnit("10".into()))
-        );
+        assert_eq!(parse_duration("10"), Err(DurationError::MissingUnit("10".into())));
         let e = parse_duration("5 seconds").expect_err("bad unit");
         assert!(e.to_string().contains("\"5 seconds\""), "{e}");
-        assert!(matches!(
-            parse_duration("1x"),
-            Err(DurationError::UnknownUnit { .. })
-        ));
-        assert!(matches!(
-            parse_duration("abc"),
-            Err(DurationError::Invalid(_))
-        ));
-        assert!(matches!(
-            parse_duration("1..5s"),
-            Err(DurationError::Invalid(_))
-        ));
-        assert!(matches!(
-            parse_duration("-1s"),
-            Err(DurationError::Negative(_))
-        ));
+        assert!(matches!(parse_duration("1x"), Err(DurationError::UnknownUnit { .. })));
+        assert!(matches!(parse_duration("abc"), Err(DurationError::Invalid(_))));
+        assert!(matches!(parse_duration("1..5s"), Err(DurationError::Invalid(_))));
+        assert!(matches!(parse_duration("-1s"), Err(DurationError::Negative(_))));
         assert!(matches!(
             parse_duration("99999999999999999999999999999h"),
             Err(DurationError::Overflow(_))

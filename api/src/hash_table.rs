@@ -38,10 +38,7 @@ impl RingHashTable {
     /// Builds the ring for `endpoints` with at least `min_ring_size` points (fewer only when
     /// [`MAX_RING_SIZE`] caps it). Endpoint indexes in [`RingHashTable::pick`] refer to this slice.
     pub fn new(endpoints: &[Endpoint], min_ring_size: usize) -> Self {
-        let keys: Vec<(String, u32)> = endpoints
-            .iter()
-            .map(|e| (e.address.to_string(), e.weight))
-            .collect();
+        let keys: Vec<(String, u32)> = endpoints.iter().map(|e| (e.address.to_string(), e.weight)).collect();
         Self::from_keys(&keys, min_ring_size)
     }
 
@@ -119,10 +116,7 @@ impl MaglevTable {
     /// because a composite size makes some permutations skip slots). Endpoint indexes in
     /// [`MaglevTable::pick`] refer to this slice.
     pub fn new(endpoints: &[Endpoint], table_size: usize) -> Self {
-        let keys: Vec<(String, u32)> = endpoints
-            .iter()
-            .map(|e| (e.address.to_string(), e.weight))
-            .collect();
+        let keys: Vec<(String, u32)> = endpoints.iter().map(|e| (e.address.to_string(), e.weight)).collect();
         Self::from_keys(&keys, table_size)
     }
 

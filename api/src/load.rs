@@ -17,9 +17,7 @@ use serde_yaml::Value;
 
 use crate::diagnostic::{did_you_mean, Diagnostic};
 use crate::locate::FieldPath;
-use crate::resources::{
-    DestinationRule, Origin, ProxyConfig, Resource, ServiceEntry, VirtualService,
-};
+use crate::resources::{DestinationRule, Origin, ProxyConfig, Resource, ServiceEntry, VirtualService};
 use crate::schema::{Schema, Shape};
 
 /// Loaded resources and the warnings found while loading them.
@@ -50,12 +48,7 @@ const UNSUPPORTED_KINDS: &[&str] = &[
     "WasmPlugin",
 ];
 
-const SUPPORTED_KINDS: &[&str] = &[
-    "ServiceEntry",
-    "VirtualService",
-    "DestinationRule",
-    "ProxyConfig",
-];
+const SUPPORTED_KINDS: &[&str] = &["ServiceEntry", "VirtualService", "DestinationRule", "ProxyConfig"];
 
 /// Kubernetes bookkeeping in `metadata` that `kubectl get -o yaml` prints; meaningless here
 /// but not a mistake.
@@ -88,14 +81,8 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     ("VirtualService", "spec.http[].delegate"),
     ("VirtualService", "spec.http[].rewrite.uriRegexRewrite"),
     ("VirtualService", "spec.http[].redirect.derivePort"),
-    (
-        "VirtualService",
-        "spec.http[].retries.retryRemoteLocalities",
-    ),
-    (
-        "VirtualService",
-        "spec.http[].retries.retryIgnorePreviousHosts",
-    ),
+    ("VirtualService", "spec.http[].retries.retryRemoteLocalities"),
+    ("VirtualService", "spec.http[].retries.retryIgnorePreviousHosts"),
     ("VirtualService", "spec.http[].retries.backoff"),
     ("VirtualService", "spec.http[].match[].port"),
     ("VirtualService", "spec.http[].match[].scheme"),
@@ -116,14 +103,8 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     ("DestinationRule", "spec.trafficPolicy.tunnel"),
     ("DestinationRule", "spec.trafficPolicy.proxyProtocol"),
     ("DestinationRule", "spec.trafficPolicy.retryBudget"),
-    (
-        "DestinationRule",
-        "spec.trafficPolicy.loadBalancer.localityLbSetting",
-    ),
-    (
-        "DestinationRule",
-        "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
-    ),
+    ("DestinationRule", "spec.trafficPolicy.loadBalancer.localityLbSetting"),
+    ("DestinationRule", "spec.trafficPolicy.loadBalancer.warmupDurationSecs"),
     ("DestinationRule", "spec.trafficPolicy.loadBalancer.warmup"),
     (
         "DestinationRule",
@@ -133,18 +114,12 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
         "DestinationRule",
         "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes",
     ),
-    (
-        "DestinationRule",
-        "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
-    ),
+    ("DestinationRule", "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive"),
     (
         "DestinationRule",
         "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
     ),
-    (
-        "DestinationRule",
-        "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
-    ),
+    ("DestinationRule", "spec.trafficPolicy.connectionPool.tcp.idleTimeout"),
     (
         "DestinationRule",
         "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
@@ -192,16 +167,11 @@ fn is_unsupported(kind: &str, pattern: &str) -> bool {
         }
         _ => pattern,
     };
-    UNSUPPORTED_FIELDS
-        .iter()
-        .any(|(k, p)| *k == kind && *p == pattern)
+    UNSUPPORTED_FIELDS.iter().any(|(k, p)| *k == kind && *p == pattern)
 }
 
 /// Names of unsupported fields directly under `parent` (for suggestions).
-fn unsupported_children<'a>(
-    kind: &'a str,
-    parent: &'a str,
-) -> impl Iterator<Item = &'static str> + 'a {
+fn unsupported_children<'a>(kind: &'a str, parent: &'a str) -> impl Iterator<Item = &'static str> + 'a {
     UNSUPPORTED_FIELDS.iter().filter_map(move |(k, p)| {
         if *k != kind {
             return None;
@@ -282,8 +252,7 @@ pub fn load_files(paths: &[PathBuf]) -> Result<Loaded, Vec<Diagnostic>> {
         let name = file.display().to_string();
         match std::fs::read_to_string(&file) {
             Ok(text) => load_text(Some(&name), &text, &mut resources, &mut diags),
-            Err(e) => diags
-                .push(Diagnostic::error(format!("cannot read file: {e}")).at(Some(&name), None)),
+            Err(e) => diags.push(Diagnostic::error(format!("cannot read file: {e}")).at(Some(&name), None)),
         }
     }
     finish(resources, diags)
@@ -325,19 +294,11 @@ fn expand_paths(paths: &[PathBuf], diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> 
 }
 
 fn is_yaml(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
 /// Loads one file's text into `out`, pushing every diagnostic into `diags`.
-pub(crate) fn load_text(
-    file: Option<&str>,
-    text: &str,
-    out: &mut Vec<Resource>,
-    diags: &mut Vec<Diagnostic>,
-) {
+pub(crate) fn load_text(file: Option<&str>, text: &str, out: &mut Vec<Resource>, diags: &mut Vec<Diagnostic>) {
     for doc in split_documents(text) {
         if let Some(resource) = load_document(file, &doc, diags) {
             out.push(resource);
@@ -345,11 +306,7 @@ pub(crate) fn load_text(
     }
 }
 
-fn load_document(
-    file: Option<&str>,
-    doc: &Document,
-    diags: &mut Vec<Diagnostic>,
-) -> Option<Resource> {
+fn load_document(file: Option<&str>, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option<Resource> {
     let origin = Arc::new(Origin::new(file, doc.first_line, &doc.text));
     let value: Value = match serde_yaml::from_str(&doc.text) {
         Ok(v) => v,
@@ -360,10 +317,8 @@ fn load_document(
     };
     let Value::Mapping(map) = &value else {
         diags.push(
-            Diagnostic::error(
-                "a resource must be a mapping with apiVersion, kind, metadata and spec",
-            )
-            .at(file, Some(doc.first_line)),
+            Diagnostic::error("a resource must be a mapping with apiVersion, kind, metadata and spec")
+                .at(file, Some(doc.first_line)),
         );
         return None;
     };
@@ -395,9 +350,7 @@ fn load_document(
     let kind_path = FieldPath::root().key("kind");
     let version_path = FieldPath::root().key("apiVersion");
 
-    if UNSUPPORTED_KINDS.contains(&kind)
-        || (kind == "ProxyConfig" && api_version.starts_with("networking.istio.io/"))
-    {
+    if UNSUPPORTED_KINDS.contains(&kind) || (kind == "ProxyConfig" && api_version.starts_with("networking.istio.io/")) {
         let (f, l) = at(&kind_path);
         let extra = if kind == "ProxyConfig" {
             format!(" (Istio's ProxyConfig; ringmesh's own is {RINGMESH_VERSION})")
@@ -434,13 +387,10 @@ fn load_document(
             format!("apiVersion `{api_version}` is not supported")
         };
         diags.push(
-            Diagnostic::error(format!(
-                "{got} for kind {kind}; use {}",
-                expected_versions[0]
-            ))
-            .at(f, l)
-            .in_resource(label.clone())
-            .on_field("apiVersion"),
+            Diagnostic::error(format!("{got} for kind {kind}; use {}", expected_versions[0]))
+                .at(f, l)
+                .in_resource(label.clone())
+                .on_field("apiVersion"),
         );
         ok = false;
     }
@@ -501,12 +451,7 @@ fn typed<T: DeserializeOwned>(text: &str) -> Result<T, serde_yaml::Error> {
 
 /// Turns a serde_yaml error into a diagnostic: the path it printed becomes the field, its
 /// location (relative to the document) becomes a file line.
-fn yaml_diagnostic(
-    e: &serde_yaml::Error,
-    file: Option<&str>,
-    first_line: usize,
-    label: Option<&str>,
-) -> Diagnostic {
+fn yaml_diagnostic(e: &serde_yaml::Error, file: Option<&str>, first_line: usize, label: Option<&str>) -> Diagnostic {
     static AT_LINE: OnceLock<Option<regex::Regex>> = OnceLock::new();
     let at_line = AT_LINE.get_or_init(|| regex::Regex::new(r" at line \d+ column \d+").ok());
     let raw = e.to_string();
@@ -516,10 +461,7 @@ fn yaml_diagnostic(
     };
     let (field, message) = match message.split_once(": ") {
         Some((path, rest))
-            if !path.is_empty()
-                && path
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c)) =>
+            if !path.is_empty() && path.chars().all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c)) =>
         {
             (Some(path.to_owned()), rest.to_owned())
         }
@@ -613,10 +555,7 @@ impl Walker<'_> {
     }
 
     fn unknown(&mut self, key: &str, fields: &[&'static str], parent: &str, path: &FieldPath) {
-        let candidates = fields
-            .iter()
-            .copied()
-            .chain(unsupported_children(self.kind, parent));
+        let candidates = fields.iter().copied().chain(unsupported_children(self.kind, parent));
         let hint = match did_you_mean(key, candidates) {
             Some(s) => format!("; did you mean `{s}`?"),
             None => format!("; expected one of: {}", fields.join(", ")),
@@ -702,15 +641,8 @@ spec:
         assert_eq!(e.len(), 1, "{e:#?}");
         assert_eq!(e[0].field.as_deref(), Some("spec.hostz"));
         assert_eq!(e[0].line, Some(6));
-        assert_eq!(
-            e[0].resource.as_deref(),
-            Some("ServiceEntry default/reviews")
-        );
-        assert!(
-            e[0].message.contains("did you mean `hosts`"),
-            "{}",
-            e[0].message
-        );
+        assert_eq!(e[0].resource.as_deref(), Some("ServiceEntry default/reviews"));
+        assert!(e[0].message.contains("did you mean `hosts`"), "{}", e[0].message);
     }
 
     #[test]
@@ -736,10 +668,7 @@ spec:
         assert_eq!(e[0].field.as_deref(), Some("spec.http[0].route[0].weigth"));
         assert_eq!(e[0].line, Some(11));
         assert!(e[0].message.contains("did you mean `weight`"));
-        assert_eq!(
-            e[1].field.as_deref(),
-            Some("spec.http[0].route[1].destination.hots")
-        );
+        assert_eq!(e[1].field.as_deref(), Some("spec.http[0].route[1].destination.hots"));
         assert_eq!(e[1].line, Some(13));
         assert!(e[1].message.contains("did you mean `host`"));
         assert_eq!(
@@ -784,10 +713,7 @@ status: {}
         );
         assert_eq!(w[1].line, Some(11));
         assert!(w[2].message.contains("broader than written"));
-        assert_eq!(
-            w[0].resource.as_deref(),
-            Some("VirtualService bookinfo/ratings")
-        );
+        assert_eq!(w[0].resource.as_deref(), Some("VirtualService bookinfo/ratings"));
     }
 
     #[test]
@@ -806,10 +732,7 @@ spec:
 ";
         let w = warnings(text);
         assert_eq!(w.len(), 1);
-        assert_eq!(
-            w[0].field.as_deref(),
-            Some("spec.subsets[0].trafficPolicy.tls")
-        );
+        assert_eq!(w[0].field.as_deref(), Some("spec.subsets[0].trafficPolicy.tls"));
     }
 
     #[test]
@@ -852,23 +775,15 @@ spec:
         let e = errors(&text);
         assert_eq!(e.len(), 4, "{e:#?}");
         assert!(e[2].message.contains("unknown kind `Foo`"));
-        assert!(
-            e[3].message.contains("did you mean `VirtualService`"),
-            "{}",
-            e[3]
-        );
+        assert!(e[3].message.contains("did you mean `VirtualService`"), "{}", e[3]);
     }
 
     #[test]
     fn unsupported_kinds_warn() {
-        let w = warnings(
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny}\nspec: {}\n",
-        );
+        let w =
+            warnings("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny}\nspec: {}\n");
         assert_eq!(w.len(), 1);
-        assert_eq!(
-            w[0].message,
-            "kind AuthorizationPolicy is not supported yet; ignored"
-        );
+        assert_eq!(w[0].message, "kind AuthorizationPolicy is not supported yet; ignored");
         let w = warnings("apiVersion: networking.istio.io/v1beta1\nkind: ProxyConfig\nspec: {}\n");
         assert!(w[0].message.contains("ringmesh.io/v1alpha1"));
     }
@@ -919,11 +834,7 @@ spec:
         let names: Vec<_> = r.iter().map(|r| r.metadata().name.clone()).collect();
         assert_eq!(names, ["a", "b"]);
         let e = load_files(&[dir.join("missing.yaml")]).expect_err("missing file");
-        assert!(
-            e[0].to_string().contains("missing.yaml: cannot read file"),
-            "{}",
-            e[0]
-        );
+        assert!(e[0].to_string().contains("missing.yaml: cannot read file"), "{}", e[0]);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

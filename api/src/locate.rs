@@ -297,9 +297,7 @@ spec:
 ";
 
     fn line(path: &str) -> Option<usize> {
-        Locator::new(DOC)
-            .line_of(&FieldPath::parse(path))
-            .map(|l| l + 1)
+        Locator::new(DOC).line_of(&FieldPath::parse(path)).map(|l| l + 1)
     }
 
     #[test]
@@ -307,10 +305,7 @@ spec:
         assert_eq!(line("kind"), Some(2));
         assert_eq!(line("metadata.name"), Some(4));
         assert_eq!(line("spec.hosts[0]"), Some(7));
-        assert_eq!(
-            line("spec.http[0].match[0].headers.end-user.exact"),
-            Some(12)
-        );
+        assert_eq!(line("spec.http[0].match[0].headers.end-user.exact"), Some(12));
         assert_eq!(line("spec.http[0].route[0].destination.subset"), Some(16));
         assert_eq!(line("spec.http[1].route[0].weight"), Some(21));
         assert_eq!(line("spec.http[1].route[1].weight"), Some(24));
@@ -346,15 +341,9 @@ spec:
 
     #[test]
     fn keys_with_colons_in_values() {
-        assert_eq!(
-            parse_key("host: http://x:80").map(|(k, _)| k),
-            Some("host".to_owned())
-        );
+        assert_eq!(parse_key("host: http://x:80").map(|(k, _)| k), Some("host".to_owned()));
         assert_eq!(parse_key("http://x:80"), None);
-        assert_eq!(
-            parse_key("'a b': 1").map(|(k, _)| k),
-            Some("a b".to_owned())
-        );
+        assert_eq!(parse_key("'a b': 1").map(|(k, _)| k), Some("a b".to_owned()));
         assert_eq!(parse_key("{a: 1}"), None);
     }
 }

@@ -104,10 +104,7 @@ impl PathMatch {
     /// Builds a path match. For a regex with `ignore_case`, pass a [`StringMatch::Regex`]
     /// compiled with [`AnchoredRegex::new`]`(source, true)`; [`PathMatch::regex`] does that.
     pub fn new(matcher: StringMatch, ignore_case: bool) -> Self {
-        PathMatch {
-            matcher,
-            ignore_case,
-        }
+        PathMatch { matcher, ignore_case }
     }
 
     /// Builds a regex path match, case-insensitive when `ignore_case`.
@@ -126,8 +123,7 @@ impl PathMatch {
         match &self.matcher {
             StringMatch::Exact(s) => path.eq_ignore_ascii_case(s),
             StringMatch::Prefix(p) => {
-                path.len() >= p.len()
-                    && path.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+                path.len() >= p.len() && path.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
             }
             StringMatch::Regex(r) => r.is_match(path),
         }
@@ -233,10 +229,7 @@ mod tests {
     #[test]
     fn regex_serializes_as_its_source() {
         let r = StringMatch::regex("/a.*").expect("valid");
-        assert_eq!(
-            serde_json::to_string(&r).expect("serializes"),
-            r#"{"regex":"/a.*"}"#
-        );
+        assert_eq!(serde_json::to_string(&r).expect("serializes"), r#"{"regex":"/a.*"}"#);
     }
 
     #[test]

@@ -29,10 +29,8 @@ pub struct ServicePort {
 impl ServicePort {
     /// Whether this port carries HTTP (and so gets HTTP routes).
     pub fn is_http(&self) -> bool {
-        matches!(
-            self.protocol.as_str(),
-            "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB"
-        ) || self.name == "http"
+        matches!(self.protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB")
+            || self.name == "http"
             || self.name.starts_with("http-")
     }
 }
@@ -202,11 +200,7 @@ pub fn host_aliases(host: &str, namespace: &str) -> Vec<String> {
     }
     if let Some(stem) = full.strip_suffix(&format!(".{CLUSTER_DOMAIN_SUFFIX}")) {
         if let Some((name, ns)) = stem.split_once('.') {
-            for alias in [
-                name.to_owned(),
-                format!("{name}.{ns}"),
-                format!("{stem}.svc"),
-            ] {
+            for alias in [name.to_owned(), format!("{name}.{ns}"), format!("{stem}.svc")] {
                 if !out.contains(&alias) {
                     out.push(alias);
                 }
@@ -241,15 +235,10 @@ mod tests {
     #[test]
     fn resolve_short_names_and_duplicates() {
         let mut r = ServiceRegistry::new();
-        r.add_service(service(
-            "reviews.default.svc.cluster.local",
-            &[(9080, "http", "HTTP")],
-        ))
-        .expect("added");
+        r.add_service(service("reviews.default.svc.cluster.local", &[(9080, "http", "HTTP")]))
+            .expect("added");
         assert!(r.resolve("reviews", "default").is_some());
-        assert!(r
-            .resolve("Reviews.default.svc.cluster.local", "x")
-            .is_some());
+        assert!(r.resolve("Reviews.default.svc.cluster.local", "x").is_some());
         assert!(r.resolve("reviews", "other").is_none());
         let err = r
             .add_service(service("reviews.default.svc.cluster.local", &[]))
@@ -276,10 +265,7 @@ mod tests {
             endpoint: ep.clone(),
         })
         .expect("added");
-        assert_eq!(
-            r.resolve("a.example", "default").map(|s| s.endpoints.len()),
-            Some(1)
-        );
+        assert_eq!(r.resolve("a.example", "default").map(|s| s.endpoints.len()), Some(1));
         assert_eq!(
             r.add_endpoint(ExtraEndpoint {
                 host: "b.example".into(),
@@ -293,11 +279,7 @@ mod tests {
     fn default_port_prefers_the_only_http_port() {
         let s = service(
             "a",
-            &[
-                (443, "https", "HTTPS"),
-                (80, "http-web", ""),
-                (9000, "tcp", "TCP"),
-            ],
+            &[(443, "https", "HTTPS"), (80, "http-web", ""), (9000, "tcp", "TCP")],
         );
         assert_eq!(s.default_port().map(|p| p.number), Some(80));
         let s = service("a", &[(81, "http", "HTTP"), (80, "http2", "HTTP2")]);

@@ -16,9 +16,7 @@
 use std::collections::HashMap;
 
 use crate::matcher::StringMatch;
-use crate::snapshot::{
-    PathRewrite, RequestHead, Route, RouteMatch, RouteTable, VirtualHost, VirtualHostId,
-};
+use crate::snapshot::{PathRewrite, RequestHead, Route, RouteMatch, RouteTable, VirtualHost, VirtualHostId};
 
 /// One indexed condition: route `route`, its match entry `matcher` (`None` = route without
 /// conditions, which matches everything).
@@ -71,11 +69,7 @@ impl RouteIndex {
                                     index.prefixes.len() - 1
                                 }
                             };
-                            index.prefixes[pos]
-                                .1
-                                .entry(s.clone())
-                                .or_default()
-                                .push(cand);
+                            index.prefixes[pos].1.entry(s.clone()).or_default().push(cand);
                         }
                         StringMatch::Regex(_) => index.scan.push(cand),
                     },
@@ -128,10 +122,7 @@ fn candidate_holds(routes: &[Route], cand: Candidate, req: &impl RequestHead) ->
     };
     match cand.matcher {
         None => true,
-        Some(m) => route
-            .matches
-            .get(m as usize)
-            .is_some_and(|rm| rm.matches(req)),
+        Some(m) => route.matches.get(m as usize).is_some_and(|rm| rm.matches(req)),
     }
 }
 
@@ -148,11 +139,7 @@ impl RouteMatch {
                 return false;
             }
         }
-        if !self
-            .headers
-            .iter()
-            .all(|h| h.matches_value(req.header(&h.name)))
-        {
+        if !self.headers.iter().all(|h| h.matches_value(req.header(&h.name))) {
             return false;
         }
         let query = req.query();
@@ -175,10 +162,7 @@ impl VirtualHost {
         let index = RouteIndex::build(&routes);
         VirtualHost {
             name,
-            domains: domains
-                .into_iter()
-                .map(|d| d.to_ascii_lowercase())
-                .collect(),
+            domains: domains.into_iter().map(|d| d.to_ascii_lowercase()).collect(),
             routes,
             index,
         }
@@ -399,10 +383,7 @@ mod tests {
     #[test]
     fn first_match_wins_across_buckets() {
         let v = vh(vec![
-            route(
-                "regex",
-                vec![path(StringMatch::regex("/api/v[0-9]").expect("ok"))],
-            ),
+            route("regex", vec![path(StringMatch::regex("/api/v[0-9]").expect("ok"))]),
             route("prefix-long", vec![prefix("/api/")]),
             route("exact", vec![exact("/api/v1")]),
             route("prefix-short", vec![prefix("/")]),
@@ -416,10 +397,7 @@ mod tests {
 
     #[test]
     fn exact_shadowed_by_earlier_prefix() {
-        let v = vh(vec![
-            route("p", vec![prefix("/a")]),
-            route("e", vec![exact("/a/b")]),
-        ]);
+        let v = vh(vec![route("p", vec![prefix("/a")]), route("e", vec![exact("/a/b")])]);
         assert_eq!(v.find_route(&Req::get("/a/b")).map(|r| &*r.name), Some("p"));
     }
 
@@ -461,9 +439,7 @@ mod tests {
         let v = vh(vec![route("r", vec![exact("/x"), prefix("/api")])]);
         let hit = v.find_route_match(&Req::get("/api/1")).expect("matches");
         assert!(matches!(
-            hit.matched
-                .and_then(|m| m.path.as_ref())
-                .map(|p| &p.matcher),
+            hit.matched.and_then(|m| m.path.as_ref()).map(|p| &p.matcher),
             Some(StringMatch::Prefix(_))
         ));
     }
@@ -534,8 +510,7 @@ mod tests {
         }
         // A header route without its header falls through to the catch-all.
         assert_eq!(
-            v.find_route(&Req::get("/svc3/hdr"))
-                .map(|r| r.name.as_str()),
+            v.find_route(&Req::get("/svc3/hdr")).map(|r| r.name.as_str()),
             Some("fallback")
         );
     }
@@ -568,8 +543,7 @@ mod tests {
         assert_eq!(name("example.com"), Some("any"));
         assert_eq!(name("[::1]:8080"), Some("any"));
         assert_eq!(name(&"a".repeat(300)), Some("any"));
-        let no_catch_all =
-            RouteTable::new(vec![VirtualHost::new("x".into(), vec!["x".into()], vec![])]);
+        let no_catch_all = RouteTable::new(vec![VirtualHost::new("x".into(), vec!["x".into()], vec![])]);
         assert!(no_catch_all.find_host("y").is_none());
     }
 

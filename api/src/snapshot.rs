@@ -243,9 +243,7 @@ pub struct WeightedClusters {
 impl WeightedClusters {
     /// A single destination with all the weight.
     pub fn single(id: ClusterId) -> Self {
-        WeightedClusters {
-            entries: vec![(id, 1)],
-        }
+        WeightedClusters { entries: vec![(id, 1)] }
     }
 
     /// Sum of all weights.

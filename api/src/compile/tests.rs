@@ -174,12 +174,7 @@ fn bookinfo_reviews_loads_unchanged_and_routes() {
     let c = ok(BOOKINFO);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     assert_eq!(c.snapshot.version, 7);
-    let names: Vec<&str> = c
-        .snapshot
-        .clusters
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let names: Vec<&str> = c.snapshot.clusters.iter().map(|c| c.name.as_str()).collect();
     assert!(names.contains(&"outbound|9080||reviews.default.svc.cluster.local"));
     assert!(names.contains(&"outbound|9080|v2|reviews.default.svc.cluster.local"));
     for host in [
@@ -191,11 +186,7 @@ fn bookinfo_reviews_loads_unchanged_and_routes() {
         assert!(c.snapshot.routes.find_host(host).is_some(), "{host}");
     }
     assert_eq!(
-        route_clusters(
-            &c,
-            "reviews:9080",
-            &Req::new("/reviews/1").header("end-user", "jason")
-        ),
+        route_clusters(&c, "reviews:9080", &Req::new("/reviews/1").header("end-user", "jason")),
         ["outbound|9080|v2|reviews.default.svc.cluster.local"]
     );
     assert_eq!(
@@ -212,20 +203,14 @@ fn bookinfo_reviews_loads_unchanged_and_routes() {
         .find(|c| c.subset.as_deref() == Some("v2"))
         .expect("v2 cluster");
     assert_eq!(v2.endpoints.len(), 1);
-    assert_eq!(
-        v2.endpoints[0].address,
-        "10.0.0.2:9080".parse().expect("addr")
-    );
+    assert_eq!(v2.endpoints[0].address, "10.0.0.2:9080".parse().expect("addr"));
     assert!(matches!(v2.lb, LbPolicy::Random));
     let vh = c.snapshot.routes.find_host("reviews").expect("vh");
     assert_eq!(vh.name, "default/reviews");
     assert_eq!(vh.routes[1].name, "default/reviews/1");
     match &vh.routes[1].action {
         RouteAction::Forward(f) => {
-            assert_eq!(
-                f.clusters.entries.iter().map(|e| e.1).collect::<Vec<_>>(),
-                [50, 100]
-            );
+            assert_eq!(f.clusters.entries.iter().map(|e| e.1).collect::<Vec<_>>(), [50, 100]);
             assert_eq!(f.retry.attempts, 2);
             assert_eq!(f.retry.retriable_status_codes, [503]);
             assert!(f.timeout.is_none());
@@ -269,10 +254,7 @@ fn unknown_destination_host_and_subset() {
     );
     let e = errors(&text);
     assert_eq!(e.len(), 2, "{e:#?}");
-    assert_eq!(
-        e[0].field.as_deref(),
-        Some("spec.http[0].route[0].destination.subset")
-    );
+    assert_eq!(e[0].field.as_deref(), Some("spec.http[0].route[0].destination.subset"));
     assert_eq!(e[0].line, Some(line_of(&text, "subset: v4", 0)));
     assert!(
         e[0].message
@@ -281,10 +263,7 @@ fn unknown_destination_host_and_subset() {
         "{}",
         e[0].message
     );
-    assert_eq!(
-        e[1].field.as_deref(),
-        Some("spec.http[1].route[0].destination.host")
-    );
+    assert_eq!(e[1].field.as_deref(), Some("spec.http[1].route[0].destination.host"));
     assert_eq!(
         e[1].message,
         "destination host \"ratings\" matches no ServiceEntry (also tried \
@@ -332,14 +311,10 @@ fn vs(http: &str) -> String {
 
 #[test]
 fn redirect_and_route_together() {
-    let text =
-        vs("  - redirect: {uri: /new}\n    route:\n    - destination: {host: web.example.com}\n");
+    let text = vs("  - redirect: {uri: /new}\n    route:\n    - destination: {host: web.example.com}\n");
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:#?}");
-    assert_eq!(
-        e[0].message,
-        "route and redirect cannot both be set in one http route"
-    );
+    assert_eq!(e[0].message, "route and redirect cannot both be set in one http route");
     assert_eq!(e[0].field.as_deref(), Some("spec.http[0].redirect"));
     assert_eq!(e[0].line, Some(line_of(&text, "redirect:", 0)));
 }
@@ -377,13 +352,12 @@ fn direct_response_and_redirect_compile() {
 
 #[test]
 fn invalid_regex_names_the_problem() {
-    let text = vs("  - match:\n    - uri:\n        regex: \"/api/(v1\"\n    route:\n    - destination: {host: web.example.com}\n");
+    let text = vs(
+        "  - match:\n    - uri:\n        regex: \"/api/(v1\"\n    route:\n    - destination: {host: web.example.com}\n",
+    );
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:#?}");
-    assert_eq!(
-        e[0].field.as_deref(),
-        Some("spec.http[0].match[0].uri.regex")
-    );
+    assert_eq!(e[0].field.as_deref(), Some("spec.http[0].match[0].uri.regex"));
     assert_eq!(e[0].line, Some(line_of(&text, "regex:", 0)));
     assert!(
         e[0].message.starts_with("invalid regex \"/api/(v1\""),
@@ -395,18 +369,15 @@ fn invalid_regex_names_the_problem() {
 
 #[test]
 fn string_match_needs_exactly_one() {
-    let text = vs("  - match:\n    - uri: {exact: /a, prefix: /b}\n    route:\n    - destination: {host: web.example.com}\n");
+    let text =
+        vs("  - match:\n    - uri: {exact: /a, prefix: /b}\n    route:\n    - destination: {host: web.example.com}\n");
     let e = errors(&text);
     assert_eq!(
         e[0].message,
         "set only one of exact, prefix or regex (found exact, prefix)"
     );
-    let text =
-        vs("  - match:\n    - uri: {}\n    route:\n    - destination: {host: web.example.com}\n");
-    assert_eq!(
-        errors(&text)[0].message,
-        "set one of exact, prefix or regex"
-    );
+    let text = vs("  - match:\n    - uri: {}\n    route:\n    - destination: {host: web.example.com}\n");
+    assert_eq!(errors(&text)[0].message, "set one of exact, prefix or regex");
 }
 
 #[test]
@@ -417,10 +388,7 @@ fn bad_durations_and_retry_values() {
     assert_eq!(e[0].field.as_deref(), Some("spec.http[0].timeout"));
     assert!(e[0].message.contains("\"5 seconds\""), "{}", e[0].message);
     assert_eq!(e[0].line, Some(line_of(&text, "timeout: 5", 0)));
-    assert_eq!(
-        e[1].field.as_deref(),
-        Some("spec.http[0].retries.perTryTimeout")
-    );
+    assert_eq!(e[1].field.as_deref(), Some("spec.http[0].retries.perTryTimeout"));
     assert_eq!(e[2].field.as_deref(), Some("spec.http[0].retries.retryOn"));
     assert!(
         e[2].message.contains("did you mean \"gateway-error\""),
@@ -480,14 +448,8 @@ fn endpoint_ports_override_target_port() {
             .find(|c| c.name == name)
             .map(|c| c.endpoints[0].address.to_string())
     };
-    assert_eq!(
-        addr("outbound|80||web.example.com").as_deref(),
-        Some("127.0.0.1:8080")
-    );
-    assert_eq!(
-        addr("outbound|80||api.example.com").as_deref(),
-        Some("127.0.0.1:9090")
-    );
+    assert_eq!(addr("outbound|80||web.example.com").as_deref(), Some("127.0.0.1:8080"));
+    assert_eq!(addr("outbound|80||api.example.com").as_deref(), Some("127.0.0.1:9090"));
 }
 
 #[test]
@@ -531,14 +493,10 @@ fn two_virtual_services_claiming_a_host() {
     let text = format!("{one}{two}");
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:#?}");
-    assert_eq!(
-        e[0].resource.as_deref(),
-        Some("VirtualService default/web-canary")
-    );
+    assert_eq!(e[0].resource.as_deref(), Some("VirtualService default/web-canary"));
     assert!(
-        e[0].message.starts_with(
-            "host web.example.com is already claimed by VirtualService default/web at mesh.yaml:"
-        ),
+        e[0].message
+            .starts_with("host web.example.com is already claimed by VirtualService default/web at mesh.yaml:"),
         "{}",
         e[0].message
     );
@@ -581,10 +539,7 @@ fn several_ports_need_a_destination_port() {
         e[0].message,
         "service web.example.com has several ports (80, 443); set destination port.number"
     );
-    assert_eq!(
-        e[0].field.as_deref(),
-        Some("spec.http[0].route[0].destination")
-    );
+    assert_eq!(e[0].field.as_deref(), Some("spec.http[0].route[0].destination"));
     assert_eq!(
         e[1].message,
         "port 81 is not a port of service web.example.com (ports: 80, 443)"
@@ -609,10 +564,7 @@ fn header_operations_merge() {
         ]
     );
     assert_eq!(r.request_headers.remove, ["x-debug"]);
-    assert_eq!(
-        r.response_headers.add,
-        [("x-served-by".to_owned(), "web".to_owned())]
-    );
+    assert_eq!(r.response_headers.add, [("x-served-by".to_owned(), "web".to_owned())]);
 }
 
 #[test]
@@ -661,10 +613,7 @@ fn gateway_only_virtual_service_is_skipped() {
     assert!(c.warnings[0].message.contains("skipped"));
     // The service's default virtual host serves the host instead.
     assert_eq!(
-        c.snapshot
-            .routes
-            .find_host("web.example.com")
-            .map(|v| v.name.as_str()),
+        c.snapshot.routes.find_host("web.example.com").map(|v| v.name.as_str()),
         Some("web.example.com")
     );
 }
@@ -677,10 +626,7 @@ fn load_balancers() {
         )
     };
     let lb = |policy: &str| ok(&dr(policy)).snapshot.clusters[0].lb.clone();
-    assert!(matches!(
-        ok(SVC).snapshot.clusters[0].lb,
-        LbPolicy::LeastRequest
-    ));
+    assert!(matches!(ok(SVC).snapshot.clusters[0].lb, LbPolicy::LeastRequest));
     assert!(matches!(
         lb("    loadBalancer: {simple: ROUND_ROBIN}\n"),
         LbPolicy::RoundRobin
@@ -692,8 +638,12 @@ fn load_balancers() {
         }
         other => panic!("{other:?}"),
     }
-    match lb("    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n        maglev: {tableSize: 251}\n") {
-        LbPolicy::Maglev { hash_on: HashOn::SourceIp, table } => assert_eq!(table.len(), 251),
+    match lb("    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n        maglev: {tableSize: 251}\n")
+    {
+        LbPolicy::Maglev {
+            hash_on: HashOn::SourceIp,
+            table,
+        } => assert_eq!(table.len(), 251),
         other => panic!("{other:?}"),
     }
     let text = dr("    loadBalancer:\n      consistentHash:\n        httpCookie: {name: session, ttl: 0s}\n        maglev: {tableSize: 1000}\n");
@@ -778,10 +728,7 @@ fn proxy_config_settings_and_listeners() {
     assert_eq!(p.retry_budget.min_retry_concurrency, 5);
     assert_eq!(c.snapshot.listeners.len(), 2);
     match &c.snapshot.listeners[1].kind {
-        ListenerKind::Tcp {
-            clusters,
-            idle_timeout,
-        } => {
+        ListenerKind::Tcp { clusters, idle_timeout } => {
             assert_eq!(*idle_timeout, Duration::from_secs(600));
             assert_eq!(
                 c.snapshot.cluster(clusters.pick(0)).name,
@@ -800,10 +747,9 @@ fn tcp_route_overrides_listener_destination() {
     );
     let c = ok(&text);
     match &c.snapshot.listeners[1].kind {
-        ListenerKind::Tcp { clusters, .. } => assert_eq!(
-            c.snapshot.cluster(clusters.pick(0)).name,
-            "outbound|80||db.example.com"
-        ),
+        ListenerKind::Tcp { clusters, .. } => {
+            assert_eq!(c.snapshot.cluster(clusters.pick(0)).name, "outbound|80||db.example.com")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -831,13 +777,8 @@ fn listener_errors_are_all_reported() {
             "spec.listeners[1]: TCP listener needs a destination or a VirtualService tcp route matching port 15001",
         ]
     );
-    assert_eq!(
-        e[3].line,
-        Some(line_of(&text, "address: 127.0.0.1:15001", 1))
-    );
-    assert!(e
-        .iter()
-        .all(|d| d.resource.as_deref() == Some("ProxyConfig default/")));
+    assert_eq!(e[3].line, Some(line_of(&text, "address: 127.0.0.1:15001", 1)));
+    assert!(e.iter().all(|d| d.resource.as_deref() == Some("ProxyConfig default/")));
 }
 
 #[test]
@@ -850,10 +791,7 @@ fn listener_on_admin_port_and_bad_address() {
         e[0].message,
         "address 127.0.0.1:16000 is already used by the admin server (adminAddress)"
     );
-    assert_eq!(
-        e[1].message,
-        "\"localhost:15432\" is not an ip:port address"
-    );
+    assert_eq!(e[1].message, "\"localhost:15432\" is not an ip:port address");
 }
 
 #[test]

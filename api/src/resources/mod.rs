@@ -205,7 +205,8 @@ mod tests {
 
     #[test]
     fn resource_serializes_with_kind_and_round_trips() {
-        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n";
+        let text =
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n";
         let r: Resource = serde_yaml::from_str(text).expect("parses");
         assert_eq!(r.kind(), "DestinationRule");
         assert_eq!(r.label(), "DestinationRule default/r");
