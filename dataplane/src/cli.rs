@@ -41,6 +41,21 @@ pub struct Cli {
     /// Metrics server address (default 0.0.0.0:15090).
     #[arg(long, env = "RINGMESH_METRICS_ADDRESS")]
     pub metrics_address: Option<SocketAddr>,
+    /// Largest request head in bytes (`limits.maxRequestHeadBytes`, default 65536); larger gets 431.
+    #[arg(long, env = "RINGMESH_MAX_REQUEST_HEAD_BYTES", value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_request_head_bytes: Option<u32>,
+    /// Most header fields in a head (`limits.maxHeaders`, default 100, at most 256); more gets 431.
+    #[arg(long, env = "RINGMESH_MAX_HEADERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_headers: Option<u16>,
+    /// Time a client has to finish a request head (`limits.requestHeaderTimeout`, default 10s).
+    #[arg(long, env = "RINGMESH_REQUEST_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub request_header_timeout: Option<Duration>,
+    /// Close a downstream connection idle this long (`limits.idleTimeout`, default 300s).
+    #[arg(long, env = "RINGMESH_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Time in-flight requests get to finish on shutdown (`limits.drainTimeout`, default 5s).
+    #[arg(long, env = "RINGMESH_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
     /// How often to check the config files for changes, e.g. `1s`; `0s` disables (SIGHUP still reloads).
     #[arg(long, env = "RINGMESH_WATCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub watch_interval: Duration,
@@ -71,6 +86,11 @@ impl Cli {
             admin_address: self.admin_address,
             health_address: self.health_address,
             metrics_address: self.metrics_address,
+            max_request_head_bytes: self.max_request_head_bytes.map(|v| v as usize),
+            max_headers: self.max_headers.map(usize::from),
+            request_header_timeout: self.request_header_timeout,
+            idle_timeout: self.idle_timeout,
+            drain_timeout: self.drain_timeout,
         }
     }
 }
@@ -91,6 +111,7 @@ where
         anyhow::anyhow!("{e}")
     })?;
     let _ = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .try_init();
@@ -116,4 +137,48 @@ where
     let handle = control::start(opts)?;
     handle.wait();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli::try_parse_from([
+            "ringmesh-proxy",
+            "--config",
+            "a.yaml,b.yaml",
+            "--workers",
+            "3",
+            "--cpus",
+            "0,1",
+            "--io",
+            "epoll",
+            "--max-headers",
+            "50",
+            "--idle-timeout",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.len(), 2);
+        let o = cli.overrides();
+        assert_eq!(o.workers, Some(3));
+        assert_eq!(o.cpus, Some(vec![0, 1]));
+        assert_eq!(o.io, Some(IoMode::Epoll));
+        assert_eq!(o.max_headers, Some(50));
+        assert_eq!(o.idle_timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_by_name() {
+        let e = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--io", "kqueue"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kqueue") && e.contains("--io"), "{e}");
+        let e = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--max-headers", "1000"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--max-headers"), "{e}");
+    }
 }

@@ -25,6 +25,16 @@ pub struct Overrides {
     pub health_address: Option<SocketAddr>,
     /// `--metrics-address` / `RINGMESH_METRICS_ADDRESS`.
     pub metrics_address: Option<SocketAddr>,
+    /// `--max-request-head-bytes` / `RINGMESH_MAX_REQUEST_HEAD_BYTES`.
+    pub max_request_head_bytes: Option<usize>,
+    /// `--max-headers` / `RINGMESH_MAX_HEADERS`.
+    pub max_headers: Option<usize>,
+    /// `--request-header-timeout` / `RINGMESH_REQUEST_HEADER_TIMEOUT`.
+    pub request_header_timeout: Option<std::time::Duration>,
+    /// `--idle-timeout` / `RINGMESH_IDLE_TIMEOUT`.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// `--drain-timeout` / `RINGMESH_DRAIN_TIMEOUT`.
+    pub drain_timeout: Option<std::time::Duration>,
 }
 
 impl Overrides {
@@ -48,6 +58,22 @@ impl Overrides {
         }
         if let Some(a) = self.metrics_address {
             p.metrics_address = a;
+        }
+        let l = &mut p.limits;
+        if let Some(v) = self.max_request_head_bytes {
+            l.max_request_head_bytes = v;
+        }
+        if let Some(v) = self.max_headers {
+            l.max_headers = v;
+        }
+        if let Some(v) = self.request_header_timeout {
+            l.request_header_timeout = v;
+        }
+        if let Some(v) = self.idle_timeout {
+            l.downstream_idle_timeout = v;
+        }
+        if let Some(v) = self.drain_timeout {
+            l.drain_timeout = v;
         }
     }
 }
@@ -81,33 +107,29 @@ pub fn load(paths: &[PathBuf], version: u64, overrides: &Overrides) -> Result<Lo
     }
 }
 
-/// A fingerprint of the files' modification times and sizes, to notice edits by polling. Polling
-/// (once a second) also sees the symlink swap Kubernetes uses for mounted ConfigMaps, which
-/// inotify on the file itself would miss.
-pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
-    let mut out = Vec::new();
+/// A fingerprint of the files' contents, to notice edits by polling. Contents rather than
+/// modification times: file timestamps tick only every few milliseconds, so two quick edits of
+/// equal size would look the same. Polling (once a second by default) also sees the symlink swap
+/// Kubernetes uses for mounted ConfigMaps, which inotify on the file itself would miss. Config
+/// files are small; reading them once a second costs nothing measurable.
+pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<u64>)> {
+    let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
                 .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
                 .unwrap_or_default();
             entries.sort();
-            for e in entries {
-                let meta = std::fs::metadata(&e).ok();
-                out.push((
-                    e,
-                    meta.as_ref().and_then(|m| m.modified().ok()),
-                    meta.map_or(0, |m| m.len()),
-                ));
-            }
+            files.extend(entries);
         } else {
-            let meta = std::fs::metadata(p).ok();
-            out.push((
-                p.clone(),
-                meta.as_ref().and_then(|m| m.modified().ok()),
-                meta.map_or(0, |m| m.len()),
-            ));
+            files.push(p.clone());
         }
     }
-    out
+    files
+        .into_iter()
+        .map(|f| {
+            let hash = std::fs::read(&f).ok().map(|b| ringmesh_api::hash_table::hash_bytes(&b));
+            (f, hash)
+        })
+        .collect()
 }

@@ -95,7 +95,9 @@ spec:
   - route: [{destination: {host: echo.interop, subset: v1}}]
 YAML
 
-RINGMESH_IO=${RINGMESH_IO:-auto} $BIN/ringmesh-proxy --config "$work/proxy.yaml" >"$work/proxy.log" 2>&1 & pids+=($!)
+RINGMESH_IO=${RINGMESH_IO:-auto} $BIN/ringmesh-proxy --config "$work/proxy.yaml" --watch-interval 0s >"$work/proxy.log" 2>&1 &
+proxy_pid=$!
+pids+=($proxy_pid)
 for _ in $(seq 100); do
   curl -fsS http://127.0.0.1:25020/healthz/ready >/dev/null 2>&1 && break
   sleep 0.1
@@ -118,6 +120,24 @@ check "wrk ran with no socket errors" bash -c "! grep -q 'Socket errors' '$work/
 check "wrk got only 2xx" bash -c "! grep -q 'Non-2xx' '$work/wrk.txt'"
 check "wrk completed requests" bash -c "grep -Eq '[0-9]+ requests in' '$work/wrk.txt'"
 check "metrics count the requests" bash -c "curl -fsS http://127.0.0.1:25090/stats/prometheus | grep -Eq '^ringmesh_downstream_rq_total [0-9]{3,}'"
+
+# SIGHUP reloads (file watching is off for this proxy): the default route moves to v2.
+sed -i 's/subset: v1}}]$/subset: v2}}]/' "$work/proxy.yaml"
+kill -HUP "$proxy_pid"
+sleep 0.5
+check "SIGHUP reload moves the default route to v2" bash -c "curl -fsS -D - -H '$H' http://127.0.0.1:25001/ -o /dev/null | grep -qi 'x-ringmesh-instance: v2'"
+# A broken file on SIGHUP is refused and v2 keeps serving.
+echo "  hostz: [oops]" >>"$work/proxy.yaml"
+kill -HUP "$proxy_pid"
+sleep 0.5
+check "bad reload refused, old config serves" bash -c "curl -fsS -D - -H '$H' http://127.0.0.1:25001/ -o /dev/null | grep -qi 'x-ringmesh-instance: v2'"
+check "bad reload logged with file and field" grep -q 'proxy.yaml:.*hostz' "$work/proxy.log"
+# SIGTERM drains and exits 0.
+kill -TERM "$proxy_pid"
+code=0
+for _ in $(seq 100); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.1; done
+wait "$proxy_pid" || code=$?
+check "SIGTERM exits cleanly" [ "$code" = 0 ]
 
 echo "interop: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -83,6 +83,47 @@ fn consistent_hash_is_sticky(io: IoMode) {
     }
 }
 
+fn cookie_hash_is_sticky(io: IoMode) {
+    let (a, b, c) = three();
+    let lb = "      consistentHash:\n        httpCookie: {name: session, ttl: 0s}\n";
+    let p = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("svc", "svc.test", 80, &eps(&[&a, &b, &c])),
+        dr(lb),
+    ]);
+    let mut owners = HashMap::new();
+    for s in 0..20 {
+        let m = spread(&p, 4, &format!("cookie: theme=dark; session=s{s}; x=1\r\n"));
+        assert_eq!(m.len(), 1, "session s{s} spread over {m:?}");
+        owners.insert(m.into_keys().next().unwrap(), ());
+    }
+    assert!(owners.len() >= 2, "20 sessions all hashed to one endpoint");
+}
+
+fn per_try_timeout_retries_elsewhere(io: IoMode) {
+    let slow = Upstream::start("slow", |_| {
+        Reply::Delay(Duration::from_millis(800), Box::new(Reply::ok("slow")))
+    });
+    let fast = Upstream::named("fast");
+    let p = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("svc", "svc.test", 80, &eps(&[&slow, &fast])),
+        dr("      simple: ROUND_ROBIN\n"),
+        vs_with("    retries: {attempts: 2, perTryTimeout: 100ms, retryOn: gateway-error}\n"),
+    ]);
+    let mut c = Client::connect(p.http());
+    for _ in 0..4 {
+        let start = Instant::now();
+        let r = c.get("svc.test", "/");
+        assert_eq!(r.text(), "fast");
+        assert!(
+            start.elapsed() < Duration::from_millis(700),
+            "waited {:?}",
+            start.elapsed()
+        );
+    }
+}
+
 fn endpoint_weights_respected(io: IoMode) {
     let (a, b) = (Upstream::named("a"), Upstream::named("b"));
     let se = format!(
@@ -224,6 +265,8 @@ both_io!(
     random_and_least_request_reach_all,
     consistent_hash_is_sticky,
     endpoint_weights_respected,
+    cookie_hash_is_sticky,
+    per_try_timeout_retries_elsewhere,
     route_timeout_gives_504,
     retry_on_503_moves_to_healthy_endpoint,
     retry_on_connect_failure,

@@ -43,7 +43,17 @@ fn hot_reload_applies_and_bad_file_keeps_old(io: IoMode) {
     let (_, dump) = admin_get(p.admin(), "/config_dump");
     let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
     let err = v["last_reload_error"].as_str().unwrap();
-    assert!(err.contains("proxy.yaml"), "error names the file: {err}");
+    assert!(err.contains("proxy.yaml:"), "error names the file: {err}");
+    let line: String = err
+        .split("proxy.yaml:")
+        .nth(1)
+        .unwrap_or("")
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    assert!(!line.is_empty(), "error names the line: {err}");
+    assert!(err.contains("spec.hostz"), "error names the field: {err}");
+    assert!(err.contains("hosts"), "error suggests the right field: {err}");
     assert!(v["version"].as_u64().unwrap() >= 2);
 }
 
@@ -142,4 +152,25 @@ fn epoll_forced_is_reported() {
     ]);
     assert_eq!(p.handle.as_ref().unwrap().io, ringmesh_proxy::runtime::IoDriver::Epoll);
     assert_eq!(Client::connect(p.http()).get("svc.test", "/").status, 200);
+}
+
+#[test]
+fn example_configs_compile() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let compiled = ringmesh_api::compile_files(std::slice::from_ref(&path), 1).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {:?}",
+                    path.display(),
+                    e.iter().map(|d| d.to_string()).collect::<Vec<_>>()
+                )
+            });
+            assert!(!compiled.snapshot.listeners.is_empty(), "{}", path.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no example configs found in {}", dir.display());
 }
