@@ -183,6 +183,8 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
     })
 }
 
+// The control thread is the one place tokio tasks are allowed (see dataplane/clippy.toml).
+#[allow(clippy::disallowed_methods)]
 async fn control_main(
     opts: ProxyOptions,
     state: Arc<AdminState>,

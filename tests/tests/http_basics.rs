@@ -101,7 +101,7 @@ fn chunked_with_trailers_both_ways(io: IoMode) {
         if l.is_empty() {
             break;
         }
-        te |= l.to_ascii_lowercase() == "transfer-encoding: chunked";
+        te |= l.eq_ignore_ascii_case("transfer-encoding: chunked");
     }
     assert!(te);
     let (body, trailers) = c.read_chunked().unwrap();

@@ -235,6 +235,8 @@ fn lb_name(lb: &ringmesh_api::snapshot::LbPolicy) -> &'static str {
 }
 
 /// Serves one role on an already-bound listener until the runtime stops.
+// The control thread is the one place tokio tasks are allowed (see dataplane/clippy.toml).
+#[allow(clippy::disallowed_methods)]
 pub async fn serve(role: Role, listener: std::net::TcpListener, state: Arc<AdminState>) {
     let listener = match listener
         .set_nonblocking(true)
