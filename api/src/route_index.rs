@@ -13,7 +13,7 @@
 //! route index whose full [`RouteMatch`] holds among the few candidates: exactly what a linear
 //! first-match scan returns (a property test below checks this against the naive scan).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::matcher::StringMatch;
 use crate::snapshot::{PathRewrite, RequestHead, Route, RouteMatch, RouteTable, VirtualHost, VirtualHostId};
@@ -65,7 +65,7 @@ impl RouteIndex {
                             let pos = match index.prefixes.iter().position(|(l, _)| *l == len) {
                                 Some(pos) => pos,
                                 None => {
-                                    index.prefixes.push((len, HashMap::new()));
+                                    index.prefixes.push((len, HashMap::default()));
                                     index.prefixes.len() - 1
                                 }
                             };
@@ -209,7 +209,7 @@ impl RouteTable {
     /// Builds the host lookup over `virtual_hosts`. When two virtual hosts declare the same
     /// domain the first keeps it (the compiler reports that as an error before getting here).
     pub fn new(virtual_hosts: Vec<VirtualHost>) -> Self {
-        let mut exact = HashMap::new();
+        let mut exact = HashMap::default();
         let mut suffixes: Vec<(String, VirtualHostId)> = Vec::new();
         let mut catch_all = None;
         for (i, vh) in virtual_hosts.iter().enumerate() {

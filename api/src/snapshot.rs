@@ -5,7 +5,9 @@
 //! out for the request path: hash maps for hosts, precompiled matchers, cumulative weights. No
 //! method on the request path allocates or locks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 

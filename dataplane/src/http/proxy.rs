@@ -28,6 +28,9 @@ use crate::worker::Worker;
 /// cost little memory; it grows for large heads and bodies.
 const INITIAL_BUFFER: usize = 4 * 1024;
 
+/// Buffers larger than this are replaced by small ones between requests.
+const SHRINK_ABOVE: usize = 32 * 1024;
+
 /// Largest request body read and thrown away when a request is answered locally; larger
 /// bodies make the proxy close the connection instead.
 const MAX_DISCARD: u64 = 64 * 1024;
@@ -114,7 +117,16 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         dec(&worker.stats.downstream_rq_active);
         worker.stats.record_duration_us(started.elapsed().as_micros() as u64);
         match next {
-            Next::Keep if !worker.draining.get() => {}
+            Next::Keep if !worker.draining.get() => {
+                // A connection that once carried a large body goes back to a small buffer while
+                // it idles, so memory per idle connection stays what it was before.
+                if conn.buf.is_empty() && conn.buf.capacity() > SHRINK_ABOVE {
+                    conn.buf = BytesMut::with_capacity(INITIAL_BUFFER);
+                }
+                if conn.out.capacity() > SHRINK_ABOVE {
+                    conn.out = BytesMut::new();
+                }
+            }
             Next::Keep | Next::Close => return,
             Next::Upgrade { upstream, buf } => {
                 forward::tunnel(conn, upstream, buf, limits.downstream_idle_timeout).await;
