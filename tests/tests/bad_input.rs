@@ -165,3 +165,64 @@ both_io!(
     slow_client_is_cut_off,
     random_garbage_never_kills_the_proxy,
 );
+
+/// Upstream answers a proxy must refuse rather than relay: each becomes a 502 (nothing was sent
+/// to the client yet) or a closed client connection (the head was already relayed).
+fn hostile_upstream_answers(io: IoMode) {
+    let big_head = {
+        let mut r = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..2000 {
+            r.extend_from_slice(format!("x-filler-{i}: {}\r\n", "y".repeat(40)).as_bytes());
+        }
+        r.extend_from_slice(b"content-length: 0\r\n\r\n");
+        r
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (big_head, "response head over the limit"),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            "CL and TE together",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello".to_vec(),
+            "differing CL",
+        ),
+        (b"HTTP/1.1 200 OK\nbare: lf\n\n".to_vec(), "bare LF"),
+        (b"SMTP ready\r\n\r\n".to_vec(), "not HTTP"),
+    ];
+    for (raw, why) in cases {
+        let up = Upstream::start("bad", move |_| ringmesh_tests::upstream::Reply::Raw(raw.clone()));
+        let p = TestProxy::start(&[
+            proxy_config(io, "", ""),
+            service_entry("echo", "echo.test", 80, &[(up.addr, &[])]),
+        ]);
+        let r = Client::connect(p.http()).get("echo.test", "/");
+        assert_eq!(r.status, 502, "{why}");
+    }
+    // A broken chunk in the middle of a relayed body: the client sees the connection close
+    // instead of a complete response.
+    let up = Upstream::start("bad", |_| {
+        ringmesh_tests::upstream::Reply::Raw(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".to_vec(),
+        )
+    });
+    let p = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("echo", "echo.test", 80, &[(up.addr, &[])]),
+    ]);
+    let mut c = Client::connect(p.http());
+    c.send(b"GET / HTTP/1.1\r\nHost: echo.test\r\n\r\n");
+    assert!(
+        c.response().is_none(),
+        "a truncated body must not look like a complete response"
+    );
+    // The proxy still serves afterwards.
+    let good = Upstream::named("good");
+    let p2 = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("echo", "echo.test", 80, &[(good.addr, &[])]),
+    ]);
+    assert_eq!(Client::connect(p2.http()).get("echo.test", "/").status, 200);
+}
+
+both_io!(hostile_upstream_answers);
