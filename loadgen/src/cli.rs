@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 
 use crate::echo::{spawn_echo, EchoConfig, EchoMode};
-use crate::load::{run_load, LoadConfig};
+use crate::load::LoadConfig;
 use crate::sys;
 use crate::target::Target;
 
@@ -161,6 +161,15 @@ pub struct LoadArgs {
     /// Write the HdrHistogram percentile distribution (.hgrm, milliseconds) here.
     #[arg(long)]
     pub hgrm: Option<PathBuf>,
+    /// Write an HdrHistogram interval log (format v1.3, one compressed histogram per interval) here.
+    #[arg(long)]
+    pub hlog: Option<PathBuf>,
+    /// Interval length of --hlog.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub hlog_interval: Duration,
+    /// Never draw a progress bar (plain progress lines on stderr instead).
+    #[arg(long)]
+    pub no_progress: bool,
     /// Pin load threads to these CPUs (e.g. 0,2-3).
     #[arg(long, value_parser = parse_cpus)]
     pub cpus: Option<Vec<usize>>,
@@ -184,6 +193,7 @@ impl LoadArgs {
         c.method = self.method.clone();
         c.body_size = self.body_size;
         c.cpus = self.cpus.clone().unwrap_or_default();
+        c.hlog_interval = self.hlog.is_some().then_some(self.hlog_interval);
         for h in &self.headers {
             let Some((name, value)) = h.split_once(':') else {
                 bail!("header {h:?} is not 'name: value'");
@@ -196,7 +206,8 @@ impl LoadArgs {
 }
 
 /// Runs `ringmesh-loadgen` with `args` (including the program name). Exits with 2 when an
-/// open-loop run achieved under 99% of its target rate.
+/// open-loop run achieved under 99% of its target rate, 130 when Ctrl-C stopped it (after
+/// writing the results gathered so far).
 pub fn loadgen_main<I, T>(args: I) -> anyhow::Result<ExitCode>
 where
     I: IntoIterator<Item = T>,
@@ -205,7 +216,12 @@ where
     let args = LoadArgs::try_parse_from(args).unwrap_or_else(|e| e.exit());
     let config = args.to_config()?;
     let _ = sys::raise_nofile_limit((config.connections as u64 + 1024).max(4096));
-    let report = run_load(config)?;
+    let _ = crate::progress::install_interrupt_handler();
+    let control = std::sync::Arc::new(crate::progress::RunControl::new());
+    let view = crate::progress::ProgressView::spawn(control.clone(), "ringmesh-loadgen".into(), !args.no_progress);
+    let report = crate::load::run_load_with(config, control);
+    view.finish();
+    let report = report?;
     print!("{}", report.summary());
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json() + "\n").with_context(|| format!("writing {}", path.display()))?;
@@ -218,6 +234,18 @@ where
             .write_hgrm(&mut f)
             .and_then(|()| std::io::Write::flush(&mut f))
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(path), Some(series)) = (&args.hlog, &report.intervals) {
+        let comment = format!(
+            "Logged by ringmesh-loadgen {} against {}",
+            env!("CARGO_PKG_VERSION"),
+            report.url
+        );
+        crate::hlog::write_file(series, &comment, path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if report.interrupted {
+        eprintln!("ringmesh-loadgen: interrupted — results above cover the part of the run that completed");
+        return Ok(ExitCode::from(130));
     }
     if report.met_target() {
         Ok(ExitCode::SUCCESS)

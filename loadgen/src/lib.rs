@@ -13,8 +13,10 @@
 //! and [`echo_main`], which the benchmark also calls when it re-executes itself in a role.
 
 pub mod echo;
+pub mod hlog;
 pub mod http1;
 pub mod load;
+pub mod progress;
 pub mod report;
 pub mod target;
 
@@ -23,7 +25,8 @@ mod sys;
 
 pub use cli::{echo_main, loadgen_main, parse_cpus, parse_duration, EchoArgs, LoadArgs};
 pub use echo::{spawn_echo, EchoConfig, EchoHandle, EchoMode};
-pub use load::{run_load, ErrorCounts, ErrorKind, LoadConfig};
+pub use load::{run_load, run_load_with, ErrorCounts, ErrorKind, LoadConfig};
+pub use progress::RunControl;
 pub use report::{hgrm_bracket, parse_hgrm, HgrmRow, LatencySummary, LoadMode, LoadReport};
 pub use sys::{io_driver_name, pin_current_thread, raise_nofile_limit};
 pub use target::{Target, TargetError};

@@ -86,6 +86,12 @@ pub struct LoadReport {
     pub rate_rps: f64,
     /// Latency of successful requests (open loop: from the due time).
     pub latency_us: LatencySummary,
+    /// True when the run was stopped early (Ctrl-C or [`crate::progress::RunControl::stop`]):
+    /// `duration_s` is then the part of the window that ran.
+    pub interrupted: bool,
+    /// Per-interval histograms, when the run recorded them (`--hlog`).
+    #[serde(skip)]
+    pub intervals: Option<crate::hlog::IntervalSeries>,
     /// The merged histogram (microseconds), for `.hgrm` output and further merging.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -178,6 +184,13 @@ impl LoadReport {
             fmt_us(l.mean as u64),
             fmt_us(l.stdev as u64)
         );
+        if self.interrupted {
+            let _ = writeln!(
+                s,
+                "\n*** INTERRUPTED: these figures cover the first {:.1}s of the window only.",
+                self.duration_s
+            );
+        }
         if !self.met_target() {
             let _ = writeln!(
                 s,

@@ -48,6 +48,10 @@ pub(crate) struct ThreadShared {
     pub(crate) connect_timeout: Duration,
     pub(crate) plan: Plan,
     pub(crate) stats: RefCell<ThreadStats>,
+    /// Live counters and the stop flag, shared with the progress view and Ctrl-C.
+    pub(crate) control: std::sync::Arc<crate::progress::RunControl>,
+    /// This thread's index (its counter slot in `control`).
+    pub(crate) thread: usize,
 }
 
 /// The run's timeline.
@@ -74,6 +78,8 @@ impl Plan {
 
 impl ThreadShared {
     fn record(&self, counted_from: Instant, result: Result<u16, ErrorKind>, latency: Duration) {
+        let success = matches!(result, Ok(status) if (200..400).contains(&status));
+        self.control.count(self.thread, !success);
         let mut st = self.stats.borrow_mut();
         if counted_from < self.plan.start {
             st.warmup += 1;
@@ -82,8 +88,10 @@ impl ThreadShared {
         match result {
             Ok(status) if (200..400).contains(&status) => {
                 st.ok += 1;
-                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                st.hist.saturating_record(us.max(1));
+                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+                st.hist.saturating_record(us);
+                let completed = (counted_from + latency).saturating_duration_since(self.plan.start);
+                st.record_interval(completed, us);
             }
             Ok(status) if (400..500).contains(&status) => st.errors.add(ErrorKind::Status4xx),
             Ok(status) if (500..600).contains(&status) => st.errors.add(ErrorKind::Status5xx),
@@ -262,6 +270,25 @@ impl Sleeper {
     }
 }
 
+/// Longest sleep between two looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Sleeps until `due`, looking at the stop flag at least every [`STOP_POLL`]; false when
+/// the run was stopped (the stop time is then noted).
+async fn sleep_unless_stopped(sleeper: &mut Sleeper, due: Instant, shared: &ThreadShared) -> bool {
+    loop {
+        if shared.control.is_stopped() {
+            shared.control.note_stopped();
+            return false;
+        }
+        let now = Instant::now();
+        if now >= due {
+            return true;
+        }
+        sleeper.sleep_until(due.min(now + STOP_POLL)).await;
+    }
+}
+
 /// The open-loop schedule of connection `index` (global over all threads).
 pub(crate) async fn open_loop(shared: &ThreadShared, index: usize) {
     let plan = shared.plan;
@@ -290,7 +317,9 @@ pub(crate) async fn open_loop(shared: &ThreadShared, index: usize) {
             shared.stats.borrow_mut().unsent += unsent;
             break;
         }
-        sleeper.sleep_until(due).await;
+        if !sleep_unless_stopped(&mut sleeper, due, shared).await {
+            break;
+        }
         k += 1;
         let mut c = match conn.take() {
             Some(c) => c,
@@ -323,6 +352,10 @@ pub(crate) async fn closed_loop(shared: &ThreadShared) {
     monoio::time::sleep_until(plan.t0.into()).await;
     let mut conn: Option<Conn> = None;
     while Instant::now() < plan.end {
+        if shared.control.is_stopped() {
+            shared.control.note_stopped();
+            break;
+        }
         let mut c = match conn.take() {
             Some(c) => c,
             None => {

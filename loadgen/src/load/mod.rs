@@ -22,6 +22,7 @@ use self::conn::{Plan, ThreadShared};
 pub(crate) use self::stats::new_histogram;
 use self::stats::ThreadStats;
 pub use self::stats::{ErrorCounts, ErrorKind};
+use crate::progress::RunControl;
 use crate::report::{LatencySummary, LoadMode, LoadReport};
 use crate::sys;
 use crate::target::{Target, TargetError};
@@ -53,6 +54,8 @@ pub struct LoadConfig {
     pub connect_timeout: Duration,
     /// Pin thread `i` to `cpus[i % cpus.len()]` when non-empty.
     pub cpus: Vec<usize>,
+    /// Also record one histogram per interval of this length (for `--hlog`); `None` skips.
+    pub hlog_interval: Option<Duration>,
 }
 
 impl LoadConfig {
@@ -77,6 +80,7 @@ impl LoadConfig {
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             cpus: Vec::new(),
+            hlog_interval: None,
         }
     }
 
@@ -105,6 +109,17 @@ impl LoadConfig {
         }
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             problems.push("timeouts must be positive".to_owned());
+        }
+        if let Some(i) = self.hlog_interval {
+            if i < crate::hlog::MIN_INTERVAL
+                || self.duration.as_nanos() / i.as_nanos() >= u128::from(crate::hlog::MAX_INTERVALS)
+            {
+                problems.push(format!(
+                    "hlog interval must be at least {:?} and give at most {} intervals, got {i:?}",
+                    crate::hlog::MIN_INTERVAL,
+                    crate::hlog::MAX_INTERVALS
+                ));
+            }
         }
         if self.body_size > 64 << 20 {
             problems.push(format!("body-size must be at most 64 MiB, got {}", self.body_size));
@@ -170,7 +185,16 @@ fn is_tchar(b: u8) -> bool {
 
 /// Runs one load and returns the merged report. Blocks the calling thread for about
 /// `warmup + duration` (plus at most one request timeout for responses still in flight).
+/// Ctrl-C (once [`crate::progress::install_interrupt_handler`] ran) ends it early with the
+/// results so far.
 pub fn run_load(config: LoadConfig) -> anyhow::Result<LoadReport> {
+    run_load_with(config, Arc::new(RunControl::new()))
+}
+
+/// [`run_load`] with a caller-held [`RunControl`]: watch its counters while the run goes on,
+/// or [`RunControl::stop`] it early; the report then covers the window up to the stop and
+/// says `interrupted`.
+pub fn run_load_with(config: LoadConfig, control: Arc<RunControl>) -> anyhow::Result<LoadReport> {
     config.validate()?;
     let threads = config.threads.min(config.connections);
     let request = config.request_bytes();
@@ -185,14 +209,21 @@ pub fn run_load(config: LoadConfig) -> anyhow::Result<LoadReport> {
         rate: config.rate,
         connections: config.connections,
     };
+    control.set_timeline(crate::progress::Timeline {
+        t0,
+        start,
+        end: plan.end,
+    });
+    let window_start = std::time::SystemTime::now() + start.saturating_duration_since(Instant::now());
     let config = Arc::new(config);
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
         let config = config.clone();
         let request = request.clone();
+        let control = control.clone();
         let h = std::thread::Builder::new()
             .name(format!("loadgen-{t}"))
-            .spawn(move || run_thread(t, threads, &config, request, is_head, plan))
+            .spawn(move || run_thread(t, threads, &config, request, is_head, plan, control))
             .context("spawning load thread")?;
         handles.push(h);
     }
@@ -208,7 +239,8 @@ pub fn run_load(config: LoadConfig) -> anyhow::Result<LoadReport> {
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(build_report(&config, threads, total))
+    let stopped_at = control.stopped_at();
+    Ok(build_report(&config, threads, total, plan, stopped_at, window_start))
 }
 
 fn run_thread(
@@ -218,6 +250,7 @@ fn run_thread(
     request: Bytes,
     is_head: bool,
     plan: Plan,
+    control: Arc<RunControl>,
 ) -> anyhow::Result<ThreadStats> {
     sys::tighten_timer_slack();
     if !config.cpus.is_empty() {
@@ -232,7 +265,9 @@ fn run_thread(
         timeout: config.timeout,
         connect_timeout: config.connect_timeout,
         plan,
-        stats: RefCell::new(ThreadStats::new()),
+        stats: RefCell::new(ThreadStats::with_intervals(config.hlog_interval)),
+        control,
+        thread: index,
     });
     let closed = config.closed_loop();
     let connections = config.connections;
@@ -259,8 +294,17 @@ fn run_thread(
     Ok(stats)
 }
 
-fn build_report(config: &LoadConfig, threads: usize, total: ThreadStats) -> LoadReport {
-    let duration_s = config.duration.as_secs_f64();
+fn build_report(
+    config: &LoadConfig,
+    threads: usize,
+    mut total: ThreadStats,
+    plan: Plan,
+    stopped_at: Option<Instant>,
+    window_start: std::time::SystemTime,
+) -> LoadReport {
+    // A stopped run's window ends at the stop (never before it opened).
+    let window_end = stopped_at.map_or(plan.end, |t| t.clamp(plan.start, plan.end));
+    let duration_s = (window_end - plan.start).as_secs_f64();
     let answered = total.ok + total.errors.answered();
     let h = &total.hist;
     let q = |q: f64| {
@@ -300,8 +344,27 @@ fn build_report(config: &LoadConfig, threads: usize, total: ThreadStats) -> Load
         sent_total: total.sent,
         duration_s,
         warmup_s: config.warmup.as_secs_f64(),
-        rate_rps: answered as f64 / duration_s,
+        rate_rps: if duration_s > 0.0 {
+            answered as f64 / duration_s
+        } else {
+            0.0
+        },
         latency_us,
+        interrupted: stopped_at.is_some(),
+        intervals: total.intervals.take().map(|(interval, mut histograms)| {
+            // Every interval of the window gets a line, empty ones included.
+            let n = (window_end - plan.start)
+                .as_nanos()
+                .div_ceil(interval.as_nanos().max(1)) as usize;
+            while histograms.len() < n {
+                histograms.push(crate::hlog::new_interval_histogram());
+            }
+            crate::hlog::IntervalSeries {
+                interval,
+                window_start,
+                histograms,
+            }
+        }),
         histogram: total.hist,
     }
 }

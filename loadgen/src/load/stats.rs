@@ -102,6 +102,8 @@ pub(crate) struct ThreadStats {
     /// Open loop only: requests due inside the window that were never sent because their
     /// connection was still waiting on an earlier response when the run ended.
     pub(crate) unsent: u64,
+    /// With `--hlog`: interval length and one histogram per interval of the window.
+    pub(crate) intervals: Option<(std::time::Duration, Vec<Histogram<u64>>)>,
 }
 
 impl ThreadStats {
@@ -113,6 +115,30 @@ impl ThreadStats {
             warmup: 0,
             sent: 0,
             unsent: 0,
+            intervals: None,
+        }
+    }
+
+    /// The same, recording interval histograms every `interval` when set.
+    pub(crate) fn with_intervals(interval: Option<std::time::Duration>) -> Self {
+        Self {
+            intervals: interval.map(|i| (i, Vec::new())),
+            ..Self::new()
+        }
+    }
+
+    /// Records `us` into the interval containing `since_start` (time from the window's
+    /// opening to the request's completion), when interval recording is on.
+    pub(crate) fn record_interval(&mut self, since_start: std::time::Duration, us: u64) {
+        if let Some((len, hists)) = &mut self.intervals {
+            let i = (since_start.as_nanos() / len.as_nanos().max(1)) as usize;
+            if i >= crate::hlog::MAX_INTERVALS as usize {
+                return;
+            }
+            while hists.len() <= i {
+                hists.push(crate::hlog::new_interval_histogram());
+            }
+            let _ = hists[i].record(us.min(HIST_HIGH_US));
         }
     }
 
@@ -128,6 +154,15 @@ impl ThreadStats {
         self.warmup += o.warmup;
         self.sent += o.sent;
         self.unsent += o.unsent;
+        if let Some((len, theirs)) = &o.intervals {
+            let (_, mine) = self.intervals.get_or_insert_with(|| (*len, Vec::new()));
+            while mine.len() < theirs.len() {
+                mine.push(crate::hlog::new_interval_histogram());
+            }
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                let _ = m.add(t);
+            }
+        }
     }
 }
 
