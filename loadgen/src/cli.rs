@@ -80,12 +80,40 @@ pub struct EchoArgs {
     /// Pin worker threads to these CPUs (e.g. 0,2-3).
     #[arg(long, value_parser = parse_cpus)]
     pub cpus: Option<Vec<usize>>,
+    /// Serve TLS with ALPN h2 and http/1.1 (a self-signed certificate unless --cert/--key).
+    #[arg(long)]
+    pub tls: bool,
+    /// TLS certificate chain, PEM (with --tls).
+    #[arg(long, requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+    /// TLS private key, PEM (with --tls).
+    #[arg(long, requires_all = ["tls", "cert"])]
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA, PEM (mTLS; with --tls).
+    #[arg(long, requires = "tls")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Reads a PEM file named by a flag, saying which flag when it cannot.
+fn read_pem(path: &Option<PathBuf>, flag: &str) -> anyhow::Result<Option<String>> {
+    path.as_ref()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("{flag} {}", p.display())))
+        .transpose()
 }
 
 impl EchoArgs {
-    /// The library config these flags describe.
-    pub fn to_config(&self) -> EchoConfig {
-        EchoConfig {
+    /// The library config these flags describe (reads the TLS files, if any).
+    pub fn to_config(&self) -> anyhow::Result<EchoConfig> {
+        let tls = if self.tls {
+            Some(crate::tls::ServerTlsOptions {
+                cert_pem: read_pem(&self.cert, "--cert")?,
+                key_pem: read_pem(&self.key, "--key")?,
+                client_ca_pem: read_pem(&self.client_ca, "--client-ca")?,
+            })
+        } else {
+            None
+        };
+        Ok(EchoConfig {
             listen: self.listen,
             workers: self.workers,
             body_size: self.body_size,
@@ -95,7 +123,8 @@ impl EchoArgs {
             instance: self.instance.clone(),
             mode: if self.tcp { EchoMode::Tcp } else { EchoMode::Http },
             cpus: self.cpus.clone().unwrap_or_default(),
-        }
+            tls,
+        })
     }
 }
 
@@ -108,13 +137,21 @@ where
     // Parse errors, --help and --version print and exit like any CLI.
     let args = EchoArgs::try_parse_from(args).unwrap_or_else(|e| e.exit());
     let _ = sys::raise_nofile_limit(1 << 20);
-    let handle = spawn_echo(args.to_config())?;
+    let handle = spawn_echo(args.to_config()?)?;
     println!(
-        "ringmesh-echo listening on {} ({} workers, {} driver)",
+        "ringmesh-echo listening on {} ({} workers, {} driver{})",
         handle.local_addr(),
         args.workers,
-        sys::io_driver_name()
+        sys::io_driver_name(),
+        if args.tls {
+            ", TLS with ALPN h2/http1.1"
+        } else {
+            ", HTTP/1.1 + h2c + gRPC"
+        }
     );
+    if handle.generated_cert_pem().is_some() {
+        println!("ringmesh-echo: serving a self-signed certificate generated at start (clients need --insecure)");
+    }
     handle.wait();
     Ok(())
 }

@@ -16,6 +16,10 @@
 //! Every response carries `x-ringmesh-instance: NAME` so routing tests can count where
 //! requests went. In `--tcp` mode it is a plain byte echo instead.
 //!
+//! The same port also speaks HTTP/2 (prior knowledge, detected by the connection preface) and
+//! gRPC, and with `tls` set it speaks TLS with ALPN `h2` and `http/1.1`; that side lives in
+//! [`crate::echo_h2`], which hands HTTP/1 connections back to the server here.
+//!
 //! Delays use [`crate::sys::PreciseTimer`] (timerfd), not monoio's millisecond timer wheel,
 //! because a "2 ms" upstream that answers in 2–3 ms would bias every latency test.
 
@@ -31,11 +35,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
+use crate::echo_h2::{self, H2Shared};
 use crate::http1::{self, BodyFraming, ChunkedDecoder};
 use crate::sys::{self, FastRng, PreciseTimer};
+use crate::tls::{self, ServerTlsOptions};
 
 /// What the echo server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,6 +74,8 @@ pub struct EchoConfig {
     pub mode: EchoMode,
     /// Pin worker `i` to `cpus[i % cpus.len()]` when non-empty.
     pub cpus: Vec<usize>,
+    /// Serve TLS (ALPN `h2`, `http/1.1`) instead of plaintext; HTTP mode only.
+    pub tls: Option<ServerTlsOptions>,
 }
 
 impl Default for EchoConfig {
@@ -82,6 +90,7 @@ impl Default for EchoConfig {
             instance: "echo".to_owned(),
             mode: EchoMode::Http,
             cpus: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -116,6 +125,9 @@ impl EchoConfig {
         if self.instance.bytes().any(|b| b < 0x20 || b == 0x7f) {
             problems.push("instance name must not contain control characters".to_owned());
         }
+        if self.tls.is_some() && self.mode == EchoMode::Tcp {
+            problems.push("tls applies to HTTP mode only, not tcp".to_owned());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -125,7 +137,7 @@ impl EchoConfig {
 }
 
 /// Largest request body echoed back and largest configured response body (64 MiB).
-const MAX_BODY: usize = 64 << 20;
+pub(crate) const MAX_BODY: usize = 64 << 20;
 /// Longest delay honoured, from `--delay` or `/delay/MS`.
 const MAX_DELAY: Duration = Duration::from_secs(60);
 /// Largest request head accepted before answering `431`.
@@ -143,12 +155,19 @@ pub struct EchoHandle {
     listener_fds: Vec<libc::c_int>,
     threads: Vec<JoinHandle<()>>,
     served: Vec<Arc<AtomicU64>>,
+    generated_cert_pem: Option<String>,
 }
 
 impl EchoHandle {
     /// The bound address (with the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The self-signed certificate (PEM) generated at start when TLS is on and no certificate
+    /// was given, so a client can trust exactly this server.
+    pub fn generated_cert_pem(&self) -> Option<&str> {
+        self.generated_cert_pem.as_deref()
     }
 
     /// Requests answered so far, summed over workers (HTTP mode), or connections accepted
@@ -205,6 +224,9 @@ impl Drop for EchoHandle {
 /// the same port with `SO_REUSEPORT`, so the kernel spreads connections over workers.
 pub fn spawn_echo(config: EchoConfig) -> anyhow::Result<EchoHandle> {
     config.validate()?;
+    // Built once, before any worker starts: a bad certificate is reported here, and every
+    // worker serves the same (possibly generated) certificate.
+    let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let mut handle = EchoHandle {
@@ -213,6 +235,7 @@ pub fn spawn_echo(config: EchoConfig) -> anyhow::Result<EchoHandle> {
         listener_fds: Vec::new(),
         threads: Vec::new(),
         served: Vec::new(),
+        generated_cert_pem: tls.as_ref().and_then(|t| t.generated_cert_pem.clone()),
     };
     for i in 0..config.workers {
         let bind_addr = if i == 0 { config.listen } else { handle.addr };
@@ -224,6 +247,7 @@ pub fn spawn_echo(config: EchoConfig) -> anyhow::Result<EchoHandle> {
             config: config.clone(),
             stop: stop.clone(),
             served: served.clone(),
+            tls: tls.as_ref().map(|t| t.config.clone()),
         };
         let t = std::thread::Builder::new()
             .name(format!("echo-{i}"))
@@ -249,6 +273,7 @@ struct Worker {
     config: Arc<EchoConfig>,
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 type Ready = anyhow::Result<(SocketAddr, libc::c_int)>;
@@ -292,9 +317,12 @@ impl Worker {
         let _ = ready.send(Ok((addr, listener.as_raw_fd())));
         drop(ready);
 
+        let body = build_body(self.config.body_size);
+        let acceptor = self.tls.clone().map(monoio_rustls::TlsAcceptor::from);
         let shared = Rc::new(WorkerShared {
             config: self.config.clone(),
-            body: build_body(self.config.body_size),
+            h2: H2Shared::new(&body, &self.config.instance, acceptor),
+            body,
             rng: RefCell::new(FastRng::new(self.index as u64 + 1)),
             served: self.served.clone(),
             conns: RefCell::new(HashMap::new()),
@@ -345,13 +373,34 @@ impl Worker {
     }
 }
 
-struct WorkerShared {
-    config: Arc<EchoConfig>,
+/// One worker's state, shared by its connection tasks (HTTP/1 here, HTTP/2 in `echo_h2`).
+pub(crate) struct WorkerShared {
+    pub(crate) config: Arc<EchoConfig>,
     body: Vec<u8>,
     rng: RefCell<FastRng>,
-    served: Arc<AtomicU64>,
+    pub(crate) served: Arc<AtomicU64>,
     conns: RefCell<HashMap<u64, libc::c_int>>,
     next_id: Cell<u64>,
+    pub(crate) h2: H2Shared,
+}
+
+impl WorkerShared {
+    /// This response's delay: the configured one, with uniform jitter.
+    pub(crate) fn configured_delay(&self) -> Duration {
+        let cfg = &self.config;
+        if cfg.delay_jitter.is_zero() {
+            return cfg.delay;
+        }
+        let j = cfg.delay_jitter.as_nanos() as f64;
+        let offset = (self.rng.borrow_mut().next_f64() * 2.0 - 1.0) * j;
+        let d = cfg.delay.as_nanos() as f64 + offset;
+        Duration::from_nanos(d.max(0.0) as u64)
+    }
+
+    /// Whether this response is one of the configured error fraction.
+    pub(crate) fn roll_error(&self) -> bool {
+        self.config.error_rate > 0.0 && self.rng.borrow_mut().next_f64() < self.config.error_rate
+    }
 }
 
 fn build_body(size: usize) -> Vec<u8> {
@@ -361,7 +410,7 @@ fn build_body(size: usize) -> Vec<u8> {
 
 /// Reads more bytes onto the end of `buf` (growing it if full). Returns the buffer and the
 /// number of bytes read; 0 means the peer closed.
-pub(crate) async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+pub(crate) async fn read_more<S: AsyncReadRent>(stream: &mut S, mut buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(buf.capacity().max(8192));
     }
@@ -389,7 +438,7 @@ async fn serve_tcp(mut stream: TcpStream, shared: &WorkerShared) -> std::io::Res
 
 /// What the path asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Special {
+pub(crate) enum Special {
     None,
     Status(u16),
     Delay(u64),
@@ -397,7 +446,7 @@ enum Special {
     BadStatus,
 }
 
-fn classify_path(path: &str) -> Special {
+pub(crate) fn classify_path(path: &str) -> Special {
     let path = path.split(['?', '#']).next().unwrap_or("");
     if path == "/headers" {
         return Special::Headers;
@@ -466,8 +515,8 @@ fn parse_request(buf: &[u8]) -> Parsed {
 /// Per-connection HTTP/1.1 state: the read buffer with a consumed-prefix offset (compacted
 /// only before a read, so pipelined requests are parsed without moving bytes) and the pending
 /// output batch.
-struct HttpConn<'a> {
-    stream: TcpStream,
+struct HttpConn<'a, S> {
+    stream: S,
     rbuf: Vec<u8>,
     pos: usize,
     out: Vec<u8>,
@@ -475,10 +524,24 @@ struct HttpConn<'a> {
     shared: &'a WorkerShared,
 }
 
-async fn serve_http(stream: TcpStream, shared: &WorkerShared) -> std::io::Result<()> {
+/// Serves one accepted HTTP connection: TLS first when configured, then HTTP/2 or HTTP/1.1 by
+/// the first bytes (see [`crate::echo_h2`]).
+async fn serve_http(stream: TcpStream, shared: &Rc<WorkerShared>) -> std::io::Result<()> {
+    match &shared.h2.tls {
+        Some(acceptor) => echo_h2::serve_tls(stream, acceptor, shared).await,
+        None => echo_h2::serve_detected(stream, shared).await,
+    }
+}
+
+/// Serves HTTP/1.1 on `stream` (plain TCP or TLS); `rbuf` holds bytes already read.
+pub(crate) async fn serve_http1_on<S: AsyncReadRent + AsyncWriteRent>(
+    stream: S,
+    rbuf: Vec<u8>,
+    shared: &WorkerShared,
+) -> std::io::Result<()> {
     let mut conn = HttpConn {
         stream,
-        rbuf: Vec::with_capacity(8192),
+        rbuf,
         pos: 0,
         out: Vec::with_capacity(8192),
         timer: None,
@@ -487,7 +550,7 @@ async fn serve_http(stream: TcpStream, shared: &WorkerShared) -> std::io::Result
     conn.run().await
 }
 
-impl HttpConn<'_> {
+impl<S: AsyncReadRent + AsyncWriteRent> HttpConn<'_, S> {
     async fn run(&mut self) -> std::io::Result<()> {
         loop {
             let parsed = parse_request(&self.rbuf[self.pos..]);
@@ -574,11 +637,7 @@ impl HttpConn<'_> {
         let status = match info.special {
             Special::Status(s) => s,
             Special::BadStatus => 400,
-            _ if self.shared.config.error_rate > 0.0
-                && self.shared.rng.borrow_mut().next_f64() < self.shared.config.error_rate =>
-            {
-                500
-            }
+            _ if self.shared.roll_error() => 500,
             _ => 200,
         };
         let keep = info.keep_alive;
@@ -595,14 +654,7 @@ impl HttpConn<'_> {
     }
 
     fn configured_delay(&self) -> Duration {
-        let cfg = &self.shared.config;
-        if cfg.delay_jitter.is_zero() {
-            return cfg.delay;
-        }
-        let j = cfg.delay_jitter.as_nanos() as f64;
-        let offset = (self.shared.rng.borrow_mut().next_f64() * 2.0 - 1.0) * j;
-        let d = cfg.delay.as_nanos() as f64 + offset;
-        Duration::from_nanos(d.max(0.0) as u64)
+        self.shared.configured_delay()
     }
 
     /// Reads the request body per its framing. Returns the body when the method echoes it

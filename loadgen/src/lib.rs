@@ -13,12 +13,15 @@
 //! and [`echo_main`], which the benchmark also calls when it re-executes itself in a role.
 
 pub mod echo;
+mod echo_h2;
+pub mod grpc;
 pub mod hlog;
 pub mod http1;
 pub mod load;
 pub mod progress;
 pub mod report;
 pub mod target;
+pub mod tls;
 
 mod cli;
 mod sys;
