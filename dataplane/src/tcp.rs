@@ -15,7 +15,7 @@ use monoio::io::{AsyncWriteRent, Splitable};
 use monoio::net::TcpStream;
 use ringmesh_api::snapshot::{Listener, ListenerKind, WeightedClusters};
 
-use crate::cluster::pool;
+use crate::cluster::pool::{self, UpstreamConn};
 use crate::lb;
 use crate::telemetry::stats::inc;
 use crate::worker::Worker;
@@ -49,7 +49,7 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
         inc(&worker.stats.upstream_cx_total);
         match pool::connect(ep.address, cluster.connect_timeout).await {
             Ok(conn) => {
-                upstream = Some(conn.stream);
+                upstream = Some(conn);
                 break;
             }
             Err(e) => {
@@ -84,12 +84,16 @@ fn tcp_destination<'a>(listeners: &'a [Listener], name: &str) -> Option<(&'a Wei
 
 /// Moves bytes both ways until both directions finished or the pair was idle too long.
 /// Returns (client → upstream, upstream → client) byte counts.
-pub async fn pipe_pair(client: TcpStream, upstream: TcpStream, idle_timeout: Duration) -> (u64, u64) {
+pub async fn pipe_pair(client: TcpStream, upstream: UpstreamConn, idle_timeout: Duration) -> (u64, u64) {
     let last = Rc::new(Cell::new(Instant::now()));
     let up_bytes = Rc::new(Cell::new(0u64));
     let down_bytes = Rc::new(Cell::new(0u64));
     let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = upstream.into_split();
+    let UpstreamConn {
+        read: mut ur,
+        write: mut uw,
+        ..
+    } = upstream;
     let up = one_way(&mut cr, &mut uw, last.clone(), up_bytes.clone());
     let down = one_way(&mut ur, &mut cw, last.clone(), down_bytes.clone());
     let both = async {

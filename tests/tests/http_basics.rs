@@ -255,3 +255,57 @@ fn http10_keep_alive(io: IoMode) {
 }
 
 both_io!(http10_keep_alive);
+
+/// An upstream that refuses an upload before reading it (413) gets its answer relayed to the
+/// client at once, not after the body (which it never reads) or as a 503.
+fn early_response_to_upload_is_relayed(io: IoMode) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = l.accept() {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).map(|n| n == 1).unwrap_or(false) {
+                head.push(b[0]);
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n",
+            );
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            // Read nothing more for a while: a proxy that insists on sending the whole body
+            // first stalls here until the socket closes.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    });
+    let p = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("echo", "echo.test", 80, &[(addr, &[])]),
+    ]);
+    let mut c = Client::connect(p.http());
+    let total = 8 * 1024 * 1024;
+    c.send(format!("POST /upload HTTP/1.1\r\nHost: echo.test\r\nContent-Length: {total}\r\n\r\n").as_bytes());
+    let mut w = c.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..(total / chunk.len()) {
+            if w.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let r = c.response().expect("the upstream's early answer");
+    assert_eq!(r.status, 413);
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "answer held back for {:?}",
+        start.elapsed()
+    );
+    assert_eq!(r.text(), "too big\n");
+    assert_eq!(r.header("connection"), Some("close"));
+    drop(c);
+    let _ = writer.join();
+}
+
+both_io!(early_response_to_upload_is_relayed);

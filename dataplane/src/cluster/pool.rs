@@ -8,9 +8,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use monoio::io::Splitable;
+use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use crate::error::{ErrorKind, ProxyError, Side};
@@ -19,10 +21,17 @@ use crate::error::{ErrorKind, ProxyError, Side};
 const PROBE_AFTER: Duration = Duration::from_millis(500);
 
 /// An upstream connection and its history.
+///
+/// Split into halves once, when connected, so that a response can be read while the request
+/// body is still being written (an upstream may answer early, e.g. 413 to an upload).
 #[derive(Debug)]
 pub struct UpstreamConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// Read half of the socket.
+    pub read: TcpOwnedReadHalf,
+    /// Write half of the socket.
+    pub write: TcpOwnedWriteHalf,
+    /// The socket's descriptor, for the liveness probe.
+    fd: RawFd,
     /// Endpoint it is connected to.
     pub addr: SocketAddr,
     /// Requests it has carried.
@@ -57,7 +66,7 @@ impl UpstreamPool {
             // Only a connection idle for a while is probed: servers close idle connections after
             // seconds, not milliseconds, and the probe is a syscall on the request path. A fresh
             // one that died anyway is caught by the transparent retry in `forward`.
-            if idle_for >= idle_timeout || (idle_for >= PROBE_AFTER && !is_open(&entry.conn.stream)) {
+            if idle_for >= idle_timeout || (idle_for >= PROBE_AFTER && !is_open(entry.conn.fd)) {
                 continue; // dropped: closes the socket
             }
             let mut conn = entry.conn;
@@ -102,10 +111,9 @@ impl UpstreamPool {
 /// Whether a pooled socket is still open: a non-blocking peek sees EOF (0) or an error when the
 /// peer closed or reset it, `EAGAIN` when it is open and quiet. Unexpected bytes (an upstream
 /// that talks out of turn) also disqualify it.
-fn is_open(stream: &TcpStream) -> bool {
-    let fd = stream.as_raw_fd();
+fn is_open(fd: RawFd) -> bool {
     let mut byte = 0u8;
-    // SAFETY: `fd` is a valid socket owned by `stream` for the duration of the call, and the
+    // SAFETY: `fd` is a valid socket owned by the pooled connection for the duration of the call, and the
     // buffer is one valid byte.
     let n = unsafe {
         libc::recv(
@@ -128,8 +136,12 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
+            let fd = stream.as_raw_fd();
+            let (read, write) = stream.into_split();
             Ok(UpstreamConn {
-                stream,
+                read,
+                write,
+                fd,
                 addr,
                 requests: 0,
                 reused: false,

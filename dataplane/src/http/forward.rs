@@ -12,7 +12,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use monoio::io::AsyncWriteRentExt;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use ringmesh_api::snapshot::{ForwardAction, HashOn, LbPolicy, Route, RouteMatch};
 
 use super::body::{self, BodyError};
@@ -84,12 +85,14 @@ impl Drop for RetrySlot<'_> {
 // per request to save a few hundred bytes of stack.
 #[allow(clippy::large_enum_variant)]
 enum Try {
-    /// A response head arrived; the request went out completely.
+    /// A response head arrived. `request_complete` is false when it came before the whole
+    /// request body was sent (then neither connection can carry another request).
     Response {
         upstream: UpstreamConn,
         head: ResponseHead,
         src: Bytes,
         buf: BytesMut,
+        request_complete: bool,
     },
     /// The try failed before any response byte. `body_sent` says whether request body bytes were
     /// consumed from the client (then it cannot be retried).
@@ -250,6 +253,7 @@ pub(crate) async fn forward(
                 head: rhead,
                 src: rsrc,
                 buf,
+                request_complete,
             } => {
                 let status = rhead.status();
                 let retriable = policy.retries_status(status) && !head.framing().has_body();
@@ -261,7 +265,7 @@ pub(crate) async fn forward(
                         let mut upstream = upstream;
                         let mut buf = buf;
                         let reusable = rhead.connection().keep_alive
-                            && body::discard(rhead.framing(), &mut upstream.stream, &mut buf, idle, 64 * 1024)
+                            && body::discard(rhead.framing(), &mut upstream.read, &mut buf, idle, 64 * 1024)
                                 .await
                                 .is_ok()
                             && buf.is_empty();
@@ -279,7 +283,16 @@ pub(crate) async fn forward(
                     inc(&worker.stats.upstream_rq_retry_overflow);
                 }
                 return relay_response(
-                    worker, conn, head, route, cluster, state, upstream, rhead, rsrc, buf, idle,
+                    worker,
+                    conn,
+                    head,
+                    route,
+                    cluster,
+                    state,
+                    upstream,
+                    (rhead, rsrc, buf),
+                    request_complete,
+                    idle,
                 )
                 .await;
             }
@@ -473,9 +486,9 @@ async fn one_try(
             both.extend_from_slice(upstream_head);
             both.extend_from_slice(&conn.buf[..n]);
             let _ = conn.buf.split_to(n);
-            upstream.stream.write_all(both.freeze()).await.0
+            upstream.write.write_all(both.freeze()).await.0
         }
-        None => upstream.stream.write_all(upstream_head.clone()).await.0,
+        None => upstream.write.write_all(upstream_head.clone()).await.0,
     };
     if r.is_err() {
         return Try::Failed {
@@ -485,33 +498,76 @@ async fn one_try(
         };
     }
     let body_sent = framing.has_body();
+    let mut buf = std::mem::take(&mut upstream.buf);
+    buf.clear();
+    buf.reserve(4096);
+    let mut request_complete = true;
     if body_sent && coalesce.is_none() {
-        match body::stream(
-            framing,
-            &mut conn.stream,
-            &mut conn.buf,
-            &mut upstream.stream,
-            idle,
-            ChunkedLimits::default(),
-        )
-        .await
-        {
-            Ok(_) => {}
-            Err(BodyError::Write(_)) => {
+        // Stream the body while watching the upstream: an upstream may answer before it has
+        // read the whole body (401, 413, ...); that answer is relayed instead of being lost.
+        let canceller = Canceller::new();
+        let (sent, early) = {
+            let len = buf.len();
+            let probe = upstream
+                .read
+                .cancelable_read(std::mem::take(&mut buf).slice_mut(len..), canceller.handle());
+            let sending = body::stream(
+                framing,
+                &mut conn.stream,
+                &mut conn.buf,
+                &mut upstream.write,
+                idle,
+                ChunkedLimits::default(),
+            );
+            let mut probe = std::pin::pin!(probe);
+            let mut sending = std::pin::pin!(sending);
+            let first = monoio::select! {
+                sent = &mut sending => Ok(sent),
+                read = &mut probe => Err(read),
+            };
+            match first {
+                Ok(sent) => {
+                    // The body is done: stop the probe, keeping any bytes it did read.
+                    let _ = canceller.cancel();
+                    let (res, slice) = probe.await;
+                    buf = slice.into_inner();
+                    (Some(sent), matches!(res, Ok(0)).then_some(()))
+                }
+                Err((res, slice)) => {
+                    buf = slice.into_inner();
+                    request_complete = false;
+                    match res {
+                        Ok(n) if n > 0 => (None, None),
+                        _ => (None, Some(())),
+                    }
+                }
+            }
+        };
+        if early.is_some() {
+            // The upstream closed (or reset) while the body was going out.
+            return Try::Failed {
+                error: reset(false),
+                body_sent,
+                per_try_timeout: false,
+            };
+        }
+        match sent {
+            None | Some(Ok(_)) => {}
+            Some(Err(BodyError::Write(_))) => {
                 return Try::Failed {
                     error: reset(false),
                     body_sent,
                     per_try_timeout: false,
                 }
             }
-            Err(BodyError::Framing(e)) => {
+            Some(Err(BodyError::Framing(e))) => {
                 return Try::ClientFailed(ProxyError::new(
                     ErrorKind::BadRequest { status: e.status() },
                     Side::Downstream,
                     e.reason(),
                 ))
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 return Try::ClientFailed(ProxyError::new(
                     ErrorKind::DownstreamClosed,
                     Side::Downstream,
@@ -527,9 +583,6 @@ async fn one_try(
         max_headers: limits.max_headers,
     };
     let mut parser = ResponseParser::new(head_limits);
-    let mut buf = std::mem::take(&mut upstream.buf);
-    buf.clear();
-    buf.reserve(4096);
     let timeout_at = per_try_deadline;
     loop {
         if !buf.is_empty() {
@@ -544,6 +597,7 @@ async fn one_try(
                         head: rhead,
                         src,
                         buf,
+                        request_complete,
                     };
                 }
                 Ok(None) => {}
@@ -563,7 +617,7 @@ async fn one_try(
             // the idle timeout, so a request cannot hang forever.
             None => idle,
         };
-        match body::read_more(&mut upstream.stream, &mut buf, wait).await {
+        match body::read_more(&mut upstream.read, &mut buf, wait).await {
             Ok(0) | Err(BodyError::Read(_)) => {
                 let fresh = buf.is_empty();
                 return Try::Failed {
@@ -598,9 +652,8 @@ async fn relay_response(
     cluster: &ringmesh_api::snapshot::Cluster,
     state: &ClusterState,
     mut upstream: UpstreamConn,
-    rhead: ResponseHead,
-    rsrc: Bytes,
-    mut ubuf: BytesMut,
+    (rhead, rsrc, mut ubuf): (ResponseHead, Bytes, BytesMut),
+    request_complete: bool,
     idle: Duration,
 ) -> Outcome {
     let status = rhead.status();
@@ -608,8 +661,13 @@ async fn relay_response(
     worker.stats.record_status(status);
     let upgrade = status == 101 && head.connection().upgrade;
     let framing = rhead.framing();
-    let client_keep =
-        head.connection().keep_alive && !worker.draining.get() && framing != BodyFraming::CloseDelimited && !upgrade;
+    // An answer that came before the whole request body leaves unread body bytes on the client
+    // connection: it cannot carry another request.
+    let client_keep = head.connection().keep_alive
+        && request_complete
+        && !worker.draining.get()
+        && framing != BodyFraming::CloseDelimited
+        && !upgrade;
     let ops = &route.response_headers;
     let opts = ResponseEncode {
         ops: HeaderOps {
@@ -651,7 +709,7 @@ async fn relay_response(
     }
     match body::stream(
         framing,
-        &mut upstream.stream,
+        &mut upstream.read,
         &mut ubuf,
         &mut conn.stream,
         idle,
@@ -667,6 +725,7 @@ async fn relay_response(
     }
     upstream.requests += 1;
     let upstream_reusable = rhead.connection().keep_alive
+        && request_complete
         && framing != BodyFraming::CloseDelimited
         && ubuf.is_empty()
         && cluster
@@ -693,7 +752,7 @@ pub(crate) async fn tunnel(conn: Downstream, upstream: UpstreamConn, ubuf: Bytes
     let mut upstream = upstream;
     if !client_early.is_empty() {
         let n = client_early.len();
-        if body::write_prefix(&mut upstream.stream, &mut client_early, n)
+        if body::write_prefix(&mut upstream.write, &mut client_early, n)
             .await
             .is_err()
         {
@@ -707,5 +766,5 @@ pub(crate) async fn tunnel(conn: Downstream, upstream: UpstreamConn, ubuf: Bytes
             return;
         }
     }
-    crate::tcp::pipe_pair(stream, upstream.stream, idle).await;
+    crate::tcp::pipe_pair(stream, upstream, idle).await;
 }
