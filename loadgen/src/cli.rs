@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 
 use crate::echo::{spawn_echo, EchoConfig, EchoMode};
-use crate::load::LoadConfig;
+use crate::load::{LoadConfig, Protocol};
 use crate::sys;
 use crate::target::Target;
 
@@ -94,6 +94,10 @@ pub struct EchoArgs {
     pub client_ca: Option<PathBuf>,
 }
 
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    Protocol::parse(s).ok_or_else(|| format!("unknown protocol {s:?} (http1, h2, grpc, grpc-stream, tcp)"))
+}
+
 /// Reads a PEM file named by a flag, saying which flag when it cannot.
 fn read_pem(path: &Option<PathBuf>, flag: &str) -> anyhow::Result<Option<String>> {
     path.as_ref()
@@ -160,8 +164,30 @@ where
 #[derive(Debug, Parser)]
 #[command(name = "ringmesh-loadgen", version, about)]
 pub struct LoadArgs {
-    /// Target URL, http://host:port/path (loopback unless --allow-remote).
-    pub url: String,
+    /// Target URL: http://host:port/path, https:// (TLS, with h2/gRPC) or tcp://host:port
+    /// (loopback unless --allow-remote).
+    pub url: Option<String>,
+    /// More target URLs (repeatable); connections are spread over all URLs round-robin.
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
+    /// What to speak: http1, h2, grpc (unary), grpc-stream or tcp (default: http1; tcp for tcp://).
+    #[arg(long, value_parser = parse_protocol)]
+    pub protocol: Option<Protocol>,
+    /// HTTP/2 and gRPC: concurrent streams per connection (each with its own schedule).
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+    /// CA certificate(s), PEM, that an https:// server must chain to.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate, PEM, for mTLS (with --key).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client private key, PEM, for mTLS (with --cert).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Accept any server certificate (handshake signatures are still checked).
+    #[arg(long)]
+    pub insecure: bool,
     /// Requests per second over all connections (open loop); 0 = closed loop.
     #[arg(long, short = 'R', default_value_t = 1000.0)]
     pub rate: f64,
@@ -218,8 +244,25 @@ pub struct LoadArgs {
 impl LoadArgs {
     /// The library config these flags describe.
     pub fn to_config(&self) -> anyhow::Result<LoadConfig> {
-        let target = Target::parse(&self.url, self.allow_remote)?;
+        let mut urls = self.url.iter().chain(&self.urls);
+        let Some(first) = urls.next() else {
+            bail!("no target URL (give one, or --url URL)");
+        };
+        let target = Target::parse(first, self.allow_remote)?;
         let mut c = LoadConfig::for_target(target);
+        for u in urls {
+            c.extra_targets.push(Target::parse(u, self.allow_remote)?);
+        }
+        if let Some(p) = self.protocol {
+            c.protocol = p;
+        }
+        c.streams = self.streams;
+        c.tls = crate::tls::ClientTlsOptions {
+            ca_pem: read_pem(&self.cacert, "--cacert")?,
+            cert_pem: read_pem(&self.cert, "--cert")?,
+            key_pem: read_pem(&self.key, "--key")?,
+            insecure: self.insecure,
+        };
         c.rate = if self.max { 0.0 } else { self.rate };
         c.connections = self.connections;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -318,7 +318,7 @@ impl Worker {
         drop(ready);
 
         let body = build_body(self.config.body_size);
-        let acceptor = self.tls.clone().map(monoio_rustls::TlsAcceptor::from);
+        let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let shared = Rc::new(WorkerShared {
             config: self.config.clone(),
             h2: H2Shared::new(&body, &self.config.instance, acceptor),

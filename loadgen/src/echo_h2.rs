@@ -28,11 +28,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
+use monoio::BufResult;
 use monoio_compat::StreamWrapper;
-use monoio_rustls::TlsAcceptor;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::TlsAcceptor;
 
 use crate::echo::{classify_path, read_more, serve_http1_on, Special, WorkerShared, MAX_BODY};
 use crate::grpc::{self, MessageDecoder};
@@ -156,26 +158,37 @@ fn h2_io(e: h2::Error) -> io::Error {
     io::Error::other(e)
 }
 
-/// Completes the TLS handshake, then serves whatever the client speaks inside it (ALPN `h2`
-/// clients send the preface; `http/1.1` and ALPN-less clients speak HTTP/1.1).
+/// Completes the TLS handshake, then serves what ALPN chose: `h2`, or HTTP/1.1 for `http/1.1`
+/// and ALPN-less clients (HTTP/2 over TLS requires ALPN, RFC 9113 §3.2).
+///
+/// TLS runs in tokio-rustls on the compat wrapper, the same poll-based stack as h2, because h2
+/// reads and writes a connection at the same time and that needs a TLS stream built for it.
 pub(crate) async fn serve_tls(stream: TcpStream, acceptor: &TlsAcceptor, shared: &Rc<WorkerShared>) -> io::Result<()> {
-    let tls = match monoio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let io = StreamWrapper::new_with_buffer_size(stream, 16 * 1024, 16 * 1024);
+    let tls = match monoio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return Err(e.into()),
+        Ok(Err(e)) => return Err(e),
         Err(_) => return Err(io::ErrorKind::TimedOut.into()),
     };
-    serve_detected(tls, shared).await
+    if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+        serve_h2(tls, shared.clone()).await
+    } else {
+        serve_http1_on(TokioIo(tls), Vec::new(), shared).await
+    }
 }
 
 /// Reads until the first bytes decide between HTTP/2 and HTTP/1.1, then serves the connection.
-pub(crate) async fn serve_detected<S>(mut stream: S, shared: &Rc<WorkerShared>) -> io::Result<()>
-where
-    S: AsyncReadRent + AsyncWriteRent + Unpin + 'static,
-{
+pub(crate) async fn serve_detected(mut stream: TcpStream, shared: &Rc<WorkerShared>) -> io::Result<()> {
     let mut rbuf = Vec::with_capacity(8192);
     loop {
         match sniff(&rbuf) {
-            Sniff::H2 => return serve_h2(stream, rbuf, shared.clone()).await,
+            Sniff::H2 => {
+                let io = Rewind {
+                    prefix: Bytes::from(rbuf),
+                    inner: StreamWrapper::new_with_buffer_size(stream, 16 * 1024, 16 * 1024),
+                };
+                return serve_h2(io, shared.clone()).await;
+            }
             Sniff::Http1 => return serve_http1_on(stream, rbuf, shared).await,
             Sniff::NeedMore => {
                 let (res, buf) = read_more(&mut stream, rbuf).await;
@@ -188,15 +201,12 @@ where
     }
 }
 
-/// Serves one HTTP/2 connection; `prefix` holds the bytes already read (the preface).
-async fn serve_h2<S>(stream: S, prefix: Vec<u8>, shared: Rc<WorkerShared>) -> io::Result<()>
+/// Serves one HTTP/2 connection on a tokio-style stream (plain TCP with the sniffed preface
+/// replayed, or TLS).
+async fn serve_h2<T>(io: T, shared: Rc<WorkerShared>) -> io::Result<()>
 where
-    S: AsyncReadRent + AsyncWriteRent + Unpin + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let io = Rewind {
-        prefix: Bytes::from(prefix),
-        inner: StreamWrapper::new_with_buffer_size(stream, 16 * 1024, 16 * 1024),
-    };
     let mut conn = h2::server::Builder::new()
         .max_concurrent_streams(1024)
         .initial_window_size(1 << 20)
@@ -513,6 +523,65 @@ async fn answer_unary(
     let mut send = respond.send_response(grpc_headers(instance), false)?;
     send.send_data(grpc::echo_message(reply_payload(&payload, shared)), false)?;
     finish(&mut respond, Some(&mut send), instance, grpc::STATUS_OK, "")
+}
+
+/// monoio's owned-buffer I/O over a tokio-style stream, so the HTTP/1 server (written for
+/// monoio streams) can run inside a tokio-rustls session. Used sequentially (one read or one
+/// write at a time), as the HTTP/1 server does.
+#[derive(Debug)]
+struct TokioIo<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncReadRent for TokioIo<T> {
+    async fn read<B: IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+        // SAFETY: write_ptr..write_ptr+bytes_total is the buffer's writable (possibly
+        // uninitialised) region, which ReadBuf only writes to and tracks as it fills.
+        let region = unsafe {
+            std::slice::from_raw_parts_mut(buf.write_ptr().cast::<std::mem::MaybeUninit<u8>>(), buf.bytes_total())
+        };
+        let mut rb = ReadBuf::uninit(region);
+        let res = std::future::poll_fn(|cx| Pin::new(&mut self.0).poll_read(cx, &mut rb)).await;
+        let n = rb.filled().len();
+        match res {
+            Ok(()) => {
+                // SAFETY: ReadBuf initialised and filled exactly n bytes at write_ptr.
+                unsafe { buf.set_init(n) };
+                (Ok(n), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    async fn readv<B: IoVecBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        (Err(io::ErrorKind::Unsupported.into()), buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWriteRent for TokioIo<T> {
+    async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: read_ptr..read_ptr+bytes_init is the buffer's initialised data.
+        let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let res = std::future::poll_fn(|cx| Pin::new(&mut self.0).poll_write(cx, data)).await;
+        // The HTTP/1 server writes whole response batches; push them out now.
+        let res = match res {
+            Ok(n) => std::future::poll_fn(|cx| Pin::new(&mut self.0).poll_flush(cx))
+                .await
+                .map(|()| n),
+            Err(e) => Err(e),
+        };
+        (res, buf)
+    }
+
+    async fn writev<B: IoVecBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        (Err(io::ErrorKind::Unsupported.into()), buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| Pin::new(&mut self.0).poll_flush(cx)).await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| Pin::new(&mut self.0).poll_shutdown(cx)).await
+    }
 }
 
 #[cfg(test)]

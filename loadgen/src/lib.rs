@@ -28,7 +28,7 @@ mod sys;
 
 pub use cli::{echo_main, loadgen_main, parse_cpus, parse_duration, EchoArgs, LoadArgs};
 pub use echo::{spawn_echo, EchoConfig, EchoHandle, EchoMode};
-pub use load::{run_load, run_load_with, ErrorCounts, ErrorKind, LoadConfig};
+pub use load::{run_load, run_load_with, ErrorCounts, ErrorKind, LoadConfig, Protocol};
 pub use progress::RunControl;
 pub use report::{hgrm_bracket, parse_hgrm, HgrmRow, LatencySummary, LoadMode, LoadReport};
 pub use sys::{io_driver_name, pin_current_thread, raise_nofile_limit};

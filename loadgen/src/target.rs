@@ -1,7 +1,8 @@
 //! Parsing the load generator's target URL.
 //!
-//! Only `http://` is supported: the generator measures the cost of a proxy hop in plain
-//! HTTP/1.1, and TLS would measure the TLS library instead. The host is resolved once, up
+//! `http://` (HTTP/1.1 or h2c), `https://` (TLS with ALPN, for HTTP/2 and gRPC) and `tcp://`
+//! (raw TCP echo) are accepted; the scheme picks the transport and `--protocol` what runs on
+//! it. The host is resolved once, up
 //! front, so name resolution never lands inside a measured request; by default only loopback
 //! targets are accepted, because a load generator pointed at the wrong host by a typo is a
 //! denial-of-service tool.
@@ -37,9 +38,23 @@ pub enum TargetError {
     },
 }
 
-/// A parsed, resolved `http://` URL.
+/// The URL scheme: which transport the generator opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheme {
+    /// Plain TCP carrying HTTP/1.1, h2c or gRPC.
+    #[default]
+    Http,
+    /// TLS carrying HTTP/2 or gRPC (ALPN `h2`).
+    Https,
+    /// Plain TCP, raw bytes echoed back.
+    Tcp,
+}
+
+/// A parsed, resolved URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// `http`, `https` or `tcp`.
+    pub scheme: Scheme,
     /// Where to connect.
     pub addr: SocketAddr,
     /// The authority as written (`host[:port]`), the default `Host` header.
@@ -55,9 +70,15 @@ impl Target {
             url: url.to_owned(),
             reason,
         };
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| invalid("only http:// URLs are supported"))?;
+        let (scheme, rest, default_port) = if let Some(r) = url.strip_prefix("http://") {
+            (Scheme::Http, r, 80)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (Scheme::Https, r, 443)
+        } else if let Some(r) = url.strip_prefix("tcp://") {
+            (Scheme::Tcp, r, 0)
+        } else {
+            return Err(invalid("only http://, https:// and tcp:// URLs are supported"));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -71,9 +92,12 @@ impl Target {
         if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Err(invalid("path contains spaces or control characters"));
         }
-        let (host, port) = split_host_port(authority).ok_or_else(|| invalid("bad port"))?;
+        let (host, port) = split_host_port(authority, default_port).ok_or_else(|| invalid("bad port"))?;
         if host.is_empty() {
             return Err(invalid("missing host"));
+        }
+        if port == 0 {
+            return Err(invalid("tcp:// URLs need a port"));
         }
         let addr = (host, port)
             .to_socket_addrs()
@@ -90,6 +114,7 @@ impl Target {
             return Err(TargetError::NotLoopback { addr });
         }
         Ok(Self {
+            scheme,
             addr,
             authority: authority.to_owned(),
             path: path.to_owned(),
@@ -97,21 +122,28 @@ impl Target {
     }
 }
 
-fn split_host_port(authority: &str) -> Option<(&str, u16)> {
+impl Target {
+    /// The host part of the authority (without port or IPv6 brackets), e.g. for TLS SNI.
+    pub fn host(&self) -> &str {
+        split_host_port(&self.authority, 1).map_or(self.authority.as_str(), |(h, _)| h)
+    }
+}
+
+fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
     if let Some(rest) = authority.strip_prefix('[') {
         let end = rest.find(']')?;
         let host = &rest[..end];
         let after = &rest[end + 1..];
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().ok()?,
-            None if after.is_empty() => 80,
+            None if after.is_empty() => default_port,
             None => return None,
         };
         return Some((host, port));
     }
     match authority.rsplit_once(':') {
         Some((h, p)) => Some((h, p.parse().ok()?)),
-        None => Some((authority, 80)),
+        None => Some((authority, default_port)),
     }
 }
 
@@ -129,11 +161,16 @@ mod tests {
         assert_eq!(t.addr, "[::1]:9".parse().unwrap());
         assert_eq!(t.path, "/");
         assert_eq!(Target::parse("http://127.0.0.1", false).unwrap().addr.port(), 80);
+        let t = Target::parse("https://localhost:8443/x", false).unwrap();
+        assert_eq!((t.scheme, t.addr.port(), t.host()), (Scheme::Https, 8443, "localhost"));
+        assert_eq!(Target::parse("https://[::1]", false).unwrap().host(), "::1");
+        assert_eq!(Target::parse("tcp://127.0.0.1:7", false).unwrap().scheme, Scheme::Tcp);
     }
 
     #[test]
     fn rejects_bad_and_remote_urls() {
-        assert!(Target::parse("https://127.0.0.1/", false).is_err());
+        assert!(Target::parse("ftp://127.0.0.1/", false).is_err());
+        assert!(Target::parse("tcp://127.0.0.1/", false).is_err());
         assert!(Target::parse("http://127.0.0.1:99999/", false).is_err());
         assert!(Target::parse("http:///x", false).is_err());
         assert!(Target::parse("http://127.0.0.1/a b", false).is_err());

@@ -216,6 +216,12 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsSetupError> {
     ServerName::try_from(host.to_owned()).map_err(|_| TlsSetupError::ServerName(host.to_owned()))
 }
 
+/// Classifies a failed TLS connect or accept: a rustls error (bad certificate, alert from the
+/// peer, no common protocol) is a TLS failure; anything else is the connection going away.
+pub(crate) fn is_tls_error(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
 /// `--insecure`: skips chain and name checks but still verifies the handshake signatures, so
 /// the connection is encrypted to whoever holds the presented certificate's key.
 #[derive(Debug)]

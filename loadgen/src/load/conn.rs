@@ -41,8 +41,9 @@ const CLOSED_LOOP_RECONNECT_PAUSE: Duration = Duration::from_millis(10);
 /// Everything a connection task needs, shared by the connections of one thread.
 #[derive(Debug)]
 pub(crate) struct ThreadShared {
-    pub(crate) addr: SocketAddr,
-    pub(crate) request: Bytes,
+    /// Per URL: where to connect and the HTTP/1.1 request bytes; connection `i` uses URL
+    /// `i % routes.len()` (`--url` repeated spreads connections round-robin).
+    pub(crate) routes: Vec<(SocketAddr, Bytes)>,
     pub(crate) is_head: bool,
     pub(crate) timeout: Duration,
     pub(crate) connect_timeout: Duration,
@@ -70,14 +71,20 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    fn due(&self, conn: usize, k: u64) -> Instant {
+    pub(super) fn due(&self, conn: usize, k: u64) -> Instant {
         let slot = conn as f64 + k as f64 * self.connections as f64;
         self.t0 + Duration::from_secs_f64(slot / self.rate)
     }
 }
 
 impl ThreadShared {
-    fn record(&self, counted_from: Instant, result: Result<u16, ErrorKind>, latency: Duration) {
+    /// The URL of connection `index`.
+    fn route(&self, index: usize) -> (SocketAddr, &Bytes) {
+        let (addr, request) = &self.routes[index % self.routes.len()];
+        (*addr, request)
+    }
+
+    pub(super) fn record(&self, counted_from: Instant, result: Result<u16, ErrorKind>, latency: Duration) {
         let success = matches!(result, Ok(status) if (200..400).contains(&status));
         self.control.count(self.thread, !success);
         let mut st = self.stats.borrow_mut();
@@ -241,21 +248,21 @@ async fn exchange(conn: &mut Conn, request: Bytes, is_head: bool) -> Result<(u16
 }
 
 /// Runs `exchange` under the request timeout.
-async fn timed_exchange(shared: &ThreadShared, conn: &mut Conn) -> Result<(u16, bool), ErrorKind> {
-    match monoio::time::timeout(shared.timeout, exchange(conn, shared.request.clone(), shared.is_head)).await {
+async fn timed_exchange(shared: &ThreadShared, conn: &mut Conn, request: &Bytes) -> Result<(u16, bool), ErrorKind> {
+    match monoio::time::timeout(shared.timeout, exchange(conn, request.clone(), shared.is_head)).await {
         Ok(r) => r,
         Err(_) => Err(ErrorKind::Timeout),
     }
 }
 
 /// Sleeps precisely when a timerfd is available, else on the runtime's millisecond wheel.
-enum Sleeper {
+pub(super) enum Sleeper {
     Precise(PreciseTimer),
     Coarse,
 }
 
 impl Sleeper {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         PreciseTimer::new().map_or(Sleeper::Coarse, Sleeper::Precise)
     }
 
@@ -275,7 +282,7 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// Sleeps until `due`, looking at the stop flag at least every [`STOP_POLL`]; false when
 /// the run was stopped (the stop time is then noted).
-async fn sleep_unless_stopped(sleeper: &mut Sleeper, due: Instant, shared: &ThreadShared) -> bool {
+pub(super) async fn sleep_unless_stopped(sleeper: &mut Sleeper, due: Instant, shared: &ThreadShared) -> bool {
     loop {
         if shared.control.is_stopped() {
             shared.control.note_stopped();
@@ -294,7 +301,8 @@ pub(crate) async fn open_loop(shared: &ThreadShared, index: usize) {
     let plan = shared.plan;
     let mut sleeper = Sleeper::new();
     // Connect before the schedule starts, so the first request does not pay for the handshake.
-    let mut conn = connect(shared.addr, shared.connect_timeout).await.ok();
+    let (addr, request) = shared.route(index);
+    let mut conn = connect(addr, shared.connect_timeout).await.ok();
     let mut k: u64 = 0;
     loop {
         let due = plan.due(index, k);
@@ -323,7 +331,7 @@ pub(crate) async fn open_loop(shared: &ThreadShared, index: usize) {
         k += 1;
         let mut c = match conn.take() {
             Some(c) => c,
-            None => match connect(shared.addr, shared.connect_timeout).await {
+            None => match connect(addr, shared.connect_timeout).await {
                 Ok(c) => c,
                 Err(kind) => {
                     shared.record(due, Err(kind), Duration::ZERO);
@@ -332,7 +340,7 @@ pub(crate) async fn open_loop(shared: &ThreadShared, index: usize) {
             },
         };
         shared.stats.borrow_mut().sent += 1;
-        let result = timed_exchange(shared, &mut c).await;
+        let result = timed_exchange(shared, &mut c, request).await;
         let latency = due.elapsed();
         match result {
             Ok((status, keep)) => {
@@ -347,7 +355,8 @@ pub(crate) async fn open_loop(shared: &ThreadShared, index: usize) {
 }
 
 /// The closed-loop (as fast as responses come back) schedule of one connection.
-pub(crate) async fn closed_loop(shared: &ThreadShared) {
+pub(crate) async fn closed_loop(shared: &ThreadShared, index: usize) {
+    let (addr, request) = shared.route(index);
     let plan = shared.plan;
     monoio::time::sleep_until(plan.t0.into()).await;
     let mut conn: Option<Conn> = None;
@@ -360,7 +369,7 @@ pub(crate) async fn closed_loop(shared: &ThreadShared) {
             Some(c) => c,
             None => {
                 let at = Instant::now();
-                match connect(shared.addr, shared.connect_timeout).await {
+                match connect(addr, shared.connect_timeout).await {
                     Ok(c) => c,
                     Err(kind) => {
                         shared.record(at, Err(kind), Duration::ZERO);
@@ -372,7 +381,7 @@ pub(crate) async fn closed_loop(shared: &ThreadShared) {
         };
         let sent_at = Instant::now();
         shared.stats.borrow_mut().sent += 1;
-        let result = timed_exchange(shared, &mut c).await;
+        let result = timed_exchange(shared, &mut c, request).await;
         let latency = sent_at.elapsed();
         match result {
             Ok((status, keep)) => {

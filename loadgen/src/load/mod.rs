@@ -6,8 +6,13 @@
 //! results are merged. Every loop is bounded: the schedule stops at the end of the
 //! measurement window and each exchange has a timeout, so a run always ends within
 //! `warmup + duration + timeout` plus connection setup.
+//!
+//! HTTP/1.1 runs in `conn.rs` (one request in flight per connection); HTTP/2, gRPC and TCP
+//! echo run in `lanes.rs` (`streams` concurrent lanes per HTTP/2 connection, each with its own
+//! open-loop schedule). Several URLs are spread over the connections round-robin.
 
 mod conn;
+mod lanes;
 mod stats;
 
 use std::cell::RefCell;
@@ -18,6 +23,7 @@ use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
 
 use self::conn::{Plan, ThreadShared};
+pub use self::lanes::Protocol;
 #[cfg(test)]
 pub(crate) use self::stats::new_histogram;
 use self::stats::ThreadStats;
@@ -25,7 +31,8 @@ pub use self::stats::{ErrorCounts, ErrorKind};
 use crate::progress::RunControl;
 use crate::report::{LatencySummary, LoadMode, LoadReport};
 use crate::sys;
-use crate::target::{Target, TargetError};
+use crate::target::{Scheme, Target, TargetError};
+use crate::tls::ClientTlsOptions;
 
 /// One load run.
 #[derive(Debug, Clone)]
@@ -56,6 +63,15 @@ pub struct LoadConfig {
     pub cpus: Vec<usize>,
     /// Also record one histogram per interval of this length (for `--hlog`); `None` skips.
     pub hlog_interval: Option<Duration>,
+    /// More URLs (same scheme as `target`); connection `i` uses URL `i % (1 + len)`, so
+    /// requests spread round-robin, e.g. over the two sides of a canary split.
+    pub extra_targets: Vec<Target>,
+    /// What runs on each connection.
+    pub protocol: Protocol,
+    /// HTTP/2 and gRPC: concurrent streams (lanes, each with its own schedule) per connection.
+    pub streams: usize,
+    /// TLS client settings for `https://` targets.
+    pub tls: ClientTlsOptions,
 }
 
 impl LoadConfig {
@@ -67,6 +83,7 @@ impl LoadConfig {
 
     /// The same defaults for an already parsed target.
     pub fn for_target(target: Target) -> Self {
+        let target_scheme = target.scheme;
         Self {
             target,
             method: "GET".to_owned(),
@@ -81,6 +98,14 @@ impl LoadConfig {
             connect_timeout: Duration::from_secs(2),
             cpus: Vec::new(),
             hlog_interval: None,
+            extra_targets: Vec::new(),
+            protocol: if target_scheme == Scheme::Tcp {
+                Protocol::Tcp
+            } else {
+                Protocol::Http1
+            },
+            streams: 1,
+            tls: ClientTlsOptions::default(),
         }
     }
 
@@ -121,6 +146,7 @@ impl LoadConfig {
                 ));
             }
         }
+        problems.extend(self.protocol_problems());
         if self.body_size > 64 << 20 {
             problems.push(format!("body-size must be at most 64 MiB, got {}", self.body_size));
         }
@@ -145,16 +171,70 @@ impl LoadConfig {
         }
     }
 
+    /// Every URL: `target` first, then `extra_targets`.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        std::iter::once(&self.target).chain(&self.extra_targets)
+    }
+
+    /// Scheme/protocol combinations that cannot work, and HTTP/2's stricter header rules.
+    fn protocol_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let scheme = self.target.scheme;
+        if self.targets().any(|t| t.scheme != scheme) {
+            problems.push("all URLs must have the same scheme".to_owned());
+        }
+        let fits = match scheme {
+            Scheme::Tcp => self.protocol == Protocol::Tcp,
+            Scheme::Http => self.protocol != Protocol::Tcp,
+            // HTTP/1.1 over TLS would measure a second TLS client, not ours; h2 needs ALPN.
+            Scheme::Https => self.protocol.is_h2(),
+        };
+        if !fits {
+            problems.push(match scheme {
+                Scheme::Https => "https:// URLs need --protocol h2, grpc or grpc-stream".to_owned(),
+                _ => "tcp:// URLs and --protocol tcp go together".to_owned(),
+            });
+        }
+        if self.streams == 0 || self.streams > 10_000 {
+            problems.push(format!("streams must be 1..=10000, got {}", self.streams));
+        }
+        if self.protocol == Protocol::Tcp && self.body_size == 0 {
+            problems.push("--protocol tcp needs --body-size > 0 (the bytes echoed)".to_owned());
+        }
+        if self.protocol.is_h2() {
+            for (name, _) in &self.headers {
+                let n = name.to_ascii_lowercase();
+                if [
+                    "connection",
+                    "keep-alive",
+                    "proxy-connection",
+                    "transfer-encoding",
+                    "upgrade",
+                ]
+                .contains(&n.as_str())
+                {
+                    problems.push(format!("header {name:?} is not allowed in HTTP/2"));
+                }
+            }
+        }
+        problems
+    }
+
     /// The exact bytes of the request every connection sends.
     pub fn request_bytes(&self) -> Bytes {
+        self.request_bytes_for(&self.target)
+    }
+
+    /// The HTTP/1.1 request bytes for one of the URLs.
+    fn request_bytes_for(&self, target: &Target) -> Bytes {
         let mut r = Vec::with_capacity(128 + self.body_size);
         r.extend_from_slice(self.method.as_bytes());
         r.push(b' ');
-        r.extend_from_slice(self.target.path.as_bytes());
+        r.extend_from_slice(target.path.as_bytes());
         r.extend_from_slice(b" HTTP/1.1\r\n");
         if !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
             r.extend_from_slice(b"host: ");
-            r.extend_from_slice(self.target.authority.as_bytes());
+            r.extend_from_slice(target.authority.as_bytes());
             r.extend_from_slice(b"\r\n");
         }
         for (name, value) in &self.headers {
@@ -197,8 +277,14 @@ pub fn run_load(config: LoadConfig) -> anyhow::Result<LoadReport> {
 pub fn run_load_with(config: LoadConfig, control: Arc<RunControl>) -> anyhow::Result<LoadReport> {
     config.validate()?;
     let threads = config.threads.min(config.connections);
-    let request = config.request_bytes();
     let is_head = config.method == "HEAD";
+    // Built once: a bad certificate or header is reported before any thread starts.
+    let proto = lanes::build_proto(&config)?.map(Arc::new);
+    let lanes_per_conn = if proto.is_some() && config.protocol != Protocol::Tcp {
+        config.streams
+    } else {
+        1
+    };
     // A short lead lets every thread build its runtime and connect before the first due time.
     let t0 = Instant::now() + Duration::from_millis(50);
     let start = t0 + config.warmup;
@@ -207,7 +293,7 @@ pub fn run_load_with(config: LoadConfig, control: Arc<RunControl>) -> anyhow::Re
         start,
         end: start + config.duration,
         rate: config.rate,
-        connections: config.connections,
+        connections: config.connections * lanes_per_conn,
     };
     control.set_timeline(crate::progress::Timeline {
         t0,
@@ -219,11 +305,11 @@ pub fn run_load_with(config: LoadConfig, control: Arc<RunControl>) -> anyhow::Re
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
         let config = config.clone();
-        let request = request.clone();
+        let proto = proto.clone();
         let control = control.clone();
         let h = std::thread::Builder::new()
             .name(format!("loadgen-{t}"))
-            .spawn(move || run_thread(t, threads, &config, request, is_head, plan, control))
+            .spawn(move || run_thread(t, threads, &config, proto, is_head, plan, control))
             .context("spawning load thread")?;
         handles.push(h);
     }
@@ -247,7 +333,7 @@ fn run_thread(
     index: usize,
     threads: usize,
     config: &LoadConfig,
-    request: Bytes,
+    proto: Option<Arc<lanes::ProtoShared>>,
     is_head: bool,
     plan: Plan,
     control: Arc<RunControl>,
@@ -259,8 +345,10 @@ fn run_thread(
     }
     let mut rt = sys::build_runtime().context("building monoio runtime")?;
     let shared = std::rc::Rc::new(ThreadShared {
-        addr: config.target.addr,
-        request,
+        routes: config
+            .targets()
+            .map(|t| (t.addr, config.request_bytes_for(t)))
+            .collect(),
         is_head,
         timeout: config.timeout,
         connect_timeout: config.connect_timeout,
@@ -277,9 +365,13 @@ fn run_thread(
             let mut tasks = Vec::new();
             for c in (index..connections).step_by(threads) {
                 let shared = shared.clone();
+                if let Some(proto) = &proto {
+                    tasks.push(monoio::spawn(lanes::run_connection(shared, proto.clone(), c, closed)));
+                    continue;
+                }
                 tasks.push(monoio::spawn(async move {
                     if closed {
-                        conn::closed_loop(&shared).await;
+                        conn::closed_loop(&shared, c).await;
                     } else {
                         conn::open_loop(&shared, c).await;
                     }
@@ -331,7 +423,18 @@ fn build_report(
         } else {
             LoadMode::Open
         },
-        url: format!("http://{}{}", config.target.authority, config.target.path),
+        url: config
+            .targets()
+            .map(|t| {
+                let scheme = match t.scheme {
+                    Scheme::Http => "http",
+                    Scheme::Https => "https",
+                    Scheme::Tcp => "tcp",
+                };
+                format!("{scheme}://{}{}", t.authority, t.path)
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
         target_rate_rps: (!config.closed_loop()).then_some(config.rate),
         connections: config.connections,
         threads,

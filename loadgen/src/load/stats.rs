@@ -37,6 +37,12 @@ pub enum ErrorKind {
     Status4xx,
     /// A 5xx status.
     Status5xx,
+    /// A gRPC call that ended with a `grpc-status` other than OK (0).
+    GrpcStatus,
+    /// An HTTP/2 stream reset by the server (`RST_STREAM`) or refused.
+    StreamReset,
+    /// The TLS handshake failed (untrusted certificate, no `h2` ALPN, bad client cert).
+    Tls,
 }
 
 /// Failure counts by kind.
@@ -54,12 +60,26 @@ pub struct ErrorCounts {
     pub status_4xx: u64,
     /// 5xx responses.
     pub status_5xx: u64,
+    /// gRPC calls with a non-OK `grpc-status`.
+    pub grpc_status: u64,
+    /// HTTP/2 streams reset by the peer.
+    pub stream_reset: u64,
+    /// Failed TLS handshakes.
+    pub tls: u64,
 }
 
 impl ErrorCounts {
     /// Sum over all kinds.
     pub fn total(&self) -> u64 {
-        self.connect + self.reset + self.timeout + self.malformed + self.status_4xx + self.status_5xx
+        self.connect
+            + self.reset
+            + self.timeout
+            + self.malformed
+            + self.status_4xx
+            + self.status_5xx
+            + self.grpc_status
+            + self.stream_reset
+            + self.tls
     }
 
     /// Counts one failure.
@@ -71,6 +91,9 @@ impl ErrorCounts {
             ErrorKind::Malformed => self.malformed += 1,
             ErrorKind::Status4xx => self.status_4xx += 1,
             ErrorKind::Status5xx => self.status_5xx += 1,
+            ErrorKind::GrpcStatus => self.grpc_status += 1,
+            ErrorKind::StreamReset => self.stream_reset += 1,
+            ErrorKind::Tls => self.tls += 1,
         }
     }
 
@@ -81,11 +104,15 @@ impl ErrorCounts {
         self.malformed += o.malformed;
         self.status_4xx += o.status_4xx;
         self.status_5xx += o.status_5xx;
+        self.grpc_status += o.grpc_status;
+        self.stream_reset += o.stream_reset;
+        self.tls += o.tls;
     }
 
-    /// Failures that still produced an HTTP response (they count toward the achieved rate).
+    /// Failures that still produced an HTTP response or a gRPC status (they count toward the
+    /// achieved rate).
     pub fn answered(&self) -> u64 {
-        self.status_4xx + self.status_5xx
+        self.status_4xx + self.status_5xx + self.grpc_status
     }
 }
 
