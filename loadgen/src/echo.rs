@@ -18,7 +18,7 @@
 //!
 //! The same port also speaks HTTP/2 (prior knowledge, detected by the connection preface) and
 //! gRPC, and with `tls` set it speaks TLS with ALPN `h2` and `http/1.1`; that side lives in
-//! [`crate::echo_h2`], which hands HTTP/1 connections back to the server here.
+//! `echo_h2.rs`, which hands HTTP/1 connections back to the server here.
 //!
 //! Delays use [`crate::sys::PreciseTimer`] (timerfd), not monoio's millisecond timer wheel,
 //! because a "2 ms" upstream that answers in 2–3 ms would bias every latency test.

@@ -11,6 +11,31 @@
 //!
 //! Both binaries (`ringmesh-loadgen`, `ringmesh-echo`) are thin wrappers over [`loadgen_main`]
 //! and [`echo_main`], which the benchmark also calls when it re-executes itself in a role.
+//!
+//! # Protocols
+//!
+//! | `ringmesh-loadgen` | URL | on each connection |
+//! |---|---|---|
+//! | `--protocol http1` (default) | `http://` | HTTP/1.1 keep-alive, one request in flight |
+//! | `--protocol h2` | `http://` (h2c prior knowledge) or `https://` (ALPN `h2`) | `--streams N` lanes, each with its own open-loop schedule |
+//! | `--protocol grpc` | same | unary `ringmesh.echo.Echo/Unary` calls (URL path `/` picks it), `--body-size` bytes of payload |
+//! | `--protocol grpc-stream` | same | one long-lived `ringmesh.echo.Echo/Stream` call per lane, one message per request |
+//! | `--protocol tcp` | `tcp://host:port` | raw bytes: `--body-size` written, the same read back and compared |
+//!
+//! `--url URL` (repeatable) adds targets; connections are spread over them round-robin (so a
+//! canary split can be driven). `https://` takes `--cacert FILE`, `--cert FILE --key FILE`
+//! (mTLS) or `--insecure`; there is no system trust store. Errors are counted by kind, never
+//! as latency: besides connect/reset/timeout/malformed/4xx/5xx, `grpc_status` (a non-OK
+//! `grpc-status`), `stream_reset` (HTTP/2 `RST_STREAM`) and `tls` (handshake failures, no
+//! `h2` in ALPN).
+//!
+//! `ringmesh-echo` serves HTTP/1.1, h2c (detected by the connection preface on the same port)
+//! and gRPC on one port; with `--tls` (`--cert/--key`, or a self-signed certificate generated
+//! at start; `--client-ca` requires client certificates) it serves TLS with ALPN `h2` and
+//! `http/1.1`. Its knobs (body size, delay, error fraction, instance header) apply to every
+//! protocol; the gRPC error fraction answers `grpc-status: 14` (UNAVAILABLE). HTTP/2 is `h2`
+//! over `monoio-compat`'s stream wrapper and TLS is rustls (`ring` provider) through
+//! tokio-rustls on that same wrapper, so no tokio runtime and no C/cmake toolchain is needed.
 
 pub mod echo;
 mod echo_h2;

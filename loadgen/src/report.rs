@@ -152,6 +152,13 @@ impl LoadReport {
                 String::new()
             }
         );
+        if e.grpc_status + e.stream_reset + e.tls > 0 {
+            let _ = writeln!(
+                s,
+                "            grpc-status {}, stream reset {}, tls {}",
+                e.grpc_status, e.stream_reset, e.tls
+            );
+        }
         match self.rate_fraction() {
             Some(f) => {
                 let _ = writeln!(
