@@ -1,0 +1,9 @@
+//! ringmesh control plane and the `ringmesh` command line.
+//!
+//! The control plane keeps the registry and the users' resources, compiles them per proxy with
+//! the compiler in `ringmesh-api`, and streams the results out. The `ringmesh` CLI drives it and
+//! also works offline: `ringmesh analyze` runs the very compiler the proxy and the control plane
+//! use, so a config that passes `analyze` is never refused for a reason `analyze` could see.
+
+pub mod analyze;
+pub mod cli;
