@@ -30,6 +30,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// A parsed `--cpus` list. An alias, not `Vec<usize>` written out, because clap's derive
+/// treats a literal `Option<Vec<T>>` as "many values of T" and then panics on the first use of
+/// a parser that returns the whole list.
+pub type CpuList = Vec<usize>;
+
 /// Parses a CPU list such as `0,2-3`.
 pub fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
     let mut cpus = Vec::new();
@@ -79,7 +84,7 @@ pub struct EchoArgs {
     pub tcp: bool,
     /// Pin worker threads to these CPUs (e.g. 0,2-3).
     #[arg(long, value_parser = parse_cpus)]
-    pub cpus: Option<Vec<usize>>,
+    pub cpus: Option<CpuList>,
     /// Serve TLS with ALPN h2 and http/1.1 (a self-signed certificate unless --cert/--key).
     #[arg(long)]
     pub tls: bool,
@@ -235,7 +240,7 @@ pub struct LoadArgs {
     pub no_progress: bool,
     /// Pin load threads to these CPUs (e.g. 0,2-3).
     #[arg(long, value_parser = parse_cpus)]
-    pub cpus: Option<Vec<usize>>,
+    pub cpus: Option<CpuList>,
     /// Allow non-loopback targets.
     #[arg(long)]
     pub allow_remote: bool,
@@ -351,6 +356,36 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert_eq!(parse_cpus("0,2-3"), Ok(vec![0, 2, 3]));
         assert!(parse_cpus("3-1").is_err());
+    }
+
+    #[test]
+    fn cpu_lists_and_new_protocol_flags_parse() {
+        let e = EchoArgs::try_parse_from(["ringmesh-echo", "--cpus", "0,2-3", "--tls"]).unwrap();
+        let c = e.to_config().unwrap();
+        assert_eq!(c.cpus, vec![0, 2, 3]);
+        assert!(c.tls.is_some());
+        let a = LoadArgs::try_parse_from([
+            "ringmesh-loadgen",
+            "http://127.0.0.1:9/",
+            "--url",
+            "http://127.0.0.1:10/",
+            "--cpus",
+            "1",
+            "--protocol",
+            "grpc-stream",
+            "--streams",
+            "8",
+        ])
+        .unwrap();
+        let c = a.to_config().unwrap();
+        assert_eq!(c.cpus, vec![1]);
+        assert_eq!(
+            (c.protocol, c.streams, c.extra_targets.len()),
+            (Protocol::GrpcStream, 8, 1)
+        );
+        let bad = LoadArgs::try_parse_from(["ringmesh-loadgen", "https://127.0.0.1:9/"]).unwrap();
+        assert!(bad.to_config().is_err(), "https with HTTP/1.1 is refused");
+        assert!(LoadArgs::try_parse_from(["ringmesh-loadgen", "http://127.0.0.1:9/", "--protocol", "quic"]).is_err());
     }
 
     #[test]
