@@ -1,40 +1,51 @@
 //! ringmesh-bench: the benchmark suite that says what one ringmesh hop costs.
 //!
 //! `cargo run --release -p ringmesh-bench` starts one echo upstream and, in front of it, each
-//! topology (`direct`, `ringmesh`, and `haproxy`/`nginx` when installed) as separate
-//! processes; then, round after round (A B C D A B C D …), it measures open-loop latency at a
-//! fixed rate (with the proxy's CPU time) and closed-loop throughput against each; finally it
-//! measures each proxy's memory per idle connection. Interleaving makes slow drift of a
-//! shared machine hit every scenario alike; medians with their min–max spread and the
-//! per-round difference to `direct` make the figures comparable. The report (markdown, JSON,
-//! one `.hgrm` per scenario and repeat, the proxies' config files and logs) lands in
-//! `target/ringmesh-bench/<unix-time>/` or `--out DIR`.
+//! topology (`direct`, `ringmesh`, `mesh` = two ringmesh proxies, and `haproxy`/`nginx` when
+//! installed) as separate processes; then, round after round (A B C D A B C D …), it
+//! measures open-loop latency at a fixed rate (with the proxies' CPU time) and closed-loop
+//! throughput against each; finally it measures each proxy's memory per idle connection.
+//! Interleaving makes slow drift of a shared machine hit every scenario alike; medians with
+//! their min–max spread and the per-round difference to `direct` make the figures
+//! comparable. The report (markdown, JSON, one `.hgrm` per scenario and repeat, the
+//! `latency.svg` percentile plot, the proxies' config files and logs) lands in
+//! `target/ringmesh-bench/<unix-time>/` or `--out DIR`. Settings come from flags or a YAML
+//! `--suite` file; Ctrl-C stops after the current measurement and still writes the report
+//! of the rounds that completed.
 
 pub mod measure;
+pub mod plot;
 pub mod procs;
 pub mod report;
+pub mod suite;
 pub mod topology;
+pub mod ui;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 
 use crate::measure::{LoadShape, RunResult};
 use crate::procs::{free_port, http_get_status, Proc};
 use crate::report::{ScenarioSummary, Status};
 use crate::topology::{Env, Kind, Topology};
 
-/// Command line of `ringmesh-bench`.
-#[derive(Debug, Parser)]
+/// Command line of `ringmesh-bench`. The defaults are the default suite
+/// (`bench/suites/default.yaml` spells them out).
+#[derive(Debug, Parser, PartialEq)]
 #[command(name = "ringmesh-bench", version, about = "ringmesh benchmark suite")]
 pub struct BenchArgs {
     /// Output directory (default: target/ringmesh-bench/<unix-timestamp>/).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Scenarios, in round order.
-    #[arg(long, value_delimiter = ',', default_value = "direct,ringmesh,haproxy,nginx")]
+    /// YAML suite file (keys as the flags below); flags typed on the command line win.
+    #[arg(long)]
+    pub suite: Option<PathBuf>,
+    /// Scenarios, in round order (direct, ringmesh or sidecar, mesh, haproxy, nginx).
+    #[arg(long, value_delimiter = ',', default_value = "direct,ringmesh,mesh,haproxy,nginx")]
     pub scenarios: Vec<String>,
     /// Rounds over all scenarios; each figure is the median over rounds.
     #[arg(long, default_value_t = 3)]
@@ -43,10 +54,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
     /// Open-loop measurement window.
-    #[arg(long, default_value = "5s", value_parser = ringmesh_loadgen::parse_duration)]
+    #[arg(long, default_value = "4s", value_parser = ringmesh_loadgen::parse_duration)]
     pub duration: Duration,
     /// Open-loop warmup.
-    #[arg(long, default_value = "1s", value_parser = ringmesh_loadgen::parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = ringmesh_loadgen::parse_duration)]
     pub warmup: Duration,
     /// Open-loop connections.
     #[arg(long, default_value_t = 16)]
@@ -55,8 +66,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 32)]
     pub throughput_connections: usize,
     /// Closed-loop measurement window.
-    #[arg(long, default_value = "3s", value_parser = ringmesh_loadgen::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = ringmesh_loadgen::parse_duration)]
     pub throughput_duration: Duration,
+    /// Closed-loop warmup.
+    #[arg(long, default_value = "250ms", value_parser = ringmesh_loadgen::parse_duration)]
+    pub throughput_warmup: Duration,
     /// ringmesh-proxy worker threads.
     #[arg(long, default_value_t = 1)]
     pub proxy_workers: usize,
@@ -69,11 +83,14 @@ pub struct BenchArgs {
     pub cpus: Option<Vec<usize>>,
     /// Idle keep-alive connections opened to each proxy for the memory-per-connection figure
     /// (0 skips the test).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 5_000)]
     pub idle_connections: usize,
     /// Response body size of the echo upstream, bytes.
     #[arg(long, default_value_t = 64)]
     pub body_size: usize,
+    /// Never draw a progress bar (plain lines, as when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 impl BenchArgs {
@@ -85,7 +102,7 @@ impl BenchArgs {
                 Some(k) if !kinds.contains(&k) => kinds.push(k),
                 Some(_) => {}
                 None => problems.push(format!(
-                    "unknown scenario {s:?} (known: direct, ringmesh, haproxy, nginx)"
+                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, mesh, haproxy, nginx)"
                 )),
             }
         }
@@ -97,6 +114,12 @@ impl BenchArgs {
         }
         if !(self.rate > 0.0 && self.rate <= 1e6) {
             problems.push(format!("--rate must be in (0, 1e6], got {}", self.rate));
+        }
+        if self.connections == 0 || self.throughput_connections == 0 || self.load_threads == 0 {
+            problems.push("--connections, --throughput-connections and --load-threads must be at least 1".into());
+        }
+        if self.duration.is_zero() || self.throughput_duration.is_zero() {
+            problems.push("--duration and --throughput-duration must be positive".into());
         }
         if self.proxy_workers == 0 || self.proxy_workers > 256 {
             problems.push(format!("--proxy-workers must be 1..=256, got {}", self.proxy_workers));
@@ -153,6 +176,21 @@ fn shell_quote(a: &str) -> String {
     }
 }
 
+/// Parses the command line and applies `--suite`: built-in default < suite file < typed flag.
+pub fn parse_args(args: &[std::ffi::OsString]) -> anyhow::Result<BenchArgs> {
+    let matches = BenchArgs::command()
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| e.exit());
+    let mut cli = BenchArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(path) = cli.suite.clone() {
+        let suite = suite::Suite::load(&path)?;
+        suite.apply(&mut cli, |id| {
+            matches!(matches.value_source(id), Some(ValueSource::CommandLine))
+        })?;
+    }
+    Ok(cli)
+}
+
 /// Runs the suite with the given arguments (`args[0]` is the program name).
 pub fn run<I, T>(args: I) -> anyhow::Result<()>
 where
@@ -165,7 +203,7 @@ where
         .map(|a| shell_quote(&a.to_string_lossy()))
         .collect::<Vec<_>>()
         .join(" ");
-    let cli = BenchArgs::try_parse_from(&args).unwrap_or_else(|e| e.exit());
+    let cli = parse_args(&args)?;
     let kinds = cli.validate()?;
     let started = Instant::now();
     let started_unix = std::time::SystemTime::now()
@@ -178,6 +216,9 @@ where
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let nofile = ringmesh_loadgen::raise_nofile_limit(procs::NOFILE_WANT).context("raising RLIMIT_NOFILE")?;
     let self_exe = std::env::current_exe().context("locating own executable")?;
+    // Ctrl-C: the measurement in progress stops, the report of completed rounds is written.
+    ringmesh_loadgen::progress::install_interrupt_handler().context("installing the Ctrl-C handler")?;
+    let interrupted = ringmesh_loadgen::progress::interrupted;
     eprintln!("ringmesh-bench: writing to {}", out_dir.display());
 
     // The shared upstream.
@@ -212,6 +253,9 @@ where
     let mut summaries: Vec<ScenarioSummary> = Vec::new();
     let mut topologies: Vec<Topology> = Vec::new();
     for &kind in &kinds {
+        if interrupted() {
+            break;
+        }
         if let Some(bin) = kind.external_binary() {
             if topology::which(bin).is_none() {
                 let mut s = ScenarioSummary::new(kind, Status::Skipped);
@@ -227,21 +271,30 @@ where
                 let mut s = ScenarioSummary::new(kind, Status::Ok);
                 s.io_driver = t.io_driver.clone();
                 s.version = t.version.clone();
-                s.config_file = t
-                    .config_path
-                    .as_ref()
-                    .and_then(|p| p.file_name())
-                    .map(|f| f.to_string_lossy().into_owned());
-                if let Some(p) = &t.proxy {
+                s.config_file = (!t.config_paths.is_empty()).then(|| {
+                    t.config_paths
+                        .iter()
+                        .filter_map(|p| p.file_name())
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                if t.has_proxy() {
                     std::thread::sleep(Duration::from_millis(200));
-                    match p.rss_kib() {
+                    match t.proxy_rss_kib() {
                         Ok(k) => s.idle_rss_kib = Some(k),
                         Err(e) => s.notes.push(format!("idle RSS unavailable: {e}")),
                     }
-                    if p.process_count() > 1 {
+                    if kind == Kind::Mesh {
+                        s.notes.push(
+                            "client-side proxy → server-side proxy → echo, plaintext HTTP/1.1 between the proxies \
+                             (mTLS comes with the security issue); CPU and RSS are summed over both proxies"
+                                .into(),
+                        );
+                    } else if t.process_count() > 1 {
                         s.notes.push(format!(
                             "CPU and RSS summed over {} processes (master + workers)",
-                            p.process_count()
+                            t.process_count()
                         ));
                     }
                 }
@@ -265,27 +318,38 @@ where
         warmup: cli.warmup,
         throughput_connections: cli.throughput_connections,
         throughput_duration: cli.throughput_duration,
-        throughput_warmup: Duration::from_millis(500),
+        throughput_warmup: cli.throughput_warmup,
         threads: cli.load_threads,
         cpus: cli.cpu_for(0).into_iter().collect(),
         body_size: cli.body_size,
     };
+    let idle_steps = if cli.idle_connections > 0 {
+        topologies.iter().filter(|t| t.has_proxy()).count()
+    } else {
+        0
+    };
+    let ui = ui::Ui::new((cli.repeats * topologies.len() + idle_steps) as u64, !cli.no_progress);
     let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); topologies.len()];
     let mut failed: Vec<Option<String>> = vec![None; topologies.len()];
-    for repeat in 0..cli.repeats {
+    let mut completed_rounds = 0;
+    'rounds: for repeat in 0..cli.repeats {
         for (i, topo) in topologies.iter_mut().enumerate() {
+            if interrupted() {
+                break 'rounds;
+            }
             if failed[i].is_some() {
+                ui.advance();
                 continue;
             }
-            if let Some(p) = topo.proxy.as_mut() {
-                if let Err(e) = p.check_alive() {
-                    failed[i] = Some(format!("{e:#}"));
-                    continue;
-                }
+            if let Err(e) = topo.check_alive() {
+                failed[i] = Some(format!("{e:#}"));
+                ui.advance();
+                continue;
             }
+            ui.step(format!("round {}/{} · {}", repeat + 1, cli.repeats, topo.kind));
             match measure::run_once(topo, &shape, repeat, &out_dir) {
                 Ok(r) => {
-                    eprintln!(
+                    ui.line(format!(
                         "ringmesh-bench: [{}/{}] {:<8} throughput {:>7.0} rps | p50 {} p99 {} max {}{}",
                         repeat + 1,
                         cli.repeats,
@@ -299,47 +363,69 @@ where
                         } else {
                             "  (UNDER TARGET RATE)"
                         }
-                    );
+                    ));
                     runs[i].push(r);
                 }
+                Err(_) if interrupted() => break 'rounds,
                 Err(e) => {
-                    eprintln!("ringmesh-bench: {}: measurement failed: {e:#}", topo.kind);
+                    ui.line(format!("ringmesh-bench: {}: measurement failed: {e:#}", topo.kind));
                     failed[i] = Some(format!("measurement failed: {e:#}"));
                 }
             }
+            ui.advance();
         }
+        completed_rounds = repeat + 1;
+    }
+    let was_interrupted = interrupted();
+    if was_interrupted {
+        // Only whole rounds are reported, so every scenario has the same repeats and the
+        // added latency stays paired by round.
+        for r in &mut runs {
+            r.retain(|run| run.repeat < completed_rounds);
+        }
+        ui.line(format!(
+            "ringmesh-bench: interrupted: reporting the {completed_rounds} complete round(s) of {}",
+            cli.repeats
+        ));
     }
 
     // Memory per idle connection, last: it leaves allocator state behind.
     let mut idle = vec![None; topologies.len()];
-    if cli.idle_connections > 0 {
+    if cli.idle_connections > 0 && !was_interrupted {
         // Each idle connection costs this process and the proxy one descriptor each.
         let per_proxy = (nofile.saturating_sub(512) as usize).min(cli.idle_connections);
         if per_proxy < cli.idle_connections {
-            eprintln!(
+            ui.line(format!(
                 "ringmesh-bench: RLIMIT_NOFILE is {nofile}: opening {per_proxy} idle connections per proxy instead of {}",
                 cli.idle_connections
-            );
+            ));
         }
         for (i, topo) in topologies.iter().enumerate() {
-            if topo.proxy.is_none() || failed[i].is_some() {
+            if !topo.has_proxy() || interrupted() {
                 continue;
             }
+            if failed[i].is_some() {
+                ui.advance();
+                continue;
+            }
+            ui.step(format!("{}: {per_proxy} idle connections", topo.kind));
             match measure::idle_connections(topo, per_proxy, Duration::from_secs(30)) {
                 Ok(r) => {
-                    eprintln!(
+                    ui.line(format!(
                         "ringmesh-bench: {:<8} {} idle connections: RSS {} → {} KiB",
                         topo.kind.name(),
                         r.held,
                         r.rss_before_kib,
                         r.rss_after_kib
-                    );
+                    ));
                     idle[i] = Some(r);
                 }
-                Err(e) => eprintln!("ringmesh-bench: {}: idle test failed: {e:#}", topo.kind),
+                Err(e) => ui.line(format!("ringmesh-bench: {}: idle test failed: {e:#}", topo.kind)),
             }
+            ui.advance();
         }
     }
+    ui.finish();
     let direct_runs = topologies
         .iter()
         .position(|t| t.kind == Kind::Direct)
@@ -379,6 +465,14 @@ where
     drop(topologies);
     drop(echo);
 
+    let plot_note = match write_plot(&summaries, &out_dir) {
+        Ok(()) => None,
+        Err(e) => {
+            eprintln!("ringmesh-bench: latency.svg not written: {e:#}");
+            Some(format!("latency.svg not written: {e:#}"))
+        }
+    };
+
     let targets = report::judge(&summaries);
     let mut machine = machine_info();
     if let Some(d) = summaries
@@ -387,7 +481,7 @@ where
     {
         machine.push(("ringmesh-proxy io driver".into(), d));
     }
-    let settings = vec![
+    let mut settings = vec![
         (
             "open loop".into(),
             format!(
@@ -398,8 +492,8 @@ where
         (
             "closed loop".into(),
             format!(
-                "{} connections, {:?} + 500ms warmup",
-                cli.throughput_connections, cli.throughput_duration
+                "{} connections, {:?} + {:?} warmup",
+                cli.throughput_connections, cli.throughput_duration, cli.throughput_warmup
             ),
         ),
         (
@@ -409,7 +503,7 @@ where
         (
             "processes".into(),
             format!(
-                "echo 1 worker ({}-byte body), proxies {} worker(s), load generator {} thread(s){}",
+                "echo 1 worker ({}-byte body), proxies {} worker(s) each, load generator {} thread(s){}",
                 cli.body_size,
                 cli.proxy_workers,
                 cli.load_threads,
@@ -423,6 +517,21 @@ where
             format!("{} per proxy (RLIMIT_NOFILE {nofile})", cli.idle_connections),
         ),
     ];
+    if let Some(path) = &cli.suite {
+        settings.push(("suite".into(), path.display().to_string()));
+    }
+    if was_interrupted {
+        settings.push((
+            "INTERRUPTED".into(),
+            format!(
+                "Ctrl-C after {completed_rounds} of {} rounds; figures cover the completed rounds only, idle-connection test not run",
+                cli.repeats
+            ),
+        ));
+    }
+    if let Some(n) = plot_note {
+        settings.push(("plot".into(), n));
+    }
     let info = report::RunInfo {
         command,
         started_unix,
@@ -434,13 +543,44 @@ where
     std::fs::write(out_dir.join("report.md"), &md)?;
     let json = serde_json::json!({
         "info": info,
+        "interrupted": was_interrupted,
+        "completed_rounds": completed_rounds,
         "scenarios": summaries,
         "targets": targets,
     });
     std::fs::write(out_dir.join("report.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     println!("{md}");
     println!("Report: {}", out_dir.join("report.md").display());
+    if was_interrupted {
+        bail!("interrupted after {completed_rounds} complete round(s); the report covers those");
+    }
     Ok(())
+}
+
+/// Writes `latency.svg`: each measured scenario's open-loop histograms merged over repeats.
+fn write_plot(summaries: &[ScenarioSummary], out_dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut merged: Vec<(&'static str, hdrhistogram::Histogram<u64>)> = Vec::new();
+    for s in summaries.iter().filter(|s| !s.runs.is_empty()) {
+        let mut h: Option<hdrhistogram::Histogram<u64>> = None;
+        for r in s.runs.iter().filter_map(|r| r.histogram.as_ref()) {
+            match &mut h {
+                None => h = Some(r.clone()),
+                Some(acc) => acc.add(r).context("merging histograms")?,
+            }
+        }
+        if let Some(h) = h {
+            merged.push((s.scenario.name(), h));
+        }
+    }
+    let series: Vec<plot::Series<'_>> = merged
+        .iter()
+        .map(|(name, h)| plot::Series { name, histogram: h })
+        .collect();
+    plot::write_svg(
+        &series,
+        "open-loop latency by percentile (all repeats merged)",
+        &out_dir.join("latency.svg"),
+    )
 }
 
 fn kinds_line(kinds: &[Kind]) -> String {

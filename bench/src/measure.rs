@@ -69,6 +69,9 @@ pub struct RunResult {
     pub cpu_per_1k: Option<f64>,
     /// The `.hgrm` written for the open-loop run (file name in the output directory).
     pub hgrm: String,
+    /// The open-loop latency histogram (µs), for the percentile plot.
+    #[serde(skip)]
+    pub histogram: Option<hdrhistogram::Histogram<u64>>,
 }
 
 fn load_config(entry: SocketAddr, shape: &LoadShape) -> anyhow::Result<LoadConfig> {
@@ -88,9 +91,10 @@ pub fn run_once(topo: &Topology, shape: &LoadShape, repeat: usize, out_dir: &Pat
     c.connections = shape.latency_connections;
     c.duration = shape.duration;
     c.warmup = shape.warmup;
-    let cpu_before = topo.proxy.as_ref().map(|p| p.cpu_time()).transpose()?;
+    let cpu_before = topo.proxy_cpu_time()?;
     let lat = run_load(c).with_context(|| format!("{} latency run", topo.kind))?;
-    let cpu_after = topo.proxy.as_ref().map(|p| p.cpu_time()).transpose()?;
+    let cpu_after = topo.proxy_cpu_time()?;
+    anyhow::ensure!(!lat.interrupted, "interrupted");
     let cpu_per_1k = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) if lat.sent_total > 0 => {
             Some(a.saturating_sub(b).as_secs_f64() / lat.sent_total as f64 * 1000.0)
@@ -108,6 +112,7 @@ pub fn run_once(topo: &Topology, shape: &LoadShape, repeat: usize, out_dir: &Pat
     c.duration = shape.throughput_duration;
     c.warmup = shape.throughput_warmup;
     let thr = run_load(c).with_context(|| format!("{} throughput run", topo.kind))?;
+    anyhow::ensure!(!thr.interrupted, "interrupted");
 
     Ok(RunResult {
         repeat,
@@ -120,6 +125,7 @@ pub fn run_once(topo: &Topology, shape: &LoadShape, repeat: usize, out_dir: &Pat
         latency_unsent: lat.unsent,
         cpu_per_1k,
         hgrm,
+        histogram: Some(lat.histogram),
     })
 }
 
@@ -154,16 +160,20 @@ pub struct IdleResult {
 /// reads the proxy's RSS growth, and closes them. Bounded by `budget`; if the budget or the
 /// proxy's limits stop it early, the figure is computed over the connections actually held.
 pub fn idle_connections(topo: &Topology, n: usize, budget: Duration) -> anyhow::Result<IdleResult> {
-    let proxy = topo.proxy.as_ref().context("idle-connection test needs a proxy")?;
+    anyhow::ensure!(topo.has_proxy(), "idle-connection test needs a proxy");
     std::thread::sleep(Duration::from_millis(200));
-    let rss_before = proxy.rss_kib()?;
+    let rss_before = topo.proxy_rss_kib()?;
     let started = Instant::now();
     let deadline = started + budget;
     let mut held = Vec::with_capacity(n);
     let mut failed = 0usize;
     let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: ringmesh-bench\r\n\r\n");
     let mut consecutive_failures = 0;
-    while held.len() < n && Instant::now() < deadline && consecutive_failures < 5 {
+    while held.len() < n
+        && Instant::now() < deadline
+        && consecutive_failures < 5
+        && !ringmesh_loadgen::progress::interrupted()
+    {
         match one_request_conn(topo.entry, request.as_bytes()) {
             Ok(s) => {
                 held.push(s);
@@ -178,7 +188,7 @@ pub fn idle_connections(topo: &Topology, n: usize, budget: Duration) -> anyhow::
     let open_seconds = started.elapsed().as_secs_f64();
     // Let the proxy finish any bookkeeping triggered by the last requests.
     std::thread::sleep(Duration::from_millis(300));
-    let rss_after = proxy.rss_kib()?;
+    let rss_after = topo.proxy_rss_kib()?;
     let count = held.len();
     for s in held {
         // Reset instead of FIN so thousands of loopback sockets do not linger in TIME_WAIT.

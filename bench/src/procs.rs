@@ -46,10 +46,16 @@ impl Proc {
         let stderr = fs::File::create(&stderr_path).with_context(|| format!("creating {}", stderr_path.display()))?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        // Its own process group: Ctrl-C on the terminal reaches only the bench, which then
+        // finishes its report and stops the children itself.
+        cmd.process_group(0);
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // async-signal-safe syscalls (setrlimit, sched_setaffinity) on stack data.
+        // async-signal-safe syscalls (prctl, setrlimit, sched_setaffinity) on stack data.
         unsafe {
             cmd.pre_exec(move || {
+                // If the bench dies without stopping it (a second Ctrl-C, a kill), the child
+                // gets SIGTERM instead of running on unsupervised.
+                let _ = libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 let lim = libc::rlimit {
                     rlim_cur: NOFILE_WANT as libc::rlim_t,
                     rlim_max: NOFILE_WANT as libc::rlim_t,

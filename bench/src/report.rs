@@ -480,6 +480,7 @@ mod tests {
             latency_unsent: 0,
             cpu_per_1k: Some(0.01),
             hgrm: String::new(),
+            histogram: None,
         }
     }
 

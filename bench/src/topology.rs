@@ -27,8 +27,11 @@ pub const HOST: &str = "echo.bench";
 pub enum Kind {
     /// Load generator straight to the echo server: the baseline.
     Direct,
-    /// Through one ringmesh-proxy.
+    /// Through one ringmesh-proxy (the sidecar position).
     Ringmesh,
+    /// Through two ringmesh-proxies: client-side sidecar → server-side sidecar (plaintext
+    /// between them until the security issue brings mTLS).
+    Mesh,
     /// Through one haproxy (if installed).
     Haproxy,
     /// Through one nginx (if installed).
@@ -37,21 +40,25 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the default order.
-    pub const ALL: [Kind; 4] = [Kind::Direct, Kind::Ringmesh, Kind::Haproxy, Kind::Nginx];
+    pub const ALL: [Kind; 5] = [Kind::Direct, Kind::Ringmesh, Kind::Mesh, Kind::Haproxy, Kind::Nginx];
 
     /// The scenario name.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
             Kind::Ringmesh => "ringmesh",
+            Kind::Mesh => "mesh",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
         }
     }
 
-    /// Parses a scenario name.
+    /// Parses a scenario name (`sidecar` is another name for `ringmesh`).
     pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == s.trim())
+        match s.trim() {
+            "sidecar" => Some(Kind::Ringmesh),
+            s => Kind::ALL.into_iter().find(|k| k.name() == s),
+        }
     }
 
     /// The external binary this kind needs on PATH, if any.
@@ -109,18 +116,61 @@ pub struct Topology {
     pub kind: Kind,
     /// Where the load generator sends requests.
     pub entry: SocketAddr,
-    /// The proxy process (none for `direct`).
-    pub proxy: Option<Proc>,
+    /// The proxy processes (none for `direct`, two for `mesh`: client side first). CPU time
+    /// and RSS are summed over all of them.
+    pub proxies: Vec<Proc>,
     /// The proxy's I/O driver when it reports one (ringmesh logs `io=…` at start-up).
     pub io_driver: Option<String>,
-    /// The config file written for the proxy.
-    pub config_path: Option<PathBuf>,
+    /// The config file(s) written for the proxies.
+    pub config_paths: Vec<PathBuf>,
     /// Version string of an external proxy.
     pub version: Option<String>,
 }
 
 /// How long a proxy may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Topology {
+    /// True when there is at least one proxy process to sample.
+    pub fn has_proxy(&self) -> bool {
+        !self.proxies.is_empty()
+    }
+
+    /// CPU time (user + system) summed over the proxy processes (and their children).
+    pub fn proxy_cpu_time(&self) -> anyhow::Result<Option<Duration>> {
+        if self.proxies.is_empty() {
+            return Ok(None);
+        }
+        let mut total = Duration::ZERO;
+        for p in &self.proxies {
+            total += p.cpu_time()?;
+        }
+        Ok(Some(total))
+    }
+
+    /// VmRSS summed over the proxy processes (and their children), KiB.
+    pub fn proxy_rss_kib(&self) -> anyhow::Result<u64> {
+        anyhow::ensure!(!self.proxies.is_empty(), "{} has no proxy process", self.kind);
+        let mut total = 0;
+        for p in &self.proxies {
+            total += p.rss_kib()?;
+        }
+        Ok(total)
+    }
+
+    /// Number of processes summed over the proxies' process trees.
+    pub fn process_count(&self) -> usize {
+        self.proxies.iter().map(Proc::process_count).sum()
+    }
+
+    /// Errors (with the stderr tail) if a proxy process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.proxies {
+            p.check_alive()?;
+        }
+        Ok(())
+    }
+}
 
 /// Brings up `kind` in front of the echo server and waits until a request through it gets
 /// a `200`.
@@ -129,12 +179,13 @@ pub fn start(kind: Kind, env: &Env) -> anyhow::Result<Topology> {
         Kind::Direct => Ok(Topology {
             kind,
             entry: env.echo_addr,
-            proxy: None,
+            proxies: Vec::new(),
             io_driver: None,
-            config_path: None,
+            config_paths: Vec::new(),
             version: None,
         }),
         Kind::Ringmesh => start_ringmesh(env),
+        Kind::Mesh => start_mesh(env),
         Kind::Haproxy => start_haproxy(env),
         Kind::Nginx => start_nginx(env),
     }
@@ -184,19 +235,21 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn start_ringmesh(env: &Env) -> anyhow::Result<Topology> {
+/// Starts one ringmesh-proxy (role `role`, config `<role>.yaml`) that forwards `HOST` to
+/// `upstream`, and waits until it is ready and a request through it gets a `200`.
+fn spawn_ringmesh(env: &Env, role: &str, upstream: SocketAddr) -> anyhow::Result<(Proc, SocketAddr, PathBuf)> {
     let admin = loopback(free_port()?);
     let health = loopback(free_port()?);
     let metrics = loopback(free_port()?);
     let entry = loopback(free_port()?);
-    let path = env.out_dir.join("ringmesh.yaml");
+    let path = env.out_dir.join(format!("{role}.yaml"));
     std::fs::write(
         &path,
-        ringmesh_config(env.proxy_workers, admin, health, metrics, entry, env.echo_addr),
+        ringmesh_config(env.proxy_workers, admin, health, metrics, entry, upstream),
     )
     .with_context(|| format!("writing {}", path.display()))?;
     let mut proc = Proc::spawn(
-        "ringmesh",
+        role,
         &env.self_exe,
         &["__proxy".into(), "--config".into(), path.display().to_string()],
         &env.out_dir,
@@ -210,13 +263,35 @@ fn start_ringmesh(env: &Env) -> anyhow::Result<Topology> {
         READY_TIMEOUT,
         probe_through(entry),
     )?;
+    Ok((proc, entry, path))
+}
+
+fn start_ringmesh(env: &Env) -> anyhow::Result<Topology> {
+    let (proc, entry, path) = spawn_ringmesh(env, "ringmesh", env.echo_addr)?;
     let io_driver = parse_io_driver(&proc.stderr_text());
     Ok(Topology {
         kind: Kind::Ringmesh,
         entry,
-        proxy: Some(proc),
+        proxies: vec![proc],
         io_driver,
-        config_path: Some(path),
+        config_paths: vec![path],
+        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+    })
+}
+
+/// Client-side proxy → server-side proxy → echo: the server side starts first (in front of
+/// the echo), then the client side with the server side's listener as the endpoint of the
+/// same `HOST`, so the request crosses two full proxies exactly as between two sidecars.
+fn start_mesh(env: &Env) -> anyhow::Result<Topology> {
+    let (server, server_entry, server_path) = spawn_ringmesh(env, "mesh-server", env.echo_addr)?;
+    let (client, entry, client_path) = spawn_ringmesh(env, "mesh-client", server_entry)?;
+    let io_driver = parse_io_driver(&client.stderr_text());
+    Ok(Topology {
+        kind: Kind::Mesh,
+        entry,
+        proxies: vec![client, server],
+        io_driver,
+        config_paths: vec![client_path, server_path],
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
     })
 }
@@ -295,9 +370,9 @@ fn start_haproxy(env: &Env) -> anyhow::Result<Topology> {
     Ok(Topology {
         kind: Kind::Haproxy,
         entry,
-        proxy: Some(proc),
+        proxies: vec![proc],
         io_driver: Some("epoll".into()),
-        config_path: Some(path),
+        config_paths: vec![path],
         version: external_version(&bin, "-v"),
     })
 }
@@ -381,9 +456,9 @@ fn start_nginx(env: &Env) -> anyhow::Result<Topology> {
     Ok(Topology {
         kind: Kind::Nginx,
         entry,
-        proxy: Some(proc),
+        proxies: vec![proc],
         io_driver: Some("epoll".into()),
-        config_path: Some(path),
+        config_paths: vec![path],
         version: external_version(&bin, "-v"),
     })
 }
@@ -398,6 +473,7 @@ mod tests {
             assert_eq!(Kind::parse(k.name()), Some(k));
         }
         assert_eq!(Kind::parse("envoy"), None);
+        assert_eq!(Kind::parse("sidecar"), Some(Kind::Ringmesh));
         assert_eq!(
             parse_io_driver("2024 INFO ringmesh: worker 0 started io=io_uring cpu=1"),
             Some("io_uring".into())

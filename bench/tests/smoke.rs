@@ -1,38 +1,51 @@
-//! End-to-end smoke test of the suite itself: a tiny run of `direct` and `ringmesh` through
-//! the real binary (so the `__echo`/`__proxy` re-execution, readiness, /proc sampling and the
-//! report files are all exercised). Figures are not judged here — speed targets live in the
-//! benchmark, never in timed tests — only that every figure was produced.
+//! End-to-end smoke tests of the suite itself: tiny runs through the real binary (so the
+//! `__echo`/`__proxy` re-execution, the two-proxy `mesh`, readiness, /proc sampling, the
+//! `--suite` file, Ctrl-C and the report files are all exercised). Figures are not judged
+//! here — speed targets live in the benchmark, never in timed tests — only that every
+//! figure was produced.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn out_dir(name: &str) -> std::path::PathBuf {
+    let out = std::env::temp_dir().join(format!("ringmesh-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    out
+}
 
 #[test]
 fn tiny_suite_writes_complete_reports() {
-    let out = std::env::temp_dir().join(format!("ringmesh-bench-smoke-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
     let status = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
         .args(["--scenarios", "direct,ringmesh,no-such-proxy"])
         .status()
         .unwrap();
     assert!(!status.success(), "an unknown scenario is rejected");
 
+    let out = out_dir("smoke");
+    // Settings from a suite file; `--repeats 2` on the command line wins over its `repeats: 5`.
+    let suite = out.join("tiny.yaml");
+    std::fs::write(
+        &suite,
+        "scenarios: [direct, ringmesh, mesh]\nrepeats: 5\nrate: 300\nduration: 0.5s\nwarmup: 200ms\n\
+         throughput-duration: 0.3s\nthroughput-warmup: 0.1s\nidle-connections: 300\n",
+    )
+    .unwrap();
+    let bad = out.join("bad.yaml");
+    std::fs::write(&bad, "rate: 300\nrepeat: 2\n").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
-        .args([
-            "--scenarios",
-            "direct,ringmesh",
-            "--repeats",
-            "2",
-            "--rate",
-            "300",
-            "--duration",
-            "0.5s",
-            "--warmup",
-            "0.2s",
-            "--throughput-duration",
-            "0.3s",
-            "--idle-connections",
-            "300",
-            "--out",
-        ])
+        .arg("--suite")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("unknown field `repeat`"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
+        .arg("--suite")
+        .arg(&suite)
+        .args(["--repeats", "2", "--out"])
         .arg(&out)
         .output()
         .unwrap();
@@ -40,7 +53,7 @@ fn tiny_suite_writes_complete_reports() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
-        stdout.contains("| direct |") && stdout.contains("| ringmesh |"),
+        stdout.contains("| direct |") && stdout.contains("| ringmesh |") && stdout.contains("| mesh |"),
         "{stdout}"
     );
 
@@ -54,10 +67,11 @@ fn tiny_suite_writes_complete_reports() {
             .join("\n")
             .trim()
     );
+    assert!(md.contains("plaintext HTTP/1.1 between the proxies"), "{md}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let scenarios = json["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 2);
+    assert_eq!(scenarios.len(), 3);
     for s in scenarios {
         assert_eq!(s["status"], "ok", "{s}");
         assert_eq!(s["runs"].as_array().unwrap().len(), 2);
@@ -65,23 +79,98 @@ fn tiny_suite_writes_complete_reports() {
         assert!(s["latency_us"]["p50"]["median"].as_f64().unwrap() > 0.0);
         assert_eq!(s["errors"], 0, "{s}");
     }
-    let rm = &scenarios[1];
-    assert!(rm["added_us"]["p50"]["median"].is_number());
-    assert!(rm["cpu_cores_per_1k_rps"]["median"].as_f64().unwrap() > 0.0);
-    assert!(rm["idle_rss_kib"].as_u64().unwrap() > 0);
-    assert_eq!(rm["idle_connections"]["held"], 300);
+    for rm in &scenarios[1..] {
+        assert!(rm["added_us"]["p50"]["median"].is_number());
+        assert!(rm["cpu_cores_per_1k_rps"]["median"].as_f64().unwrap() > 0.0);
+        assert!(rm["idle_rss_kib"].as_u64().unwrap() > 0);
+        assert_eq!(rm["idle_connections"]["held"], 300);
+    }
+    // Two proxies' memory is summed: more than one proxy's.
+    assert!(scenarios[2]["idle_rss_kib"].as_u64() > scenarios[1]["idle_rss_kib"].as_u64());
     assert_eq!(json["targets"].as_array().unwrap().len(), 6);
+    assert_eq!(json["interrupted"], false);
     for f in [
         "direct-r1.hgrm",
         "direct-r2.hgrm",
         "ringmesh-r1.hgrm",
         "ringmesh-r2.hgrm",
+        "mesh-r2.hgrm",
         "ringmesh.yaml",
+        "mesh-client.yaml",
+        "mesh-server.yaml",
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let hgrm = std::fs::read_to_string(out.join("ringmesh-r2.hgrm")).unwrap();
     let rows = ringmesh_loadgen::parse_hgrm(&hgrm).unwrap();
     assert!(!rows.is_empty());
+    let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+    for name in ["direct", "ringmesh", "mesh"] {
+        assert!(svg.contains(&format!("\n{name}\n")), "{name} not in the plot's legend");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn ctrl_c_still_writes_the_report_of_completed_rounds() {
+    let out = out_dir("interrupt");
+    // Rounds of ~1.2 s each; SIGINT lands in the second or third round.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
+        .args([
+            "--scenarios",
+            "direct,ringmesh",
+            "--repeats",
+            "20",
+            "--rate",
+            "300",
+            "--duration",
+            "0.3s",
+            "--warmup",
+            "0.1s",
+            "--throughput-duration",
+            "0.1s",
+            "--throughput-warmup",
+            "0.05s",
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first round is on disk, then interrupt.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !out.join("ringmesh-r1.hgrm").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(out.join("ringmesh-r1.hgrm").exists(), "first round never finished");
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on the child we just spawned.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "bench did not stop after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "an interrupted run exits non-zero");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["interrupted"], true);
+    let rounds = json["completed_rounds"].as_u64().unwrap();
+    assert!((1..20).contains(&rounds), "{rounds}");
+    for s in json["scenarios"].as_array().unwrap() {
+        assert_eq!(s["runs"].as_array().unwrap().len() as u64, rounds, "{s}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("INTERRUPTED"), "{md}");
     let _ = std::fs::remove_dir_all(&out);
 }
