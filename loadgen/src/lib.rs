@@ -51,7 +51,7 @@ pub mod tls;
 mod cli;
 mod sys;
 
-pub use cli::{echo_main, loadgen_main, parse_cpus, parse_duration, EchoArgs, LoadArgs};
+pub use cli::{echo_main, loadgen_main, parse_cpus, parse_duration, CpuList, EchoArgs, LoadArgs};
 pub use echo::{spawn_echo, EchoConfig, EchoHandle, EchoMode};
 pub use load::{run_load, run_load_with, ErrorCounts, ErrorKind, LoadConfig, Protocol};
 pub use progress::RunControl;

@@ -548,7 +548,7 @@ async fn grpc_stream_message(
             if let Some(done) = grpc_head(&resp)? {
                 // A trailers-only answer ends the call.
                 return match done {
-                    Ok(s) if s == 200 => Err(ErrorKind::Malformed),
+                    Ok(200) => Err(ErrorKind::Malformed),
                     other => other,
                 };
             }
