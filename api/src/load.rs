@@ -233,6 +233,16 @@ fn split_documents(text: &str) -> Vec<Document> {
     docs
 }
 
+/// The `---` documents of a YAML stream as `(first line in the file, text)`, comment-only
+/// documents left out. The control plane sends resources to proxies one document at a time, in
+/// the language users wrote them in.
+pub fn documents(text: &str) -> Vec<(usize, String)> {
+    split_documents(text)
+        .into_iter()
+        .map(|d| (d.first_line, d.text))
+        .collect()
+}
+
 /// Loads every resource in `text`; `name` is used as the file name in diagnostics.
 /// Returns the resources and warnings, or every error (warnings are left out of the error
 /// list so that it is exactly what must be fixed).

@@ -7,3 +7,5 @@
 
 pub mod analyze;
 pub mod cli;
+pub mod server;
+pub mod store;

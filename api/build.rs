@@ -1,0 +1,13 @@
+//! Compiles `proto/` into Rust with protox (a protobuf compiler in pure Rust), so no build needs
+//! a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/ringmesh/v1/discovery.proto"];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    // No `connect` helpers: api stays free of a transport; the binaries pick theirs.
+    tonic_prost_build::configure().build_transport(false).compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! The discovery service: one bidirectional stream per proxy, snapshots out, ACK/NACK in.
+//!
+//! The proxy's first message must be a `Hello` within [`HELLO_TIMEOUT`]; a protocol version
+//! outside the supported window gets one `Refusal` naming both versions and the stream ends.
+//! Every change of resources or endpoints bumps one generation counter; each proxy's stream
+//! task waits for it, debounces bursts, compiles the proxy's view with the same compiler the
+//! proxy runs, and sends a snapshot only when it compiles (a config that would be refused stays
+//! with the control plane, reported in [`ProxyStatus::stale_reason`]). Endpoints are the union
+//! of the workloads that connected proxies announce; a proxy that disconnects keeps its
+//! endpoints for the grace period, a proxy that reports its workload unready loses them at once.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringmesh_api::proto::discovery_server::{Discovery, DiscoveryServer};
+use ringmesh_api::proto::{
+    control_message, proxy_message, skew_refusal, ControlMessage, Endpoint, Hello, ProxyMessage, Refusal, Snapshot,
+    Workload, MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
+};
+use ringmesh_api::registry::ExtraEndpoint;
+use ringmesh_api::{compile, load_str, CompileInput};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::store::ResourceSet;
+
+/// How long a new stream may take to say who it is.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of the discovery service.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// How long a disconnected proxy's endpoints stay in the registry.
+    pub grace: Duration,
+    /// How long to wait after a change before pushing, so that bursts become one push.
+    pub debounce: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            grace: Duration::from_secs(30),
+            debounce: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Sync state of one proxy, as `ringmesh proxy-status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyStatus {
+    /// The proxy's node id.
+    pub node_id: String,
+    /// What it announced.
+    pub workload: Workload,
+    /// Software version it announced.
+    pub proxy_version: String,
+    /// Whether its stream is open.
+    pub connected: bool,
+    /// Whether its workload is ready (an unready one is withdrawn at once).
+    pub ready: bool,
+    /// Last snapshot version sent.
+    pub sent_version: u64,
+    /// Last snapshot version it acknowledged.
+    pub acked_version: u64,
+    /// The error of its last NACK, if the last answer was a NACK.
+    pub nack: Option<String>,
+    /// Why the newest config was not sent to it (it would not compile for this proxy).
+    pub stale_reason: Option<String>,
+}
+
+impl ProxyStatus {
+    /// `SYNCED`, `NACKED`, `STALE` or `DISCONNECTED`.
+    pub fn state(&self, current: u64) -> &'static str {
+        if !self.connected {
+            "DISCONNECTED"
+        } else if self.nack.is_some() {
+            "NACKED"
+        } else if self.stale_reason.is_some() || self.acked_version != current || self.sent_version != current {
+            "STALE"
+        } else {
+            "SYNCED"
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Proxy {
+    status: ProxyStatus,
+    disconnected_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    resources: ResourceSet,
+    generation: u64,
+    proxies: BTreeMap<String, Proxy>,
+    pushes: u64,
+}
+
+/// The control plane's shared state and its discovery service.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    state: Arc<Mutex<State>>,
+    changed: Arc<watch::Sender<u64>>,
+    config: ServerConfig,
+}
+
+impl ControlPlane {
+    /// A control plane serving `resources`.
+    pub fn new(resources: ResourceSet, config: ServerConfig) -> Self {
+        let (tx, _) = watch::channel(1);
+        let state = State {
+            resources,
+            generation: 1,
+            ..Default::default()
+        };
+        ControlPlane {
+            state: Arc::new(Mutex::new(state)),
+            changed: Arc::new(tx),
+            config,
+        }
+    }
+
+    /// The tonic service to mount.
+    pub fn service(&self) -> DiscoveryServer<ControlPlane> {
+        DiscoveryServer::new(self.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug in this module; recover the data
+        // rather than take the whole control plane down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self, st: &mut State) {
+        st.generation += 1;
+        let _ = self.changed.send(st.generation);
+    }
+
+    /// Replaces the resources (a new accepted directory state) and pushes to every proxy.
+    pub fn set_resources(&self, resources: ResourceSet) {
+        let mut st = self.lock();
+        st.resources = resources;
+        self.bump(&mut st);
+    }
+
+    /// The current generation (the version of the next snapshots).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Snapshots sent so far (to measure debouncing).
+    pub fn pushes(&self) -> u64 {
+        self.lock().pushes
+    }
+
+    /// Every known proxy's status.
+    pub fn proxy_status(&self) -> Vec<ProxyStatus> {
+        self.lock().proxies.values().map(|p| p.status.clone()).collect()
+    }
+
+    /// Drops disconnected proxies whose grace period ended; bumps the generation if any left.
+    pub fn expire(&self) {
+        let mut st = self.lock();
+        let grace = self.config.grace;
+        let before = st.proxies.len();
+        st.proxies
+            .retain(|_, p| p.disconnected_at.is_none_or(|t| t.elapsed() < grace));
+        if st.proxies.len() != before {
+            self.bump(&mut st);
+        }
+    }
+
+    fn endpoints(st: &State) -> Vec<Endpoint> {
+        let mut out = Vec::new();
+        for p in st.proxies.values() {
+            if !p.status.ready {
+                continue;
+            }
+            let w = &p.status.workload;
+            for host in &w.services {
+                for address in &w.addresses {
+                    out.push(Endpoint {
+                        host: host.clone(),
+                        address: address.clone(),
+                        ports: w.ports.clone(),
+                        labels: w.labels.clone(),
+                        weight: 1,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The snapshot for `node_id` at the current generation, or why it does not compile.
+    fn snapshot_for(&self, node_id: &str, nonce: u64) -> Result<Snapshot, String> {
+        let st = self.lock();
+        let endpoints = Self::endpoints(&st);
+        let documents = st.resources.documents.clone();
+        let version = st.generation;
+        drop(st);
+        check_compiles(&documents, &endpoints)?;
+        let _ = node_id;
+        Ok(Snapshot {
+            version,
+            nonce: format!("{version}-{nonce}"),
+            protocol_version: PROTOCOL_VERSION,
+            documents,
+            endpoints,
+        })
+    }
+
+    fn register(&self, hello: &Hello) {
+        let mut st = self.lock();
+        let status = ProxyStatus {
+            node_id: hello.node_id.clone(),
+            workload: hello.workload.clone().unwrap_or_default(),
+            proxy_version: hello.proxy_version.clone(),
+            connected: true,
+            ready: true,
+            sent_version: 0,
+            acked_version: hello.serving_version,
+            nack: None,
+            stale_reason: None,
+        };
+        st.proxies.insert(
+            hello.node_id.clone(),
+            Proxy {
+                status,
+                disconnected_at: None,
+            },
+        );
+        self.bump(&mut st);
+    }
+
+    fn with_proxy(&self, node_id: &str, f: impl FnOnce(&mut ProxyStatus) -> bool) {
+        let mut st = self.lock();
+        let bump = st.proxies.get_mut(node_id).map(|p| f(&mut p.status)).unwrap_or(false);
+        if bump {
+            self.bump(&mut st);
+        }
+    }
+
+    fn disconnected(&self, node_id: &str) {
+        let mut st = self.lock();
+        if let Some(p) = st.proxies.get_mut(node_id) {
+            p.status.connected = false;
+            p.disconnected_at = Some(Instant::now());
+        }
+    }
+
+    fn sent(&self, node_id: &str, version: u64) {
+        let mut st = self.lock();
+        st.pushes += 1;
+        if let Some(p) = st.proxies.get_mut(node_id) {
+            p.status.sent_version = version;
+            p.status.stale_reason = None;
+        }
+    }
+}
+
+/// Loads the documents as the proxy will and compiles them with the endpoints: the proxy runs
+/// this same code, so what passes here is what the proxy accepts (bar its own ProxyConfig).
+pub fn check_compiles(documents: &[ringmesh_api::proto::Document], endpoints: &[Endpoint]) -> Result<(), String> {
+    let mut resources = Vec::new();
+    let mut errors = Vec::new();
+    for d in documents {
+        match load_str(&d.source, &d.yaml) {
+            Ok((mut r, _warnings)) => resources.append(&mut r),
+            Err(diags) => errors.extend(diags.iter().map(|x| x.to_string())),
+        }
+    }
+    let mut extra_endpoints = Vec::new();
+    for e in endpoints {
+        match ExtraEndpoint::try_from(e) {
+            Ok(x) => extra_endpoints.push(x),
+            Err(err) => errors.push(err.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        if let Err(diags) = compile(&CompileInput {
+            resources,
+            extra_endpoints,
+            version: 0,
+        }) {
+            errors.extend(diags.iter().map(|x| x.to_string()));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+type ControlStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Discovery for ControlPlane {
+    type StreamStream = ControlStream;
+
+    async fn stream(&self, request: Request<Streaming<ProxyMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))?;
+        let hello = match first {
+            Some(Ok(ProxyMessage {
+                message: Some(proxy_message::Message::Hello(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("the first message of a stream must be Hello")),
+        };
+        if hello.node_id.is_empty() {
+            return Err(Status::invalid_argument("Hello.node_id is required"));
+        }
+        let (tx, rx) = mpsc::channel::<Result<ControlMessage, Status>>(4);
+        if let Some(message) = skew_refusal(hello.protocol_version) {
+            tracing::warn!(node = %hello.node_id, proxy_protocol = hello.protocol_version, "refused: {message}");
+            let refusal = ControlMessage {
+                message: Some(control_message::Message::Refusal(Refusal {
+                    message,
+                    control_protocol_version: PROTOCOL_VERSION,
+                    min_supported_version: MIN_SUPPORTED_VERSION,
+                })),
+            };
+            let _ = tx.send(Ok(refusal)).await;
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        tracing::info!(node = %hello.node_id, version = %hello.proxy_version, "proxy connected");
+        self.register(&hello);
+        let cp = self.clone();
+        tokio::spawn(serve_proxy(cp, hello.node_id, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One proxy's stream: pushes on every generation change, records ACK/NACK/health.
+async fn serve_proxy(
+    cp: ControlPlane,
+    node_id: String,
+    mut inbound: Streaming<ProxyMessage>,
+    tx: mpsc::Sender<Result<ControlMessage, Status>>,
+) {
+    let mut changes = cp.changed.subscribe();
+    let mut nonce = 0u64;
+    let mut pending = true; // push the current state first
+    loop {
+        if pending {
+            pending = false;
+            tokio::time::sleep(cp.config.debounce).await;
+            let _ = changes.borrow_and_update();
+            nonce += 1;
+            match cp.snapshot_for(&node_id, nonce) {
+                Ok(snap) => {
+                    let version = snap.version;
+                    let msg = ControlMessage {
+                        message: Some(control_message::Message::Snapshot(snap)),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        break;
+                    }
+                    cp.sent(&node_id, version);
+                }
+                Err(reason) => {
+                    tracing::warn!(node = %node_id, "config not sent: it does not compile for this proxy:\n{reason}");
+                    cp.with_proxy(&node_id, |s| {
+                        s.stale_reason = Some(reason);
+                        false
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() { break; }
+                pending = true;
+            }
+            msg = inbound.next() => match msg {
+                Some(Ok(ProxyMessage { message: Some(m) })) => handle(&cp, &node_id, m),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    tracing::info!(node = %node_id, "proxy disconnected");
+    cp.disconnected(&node_id);
+}
+
+fn handle(cp: &ControlPlane, node_id: &str, m: proxy_message::Message) {
+    match m {
+        proxy_message::Message::Ack(a) => cp.with_proxy(node_id, |s| {
+            s.acked_version = a.version;
+            s.nack = None;
+            false
+        }),
+        proxy_message::Message::Nack(n) => {
+            tracing::warn!(node = %node_id, version = n.version, "NACK: {}", n.error);
+            cp.with_proxy(node_id, |s| {
+                s.nack = Some(n.error);
+                false
+            })
+        }
+        proxy_message::Message::Health(h) => cp.with_proxy(node_id, |s| {
+            let changed = s.ready != h.ready;
+            s.ready = h.ready;
+            changed
+        }),
+        proxy_message::Message::Hello(_) => tracing::warn!(node = %node_id, "second Hello on a stream ignored"),
+    }
+}

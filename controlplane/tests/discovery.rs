@@ -1,0 +1,345 @@
+//! The discovery stream end to end over real gRPC on loopback: hello, snapshots, ACK/NACK,
+//! endpoint registration and withdrawal, debouncing, version skew, refused directory changes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ringmesh_api::proto::discovery_client::DiscoveryClient;
+use ringmesh_api::proto::{
+    control_message, proxy_message, Ack, ControlMessage, Health, Hello, Nack, ProxyMessage, Snapshot, Workload,
+    PROTOCOL_VERSION,
+};
+use ringmesh_control::server::{ControlPlane, ServerConfig};
+use ringmesh_control::store::DirStore;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::Streaming;
+
+const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
+const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route: [{destination: {host: reviews.test}}]\n";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ringmesh-cp-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn start(dir: &std::path::Path, grace: Duration) -> (ControlPlane, SocketAddr) {
+    let store = DirStore::open(dir).expect("store opens");
+    let cp = ControlPlane::new(
+        store.current.clone(),
+        ServerConfig {
+            grace,
+            debounce: Duration::from_millis(20),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = cp.service();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    (cp, addr)
+}
+
+struct Proxy {
+    tx: mpsc::Sender<ProxyMessage>,
+    rx: Streaming<ControlMessage>,
+}
+
+fn hello(node: &str, services: &[&str], address: &str, version: &str, protocol: u32) -> ProxyMessage {
+    ProxyMessage {
+        message: Some(proxy_message::Message::Hello(Hello {
+            node_id: node.into(),
+            workload: Some(Workload {
+                name: "reviews".into(),
+                namespace: "default".into(),
+                service_account: "reviews".into(),
+                labels: [("version".to_string(), version.to_string())].into_iter().collect(),
+                addresses: vec![address.into()],
+                services: services.iter().map(|s| s.to_string()).collect(),
+                ports: [("http".to_string(), 9080u32)].into_iter().collect(),
+            }),
+            proxy_version: "test".into(),
+            protocol_version: protocol,
+            serving_version: 0,
+        })),
+    }
+}
+
+async fn connect(addr: SocketAddr, first: ProxyMessage) -> Proxy {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = DiscoveryClient::new(channel);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(first).await.unwrap();
+    let rx = client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    Proxy { tx, rx }
+}
+
+impl Proxy {
+    async fn next(&mut self) -> Option<ControlMessage> {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("no message within 5s")
+            .ok()
+            .flatten()
+    }
+
+    async fn snapshot(&mut self) -> Snapshot {
+        match self.next().await.and_then(|m| m.message) {
+            Some(control_message::Message::Snapshot(s)) => s,
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+    }
+
+    async fn ack(&self, s: &Snapshot) {
+        let m = ProxyMessage {
+            message: Some(proxy_message::Message::Ack(Ack {
+                version: s.version,
+                nonce: s.nonce.clone(),
+            })),
+        };
+        self.tx.send(m).await.unwrap();
+    }
+}
+
+async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..250 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+#[tokio::test]
+async fn snapshots_acks_nacks_and_updates() {
+    let dir = temp_dir("sync");
+    std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{VS}")).unwrap();
+    let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let mut p1 = connect(
+        addr,
+        hello("p1", &["reviews.test"], "127.0.0.1", "v1", PROTOCOL_VERSION),
+    )
+    .await;
+    let s1 = p1.snapshot().await;
+    assert_eq!(s1.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(s1.documents.len(), 2);
+    assert!(
+        s1.documents[0].source.ends_with("mesh.yaml:1"),
+        "{:?}",
+        s1.documents[0].source
+    );
+    assert!(s1.documents[1].yaml.contains("kind: VirtualService"));
+    assert_eq!(s1.endpoints.len(), 1);
+    assert_eq!(
+        (s1.endpoints[0].host.as_str(), s1.endpoints[0].address.as_str()),
+        ("reviews.test", "127.0.0.1")
+    );
+    p1.ack(&s1).await;
+    assert!(
+        eventually(|| cp
+            .proxy_status()
+            .iter()
+            .any(|p| p.node_id == "p1" && p.state(cp.generation()) == "SYNCED"))
+        .await
+    );
+
+    // A changed directory is pushed with a newer version.
+    let mut store = DirStore::open(&dir).unwrap();
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        format!("{SE}---\n{}", VS.replace("name: reviews\nspec", "name: reviews2\nspec")),
+    )
+    .unwrap();
+    assert_eq!(store.refresh(), Ok(true));
+    cp.set_resources(store.current.clone());
+    let s2 = p1.snapshot().await;
+    assert!(s2.version > s1.version);
+    assert!(s2.documents[1].yaml.contains("name: reviews2"));
+
+    // A NACK is recorded with its error and shown as NACKED, never as synced.
+    let nack = ProxyMessage {
+        message: Some(proxy_message::Message::Nack(Nack {
+            version: s2.version,
+            nonce: s2.nonce.clone(),
+            error: "boom: line 3".into(),
+        })),
+    };
+    p1.tx.send(nack).await.unwrap();
+    assert!(
+        eventually(|| cp
+            .proxy_status()
+            .iter()
+            .any(|p| p.nack.as_deref() == Some("boom: line 3") && p.state(cp.generation()) == "NACKED"))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn endpoints_follow_workloads() {
+    let dir = temp_dir("endpoints");
+    std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
+    let (cp, addr) = start(&dir, Duration::from_millis(300)).await;
+    let mut p1 = connect(
+        addr,
+        hello("p1", &["reviews.test"], "127.0.0.1", "v1", PROTOCOL_VERSION),
+    )
+    .await;
+    let s = p1.snapshot().await;
+    assert_eq!(s.endpoints.len(), 1);
+
+    // A second workload joins: p1 is pushed both endpoints, labels intact for subsets.
+    let mut p2 = connect(
+        addr,
+        hello("p2", &["reviews.test"], "127.0.0.2", "v2", PROTOCOL_VERSION),
+    )
+    .await;
+    let _ = p2.snapshot().await;
+    let s = p1.snapshot().await;
+    let mut v: Vec<_> = s
+        .endpoints
+        .iter()
+        .map(|e| (e.address.clone(), e.labels["version"].clone()))
+        .collect();
+    v.sort();
+    assert_eq!(
+        v,
+        vec![("127.0.0.1".into(), "v1".into()), ("127.0.0.2".into(), "v2".into())]
+    );
+
+    // Unready: withdrawn at once.
+    p2.tx
+        .send(ProxyMessage {
+            message: Some(proxy_message::Message::Health(Health { ready: false })),
+        })
+        .await
+        .unwrap();
+    let s = p1.snapshot().await;
+    assert_eq!(s.endpoints.len(), 1);
+    p2.tx
+        .send(ProxyMessage {
+            message: Some(proxy_message::Message::Health(Health { ready: true })),
+        })
+        .await
+        .unwrap();
+    assert_eq!(p1.snapshot().await.endpoints.len(), 2);
+
+    // Disconnected: kept for the grace period, then withdrawn.
+    drop(p2);
+    assert!(eventually(|| cp.proxy_status().iter().any(|p| p.node_id == "p2" && !p.connected)).await);
+    cp.expire();
+    assert!(
+        cp.proxy_status().iter().any(|p| p.node_id == "p2"),
+        "withdrawn before the grace period"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    cp.expire();
+    let s = p1.snapshot().await;
+    assert_eq!(s.endpoints.len(), 1);
+    assert_eq!(s.endpoints[0].address, "127.0.0.1");
+}
+
+#[tokio::test]
+async fn bursts_are_debounced() {
+    let dir = temp_dir("burst");
+    std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
+    let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let mut p1 = connect(addr, hello("p1", &[], "127.0.0.1", "v1", PROTOCOL_VERSION)).await;
+    let _ = p1.snapshot().await;
+    let store = DirStore::open(&dir).unwrap();
+    let before = cp.pushes();
+    for _ in 0..100 {
+        cp.set_resources(store.current.clone());
+    }
+    let last = cp.generation();
+    let mut got = 0;
+    loop {
+        let s = p1.snapshot().await;
+        got += 1;
+        if s.version == last {
+            break;
+        }
+    }
+    let pushes = cp.pushes() - before;
+    assert!(pushes <= 5, "100 applies produced {pushes} pushes");
+    assert_eq!(got, pushes);
+}
+
+#[tokio::test]
+async fn version_skew_is_refused_with_both_versions() {
+    let dir = temp_dir("skew");
+    std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
+    let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let mut p = connect(addr, hello("old", &[], "127.0.0.1", "v1", PROTOCOL_VERSION + 7)).await;
+    match p.next().await.and_then(|m| m.message) {
+        Some(control_message::Message::Refusal(r)) => {
+            assert!(
+                r.message
+                    .contains(&format!("protocol version {}", PROTOCOL_VERSION + 7)),
+                "{}",
+                r.message
+            );
+            assert!(
+                r.message.contains(&format!("speaks version {PROTOCOL_VERSION}")),
+                "{}",
+                r.message
+            );
+            assert_eq!(r.control_protocol_version, PROTOCOL_VERSION);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(p.next().await.is_none(), "the stream ends after a refusal");
+    assert!(cp.proxy_status().is_empty(), "a refused proxy is not registered");
+}
+
+#[tokio::test]
+async fn a_broken_directory_is_refused_and_the_last_good_set_served() {
+    let dir = temp_dir("broken");
+    std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
+    let mut store = DirStore::open(&dir).unwrap();
+    let good = store.current.documents.clone();
+    std::fs::write(dir.join("mesh.yaml"), SE.replace("hosts:", "hostz:")).unwrap();
+    let err = store.refresh().unwrap_err();
+    assert!(err.contains("mesh.yaml:6"), "{err}");
+    assert!(err.contains("hostz"), "{err}");
+    assert_eq!(store.current.documents, good);
+    assert!(store.last_error.is_some());
+    // Opening a directory that does not compile fails with the same message.
+    assert!(DirStore::open(&dir).unwrap_err().contains("hostz"));
+}
+
+#[tokio::test]
+async fn a_stream_must_start_with_hello() {
+    let dir = temp_dir("nohello");
+    std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
+    let (_cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = DiscoveryClient::new(channel);
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(ProxyMessage {
+        message: Some(proxy_message::Message::Ack(Ack {
+            version: 1,
+            nonce: "x".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let err = client.stream(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("Hello"), "{}", err.message());
+}
