@@ -338,11 +338,16 @@ mod tests {
         let tree = process_tree(p.pid());
         drop(p);
         for pid in tree {
-            let state = stat_fields(pid).ok().and_then(|f| f.first().cloned());
-            assert!(
-                state.is_none() || state.as_deref() == Some("Z"),
-                "pid {pid} still running"
-            );
+            // A killed process may take a moment to finish exiting; give it up to 2 s.
+            let gone = || {
+                let state = stat_fields(pid).ok().and_then(|f| f.first().cloned());
+                state.is_none() || state.as_deref() == Some("Z")
+            };
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !gone() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(gone(), "pid {pid} still running");
         }
         let _ = fs::remove_dir_all(&dir);
     }

@@ -259,7 +259,7 @@ fn elapsed_ms(control: &RunControl, now: Instant) -> (u64, u64) {
 
 fn draw_bar(control: &RunControl, label: &str, done: &AtomicBool) {
     let bar = indicatif::ProgressBar::new(1);
-    let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed}/{duration} {msg}")
+    let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> ");
     bar.set_style(style);
@@ -270,7 +270,12 @@ fn draw_bar(control: &RunControl, label: &str, done: &AtomicBool) {
         let (pos, len) = elapsed_ms(control, now);
         bar.set_length(len.max(1));
         bar.set_position(pos.min(len));
-        bar.set_message(status_line(control, now, &mut last));
+        bar.set_message(format!(
+            "{:.1}s/{:.1}s {}",
+            pos as f64 / 1000.0,
+            len as f64 / 1000.0,
+            status_line(control, now, &mut last)
+        ));
         std::thread::sleep(BAR_TICK);
     }
     bar.finish_and_clear();
