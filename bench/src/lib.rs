@@ -426,6 +426,8 @@ where
         }
     }
     ui.finish();
+    // Ctrl-C during the idle-connection test: its figures cover the connections opened so far.
+    let interrupted_idle = !was_interrupted && interrupted();
     let direct_runs = topologies
         .iter()
         .position(|t| t.kind == Kind::Direct)
@@ -529,6 +531,14 @@ where
             ),
         ));
     }
+    if interrupted_idle {
+        settings.push((
+            "INTERRUPTED".into(),
+            "Ctrl-C during the idle-connection test: all rounds completed; RSS per idle connection is over the \
+             connections opened before the stop"
+                .into(),
+        ));
+    }
     if let Some(n) = plot_note {
         settings.push(("plot".into(), n));
     }
@@ -543,7 +553,7 @@ where
     std::fs::write(out_dir.join("report.md"), &md)?;
     let json = serde_json::json!({
         "info": info,
-        "interrupted": was_interrupted,
+        "interrupted": was_interrupted || interrupted_idle,
         "completed_rounds": completed_rounds,
         "scenarios": summaries,
         "targets": targets,
@@ -551,7 +561,7 @@ where
     std::fs::write(out_dir.join("report.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     println!("{md}");
     println!("Report: {}", out_dir.join("report.md").display());
-    if was_interrupted {
+    if was_interrupted || interrupted_idle {
         bail!("interrupted after {completed_rounds} complete round(s); the report covers those");
     }
     Ok(())

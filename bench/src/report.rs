@@ -453,8 +453,10 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
         "\nLatency is open loop at a fixed rate, measured from each request's due time \
          (coordinated-omission corrected), successful requests only; \"added\" is the \
          scenario minus `direct` in the same repeat. CPU is the proxy process tree's \
-         utime+stime over the open-loop run divided by requests sent. RSS is VmRSS of the \
-         proxy process tree. See bench/README.md."
+         utime+stime over the open-loop run divided by requests sent (summed over both \
+         proxies for `mesh`). RSS is VmRSS of the proxy process tree(s). Percentile plot of \
+         all scenarios: `latency.svg`; each round's distribution: `<scenario>-r<round>.hgrm`. \
+         See bench/README.md."
     );
     s
 }
