@@ -13,10 +13,11 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ringmesh_loadgen::{run_load, LatencySummary, LoadConfig, LoadReport, Target};
+use ringmesh_loadgen::{run_load_with, LatencySummary, LoadConfig, LoadReport, RunControl, Target};
 use serde::Serialize;
 
 use crate::topology::{Topology, HOST};
@@ -84,15 +85,26 @@ fn load_config(entry: SocketAddr, shape: &LoadShape) -> anyhow::Result<LoadConfi
     Ok(c)
 }
 
-/// Runs one latency and one throughput measurement against `topo`.
-pub fn run_once(topo: &Topology, shape: &LoadShape, repeat: usize, out_dir: &Path) -> anyhow::Result<RunResult> {
+/// Runs one latency and one throughput measurement against `topo`; `watch` is handed each
+/// run's live counters (for the progress bar) and `None` when the runs are over.
+pub fn run_once(
+    topo: &Topology,
+    shape: &LoadShape,
+    repeat: usize,
+    out_dir: &Path,
+    watch: &dyn Fn(Option<Arc<RunControl>>),
+) -> anyhow::Result<RunResult> {
     let mut c = load_config(topo.entry, shape)?;
     c.rate = shape.rate;
     c.connections = shape.latency_connections;
     c.duration = shape.duration;
     c.warmup = shape.warmup;
     let cpu_before = topo.proxy_cpu_time()?;
-    let lat = run_load(c).with_context(|| format!("{} latency run", topo.kind))?;
+    let control = Arc::new(RunControl::new());
+    watch(Some(control.clone()));
+    let lat = run_load_with(c, control).with_context(|| format!("{} latency run", topo.kind));
+    watch(None);
+    let lat = lat?;
     let cpu_after = topo.proxy_cpu_time()?;
     anyhow::ensure!(!lat.interrupted, "interrupted");
     let cpu_per_1k = match (cpu_before, cpu_after) {
@@ -111,7 +123,11 @@ pub fn run_once(topo: &Topology, shape: &LoadShape, repeat: usize, out_dir: &Pat
     c.connections = shape.throughput_connections;
     c.duration = shape.throughput_duration;
     c.warmup = shape.throughput_warmup;
-    let thr = run_load(c).with_context(|| format!("{} throughput run", topo.kind))?;
+    let control = Arc::new(RunControl::new());
+    watch(Some(control.clone()));
+    let thr = run_load_with(c, control).with_context(|| format!("{} throughput run", topo.kind));
+    watch(None);
+    let thr = thr?;
     anyhow::ensure!(!thr.interrupted, "interrupted");
 
     Ok(RunResult {

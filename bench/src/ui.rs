@@ -5,29 +5,53 @@
 //! message and an ETA; result lines are printed above it. Anywhere else (CI logs, pipes)
 //! the same result lines are printed plainly, one per event, and there is no bar.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use ringmesh_loadgen::RunControl;
+
+/// The load run being watched, if any (read by the bar on every redraw).
+type Watched = Arc<Mutex<Option<Arc<RunControl>>>>;
 
 /// The suite's progress display.
 #[derive(Debug)]
 pub struct Ui {
     bar: Option<ProgressBar>,
+    watched: Watched,
 }
 
 impl Ui {
     /// A display for `steps` steps; a bar only when `bar_allowed` and stderr is a terminal.
     pub fn new(steps: u64, bar_allowed: bool) -> Self {
+        let watched: Watched = Arc::new(Mutex::new(None));
         if !(bar_allowed && ringmesh_loadgen::progress::stderr_is_terminal()) {
-            return Self { bar: None };
+            return Self { bar: None, watched };
         }
         let bar = ProgressBar::new(steps.max(1));
-        let style = ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {elapsed} (eta {eta}) {msg}")
+        let live = watched.clone();
+        let style = ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {elapsed} (eta {eta}) {msg}{live}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+            .progress_chars("=> ")
+            .with_key("live", move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                if let Some(c) = live.lock().ok().and_then(|g| g.clone()) {
+                    let n = c.counts();
+                    let _ = write!(w, " · {} responses, {} errors", n.done, n.errors);
+                }
+            });
         bar.set_style(style);
         bar.enable_steady_tick(Duration::from_millis(120));
-        Self { bar: Some(bar) }
+        Self {
+            bar: Some(bar),
+            watched,
+        }
+    }
+
+    /// Shows the live counters of `control` beside the current step (`None` stops).
+    pub fn watch(&self, control: Option<Arc<RunControl>>) {
+        if let Ok(mut g) = self.watched.lock() {
+            *g = control;
+        }
     }
 
     /// Prints a line (above the bar, if there is one).
