@@ -1,8 +1,8 @@
 //! The topologies a scenario measures, and how each is brought up.
 //!
-//! Every topology puts exactly one hop (or none, for `direct`) between the load generator and
-//! the same shared echo upstream, so the only thing that differs between scenarios is the
-//! proxy. haproxy and nginx are configured the way their own tuning guides recommend for a
+//! Every topology puts one hop (none for `direct`, two ringmesh proxies for `mesh`, as between
+//! a client's and a server's sidecar) between the load generator and the same shared echo
+//! upstream, so the only thing that differs between scenarios is the proxying. haproxy and nginx are configured the way their own tuning guides recommend for a
 //! keep-alive reverse proxy on one core (one thread/worker, keep-alive and connection reuse
 //! to the upstream, no access log) — the comparison is against each proxy at its best, not
 //! at its defaults. Their config files are written into the output directory beside the
