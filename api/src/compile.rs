@@ -33,9 +33,9 @@ use crate::resources::{
     ProxyConfig, Resolution, Resource, ServiceEntry, SimpleLb, StringMatchSpec, TrafficPolicy, VirtualService,
 };
 use crate::snapshot::{
-    Cluster, ClusterId, DirectResponse, Endpoint, ForwardAction, HashOn, HeaderOps, IoMode, LbPolicy, Limits, Listener,
-    ListenerKind, PathRewrite, PoolSettings, ProxySettings, Redirect, RetryBudget, RetryPolicy, Route, RouteAction,
-    RouteMatch, RouteTable, Snapshot, VirtualHost, WeightedClusters,
+    Cluster, ClusterId, ControlPlaneSettings, DirectResponse, Endpoint, ForwardAction, HashOn, HeaderOps, IoMode,
+    LbPolicy, Limits, Listener, ListenerKind, PathRewrite, PoolSettings, ProxySettings, Redirect, RetryBudget,
+    RetryPolicy, Route, RouteAction, RouteMatch, RouteTable, Snapshot, VirtualHost, WeightedClusters, WorkloadSettings,
 };
 
 /// Everything the compiler needs. Plain data, so the control plane can build it from its store
@@ -351,6 +351,11 @@ impl Compiler {
                 budget_percent: 20.0,
                 min_retry_concurrency: 3,
             },
+            control_plane: None,
+            workload: WorkloadSettings {
+                namespace: "default".into(),
+                ..Default::default()
+            },
         };
         let Some(pc) = pc else { return settings };
         let site = Site::of_proxy(pc);
@@ -446,6 +451,62 @@ impl Compiler {
                     ),
                 }
             }
+        }
+        if let Some(w) = &spec.workload {
+            let p = root.key("workload");
+            let ws = &mut settings.workload;
+            ws.name = w.name.clone();
+            ws.namespace = w.namespace.clone().unwrap_or_else(|| "default".into());
+            ws.service_account = w.service_account.clone().unwrap_or_else(|| "default".into());
+            ws.labels = w.labels.clone();
+            ws.services = w.services.iter().map(|h| h.to_ascii_lowercase()).collect();
+            for (i, a) in w.addresses.iter().enumerate() {
+                match a.parse() {
+                    Ok(ip) => ws.addresses.push(ip),
+                    Err(_) => self.error(
+                        &site,
+                        &p.key("addresses").index(i),
+                        format!("{a:?} is not an IP address"),
+                    ),
+                }
+            }
+            for (name, port) in &w.ports {
+                match u16::try_from(*port) {
+                    Ok(n) if n > 0 => {
+                        ws.ports.insert(name.clone(), n);
+                    }
+                    _ => self.error(
+                        &site,
+                        &p.key("ports").key(name),
+                        format!("port must be 1 to 65535, got {port}"),
+                    ),
+                }
+            }
+            if !w.services.is_empty() && (w.addresses.is_empty() || w.ports.is_empty()) {
+                self.error(&site, &p, "a workload that serves services needs addresses and ports");
+            }
+        }
+        if let Some(cp) = &spec.control_plane {
+            let p = root.key("controlPlane");
+            let valid = cp
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid {
+                self.error(&site, &p.key("address"), format!("{:?} is not host:port", cp.address));
+            }
+            let node_id = cp.node_id.clone().unwrap_or_else(|| {
+                let name = if settings.workload.name.is_empty() {
+                    "proxy"
+                } else {
+                    settings.workload.name.as_str()
+                };
+                format!("{name}-{}", std::process::id())
+            });
+            settings.control_plane = Some(ControlPlaneSettings {
+                address: cp.address.clone(),
+                node_id,
+            });
         }
         settings
     }

@@ -70,6 +70,38 @@ pub struct ProxySettings {
     pub limits: Limits,
     /// Cap on retries relative to active requests, per worker.
     pub retry_budget: RetryBudget,
+    /// The control plane to subscribe to; `None` is standalone.
+    pub control_plane: Option<ControlPlaneSettings>,
+    /// The workload next to this proxy (announced to the control plane).
+    pub workload: WorkloadSettings,
+}
+
+/// Where the control plane is and who this proxy is to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ControlPlaneSettings {
+    /// `host:port` of the control plane's gRPC port.
+    pub address: String,
+    /// Node id announced in `Hello`.
+    pub node_id: String,
+}
+
+/// The workload next to this proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WorkloadSettings {
+    /// Workload name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// IP addresses.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Service hosts it serves.
+    pub services: Vec<String>,
+    /// Target port per service port name.
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// Limits applied to every HTTP connection. Defaults follow Envoy's where Envoy has one.

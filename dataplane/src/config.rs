@@ -92,19 +92,72 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
+/// Resources and endpoints received from the control plane, compiled together with the files.
+#[derive(Debug, Clone, Default)]
+pub struct ControlInput {
+    /// YAML documents with their `file:line` sources on the control plane.
+    pub documents: Vec<ringmesh_api::proto::Document>,
+    /// Endpoints announced by workloads.
+    pub endpoints: Vec<ringmesh_api::proto::Endpoint>,
+}
+
 /// Reads and compiles `paths` (files or directories) into a snapshot with this version.
 pub fn load(paths: &[PathBuf], version: u64, overrides: &Overrides) -> Result<Loaded, ConfigError> {
-    match ringmesh_api::compile_files(paths, version) {
-        Ok(compiled) => {
-            let mut snapshot = compiled.snapshot;
-            overrides.apply(&mut snapshot);
-            Ok(Loaded {
-                snapshot,
-                warnings: compiled.warnings.iter().map(|d| d.to_string()).collect(),
-            })
+    load_with(paths, None, version, overrides)
+}
+
+/// Like [`load`], adding what the control plane sent. Everything goes through the same loader
+/// and compiler; documents keep their `file:line` on the control plane in error messages.
+pub fn load_with(
+    paths: &[PathBuf],
+    control: Option<&ControlInput>,
+    version: u64,
+    overrides: &Overrides,
+) -> Result<Loaded, ConfigError> {
+    let (mut resources, mut warnings) = ringmesh_api::load_files(paths).map_err(diags)?;
+    let mut extra_endpoints = Vec::new();
+    let mut errors = Vec::new();
+    if let Some(c) = control {
+        for d in &c.documents {
+            // Pad with blank lines so that line numbers are the file's on the control plane.
+            let (file, line) = d.source.rsplit_once(':').unwrap_or((d.source.as_str(), "1"));
+            let pad = line.parse::<usize>().unwrap_or(1).saturating_sub(1);
+            let text = format!("{}{}", "\n".repeat(pad), d.yaml);
+            match ringmesh_api::load_str(file, &text) {
+                Ok((mut r, mut w)) => {
+                    resources.append(&mut r);
+                    warnings.append(&mut w);
+                }
+                Err(d) => errors.extend(d),
+            }
         }
-        Err(diags) => Err(ConfigError(diags.iter().map(|d| d.to_string()).collect())),
+        for e in &c.endpoints {
+            match ringmesh_api::registry::ExtraEndpoint::try_from(e) {
+                Ok(x) => extra_endpoints.push(x),
+                Err(err) => errors.push(ringmesh_api::Diagnostic::error(err.to_string())),
+            }
+        }
     }
+    if !errors.is_empty() {
+        return Err(diags(errors));
+    }
+    let compiled = ringmesh_api::compile(&ringmesh_api::CompileInput {
+        resources,
+        extra_endpoints,
+        version,
+    })
+    .map_err(diags)?;
+    let mut snapshot = compiled.snapshot;
+    overrides.apply(&mut snapshot);
+    warnings.extend(compiled.warnings);
+    Ok(Loaded {
+        snapshot,
+        warnings: warnings.iter().map(|d| d.to_string()).collect(),
+    })
+}
+
+fn diags(d: Vec<ringmesh_api::Diagnostic>) -> ConfigError {
+    ConfigError(d.iter().map(|d| d.to_string()).collect())
 }
 
 /// A fingerprint of the files' contents, to notice edits by polling. Contents rather than

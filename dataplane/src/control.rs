@@ -199,6 +199,16 @@ async fn control_main(
 
     let mut version = state.source.version();
     let mut seen = config::fingerprint(&opts.config);
+    // What the control plane sent last; compiled together with the files on every reload.
+    let mut control_input: Option<config::ControlInput> = None;
+    let (updates_tx, mut updates_rx) = tokio::sync::mpsc::channel::<crate::xds::Update>(1);
+    let running = state.source.load();
+    if let Some(cp) = running.proxy.control_plane.clone() {
+        tokio::spawn(crate::xds::run(cp, running.proxy.workload.clone(), updates_tx));
+    } else {
+        drop(updates_tx);
+    }
+    drop(running);
     let poll = opts.watch_interval.unwrap_or(Duration::from_secs(3600));
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -216,6 +226,20 @@ async fn control_main(
             _ = recv_signal(&mut int) => break,
             _ = recv_signal(&mut hup) => true,
             r = reload_rx.recv() => r.is_some(),
+            Some(update) = updates_rx.recv() => {
+                version += 1;
+                let result = match config::load_with(&opts.config, Some(&update.input), version, &opts.overrides) {
+                    Ok(loaded) => {
+                        apply(&state, loaded, version);
+                        tracing::info!(version, control_plane_version = update.version, "config from the control plane applied");
+                        control_input = Some(update.input);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.0.join("\n")),
+                };
+                let _ = update.reply.send(result);
+                false
+            }
             _ = ticker.tick(), if opts.watch_interval.is_some() => {
                 let now = config::fingerprint(&opts.config);
                 let changed = now != seen;
@@ -225,7 +249,7 @@ async fn control_main(
         };
         if reload {
             version += 1;
-            reload_config(&opts, &state, version);
+            reload_config(&opts, &state, version, control_input.as_ref());
         }
     }
     tracing::info!("draining");
@@ -234,26 +258,34 @@ async fn control_main(
     tracing::info!("ringmesh-proxy stopped");
 }
 
-fn reload_config(opts: &ProxyOptions, state: &AdminState, version: u64) {
+fn apply(state: &AdminState, loaded: config::Loaded, version: u64) {
     let running = state.source.load();
-    match config::load(&opts.config, version, &opts.overrides) {
+    if loaded
+        .snapshot
+        .listeners
+        .iter()
+        .map(|l| (&l.name, l.address))
+        .ne(running.listeners.iter().map(|l| (&l.name, l.address)))
+        || loaded.snapshot.proxy.workers != running.proxy.workers
+    {
+        tracing::warn!(
+            "listener addresses and worker count take effect on restart; the rest of the new config applies now"
+        );
+    }
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    state.source.store(loaded.snapshot);
+    state.warnings.store(Arc::new(loaded.warnings));
+    state.last_reload_error.store(None);
+    tracing::debug!(version, "snapshot published");
+}
+
+fn reload_config(opts: &ProxyOptions, state: &AdminState, version: u64, control: Option<&config::ControlInput>) {
+    let running = state.source.load();
+    match config::load_with(&opts.config, control, version, &opts.overrides) {
         Ok(loaded) => {
-            if loaded
-                .snapshot
-                .listeners
-                .iter()
-                .map(|l| (&l.name, l.address))
-                .ne(running.listeners.iter().map(|l| (&l.name, l.address)))
-                || loaded.snapshot.proxy.workers != running.proxy.workers
-            {
-                tracing::warn!("listener addresses and worker count take effect on restart; the rest of the new config applies now");
-            }
-            for w in &loaded.warnings {
-                tracing::warn!("{w}");
-            }
-            state.source.store(loaded.snapshot);
-            state.warnings.store(Arc::new(loaded.warnings));
-            state.last_reload_error.store(None);
+            apply(state, loaded, version);
             tracing::info!(version, "config reloaded");
         }
         Err(e) => {

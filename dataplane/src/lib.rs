@@ -23,6 +23,7 @@ pub mod state;
 pub mod tcp;
 pub mod telemetry;
 pub mod worker;
+pub mod xds;
 
 pub use cli::run_cli;
 pub use control::{start, ProxyHandle, ProxyOptions};

@@ -7,6 +7,7 @@
 //! [`both_io!`] runs a test body once on io_uring and once on the epoll fallback.
 
 pub mod client;
+pub mod control;
 pub mod proxy;
 pub mod upstream;
 

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Metadata, Origin};
@@ -59,6 +61,51 @@ pub struct ProxyConfigSpec {
     /// Listeners; none means one HTTP listener `outbound` on `127.0.0.1:15001`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<ListenerSpec>,
+    /// The control plane to subscribe to; absent means standalone, from files only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneSpec>,
+    /// The workload next to this proxy, announced to the control plane as endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSpec>,
+}
+
+/// `ProxyConfig.spec.controlPlane`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlPlaneSpec {
+    /// `host:port` of ringmesh-control's gRPC port (Istio's 15010).
+    #[serde(default)]
+    pub address: String,
+    /// Node id; default `<workload name>-<pid>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+/// `ProxyConfig.spec.workload`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Workload name.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace; default `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Service account (the identity the security issue will certify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Labels; DestinationRule subsets select on them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// IP addresses of the workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Service hosts (FQDN) the workload serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// Target port per service port name, e.g. `{http: 9080}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, i64>,
 }
 
 /// `ProxyConfig.spec.limits`.

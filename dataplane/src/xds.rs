@@ -1,0 +1,180 @@
+//! The proxy's side of the discovery stream (on the control thread).
+//!
+//! Connects to ringmesh-control, says `Hello` (node id, workload, protocol version), and hands
+//! every snapshot to the control loop, which compiles it together with the local files and
+//! answers `Ack` or `Nack` with the compiler's diagnostics — a config that does not compile is
+//! never half-applied. When the control plane is unreachable, refuses this proxy's protocol
+//! version, or ends the stream, the proxy keeps serving its last good config and reconnects with
+//! jittered exponential back-off; on reconnect it says which version it serves and gets a full
+//! snapshot (resync).
+
+use std::time::Duration;
+
+use ringmesh_api::proto::discovery_client::DiscoveryClient;
+use ringmesh_api::proto::{control_message, proxy_message, Ack, Hello, Nack, ProxyMessage, Workload, PROTOCOL_VERSION};
+use ringmesh_api::snapshot::{ControlPlaneSettings, WorkloadSettings};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::ControlInput;
+
+/// A snapshot from the control plane, waiting for the control loop to compile it.
+#[derive(Debug)]
+pub struct Update {
+    /// What arrived.
+    pub input: ControlInput,
+    /// The control plane's version of it.
+    pub version: u64,
+    /// `Ok` once applied, `Err(diagnostics)` if refused.
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// Why a session with the control plane ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Could not connect.
+    #[error("cannot reach the control plane at {0}: {1}")]
+    Connect(String, String),
+    /// The stream failed.
+    #[error("stream to the control plane failed: {0}")]
+    Stream(String),
+    /// The control plane refused this proxy (protocol version skew).
+    #[error("the control plane refused this proxy: {0}")]
+    Refused(String),
+    /// The control loop is gone (shutting down).
+    #[error("shutting down")]
+    Closed,
+}
+
+fn hello(cp: &ControlPlaneSettings, w: &WorkloadSettings, serving_version: u64) -> ProxyMessage {
+    ProxyMessage {
+        message: Some(proxy_message::Message::Hello(Hello {
+            node_id: cp.node_id.clone(),
+            workload: Some(Workload {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                labels: w.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                addresses: w.addresses.iter().map(|a| a.to_string()).collect(),
+                services: w.services.clone(),
+                ports: w.ports.iter().map(|(k, v)| (k.clone(), u32::from(*v))).collect(),
+            }),
+            proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            serving_version,
+        })),
+    }
+}
+
+/// Runs sessions until the control loop goes away. Back-off between attempts: 100 ms doubling
+/// to 10 s, each wait drawn between half and all of it (so a fleet does not reconnect in step);
+/// capped at 1 s once any config was applied, so a serving proxy resyncs soon after a control
+/// plane restart.
+pub async fn run(cp: ControlPlaneSettings, workload: WorkloadSettings, updates: mpsc::Sender<Update>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut serving = 0u64;
+    loop {
+        match session(&cp, &workload, &updates, &mut serving).await {
+            Err(SessionError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(control_plane = %cp.address, serving_version = serving, "{e}; keeping the last good config")
+            }
+            Ok(()) => tracing::warn!(control_plane = %cp.address, "control plane ended the stream; reconnecting"),
+        }
+        if updates.is_closed() {
+            return;
+        }
+        let jitter = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()) as u64)
+            % (backoff.as_millis() as u64 + 1);
+        tokio::time::sleep(Duration::from_millis(jitter.max(backoff.as_millis() as u64 / 2))).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        if serving > 0 {
+            backoff = backoff.min(Duration::from_secs(1));
+        }
+    }
+}
+
+async fn session(
+    cp: &ControlPlaneSettings,
+    workload: &WorkloadSettings,
+    updates: &mpsc::Sender<Update>,
+    serving: &mut u64,
+) -> Result<(), SessionError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.address))
+        .map_err(|e| SessionError::Connect(cp.address.clone(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| SessionError::Connect(cp.address.clone(), e.to_string()))?;
+    let mut client = DiscoveryClient::new(channel);
+    let (tx, rx) = mpsc::channel(8);
+    let _ = tx.send(hello(cp, workload, *serving)).await;
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| SessionError::Stream(e.message().to_string()))?
+        .into_inner();
+    tracing::info!(control_plane = %cp.address, node = %cp.node_id, "connected to the control plane");
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(SessionError::Stream(e.message().to_string())),
+        };
+        match msg.message {
+            Some(control_message::Message::Snapshot(s)) => {
+                let (reply, answer) = oneshot::channel();
+                let input = ControlInput {
+                    documents: s.documents,
+                    endpoints: s.endpoints,
+                };
+                updates
+                    .send(Update {
+                        input,
+                        version: s.version,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| SessionError::Closed)?;
+                let result = answer.await.map_err(|_| SessionError::Closed)?;
+                let m = match result {
+                    Ok(()) => {
+                        *serving = s.version;
+                        proxy_message::Message::Ack(Ack {
+                            version: s.version,
+                            nonce: s.nonce,
+                        })
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            version = s.version,
+                            "config from the control plane refused (NACK):\n{error}"
+                        );
+                        proxy_message::Message::Nack(Nack {
+                            version: s.version,
+                            nonce: s.nonce,
+                            error,
+                        })
+                    }
+                };
+                if tx.send(ProxyMessage { message: Some(m) }).await.is_err() {
+                    return Err(SessionError::Stream("request stream closed".into()));
+                }
+            }
+            Some(control_message::Message::Refusal(r)) => {
+                tracing::error!(
+                    proxy_protocol = PROTOCOL_VERSION,
+                    control_protocol = r.control_protocol_version,
+                    "control plane refused this proxy: {}",
+                    r.message
+                );
+                return Err(SessionError::Refused(r.message));
+            }
+            None => {}
+        }
+    }
+}

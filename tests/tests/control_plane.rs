@@ -1,0 +1,226 @@
+//! Proxies under a control plane, end to end: endpoints from announced workloads, a canary
+//! split moved by the control plane under load with no failed request, a control plane that
+//! dies and comes back, and a NACK that leaves the proxy on its last good config.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ringmesh_tests::client::{admin_get, Client};
+use ringmesh_tests::control::{subscribe, TestControlPlane};
+use ringmesh_tests::proxy::{eventually, proxy_config, TempDir, TestProxy};
+use ringmesh_tests::upstream::Upstream;
+use ringmesh_tests::IoMode;
+
+const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
+const DR: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews.test\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
+
+fn vs(w1: u32, w2: u32) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route:\n    - destination: {{host: reviews.test, subset: v1}}\n      weight: {w1}\n    - destination: {{host: reviews.test, subset: v2}}\n      weight: {w2}\n")
+}
+
+fn mesh(w1: u32, w2: u32) -> Vec<String> {
+    vec![SE.to_string(), DR.to_string(), vs(w1, w2)]
+}
+
+/// Two app-side proxies announcing v1 and v2 workloads, one client-side proxy.
+struct Mesh {
+    cp: TestControlPlane,
+    _apps: (Upstream, Upstream),
+    _sidecars: (TestProxy, TestProxy),
+    client: TestProxy,
+}
+
+fn mesh_up(io: IoMode, w1: u32, w2: u32) -> Mesh {
+    let dir = TempDir::new();
+    let cp = TestControlPlane::start(&dir, &mesh(w1, w2));
+    std::mem::forget(dir); // the control plane's directory lives as long as the test process
+    let (v1, v2) = (Upstream::named("v1"), Upstream::named("v2"));
+    let sidecar = |name: &str, app: &Upstream, version: &str| {
+        TestProxy::start(&[proxy_config(
+            io,
+            "",
+            &subscribe(
+                cp.addr,
+                name,
+                &["reviews.test"],
+                Some(app.addr),
+                &[("version", version)],
+            ),
+        )])
+    };
+    let s1 = sidecar("reviews-v1", &v1, "v1");
+    let s2 = sidecar("reviews-v2", &v2, "v2");
+    let client = TestProxy::start(&[proxy_config(io, "", &subscribe(cp.addr, "client", &[], None, &[]))]);
+    Mesh {
+        cp,
+        _apps: (v1, v2),
+        _sidecars: (s1, s2),
+        client,
+    }
+}
+
+fn spread(p: &TestProxy, n: usize) -> HashMap<String, usize> {
+    let mut c = Client::connect(p.http());
+    let mut m = HashMap::new();
+    for _ in 0..n {
+        let r = c.get("reviews.test", "/");
+        *m.entry(if r.status == 200 {
+            r.text()
+        } else {
+            format!("status {}", r.status)
+        })
+        .or_default() += 1;
+    }
+    m
+}
+
+/// Closed-loop load from `threads` keep-alive clients for `secs`: (requests, failures).
+fn load(p: &TestProxy, threads: usize, secs: u64) -> std::thread::JoinHandle<(usize, usize)> {
+    let addr = p.http();
+    std::thread::spawn(move || {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let until = std::time::Instant::now() + Duration::from_secs(secs);
+                    let mut c = Client::connect(addr);
+                    let (mut n, mut failed) = (0, 0);
+                    while std::time::Instant::now() < until {
+                        c.send(b"GET / HTTP/1.1\r\nHost: reviews.test\r\n\r\n");
+                        match c.response() {
+                            Some(r) if r.status == 200 => {}
+                            _ => {
+                                failed += 1;
+                                c = Client::connect(addr);
+                            }
+                        }
+                        n += 1;
+                    }
+                    (n, failed)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or((0, 1)))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    })
+}
+
+fn canary_moves_under_load_without_failures(io: IoMode) {
+    let m = mesh_up(io, 90, 10);
+    // Endpoints come from the announced workloads; the split from the control plane.
+    assert!(eventually(Duration::from_secs(10), || spread(&m.client, 20)
+        .get("v1")
+        .copied()
+        .unwrap_or(0)
+        > 10));
+    let got = spread(&m.client, 2000);
+    let v2 = got.get("v2").copied().unwrap_or(0);
+    assert!((120..=280).contains(&v2), "90/10 over 2000: {got:?}");
+    assert_eq!(
+        got.values().sum::<usize>(),
+        got.get("v1").copied().unwrap_or(0) + v2,
+        "failures: {got:?}"
+    );
+
+    // Move everything to v2 while 2,000 rps flow: no request fails.
+    let running = load(&m.client, 4, 3);
+    std::thread::sleep(Duration::from_millis(1000));
+    m.cp.apply(&mesh(0, 100));
+    let (requests, failed) = running.join().unwrap();
+    assert_eq!(failed, 0, "failed requests during the change");
+    assert!(requests > 2000, "{requests}");
+    assert!(
+        eventually(Duration::from_secs(1), || spread(&m.client, 50).get("v2") == Some(&50)),
+        "traffic did not move within a second"
+    );
+    // Every proxy acknowledged the newest version.
+    let g = m.cp.cp.generation();
+    assert!(
+        eventually(Duration::from_secs(5), || m
+            .cp
+            .status()
+            .iter()
+            .all(|p| p.state(m.cp.cp.generation()) == "SYNCED")),
+        "{:?} at {g}",
+        m.cp.status()
+    );
+}
+
+fn control_plane_down_loses_nothing(io: IoMode) {
+    let mut m = mesh_up(io, 0, 100);
+    assert!(eventually(Duration::from_secs(10), || spread(&m.client, 10).get("v2") == Some(&10)));
+    let running = load(&m.client, 4, 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let addr = m.cp.addr;
+    let dir = m.cp.dir.clone();
+    m.cp.stop();
+    let (requests, failed) = running.join().unwrap();
+    assert_eq!(failed, 0, "failed requests with the control plane down");
+    assert!(requests > 1000, "{requests}");
+    assert_eq!(
+        spread(&m.client, 20).get("v2"),
+        Some(&20),
+        "proxies keep their last config"
+    );
+
+    // Restart on the same port with a changed split: proxies reconnect and resync.
+    std::fs::write(dir.join("mesh.yaml"), mesh(100, 0).join("\n---\n")).unwrap();
+    m.cp = TestControlPlane::serve(dir, addr);
+    assert!(
+        eventually(Duration::from_secs(15), || spread(&m.client, 10).get("v1") == Some(&10)),
+        "proxies did not resync after the restart"
+    );
+}
+
+fn nack_keeps_last_good_config(io: IoMode) {
+    let dir = TempDir::new();
+    let cp = TestControlPlane::start(&dir, &mesh(100, 0));
+    let v1 = Upstream::named("v1");
+    let app = TestProxy::start(&[proxy_config(
+        io,
+        "",
+        &subscribe(cp.addr, "app", &["reviews.test"], Some(v1.addr), &[("version", "v1")]),
+    )]);
+    // This proxy's own file declares a host the control plane will also send: once it does,
+    // the proxy's compiler refuses the combination, and the proxy must say so (NACK).
+    let own = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: local-ratings\nspec:\n  hosts: [ratings.test]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1, ports: {http: 9}}]\n".to_string();
+    let client = TestProxy::start(&[
+        proxy_config(io, "", &subscribe(cp.addr, "client", &[], None, &[])),
+        own.clone(),
+    ]);
+    assert!(eventually(Duration::from_secs(10), || spread(&client, 5).get("v1") == Some(&5)));
+
+    let clash = own.replace("local-ratings", "ratings");
+    let mut docs = mesh(100, 0);
+    docs.push(clash);
+    cp.apply(&docs);
+    assert!(
+        eventually(Duration::from_secs(5), || cp
+            .status()
+            .iter()
+            .any(|p| p.node_id == "client" && p.state(cp.cp.generation()) == "NACKED")),
+        "{:?}",
+        cp.status()
+    );
+    let status = cp.status().into_iter().find(|p| p.node_id == "client").unwrap();
+    assert!(
+        status.nack.as_deref().unwrap_or("").contains("ratings.test"),
+        "{status:?}"
+    );
+    // The app-side proxy has no clash and is in sync; the client keeps serving the last good config.
+    assert!(cp
+        .status()
+        .iter()
+        .any(|p| p.node_id == "app" && p.state(cp.cp.generation()) == "SYNCED"));
+    assert_eq!(spread(&client, 10).get("v1"), Some(&10));
+    let (_, dump) = admin_get(client.admin(), "/config_dump");
+    assert!(dump.contains("reviews.test"));
+    drop(app);
+}
+
+ringmesh_tests::both_io!(
+    canary_moves_under_load_without_failures,
+    control_plane_down_loses_nothing,
+    nack_keeps_last_good_config
+);
