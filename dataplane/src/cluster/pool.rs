@@ -56,6 +56,13 @@ pub struct UpstreamPool {
     idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
 }
 
+impl UpstreamConn {
+    /// The socket's descriptor (for direct sends).
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
 impl UpstreamPool {
     /// A live idle connection to `addr`, if one is pooled and younger than `idle_timeout`.
     pub fn checkout(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<UpstreamConn> {

@@ -8,6 +8,7 @@
 //! body was already streamed is never replayed. Upgrades (`101 Switching Protocols`) become a
 //! byte tunnel.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -480,15 +481,22 @@ async fn one_try(
         BodyFraming::Length(n) if n > 0 && n <= COALESCE_MAX && conn.buf.len() as u64 >= n => Some(n as usize),
         _ => None,
     };
+    let ufd = upstream.fd();
     let r = match coalesce {
         Some(n) => {
             let mut both = BytesMut::with_capacity(upstream_head.len() + n);
             both.extend_from_slice(upstream_head);
             both.extend_from_slice(&conn.buf[..n]);
             let _ = conn.buf.split_to(n);
-            upstream.write.write_all(both.freeze()).await.0
+            crate::http::send::write_all(&mut upstream.write, ufd, both.freeze())
+                .await
+                .0
         }
-        None => upstream.write.write_all(upstream_head.clone()).await.0,
+        None => {
+            crate::http::send::write_all(&mut upstream.write, ufd, upstream_head.clone())
+                .await
+                .0
+        }
     };
     if r.is_err() {
         return Try::Failed {
@@ -699,7 +707,8 @@ async fn relay_response(
         }
     }
     let out = std::mem::take(&mut conn.out);
-    let (r, out) = conn.stream.write_all(out).await;
+    let fd = conn.stream.as_raw_fd();
+    let (r, out) = crate::http::send::write_all(&mut conn.stream, fd, out).await;
     conn.out = out;
     if r.is_err() {
         return Outcome::Aborted;

@@ -6,3 +6,4 @@ pub mod body;
 pub(crate) mod forward;
 pub mod h1;
 pub mod proxy;
+pub(crate) mod send;

@@ -173,7 +173,10 @@ pub fn start(
                         .with_entries(1024)
                         .enable_timer()
                         .build()
-                        .map(|mut rt| rt.block_on(worker_main(id, source, listeners, socks, rx))),
+                        .map(|mut rt| {
+                            crate::http::send::enable_direct_sends();
+                            rt.block_on(worker_main(id, source, listeners, socks, rx))
+                        }),
                     IoDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
                         .enable_timer()
                         .build()
