@@ -80,7 +80,7 @@ pub struct BenchArgs {
     /// Pin processes: load generator on the 1st CPU of the list, proxies on the 2nd, echo on
     /// the 3rd (wrapping around), e.g. `0,1`. Unpinned by default.
     #[arg(long, value_parser = ringmesh_loadgen::parse_cpus)]
-    pub cpus: Option<Vec<usize>>,
+    pub cpus: Option<ringmesh_loadgen::CpuList>,
     /// Idle keep-alive connections opened to each proxy for the memory-per-connection figure
     /// (0 skips the test).
     #[arg(long, default_value_t = 5_000)]
@@ -613,5 +613,19 @@ pub fn run_role(args: &[std::ffi::OsString]) -> Option<anyhow::Result<()>> {
             ))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpus_flag_parses_as_one_list() {
+        let a = BenchArgs::try_parse_from(["ringmesh-bench", "--cpus", "0,1"]).unwrap();
+        assert_eq!(a.cpus, Some(vec![0, 1]));
+        assert_eq!(a.cpu_for(2), Some(0), "echo wraps around to the load generator's CPU");
+        assert!(BenchArgs::try_parse_from(["ringmesh-bench", "--cpus", "1-0"]).is_err());
+        assert_eq!(BenchArgs::try_parse_from(["ringmesh-bench"]).unwrap().cpus, None);
     }
 }
