@@ -73,13 +73,28 @@ fn hello(cp: &ControlPlaneSettings, w: &WorkloadSettings, serving_version: u64) 
 pub async fn run(cp: ControlPlaneSettings, workload: WorkloadSettings, updates: mpsc::Sender<Update>) {
     let mut backoff = Duration::from_millis(100);
     let mut serving = 0u64;
+    // Failed attempts in a row: the 1st, 2nd, 4th, 8th ... are logged, so an outage of an hour
+    // leaves a dozen lines, not thousands.
+    let mut failures = 0u64;
     loop {
+        let before = serving;
         match session(&cp, &workload, &updates, &mut serving).await {
             Err(SessionError::Closed) => return,
             Err(e) => {
-                tracing::warn!(control_plane = %cp.address, serving_version = serving, "{e}; keeping the last good config")
+                failures = if serving != before { 1 } else { failures + 1 };
+                if failures.is_power_of_two() {
+                    tracing::warn!(
+                        control_plane = %cp.address,
+                        serving_version = serving,
+                        attempts = failures,
+                        "{e}; keeping the last good config"
+                    )
+                }
             }
-            Ok(()) => tracing::warn!(control_plane = %cp.address, "control plane ended the stream; reconnecting"),
+            Ok(()) => {
+                failures = 0;
+                tracing::warn!(control_plane = %cp.address, "control plane ended the stream; reconnecting")
+            }
         }
         if updates.is_closed() {
             return;

@@ -220,9 +220,9 @@ pub struct LoadArgs {
     /// Request method.
     #[arg(long, default_value = "GET")]
     pub method: String,
-    /// Request body size in bytes.
-    #[arg(long, default_value_t = 0)]
-    pub body_size: usize,
+    /// Request body size in bytes (default 0; for tcp, the message echoed: default 64).
+    #[arg(long)]
+    pub body_size: Option<usize>,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -276,7 +276,9 @@ impl LoadArgs {
         c.warmup = self.warmup;
         c.timeout = self.timeout;
         c.method = self.method.clone();
-        c.body_size = self.body_size;
+        c.body_size = self
+            .body_size
+            .unwrap_or(if c.protocol == crate::Protocol::Tcp { 64 } else { 0 });
         c.cpus = self.cpus.clone().unwrap_or_default();
         c.hlog_interval = self.hlog.is_some().then_some(self.hlog_interval);
         for h in &self.headers {
@@ -356,6 +358,17 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert_eq!(parse_cpus("0,2-3"), Ok(vec![0, 2, 3]));
         assert!(parse_cpus("3-1").is_err());
+    }
+
+    #[test]
+    fn tcp_echoes_64_bytes_unless_told_and_http_sends_no_body() {
+        let cfg = |args: &[&str]| LoadArgs::try_parse_from(args).unwrap().to_config().unwrap();
+        assert_eq!(cfg(&["ringmesh-loadgen", "tcp://127.0.0.1:9000"]).body_size, 64);
+        assert_eq!(
+            cfg(&["ringmesh-loadgen", "tcp://127.0.0.1:9000", "--body-size", "7"]).body_size,
+            7
+        );
+        assert_eq!(cfg(&["ringmesh-loadgen", "http://127.0.0.1:9000/"]).body_size, 0);
     }
 
     #[test]
