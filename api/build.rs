@@ -2,7 +2,7 @@
 //! a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/ringmesh/v1/discovery.proto"];
+    let protos = ["proto/ringmesh/v1/discovery.proto", "proto/ringmesh/v1/admin.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -1,4 +1,5 @@
-//! The proxy ⇄ control-plane protocol (`proto/ringmesh/v1/discovery.proto`), its version
+//! The proxy ⇄ control-plane protocol (`proto/ringmesh/v1/discovery.proto`), the management API
+//! the `ringmesh` CLI speaks (`proto/ringmesh/v1/admin.proto`, same package), the version
 //! window, and conversions between wire messages and the compiler's types.
 //!
 //! Both sides announce [`PROTOCOL_VERSION`]. A control plane serves proxies whose version lies in

@@ -5,6 +5,7 @@
 //! also works offline: `ringmesh analyze` runs the very compiler the proxy and the control plane
 //! use, so a config that passes `analyze` is never refused for a reason `analyze` could see.
 
+pub mod admin;
 pub mod analyze;
 pub mod cli;
 pub mod server;

@@ -68,6 +68,8 @@ pub struct ProxyStatus {
     pub acked_version: u64,
     /// The error of its last NACK, if the last answer was a NACK.
     pub nack: Option<String>,
+    /// The version that NACK refused (0 when there is none).
+    pub nacked_version: u64,
     /// Why the newest config was not sent to it (it would not compile for this proxy).
     pub stale_reason: Option<String>,
 }
@@ -91,6 +93,21 @@ impl ProxyStatus {
 struct Proxy {
     status: ProxyStatus,
     disconnected_at: Option<Instant>,
+    /// The last snapshot sent and the last one acknowledged, for `ringmesh proxy-config` and
+    /// the per-resource status of `ringmesh get` (shared, not copied, between the two).
+    sent: Option<Arc<Snapshot>>,
+    acked: Option<Arc<Snapshot>>,
+}
+
+/// What the control plane last sent one proxy and what it acknowledged.
+#[derive(Debug, Clone)]
+pub struct ProxyConfigView {
+    /// Its sync state.
+    pub status: ProxyStatus,
+    /// The last snapshot sent on its current (or last) stream.
+    pub sent: Option<Arc<Snapshot>>,
+    /// The last snapshot it acknowledged since it connected to this control plane.
+    pub acked: Option<Arc<Snapshot>>,
 }
 
 #[derive(Debug, Default)]
@@ -163,6 +180,24 @@ impl ControlPlane {
         self.lock().proxies.values().map(|p| p.status.clone()).collect()
     }
 
+    /// Every known proxy's status with what it was last sent and acknowledged.
+    pub fn proxy_configs(&self) -> Vec<ProxyConfigView> {
+        self.lock()
+            .proxies
+            .values()
+            .map(|p| ProxyConfigView {
+                status: p.status.clone(),
+                sent: p.sent.clone(),
+                acked: p.acked.clone(),
+            })
+            .collect()
+    }
+
+    /// The resources being served.
+    pub fn resources(&self) -> ResourceSet {
+        self.lock().resources.clone()
+    }
+
     /// Drops disconnected proxies whose grace period ended; bumps the generation if any left.
     pub fn expire(&self) {
         let mut st = self.lock();
@@ -226,6 +261,7 @@ impl ControlPlane {
             sent_version: 0,
             acked_version: hello.serving_version,
             nack: None,
+            nacked_version: 0,
             stale_reason: None,
         };
         st.proxies.insert(
@@ -233,14 +269,16 @@ impl ControlPlane {
             Proxy {
                 status,
                 disconnected_at: None,
+                sent: None,
+                acked: None,
             },
         );
         self.bump(&mut st);
     }
 
-    fn with_proxy(&self, node_id: &str, f: impl FnOnce(&mut ProxyStatus) -> bool) {
+    fn with_proxy(&self, node_id: &str, f: impl FnOnce(&mut Proxy) -> bool) {
         let mut st = self.lock();
-        let bump = st.proxies.get_mut(node_id).map(|p| f(&mut p.status)).unwrap_or(false);
+        let bump = st.proxies.get_mut(node_id).map(f).unwrap_or(false);
         if bump {
             self.bump(&mut st);
         }
@@ -254,12 +292,13 @@ impl ControlPlane {
         }
     }
 
-    fn sent(&self, node_id: &str, version: u64) {
+    fn sent(&self, node_id: &str, snapshot: Arc<Snapshot>) {
         let mut st = self.lock();
         st.pushes += 1;
         if let Some(p) = st.proxies.get_mut(node_id) {
-            p.status.sent_version = version;
+            p.status.sent_version = snapshot.version;
             p.status.stale_reason = None;
+            p.sent = Some(snapshot);
         }
     }
 }
@@ -358,19 +397,19 @@ async fn serve_proxy(
             nonce += 1;
             match cp.snapshot_for(&node_id, nonce) {
                 Ok(snap) => {
-                    let version = snap.version;
+                    let kept = Arc::new(snap.clone());
                     let msg = ControlMessage {
                         message: Some(control_message::Message::Snapshot(snap)),
                     };
                     if tx.send(Ok(msg)).await.is_err() {
                         break;
                     }
-                    cp.sent(&node_id, version);
+                    cp.sent(&node_id, kept);
                 }
                 Err(reason) => {
                     tracing::warn!(node = %node_id, "config not sent: it does not compile for this proxy:\n{reason}");
-                    cp.with_proxy(&node_id, |s| {
-                        s.stale_reason = Some(reason);
+                    cp.with_proxy(&node_id, |p| {
+                        p.status.stale_reason = Some(reason);
                         false
                     });
                 }
@@ -394,21 +433,26 @@ async fn serve_proxy(
 
 fn handle(cp: &ControlPlane, node_id: &str, m: proxy_message::Message) {
     match m {
-        proxy_message::Message::Ack(a) => cp.with_proxy(node_id, |s| {
-            s.acked_version = a.version;
-            s.nack = None;
+        proxy_message::Message::Ack(a) => cp.with_proxy(node_id, |p| {
+            p.status.acked_version = a.version;
+            p.status.nack = None;
+            p.status.nacked_version = 0;
+            if p.sent.as_ref().is_some_and(|s| s.version == a.version) {
+                p.acked = p.sent.clone();
+            }
             false
         }),
         proxy_message::Message::Nack(n) => {
             tracing::warn!(node = %node_id, version = n.version, "NACK: {}", n.error);
-            cp.with_proxy(node_id, |s| {
-                s.nack = Some(n.error);
+            cp.with_proxy(node_id, |p| {
+                p.status.nack = Some(n.error);
+                p.status.nacked_version = n.version;
                 false
             })
         }
-        proxy_message::Message::Health(h) => cp.with_proxy(node_id, |s| {
-            let changed = s.ready != h.ready;
-            s.ready = h.ready;
+        proxy_message::Message::Health(h) => cp.with_proxy(node_id, |p| {
+            let changed = p.status.ready != h.ready;
+            p.status.ready = h.ready;
             changed
         }),
         proxy_message::Message::Hello(_) => tracing::warn!(node = %node_id, "second Hello on a stream ignored"),

@@ -1,4 +1,5 @@
-//! `ringmesh-control`: the control plane server.
+//! `ringmesh-control`: the control plane server: `Discovery` for proxies and `Admin` for the
+//! `ringmesh` CLI on one gRPC port.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,17 +7,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use ringmesh_control::admin::AdminService;
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::DirStore;
 
-/// ringmesh control plane: serves the resources in a directory to connected proxies.
+/// ringmesh control plane: serves the resources in a directory to connected proxies, and the
+/// management API (`ringmesh apply/get/delete/proxy-status/proxy-config`) on the same port.
+/// Applied resources are written to DIR/applied/<kind>.<namespace>.<name>.yaml.
 #[derive(Debug, Parser)]
 #[command(name = "ringmesh-control", version)]
 struct Args {
-    /// Directory of YAML resources, watched for changes.
+    /// Directory of YAML resources, watched for changes; also where applied resources are kept
+    /// (in its `applied/` subdirectory), so it must be writable for `ringmesh apply`.
     #[arg(long, env = "RINGMESH_CONFIG_DIR")]
     config_dir: PathBuf,
-    /// gRPC address (plaintext, Istio's 15010).
+    /// gRPC address for proxies and the CLI (plaintext, Istio's 15010).
     #[arg(long, env = "RINGMESH_LISTEN", default_value = "127.0.0.1:15010")]
     listen: SocketAddr,
     /// How long a disconnected proxy's endpoints stay.
@@ -38,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .try_init();
-    let mut store = DirStore::open(&args.config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = DirStore::open(&args.config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cp = ControlPlane::new(
         store.current.clone(),
         ServerConfig {
@@ -46,17 +51,16 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
     );
+    let admin = AdminService::new(store, cp.clone());
     let watcher = cp.clone();
+    let files = admin.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(args.watch_interval);
         loop {
             tick.tick().await;
             watcher.expire();
-            match store.refresh() {
-                Ok(true) => {
-                    tracing::info!("resources changed; pushing");
-                    watcher.set_resources(store.current.clone());
-                }
+            match files.refresh() {
+                Ok(true) => tracing::info!("resources changed; pushing"),
                 Ok(false) => {}
                 Err(e) => tracing::error!("new resources refused; serving the last good set:\n{e}"),
             }
@@ -65,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, "ringmesh-control serving");
     tonic::transport::Server::builder()
         .add_service(cp.service())
+        .add_service(admin.service())
         .serve(args.listen)
         .await
         .context("gRPC server")?;

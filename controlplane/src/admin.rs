@@ -1,0 +1,393 @@
+//! The management API (`admin.proto`'s `Admin` service): what `ringmesh apply`, `get`, `delete`,
+//! `proxy-status` and `proxy-config` talk to. Served beside `Discovery` on the same port.
+//!
+//! The [`DirStore`] directory is the source of truth (see `store.rs` for its layout): `Apply`
+//! and `Delete` change files there and then hand the new set to the [`ControlPlane`], which
+//! pushes at once (after its debounce), without waiting for the directory watcher. The store
+//! sits behind one mutex shared with the watcher, so an apply and a hand edit seen by the
+//! watcher are never interleaved; file operations under it are small and short, which is why
+//! they run inline rather than on a blocking thread.
+//!
+//! `Get` reports, for each resource, how the connected proxies took it: a proxy whose last
+//! answer was a NACK is listed with its error, and is never counted as synced.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ringmesh_api::proto::admin_server::{Admin, AdminServer};
+use ringmesh_api::proto::{
+    self, ApplyRequest, ApplyResponse, ApplyResult, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
+    ProxyConfigRequest, ProxyConfigResponse, ProxyNack, ProxyStatusEntry, ProxyStatusRequest, ProxyStatusResponse,
+    ResourceRef, ResourceStatus, StoredResource as WireResource, SyncState,
+};
+use ringmesh_api::Diagnostic;
+use tonic::{Request, Response, Status};
+
+use crate::server::{ControlPlane, ProxyConfigView, ProxyStatus};
+use crate::store::{DirStore, Outcome, ResourceKey, StoreError, StoredResource};
+
+/// Kinds the CLI and the API know by name: `(kind, plural, short names)`. The first four are
+/// compiled; the others are Istio kinds that ringmesh stores and serves but ignores (the
+/// loader warns about them), so `get` still finds what was applied.
+pub const KINDS: &[(&str, &str, &[&str])] = &[
+    ("VirtualService", "virtualservices", &["vs"]),
+    ("DestinationRule", "destinationrules", &["dr"]),
+    ("ServiceEntry", "serviceentries", &["se"]),
+    ("ProxyConfig", "proxyconfigs", &[]),
+    ("AuthorizationPolicy", "authorizationpolicies", &["ap"]),
+    ("PeerAuthentication", "peerauthentications", &["pa"]),
+    ("RequestAuthentication", "requestauthentications", &["ra"]),
+    ("WorkloadEntry", "workloadentries", &["we"]),
+    ("WorkloadGroup", "workloadgroups", &["wg"]),
+    ("Gateway", "gateways", &["gw"]),
+    ("Sidecar", "sidecars", &[]),
+    ("EnvoyFilter", "envoyfilters", &[]),
+    ("Telemetry", "telemetries", &[]),
+    ("WasmPlugin", "wasmplugins", &[]),
+];
+
+/// A failed management call; becomes a gRPC status in [`From<AdminError> for Status`] only.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The kind is not one ringmesh knows.
+    #[error("unknown kind `{0}`; use one of {kinds} (plural and short names such as vs, dr, se work too), or `all`", kinds = kind_names())]
+    UnknownKind(String),
+    /// A request field that must be set is empty.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// No proxy with that node id.
+    #[error("no proxy `{0}` is known to this control plane; `ringmesh proxy-status` lists them")]
+    NoProxy(String),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Status {
+        let msg = e.to_string();
+        match e {
+            AdminError::UnknownKind(_) | AdminError::Missing(_) => Status::invalid_argument(msg),
+            AdminError::NoProxy(_) => Status::not_found(msg),
+            AdminError::Store(StoreError::NotApplied { .. } | StoreError::Refused(_)) => {
+                Status::failed_precondition(msg)
+            }
+            AdminError::Store(StoreError::Io { .. }) => Status::internal(msg),
+        }
+    }
+}
+
+fn kind_names() -> String {
+    KINDS.iter().map(|k| k.0).collect::<Vec<_>>().join(", ")
+}
+
+/// Resolves a kind as users type it (`VirtualService`, `virtualservices`, `vs`,
+/// `virtualservices.networking.istio.io`, any case). `Ok(None)` is `all` (or empty).
+pub fn canonical_kind(input: &str) -> Result<Option<&'static str>, AdminError> {
+    let word = input.split('.').next().unwrap_or("").to_ascii_lowercase();
+    if word.is_empty() || word == "all" {
+        return Ok(None);
+    }
+    KINDS
+        .iter()
+        .find(|(kind, plural, short)| kind.to_ascii_lowercase() == word || *plural == word || short.contains(&&*word))
+        .map(|k| Some(k.0))
+        .ok_or_else(|| AdminError::UnknownKind(input.to_owned()))
+}
+
+/// The management service: the store and the control plane it feeds.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    store: Arc<Mutex<DirStore>>,
+    cp: ControlPlane,
+}
+
+impl AdminService {
+    /// Manages `store`, whose accepted set `cp` serves.
+    pub fn new(store: DirStore, cp: ControlPlane) -> Self {
+        AdminService {
+            store: Arc::new(Mutex::new(store)),
+            cp,
+        }
+    }
+
+    /// The tonic service to mount beside [`ControlPlane::service`].
+    pub fn service(&self) -> AdminServer<AdminService> {
+        AdminServer::new(self.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DirStore> {
+        // A panic while holding the lock would be a bug here; the store on disk is still the
+        // truth, so carry on with it rather than refuse every later call.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One tick of the directory watcher: picks up hand edits. `Ok(true)` when a new set was
+    /// accepted and pushed; `Err` with every diagnostic when the directory was refused (the
+    /// last good set stays).
+    pub fn refresh(&self) -> Result<bool, String> {
+        let mut store = self.lock();
+        let changed = store.refresh()?;
+        if changed {
+            self.cp.set_resources(store.current.clone());
+        }
+        Ok(changed)
+    }
+
+    fn apply(&self, req: ApplyRequest) -> Result<ApplyResponse, AdminError> {
+        let files: Vec<(String, String)> = req.files.into_iter().map(|d| (d.source, d.yaml)).collect();
+        let mut store = self.lock();
+        let report = store.apply(&files, req.dry_run)?;
+        let changed = report.applied
+            && report
+                .documents
+                .iter()
+                .any(|d| matches!(d.outcome, Outcome::Created | Outcome::Configured));
+        if changed {
+            self.cp.set_resources(store.current.clone());
+        }
+        drop(store);
+        Ok(ApplyResponse {
+            applied: report.applied,
+            results: report
+                .documents
+                .into_iter()
+                .map(|d| ApplyResult {
+                    source: d.source,
+                    resource: d.key.as_ref().map(resource_ref),
+                    outcome: wire_outcome(d.outcome) as i32,
+                    diagnostics: d.diagnostics.iter().map(wire_diagnostic).collect(),
+                })
+                .collect(),
+            diagnostics: report.other.iter().map(wire_diagnostic).collect(),
+            generation: self.cp.generation(),
+        })
+    }
+
+    fn get(&self, req: &GetRequest) -> Result<GetResponse, AdminError> {
+        let kind = canonical_kind(&req.kind)?;
+        let set = self.cp.resources();
+        let proxies = self.cp.proxy_configs();
+        let resources = set
+            .resources
+            .iter()
+            .filter(|r| kind.is_none_or(|k| r.key.kind == k))
+            .filter(|r| req.name.is_empty() || r.key.name == req.name)
+            .filter(|r| req.namespace.is_empty() || r.key.namespace == req.namespace)
+            .map(|r| WireResource {
+                resource: Some(resource_ref(&r.key)),
+                yaml: r.document.yaml.clone(),
+                source: r.document.source.clone(),
+                applied: r.applied,
+                status: Some(resource_status(r, &proxies)),
+            })
+            .collect();
+        Ok(GetResponse { resources })
+    }
+
+    fn delete(&self, req: &DeleteRequest) -> Result<DeleteResponse, AdminError> {
+        let kind = canonical_kind(&req.kind)?.ok_or(AdminError::Missing("a kind (not `all`)"))?;
+        if req.name.is_empty() {
+            return Err(AdminError::Missing("name"));
+        }
+        let key = ResourceKey {
+            kind: kind.to_owned(),
+            namespace: if req.namespace.is_empty() {
+                "default".to_owned()
+            } else {
+                req.namespace.clone()
+            },
+            name: req.name.clone(),
+        };
+        let mut store = self.lock();
+        let deleted = store.delete(&key)?.is_some();
+        if deleted {
+            self.cp.set_resources(store.current.clone());
+        }
+        drop(store);
+        Ok(DeleteResponse {
+            deleted,
+            resource: Some(resource_ref(&key)),
+            generation: self.cp.generation(),
+        })
+    }
+
+    fn proxy_config(&self, node_id: &str) -> Result<ProxyConfigResponse, AdminError> {
+        if node_id.is_empty() {
+            return Err(AdminError::Missing("node_id"));
+        }
+        let generation = self.cp.generation();
+        let view = self
+            .cp
+            .proxy_configs()
+            .into_iter()
+            .find(|p| p.status.node_id == node_id)
+            .ok_or_else(|| AdminError::NoProxy(node_id.to_owned()))?;
+        Ok(ProxyConfigResponse {
+            status: Some(status_entry(&view.status, generation)),
+            sent: view.sent.as_deref().cloned(),
+            acked: view.acked.as_deref().cloned(),
+        })
+    }
+}
+
+fn resource_ref(k: &ResourceKey) -> ResourceRef {
+    ResourceRef {
+        kind: k.kind.clone(),
+        namespace: k.namespace.clone(),
+        name: k.name.clone(),
+    }
+}
+
+fn wire_outcome(o: Outcome) -> proto::Outcome {
+    match o {
+        Outcome::Created => proto::Outcome::Created,
+        Outcome::Configured => proto::Outcome::Configured,
+        Outcome::Unchanged => proto::Outcome::Unchanged,
+        Outcome::Refused => proto::Outcome::Refused,
+        Outcome::NotApplied => proto::Outcome::NotApplied,
+    }
+}
+
+/// The compiler's diagnostic on the wire, every part kept so the CLI prints it as `analyze` does.
+pub fn wire_diagnostic(d: &Diagnostic) -> proto::Diagnostic {
+    proto::Diagnostic {
+        warning: !d.is_error(),
+        file: d.file.clone().unwrap_or_default(),
+        line: d.line.and_then(|l| u32::try_from(l).ok()).unwrap_or(0),
+        resource: d.resource.clone().unwrap_or_default(),
+        field: d.field.clone().unwrap_or_default(),
+        message: d.message.clone(),
+    }
+}
+
+/// The wire diagnostic back in the compiler's type, for printing with its `Display`.
+pub fn from_wire_diagnostic(d: &proto::Diagnostic) -> Diagnostic {
+    let base = if d.warning {
+        Diagnostic::warning(d.message.clone())
+    } else {
+        Diagnostic::error(d.message.clone())
+    };
+    let file = (!d.file.is_empty()).then_some(d.file.as_str());
+    let line = (d.line != 0).then_some(d.line as usize);
+    let mut out = base.at(file, line).on_field(d.field.clone());
+    if !d.resource.is_empty() {
+        out = out.in_resource(d.resource.clone());
+    }
+    out
+}
+
+fn sync_state(s: &ProxyStatus, generation: u64) -> SyncState {
+    match s.state(generation) {
+        "SYNCED" => SyncState::Synced,
+        "NACKED" => SyncState::Nacked,
+        "DISCONNECTED" => SyncState::Disconnected,
+        _ => SyncState::Stale,
+    }
+}
+
+fn status_entry(s: &ProxyStatus, generation: u64) -> ProxyStatusEntry {
+    ProxyStatusEntry {
+        node_id: s.node_id.clone(),
+        workload: Some(s.workload.clone()),
+        proxy_version: s.proxy_version.clone(),
+        state: sync_state(s, generation) as i32,
+        sent_version: s.sent_version,
+        acked_version: s.acked_version,
+        nack_error: s.nack.clone().unwrap_or_default(),
+        nacked_version: s.nacked_version,
+        stale_reason: s.stale_reason.clone().unwrap_or_default(),
+        ready: s.ready,
+    }
+}
+
+/// How the connected proxies took `r` as stored now. A proxy whose last answer was a NACK is
+/// listed under `nacked` whatever it was sent: its config is not what the store holds.
+fn resource_status(r: &StoredResource, proxies: &[ProxyConfigView]) -> ResourceStatus {
+    let mut out = ResourceStatus::default();
+    for p in proxies.iter().filter(|p| p.status.connected) {
+        if let Some(error) = &p.status.nack {
+            out.nacked.push(ProxyNack {
+                node_id: p.status.node_id.clone(),
+                version: p.status.nacked_version,
+                error: error.clone(),
+            });
+            continue;
+        }
+        let holds = |s: &Option<Arc<proto::Snapshot>>| {
+            s.as_ref()
+                .is_some_and(|s| s.documents.iter().any(|d| d.yaml == r.document.yaml))
+        };
+        if holds(&p.acked) && p.acked.as_ref().map(|s| s.version) == p.sent.as_ref().map(|s| s.version) {
+            out.synced += 1;
+        } else if holds(&p.sent) {
+            out.pending += 1;
+        } else {
+            out.stale += 1;
+        }
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn apply(&self, request: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        Ok(Response::new(AdminService::apply(self, request.into_inner())?))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        Ok(Response::new(AdminService::get(self, request.get_ref())?))
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        Ok(Response::new(AdminService::delete(self, request.get_ref())?))
+    }
+
+    async fn proxy_status(
+        &self,
+        _request: Request<ProxyStatusRequest>,
+    ) -> Result<Response<ProxyStatusResponse>, Status> {
+        let generation = self.cp.generation();
+        let proxies = self
+            .cp
+            .proxy_status()
+            .iter()
+            .map(|s| status_entry(s, generation))
+            .collect();
+        Ok(Response::new(ProxyStatusResponse { generation, proxies }))
+    }
+
+    async fn proxy_config(
+        &self,
+        request: Request<ProxyConfigRequest>,
+    ) -> Result<Response<ProxyConfigResponse>, Status> {
+        Ok(Response::new(AdminService::proxy_config(
+            self,
+            &request.get_ref().node_id,
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_resolve_as_users_type_them() {
+        for (input, want) in [
+            ("VirtualService", "VirtualService"),
+            ("virtualservices", "VirtualService"),
+            ("VS", "VirtualService"),
+            ("dr", "DestinationRule"),
+            ("serviceentries.networking.istio.io", "ServiceEntry"),
+            ("se", "ServiceEntry"),
+        ] {
+            assert_eq!(canonical_kind(input).unwrap(), Some(want), "{input}");
+        }
+        assert_eq!(canonical_kind("all").unwrap(), None);
+        let err = canonical_kind("virtualservise").unwrap_err().to_string();
+        assert!(
+            err.contains("virtualservise") && err.contains("VirtualService"),
+            "{err}"
+        );
+    }
+}
