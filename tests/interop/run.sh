@@ -20,7 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-cargo build --release -q -p ringmesh-proxy -p ringmesh-loadgen --bins
+cargo build --release -q -p ringmesh-proxy -p ringmesh-loadgen -p ringmesh-control --bins
 BIN=target/release
 work=$(mktemp -d)
 pids=()
@@ -138,6 +138,10 @@ code=0
 for _ in $(seq 100); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.1; done
 wait "$proxy_pid" || code=$?
 check "SIGTERM exits cleanly" [ "$code" = 0 ]
+
+# The control plane with real processes: ringmesh-control, two app-side proxies announcing
+# v1 and v2 workloads, a client-side proxy, and ringmesh-loadgen at 2,000 rps through it.
+source tests/interop/control_plane.sh
 
 echo "interop: $pass passed, $fail failed"
 [ "$fail" = 0 ]
