@@ -1,15 +1,42 @@
-//! The `ringmesh` command line. Subcommands that talk to a running control plane join as the
-//! control plane grows; `analyze` works offline.
+//! The `ringmesh` command line. `analyze` works offline; `apply`, `get`, `delete`,
+//! `proxy-status` and `proxy-config` talk to a running `ringmesh-control` over its management
+//! API (`admin.proto`), at `--control-plane` (default [`DEFAULT_CONTROL_PLANE`]).
+//!
+//! Output follows kubectl and istioctl where users have habits (`virtualservice/reviews
+//! configured`, `get -o yaml`, the proxy-status table). Every failure is one line naming what
+//! failed (for an unreachable control plane: its address) and exit code 1; usage errors exit 2.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ringmesh_api::proto::admin_client::AdminClient;
+use ringmesh_api::proto::{
+    ApplyRequest, DeleteRequest, Document, GetRequest, Outcome, ProxyConfigRequest, ProxyStatusEntry,
+    ProxyStatusRequest, ResourceRef, Snapshot, StoredResource, SyncState,
+};
+use serde_json::{json, Value as Json};
+use tonic::transport::Channel;
+
+use crate::admin::{canonical_kind, from_wire_diagnostic};
+use crate::store::ResourceKey;
+
+/// Where the control plane listens unless told otherwise (Istio's plaintext port).
+pub const DEFAULT_CONTROL_PLANE: &str = "127.0.0.1:15010";
 
 /// ringmesh: manage and check mesh configuration.
 #[derive(Debug, Parser)]
 #[command(name = "ringmesh", version)]
 pub struct Cli {
+    /// Control plane gRPC address, `HOST:PORT` or `http://HOST:PORT` (used by every subcommand
+    /// except analyze).
+    #[arg(long, global = true, env = "RINGMESH_CONTROL_PLANE", default_value = DEFAULT_CONTROL_PLANE)]
+    pub control_plane: String,
+    /// Limit for connecting to the control plane and for each call.
+    #[arg(long, global = true, env = "RINGMESH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -30,9 +57,65 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Create or update resources on the control plane. The control plane compiles what it
+    /// holds plus these; if that fails nothing changes and every error is printed.
+    Apply {
+        /// Files or directories (every *.yaml / *.yml inside, sorted, not recursive); `-` reads
+        /// standard input. Multi-document YAML is fine.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Check and report what would change without storing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show stored resources (all namespaces unless -n).
+    Get {
+        /// Kind: VirtualService, DestinationRule, ServiceEntry, ProxyConfig, ... in any case,
+        /// plural, or short (vs, dr, se); `all` for every kind.
+        kind: String,
+        /// Only this name.
+        name: Option<String>,
+        /// Only this namespace (default: every namespace).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Output format; yaml and json include a `status` with each proxy that NACKed.
+        #[arg(short = 'o', long, value_enum, default_value_t = GetOutput::Table)]
+        output: GetOutput,
+    },
+    /// Delete applied resources (resources from hand-written files in the control plane's
+    /// directory are refused, naming the file).
+    Delete {
+        /// Kind, as for get.
+        kind: Option<String>,
+        /// Name.
+        name: Option<String>,
+        /// Namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Delete every resource defined in these files or directories instead.
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+        files: Vec<PathBuf>,
+        /// Succeed when a resource does not exist.
+        #[arg(long)]
+        ignore_not_found: bool,
+    },
+    /// Every proxy's sync state: SYNCED, STALE, NACKED (with its error) or DISCONNECTED.
+    ProxyStatus {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = StatusOutput::Table)]
+        output: StatusOutput,
+    },
+    /// What the control plane last sent one proxy, and what that proxy acknowledged.
+    ProxyConfig {
+        /// The proxy's node id, as proxy-status lists it.
+        proxy: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = DataOutput::Yaml)]
+        output: DataOutput,
+    },
 }
 
-/// Output formats.
+/// Output formats of analyze.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// One diagnostic a line, then a summary.
@@ -41,8 +124,88 @@ pub enum Output {
     Json,
 }
 
-/// Runs the CLI with `args` (including the program name) and returns the exit code.
+/// Output formats of get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GetOutput {
+    /// One line per resource.
+    Table,
+    /// The documents as stored, with a status block.
+    Yaml,
+    /// The same as JSON.
+    Json,
+}
+
+/// Output formats of proxy-status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusOutput {
+    /// One line per proxy, then each NACK's error.
+    Table,
+    /// A JSON document.
+    Json,
+}
+
+/// Output formats of proxy-config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DataOutput {
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+/// Why a command failed; each renders as the one line the user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// No connection to the control plane.
+    #[error("cannot reach the control plane at {addr}: {reason} (set --control-plane or RINGMESH_CONTROL_PLANE)")]
+    Unreachable {
+        /// The address tried.
+        addr: String,
+        /// The innermost cause, e.g. `Connection refused (os error 111)`.
+        reason: String,
+    },
+    /// The address does not parse.
+    #[error("--control-plane {addr}: not an address: {reason}")]
+    BadAddress {
+        /// As given.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The control plane answered with an error.
+    #[error("{0}")]
+    Server(String),
+    /// An input file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Something else the user must fix (the message says what).
+    #[error("{0}")]
+    Usage(String),
+    /// Several failures already printed (exit code 1 without another line).
+    #[error("{0}")]
+    Reported(String),
+}
+
+/// Runs the CLI with `args` (including the program name), printing to stdout and stderr, and
+/// returns the exit code.
 pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    run_with(args, &mut stdout.lock(), &mut stderr.lock())
+}
+
+/// [`run`] with the output going to `out` and errors to `err` (for tests and embedding). Must
+/// not be called from inside a tokio runtime: it starts its own for the network commands.
+pub fn run_with<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -51,18 +214,571 @@ where
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
+            let text = e.render();
+            let _ = if e.use_stderr() {
+                write!(err, "{}", text.ansi())
+            } else {
+                write!(out, "{}", text.ansi())
+            };
             return code;
         }
     };
-    match cli.command {
-        Command::Analyze { paths, output, strict } => {
-            let report = crate::analyze::analyze(&paths);
-            match output {
-                Output::Text => print!("{}", report.text()),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report.json()).unwrap_or_default()),
-            }
-            report.exit_code(strict)
+    if let Command::Analyze { paths, output, strict } = &cli.command {
+        let report = crate::analyze::analyze(paths);
+        let _ = match output {
+            Output::Text => write!(out, "{}", report.text()),
+            Output::Json => writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&report.json()).unwrap_or_default()
+            ),
+        };
+        return report.exit_code(*strict);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(remote(&cli, out, err)) {
+        Ok(()) => 0,
+        Err(CliError::Reported(_)) => 1,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            1
         }
     }
+}
+
+/// The address as a URL tonic accepts (`http://` added when there is no scheme).
+fn endpoint_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// The innermost cause of an error, which is the one that says what happened
+/// (`Connection refused`), where the outer ones say only `transport error`.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, CliError> {
+    let addr = cli.control_plane.clone();
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint_url(&addr)).map_err(|e| CliError::BadAddress {
+        addr: addr.clone(),
+        reason: root_cause(&e),
+    })?;
+    let channel = endpoint
+        .connect_timeout(cli.timeout)
+        .timeout(cli.timeout)
+        .connect()
+        .await
+        .map_err(|e| CliError::Unreachable {
+            addr: addr.clone(),
+            reason: root_cause(&e),
+        })?;
+    Ok(AdminClient::new(channel))
+}
+
+/// A call's failure, as the user should read it.
+fn call_error(cli: &Cli, status: tonic::Status) -> CliError {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => CliError::Unreachable {
+            addr: cli.control_plane.clone(),
+            reason: status.message().to_owned(),
+        },
+        tonic::Code::Unimplemented => CliError::Server(format!(
+            "{} does not serve the management API (is it an older ringmesh-control?)",
+            cli.control_plane
+        )),
+        _ => CliError::Server(status.message().to_owned()),
+    }
+}
+
+async fn remote(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Analyze { .. } => Ok(()),
+        Command::Apply { files, dry_run } => {
+            let inputs = read_inputs(files)?;
+            let mut client = connect(cli).await?;
+            apply(cli, &mut client, inputs, *dry_run, out, err).await
+        }
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            output,
+        } => {
+            canonical_kind(kind).map_err(|e| CliError::Usage(e.to_string()))?;
+            let mut client = connect(cli).await?;
+            let req = GetRequest {
+                kind: kind.clone(),
+                name: name.clone().unwrap_or_default(),
+                namespace: namespace.clone().unwrap_or_default(),
+            };
+            let resp = client.get(req).await.map_err(|s| call_error(cli, s))?.into_inner();
+            print_get(kind, name.as_deref(), &resp.resources, *output, out, err)
+        }
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+            files,
+            ignore_not_found,
+        } => {
+            let keys = delete_targets(kind.as_deref(), name.as_deref(), namespace, files)?;
+            let mut client = connect(cli).await?;
+            let mut failed = 0;
+            for key in keys {
+                let req = DeleteRequest {
+                    kind: key.kind.clone(),
+                    name: key.name.clone(),
+                    namespace: key.namespace.clone(),
+                };
+                match client.delete(req).await {
+                    Ok(r) if r.get_ref().deleted => {
+                        let _ = writeln!(out, "{} deleted", short_label(&key.kind, &key.name));
+                    }
+                    Ok(_) if *ignore_not_found => {}
+                    Ok(_) => {
+                        failed += 1;
+                        let _ = writeln!(err, "error: {key} not found");
+                    }
+                    Err(s) => {
+                        let e = call_error(cli, s);
+                        if matches!(e, CliError::Unreachable { .. }) {
+                            return Err(e);
+                        }
+                        failed += 1;
+                        let _ = writeln!(err, "error: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(CliError::Reported(format!("{failed} failed")));
+            }
+            Ok(())
+        }
+        Command::ProxyStatus { output } => {
+            let mut client = connect(cli).await?;
+            let resp = client
+                .proxy_status(ProxyStatusRequest {})
+                .await
+                .map_err(|s| call_error(cli, s))?
+                .into_inner();
+            match output {
+                StatusOutput::Table => print_proxy_status(&resp.proxies, out, err),
+                StatusOutput::Json => {
+                    let v = json!({
+                        "generation": resp.generation,
+                        "proxies": resp.proxies.iter().map(status_json).collect::<Vec<_>>(),
+                    });
+                    let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
+            }
+            Ok(())
+        }
+        Command::ProxyConfig { proxy, output } => {
+            let mut client = connect(cli).await?;
+            let resp = client
+                .proxy_config(ProxyConfigRequest { node_id: proxy.clone() })
+                .await
+                .map_err(|s| call_error(cli, s))?
+                .into_inner();
+            let sent_version = resp.sent.as_ref().map(|s| s.version);
+            let v = json!({
+                "node": proxy,
+                "status": resp.status.as_ref().map(status_json),
+                "sent": resp.sent.as_ref().map(snapshot_json),
+                "acked": match &resp.acked {
+                    Some(a) if Some(a.version) == sent_version => json!({"version": a.version, "sameAsSent": true}),
+                    Some(a) => snapshot_json(a),
+                    None => Json::Null,
+                },
+            });
+            print_data(&v, *output, out);
+            Ok(())
+        }
+    }
+}
+
+/// Reads `-f` arguments into `(source name, YAML text)`, directories expanded to their YAML
+/// files in name order.
+fn read_inputs(paths: &[PathBuf]) -> Result<Vec<(String, String)>, CliError> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path == Path::new("-") {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|source| CliError::Read {
+                    path: "<stdin>".into(),
+                    source,
+                })?;
+            out.push(("<stdin>".to_owned(), text));
+            continue;
+        }
+        let files = if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|source| CliError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "{}: no *.yaml or *.yml files in this directory",
+                    path.display()
+                )));
+            }
+            found
+        } else {
+            vec![path.clone()]
+        };
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|source| CliError::Read {
+                path: f.display().to_string(),
+                source,
+            })?;
+            out.push((f.display().to_string(), text));
+        }
+    }
+    Ok(out)
+}
+
+/// `virtualservice/reviews`, as kubectl names resources in its output.
+fn short_label(kind: &str, name: &str) -> String {
+    format!("{}/{name}", kind.to_ascii_lowercase())
+}
+
+async fn apply(
+    cli: &Cli,
+    client: &mut AdminClient<Channel>,
+    inputs: Vec<(String, String)>,
+    dry_run: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let req = ApplyRequest {
+        files: inputs
+            .into_iter()
+            .map(|(source, yaml)| Document { source, yaml })
+            .collect(),
+        dry_run,
+    };
+    let resp = client.apply(req).await.map_err(|s| call_error(cli, s))?.into_inner();
+    let refused = !resp.applied && !dry_run
+        || resp
+            .results
+            .iter()
+            .any(|r| r.outcome == Outcome::Refused as i32 || r.outcome == Outcome::NotApplied as i32);
+    let mut errors = 0;
+    for r in &resp.results {
+        let label = r
+            .resource
+            .as_ref()
+            .map(|k| short_label(&k.kind, &k.name))
+            .unwrap_or_else(|| format!("document at {}", r.source));
+        let outcome = Outcome::try_from(r.outcome).unwrap_or(Outcome::Unspecified);
+        let word = match outcome {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Deleted => "deleted",
+            Outcome::Refused => "refused",
+            Outcome::NotApplied => "not applied",
+            Outcome::Unspecified => "?",
+        };
+        let _ = writeln!(out, "{label} {word}{}", if dry_run { " (dry run)" } else { "" });
+        for d in &r.diagnostics {
+            errors += usize::from(!d.warning);
+            let _ = writeln!(err, "{}", from_wire_diagnostic(d));
+        }
+    }
+    for d in &resp.diagnostics {
+        errors += usize::from(!d.warning);
+        let _ = writeln!(err, "{}", from_wire_diagnostic(d));
+    }
+    if refused {
+        let _ = writeln!(
+            err,
+            "error: apply refused with {errors} error(s); nothing was changed on the control plane"
+        );
+        return Err(CliError::Reported("refused".into()));
+    }
+    Ok(())
+}
+
+fn delete_targets(
+    kind: Option<&str>,
+    name: Option<&str>,
+    namespace: &str,
+    files: &[PathBuf],
+) -> Result<Vec<ResourceKey>, CliError> {
+    if !files.is_empty() {
+        let mut keys = Vec::new();
+        for (source, text) in read_inputs(files)? {
+            for (line, yaml) in ringmesh_api::documents(&text) {
+                let key = ResourceKey::of_yaml(&yaml).map_err(|e| CliError::Usage(format!("{source}:{line}: {e}")))?;
+                keys.push(key);
+            }
+        }
+        return Ok(keys);
+    }
+    let (Some(kind), Some(name)) = (kind, name) else {
+        return Err(CliError::Usage(
+            "delete needs KIND NAME (e.g. `ringmesh delete vs reviews`) or -f FILE".into(),
+        ));
+    };
+    let kind = canonical_kind(kind)
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .ok_or_else(|| CliError::Usage("delete needs one kind, not `all`".into()))?;
+    Ok(vec![ResourceKey {
+        kind: kind.to_owned(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }])
+}
+
+fn status_block(r: &StoredResource) -> Json {
+    let s = r.status.clone().unwrap_or_default();
+    json!({
+        "source": r.source,
+        "applied": r.applied,
+        "proxies": {"synced": s.synced, "pending": s.pending, "stale": s.stale, "nacked": s.nacked.len()},
+        "nacked": s.nacked.iter().map(|n| json!({"node": n.node_id, "version": n.version, "error": n.error})).collect::<Vec<_>>(),
+    })
+}
+
+/// The stored document with the live `status` in place of any written one.
+fn with_status(r: &StoredResource) -> Json {
+    let mut v: Json = serde_yaml::from_str(&r.yaml).unwrap_or_else(|_| json!({ "yaml": r.yaml }));
+    if let Json::Object(m) = &mut v {
+        m.insert("status".into(), status_block(r));
+    }
+    v
+}
+
+fn proxies_summary(r: &StoredResource) -> String {
+    let s = r.status.clone().unwrap_or_default();
+    let mut parts = Vec::new();
+    if !s.nacked.is_empty() {
+        parts.push(format!("{} NACKED", s.nacked.len()));
+    }
+    for (n, word) in [(s.synced, "synced"), (s.pending, "pending"), (s.stale, "stale")] {
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn print_get(
+    kind: &str,
+    name: Option<&str>,
+    resources: &[StoredResource],
+    output: GetOutput,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    if resources.is_empty() {
+        if let Some(name) = name {
+            return Err(CliError::Server(format!("{kind} `{name}` not found")));
+        }
+        if output == GetOutput::Table {
+            let _ = writeln!(err, "No resources found.");
+            return Ok(());
+        }
+    }
+    let refs: Vec<ResourceRef> = resources
+        .iter()
+        .map(|r| r.resource.clone().unwrap_or_default())
+        .collect();
+    match output {
+        GetOutput::Table => {
+            let all = canonical_kind(kind).ok().flatten().is_none();
+            let mut rows = vec![vec![
+                "NAMESPACE".to_owned(),
+                "NAME".into(),
+                "FROM".into(),
+                "PROXIES".into(),
+            ]];
+            for (r, k) in resources.iter().zip(&refs) {
+                rows.push(vec![
+                    k.namespace.clone(),
+                    if all {
+                        short_label(&k.kind, &k.name)
+                    } else {
+                        k.name.clone()
+                    },
+                    if r.applied { "applied".into() } else { r.source.clone() },
+                    proxies_summary(r),
+                ]);
+            }
+            write_table(&rows, out);
+        }
+        GetOutput::Yaml => {
+            for (i, r) in resources.iter().enumerate() {
+                if i > 0 {
+                    let _ = writeln!(out, "---");
+                }
+                let _ = write!(out, "{}", serde_yaml::to_string(&with_status(r)).unwrap_or_default());
+            }
+        }
+        GetOutput::Json => {
+            let v = if name.is_some() && resources.len() == 1 {
+                with_status(&resources[0])
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "items": resources.iter().map(with_status).collect::<Vec<_>>()})
+            };
+            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+fn write_table(rows: &[Vec<String>], out: &mut dyn Write) {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == cols {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match SyncState::try_from(state).unwrap_or(SyncState::Unspecified) {
+        SyncState::Synced => "SYNCED",
+        SyncState::Stale => "STALE",
+        SyncState::Nacked => "NACKED",
+        SyncState::Disconnected => "DISCONNECTED",
+        SyncState::Unspecified => "UNKNOWN",
+    }
+}
+
+fn workload_name(p: &ProxyStatusEntry) -> String {
+    p.workload
+        .as_ref()
+        .filter(|w| !w.name.is_empty())
+        .map(|w| {
+            if w.namespace.is_empty() {
+                w.name.clone()
+            } else {
+                format!("{}.{}", w.name, w.namespace)
+            }
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_proxy_status(proxies: &[ProxyStatusEntry], out: &mut dyn Write, err: &mut dyn Write) {
+    if proxies.is_empty() {
+        let _ = writeln!(err, "No proxies are connected.");
+        return;
+    }
+    let mut rows = vec![vec![
+        "NAME".to_owned(),
+        "WORKLOAD".into(),
+        "STATUS".into(),
+        "SENT".into(),
+        "ACKED".into(),
+        "VERSION".into(),
+    ]];
+    for p in proxies {
+        rows.push(vec![
+            p.node_id.clone(),
+            workload_name(p),
+            state_name(p.state).into(),
+            p.sent_version.to_string(),
+            p.acked_version.to_string(),
+            p.proxy_version.clone(),
+        ]);
+    }
+    write_table(&rows, out);
+    for p in proxies {
+        if !p.nack_error.is_empty() {
+            let _ = writeln!(out, "\n{} NACKed version {}:", p.node_id, p.nacked_version);
+            for line in p.nack_error.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        if !p.stale_reason.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{}: the newest config was not sent, it does not compile for this proxy:",
+                p.node_id
+            );
+            for line in p.stale_reason.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
+}
+
+fn status_json(p: &ProxyStatusEntry) -> Json {
+    json!({
+        "node": p.node_id,
+        "workload": workload_name(p),
+        "proxyVersion": p.proxy_version,
+        "state": state_name(p.state),
+        "ready": p.ready,
+        "sentVersion": p.sent_version,
+        "ackedVersion": p.acked_version,
+        "nack": (!p.nack_error.is_empty()).then(|| json!({"version": p.nacked_version, "error": p.nack_error})),
+        "staleReason": (!p.stale_reason.is_empty()).then_some(&p.stale_reason),
+    })
+}
+
+fn snapshot_json(s: &Snapshot) -> Json {
+    json!({
+        "version": s.version,
+        "nonce": s.nonce,
+        "documents": s.documents.iter().map(|d| json!({
+            "source": d.source,
+            "resource": serde_yaml::from_str::<Json>(&d.yaml).unwrap_or_else(|_| Json::String(d.yaml.clone())),
+        })).collect::<Vec<_>>(),
+        "endpoints": s.endpoints.iter().map(|e| json!({
+            "host": e.host,
+            "address": e.address,
+            "ports": e.ports,
+            "labels": e.labels,
+            "weight": e.weight,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_data(v: &Json, output: DataOutput, out: &mut dyn Write) {
+    let _ = match output {
+        DataOutput::Yaml => write!(out, "{}", serde_yaml::to_string(v).unwrap_or_default()),
+        DataOutput::Json => writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    };
 }
