@@ -69,7 +69,6 @@ const K8S_METADATA: &[&str] = &[
 /// Istio fields ringmesh does not implement yet, per kind, as path patterns. A DestinationRule's
 /// `spec.subsets[].trafficPolicy` is checked as `spec.trafficPolicy`.
 const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
-    ("VirtualService", "spec.exportTo"),
     ("VirtualService", "spec.tls"),
     ("VirtualService", "spec.http[].mirror"),
     ("VirtualService", "spec.http[].mirrors"),
@@ -95,8 +94,6 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     ("VirtualService", "spec.tcp[].match[].gateways"),
     ("VirtualService", "spec.tcp[].match[].sourceNamespace"),
     ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
-    ("DestinationRule", "spec.exportTo"),
-    ("DestinationRule", "spec.workloadSelector"),
     ("DestinationRule", "spec.trafficPolicy.outlierDetection"),
     ("DestinationRule", "spec.trafficPolicy.tls"),
     ("DestinationRule", "spec.trafficPolicy.portLevelSettings"),
@@ -136,7 +133,6 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
         "DestinationRule",
         "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
     ),
-    ("ServiceEntry", "spec.exportTo"),
     ("ServiceEntry", "spec.workloadSelector"),
     ("ServiceEntry", "spec.subjectAltNames"),
     ("ServiceEntry", "spec.addresses"),
@@ -699,7 +695,7 @@ metadata:
   resourceVersion: \"123\"
 spec:
   hosts: [ratings]
-  exportTo: [\".\"]
+  tls: []
   http:
   - fault:
       delay:
@@ -715,11 +711,7 @@ status: {}
         let fields: Vec<_> = w.iter().filter_map(|d| d.field.clone()).collect();
         assert_eq!(
             fields,
-            [
-                "spec.exportTo",
-                "spec.http[0].fault",
-                "spec.http[0].match[0].sourceLabels"
-            ]
+            ["spec.tls", "spec.http[0].fault", "spec.http[0].match[0].sourceLabels"]
         );
         assert_eq!(w[1].line, Some(11));
         assert!(w[2].message.contains("broader than written"));

@@ -8,5 +8,6 @@
 pub mod admin;
 pub mod analyze;
 pub mod cli;
+pub mod scope;
 pub mod server;
 pub mod store;

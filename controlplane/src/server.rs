@@ -9,7 +9,7 @@
 //! of the workloads that connected proxies announce; a proxy that disconnects keeps its
 //! endpoints for the grace period, a proxy that reports its workload unready loses them at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::scope::Scopes;
 use crate::store::ResourceSet;
 
 /// How long a new stream may take to say who it is.
@@ -113,9 +114,22 @@ pub struct ProxyConfigView {
 #[derive(Debug, Default)]
 struct State {
     resources: ResourceSet,
+    /// Who sees which document (`scope.rs`), scanned once per resource set.
+    scopes: Scopes,
     generation: u64,
     proxies: BTreeMap<String, Proxy>,
     pushes: u64,
+    views: Views,
+}
+
+/// The snapshots of one generation, one per distinct view (set of visible documents), shared by
+/// every proxy with that view: a push to N proxies compiles each view once, not N times, and the
+/// control plane holds one copy of each snapshot, not one per proxy.
+#[derive(Debug, Default)]
+struct Views {
+    generation: u64,
+    endpoints: Arc<Vec<Endpoint>>,
+    by_documents: HashMap<Vec<usize>, Result<Arc<Snapshot>, String>>,
 }
 
 /// The control plane's shared state and its discovery service.
@@ -131,6 +145,7 @@ impl ControlPlane {
     pub fn new(resources: ResourceSet, config: ServerConfig) -> Self {
         let (tx, _) = watch::channel(1);
         let state = State {
+            scopes: Scopes::of(&resources.documents),
             resources,
             generation: 1,
             ..Default::default()
@@ -161,6 +176,7 @@ impl ControlPlane {
     /// Replaces the resources (a new accepted directory state) and pushes to every proxy.
     pub fn set_resources(&self, resources: ResourceSet) {
         let mut st = self.lock();
+        st.scopes = Scopes::of(&resources.documents);
         st.resources = resources;
         self.bump(&mut st);
     }
@@ -232,22 +248,38 @@ impl ControlPlane {
         out
     }
 
-    /// The snapshot for `node_id` at the current generation, or why it does not compile.
-    fn snapshot_for(&self, node_id: &str, nonce: u64) -> Result<Snapshot, String> {
-        let st = self.lock();
-        let endpoints = Self::endpoints(&st);
-        let documents = st.resources.documents.clone();
-        let version = st.generation;
-        drop(st);
-        check_compiles(&documents, &endpoints)?;
-        let _ = node_id;
-        Ok(Snapshot {
-            version,
-            nonce: format!("{version}-{nonce}"),
-            protocol_version: PROTOCOL_VERSION,
-            documents,
-            endpoints,
-        })
+    /// The snapshot for `node_id` at the current generation (its `nonce` left empty: the stream
+    /// sets it), or why it does not compile.
+    fn snapshot_for(&self, node_id: &str) -> Result<Arc<Snapshot>, String> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.views.generation != st.generation {
+            st.views = Views {
+                generation: st.generation,
+                endpoints: Arc::new(Self::endpoints(st)),
+                by_documents: HashMap::new(),
+            };
+        }
+        let visible = match st.proxies.get(node_id) {
+            Some(p) => st.scopes.visible_to(&p.status.workload),
+            None => (0..st.resources.documents.len()).collect(),
+        };
+        if let Some(v) = st.views.by_documents.get(&visible) {
+            return v.clone();
+        }
+        let documents: Vec<_> = visible.iter().map(|&i| st.resources.documents[i].clone()).collect();
+        let endpoints = st.views.endpoints.clone();
+        let view = check_compiles(&documents, &endpoints).map(|()| {
+            Arc::new(Snapshot {
+                version: st.generation,
+                nonce: String::new(),
+                protocol_version: PROTOCOL_VERSION,
+                documents,
+                endpoints: endpoints.as_ref().clone(),
+            })
+        });
+        st.views.by_documents.insert(visible, view.clone());
+        view
     }
 
     fn register(&self, hello: &Hello) {
@@ -395,16 +427,17 @@ async fn serve_proxy(
             tokio::time::sleep(cp.config.debounce).await;
             let _ = changes.borrow_and_update();
             nonce += 1;
-            match cp.snapshot_for(&node_id, nonce) {
-                Ok(snap) => {
-                    let kept = Arc::new(snap.clone());
+            match cp.snapshot_for(&node_id) {
+                Ok(shared) => {
+                    let mut snap = shared.as_ref().clone();
+                    snap.nonce = format!("{}-{nonce}", snap.version);
                     let msg = ControlMessage {
                         message: Some(control_message::Message::Snapshot(snap)),
                     };
                     if tx.send(Ok(msg)).await.is_err() {
                         break;
                     }
-                    cp.sent(&node_id, kept);
+                    cp.sent(&node_id, shared);
                 }
                 Err(reason) => {
                     tracing::warn!(node = %node_id, "config not sent: it does not compile for this proxy:\n{reason}");

@@ -343,3 +343,50 @@ async fn a_stream_must_start_with_hello() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("Hello"), "{}", err.message());
 }
+
+fn hello_in(node: &str, namespace: &str, version: &str) -> ProxyMessage {
+    let mut h = hello(node, &[], "127.0.0.9", version, PROTOCOL_VERSION);
+    if let Some(proxy_message::Message::Hello(h)) = &mut h.message {
+        if let Some(w) = &mut h.workload {
+            w.namespace = namespace.into();
+        }
+    }
+    h
+}
+
+fn names(s: &Snapshot) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .documents
+        .iter()
+        .filter_map(|d| {
+            d.yaml
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name: ").map(str::to_string))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn export_to_and_workload_selector_decide_which_proxies_see_a_resource() {
+    let dir = temp_dir("scope");
+    let team_vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: team-a-only\n  namespace: team-a\nspec:\n  hosts: [reviews.test]\n  exportTo: [.]\n  http:\n  - route: [{destination: {host: reviews.test}}]\n";
+    let canary_dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: v2-only\n  namespace: team-a\nspec:\n  host: reviews.test\n  workloadSelector: {matchLabels: {version: v2}}\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n";
+    std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{team_vs}---\n{canary_dr}")).unwrap();
+    let (_cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let mut other = connect(addr, hello_in("other", "team-b", "v2")).await;
+    let mut a1 = connect(addr, hello_in("a1", "team-a", "v1")).await;
+    let mut a2 = connect(addr, hello_in("a2", "team-a", "v2")).await;
+    assert_eq!(
+        names(&other.snapshot().await),
+        ["reviews"],
+        "another namespace sees only mesh-wide resources"
+    );
+    assert_eq!(
+        names(&a1.snapshot().await),
+        ["reviews", "team-a-only"],
+        "the selector needs version: v2"
+    );
+    assert_eq!(names(&a2.snapshot().await), ["reviews", "team-a-only", "v2-only"]);
+}

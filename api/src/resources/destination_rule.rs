@@ -30,6 +30,14 @@ pub struct DestinationRule {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSpec {
+    /// Namespaces whose proxies see this resource (`.`: its own; `*` or absent: all). Applied by
+    /// the control plane when it picks each proxy's resources; a standalone proxy uses its files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_to: Option<Vec<String>>,
+    /// The workloads (of this rule's namespace) whose proxies apply it; absent: all. Applied by
+    /// the control plane like `exportTo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<WorkloadSelector>,
     /// The service host (short names are expanded with the namespace).
     #[serde(default)]
     pub host: String,
@@ -125,6 +133,15 @@ pub struct HttpCookie {
     /// Lifetime of a generated cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+}
+
+/// Istio `WorkloadSelector`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    /// Labels a workload must all carry.
+    #[serde(default)]
+    pub match_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Istio `ConsistentHashLB.RingHash`.

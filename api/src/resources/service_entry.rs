@@ -30,6 +30,10 @@ pub struct ServiceEntry {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceEntrySpec {
+    /// Namespaces whose proxies see this resource (`.`: its own; `*` or absent: all). Applied by
+    /// the control plane when it picks each proxy's resources; a standalone proxy uses its files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_to: Option<Vec<String>>,
     /// Host names of the service (FQDNs; short names are expanded with the namespace).
     #[serde(default)]
     pub hosts: Vec<String>,

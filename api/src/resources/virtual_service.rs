@@ -30,6 +30,10 @@ pub struct VirtualService {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
+    /// Namespaces whose proxies see this resource (`.`: its own; `*` or absent: all). Applied by
+    /// the control plane when it picks each proxy's resources; a standalone proxy uses its files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_to: Option<Vec<String>>,
     /// Hosts these rules apply to (`Host` header values; short names expand with the namespace).
     #[serde(default)]
     pub hosts: Vec<String>,
