@@ -22,6 +22,7 @@ use ringmesh_api::proto::{
 use ringmesh_api::Diagnostic;
 use tonic::{Request, Response, Status};
 
+use crate::scope::Scopes;
 use crate::server::{ControlPlane, ProxyConfigView, ProxyStatus};
 use crate::store::{DirStore, Outcome, ResourceKey, StoreError, StoredResource};
 
@@ -300,11 +301,16 @@ fn status_entry(s: &ProxyStatus, generation: u64) -> ProxyStatusEntry {
     }
 }
 
-/// How the connected proxies took `r` as stored now. A proxy whose last answer was a NACK is
-/// listed under `nacked` whatever it was sent: its config is not what the store holds.
+/// How the connected proxies that should see `r` (its `exportTo` and selector, `scope.rs`) took
+/// it as stored now. Such a proxy whose last answer was a NACK is listed under `nacked` whatever
+/// it was sent: its config is not what the store holds, so it is never counted as synced.
 fn resource_status(r: &StoredResource, proxies: &[ProxyConfigView]) -> ResourceStatus {
+    let scope = Scopes::of(std::slice::from_ref(&r.document));
     let mut out = ResourceStatus::default();
-    for p in proxies.iter().filter(|p| p.status.connected) {
+    for p in proxies
+        .iter()
+        .filter(|p| p.status.connected && !scope.visible_to(&p.status.workload).is_empty())
+    {
         if let Some(error) = &p.status.nack {
             out.nacked.push(ProxyNack {
                 node_id: p.status.node_id.clone(),

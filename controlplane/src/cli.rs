@@ -761,7 +761,6 @@ fn status_json(p: &ProxyStatusEntry) -> Json {
 fn snapshot_json(s: &Snapshot) -> Json {
     json!({
         "version": s.version,
-        "nonce": s.nonce,
         "documents": s.documents.iter().map(|d| json!({
             "source": d.source,
             "resource": serde_yaml::from_str::<Json>(&d.yaml).unwrap_or_else(|_| Json::String(d.yaml.clone())),

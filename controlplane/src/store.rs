@@ -403,7 +403,7 @@ impl DirStore {
     fn find_on_disk<'a>(disk: &'a [(PathBuf, String)], key: &ResourceKey) -> Option<(&'a Path, usize, String)> {
         disk.iter().find_map(|(f, text)| {
             documents(text).into_iter().find_map(|(line, yaml)| {
-                (ResourceKey::of_yaml(&yaml).as_ref() == Ok(key)).then(|| (f.as_path(), line, yaml))
+                (ResourceKey::of_yaml(&yaml).as_ref() == Ok(key)).then_some((f.as_path(), line, yaml))
             })
         })
     }

@@ -1,0 +1,481 @@
+//! The `ringmesh` verbs that talk to a running control plane, end to end over real gRPC on
+//! loopback: the control plane (Discovery + Admin on one port) runs in-process on its own
+//! runtime, the CLI is driven through `cli::run_with` (and the built binary where the exit
+//! status of the process itself matters), and a fake proxy speaks the discovery stream.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ringmesh_api::proto::discovery_client::DiscoveryClient;
+use ringmesh_api::proto::{
+    control_message, proxy_message, Ack, ControlMessage, Hello, Nack, ProxyMessage, Snapshot, Workload,
+    PROTOCOL_VERSION,
+};
+use ringmesh_control::admin::AdminService;
+use ringmesh_control::server::{ControlPlane, ServerConfig};
+use ringmesh_control::store::DirStore;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::Streaming;
+
+const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
+const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route:\n    - destination: {host: reviews.test}\n      weight: 100\n";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ringmesh-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A file outside the control plane's directory, as a user's own YAML would be.
+fn input(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("ringmesh-cli-{}-{name}.yaml", std::process::id()))
+}
+
+/// A control plane serving `dir` on an ephemeral loopback port, on a runtime of its own (the
+/// CLI starts its own runtime, which cannot nest inside a test's).
+struct Running {
+    rt: Option<tokio::runtime::Runtime>,
+    addr: SocketAddr,
+    cp: ControlPlane,
+}
+
+impl Running {
+    fn start(dir: &Path) -> Running {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = DirStore::open(dir).expect("store opens");
+        let cp = ControlPlane::new(
+            store.current.clone(),
+            ServerConfig {
+                grace: Duration::from_secs(30),
+                debounce: Duration::from_millis(20),
+            },
+        );
+        let admin = AdminService::new(store, cp.clone());
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(
+            tonic::transport::Server::builder()
+                .add_service(cp.service())
+                .add_service(admin.service())
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Running { rt: Some(rt), addr, cp }
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().unwrap()
+    }
+
+    /// Runs `ringmesh --control-plane ADDR args...` in-process: (exit code, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let addr = self.addr.to_string();
+        let mut argv = vec!["ringmesh", "--control-plane", addr.as_str()];
+        argv.extend_from_slice(args);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = ringmesh_control::cli::run_with(argv, &mut out, &mut err);
+        (
+            code,
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropping the runtime ends the server and every connection, as a killed process would.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..250 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+struct FakeProxy {
+    tx: mpsc::Sender<ProxyMessage>,
+    rx: Streaming<ControlMessage>,
+}
+
+impl FakeProxy {
+    async fn connect(addr: SocketAddr, node: &str) -> FakeProxy {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = DiscoveryClient::new(channel);
+        let (tx, rx) = mpsc::channel(8);
+        let hello = ProxyMessage {
+            message: Some(proxy_message::Message::Hello(Hello {
+                node_id: node.into(),
+                workload: Some(Workload {
+                    name: "reviews".into(),
+                    namespace: "default".into(),
+                    addresses: vec!["127.0.0.1".into()],
+                    services: vec!["reviews.test".into()],
+                    ports: [("http".to_string(), 9080u32)].into_iter().collect(),
+                    ..Default::default()
+                }),
+                proxy_version: "fake-0.1".into(),
+                protocol_version: PROTOCOL_VERSION,
+                serving_version: 0,
+            })),
+        };
+        tx.send(hello).await.unwrap();
+        let rx = client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        FakeProxy { tx, rx }
+    }
+
+    async fn snapshot(&mut self) -> Snapshot {
+        let msg = tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("no snapshot within 5s")
+            .unwrap();
+        match msg.and_then(|m| m.message) {
+            Some(control_message::Message::Snapshot(s)) => s,
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+    }
+
+    async fn ack(&self, s: &Snapshot) {
+        let m = proxy_message::Message::Ack(Ack {
+            version: s.version,
+            nonce: s.nonce.clone(),
+        });
+        self.tx.send(ProxyMessage { message: Some(m) }).await.unwrap();
+    }
+
+    async fn nack(&self, s: &Snapshot, error: &str) {
+        let m = proxy_message::Message::Nack(Nack {
+            version: s.version,
+            nonce: s.nonce.clone(),
+            error: error.into(),
+        });
+        self.tx.send(ProxyMessage { message: Some(m) }).await.unwrap();
+    }
+}
+
+#[test]
+fn apply_then_get_returns_it() {
+    let dir = temp_dir("apply-get");
+    std::fs::write(dir.join("se.yaml"), SE).unwrap();
+    let vs = input("vs-apply-get");
+    std::fs::write(&vs, VS).unwrap();
+    let cp = Running::start(&dir);
+    let before = cp.cp.generation();
+
+    let (code, out, err) = cp.cli(&["apply", "-f", vs.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "virtualservice/reviews created\n");
+    assert!(dir.join("applied/virtualservice.default.reviews.yaml").is_file());
+    assert!(
+        cp.cp.generation() > before,
+        "an apply is pushed without waiting for the watcher"
+    );
+    assert!(cp
+        .cp
+        .resources()
+        .documents
+        .iter()
+        .any(|d| d.yaml.contains("kind: VirtualService")));
+
+    // Every way an Istio user names the kind finds it.
+    for kind in ["vs", "VirtualService", "virtualservices", "VIRTUALSERVICE"] {
+        let (code, out, err) = cp.cli(&["get", kind]);
+        assert_eq!(code, 0, "{kind}: {err}");
+        assert!(out.contains("reviews") && out.contains("applied"), "{kind}: {out}");
+    }
+    let (code, out, _) = cp.cli(&["get", "vs", "reviews", "-n", "default", "-o", "yaml"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("kind: VirtualService") && out.contains("weight: 100"),
+        "{out}"
+    );
+    let (code, out, _) = cp.cli(&["get", "vs", "reviews", "-o", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["metadata"]["name"], "reviews");
+    assert_eq!(v["status"]["applied"], true);
+    let (_, out, _) = cp.cli(&["get", "vs", "-n", "other"]);
+    assert!(!out.contains("reviews"), "namespace filter: {out}");
+    let (code, _, err) = cp.cli(&["get", "vs", "nothere"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nothere"), "{err}");
+
+    // Again: unchanged. Changed: configured. Both documents of a stream are reported.
+    let (_, out, _) = cp.cli(&["apply", "-f", vs.to_str().unwrap()]);
+    assert_eq!(out, "virtualservice/reviews unchanged\n");
+    std::fs::write(
+        &vs,
+        format!("{SE}---\n{}", VS.replace("weight: 100", "weight: 100\n    timeout: 2s")),
+    )
+    .unwrap();
+    let (code, out, err) = cp.cli(&["apply", "-f", vs.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "serviceentry/reviews unchanged\nvirtualservice/reviews configured\n"
+    );
+    let (_, out, _) = cp.cli(&["get", "vs", "reviews", "-o", "yaml"]);
+    assert!(out.contains("timeout: 2s"), "{out}");
+}
+
+#[test]
+fn an_invalid_apply_is_refused_with_the_field_named_and_nothing_changes() {
+    let dir = temp_dir("refused");
+    std::fs::write(dir.join("se.yaml"), SE).unwrap();
+    let cp = Running::start(&dir);
+    let before = cp.cp.generation();
+    let bad = input("bad");
+
+    // A weight that is not a number: the field and the line in the user's file are named.
+    std::fs::write(&bad, VS.replace("weight: 100", "weight: abc")).unwrap();
+    let (code, out, err) = cp.cli(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("virtualservice/reviews refused"), "{out}");
+    let bad_name = bad.to_str().unwrap();
+    assert!(err.contains(&format!("{bad_name}:10:")), "line of the weight: {err}");
+    assert!(err.contains("spec.http[0].route[0].weight"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+
+    // A typo'd field, in the second document of a stream whose first document is fine: the
+    // whole apply is refused, the good document included.
+    let good = SE
+        .replace("name: reviews", "name: ratings")
+        .replace("reviews.test", "ratings.test");
+    std::fs::write(&bad, format!("{good}---\n{}", VS.replace("weight: 100", "weigth: 100"))).unwrap();
+    let (code, out, err) = cp.cli(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("serviceentry/ratings not applied"), "{out}");
+    assert!(out.contains("virtualservice/reviews refused"), "{out}");
+    assert!(err.contains("weigth") && err.contains("did you mean `weight`"), "{err}");
+    assert!(err.contains(&format!("{bad_name}:19:")), "line in the stream: {err}");
+
+    // Nothing stored, nothing pushed, nothing served.
+    assert!(!dir.join("applied").exists() || std::fs::read_dir(dir.join("applied")).unwrap().next().is_none());
+    assert_eq!(cp.cp.generation(), before);
+    let (code, out, err) = cp.cli(&["get", "all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("ratings") && !out.contains("virtualservice/"), "{out}");
+
+    // A VirtualService routing to a host nobody defines: the compiler's own check refuses it.
+    std::fs::write(&bad, VS.replace("{host: reviews.test}", "{host: missing.test}")).unwrap();
+    let (code, _, err) = cp.cli(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.test"), "{err}");
+    assert_eq!(cp.cp.generation(), before);
+}
+
+#[test]
+fn delete_removes_what_was_applied_and_names_hand_written_files() {
+    let dir = temp_dir("delete");
+    std::fs::write(dir.join("se.yaml"), SE).unwrap();
+    let vs = input("vs-delete");
+    std::fs::write(&vs, VS).unwrap();
+    let cp = Running::start(&dir);
+    assert_eq!(cp.cli(&["apply", "-f", vs.to_str().unwrap()]).0, 0);
+    let file = dir.join("applied/virtualservice.default.reviews.yaml");
+    assert!(file.is_file());
+
+    let (code, out, err) = cp.cli(&["delete", "vs", "reviews"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "virtualservice/reviews deleted\n");
+    assert!(!file.exists());
+    assert!(!cp
+        .cp
+        .resources()
+        .documents
+        .iter()
+        .any(|d| d.yaml.contains("VirtualService")));
+    let (code, _, err) = cp.cli(&["get", "vs", "reviews"]);
+    assert_eq!(code, 1, "deleted, so not found: {err}");
+
+    let (code, _, err) = cp.cli(&["delete", "vs", "reviews"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("VirtualService default/reviews not found"), "{err}");
+    assert_eq!(cp.cli(&["delete", "vs", "reviews", "--ignore-not-found"]).0, 0);
+
+    // A person's file is not edited behind their back: the error names it.
+    let (code, _, err) = cp.cli(&["delete", "serviceentry", "reviews"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{}:1", dir.join("se.yaml").display())), "{err}");
+    assert!(dir.join("se.yaml").is_file());
+
+    // delete -f takes the resources named in a file.
+    assert_eq!(cp.cli(&["apply", "-f", vs.to_str().unwrap()]).0, 0);
+    let (code, out, err) = cp.cli(&["delete", "-f", vs.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "virtualservice/reviews deleted\n");
+    assert!(!file.exists());
+}
+
+#[test]
+fn a_restart_loses_no_applied_config() {
+    let dir = temp_dir("restart");
+    std::fs::write(dir.join("se.yaml"), SE).unwrap();
+    let vs = input("vs-restart");
+    std::fs::write(&vs, VS).unwrap();
+    let cp = Running::start(&dir);
+    assert_eq!(cp.cli(&["apply", "-f", vs.to_str().unwrap()]).0, 0);
+    let old_addr = cp.addr;
+    drop(cp);
+
+    let cp = Running::start(&dir);
+    assert_ne!(cp.addr, old_addr);
+    let (code, out, err) = cp.cli(&["get", "vs", "reviews", "-o", "yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("name: reviews") && out.contains("applied: true"), "{out}");
+    assert!(
+        cp.cp
+            .resources()
+            .documents
+            .iter()
+            .any(|d| d.yaml.contains("kind: VirtualService")),
+        "served to proxies after the restart"
+    );
+    // And it is still managed: apply again is unchanged, delete works.
+    let (_, out, _) = cp.cli(&["apply", "-f", vs.to_str().unwrap()]);
+    assert_eq!(out, "virtualservice/reviews unchanged\n");
+    assert_eq!(cp.cli(&["delete", "vs", "reviews"]).0, 0);
+}
+
+#[test]
+fn proxy_status_and_get_show_acks_and_nacks() {
+    let dir = temp_dir("status");
+    std::fs::write(dir.join("se.yaml"), SE).unwrap();
+    let cp = Running::start(&dir);
+    let (code, _, err) = cp.cli(&["proxy-status"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("No proxies"), "{err}");
+
+    let mut proxy = cp.rt().block_on(FakeProxy::connect(cp.addr, "reviews-v1-1"));
+    let s1 = cp.rt().block_on(proxy.snapshot());
+    // Sent but not acknowledged: not synced.
+    assert!(eventually(|| cp.cli(&["proxy-status"]).1.contains("STALE")));
+    cp.rt().block_on(proxy.ack(&s1));
+    let synced = |out: &str| {
+        out.lines()
+            .any(|l| l.starts_with("reviews-v1-1") && l.contains("reviews.default") && l.contains(" SYNCED "))
+    };
+    assert!(
+        eventually(|| synced(&cp.cli(&["proxy-status"]).1)),
+        "{}",
+        cp.cli(&["proxy-status"]).1
+    );
+    let (_, out, _) = cp.cli(&["get", "se", "reviews", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"]["proxies"]["synced"], 1, "{out}");
+
+    // An apply is pushed to the proxy at once; the proxy refuses it.
+    let vs = input("vs-status");
+    std::fs::write(&vs, VS).unwrap();
+    assert_eq!(cp.cli(&["apply", "-f", vs.to_str().unwrap()]).0, 0);
+    let s2 = cp.rt().block_on(proxy.snapshot());
+    assert!(s2.documents.iter().any(|d| d.yaml.contains("kind: VirtualService")));
+    cp.rt()
+        .block_on(proxy.nack(&s2, "VirtualService default/reviews: spec.http[0]: boom"));
+
+    let nacked = |out: &str| {
+        out.lines()
+            .any(|l| l.starts_with("reviews-v1-1") && l.contains(" NACKED "))
+            && out.contains(&format!("reviews-v1-1 NACKed version {}:", s2.version))
+            && out.contains("spec.http[0]: boom")
+    };
+    assert!(
+        eventually(|| nacked(&cp.cli(&["proxy-status"]).1)),
+        "{}",
+        cp.cli(&["proxy-status"]).1
+    );
+    let (_, out, _) = cp.cli(&["proxy-status", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["proxies"][0]["state"], "NACKED");
+    assert_eq!(
+        v["proxies"][0]["nack"]["error"],
+        "VirtualService default/reviews: spec.http[0]: boom"
+    );
+
+    // get shows the NACK on the resource, and never counts the proxy as synced.
+    let (_, out, _) = cp.cli(&["get", "vs", "reviews", "-o", "yaml"]);
+    assert!(out.contains("node: reviews-v1-1"), "{out}");
+    assert!(out.contains("boom"), "{out}");
+    assert!(out.contains("synced: 0"), "{out}");
+    let (_, out, _) = cp.cli(&["get", "vs"]);
+    assert!(out.contains("1 NACKED"), "{out}");
+
+    // proxy-config: what was sent (the VirtualService, the endpoint) and what was acked before.
+    let (code, out, err) = cp.cli(&["proxy-config", "reviews-v1-1", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["sent"]["version"], s2.version);
+    assert!(v["sent"]["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["resource"]["kind"] == "VirtualService"));
+    assert_eq!(v["sent"]["endpoints"][0]["address"], "127.0.0.1");
+    assert_eq!(v["acked"]["version"], s1.version);
+    let (code, _, err) = cp.cli(&["proxy-config", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nobody"), "{err}");
+
+    // Acknowledging the fixed config clears the NACK.
+    cp.rt().block_on(proxy.ack(&s2));
+    assert!(eventually(|| synced(&cp.cli(&["proxy-status"]).1)));
+    let (_, out, _) = cp.cli(&["get", "vs", "reviews", "-o", "json"]);
+    assert!(out.contains("\"synced\": 1") && !out.contains("boom"), "{out}");
+}
+
+#[test]
+fn an_unreachable_control_plane_is_one_line_and_exit_code_1() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    for args in [
+        vec!["--control-plane", addr.as_str(), "get", "vs"],
+        vec!["--control-plane", addr.as_str(), "proxy-status"],
+        vec!["proxy-status"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+            .args(&args)
+            .env("RINGMESH_CONTROL_PLANE", &addr)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot reach the control plane at {addr}")),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // A bad address is named too.
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    let code = ringmesh_control::cli::run_with(
+        ["ringmesh", "--control-plane", "not an address", "get", "vs"],
+        &mut o,
+        &mut e,
+    );
+    assert_eq!(code, 1);
+    assert!(String::from_utf8_lossy(&e).contains("not an address"));
+}
