@@ -214,11 +214,12 @@ where
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
+            // Plain text: the writers may be pipes or buffers, where escape codes are noise.
             let text = e.render();
             let _ = if e.use_stderr() {
-                write!(err, "{}", text.ansi())
+                write!(err, "{text}")
             } else {
-                write!(out, "{}", text.ansi())
+                write!(out, "{text}")
             };
             return code;
         }

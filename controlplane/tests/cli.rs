@@ -226,6 +226,16 @@ fn apply_then_get_returns_it() {
         format!("{SE}---\n{}", VS.replace("weight: 100", "weight: 100\n    timeout: 2s")),
     )
     .unwrap();
+    let generation = cp.cp.generation();
+    let (code, out, err) = cp.cli(&["apply", "--dry-run", "-f", vs.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "serviceentry/reviews unchanged (dry run)\nvirtualservice/reviews configured (dry run)\n"
+    );
+    assert_eq!(cp.cp.generation(), generation, "a dry run changes nothing");
+    let (_, out, _) = cp.cli(&["get", "vs", "reviews", "-o", "yaml"]);
+    assert!(!out.contains("timeout: 2s"), "{out}");
     let (code, out, err) = cp.cli(&["apply", "-f", vs.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
