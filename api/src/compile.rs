@@ -485,6 +485,9 @@ impl Compiler {
             if !w.services.is_empty() && (w.addresses.is_empty() || w.ports.is_empty()) {
                 self.error(&site, &p, "a workload that serves services needs addresses and ports");
             }
+            if let Some(probe) = &w.readiness_probe {
+                ws.readiness = self.readiness_probe(&site, &p.key("readinessProbe"), probe);
+            }
         }
         if let Some(cp) = &spec.control_plane {
             let p = root.key("controlPlane");
@@ -509,6 +512,62 @@ impl Compiler {
             });
         }
         settings
+    }
+
+    /// Kubernetes' probe semantics and defaults: period 10 s, timeout 1 s, 3 failures, 1 success.
+    fn readiness_probe(
+        &mut self,
+        site: &Site<'_>,
+        p: &FieldPath,
+        spec: &crate::resources::ProbeSpec,
+    ) -> Option<crate::snapshot::ReadinessProbe> {
+        let errors_before = self.diags.iter().filter(|d| d.is_error()).count();
+        let port = |this: &mut Self, raw: i64, path: FieldPath| match u16::try_from(raw) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                this.error(site, &path, format!("port must be 1 to 65535, got {raw}"));
+                0
+            }
+        };
+        let (port, http_path) = match (&spec.http_get, &spec.tcp_socket) {
+            (Some(h), None) => {
+                let path = h.path.clone().unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                    self.error(
+                        site,
+                        &p.key("httpGet").key("path"),
+                        format!("{path:?} is not a request path"),
+                    );
+                }
+                (port(self, h.port, p.key("httpGet").key("port")), Some(path))
+            }
+            (None, Some(t)) => (port(self, t.port, p.key("tcpSocket").key("port")), None),
+            _ => {
+                self.error(site, p, "a readinessProbe needs exactly one of httpGet or tcpSocket");
+                return None;
+            }
+        };
+        let positive = |this: &mut Self, v: Option<i64>, default: u32, name: &str| match v {
+            None => default,
+            Some(n) if (1..=3600).contains(&n) => n as u32,
+            Some(n) => {
+                this.error(site, &p.key(name), format!("must be 1 to 3600, got {n}"));
+                default
+            }
+        };
+        let period = positive(self, spec.period_seconds, 10, "periodSeconds");
+        let timeout = positive(self, spec.timeout_seconds, 1, "timeoutSeconds");
+        let failure_threshold = positive(self, spec.failure_threshold, 3, "failureThreshold");
+        let success_threshold = positive(self, spec.success_threshold, 1, "successThreshold");
+        let ok = self.diags.iter().filter(|d| d.is_error()).count() == errors_before;
+        ok.then(|| crate::snapshot::ReadinessProbe {
+            port,
+            http_path,
+            period: Duration::from_secs(u64::from(period)),
+            timeout: Duration::from_secs(u64::from(timeout)),
+            failure_threshold,
+            success_threshold,
+        })
     }
 
     fn listeners(

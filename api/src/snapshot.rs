@@ -102,6 +102,25 @@ pub struct WorkloadSettings {
     pub services: Vec<String>,
     /// Target port per service port name.
     pub ports: BTreeMap<String, u16>,
+    /// How to tell whether the app is ready; `None`: always ready.
+    pub readiness: Option<ReadinessProbe>,
+}
+
+/// A compiled `readinessProbe` (Kubernetes' defaults filled in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadinessProbe {
+    /// The app's port on 127.0.0.1.
+    pub port: u16,
+    /// `Some(path)`: `GET path` must answer 200–399; `None`: a TCP connect must succeed.
+    pub http_path: Option<String>,
+    /// Time between probes.
+    pub period: Duration,
+    /// Time a probe may take.
+    pub timeout: Duration,
+    /// Failures in a row that make the workload unready.
+    pub failure_threshold: u32,
+    /// Successes in a row that make it ready again.
+    pub success_threshold: u32,
 }
 
 /// Limits applied to every HTTP connection. Defaults follow Envoy's where Envoy has one.

@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod lb;
 pub mod listener;
+pub mod probe;
 pub mod rng;
 pub mod runtime;
 pub mod state;

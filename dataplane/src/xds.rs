@@ -11,9 +11,11 @@
 use std::time::Duration;
 
 use ringmesh_api::proto::discovery_client::DiscoveryClient;
-use ringmesh_api::proto::{control_message, proxy_message, Ack, Hello, Nack, ProxyMessage, Workload, PROTOCOL_VERSION};
+use ringmesh_api::proto::{
+    control_message, proxy_message, Ack, Health, Hello, Nack, ProxyMessage, Workload, PROTOCOL_VERSION,
+};
 use ringmesh_api::snapshot::{ControlPlaneSettings, WorkloadSettings};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::ControlInput;
@@ -73,12 +75,19 @@ fn hello(cp: &ControlPlaneSettings, w: &WorkloadSettings, serving_version: u64) 
 pub async fn run(cp: ControlPlaneSettings, workload: WorkloadSettings, updates: mpsc::Sender<Update>) {
     let mut backoff = Duration::from_millis(100);
     let mut serving = 0u64;
+    // The app's readiness: always ready without a probe; with one, unready until it first passes
+    // (as Kubernetes starts a pod), and every change is told to the control plane at once.
+    let (ready_tx, ready) = watch::channel(workload.readiness.is_none());
+    if let Some(probe) = workload.readiness.clone() {
+        #[allow(clippy::disallowed_methods)] // on the control thread's tokio runtime
+        tokio::spawn(crate::probe::run(probe, ready_tx));
+    }
     // Failed attempts in a row: the 1st, 2nd, 4th, 8th ... are logged, so an outage of an hour
     // leaves a dozen lines, not thousands.
     let mut failures = 0u64;
     loop {
         let before = serving;
-        match session(&cp, &workload, &updates, &mut serving).await {
+        match session(&cp, &workload, &updates, &mut serving, ready.clone()).await {
             Err(SessionError::Closed) => return,
             Err(e) => {
                 failures = if serving != before { 1 } else { failures + 1 };
@@ -116,6 +125,7 @@ async fn session(
     workload: &WorkloadSettings,
     updates: &mpsc::Sender<Update>,
     serving: &mut u64,
+    mut ready: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.address))
         .map_err(|e| SessionError::Connect(cp.address.clone(), e.to_string()))?
@@ -128,6 +138,13 @@ async fn session(
     let mut client = DiscoveryClient::new(channel);
     let (tx, rx) = mpsc::channel(8);
     let _ = tx.send(hello(cp, workload, *serving)).await;
+    // The control plane takes a new workload as ready; say so at once if it is not.
+    let health = |ready: bool| ProxyMessage {
+        message: Some(proxy_message::Message::Health(Health { ready })),
+    };
+    if !*ready.borrow_and_update() {
+        let _ = tx.send(health(false)).await;
+    }
     let mut inbound = client
         .stream(ReceiverStream::new(rx))
         .await
@@ -135,10 +152,22 @@ async fn session(
         .into_inner();
     tracing::info!(control_plane = %cp.address, node = %cp.node_id, "connected to the control plane");
     loop {
-        let msg = match inbound.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(SessionError::Stream(e.message().to_string())),
+        let msg = tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(SessionError::Stream(e.message().to_string())),
+            },
+            changed = ready.changed() => {
+                if changed.is_ok() {
+                    let now = *ready.borrow_and_update();
+                    tracing::info!(ready = now, "workload readiness changed; telling the control plane");
+                    if tx.send(health(now)).await.is_err() {
+                        return Err(SessionError::Stream("request stream closed".into()));
+                    }
+                }
+                continue;
+            }
         };
         match msg.message {
             Some(control_message::Message::Snapshot(s)) => {

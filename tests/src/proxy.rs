@@ -95,7 +95,7 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts a proxy on `docs` (YAML documents joined with `---`).
     pub fn start(docs: &[String]) -> TestProxy {
-        Self::try_start(docs).unwrap_or_else(|e| panic!("proxy failed to start: {e:#}"))
+        Self::try_start(docs).unwrap_or_else(|e| panic!("proxy failed to start: {e:#}\n{}", docs.join("\n---\n")))
     }
 
     /// Starts a proxy, returning the start-up error instead of panicking.

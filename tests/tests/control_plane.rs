@@ -219,8 +219,61 @@ fn nack_keeps_last_good_config(io: IoMode) {
     drop(app);
 }
 
+/// An app whose readiness probe fails is withdrawn from the other proxies at once, and comes
+/// back when it passes again; no request fails on the way.
+fn unready_app_is_withdrawn(io: IoMode) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = TempDir::new();
+    let cp = TestControlPlane::start(&dir, &[SE.to_string()]);
+    let v1 = Upstream::named("v1");
+    let ready = Arc::new(AtomicBool::new(true));
+    let flag = ready.clone();
+    let v2 = Upstream::start("v2", move |r| match r.target.as_str() {
+        "/ready" if !flag.load(Ordering::SeqCst) => ringmesh_tests::upstream::Reply::status(503),
+        _ => ringmesh_tests::upstream::Reply::ok("v2"),
+    });
+    let probe = format!(
+        "    readinessProbe: {{httpGet: {{path: /ready, port: {}}}, periodSeconds: 1, failureThreshold: 1}}\n",
+        v2.addr.port()
+    );
+    let _s1 = TestProxy::start(&[proxy_config(
+        io,
+        "",
+        &subscribe(cp.addr, "v1", &["reviews.test"], Some(v1.addr), &[("version", "v1")]),
+    )]);
+    let _s2 = TestProxy::start(&[proxy_config(
+        io,
+        "",
+        &(subscribe(cp.addr, "v2", &["reviews.test"], Some(v2.addr), &[("version", "v2")]) + &probe),
+    )]);
+    let client = TestProxy::start(&[proxy_config(io, "", &subscribe(cp.addr, "client", &[], None, &[]))]);
+    let both = |m: &HashMap<String, usize>| m.len() == 2 && m.contains_key("v1") && m.contains_key("v2");
+    assert!(
+        eventually(Duration::from_secs(10), || both(&spread(&client, 40))),
+        "{:?}",
+        spread(&client, 40)
+    );
+
+    ready.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || spread(&client, 40).get("v1") == Some(&40)),
+        "unready v2 still served: {:?} {:?}",
+        spread(&client, 40),
+        cp.status()
+    );
+    assert!(cp.status().iter().any(|p| p.node_id == "v2" && !p.ready));
+
+    ready.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || both(&spread(&client, 40))),
+        "v2 did not come back"
+    );
+}
+
 ringmesh_tests::both_io!(
     canary_moves_under_load_without_failures,
     control_plane_down_loses_nothing,
-    nack_keeps_last_good_config
+    nack_keeps_last_good_config,
+    unready_app_is_withdrawn
 );

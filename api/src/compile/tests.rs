@@ -882,3 +882,41 @@ fn base64() {
     assert_eq!(decode_base64("aGk").as_deref(), Some(&b"hi"[..]));
     assert_eq!(decode_base64("a$"), None);
 }
+
+#[test]
+fn readiness_probe_gets_kubernetes_defaults_and_checks_its_fields() {
+    let pc = |probe: &str| {
+        format!(
+            "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nmetadata: {{name: p}}\nspec:\n  workload:\n    name: w\n    readinessProbe: {probe}\n"
+        )
+    };
+    let c = ok(&pc("{httpGet: {port: 8080}}"));
+    let p = c.snapshot.proxy.workload.readiness.expect("probe compiled");
+    assert_eq!((p.port, p.http_path.as_deref()), (8080, Some("/")));
+    assert_eq!((p.period, p.timeout), (Duration::from_secs(10), Duration::from_secs(1)));
+    assert_eq!((p.failure_threshold, p.success_threshold), (3, 1));
+    let t = ok(&pc("{tcpSocket: {port: 5432}, periodSeconds: 2}"))
+        .snapshot
+        .proxy
+        .workload
+        .readiness
+        .unwrap();
+    assert_eq!((t.http_path, t.period), (None, Duration::from_secs(2)));
+
+    let both = errors(&pc("{httpGet: {port: 1}, tcpSocket: {port: 1}}"));
+    assert!(
+        both[0].message.contains("exactly one of httpGet or tcpSocket"),
+        "{both:?}"
+    );
+    let bad = errors(&pc("{httpGet: {path: nope, port: 0}, failureThreshold: 0}"));
+    let fields: Vec<_> = bad.iter().filter_map(|d| d.field.clone()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.workload.readinessProbe.httpGet.path",
+            "spec.workload.readinessProbe.httpGet.port",
+            "spec.workload.readinessProbe.failureThreshold"
+        ],
+        "{bad:?}"
+    );
+}

@@ -66,7 +66,7 @@ pub struct ProxyConfigSpec {
     pub control_plane: Option<ControlPlaneSpec>,
     /// The workload next to this proxy, announced to the control plane as endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<WorkloadSpec>,
+    pub workload: Option<Box<WorkloadSpec>>,
 }
 
 /// `ProxyConfig.spec.controlPlane`.
@@ -106,6 +106,55 @@ pub struct WorkloadSpec {
     /// Target port per service port name, e.g. `{http: 9080}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<String, i64>,
+    /// How the proxy checks that the app is ready (Kubernetes' probe shape); while it fails, the
+    /// control plane withdraws this workload's endpoints. Absent: always ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<ProbeSpec>,
+}
+
+/// `ProxyConfig.spec.workload.readinessProbe`: one of `httpGet` or `tcpSocket`, on 127.0.0.1.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbeSpec {
+    /// `GET path` must answer 200–399.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetProbe>,
+    /// A TCP connect must succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketProbe>,
+    /// Seconds between probes; default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<i64>,
+    /// Seconds a probe may take; default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+    /// Failures in a row that make the workload unready; default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i64>,
+    /// Successes in a row that make it ready again; default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<i64>,
+}
+
+/// `readinessProbe.httpGet`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGetProbe {
+    /// Request path; default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The app's port.
+    #[serde(default)]
+    pub port: i64,
+}
+
+/// `readinessProbe.tcpSocket`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSocketProbe {
+    /// The app's port.
+    #[serde(default)]
+    pub port: i64,
 }
 
 /// `ProxyConfig.spec.limits`.
