@@ -31,6 +31,7 @@ use crate::registry::{fqdn, host_aliases, ExtraEndpoint, RegistryEndpoint, Servi
 use crate::resources::{
     Destination, DestinationRule, HeaderOperations, Headers, HttpRetry, HttpRoute, ListenerProtocol, Origin,
     ProxyConfig, Resolution, Resource, ServiceEntry, SimpleLb, StringMatchSpec, TrafficPolicy, VirtualService,
+    WorkloadEntry,
 };
 use crate::snapshot::{
     Cluster, ClusterId, ControlPlaneSettings, DirectResponse, Endpoint, ForwardAction, HashOn, HeaderOps, IoMode,
@@ -85,6 +86,7 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
     let mut destination_rules = Vec::new();
     for r in &input.resources {
         match r {
+            Resource::WorkloadEntry(w) => c.workload_entry(w),
             Resource::ProxyConfig(p) => proxy_configs.push(p),
             Resource::ServiceEntry(s) => service_entries.push(s),
             Resource::VirtualService(v) => virtual_services.push(v),
@@ -176,6 +178,13 @@ impl<'a> Site<'a> {
             namespace: p.metadata.namespace().to_owned(),
         }
     }
+    fn of_we(r: &'a WorkloadEntry) -> Self {
+        Site {
+            origin: r.origin.as_deref(),
+            label: r.label(),
+            namespace: r.metadata.namespace().to_owned(),
+        }
+    }
     fn of_se(r: &'a ServiceEntry) -> Self {
         Site {
             origin: r.origin.as_deref(),
@@ -265,9 +274,19 @@ const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 struct Compiler {
     diags: Vec<Diagnostic>,
     registry: ServiceRegistry,
+    /// Valid `WorkloadEntry`s, for ServiceEntries that select them by labels.
+    workload_entries: Vec<SelectableWorkload>,
     rules: HashMap<String, RuleInfo>,
     clusters: Vec<crate::snapshot::Cluster>,
     cluster_ids: HashMap<(String, u16, Option<String>), ClusterId>,
+}
+
+/// A checked `WorkloadEntry`: its namespace, and the endpoint it becomes (port overrides by
+/// name, filtered per ServiceEntry).
+#[derive(Debug)]
+struct SelectableWorkload {
+    namespace: String,
+    endpoint: RegistryEndpoint,
 }
 
 impl Compiler {
@@ -745,6 +764,55 @@ impl Compiler {
 
     // ---------------------------------------------------------------- ServiceEntry
 
+    /// Checks a `WorkloadEntry` and keeps it for the ServiceEntries that select it.
+    fn workload_entry(&mut self, we: &WorkloadEntry) {
+        let site = Site::of_we(we);
+        let spec = FieldPath::root().key("spec");
+        let address = match we.spec.address.parse::<std::net::IpAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let msg = if we.spec.address.is_empty() {
+                    "address is required".to_owned()
+                } else {
+                    format!(
+                        "{:?} is not an IP address (host names are not supported yet)",
+                        we.spec.address
+                    )
+                };
+                self.error(&site, &spec.key("address"), msg);
+                None
+            }
+        };
+        let weight = match we.spec.weight {
+            None | Some(0) => Some(1),
+            Some(w) => u32::try_from(w).ok().or_else(|| {
+                self.error(
+                    &site,
+                    &spec.key("weight"),
+                    format!("weight must be a positive number, got {w}"),
+                );
+                None
+            }),
+        };
+        let mut overrides = BTreeMap::new();
+        for (name, number) in &we.spec.ports {
+            if let Some(n) = self.port(&site, &spec.key("ports").key(name), *number) {
+                overrides.insert(name.clone(), n);
+            }
+        }
+        if let (Some(address), Some(weight)) = (address, weight) {
+            self.workload_entries.push(SelectableWorkload {
+                namespace: we.metadata.namespace().to_owned(),
+                endpoint: RegistryEndpoint {
+                    address,
+                    ports: overrides,
+                    labels: we.spec.labels.clone(),
+                    weight,
+                },
+            });
+        }
+    }
+
     fn service_entry(&mut self, se: &ServiceEntry) {
         let site = Site::of_se(se);
         let spec = FieldPath::root().key("spec");
@@ -785,11 +853,15 @@ impl Compiler {
             });
         }
 
-        let resolution = se.spec.resolution.unwrap_or(if se.spec.endpoints.is_empty() {
-            Resolution::None
-        } else {
-            Resolution::Static
-        });
+        let selects = se.spec.workload_selector.is_some();
+        let resolution = se
+            .spec
+            .resolution
+            .unwrap_or(if se.spec.endpoints.is_empty() && !selects {
+                Resolution::None
+            } else {
+                Resolution::Static
+            });
         match resolution {
             Resolution::None if !se.spec.hosts.is_empty() => {
                 self.warn(
@@ -799,7 +871,7 @@ impl Compiler {
                      supported yet; the service has no endpoints",
                 );
             }
-            Resolution::Dns | Resolution::DnsRoundRobin if se.spec.endpoints.is_empty() => {
+            Resolution::Dns | Resolution::DnsRoundRobin if se.spec.endpoints.is_empty() && !selects => {
                 self.error(
                     &site,
                     &spec.key("resolution"),
@@ -877,6 +949,25 @@ impl Compiler {
                     labels: e.labels.clone(),
                     weight,
                 });
+            }
+        }
+
+        if let Some(sel) = &se.spec.workload_selector {
+            if se.spec.endpoints.is_empty() {
+                let ns = se.metadata.namespace();
+                for w in self.workload_entries.iter().filter(|w| w.namespace == ns) {
+                    if sel.labels.iter().all(|(k, v)| w.endpoint.labels.get(k) == Some(v)) {
+                        let mut e = w.endpoint.clone();
+                        e.ports.retain(|name, _| ports.iter().any(|p| &p.name == name));
+                        endpoints.push(e);
+                    }
+                }
+            } else {
+                self.error(
+                    &site,
+                    &spec.key("workloadSelector"),
+                    "endpoints and workloadSelector are mutually exclusive; keep one",
+                );
             }
         }
 

@@ -17,7 +17,7 @@ use serde_yaml::Value;
 
 use crate::diagnostic::{did_you_mean, Diagnostic};
 use crate::locate::FieldPath;
-use crate::resources::{DestinationRule, Origin, ProxyConfig, Resource, ServiceEntry, VirtualService};
+use crate::resources::{DestinationRule, Origin, ProxyConfig, Resource, ServiceEntry, VirtualService, WorkloadEntry};
 use crate::schema::{Schema, Shape};
 
 /// Loaded resources and the warnings found while loading them.
@@ -39,7 +39,6 @@ const UNSUPPORTED_KINDS: &[&str] = &[
     "AuthorizationPolicy",
     "PeerAuthentication",
     "RequestAuthentication",
-    "WorkloadEntry",
     "WorkloadGroup",
     "Gateway",
     "Sidecar",
@@ -48,7 +47,13 @@ const UNSUPPORTED_KINDS: &[&str] = &[
     "WasmPlugin",
 ];
 
-const SUPPORTED_KINDS: &[&str] = &["ServiceEntry", "VirtualService", "DestinationRule", "ProxyConfig"];
+const SUPPORTED_KINDS: &[&str] = &[
+    "ServiceEntry",
+    "VirtualService",
+    "DestinationRule",
+    "ProxyConfig",
+    "WorkloadEntry",
+];
 
 /// Kubernetes bookkeeping in `metadata` that `kubectl get -o yaml` prints; meaningless here
 /// but not a mistake.
@@ -133,7 +138,9 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
         "DestinationRule",
         "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
     ),
-    ("ServiceEntry", "spec.workloadSelector"),
+    ("WorkloadEntry", "spec.network"),
+    ("WorkloadEntry", "spec.locality"),
+    ("WorkloadEntry", "spec.serviceAccount"),
     ("ServiceEntry", "spec.subjectAltNames"),
     ("ServiceEntry", "spec.addresses"),
     ("ServiceEntry", "spec.endpoints[].network"),
@@ -146,6 +153,7 @@ fn schemas() -> &'static HashMap<&'static str, Schema> {
     SCHEMAS.get_or_init(|| {
         HashMap::from([
             ("ServiceEntry", Schema::of::<ServiceEntry>()),
+            ("WorkloadEntry", Schema::of::<WorkloadEntry>()),
             ("VirtualService", Schema::of::<VirtualService>()),
             ("DestinationRule", Schema::of::<DestinationRule>()),
             ("ProxyConfig", Schema::of::<ProxyConfig>()),
@@ -430,6 +438,7 @@ fn load_document(file: Option<&str>, doc: &Document, diags: &mut Vec<Diagnostic>
 
     let typed = match kind {
         "ServiceEntry" => typed::<ServiceEntry>(&doc.text).map(Resource::ServiceEntry),
+        "WorkloadEntry" => typed::<WorkloadEntry>(&doc.text).map(Resource::WorkloadEntry),
         "VirtualService" => typed::<VirtualService>(&doc.text).map(Resource::VirtualService),
         "DestinationRule" => typed::<DestinationRule>(&doc.text).map(Resource::DestinationRule),
         _ => typed::<ProxyConfig>(&doc.text).map(Resource::ProxyConfig),

@@ -920,3 +920,62 @@ fn readiness_probe_gets_kubernetes_defaults_and_checks_its_fields() {
         "{bad:?}"
     );
 }
+
+#[test]
+fn service_entry_selects_workload_entries_of_its_namespace_by_labels() {
+    let text = "\
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: shop}
+spec: {address: 10.1.0.1, labels: {app: cart, version: v1}, ports: {http: 8080}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-2, namespace: shop}
+spec: {address: 10.1.0.2, labels: {app: cart, version: v2}, weight: 3}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: elsewhere, namespace: other}
+spec: {address: 10.9.9.9, labels: {app: cart}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cart, namespace: shop}
+spec:
+  hosts: [cart.shop.internal]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: cart}}
+";
+    let c = ok(text);
+    let cluster = c
+        .snapshot
+        .clusters
+        .iter()
+        .find(|c| c.subset.is_none())
+        .expect("cluster");
+    let mut got: Vec<_> = cluster
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.weight))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("10.1.0.1:8080".to_string(), 1), ("10.1.0.2:80".to_string(), 3)],
+        "namespace and labels decide"
+    );
+
+    let both = text.replace(
+        "  workloadSelector:",
+        "  endpoints: [{address: 10.0.0.1}]\n  workloadSelector:",
+    );
+    let e = errors(&both);
+    assert_eq!(e[0].field.as_deref(), Some("spec.workloadSelector"), "{e:?}");
+    assert!(e[0].message.contains("mutually exclusive"));
+
+    let bad = errors(&text.replace("address: 10.1.0.2", "address: vm-2.example"));
+    assert_eq!(bad[0].field.as_deref(), Some("spec.address"));
+    assert_eq!(bad[0].resource.as_deref(), Some("WorkloadEntry shop/vm-2"));
+}

@@ -19,11 +19,13 @@ mod destination_rule;
 mod proxy_config;
 mod service_entry;
 mod virtual_service;
+mod workload_entry;
 
 pub use destination_rule::*;
 pub use proxy_config::*;
 pub use service_entry::*;
 pub use virtual_service::*;
+pub use workload_entry::*;
 
 /// Kubernetes object metadata. Only `name` and `namespace` mean anything to ringmesh; labels
 /// and annotations are kept so the control plane can serve resources back unchanged.
@@ -103,6 +105,8 @@ pub enum Resource {
     DestinationRule(DestinationRule),
     /// ringmesh's process settings and listeners.
     ProxyConfig(ProxyConfig),
+    /// A workload outside Kubernetes, selected into ServiceEntries by its labels.
+    WorkloadEntry(WorkloadEntry),
 }
 
 /// Shared by every kind: lets the compiler name resources and locate their fields generically.
@@ -124,7 +128,13 @@ macro_rules! resource_common {
     };
 }
 
-resource_common!(ServiceEntry, VirtualService, DestinationRule, ProxyConfig);
+resource_common!(
+    ServiceEntry,
+    VirtualService,
+    DestinationRule,
+    ProxyConfig,
+    WorkloadEntry
+);
 
 impl Resource {
     /// The kind name, e.g. `VirtualService`.
@@ -134,6 +144,7 @@ impl Resource {
             Resource::VirtualService(_) => "VirtualService",
             Resource::DestinationRule(_) => "DestinationRule",
             Resource::ProxyConfig(_) => "ProxyConfig",
+            Resource::WorkloadEntry(_) => "WorkloadEntry",
         }
     }
 
@@ -144,6 +155,7 @@ impl Resource {
             Resource::VirtualService(r) => &r.metadata,
             Resource::DestinationRule(r) => &r.metadata,
             Resource::ProxyConfig(r) => &r.metadata,
+            Resource::WorkloadEntry(r) => &r.metadata,
         }
     }
 
@@ -154,6 +166,7 @@ impl Resource {
             Resource::VirtualService(r) => r.origin.as_deref(),
             Resource::DestinationRule(r) => r.origin.as_deref(),
             Resource::ProxyConfig(r) => r.origin.as_deref(),
+            Resource::WorkloadEntry(r) => r.origin.as_deref(),
         }
     }
 
@@ -164,6 +177,7 @@ impl Resource {
             Resource::VirtualService(r) => r.label(),
             Resource::DestinationRule(r) => r.label(),
             Resource::ProxyConfig(r) => r.label(),
+            Resource::WorkloadEntry(r) => r.label(),
         }
     }
 
@@ -173,6 +187,7 @@ impl Resource {
             Resource::VirtualService(r) => &mut r.origin,
             Resource::DestinationRule(r) => &mut r.origin,
             Resource::ProxyConfig(r) => &mut r.origin,
+            Resource::WorkloadEntry(r) => &mut r.origin,
         };
         *slot = Some(origin);
     }

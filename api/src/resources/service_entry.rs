@@ -49,6 +49,19 @@ pub struct ServiceEntrySpec {
     /// The endpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointSpec>,
+    /// Take the `WorkloadEntry`s of this namespace whose labels match as endpoints (instead of
+    /// `endpoints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<ServiceEntryWorkloadSelector>,
+}
+
+/// `ServiceEntry.spec.workloadSelector` (Istio names the field `labels` here).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntryWorkloadSelector {
+    /// Labels a WorkloadEntry must all carry.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Istio `ServicePort`.
