@@ -104,6 +104,8 @@ fn tiny_run_writes_every_figure() {
     assert_eq!(churn["missing"], 0, "{churn}");
     assert_eq!(churn["final_synced"], true, "{churn}");
     assert_eq!(churn["final_endpoints_min"], 20, "{churn}");
+    assert_eq!(churn["open_streams"], 20, "{churn}");
+    assert!(churn["connected_in_registry"].as_u64().unwrap() > 0, "{churn}");
     assert!(churn["cpu_cores"].as_f64().unwrap() >= 0.0);
 
     let targets = json["targets"].as_array().unwrap();

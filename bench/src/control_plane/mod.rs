@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use ringmesh_api::proto::admin_client::AdminClient;
-use ringmesh_api::proto::{ApplyRequest, Document};
+use ringmesh_api::proto::{ApplyRequest, Document, ProxyStatusRequest, SyncState};
 use ringmesh_bench::procs::{free_port, Proc};
 use tonic::transport::Channel;
 
@@ -64,6 +64,11 @@ pub struct Args {
     /// Time between policy changes during the churn window.
     #[arg(long, default_value = "3s", value_parser = ringmesh_loadgen::parse_duration)]
     pub churn_apply_every: Duration,
+    /// Bound on the wait, after the churn window, for every proxy to have the last change and
+    /// every endpoint (longer than the control plane's 30 s grace, so that endpoints it
+    /// wrongly withdraws show).
+    #[arg(long, default_value = "45s", value_parser = ringmesh_loadgen::parse_duration)]
+    pub churn_settle: Duration,
     /// How long a reconnecting proxy stays away before it connects again.
     #[arg(long, default_value = "0s", value_parser = ringmesh_loadgen::parse_duration)]
     pub churn_downtime: Duration,
@@ -390,6 +395,26 @@ impl Applier {
     }
 }
 
+impl Applier {
+    /// Proxies the control plane's registry counts as connected (any state but DISCONNECTED),
+    /// as `ringmesh proxy-status` lists them.
+    async fn connected_in_registry(&mut self) -> anyhow::Result<usize> {
+        let response = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.client.proxy_status(ProxyStatusRequest::default()),
+        )
+        .await
+        .context("ProxyStatus: no answer within 30 s")?
+        .context("ProxyStatus")?
+        .into_inner();
+        Ok(response
+            .proxies
+            .iter()
+            .filter(|p| p.state() != SyncState::Disconnected)
+            .count())
+    }
+}
+
 fn progress(msg: impl AsRef<str>) {
     eprintln!("ringmesh-control-bench: {}", msg.as_ref());
 }
@@ -640,7 +665,7 @@ async fn churn_phase(cli: &Args, cp: &mut Proc, fleet: &Fleet, applier: &mut App
     let cpu_cores = (cpu_s(cp)? - cpu0) / window.as_secs_f64();
     let snapshots = fleet.snapshots() - snaps0;
     let last = applies.last().map_or(0, |a| a.0);
-    let final_synced = wait_all(cp, fleet, "after churn", cli.sync_timeout, |p| {
+    let final_synced = wait_all(cp, fleet, "after churn", cli.churn_settle, |p| {
         p.version.load(Ordering::Acquire) >= last && p.endpoints.load(Ordering::Acquire) as usize == n
     })
     .await
@@ -649,6 +674,12 @@ async fn churn_phase(cli: &Args, cp: &mut Proc, fleet: &Fleet, applier: &mut App
         bail!("churn: {f}");
     }
     wait_quiet(fleet, cli.sync_timeout).await;
+    let open = fleet
+        .proxies
+        .iter()
+        .filter(|p| p.log().streams.last().is_some_and(|s| s.closed.is_none()))
+        .count();
+    let registered = applier.connected_in_registry().await?;
     let streams1: u64 = fleet
         .proxies
         .iter()
@@ -687,6 +718,8 @@ async fn churn_phase(cli: &Args, cp: &mut Proc, fleet: &Fleet, applier: &mut App
         cpu_cores,
         snapshots,
         final_synced,
+        open_streams: open,
+        connected_in_registry: registered,
         final_endpoints_min: fleet
             .proxies
             .iter()

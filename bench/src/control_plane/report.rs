@@ -118,6 +118,11 @@ pub struct ChurnPhase {
     pub snapshots: u64,
     /// Whether every proxy had the last apply with every endpoint after the window.
     pub final_synced: bool,
+    /// Simulated proxies with an open stream after the window (and the settle wait).
+    pub open_streams: usize,
+    /// Proxies the control plane's registry counted as connected at that moment
+    /// (`ringmesh proxy-status`); fewer than `open_streams` means it lost track of some.
+    pub connected_in_registry: usize,
     /// Fewest endpoints in any proxy's last snapshot after the window (expected: proxies).
     pub final_endpoints_min: u32,
     /// VmRSS after the window, KiB.
@@ -329,6 +334,10 @@ pub fn markdown(r: &Report) -> String {
             if c.final_synced { "yes" } else { "NO" },
             c.final_endpoints_min,
             r.proxies
+        ));
+        line(&format!(
+            "| after the window: streams open / connected in the registry (proxy-status) | {} / {} |",
+            c.open_streams, c.connected_in_registry
         ));
         line(&format!("| RSS after the window | {} |", mib(c.rss_after_kib)));
         line("");
