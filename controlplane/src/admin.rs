@@ -22,6 +22,7 @@ use ringmesh_api::proto::{
 use ringmesh_api::Diagnostic;
 use tonic::{Request, Response, Status};
 
+use crate::etcd::EtcdStore;
 use crate::scope::Scopes;
 use crate::server::{ControlPlane, ProxyConfigView, ProxyStatus};
 use crate::store::{DirStore, Outcome, ResourceKey, StoreError, StoredResource};
@@ -73,6 +74,8 @@ impl From<AdminError> for Status {
                 Status::failed_precondition(msg)
             }
             AdminError::Store(StoreError::Io { .. }) => Status::internal(msg),
+            AdminError::Store(StoreError::Etcd(_)) => Status::unavailable(msg),
+            AdminError::Store(StoreError::Conflict(_)) => Status::aborted(msg),
         }
     }
 }
@@ -95,10 +98,20 @@ pub fn canonical_kind(input: &str) -> Result<Option<&'static str>, AdminError> {
         .ok_or_else(|| AdminError::UnknownKind(input.to_owned()))
 }
 
+/// Where applied resources are kept. Both backends share the checks (`store::plan_apply`,
+/// `store::plan_delete`); they differ in how the result is written and watched.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// A watched directory ([`DirStore`]).
+    Dir(Arc<Mutex<DirStore>>),
+    /// etcd, shared by several replicas ([`EtcdStore`]).
+    Etcd(Arc<EtcdStore>),
+}
+
 /// The management service: the store and the control plane it feeds.
 #[derive(Debug, Clone)]
 pub struct AdminService {
-    store: Arc<Mutex<DirStore>>,
+    store: Backend,
     cp: ControlPlane,
 }
 
@@ -106,7 +119,16 @@ impl AdminService {
     /// Manages `store`, whose accepted set `cp` serves.
     pub fn new(store: DirStore, cp: ControlPlane) -> Self {
         AdminService {
-            store: Arc::new(Mutex::new(store)),
+            store: Backend::Dir(Arc::new(Mutex::new(store))),
+            cp,
+        }
+    }
+
+    /// Manages resources in etcd, whose accepted set `cp` serves (followed by
+    /// [`EtcdStore::follow`], which the caller runs).
+    pub fn with_etcd(store: Arc<EtcdStore>, cp: ControlPlane) -> Self {
+        AdminService {
+            store: Backend::Etcd(store),
             cp,
         }
     }
@@ -116,17 +138,20 @@ impl AdminService {
         AdminServer::new(self.clone())
     }
 
-    fn lock(&self) -> MutexGuard<'_, DirStore> {
+    fn lock(store: &Mutex<DirStore>) -> MutexGuard<'_, DirStore> {
         // A panic while holding the lock would be a bug here; the store on disk is still the
         // truth, so carry on with it rather than refuse every later call.
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+        store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One tick of the directory watcher: picks up hand edits. `Ok(true)` when a new set was
     /// accepted and pushed; `Err` with every diagnostic when the directory was refused (the
-    /// last good set stays).
+    /// last good set stays). Always `Ok(false)` with etcd, which is followed by its watch.
     pub fn refresh(&self) -> Result<bool, String> {
-        let mut store = self.lock();
+        let Backend::Dir(store) = &self.store else {
+            return Ok(false);
+        };
+        let mut store = Self::lock(store);
         let changed = store.refresh()?;
         if changed {
             self.cp.set_resources(store.current.clone());
@@ -134,19 +159,33 @@ impl AdminService {
         Ok(changed)
     }
 
-    fn apply(&self, req: ApplyRequest) -> Result<ApplyResponse, AdminError> {
+    async fn apply(&self, req: ApplyRequest) -> Result<ApplyResponse, AdminError> {
         let files: Vec<(String, String)> = req.files.into_iter().map(|d| (d.source, d.yaml)).collect();
-        let mut store = self.lock();
-        let report = store.apply(&files, req.dry_run)?;
-        let changed = report.applied
-            && report
-                .documents
-                .iter()
-                .any(|d| matches!(d.outcome, Outcome::Created | Outcome::Configured));
-        if changed {
-            self.cp.set_resources(store.current.clone());
-        }
-        drop(store);
+        let changed = |report: &crate::store::ApplyReport| {
+            report.applied
+                && report
+                    .documents
+                    .iter()
+                    .any(|d| matches!(d.outcome, Outcome::Created | Outcome::Configured))
+        };
+        let report = match &self.store {
+            Backend::Dir(store) => {
+                let mut store = Self::lock(store);
+                let report = store.apply(&files, req.dry_run)?;
+                if changed(&report) {
+                    self.cp.set_resources(store.current.clone());
+                }
+                report
+            }
+            Backend::Etcd(store) => {
+                let (report, set) = store.apply(&files, req.dry_run).await?;
+                // Served here at once; the other replicas get it from their watch.
+                if let Some(set) = set.filter(|_| changed(&report)) {
+                    self.cp.set_resources(set);
+                }
+                report
+            }
+        };
         Ok(ApplyResponse {
             applied: report.applied,
             results: report
@@ -185,7 +224,7 @@ impl AdminService {
         Ok(GetResponse { resources })
     }
 
-    fn delete(&self, req: &DeleteRequest) -> Result<DeleteResponse, AdminError> {
+    async fn delete(&self, req: &DeleteRequest) -> Result<DeleteResponse, AdminError> {
         let kind = canonical_kind(&req.kind)?.ok_or(AdminError::Missing("a kind (not `all`)"))?;
         if req.name.is_empty() {
             return Err(AdminError::Missing("name"));
@@ -199,12 +238,25 @@ impl AdminService {
             },
             name: req.name.clone(),
         };
-        let mut store = self.lock();
-        let deleted = store.delete(&key)?.is_some();
-        if deleted {
-            self.cp.set_resources(store.current.clone());
-        }
-        drop(store);
+        let deleted = match &self.store {
+            Backend::Dir(store) => {
+                let mut store = Self::lock(store);
+                let deleted = store.delete(&key)?.is_some();
+                if deleted {
+                    self.cp.set_resources(store.current.clone());
+                }
+                deleted
+            }
+            Backend::Etcd(store) => match store.delete(&key).await? {
+                Some((_, set)) => {
+                    if let Some(set) = set {
+                        self.cp.set_resources(set);
+                    }
+                    true
+                }
+                None => false,
+            },
+        };
         Ok(DeleteResponse {
             deleted,
             resource: Some(resource_ref(&key)),
@@ -337,7 +389,7 @@ fn resource_status(r: &StoredResource, proxies: &[ProxyConfigView]) -> ResourceS
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn apply(&self, request: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
-        Ok(Response::new(AdminService::apply(self, request.into_inner())?))
+        Ok(Response::new(AdminService::apply(self, request.into_inner()).await?))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -345,7 +397,7 @@ impl Admin for AdminService {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        Ok(Response::new(AdminService::delete(self, request.get_ref())?))
+        Ok(Response::new(AdminService::delete(self, request.get_ref()).await?))
     }
 
     async fn proxy_status(

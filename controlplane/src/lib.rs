@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod analyze;
 pub mod cli;
+pub mod etcd;
 pub mod scope;
 pub mod server;
 pub mod store;

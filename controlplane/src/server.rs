@@ -118,8 +118,22 @@ struct State {
     scopes: Scopes,
     generation: u64,
     proxies: BTreeMap<String, Proxy>,
+    /// Workloads announced by proxies connected to other replicas (read from etcd by
+    /// `etcd.rs`), by node id; empty without `--etcd`.
+    remote_workloads: BTreeMap<String, RemoteWorkload>,
     pushes: u64,
     views: Views,
+}
+
+/// A workload announced by a proxy connected to another control-plane replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteWorkload {
+    /// What the proxy announced.
+    pub workload: Workload,
+    /// Whether it is ready (an unready one gives no endpoints).
+    pub ready: bool,
+    /// The replica it is connected to.
+    pub replica: String,
 }
 
 /// The snapshots of one generation, one per distinct view (set of visible documents), shared by
@@ -226,13 +240,49 @@ impl ControlPlane {
         }
     }
 
+    /// Replaces the workloads announced to other replicas; pushes when they changed.
+    pub fn set_remote_workloads(&self, remote: BTreeMap<String, RemoteWorkload>) {
+        let mut st = self.lock();
+        if st.remote_workloads != remote {
+            st.remote_workloads = remote;
+            self.bump(&mut st);
+        }
+    }
+
+    /// The workloads announced by this replica's proxies (connected, or disconnected and still
+    /// in their grace period): `(node id, workload, ready)`, for the shared registry.
+    pub fn local_workloads(&self) -> Vec<(String, Workload, bool)> {
+        self.lock()
+            .proxies
+            .values()
+            .map(|p| (p.status.node_id.clone(), p.status.workload.clone(), p.status.ready))
+            .collect()
+    }
+
+    /// Wakes on every generation change (a resource, a workload or its readiness changed).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Endpoints of the ready workloads: this replica's proxies and other replicas'. A node id
+    /// known to both (a proxy that moved between replicas) counts once: the connected side wins,
+    /// and a proxy disconnected from here but connected elsewhere is taken from elsewhere.
     fn endpoints(st: &State) -> Vec<Endpoint> {
+        let local = st
+            .proxies
+            .values()
+            .filter(|p| p.status.connected || !st.remote_workloads.contains_key(&p.status.node_id))
+            .map(|p| (&p.status.workload, p.status.ready));
+        let remote = st
+            .remote_workloads
+            .iter()
+            .filter(|(node, _)| !st.proxies.get(*node).is_some_and(|p| p.status.connected))
+            .map(|(_, r)| (&r.workload, r.ready));
         let mut out = Vec::new();
-        for p in st.proxies.values() {
-            if !p.status.ready {
+        for (w, ready) in local.chain(remote) {
+            if !ready {
                 continue;
             }
-            let w = &p.status.workload;
             for host in &w.services {
                 for address in &w.addresses {
                     out.push(Endpoint {

@@ -209,6 +209,13 @@ pub enum StoreError {
     /// The change would leave a directory that does not compile.
     #[error("refused, the resources left would not compile:\n{0}")]
     Refused(Diagnostics),
+    /// etcd could not be read or written (the `--etcd` backend).
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdError),
+    /// Another writer changed the same resources between the check and the write (the `--etcd`
+    /// backend, where replicas write concurrently); nothing was written.
+    #[error("{0} changed while this request was checked; nothing was written, try again")]
+    Conflict(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -318,6 +325,220 @@ struct Incoming {
     diagnostics: Vec<Diagnostic>,
 }
 
+/// One stored unit of text as the shared checks see it: a file of the directory, or a key of
+/// etcd. `name` is what diagnostics name (the file's path, the etcd key).
+#[derive(Debug, Clone)]
+pub struct Unit {
+    /// Path or key.
+    pub name: String,
+    /// Its YAML stream.
+    pub text: String,
+}
+
+/// What an apply would do, decided the same way for every backend.
+#[derive(Debug)]
+pub struct ApplyPlan {
+    /// The answer; `applied` is false when the request is refused.
+    pub report: ApplyReport,
+    /// `(unit name, key, YAML)` to write when not refused: created and configured resources only.
+    pub writes: Vec<(String, ResourceKey, String)>,
+}
+
+/// Where `key` is defined now: `(unit name, first line, document)`.
+fn find_in<'a>(units: &'a [Unit], key: &ResourceKey) -> Option<(&'a str, usize, String)> {
+    units.iter().find_map(|u| {
+        documents(&u.text).into_iter().find_map(|(line, yaml)| {
+            (ResourceKey::of_yaml(&yaml).as_ref() == Ok(key)).then_some((u.name.as_str(), line, yaml))
+        })
+    })
+}
+
+/// Checks an apply of `files` (`(source name, YAML stream)` each) against `units`, the whole
+/// store as it is now. `own` names the unit apply keeps a resource in; a resource found in any
+/// other unit belongs to a person and is not replaced. The store as it would be after the apply
+/// must compile, or nothing is written; every diagnostic is attributed to the request document
+/// (by file and line) it is about.
+pub fn plan_apply(units: &[Unit], files: &[(String, String)], own: &dyn Fn(&ResourceKey) -> String) -> ApplyPlan {
+    let mut incoming = Vec::new();
+    for (source, text) in files {
+        let docs = documents(text);
+        let ends: Vec<usize> = docs.iter().skip(1).map(|(l, _)| *l).chain([usize::MAX]).collect();
+        for ((first_line, yaml), end_line) in docs.into_iter().zip(ends) {
+            incoming.push(Incoming {
+                source_file: source.clone(),
+                first_line,
+                end_line,
+                yaml,
+                key: None,
+                outcome: Outcome::Created,
+                diagnostics: Vec::new(),
+            });
+        }
+    }
+
+    // Identity, storable names, duplicates within the request, and ownership.
+    let mut seen: BTreeMap<ResourceKey, String> = BTreeMap::new();
+    for doc in &mut incoming {
+        let at = |d: Diagnostic| d.at(Some(&doc.source_file), Some(doc.first_line));
+        let key = match ResourceKey::of_yaml(&doc.yaml) {
+            Ok(k) => k,
+            Err(e) => {
+                // The loader below reports the details (line, field) of unreadable documents.
+                doc.diagnostics.push(at(Diagnostic::error(e)));
+                continue;
+            }
+        };
+        if let Err((msg, field)) = key.check_storable() {
+            doc.diagnostics
+                .push(at(Diagnostic::error(msg).in_resource(key.to_string()).on_field(field)));
+        }
+        let here = format!("{}:{}", doc.source_file, doc.first_line);
+        if let Some(first) = seen.insert(key.clone(), here) {
+            doc.diagnostics.push(at(Diagnostic::error(format!(
+                "{key} appears twice in this apply; the first is at {first}"
+            ))
+            .in_resource(key.to_string())));
+        }
+        if let Some((unit, line, stored)) = find_in(units, &key) {
+            if content(&stored).is_some() && content(&stored) == content(&doc.yaml) {
+                doc.outcome = Outcome::Unchanged;
+            } else if unit == own(&key) {
+                doc.outcome = Outcome::Configured;
+            } else {
+                doc.diagnostics.push(at(Diagnostic::error(format!(
+                    "{key} is defined in {unit}:{line}, not by ringmesh apply; edit it in that file"
+                ))
+                .in_resource(key.to_string())));
+            }
+        }
+        doc.key = Some(key);
+    }
+
+    // The store as it would be: untouched units, then the request's changed documents, each
+    // padded to its line so that diagnostics name the line in the user's file.
+    let replaced: Vec<String> = incoming
+        .iter()
+        .filter(|d| d.outcome == Outcome::Configured)
+        .filter_map(|d| d.key.as_ref().map(own))
+        .collect();
+    let mut candidates: Vec<Candidate> = units
+        .iter()
+        .filter(|u| !replaced.contains(&u.name))
+        .map(|u| Candidate {
+            name: u.name.clone(),
+            text: u.text.clone(),
+        })
+        .collect();
+    for doc in incoming.iter().filter(|d| d.outcome != Outcome::Unchanged) {
+        candidates.push(Candidate {
+            name: doc.source_file.clone(),
+            text: format!("{}{}", "\n".repeat(doc.first_line.saturating_sub(1)), doc.yaml),
+        });
+    }
+    let (errors, warnings) = check(&candidates);
+    let mut other = Vec::new();
+    for d in errors.into_iter().chain(warnings) {
+        let owner = incoming.iter_mut().find(|doc| {
+            d.file.as_deref() == Some(doc.source_file.as_str())
+                && d.line.is_some_and(|l| l >= doc.first_line && l < doc.end_line)
+        });
+        match owner {
+            // The pre-check already said why an unreadable document is refused.
+            Some(doc) if doc.key.is_none() && d.is_error() => doc.diagnostics = vec![d],
+            Some(doc) => doc.diagnostics.push(d),
+            None => other.push(d),
+        }
+    }
+
+    let refused = incoming.iter().any(|d| d.diagnostics.iter().any(Diagnostic::is_error))
+        || other.iter().any(Diagnostic::is_error);
+    if refused {
+        for doc in &mut incoming {
+            doc.outcome = if doc.diagnostics.iter().any(Diagnostic::is_error) {
+                Outcome::Refused
+            } else {
+                Outcome::NotApplied
+            };
+        }
+    }
+    let writes = if refused {
+        Vec::new()
+    } else {
+        incoming
+            .iter()
+            .filter(|d| matches!(d.outcome, Outcome::Created | Outcome::Configured))
+            .filter_map(|d| d.key.as_ref().map(|k| (own(k), k.clone(), d.yaml.clone())))
+            .collect()
+    };
+    ApplyPlan {
+        report: ApplyReport {
+            applied: !refused,
+            documents: incoming
+                .into_iter()
+                .map(|d| DocumentResult {
+                    source: format!("{}:{}", d.source_file, d.first_line),
+                    key: d.key,
+                    outcome: d.outcome,
+                    diagnostics: d.diagnostics,
+                })
+                .collect(),
+            other,
+        },
+        writes,
+    }
+}
+
+/// Checks the removal of `key` from `units`: `Ok(None)` when there is no such resource,
+/// `Ok(Some(unit name))` to remove. A resource in a unit apply did not write (a person's file),
+/// or whose removal would leave a store that does not compile (e.g. a ServiceEntry a
+/// VirtualService routes to), is refused.
+pub fn plan_delete(
+    units: &[Unit],
+    key: &ResourceKey,
+    own: &dyn Fn(&ResourceKey) -> String,
+) -> Result<Option<String>, StoreError> {
+    let Some((unit, line, _)) = find_in(units, key) else {
+        return Ok(None);
+    };
+    if unit != own(key) {
+        return Err(StoreError::NotApplied {
+            key: key.clone(),
+            source_line: format!("{unit}:{line}"),
+        });
+    }
+    let rest: Vec<Candidate> = units
+        .iter()
+        .filter(|u| u.name != unit)
+        .map(|u| Candidate {
+            name: u.name.clone(),
+            text: u.text.clone(),
+        })
+        .collect();
+    let (errors, _) = check(&rest);
+    if !errors.is_empty() {
+        return Err(StoreError::Refused(Diagnostics(errors)));
+    }
+    Ok(Some(unit.to_owned()))
+}
+
+/// Loads and compiles `units` together, as the stores do before accepting a set: `Err` with
+/// every diagnostic, one a line, when they do not compile.
+pub fn check_units(units: &[Unit]) -> Result<(), String> {
+    let candidates: Vec<Candidate> = units
+        .iter()
+        .map(|u| Candidate {
+            name: u.name.clone(),
+            text: u.text.clone(),
+        })
+        .collect();
+    let (errors, _) = check(&candidates);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+    }
+}
+
 impl DirStore {
     /// Opens `dir`; fails when the directory cannot be read or its files do not compile.
     pub fn open(dir: &Path) -> Result<DirStore, String> {
@@ -399,158 +620,40 @@ impl DirStore {
             .collect()
     }
 
-    /// Where `key` is defined on disk now: `(file, first line, document)`.
-    fn find_on_disk<'a>(disk: &'a [(PathBuf, String)], key: &ResourceKey) -> Option<(&'a Path, usize, String)> {
-        disk.iter().find_map(|(f, text)| {
-            documents(text).into_iter().find_map(|(line, yaml)| {
-                (ResourceKey::of_yaml(&yaml).as_ref() == Ok(key)).then_some((f.as_path(), line, yaml))
-            })
-        })
-    }
-
-    fn is_applied_file(&self, file: &Path, key: &ResourceKey) -> bool {
-        file == self.applied_dir().join(key.file_name())
-    }
-
     /// Creates or replaces the resources in `files` (`(source name, YAML stream)` each), or
     /// refuses them all. `dry_run` checks and reports without writing.
     pub fn apply(&mut self, files: &[(String, String)], dry_run: bool) -> Result<ApplyReport, StoreError> {
-        let disk = self.read_disk()?;
-        let mut incoming = Vec::new();
-        for (source, text) in files {
-            let docs = documents(text);
-            let ends: Vec<usize> = docs.iter().skip(1).map(|(l, _)| *l).chain([usize::MAX]).collect();
-            for ((first_line, yaml), end_line) in docs.into_iter().zip(ends) {
-                incoming.push(Incoming {
-                    source_file: source.clone(),
-                    first_line,
-                    end_line,
-                    yaml,
-                    key: None,
-                    outcome: Outcome::Created,
-                    diagnostics: Vec::new(),
-                });
-            }
+        let units = self.units()?;
+        let applied_dir = self.applied_dir();
+        let own = |k: &ResourceKey| applied_dir.join(k.file_name()).display().to_string();
+        let plan = plan_apply(&units, files, &own);
+        if !plan.report.applied || dry_run {
+            let mut report = plan.report;
+            report.applied &= !dry_run;
+            return Ok(report);
         }
-
-        // Identity, storable names, duplicates within the request, and ownership.
-        let mut seen: BTreeMap<ResourceKey, String> = BTreeMap::new();
-        for doc in &mut incoming {
-            let at = |d: Diagnostic| d.at(Some(&doc.source_file), Some(doc.first_line));
-            let key = match ResourceKey::of_yaml(&doc.yaml) {
-                Ok(k) => k,
-                Err(e) => {
-                    // The loader below reports the details (line, field) of unreadable documents.
-                    doc.diagnostics.push(at(Diagnostic::error(e)));
-                    continue;
-                }
-            };
-            if let Err((msg, field)) = key.check_storable() {
-                doc.diagnostics
-                    .push(at(Diagnostic::error(msg).in_resource(key.to_string()).on_field(field)));
-            }
-            let here = format!("{}:{}", doc.source_file, doc.first_line);
-            if let Some(first) = seen.insert(key.clone(), here) {
-                doc.diagnostics.push(at(Diagnostic::error(format!(
-                    "{key} appears twice in this apply; the first is at {first}"
-                ))
-                .in_resource(key.to_string())));
-            }
-            if let Some((file, line, stored)) = Self::find_on_disk(&disk, &key) {
-                if content(&stored).is_some() && content(&stored) == content(&doc.yaml) {
-                    doc.outcome = Outcome::Unchanged;
-                } else if self.is_applied_file(file, &key) {
-                    doc.outcome = Outcome::Configured;
-                } else {
-                    doc.diagnostics.push(at(Diagnostic::error(format!(
-                        "{key} is defined in {}:{line}, not by ringmesh apply; edit it in that file",
-                        file.display()
-                    ))
-                    .in_resource(key.to_string())));
-                }
-            }
-            doc.key = Some(key);
-        }
-
-        // The directory as it would be: untouched files, then the request's changed documents,
-        // each padded to its line so that diagnostics name the line in the user's file.
-        let replaced: Vec<PathBuf> = incoming
-            .iter()
-            .filter(|d| d.outcome == Outcome::Configured)
-            .filter_map(|d| d.key.as_ref().map(|k| self.applied_dir().join(k.file_name())))
-            .collect();
-        let mut candidates: Vec<Candidate> = disk
-            .iter()
-            .filter(|(f, _)| !replaced.contains(f))
-            .map(|(f, text)| Candidate {
-                name: f.display().to_string(),
-                text: text.clone(),
-            })
-            .collect();
-        for doc in incoming.iter().filter(|d| d.outcome != Outcome::Unchanged) {
-            candidates.push(Candidate {
-                name: doc.source_file.clone(),
-                text: format!("{}{}", "\n".repeat(doc.first_line.saturating_sub(1)), doc.yaml),
-            });
-        }
-        let (errors, warnings) = check(&candidates);
-        let mut other = Vec::new();
-        for d in errors.into_iter().chain(warnings) {
-            let owner = incoming.iter_mut().find(|doc| {
-                d.file.as_deref() == Some(doc.source_file.as_str())
-                    && d.line.is_some_and(|l| l >= doc.first_line && l < doc.end_line)
-            });
-            match owner {
-                // The pre-check already said why an unreadable document is refused.
-                Some(doc) if doc.key.is_none() && d.is_error() => doc.diagnostics = vec![d],
-                Some(doc) => doc.diagnostics.push(d),
-                None => other.push(d),
-            }
-        }
-
-        let refused = incoming.iter().any(|d| d.diagnostics.iter().any(Diagnostic::is_error))
-            || other.iter().any(Diagnostic::is_error);
-        for doc in &mut incoming {
-            if refused {
-                doc.outcome = if doc.diagnostics.iter().any(Diagnostic::is_error) {
-                    Outcome::Refused
-                } else {
-                    Outcome::NotApplied
-                };
-            }
-        }
-        let report = |applied: bool, incoming: Vec<Incoming>, other: Vec<Diagnostic>| ApplyReport {
-            applied,
-            documents: incoming
-                .into_iter()
-                .map(|d| DocumentResult {
-                    source: format!("{}:{}", d.source_file, d.first_line),
-                    key: d.key,
-                    outcome: d.outcome,
-                    diagnostics: d.diagnostics,
-                })
-                .collect(),
-            other,
-        };
-        if refused || dry_run {
-            return Ok(report(!refused && !dry_run, incoming, other));
-        }
-
-        let writes: Vec<(PathBuf, String)> = incoming
-            .iter()
-            .filter(|d| matches!(d.outcome, Outcome::Created | Outcome::Configured))
-            .filter_map(|d| {
-                d.key
-                    .as_ref()
-                    .map(|k| (self.applied_dir().join(k.file_name()), d.yaml.clone()))
-            })
+        let writes: Vec<(PathBuf, String)> = plan
+            .writes
+            .into_iter()
+            .map(|(name, _, yaml)| (PathBuf::from(name), yaml))
             .collect();
         if !writes.is_empty() {
-            let dir = self.applied_dir();
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            std::fs::create_dir_all(&applied_dir).map_err(io(&applied_dir))?;
             self.write_all(&writes)?;
         }
-        Ok(report(true, incoming, other))
+        Ok(plan.report)
+    }
+
+    /// The directory's files as the shared checks see them.
+    fn units(&self) -> Result<Vec<Unit>, StoreError> {
+        Ok(self
+            .read_disk()?
+            .into_iter()
+            .map(|(f, text)| Unit {
+                name: f.display().to_string(),
+                text,
+            })
+            .collect())
     }
 
     /// Writes every file or none: on a failure (disk full, or the directory no longer compiles
@@ -587,29 +690,13 @@ impl DirStore {
     /// directory that does not compile (e.g. a ServiceEntry a VirtualService routes to), is
     /// refused.
     pub fn delete(&mut self, key: &ResourceKey) -> Result<Option<PathBuf>, StoreError> {
-        let disk = self.read_disk()?;
-        let Some((file, line, _)) = Self::find_on_disk(&disk, key) else {
+        let units = self.units()?;
+        let applied_dir = self.applied_dir();
+        let own = |k: &ResourceKey| applied_dir.join(k.file_name()).display().to_string();
+        let Some(name) = plan_delete(&units, key, &own)? else {
             return Ok(None);
         };
-        if !self.is_applied_file(file, key) {
-            return Err(StoreError::NotApplied {
-                key: key.clone(),
-                source_line: format!("{}:{line}", file.display()),
-            });
-        }
-        let file = file.to_path_buf();
-        let rest: Vec<Candidate> = disk
-            .iter()
-            .filter(|(f, _)| *f != file)
-            .map(|(f, text)| Candidate {
-                name: f.display().to_string(),
-                text: text.clone(),
-            })
-            .collect();
-        let (errors, _) = check(&rest);
-        if !errors.is_empty() {
-            return Err(StoreError::Refused(Diagnostics(errors)));
-        }
+        let file = PathBuf::from(name);
         let old = std::fs::read_to_string(&file).map_err(io(&file))?;
         std::fs::remove_file(&file).map_err(io(&file))?;
         if let Err(msg) = self.reload() {

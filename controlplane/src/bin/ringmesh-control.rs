@@ -7,24 +7,45 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use std::sync::Arc;
+
 use ringmesh_control::admin::AdminService;
+use ringmesh_control::etcd::{run_registry, EtcdClient, EtcdStore};
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::DirStore;
 
 /// ringmesh control plane: serves the resources in a directory to connected proxies, and the
 /// management API (`ringmesh apply/get/delete/proxy-status/proxy-config`) on the same port.
-/// Applied resources are written to DIR/applied/<kind>.<namespace>.<name>.yaml.
+/// Applied resources are written to DIR/applied/<kind>.<namespace>.<name>.yaml, or with --etcd
+/// to etcd, which several replicas then share (resources and the workload registry).
 #[derive(Debug, Parser)]
 #[command(name = "ringmesh-control", version)]
 struct Args {
     /// Directory of YAML resources, watched for changes; also where applied resources are kept
-    /// (in its `applied/` subdirectory), so it must be writable for `ringmesh apply`.
-    #[arg(long, env = "RINGMESH_CONFIG_DIR")]
-    config_dir: PathBuf,
+    /// (in its `applied/` subdirectory), so it must be writable for `ringmesh apply`. Required
+    /// unless --etcd is given.
+    #[arg(
+        long,
+        env = "RINGMESH_CONFIG_DIR",
+        required_unless_present = "etcd",
+        conflicts_with = "etcd"
+    )]
+    config_dir: Option<PathBuf>,
+    /// etcd members (comma-separated http://host:port, JSON gateway of etcd 3.4+): resources
+    /// live under PREFIX/resources/<kind>/<namespace>/<name>, and each replica publishes its
+    /// proxies' workloads under PREFIX/workloads/<node id> with a lease of --grace, so every
+    /// replica serves the same config and endpoints. Calls time out after 3s; when etcd is lost
+    /// the last known sets keep being served and retries back off up to 5s.
+    #[arg(long, env = "RINGMESH_ETCD", value_name = "URLS")]
+    etcd: Option<String>,
+    /// Key prefix in etcd.
+    #[arg(long, env = "RINGMESH_ETCD_PREFIX", default_value = ringmesh_control::etcd::DEFAULT_PREFIX, value_name = "PREFIX")]
+    etcd_prefix: String,
     /// gRPC address for proxies and the CLI (plaintext, Istio's 15010).
     #[arg(long, env = "RINGMESH_LISTEN", default_value = "127.0.0.1:15010")]
     listen: SocketAddr,
-    /// How long a disconnected proxy's endpoints stay.
+    /// How long a disconnected proxy's endpoints stay (with --etcd also the registry lease's
+    /// TTL: how long the workloads of a replica that died stay; whole seconds, at least 1s).
     #[arg(long, env = "RINGMESH_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
     /// How often to check the directory for changes.
@@ -43,15 +64,39 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .try_init();
-    let store = DirStore::open(&args.config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cp = ControlPlane::new(
-        store.current.clone(),
-        ServerConfig {
-            grace: args.grace,
-            ..Default::default()
-        },
-    );
-    let admin = AdminService::new(store, cp.clone());
+    let config = ServerConfig {
+        grace: args.grace,
+        ..Default::default()
+    };
+    let (cp, admin) = match (&args.etcd, &args.config_dir) {
+        (Some(urls), _) => {
+            let client = EtcdClient::new(urls)?;
+            let (store, set) = EtcdStore::open(client.clone(), &args.etcd_prefix)
+                .await
+                .with_context(|| format!("--etcd {}", client.endpoints()))?;
+            let store = Arc::new(store);
+            let cp = ControlPlane::new(set, config);
+            tokio::spawn(store.clone().follow(cp.clone()));
+            // One id per process: a restarted replica is a new one, and its predecessor's
+            // records expire with its lease.
+            let replica = format!("{}-{}", args.listen, std::process::id());
+            tokio::spawn(run_registry(
+                client.clone(),
+                store.prefix().to_owned(),
+                replica.clone(),
+                args.grace,
+                cp.clone(),
+            ));
+            tracing::info!(etcd = %client.endpoints(), prefix = %store.prefix(), replica = %replica, "resources and registry in etcd");
+            (cp.clone(), AdminService::with_etcd(store, cp))
+        }
+        (None, Some(dir)) => {
+            let store = DirStore::open(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let cp = ControlPlane::new(store.current.clone(), config);
+            (cp.clone(), AdminService::new(store, cp))
+        }
+        (None, None) => anyhow::bail!("--config-dir or --etcd is required"),
+    };
     let watcher = cp.clone();
     let files = admin.clone();
     tokio::spawn(async move {
