@@ -59,6 +59,9 @@ pub enum AdminError {
     /// No proxy with that node id.
     #[error("no proxy `{0}` is known to this control plane; `ringmesh proxy-status` lists them")]
     NoProxy(String),
+    /// Resources are read from Kubernetes; they change there.
+    #[error("this control plane reads resources from Kubernetes: use `kubectl {0} -f …` (ringmesh analyze checks the files first)")]
+    FromKubernetes(&'static str),
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -70,6 +73,7 @@ impl From<AdminError> for Status {
         match e {
             AdminError::UnknownKind(_) | AdminError::Missing(_) => Status::invalid_argument(msg),
             AdminError::NoProxy(_) => Status::not_found(msg),
+            AdminError::FromKubernetes(_) => Status::failed_precondition(msg),
             AdminError::Store(StoreError::NotApplied { .. } | StoreError::Refused(_)) => {
                 Status::failed_precondition(msg)
             }
@@ -106,6 +110,9 @@ enum Backend {
     Dir(Arc<Mutex<DirStore>>),
     /// etcd, shared by several replicas ([`EtcdStore`]).
     Etcd(Arc<EtcdStore>),
+    /// The Kubernetes API server (`kubernetes.rs`): objects change with `kubectl`, so apply and
+    /// delete are refused here rather than written where the next watch event would undo them.
+    Kubernetes,
 }
 
 /// The management service: the store and the control plane it feeds.
@@ -129,6 +136,16 @@ impl AdminService {
     pub fn with_etcd(store: Arc<EtcdStore>, cp: ControlPlane) -> Self {
         AdminService {
             store: Backend::Etcd(store),
+            cp,
+        }
+    }
+
+    /// Serves `get`, `proxy-status` and `proxy-config` for resources that come from Kubernetes
+    /// (followed by [`crate::kubernetes::run`], which the caller runs); apply and delete are
+    /// refused with a pointer to `kubectl`.
+    pub fn with_kubernetes(cp: ControlPlane) -> Self {
+        AdminService {
+            store: Backend::Kubernetes,
             cp,
         }
     }
@@ -177,6 +194,7 @@ impl AdminService {
                 }
                 report
             }
+            Backend::Kubernetes => return Err(AdminError::FromKubernetes("apply")),
             Backend::Etcd(store) => {
                 let (report, set) = store.apply(&files, req.dry_run).await?;
                 // Served here at once; the other replicas get it from their watch.
@@ -247,6 +265,7 @@ impl AdminService {
                 }
                 deleted
             }
+            Backend::Kubernetes => return Err(AdminError::FromKubernetes("delete")),
             Backend::Etcd(store) => match store.delete(&key).await? {
                 Some((_, set)) => {
                     if let Some(set) = set {

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod analyze;
 pub mod cli;
 pub mod etcd;
+pub mod kubernetes;
 pub mod scope;
 pub mod server;
 pub mod store;

@@ -27,10 +27,16 @@ struct Args {
     #[arg(
         long,
         env = "RINGMESH_CONFIG_DIR",
-        required_unless_present = "etcd",
-        conflicts_with = "etcd"
+        required_unless_present_any = ["etcd", "kubernetes"],
+        conflicts_with_all = ["etcd", "kubernetes"]
     )]
     config_dir: Option<PathBuf>,
+    /// Read Istio's VirtualService, DestinationRule, ServiceEntry and WorkloadEntry objects
+    /// (networking.istio.io/v1) from the Kubernetes API server: in-cluster service account, or
+    /// KUBECONFIG / ~/.kube/config. `ringmesh apply/delete` are refused (use kubectl); a set of
+    /// objects that does not compile is logged and the last good set keeps being served.
+    #[arg(long, env = "RINGMESH_KUBERNETES", conflicts_with = "etcd")]
+    kubernetes: bool,
     /// etcd members (comma-separated http://host:port, JSON gateway of etcd 3.4+): resources
     /// live under PREFIX/resources/<kind>/<namespace>/<name>, and each replica publishes its
     /// proxies' workloads under PREFIX/workloads/<node id> with a lease of --grace, so every
@@ -69,6 +75,17 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let (cp, admin) = match (&args.etcd, &args.config_dir) {
+        _ if args.kubernetes => {
+            let client = ringmesh_control::kubernetes::client().await.context("--kubernetes")?;
+            let cp = ControlPlane::new(Default::default(), config);
+            let (synced, listed) = tokio::sync::oneshot::channel();
+            tokio::spawn(ringmesh_control::kubernetes::run(client, cp.clone(), synced));
+            tracing::info!("listing resources from the Kubernetes API server before serving");
+            listed
+                .await
+                .context("Kubernetes watch ended before the first listing")?;
+            (cp.clone(), AdminService::with_kubernetes(cp))
+        }
         (Some(urls), _) => {
             let client = EtcdClient::new(urls)?;
             let (store, set) = EtcdStore::open(client.clone(), &args.etcd_prefix)
@@ -95,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
             let cp = ControlPlane::new(store.current.clone(), config);
             (cp.clone(), AdminService::new(store, cp))
         }
-        (None, None) => anyhow::bail!("--config-dir or --etcd is required"),
+        (None, None) => anyhow::bail!("--config-dir, --etcd or --kubernetes is required"),
     };
     let watcher = cp.clone();
     let files = admin.clone();
