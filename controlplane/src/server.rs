@@ -93,6 +93,10 @@ impl ProxyStatus {
 #[derive(Debug)]
 struct Proxy {
     status: ProxyStatus,
+    /// Which stream this record belongs to. A proxy that reconnects registers on its new stream
+    /// before the old one's end is handled; the old stream's late disconnect, ACKs and sends
+    /// carry the old id and are ignored, so they cannot mark the new registration gone.
+    session: u64,
     disconnected_at: Option<Instant>,
     /// The last snapshot sent and the last one acknowledged, for `ringmesh proxy-config` and
     /// the per-resource status of `ringmesh get` (shared, not copied, between the two).
@@ -122,6 +126,8 @@ struct State {
     /// `etcd.rs`), by node id; empty without `--etcd`.
     remote_workloads: BTreeMap<String, RemoteWorkload>,
     pushes: u64,
+    /// Streams registered so far (the last session id handed out).
+    sessions: u64,
     views: Views,
 }
 
@@ -332,8 +338,10 @@ impl ControlPlane {
         view
     }
 
-    fn register(&self, hello: &Hello) {
+    fn register(&self, hello: &Hello) -> u64 {
         let mut st = self.lock();
+        st.sessions += 1;
+        let session = st.sessions;
         let status = ProxyStatus {
             node_id: hello.node_id.clone(),
             workload: hello.workload.clone().unwrap_or_default(),
@@ -350,34 +358,42 @@ impl ControlPlane {
             hello.node_id.clone(),
             Proxy {
                 status,
+                session,
                 disconnected_at: None,
                 sent: None,
                 acked: None,
             },
         );
         self.bump(&mut st);
+        session
     }
 
-    fn with_proxy(&self, node_id: &str, f: impl FnOnce(&mut Proxy) -> bool) {
+    /// Runs `f` on the record of `node_id` if it still belongs to stream `session`.
+    fn with_proxy(&self, node_id: &str, session: u64, f: impl FnOnce(&mut Proxy) -> bool) {
         let mut st = self.lock();
-        let bump = st.proxies.get_mut(node_id).map(f).unwrap_or(false);
+        let bump = st
+            .proxies
+            .get_mut(node_id)
+            .filter(|p| p.session == session)
+            .map(f)
+            .unwrap_or(false);
         if bump {
             self.bump(&mut st);
         }
     }
 
-    fn disconnected(&self, node_id: &str) {
+    fn disconnected(&self, node_id: &str, session: u64) {
         let mut st = self.lock();
-        if let Some(p) = st.proxies.get_mut(node_id) {
+        if let Some(p) = st.proxies.get_mut(node_id).filter(|p| p.session == session) {
             p.status.connected = false;
             p.disconnected_at = Some(Instant::now());
         }
     }
 
-    fn sent(&self, node_id: &str, snapshot: Arc<Snapshot>) {
+    fn sent(&self, node_id: &str, session: u64, snapshot: Arc<Snapshot>) {
         let mut st = self.lock();
         st.pushes += 1;
-        if let Some(p) = st.proxies.get_mut(node_id) {
+        if let Some(p) = st.proxies.get_mut(node_id).filter(|p| p.session == session) {
             p.status.sent_version = snapshot.version;
             p.status.stale_reason = None;
             p.sent = Some(snapshot);
@@ -454,9 +470,9 @@ impl Discovery for ControlPlane {
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
         tracing::info!(node = %hello.node_id, version = %hello.proxy_version, "proxy connected");
-        self.register(&hello);
+        let session = self.register(&hello);
         let cp = self.clone();
-        tokio::spawn(serve_proxy(cp, hello.node_id, inbound, tx));
+        tokio::spawn(serve_proxy(cp, hello.node_id, session, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -465,6 +481,7 @@ impl Discovery for ControlPlane {
 async fn serve_proxy(
     cp: ControlPlane,
     node_id: String,
+    session: u64,
     mut inbound: Streaming<ProxyMessage>,
     tx: mpsc::Sender<Result<ControlMessage, Status>>,
 ) {
@@ -487,11 +504,11 @@ async fn serve_proxy(
                     if tx.send(Ok(msg)).await.is_err() {
                         break;
                     }
-                    cp.sent(&node_id, shared);
+                    cp.sent(&node_id, session, shared);
                 }
                 Err(reason) => {
                     tracing::warn!(node = %node_id, "config not sent: it does not compile for this proxy:\n{reason}");
-                    cp.with_proxy(&node_id, |p| {
+                    cp.with_proxy(&node_id, session, |p| {
                         p.status.stale_reason = Some(reason);
                         false
                     });
@@ -504,19 +521,19 @@ async fn serve_proxy(
                 pending = true;
             }
             msg = inbound.next() => match msg {
-                Some(Ok(ProxyMessage { message: Some(m) })) => handle(&cp, &node_id, m),
+                Some(Ok(ProxyMessage { message: Some(m) })) => handle(&cp, &node_id, session, m),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
             },
         }
     }
     tracing::info!(node = %node_id, "proxy disconnected");
-    cp.disconnected(&node_id);
+    cp.disconnected(&node_id, session);
 }
 
-fn handle(cp: &ControlPlane, node_id: &str, m: proxy_message::Message) {
+fn handle(cp: &ControlPlane, node_id: &str, session: u64, m: proxy_message::Message) {
     match m {
-        proxy_message::Message::Ack(a) => cp.with_proxy(node_id, |p| {
+        proxy_message::Message::Ack(a) => cp.with_proxy(node_id, session, |p| {
             p.status.acked_version = a.version;
             p.status.nack = None;
             p.status.nacked_version = 0;
@@ -527,13 +544,13 @@ fn handle(cp: &ControlPlane, node_id: &str, m: proxy_message::Message) {
         }),
         proxy_message::Message::Nack(n) => {
             tracing::warn!(node = %node_id, version = n.version, "NACK: {}", n.error);
-            cp.with_proxy(node_id, |p| {
+            cp.with_proxy(node_id, session, |p| {
                 p.status.nack = Some(n.error);
                 p.status.nacked_version = n.version;
                 false
             })
         }
-        proxy_message::Message::Health(h) => cp.with_proxy(node_id, |p| {
+        proxy_message::Message::Health(h) => cp.with_proxy(node_id, session, |p| {
             let changed = p.status.ready != h.ready;
             p.status.ready = h.ready;
             changed

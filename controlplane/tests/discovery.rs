@@ -101,6 +101,16 @@ impl Proxy {
         }
     }
 
+    /// The next snapshot if one comes within `wait`.
+    async fn snapshot_or_none(&mut self, wait: Duration) -> Option<Snapshot> {
+        match tokio::time::timeout(wait, self.rx.message()).await {
+            Ok(Ok(Some(ControlMessage {
+                message: Some(control_message::Message::Snapshot(s)),
+            }))) => Some(s),
+            _ => None,
+        }
+    }
+
     async fn ack(&self, s: &Snapshot) {
         let m = ProxyMessage {
             message: Some(proxy_message::Message::Ack(Ack {
@@ -389,4 +399,43 @@ async fn export_to_and_workload_selector_decide_which_proxies_see_a_resource() {
         "the selector needs version: v2"
     );
     assert_eq!(names(&a2.snapshot().await), ["reviews", "team-a-only", "v2-only"]);
+}
+
+#[tokio::test]
+async fn a_fast_reconnect_is_not_undone_by_the_old_stream_closing() {
+    let dir = temp_dir("reconnect");
+    std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
+    let (cp, addr) = start(&dir, Duration::from_millis(100)).await;
+    let mut old = connect(
+        addr,
+        hello("same", &["reviews.test"], "127.0.0.1", "v1", PROTOCOL_VERSION),
+    )
+    .await;
+    let s = old.snapshot().await;
+    old.ack(&s).await;
+    // The proxy reconnects before its old stream's end reaches the control plane.
+    let mut new = connect(
+        addr,
+        hello("same", &["reviews.test"], "127.0.0.1", "v1", PROTOCOL_VERSION),
+    )
+    .await;
+    let s = new.snapshot().await;
+    new.ack(&s).await;
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cp.expire();
+    let status = cp.proxy_status();
+    let me = status
+        .iter()
+        .find(|p| p.node_id == "same")
+        .expect("still registered after the grace period");
+    assert!(me.connected, "the old stream's close marked the new one gone: {me:?}");
+    assert_eq!(me.acked_version, s.version);
+    assert_eq!(
+        new.snapshot_or_none(Duration::from_millis(200))
+            .await
+            .map(|s| s.endpoints.len()),
+        None,
+        "no withdrawal pushed"
+    );
 }
