@@ -510,12 +510,29 @@ impl Compiler {
         }
         if let Some(cp) = &spec.control_plane {
             let p = root.key("controlPlane");
-            let valid = cp
-                .address
-                .rsplit_once(':')
-                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-            if !valid {
-                self.error(&site, &p.key("address"), format!("{:?} is not host:port", cp.address));
+            let host_port = |a: &str| {
+                a.rsplit_once(':')
+                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+            };
+            let mut addresses = Vec::new();
+            if !cp.address.is_empty() || cp.addresses.is_empty() {
+                if !host_port(&cp.address) {
+                    let msg = if cp.address.is_empty() {
+                        "address or addresses is required".to_owned()
+                    } else {
+                        format!("{:?} is not host:port", cp.address)
+                    };
+                    self.error(&site, &p.key("address"), msg);
+                }
+                addresses.push(cp.address.clone());
+            }
+            for (i, a) in cp.addresses.iter().enumerate() {
+                if !host_port(a) {
+                    self.error(&site, &p.key("addresses").index(i), format!("{a:?} is not host:port"));
+                } else if addresses.contains(a) {
+                    self.error(&site, &p.key("addresses").index(i), format!("{a:?} is listed twice"));
+                }
+                addresses.push(a.clone());
             }
             let node_id = cp.node_id.clone().unwrap_or_else(|| {
                 let name = if settings.workload.name.is_empty() {
@@ -525,10 +542,7 @@ impl Compiler {
                 };
                 format!("{name}-{}", std::process::id())
             });
-            settings.control_plane = Some(ControlPlaneSettings {
-                address: cp.address.clone(),
-                node_id,
-            });
+            settings.control_plane = Some(ControlPlaneSettings { addresses, node_id });
         }
         settings
     }

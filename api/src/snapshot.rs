@@ -79,8 +79,9 @@ pub struct ProxySettings {
 /// Where the control plane is and who this proxy is to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ControlPlaneSettings {
-    /// `host:port` of the control plane's gRPC port.
-    pub address: String,
+    /// `host:port` of each control-plane replica's gRPC port, in the order they are tried
+    /// (`address`, then `addresses`); never empty once compiled.
+    pub addresses: Vec<String>,
     /// Node id announced in `Hello`.
     pub node_id: String,
 }

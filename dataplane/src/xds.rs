@@ -6,7 +6,9 @@
 //! never half-applied. When the control plane is unreachable, refuses this proxy's protocol
 //! version, or ends the stream, the proxy keeps serving its last good config and reconnects with
 //! jittered exponential back-off; on reconnect it says which version it serves and gets a full
-//! snapshot (resync).
+//! snapshot (resync). With several control-plane replicas (`controlPlane.addresses`), each
+//! failed session moves on to the next replica in the list (wrapping around), so a proxy whose
+//! replica dies is served by another one after one back-off; it stays with a replica that works.
 
 use std::time::Duration;
 
@@ -71,9 +73,10 @@ fn hello(cp: &ControlPlaneSettings, w: &WorkloadSettings, serving_version: u64) 
 /// Runs sessions until the control loop goes away. Back-off between attempts: 100 ms doubling
 /// to 10 s, each wait drawn between half and all of it (so a fleet does not reconnect in step);
 /// capped at 1 s once any config was applied, so a serving proxy resyncs soon after a control
-/// plane restart.
+/// plane restart. After a failed session the next attempt goes to the next replica.
 pub async fn run(cp: ControlPlaneSettings, workload: WorkloadSettings, updates: mpsc::Sender<Update>) {
     let mut backoff = Duration::from_millis(100);
+    let mut replica = 0usize;
     let mut serving = 0u64;
     // The app's readiness: always ready without a probe; with one, unready until it first passes
     // (as Kubernetes starts a pod), and every change is told to the control plane at once.
@@ -87,22 +90,29 @@ pub async fn run(cp: ControlPlaneSettings, workload: WorkloadSettings, updates: 
     let mut failures = 0u64;
     loop {
         let before = serving;
-        match session(&cp, &workload, &updates, &mut serving, ready.clone()).await {
+        let Some(address) = cp.addresses.get(replica % cp.addresses.len().max(1)) else {
+            tracing::error!("no control-plane address configured; not subscribing");
+            return;
+        };
+        match session(&cp, address, &workload, &updates, &mut serving, ready.clone()).await {
             Err(SessionError::Closed) => return,
             Err(e) => {
                 failures = if serving != before { 1 } else { failures + 1 };
-                if failures.is_power_of_two() {
+                // A session that served is a replica that died: say so whatever the count.
+                if failures.is_power_of_two() || serving != before {
                     tracing::warn!(
-                        control_plane = %cp.address,
+                        control_plane = %address,
                         serving_version = serving,
                         attempts = failures,
                         "{e}; keeping the last good config"
                     )
                 }
+                replica = next_replica(replica, cp.addresses.len());
             }
             Ok(()) => {
                 failures = 0;
-                tracing::warn!(control_plane = %cp.address, "control plane ended the stream; reconnecting")
+                tracing::warn!(control_plane = %address, "control plane ended the stream; reconnecting");
+                replica = next_replica(replica, cp.addresses.len());
             }
         }
         if updates.is_closed() {
@@ -120,21 +130,31 @@ pub async fn run(cp: ControlPlaneSettings, workload: WorkloadSettings, updates: 
     }
 }
 
+/// The replica to try after `current` failed, wrapping around.
+fn next_replica(current: usize, replicas: usize) -> usize {
+    if replicas == 0 {
+        0
+    } else {
+        (current + 1) % replicas
+    }
+}
+
 async fn session(
     cp: &ControlPlaneSettings,
+    address: &str,
     workload: &WorkloadSettings,
     updates: &mpsc::Sender<Update>,
     serving: &mut u64,
     mut ready: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.address))
-        .map_err(|e| SessionError::Connect(cp.address.clone(), e.to_string()))?
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| SessionError::Connect(address.to_owned(), e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| SessionError::Connect(cp.address.clone(), e.to_string()))?;
+        .map_err(|e| SessionError::Connect(address.to_owned(), e.to_string()))?;
     let mut client = DiscoveryClient::new(channel);
     let (tx, rx) = mpsc::channel(8);
     let _ = tx.send(hello(cp, workload, *serving)).await;
@@ -150,7 +170,12 @@ async fn session(
         .await
         .map_err(|e| SessionError::Stream(e.message().to_string()))?
         .into_inner();
-    tracing::info!(control_plane = %cp.address, node = %cp.node_id, "connected to the control plane");
+    tracing::info!(
+        control_plane = %address,
+        replicas = cp.addresses.len(),
+        node = %cp.node_id,
+        "connected to the control plane"
+    );
     loop {
         let msg = tokio::select! {
             m = inbound.message() => match m {
@@ -220,5 +245,18 @@ async fn session(
             }
             None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_sessions_move_to_the_next_replica_and_wrap() {
+        assert_eq!(next_replica(0, 3), 1);
+        assert_eq!(next_replica(2, 3), 0);
+        assert_eq!(next_replica(0, 1), 0);
+        assert_eq!(next_replica(5, 0), 0);
     }
 }

@@ -73,9 +73,14 @@ pub struct ProxyConfigSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControlPlaneSpec {
-    /// `host:port` of ringmesh-control's gRPC port (Istio's 15010).
+    /// `host:port` of ringmesh-control's gRPC port (Istio's 15010). One of `address` and
+    /// `addresses` is required.
     #[serde(default)]
     pub address: String,
+    /// Several replicas, `host:port` each, tried in order: when a session fails the proxy moves
+    /// on to the next one (after `address`, when both are given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
     /// Node id; default `<workload name>-<pid>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
