@@ -6,14 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 need=()
-for bin in curl wrk haproxy nginx; do
+for bin in curl wrk haproxy nginx etcd; do
   command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light >/dev/null
+    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server >/dev/null
   else
     echo "interop: missing ${need[*]} and not root to install them" >&2
     exit 1
@@ -142,6 +142,9 @@ check "SIGTERM exits cleanly" [ "$code" = 0 ]
 # The control plane with real processes: ringmesh-control, two app-side proxies announcing
 # v1 and v2 workloads, a client-side proxy, and ringmesh-loadgen at 2,000 rps through it.
 source tests/interop/control_plane.sh
+
+# Two ringmesh-control replicas sharing etcd (--etcd): apply to one, serve from both, fail over.
+source tests/interop/etcd.sh
 
 echo "interop: $pass passed, $fail failed"
 [ "$fail" = 0 ]
