@@ -870,8 +870,9 @@ pub fn remote_workloads(prefix: &str, replica: &str, kvs: &[Kv]) -> BTreeMap<Str
 
 /// Publishes this replica's workloads to `<prefix>/workloads/<node_id>` under a lease of `ttl`
 /// renewed every third of it, and follows every replica's so that endpoints span them all.
-/// A record is rewritten when its workload or readiness changes and removed (only if it is
-/// still this replica's: a proxy may have moved on) when the proxy's grace period ends. When
+/// A record is rewritten when its workload or readiness changes (while the proxy is connected
+/// here) and removed (only if it is still this replica's: a proxy may have moved on) when the
+/// proxy's grace period ends. When
 /// the lease is lost (etcd was away longer than `ttl`) a new one is granted and every record
 /// rewritten. Runs forever.
 pub async fn run_registry(client: EtcdClient, prefix: String, replica: String, ttl: Duration, cp: ControlPlane) {
@@ -914,7 +915,12 @@ pub async fn run_registry(client: EtcdClient, prefix: String, replica: String, t
             let desired: BTreeMap<String, String> = cp
                 .local_workloads()
                 .into_iter()
-                .filter_map(|(node, w, ready)| {
+                .filter_map(|(node, w, ready, connected)| {
+                    if !connected {
+                        // Kept as written until its grace ends, never rewritten: the proxy may
+                        // be connected to another replica now, whose record must not be undone.
+                        return written.get(&node).cloned().map(|v| (node, v));
+                    }
                     serde_json::to_string(&WorkloadRecord::new(&w, ready, &replica))
                         .ok()
                         .map(|j| (node, j))

@@ -256,12 +256,19 @@ impl ControlPlane {
     }
 
     /// The workloads announced by this replica's proxies (connected, or disconnected and still
-    /// in their grace period): `(node id, workload, ready)`, for the shared registry.
-    pub fn local_workloads(&self) -> Vec<(String, Workload, bool)> {
+    /// in their grace period): `(node id, workload, ready, connected)`, for the shared registry.
+    pub fn local_workloads(&self) -> Vec<(String, Workload, bool, bool)> {
         self.lock()
             .proxies
             .values()
-            .map(|p| (p.status.node_id.clone(), p.status.workload.clone(), p.status.ready))
+            .map(|p| {
+                (
+                    p.status.node_id.clone(),
+                    p.status.workload.clone(),
+                    p.status.ready,
+                    p.status.connected,
+                )
+            })
             .collect()
     }
 

@@ -4,16 +4,19 @@
 # over to B when A is killed, with no failed request.
 ed="$work/etcd"
 mkdir -p "$ed"
-/usr/bin/etcd --name ringmesh-interop --data-dir "$ed/data" \
-  --listen-client-urls http://127.0.0.1:24379 --advertise-client-urls http://127.0.0.1:24379 \
-  --listen-peer-urls http://127.0.0.1:24380 --initial-advertise-peer-urls http://127.0.0.1:24380 \
-  --initial-cluster ringmesh-interop=http://127.0.0.1:24380 >"$ed/etcd.log" 2>&1 &
-etcd_pid=$!
-pids+=($etcd_pid)
-for _ in $(seq 50); do
-  curl -fsS -X POST -d '{"key":"AA=="}' http://127.0.0.1:24379/v3/kv/range >/dev/null 2>&1 && break
-  sleep 0.2
-done
+start_etcd() {
+  /usr/bin/etcd --name ringmesh-interop --data-dir "$ed/data" \
+    --listen-client-urls http://127.0.0.1:24379 --advertise-client-urls http://127.0.0.1:24379 \
+    --listen-peer-urls http://127.0.0.1:24380 --initial-advertise-peer-urls http://127.0.0.1:24380 \
+    --initial-cluster ringmesh-interop=http://127.0.0.1:24380 >>"$ed/etcd.log" 2>&1 &
+  etcd_pid=$!
+  pids+=($etcd_pid)
+  for _ in $(seq 50); do
+    curl -fsS -X POST -d '{"key":"AA=="}' http://127.0.0.1:24379/v3/kv/range >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+}
+start_etcd
 check "etcd: started" curl -fsS -X POST -d '{"key":"AA=="}' http://127.0.0.1:24379/v3/kv/range -o /dev/null
 
 # etcd unreachable at start: a clear error naming the address.
@@ -110,3 +113,25 @@ sleep 4
 late=$(through 24101 10)
 check "etcd: reviews-v1 still an endpoint after A's lease expired ($(echo $late | tr '\n' ' '))" \
   bash -c "curl -fsS http://127.0.0.1:24100/clusters | grep -q 24081 && echo '$late' | grep -q '10 x-ringmesh-instance: v1'"
+
+# etcd lost: replica B keeps serving what it last read and says so; etcd back (same data):
+# B follows again and an apply to B reaches client-b.
+kill -9 "$etcd_pid"
+sleep 1
+lost=$(through 24401 20)
+check "etcd: etcd killed, proxies keep the last config ($(echo $lost | tr '\n' ' '))" \
+  bash -c "echo '$lost' | grep -q '20 x-ringmesh-instance: v1'"
+check "etcd: replica B logged the loss and serves the last known set" grep -q 'serving the last known set' "$ed/control-b.log"
+start_etcd
+split_yaml 0 100 >"$ed/split.yaml"
+applied=no
+for _ in $(seq 20); do
+  if RINGMESH_CONTROL_PLANE=$B $BIN/ringmesh apply -f "$ed/split.yaml" >"$ed/apply4.txt" 2>&1; then applied=yes; break; fi
+  sleep 0.5
+done
+moved=no
+for _ in $(seq 20); do
+  if through 24401 20 | grep -q '20 x-ringmesh-instance: v2'; then moved=yes; break; fi
+  sleep 0.25
+done
+check "etcd: etcd restarted, replica B follows it again (apply $applied, moved $moved)" [ "$moved" = yes ]
