@@ -8,6 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(protos, ["proto"])?;
     // No `connect` helpers: api stays free of a transport; the binaries pick theirs.
-    tonic_prost_build::configure().build_transport(false).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_transport(false)
+        // Shared by every stream that sends it: a reference count, not a copy, per proxy.
+        .bytes(".ringmesh.v1.SharedSnapshot.snapshot")
+        .compile_fds(fds)?;
     Ok(())
 }

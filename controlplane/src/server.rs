@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use ringmesh_api::proto::discovery_server::{Discovery, DiscoveryServer};
 use ringmesh_api::proto::{
-    control_message, proxy_message, skew_refusal, ControlMessage, Endpoint, Hello, ProxyMessage, Refusal, Snapshot,
-    Workload, MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
+    control_message, proxy_message, skew_refusal, ControlMessage, Endpoint, Hello, ProxyMessage, Refusal,
+    SharedSnapshot, Snapshot, Workload, MIN_SUPPORTED_VERSION, PROTOCOL_VERSION, SHARED_SNAPSHOT_VERSION,
 };
 use ringmesh_api::registry::ExtraEndpoint;
 use ringmesh_api::{compile, load_str, CompileInput};
@@ -142,6 +142,13 @@ pub struct RemoteWorkload {
     pub replica: String,
 }
 
+/// One view's snapshot, and the same encoded once for every protocol-2 stream that sends it.
+#[derive(Debug, Clone)]
+struct View {
+    snapshot: Arc<Snapshot>,
+    encoded: prost::bytes::Bytes,
+}
+
 /// The snapshots of one generation, one per distinct view (set of visible documents), shared by
 /// every proxy with that view: a push to N proxies compiles each view once, not N times, and the
 /// control plane holds one copy of each snapshot, not one per proxy.
@@ -149,7 +156,7 @@ pub struct RemoteWorkload {
 struct Views {
     generation: u64,
     endpoints: Arc<Vec<Endpoint>>,
-    by_documents: HashMap<Vec<usize>, Result<Arc<Snapshot>, String>>,
+    by_documents: HashMap<Vec<usize>, Result<View, String>>,
 }
 
 /// The control plane's shared state and its discovery service.
@@ -313,7 +320,7 @@ impl ControlPlane {
 
     /// The snapshot for `node_id` at the current generation (its `nonce` left empty: the stream
     /// sets it), or why it does not compile.
-    fn snapshot_for(&self, node_id: &str) -> Result<Arc<Snapshot>, String> {
+    fn snapshot_for(&self, node_id: &str) -> Result<View, String> {
         let mut guard = self.lock();
         let st = &mut *guard;
         if st.views.generation != st.generation {
@@ -333,13 +340,18 @@ impl ControlPlane {
         let documents: Vec<_> = visible.iter().map(|&i| st.resources.documents[i].clone()).collect();
         let endpoints = st.views.endpoints.clone();
         let view = check_compiles(&documents, &endpoints).map(|()| {
-            Arc::new(Snapshot {
+            let snapshot = Snapshot {
                 version: st.generation,
                 nonce: String::new(),
                 protocol_version: PROTOCOL_VERSION,
                 documents,
                 endpoints: endpoints.as_ref().clone(),
-            })
+            };
+            let encoded = prost::Message::encode_to_vec(&snapshot).into();
+            View {
+                snapshot: Arc::new(snapshot),
+                encoded,
+            }
         });
         st.views.by_documents.insert(visible, view.clone());
         view
@@ -479,7 +491,14 @@ impl Discovery for ControlPlane {
         tracing::info!(node = %hello.node_id, version = %hello.proxy_version, "proxy connected");
         let session = self.register(&hello);
         let cp = self.clone();
-        tokio::spawn(serve_proxy(cp, hello.node_id, session, inbound, tx));
+        tokio::spawn(serve_proxy(
+            cp,
+            hello.node_id,
+            session,
+            hello.protocol_version,
+            inbound,
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -489,6 +508,7 @@ async fn serve_proxy(
     cp: ControlPlane,
     node_id: String,
     session: u64,
+    protocol: u32,
     mut inbound: Streaming<ProxyMessage>,
     tx: mpsc::Sender<Result<ControlMessage, Status>>,
 ) {
@@ -502,16 +522,22 @@ async fn serve_proxy(
             let _ = changes.borrow_and_update();
             nonce += 1;
             match cp.snapshot_for(&node_id) {
-                Ok(shared) => {
-                    let mut snap = shared.as_ref().clone();
-                    snap.nonce = format!("{}-{nonce}", snap.version);
-                    let msg = ControlMessage {
-                        message: Some(control_message::Message::Snapshot(snap)),
+                Ok(view) => {
+                    let nonce = format!("{}-{nonce}", view.snapshot.version);
+                    let message = if protocol >= SHARED_SNAPSHOT_VERSION {
+                        control_message::Message::SharedSnapshot(SharedSnapshot {
+                            snapshot: view.encoded.clone(),
+                            nonce,
+                        })
+                    } else {
+                        let mut snap = view.snapshot.as_ref().clone();
+                        snap.nonce = nonce;
+                        control_message::Message::Snapshot(snap)
                     };
-                    if tx.send(Ok(msg)).await.is_err() {
+                    if tx.send(Ok(ControlMessage { message: Some(message) })).await.is_err() {
                         break;
                     }
-                    cp.sent(&node_id, session, shared);
+                    cp.sent(&node_id, session, view.snapshot);
                 }
                 Err(reason) => {
                     tracing::warn!(node = %node_id, "config not sent: it does not compile for this proxy:\n{reason}");

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use ringmesh_api::proto::discovery_client::DiscoveryClient;
 use ringmesh_api::proto::{
-    control_message, proxy_message, Ack, ControlMessage, Hello, Nack, ProxyMessage, Snapshot, Workload,
-    PROTOCOL_VERSION,
+    proxy_message, Ack, ControlMessage, Hello, Nack, ProxyMessage, Snapshot, Workload, PROTOCOL_VERSION,
 };
 use ringmesh_control::admin::AdminService;
 use ringmesh_control::server::{ControlPlane, ServerConfig};
@@ -147,9 +146,9 @@ impl FakeProxy {
             .await
             .expect("no snapshot within 5s")
             .unwrap();
-        match msg.and_then(|m| m.message) {
-            Some(control_message::Message::Snapshot(s)) => s,
-            other => panic!("expected a snapshot, got {other:?}"),
+        match msg.clone().and_then(|m| m.into_snapshot()) {
+            Some(Ok(s)) => s,
+            _ => panic!("expected a snapshot, got {msg:?}"),
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ringmesh_api::proto::discovery_client::DiscoveryClient;
 use ringmesh_api::proto::{
     control_message, proxy_message, Ack, ControlMessage, Health, Hello, Nack, ProxyMessage, Snapshot, Workload,
-    PROTOCOL_VERSION,
+    MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
 };
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::DirStore;
@@ -95,18 +95,17 @@ impl Proxy {
     }
 
     async fn snapshot(&mut self) -> Snapshot {
-        match self.next().await.and_then(|m| m.message) {
-            Some(control_message::Message::Snapshot(s)) => s,
-            other => panic!("expected a snapshot, got {other:?}"),
+        let m = self.next().await.expect("stream open");
+        match m.clone().into_snapshot() {
+            Some(Ok(s)) => s,
+            _ => panic!("expected a snapshot, got {m:?}"),
         }
     }
 
     /// The next snapshot if one comes within `wait`.
     async fn snapshot_or_none(&mut self, wait: Duration) -> Option<Snapshot> {
         match tokio::time::timeout(wait, self.rx.message()).await {
-            Ok(Ok(Some(ControlMessage {
-                message: Some(control_message::Message::Snapshot(s)),
-            }))) => Some(s),
+            Ok(Ok(Some(m))) => m.into_snapshot().and_then(Result::ok),
             _ => None,
         }
     }
@@ -438,4 +437,29 @@ async fn a_fast_reconnect_is_not_undone_by_the_old_stream_closing() {
         None,
         "no withdrawal pushed"
     );
+}
+
+#[tokio::test]
+async fn the_previous_protocol_gets_plain_snapshots_the_current_one_shared_encodings() {
+    let dir = temp_dir("shared");
+    std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{VS}")).unwrap();
+    let (_cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let mut old = connect(addr, hello("old", &[], "127.0.0.1", "v1", MIN_SUPPORTED_VERSION)).await;
+    let mut new = connect(addr, hello("new", &[], "127.0.0.2", "v1", PROTOCOL_VERSION)).await;
+    let m = old.next().await.unwrap();
+    assert!(
+        matches!(m.message, Some(control_message::Message::Snapshot(_))),
+        "{m:?}"
+    );
+    let m = new.next().await.unwrap();
+    let Some(control_message::Message::SharedSnapshot(shared)) = &m.message else {
+        panic!("expected a shared snapshot, got {m:?}")
+    };
+    assert!(!shared.nonce.is_empty());
+    let s = m.clone().into_snapshot().unwrap().unwrap();
+    assert_eq!(
+        s.nonce, shared.nonce,
+        "the send's nonce replaces the shared encoding's empty one"
+    );
+    assert_eq!(s.documents.len(), 2);
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringmesh_api::proto::discovery_client::DiscoveryClient;
-use ringmesh_api::proto::{control_message, proxy_message, Hello, ProxyMessage, Workload, PROTOCOL_VERSION};
+use ringmesh_api::proto::{proxy_message, Hello, ProxyMessage, Workload, PROTOCOL_VERSION};
 use ringmesh_api::{compile, load_str, CompileInput};
 use ringmesh_control::etcd::{run_registry, EtcdClient, EtcdStore};
 use ringmesh_control::server::{ControlPlane, ServerConfig};
@@ -261,7 +261,7 @@ async fn workloads_on_one_replica_are_endpoints_on_the_other_until_the_lease_end
     };
     let seen = tokio::time::timeout(Duration::from_secs(5), async {
         while let Ok(Some(m)) = inbound_b.message().await {
-            if let Some(control_message::Message::Snapshot(s)) = m.message {
+            if let Some(Ok(s)) = m.into_snapshot() {
                 if has_reviews(&s) {
                     return true;
                 }
@@ -277,7 +277,7 @@ async fn workloads_on_one_replica_are_endpoints_on_the_other_until_the_lease_end
     drop(tx_a);
     let gone = tokio::time::timeout(Duration::from_secs(10), async {
         while let Ok(Some(m)) = inbound_b.message().await {
-            if let Some(control_message::Message::Snapshot(s)) = m.message {
+            if let Some(Ok(s)) = m.into_snapshot() {
                 if !has_reviews(&s) {
                     return true;
                 }

@@ -194,8 +194,18 @@ async fn session(
                 continue;
             }
         };
-        match msg.message {
-            Some(control_message::Message::Snapshot(s)) => {
+        if let Some(control_message::Message::Refusal(r)) = msg.message {
+            tracing::error!(
+                proxy_protocol = PROTOCOL_VERSION,
+                control_protocol = r.control_protocol_version,
+                "control plane refused this proxy: {}",
+                r.message
+            );
+            return Err(SessionError::Refused(r.message));
+        }
+        match msg.into_snapshot() {
+            Some(Err(e)) => return Err(SessionError::Stream(format!("undecodable snapshot: {e}"))),
+            Some(Ok(s)) => {
                 let (reply, answer) = oneshot::channel();
                 let input = ControlInput {
                     documents: s.documents,
@@ -233,15 +243,6 @@ async fn session(
                 if tx.send(ProxyMessage { message: Some(m) }).await.is_err() {
                     return Err(SessionError::Stream("request stream closed".into()));
                 }
-            }
-            Some(control_message::Message::Refusal(r)) => {
-                tracing::error!(
-                    proxy_protocol = PROTOCOL_VERSION,
-                    control_protocol = r.control_protocol_version,
-                    "control plane refused this proxy: {}",
-                    r.message
-                );
-                return Err(SessionError::Refused(r.message));
             }
             None => {}
         }

@@ -39,6 +39,33 @@ pub struct LightControlMessage {
     /// `ControlMessage.refusal`.
     #[prost(message, optional, tag = "2")]
     pub refusal: Option<LightRefusal>,
+    /// `ControlMessage.shared_snapshot` (protocol 2).
+    #[prost(message, optional, tag = "3")]
+    pub shared: Option<LightShared>,
+}
+
+/// `SharedSnapshot`: an encoded `Snapshot` and this send's nonce.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LightShared {
+    /// `SharedSnapshot.snapshot`.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub snapshot: prost::bytes::Bytes,
+    /// `SharedSnapshot.nonce`.
+    #[prost(string, tag = "2")]
+    pub nonce: String,
+}
+
+impl LightControlMessage {
+    /// The snapshot, however it was sent; `None` when the message carries none.
+    pub fn into_snapshot(self) -> Option<Result<LightSnapshot, prost::DecodeError>> {
+        if let Some(shared) = self.shared {
+            return Some(<LightSnapshot as prost::Message>::decode(shared.snapshot).map(|mut s| {
+                s.nonce = shared.nonce;
+                s
+            }));
+        }
+        self.snapshot.map(Ok)
+    }
 }
 
 /// `Snapshot` without the documents and the endpoints' contents.
@@ -331,7 +358,14 @@ async fn run_proxy(
                 msg = inbound.message() => {
                     let at = Instant::now();
                     match msg {
-                        Ok(Some(LightControlMessage { snapshot: Some(s), .. })) => {
+                        Ok(Some(LightControlMessage { refusal: Some(r), .. })) => {
+                            break Err(format!("refused: {}", r.message));
+                        }
+                        Ok(Some(m)) if m.snapshot.is_some() || m.shared.is_some() => {
+                            let s = match m.into_snapshot() {
+                                Some(Ok(s)) => s,
+                                _ => break Err("undecodable snapshot".to_string()),
+                            };
                             let ack = ProxyMessage {
                                 message: Some(proxy_message::Message::Ack(Ack { version: s.version, nonce: s.nonce })),
                             };
@@ -347,9 +381,6 @@ async fn run_proxy(
                             state.endpoints.store(s.endpoints.len() as u32, Ordering::Relaxed);
                             state.version.store(s.version, Ordering::Release);
                             state.snapshots.fetch_add(1, Ordering::Release);
-                        }
-                        Ok(Some(LightControlMessage { refusal: Some(r), .. })) => {
-                            break Err(format!("refused: {}", r.message));
                         }
                         Ok(Some(_)) => {}
                         Ok(None) => break Err("the control plane ended the stream".into()),
@@ -405,9 +436,28 @@ mod tests {
             })),
         };
         let light = LightControlMessage::decode(real.encode_to_vec().as_slice()).unwrap();
-        let s = light.snapshot.unwrap();
-        assert_eq!((s.version, s.nonce.as_str(), s.endpoints.len()), (42, "42-1", 3));
         assert!(light.refusal.is_none());
+        let s = light.into_snapshot().unwrap().unwrap();
+        assert_eq!((s.version, s.nonce.as_str(), s.endpoints.len()), (42, "42-1", 3));
+        // The same snapshot sent shared (protocol 2): encoded once, the nonce beside it.
+        let Some(control_message::Message::Snapshot(mut inner)) = real.message else {
+            unreachable!()
+        };
+        inner.nonce.clear();
+        let shared = ControlMessage {
+            message: Some(control_message::Message::SharedSnapshot(
+                ringmesh_api::proto::SharedSnapshot {
+                    snapshot: inner.encode_to_vec().into(),
+                    nonce: "42-7".into(),
+                },
+            )),
+        };
+        let s = LightControlMessage::decode(shared.encode_to_vec().as_slice())
+            .unwrap()
+            .into_snapshot()
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.version, s.nonce.as_str(), s.endpoints.len()), (42, "42-7", 3));
     }
 
     #[test]
