@@ -31,25 +31,32 @@ fn fixed_2ms_upstream_reads_as_2ms_at_p50() {
         ..EchoConfig::default()
     })
     .unwrap();
-    let mut c = config(echo.local_addr(), "/");
-    c.rate = 500.0;
-    c.connections = 8;
-    c.duration = Duration::from_secs(2);
-    let r = run_load(c).unwrap();
-    assert_eq!(r.errors, 0, "{}", r.summary());
-    assert!(r.met_target(), "{}", r.summary());
-    assert!((990..=1010).contains(&r.ok), "{}", r.summary());
-    let p50 = r.latency_us.p50;
-    // Correctness, not speed: the floor is the upstream's delay, and the ceiling only has to sit
-    // well below one schedule interval (16 ms here), which a clock taken from the wrong request
-    // would add. A shared CI machine can stretch the p50 by a few hundred µs either way.
-    assert!((2000..=10_000).contains(&p50), "p50 {p50} µs\n{}", r.summary());
-    assert!(
-        r.latency_us.min >= 1990,
-        "nothing faster than the delay: {}",
-        r.summary()
-    );
-    assert_eq!(echo.requests_served(), r.sent_total);
+    // p50 within [2 ms, 2.5 ms], as the issue asks. Every run must be correct (no errors, the
+    // rate met, nothing faster than the delay); the p50 window must hold in one of three runs,
+    // because a shared 2-core machine busy with other builds can stretch one run's median.
+    let mut p50s = Vec::new();
+    for _ in 0..3 {
+        let mut c = config(echo.local_addr(), "/");
+        c.rate = 500.0;
+        c.connections = 8;
+        c.duration = Duration::from_secs(2);
+        let served_before = echo.requests_served();
+        let r = run_load(c).unwrap();
+        assert_eq!(r.errors, 0, "{}", r.summary());
+        assert!(r.met_target(), "{}", r.summary());
+        assert!((990..=1010).contains(&r.ok), "{}", r.summary());
+        assert!(
+            r.latency_us.min >= 1990,
+            "nothing faster than the delay: {}",
+            r.summary()
+        );
+        assert_eq!(echo.requests_served() - served_before, r.sent_total);
+        p50s.push(r.latency_us.p50);
+        if (2000..=2500).contains(&r.latency_us.p50) {
+            return;
+        }
+    }
+    panic!("p50 outside [2000, 2500] µs in all three runs: {p50s:?}");
 }
 
 /// An upstream that answers at once except for one 500 ms pause (think GC or a stalled disk)
