@@ -34,6 +34,12 @@ start_replica() { # name listen
 }
 start_replica a $A
 start_replica b $B
+# Both replicas listening before any proxy starts: a proxy tries its replicas in order, and one
+# that found A not up yet would start on B (the failover checks below need it on A).
+for _ in $(seq 100); do
+  (echo >/dev/tcp/127.0.0.1/24010) 2>/dev/null && (echo >/dev/tcp/127.0.0.1/24011) 2>/dev/null && break
+  sleep 0.1
+done
 $BIN/ringmesh-echo --listen 127.0.0.1:24081 --instance v1 >/dev/null 2>&1 & pids+=($!)
 $BIN/ringmesh-echo --listen 127.0.0.1:24082 --instance v2 >/dev/null 2>&1 & pids+=($!)
 # The example sidecars on 24xxx ports, each given both replicas (its own first): client-a and
