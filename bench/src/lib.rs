@@ -144,7 +144,8 @@ impl BenchArgs {
     }
 }
 
-fn machine_info() -> Vec<(String, String)> {
+/// Cores (and CPU model), memory and kernel of this machine, as both benchmark reports head them.
+pub fn host_info() -> Vec<(String, String)> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpuinfo = read("/proc/cpuinfo");
@@ -161,11 +162,16 @@ fn machine_info() -> Vec<(String, String)> {
         ("cores available".into(), format!("{cores} ({model})")),
         ("memory".into(), mem),
         ("kernel".into(), read("/proc/sys/kernel/osrelease").trim().to_owned()),
-        (
-            "load generator / echo io driver".into(),
-            ringmesh_loadgen::io_driver_name().into(),
-        ),
     ]
+}
+
+fn machine_info() -> Vec<(String, String)> {
+    let mut info = host_info();
+    info.extend([(
+        "load generator / echo io driver".into(),
+        ringmesh_loadgen::io_driver_name().into(),
+    )]);
+    info
 }
 
 fn shell_quote(a: &str) -> String {

@@ -178,50 +178,11 @@ fn locate_control(cli: &Args) -> anyhow::Result<ControlSource> {
 /// Raises this process's open-file limit to hold `want` descriptors (the control plane child
 /// inherits it); fails naming both numbers when the hard limit is lower.
 fn raise_nofile(want: u64) -> anyhow::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a stack struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
-        }
-        if lim.rlim_cur >= want {
-            return Ok(lim.rlim_cur);
-        }
-        if lim.rlim_max < want {
-            bail!(
-                "{want} open files are needed but the hard limit is {}: raise it (ulimit -Hn) or use fewer --proxies",
-                lim.rlim_max
-            );
-        }
-        lim.rlim_cur = want;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
-        }
+    let got = ringmesh_loadgen::raise_nofile_limit(want).context("raising RLIMIT_NOFILE")?;
+    if got < want {
+        bail!("{want} open files are needed but the hard limit is {got}: raise it (ulimit -Hn) or use fewer --proxies");
     }
-    Ok(want)
-}
-
-fn machine_info() -> Vec<(String, String)> {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown".to_owned(), |(_, m)| m.trim().to_owned());
-    let mem = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .map_or("unknown".to_owned(), |m| m.trim().to_owned());
-    vec![
-        ("cores available".into(), format!("{cores} ({model})")),
-        ("memory".into(), mem),
-        ("kernel".into(), read("/proc/sys/kernel/osrelease").trim().to_owned()),
-    ]
+    Ok(got)
 }
 
 /// CPU seconds of the control plane so far.
@@ -593,7 +554,7 @@ async fn bench(cli: Args, command: String, client_threads: usize) -> anyhow::Res
     let report = Report {
         command,
         started_unix,
-        machine: machine_info(),
+        machine: ringmesh_bench::host_info(),
         settings,
         control_plane,
         proxies: n,

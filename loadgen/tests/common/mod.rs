@@ -94,3 +94,30 @@ pub fn roundtrip(addr: SocketAddr, raw: &[u8]) -> Resp {
     s.write_all(raw).unwrap();
     read_response(&mut s, &mut Vec::new())
 }
+
+/// The 2 ms check: `config()` runs against `echo` (answering after a fixed 2 ms) up to
+/// three times. Every run must be correct — no errors, the open-loop rate met, 1,000 requests,
+/// nothing faster than the delay, every request sent served — and the p50 must fall within
+/// [2 ms, 2.5 ms] in one of them, because a shared 2-core machine busy with other builds can
+/// stretch one run's median.
+pub fn assert_2ms_p50(echo: &ringmesh_loadgen::EchoHandle, config: impl Fn() -> ringmesh_loadgen::LoadConfig) {
+    let mut p50s = Vec::new();
+    for _ in 0..3 {
+        let served_before = echo.requests_served();
+        let r = ringmesh_loadgen::run_load(config()).unwrap();
+        assert_eq!(r.errors, 0, "{}", r.summary());
+        assert!(r.met_target(), "{}", r.summary());
+        assert!((990..=1010).contains(&r.ok), "{}", r.summary());
+        assert!(
+            r.latency_us.min >= 1990,
+            "nothing faster than the delay: {}",
+            r.summary()
+        );
+        assert_eq!(echo.requests_served() - served_before, r.sent_total);
+        p50s.push(r.latency_us.p50);
+        if (2000..=2500).contains(&r.latency_us.p50) {
+            return;
+        }
+    }
+    panic!("p50 outside [2000, 2500] µs in all three runs: {p50s:?}");
+}
