@@ -3,6 +3,8 @@
 //! runtime, the CLI is driven through `cli::run_with` (and the built binary where the exit
 //! status of the process itself matters), and a fake proxy speaks the discovery stream.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,13 +22,6 @@ use tonic::Streaming;
 
 const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
 const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route:\n    - destination: {host: reviews.test}\n      weight: 100\n";
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ringmesh-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A file outside the control plane's directory, as a user's own YAML would be.
 fn input(name: &str) -> PathBuf {
@@ -172,7 +167,7 @@ impl FakeProxy {
 
 #[test]
 fn apply_then_get_returns_it() {
-    let dir = temp_dir("apply-get");
+    let dir = common::temp_dir("cli", "apply-get");
     std::fs::write(dir.join("se.yaml"), SE).unwrap();
     let vs = input("vs-apply-get");
     std::fs::write(&vs, VS).unwrap();
@@ -247,7 +242,7 @@ fn apply_then_get_returns_it() {
 
 #[test]
 fn an_invalid_apply_is_refused_with_the_field_named_and_nothing_changes() {
-    let dir = temp_dir("refused");
+    let dir = common::temp_dir("cli", "refused");
     std::fs::write(dir.join("se.yaml"), SE).unwrap();
     let cp = Running::start(&dir);
     let before = cp.cp.generation();
@@ -293,7 +288,7 @@ fn an_invalid_apply_is_refused_with_the_field_named_and_nothing_changes() {
 
 #[test]
 fn delete_removes_what_was_applied_and_names_hand_written_files() {
-    let dir = temp_dir("delete");
+    let dir = common::temp_dir("cli", "delete");
     std::fs::write(dir.join("se.yaml"), SE).unwrap();
     let vs = input("vs-delete");
     std::fs::write(&vs, VS).unwrap();
@@ -336,7 +331,7 @@ fn delete_removes_what_was_applied_and_names_hand_written_files() {
 
 #[test]
 fn a_restart_loses_no_applied_config() {
-    let dir = temp_dir("restart");
+    let dir = common::temp_dir("cli", "restart");
     std::fs::write(dir.join("se.yaml"), SE).unwrap();
     let vs = input("vs-restart");
     std::fs::write(&vs, VS).unwrap();
@@ -366,7 +361,7 @@ fn a_restart_loses_no_applied_config() {
 
 #[test]
 fn proxy_status_and_get_show_acks_and_nacks() {
-    let dir = temp_dir("status");
+    let dir = common::temp_dir("cli", "status");
     std::fs::write(dir.join("se.yaml"), SE).unwrap();
     let cp = Running::start(&dir);
     let (code, _, err) = cp.cli(&["proxy-status"]);

@@ -1,8 +1,9 @@
 //! The discovery stream end to end over real gRPC on loopback: hello, snapshots, ACK/NACK,
 //! endpoint registration and withdrawal, debouncing, version skew, refused directory changes.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ringmesh_api::proto::discovery_client::DiscoveryClient;
@@ -13,18 +14,11 @@ use ringmesh_api::proto::{
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::DirStore;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
 const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route: [{destination: {host: reviews.test}}]\n";
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ringmesh-cp-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 async fn start(dir: &std::path::Path, grace: Duration) -> (ControlPlane, SocketAddr) {
     let store = DirStore::open(dir).expect("store opens");
@@ -35,15 +29,7 @@ async fn start(dir: &std::path::Path, grace: Duration) -> (ControlPlane, SocketA
             debounce: Duration::from_millis(20),
         },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let svc = cp.service();
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await;
-    });
+    let addr = common::serve_discovery(&cp).await;
     (cp, addr)
 }
 
@@ -121,19 +107,9 @@ impl Proxy {
     }
 }
 
-async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..250 {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
-
 #[tokio::test]
 async fn snapshots_acks_nacks_and_updates() {
-    let dir = temp_dir("sync");
+    let dir = common::temp_dir("cp", "sync");
     std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{VS}")).unwrap();
     let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
     let mut p1 = connect(
@@ -157,7 +133,7 @@ async fn snapshots_acks_nacks_and_updates() {
     );
     p1.ack(&s1).await;
     assert!(
-        eventually(|| cp
+        common::eventually(|| cp
             .proxy_status()
             .iter()
             .any(|p| p.node_id == "p1" && p.state(cp.generation()) == "SYNCED"))
@@ -187,7 +163,7 @@ async fn snapshots_acks_nacks_and_updates() {
     };
     p1.tx.send(nack).await.unwrap();
     assert!(
-        eventually(|| cp
+        common::eventually(|| cp
             .proxy_status()
             .iter()
             .any(|p| p.nack.as_deref() == Some("boom: line 3") && p.state(cp.generation()) == "NACKED"))
@@ -197,7 +173,7 @@ async fn snapshots_acks_nacks_and_updates() {
 
 #[tokio::test]
 async fn endpoints_follow_workloads() {
-    let dir = temp_dir("endpoints");
+    let dir = common::temp_dir("cp", "endpoints");
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
     let (cp, addr) = start(&dir, Duration::from_millis(300)).await;
     let mut p1 = connect(
@@ -246,7 +222,7 @@ async fn endpoints_follow_workloads() {
 
     // Disconnected: kept for the grace period, then withdrawn.
     drop(p2);
-    assert!(eventually(|| cp.proxy_status().iter().any(|p| p.node_id == "p2" && !p.connected)).await);
+    assert!(common::eventually(|| cp.proxy_status().iter().any(|p| p.node_id == "p2" && !p.connected)).await);
     cp.expire();
     assert!(
         cp.proxy_status().iter().any(|p| p.node_id == "p2"),
@@ -261,7 +237,7 @@ async fn endpoints_follow_workloads() {
 
 #[tokio::test]
 async fn bursts_are_debounced() {
-    let dir = temp_dir("burst");
+    let dir = common::temp_dir("cp", "burst");
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
     let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
     let mut p1 = connect(addr, hello("p1", &[], "127.0.0.1", "v1", PROTOCOL_VERSION)).await;
@@ -287,7 +263,7 @@ async fn bursts_are_debounced() {
 
 #[tokio::test]
 async fn version_skew_is_refused_with_both_versions() {
-    let dir = temp_dir("skew");
+    let dir = common::temp_dir("cp", "skew");
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
     let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
     let mut p = connect(addr, hello("old", &[], "127.0.0.1", "v1", PROTOCOL_VERSION + 7)).await;
@@ -314,7 +290,7 @@ async fn version_skew_is_refused_with_both_versions() {
 
 #[tokio::test]
 async fn a_broken_directory_is_refused_and_the_last_good_set_served() {
-    let dir = temp_dir("broken");
+    let dir = common::temp_dir("cp", "broken");
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
     let mut store = DirStore::open(&dir).unwrap();
     let good = store.current.documents.clone();
@@ -330,7 +306,7 @@ async fn a_broken_directory_is_refused_and_the_last_good_set_served() {
 
 #[tokio::test]
 async fn a_stream_must_start_with_hello() {
-    let dir = temp_dir("nohello");
+    let dir = common::temp_dir("cp", "nohello");
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
     let (_cp, addr) = start(&dir, Duration::from_secs(30)).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -379,7 +355,7 @@ fn names(s: &Snapshot) -> Vec<String> {
 
 #[tokio::test]
 async fn export_to_and_workload_selector_decide_which_proxies_see_a_resource() {
-    let dir = temp_dir("scope");
+    let dir = common::temp_dir("cp", "scope");
     let team_vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: team-a-only\n  namespace: team-a\nspec:\n  hosts: [reviews.test]\n  exportTo: [.]\n  http:\n  - route: [{destination: {host: reviews.test}}]\n";
     let canary_dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: v2-only\n  namespace: team-a\nspec:\n  host: reviews.test\n  workloadSelector: {matchLabels: {version: v2}}\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n";
     std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{team_vs}---\n{canary_dr}")).unwrap();
@@ -402,7 +378,7 @@ async fn export_to_and_workload_selector_decide_which_proxies_see_a_resource() {
 
 #[tokio::test]
 async fn a_fast_reconnect_is_not_undone_by_the_old_stream_closing() {
-    let dir = temp_dir("reconnect");
+    let dir = common::temp_dir("cp", "reconnect");
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
     let (cp, addr) = start(&dir, Duration::from_millis(100)).await;
     let mut old = connect(
@@ -441,7 +417,7 @@ async fn a_fast_reconnect_is_not_undone_by_the_old_stream_closing() {
 
 #[tokio::test]
 async fn the_previous_protocol_gets_plain_snapshots_the_current_one_shared_encodings() {
-    let dir = temp_dir("shared");
+    let dir = common::temp_dir("cp", "shared");
     std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{VS}")).unwrap();
     let (_cp, addr) = start(&dir, Duration::from_secs(30)).await;
     let mut old = connect(addr, hello("old", &[], "127.0.0.1", "v1", MIN_SUPPORTED_VERSION)).await;

@@ -1,6 +1,8 @@
 //! The `--etcd` backend against a real etcd (`/usr/bin/etcd`, Debian's `etcd-server`; the
 //! tests that need it say so and pass without it), and `controlPlane.addresses` compiled.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -14,7 +16,7 @@ use ringmesh_control::etcd::{run_registry, EtcdClient, EtcdStore};
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::{Outcome, ResourceKey, StoreError};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 
 const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
 const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route: [{destination: {host: reviews.test}}]\n";
@@ -178,19 +180,6 @@ async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
         .unwrap()
 }
 
-async fn serve(cp: &ControlPlane) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let svc = cp.service();
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await;
-    });
-    addr
-}
-
 fn hello(node: &str, services: Vec<String>, port: u32) -> ProxyMessage {
     ProxyMessage {
         message: Some(proxy_message::Message::Hello(Hello {
@@ -241,7 +230,7 @@ async fn workloads_on_one_replica_are_endpoints_on_the_other_until_the_lease_end
         Duration::from_secs(2),
         b.clone(),
     ));
-    let (addr_a, addr_b) = (serve(&a).await, serve(&b).await);
+    let (addr_a, addr_b) = (common::serve_discovery(&a).await, common::serve_discovery(&b).await);
 
     // reviews on A; a client on B.
     let (tx_a, rx_a) = mpsc::channel(4);

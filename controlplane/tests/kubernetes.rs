@@ -1,6 +1,8 @@
 //! The Kubernetes source against a fake API server on loopback: list, then watch events
 //! (added, modified, deleted), a refused set that leaves the last good one served.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -90,16 +92,6 @@ fn vs(name: &str, rv: u32, host: &str) -> Value {
     )
 }
 
-async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..250 {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
-
 fn sources(cp: &ControlPlane) -> Vec<String> {
     cp.resources().documents.iter().map(|d| d.source.clone()).collect()
 }
@@ -132,7 +124,7 @@ async fn istio_objects_are_listed_watched_and_a_bad_set_is_refused() {
         .expect("listed");
 
     assert!(
-        eventually(|| sources(&cp)
+        common::eventually(|| sources(&cp)
             == [
                 "kubernetes:serviceentry/default/reviews",
                 "kubernetes:virtualservice/default/reviews"
@@ -168,10 +160,18 @@ async fn istio_objects_are_listed_watched_and_a_bad_set_is_refused() {
         "virtualservices",
         json!({"type": "MODIFIED", "object": vs("canary", 3, "canary.test")}),
     );
-    assert!(eventually(|| sources(&cp).len() == 3).await, "{:?}", sources(&cp));
+    assert!(
+        common::eventually(|| sources(&cp).len() == 3).await,
+        "{:?}",
+        sources(&cp)
+    );
     push(
         "virtualservices",
         json!({"type": "DELETED", "object": vs("canary", 4, "canary.test")}),
     );
-    assert!(eventually(|| sources(&cp).len() == 2).await, "{:?}", sources(&cp));
+    assert!(
+        common::eventually(|| sources(&cp).len() == 2).await,
+        "{:?}",
+        sources(&cp)
+    );
 }
