@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         // Shared by every stream that sends it: a reference count, not a copy, per proxy.
         .bytes(".ringmesh.v1.SharedSnapshot.snapshot")
+        .bytes(".ringmesh.v1.SharedDelta.delta")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod compile;
+pub mod delta;
 pub mod diagnostic;
 pub mod duration;
 pub mod hash_table;

@@ -15,28 +15,12 @@ use crate::registry::{ExtraEndpoint, RegistryEndpoint};
 
 tonic::include_proto!("ringmesh.v1");
 
-/// The protocol version this build speaks. 2: snapshots may arrive as `SharedSnapshot`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version this build speaks. 2: whole snapshots as `SharedSnapshot`; 3: deltas
+/// and whole snapshots in parts as `SharedDelta` (`delta.rs`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
-/// The first protocol version that understands `SharedSnapshot`.
-pub const SHARED_SNAPSHOT_VERSION: u32 = 2;
-
-impl ControlMessage {
-    /// The snapshot this message carries, whichever way it was sent (`Snapshot` or
-    /// `SharedSnapshot`, decoded with the send's nonce); `None` for a refusal or an empty message.
-    pub fn into_snapshot(self) -> Option<Result<Snapshot, prost::DecodeError>> {
-        match self.message? {
-            control_message::Message::Snapshot(s) => Some(Ok(s)),
-            control_message::Message::SharedSnapshot(shared) => {
-                Some(<Snapshot as prost::Message>::decode(shared.snapshot).map(|mut s| {
-                    s.nonce = shared.nonce;
-                    s
-                }))
-            }
-            control_message::Message::Refusal(_) => None,
-        }
-    }
-}
+/// The first protocol version that understands `SharedDelta`.
+pub const DELTA_VERSION: u32 = 3;
 
 /// The oldest protocol version this build still serves (the window is current and previous).
 pub const MIN_SUPPORTED_VERSION: u32 = if PROTOCOL_VERSION > 1 { PROTOCOL_VERSION - 1 } else { 1 };

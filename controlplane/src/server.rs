@@ -9,15 +9,18 @@
 //! of the workloads that connected proxies announce; a proxy that disconnects keeps its
 //! endpoints for the grace period, a proxy that reports its workload unready loses them at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ringmesh_api::proto::discovery_server::{Discovery, DiscoveryServer};
+use prost::bytes::Bytes;
+use prost::Message as _;
+use ringmesh_api::delta;
 use ringmesh_api::proto::{
     control_message, proxy_message, skew_refusal, ControlMessage, Endpoint, Hello, ProxyMessage, Refusal,
-    SharedSnapshot, Snapshot, Workload, MIN_SUPPORTED_VERSION, PROTOCOL_VERSION, SHARED_SNAPSHOT_VERSION,
+    SharedDelta, SharedSnapshot, Snapshot, Workload, DELTA_VERSION, MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
 };
 use ringmesh_api::registry::ExtraEndpoint;
 use ringmesh_api::{compile, load_str, CompileInput};
@@ -142,11 +145,38 @@ pub struct RemoteWorkload {
     pub replica: String,
 }
 
-/// One view's snapshot, and the same encoded once for every protocol-2 stream that sends it.
-#[derive(Debug, Clone)]
-struct View {
+/// One view's snapshot, and its encodings, each made once (when first needed) for every stream
+/// that sends it.
+#[derive(Debug)]
+struct ViewData {
     snapshot: Arc<Snapshot>,
-    encoded: prost::bytes::Bytes,
+    /// The whole `Snapshot` encoded, for protocol-2 streams.
+    whole: OnceLock<Bytes>,
+    /// The snapshot as encoded `reset` parts, for protocol-3 streams that hold nothing yet.
+    parts: OnceLock<Arc<Vec<Bytes>>>,
+}
+
+type View = Arc<ViewData>;
+
+impl ViewData {
+    fn whole(&self) -> Bytes {
+        self.whole
+            .get_or_init(|| self.snapshot.encode_to_vec().into())
+            .clone()
+    }
+
+    fn parts(&self) -> Arc<Vec<Bytes>> {
+        self.parts
+            .get_or_init(|| {
+                Arc::new(
+                    delta::parts(&self.snapshot)
+                        .iter()
+                        .map(|p| p.encode_to_vec().into())
+                        .collect(),
+                )
+            })
+            .clone()
+    }
 }
 
 /// The snapshots of one generation, one per distinct view (set of visible documents), shared by
@@ -157,6 +187,10 @@ struct Views {
     generation: u64,
     endpoints: Arc<Vec<Endpoint>>,
     by_documents: HashMap<Vec<usize>, Result<View, String>>,
+    /// Encoded deltas from a snapshot proxies were sent to one of this generation's, by the two
+    /// snapshots' addresses (the old one is held here too, so its address is not reused while
+    /// the entry lives): the proxies in sync share one old snapshot, so one diff serves them all.
+    deltas: HashMap<(usize, usize), (Arc<Snapshot>, Arc<Vec<Bytes>>)>,
 }
 
 /// The control plane's shared state and its discovery service.
@@ -299,19 +333,25 @@ impl ControlPlane {
             .filter(|(node, _)| !st.proxies.get(*node).is_some_and(|p| p.status.connected))
             .map(|(_, r)| (&r.workload, r.ready));
         let mut out = Vec::new();
+        // One endpoint per key (host, address, ports), the first announced: deltas address
+        // endpoints by key, so two workloads claiming one key would not survive one.
+        let mut seen = HashSet::new();
         for (w, ready) in local.chain(remote) {
             if !ready {
                 continue;
             }
             for host in &w.services {
                 for address in &w.addresses {
-                    out.push(Endpoint {
+                    let e = Endpoint {
                         host: host.clone(),
                         address: address.clone(),
                         ports: w.ports.clone(),
                         labels: w.labels.clone(),
                         weight: 1,
-                    });
+                    };
+                    if seen.insert(delta::key_of(&e)) {
+                        out.push(e);
+                    }
                 }
             }
         }
@@ -328,6 +368,7 @@ impl ControlPlane {
                 generation: st.generation,
                 endpoints: Arc::new(Self::endpoints(st)),
                 by_documents: HashMap::new(),
+                deltas: HashMap::new(),
             };
         }
         let visible = match st.proxies.get(node_id) {
@@ -340,21 +381,42 @@ impl ControlPlane {
         let documents: Vec<_> = visible.iter().map(|&i| st.resources.documents[i].clone()).collect();
         let endpoints = st.views.endpoints.clone();
         let view = check_compiles(&documents, &endpoints).map(|()| {
-            let snapshot = Snapshot {
-                version: st.generation,
-                nonce: String::new(),
-                protocol_version: PROTOCOL_VERSION,
-                documents,
-                endpoints: endpoints.as_ref().clone(),
-            };
-            let encoded = prost::Message::encode_to_vec(&snapshot).into();
-            View {
-                snapshot: Arc::new(snapshot),
-                encoded,
-            }
+            Arc::new(ViewData {
+                snapshot: Arc::new(Snapshot {
+                    version: st.generation,
+                    nonce: String::new(),
+                    protocol_version: PROTOCOL_VERSION,
+                    documents,
+                    endpoints: endpoints.as_ref().clone(),
+                }),
+                whole: OnceLock::new(),
+                parts: OnceLock::new(),
+            })
         });
         st.views.by_documents.insert(visible, view.clone());
         view
+    }
+
+    /// The encoded messages that take a proxy from `old` (the last snapshot sent on its stream)
+    /// to `view`: one delta, or the whole snapshot in parts when the delta would not be smaller.
+    /// Diffed once per pair, outside the lock (two streams may race to diff the same pair; both
+    /// get the same bytes).
+    fn delta_for(&self, old: &Arc<Snapshot>, view: &View) -> Arc<Vec<Bytes>> {
+        let key = (Arc::as_ptr(old) as usize, Arc::as_ptr(&view.snapshot) as usize);
+        if let Some((_, d)) = self.lock().views.deltas.get(&key) {
+            return d.clone();
+        }
+        let d = delta::diff(old, &view.snapshot);
+        let encoded = if d.encoded_len() < view.snapshot.encoded_len() {
+            Arc::new(vec![Bytes::from(d.encode_to_vec())])
+        } else {
+            view.parts()
+        };
+        let mut st = self.lock();
+        if st.views.generation == view.snapshot.version {
+            st.views.deltas.insert(key, (old.clone(), encoded.clone()));
+        }
+        encoded
     }
 
     fn register(&self, hello: &Hello) -> u64 {
@@ -515,29 +577,52 @@ async fn serve_proxy(
     let mut changes = cp.changed.subscribe();
     let mut nonce = 0u64;
     let mut pending = true; // push the current state first
+    // The last snapshot sent on this stream: what a protocol-3 proxy holds, and the base of the
+    // next delta.
+    let mut last_sent: Option<Arc<Snapshot>> = None;
     loop {
         if pending {
             pending = false;
             tokio::time::sleep(cp.config.debounce).await;
             let _ = changes.borrow_and_update();
-            nonce += 1;
             match cp.snapshot_for(&node_id) {
+                // A change this proxy was already sent (it raced the debounce): nothing to say.
+                Ok(view) if last_sent.as_ref().is_some_and(|s| Arc::ptr_eq(s, &view.snapshot)) => {}
                 Ok(view) => {
+                    nonce += 1;
                     let nonce = format!("{}-{nonce}", view.snapshot.version);
-                    let message = if protocol >= SHARED_SNAPSHOT_VERSION {
-                        control_message::Message::SharedSnapshot(SharedSnapshot {
-                            snapshot: view.encoded.clone(),
-                            nonce,
-                        })
+                    let messages: Vec<control_message::Message> = if protocol >= DELTA_VERSION {
+                        let parts = match &last_sent {
+                            Some(old) => cp.delta_for(old, &view),
+                            None => view.parts(),
+                        };
+                        parts
+                            .iter()
+                            .map(|bytes| {
+                                control_message::Message::SharedDelta(SharedDelta {
+                                    delta: bytes.clone(),
+                                    nonce: nonce.clone(),
+                                })
+                            })
+                            .collect()
                     } else {
-                        let mut snap = view.snapshot.as_ref().clone();
-                        snap.nonce = nonce;
-                        control_message::Message::Snapshot(snap)
+                        vec![control_message::Message::SharedSnapshot(SharedSnapshot {
+                            snapshot: view.whole(),
+                            nonce,
+                        })]
                     };
-                    if tx.send(Ok(ControlMessage { message: Some(message) })).await.is_err() {
+                    let mut open = true;
+                    for message in messages {
+                        if tx.send(Ok(ControlMessage { message: Some(message) })).await.is_err() {
+                            open = false;
+                            break;
+                        }
+                    }
+                    if !open {
                         break;
                     }
-                    cp.sent(&node_id, session, view.snapshot);
+                    last_sent = Some(view.snapshot.clone());
+                    cp.sent(&node_id, session, view.snapshot.clone());
                 }
                 Err(reason) => {
                     tracing::warn!(node = %node_id, "config not sent: it does not compile for this proxy:\n{reason}");

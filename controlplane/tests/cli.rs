@@ -104,6 +104,7 @@ fn eventually(mut f: impl FnMut() -> bool) -> bool {
 struct FakeProxy {
     tx: mpsc::Sender<ProxyMessage>,
     rx: Streaming<ControlMessage>,
+    assembler: ringmesh_api::delta::Assembler,
 }
 
 impl FakeProxy {
@@ -133,17 +134,25 @@ impl FakeProxy {
         };
         tx.send(hello).await.unwrap();
         let rx = client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
-        FakeProxy { tx, rx }
+        FakeProxy {
+            tx,
+            rx,
+            assembler: ringmesh_api::delta::Assembler::new(),
+        }
     }
 
     async fn snapshot(&mut self) -> Snapshot {
-        let msg = tokio::time::timeout(Duration::from_secs(5), self.rx.message())
-            .await
-            .expect("no snapshot within 5s")
-            .unwrap();
-        match msg.clone().and_then(|m| m.into_snapshot()) {
-            Some(Ok(s)) => s,
-            _ => panic!("expected a snapshot, got {msg:?}"),
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+                .await
+                .expect("no snapshot within 5s")
+                .unwrap()
+                .expect("stream open");
+            match self.assembler.feed(msg.clone()) {
+                Ok(Some(s)) => return s,
+                Ok(None) if msg.message.is_some() => {}
+                other => panic!("expected a snapshot, got {msg:?}: {other:?}"),
+            }
         }
     }
 

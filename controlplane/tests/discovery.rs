@@ -6,10 +6,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use prost::Message as _;
+use ringmesh_api::delta::Assembler;
 use ringmesh_api::proto::discovery_client::DiscoveryClient;
 use ringmesh_api::proto::{
-    control_message, proxy_message, Ack, ControlMessage, Health, Hello, Nack, ProxyMessage, Snapshot, Workload,
-    MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
+    control_message, proxy_message, Ack, ControlMessage, Health, Hello, Nack, ProxyMessage, Snapshot, SnapshotDelta,
+    Workload, MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
 };
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::DirStore;
@@ -36,6 +38,8 @@ async fn start(dir: &std::path::Path, grace: Duration) -> (ControlPlane, SocketA
 struct Proxy {
     tx: mpsc::Sender<ProxyMessage>,
     rx: Streaming<ControlMessage>,
+    /// Rebuilds whole snapshots from deltas, as the proxy does.
+    assembler: Assembler,
 }
 
 fn hello(node: &str, services: &[&str], address: &str, version: &str, protocol: u32) -> ProxyMessage {
@@ -68,7 +72,11 @@ async fn connect(addr: SocketAddr, first: ProxyMessage) -> Proxy {
     let (tx, rx) = mpsc::channel(8);
     tx.send(first).await.unwrap();
     let rx = client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    Proxy { tx, rx }
+    Proxy {
+        tx,
+        rx,
+        assembler: Assembler::new(),
+    }
 }
 
 impl Proxy {
@@ -81,18 +89,28 @@ impl Proxy {
     }
 
     async fn snapshot(&mut self) -> Snapshot {
-        let m = self.next().await.expect("stream open");
-        match m.clone().into_snapshot() {
-            Some(Ok(s)) => s,
-            _ => panic!("expected a snapshot, got {m:?}"),
+        loop {
+            let m = self.next().await.expect("stream open");
+            match self.assembler.feed(m.clone()) {
+                Ok(Some(s)) => return s,
+                Ok(None) if m.message.is_some() => {}
+                other => panic!("expected a snapshot, got {m:?}: {other:?}"),
+            }
         }
     }
 
     /// The next snapshot if one comes within `wait`.
     async fn snapshot_or_none(&mut self, wait: Duration) -> Option<Snapshot> {
-        match tokio::time::timeout(wait, self.rx.message()).await {
-            Ok(Ok(Some(m))) => m.into_snapshot().and_then(Result::ok),
-            _ => None,
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.message()).await {
+                Ok(Ok(Some(m))) => match self.assembler.feed(m) {
+                    Ok(Some(s)) => return Some(s),
+                    Ok(None) => {}
+                    Err(e) => panic!("{e}"),
+                },
+                _ => return None,
+            }
         }
     }
 
@@ -416,26 +434,55 @@ async fn a_fast_reconnect_is_not_undone_by_the_old_stream_closing() {
 }
 
 #[tokio::test]
-async fn the_previous_protocol_gets_plain_snapshots_the_current_one_shared_encodings() {
+async fn the_previous_protocol_gets_whole_snapshots_the_current_one_deltas() {
     let dir = common::temp_dir("cp", "shared");
     std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{VS}")).unwrap();
-    let (_cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
     let mut old = connect(addr, hello("old", &[], "127.0.0.1", "v1", MIN_SUPPORTED_VERSION)).await;
-    let mut new = connect(addr, hello("new", &[], "127.0.0.2", "v1", PROTOCOL_VERSION)).await;
     let m = old.next().await.unwrap();
-    assert!(
-        matches!(m.message, Some(control_message::Message::Snapshot(_))),
-        "{m:?}"
-    );
-    let m = new.next().await.unwrap();
     let Some(control_message::Message::SharedSnapshot(shared)) = &m.message else {
-        panic!("expected a shared snapshot, got {m:?}")
+        panic!("expected a whole shared snapshot, got {m:?}")
     };
     assert!(!shared.nonce.is_empty());
-    let s = m.clone().into_snapshot().unwrap().unwrap();
+    let s = old.assembler.feed(m.clone()).unwrap().unwrap();
     assert_eq!(
         s.nonce, shared.nonce,
         "the send's nonce replaces the shared encoding's empty one"
     );
     assert_eq!(s.documents.len(), 2);
+
+    // The current protocol: the whole set first (a reset delta), then only what changed.
+    let mut new = connect(addr, hello("new", &["reviews.test"], "127.0.0.2", "v1", PROTOCOL_VERSION)).await;
+    let m = new.next().await.unwrap();
+    let Some(control_message::Message::SharedDelta(first)) = &m.message else {
+        panic!("expected a delta, got {m:?}")
+    };
+    let first = SnapshotDelta::decode(first.delta.clone()).unwrap();
+    assert!(first.reset && !first.continued, "{first:?}");
+    let s = new.assembler.feed(m).unwrap().unwrap();
+    assert_eq!((s.documents.len(), s.endpoints.len()), (2, 1), "{s:?}");
+    new.ack(&s).await;
+    let _ = old.snapshot().await; // the new workload's endpoint
+
+    let changed = VS.replace("route: [{destination: {host: reviews.test}}]", "route: [{destination: {host: reviews.test}}]\n    timeout: 2s");
+    std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{changed}")).unwrap();
+    let store = DirStore::open(&dir).unwrap();
+    cp.set_resources(store.current.clone());
+    let m = new.next().await.unwrap();
+    let Some(control_message::Message::SharedDelta(shared)) = &m.message else {
+        panic!("expected a delta, got {m:?}")
+    };
+    let d = SnapshotDelta::decode(shared.delta.clone()).unwrap();
+    assert!(!d.reset && !d.continued);
+    assert_eq!(d.base_version, s.version);
+    assert_eq!(d.documents.len(), 1, "only the changed document: {d:?}");
+    assert!(d.documents[0].yaml.contains("timeout: 2s"));
+    assert!(d.endpoints.is_empty() && d.removed_endpoints.is_empty() && d.removed_documents.is_empty());
+    let s2 = new.assembler.feed(m).unwrap().unwrap();
+    assert_eq!(s2.documents.len(), 2);
+    assert_eq!(s2.endpoints, s.endpoints, "the endpoints the delta did not mention are kept");
+    assert!(s2.documents.iter().any(|d| d.yaml.contains("timeout: 2s")));
+    let whole = old.snapshot().await;
+    assert_eq!(whole.version, s2.version);
+    assert_eq!(whole.documents, s2.documents, "both protocols hold the same config");
 }

@@ -248,9 +248,10 @@ async fn workloads_on_one_replica_are_endpoints_on_the_other_until_the_lease_end
             .iter()
             .any(|e| e.host == "reviews.test" && e.ports.get("http") == Some(&18081))
     };
+    let mut assembler = ringmesh_api::delta::Assembler::new();
     let seen = tokio::time::timeout(Duration::from_secs(5), async {
         while let Ok(Some(m)) = inbound_b.message().await {
-            if let Some(Ok(s)) = m.into_snapshot() {
+            if let Ok(Some(s)) = assembler.feed(m) {
                 if has_reviews(&s) {
                     return true;
                 }
@@ -266,7 +267,7 @@ async fn workloads_on_one_replica_are_endpoints_on_the_other_until_the_lease_end
     drop(tx_a);
     let gone = tokio::time::timeout(Duration::from_secs(10), async {
         while let Ok(Some(m)) = inbound_b.message().await {
-            if let Some(Ok(s)) = m.into_snapshot() {
+            if let Ok(Some(s)) = assembler.feed(m) {
                 if !has_reviews(&s) {
                     return true;
                 }

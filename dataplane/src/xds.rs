@@ -1,7 +1,8 @@
 //! The proxy's side of the discovery stream (on the control thread).
 //!
 //! Connects to ringmesh-control, says `Hello` (node id, workload, protocol version), and hands
-//! every snapshot to the control loop, which compiles it together with the local files and
+//! every snapshot (whole, or rebuilt from a delta by `ringmesh_api::delta::Assembler`) to the
+//! control loop, which compiles it together with the local files and
 //! answers `Ack` or `Nack` with the compiler's diagnostics — a config that does not compile is
 //! never half-applied. When the control plane is unreachable, refuses this proxy's protocol
 //! version, or ends the stream, the proxy keeps serving its last good config and reconnects with
@@ -12,6 +13,7 @@
 
 use std::time::Duration;
 
+use ringmesh_api::delta::Assembler;
 use ringmesh_api::proto::discovery_client::DiscoveryClient;
 use ringmesh_api::proto::{
     control_message, proxy_message, Ack, Health, Hello, Nack, ProxyMessage, Workload, PROTOCOL_VERSION,
@@ -176,6 +178,8 @@ async fn session(
         node = %cp.node_id,
         "connected to the control plane"
     );
+    // What this stream has sent so far, rebuilt from whole snapshots and deltas.
+    let mut assembler = Assembler::new();
     loop {
         let msg = tokio::select! {
             m = inbound.message() => match m {
@@ -203,9 +207,10 @@ async fn session(
             );
             return Err(SessionError::Refused(r.message));
         }
-        match msg.into_snapshot() {
-            Some(Err(e)) => return Err(SessionError::Stream(format!("undecodable snapshot: {e}"))),
-            Some(Ok(s)) => {
+        match assembler.feed(msg) {
+            Err(e) => return Err(SessionError::Stream(e.to_string())),
+            Ok(None) => {}
+            Ok(Some(s)) => {
                 let (reply, answer) = oneshot::channel();
                 let input = ControlInput {
                     documents: s.documents,
@@ -244,7 +249,6 @@ async fn session(
                     return Err(SessionError::Stream("request stream closed".into()));
                 }
             }
-            None => {}
         }
     }
 }

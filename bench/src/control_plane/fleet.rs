@@ -4,8 +4,8 @@
 //! A simulated proxy connects as `ringmesh-proxy` does (its own HTTP/2 connection, 2 s connect
 //! timeout, `TCP_NODELAY`), says `Hello` with a unique node id and a workload, answers every
 //! snapshot with an `Ack` at once and records when it arrived. It decodes only what it needs:
-//! the version, the nonce and the *number* of endpoints — prost skips the documents and the
-//! endpoints' fields without allocating them.
+//! the version, the nonce and the endpoints' keys (kept hashed, to count them across deltas) —
+//! prost skips the documents and the endpoints' labels without allocating them.
 //! A thousand proxies then cost this process a fraction of what the control plane spends, so
 //! the two cores go to what is measured. A proxy can be told to reconnect (churn: the stream
 //! and its connection are dropped and a new one says `Hello` again) or to stop.
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringmesh_api::proto::{proxy_message, Ack, Hello, ProxyMessage, Workload, PROTOCOL_VERSION};
+use ringmesh_api::proto::{proxy_message, Ack, EndpointKey, Hello, ProxyMessage, Workload, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -33,50 +33,59 @@ const CONNECT_ATTEMPTS: u32 = 5;
 /// (the `oneof` members are optional fields with the same tags).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LightControlMessage {
-    /// `ControlMessage.snapshot`.
-    #[prost(message, optional, tag = "1")]
-    pub snapshot: Option<LightSnapshot>,
     /// `ControlMessage.refusal`.
     #[prost(message, optional, tag = "2")]
     pub refusal: Option<LightRefusal>,
-    /// `ControlMessage.shared_snapshot` (protocol 2).
+    /// `ControlMessage.shared_snapshot` (protocol 2; this fleet speaks 3 and reads it only in
+    /// tests).
     #[prost(message, optional, tag = "3")]
     pub shared: Option<LightShared>,
+    /// `ControlMessage.shared_delta` (protocol 3).
+    #[prost(message, optional, tag = "4")]
+    pub delta: Option<LightShared>,
 }
 
-/// `SharedSnapshot`: an encoded `Snapshot` and this send's nonce.
+/// `SharedSnapshot` or `SharedDelta`: an encoded message and this send's nonce.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LightShared {
-    /// `SharedSnapshot.snapshot`.
+    /// `SharedSnapshot.snapshot` / `SharedDelta.delta`.
     #[prost(bytes = "bytes", tag = "1")]
-    pub snapshot: prost::bytes::Bytes,
-    /// `SharedSnapshot.nonce`.
+    pub encoded: prost::bytes::Bytes,
+    /// `SharedSnapshot.nonce` / `SharedDelta.nonce`.
     #[prost(string, tag = "2")]
     pub nonce: String,
 }
 
-impl LightControlMessage {
-    /// The snapshot, however it was sent; `None` when the message carries none.
-    pub fn into_snapshot(self) -> Option<Result<LightSnapshot, prost::DecodeError>> {
-        if let Some(shared) = self.shared {
-            return Some(<LightSnapshot as prost::Message>::decode(shared.snapshot).map(|mut s| {
-                s.nonce = shared.nonce;
-                s
-            }));
-        }
-        self.snapshot.map(Ok)
-    }
+/// `SnapshotDelta` without the documents and the endpoints' labels: enough to keep the set of
+/// endpoint keys a proxy holds.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LightDelta {
+    /// `SnapshotDelta.version`.
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    /// `SnapshotDelta.base_version`.
+    #[prost(uint64, tag = "2")]
+    pub base_version: u64,
+    /// `SnapshotDelta.reset`.
+    #[prost(bool, tag = "4")]
+    pub reset: bool,
+    /// `SnapshotDelta.continued`.
+    #[prost(bool, tag = "5")]
+    pub continued: bool,
+    /// `SnapshotDelta.endpoints`, read as keys (`Endpoint` and `EndpointKey` share tags 1–3).
+    #[prost(message, repeated, tag = "9")]
+    pub endpoints: Vec<EndpointKey>,
+    /// `SnapshotDelta.removed_endpoints`.
+    #[prost(message, repeated, tag = "10")]
+    pub removed_endpoints: Vec<EndpointKey>,
 }
 
-/// `Snapshot` without the documents and the endpoints' contents.
+/// `Snapshot` without the documents and the endpoints' contents (protocol 2).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LightSnapshot {
     /// `Snapshot.version`.
     #[prost(uint64, tag = "1")]
     pub version: u64,
-    /// `Snapshot.nonce`.
-    #[prost(string, tag = "2")]
-    pub nonce: String,
     /// `Snapshot.endpoints`, counted only.
     #[prost(message, repeated, tag = "5")]
     pub endpoints: Vec<Counted>,
@@ -85,6 +94,83 @@ pub struct LightSnapshot {
 /// Any message, read only to be counted (every field skipped).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Counted {}
+
+/// What one stream has sent a simulated proxy, as far as it keeps it: the version and the
+/// endpoint keys (hashed), rebuilt from deltas as the real proxy does with
+/// `ringmesh_api::delta::Assembler`.
+#[derive(Debug, Default)]
+pub struct LightHeld {
+    version: u64,
+    endpoints: std::collections::HashSet<u64>,
+    partial: Option<u64>,
+}
+
+/// A whole snapshot as far as a simulated proxy reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Complete {
+    /// Its version.
+    pub version: u64,
+    /// The nonce to echo.
+    pub nonce: String,
+    /// How many endpoints it has.
+    pub endpoints: usize,
+}
+
+fn key_hash(k: &EndpointKey) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ringmesh_api::delta::key(&k.host, &k.address, &k.ports).hash(&mut h);
+    h.finish()
+}
+
+impl LightHeld {
+    /// Takes one message; returns the whole snapshot it completes, `None` for a part with more
+    /// to come or a message without one, and why when it cannot be applied.
+    pub fn feed(&mut self, m: LightControlMessage) -> Result<Option<Complete>, String> {
+        use prost::Message as _;
+        if let Some(shared) = m.shared {
+            let s = LightSnapshot::decode(shared.encoded).map_err(|e| e.to_string())?;
+            self.version = s.version;
+            self.partial = None;
+            return Ok(Some(Complete {
+                version: s.version,
+                nonce: shared.nonce,
+                endpoints: s.endpoints.len(),
+            }));
+        }
+        let Some(shared) = m.delta else { return Ok(None) };
+        let d = LightDelta::decode(shared.encoded).map_err(|e| e.to_string())?;
+        match self.partial {
+            Some(v) if v != d.version => return Err(format!("part of version {} inside version {v}", d.version)),
+            Some(_) => {}
+            None if d.reset => self.endpoints.clear(),
+            None if d.base_version != self.version => {
+                return Err(format!(
+                    "delta to version {} based on {}, but this proxy holds {}",
+                    d.version, d.base_version, self.version
+                ))
+            }
+            None => {}
+        }
+        for k in &d.removed_endpoints {
+            self.endpoints.remove(&key_hash(k));
+        }
+        for k in &d.endpoints {
+            self.endpoints.insert(key_hash(k));
+        }
+        if d.continued {
+            self.partial = Some(d.version);
+            return Ok(None);
+        }
+        self.partial = None;
+        self.version = d.version;
+        Ok(Some(Complete {
+            version: d.version,
+            nonce: shared.nonce,
+            endpoints: self.endpoints.len(),
+        }))
+    }
+}
 
 /// `Refusal.message`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -353,6 +439,7 @@ async fn run_proxy(
             log.streams.len() - 1
         };
         state.streams.fetch_add(1, Ordering::Relaxed);
+        let mut held = LightHeld::default();
         let reconnect = loop {
             tokio::select! {
                 msg = inbound.message() => {
@@ -361,10 +448,11 @@ async fn run_proxy(
                         Ok(Some(LightControlMessage { refusal: Some(r), .. })) => {
                             break Err(format!("refused: {}", r.message));
                         }
-                        Ok(Some(m)) if m.snapshot.is_some() || m.shared.is_some() => {
-                            let s = match m.into_snapshot() {
-                                Some(Ok(s)) => s,
-                                _ => break Err("undecodable snapshot".to_string()),
+                        Ok(Some(m)) => {
+                            let s = match held.feed(m) {
+                                Ok(Some(s)) => s,
+                                Ok(None) => continue,
+                                Err(why) => break Err(why),
                             };
                             let ack = ProxyMessage {
                                 message: Some(proxy_message::Message::Ack(Ack { version: s.version, nonce: s.nonce })),
@@ -378,11 +466,10 @@ async fn run_proxy(
                                 log.receipts.push(Receipt { at, version: s.version, stream });
                                 log.streams[stream].synced.get_or_insert(at);
                             }
-                            state.endpoints.store(s.endpoints.len() as u32, Ordering::Relaxed);
+                            state.endpoints.store(s.endpoints as u32, Ordering::Relaxed);
                             state.version.store(s.version, Ordering::Release);
                             state.snapshots.fetch_add(1, Ordering::Release);
                         }
-                        Ok(Some(_)) => {}
                         Ok(None) => break Err("the control plane ended the stream".into()),
                         Err(e) => break Err(format!("stream error: {}", e.message())),
                     }
@@ -410,54 +497,74 @@ async fn run_proxy(
 mod tests {
     use super::*;
     use prost::Message as _;
-    use ringmesh_api::proto::{control_message, ControlMessage, Document, Endpoint, Snapshot};
+    use ringmesh_api::delta;
+    use ringmesh_api::proto::{control_message, ControlMessage, Document, Endpoint, SharedDelta, Snapshot};
+
+    fn shared_delta(d: &ringmesh_api::proto::SnapshotDelta, nonce: &str) -> LightControlMessage {
+        let real = ControlMessage {
+            message: Some(control_message::Message::SharedDelta(SharedDelta {
+                delta: d.encode_to_vec().into(),
+                nonce: nonce.into(),
+            })),
+        };
+        LightControlMessage::decode(real.encode_to_vec().as_slice()).unwrap()
+    }
 
     #[test]
     fn light_messages_read_the_real_ones() {
-        let endpoints: Vec<Endpoint> = (0..3)
-            .map(|i| Endpoint {
-                host: "reviews".into(),
-                address: format!("127.0.0.{i}"),
-                ports: HashMap::from([("http".into(), 9080)]),
-                labels: HashMap::from([("version".into(), "v1".into())]),
-                weight: 1,
-            })
-            .collect();
-        let real = ControlMessage {
-            message: Some(control_message::Message::Snapshot(Snapshot {
-                version: 42,
-                nonce: "42-1".into(),
-                protocol_version: PROTOCOL_VERSION,
-                documents: vec![Document {
-                    source: "x.yaml:1".into(),
-                    yaml: mesh::virtual_service("reviews.test", 30),
-                }],
-                endpoints,
-            })),
+        let endpoint = |i: usize| Endpoint {
+            host: "reviews".into(),
+            address: format!("127.0.{}.{}", i / 200, i % 200),
+            ports: HashMap::from([("http".into(), 9080)]),
+            labels: HashMap::from([("version".into(), "v1".into())]),
+            weight: 1,
         };
-        let light = LightControlMessage::decode(real.encode_to_vec().as_slice()).unwrap();
-        assert!(light.refusal.is_none());
-        let s = light.into_snapshot().unwrap().unwrap();
-        assert_eq!((s.version, s.nonce.as_str(), s.endpoints.len()), (42, "42-1", 3));
-        // The same snapshot sent shared (protocol 2): encoded once, the nonce beside it.
-        let Some(control_message::Message::Snapshot(mut inner)) = real.message else {
-            unreachable!()
+        let v1 = Snapshot {
+            version: 42,
+            nonce: String::new(),
+            protocol_version: PROTOCOL_VERSION,
+            documents: vec![Document {
+                source: "x.yaml:1".into(),
+                yaml: mesh::virtual_service("reviews.test", 30),
+            }],
+            endpoints: (0..600).map(endpoint).collect(),
         };
-        inner.nonce.clear();
+        // Protocol 3: the whole set in parts, then a delta.
+        let parts = delta::parts(&v1);
+        assert!(parts.len() > 1, "600 endpoints take more than one part");
+        let mut held = LightHeld::default();
+        for (i, p) in parts.iter().enumerate() {
+            let got = held.feed(shared_delta(p, "42-1")).unwrap();
+            assert_eq!(got.is_some(), i + 1 == parts.len());
+            if let Some(c) = got {
+                assert_eq!(c, Complete { version: 42, nonce: "42-1".into(), endpoints: 600 });
+            }
+        }
+        let mut v2 = v1.clone();
+        v2.version = 43;
+        v2.endpoints.remove(5);
+        v2.endpoints.push(endpoint(700));
+        v2.endpoints.push(endpoint(701));
+        v2.endpoints[0].labels.insert("version".into(), "v2".into());
+        let d = delta::diff(&v1, &v2);
+        let c = held.feed(shared_delta(&d, "43-2")).unwrap().unwrap();
+        assert_eq!(c, Complete { version: 43, nonce: "43-2".into(), endpoints: 601 });
+        // A delta on a base this proxy does not hold is an error, not a silent miscount.
+        assert!(held.feed(shared_delta(&d, "43-3")).unwrap_err().contains("based on 42"));
+
+        // Protocol 2: the whole snapshot, encoded once, the nonce beside it.
         let shared = ControlMessage {
             message: Some(control_message::Message::SharedSnapshot(
                 ringmesh_api::proto::SharedSnapshot {
-                    snapshot: inner.encode_to_vec().into(),
+                    snapshot: v1.encode_to_vec().into(),
                     nonce: "42-7".into(),
                 },
             )),
         };
-        let s = LightControlMessage::decode(shared.encode_to_vec().as_slice())
-            .unwrap()
-            .into_snapshot()
-            .unwrap()
-            .unwrap();
-        assert_eq!((s.version, s.nonce.as_str(), s.endpoints.len()), (42, "42-7", 3));
+        let light = LightControlMessage::decode(shared.encode_to_vec().as_slice()).unwrap();
+        assert!(light.refusal.is_none());
+        let c = LightHeld::default().feed(light).unwrap().unwrap();
+        assert_eq!(c, Complete { version: 42, nonce: "42-7".into(), endpoints: 600 });
     }
 
     #[test]
