@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Shared by every stream that sends it: a reference count, not a copy, per proxy.
         .bytes(".ringmesh.v1.SharedSnapshot.snapshot")
         .bytes(".ringmesh.v1.SharedDelta.delta")
+        // Small per-stream buffers (see `proto::SmallBufferCodec`).
+        .codec_path("crate::proto::SmallBufferCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::proto::{control_message, ControlMessage, Document, Endpoint, Endpoint
 
 /// Upper bound on one part of a whole snapshot, encoded (a single larger document or endpoint
 /// still goes out alone, whole).
-pub const PART_BYTES: usize = 16 * 1024;
+pub const PART_BYTES: usize = 8 * 1024;
 
 /// What identifies an endpoint: host, address and ports (two workloads on one address serve
 /// different ports). Labels and weight are what an update may change.

@@ -75,10 +75,18 @@ fn start_etcd(slot: u16) -> Option<Etcd> {
         eprintln!("skipped: /usr/bin/etcd not installed (apt-get install etcd-server)");
         return None;
     }
-    let base = 20000 + (std::process::id() % 4000) as u16 * 2 + slot * 8000;
-    let (client, peer) = (base, base + 1);
+    // Ports the kernel just handed out (and took back): free, unlike a range computed from the
+    // pid, which could land on a port another test or an outgoing connection holds.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port")
+    };
+    let (client, peer) = (free(), free());
     let dir = std::env::temp_dir().join(format!("ringmesh-etcd-{}-{slot}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).ok()?;
     let url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let child = Command::new("/usr/bin/etcd")
@@ -93,27 +101,33 @@ fn start_etcd(slot: u16) -> Option<Etcd> {
         ])
         .args(["--initial-cluster", &format!("t={peer_url}")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("etcd.log")).ok()?)
         .spawn()
         .ok()?;
     Some(Etcd { child, dir, url })
 }
 
-async fn ready(client: &EtcdClient) {
-    for _ in 0..100 {
-        if client.range_prefix("/").await.is_ok() {
-            return;
+/// Waits for etcd to answer: up to 30 s, since its first fsyncs are slow on a disk that a
+/// parallel build keeps busy.
+async fn ready(etcd: &Etcd, client: &EtcdClient) {
+    let mut last = String::new();
+    for _ in 0..300 {
+        match client.range_prefix("/").await {
+            Ok(_) => return,
+            Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("etcd did not start");
+    let log = std::fs::read_to_string(etcd.dir.join("etcd.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(10).collect();
+    panic!("etcd did not answer within 30 s: {last}; its log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_store_applies_checks_and_deletes_like_the_directory_store() {
     let Some(etcd) = start_etcd(0) else { return };
     let client = EtcdClient::new(&etcd.url).unwrap();
-    ready(&client).await;
+    ready(&etcd, &client).await;
     let (store, set) = EtcdStore::open(client.clone(), "/t/").await.unwrap();
     assert!(set.documents.is_empty());
     assert_eq!(store.prefix(), "/t");
@@ -204,7 +218,7 @@ fn hello(node: &str, services: Vec<String>, port: u32) -> ProxyMessage {
 async fn workloads_on_one_replica_are_endpoints_on_the_other_until_the_lease_ends() {
     let Some(etcd) = start_etcd(1) else { return };
     let client = EtcdClient::new(&etcd.url).unwrap();
-    ready(&client).await;
+    ready(&etcd, &client).await;
     client
         .put("/r/resources/ServiceEntry/default/reviews", SE, 0)
         .await

@@ -379,7 +379,7 @@ async fn open_stream(
     tx.send(hello(id, serving))
         .await
         .map_err(|_| "outbound closed".to_string())?;
-    let codec = tonic_prost::ProstCodec::<ProxyMessage, LightControlMessage>::default();
+    let codec = ringmesh_api::proto::SmallBufferCodec::<ProxyMessage, LightControlMessage>::default();
     let inbound = grpc
         .streaming(
             tonic::Request::new(ReceiverStream::new(rx)),
