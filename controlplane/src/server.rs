@@ -188,9 +188,10 @@ struct Views {
     endpoints: Arc<Vec<Endpoint>>,
     by_documents: HashMap<Vec<usize>, Result<View, String>>,
     /// Encoded deltas from a snapshot proxies were sent to one of this generation's, by the two
-    /// snapshots' addresses (the old one is held here too, so its address is not reused while
-    /// the entry lives): the proxies in sync share one old snapshot, so one diff serves them all.
-    deltas: HashMap<(usize, usize), (Arc<Snapshot>, Arc<Vec<Bytes>>)>,
+    /// snapshots' addresses: the proxies in sync share one old snapshot, so one diff serves them
+    /// all. The old one is held weakly: its contents go when no stream needs them, while its
+    /// allocation (and so its address) stays taken as long as the entry lives.
+    deltas: HashMap<(usize, usize), (std::sync::Weak<Snapshot>, Arc<Vec<Bytes>>)>,
 }
 
 /// The control plane's shared state and its discovery service.
@@ -414,7 +415,7 @@ impl ControlPlane {
         };
         let mut st = self.lock();
         if st.views.generation == view.snapshot.version {
-            st.views.deltas.insert(key, (old.clone(), encoded.clone()));
+            st.views.deltas.insert(key, (Arc::downgrade(old), encoded.clone()));
         }
         encoded
     }

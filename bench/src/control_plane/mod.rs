@@ -433,7 +433,9 @@ async fn bench(cli: Args, command: String, client_threads: usize) -> anyhow::Res
     progress(format!(
         "{n} proxies in sync after {connect_s:.2} s ({connect_snapshots} snapshots); sampling memory"
     ));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Steady state: the control plane hands memory freed by the connect burst back to the
+    // system one quiet `--watch-interval` tick (1 s) after the last change.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_connected_kib = cp.rss_kib()?;
     let cpu_connected_idle_cores = idle_cores(&cp, cli.idle_sample).await?;
 
@@ -544,7 +546,7 @@ async fn bench(cli: Args, command: String, client_threads: usize) -> anyhow::Res
              machine's cores with the control plane; they decode only version, nonce and the \
              number of endpoints, so most of the CPU goes to the control plane."
         ),
-        "RSS per proxy = (RSS with every proxy in sync − RSS before any) / proxies: the registry entry, the \
+        "RSS per proxy = (RSS with every proxy in sync, 3 s after the last snapshot − RSS before any) / proxies: the registry entry, the \
          stream task, the HTTP/2 connection and its buffers (kernel socket buffers are not in RSS)."
             .into(),
         "CPU per apply is the control plane's CPU from the first apply until the last one was quiet, divided \

@@ -121,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
     let files = admin.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(args.watch_interval);
+        let (mut generation, mut trimmed) = (watcher.generation(), true);
         loop {
             tick.tick().await;
             watcher.expire();
@@ -128,6 +129,15 @@ async fn main() -> anyhow::Result<()> {
                 Ok(true) => tracing::info!("resources changed; pushing"),
                 Ok(false) => {}
                 Err(e) => tracing::error!("new resources refused; serving the last good set:\n{e}"),
+            }
+            // Once a burst of pushes is over (no change for a whole tick), hand the memory it
+            // freed back to the system.
+            let now = watcher.generation();
+            if now != generation {
+                (generation, trimmed) = (now, false);
+            } else if !trimmed {
+                trimmed = true;
+                release_free_memory();
             }
         }
     });
@@ -139,4 +149,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("gRPC server")?;
     Ok(())
+}
+
+/// Returns the heap's free pages to the system. A push to every proxy allocates one snapshot
+/// per generation and view and frees them when the proxies move on; glibc keeps freed memory
+/// in its arenas (one per thread that allocated), so after a burst of connects RSS would stay
+/// at the burst's peak, not at what the proxies in sync need.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
