@@ -540,11 +540,11 @@ async fn bench(cli: Args, command: String, client_threads: usize) -> anyhow::Res
          returned, so it includes the control plane's compile of the whole set and its push debounce (50 ms, \
          `ServerConfig::default`)."
             .into(),
-        "ACK time is when the simulated proxy had the whole snapshot decoded; it sends the ACK at once.".into(),
+        "ACK time is when the simulated proxy had the whole snapshot decoded (the last part, or the delta, applied); it sends the ACK at once.".into(),
         format!(
             "All {n} simulated proxies run in this process ({client_threads} runtime threads) and share the \
              machine's cores with the control plane; they decode only version, nonce and the \
-             number of endpoints, so most of the CPU goes to the control plane."
+             endpoints' keys, so most of the CPU goes to the control plane."
         ),
         "RSS per proxy = (RSS with every proxy in sync, 3 s after the last snapshot − RSS before any) / proxies: the registry entry, the \
          stream task, the HTTP/2 connection and its buffers (kernel socket buffers are not in RSS)."
