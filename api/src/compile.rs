@@ -91,6 +91,8 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
             Resource::ServiceEntry(s) => service_entries.push(s),
             Resource::VirtualService(v) => virtual_services.push(v),
             Resource::DestinationRule(d) => destination_rules.push(d),
+            Resource::AuthorizationPolicy(a) => c.authorization_policy(a),
+            Resource::PeerAuthentication(p) => c.peer_authentication(p),
         }
     }
     for extra in proxy_configs.iter().skip(1) {
@@ -2116,5 +2118,6 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+mod security;
 #[cfg(test)]
 mod tests;

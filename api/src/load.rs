@@ -17,7 +17,10 @@ use serde_yaml::Value;
 
 use crate::diagnostic::{did_you_mean, Diagnostic};
 use crate::locate::FieldPath;
-use crate::resources::{DestinationRule, Origin, ProxyConfig, Resource, ServiceEntry, VirtualService, WorkloadEntry};
+use crate::resources::{
+    AuthorizationPolicy, DestinationRule, Origin, PeerAuthentication, ProxyConfig, Resource, ServiceEntry,
+    VirtualService, WorkloadEntry, ISTIO_SECURITY_VERSIONS,
+};
 use crate::schema::{Schema, Shape};
 
 /// Loaded resources and the warnings found while loading them.
@@ -36,8 +39,6 @@ pub const RINGMESH_VERSION: &str = "ringmesh.io/v1alpha1";
 /// Kinds that exist in Istio but ringmesh does not implement yet: a warning, not an error, so
 /// that a directory of real Istio config still loads.
 const UNSUPPORTED_KINDS: &[&str] = &[
-    "AuthorizationPolicy",
-    "PeerAuthentication",
     "RequestAuthentication",
     "WorkloadGroup",
     "Gateway",
@@ -53,6 +54,8 @@ const SUPPORTED_KINDS: &[&str] = &[
     "DestinationRule",
     "ProxyConfig",
     "WorkloadEntry",
+    "AuthorizationPolicy",
+    "PeerAuthentication",
 ];
 
 /// Kubernetes bookkeeping in `metadata` that `kubectl get -o yaml` prints; meaningless here
@@ -141,6 +144,9 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     ("WorkloadEntry", "spec.network"),
     ("WorkloadEntry", "spec.locality"),
     ("WorkloadEntry", "spec.serviceAccount"),
+    ("AuthorizationPolicy", "spec.targetRef"),
+    ("AuthorizationPolicy", "spec.targetRefs"),
+    ("PeerAuthentication", "spec.targetRef"),
     ("ServiceEntry", "spec.subjectAltNames"),
     ("ServiceEntry", "spec.addresses"),
     ("ServiceEntry", "spec.endpoints[].network"),
@@ -157,6 +163,8 @@ fn schemas() -> &'static HashMap<&'static str, Schema> {
             ("VirtualService", Schema::of::<VirtualService>()),
             ("DestinationRule", Schema::of::<DestinationRule>()),
             ("ProxyConfig", Schema::of::<ProxyConfig>()),
+            ("AuthorizationPolicy", Schema::of::<AuthorizationPolicy>()),
+            ("PeerAuthentication", Schema::of::<PeerAuthentication>()),
         ])
     })
 }
@@ -388,10 +396,10 @@ fn load_document(file: Option<&str>, doc: &Document, diags: &mut Vec<Diagnostic>
     }
 
     let mut ok = true;
-    let expected_versions: &[&str] = if kind == "ProxyConfig" {
-        &[RINGMESH_VERSION]
-    } else {
-        ISTIO_NETWORKING_VERSIONS
+    let expected_versions: &[&str] = match kind {
+        "ProxyConfig" => &[RINGMESH_VERSION],
+        "AuthorizationPolicy" | "PeerAuthentication" => ISTIO_SECURITY_VERSIONS,
+        _ => ISTIO_NETWORKING_VERSIONS,
     };
     if !expected_versions.contains(&api_version) {
         let (f, l) = at(&version_path);
@@ -441,6 +449,8 @@ fn load_document(file: Option<&str>, doc: &Document, diags: &mut Vec<Diagnostic>
         "WorkloadEntry" => typed::<WorkloadEntry>(&doc.text).map(Resource::WorkloadEntry),
         "VirtualService" => typed::<VirtualService>(&doc.text).map(Resource::VirtualService),
         "DestinationRule" => typed::<DestinationRule>(&doc.text).map(Resource::DestinationRule),
+        "AuthorizationPolicy" => typed::<AuthorizationPolicy>(&doc.text).map(Resource::AuthorizationPolicy),
+        "PeerAuthentication" => typed::<PeerAuthentication>(&doc.text).map(Resource::PeerAuthentication),
         _ => typed::<ProxyConfig>(&doc.text).map(Resource::ProxyConfig),
     };
     match typed {
@@ -791,10 +801,9 @@ spec:
 
     #[test]
     fn unsupported_kinds_warn() {
-        let w =
-            warnings("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny}\nspec: {}\n");
+        let w = warnings("apiVersion: security.istio.io/v1\nkind: Sidecar\nmetadata: {name: default}\nspec: {}\n");
         assert_eq!(w.len(), 1);
-        assert_eq!(w[0].message, "kind AuthorizationPolicy is not supported yet; ignored");
+        assert_eq!(w[0].message, "kind Sidecar is not supported yet; ignored");
         let w = warnings("apiVersion: networking.istio.io/v1beta1\nkind: ProxyConfig\nspec: {}\n");
         assert!(w[0].message.contains("ringmesh.io/v1alpha1"));
     }

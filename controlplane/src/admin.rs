@@ -27,18 +27,18 @@ use crate::scope::Scopes;
 use crate::server::{ControlPlane, ProxyConfigView, ProxyStatus};
 use crate::store::{DirStore, Outcome, ResourceKey, StoreError, StoredResource};
 
-/// Kinds the CLI and the API know by name: `(kind, plural, short names)`. The first four are
+/// Kinds the CLI and the API know by name: `(kind, plural, short names)`. The first seven are
 /// compiled; the others are Istio kinds that ringmesh stores and serves but ignores (the
 /// loader warns about them), so `get` still finds what was applied.
 pub const KINDS: &[(&str, &str, &[&str])] = &[
     ("VirtualService", "virtualservices", &["vs"]),
     ("DestinationRule", "destinationrules", &["dr"]),
     ("ServiceEntry", "serviceentries", &["se"]),
+    ("WorkloadEntry", "workloadentries", &["we"]),
     ("ProxyConfig", "proxyconfigs", &[]),
     ("AuthorizationPolicy", "authorizationpolicies", &["ap"]),
     ("PeerAuthentication", "peerauthentications", &["pa"]),
     ("RequestAuthentication", "requestauthentications", &["ra"]),
-    ("WorkloadEntry", "workloadentries", &["we"]),
     ("WorkloadGroup", "workloadgroups", &["wg"]),
     ("Gateway", "gateways", &["gw"]),
     ("Sidecar", "sidecars", &[]),

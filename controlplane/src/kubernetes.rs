@@ -1,7 +1,8 @@
 //! Resources from Kubernetes: Istio's custom resources watched through the API server.
 //!
 //! In a cluster, users keep `kubectl apply`-ing the `VirtualService`, `DestinationRule`,
-//! `ServiceEntry` and `WorkloadEntry` objects they already have (Istio's CRDs, or the ones in
+//! `ServiceEntry`, `WorkloadEntry`, `AuthorizationPolicy` and `PeerAuthentication` objects they
+//! already have (Istio's CRDs, or the ones in
 //! `deploy/kubernetes/crds.yaml`); `ringmesh-control --kubernetes` watches them with kube-rs and
 //! serves them to proxies exactly as the directory store serves files: each object becomes one
 //! YAML document (`apiVersion`, `kind`, `metadata.name/namespace/labels`, `spec`), and a set of
@@ -25,6 +26,8 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("networking.istio.io", "v1", "WorkloadEntry", "workloadentries"),
     ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
     ("networking.istio.io", "v1", "VirtualService", "virtualservices"),
+    ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
+    ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
 ];
 
 /// Why the Kubernetes source could not start.

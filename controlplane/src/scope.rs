@@ -4,7 +4,10 @@
 //! `VirtualService`, `DestinationRule` or `ServiceEntry` with `exportTo: ["."]` reaches only
 //! proxies of its own namespace, one with `exportTo: [team-a, team-b]` only those namespaces, and
 //! a `DestinationRule` with `workloadSelector.matchLabels` only the workloads of its namespace
-//! whose labels match. Without `exportTo` a resource is visible mesh-wide (Istio's default). A
+//! whose labels match. Without `exportTo` a resource is visible mesh-wide (Istio's default).
+//! `AuthorizationPolicy` and `PeerAuthentication` go to the workloads of their own namespace
+//! (of every namespace from `istio-system`, the root namespace) that their
+//! `selector.matchLabels` selects. A
 //! resource without `metadata.namespace` is in `default`, as is a proxy that announces none.
 //!
 //! Each resource set is scanned once ([`Scopes::of`]); picking one proxy's view is then a pass
@@ -13,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use ringmesh_api::proto::{Document, Workload};
+use ringmesh_api::resources::ROOT_NAMESPACE;
 
 const DEFAULT_NAMESPACE: &str = "default";
 
@@ -22,8 +26,12 @@ struct Scope {
     namespace: String,
     /// `None`: everywhere. Entries are namespaces, with `.` already replaced by `namespace`.
     export_to: Option<Vec<String>>,
-    /// `DestinationRule.workloadSelector.matchLabels`.
+    /// `DestinationRule.workloadSelector.matchLabels`, or a security policy's
+    /// `selector.matchLabels`.
     selector: Option<BTreeMap<String, String>>,
+    /// A security policy: it applies to its own namespace only, or to every namespace from
+    /// the root namespace.
+    policy: bool,
 }
 
 impl Scope {
@@ -47,10 +55,16 @@ impl Scope {
                     .collect::<Vec<_>>()
             });
         let export_to = export_to.filter(|e| !e.iter().any(|x| x == "*"));
-        let is_dr = v.get("kind").and_then(|k| k.as_str()) == Some("DestinationRule");
+        let kind = v.get("kind").and_then(|k| k.as_str());
+        let policy = matches!(kind, Some("AuthorizationPolicy" | "PeerAuthentication"));
+        let selector_field = match kind {
+            Some("DestinationRule") => Some("workloadSelector"),
+            _ if policy => Some("selector"),
+            _ => None,
+        };
         let selector = spec
-            .filter(|_| is_dr)
-            .and_then(|s| s.get("workloadSelector"))
+            .zip(selector_field)
+            .and_then(|(s, field)| s.get(field))
             .and_then(|w| w.get("matchLabels"))
             .and_then(|m| m.as_mapping())
             .map(|m| {
@@ -62,6 +76,7 @@ impl Scope {
             namespace,
             export_to,
             selector,
+            policy,
         }
     }
 
@@ -71,9 +86,11 @@ impl Scope {
                 return false;
             }
         }
+        // A policy in the root namespace selects in every namespace; elsewhere only in its own.
+        let home = namespace == self.namespace || (self.policy && self.namespace == ROOT_NAMESPACE);
         match &self.selector {
-            None => true,
-            Some(sel) => namespace == self.namespace && sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            None => home || !self.policy,
+            Some(sel) => home && sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
         }
     }
 }
@@ -100,7 +117,9 @@ impl Scopes {
 
     /// Whether every document goes to every proxy (the common case: one view for all).
     pub fn is_mesh_wide(&self) -> bool {
-        self.0.iter().all(|s| s.export_to.is_none() && s.selector.is_none())
+        self.0
+            .iter()
+            .all(|s| s.export_to.is_none() && s.selector.is_none() && !s.policy)
     }
 
     /// Indices of the documents `workload`'s proxy sees.
@@ -168,6 +187,28 @@ mod tests {
             )),
             vec![0, 1, 2, 3, 4]
         );
+    }
+
+    #[test]
+    fn security_policies_reach_the_workloads_they_select() {
+        let docs = [
+            doc("kind: AuthorizationPolicy\nmetadata: {name: ns-wide, namespace: shop}\nspec: {action: DENY}\n"),
+            doc("kind: PeerAuthentication\nmetadata: {name: one, namespace: shop}\n\
+                 spec: {selector: {matchLabels: {app: cart}}, mtls: {mode: STRICT}}\n"),
+            doc("kind: PeerAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n"),
+            doc("kind: AuthorizationPolicy\nmetadata: {name: root-sel, namespace: istio-system}\n\
+                 spec: {selector: {matchLabels: {app: cart}}}\n"),
+        ];
+        let s = Scopes::of(&docs);
+        assert!(!s.is_mesh_wide());
+        assert_eq!(s.visible_to(&workload("shop", &[("app", "cart")])), vec![0, 1, 2, 3]);
+        assert_eq!(s.visible_to(&workload("shop", &[("app", "web")])), vec![0, 2]);
+        assert_eq!(
+            s.visible_to(&workload("blog", &[("app", "cart")])),
+            vec![2, 3],
+            "another namespace gets only the root namespace's policies"
+        );
+        assert_eq!(s.visible_to(&workload("", &[])), vec![2], "no namespace is `default`");
     }
 
     #[test]

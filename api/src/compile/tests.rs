@@ -979,3 +979,113 @@ spec:
     assert_eq!(bad[0].field.as_deref(), Some("spec.address"));
     assert_eq!(bad[0].resource.as_deref(), Some("WorkloadEntry shop/vm-2"));
 }
+
+/// Istio's documented examples of the security kinds, as users have them.
+const SECURITY_EXAMPLES: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: httpbin
+  namespace: foo
+spec:
+  selector:
+    matchLabels:
+      app: httpbin
+      version: v1
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [\"cluster.local/ns/default/sa/sleep\"]
+    - source:
+        namespaces: [\"test\"]
+    to:
+    - operation:
+        methods: [\"GET\"]
+        paths: [\"/info*\"]
+    - operation:
+        methods: [\"POST\"]
+        paths: [\"/data\"]
+    when:
+    - key: request.auth.claims[iss]
+      values: [\"https://accounts.google.com\"]
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-method-get
+  namespace: foo
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        ipBlocks: [\"10.0.0.0/8\", \"2001:db8::1\"]
+    to:
+    - operation:
+        ports: [\"8080\"]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: finance
+  namespace: foo
+spec:
+  selector:
+    matchLabels:
+      app: finance
+  mtls:
+    mode: STRICT
+  portLevelMtls:
+    8080:
+      mode: DISABLE
+";
+
+#[test]
+fn istio_security_examples_load_unchanged_and_say_they_are_not_enforced() {
+    let c = ok(SECURITY_EXAMPLES);
+    let not_enforced: Vec<_> = c
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("not enforced yet"))
+        .collect();
+    assert_eq!(not_enforced.len(), 3, "{:#?}", c.warnings);
+    assert_eq!(c.warnings.len(), 3, "nothing else to say: {:#?}", c.warnings);
+}
+
+#[test]
+fn security_values_istio_refuses_are_errors_naming_the_field() {
+    let text = SECURITY_EXAMPLES
+        .replace("action: ALLOW", "action: ALOW")
+        .replace("10.0.0.0/8", "10.0.0.0/33")
+        .replace("ports: [\"8080\"]", "ports: [\"http\"]")
+        .replace("key: request.auth.claims[iss]", "key: request.auth.claim")
+        .replace("mode: DISABLE", "mode: OFF")
+        .replace("paths: [\"/data\"]", "paths: [\"data\"]");
+    let e = errors(&text);
+    let field = |f: &str| {
+        e.iter()
+            .find(|d| d.field.as_deref() == Some(f))
+            .unwrap_or_else(|| panic!("no error on {f}: {e:#?}"))
+    };
+    assert!(field("spec.action").message.contains("\"ALOW\" is not one of ALLOW, DENY"));
+    assert_eq!(field("spec.action").line, Some(line_of(&text, "ALOW", 0)));
+    assert!(field("spec.rules[0].from[0].source.ipBlocks[0]").message.contains("prefix length"));
+    assert!(field("spec.rules[0].to[0].operation.ports[0]").message.contains("\"http\""));
+    assert!(field("spec.rules[0].when[0].key").message.contains("request.auth.claim"));
+    assert!(field("spec.portLevelMtls.8080.mode").message.contains("\"OFF\""));
+    assert!(field("spec.rules[0].to[1].operation.paths[0]").message.contains("must start with /"));
+    assert_eq!(e.len(), 6, "{e:#?}");
+
+    // CUSTOM needs a provider; portLevelMtls needs a selector; an empty source matches nothing.
+    let e = errors(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext}\n\
+         spec: {action: CUSTOM, rules: [{from: [{source: {}}]}]}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\n\
+         spec: {portLevelMtls: {8080: {mode: STRICT}}}\n",
+    );
+    let messages: Vec<&str> = e.iter().map(|d| d.message.as_str()).collect();
+    assert!(messages.contains(&"action CUSTOM needs a provider"), "{messages:?}");
+    assert!(messages.contains(&"source must set at least one field"), "{messages:?}");
+    assert!(messages.iter().any(|m| m.starts_with("portLevelMtls needs a selector")), "{messages:?}");
+}

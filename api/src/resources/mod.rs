@@ -17,12 +17,14 @@ use crate::locate::{FieldPath, Locator};
 
 mod destination_rule;
 mod proxy_config;
+mod security;
 mod service_entry;
 mod virtual_service;
 mod workload_entry;
 
 pub use destination_rule::*;
 pub use proxy_config::*;
+pub use security::*;
 pub use service_entry::*;
 pub use virtual_service::*;
 pub use workload_entry::*;
@@ -107,6 +109,11 @@ pub enum Resource {
     ProxyConfig(ProxyConfig),
     /// A workload outside Kubernetes, selected into ServiceEntries by its labels.
     WorkloadEntry(WorkloadEntry),
+    /// Who may call the workloads it selects (validated and distributed; not enforced yet).
+    AuthorizationPolicy(AuthorizationPolicy),
+    /// Whether the workloads it selects require mutual TLS (validated and distributed; not
+    /// enforced yet).
+    PeerAuthentication(PeerAuthentication),
 }
 
 /// Shared by every kind: lets the compiler name resources and locate their fields generically.
@@ -133,7 +140,9 @@ resource_common!(
     VirtualService,
     DestinationRule,
     ProxyConfig,
-    WorkloadEntry
+    WorkloadEntry,
+    AuthorizationPolicy,
+    PeerAuthentication
 );
 
 impl Resource {
@@ -145,6 +154,8 @@ impl Resource {
             Resource::DestinationRule(_) => "DestinationRule",
             Resource::ProxyConfig(_) => "ProxyConfig",
             Resource::WorkloadEntry(_) => "WorkloadEntry",
+            Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Resource::PeerAuthentication(_) => "PeerAuthentication",
         }
     }
 
@@ -156,6 +167,8 @@ impl Resource {
             Resource::DestinationRule(r) => &r.metadata,
             Resource::ProxyConfig(r) => &r.metadata,
             Resource::WorkloadEntry(r) => &r.metadata,
+            Resource::AuthorizationPolicy(r) => &r.metadata,
+            Resource::PeerAuthentication(r) => &r.metadata,
         }
     }
 
@@ -167,6 +180,8 @@ impl Resource {
             Resource::DestinationRule(r) => r.origin.as_deref(),
             Resource::ProxyConfig(r) => r.origin.as_deref(),
             Resource::WorkloadEntry(r) => r.origin.as_deref(),
+            Resource::AuthorizationPolicy(r) => r.origin.as_deref(),
+            Resource::PeerAuthentication(r) => r.origin.as_deref(),
         }
     }
 
@@ -178,6 +193,8 @@ impl Resource {
             Resource::DestinationRule(r) => r.label(),
             Resource::ProxyConfig(r) => r.label(),
             Resource::WorkloadEntry(r) => r.label(),
+            Resource::AuthorizationPolicy(r) => r.label(),
+            Resource::PeerAuthentication(r) => r.label(),
         }
     }
 
@@ -188,6 +205,8 @@ impl Resource {
             Resource::DestinationRule(r) => &mut r.origin,
             Resource::ProxyConfig(r) => &mut r.origin,
             Resource::WorkloadEntry(r) => &mut r.origin,
+            Resource::AuthorizationPolicy(r) => &mut r.origin,
+            Resource::PeerAuthentication(r) => &mut r.origin,
         };
         *slot = Some(origin);
     }
