@@ -263,23 +263,21 @@ pub fn parts(s: &Snapshot) -> Vec<SnapshotDelta> {
     let mut out = Vec::new();
     let mut cur = empty(true);
     let mut size = 0usize;
-    for d in &s.documents {
-        let n = d.encoded_len() + 4;
+    // Starts a new part when `n` more bytes would overflow a non-empty one.
+    let mut room = |cur: &mut SnapshotDelta, n: usize| {
         if size > 0 && size + n > PART_BYTES {
-            out.push(std::mem::replace(&mut cur, empty(false)));
+            out.push(std::mem::replace(cur, empty(false)));
             size = 0;
         }
-        cur.documents.push(d.clone());
         size += n;
+    };
+    for d in &s.documents {
+        room(&mut cur, d.encoded_len() + 4);
+        cur.documents.push(d.clone());
     }
     for e in &s.endpoints {
-        let n = e.encoded_len() + 4;
-        if size > 0 && size + n > PART_BYTES {
-            out.push(std::mem::replace(&mut cur, empty(false)));
-            size = 0;
-        }
+        room(&mut cur, e.encoded_len() + 4);
         cur.endpoints.push(e.clone());
-        size += n;
     }
     cur.continued = false;
     out.push(cur);

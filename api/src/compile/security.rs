@@ -170,11 +170,7 @@ impl Compiler {
             ("remoteIpBlocks", &s.remote_ip_blocks),
             ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
         ] {
-            for (i, block) in list.iter().enumerate() {
-                if let Err(why) = check_ip_block(block) {
-                    self.error(site, &path.key(name).index(i), why);
-                }
-            }
+            self.ip_blocks(site, &path.key(name), list);
         }
         for (name, list) in [
             ("serviceAccounts", &s.service_accounts),
@@ -226,15 +222,7 @@ impl Compiler {
             self.error(site, path, "operation must set at least one field");
         }
         for (name, list) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
-            for (i, port) in list.iter().enumerate() {
-                if !port.parse::<u16>().is_ok_and(|p| p > 0) {
-                    self.error(
-                        site,
-                        &path.key(name).index(i),
-                        format!("port {port:?} is not a number between 1 and 65535"),
-                    );
-                }
-            }
+            self.ports(site, &path.key(name), list);
         }
         for (name, list) in [("paths", &o.paths), ("notPaths", &o.not_paths)] {
             for (i, p) in list.iter().enumerate() {
@@ -277,26 +265,32 @@ impl Compiler {
         if c.values.is_empty() && c.not_values.is_empty() {
             self.error(site, path, "a condition needs values or notValues");
         }
-        if matches!(base, "source.ip" | "remote.ip" | "destination.ip") {
-            for (name, list) in [("values", &c.values), ("notValues", &c.not_values)] {
-                for (i, v) in list.iter().enumerate() {
-                    if let Err(why) = check_ip_block(v) {
-                        self.error(site, &path.key(name).index(i), why);
-                    }
-                }
+        for (name, list) in [("values", &c.values), ("notValues", &c.not_values)] {
+            match base {
+                "source.ip" | "remote.ip" | "destination.ip" => self.ip_blocks(site, &path.key(name), list),
+                "destination.port" => self.ports(site, &path.key(name), list),
+                _ => {}
             }
         }
-        if base == "destination.port" {
-            for (name, list) in [("values", &c.values), ("notValues", &c.not_values)] {
-                for (i, v) in list.iter().enumerate() {
-                    if !v.parse::<u16>().is_ok_and(|p| p > 0) {
-                        self.error(
-                            site,
-                            &path.key(name).index(i),
-                            format!("port {v:?} is not a number between 1 and 65535"),
-                        );
-                    }
-                }
+    }
+
+    /// Ports written as strings, as Istio's security kinds write them.
+    fn ports(&mut self, site: &Site<'_>, path: &FieldPath, list: &[String]) {
+        for (i, port) in list.iter().enumerate() {
+            if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                self.error(
+                    site,
+                    &path.index(i),
+                    format!("port {port:?} is not a number between 1 and 65535"),
+                );
+            }
+        }
+    }
+
+    fn ip_blocks(&mut self, site: &Site<'_>, path: &FieldPath, list: &[String]) {
+        for (i, block) in list.iter().enumerate() {
+            if let Err(why) = check_ip_block(block) {
+                self.error(site, &path.index(i), why);
             }
         }
     }
