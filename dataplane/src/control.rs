@@ -145,6 +145,7 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
         last_reload_error: arc_swap::ArcSwapOption::empty(),
         io: io.name(),
         drain_requested: tokio::sync::Notify::new(),
+        control_plane: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -204,7 +205,12 @@ async fn control_main(
     let (updates_tx, mut updates_rx) = tokio::sync::mpsc::channel::<crate::xds::Update>(1);
     let running = state.source.load();
     if let Some(cp) = running.proxy.control_plane.clone() {
-        tokio::spawn(crate::xds::run(cp, running.proxy.workload.clone(), updates_tx));
+        tokio::spawn(crate::xds::run(
+            cp,
+            running.proxy.workload.clone(),
+            updates_tx,
+            state.control_plane.clone(),
+        ));
     } else {
         drop(updates_tx);
     }

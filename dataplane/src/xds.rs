@@ -35,6 +35,37 @@ pub struct Update {
     pub reply: oneshot::Sender<Result<(), String>>,
 }
 
+/// Where the proxy stands with the control plane, for the admin server's `/control_plane`: the
+/// first place to look when a proxy does not get the config everyone else has.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Status {
+    /// `connecting`, `connected`, `retrying` (after a failed session) or `refused` (the
+    /// control plane does not serve this proxy's protocol version; retried all the same, in
+    /// case it is upgraded).
+    pub state: &'static str,
+    /// The replica tried or in use.
+    pub address: String,
+    /// Every replica configured.
+    pub replicas: Vec<String>,
+    /// The control plane's version of the config in use (0: none yet).
+    pub serving_version: u64,
+    /// Failed sessions in a row.
+    pub failures: u64,
+    /// Why the last session ended, if it failed.
+    pub last_error: Option<String>,
+    /// The protocol version this proxy speaks.
+    pub protocol_version: u32,
+}
+
+/// The shared cell the admin server reads [`Status`] from.
+pub type StatusCell = std::sync::Arc<arc_swap::ArcSwapOption<Status>>;
+
+fn update(cell: &StatusCell, f: impl FnOnce(&mut Status)) {
+    let mut s = cell.load().as_deref().cloned().unwrap_or_default();
+    f(&mut s);
+    cell.store(Some(std::sync::Arc::new(s)));
+}
+
 /// Why a session with the control plane ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -76,7 +107,17 @@ fn hello(cp: &ControlPlaneSettings, w: &WorkloadSettings, serving_version: u64) 
 /// to 10 s, each wait drawn between half and all of it (so a fleet does not reconnect in step);
 /// capped at 1 s once any config was applied, so a serving proxy resyncs soon after a control
 /// plane restart. After a failed session the next attempt goes to the next replica.
-pub async fn run(cp: ControlPlaneSettings, workload: WorkloadSettings, updates: mpsc::Sender<Update>) {
+pub async fn run(
+    cp: ControlPlaneSettings,
+    workload: WorkloadSettings,
+    updates: mpsc::Sender<Update>,
+    status: StatusCell,
+) {
+    update(&status, |s| {
+        s.state = "connecting";
+        s.replicas = cp.addresses.clone();
+        s.protocol_version = PROTOCOL_VERSION;
+    });
     let mut backoff = Duration::from_millis(100);
     let mut replica = 0usize;
     let mut serving = 0u64;
@@ -96,10 +137,21 @@ pub async fn run(cp: ControlPlaneSettings, workload: WorkloadSettings, updates: 
             tracing::error!("no control-plane address configured; not subscribing");
             return;
         };
-        match session(&cp, address, &workload, &updates, &mut serving, ready.clone()).await {
+        update(&status, |s| s.address = address.clone());
+        let result = session(&cp, address, &workload, &updates, &mut serving, ready.clone(), &status).await;
+        update(&status, |s| {
+            s.serving_version = serving;
+            s.state = match &result {
+                Err(SessionError::Refused(_)) => "refused",
+                _ => "retrying",
+            };
+            s.last_error = result.as_ref().err().map(|e| e.to_string());
+        });
+        match result {
             Err(SessionError::Closed) => return,
             Err(e) => {
                 failures = if serving != before { 1 } else { failures + 1 };
+                update(&status, |s| s.failures = failures);
                 // A session that served is a replica that died: say so whatever the count.
                 if failures.is_power_of_two() || serving != before {
                     tracing::warn!(
@@ -148,6 +200,7 @@ async fn session(
     updates: &mpsc::Sender<Update>,
     serving: &mut u64,
     mut ready: watch::Receiver<bool>,
+    status: &StatusCell,
 ) -> Result<(), SessionError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| SessionError::Connect(address.to_owned(), e.to_string()))?
@@ -178,6 +231,11 @@ async fn session(
         node = %cp.node_id,
         "connected to the control plane"
     );
+    update(status, |s| {
+        s.state = "connected";
+        s.failures = 0;
+        s.last_error = None;
+    });
     // What this stream has sent so far, rebuilt from whole snapshots and deltas.
     let mut assembler = Assembler::new();
     loop {
@@ -228,6 +286,7 @@ async fn session(
                 let m = match result {
                     Ok(()) => {
                         *serving = s.version;
+                        update(status, |st| st.serving_version = s.version);
                         proxy_message::Message::Ack(Ack {
                             version: s.version,
                             nonce: s.nonce,

@@ -1,13 +1,16 @@
 //! Proxies under a control plane, end to end: endpoints from announced workloads, a canary
 //! split moved by the control plane under load with no failed request, a control plane that
-//! dies and comes back, and a NACK that leaves the proxy on its last good config.
+//! dies and comes back, a NACK that leaves the proxy on its last good config, and a control
+//! plane that refuses the proxy's protocol version.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use ringmesh_api::proto::discovery_server::{Discovery, DiscoveryServer};
+use ringmesh_api::proto::{control_message, ControlMessage, ProxyMessage, Refusal, PROTOCOL_VERSION};
 use ringmesh_tests::client::{admin_get, Client};
 use ringmesh_tests::control::{subscribe, TestControlPlane};
-use ringmesh_tests::proxy::{eventually, proxy_config, TempDir, TestProxy};
+use ringmesh_tests::proxy::{eventually, proxy_config, service_entry, TempDir, TestProxy};
 use ringmesh_tests::upstream::Upstream;
 use ringmesh_tests::IoMode;
 
@@ -163,6 +166,18 @@ fn control_plane_down_loses_nothing(io: IoMode) {
         Some(&20),
         "proxies keep their last config"
     );
+    let status = || {
+        let (_, body) = admin_get(m.client.admin(), "/control_plane");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()
+    };
+    let serving = status()["serving_version"].as_u64().unwrap_or(0);
+    assert!(serving > 0, "{}", status());
+    assert!(
+        eventually(Duration::from_secs(5), || status()["state"] == "retrying"),
+        "the admin server does not show the lost control plane: {}",
+        status()
+    );
+    assert!(status()["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{}", status());
 
     // Restart on the same port with a changed split: proxies reconnect and resync.
     std::fs::write(dir.join("mesh.yaml"), mesh(100, 0).join("\n---\n")).unwrap();
@@ -171,6 +186,10 @@ fn control_plane_down_loses_nothing(io: IoMode) {
         eventually(Duration::from_secs(15), || spread(&m.client, 10).get("v1") == Some(&10)),
         "proxies did not resync after the restart"
     );
+    let now = status();
+    assert_eq!(now["state"], "connected", "{now}");
+    assert_eq!(now["last_error"], serde_json::Value::Null, "{now}");
+    assert!(now["serving_version"].as_u64().unwrap_or(0) > 0, "{now}");
 }
 
 fn nack_keeps_last_good_config(io: IoMode) {
@@ -209,10 +228,15 @@ fn nack_keeps_last_good_config(io: IoMode) {
         "{status:?}"
     );
     // The app-side proxy has no clash and is in sync; the client keeps serving the last good config.
-    assert!(cp
-        .status()
-        .iter()
-        .any(|p| p.node_id == "app" && p.state(cp.cp.generation()) == "SYNCED"));
+    assert!(
+        eventually(Duration::from_secs(5), || cp
+            .status()
+            .iter()
+            .any(|p| p.node_id == "app" && p.state(cp.cp.generation()) == "SYNCED")),
+        "generation {}: {:?}",
+        cp.cp.generation(),
+        cp.status()
+    );
     assert_eq!(spread(&client, 10).get("v1"), Some(&10));
     let (_, dump) = admin_get(client.admin(), "/config_dump");
     assert!(dump.contains("reviews.test"));
@@ -271,9 +295,88 @@ fn unready_app_is_withdrawn(io: IoMode) {
     );
 }
 
+/// A control plane that serves only protocol versions newer than this proxy's: it answers every
+/// stream with the `Refusal` a real one sends (`ringmesh_api::proto::skew_refusal`'s wording).
+struct NewerControlPlane;
+
+#[tonic::async_trait]
+impl Discovery for NewerControlPlane {
+    type StreamStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ControlMessage, tonic::Status>> + Send + 'static>>;
+
+    async fn stream(
+        &self,
+        _request: tonic::Request<tonic::Streaming<ProxyMessage>>,
+    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+        let (min, current) = (PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2);
+        let refusal = ControlMessage {
+            message: Some(control_message::Message::Refusal(Refusal {
+                message: format!(
+                    "protocol version {PROTOCOL_VERSION} is not supported by this control plane (it speaks \
+                     version {current} and serves versions {min} to {current}); upgrade the proxy"
+                ),
+                control_protocol_version: current,
+                min_supported_version: min,
+            })),
+        };
+        Ok(tonic::Response::new(Box::pin(tokio_stream::once(Ok(refusal)))))
+    }
+}
+
+/// Serves [`NewerControlPlane`] on an ephemeral loopback port for the rest of the test process.
+fn newer_control_plane() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = tonic::transport::Server::builder()
+                .add_service(DiscoveryServer::new(NewerControlPlane))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+    });
+    addr
+}
+
+/// Version skew, as the user meets it: a proxy whose control plane no longer serves its
+/// protocol keeps serving its own config, and its admin server says why it has no other.
+fn refused_proxy_keeps_serving_and_says_why(io: IoMode) {
+    let cp = newer_control_plane();
+    let v1 = Upstream::named("v1");
+    let own = service_entry("reviews", "reviews.test", 9080, &[(v1.addr, &[])]);
+    let proxy = TestProxy::start(&[proxy_config(io, "", &subscribe(cp, "old-proxy", &[], None, &[])), own]);
+    let mut last = serde_json::Value::Null;
+    let refused = eventually(Duration::from_secs(10), || {
+        let (code, body) = admin_get(proxy.admin(), "/control_plane");
+        last = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(format!("{code} {body}")));
+        last["state"] == "refused"
+    });
+    assert!(refused, "admin /control_plane: {last}");
+    let error = last["last_error"].as_str().unwrap_or_default();
+    let wanted = format!(
+        "protocol version {PROTOCOL_VERSION} is not supported by this control plane (it speaks version {}",
+        PROTOCOL_VERSION + 2
+    );
+    assert!(error.contains(&wanted) && error.contains("upgrade the proxy"), "{last}");
+    assert_eq!(last["protocol_version"], PROTOCOL_VERSION, "{last}");
+    assert_eq!(last["serving_version"], 0, "nothing came from the control plane: {last}");
+    assert_eq!(spread(&proxy, 10).get("v1"), Some(&10), "its own config keeps serving");
+
+    // A proxy without a control plane says so rather than showing an empty state.
+    let alone = TestProxy::start(&[proxy_config(io, "", "")]);
+    assert_eq!(admin_get(alone.admin(), "/control_plane").0, 404);
+}
+
 ringmesh_tests::both_io!(
     canary_moves_under_load_without_failures,
     control_plane_down_loses_nothing,
     nack_keeps_last_good_config,
-    unready_app_is_withdrawn
+    unready_app_is_withdrawn,
+    refused_proxy_keeps_serving_and_says_why
 );

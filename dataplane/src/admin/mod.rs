@@ -8,6 +8,7 @@
 //! |---------|----------------------|------|
 //! | admin   | `/config_dump`       | the running snapshot as JSON, with its version and the load warnings |
 //! | admin   | `/clusters`          | clusters, endpoints and per-endpoint counters as JSON |
+//! | admin   | `/control_plane`     | the discovery stream: state, replica, config version, last error (404 without one) |
 //! | admin   | `/ready`             | `LIVE` (200) or `DRAINING` (503) |
 //! | admin   | `/stats/prometheus`  | same as the metrics server |
 //! | admin   | `POST /drain_listeners` | stop accepting and drain, then exit |
@@ -50,6 +51,8 @@ pub struct AdminState {
     pub io: &'static str,
     /// Asked to drain via the admin API.
     pub drain_requested: tokio::sync::Notify,
+    /// The discovery client's state; empty without `spec.controlPlane`.
+    pub control_plane: crate::xds::StatusCell,
 }
 
 /// Which of the three servers a connection arrived on.
@@ -174,6 +177,14 @@ async fn handle(
             };
             json(&dump)
         }
+        (Role::Admin, &Method::GET, "/control_plane") => match state.control_plane.load_full() {
+            Some(status) => json(status.as_ref()),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no control plane configured (spec.controlPlane)\n",
+                "text/plain",
+            ),
+        },
         (Role::Admin, &Method::GET, "/clusters") => {
             let snapshot = state.source.load();
             let totals = gather_stats(&state.workers).await;
