@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// Never draw a progress bar (plain lines, as when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// The ringmesh-proxy binary the ringmesh scenarios run (default: `ringmesh-proxy` next
+    /// to this binary when it was built, else this binary's embedded copy of the proxy).
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -248,8 +252,11 @@ where
         matches!(http_get_status(echo_addr, topology::HOST, "/"), Ok(200))
     })?;
 
+    let proxy = topology::ProxyBinary::locate(cli.proxy_bin.as_deref(), &self_exe)?;
+    eprintln!("ringmesh-bench: ringmesh-proxy: {}", proxy.describe());
     let env = Env {
         out_dir: out_dir.clone(),
+        proxy,
         self_exe,
         echo_addr,
         proxy_workers: cli.proxy_workers,

@@ -99,6 +99,8 @@ pub struct Env {
     pub out_dir: PathBuf,
     /// This binary, re-executed in roles.
     pub self_exe: PathBuf,
+    /// The ringmesh-proxy the ringmesh scenarios run.
+    pub proxy: ProxyBinary,
     /// The shared echo upstream.
     pub echo_addr: SocketAddr,
     /// ringmesh-proxy workers.
@@ -107,6 +109,53 @@ pub struct Env {
     pub proxy_cpu: Option<usize>,
     /// The open-file limit children inherit.
     pub nofile: u64,
+}
+
+/// Which ringmesh-proxy the ringmesh scenarios run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProxyBinary {
+    /// The `ringmesh-proxy` binary, as deployed.
+    Standalone(PathBuf),
+    /// This binary in its `__proxy` role: the same proxy code, but inside a larger binary (the
+    /// load generator, plots, the control-plane bench), whose extra text pages add to the
+    /// proxy's file-backed RSS (about 0.8 MiB here).
+    Embedded(PathBuf),
+}
+
+impl ProxyBinary {
+    /// `flag` if given (it must exist), else `ringmesh-proxy` next to `self_exe` if built,
+    /// else `self_exe` itself.
+    pub fn locate(flag: Option<&Path>, self_exe: &Path) -> anyhow::Result<ProxyBinary> {
+        if let Some(path) = flag {
+            anyhow::ensure!(path.is_file(), "--proxy-bin {}: no such file", path.display());
+            return Ok(ProxyBinary::Standalone(path.to_owned()));
+        }
+        let sibling = self_exe.with_file_name("ringmesh-proxy");
+        Ok(if sibling.is_file() {
+            ProxyBinary::Standalone(sibling)
+        } else {
+            ProxyBinary::Embedded(self_exe.to_owned())
+        })
+    }
+
+    /// The program and arguments that run a proxy on `config`.
+    pub fn command(&self, config: &Path) -> (&Path, Vec<String>) {
+        let config = config.display().to_string();
+        match self {
+            ProxyBinary::Standalone(p) => (p, vec!["--config".into(), config]),
+            ProxyBinary::Embedded(p) => (p, vec!["__proxy".into(), "--config".into(), config]),
+        }
+    }
+
+    /// For the report.
+    pub fn describe(&self) -> String {
+        match self {
+            ProxyBinary::Standalone(p) => format!("binary {}", p.display()),
+            ProxyBinary::Embedded(_) => {
+                "embedded in ringmesh-bench; build ringmesh-proxy to measure the binary itself".into()
+            }
+        }
+    }
 }
 
 /// A running topology.
@@ -248,13 +297,8 @@ fn spawn_ringmesh(env: &Env, role: &str, upstream: SocketAddr) -> anyhow::Result
         ringmesh_config(env.proxy_workers, admin, health, metrics, entry, upstream),
     )
     .with_context(|| format!("writing {}", path.display()))?;
-    let mut proc = Proc::spawn(
-        role,
-        &env.self_exe,
-        &["__proxy".into(), "--config".into(), path.display().to_string()],
-        &env.out_dir,
-        env.proxy_cpu,
-    )?;
+    let (exe, args) = env.proxy.command(&path);
+    let mut proc = Proc::spawn(role, exe, &args, &env.out_dir, env.proxy_cpu)?;
     proc.wait_ready(&format!("GET http://{health}/healthz/ready"), READY_TIMEOUT, || {
         matches!(http_get_status(health, "localhost", "/healthz/ready"), Ok(200))
     })?;
@@ -275,7 +319,7 @@ fn start_ringmesh(env: &Env) -> anyhow::Result<Topology> {
         proxies: vec![proc],
         io_driver,
         config_paths: vec![path],
-        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
     })
 }
 
@@ -292,7 +336,7 @@ fn start_mesh(env: &Env) -> anyhow::Result<Topology> {
         proxies: vec![client, server],
         io_driver,
         config_paths: vec![client_path, server_path],
-        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
     })
 }
 
@@ -466,6 +510,28 @@ fn start_nginx(env: &Env) -> anyhow::Result<Topology> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_binary_is_the_built_one_when_present() {
+        let dir = std::env::temp_dir().join(format!("ringmesh-bench-locate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bench = dir.join("ringmesh-bench");
+        std::fs::write(&bench, "").unwrap();
+        let embedded = ProxyBinary::locate(None, &bench).unwrap();
+        assert_eq!(embedded, ProxyBinary::Embedded(bench.clone()));
+        let config = Path::new("/x/ringmesh.yaml");
+        assert_eq!(embedded.command(config).1, ["__proxy", "--config", "/x/ringmesh.yaml"]);
+        assert!(embedded.describe().contains("embedded"));
+
+        std::fs::write(dir.join("ringmesh-proxy"), "").unwrap();
+        let built = ProxyBinary::locate(None, &bench).unwrap();
+        assert_eq!(built, ProxyBinary::Standalone(dir.join("ringmesh-proxy")));
+        assert_eq!(built.command(config).1, ["--config", "/x/ringmesh.yaml"]);
+
+        let missing = ProxyBinary::locate(Some(&dir.join("nope")), &bench).unwrap_err();
+        assert!(missing.to_string().contains("no such file"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn kinds_round_trip_and_io_driver_is_found() {
