@@ -144,8 +144,12 @@ impl Assembler {
             self.documents.retain(|doc| !removed.contains(doc.source.as_str()));
         }
         if !d.documents.is_empty() {
-            let mut at: HashMap<String, usize> =
-                self.documents.iter().enumerate().map(|(i, x)| (x.source.clone(), i)).collect();
+            let mut at: HashMap<String, usize> = self
+                .documents
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (x.source.clone(), i))
+                .collect();
             for doc in d.documents {
                 match at.get(&doc.source) {
                     Some(&i) => self.documents[i] = doc,
@@ -157,8 +161,12 @@ impl Assembler {
             }
         }
         if !d.document_order.is_empty() {
-            let rank: HashMap<&str, usize> =
-                d.document_order.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+            let rank: HashMap<&str, usize> = d
+                .document_order
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.as_str(), i))
+                .collect();
             self.documents
                 .sort_by_key(|doc| rank.get(doc.source.as_str()).copied().unwrap_or(usize::MAX));
         }
@@ -343,7 +351,9 @@ mod tests {
         let v1 = snap(
             1,
             (0..20).map(|i| doc(&format!("f.yaml:{i}"), &big)).collect(),
-            (0..500).map(|i| ep(&format!("10.0.{}.{}", i / 250, i % 250), 9080, "v1")).collect(),
+            (0..500)
+                .map(|i| ep(&format!("10.0.{}.{}", i / 250, i % 250), 9080, "v1"))
+                .collect(),
         );
         let first = parts(&v1);
         assert!(first.len() > 4, "{} parts", first.len());
@@ -412,13 +422,7 @@ mod tests {
         assert_eq!(a.apply(first[0].clone()), Ok(None));
         let mut stray = parts(&v3).remove(0);
         stray.reset = false;
-        assert_eq!(
-            a.apply(stray),
-            Err(DeltaError::PartMismatch {
-                expected: 1,
-                got: 3
-            })
-        );
+        assert_eq!(a.apply(stray), Err(DeltaError::PartMismatch { expected: 1, got: 3 }));
         let err = a.feed(ControlMessage {
             message: Some(control_message::Message::SharedDelta(SharedDelta {
                 delta: vec![0xff, 0xff].into(),

@@ -46,11 +46,17 @@ where
     type Decoder = tonic_prost::ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstCodec::<T, U>::raw_encoder(tonic::codec::BufferSettings::new(CODEC_BUFFERS.0, CODEC_BUFFERS.1))
+        tonic_prost::ProstCodec::<T, U>::raw_encoder(tonic::codec::BufferSettings::new(
+            CODEC_BUFFERS.0,
+            CODEC_BUFFERS.1,
+        ))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<T, U>::raw_decoder(tonic::codec::BufferSettings::new(CODEC_BUFFERS.0, CODEC_BUFFERS.1))
+        tonic_prost::ProstCodec::<T, U>::raw_decoder(tonic::codec::BufferSettings::new(
+            CODEC_BUFFERS.0,
+            CODEC_BUFFERS.1,
+        ))
     }
 }
 

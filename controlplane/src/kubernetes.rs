@@ -26,7 +26,12 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("networking.istio.io", "v1", "WorkloadEntry", "workloadentries"),
     ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
     ("networking.istio.io", "v1", "VirtualService", "virtualservices"),
-    ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
+    (
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+    ),
     ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
 ];
 

@@ -14,13 +14,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use ringmesh_api::proto::discovery_server::{Discovery, DiscoveryServer};
 use prost::bytes::Bytes;
 use prost::Message as _;
 use ringmesh_api::delta;
+use ringmesh_api::proto::discovery_server::{Discovery, DiscoveryServer};
 use ringmesh_api::proto::{
-    control_message, proxy_message, skew_refusal, ControlMessage, Endpoint, Hello, ProxyMessage, Refusal,
-    SharedDelta, SharedSnapshot, Snapshot, Workload, DELTA_VERSION, MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
+    control_message, proxy_message, skew_refusal, ControlMessage, Endpoint, Hello, ProxyMessage, Refusal, SharedDelta,
+    SharedSnapshot, Snapshot, Workload, DELTA_VERSION, MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
 };
 use ringmesh_api::registry::ExtraEndpoint;
 use ringmesh_api::{compile, load_str, CompileInput};
@@ -160,9 +160,7 @@ type View = Arc<ViewData>;
 
 impl ViewData {
     fn whole(&self) -> Bytes {
-        self.whole
-            .get_or_init(|| self.snapshot.encode_to_vec().into())
-            .clone()
+        self.whole.get_or_init(|| self.snapshot.encode_to_vec().into()).clone()
     }
 
     fn parts(&self) -> Arc<Vec<Bytes>> {
@@ -578,8 +576,8 @@ async fn serve_proxy(
     let mut changes = cp.changed.subscribe();
     let mut nonce = 0u64;
     let mut pending = true; // push the current state first
-    // The last snapshot sent on this stream: what a protocol-3 proxy holds, and the base of the
-    // next delta.
+                            // The last snapshot sent on this stream: what a protocol-3 proxy holds, and the base of the
+                            // next delta.
     let mut last_sent: Option<Arc<Snapshot>> = None;
     loop {
         if pending {

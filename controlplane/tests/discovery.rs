@@ -452,7 +452,11 @@ async fn the_previous_protocol_gets_whole_snapshots_the_current_one_deltas() {
     assert_eq!(s.documents.len(), 2);
 
     // The current protocol: the whole set first (a reset delta), then only what changed.
-    let mut new = connect(addr, hello("new", &["reviews.test"], "127.0.0.2", "v1", PROTOCOL_VERSION)).await;
+    let mut new = connect(
+        addr,
+        hello("new", &["reviews.test"], "127.0.0.2", "v1", PROTOCOL_VERSION),
+    )
+    .await;
     let m = new.next().await.unwrap();
     let Some(control_message::Message::SharedDelta(first)) = &m.message else {
         panic!("expected a delta, got {m:?}")
@@ -464,7 +468,10 @@ async fn the_previous_protocol_gets_whole_snapshots_the_current_one_deltas() {
     new.ack(&s).await;
     let _ = old.snapshot().await; // the new workload's endpoint
 
-    let changed = VS.replace("route: [{destination: {host: reviews.test}}]", "route: [{destination: {host: reviews.test}}]\n    timeout: 2s");
+    let changed = VS.replace(
+        "route: [{destination: {host: reviews.test}}]",
+        "route: [{destination: {host: reviews.test}}]\n    timeout: 2s",
+    );
     std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{changed}")).unwrap();
     let store = DirStore::open(&dir).unwrap();
     cp.set_resources(store.current.clone());
@@ -480,7 +487,10 @@ async fn the_previous_protocol_gets_whole_snapshots_the_current_one_deltas() {
     assert!(d.endpoints.is_empty() && d.removed_endpoints.is_empty() && d.removed_documents.is_empty());
     let s2 = new.assembler.feed(m).unwrap().unwrap();
     assert_eq!(s2.documents.len(), 2);
-    assert_eq!(s2.endpoints, s.endpoints, "the endpoints the delta did not mention are kept");
+    assert_eq!(
+        s2.endpoints, s.endpoints,
+        "the endpoints the delta did not mention are kept"
+    );
     assert!(s2.documents.iter().any(|d| d.yaml.contains("timeout: 2s")));
     let whole = old.snapshot().await;
     assert_eq!(whole.version, s2.version);

@@ -120,7 +120,10 @@ async fn ready(etcd: &Etcd, client: &EtcdClient) {
     }
     let log = std::fs::read_to_string(etcd.dir.join("etcd.log")).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(10).collect();
-    panic!("etcd did not answer within 30 s: {last}; its log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    panic!(
+        "etcd did not answer within 30 s: {last}; its log ends:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,7 +177,11 @@ fn control_plane_down_loses_nothing(io: IoMode) {
         "the admin server does not show the lost control plane: {}",
         status()
     );
-    assert!(status()["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{}", status());
+    assert!(
+        status()["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{}",
+        status()
+    );
 
     // Restart on the same port with a changed split: proxies reconnect and resync.
     std::fs::write(dir.join("mesh.yaml"), mesh(100, 0).join("\n---\n")).unwrap();
@@ -365,7 +369,10 @@ fn refused_proxy_keeps_serving_and_says_why(io: IoMode) {
     );
     assert!(error.contains(&wanted) && error.contains("upgrade the proxy"), "{last}");
     assert_eq!(last["protocol_version"], PROTOCOL_VERSION, "{last}");
-    assert_eq!(last["serving_version"], 0, "nothing came from the control plane: {last}");
+    assert_eq!(
+        last["serving_version"], 0,
+        "nothing came from the control plane: {last}"
+    );
     assert_eq!(spread(&proxy, 10).get("v1"), Some(&10), "its own config keeps serving");
 
     // A proxy without a control plane says so rather than showing an empty state.

@@ -141,7 +141,11 @@ impl Compiler {
     ) {
         for key in labels.keys() {
             if key.is_empty() || key.contains(char::is_whitespace) {
-                self.error(site, &path.key("matchLabels"), format!("label name {key:?} is not valid"));
+                self.error(
+                    site,
+                    &path.key("matchLabels"),
+                    format!("label name {key:?} is not valid"),
+                );
             }
         }
     }

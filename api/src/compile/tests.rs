@@ -1068,13 +1068,23 @@ fn security_values_istio_refuses_are_errors_naming_the_field() {
             .find(|d| d.field.as_deref() == Some(f))
             .unwrap_or_else(|| panic!("no error on {f}: {e:#?}"))
     };
-    assert!(field("spec.action").message.contains("\"ALOW\" is not one of ALLOW, DENY"));
+    assert!(field("spec.action")
+        .message
+        .contains("\"ALOW\" is not one of ALLOW, DENY"));
     assert_eq!(field("spec.action").line, Some(line_of(&text, "ALOW", 0)));
-    assert!(field("spec.rules[0].from[0].source.ipBlocks[0]").message.contains("prefix length"));
-    assert!(field("spec.rules[0].to[0].operation.ports[0]").message.contains("\"http\""));
-    assert!(field("spec.rules[0].when[0].key").message.contains("request.auth.claim"));
+    assert!(field("spec.rules[0].from[0].source.ipBlocks[0]")
+        .message
+        .contains("prefix length"));
+    assert!(field("spec.rules[0].to[0].operation.ports[0]")
+        .message
+        .contains("\"http\""));
+    assert!(field("spec.rules[0].when[0].key")
+        .message
+        .contains("request.auth.claim"));
     assert!(field("spec.portLevelMtls.8080.mode").message.contains("\"OFF\""));
-    assert!(field("spec.rules[0].to[1].operation.paths[0]").message.contains("must start with /"));
+    assert!(field("spec.rules[0].to[1].operation.paths[0]")
+        .message
+        .contains("must start with /"));
     assert_eq!(e.len(), 6, "{e:#?}");
 
     // CUSTOM needs a provider; portLevelMtls needs a selector; an empty source matches nothing.
@@ -1087,5 +1097,8 @@ fn security_values_istio_refuses_are_errors_naming_the_field() {
     let messages: Vec<&str> = e.iter().map(|d| d.message.as_str()).collect();
     assert!(messages.contains(&"action CUSTOM needs a provider"), "{messages:?}");
     assert!(messages.contains(&"source must set at least one field"), "{messages:?}");
-    assert!(messages.iter().any(|m| m.starts_with("portLevelMtls needs a selector")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.starts_with("portLevelMtls needs a selector")),
+        "{messages:?}"
+    );
 }

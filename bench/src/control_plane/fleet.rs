@@ -537,7 +537,14 @@ mod tests {
             let got = held.feed(shared_delta(p, "42-1")).unwrap();
             assert_eq!(got.is_some(), i + 1 == parts.len());
             if let Some(c) = got {
-                assert_eq!(c, Complete { version: 42, nonce: "42-1".into(), endpoints: 600 });
+                assert_eq!(
+                    c,
+                    Complete {
+                        version: 42,
+                        nonce: "42-1".into(),
+                        endpoints: 600
+                    }
+                );
             }
         }
         let mut v2 = v1.clone();
@@ -548,7 +555,14 @@ mod tests {
         v2.endpoints[0].labels.insert("version".into(), "v2".into());
         let d = delta::diff(&v1, &v2);
         let c = held.feed(shared_delta(&d, "43-2")).unwrap().unwrap();
-        assert_eq!(c, Complete { version: 43, nonce: "43-2".into(), endpoints: 601 });
+        assert_eq!(
+            c,
+            Complete {
+                version: 43,
+                nonce: "43-2".into(),
+                endpoints: 601
+            }
+        );
         // A delta on a base this proxy does not hold is an error, not a silent miscount.
         assert!(held.feed(shared_delta(&d, "43-3")).unwrap_err().contains("based on 42"));
 
@@ -564,7 +578,14 @@ mod tests {
         let light = LightControlMessage::decode(shared.encode_to_vec().as_slice()).unwrap();
         assert!(light.refusal.is_none());
         let c = LightHeld::default().feed(light).unwrap().unwrap();
-        assert_eq!(c, Complete { version: 42, nonce: "42-7".into(), endpoints: 600 });
+        assert_eq!(
+            c,
+            Complete {
+                version: 42,
+                nonce: "42-7".into(),
+                endpoints: 600
+            }
+        );
     }
 
     #[test]
