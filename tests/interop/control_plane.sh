@@ -59,6 +59,13 @@ kill -9 "$cp_pid"
 wait $lg || true
 check "control plane killed mid-run: no failed request" grep -Eq '"errors": ?0[,}]' "$work/down.json"
 check "control plane killed: proxies keep the last config" bash -c "curl -fsS -D - -o /dev/null -H '$RH' http://127.0.0.1:29101/ | grep -qi 'x-ringmesh-instance: v2'"
+cp_state() { curl -fsS http://127.0.0.1:29100/control_plane | tr -d ' \n'; }
+retrying=no
+for _ in $(seq 20); do
+  if cp_state | grep -q '"state":"retrying"'; then retrying=yes; break; fi
+  sleep 0.25
+done
+check "control plane killed: the proxy's /control_plane says retrying ($(cp_state | grep -o '"last_error":"[^"]*"' | cut -c1-80))" [ "$retrying" = yes ]
 mesh_yaml 100 0 >"$cp_dir/reviews.yaml"
 start_cp
 resynced=no
@@ -67,4 +74,29 @@ for _ in $(seq 60); do
   sleep 0.25
 done
 check "control plane restarted: proxies resync to its config" [ "$resynced" = yes ]
+check "control plane restarted: the proxy's /control_plane says connected" bash -c "curl -fsS http://127.0.0.1:29100/control_plane | tr -d ' \n' | grep -q '\"state\":\"connected\"'"
+
+# Istio's security kinds through the real CLI: an example loads (with the not-enforced
+# warning), a typo in a value is refused with the field named.
+cat >"$work/authz.yaml" <<'YAML'
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: httpbin
+  namespace: foo
+spec:
+  selector:
+    matchLabels: {app: httpbin}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/default/sa/sleep"]}
+    to:
+    - operation: {methods: ["GET"], paths: ["/info*"]}
+YAML
+check "ringmesh analyze: Istio AuthorizationPolicy loads, warned as not enforced" \
+  bash -c "$BIN/ringmesh analyze '$work/authz.yaml' 2>&1 | grep -q 'not enforced yet'"
+sed 's/action: ALLOW/action: ALOW/' "$work/authz.yaml" >"$work/authz-bad.yaml"
+check "ringmesh analyze: a bad action is refused naming spec.action" \
+  bash -c "! $BIN/ringmesh analyze '$work/authz-bad.yaml' >'$work/authz-bad.txt' 2>&1 && grep -q 'spec.action' '$work/authz-bad.txt'"
 check "proxy logged the outage and kept serving" grep -q 'keeping the last good config' "$work/client.log"
