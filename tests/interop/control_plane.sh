@@ -65,7 +65,7 @@ for _ in $(seq 20); do
   if cp_state | grep -q '"state":"retrying"'; then retrying=yes; break; fi
   sleep 0.25
 done
-check "control plane killed: the proxy's /control_plane says retrying ($(cp_state | grep -o '"last_error":"[^"]*"' | cut -c1-80))" [ "$retrying" = yes ]
+check "control plane killed: the proxy's /control_plane says retrying ($(curl -fsS http://127.0.0.1:29100/control_plane | grep -o '"last_error": *"[^"]*"' | cut -c1-90))" [ "$retrying" = yes ]
 mesh_yaml 100 0 >"$cp_dir/reviews.yaml"
 start_cp
 resynced=no
