@@ -177,6 +177,9 @@ impl ViewData {
     }
 }
 
+/// An encoded delta (or whole snapshot in parts) and, weakly, the snapshot it starts from.
+type CachedDelta = (std::sync::Weak<Snapshot>, Arc<Vec<Bytes>>);
+
 /// The snapshots of one generation, one per distinct view (set of visible documents), shared by
 /// every proxy with that view: a push to N proxies compiles each view once, not N times, and the
 /// control plane holds one copy of each snapshot, not one per proxy.
@@ -189,7 +192,7 @@ struct Views {
     /// snapshots' addresses: the proxies in sync share one old snapshot, so one diff serves them
     /// all. The old one is held weakly: its contents go when no stream needs them, while its
     /// allocation (and so its address) stays taken as long as the entry lives.
-    deltas: HashMap<(usize, usize), (std::sync::Weak<Snapshot>, Arc<Vec<Bytes>>)>,
+    deltas: HashMap<(usize, usize), CachedDelta>,
 }
 
 /// The control plane's shared state and its discovery service.

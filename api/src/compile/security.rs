@@ -190,9 +190,9 @@ impl Compiler {
                 }
             }
         }
-        if !(s.service_accounts.is_empty() && s.not_service_accounts.is_empty())
-            && !(s.principals.is_empty() && s.not_principals.is_empty())
-        {
+        let names_accounts = !(s.service_accounts.is_empty() && s.not_service_accounts.is_empty());
+        let names_principals = !(s.principals.is_empty() && s.not_principals.is_empty());
+        if names_accounts && names_principals {
             self.error(
                 site,
                 path,
