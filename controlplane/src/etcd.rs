@@ -609,14 +609,7 @@ pub fn resource_key(prefix: &str, k: &ResourceKey) -> String {
 /// not compile (every diagnostic, one a line). Each key is a source of its own, so
 /// diagnostics name `<key>:<line>`.
 pub fn resource_set(prefix: &str, kvs: &[Kv]) -> Result<ResourceSet, String> {
-    let units: Vec<Unit> = kvs
-        .iter()
-        .map(|kv| Unit {
-            name: kv.key.clone(),
-            text: kv.value.clone(),
-        })
-        .collect();
-    check_units(&units)?;
+    check_units(&units_of(kvs))?;
     let mut set = ResourceSet::default();
     for kv in kvs {
         for (line, yaml) in documents(&kv.value) {

@@ -279,15 +279,9 @@ fn content(yaml: &str) -> Option<Value> {
     Some(v)
 }
 
-/// A file's text as the loader sees it, for checking a change before it is written.
-struct Candidate {
-    name: String,
-    text: String,
-}
-
 /// Loads and compiles `files` together (without endpoints, as the directory is checked on
 /// every reload), returning errors and warnings.
-fn check(files: &[Candidate]) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
+fn check(files: &[Unit]) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
     let mut resources = Vec::new();
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
@@ -421,16 +415,9 @@ pub fn plan_apply(units: &[Unit], files: &[(String, String)], own: &dyn Fn(&Reso
         .filter(|d| d.outcome == Outcome::Configured)
         .filter_map(|d| d.key.as_ref().map(own))
         .collect();
-    let mut candidates: Vec<Candidate> = units
-        .iter()
-        .filter(|u| !replaced.contains(&u.name))
-        .map(|u| Candidate {
-            name: u.name.clone(),
-            text: u.text.clone(),
-        })
-        .collect();
+    let mut candidates: Vec<Unit> = units.iter().filter(|u| !replaced.contains(&u.name)).cloned().collect();
     for doc in incoming.iter().filter(|d| d.outcome != Outcome::Unchanged) {
-        candidates.push(Candidate {
+        candidates.push(Unit {
             name: doc.source_file.clone(),
             text: format!("{}{}", "\n".repeat(doc.first_line.saturating_sub(1)), doc.yaml),
         });
@@ -506,14 +493,7 @@ pub fn plan_delete(
             source_line: format!("{unit}:{line}"),
         });
     }
-    let rest: Vec<Candidate> = units
-        .iter()
-        .filter(|u| u.name != unit)
-        .map(|u| Candidate {
-            name: u.name.clone(),
-            text: u.text.clone(),
-        })
-        .collect();
+    let rest: Vec<Unit> = units.iter().filter(|u| u.name != unit).cloned().collect();
     let (errors, _) = check(&rest);
     if !errors.is_empty() {
         return Err(StoreError::Refused(Diagnostics(errors)));
@@ -524,14 +504,7 @@ pub fn plan_delete(
 /// Loads and compiles `units` together, as the stores do before accepting a set: `Err` with
 /// every diagnostic, one a line, when they do not compile.
 pub fn check_units(units: &[Unit]) -> Result<(), String> {
-    let candidates: Vec<Candidate> = units
-        .iter()
-        .map(|u| Candidate {
-            name: u.name.clone(),
-            text: u.text.clone(),
-        })
-        .collect();
-    let (errors, _) = check(&candidates);
+    let (errors, _) = check(units);
     if errors.is_empty() {
         Ok(())
     } else {

@@ -74,6 +74,13 @@ through() { # port n → "count instance" lines
       grep -i '^x-ringmesh-instance' || echo failed
   done | sort | uniq -c
 }
+moves_to() { # port instance → "yes" once 20 requests of 20 reach instance (within 5 s), else "no"
+  for _ in $(seq 20); do
+    if through "$1" 20 | grep -q "20 x-ringmesh-instance: $2"; then echo yes; return; fi
+    sleep 0.25
+  done
+  echo no
+}
 for _ in $(seq 50); do
   through 24401 20 | grep -q 'v1' && through 24401 20 | grep -q v2 && break
   sleep 0.2
@@ -108,11 +115,7 @@ check "etcd: client-a failed over to replica B" grep -q "connected to the contro
 check "etcd: reviews-v1 failed over to replica B" grep -q "connected to the control plane.*control_plane=$B" "$ed/reviews-v1.log"
 split_yaml 100 0 >"$ed/split.yaml"
 RINGMESH_CONTROL_PLANE=$B $BIN/ringmesh apply -f "$ed/split.yaml" >"$ed/apply3.txt" 2>&1 || true
-moved=no
-for _ in $(seq 20); do
-  if through 24101 20 | grep -q '20 x-ringmesh-instance: v1'; then moved=yes; break; fi
-  sleep 0.25
-done
+moved=$(moves_to 24101 v1)
 check "etcd: after failover, 100/0 applied to B reaches client-a" [ "$moved" = yes ]
 # A's lease (TTL = --grace 3s) expires; reviews-v1 is now B's own and keeps serving.
 sleep 4
@@ -135,9 +138,5 @@ for _ in $(seq 20); do
   if RINGMESH_CONTROL_PLANE=$B $BIN/ringmesh apply -f "$ed/split.yaml" >"$ed/apply4.txt" 2>&1; then applied=yes; break; fi
   sleep 0.5
 done
-moved=no
-for _ in $(seq 20); do
-  if through 24401 20 | grep -q '20 x-ringmesh-instance: v2'; then moved=yes; break; fi
-  sleep 0.25
-done
+moved=$(moves_to 24401 v2)
 check "etcd: etcd restarted, replica B follows it again (apply $applied, moved $moved)" [ "$moved" = yes ]

@@ -40,29 +40,10 @@ impl TestControlPlane {
                 debounce: Duration::from_millis(20),
             },
         );
-        let std_listener = std::net::TcpListener::bind(addr).expect("bind control plane");
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let addr = std_listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let svc = cp.service();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                tokio::spawn(
-                    tonic::transport::Server::builder()
-                        .add_service(svc)
-                        .serve_with_incoming(incoming),
-                );
-                let _ = stop_rx.await;
-            });
-            // Dropping the runtime drops every connection task: the proxies' streams break the
-            // way they do when the process is killed (a graceful stop would wait on them forever).
-            drop(rt);
+        let router = tonic::transport::Server::builder().add_service(cp.service());
+        let (addr, thread) = serve_on_thread(addr, router, async {
+            let _ = stop_rx.await;
         });
         TestControlPlane {
             addr,
@@ -101,6 +82,34 @@ impl Drop for TestControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Serves `router` on `addr` (port 0: an ephemeral one, returned) from its own thread and
+/// tokio runtime until `stop` completes. Then the runtime is dropped, and with it every
+/// connection task: streams break the way they do when a process is killed (a graceful stop
+/// would wait on them forever).
+pub fn serve_on_thread(
+    addr: SocketAddr,
+    router: tonic::transport::server::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let std_listener = std::net::TcpListener::bind(addr).expect("bind gRPC server");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let addr = std_listener.local_addr().expect("addr");
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tokio::spawn(router.serve_with_incoming(incoming));
+            stop.await;
+        });
+        drop(rt);
+    });
+    (addr, thread)
 }
 
 /// The `ProxyConfig` lines (indented for `spec`) that subscribe to a control plane and announce

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ringmesh_api::proto::discovery_server::{Discovery, DiscoveryServer};
 use ringmesh_api::proto::{control_message, ControlMessage, ProxyMessage, Refusal, PROTOCOL_VERSION};
 use ringmesh_tests::client::{admin_get, Client};
-use ringmesh_tests::control::{subscribe, TestControlPlane};
+use ringmesh_tests::control::{serve_on_thread, subscribe, TestControlPlane};
 use ringmesh_tests::proxy::{eventually, proxy_config, service_entry, TempDir, TestProxy};
 use ringmesh_tests::upstream::Upstream;
 use ringmesh_tests::IoMode;
@@ -329,23 +329,8 @@ impl Discovery for NewerControlPlane {
 
 /// Serves [`NewerControlPlane`] on an ephemeral loopback port for the rest of the test process.
 fn newer_control_plane() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = tonic::transport::Server::builder()
-                .add_service(DiscoveryServer::new(NewerControlPlane))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
-    });
-    addr
+    let router = tonic::transport::Server::builder().add_service(DiscoveryServer::new(NewerControlPlane));
+    serve_on_thread("127.0.0.1:0".parse().expect("addr"), router, std::future::pending()).0
 }
 
 /// Version skew, as the user meets it: a proxy whose control plane no longer serves its
