@@ -845,8 +845,12 @@ spec:
 
     #[test]
     fn files_and_directories() {
-        let dir = std::env::temp_dir().join(format!("ringmesh-api-load-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        // Removed when `tmp` drops, even if an assertion below fails.
+        let tmp = tempfile::Builder::new()
+            .prefix("ringmesh-api-load-")
+            .tempdir()
+            .expect("temp dir");
+        let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("b.yaml"), SE.replace("name: reviews", "name: b")).expect("write");
         std::fs::write(dir.join("a.yml"), SE.replace("name: reviews", "name: a")).expect("write");
         std::fs::write(dir.join("notes.txt"), "not yaml").expect("write");
@@ -855,6 +859,5 @@ spec:
         assert_eq!(names, ["a", "b"]);
         let e = load_files(&[dir.join("missing.yaml")]).expect_err("missing file");
         assert!(e[0].to_string().contains("missing.yaml: cannot read file"), "{}", e[0]);
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -696,11 +696,13 @@ mod tests {
     const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
     const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route: [{destination: {host: reviews.test}}]\n";
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ringmesh-store-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// An empty directory for one test, removed when the returned guard drops: the caller keeps
+    /// it for the whole test (a panicking test unwinds through the drop and cleans up too).
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("ringmesh-store-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -725,9 +727,10 @@ mod tests {
 
     #[test]
     fn apply_writes_one_file_per_resource_and_reports_each() {
-        let d = temp_dir("apply");
+        let tmp = temp_dir("apply");
+        let d = tmp.path();
         std::fs::write(d.join("se.yaml"), SE).unwrap();
-        let mut store = DirStore::open(&d).unwrap();
+        let mut store = DirStore::open(d).unwrap();
         let r = store
             .apply(&[("in.yaml".into(), format!("{SE}---\n{VS}"))], false)
             .unwrap();

@@ -1,13 +1,15 @@
 //! `ringmesh analyze` as a user runs it: the real binary on real files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ringmesh-analyze-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// An empty directory for one test, removed when the returned guard drops: the caller keeps it
+/// for the whole test (a panicking test unwinds through the drop and cleans up too).
+fn dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ringmesh-analyze-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -33,7 +35,8 @@ fn examples_pass() {
 
 #[test]
 fn errors_name_file_line_and_field_and_exit_non_zero() {
-    let d = dir("bad");
+    let tmp = dir("bad");
+    let d = tmp.path();
     let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route:\n    - destination: {host: reviews.test}\n      weigth: 90\n    - destination: {host: missing.test}\n      weight: 10\n";
     std::fs::write(d.join("a-se.yaml"), SE).unwrap();
     std::fs::write(d.join("b-vs.yaml"), vs).unwrap();
@@ -67,7 +70,8 @@ fn errors_name_file_line_and_field_and_exit_non_zero() {
 
 #[test]
 fn warnings_pass_unless_strict() {
-    let d = dir("warn");
+    let tmp = dir("warn");
+    let d = tmp.path();
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews.test\n  trafficPolicy:\n    outlierDetection:\n      consecutive5xxErrors: 5\n";
     std::fs::write(d.join("all.yaml"), format!("{SE}---\n{dr}")).unwrap();
     let (code, out) = run(&["analyze", d.join("all.yaml").to_str().unwrap()]);

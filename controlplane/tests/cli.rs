@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ringmesh_api::proto::discovery_client::DiscoveryClient;
@@ -23,9 +23,16 @@ use tonic::Streaming;
 const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
 const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route:\n    - destination: {host: reviews.test}\n      weight: 100\n";
 
-/// A file outside the control plane's directory, as a user's own YAML would be.
-fn input(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("ringmesh-cli-{}-{name}.yaml", std::process::id()))
+/// A file outside the control plane's directory, as a user's own YAML would be (created empty,
+/// for the test to write). The file is removed when the returned guard drops, so the caller
+/// keeps it for the whole test (a panicking test unwinds through the drop and cleans up too).
+fn input(name: &str) -> tempfile::TempPath {
+    tempfile::Builder::new()
+        .prefix(&format!("ringmesh-cli-{name}-"))
+        .suffix(".yaml")
+        .tempfile()
+        .unwrap()
+        .into_temp_path()
 }
 
 /// A control plane serving `dir` on an ephemeral loopback port, on a runtime of its own (the
@@ -176,11 +183,12 @@ impl FakeProxy {
 
 #[test]
 fn apply_then_get_returns_it() {
-    let dir = common::temp_dir("cli", "apply-get");
+    let tmp = common::temp_dir("cli", "apply-get");
+    let dir = tmp.path();
     std::fs::write(dir.join("se.yaml"), SE).unwrap();
     let vs = input("vs-apply-get");
     std::fs::write(&vs, VS).unwrap();
-    let cp = Running::start(&dir);
+    let cp = Running::start(dir);
     let before = cp.cp.generation();
 
     let (code, out, err) = cp.cli(&["apply", "-f", vs.to_str().unwrap()]);
@@ -251,9 +259,10 @@ fn apply_then_get_returns_it() {
 
 #[test]
 fn an_invalid_apply_is_refused_with_the_field_named_and_nothing_changes() {
-    let dir = common::temp_dir("cli", "refused");
+    let tmp = common::temp_dir("cli", "refused");
+    let dir = tmp.path();
     std::fs::write(dir.join("se.yaml"), SE).unwrap();
-    let cp = Running::start(&dir);
+    let cp = Running::start(dir);
     let before = cp.cp.generation();
     let bad = input("bad");
 
@@ -297,11 +306,12 @@ fn an_invalid_apply_is_refused_with_the_field_named_and_nothing_changes() {
 
 #[test]
 fn delete_removes_what_was_applied_and_names_hand_written_files() {
-    let dir = common::temp_dir("cli", "delete");
+    let tmp = common::temp_dir("cli", "delete");
+    let dir = tmp.path();
     std::fs::write(dir.join("se.yaml"), SE).unwrap();
     let vs = input("vs-delete");
     std::fs::write(&vs, VS).unwrap();
-    let cp = Running::start(&dir);
+    let cp = Running::start(dir);
     assert_eq!(cp.cli(&["apply", "-f", vs.to_str().unwrap()]).0, 0);
     let file = dir.join("applied/virtualservice.default.reviews.yaml");
     assert!(file.is_file());
@@ -340,16 +350,17 @@ fn delete_removes_what_was_applied_and_names_hand_written_files() {
 
 #[test]
 fn a_restart_loses_no_applied_config() {
-    let dir = common::temp_dir("cli", "restart");
+    let tmp = common::temp_dir("cli", "restart");
+    let dir = tmp.path();
     std::fs::write(dir.join("se.yaml"), SE).unwrap();
     let vs = input("vs-restart");
     std::fs::write(&vs, VS).unwrap();
-    let cp = Running::start(&dir);
+    let cp = Running::start(dir);
     assert_eq!(cp.cli(&["apply", "-f", vs.to_str().unwrap()]).0, 0);
     let old_addr = cp.addr;
     drop(cp);
 
-    let cp = Running::start(&dir);
+    let cp = Running::start(dir);
     assert_ne!(cp.addr, old_addr);
     let (code, out, err) = cp.cli(&["get", "vs", "reviews", "-o", "yaml"]);
     assert_eq!(code, 0, "{err}");
@@ -370,9 +381,10 @@ fn a_restart_loses_no_applied_config() {
 
 #[test]
 fn proxy_status_and_get_show_acks_and_nacks() {
-    let dir = common::temp_dir("cli", "status");
+    let tmp = common::temp_dir("cli", "status");
+    let dir = tmp.path();
     std::fs::write(dir.join("se.yaml"), SE).unwrap();
-    let cp = Running::start(&dir);
+    let cp = Running::start(dir);
     let (code, _, err) = cp.cli(&["proxy-status"]);
     assert_eq!(code, 0);
     assert!(err.contains("No proxies"), "{err}");

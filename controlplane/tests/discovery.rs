@@ -127,9 +127,10 @@ impl Proxy {
 
 #[tokio::test]
 async fn snapshots_acks_nacks_and_updates() {
-    let dir = common::temp_dir("cp", "sync");
+    let tmp = common::temp_dir("cp", "sync");
+    let dir = tmp.path();
     std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{VS}")).unwrap();
-    let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let (cp, addr) = start(dir, Duration::from_secs(30)).await;
     let mut p1 = connect(
         addr,
         hello("p1", &["reviews.test"], "127.0.0.1", "v1", PROTOCOL_VERSION),
@@ -159,7 +160,7 @@ async fn snapshots_acks_nacks_and_updates() {
     );
 
     // A changed directory is pushed with a newer version.
-    let mut store = DirStore::open(&dir).unwrap();
+    let mut store = DirStore::open(dir).unwrap();
     std::fs::write(
         dir.join("mesh.yaml"),
         format!("{SE}---\n{}", VS.replace("name: reviews\nspec", "name: reviews2\nspec")),
@@ -191,9 +192,10 @@ async fn snapshots_acks_nacks_and_updates() {
 
 #[tokio::test]
 async fn endpoints_follow_workloads() {
-    let dir = common::temp_dir("cp", "endpoints");
+    let tmp = common::temp_dir("cp", "endpoints");
+    let dir = tmp.path();
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
-    let (cp, addr) = start(&dir, Duration::from_millis(300)).await;
+    let (cp, addr) = start(dir, Duration::from_millis(300)).await;
     let mut p1 = connect(
         addr,
         hello("p1", &["reviews.test"], "127.0.0.1", "v1", PROTOCOL_VERSION),
@@ -255,12 +257,13 @@ async fn endpoints_follow_workloads() {
 
 #[tokio::test]
 async fn bursts_are_debounced() {
-    let dir = common::temp_dir("cp", "burst");
+    let tmp = common::temp_dir("cp", "burst");
+    let dir = tmp.path();
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
-    let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let (cp, addr) = start(dir, Duration::from_secs(30)).await;
     let mut p1 = connect(addr, hello("p1", &[], "127.0.0.1", "v1", PROTOCOL_VERSION)).await;
     let _ = p1.snapshot().await;
-    let store = DirStore::open(&dir).unwrap();
+    let store = DirStore::open(dir).unwrap();
     let before = cp.pushes();
     for _ in 0..100 {
         cp.set_resources(store.current.clone());
@@ -281,9 +284,10 @@ async fn bursts_are_debounced() {
 
 #[tokio::test]
 async fn version_skew_is_refused_with_both_versions() {
-    let dir = common::temp_dir("cp", "skew");
+    let tmp = common::temp_dir("cp", "skew");
+    let dir = tmp.path();
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
-    let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let (cp, addr) = start(dir, Duration::from_secs(30)).await;
     let mut p = connect(addr, hello("old", &[], "127.0.0.1", "v1", PROTOCOL_VERSION + 7)).await;
     match p.next().await.and_then(|m| m.message) {
         Some(control_message::Message::Refusal(r)) => {
@@ -308,9 +312,10 @@ async fn version_skew_is_refused_with_both_versions() {
 
 #[tokio::test]
 async fn a_broken_directory_is_refused_and_the_last_good_set_served() {
-    let dir = common::temp_dir("cp", "broken");
+    let tmp = common::temp_dir("cp", "broken");
+    let dir = tmp.path();
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
-    let mut store = DirStore::open(&dir).unwrap();
+    let mut store = DirStore::open(dir).unwrap();
     let good = store.current.documents.clone();
     std::fs::write(dir.join("mesh.yaml"), SE.replace("hosts:", "hostz:")).unwrap();
     let err = store.refresh().unwrap_err();
@@ -319,14 +324,15 @@ async fn a_broken_directory_is_refused_and_the_last_good_set_served() {
     assert_eq!(store.current.documents, good);
     assert!(store.last_error.is_some());
     // Opening a directory that does not compile fails with the same message.
-    assert!(DirStore::open(&dir).unwrap_err().contains("hostz"));
+    assert!(DirStore::open(dir).unwrap_err().contains("hostz"));
 }
 
 #[tokio::test]
 async fn a_stream_must_start_with_hello() {
-    let dir = common::temp_dir("cp", "nohello");
+    let tmp = common::temp_dir("cp", "nohello");
+    let dir = tmp.path();
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
-    let (_cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let (_cp, addr) = start(dir, Duration::from_secs(30)).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -373,11 +379,12 @@ fn names(s: &Snapshot) -> Vec<String> {
 
 #[tokio::test]
 async fn export_to_and_workload_selector_decide_which_proxies_see_a_resource() {
-    let dir = common::temp_dir("cp", "scope");
+    let tmp = common::temp_dir("cp", "scope");
+    let dir = tmp.path();
     let team_vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: team-a-only\n  namespace: team-a\nspec:\n  hosts: [reviews.test]\n  exportTo: [.]\n  http:\n  - route: [{destination: {host: reviews.test}}]\n";
     let canary_dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: v2-only\n  namespace: team-a\nspec:\n  host: reviews.test\n  workloadSelector: {matchLabels: {version: v2}}\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n";
     std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{team_vs}---\n{canary_dr}")).unwrap();
-    let (_cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let (_cp, addr) = start(dir, Duration::from_secs(30)).await;
     let mut other = connect(addr, hello_in("other", "team-b", "v2")).await;
     let mut a1 = connect(addr, hello_in("a1", "team-a", "v1")).await;
     let mut a2 = connect(addr, hello_in("a2", "team-a", "v2")).await;
@@ -396,9 +403,10 @@ async fn export_to_and_workload_selector_decide_which_proxies_see_a_resource() {
 
 #[tokio::test]
 async fn a_fast_reconnect_is_not_undone_by_the_old_stream_closing() {
-    let dir = common::temp_dir("cp", "reconnect");
+    let tmp = common::temp_dir("cp", "reconnect");
+    let dir = tmp.path();
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
-    let (cp, addr) = start(&dir, Duration::from_millis(100)).await;
+    let (cp, addr) = start(dir, Duration::from_millis(100)).await;
     let mut old = connect(
         addr,
         hello("same", &["reviews.test"], "127.0.0.1", "v1", PROTOCOL_VERSION),
@@ -435,9 +443,10 @@ async fn a_fast_reconnect_is_not_undone_by_the_old_stream_closing() {
 
 #[tokio::test]
 async fn the_previous_protocol_gets_whole_snapshots_the_current_one_deltas() {
-    let dir = common::temp_dir("cp", "shared");
+    let tmp = common::temp_dir("cp", "shared");
+    let dir = tmp.path();
     std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{VS}")).unwrap();
-    let (cp, addr) = start(&dir, Duration::from_secs(30)).await;
+    let (cp, addr) = start(dir, Duration::from_secs(30)).await;
     let mut old = connect(addr, hello("old", &[], "127.0.0.1", "v1", MIN_SUPPORTED_VERSION)).await;
     let m = old.next().await.unwrap();
     let Some(control_message::Message::SharedSnapshot(shared)) = &m.message else {
@@ -473,7 +482,7 @@ async fn the_previous_protocol_gets_whole_snapshots_the_current_one_deltas() {
         "route: [{destination: {host: reviews.test}}]\n    timeout: 2s",
     );
     std::fs::write(dir.join("mesh.yaml"), format!("{SE}---\n{changed}")).unwrap();
-    let store = DirStore::open(&dir).unwrap();
+    let store = DirStore::open(dir).unwrap();
     cp.set_resources(store.current.clone());
     let m = new.next().await.unwrap();
     let Some(control_message::Message::SharedDelta(shared)) = &m.message else {

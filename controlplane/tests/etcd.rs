@@ -58,7 +58,8 @@ fn control_plane_addresses_compile_in_order_and_errors_name_the_field() {
 /// A throwaway etcd on loopback ports derived from the process id (2xxxx).
 struct Etcd {
     child: Child,
-    dir: std::path::PathBuf,
+    /// Its data directory and log, removed when this guard drops (after `Drop` has stopped etcd).
+    dir: tempfile::TempDir,
     url: String,
 }
 
@@ -66,7 +67,7 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // `dir` is removed next, when the fields drop: etcd no longer writes to it.
     }
 }
 
@@ -84,14 +85,16 @@ fn start_etcd(slot: u16) -> Option<Etcd> {
             .expect("a free loopback port")
     };
     let (client, peer) = (free(), free());
-    let dir = std::env::temp_dir().join(format!("ringmesh-etcd-{}-{slot}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).ok()?;
+    // A guard: removed on every way out, the early returns below included.
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("ringmesh-etcd-{slot}-"))
+        .tempdir()
+        .ok()?;
     let url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let child = Command::new("/usr/bin/etcd")
         .args(["--name", "t", "--data-dir"])
-        .arg(dir.join("data"))
+        .arg(dir.path().join("data"))
         .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
         .args([
             "--listen-peer-urls",
@@ -101,7 +104,7 @@ fn start_etcd(slot: u16) -> Option<Etcd> {
         ])
         .args(["--initial-cluster", &format!("t={peer_url}")])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("etcd.log")).ok()?)
+        .stderr(std::fs::File::create(dir.path().join("etcd.log")).ok()?)
         .spawn()
         .ok()?;
     Some(Etcd { child, dir, url })
@@ -118,7 +121,7 @@ async fn ready(etcd: &Etcd, client: &EtcdClient) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let log = std::fs::read_to_string(etcd.dir.join("etcd.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(10).collect();
     panic!(
         "etcd did not answer within 30 s: {last}; its log ends:\n{}",

@@ -152,14 +152,17 @@ fn hgrm_file_parses_and_agrees_with_json() {
     let r = run_load(config(echo.local_addr(), "/")).unwrap();
     assert!(r.ok > 500, "{}", r.summary());
 
-    let dir = std::env::temp_dir().join(format!("ringmesh-loadgen-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let hgrm_path = dir.join("run.hgrm");
+    // Removed when `dir` drops (here, or on a panic on the way).
+    let dir = tempfile::Builder::new()
+        .prefix("ringmesh-loadgen-test-")
+        .tempdir()
+        .unwrap();
+    let hgrm_path = dir.path().join("run.hgrm");
     let mut f = std::fs::File::create(&hgrm_path).unwrap();
     r.write_hgrm(&mut f).unwrap();
     drop(f);
     let text = std::fs::read_to_string(&hgrm_path).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 
     let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
     for key in ["requests", "errors", "duration_s", "rate_rps"] {

@@ -31,12 +31,14 @@ struct Mesh {
     _apps: (Upstream, Upstream),
     _sidecars: (TestProxy, TestProxy),
     client: TestProxy,
+    /// The control plane's resource directory: kept for the whole test, across a restart of the
+    /// control plane on it, and removed when the mesh drops (last, after everything using it).
+    _dir: TempDir,
 }
 
 fn mesh_up(io: IoMode, w1: u32, w2: u32) -> Mesh {
     let dir = TempDir::new();
     let cp = TestControlPlane::start(&dir, &mesh(w1, w2));
-    std::mem::forget(dir); // the control plane's directory lives as long as the test process
     let (v1, v2) = (Upstream::named("v1"), Upstream::named("v2"));
     let sidecar = |name: &str, app: &Upstream, version: &str| {
         TestProxy::start(&[proxy_config(
@@ -59,6 +61,7 @@ fn mesh_up(io: IoMode, w1: u32, w2: u32) -> Mesh {
         _apps: (v1, v2),
         _sidecars: (s1, s2),
         client,
+        _dir: dir,
     }
 }
 

@@ -858,8 +858,12 @@ fn every_error_of_a_file_set_is_reported_together() {
 
 #[test]
 fn compile_files_reads_a_directory() {
-    let dir = std::env::temp_dir().join(format!("ringmesh-api-compile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    // Removed when `tmp` drops, even if an assertion below fails.
+    let tmp = tempfile::Builder::new()
+        .prefix("ringmesh-api-compile-")
+        .tempdir()
+        .expect("dir");
+    let dir = tmp.path().to_path_buf();
     std::fs::write(dir.join("10-proxy.yaml"), PROXY).expect("write");
     std::fs::write(dir.join("20-web.yml"), SVC).expect("write");
     let c = compile_files(std::slice::from_ref(&dir), 42).expect("compiles");
@@ -873,7 +877,6 @@ fn compile_files_reads_a_directory() {
         "{}",
         e[0]
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

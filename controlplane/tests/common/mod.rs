@@ -3,18 +3,19 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ringmesh_control::server::ControlPlane;
 use tokio_stream::wrappers::TcpListenerStream;
 
-/// An empty directory for one test (named by the test binary's `prefix`, the process and `name`).
-pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ringmesh-{prefix}-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// An empty directory for one test (named by the test binary's `prefix` and `name`, plus a
+/// random suffix). The directory is removed when the returned guard drops, so the caller keeps
+/// it for the whole test (a panicking test unwinds through the drop and cleans up too).
+pub fn temp_dir(prefix: &str, name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ringmesh-{prefix}-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Whether `f` holds within 5 s (checked every 20 ms).
