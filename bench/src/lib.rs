@@ -360,7 +360,7 @@ where
                 continue;
             }
             ui.step(format!("round {}/{} · {}", repeat + 1, cli.repeats, topo.kind));
-            match measure::run_once(topo, &shape, repeat, &out_dir, &|c| ui.watch(c)) {
+            match measure::run_once(topo, &echo, &shape, repeat, &out_dir, &|c| ui.watch(c)) {
                 Ok(r) => {
                     ui.line(format!(
                         "ringmesh-bench: [{}/{}] {:<8} throughput {:>7.0} rps | p50 {} p99 {} max {}{}",

@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use ringmesh_loadgen::{run_load_with, LatencySummary, LoadConfig, LoadReport, RunControl, Target};
 use serde::Serialize;
 
+use crate::procs::Proc;
 use crate::topology::{Topology, HOST};
 
 /// Load shapes, from the command line.
@@ -68,6 +69,16 @@ pub struct RunResult {
     pub latency_unsent: u64,
     /// Proxy CPU seconds per 1,000 requests (= cores per 1,000 rps); none for `direct`.
     pub cpu_per_1k: Option<f64>,
+    /// The echo upstream's CPU seconds per 1,000 open-loop requests. In `direct` this is what
+    /// the simplest server spends to take a request and send a response at this rate: the
+    /// floor for one hop, against which a proxy's two hops are read.
+    pub upstream_cpu_per_1k: Option<f64>,
+    /// Proxy CPU during the closed-loop run over its wall time: cores kept busy. Near the
+    /// proxy's worker count, the proxy was the bottleneck and throughput is 1 / its CPU per
+    /// request; well under it, something else (load generator, echo, the machine) was.
+    pub throughput_proxy_cores: Option<f64>,
+    /// Proxy CPU per request in the closed-loop run, µs.
+    pub throughput_cpu_us: Option<f64>,
     /// The `.hgrm` written for the open-loop run (file name in the output directory).
     pub hgrm: String,
     /// The open-loop latency histogram (µs), for the percentile plot.
@@ -89,6 +100,7 @@ fn load_config(entry: SocketAddr, shape: &LoadShape) -> anyhow::Result<LoadConfi
 /// run's live counters (for the progress bar) and `None` when the runs are over.
 pub fn run_once(
     topo: &Topology,
+    upstream: &Proc,
     shape: &LoadShape,
     repeat: usize,
     out_dir: &Path,
@@ -100,17 +112,18 @@ pub fn run_once(
     c.duration = shape.duration;
     c.warmup = shape.warmup;
     let cpu_before = topo.proxy_cpu_time()?;
+    let upstream_before = upstream.cpu_time()?;
     let control = Arc::new(RunControl::new());
     watch(Some(control.clone()));
     let lat = run_load_with(c, control).with_context(|| format!("{} latency run", topo.kind));
     watch(None);
     let lat = lat?;
     let cpu_after = topo.proxy_cpu_time()?;
+    let upstream_cpu = upstream.cpu_time()?.saturating_sub(upstream_before);
     anyhow::ensure!(!lat.interrupted, "interrupted");
+    let per_1k = |cpu: Duration| (lat.sent_total > 0).then(|| cpu.as_secs_f64() / lat.sent_total as f64 * 1000.0);
     let cpu_per_1k = match (cpu_before, cpu_after) {
-        (Some(b), Some(a)) if lat.sent_total > 0 => {
-            Some(a.saturating_sub(b).as_secs_f64() / lat.sent_total as f64 * 1000.0)
-        }
+        (Some(b), Some(a)) => per_1k(a.saturating_sub(b)),
         _ => None,
     };
     let hgrm = format!("{}-r{}.hgrm", topo.kind, repeat + 1);
@@ -124,11 +137,19 @@ pub fn run_once(
     c.duration = shape.throughput_duration;
     c.warmup = shape.throughput_warmup;
     let control = Arc::new(RunControl::new());
+    let cpu_before = topo.proxy_cpu_time()?;
+    let started = Instant::now();
     watch(Some(control.clone()));
     let thr = run_load_with(c, control).with_context(|| format!("{} throughput run", topo.kind));
     watch(None);
     let thr = thr?;
+    let wall = started.elapsed();
+    let cpu_after = topo.proxy_cpu_time()?;
     anyhow::ensure!(!thr.interrupted, "interrupted");
+    // Warm-up included on both sides: the CPU counters cannot tell it apart.
+    let thr_cpu = cpu_before
+        .zip(cpu_after)
+        .map(|(b, a)| a.saturating_sub(b).as_secs_f64());
 
     Ok(RunResult {
         repeat,
@@ -140,6 +161,11 @@ pub fn run_once(
         latency_errors: lat.errors,
         latency_unsent: lat.unsent,
         cpu_per_1k,
+        upstream_cpu_per_1k: per_1k(upstream_cpu),
+        throughput_proxy_cores: thr_cpu.map(|c| c / wall.as_secs_f64()),
+        throughput_cpu_us: thr_cpu
+            .filter(|_| thr.sent_total > 0)
+            .map(|c| c / thr.sent_total as f64 * 1e6),
         hgrm,
         histogram: Some(lat.histogram),
     })

@@ -174,7 +174,6 @@ mod tests {
         )
         .unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..100]);
-        std::fs::write(std::env::temp_dir().join("ringmesh-plot-test.svg"), &svg).unwrap();
         let data_lines = svg
             .lines()
             .filter(|l| l.contains("<polyline") && l.contains("stroke-width=\"2\""))

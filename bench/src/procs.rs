@@ -320,13 +320,13 @@ mod tests {
 
     #[test]
     fn child_tree_cpu_and_rss_are_sampled_and_stopped() {
-        let dir = std::env::temp_dir().join(format!("ringmesh-bench-procs-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let mut p = Proc::spawn(
             "sleeper",
             Path::new("/bin/sh"),
             &["-c".into(), "sleep 30 & wait".into()],
-            &dir,
+            dir,
             None,
         )
         .unwrap();
@@ -349,6 +349,5 @@ mod tests {
             }
             assert!(gone(), "pid {pid} still running");
         }
-        let _ = fs::remove_dir_all(&dir);
     }
 }

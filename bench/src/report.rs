@@ -95,6 +95,12 @@ pub struct ScenarioSummary {
     pub added_us: Percentiles,
     /// Proxy CPU, cores per 1,000 rps.
     pub cpu_cores_per_1k_rps: Option<Spread>,
+    /// Echo upstream CPU, cores per 1,000 rps (open loop).
+    pub upstream_cores_per_1k_rps: Option<Spread>,
+    /// Proxy cores busy during the closed-loop run.
+    pub throughput_proxy_cores: Option<Spread>,
+    /// Proxy CPU per request in the closed-loop run, µs.
+    pub throughput_cpu_us: Option<Spread>,
     /// Proxy resident memory after start-up, KiB.
     pub idle_rss_kib: Option<u64>,
     /// Idle-connection test.
@@ -120,6 +126,9 @@ impl ScenarioSummary {
             latency_us: Percentiles::default(),
             added_us: Percentiles::default(),
             cpu_cores_per_1k_rps: None,
+            upstream_cores_per_1k_rps: None,
+            throughput_proxy_cores: None,
+            throughput_cpu_us: None,
             idle_rss_kib: None,
             idle_connections: None,
             errors: 0,
@@ -139,7 +148,11 @@ impl ScenarioSummary {
             p999: col(&|r| r.latency_us.p999 as f64),
             max: col(&|r| r.latency_us.max as f64),
         };
-        self.cpu_cores_per_1k_rps = spread(&runs.iter().filter_map(|r| r.cpu_per_1k).collect::<Vec<_>>());
+        let some = |f: &dyn Fn(&RunResult) -> Option<f64>| spread(&runs.iter().filter_map(f).collect::<Vec<_>>());
+        self.cpu_cores_per_1k_rps = some(&|r| r.cpu_per_1k);
+        self.upstream_cores_per_1k_rps = some(&|r| r.upstream_cpu_per_1k);
+        self.throughput_proxy_cores = some(&|r| r.throughput_proxy_cores);
+        self.throughput_cpu_us = some(&|r| r.throughput_cpu_us);
         self.errors = runs.iter().map(|r| r.throughput_errors + r.latency_errors).sum();
         self.under_rate_runs = runs.iter().filter(|r| !r.latency_rate_met).count();
         if let Some(direct) = direct {
@@ -318,6 +331,54 @@ fn range(s: Option<Spread>, f: impl Fn(f64) -> String) -> String {
     s.map_or_else(|| "—".to_owned(), |s| format!("{} – {}", f(s.min), f(s.max)))
 }
 
+/// Per-request CPU beside the simplest server's: `direct`'s echo handles each request once
+/// (one receive, one send, one sleep and wake), a proxy on both of its sides, so twice the echo's
+/// figure tells how much of a proxy's CPU is the kernel work every program pays for its
+/// sockets on this machine, and how much is its own.
+fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
+    let reference = scenarios
+        .iter()
+        .find(|sc| sc.scenario == Kind::Direct && sc.status == Status::Ok)
+        .and_then(|d| d.upstream_cores_per_1k_rps)
+        .map(|u| 2.0 * u.median);
+    let _ = writeln!(s, "\n## Per-request CPU beside the echo's (median of repeats)\n");
+    let _ = writeln!(
+        s,
+        "| scenario | open loop: proxy cores/1k rps | ÷ 2 × direct's echo | echo cores/1k rps | closed loop: proxy cores busy | proxy µs/request |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for sc in scenarios.iter().filter(|s| s.status == Status::Ok) {
+        // `mesh` is two proxies in a row, and its CPU is summed over both.
+        let proxies = if sc.scenario == Kind::Mesh { 2.0 } else { 1.0 };
+        let ratio = match (sc.cpu_cores_per_1k_rps, reference) {
+            (Some(c), Some(r)) if r > 0.0 => format!("{:.2}×", c.median / (proxies * r)),
+            _ => "—".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            sc.scenario,
+            opt(sc.cpu_cores_per_1k_rps, |v| format!("{v:.4}")),
+            ratio,
+            opt(sc.upstream_cores_per_1k_rps, |v| format!("{v:.4}")),
+            opt(sc.throughput_proxy_cores, |v| format!("{v:.2}")),
+            opt(sc.throughput_cpu_us, |v| format!("{v:.1}")),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n`direct`'s echo column is what the simplest server spends per request at this rate{}. \
+         A proxy receives and sends on both of its sides, so near 1× it spends little beyond \
+         the kernel work any program pays for its sockets here (`mesh`, two proxies, is read \
+         against twice that). The echo column in the proxy rows is what each proxy's traffic \
+         costs the upstream. A proxy whose closed-loop cores busy is near its worker count was \
+         the closed loop's bottleneck, and its throughput there is 1 / (µs per request).",
+        reference.map_or(String::new(), |r| format!(
+            " (twice it: {r:.4} cores per 1,000 rps in this run)"
+        ))
+    );
+}
+
 /// Everything about the run that is not a figure.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunInfo {
@@ -431,6 +492,8 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
         );
     }
 
+    cpu_per_request_section(&mut s, scenarios);
+
     let _ = writeln!(s, "\n## Targets\n");
     let _ = writeln!(s, "| target | goal | measured | verdict |");
     let _ = writeln!(s, "|---|---|---|---|");
@@ -481,6 +544,9 @@ mod tests {
             latency_errors: 0,
             latency_unsent: 0,
             cpu_per_1k: Some(0.01),
+            upstream_cpu_per_1k: Some(0.004),
+            throughput_proxy_cores: Some(0.9),
+            throughput_cpu_us: Some(1e6 / thr),
             hgrm: String::new(),
             histogram: None,
         }
@@ -533,6 +599,16 @@ mod tests {
             &targets,
         );
         assert!(md.contains("| ringmesh | 41000 |"), "{md}");
+        // Twice direct's echo CPU (0.004) is 0.008 cores per 1,000 rps; the proxy's 0.01 is
+        // 1.25× it, and its closed-loop CPU per request the median of 1 s / 40,000 and / 42,000.
+        assert!(
+            md.contains("(twice it: 0.0080 cores per 1,000 rps in this run)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ringmesh | 0.0100 | 1.25× | 0.0040 | 0.90 | 24.4 |"),
+            "{md}"
+        );
         assert!(md.contains("+0.020 ms"), "{md}");
     }
 }

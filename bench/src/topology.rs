@@ -513,8 +513,8 @@ mod tests {
 
     #[test]
     fn the_proxy_binary_is_the_built_one_when_present() {
-        let dir = std::env::temp_dir().join(format!("ringmesh-bench-locate-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let bench = dir.join("ringmesh-bench");
         std::fs::write(&bench, "").unwrap();
         let embedded = ProxyBinary::locate(None, &bench).unwrap();
@@ -530,7 +530,6 @@ mod tests {
 
         let missing = ProxyBinary::locate(Some(&dir.join("nope")), &bench).unwrap_err();
         assert!(missing.to_string().contains("no such file"), "{missing}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

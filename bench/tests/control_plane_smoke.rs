@@ -10,18 +10,19 @@
 
 use std::process::Command;
 
-fn out_dir(name: &str) -> std::path::PathBuf {
-    let out = std::env::temp_dir().join(format!("ringmesh-control-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).unwrap();
-    out
+/// The bench's output folder for one test, removed when the guard drops (panics included).
+fn out_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ringmesh-control-bench-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
 fn a_missing_control_plane_binary_is_named() {
     let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-control-bench"))
         .args(["--control-bin", "/nonexistent/ringmesh-control", "--out"])
-        .arg(out_dir("missing"))
+        .arg(out_dir("missing").path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -31,7 +32,8 @@ fn a_missing_control_plane_binary_is_named() {
 
 #[test]
 fn tiny_run_writes_every_figure() {
-    let out = out_dir("smoke");
+    let tmp = out_dir("smoke");
+    let out = tmp.path();
     let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-control-bench"))
         .args([
             "--embedded-control",
@@ -51,7 +53,7 @@ fn tiny_run_writes_every_figure() {
             "60s",
             "--out",
         ])
-        .arg(&out)
+        .arg(out)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -111,5 +113,4 @@ fn tiny_run_writes_every_figure() {
     let targets = json["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 2);
     assert!(out.join("ringmesh-control.stderr.log").is_file());
-    let _ = std::fs::remove_dir_all(&out);
 }

@@ -7,11 +7,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn out_dir(name: &str) -> std::path::PathBuf {
-    let out = std::env::temp_dir().join(format!("ringmesh-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).unwrap();
-    out
+/// The suite's output folder for one test, removed when the guard drops (panics included).
+fn out_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ringmesh-bench-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -22,7 +23,8 @@ fn tiny_suite_writes_complete_reports() {
         .unwrap();
     assert!(!status.success(), "an unknown scenario is rejected");
 
-    let out = out_dir("smoke");
+    let tmp = out_dir("smoke");
+    let out = tmp.path();
     // Settings from a suite file; `--repeats 2` on the command line wins over its `repeats: 5`.
     let suite = out.join("tiny.yaml");
     std::fs::write(
@@ -46,7 +48,7 @@ fn tiny_suite_writes_complete_reports() {
         .arg("--suite")
         .arg(&suite)
         .args(["--repeats", "2", "--out"])
-        .arg(&out)
+        .arg(out)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -78,10 +80,14 @@ fn tiny_suite_writes_complete_reports() {
         assert!(s["throughput_rps"]["median"].as_f64().unwrap() > 0.0);
         assert!(s["latency_us"]["p50"]["median"].as_f64().unwrap() > 0.0);
         assert_eq!(s["errors"], 0, "{s}");
+        assert!(s["upstream_cores_per_1k_rps"]["median"].is_number(), "{s}");
     }
+    assert!(md.contains("## Per-request CPU beside the echo's"), "{md}");
     for rm in &scenarios[1..] {
         assert!(rm["added_us"]["p50"]["median"].is_number());
         assert!(rm["cpu_cores_per_1k_rps"]["median"].as_f64().unwrap() > 0.0);
+        assert!(rm["throughput_proxy_cores"]["median"].as_f64().unwrap() > 0.0, "{rm}");
+        assert!(rm["throughput_cpu_us"]["median"].as_f64().unwrap() > 0.0, "{rm}");
         assert!(rm["idle_rss_kib"].as_u64().unwrap() > 0);
         assert_eq!(rm["idle_connections"]["held"], 300);
     }
@@ -109,12 +115,12 @@ fn tiny_suite_writes_complete_reports() {
     for name in ["direct", "ringmesh", "mesh"] {
         assert!(svg.contains(&format!("\n{name}\n")), "{name} not in the plot's legend");
     }
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn ctrl_c_still_writes_the_report_of_completed_rounds() {
-    let out = out_dir("interrupt");
+    let tmp = out_dir("interrupt");
+    let out = tmp.path();
     // Rounds of ~1.2 s each; SIGINT lands in the second or third round.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
         .args([
@@ -134,7 +140,7 @@ fn ctrl_c_still_writes_the_report_of_completed_rounds() {
             "0.05s",
             "--out",
         ])
-        .arg(&out)
+        .arg(out)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -172,5 +178,4 @@ fn ctrl_c_still_writes_the_report_of_completed_rounds() {
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("INTERRUPTED"), "{md}");
-    let _ = std::fs::remove_dir_all(&out);
 }

@@ -18,9 +18,27 @@ pub(crate) type Runtime = monoio::FusionRuntime<
 /// Builds the per-thread runtime.
 pub(crate) fn build_runtime() -> io::Result<Runtime> {
     monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .uring_builder(quiet_ring())
         .with_entries(1024)
         .enable_timer()
         .build()
+}
+
+/// Ring flags that keep these tools from taxing the process they measure.
+///
+/// Without `COOP_TASKRUN` every completion on this ring (a response landing for the load
+/// generator, a request for the echo) interrupts the thread with a signal-like notification,
+/// and that interrupt is sent by, and charged to, whoever wrote the bytes: the proxy under test.
+/// Side by side in closed loop, the flag took haproxy from 21 to 15 µs of CPU per request and
+/// ringmesh-proxy from 17.5 to 14. `SINGLE_ISSUER` comes with it (each thread owns its ring).
+/// Kernels before 5.19 refuse the flags; the plain ring is used there.
+fn quiet_ring() -> io_uring::Builder {
+    let mut flags = io_uring::IoUring::builder();
+    flags.setup_coop_taskrun().setup_single_issuer();
+    match flags.build(2) {
+        Ok(_) => flags,
+        Err(_) => io_uring::IoUring::builder(),
+    }
 }
 
 /// Which I/O driver monoio picks on this machine: `"io_uring"` or `"epoll"`.

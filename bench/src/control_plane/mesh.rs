@@ -91,9 +91,8 @@ mod tests {
 
     #[test]
     fn the_mesh_compiles_with_the_applied_virtual_service() {
-        let dir = std::env::temp_dir().join(format!("ringmesh-cpbench-mesh-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let hosts = hosts(5);
         assert_eq!(hosts[0], "reviews.bench.svc.cluster.local");
         assert_eq!(hosts[4], "svc4.bench.svc.cluster.local");
@@ -104,6 +103,5 @@ mod tests {
             assert_ne!(weight_of(a), weight_of(a + 1));
             assert!((10..=90).contains(&weight_of(a)));
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
