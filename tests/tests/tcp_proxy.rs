@@ -87,4 +87,119 @@ fn idle_timeout_closes_pair(io: IoMode) {
     );
 }
 
-both_io!(half_close_and_large_payload, idle_timeout_closes_pair);
+/// A server that echoes every read back at once, like a request/response protocol.
+fn echo_server(conns: usize) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().take(conns) {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads exactly `want.len()` bytes and checks them.
+fn expect_bytes(c: &mut TcpStream, want: &[u8]) {
+    let mut got = vec![0u8; want.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(got, want);
+}
+
+/// Many small messages each way on one tunnel, every one waiting for its answer: each read
+/// finds the socket drained and must wake on the next message, never losing one.
+fn small_messages_round_trip(io: IoMode) {
+    let up = echo_server(1);
+    let p = TestProxy::start(&tcp_docs(io, up, "1h"));
+    let mut c = TcpStream::connect(p.listener("db")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.set_nodelay(true).unwrap();
+    for i in 0..2_000u32 {
+        let msg = format!("ping {i}\n");
+        c.write_all(msg.as_bytes()).unwrap();
+        expect_bytes(&mut c, msg.as_bytes());
+    }
+}
+
+/// Idle tunnels hold no kernel threads. io_uring's own splice runs on an io-wq worker that
+/// blocks until the socket has bytes, two per tunnel; the proxy waits for readiness instead.
+fn idle_tunnels_hold_no_kernel_threads(io: IoMode) {
+    const TUNNELS: usize = 8;
+    let up = echo_server(TUNNELS);
+    let p = TestProxy::start(&tcp_docs(io, up, "1h"));
+    let mut clients = Vec::new();
+    for i in 0..TUNNELS {
+        let mut c = TcpStream::connect(p.listener("db")).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let msg = format!("hello {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        expect_bytes(&mut c, msg.as_bytes());
+        clients.push(c);
+    }
+    // Every tunnel is open, has carried bytes and now waits on both sides.
+    thread::sleep(Duration::from_millis(100));
+    let io_workers = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("iou-wrk"))
+        .count();
+    assert!(
+        io_workers < TUNNELS,
+        "{io_workers} io_uring worker threads for {TUNNELS} idle tunnels"
+    );
+    // And they still work after idling.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let msg = format!("again {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        expect_bytes(c, msg.as_bytes());
+    }
+}
+
+/// An upstream that resets the connection: the client's side is closed too, not left hanging.
+fn upstream_reset_closes_the_client(io: IoMode) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = l.local_addr().unwrap();
+    thread::spawn(move || {
+        if let Some(Ok(mut s)) = l.incoming().next() {
+            let mut b = [0u8; 5];
+            let _ = s.read_exact(&mut b);
+            // SO_LINGER 0: close sends RST instead of FIN.
+            let sock = socket2::SockRef::from(&s);
+            let _ = sock.set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    let p = TestProxy::start(&tcp_docs(io, up, "1h"));
+    let mut c = TcpStream::connect(p.listener("db")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    c.write_all(b"hello").unwrap();
+    // A tunnel left hanging ends the read with the timeout's WouldBlock, and fails below.
+    let mut b = [0u8; 16];
+    let r = loop {
+        match c.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r,
+        }
+    };
+    match r {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected EOF or reset after the upstream's RST, got {other:?}"),
+    }
+}
+
+both_io!(
+    half_close_and_large_payload,
+    idle_timeout_closes_pair,
+    small_messages_round_trip,
+    idle_tunnels_hold_no_kernel_threads,
+    upstream_reset_closes_the_client
+);
