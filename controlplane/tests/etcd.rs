@@ -55,7 +55,7 @@ fn control_plane_addresses_compile_in_order_and_errors_name_the_field() {
     );
 }
 
-/// A throwaway etcd on loopback ports derived from the process id (2xxxx).
+/// A throwaway etcd on loopback ports the kernel picked (see `start_etcd`).
 struct Etcd {
     child: Child,
     /// Its data directory and log, removed when this guard drops (after `Drop` has stopped etcd).
