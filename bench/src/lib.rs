@@ -20,6 +20,7 @@ pub mod report;
 pub mod suite;
 pub mod topology;
 pub mod ui;
+pub mod wake_cost;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -175,8 +176,14 @@ fn machine_info() -> Vec<(String, String)> {
         "load generator / echo io driver".into(),
         ringmesh_loadgen::io_driver_name().into(),
     )]);
+    let wake =
+        wake_cost::WakeCost::measure(WAKE_ROUND_TRIPS).map_or_else(|e| format!("not measured: {e}"), |c| c.describe());
+    info.push(("sleep and wake-up".into(), wake));
     info
 }
+
+/// Round trips of the sleep/wake measurement: about a second across CPUs on a nested VM.
+const WAKE_ROUND_TRIPS: u32 = 20_000;
 
 fn shell_quote(a: &str) -> String {
     if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@".contains(&b)) {

@@ -83,6 +83,7 @@ fn tiny_suite_writes_complete_reports() {
         assert!(s["upstream_cores_per_1k_rps"]["median"].is_number(), "{s}");
     }
     assert!(md.contains("## Per-request CPU beside the echo's"), "{md}");
+    assert!(md.contains("- sleep and wake-up: same CPU "), "{md}");
     for rm in &scenarios[1..] {
         assert!(rm["added_us"]["p50"]["median"].is_number());
         assert!(rm["cpu_cores_per_1k_rps"]["median"].as_f64().unwrap() > 0.0);
