@@ -4,8 +4,10 @@
 //!   see `ringmesh_loadgen`), one `.hgrm` file per scenario and repeat. The proxy process
 //!   tree's CPU time (`/proc/PID/stat` utime + stime) is read before and after, and divided
 //!   by the requests sent (warmup included, since the CPU time covers it too) to give CPU
-//!   seconds per 1,000 requests — the same number as cores per 1,000 rps.
-//! * **Throughput**: a closed-loop run, as many requests as come back.
+//!   seconds per 1,000 requests — the same number as cores per 1,000 rps. The echo's CPU is
+//!   read the same way, beside it.
+//! * **Throughput**: a closed-loop run, as many requests as come back; the proxy's CPU over it
+//!   gives the cores it kept busy and its CPU per request under saturation.
 //! * **Memory**: VmRSS of the proxy tree when idle, and its growth while holding many idle
 //!   keep-alive connections (each has carried one request, so per-connection buffers a proxy
 //!   keeps after a request are counted, as they would be for a real idle client).
@@ -71,7 +73,7 @@ pub struct RunResult {
     pub cpu_per_1k: Option<f64>,
     /// The echo upstream's CPU seconds per 1,000 open-loop requests. In `direct` this is what
     /// the simplest server spends to take a request and send a response at this rate: the
-    /// floor for one hop, against which a proxy's two hops are read.
+    /// price of one hop, against which a proxy's two are read.
     pub upstream_cpu_per_1k: Option<f64>,
     /// Proxy CPU during the closed-loop run over its wall time: cores kept busy. Near the
     /// proxy's worker count, the proxy was the bottleneck and throughput is 1 / its CPU per
