@@ -177,6 +177,12 @@ impl Client {
         Some(self.buf.drain(..n).collect())
     }
 
+    /// Everything the peer sends until it closes the connection, or `None` if it is still open
+    /// after `within`.
+    pub fn read_until_close(&mut self, within: Duration) -> Option<Vec<u8>> {
+        self.closed_within(within).then(|| std::mem::take(&mut self.buf))
+    }
+
     /// True when the peer closed the connection (EOF) within `within`.
     pub fn closed_within(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;

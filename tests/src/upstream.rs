@@ -20,6 +20,8 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     /// De-chunked body.
     pub body: Vec<u8>,
+    /// The body as it arrived on the wire: chunk framing and trailers included.
+    pub raw_body: Vec<u8>,
     /// Raw chunked trailer lines, if any.
     pub trailers: Vec<String>,
     /// Which accepted connection (0-based) carried it.
@@ -267,7 +269,7 @@ pub(crate) fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBo
     };
     buf.drain(..head_end);
     if rec.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        let (body, trailers) = read_chunked(s, buf, stop)?;
+        let (body, trailers) = read_chunked_raw(s, buf, stop, &mut rec.raw_body)?;
         rec.body = body;
         rec.trailers = trailers;
     } else if let Some(cl) = rec
@@ -280,15 +282,28 @@ pub(crate) fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBo
             }
         }
         rec.body = buf.drain(..cl).collect();
+        rec.raw_body = rec.body.clone();
     }
     Some(rec)
 }
 
 /// Reads a chunked body; returns the payload and the trailer lines.
 pub fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBool) -> Option<(Vec<u8>, Vec<String>)> {
+    read_chunked_raw(s, buf, stop, &mut Vec::new())
+}
+
+/// [`read_chunked`], also appending every byte of the body as received (framing included) to
+/// `raw`.
+fn read_chunked_raw(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    stop: &AtomicBool,
+    raw: &mut Vec<u8>,
+) -> Option<(Vec<u8>, Vec<String>)> {
     let mut body = Vec::new();
-    loop {
-        let line_end = loop {
+    // Reads one CRLF-terminated line off the front of `buf`.
+    let line = |s: &mut TcpStream, buf: &mut Vec<u8>, raw: &mut Vec<u8>| -> Option<String> {
+        let end = loop {
             if let Some(i) = find(buf, b"\r\n") {
                 break i;
             }
@@ -296,35 +311,30 @@ pub fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBool) -> 
                 return None;
             }
         };
-        let line = String::from_utf8_lossy(&buf[..line_end]).to_string();
-        buf.drain(..line_end + 2);
-        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        let l = String::from_utf8_lossy(&buf[..end]).to_string();
+        raw.extend(buf.drain(..end + 2));
+        Some(l)
+    };
+    loop {
+        let size_line = line(s, buf, raw)?;
+        let size = usize::from_str_radix(size_line.split(';').next()?.trim(), 16).ok()?;
         if size == 0 {
             let mut trailers = Vec::new();
             loop {
-                let end = loop {
-                    if let Some(i) = find(buf, b"\r\n") {
-                        break i;
-                    }
-                    if !read_more(s, buf, stop) {
-                        return None;
-                    }
-                };
-                let l = String::from_utf8_lossy(&buf[..end]).to_string();
-                buf.drain(..end + 2);
+                let l = line(s, buf, raw)?;
                 if l.is_empty() {
                     return Some((body, trailers));
                 }
                 trailers.push(l);
             }
         }
-        while buf.len() < size + 2 {
+        while buf.len() < size.saturating_add(2) {
             if !read_more(s, buf, stop) {
                 return None;
             }
         }
         body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
+        raw.extend(buf.drain(..size + 2));
     }
 }
 

@@ -3,16 +3,18 @@
 //! Used in both directions: request bodies client → upstream, response bodies upstream →
 //! client. Every read is forwarded at once (a server-sent-events stream is never held back),
 //! the bytes travel as `Bytes` split off the read buffer (no copy in user space), and a chunked
-//! body is validated by the decoder and forwarded verbatim. Bytes after the end of the body
-//! (a pipelined next request) stay in the buffer for the caller.
+//! body is validated and re-framed by a [`Rechunker`]: canonical size lines for the next hop,
+//! or no framing at all for an HTTP/1.0 client ([`client_framing`]). When a size line had to be
+//! rewritten the pieces go out in one `writev`. Bytes after the end of the body (a pipelined
+//! next request) stay in the buffer for the caller.
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use monoio::buf::IoBufMut;
+use bytes::{Buf, Bytes, BytesMut};
+use monoio::buf::{IoBufMut, IoVecBuf};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::h1::{BodyFraming, ChunkedDecoder, ChunkedLimits, H1Error};
+use super::h1::{BodyFraming, ChunkedDecoder, ChunkedLimits, ChunkedOut, H1Error, Rechunker, Segments};
 
 /// Bytes requested from the kernel per read while streaming a body.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -70,10 +72,41 @@ pub async fn write_prefix<W: AsyncWriteRent>(dst: &mut W, buf: &mut BytesMut, n:
     res.map(|_| ()).map_err(BodyError::Write)
 }
 
-/// Streams one body framed as `framing` from `src` to `dst`. `buf` holds bytes already read from
-/// `src` after the head; on return it holds whatever followed the body. Returns payload bytes.
+/// How a response body framed as `framing` goes to a client speaking HTTP/1.`client_minor`.
+///
+/// An HTTP/1.0 client cannot read chunked coding (RFC 9112 §6.1): it gets the payload alone,
+/// delimited by the close of the connection ([`BodyFraming::CloseDelimited`]; the caller writes
+/// no framing field and closes after the body). Anything else goes as received.
+pub fn client_framing(framing: BodyFraming, client_minor: u8) -> BodyFraming {
+    match framing {
+        BodyFraming::Chunked if client_minor == 0 => BodyFraming::CloseDelimited,
+        other => other,
+    }
+}
+
+/// Streams one body framed as `framing` from `src` to `dst`; a chunked body leaves with
+/// canonical size lines. `buf` holds bytes already read from `src` after the head; on return it
+/// holds whatever followed the body. Returns payload bytes.
 pub async fn stream<R, W>(
     framing: BodyFraming,
+    src: &mut R,
+    buf: &mut BytesMut,
+    dst: &mut W,
+    idle: Duration,
+    chunked_limits: ChunkedLimits,
+) -> Result<u64, BodyError>
+where
+    R: AsyncReadRent,
+    W: AsyncWriteRent,
+{
+    stream_as(framing, framing, src, buf, dst, idle, chunked_limits).await
+}
+
+/// [`stream`], with the body leaving framed as `out`: a chunked body with `out` other than
+/// `Chunked` is de-chunked (see [`client_framing`]).
+pub async fn stream_as<R, W>(
+    framing: BodyFraming,
+    out: BodyFraming,
     src: &mut R,
     buf: &mut BytesMut,
     dst: &mut W,
@@ -103,13 +136,18 @@ where
             }
         }
         BodyFraming::Chunked => {
-            let mut decoder = ChunkedDecoder::new(chunked_limits);
+            let mode = match out {
+                BodyFraming::Chunked => ChunkedOut::Canonical,
+                _ => ChunkedOut::Dechunked,
+            };
+            let mut rechunker = Rechunker::new(chunked_limits, mode);
+            let mut segments = Segments::new();
             let mut payload = 0;
             loop {
                 if !buf.is_empty() {
-                    let progress = decoder.scan(buf).map_err(BodyError::Framing)?;
+                    let progress = rechunker.feed(buf, &mut segments).map_err(BodyError::Framing)?;
                     payload += progress.payload;
-                    write_prefix(dst, buf, progress.consumed).await?;
+                    write_segments(dst, &mut segments).await?;
                     if progress.done {
                         return Ok(payload);
                     }
@@ -132,6 +170,105 @@ where
                 }
             }
         }
+    }
+}
+
+/// Writes what a [`Rechunker`] produced: one slice with `write_all` (the common case), several
+/// with `writev`.
+async fn write_segments<W: AsyncWriteRent>(dst: &mut W, segments: &mut Segments) -> Result<(), BodyError> {
+    match segments.count() {
+        0 => Ok(()),
+        1 => match segments.drain().next() {
+            Some(one) => dst.write_all(one).await.0.map(|_| ()).map_err(BodyError::Write),
+            None => Ok(()),
+        },
+        _ => write_vectored(dst, segments.drain().collect())
+            .await
+            .map_err(BodyError::Write),
+    }
+}
+
+/// Most iovecs handed to one `writev` (Linux's `IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
+
+/// Writes all of `bufs`, in order, with as few `writev` calls as the socket allows.
+async fn write_vectored<W: AsyncWriteRent>(dst: &mut W, bufs: Vec<Bytes>) -> std::io::Result<()> {
+    let mut io = IoSlices::new(bufs);
+    while !io.is_empty() {
+        let (res, back) = dst.writev(io).await;
+        io = back;
+        match res {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => io.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Byte strings and the iovecs that point into them, handed to the runtime as one value.
+///
+/// The runtime keeps what it is given alive until the kernel has finished with it, even when
+/// the writing future is dropped (io_uring completes the write later). Owning the `Bytes` here,
+/// beside the iovecs, is what makes that hold for the memory the iovecs point at too.
+struct IoSlices {
+    bufs: Vec<Bytes>,
+    /// `bufs[..next]` are written.
+    next: usize,
+    iovecs: Vec<libc::iovec>,
+}
+
+impl IoSlices {
+    fn new(bufs: Vec<Bytes>) -> Self {
+        let mut io = IoSlices {
+            bufs,
+            next: 0,
+            iovecs: Vec::new(),
+        };
+        io.point();
+        io
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bufs
+            .get(self.next..)
+            .is_none_or(|rest| rest.iter().all(Bytes::is_empty))
+    }
+
+    /// Drops the first `n` bytes (written) and points the iovecs at what is left.
+    fn advance(&mut self, mut n: usize) {
+        while let Some(b) = self.bufs.get_mut(self.next) {
+            if b.len() > n {
+                b.advance(n);
+                break;
+            }
+            n -= b.len();
+            self.next += 1;
+        }
+        self.point();
+    }
+
+    fn point(&mut self) {
+        self.iovecs.clear();
+        let rest = self.bufs.get(self.next..).unwrap_or(&[]);
+        self.iovecs.extend(rest.iter().take(MAX_IOVECS).map(|b| libc::iovec {
+            iov_base: b.as_ptr().cast_mut().cast(),
+            iov_len: b.len(),
+        }));
+    }
+}
+
+// SAFETY: the iovecs point into `bufs`, which this value owns: `Bytes` keeps its bytes at a
+// fixed address however the owner moves, and neither vector is touched while the runtime holds
+// the value (only `advance`, after it is handed back). Each iovec covers exactly one `Bytes`.
+unsafe impl IoVecBuf for IoSlices {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iovecs.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.iovecs.len()
     }
 }
 

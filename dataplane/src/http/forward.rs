@@ -590,7 +590,7 @@ async fn one_try(
         max_head_bytes: limits.max_response_head_bytes,
         max_headers: limits.max_headers,
     };
-    let mut parser = ResponseParser::new(head_limits);
+    let mut parser = ResponseParser::new(head_limits).upgrade_requested(head.connection().upgrade);
     let timeout_at = per_try_deadline;
     loop {
         if !buf.is_empty() {
@@ -669,12 +669,13 @@ async fn relay_response(
     worker.stats.record_status(status);
     let upgrade = status == 101 && head.connection().upgrade;
     let framing = rhead.framing();
+    let client_framing = body::client_framing(framing, head.version_minor());
     // An answer that came before the whole request body leaves unread body bytes on the client
     // connection: it cannot carry another request.
     let client_keep = head.connection().keep_alive
         && request_complete
         && !worker.draining.get()
-        && framing != BodyFraming::CloseDelimited
+        && client_framing != BodyFraming::CloseDelimited
         && !upgrade;
     let ops = &route.response_headers;
     let opts = ResponseEncode {
@@ -683,7 +684,7 @@ async fn relay_response(
             set: &ops.set,
             add: &ops.add,
         },
-        framing,
+        framing: client_framing,
         connection: if upgrade {
             ConnectionHeader::Upgrade
         } else if client_keep && head.version_minor() == 0 {
@@ -716,8 +717,9 @@ async fn relay_response(
     if upgrade {
         return Outcome::Upgrade { upstream, buf: ubuf };
     }
-    match body::stream(
+    match body::stream_as(
         framing,
+        client_framing,
         &mut upstream.read,
         &mut ubuf,
         &mut conn.stream,

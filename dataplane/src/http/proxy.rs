@@ -336,7 +336,9 @@ async fn reply_error(
 /// After a local answer the request body (if unread) must be consumed to find the next
 /// request; small bodies are read and dropped, anything else closes the connection.
 pub(crate) async fn finish_request_body(conn: &mut Downstream, head: &RequestHead, idle: Duration) -> bool {
-    if !head.connection().keep_alive {
+    // A client waiting for `100 Continue` may or may not send its body after a final answer
+    // (RFC 9110 §10.1.1), so where its next request starts is unknown: close.
+    if !head.connection().keep_alive || head.awaits_continue() {
         return false;
     }
     match head.framing() {

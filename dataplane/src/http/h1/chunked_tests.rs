@@ -330,3 +330,378 @@ proptest! {
         prop_assert_eq!(got, (payload.len() as u64, body.len(), true));
     }
 }
+
+// ---- Rechunker ----
+
+/// (bytes written, payload counted, done, what is left in the buffer, most segments produced
+/// by one feed).
+type Rechunked = (Vec<u8>, u64, bool, Vec<u8>, usize);
+
+/// What a proxy does with a rechunker: append each piece to its read buffer, feed, write the
+/// segments.
+fn rechunk_in_pieces(input: &[u8], cuts: &[usize], out: ChunkedOut) -> Result<Rechunked, H1Error> {
+    let mut r = Rechunker::new(ChunkedLimits::default(), out);
+    let mut buf = BytesMut::new();
+    let mut segs = Segments::new();
+    let (mut written, mut payload, mut most) = (Vec::new(), 0, 0);
+    let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c <= input.len()).collect();
+    bounds.sort_unstable();
+    bounds.push(input.len());
+    let mut last = 0;
+    for b in bounds {
+        if b < last {
+            continue;
+        }
+        buf.extend_from_slice(&input[last..b]);
+        last = b;
+        let p = r.feed(&mut buf, &mut segs)?;
+        most = most.max(segs.count());
+        let len = segs.len();
+        let before = written.len();
+        for s in segs.drain() {
+            written.extend_from_slice(&s);
+        }
+        assert_eq!(written.len() - before, len, "len() counts what drain() yields");
+        assert!(segs.is_empty() && segs.count() == 0);
+        payload += p.payload;
+        if p.done {
+            assert!(r.is_done());
+            buf.extend_from_slice(&input[last..]);
+            return Ok((written, payload, true, buf.to_vec(), most));
+        }
+    }
+    Ok((written, payload, false, buf.to_vec(), most))
+}
+
+fn rechunk(input: &[u8]) -> Result<Vec<u8>, H1Error> {
+    rechunk_in_pieces(input, &[], ChunkedOut::Canonical).map(|r| r.0)
+}
+
+#[test]
+fn canonical_body_passes_as_one_slice() {
+    let body = b"5\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-T: v\r\n\r\nGET / HTTP/1.1\r\n";
+    let mut buf = BytesMut::from(&body[..]);
+    let start = buf.as_ptr() as usize;
+    let mut segs = Segments::new();
+    let p = Rechunker::new(ChunkedLimits::default(), ChunkedOut::Canonical)
+        .feed(&mut buf, &mut segs)
+        .unwrap();
+    assert_eq!(
+        p,
+        FeedProgress {
+            payload: 15,
+            done: true
+        }
+    );
+    assert_eq!(segs.count(), 1);
+    let out: Vec<Bytes> = segs.drain().collect();
+    assert_eq!(&out[0][..], &body[..body.len() - 16]);
+    assert_eq!(
+        out[0].as_ptr() as usize,
+        start,
+        "a slice of the read buffer, not a copy"
+    );
+    assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+}
+
+#[test]
+fn size_lines_are_rewritten_canonically() {
+    let cases: &[(&[u8], &[u8])] = &[
+        (
+            b"00000000000000000000005\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (b"5;a=b\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+        (b"5 ;a\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+        (b"5\t; a = \"q; v\"\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+        (
+            b"05\r\nhello\r\n01;x\r\n!\r\n000;e=1\r\nX-T: v\r\n\r\n",
+            b"5\r\nhello\r\n1\r\n!\r\n0\r\nX-T: v\r\n\r\n",
+        ),
+        (b"0000\r\n\r\n", b"0\r\n\r\n"),
+        (b"0;x\r\nA: 1\r\nB: 2\r\n\r\n", b"0\r\nA: 1\r\nB: 2\r\n\r\n"),
+        // Already canonical, upper-case digits included: as received.
+        (
+            b"A\r\n0123456789\r\n1f\r\n0123456789012345678901234567890\r\n0\r\n\r\n",
+            b"A\r\n0123456789\r\n1f\r\n0123456789012345678901234567890\r\n0\r\n\r\n",
+        ),
+        (
+            b"0010\r\n0123456789abcdef\r\n0\r\n\r\n",
+            b"10\r\n0123456789abcdef\r\n0\r\n\r\n",
+        ),
+    ];
+    for (input, want) in cases {
+        let got = rechunk(input).unwrap();
+        assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(input));
+        // At every split point too.
+        for i in 0..=input.len() {
+            let (got, _, done, rest, _) = rechunk_in_pieces(input, &[i], ChunkedOut::Canonical).unwrap();
+            assert!(done && rest.is_empty());
+            assert_eq!(got, *want, "split at {i} of {:?}", String::from_utf8_lossy(input));
+        }
+    }
+}
+
+#[test]
+fn dechunked_is_payload_only() {
+    let input = b"05;x=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: v\r\n\r\nNEXT";
+    for i in 0..=input.len() {
+        for j in i..=input.len() {
+            let (got, payload, done, rest, _) = rechunk_in_pieces(input, &[i, j], ChunkedOut::Dechunked).unwrap();
+            assert_eq!(
+                (got.as_slice(), payload, done),
+                (&b"hello world"[..], 11, true),
+                "split {i},{j}"
+            );
+            assert_eq!(rest, b"NEXT");
+        }
+    }
+}
+
+#[test]
+fn payload_stays_a_slice_when_the_size_line_is_rewritten() {
+    let mut body = b"0400;name=value\r\n".to_vec();
+    body.extend(std::iter::repeat_n(b'x', 1024));
+    body.extend_from_slice(b"\r\n0\r\n\r\n");
+    let mut buf = BytesMut::from(&body[..]);
+    let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+    let mut segs = Segments::new();
+    let p = Rechunker::new(ChunkedLimits::default(), ChunkedOut::Canonical)
+        .feed(&mut buf, &mut segs)
+        .unwrap();
+    assert!(p.done);
+    let out: Vec<Bytes> = segs.drain().collect();
+    assert_eq!(
+        out.concat(),
+        [&b"400\r\n"[..], &[b'x'; 1024], b"\r\n0\r\n\r\n"].concat()
+    );
+    let data = out.iter().find(|s| s.len() >= 1024).expect("payload segment");
+    assert!(range.contains(&(data.as_ptr() as usize)), "payload was copied");
+}
+
+#[test]
+fn tiny_rewritten_chunks_do_not_explode_into_segments() {
+    let mut body = Vec::new();
+    for _ in 0..2000 {
+        body.extend_from_slice(b"01\r\nx\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let (out, payload, done, _, most) = rechunk_in_pieces(&body, &[], ChunkedOut::Canonical).unwrap();
+    assert!(done);
+    assert_eq!(payload, 2000);
+    assert_eq!(out, [b"1\r\nx\r\n".repeat(2000), b"0\r\n\r\n".to_vec()].concat());
+    assert!(most <= 2, "{most} segments for one buffer");
+    let (out, _, _, _, most) = rechunk_in_pieces(&body, &[], ChunkedOut::Dechunked).unwrap();
+    assert_eq!(out, vec![b'x'; 2000]);
+    assert!(most <= 2, "{most} segments for one buffer");
+}
+
+#[test]
+fn unfinished_size_line_is_held_back() {
+    let mut r = Rechunker::new(ChunkedLimits::default(), ChunkedOut::Canonical);
+    let mut segs = Segments::new();
+    let mut buf = BytesMut::from(&b"0000"[..]);
+    let p = r.feed(&mut buf, &mut segs).unwrap();
+    assert_eq!(
+        p,
+        FeedProgress {
+            payload: 0,
+            done: false
+        }
+    );
+    assert!(segs.is_empty(), "nothing may go out before the line ends");
+    assert_eq!(&buf[..], b"0000", "held in the buffer");
+    // Feeding again without new bytes changes nothing.
+    assert!(!r.feed(&mut buf, &mut segs).unwrap().done);
+    assert!(segs.is_empty());
+    buf.extend_from_slice(b"5\r\nhel");
+    let p = r.feed(&mut buf, &mut segs).unwrap();
+    assert_eq!(p.payload, 3);
+    assert_eq!(segs.drain().collect::<Vec<_>>().concat(), b"5\r\nhel");
+    assert!(buf.is_empty());
+    // The CRLF ending a chunk goes out with its payload, not with the next size line: an
+    // event stream's chunk must not wait for the next event.
+    buf.extend_from_slice(b"lo\r");
+    assert_eq!(r.feed(&mut buf, &mut segs).unwrap().payload, 2);
+    assert_eq!(segs.drain().collect::<Vec<_>>().concat(), b"lo");
+    buf.extend_from_slice(b"\n");
+    r.feed(&mut buf, &mut segs).unwrap();
+    assert_eq!(segs.drain().collect::<Vec<_>>().concat(), b"\r\n");
+    assert!(buf.is_empty());
+    buf.extend_from_slice(b"0\r\n");
+    assert!(!r.feed(&mut buf, &mut segs).unwrap().done);
+    assert!(segs.is_empty());
+    assert_eq!(&buf[..], b"0\r\n", "the end of the body waits for its last line");
+    buf.extend_from_slice(b"\r\n");
+    assert!(r.feed(&mut buf, &mut segs).unwrap().done);
+    assert_eq!(segs.drain().collect::<Vec<_>>().concat(), b"0\r\n\r\n");
+}
+
+#[test]
+fn chunk_size_bound() {
+    assert_eq!(MAX_CHUNK_SIZE, 0xf_ffff_ffff_ffff);
+    let at_bound = b"fffffffffffff\r\nabc";
+    assert_eq!(scan_all(at_bound).unwrap().payload, 3);
+    assert_eq!(
+        rechunk_in_pieces(at_bound, &[], ChunkedOut::Canonical).unwrap().0,
+        at_bound
+    );
+    for size in [
+        "10000000000000",
+        "ffffffffffffffff",
+        "7fffffffffffffff",
+        "0010000000000000",
+    ] {
+        let body = format!("{size}\r\nabc");
+        assert_eq!(scan_all(body.as_bytes()), Err(H1Error::ChunkSizeTooLarge), "{size}");
+        assert_eq!(rechunk(body.as_bytes()), Err(H1Error::ChunkSizeTooLarge), "{size}");
+    }
+}
+
+#[test]
+fn chunk_line_bound() {
+    let ext = |n: usize| format!("5;e={}\r\nhello\r\n0\r\n\r\n", "v".repeat(n));
+    // "5;e=" is 4 bytes.
+    assert!(rechunk(ext(MAX_CHUNK_LINE - 4).as_bytes()).is_ok());
+    assert_eq!(
+        rechunk(ext(MAX_CHUNK_LINE - 3).as_bytes()),
+        Err(H1Error::ChunkLineTooLong)
+    );
+    let zeros = format!("{}5\r\nhello\r\n0\r\n\r\n", "0".repeat(MAX_CHUNK_LINE));
+    assert_eq!(rechunk(zeros.as_bytes()), Err(H1Error::ChunkLineTooLong));
+}
+
+#[test]
+fn rechunker_refuses_what_the_decoder_refuses() {
+    for input in [
+        &b"zz\r\n"[..],
+        b"5\r\nhelloX\r\n",
+        b"0\r\nContent-Length: 5\r\n\r\n",
+        b"5\nhello",
+    ] {
+        let want = scan_all(input).unwrap_err();
+        assert_eq!(rechunk(input), Err(want));
+        let cuts: Vec<usize> = (0..input.len()).collect();
+        assert_eq!(
+            rechunk_in_pieces(input, &cuts, ChunkedOut::Dechunked).map(|r| r.0),
+            Err(want)
+        );
+    }
+}
+
+/// A well-formed chunked body with padded sizes and extensions: (body, payload, what the
+/// canonical re-framing of it is).
+fn paddable_body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let chunk = (
+        proptest::collection::vec(any::<u8>(), 1..300),
+        0usize..3,
+        prop_oneof![Just(""), Just(";a=b"), Just(" ;x"), Just(";q=\"a;b\"")],
+        any::<bool>(),
+    );
+    let last = (0usize..3, prop_oneof![Just(""), Just(";z")]);
+    let trailer = prop_oneof![Just(""), Just("X-A: 1\r\n"), Just("X-A: 1\r\nX-B: two words\r\n")];
+    (proptest::collection::vec(chunk, 0..6), last, trailer).prop_map(|(chunks, (zeros, last_ext), trailer)| {
+        let (mut body, mut payload, mut canon) = (Vec::new(), Vec::new(), Vec::new());
+        for (data, pad, ext, upper) in chunks {
+            let size = if upper {
+                format!("{:X}", data.len())
+            } else {
+                format!("{:x}", data.len())
+            };
+            body.extend_from_slice("0".repeat(pad).as_bytes());
+            body.extend_from_slice(size.as_bytes());
+            body.extend_from_slice(ext.as_bytes());
+            if pad == 0 && ext.is_empty() {
+                canon.extend_from_slice(size.as_bytes());
+            } else {
+                canon.extend_from_slice(format!("{:x}", data.len()).as_bytes());
+            }
+            for v in [&mut body, &mut canon] {
+                v.extend_from_slice(b"\r\n");
+                v.extend_from_slice(&data);
+                v.extend_from_slice(b"\r\n");
+            }
+            payload.extend_from_slice(&data);
+        }
+        body.extend_from_slice("0".repeat(zeros + 1).as_bytes());
+        body.extend_from_slice(last_ext.as_bytes());
+        canon.extend_from_slice(b"0");
+        for v in [&mut body, &mut canon] {
+            v.extend_from_slice(b"\r\n");
+            v.extend_from_slice(trailer.as_bytes());
+            v.extend_from_slice(b"\r\n");
+        }
+        (body, payload, canon)
+    })
+}
+
+/// Every size line of a chunked body whose lines hold only hex digits (what canonical output
+/// has); stops at the first other line, which the caller then sees fail `is_canonical_size`.
+fn size_lines(body: &[u8]) -> Vec<Vec<u8>> {
+    let (mut pos, mut lines) = (0, Vec::new());
+    loop {
+        let end = pos + body[pos..].windows(2).position(|w| w == b"\r\n").unwrap();
+        let line = body[pos..end].to_vec();
+        let size = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|s| usize::from_str_radix(s, 16).ok());
+        lines.push(line);
+        match size {
+            Some(0) | None => return lines,
+            Some(n) => pos = end + 2 + n + 2,
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Any split of a valid body re-frames to the same bytes: its canonical form, which carries
+    /// the same payload and trailers and whose every size line is canonical. De-chunked, it is
+    /// the payload.
+    #[test]
+    fn rechunk_any_split((body, payload, canon) in paddable_body(),
+                         cuts in proptest::collection::vec(0usize..2000, 0..8),
+                         next in prop_oneof![Just(&b""[..]), Just(&b"GET / HTTP/1.1\r\n"[..])]) {
+        let input = [&body[..], next].concat();
+        let (out, n, done, rest, _) = rechunk_in_pieces(&input, &cuts, ChunkedOut::Canonical).unwrap();
+        prop_assert!(done);
+        prop_assert_eq!(&rest[..], next);
+        prop_assert_eq!(n, payload.len() as u64);
+        prop_assert_eq!(&out, &canon);
+        prop_assert_eq!(payload_of(&out).unwrap(), (payload.clone(), out.len(), true));
+        for line in size_lines(&out) {
+            prop_assert!(is_canonical_size(&line), "{:?}", String::from_utf8_lossy(&line));
+        }
+        let (out, _, done, rest, _) = rechunk_in_pieces(&input, &cuts, ChunkedOut::Dechunked).unwrap();
+        prop_assert!(done);
+        prop_assert_eq!(&rest[..], next);
+        prop_assert_eq!(out, payload);
+    }
+
+    /// On any bytes the rechunker never panics and, fed byte by byte, ends like the decoder:
+    /// the same error, or the same payload and end.
+    #[test]
+    fn rechunk_agrees_with_decoder(buf in proptest::collection::vec(
+        prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'0'), Just(b'1'), Just(b'f'), Just(b';'),
+                    Just(b'='), Just(b'"'), Just(b' '), Just(b':'), Just(b'x')], 0..128)) {
+        let cuts: Vec<usize> = (0..buf.len()).collect();
+        let whole = scan_in_pieces(&buf, &cuts);
+        for mode in [ChunkedOut::Canonical, ChunkedOut::Dechunked] {
+            let got = rechunk_in_pieces(&buf, &cuts, mode);
+            match (&whole, got) {
+                (Ok((payload, consumed, done)), Ok((out, n, d, rest, _))) => {
+                    prop_assert_eq!((*payload, *done), (n, d));
+                    if d {
+                        prop_assert_eq!(rest.len(), buf.len() - consumed);
+                    }
+                    if mode == ChunkedOut::Dechunked {
+                        prop_assert_eq!(out.len() as u64, n);
+                    }
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(*a, b),
+                (w, g) => prop_assert!(false, "decoder {:?} vs rechunker {:?}", w, g),
+            }
+        }
+    }
+}

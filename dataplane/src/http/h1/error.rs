@@ -45,6 +45,14 @@ pub enum H1Error {
     /// Request target has bad bytes or a form that does not fit the method.
     #[error("invalid request target")]
     InvalidTarget,
+    /// The path percent-decodes to a control byte (`%00`-`%1F`, `%7F`): no route or file name
+    /// holds one, and a next hop that decodes it may cut the path at a NUL or a line break.
+    #[error("percent-encoded control character in the path")]
+    EncodedControlInPath,
+    /// A CONNECT request: after a 2xx the connection would carry a tunnel, which no route sets
+    /// up, so the request is refused and the connection closed before its next bytes are read.
+    #[error("CONNECT is not supported: no route tunnels")]
+    ConnectNotSupported,
     /// The version field is not `HTTP/<digit>.<digit>`.
     #[error("invalid HTTP version")]
     InvalidVersion,
@@ -54,6 +62,10 @@ pub enum H1Error {
     /// Status code outside 100..=599 or status line malformed.
     #[error("invalid status line")]
     InvalidStatus,
+    /// `101 Switching Protocols` answering a request that did not ask to upgrade: the upstream
+    /// would speak another protocol on a connection the client still reads as HTTP/1.1.
+    #[error("101 to a request that did not ask to upgrade")]
+    UnrequestedUpgrade,
 
     // ---- header fields (400) ----
     /// Header name is not a token (includes a space before the colon).
@@ -96,7 +108,7 @@ pub enum H1Error {
     /// Chunk size line is not hex digits followed by optional extensions and CRLF.
     #[error("invalid chunk size")]
     InvalidChunkSize,
-    /// Chunk size larger than u64 or than `ChunkedLimits::max_chunk_size`.
+    /// Chunk size larger than `ChunkedLimits::max_chunk_size` (by default 2^52 - 1).
     #[error("chunk size too large")]
     ChunkSizeTooLarge,
     /// Chunk extension that is not `;name[=token|quoted-string]`.
@@ -142,9 +154,12 @@ impl H1Error {
             H1Error::Malformed => "malformed start line or head",
             H1Error::InvalidMethod => "invalid method",
             H1Error::InvalidTarget => "invalid request target",
+            H1Error::EncodedControlInPath => "percent-encoded control character in the path",
+            H1Error::ConnectNotSupported => "CONNECT is not supported: no route tunnels",
             H1Error::InvalidVersion => "invalid HTTP version",
             H1Error::UnsupportedVersion => "unsupported HTTP version",
             H1Error::InvalidStatus => "invalid status line",
+            H1Error::UnrequestedUpgrade => "101 to a request that did not ask to upgrade",
             H1Error::InvalidHeaderName => "invalid header name",
             H1Error::InvalidHeaderValue => "invalid header value",
             H1Error::MissingHost => "missing host header",
@@ -187,9 +202,12 @@ mod tests {
             H1Error::Malformed,
             H1Error::InvalidMethod,
             H1Error::InvalidTarget,
+            H1Error::EncodedControlInPath,
+            H1Error::ConnectNotSupported,
             H1Error::InvalidVersion,
             H1Error::UnsupportedVersion,
             H1Error::InvalidStatus,
+            H1Error::UnrequestedUpgrade,
             H1Error::InvalidHeaderName,
             H1Error::InvalidHeaderValue,
             H1Error::MissingHost,

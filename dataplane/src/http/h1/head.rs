@@ -424,6 +424,14 @@ impl RequestHead {
         self.connection
     }
 
+    /// The client sent `Expect: 100-continue` with a body: it may hold the body back until it
+    /// hears `100 Continue`. A final answer sent without reading the body leaves it unknown
+    /// whether the body or the next request comes next, so such an answer must close.
+    #[inline]
+    pub fn awaits_continue(&self) -> bool {
+        self.connection.expect_continue && self.framing.has_body()
+    }
+
     /// The Host header value, if one was sent.
     #[inline]
     pub fn host<'a>(&self, src: &'a [u8]) -> Option<&'a [u8]> {
@@ -667,21 +675,37 @@ impl RequestParser {
 pub struct ResponseParser {
     limits: HeadLimits,
     scanner: HeadScanner,
+    upgrade_requested: bool,
 }
 
 impl ResponseParser {
-    /// A parser with these limits.
+    /// A parser with these limits, for a request that did not ask to upgrade.
     pub fn new(limits: HeadLimits) -> Self {
         ResponseParser {
             limits,
             scanner: HeadScanner::new(),
+            upgrade_requested: false,
         }
+    }
+
+    /// Whether the request asked to upgrade (`ConnectionFlags::upgrade`). Only then is a `101`
+    /// accepted; otherwise it is [`H1Error::UnrequestedUpgrade`] (RFC 9110 §15.2.2: a server
+    /// switches only to a protocol the client listed in `Upgrade`).
+    pub fn upgrade_requested(mut self, requested: bool) -> Self {
+        self.upgrade_requested = requested;
+        self
     }
 
     /// Parse the response head at the start of `buf`; `request_method` is the method of the
     /// request this answers (HEAD and CONNECT change the framing).
     pub fn parse(&mut self, buf: &[u8], request_method: Method) -> Result<Option<ResponseHead>, H1Error> {
-        parse_response_with(&mut self.scanner, buf, &self.limits, request_method)
+        parse_response_with(
+            &mut self.scanner,
+            buf,
+            &self.limits,
+            request_method,
+            self.upgrade_requested,
+        )
     }
 
     /// Forget a partially scanned head.
@@ -700,13 +724,14 @@ pub fn parse_request_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<Requ
 }
 
 /// Parse a response head at the start of `buf` (stateless; prefer [`ResponseParser`]).
-/// `request_method` is the method of the request it answers.
+/// `request_method` is the method of the request it answers, which did not ask to upgrade (a
+/// `101` is refused).
 pub fn parse_response_head(
     buf: &[u8],
     limits: &HeadLimits,
     request_method: Method,
 ) -> Result<Option<ResponseHead>, H1Error> {
-    parse_response_with(&mut HeadScanner::new(), buf, limits, request_method)
+    parse_response_with(&mut HeadScanner::new(), buf, limits, request_method, false)
 }
 
 /// Offset of `part` inside `base`, which httparse guarantees for the slices it returns; checked
@@ -760,6 +785,12 @@ fn parse_request_with(
         1 => fields.host,
         _ => return Err(H1Error::MultipleHost),
     };
+    // Checked last, so that a malformed CONNECT is refused for what is wrong with it. A 2xx
+    // would turn the connection into a tunnel that neither this codec nor any route provides;
+    // forwarding it as a request let the client's next bytes be read as HTTP.
+    if method == Method::Connect {
+        return Err(H1Error::ConnectNotSupported);
+    }
     let framing = match fields.framing {
         Framing::Chunked => BodyFraming::Chunked,
         Framing::Length(n) => BodyFraming::Length(n),
@@ -788,6 +819,7 @@ fn parse_response_with(
     buf: &[u8],
     limits: &HeadLimits,
     request_method: Method,
+    upgrade_requested: bool,
 ) -> Result<Option<ResponseHead>, H1Error> {
     let Some((start, head_len)) = scanner.scan(buf, limits.head_bytes())? else {
         return Ok(None);
@@ -806,6 +838,9 @@ fn parse_response_with(
     };
     if !(100..=599).contains(&status) {
         return Err(H1Error::InvalidStatus);
+    }
+    if status == 101 && !upgrade_requested {
+        return Err(H1Error::UnrequestedUpgrade);
     }
     // httparse hands back a static "" for reasons with obs-text, so take the reason from the
     // status line ourselves: it is everything after "HTTP/1.x NNN " up to the CRLF.
@@ -980,7 +1015,10 @@ fn classify_target(method: Method, target: Span, head: &[u8]) -> Result<(TargetF
         return Ok((TargetForm::Authority, Some(target), Span::default()));
     }
     match t.first() {
-        Some(b'/') => Ok((TargetForm::Origin, None, Span::default())),
+        Some(b'/') => {
+            check_encoded_path(t)?;
+            Ok((TargetForm::Origin, None, Span::default()))
+        }
         Some(b'*') if t.len() == 1 && method == Method::Options => Ok((TargetForm::Asterisk, None, Span::default())),
         _ => {
             // absolute-form: only http and https make sense for this proxy.
@@ -998,9 +1036,29 @@ fn classify_target(method: Method, target: Span, head: &[u8]) -> Result<(TargetF
                 return Err(H1Error::InvalidTarget);
             }
             let path = target.sub(scheme_len + auth_len, t.len());
+            check_encoded_path(path.get(head))?;
             Ok((TargetForm::Absolute, Some(authority), path))
         }
     }
+}
+
+/// Refuses a path (up to `?`) holding a percent-encoded control byte: `%00`-`%1F` or `%7F`.
+///
+/// The raw bytes were already checked for CTLs; an encoded one survives that check and turns
+/// back into a NUL or a line break wherever the path is decoded (route matching, a file name, a
+/// log line, the next hop). No legitimate path needs one, so it is a 400 before routing. The
+/// query is left alone: it is the application's data, not something we route or decode.
+fn check_encoded_path(pq: &[u8]) -> Result<(), H1Error> {
+    let path = &pq[..memchr::memchr(b'?', pq).unwrap_or(pq.len())];
+    for i in memchr::memchr_iter(b'%', path) {
+        if let [hi, lo] = path.get(i + 1..i + 3).unwrap_or(&[]) {
+            let (hi, lo) = (hi.to_ascii_uppercase(), lo.to_ascii_uppercase());
+            if matches!((hi, lo), (b'0' | b'1', b'0'..=b'9' | b'A'..=b'F') | (b'7', b'F')) {
+                return Err(H1Error::EncodedControlInPath);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn has_port(a: &[u8]) -> bool {

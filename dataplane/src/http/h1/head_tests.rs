@@ -214,12 +214,52 @@ fn absolute_form() {
 
 #[test]
 fn authority_and_asterisk_forms() {
-    let s = b"CONNECT db.example:5432 HTTP/1.1\r\nHost: db.example:5432\r\n\r\n";
-    let h = ok(s);
-    assert_eq!(h.target_form(), TargetForm::Authority);
-    assert_eq!(h.authority(s), Some(&b"db.example:5432"[..]));
+    // A well-formed CONNECT is refused: nothing here tunnels. A malformed one is refused for
+    // what is wrong with it (see `invalid_target`).
+    let e = err(b"CONNECT db.example:5432 HTTP/1.1\r\nHost: db.example:5432\r\n\r\n");
+    assert_eq!(e, H1Error::ConnectNotSupported);
+    assert_eq!(e.status(), 400);
+    assert_eq!(
+        err(b"CONNECT a.local:80 HTTP/1.0\r\n\r\n"),
+        H1Error::ConnectNotSupported
+    );
+    assert_eq!(
+        err(b"CONNECT [::1]:443 HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"),
+        H1Error::MultipleHost
+    );
     let h = ok(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(h.target_form(), TargetForm::Asterisk);
+}
+
+#[test]
+fn encoded_control_bytes_in_path() {
+    for path in [
+        "/a%00b", "/%00", "/a%0a", "/a%0D%0A", "/%1f", "/%1F", "/x%7f", "/x%7F/y", "/%09",
+    ] {
+        for target in [path.to_string(), format!("http://h.example{path}?q=1")] {
+            let s = format!("GET {target} HTTP/1.1\r\nHost: h.example\r\n\r\n");
+            let e = err(s.as_bytes());
+            assert_eq!(e, H1Error::EncodedControlInPath, "{target}");
+            assert_eq!(e.status(), 400);
+        }
+    }
+    // Not a control byte once decoded, not an escape at all, or in the query: accepted.
+    for target in [
+        "/a%20b",
+        "/%2500",
+        "/%7e",
+        "/%80",
+        "/%",
+        "/a%0",
+        "/%zz",
+        "/%0g",
+        "/p?x=%00",
+        "/p?%0a",
+        "http://h.example?%00",
+    ] {
+        let s = format!("GET {target} HTTP/1.1\r\nHost: h.example\r\n\r\n");
+        assert!(matches!(req(s.as_bytes()), Ok(Some(_))), "{target}");
+    }
 }
 
 #[test]
@@ -640,10 +680,40 @@ fn response_without_body() {
     let s = b"HTTP/1.1 100 Continue\r\n\r\n";
     assert!(res_ok(s, Method::Post).is_interim());
     let s = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
-    let h = res_ok(s, Method::Get);
+    let mut p = ResponseParser::new(limits()).upgrade_requested(true);
+    let h = p.parse(s, Method::Get).unwrap().unwrap();
     assert!(!h.is_interim());
     assert!(h.connection().upgrade);
     assert_eq!(h.framing(), BodyFraming::None);
+}
+
+#[test]
+fn unrequested_upgrade_is_refused() {
+    let s = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    assert_eq!(res(s, Method::Get), Err(H1Error::UnrequestedUpgrade));
+    let mut p = ResponseParser::new(limits());
+    assert_eq!(p.parse(s, Method::Get), Err(H1Error::UnrequestedUpgrade));
+    let mut p = ResponseParser::new(limits()).upgrade_requested(false);
+    assert_eq!(p.parse(s, Method::Post), Err(H1Error::UnrequestedUpgrade));
+    // Other 1xx answers are not affected.
+    let mut p = ResponseParser::new(limits());
+    assert!(p
+        .parse(b"HTTP/1.1 100 Continue\r\n\r\n", Method::Post)
+        .unwrap()
+        .unwrap()
+        .is_interim());
+}
+
+#[test]
+fn awaits_continue() {
+    let h = ok(&with_headers("Expect: 100-continue\r\nContent-Length: 5\r\n"));
+    assert!(h.awaits_continue());
+    let h = ok(&with_headers("Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n"));
+    assert!(h.awaits_continue());
+    // No body to wait for, or no expectation.
+    assert!(!ok(&with_headers("Expect: 100-continue\r\nContent-Length: 0\r\n")).awaits_continue());
+    assert!(!ok(&with_headers("Expect: 100-continue\r\n")).awaits_continue());
+    assert!(!ok(&with_headers("Content-Length: 5\r\n")).awaits_continue());
 }
 
 #[test]

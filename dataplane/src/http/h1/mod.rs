@@ -1,14 +1,16 @@
-//! HTTP/1.1 codec: sans-I/O, zero-copy parsing of heads, chunked-body validation, and head
-//! encoding for the proxy's hot path.
+//! HTTP/1.1 codec: sans-I/O, zero-copy parsing of heads, chunked-body validation and
+//! re-framing, and head encoding for the proxy's hot path.
 //!
 //! Where it sits: the proxy loop (`http::proxy`) owns the sockets and the `BytesMut` read
-//! buffers; this module only ever sees byte slices. For each exchange the loop
+//! buffers; this module sees byte slices, and splits `Bytes` off a buffer only to re-frame a
+//! chunked body without copying it. For each exchange the loop
 //!
 //! 1. feeds the read buffer to a [`RequestParser`] until it returns a [`RequestHead`] (offsets
 //!    into the buffer), then splits the head off as `Bytes` without copying;
 //! 2. writes the upstream head with [`encode_request_head`] into its write buffer;
-//! 3. streams the body: `Length(n)` by counting bytes, `Chunked` through a [`ChunkedDecoder`]
-//!    that validates framing and forwards the original bytes verbatim;
+//! 3. streams the body: `Length(n)` by counting bytes, `Chunked` through a [`Rechunker`] that
+//!    validates framing and passes payload on as slices of the buffer, with every size line in
+//!    canonical form (or no framing at all, for an HTTP/1.0 client);
 //! 4. does the same for the response with [`ResponseParser`] and [`encode_response_head`], or
 //!    answers by itself with [`write_simple_response`] when something is refused.
 //!
@@ -38,11 +40,12 @@
 //!         // read; let n = min(left, buf.len()); forward buf.split_to(n); left -= n
 //!     },
 //!     BodyFraming::Chunked => {
-//!         let mut dec = ChunkedDecoder::new(ChunkedLimits::default());
+//!         let mut re = Rechunker::new(ChunkedLimits::default(), ChunkedOut::Canonical);
+//!         let mut segs = Segments::new();
 //!         loop {
-//!             let p = dec.scan(&buf)?;          // validates framing, skips payload in bulk
-//!             forward(buf.split_to(p.consumed)); // verbatim, no copy
-//!             if p.done { break; }               // leftover bytes = next pipelined request
+//!             let p = re.feed(&mut buf, &mut segs)?; // validates, splits off what may go
+//!             forward(segs.drain());                 // payload as slices, canonical sizes
+//!             if p.done { break; }                   // leftover bytes = next pipelined request
 //!             // read more into buf
 //!         }
 //!     }
@@ -69,6 +72,8 @@
 //! | CR not followed by LF between lines | `Malformed` | 400 |
 //! | method not a token (e.g. `G(T`, empty) | `InvalidMethod` | 400 |
 //! | target with CTL, SP, DEL, non-ASCII or `#`; not origin-form, absolute-form (http/https, no userinfo), authority-form with port (CONNECT only) or `*` (OPTIONS only) | `InvalidTarget` | 400 |
+//! | path (before `?`) with a percent-encoded control byte, `%00`-`%1F` or `%7F` | `EncodedControlInPath` | 400 |
+//! | a well-formed CONNECT: a 2xx would make the connection a tunnel, which nothing here provides | `ConnectNotSupported` | 400 |
 //! | version not `HTTP/d.d` (e.g. `http/1.1`, `HTTP/1`) | `InvalidVersion` | 400 |
 //! | well-formed version other than 1.0 and 1.1 (`HTTP/2.0`, `HTTP/1.2`) | `UnsupportedVersion` | 505 |
 //! | header name not a token, including a space before the colon | `InvalidHeaderName` | 400 |
@@ -83,12 +88,17 @@
 //! | well-formed codings before a final `chunked` (`gzip, chunked`): we do not vouch for codings we do not decode | `UnsupportedTransferCoding` | 501 |
 //! | Transfer-Encoding in an HTTP/1.0 message | `TransferEncodingInHttp10` | 400 |
 //! | chunk size not hex, missing, whitespace after it not followed by `;` | `InvalidChunkSize` | 400 |
-//! | chunk size over u64 or `max_chunk_size` | `ChunkSizeTooLarge` | 400 |
+//! | chunk size over `max_chunk_size` ([`MAX_CHUNK_SIZE`], 2^52 - 1, by default) | `ChunkSizeTooLarge` | 400 |
 //! | chunk extension not `;name[=token\|"quoted"]` with optional BWS | `InvalidChunkExtension` | 400 |
-//! | chunk size line over `max_line_bytes` | `ChunkLineTooLong` | 400 |
+//! | chunk size line over `max_line_bytes` ([`MAX_CHUNK_LINE`], 1 KiB, by default) | `ChunkLineTooLong` | 400 |
 //! | chunk data not followed by CRLF | `MissingChunkCrlf` | 400 |
 //! | trailer line malformed (bad name, space before colon, CTL in value) | `InvalidTrailer` | 400 |
 //! | `content-length`, `transfer-encoding`, `host` or `trailer` in trailers | `ForbiddenTrailer` | 400 |
+//! | response: `101` when the request did not ask to upgrade ([`ResponseParser::upgrade_requested`]) | `UnrequestedUpgrade` | 502 |
+//!
+//! Re-framed rather than refused: zero-padded chunk sizes and chunk extensions are accepted and
+//! forwarded as `<fewest hex digits>\r\n`, so no next hop sees a size line it could read
+//! differently from us.
 //!
 //! Accepted on purpose: optional whitespace (SP/HTAB) around list elements (`chunked\t`,
 //! ` 5 , 5`); leading empty lines (CRLF only) before a request line; `obs-text`
@@ -108,7 +118,8 @@ mod error;
 mod head;
 
 pub use chunked::{
-    write_chunk, write_chunk_header, ChunkedDecoder, ChunkedLimits, DecodeStep, ScanProgress, CRLF, LAST_CHUNK,
+    write_chunk, write_chunk_header, ChunkedDecoder, ChunkedLimits, ChunkedOut, DecodeStep, FeedProgress, Rechunker,
+    ScanProgress, Segments, COPY_BELOW, CRLF, LAST_CHUNK, MAX_CHUNK_LINE, MAX_CHUNK_SIZE,
 };
 pub use encode::{
     encode_request_head, encode_response_head, reason_phrase, valid_header_name, valid_header_value,
