@@ -26,3 +26,4 @@ pub use compile::{compile, compile_files, CompileInput, Compiled};
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use duration::parse_duration;
 pub use load::{documents, load_files, load_str};
+pub use resources::ResourceMeta;

@@ -18,8 +18,8 @@ use serde_yaml::Value;
 use crate::diagnostic::{did_you_mean, Diagnostic};
 use crate::locate::FieldPath;
 use crate::resources::{
-    AuthorizationPolicy, DestinationRule, Origin, PeerAuthentication, ProxyConfig, Resource, ServiceEntry,
-    VirtualService, WorkloadEntry, ISTIO_SECURITY_VERSIONS,
+    AuthorizationPolicy, DestinationRule, Origin, PeerAuthentication, ProxyConfig, Resource, ResourceMeta,
+    ServiceEntry, VirtualService, WorkloadEntry, ISTIO_SECURITY_VERSIONS,
 };
 use crate::schema::{Schema, Shape};
 

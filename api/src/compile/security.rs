@@ -30,56 +30,52 @@ const CONDITION_KEYS: &[&str] = &[
 
 impl Compiler {
     pub(super) fn authorization_policy(&mut self, ap: &AuthorizationPolicy) {
-        let site = Site {
-            origin: ap.origin.as_deref(),
-            label: ap.label(),
-            namespace: ap.metadata.namespace().to_owned(),
-        };
+        let site: &Site<'_> = ap;
         let spec = FieldPath::root().key("spec");
         let action = ap.spec.action.as_deref().unwrap_or("ALLOW");
         if !ACTIONS.contains(&action) {
             self.error(
-                &site,
+                site,
                 &spec.key("action"),
                 format!("action {action:?} is not one of {}", ACTIONS.join(", ")),
             );
         }
         match (action, &ap.spec.provider) {
-            ("CUSTOM", None) => self.error(&site, &spec.key("provider"), "action CUSTOM needs a provider"),
+            ("CUSTOM", None) => self.error(site, &spec.key("provider"), "action CUSTOM needs a provider"),
             ("CUSTOM", Some(p)) if p.name.is_empty() => {
-                self.error(&site, &spec.key("provider").key("name"), "provider.name is required")
+                self.error(site, &spec.key("provider").key("name"), "provider.name is required")
             }
             (a, Some(_)) if a != "CUSTOM" => self.error(
-                &site,
+                site,
                 &spec.key("provider"),
                 format!("provider is only for action CUSTOM, not {a}"),
             ),
             _ => {}
         }
         if let Some(sel) = &ap.spec.selector {
-            self.selector_labels(&site, &spec.key("selector"), &sel.match_labels);
+            self.selector_labels(site, &spec.key("selector"), &sel.match_labels);
         }
         for (i, rule) in ap.spec.rules.iter().flatten().enumerate() {
             let rp = spec.key("rules").index(i);
             for (j, from) in rule.from.iter().enumerate() {
-                self.source(&site, &rp.key("from").index(j).key("source"), &from.source);
+                self.source(site, &rp.key("from").index(j).key("source"), &from.source);
             }
             for (j, to) in rule.to.iter().enumerate() {
-                self.operation(&site, &rp.key("to").index(j).key("operation"), &to.operation);
+                self.operation(site, &rp.key("to").index(j).key("operation"), &to.operation);
             }
             for (j, cond) in rule.when.iter().enumerate() {
-                self.condition(&site, &rp.key("when").index(j), cond);
+                self.condition(site, &rp.key("when").index(j), cond);
             }
         }
         if action == "DENY" && ap.spec.rules.as_ref().is_none_or(Vec::is_empty) {
             self.warn(
-                &site,
+                site,
                 &spec.key("rules"),
                 "a DENY policy without rules matches no request and denies nothing",
             );
         }
         self.warn(
-            &site,
+            site,
             &FieldPath::root(),
             "AuthorizationPolicy is checked but not enforced yet: \
              requests are not authorized against it",
@@ -87,36 +83,32 @@ impl Compiler {
     }
 
     pub(super) fn peer_authentication(&mut self, pa: &PeerAuthentication) {
-        let site = Site {
-            origin: pa.origin.as_deref(),
-            label: pa.label(),
-            namespace: pa.metadata.namespace().to_owned(),
-        };
+        let site: &Site<'_> = pa;
         let spec = FieldPath::root().key("spec");
         if let Some(sel) = &pa.spec.selector {
-            self.selector_labels(&site, &spec.key("selector"), &sel.match_labels);
+            self.selector_labels(site, &spec.key("selector"), &sel.match_labels);
         }
         if let Some(mode) = pa.spec.mtls.as_ref().and_then(|m| m.mode.as_deref()) {
-            self.mtls_mode(&site, &spec.key("mtls").key("mode"), mode);
+            self.mtls_mode(site, &spec.key("mtls").key("mode"), mode);
         }
         for (port, mtls) in &pa.spec.port_level_mtls {
             let pp = spec.key("portLevelMtls").key(&port.to_string());
             if !(1..=65535).contains(port) {
-                self.error(&site, &pp, format!("port must be between 1 and 65535, got {port}"));
+                self.error(site, &pp, format!("port must be between 1 and 65535, got {port}"));
             }
             if let Some(mode) = mtls.mode.as_deref() {
-                self.mtls_mode(&site, &pp.key("mode"), mode);
+                self.mtls_mode(site, &pp.key("mode"), mode);
             }
         }
         if !pa.spec.port_level_mtls.is_empty() && pa.spec.selector.as_ref().is_none_or(|s| s.match_labels.is_empty()) {
             self.error(
-                &site,
+                site,
                 &spec.key("portLevelMtls"),
                 "portLevelMtls needs a selector (port numbers are a workload's own)",
             );
         }
         self.warn(
-            &site,
+            site,
             &FieldPath::root(),
             "PeerAuthentication is checked but not enforced yet: \
              inbound traffic is not required to use mutual TLS",

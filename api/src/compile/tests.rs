@@ -1,8 +1,11 @@
 //! Compiler tests: each feature and each error, asserting on message, field and line.
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::load::load_str;
-use crate::snapshot::RequestHead;
+use crate::registry::RegistryEndpoint;
+use crate::snapshot::{HashOn, IoMode, LbPolicy, ListenerKind, RequestHead, RouteAction};
 
 fn compile_yaml(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
     let (resources, mut warnings) = load_str("mesh.yaml", text)?;

@@ -75,6 +75,11 @@ impl Origin {
         }
     }
 
+    /// `file:line` of the document's first line (`<input>` for text without a file name).
+    pub fn position(&self) -> String {
+        format!("{}:{}", self.file.as_deref().unwrap_or("<input>"), self.first_line)
+    }
+
     /// 1-based line in the file of `path` (or of its deepest existing parent).
     pub(crate) fn line_of(&self, path: &FieldPath) -> Option<usize> {
         self.locator
@@ -86,12 +91,7 @@ impl Origin {
 
 impl fmt::Debug for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Origin({}:{})",
-            self.file.as_deref().unwrap_or("<input>"),
-            self.first_line
-        )
+        write!(f, "Origin({})", self.position())
     }
 }
 
@@ -116,99 +116,129 @@ pub enum Resource {
     PeerAuthentication(PeerAuthentication),
 }
 
-/// Shared by every kind: lets the compiler name resources and locate their fields generically.
-macro_rules! resource_common {
-    ($($ty:ident),*) => {
-        $(
-            impl $ty {
-                /// `Kind namespace/name`, as diagnostics name the resource.
-                pub fn label(&self) -> String {
-                    format!(
-                        "{} {}/{}",
-                        stringify!($ty),
-                        self.metadata.namespace(),
-                        self.metadata.name
-                    )
-                }
+/// What every kind carries beside its spec: kind, name, namespace, where it was loaded from,
+/// and the namespaces it is exported to. Implemented once per kind, so that the loader, the
+/// compiler's diagnostics and [`Resource`] ask these questions in one way instead of matching
+/// on kinds.
+pub trait ResourceMeta {
+    /// The kind name as written in YAML, e.g. `VirtualService`.
+    fn kind(&self) -> &'static str;
+
+    /// Name, namespace, labels and annotations.
+    fn metadata(&self) -> &Metadata;
+
+    /// Where it was loaded from, if from a file.
+    fn origin(&self) -> Option<&Origin>;
+
+    /// Records where it was loaded from (the loader's job).
+    fn set_origin(&mut self, origin: Arc<Origin>);
+
+    /// `spec.exportTo` for the kinds that have it (`None`: visible everywhere, Istio's default).
+    fn export_to(&self) -> Option<&[String]> {
+        None
+    }
+
+    /// The namespace, `default` when not given.
+    fn namespace(&self) -> &str {
+        self.metadata().namespace()
+    }
+
+    /// `Kind namespace/name`, as diagnostics name the resource.
+    fn label(&self) -> String {
+        format!("{} {}/{}", self.kind(), self.namespace(), self.metadata().name)
+    }
+
+    /// ` at file:line` of the resource's first line, for "defined elsewhere" messages; empty
+    /// when it was not loaded from a file.
+    fn location(&self) -> String {
+        self.origin()
+            .map(|o| format!(" at {}", o.position()))
+            .unwrap_or_default()
+    }
+
+    /// `Kind namespace/name at file:line`: the resource as another resource's diagnostic
+    /// names it.
+    fn source(&self) -> String {
+        format!("{}{}", self.label(), self.location())
+    }
+}
+
+/// Implements [`ResourceMeta`] for a kind whose `metadata` and `origin` fields have the usual
+/// names; `export_to` names the path to `spec.exportTo` where the kind has one.
+macro_rules! resource_meta {
+    ($ty:ident $(, export_to: $($field:ident).+)?) => {
+        impl ResourceMeta for $ty {
+            fn kind(&self) -> &'static str {
+                stringify!($ty)
             }
-        )*
+            fn metadata(&self) -> &Metadata {
+                &self.metadata
+            }
+            fn origin(&self) -> Option<&Origin> {
+                self.origin.as_deref()
+            }
+            fn set_origin(&mut self, origin: Arc<Origin>) {
+                self.origin = Some(origin);
+            }
+            $(
+                fn export_to(&self) -> Option<&[String]> {
+                    self.$($field).+.as_deref()
+                }
+            )?
+        }
     };
 }
 
-resource_common!(
-    ServiceEntry,
-    VirtualService,
-    DestinationRule,
-    ProxyConfig,
-    WorkloadEntry,
-    AuthorizationPolicy,
-    PeerAuthentication
-);
+resource_meta!(ServiceEntry, export_to: spec.export_to);
+resource_meta!(VirtualService, export_to: spec.export_to);
+resource_meta!(DestinationRule, export_to: spec.export_to);
+resource_meta!(ProxyConfig);
+resource_meta!(WorkloadEntry);
+resource_meta!(AuthorizationPolicy);
+resource_meta!(PeerAuthentication);
 
 impl Resource {
-    /// The kind name, e.g. `VirtualService`.
-    pub fn kind(&self) -> &'static str {
+    /// The resource's metadata as its kind implements it: the one place that matches on kinds.
+    pub fn meta(&self) -> &dyn ResourceMeta {
         match self {
-            Resource::ServiceEntry(_) => "ServiceEntry",
-            Resource::VirtualService(_) => "VirtualService",
-            Resource::DestinationRule(_) => "DestinationRule",
-            Resource::ProxyConfig(_) => "ProxyConfig",
-            Resource::WorkloadEntry(_) => "WorkloadEntry",
-            Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
-            Resource::PeerAuthentication(_) => "PeerAuthentication",
+            Resource::ServiceEntry(r) => r,
+            Resource::VirtualService(r) => r,
+            Resource::DestinationRule(r) => r,
+            Resource::ProxyConfig(r) => r,
+            Resource::WorkloadEntry(r) => r,
+            Resource::AuthorizationPolicy(r) => r,
+            Resource::PeerAuthentication(r) => r,
         }
     }
 
-    /// The resource's metadata.
-    pub fn metadata(&self) -> &Metadata {
+    fn meta_mut(&mut self) -> &mut dyn ResourceMeta {
         match self {
-            Resource::ServiceEntry(r) => &r.metadata,
-            Resource::VirtualService(r) => &r.metadata,
-            Resource::DestinationRule(r) => &r.metadata,
-            Resource::ProxyConfig(r) => &r.metadata,
-            Resource::WorkloadEntry(r) => &r.metadata,
-            Resource::AuthorizationPolicy(r) => &r.metadata,
-            Resource::PeerAuthentication(r) => &r.metadata,
+            Resource::ServiceEntry(r) => r,
+            Resource::VirtualService(r) => r,
+            Resource::DestinationRule(r) => r,
+            Resource::ProxyConfig(r) => r,
+            Resource::WorkloadEntry(r) => r,
+            Resource::AuthorizationPolicy(r) => r,
+            Resource::PeerAuthentication(r) => r,
         }
     }
+}
 
-    /// Where it was loaded from, if from a file.
-    pub fn origin(&self) -> Option<&Origin> {
-        match self {
-            Resource::ServiceEntry(r) => r.origin.as_deref(),
-            Resource::VirtualService(r) => r.origin.as_deref(),
-            Resource::DestinationRule(r) => r.origin.as_deref(),
-            Resource::ProxyConfig(r) => r.origin.as_deref(),
-            Resource::WorkloadEntry(r) => r.origin.as_deref(),
-            Resource::AuthorizationPolicy(r) => r.origin.as_deref(),
-            Resource::PeerAuthentication(r) => r.origin.as_deref(),
-        }
+impl ResourceMeta for Resource {
+    fn kind(&self) -> &'static str {
+        self.meta().kind()
     }
-
-    /// `Kind namespace/name`.
-    pub fn label(&self) -> String {
-        match self {
-            Resource::ServiceEntry(r) => r.label(),
-            Resource::VirtualService(r) => r.label(),
-            Resource::DestinationRule(r) => r.label(),
-            Resource::ProxyConfig(r) => r.label(),
-            Resource::WorkloadEntry(r) => r.label(),
-            Resource::AuthorizationPolicy(r) => r.label(),
-            Resource::PeerAuthentication(r) => r.label(),
-        }
+    fn metadata(&self) -> &Metadata {
+        self.meta().metadata()
     }
-
-    pub(crate) fn set_origin(&mut self, origin: Arc<Origin>) {
-        let slot = match self {
-            Resource::ServiceEntry(r) => &mut r.origin,
-            Resource::VirtualService(r) => &mut r.origin,
-            Resource::DestinationRule(r) => &mut r.origin,
-            Resource::ProxyConfig(r) => &mut r.origin,
-            Resource::WorkloadEntry(r) => &mut r.origin,
-            Resource::AuthorizationPolicy(r) => &mut r.origin,
-            Resource::PeerAuthentication(r) => &mut r.origin,
-        };
-        *slot = Some(origin);
+    fn origin(&self) -> Option<&Origin> {
+        self.meta().origin()
+    }
+    fn set_origin(&mut self, origin: Arc<Origin>) {
+        self.meta_mut().set_origin(origin);
+    }
+    fn export_to(&self) -> Option<&[String]> {
+        self.meta().export_to()
     }
 }
 
@@ -248,5 +278,19 @@ mod tests {
         assert!(json.contains("\"kind\":\"DestinationRule\""), "{json}");
         let back: Resource = serde_json::from_str(&json).expect("round trips");
         assert_eq!(back.metadata().name, "r");
+    }
+
+    #[test]
+    fn metadata_through_the_trait() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\n  \
+                    namespace: shop\nspec:\n  exportTo: [.]\n  hosts: [a]\n";
+        let mut r: Resource = serde_yaml::from_str(text).expect("parses");
+        assert_eq!((r.kind(), r.namespace()), ("VirtualService", "shop"));
+        assert_eq!(r.export_to(), Some(&[".".to_owned()][..]));
+        assert_eq!(r.source(), "VirtualService shop/r");
+        r.set_origin(Arc::new(Origin::new(Some("vs.yaml"), 3, text)));
+        assert_eq!(r.source(), "VirtualService shop/r at vs.yaml:3");
+        let pc: Resource = serde_yaml::from_str("kind: ProxyConfig\nspec: {}\n").expect("parses");
+        assert_eq!((pc.label().as_str(), pc.export_to()), ("ProxyConfig default/", None));
     }
 }

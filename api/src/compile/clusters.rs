@@ -1,0 +1,276 @@
+//! Clusters: one per (service host, port), plus one per (host, port, subset) that a route
+//! names, each with its endpoints (the registry's, narrowed to the subset's labels) and the
+//! DestinationRule's policy with its load-balancing tables built once here. Route and listener
+//! destinations are resolved to cluster ids here too.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::destination_rule::LbChoice;
+use super::{Compiler, Site};
+use crate::hash_table::{MaglevTable, RingHashTable};
+use crate::locate::FieldPath;
+use crate::registry::{fqdn, Service};
+use crate::resources::Destination;
+use crate::snapshot::{Cluster, ClusterId, Endpoint, LbPolicy, PoolSettings, WeightedClusters};
+
+/// Istio's default connect timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Istio's default idle timeout for upstream HTTP connections.
+const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Idle upstream connections kept per endpoint per worker (no Istio equivalent).
+const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 32;
+
+/// Where a destination's port is written, for the field path of its diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PortField {
+    /// A route destination: `port.number`.
+    Route,
+    /// A TCP listener's destination: `port`.
+    Listener,
+}
+
+impl Compiler {
+    /// Phase 5: every service port gets its cluster, in host order, so ids are stable across
+    /// compiles of the same config.
+    pub(super) fn service_clusters(&mut self) {
+        let ports: Vec<(String, u16)> = self
+            .registry
+            .services()
+            .flat_map(|s| s.ports.iter().map(move |p| (s.host.clone(), p.number)))
+            .collect();
+        for (host, port) in ports {
+            self.cluster_for(&host, port, None);
+        }
+    }
+
+    // ---------------------------------------------------------------- clusters
+
+    /// The cluster for (host, port, subset), building it on first use. `host` must be a
+    /// registry host and `port` one of its ports; a subset must exist in the host's rule.
+    pub(super) fn cluster_for(&mut self, host: &str, port: u16, subset: Option<&str>) -> Option<ClusterId> {
+        let key = (host.to_owned(), port, subset.map(str::to_owned));
+        if let Some(id) = self.cluster_ids.get(&key) {
+            return Some(*id);
+        }
+        let service = self.registry.resolve(host, "")?;
+        let service_port = service.port(port)?.clone();
+        let rule = self.rules.get(&service.host);
+        let base = rule.map(|r| r.base.clone()).unwrap_or_default();
+        let (policy, labels) = match subset {
+            Some(name) => {
+                let s = rule?.subsets.iter().find(|s| s.name == name)?;
+                (base.overridden_by(&s.policy), Some(&s.labels))
+            }
+            None => (base, None),
+        };
+        let endpoints: Vec<Endpoint> = service
+            .endpoints
+            .iter()
+            .filter(|e| labels.is_none_or(|want| want.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+            .map(|e| Endpoint {
+                address: SocketAddr::new(e.address, service.endpoint_port(e, &service_port)),
+                weight: e.weight.max(1),
+                labels: e.labels.clone(),
+            })
+            .collect();
+        let lb = match policy.lb.unwrap_or(LbChoice::LeastRequest) {
+            LbChoice::RoundRobin => LbPolicy::RoundRobin,
+            LbChoice::LeastRequest => LbPolicy::LeastRequest,
+            LbChoice::Random => LbPolicy::Random,
+            LbChoice::RingHash { hash_on, min_ring } => LbPolicy::RingHash {
+                hash_on,
+                table: RingHashTable::new(&endpoints, min_ring),
+            },
+            LbChoice::Maglev { hash_on, table_size } => LbPolicy::Maglev {
+                hash_on,
+                table: MaglevTable::new(&endpoints, table_size),
+            },
+        };
+        let id = ClusterId(self.clusters.len() as u32);
+        self.clusters.push(Cluster {
+            name: format!("outbound|{port}|{}|{}", subset.unwrap_or(""), service.host),
+            service: service.host.clone(),
+            port,
+            subset: subset.map(str::to_owned),
+            endpoints,
+            lb,
+            connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            pool: PoolSettings {
+                idle_timeout: policy.idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
+                max_requests_per_connection: policy.max_requests_per_connection.flatten(),
+                max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+            },
+        });
+        self.cluster_ids.insert(key, id);
+        Some(id)
+    }
+
+    /// Resolves a route destination to its cluster, reporting what is wrong with it.
+    /// `port_field` says where the port is written under `p`.
+    pub(super) fn destination_cluster(
+        &mut self,
+        site: &Site<'_>,
+        p: &FieldPath,
+        d: &Destination,
+        port_field: PortField,
+    ) -> Option<ClusterId> {
+        if d.host.is_empty() {
+            self.error(site, &p.key("host"), "destination host is required");
+            return None;
+        }
+        let port_path = match port_field {
+            PortField::Listener => p.key("port"),
+            PortField::Route => p.key("port").key("number"),
+        };
+        let Some(service) = self.registry.resolve(&d.host, site.namespace()) else {
+            let also = if d.host.contains('.') {
+                String::new()
+            } else {
+                format!(" (also tried {})", fqdn(&d.host, site.namespace()))
+            };
+            self.error(
+                site,
+                &p.key("host"),
+                format!("destination host {:?} matches no ServiceEntry{also}", d.host),
+            );
+            return None;
+        };
+        let service = service.clone();
+        let port = match &d.port {
+            Some(sel) => {
+                let n = self.port(site, &port_path, sel.number)?;
+                if service.port(n).is_none() {
+                    self.error(
+                        site,
+                        &port_path,
+                        format!(
+                            "port {n} is not a port of service {} (ports: {})",
+                            service.host,
+                            port_list(&service)
+                        ),
+                    );
+                    return None;
+                }
+                n
+            }
+            None => match service.ports.as_slice() {
+                [only] => only.number,
+                [] => {
+                    self.error(site, &p.key("host"), format!("service {} has no ports", service.host));
+                    return None;
+                }
+                _ => {
+                    self.error(
+                        site,
+                        p,
+                        format!(
+                            "service {} has several ports ({}); set destination {}",
+                            service.host,
+                            port_list(&service),
+                            match port_field {
+                                PortField::Listener => "port",
+                                PortField::Route => "port.number",
+                            }
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        if let Some(subset) = &d.subset {
+            let rule = self.rules.get(&service.host);
+            let defined = rule.is_some_and(|r| r.subsets.iter().any(|s| &s.name == subset));
+            if !defined {
+                let msg = match rule {
+                    None => format!(
+                        "subset {subset:?} is not defined: no DestinationRule for host {}",
+                        service.host
+                    ),
+                    Some(r) => {
+                        let names: Vec<&str> = r.subsets.iter().map(|s| s.name.as_str()).collect();
+                        format!(
+                            "subset {subset:?} is not defined in {} for host {} (subsets: {})",
+                            r.label,
+                            service.host,
+                            if names.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                names.join(", ")
+                            }
+                        )
+                    }
+                };
+                self.error(site, &p.key("subset"), msg);
+                return None;
+            }
+        }
+        self.cluster_for(&service.host, port, d.subset.as_deref())
+    }
+
+    /// Weighted clusters for a list of destinations at `p` (`...route`).
+    pub(super) fn weighted(
+        &mut self,
+        site: &Site<'_>,
+        p: &FieldPath,
+        dests: &[(&Destination, Option<i64>)],
+    ) -> Option<WeightedClusters> {
+        if dests.is_empty() {
+            self.error(site, p, "at least one destination is required");
+            return None;
+        }
+        let mut ids = Vec::new();
+        let mut ok = true;
+        let mut sum: i64 = 0;
+        for (k, (d, w)) in dests.iter().enumerate() {
+            let dp = p.index(k);
+            let id = self.destination_cluster(site, &dp.key("destination"), d, PortField::Route);
+            if let Some(w) = w {
+                if !(0..=100).contains(w) {
+                    self.error(
+                        site,
+                        &dp.key("weight"),
+                        format!("weight must be between 0 and 100, got {w}"),
+                    );
+                    ok = false;
+                }
+            }
+            sum += w.unwrap_or(0);
+            match id {
+                Some(id) => ids.push((id, w.unwrap_or(0))),
+                None => ok = false,
+            }
+        }
+        if dests.len() > 1 && sum != 100 {
+            let last = dests.len() - 1;
+            let field = if dests[last].1.is_some() {
+                p.index(last).key("weight")
+            } else {
+                p.index(last)
+            };
+            self.error(site, &field, format!("weights must sum to 100, got {sum}"));
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        if let [(id, _)] = ids.as_slice() {
+            return Some(WeightedClusters::single(*id));
+        }
+        let mut cumulative = 0u32;
+        let mut entries = Vec::new();
+        for (id, w) in ids {
+            if w > 0 {
+                cumulative += w as u32;
+                entries.push((id, cumulative));
+            }
+        }
+        Some(WeightedClusters { entries })
+    }
+}
+
+/// `80, 443`: a service's port numbers, for messages.
+fn port_list(service: &Service) -> String {
+    let ports: Vec<String> = service.ports.iter().map(|p| p.number.to_string()).collect();
+    ports.join(", ")
+}

@@ -1,0 +1,269 @@
+//! What an http route does besides forwarding: redirects, direct responses, header
+//! operations and the retry policy (Istio's defaults where a field is absent).
+
+use std::time::Duration;
+
+use super::{Compiler, Site};
+use crate::diagnostic::did_you_mean;
+use crate::locate::FieldPath;
+use crate::resources::{HeaderOperations, Headers, HttpDirectResponse, HttpRedirect, HttpRetry};
+use crate::snapshot::{DirectResponse, HeaderOps, Redirect, RetryPolicy};
+
+impl Compiler {
+    pub(super) fn header_ops(&mut self, site: &Site<'_>, p: &FieldPath, h: &Headers) -> (HeaderOps, HeaderOps) {
+        let mut convert = |field: &str, ops: &Option<HeaderOperations>| {
+            let mut out = HeaderOps::default();
+            let Some(ops) = ops else { return out };
+            let op = p.key(field);
+            for (kind, map, list) in [("set", &ops.set, &mut out.set), ("add", &ops.add, &mut out.add)] {
+                for (name, value) in map {
+                    if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b == b':') {
+                        self.error(
+                            site,
+                            &op.key(kind).key(name),
+                            format!("{name:?} is not a valid header name"),
+                        );
+                        continue;
+                    }
+                    list.push((name.to_ascii_lowercase(), value.clone()));
+                }
+            }
+            out.remove = ops.remove.iter().map(|n| n.to_ascii_lowercase()).collect();
+            out
+        };
+        let req = convert("request", &h.request);
+        let resp = convert("response", &h.response);
+        (req, resp)
+    }
+
+    pub(super) fn redirect(&mut self, site: &Site<'_>, p: &FieldPath, r: &HttpRedirect) -> Option<Redirect> {
+        let status = match r.redirect_code {
+            None => 301,
+            Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u16,
+            Some(c) => {
+                self.error(
+                    site,
+                    &p.key("redirectCode"),
+                    format!("redirectCode must be one of 301, 302, 303, 307, 308, got {c}"),
+                );
+                return None;
+            }
+        };
+        let port = match r.port {
+            Some(n) => Some(self.port(site, &p.key("port"), n)?),
+            None => None,
+        };
+        let scheme = match &r.scheme {
+            Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {
+                Some(s.to_ascii_lowercase())
+            }
+            Some(s) => {
+                self.error(
+                    site,
+                    &p.key("scheme"),
+                    format!("scheme must be http or https, got {s:?}"),
+                );
+                return None;
+            }
+            None => None,
+        };
+        Some(Redirect {
+            status,
+            scheme,
+            authority: r.authority.clone(),
+            port,
+            path: r.uri.clone(),
+        })
+    }
+
+    pub(super) fn direct_response(
+        &mut self,
+        site: &Site<'_>,
+        p: &FieldPath,
+        d: &HttpDirectResponse,
+    ) -> Option<DirectResponse> {
+        let status = match d.status {
+            None => {
+                self.error(site, p, "directResponse.status is required");
+                return None;
+            }
+            Some(s @ 200..=599) => s as u16,
+            Some(s) => {
+                self.error(
+                    site,
+                    &p.key("status"),
+                    format!("status must be between 200 and 599, got {s}"),
+                );
+                return None;
+            }
+        };
+        let body = match &d.body {
+            None => String::new(),
+            Some(b) => match (&b.string, &b.bytes) {
+                (Some(_), Some(_)) => {
+                    self.error(site, &p.key("body"), "set either string or bytes, not both");
+                    return None;
+                }
+                (Some(s), None) => s.clone(),
+                (None, Some(encoded)) => match decode_base64(encoded).and_then(|v| String::from_utf8(v).ok()) {
+                    Some(s) => s,
+                    None => {
+                        self.error(
+                            site,
+                            &p.key("body").key("bytes"),
+                            "bytes must be base64 of UTF-8 text (binary bodies are not \
+                                 supported yet)",
+                        );
+                        return None;
+                    }
+                },
+                (None, None) => String::new(),
+            },
+        };
+        Some(DirectResponse { status, body })
+    }
+
+    pub(super) fn retry_policy(
+        &mut self,
+        site: &Site<'_>,
+        p: &FieldPath,
+        r: Option<&HttpRetry>,
+    ) -> Option<RetryPolicy> {
+        let mut policy = default_retry_policy();
+        let Some(r) = r else { return Some(policy) };
+        let mut ok = true;
+        match r.attempts {
+            None => {}
+            Some(n) => match u32::try_from(n) {
+                Ok(n) => policy.attempts = n,
+                Err(_) => {
+                    self.error(
+                        site,
+                        &p.key("attempts"),
+                        format!("attempts must not be negative, got {n}"),
+                    );
+                    ok = false;
+                }
+            },
+        }
+        if let Some(t) = &r.per_try_timeout {
+            match self.duration(site, &p.key("perTryTimeout"), t) {
+                Some(d) => policy.per_try_timeout = (!d.is_zero()).then_some(d),
+                None => ok = false,
+            }
+        }
+        if let Some(on) = &r.retry_on {
+            let rp = p.key("retryOn");
+            policy.on_connect_failure = false;
+            policy.on_reset = false;
+            policy.on_5xx = false;
+            policy.on_gateway_error = false;
+            policy.retriable_status_codes.clear();
+            for token in on.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                match token {
+                    "5xx" => policy.on_5xx = true,
+                    "gateway-error" => policy.on_gateway_error = true,
+                    "reset" | "refused-stream" | "reset-before-request" => policy.on_reset = true,
+                    "connect-failure" => policy.on_connect_failure = true,
+                    // Envoy's retriable-4xx is exactly 409 Conflict.
+                    "retriable-4xx" => policy.retriable_status_codes.push(409),
+                    // The listed status numbers are the retriable status codes.
+                    "retriable-status-codes" => {}
+                    "cancelled"
+                    | "deadline-exceeded"
+                    | "internal"
+                    | "resource-exhausted"
+                    | "unavailable"
+                    | "envoy-ratelimited"
+                    | "retriable-headers"
+                    | "http3-post-connect-failure" => {
+                        self.warn(site, &rp, format!("retryOn {token:?} is not supported yet; ignored"));
+                    }
+                    t if t.bytes().all(|b| b.is_ascii_digit()) => match t.parse::<u16>() {
+                        Ok(code @ 100..=599) => policy.retriable_status_codes.push(code),
+                        _ => {
+                            self.error(site, &rp, format!("retryOn status {t} is not an HTTP status (100-599)"));
+                            ok = false;
+                        }
+                    },
+                    t => {
+                        let hint = did_you_mean(t, RETRY_ON.iter().copied())
+                            .map(|s| format!("; did you mean {s:?}?"))
+                            .unwrap_or_else(|| format!("; expected {}", RETRY_ON.join(", ")));
+                        self.error(site, &rp, format!("unknown retryOn value {t:?}{hint}"));
+                        ok = false;
+                    }
+                }
+            }
+        }
+        ok.then_some(policy)
+    }
+}
+
+const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+];
+
+/// Istio's default when a route has no `retries`: 2 attempts on connect failure, refused stream
+/// and 503, with Envoy's 25 ms base / 250 ms max back-off.
+pub fn default_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 2,
+        per_try_timeout: None,
+        on_connect_failure: true,
+        on_reset: true,
+        on_5xx: false,
+        on_gateway_error: false,
+        retriable_status_codes: vec![503],
+        backoff_base: Duration::from_millis(25),
+        backoff_max: Duration::from_millis(250),
+    }
+}
+
+/// Appends `more` to `ops`; a `set` of the same name in `more` replaces the earlier one.
+pub(super) fn merge_ops(ops: &mut HeaderOps, more: HeaderOps) {
+    for (name, value) in more.set {
+        ops.set.retain(|(n, _)| *n != name);
+        ops.set.push((name, value));
+    }
+    ops.add.extend(more.add);
+    for name in more.remove {
+        if !ops.remove.contains(&name) {
+            ops.remove.push(name);
+        }
+    }
+}
+
+/// Standard base64 (with or without padding), as protobuf JSON writes `bytes`.
+pub(super) fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        if c == b'=' {
+            break;
+        }
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
