@@ -415,6 +415,12 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Upstream connection pool settings.
     pub pool: PoolSettings,
+    /// `Some` for the placeholder of a route destination whose host no ServiceEntry defines
+    /// (yet): the cluster has no endpoints, and the proxy answers requests routed to it with
+    /// 503 (Envoy's `NC`, "no cluster found") and this text as the body, which names the host.
+    /// A config that defines the host compiles to a snapshot with a real cluster instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_not_found: Option<String>,
 }
 
 /// One upstream endpoint.

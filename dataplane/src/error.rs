@@ -33,6 +33,9 @@ pub enum ErrorKind {
     NoRoute,
     /// The cluster has no endpoint to send to (503).
     NoHealthyUpstream,
+    /// The route's destination host is defined by no ServiceEntry (yet) (503, Envoy's `NC`);
+    /// the reply's body is the cluster's text naming the host.
+    NoCluster,
     /// TCP connect to the upstream failed (503, like Envoy's `UF`).
     ConnectFailed,
     /// TCP connect did not complete within the connect timeout (503).
@@ -80,7 +83,7 @@ impl ProxyError {
             ErrorKind::BadRequest { status } => status,
             ErrorKind::RequestHeaderTimeout => 408,
             ErrorKind::NoRoute => 404,
-            ErrorKind::NoHealthyUpstream => 503,
+            ErrorKind::NoHealthyUpstream | ErrorKind::NoCluster => 503,
             ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => 503,
             // Envoy answers 503 for a reset before headers ("upstream connect error or
             // disconnect/reset before headers"); a garbled head is a bad gateway.
@@ -100,6 +103,7 @@ impl ProxyError {
             ErrorKind::RequestHeaderTimeout => "DT",
             ErrorKind::NoRoute => "NR",
             ErrorKind::NoHealthyUpstream => "UH",
+            ErrorKind::NoCluster => "NC",
             ErrorKind::ConnectFailed => "UF",
             ErrorKind::ConnectTimeout => "UF",
             ErrorKind::UpstreamReset => "UC",
@@ -119,6 +123,7 @@ impl ProxyError {
             ErrorKind::RequestHeaderTimeout => "request header timeout\n",
             ErrorKind::NoRoute => "no route\n",
             ErrorKind::NoHealthyUpstream => "no healthy upstream\n",
+            ErrorKind::NoCluster => "no cluster found\n",
             ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n"
             }
@@ -164,5 +169,10 @@ mod tests {
         assert!(e(ErrorKind::ConnectFailed).retryable());
         assert!(!e(ErrorKind::UpstreamTimeout).retryable());
         assert_eq!(e(ErrorKind::UpstreamTimeout).flag(), "UT");
+        assert_eq!(
+            (e(ErrorKind::NoCluster).status(), e(ErrorKind::NoCluster).flag()),
+            (503, "NC")
+        );
+        assert!(!e(ErrorKind::NoCluster).retryable());
     }
 }

@@ -2,9 +2,10 @@
 //! rewrites, header operations, direct responses and redirects — on both I/O drivers.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use ringmesh_tests::client::Client;
-use ringmesh_tests::proxy::{proxy_config, service_entry, TestProxy};
+use ringmesh_tests::client::{admin_get, Client};
+use ringmesh_tests::proxy::{eventually, proxy_config, service_entry, TestProxy};
 use ringmesh_tests::upstream::Upstream;
 use ringmesh_tests::{both_io, IoMode};
 
@@ -211,9 +212,61 @@ spec:
     assert_eq!(cl.get("edge.test", "/nothing").status, 404);
 }
 
+/// A VirtualService whose destination no ServiceEntry defines yet (Istio accepts it): the
+/// proxy starts, the route answers 503 naming the host (Envoy's `NC`) while the connection and
+/// the other routes keep working, and once a reload adds the ServiceEntry the route forwards.
+fn destination_host_not_defined_answers_503_until_defined(io: IoMode) {
+    let (ratings, other) = (Upstream::named("ratings"), Upstream::named("other"));
+    let vs = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: ratings
+  namespace: shop
+spec:
+  hosts: [ratings.shop.svc.cluster.local]
+  http:
+  - match: [{uri: {prefix: /other}}]
+    route: [{destination: {host: other.test}}]
+  - route:
+    - destination: {host: ratings.shop.svc.cluster.local, port: {number: 9080}}
+"#;
+    let other_se = service_entry("other", "other.test", 80, &[(other.addr, &[])]);
+    let p = TestProxy::start(&[proxy_config(io, "", ""), other_se.clone(), vs.to_string()]);
+    let mut cl = Client::connect(p.http());
+    let r = cl.get("ratings.shop", "/ratings/1");
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.text(),
+        "no cluster found: no ServiceEntry defines host ratings.shop.svc.cluster.local\n"
+    );
+    // Same connection: the VirtualService's other route serves.
+    assert_eq!(cl.get("ratings.shop", "/other").text(), "other");
+    let (_, metrics) = admin_get(p.metrics(), "/stats/prometheus");
+    assert!(
+        metrics.contains("ringmesh_local_replies_total{response_flags=\"NC\"} 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(ratings.count(), 0);
+
+    let mut ratings_se = service_entry(
+        "ratings",
+        "ratings.shop.svc.cluster.local",
+        9080,
+        &[(ratings.addr, &[])],
+    );
+    ratings_se = ratings_se.replace("  name: ratings\n", "  name: ratings\n  namespace: shop\n");
+    p.rewrite(&[proxy_config(io, "", ""), other_se, vs.to_string(), ratings_se]);
+    assert!(
+        eventually(Duration::from_secs(5), || cl.get("ratings.shop", "/ratings/1").text()
+            == "ratings"),
+        "the route forwards once the ServiceEntry is there"
+    );
+}
+
 both_io!(
     matches_and_hosts,
     weighted_split_90_10,
     rewrites_and_header_ops,
-    direct_response_and_redirect
+    direct_response_and_redirect,
+    destination_host_not_defined_answers_503_until_defined
 );

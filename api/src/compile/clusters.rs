@@ -2,6 +2,11 @@
 //! names, each with its endpoints (the registry's, narrowed to the subset's labels) and the
 //! DestinationRule's policy with its load-balancing tables built once here. Route and listener
 //! destinations are resolved to cluster ids here too.
+//!
+//! A destination whose host no ServiceEntry defines gets a placeholder cluster without
+//! endpoints whose [`Cluster::host_not_found`] holds the answer the proxy gives: 503 naming the
+//! host. That keeps a VirtualService applied before its ServiceEntry, or one for a service that
+//! is gone, a working config whose other routes still serve.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +33,18 @@ pub(super) enum PortField {
     Route,
     /// A TCP listener's destination: `port`.
     Listener,
+}
+
+/// `referenced host not found: "ratings" matches no ServiceEntry (also tried
+/// ratings.shop.svc.cluster.local)`: the words of `istioctl analyze`'s IST0101, with the names
+/// that were looked up. Callers add what follows from it.
+pub(super) fn host_not_found(host: &str, namespace: &str) -> String {
+    let also = if host.contains('.') {
+        String::new()
+    } else {
+        format!(" (also tried {})", fqdn(host, namespace))
+    };
+    format!("referenced host not found: {host:?} matches no ServiceEntry{also}")
 }
 
 impl Compiler {
@@ -101,9 +118,38 @@ impl Compiler {
                 max_requests_per_connection: policy.max_requests_per_connection.flatten(),
                 max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
             },
+            host_not_found: None,
         });
         self.cluster_ids.insert(key, id);
         Some(id)
+    }
+
+    /// The placeholder for (host, port, subset) where no ServiceEntry defines `host`: no
+    /// endpoints, and the reply the proxy gives instead of forwarding. `port` 0 stands for a
+    /// destination that names no port.
+    fn host_not_found_cluster(&mut self, host: &str, port: u16, subset: Option<&str>) -> ClusterId {
+        let key = (host.to_owned(), port, subset.map(str::to_owned));
+        if let Some(id) = self.cluster_ids.get(&key) {
+            return *id;
+        }
+        let id = ClusterId(self.clusters.len() as u32);
+        self.clusters.push(Cluster {
+            name: format!("outbound|{port}|{}|{host}", subset.unwrap_or("")),
+            service: host.to_owned(),
+            port,
+            subset: subset.map(str::to_owned),
+            endpoints: Vec::new(),
+            lb: LbPolicy::RoundRobin,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool: PoolSettings {
+                idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+                max_requests_per_connection: None,
+                max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+            },
+            host_not_found: Some(format!("no cluster found: no ServiceEntry defines host {host}\n")),
+        });
+        self.cluster_ids.insert(key, id);
+        id
     }
 
     /// Resolves a route destination to its cluster, reporting what is wrong with it.
@@ -124,17 +170,24 @@ impl Compiler {
             PortField::Route => p.key("port").key("number"),
         };
         let Some(service) = self.registry.resolve(&d.host, site.namespace()) else {
-            let also = if d.host.contains('.') {
-                String::new()
-            } else {
-                format!(" (also tried {})", fqdn(&d.host, site.namespace()))
+            // Istio accepts it (IST0101 is a finding of `istioctl analyze`, not a refusal):
+            // requests get 503 until a ServiceEntry defines the host.
+            let port = match &d.port {
+                Some(sel) => self.port(site, &port_path, sel.number)?,
+                None => 0,
             };
-            self.error(
-                site,
-                &p.key("host"),
-                format!("destination host {:?} matches no ServiceEntry{also}", d.host),
+            let msg = format!(
+                "{}; requests routed to it get 503 until one defines it",
+                host_not_found(&d.host, site.namespace())
             );
-            return None;
+            self.warn(site, &p.key("host"), msg);
+            let host = d.host.trim().to_ascii_lowercase();
+            let host = if host.contains('.') {
+                host
+            } else {
+                fqdn(&host, site.namespace())
+            };
+            return Some(self.host_not_found_cluster(&host, port, d.subset.as_deref()));
         };
         let service = service.clone();
         let port = match &d.port {

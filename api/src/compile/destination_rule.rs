@@ -1,11 +1,13 @@
 //! `DestinationRule`: what happens after routing picked a host. Its traffic policy (load
 //! balancer, connect timeout, pool) and its subsets are kept per registry host in a
 //! [`RuleInfo`]; [`super::clusters`] applies them when it builds each cluster, a subset's
-//! policy overriding the rule's field by field.
+//! policy overriding the rule's field by field. A rule for a host no ServiceEntry defines is a
+//! warning: it takes effect once a ServiceEntry defines the host.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::clusters::host_not_found;
 use super::{Compiler, Site};
 use crate::hash_table::{is_prime, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MIN_RING_SIZE, MAX_RING_SIZE};
 use crate::locate::FieldPath;
@@ -93,14 +95,11 @@ impl Compiler {
             return;
         }
         let Some(service) = self.registry.resolve(&dr.spec.host, site.namespace()) else {
-            self.warn(
-                site,
-                &spec.key("host"),
-                format!(
-                    "host {:?} matches no ServiceEntry; the rule has no effect",
-                    dr.spec.host
-                ),
+            let msg = format!(
+                "{}; the rule takes effect once a ServiceEntry defines it",
+                host_not_found(&dr.spec.host, site.namespace())
             );
+            self.warn(site, &spec.key("host"), msg);
             return;
         };
         let host = service.host.clone();

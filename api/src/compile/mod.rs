@@ -17,10 +17,16 @@
 //!    host that no VirtualService claims;
 //! 7. listeners, TCP ones resolved to clusters ([`listeners`]).
 //!
+//! A route destination whose host no ServiceEntry defines is a warning, as `istioctl analyze`
+//! makes it (IST0101), not an error: Istio accepts such a VirtualService, and a control plane
+//! must take a VirtualService applied before its ServiceEntry. The destination becomes a
+//! cluster without endpoints marked [`Cluster::host_not_found`](crate::snapshot::Cluster), which
+//! the proxy answers with 503 naming the host until a config that defines it compiles.
+//!
 //! Problems are collected as [`Diagnostic`]s with the file, line, resource and field path; the
 //! snapshot is returned only when there is no error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -65,7 +71,8 @@ pub struct CompileInput {
 pub struct Compiled {
     /// The snapshot.
     pub snapshot: Snapshot,
-    /// Warnings (unsupported fields, ignored resources, settings accepted but not enforced).
+    /// Warnings (unsupported fields, ignored resources, settings accepted but not enforced,
+    /// hosts referenced but not defined yet).
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -124,7 +131,11 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
         routes: RouteTable::new(virtual_hosts),
         clusters: c.clusters,
     };
-    let (errors, warnings): (Vec<_>, Vec<_>) = c.diags.into_iter().partition(Diagnostic::is_error);
+    // A tcp route is checked with its VirtualService and again by the listener that uses it:
+    // each finding is reported once.
+    let mut seen = HashSet::new();
+    let diags = c.diags.into_iter().filter(|d| seen.insert(d.clone()));
+    let (errors, warnings): (Vec<_>, Vec<_>) = diags.partition(Diagnostic::is_error);
     if errors.is_empty() {
         Ok(Compiled { snapshot, warnings })
     } else {

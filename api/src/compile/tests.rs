@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::diagnostic::Severity;
 use crate::load::load_str;
 use crate::registry::RegistryEndpoint;
 use crate::snapshot::{HashOn, IoMode, LbPolicy, ListenerKind, RequestHead, RouteAction};
@@ -249,14 +250,14 @@ fn weights_must_sum_to_100() {
 }
 
 #[test]
-fn unknown_destination_host_and_subset() {
+fn unknown_subset_is_an_error_and_unknown_host_a_warning() {
     let text = BOOKINFO.replacen("subset: v2", "subset: v4", 1).replacen(
         "        host: reviews\n        subset: v3",
         "        host: ratings\n        subset: v3",
         1,
     );
     let e = errors(&text);
-    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!(e.len(), 1, "{e:#?}");
     assert_eq!(e[0].field.as_deref(), Some("spec.http[0].route[0].destination.subset"));
     assert_eq!(e[0].line, Some(line_of(&text, "subset: v4", 0)));
     assert!(
@@ -266,13 +267,172 @@ fn unknown_destination_host_and_subset() {
         "{}",
         e[0].message
     );
-    assert_eq!(e[1].field.as_deref(), Some("spec.http[1].route[0].destination.host"));
-    assert_eq!(
-        e[1].message,
-        "destination host \"ratings\" matches no ServiceEntry (also tried \
-         ratings.default.svc.cluster.local)"
+}
+
+/// Istio accepts a route to a host no ServiceEntry defines (`istioctl analyze` reports it as
+/// IST0101), so a VirtualService can be applied before its ServiceEntry: a warning naming the
+/// host and the line, and a placeholder cluster the proxy answers with 503 naming the host.
+#[test]
+fn destination_host_not_defined_is_a_warning_and_routes_to_a_placeholder() {
+    let text = BOOKINFO.replacen(
+        "        host: reviews\n        subset: v3",
+        "        host: ratings\n        subset: v3",
+        1,
     );
-    assert_eq!(e[1].line, Some(line_of(&text, "host: ratings", 0)));
+    let c = ok(&text);
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(w.severity, Severity::Warning);
+    assert_eq!(w.field.as_deref(), Some("spec.http[1].route[0].destination.host"));
+    assert_eq!(w.line, Some(line_of(&text, "host: ratings", 0)));
+    assert_eq!(
+        w.message,
+        "referenced host not found: \"ratings\" matches no ServiceEntry (also tried \
+         ratings.default.svc.cluster.local); requests routed to it get 503 until one defines it"
+    );
+    // The split keeps both destinations; the missing one is a placeholder without endpoints.
+    let names = route_clusters(&c, "reviews", &Req::new("/"));
+    assert_eq!(
+        names,
+        [
+            "outbound|0|v3|ratings.default.svc.cluster.local",
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        ]
+    );
+    let placeholder = c
+        .snapshot
+        .clusters
+        .iter()
+        .find(|c| c.name == names[0])
+        .expect("placeholder");
+    assert!(placeholder.endpoints.is_empty());
+    assert_eq!(
+        placeholder.host_not_found.as_deref(),
+        Some("no cluster found: no ServiceEntry defines host ratings.default.svc.cluster.local\n")
+    );
+    // Real clusters never carry the marker.
+    assert!(c
+        .snapshot
+        .clusters
+        .iter()
+        .filter(|c| c.name != names[0])
+        .all(|c| c.host_not_found.is_none()));
+}
+
+/// A VirtualService for a host nobody defined yet, with the port it will have: it compiles,
+/// and once a ServiceEntry defines the host the same route forwards to the real cluster.
+#[test]
+fn virtual_service_before_its_service_entry() {
+    let vs = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: ratings
+  namespace: shop
+spec:
+  hosts: [ratings.shop.svc.cluster.local]
+  http:
+  - route:
+    - destination:
+        host: ratings.shop.svc.cluster.local
+        port: {number: 9080}
+";
+    let alone = ok(vs);
+    assert_eq!(alone.warnings.len(), 1, "{:#?}", alone.warnings);
+    assert!(alone.warnings[0]
+        .message
+        .starts_with("referenced host not found: \"ratings.shop.svc.cluster.local\""));
+    let names = route_clusters(&alone, "ratings.shop", &Req::new("/"));
+    assert_eq!(names, ["outbound|9080||ratings.shop.svc.cluster.local"]);
+    assert!(alone.snapshot.clusters[0].host_not_found.is_some());
+
+    let se = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: ratings
+  namespace: shop
+spec:
+  hosts: [ratings.shop.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.9}]
+";
+    let both = ok(&format!("{vs}---\n{se}"));
+    assert!(both.warnings.is_empty(), "{:#?}", both.warnings);
+    let names = route_clusters(&both, "ratings.shop", &Req::new("/"));
+    assert_eq!(names, ["outbound|9080||ratings.shop.svc.cluster.local"]);
+    let cluster = both
+        .snapshot
+        .clusters
+        .iter()
+        .find(|c| c.name == names[0])
+        .expect("cluster");
+    assert!(cluster.host_not_found.is_none());
+    assert_eq!(cluster.endpoints.len(), 1);
+}
+
+/// A port out of range is still an error when the host is not defined: that is a mistake in
+/// the VirtualService itself, not a resource that has yet to come.
+#[test]
+fn destination_port_checked_even_when_host_not_defined() {
+    let vs = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
+    - destination: {host: ratings, port: {number: 70000}}
+";
+    let e = errors(vs);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(
+        e[0].field.as_deref(),
+        Some("spec.http[0].route[0].destination.port.number")
+    );
+}
+
+#[test]
+fn destination_rule_for_a_host_not_defined_is_a_warning() {
+    let dr = "\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: shop}
+spec:
+  host: ratings
+  subsets: [{name: v1, labels: {version: v1}}]
+";
+    let c = ok(dr);
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    assert_eq!(c.warnings[0].field.as_deref(), Some("spec.host"));
+    assert_eq!(
+        c.warnings[0].message,
+        "referenced host not found: \"ratings\" matches no ServiceEntry (also tried \
+         ratings.shop.svc.cluster.local); the rule takes effect once a ServiceEntry defines it"
+    );
+}
+
+/// A TCP listener whose destination is not defined yet: the listener is kept (connections are
+/// closed until the host appears), with the same warning.
+#[test]
+fn tcp_listener_destination_not_defined_is_a_warning() {
+    let pc = "\
+apiVersion: ringmesh.io/v1alpha1
+kind: ProxyConfig
+spec:
+  listeners:
+  - {name: db, address: 127.0.0.1:15432, protocol: TCP, destination: {host: db.local, port: 5432}}
+";
+    let c = ok(pc);
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    assert_eq!(
+        c.warnings[0].field.as_deref(),
+        Some("spec.listeners[0].destination.host")
+    );
+    assert_eq!(c.snapshot.listeners.len(), 1);
+    assert_eq!(c.snapshot.clusters[0].name, "outbound|5432||db.local");
 }
 
 #[test]
@@ -844,8 +1004,10 @@ fn every_error_of_a_file_set_is_reported_together() {
             .replace("address: 10.0.0.3", "address: not-an-ip"),
         vs("  - route:\n    - destination: {host: nowhere}\n    timeout: soon\n")
     );
+    // The host `nowhere` is only a warning (see
+    // `destination_host_not_defined_is_a_warning_and_routes_to_a_placeholder`).
     let e = errors(&text);
-    assert_eq!(e.len(), 5, "{e:#?}");
+    assert_eq!(e.len(), 4, "{e:#?}");
     let fields: Vec<&str> = e.iter().filter_map(|d| d.field.as_deref()).collect();
     assert_eq!(
         fields,
@@ -853,7 +1015,6 @@ fn every_error_of_a_file_set_is_reported_together() {
             "spec.endpoints[2].address",
             "spec.http[0].route[0].destination.subset",
             "spec.http[1].route[1].weight",
-            "spec.http[0].route[0].destination.host",
             "spec.http[0].timeout",
         ]
     );
@@ -1106,5 +1267,33 @@ fn security_values_istio_refuses_are_errors_naming_the_field() {
     assert!(
         messages.iter().any(|m| m.starts_with("portLevelMtls needs a selector")),
         "{messages:?}"
+    );
+}
+
+/// A tcp route is checked with its VirtualService and again by the listener that takes it; its
+/// findings are reported once.
+#[test]
+fn tcp_route_findings_are_reported_once() {
+    let text = "\
+apiVersion: ringmesh.io/v1alpha1
+kind: ProxyConfig
+spec:
+  listeners:
+  - {name: db, address: 127.0.0.1:15432, protocol: TCP}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [db.local]
+  tcp:
+  - match: [{port: 15432}]
+    route: [{destination: {host: db.local, port: {number: 5432}}}]
+";
+    let c = ok(text);
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    assert_eq!(
+        c.warnings[0].field.as_deref(),
+        Some("spec.tcp[0].route[0].destination.host")
     );
 }

@@ -123,6 +123,16 @@ pub(crate) async fn forward(
     let limits = &view.snapshot.proxy.limits;
     let cluster_id = action.clusters.pick(worker.rng.next_u64() as u32);
     let cluster = view.snapshot.cluster(cluster_id);
+    if let Some(reply) = &cluster.host_not_found {
+        // Envoy's "no cluster found", with the host no ServiceEntry defines as the body.
+        let e = ProxyError::new(ErrorKind::NoCluster, Side::Internal, "destination host not defined");
+        worker.stats.record_local_reply(e.flag());
+        worker.stats.record_status(e.status());
+        tracing::debug!(peer = %conn.peer, cluster = %cluster.name, "{}: {}", e.status(), e.context);
+        let keep = super::proxy::finish_request_body(conn, head, idle).await;
+        conn.local_reply(e.status(), &[], reply.as_bytes(), !keep).await;
+        return Outcome::Done { keep_alive: keep };
+    }
     let state = &view.clusters[cluster_id.0 as usize];
     let hash = hash_key(cluster, req, conn);
     let policy = &action.retry;

@@ -202,6 +202,7 @@ mod tests {
                 max_requests_per_connection: None,
                 max_idle_per_endpoint: 8,
             },
+            host_not_found: None,
         };
         let addrs: Vec<_> = c.endpoints.iter().map(|e| e.address).collect();
         let s = ClusterState::new(&c, Rc::new(ClusterCounters::default()), &addrs);
