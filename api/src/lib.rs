@@ -25,5 +25,5 @@ pub mod snapshot;
 pub use compile::{compile, compile_files, CompileInput, Compiled};
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use duration::parse_duration;
-pub use load::{documents, load_files, load_str};
+pub use load::{documents, load_files, load_str, yaml_files_under};
 pub use resources::ResourceMeta;

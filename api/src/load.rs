@@ -315,6 +315,39 @@ fn expand_paths(paths: &[PathBuf], diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> 
     files
 }
 
+/// Every `*.yaml`/`*.yml` file under `dir`, subdirectories included, sorted by path (so a
+/// directory's files come before those of its subdirectories that sort after them). Entries
+/// whose name starts with `.` are skipped — hidden directories such as `.git`, and the `..data`
+/// and `..<timestamp>` directories Kubernetes mounts a ConfigMap with, which hold the same files
+/// again — and so are symbolic links to directories, so a link loop cannot recurse forever.
+/// `ringmesh analyze` reads directories this way; the proxy's `--config DIR` reads only the top
+/// level ([`load_files`]).
+pub fn yaml_files_under(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| {
+            Diagnostic::error(format!("cannot read directory: {e}")).at(Some(&d.display().to_string()), None)
+        })?;
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+            if path.is_dir() {
+                if !is_link {
+                    pending.push(path);
+                }
+            } else if path.is_file() && is_yaml(&path) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 fn is_yaml(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
@@ -859,5 +892,36 @@ spec:
         assert_eq!(names, ["a", "b"]);
         let e = load_files(&[dir.join("missing.yaml")]).expect_err("missing file");
         assert!(e[0].to_string().contains("missing.yaml: cannot read file"), "{}", e[0]);
+    }
+
+    #[test]
+    fn yaml_files_under_recurses_and_skips_hidden_entries() {
+        let tmp = tempfile::Builder::new()
+            .prefix("ringmesh-api-tree-")
+            .tempdir()
+            .expect("temp dir");
+        let dir = tmp.path();
+        for sub in ["mesh/applied", ".git", "..data"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+        }
+        for f in [
+            "b.yaml",
+            "mesh/a.yml",
+            "mesh/applied/c.yaml",
+            ".git/d.yaml",
+            "..data/e.yaml",
+            ".f.yaml",
+            "g.txt",
+        ] {
+            std::fs::write(dir.join(f), "").expect("write");
+        }
+        std::os::unix::fs::symlink(dir, dir.join("mesh/loop")).expect("symlink");
+        let found: Vec<String> = yaml_files_under(dir)
+            .expect("reads")
+            .iter()
+            .map(|p| p.strip_prefix(dir).expect("under dir").display().to_string())
+            .collect();
+        assert_eq!(found, ["b.yaml", "mesh/a.yml", "mesh/applied/c.yaml"]);
+        assert!(yaml_files_under(&dir.join("nothing")).is_err());
     }
 }

@@ -47,7 +47,9 @@ pub struct Cli {
 pub enum Command {
     /// Validate config files or directories offline with the proxy's own compiler.
     Analyze {
-        /// Files or directories (every *.yaml / *.yml inside, sorted).
+        /// Files or directories (every *.yaml / *.yml inside, subdirectories included, hidden
+        /// entries skipped, sorted). Several ProxyConfig files: each is checked as its own
+        /// proxy, with the files without one when it subscribes to a control plane.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Output format.
@@ -227,7 +229,7 @@ where
     if let Command::Analyze { paths, output, strict } = &cli.command {
         let report = crate::analyze::analyze(paths);
         let _ = match output {
-            Output::Text => write!(out, "{}", report.text()),
+            Output::Text => write!(err, "{}", report.files_line()).and_then(|()| write!(out, "{}", report.text())),
             Output::Json => writeln!(
                 out,
                 "{}",
