@@ -54,7 +54,7 @@ fn examples_pass() {
         );
     }
     assert!(
-        err.contains("read 4 file(s)") && err.contains("mesh/reviews.yaml"),
+        err.contains("read 5 file(s)") && err.contains("mesh/reviews.yaml"),
         "{err}"
     );
 }

@@ -2,7 +2,8 @@
 cp_dir="$work/mesh"
 mkdir -p "$cp_dir"
 mesh_yaml() { # weight-v1 weight-v2
-  sed -e "s/weight: 90$/weight: $1/" -e "s/weight: 10$/weight: $2/" deploy/examples/control-plane/mesh/reviews.yaml
+  { cat deploy/examples/control-plane/mesh/reviews.yaml; echo ---; cat deploy/examples/control-plane/reviews-route.yaml; } |
+    sed -e "s/weight: 90$/weight: $1/" -e "s/weight: 10$/weight: $2/"
 }
 mesh_yaml 90 10 >"$cp_dir/reviews.yaml"
 start_cp() {

@@ -60,7 +60,8 @@ sidecar reviews-v2 reviews-v2 3 "$B, $A"
 check "etcd: the client-a sidecar compiled with two replicas" grep -q "addresses: \[$A, $B\]" "$ed/client-a.yaml"
 
 split_yaml() { # weight-v1 weight-v2
-  sed -e "s/weight: 90$/weight: $1/" -e "s/weight: 10$/weight: $2/" deploy/examples/control-plane/mesh/reviews.yaml
+  { cat deploy/examples/control-plane/mesh/reviews.yaml; echo ---; cat deploy/examples/control-plane/reviews-route.yaml; } |
+    sed -e "s/weight: 90$/weight: $1/" -e "s/weight: 10$/weight: $2/"
 }
 split_yaml 90 10 >"$ed/split.yaml"
 RINGMESH_CONTROL_PLANE=$A $BIN/ringmesh apply -f "$ed/split.yaml" >"$ed/apply1.txt" 2>&1 || true
