@@ -1096,8 +1096,12 @@ mod tests {
         assert_eq!(set.documents.len(), 2);
         assert!(set.resources.iter().all(|r| r.applied));
         assert_eq!(set.documents[1].source, "/p/resources/VirtualService/default/reviews:1");
-        // A VirtualService routing to a host nobody defines is refused, naming its key.
-        let err = resource_set("/p", std::slice::from_ref(&vs)).unwrap_err();
+        // A VirtualService routing to a host nobody defines yet is taken (a warning, as in
+        // Istio); one naming a subset nobody defines is refused, naming its key.
+        assert!(resource_set("/p", std::slice::from_ref(&vs)).is_ok());
+        let subset_vs = VS.replace("{host: reviews.test}", "{host: reviews.test, subset: v1}");
+        let bad = kv("/p/resources/VirtualService/default/reviews", &subset_vs);
+        let err = resource_set("/p", &[se.clone(), bad]).unwrap_err();
         assert!(err.contains("/p/resources/VirtualService/default/reviews"), "{err}");
 
         // Apply and delete plans use the etcd keys as units.
@@ -1109,9 +1113,15 @@ mod tests {
         );
         assert!(plan.report.applied, "{:?}", plan.report);
         assert_eq!(plan.writes[0].0, "/p/resources/VirtualService/default/reviews");
-        let se_key = ResourceKey::of_yaml(SE).unwrap();
-        let refused = plan_delete(&units_of(&[se.clone(), vs]), &se_key, &own).unwrap_err();
+        // Deleting what a stored resource needs is refused: here the subsets a route names.
+        let dr_yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews.test\n  subsets: [{name: v1, labels: {version: v1}}]\n";
+        let dr = kv("/p/resources/DestinationRule/default/reviews", dr_yaml);
+        let routed = kv("/p/resources/VirtualService/default/reviews", &subset_vs);
+        let dr_key = ResourceKey::of_yaml(dr_yaml).unwrap();
+        let refused = plan_delete(&units_of(&[se.clone(), dr, routed]), &dr_key, &own).unwrap_err();
         assert!(matches!(refused, StoreError::Refused(_)), "{refused}");
+        let se_key = ResourceKey::of_yaml(SE).unwrap();
+        assert!(plan_delete(&units_of(&[se.clone(), vs]), &se_key, &own).is_ok());
         assert_eq!(
             plan_delete(&units_of(&[se]), &se_key, &own).unwrap().as_deref(),
             Some("/p/resources/ServiceEntry/default/reviews")
