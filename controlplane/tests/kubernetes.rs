@@ -143,13 +143,13 @@ async fn istio_objects_are_listed_watched_and_a_bad_set_is_refused() {
         "only name, namespace and labels are served: {doc}"
     );
 
-    // A VirtualService routing to an unknown host: the set does not compile and is refused.
+    // A VirtualService whose timeout is no duration: the set does not compile and is refused.
     let push = |plural: &str, e: Value| api.lock().unwrap().pending.entry(plural.into()).or_default().push(e);
     let bad = object(
         "VirtualService",
         "canary",
         2,
-        json!({"hosts": ["canary.test"], "http": [{"route": [{"destination": {"host": "nope.test"}}]}]}),
+        json!({"hosts": ["canary.test"], "http": [{"route": [{"destination": {"host": "reviews.test"}}], "timeout": "soon"}]}),
     );
     push("virtualservices", json!({"type": "ADDED", "object": bad}));
     tokio::time::sleep(Duration::from_millis(400)).await;
