@@ -334,16 +334,14 @@ fn watch_changed(reply: &WatchResponse) -> Result<bool, EtcdError> {
     Ok(!reply.events.is_empty())
 }
 
-/// A request carrying `message` (a unary request, or the stream of a streaming call) that asks
-/// for a member with a leader when `require_leader`.
-fn request<T>(message: T, require_leader: bool) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    if require_leader {
-        req.metadata_mut().insert(
-            REQUIRE_LEADER.0,
-            tonic::metadata::MetadataValue::from_static(REQUIRE_LEADER.1),
-        );
-    }
+/// The request of a streaming call, asking for a member that has a leader: one cut off from
+/// its cluster refuses it or ends it, and the caller moves on to another member.
+fn leader_required<T>(stream: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(stream);
+    req.metadata_mut().insert(
+        REQUIRE_LEADER.0,
+        tonic::metadata::MetadataValue::from_static(REQUIRE_LEADER.1),
+    );
     req
 }
 
@@ -615,7 +613,7 @@ impl EtcdClient {
             .call("LeaseKeepAlive", |ch| {
                 let (tx, stream) = stream_of(LeaseKeepAliveRequest { id: lease });
                 async move {
-                    let reply = LeaseClient::new(ch).lease_keep_alive(request(stream, true)).await?;
+                    let reply = LeaseClient::new(ch).lease_keep_alive(leader_required(stream)).await?;
                     Ok(reply.map(|replies| (tx, replies)))
                 }
             })
@@ -638,7 +636,7 @@ impl EtcdClient {
             .call("Watch", |ch| {
                 let (tx, stream) = stream_of(create.clone());
                 async move {
-                    let reply = watch_client(ch).watch(request(stream, true)).await?;
+                    let reply = watch_client(ch).watch(leader_required(stream)).await?;
                     Ok(reply.map(|replies| (tx, replies)))
                 }
             })
