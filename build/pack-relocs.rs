@@ -1,7 +1,8 @@
 //! Link flags for the binaries of the packages that name this file as their build script
-//! (`ringmesh-proxy`, `ringmesh-bench`, which runs the proxy embedded, and `ringmesh-control`).
+//! (`ringmesh-proxy`, `ringmesh-bench`, which runs the proxy embedded), and of
+//! `ringmesh-control`, whose own build script calls [`main`] too.
 
-fn main() {
+pub(crate) fn main() {
     // Packed relative relocations (DT_RELR, glibc 2.36+): a position-independent binary needs
     // tens of thousands of relative relocations; as RELA entries they are ~480 KiB that the
     // loader reads, and keeps resident, at every start. Packed they take a few KiB. Idle RSS of

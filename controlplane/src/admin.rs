@@ -47,6 +47,11 @@ pub const KINDS: &[(&str, &str, &[&str])] = &[
     ("WasmPlugin", "wasmplugins", &[]),
 ];
 
+/// Metadata of an `Unavailable` status that the control plane itself sends when its store
+/// (etcd) cannot be reached, naming the store: the CLI then says that etcd is unreachable, not
+/// the control plane, which answered.
+pub const STORE_UNAVAILABLE: &str = "ringmesh-store-unavailable";
+
 /// A failed management call; becomes a gRPC status in [`From<AdminError> for Status`] only.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -78,7 +83,14 @@ impl From<AdminError> for Status {
                 Status::failed_precondition(msg)
             }
             AdminError::Store(StoreError::Io { .. }) => Status::internal(msg),
-            AdminError::Store(StoreError::Etcd(_)) => Status::unavailable(msg),
+            AdminError::Store(StoreError::Etcd(e)) if e.is_unreachable() => {
+                let mut status = Status::unavailable(msg);
+                status
+                    .metadata_mut()
+                    .insert(STORE_UNAVAILABLE, tonic::metadata::MetadataValue::from_static("etcd"));
+                status
+            }
+            AdminError::Store(StoreError::Etcd(_)) => Status::internal(msg),
             AdminError::Store(StoreError::Conflict(_)) => Status::aborted(msg),
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! Output follows kubectl and istioctl where users have habits (`virtualservice/reviews
 //! configured`, `get -o yaml`, the proxy-status table). Every failure is one line naming what
-//! failed (for an unreachable control plane: its address) and exit code 1; usage errors exit 2.
+//! failed (for an unreachable control plane: its address; for a control plane that cannot
+//! reach etcd: etcd's) and exit code 1; usage errors exit 2.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -20,7 +21,7 @@ use ringmesh_api::proto::{
 use serde_json::{json, Value as Json};
 use tonic::transport::Channel;
 
-use crate::admin::{canonical_kind, from_wire_diagnostic};
+use crate::admin::{canonical_kind, from_wire_diagnostic, STORE_UNAVAILABLE};
 use crate::store::ResourceKey;
 
 /// Where the control plane listens unless told otherwise (Istio's plaintext port).
@@ -166,6 +167,15 @@ pub enum CliError {
         /// The innermost cause, e.g. `Connection refused (os error 111)`.
         reason: String,
     },
+    /// The control plane answered, but cannot reach its store (etcd); `reason` names it with
+    /// its address.
+    #[error("the control plane at {addr} cannot reach its store: {reason}")]
+    StoreUnreachable {
+        /// The control plane's address.
+        addr: String,
+        /// What the control plane said, e.g. `etcd at http://10.0.0.5:2379 is unreachable: …`.
+        reason: String,
+    },
     /// The address does not parse.
     #[error("--control-plane {addr}: not an address: {reason}")]
     BadAddress {
@@ -295,6 +305,10 @@ async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, CliError> {
 /// A call's failure, as the user should read it.
 fn call_error(cli: &Cli, status: tonic::Status) -> CliError {
     match status.code() {
+        tonic::Code::Unavailable if status.metadata().contains_key(STORE_UNAVAILABLE) => CliError::StoreUnreachable {
+            addr: cli.control_plane.clone(),
+            reason: status.message().to_owned(),
+        },
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => CliError::Unreachable {
             addr: cli.control_plane.clone(),
             reason: status.message().to_owned(),

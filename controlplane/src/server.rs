@@ -177,6 +177,14 @@ impl ViewData {
     }
 }
 
+/// One view's compile result, made once: the first stream to need it compiles it outside the
+/// state lock, and streams that need it meanwhile wait for that result instead of compiling
+/// it again.
+type ViewSlot = Arc<tokio::sync::OnceCell<Result<View, String>>>;
+
+/// How a view is checked: [`check_compiles`] (a stand-in in tests, to hold a compile open).
+type CheckFn = fn(&[ringmesh_api::proto::Document], &[Endpoint]) -> Result<(), String>;
+
 /// An encoded delta (or whole snapshot in parts) and, weakly, the snapshot it starts from.
 type CachedDelta = (std::sync::Weak<Snapshot>, Arc<Vec<Bytes>>);
 
@@ -187,7 +195,7 @@ type CachedDelta = (std::sync::Weak<Snapshot>, Arc<Vec<Bytes>>);
 struct Views {
     generation: u64,
     endpoints: Arc<Vec<Endpoint>>,
-    by_documents: HashMap<Vec<usize>, Result<View, String>>,
+    by_documents: HashMap<Vec<usize>, ViewSlot>,
     /// Encoded deltas from a snapshot proxies were sent to one of this generation's, by the two
     /// snapshots' addresses: the proxies in sync share one old snapshot, so one diff serves them
     /// all. The old one is held weakly: its contents go when no stream needs them, while its
@@ -201,6 +209,7 @@ pub struct ControlPlane {
     state: Arc<Mutex<State>>,
     changed: Arc<watch::Sender<u64>>,
     config: ServerConfig,
+    check: CheckFn,
 }
 
 impl ControlPlane {
@@ -217,6 +226,7 @@ impl ControlPlane {
             state: Arc::new(Mutex::new(state)),
             changed: Arc::new(tx),
             config,
+            check: check_compiles,
         }
     }
 
@@ -361,42 +371,58 @@ impl ControlPlane {
     }
 
     /// The snapshot for `node_id` at the current generation (its `nonce` left empty: the stream
-    /// sets it), or why it does not compile.
-    fn snapshot_for(&self, node_id: &str) -> Result<View, String> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        if st.views.generation != st.generation {
-            st.views = Views {
-                generation: st.generation,
-                endpoints: Arc::new(Self::endpoints(st)),
-                by_documents: HashMap::new(),
-                deltas: HashMap::new(),
+    /// sets it), or why it does not compile. The compile runs outside the state lock, so that
+    /// ACKs, health reports, registrations and other views go on meanwhile; each view is
+    /// compiled once per generation ([`ViewSlot`]). A view finished after the generation moved
+    /// on carries the old version; its stream was told of the change and asks again.
+    async fn snapshot_for(&self, node_id: &str) -> Result<View, String> {
+        let (slot, generation, documents, endpoints) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            if st.views.generation != st.generation {
+                st.views = Views {
+                    generation: st.generation,
+                    endpoints: Arc::new(Self::endpoints(st)),
+                    by_documents: HashMap::new(),
+                    deltas: HashMap::new(),
+                };
+            }
+            let visible = match st.proxies.get(node_id) {
+                Some(p) => st.scopes.visible_to(&p.status.workload),
+                None => (0..st.resources.documents.len()).collect(),
             };
-        }
-        let visible = match st.proxies.get(node_id) {
-            Some(p) => st.scopes.visible_to(&p.status.workload),
-            None => (0..st.resources.documents.len()).collect(),
+            let slot = match st.views.by_documents.get(&visible) {
+                Some(slot) => slot.clone(),
+                None => {
+                    let slot = ViewSlot::default();
+                    st.views.by_documents.insert(visible.clone(), slot.clone());
+                    slot
+                }
+            };
+            if let Some(v) = slot.get() {
+                return v.clone();
+            }
+            let documents: Vec<_> = visible.iter().map(|&i| st.resources.documents[i].clone()).collect();
+            (slot, st.generation, documents, st.views.endpoints.clone())
         };
-        if let Some(v) = st.views.by_documents.get(&visible) {
-            return v.clone();
-        }
-        let documents: Vec<_> = visible.iter().map(|&i| st.resources.documents[i].clone()).collect();
-        let endpoints = st.views.endpoints.clone();
-        let view = check_compiles(&documents, &endpoints).map(|()| {
-            Arc::new(ViewData {
-                snapshot: Arc::new(Snapshot {
-                    version: st.generation,
-                    nonce: String::new(),
-                    protocol_version: PROTOCOL_VERSION,
-                    documents,
-                    endpoints: endpoints.as_ref().clone(),
-                }),
-                whole: OnceLock::new(),
-                parts: OnceLock::new(),
+        let check = self.check;
+        slot.get_or_init(|| async move {
+            check(&documents, &endpoints).map(|()| {
+                Arc::new(ViewData {
+                    snapshot: Arc::new(Snapshot {
+                        version: generation,
+                        nonce: String::new(),
+                        protocol_version: PROTOCOL_VERSION,
+                        documents,
+                        endpoints: endpoints.as_ref().clone(),
+                    }),
+                    whole: OnceLock::new(),
+                    parts: OnceLock::new(),
+                })
             })
-        });
-        st.views.by_documents.insert(visible, view.clone());
-        view
+        })
+        .await
+        .clone()
     }
 
     /// The encoded messages that take a proxy from `old` (the last snapshot sent on its stream)
@@ -587,7 +613,7 @@ async fn serve_proxy(
             pending = false;
             tokio::time::sleep(cp.config.debounce).await;
             let _ = changes.borrow_and_update();
-            match cp.snapshot_for(&node_id) {
+            match cp.snapshot_for(&node_id).await {
                 // A change this proxy was already sent (it raced the debounce): nothing to say.
                 Ok(view) if last_sent.as_ref().is_some_and(|s| Arc::ptr_eq(s, &view.snapshot)) => {}
                 Ok(view) => {
@@ -676,5 +702,74 @@ fn handle(cp: &ControlPlane, node_id: &str, session: u64, m: proxy_message::Mess
             changed
         }),
         proxy_message::Message::Hello(_) => tracing::warn!(node = %node_id, "second Hello on a stream ignored"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc as std_mpsc;
+
+    use super::*;
+
+    /// What [`held_check`] is doing: how many compiles it started, where it says so, and what
+    /// it waits for before it finishes.
+    struct Gate {
+        calls: AtomicUsize,
+        entered: Mutex<std_mpsc::Sender<()>>,
+        release: Mutex<std_mpsc::Receiver<()>>,
+    }
+
+    static GATE: OnceLock<Gate> = OnceLock::new();
+
+    /// A compile that stays open until the test releases it (at most 10 s).
+    fn held_check(documents: &[ringmesh_api::proto::Document], endpoints: &[Endpoint]) -> Result<(), String> {
+        let gate = GATE.get().expect("the gate is set before any compile");
+        gate.calls.fetch_add(1, Ordering::SeqCst);
+        let _ = gate.entered.lock().unwrap().send(());
+        let _ = gate.release.lock().unwrap().recv_timeout(Duration::from_secs(10));
+        check_compiles(documents, endpoints)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_view_compiles_outside_the_lock_and_once_for_racing_streams() {
+        let (entered_tx, entered) = std_mpsc::channel();
+        let (release, release_rx) = std_mpsc::channel();
+        let gate = Gate {
+            calls: AtomicUsize::new(0),
+            entered: Mutex::new(entered_tx),
+            release: Mutex::new(release_rx),
+        };
+        assert!(GATE.set(gate).is_ok(), "one test uses the gate");
+        let mut cp = ControlPlane::new(ResourceSet::default(), ServerConfig::default());
+        cp.check = held_check;
+        let first = tokio::spawn({
+            let cp = cp.clone();
+            async move { cp.snapshot_for("a").await }
+        });
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the compile started");
+        // A second stream with the same view waits for that compile instead of starting another.
+        let second = tokio::spawn({
+            let cp = cp.clone();
+            async move { cp.snapshot_for("b").await }
+        });
+        // While the compile is open, the state stays usable (on another thread: with the lock
+        // held this call would block until the compile ends).
+        let (done_tx, done) = std_mpsc::channel();
+        std::thread::spawn({
+            let cp = cp.clone();
+            move || {
+                let _ = done_tx.send((cp.generation(), cp.proxy_status().len()));
+            }
+        });
+        let read = done.recv_timeout(Duration::from_secs(5));
+        release.send(()).unwrap();
+        assert_eq!(read, Ok((1, 0)), "the state lock was held during the compile");
+        let (a, b) = (first.await.unwrap().unwrap(), second.await.unwrap().unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "both streams share one view");
+        assert_eq!(a.snapshot.version, 1, "compiled for the generation it was asked at");
+        assert_eq!(GATE.get().unwrap().calls.load(Ordering::SeqCst), 1);
     }
 }

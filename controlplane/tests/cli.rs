@@ -551,3 +551,37 @@ fn an_unreachable_control_plane_is_one_line_and_exit_code_1() {
     assert_eq!(code, 1);
     assert!(String::from_utf8_lossy(&e).contains("not an address"));
 }
+
+#[test]
+fn a_busy_listen_port_is_an_error_naming_the_address() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = common::temp_dir("cli", "busy-port");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmesh-control"))
+        .args(["--listen", addr.as_str(), "--log", "error", "--config-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must exit by itself; bounded, and killed if it does not.
+    let status = (0..500).find_map(|_| {
+        let s = child.try_wait().unwrap();
+        if s.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    });
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = status.unwrap_or_else(|| panic!("ringmesh-control kept running on a busy port: {stderr}"));
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}: ")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    drop(busy);
+}

@@ -5,7 +5,7 @@
 ed="$work/etcd"
 mkdir -p "$ed"
 start_etcd() {
-  /usr/bin/etcd --name ringmesh-interop --data-dir "$ed/data" \
+  etcd --name ringmesh-interop --data-dir "$ed/data" \
     --listen-client-urls http://127.0.0.1:24379 --advertise-client-urls http://127.0.0.1:24379 \
     --listen-peer-urls http://127.0.0.1:24380 --initial-advertise-peer-urls http://127.0.0.1:24380 \
     --initial-cluster ringmesh-interop=http://127.0.0.1:24380 >>"$ed/etcd.log" 2>&1 &
@@ -19,10 +19,14 @@ start_etcd() {
 start_etcd
 check "etcd: started" curl -fsS -X POST -d '{"key":"AA=="}' http://127.0.0.1:24379/v3/kv/range -o /dev/null
 
-# etcd unreachable at start: a clear error naming the address.
+# etcd unreachable at start: a clear error naming the address. A busy --listen port: an error
+# naming it.
 $BIN/ringmesh-control --etcd http://127.0.0.1:24999 --listen 127.0.0.1:24019 >"$ed/unreachable.log" 2>&1 && code=0 || code=$?
 check "etcd: unreachable at start is an error naming the address" \
-  bash -c "[ $code != 0 ] && grep -q '127.0.0.1:24999' '$ed/unreachable.log'"
+  bash -c "[ $code != 0 ] && grep -q 'etcd at http://127.0.0.1:24999 is unreachable' '$ed/unreachable.log'"
+$BIN/ringmesh-control --etcd http://127.0.0.1:24379 --listen 127.0.0.1:24379 >"$ed/busy.log" 2>&1 && code=0 || code=$?
+check "etcd: a --listen address in use is an error naming it" \
+  bash -c "[ $code != 0 ] && grep -q 'cannot listen on 127.0.0.1:24379: ' '$ed/busy.log'"
 
 A=127.0.0.1:24010
 B=127.0.0.1:24011
@@ -132,6 +136,9 @@ lost=$(through 24401 20)
 check "etcd: etcd killed, proxies keep the last config ($(echo $lost | tr '\n' ' '))" \
   bash -c "echo '$lost' | grep -q '20 x-ringmesh-instance: v1'"
 check "etcd: replica B logged the loss and serves the last known set" grep -q 'serving the last known set' "$ed/control-b.log"
+RINGMESH_CONTROL_PLANE=$B $BIN/ringmesh apply -f "$ed/split.yaml" >"$ed/apply-lost.txt" 2>&1 && code=0 || code=$?
+check "etcd: etcd killed, ringmesh apply to B fails naming etcd, not the control plane" \
+  bash -c "[ $code = 1 ] && grep -q 'the control plane at $B cannot reach its store: etcd at http://127.0.0.1:24379 is unreachable' '$ed/apply-lost.txt' && ! grep -q 'cannot reach the control plane' '$ed/apply-lost.txt'"
 start_etcd
 split_yaml 0 100 >"$ed/split.yaml"
 applied=no

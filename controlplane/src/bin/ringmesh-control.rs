@@ -37,11 +37,12 @@ struct Args {
     /// objects that does not compile is logged and the last good set keeps being served.
     #[arg(long, env = "RINGMESH_KUBERNETES", conflicts_with = "etcd")]
     kubernetes: bool,
-    /// etcd members (comma-separated http://host:port, JSON gateway of etcd 3.4+): resources
-    /// live under PREFIX/resources/<kind>/<namespace>/<name>, and each replica publishes its
-    /// proxies' workloads under PREFIX/workloads/<node id> with a lease of --grace, so every
-    /// replica serves the same config and endpoints. Calls time out after 3s; when etcd is lost
-    /// the last known sets keep being served and retries back off up to 5s.
+    /// etcd members (comma-separated http://host:port; etcd 3.4+, over its gRPC API on one
+    /// connection): resources live under PREFIX/resources/<kind>/<namespace>/<name>, and each
+    /// replica publishes its proxies' workloads under PREFIX/workloads/<node id> with a lease of
+    /// --grace, so every replica serves the same config and endpoints. Calls time out after 3s
+    /// and move on to the next member; when etcd is lost the last known sets keep being served
+    /// and retries back off up to 5s.
     #[arg(long, env = "RINGMESH_ETCD", value_name = "URLS")]
     etcd: Option<String>,
     /// Key prefix in etcd.
@@ -141,11 +142,15 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
+    // Bound here rather than by `serve`, whose error would not name the address.
+    let incoming = tonic::transport::server::TcpIncoming::bind(args.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?
+        .with_nodelay(Some(true));
     tracing::info!(listen = %args.listen, "ringmesh-control serving");
     tonic::transport::Server::builder()
         .add_service(cp.service())
         .add_service(admin.service())
-        .serve(args.listen)
+        .serve_with_incoming(incoming)
         .await
         .context("gRPC server")?;
     Ok(())
