@@ -80,6 +80,8 @@ pub struct Assembler {
     endpoints: BTreeMap<Key, Endpoint>,
     /// The version whose parts are arriving (`continued` seen, last part not yet).
     partial: Option<u64>,
+    /// Whether the last message said the control plane's registry is still warming.
+    registry_warming: bool,
 }
 
 impl Assembler {
@@ -103,6 +105,7 @@ impl Assembler {
                 s.nonce = shared.nonce;
                 self.partial = None;
                 self.version = s.version;
+                self.registry_warming = s.registry_warming;
                 self.documents = s.documents.clone();
                 self.endpoints = s.endpoints.iter().map(|e| (key_of(e), e.clone())).collect();
                 Ok(Some(s))
@@ -182,12 +185,14 @@ impl Assembler {
         }
         self.partial = None;
         self.version = d.version;
+        self.registry_warming = d.registry_warming;
         Ok(Some(Snapshot {
             version: d.version,
             nonce: d.nonce,
             protocol_version: crate::proto::PROTOCOL_VERSION,
             documents: self.documents.clone(),
             endpoints: self.endpoints.values().cloned().collect(),
+            registry_warming: self.registry_warming,
         }))
     }
 }
@@ -256,6 +261,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDelta {
         document_order,
         endpoints,
         removed_endpoints,
+        registry_warming: new.registry_warming,
     }
 }
 
@@ -266,6 +272,7 @@ pub fn parts(s: &Snapshot) -> Vec<SnapshotDelta> {
         version: s.version,
         reset,
         continued: true,
+        registry_warming: s.registry_warming,
         ..Default::default()
     };
     let mut out = Vec::new();
@@ -321,6 +328,7 @@ mod tests {
             protocol_version: crate::proto::PROTOCOL_VERSION,
             documents,
             endpoints,
+            registry_warming: false,
         }
     }
 
@@ -430,6 +438,30 @@ mod tests {
             })),
         });
         assert!(matches!(err, Err(DeltaError::Decode(_))), "{err:?}");
+    }
+
+    #[test]
+    fn the_registry_warming_flag_travels_in_parts_and_in_deltas_that_change_nothing_else() {
+        let mut v1 = snap(
+            1,
+            vec![doc("a:1", &"a".repeat(PART_BYTES))],
+            vec![ep("10.0.0.1", 80, "v1")],
+        );
+        v1.registry_warming = true;
+        let first = parts(&v1);
+        assert!(first.len() > 1 && first.iter().all(|p| p.registry_warming));
+        let mut a = Assembler::new();
+        let got = first.iter().filter_map(|p| a.apply(p.clone()).unwrap()).last().unwrap();
+        assert!(got.registry_warming);
+        // The warm-up ends: the only change is the flag, and the delta says so.
+        let v2 = Snapshot {
+            version: 2,
+            registry_warming: false,
+            ..v1.clone()
+        };
+        let d = diff(&v1, &v2);
+        assert!(d.documents.is_empty() && d.endpoints.is_empty() && !d.registry_warming);
+        assert!(!a.apply(d).unwrap().unwrap().registry_warming);
     }
 
     #[test]

@@ -442,7 +442,15 @@ impl Admin for AdminService {
             .iter()
             .map(|s| status_entry(s, generation))
             .collect();
-        Ok(Response::new(ProxyStatusResponse { generation, proxies }))
+        let registry_warming_ms = self
+            .cp
+            .warming_for()
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        Ok(Response::new(ProxyStatusResponse {
+            generation,
+            proxies,
+            registry_warming_ms,
+        }))
     }
 
     async fn proxy_config(

@@ -393,10 +393,21 @@ async fn remote(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
                 .map_err(|s| call_error(cli, s))?
                 .into_inner();
             match output {
-                StatusOutput::Table => print_proxy_status(&resp.proxies, out, err),
+                StatusOutput::Table => {
+                    if resp.registry_warming_ms > 0 {
+                        let _ = writeln!(
+                            out,
+                            "The control plane started recently: its registry is warming for {} s more, and \
+                             proxies keep endpoints not announced again until then.\n",
+                            resp.registry_warming_ms.div_ceil(1000)
+                        );
+                    }
+                    print_proxy_status(&resp.proxies, out, err)
+                }
                 StatusOutput::Json => {
                     let v = json!({
                         "generation": resp.generation,
+                        "registryWarmingMs": resp.registry_warming_ms,
                         "proxies": resp.proxies.iter().map(status_json).collect::<Vec<_>>(),
                     });
                     let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());

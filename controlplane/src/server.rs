@@ -8,6 +8,16 @@
 //! with the control plane, reported in [`ProxyStatus::stale_reason`]). Endpoints are the union
 //! of the workloads that connected proxies announce; a proxy that disconnects keeps its
 //! endpoints for the grace period, a proxy that reports its workload unready loses them at once.
+//!
+//! **Restarts.** The registry is soft state: a control plane that just started knows no
+//! workload until the proxies reconnect, in whatever order their back-off brings them. For
+//! `grace` after start the registry is *warming* (it gives a freshly started registry the same
+//! time it gives a disconnected proxy to come back), and every snapshot says so
+//! (`registry_warming`): proxies keep the endpoints they held that it does not list yet. When
+//! the warm-up ends the generation moves and every proxy is sent a snapshot without the flag,
+//! so endpoints that were not announced again leave then. Generations start from the start time
+//! in microseconds, so versions never repeat across restarts: a proxy's `serving_version` from
+//! before the restart is older than anything this process sends, never mistaken for current.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
@@ -124,6 +134,8 @@ struct State {
     /// Who sees which document (`scope.rs`), scanned once per resource set.
     scopes: Scopes,
     generation: u64,
+    /// Until when the registry is warming (see the module doc); `None` once warm.
+    warm_until: Option<Instant>,
     proxies: BTreeMap<String, Proxy>,
     /// Workloads announced by proxies connected to other replicas (read from etcd by
     /// `etcd.rs`), by node id; empty without `--etcd`.
@@ -219,7 +231,8 @@ impl ControlPlane {
         let state = State {
             scopes: Scopes::of(&resources.documents),
             resources,
-            generation: 1,
+            generation: first_generation(),
+            warm_until: Some(Instant::now() + config.grace),
             ..Default::default()
         };
         ControlPlane {
@@ -257,6 +270,24 @@ impl ControlPlane {
     /// The current generation (the version of the next snapshots).
     pub fn generation(&self) -> u64 {
         self.lock().generation
+    }
+
+    /// How long the registry keeps warming (`None`: warm): proxies are told to keep endpoints
+    /// not announced again until then.
+    pub fn warming_for(&self) -> Option<Duration> {
+        let mut st = self.lock();
+        self.end_warm_up_if_due(&mut st);
+        st.warm_until.map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    /// Ends the warm-up once its time has come, moving the generation so that every proxy is
+    /// sent a snapshot that says the registry is warm.
+    fn end_warm_up_if_due(&self, st: &mut State) {
+        if st.warm_until.is_some_and(|t| Instant::now() >= t) {
+            st.warm_until = None;
+            tracing::info!("registry warm: endpoints not announced again since the start leave now");
+            self.bump(st);
+        }
     }
 
     /// Snapshots sent so far (to measure debouncing).
@@ -376,9 +407,10 @@ impl ControlPlane {
     /// compiled once per generation ([`ViewSlot`]). A view finished after the generation moved
     /// on carries the old version; its stream was told of the change and asks again.
     async fn snapshot_for(&self, node_id: &str) -> Result<View, String> {
-        let (slot, generation, documents, endpoints) = {
+        let (slot, generation, documents, endpoints, registry_warming) = {
             let mut guard = self.lock();
             let st = &mut *guard;
+            self.end_warm_up_if_due(st);
             if st.views.generation != st.generation {
                 st.views = Views {
                     generation: st.generation,
@@ -403,7 +435,7 @@ impl ControlPlane {
                 return v.clone();
             }
             let documents: Vec<_> = visible.iter().map(|&i| st.resources.documents[i].clone()).collect();
-            (slot, st.generation, documents, st.views.endpoints.clone())
+            (slot, st.generation, documents, st.views.endpoints.clone(), st.warm_until.is_some())
         };
         let check = self.check;
         slot.get_or_init(|| async move {
@@ -415,6 +447,7 @@ impl ControlPlane {
                         protocol_version: PROTOCOL_VERSION,
                         documents,
                         endpoints: endpoints.as_ref().clone(),
+                        registry_warming,
                     }),
                     whole: OnceLock::new(),
                     parts: OnceLock::new(),
@@ -507,6 +540,23 @@ impl ControlPlane {
             p.status.stale_reason = None;
             p.sent = Some(snapshot);
         }
+    }
+}
+
+/// The first generation of this process: the time now in microseconds since the Unix epoch.
+/// A restart within the same microsecond, or after the clock went back by more than the
+/// previous process's count of changes, is the only way two processes' versions could meet.
+fn first_generation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+}
+
+/// Completes when the warm-up ending at `until` is due; never without one.
+async fn warm_up_end(until: Option<Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -608,6 +658,9 @@ async fn serve_proxy(
                             // The last snapshot sent on this stream: what a protocol-3 proxy holds, and the base of the
                             // next delta.
     let mut last_sent: Option<Arc<Snapshot>> = None;
+    // Every stream watches for the end of the warm-up, so that it is pushed at once; the first
+    // to see it moves the generation and the others find it done.
+    let mut warm_until = cp.lock().warm_until;
     loop {
         if pending {
             pending = false;
@@ -662,6 +715,10 @@ async fn serve_proxy(
             }
         }
         tokio::select! {
+            () = warm_up_end(warm_until) => {
+                warm_until = None;
+                cp.end_warm_up_if_due(&mut cp.lock());
+            }
             changed = changes.changed() => {
                 if changed.is_err() { break; }
                 pending = true;

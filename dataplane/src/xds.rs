@@ -10,6 +10,10 @@
 //! snapshot (resync). With several control-plane replicas (`controlPlane.addresses`), each
 //! failed session moves on to the next replica in the list (wrapping around), so a proxy whose
 //! replica dies is served by another one after one back-off; it stays with a replica that works.
+//! A control plane that just (re)started and does not know every workload yet says so in its
+//! snapshots; the proxy then keeps the endpoints that were not announced again ([`held`]).
+
+mod held;
 
 use std::time::Duration;
 
@@ -23,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::ControlInput;
+use held::HeldEndpoints;
 
 /// A snapshot from the control plane, waiting for the control loop to compile it.
 #[derive(Debug)]
@@ -51,10 +56,16 @@ pub struct Status {
     pub serving_version: u64,
     /// Failed sessions in a row.
     pub failures: u64,
-    /// Why the last session ended, if it failed.
+    /// Why the last session ended, if it failed, or why the last config from the control plane
+    /// was refused (NACK), if it was.
     pub last_error: Option<String>,
     /// The protocol version this proxy speaks.
     pub protocol_version: u32,
+    /// The last config came from a control plane whose registry is still warming (it started
+    /// less than its grace period ago): endpoints not announced again are kept until it is warm.
+    pub registry_warming: bool,
+    /// How many endpoints in use were kept from before because of that.
+    pub kept_endpoints: usize,
 }
 
 /// The shared cell the admin server reads [`Status`] from.
@@ -121,6 +132,7 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     let mut replica = 0usize;
     let mut serving = 0u64;
+    let mut held = HeldEndpoints::default();
     // The app's readiness: always ready without a probe; with one, unready until it first passes
     // (as Kubernetes starts a pod), and every change is told to the control plane at once.
     let (ready_tx, ready) = watch::channel(workload.readiness.is_none());
@@ -138,7 +150,16 @@ pub async fn run(
             return;
         };
         update(&status, |s| s.address = address.clone());
-        let result = session(&cp, address, &workload, &updates, &mut serving, ready.clone(), &status).await;
+        let result = session(
+            &cp,
+            address,
+            &workload,
+            &updates,
+            (&mut serving, &mut held),
+            ready.clone(),
+            &status,
+        )
+        .await;
         update(&status, |s| {
             s.serving_version = serving;
             s.state = match &result {
@@ -198,7 +219,7 @@ async fn session(
     address: &str,
     workload: &WorkloadSettings,
     updates: &mpsc::Sender<Update>,
-    serving: &mut u64,
+    (serving, held): (&mut u64, &mut HeldEndpoints),
     mut ready: watch::Receiver<bool>,
     status: &StatusCell,
 ) -> Result<(), SessionError> {
@@ -238,6 +259,7 @@ async fn session(
     });
     // What this stream has sent so far, rebuilt from whole snapshots and deltas.
     let mut assembler = Assembler::new();
+    held.session_began();
     loop {
         let msg = tokio::select! {
             m = inbound.message() => match m {
@@ -270,9 +292,11 @@ async fn session(
             Ok(None) => {}
             Ok(Some(s)) => {
                 let (reply, answer) = oneshot::channel();
+                let (endpoints, kept) = held.resolve(s.endpoints, s.registry_warming);
+                let in_use = endpoints.clone();
                 let input = ControlInput {
                     documents: s.documents,
-                    endpoints: s.endpoints,
+                    endpoints,
                 };
                 updates
                     .send(Update {
@@ -286,7 +310,21 @@ async fn session(
                 let m = match result {
                     Ok(()) => {
                         *serving = s.version;
-                        update(status, |st| st.serving_version = s.version);
+                        held.applied(in_use);
+                        let was_kept = status.load().as_ref().map_or(0, |st| st.kept_endpoints);
+                        if kept != was_kept {
+                            tracing::info!(
+                                kept,
+                                "the control plane's registry is {}; endpoints it does not list yet are kept: {kept}",
+                                if s.registry_warming { "warming" } else { "warm" }
+                            );
+                        }
+                        update(status, |st| {
+                            st.serving_version = s.version;
+                            st.last_error = None;
+                            st.registry_warming = s.registry_warming;
+                            st.kept_endpoints = kept;
+                        });
                         proxy_message::Message::Ack(Ack {
                             version: s.version,
                             nonce: s.nonce,
@@ -297,6 +335,9 @@ async fn session(
                             version = s.version,
                             "config from the control plane refused (NACK):\n{error}"
                         );
+                        update(status, |st| {
+                            st.last_error = Some(format!("config version {} refused: {error}", s.version))
+                        });
                         proxy_message::Message::Nack(Nack {
                             version: s.version,
                             nonce: s.nonce,

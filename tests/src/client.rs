@@ -47,6 +47,14 @@ impl Client {
         }
     }
 
+    /// A client on a connection the caller made (and set timeouts on).
+    pub fn on(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Sends raw bytes.
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");

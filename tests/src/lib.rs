@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod control;
+pub mod procs;
 pub mod proxy;
 pub mod upstream;
 

@@ -368,7 +368,77 @@ fn refused_proxy_keeps_serving_and_says_why(io: IoMode) {
     assert_eq!(admin_get(alone.admin(), "/control_plane").0, 404);
 }
 
+/// Under a control plane, a proxy is ready once the control plane's first config is applied,
+/// not before: until then `/healthz/ready` and `/ready` answer 503 and say what it waits for
+/// (it could only answer 404 `no route`). Losing the control plane later does not make it
+/// unready: it keeps serving its last good config.
+fn ready_once_the_first_config_is_applied(io: IoMode) {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("mesh.yaml"), mesh(100, 0).join("\n---\n")).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let v1 = Upstream::named("v1");
+    let _app = TestProxy::start(&[proxy_config(
+        io,
+        "",
+        &subscribe(
+            addr,
+            "reviews-v1",
+            &["reviews.test"],
+            Some(v1.addr),
+            &[("version", "v1")],
+        ),
+    )]);
+    let client = TestProxy::start(&[proxy_config(io, "", &subscribe(addr, "client", &[], None, &[]))]);
+
+    // Nothing listens at the control plane's address yet.
+    let (code, body) = admin_get(client.health(), "/healthz/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("waiting for the first config from the control plane"),
+        "{body}"
+    );
+    let (code, body) = admin_get(client.admin(), "/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("INITIALIZING: waiting for the first config from the control plane"),
+        "{body}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || admin_get(client.health(), "/healthz/ready")
+            .1
+            .contains(&format!("at {addr} (last error: cannot reach the control plane"))),
+        "the reason does not name the control plane and the error: {}",
+        admin_get(client.health(), "/healthz/ready").1
+    );
+    assert_eq!(Client::connect(client.http()).get("reviews.test", "/").status, 404);
+
+    let mut cp = TestControlPlane::serve(dir.0.clone(), addr);
+    assert!(
+        eventually(Duration::from_secs(15), || admin_get(client.health(), "/healthz/ready")
+            == (200, "ready\n".into())),
+        "{:?}",
+        admin_get(client.health(), "/healthz/ready")
+    );
+    assert_eq!(admin_get(client.admin(), "/ready"), (200, "LIVE\n".into()));
+    assert!(
+        eventually(Duration::from_secs(10), || spread(&client, 5).get("v1") == Some(&5)),
+        "{:?}",
+        spread(&client, 5)
+    );
+
+    cp.stop();
+    let state = || {
+        serde_json::from_str::<serde_json::Value>(&admin_get(client.admin(), "/control_plane").1).unwrap_or_default()
+    };
+    assert!(eventually(Duration::from_secs(5), || state()["state"] == "retrying"));
+    assert_eq!(admin_get(client.health(), "/healthz/ready"), (200, "ready\n".into()));
+    assert_eq!(admin_get(client.admin(), "/ready"), (200, "LIVE\n".into()));
+}
+
 ringmesh_tests::both_io!(
+    ready_once_the_first_config_is_applied,
     canary_moves_under_load_without_failures,
     control_plane_down_loses_nothing,
     nack_keeps_last_good_config,

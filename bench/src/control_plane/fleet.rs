@@ -528,6 +528,7 @@ mod tests {
                 yaml: mesh::virtual_service("reviews.test", 30),
             }],
             endpoints: (0..600).map(endpoint).collect(),
+            registry_warming: false,
         };
         // Protocol 3: the whole set in parts, then a delta.
         let parts = delta::parts(&v1);

@@ -9,15 +9,15 @@
 //! | admin   | `/config_dump`       | the running snapshot as JSON, with its version and the load warnings |
 //! | admin   | `/clusters`          | clusters, endpoints and per-endpoint counters as JSON |
 //! | admin   | `/control_plane`     | the discovery stream: state, replica, config version, last error (404 without one) |
-//! | admin   | `/ready`             | `LIVE` (200) or `DRAINING` (503) |
+//! | admin   | `/ready`             | `LIVE` (200), `DRAINING` (503), or `INITIALIZING: <why>` (503) before the first config from the control plane |
 //! | admin   | `/stats/prometheus`  | same as the metrics server |
 //! | admin   | `POST /drain_listeners` | stop accepting and drain, then exit |
-//! | health  | `/healthz/ready`     | 200 when workers serve, 503 while draining |
+//! | health  | `/healthz/ready`     | 200 when ready, 503 with the reason while draining or before the first config from the control plane (`readiness.rs`) |
 //! | metrics | `/stats/prometheus`  | Prometheus text format |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,10 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
+
+mod readiness;
+
+use readiness::Readiness;
 
 use crate::state::SnapshotSource;
 use crate::telemetry::prometheus;
@@ -146,22 +150,23 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
-    let draining = state.draining.load(Ordering::Relaxed);
     let resp = match (role, req.method(), path) {
         (Role::Health, &Method::GET, "/healthz/ready") | (Role::Admin, &Method::GET, "/healthz/ready") => {
-            if draining {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain")
-            } else {
-                text(StatusCode::OK, "ready\n", "text/plain")
+            match Readiness::of(&state) {
+                Readiness::Ready => text(StatusCode::OK, "ready\n", "text/plain"),
+                r => text(StatusCode::SERVICE_UNAVAILABLE, format!("{r}\n"), "text/plain"),
             }
         }
-        (Role::Admin, &Method::GET, "/ready") => {
-            if draining {
-                text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n", "text/plain")
-            } else {
-                text(StatusCode::OK, "LIVE\n", "text/plain")
-            }
-        }
+        // Envoy's words: LIVE, DRAINING, INITIALIZING (with the reason after a colon).
+        (Role::Admin, &Method::GET, "/ready") => match Readiness::of(&state) {
+            Readiness::Ready => text(StatusCode::OK, "LIVE\n", "text/plain"),
+            Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n", "text/plain"),
+            r => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("INITIALIZING: {r}\n"),
+                "text/plain",
+            ),
+        },
         (Role::Metrics, &Method::GET, "/stats/prometheus") | (Role::Admin, &Method::GET, "/stats/prometheus") => {
             let totals = gather_stats(&state.workers).await;
             text(StatusCode::OK, prometheus::render(&totals), "text/plain; version=0.0.4")
