@@ -168,9 +168,7 @@ fn a_second_echo_on_an_address_in_use_is_refused_unless_taking_over() {
     })
     .unwrap();
     let addr = first.local_addr();
-    let err = spawn_echo(EchoConfig::new(addr))
-        .err()
-        .expect("a second echo on a used address");
+    let err = spawn_echo(EchoConfig::new(addr)).expect_err("a second echo on a used address");
     let msg = format!("{err:#}");
     assert!(
         msg.contains(&addr.to_string()) && msg.contains("already in use"),

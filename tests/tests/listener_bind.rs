@@ -24,9 +24,8 @@ fn config_on(io: IoMode, addr: SocketAddr, workers: usize) -> Vec<String> {
 fn second_proxy_on_a_used_address(io: IoMode) {
     let first = TestProxy::start(&config_on(io, "127.0.0.1:0".parse().unwrap(), 2));
     let addr = first.http();
-    let err = TestProxy::try_start(&config_on(io, addr, 1))
-        .err()
-        .expect("a second proxy on an address in use must not start");
+    let err =
+        TestProxy::try_start(&config_on(io, addr, 1)).expect_err("a second proxy on an address in use must not start");
     let msg = format!("{err:#}");
     assert!(msg.contains(&addr.to_string()), "{msg}");
     assert!(msg.contains("already in use") && msg.contains("--takeover"), "{msg}");
