@@ -208,6 +208,21 @@ pub fn parse_args(args: &[std::ffi::OsString]) -> anyhow::Result<BenchArgs> {
     Ok(cli)
 }
 
+/// Creates the output folder (`--out`, default `target/ringmesh-bench/<unix time>`) and returns
+/// it as an absolute path: external proxies run with the folder as their working directory,
+/// so a relative path handed to them (nginx's `-p` prefix, its error log) would be resolved a
+/// second time inside it (`…/nginx/target/ringmesh-bench/…/nginx-error.log`).
+fn out_dir_in(cwd: &std::path::Path, out: Option<&std::path::Path>, started_unix: u64) -> anyhow::Result<PathBuf> {
+    let out = out.map_or_else(
+        || PathBuf::from("target/ringmesh-bench").join(started_unix.to_string()),
+        std::path::Path::to_path_buf,
+    );
+    let out = cwd.join(out);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    out.canonicalize()
+        .with_context(|| format!("resolving {}", out.display()))
+}
+
 /// Runs the suite with the given arguments (`args[0]` is the program name).
 pub fn run<I, T>(args: I) -> anyhow::Result<()>
 where
@@ -226,11 +241,8 @@ where
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let out_dir = cli
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("target/ringmesh-bench").join(started_unix.to_string()));
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let out_dir = out_dir_in(&cwd, cli.out.as_deref(), started_unix)?;
     let nofile = ringmesh_loadgen::raise_nofile_limit(procs::NOFILE_WANT).context("raising RLIMIT_NOFILE")?;
     let self_exe = std::env::current_exe().context("locating own executable")?;
     // Ctrl-C: the measurement in progress stops, the report of completed rounds is written.
@@ -639,6 +651,27 @@ pub fn run_role(args: &[std::ffi::OsString]) -> Option<anyhow::Result<()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_output_folder_is_absolute_even_when_given_relative() {
+        let cwd = tempfile::tempdir().unwrap();
+        let out = out_dir_in(cwd.path(), Some(std::path::Path::new("rel/run")), 7).unwrap();
+        assert!(out.is_absolute(), "{}", out.display());
+        assert!(out.ends_with("rel/run") && out.is_dir());
+        let default = out_dir_in(cwd.path(), None, 7).unwrap();
+        assert!(default.is_absolute() && default.ends_with("target/ringmesh-bench/7"));
+        // What nginx is given: every path in its config and on its command line is absolute.
+        let conf = topology::nginx_config(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            &default.join("nginx"),
+            1024,
+        );
+        for line in conf.lines().filter(|l| l.contains("nginx") && l.contains('/')) {
+            let path = line.split_whitespace().find(|w| w.contains('/')).unwrap();
+            assert!(path.starts_with('/'), "relative path in nginx config: {line}");
+        }
+    }
 
     #[test]
     fn cpus_flag_parses_as_one_list() {

@@ -120,6 +120,7 @@ pub fn run_once(
     let lat = run_load_with(c, control).with_context(|| format!("{} latency run", topo.kind));
     watch(None);
     let lat = lat?;
+    require_success(&lat, "latency")?;
     let cpu_after = topo.proxy_cpu_time()?;
     let upstream_cpu = upstream.cpu_time()?.saturating_sub(upstream_before);
     anyhow::ensure!(!lat.interrupted, "interrupted");
@@ -145,6 +146,7 @@ pub fn run_once(
     let thr = run_load_with(c, control).with_context(|| format!("{} throughput run", topo.kind));
     watch(None);
     let thr = thr?;
+    require_success(&thr, "throughput")?;
     let wall = started.elapsed();
     let cpu_after = topo.proxy_cpu_time()?;
     anyhow::ensure!(!thr.interrupted, "interrupted");
@@ -155,7 +157,8 @@ pub fn run_once(
 
     Ok(RunResult {
         repeat,
-        throughput_rps: thr.rate_rps,
+        // Successful responses only: a proxy answering 503 at once must not out-run one that serves.
+        throughput_rps: thr.ok_rate_rps,
         throughput_errors: thr.errors,
         latency_us: lat.latency_us,
         latency_rate_rps: lat.rate_rps,
@@ -171,6 +174,27 @@ pub fn run_once(
         hgrm,
         histogram: Some(lat.histogram),
     })
+}
+
+/// Fails a measurement in which no request succeeded: its latency and throughput would describe
+/// error replies, and the scenario must show as failed, never as a healthy row with an error
+/// count beside it. Partial failures are kept and reported in the `errors` column.
+fn require_success(report: &LoadReport, run: &str) -> anyhow::Result<()> {
+    if report.ok > 0 {
+        return Ok(());
+    }
+    let e = &report.errors_by_kind;
+    anyhow::bail!(
+        "no request of the {run} run succeeded ({} of {} failed: connect {}, reset {}, timeout {}, malformed {}, 4xx {}, 5xx {})",
+        report.errors,
+        report.requests,
+        e.connect,
+        e.reset,
+        e.timeout,
+        e.malformed,
+        e.status_4xx,
+        e.status_5xx
+    )
 }
 
 fn write_hgrm(report: &LoadReport, path: &Path) -> anyhow::Result<()> {
@@ -281,4 +305,31 @@ fn one_request_conn(addr: SocketAddr, request: &[u8]) -> anyhow::Result<TcpStrea
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmesh_loadgen::{run_load, spawn_echo, EchoConfig};
+
+    #[test]
+    fn a_run_whose_requests_all_fail_fails_the_measurement() {
+        let echo = spawn_echo(EchoConfig {
+            error_rate: 1.0,
+            ..EchoConfig::default()
+        })
+        .unwrap();
+        let mut c = LoadConfig::new(&format!("http://{}/", echo.local_addr())).unwrap();
+        c.rate = 200.0;
+        c.connections = 2;
+        c.duration = Duration::from_millis(200);
+        c.warmup = Duration::from_millis(50);
+        let r = run_load(c).unwrap();
+        assert!(r.requests > 0 && r.ok == 0, "{}", r.summary());
+        let e = require_success(&r, "latency").unwrap_err().to_string();
+        assert!(
+            e.contains("no request of the latency run succeeded") && e.contains("5xx"),
+            "{e}"
+        );
+    }
 }

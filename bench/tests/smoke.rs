@@ -146,13 +146,15 @@ fn ctrl_c_still_writes_the_report_of_completed_rounds() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until the first round is on disk, then interrupt.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !out.join("ringmesh-r1.hgrm").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    // Interrupt once the first round is complete: the second round's first measurement is on
+    // disk. (`ringmesh-r1.hgrm` alone is not enough: it is written after the round's latency
+    // run, while its throughput run is still to come, and an interrupt there leaves 0 rounds.)
+    let second_round_began = out.join("direct-r2.hgrm");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !second_round_began.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(out.join("ringmesh-r1.hgrm").exists(), "first round never finished");
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(second_round_began.exists(), "the second round never began");
     // SAFETY: kill(2) on the child we just spawned.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGINT);
@@ -179,4 +181,52 @@ fn ctrl_c_still_writes_the_report_of_completed_rounds() {
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("INTERRUPTED"), "{md}");
+}
+
+#[test]
+fn nginx_runs_with_a_relative_out_folder() {
+    // The comparison proxies are part of the suite: the machine that runs it has them.
+    assert!(
+        std::process::Command::new("nginx").arg("-v").output().is_ok(),
+        "nginx is not installed; this test needs it"
+    );
+    let cwd = out_dir("relative");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
+        .current_dir(cwd.path())
+        .args([
+            "--scenarios",
+            "direct,nginx",
+            "--repeats",
+            "1",
+            "--rate",
+            "200",
+            "--duration",
+            "0.3s",
+            "--warmup",
+            "0.1s",
+            "--throughput-duration",
+            "0.2s",
+            "--throughput-warmup",
+            "0.05s",
+            "--idle-connections",
+            "0",
+            "--no-progress",
+            "--out",
+            "rel/out",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let out = cwd.path().join("rel/out");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let nginx = json["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scenario"] == "nginx")
+        .unwrap();
+    assert_eq!(nginx["status"], "ok", "{nginx}\n{stderr}");
+    assert!(out.join("nginx/nginx-error.log").exists());
 }

@@ -10,6 +10,7 @@ use ringmesh_api::snapshot::IoMode;
 
 use crate::config::Overrides;
 use crate::control::{self, ProxyOptions};
+use crate::runtime::bind::BindMode;
 
 /// ringmesh sidecar proxy.
 #[derive(Debug, Parser)]
@@ -62,6 +63,10 @@ pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringmesh_proxy=debug`.
     #[arg(long, env = "RINGMESH_LOG", default_value = "info")]
     pub log: String,
+    /// Share listener addresses another process already serves (SO_REUSEPORT), e.g. to start a
+    /// successor while the old proxy drains. Without it an address in use is refused by name.
+    #[arg(long, env = "RINGMESH_TAKEOVER")]
+    pub takeover: bool,
     /// Check the config and exit: 0 when it compiles, 1 with every error otherwise.
     #[arg(long)]
     pub check: bool,
@@ -133,6 +138,11 @@ where
         overrides: cli.overrides(),
         watch_interval: (!cli.watch_interval.is_zero()).then_some(cli.watch_interval),
         handle_signals: true,
+        bind_mode: if cli.takeover {
+            BindMode::Takeover
+        } else {
+            BindMode::Exclusive
+        },
     };
     let handle = control::start(opts)?;
     handle.wait();

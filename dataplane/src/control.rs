@@ -30,6 +30,8 @@ pub struct ProxyOptions {
     pub watch_interval: Option<Duration>,
     /// Handle SIGHUP (reload) and SIGTERM/SIGINT (drain and exit). Off when embedded in tests.
     pub handle_signals: bool,
+    /// Whether the proxy's listeners may share addresses another process serves (`--takeover`).
+    pub bind_mode: runtime::bind::BindMode,
 }
 
 impl ProxyOptions {
@@ -40,6 +42,7 @@ impl ProxyOptions {
             overrides: Overrides::default(),
             watch_interval: Some(Duration::from_millis(200)),
             handle_signals: false,
+            bind_mode: runtime::bind::BindMode::Exclusive,
         }
     }
 }
@@ -124,7 +127,7 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
     let health_address = health_l.local_addr()?;
     let metrics_address = metrics_l.local_addr()?;
 
-    let set = runtime::start(workers, &settings.cpus, io, &listeners, source.clone())?;
+    let set = runtime::start(workers, &settings.cpus, io, &listeners, opts.bind_mode, source.clone())?;
     let bound = set.bound.clone();
     tracing::info!(
         workers,

@@ -69,7 +69,8 @@ pub struct WorkerSnapshot {
 pub struct SnapshotView {
     source: Arc<SnapshotSource>,
     current: RefCell<Rc<WorkerSnapshot>>,
-    /// Counters by cluster name, kept across reloads so Prometheus counters never go back.
+    /// Counters by cluster name, kept across reloads so Prometheus counters never go back
+    /// while a cluster exists; a cluster's counters leave with it.
     counters: RefCell<HashMap<String, Rc<ClusterCounters>>>,
 }
 
@@ -116,18 +117,57 @@ impl SnapshotView {
 }
 
 fn build(snapshot: Arc<Snapshot>, counters: &RefCell<HashMap<String, Rc<ClusterCounters>>>) -> WorkerSnapshot {
-    let mut counters = counters.borrow_mut();
+    let names = snapshot.clusters.iter().map(|c| c.name.as_str());
+    let carried = carry_over(&mut counters.borrow_mut(), names);
     let clusters = snapshot
         .clusters
         .iter()
-        .map(|c| {
-            let cc = counters
-                .entry(c.name.clone())
-                .or_insert_with(|| Rc::new(ClusterCounters::default()))
-                .clone();
+        .zip(carried)
+        .map(|(c, cc)| {
             let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.address).collect();
             ClusterState::new(c, cc, &addrs)
         })
         .collect();
     WorkerSnapshot { snapshot, clusters }
+}
+
+/// Counters for the clusters `names`, in order: a cluster that stays carries its counters over,
+/// a new one starts at zero, and one no longer configured is dropped from `all` — otherwise a
+/// worker would keep the counters of every cluster it ever had.
+fn carry_over<'a>(
+    all: &mut HashMap<String, Rc<ClusterCounters>>,
+    names: impl Iterator<Item = &'a str>,
+) -> Vec<Rc<ClusterCounters>> {
+    let mut kept: HashMap<String, Rc<ClusterCounters>> = HashMap::with_capacity(all.len());
+    let counters = names
+        .map(|name| {
+            if let Some(c) = kept.get(name) {
+                return c.clone();
+            }
+            let c = all.remove(name).unwrap_or_default();
+            kept.insert(name.to_owned(), c.clone());
+            c
+        })
+        .collect();
+    *all = kept;
+    counters
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::stats::inc;
+
+    #[test]
+    fn cluster_counters_carry_over_and_departed_clusters_leave() {
+        let mut all = HashMap::new();
+        let first = carry_over(&mut all, ["a", "b"].into_iter());
+        inc(&first[0].rq_total);
+        let next = carry_over(&mut all, ["c", "a"].into_iter());
+        assert_eq!(next[1].rq_total.get(), 1, "a staying cluster keeps its counters");
+        assert_eq!(next[0].rq_total.get(), 0);
+        let mut names: Vec<_> = all.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["a", "c"], "b left with the config");
+    }
 }

@@ -38,7 +38,7 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
     let cluster_id = clusters.pick(worker.rng.next_u64() as u32);
     let cluster = view.snapshot.cluster(cluster_id);
     let state = &view.clusters[cluster_id.0 as usize];
-    let hash = Some(ringmesh_api::hash_table::hash_bytes(peer.ip().to_string().as_bytes()));
+    let hash = Some(hash_key(peer));
     // Try each endpoint at most once on connect failure, like Envoy's default of one reattempt
     // per host; opaque TCP has nothing else to retry.
     let mut upstream = None;
@@ -61,7 +61,10 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
         }
     }
     let Some(upstream) = upstream else {
-        tracing::info!(%peer, cluster = %cluster.name, "tcp: no upstream reachable; closing client");
+        worker.stats.log_limit.log(
+            "tcp UF",
+            || tracing::info!(%peer, cluster = %cluster.name, "tcp: no upstream reachable; closing client"),
+        );
         return;
     };
     let _ = client.set_nodelay(true);
@@ -74,6 +77,13 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
         .stats
         .tcp_bytes_received
         .set(worker.stats.tcp_bytes_received.get() + received);
+}
+
+/// A connection's consistent-hash key: its source IP, hashed as the HTTP path hashes it for
+/// `useSourceIp` (the address's octets, not its text), so a client keeps its endpoint across
+/// HTTP and TCP listeners of one cluster, and no string is allocated per connection.
+fn hash_key(peer: SocketAddr) -> u64 {
+    lb::source_ip_hash(peer.ip())
 }
 
 fn tcp_destination<'a>(listeners: &'a [Listener], name: &str) -> Option<(&'a WeightedClusters, Duration)> {
@@ -231,5 +241,24 @@ impl Pipe {
                 write: OwnedFd::from_raw_fd(fds[1]),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmesh_api::hash_table::hash_bytes;
+
+    #[test]
+    fn the_source_ip_key_is_the_one_http_uses() {
+        let v4: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        assert_eq!(hash_key(v4), hash_bytes(&[10, 1, 2, 3]));
+        let v6: SocketAddr = "[2001:db8::1]:5555".parse().unwrap();
+        let std::net::IpAddr::V6(ip) = v6.ip() else {
+            unreachable!()
+        };
+        assert_eq!(hash_key(v6), hash_bytes(&ip.octets()));
+        // The port never matters: one client, one key.
+        assert_eq!(hash_key(v4), hash_key("10.1.2.3:1".parse().unwrap()));
     }
 }

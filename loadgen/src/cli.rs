@@ -56,7 +56,11 @@ pub fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
 
 /// `ringmesh-echo`: an HTTP/1.1 (or raw TCP) upstream for tests and benchmarks.
 #[derive(Debug, Parser)]
-#[command(name = "ringmesh-echo", version, about)]
+#[command(
+    name = "ringmesh-echo",
+    version,
+    about = "ringmesh-echo: the upstream test server (HTTP/1.1, h2c, gRPC, TLS or raw TCP echo) behind ringmesh's tests and benchmarks"
+)]
 pub struct EchoArgs {
     /// Address to listen on (port 0 picks one; the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:8080", env = "RINGMESH_ECHO_LISTEN")]
@@ -97,6 +101,10 @@ pub struct EchoArgs {
     /// Require client certificates signed by this CA, PEM (mTLS; with --tls).
     #[arg(long, requires = "tls")]
     pub client_ca: Option<PathBuf>,
+    /// Share --listen with another process already serving it (SO_REUSEPORT); without it an
+    /// address in use is refused.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -133,6 +141,7 @@ impl EchoArgs {
             mode: if self.tcp { EchoMode::Tcp } else { EchoMode::Http },
             cpus: self.cpus.clone().unwrap_or_default(),
             tls,
+            takeover: self.takeover,
         })
     }
 }
@@ -167,7 +176,12 @@ where
 
 /// `ringmesh-loadgen`: open-loop (coordinated-omission corrected) or closed-loop HTTP/1.1 load.
 #[derive(Debug, Parser)]
-#[command(name = "ringmesh-loadgen", version, about)]
+#[command(
+    name = "ringmesh-loadgen",
+    version,
+    about = "ringmesh-loadgen: open-loop (coordinated-omission corrected) or closed-loop load over HTTP/1.1, HTTP/2, gRPC or TCP",
+    after_help = EXIT_CODES
+)]
 pub struct LoadArgs {
     /// Target URL: http://host:port/path, https:// (TLS, with h2/gRPC) or tcp://host:port
     /// (loopback unless --allow-remote).
@@ -223,7 +237,11 @@ pub struct LoadArgs {
     /// Request body size in bytes (default 0; for tcp, the message echoed: default 64).
     #[arg(long)]
     pub body_size: Option<usize>,
-    /// Write the JSON report here.
+    /// Largest fraction of failed requests (status >= 400, non-OK grpc-status, connect, reset,
+    /// timeout, malformed, TLS) a run may have and still exit 0, e.g. 0.01.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_error_rate: f64,
+    /// Write the JSON report here (`-`: to stdout, the summary then goes to stderr).
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Write the HdrHistogram percentile distribution (.hgrm, milliseconds) here.
@@ -281,6 +299,7 @@ impl LoadArgs {
             .unwrap_or(if c.protocol == crate::Protocol::Tcp { 64 } else { 0 });
         c.cpus = self.cpus.clone().unwrap_or_default();
         c.hlog_interval = self.hlog.is_some().then_some(self.hlog_interval);
+        c.max_error_rate = self.max_error_rate;
         for h in &self.headers {
             let Some((name, value)) = h.split_once(':') else {
                 bail!("header {h:?} is not 'name: value'");
@@ -292,14 +311,45 @@ impl LoadArgs {
     }
 }
 
-/// Runs `ringmesh-loadgen` with `args` (including the program name). Exits with 2 when an
-/// open-loop run achieved under 99% of its target rate, 130 when Ctrl-C stopped it (after
-/// writing the results gathered so far).
-pub fn loadgen_main<I, T>(args: I) -> anyhow::Result<ExitCode>
+/// The exit codes of `ringmesh-loadgen`, as `--help` prints them.
+const EXIT_CODES: &str = "Exit codes:
+  0    the run is healthy: error rate within --max-error-rate and (open loop) at least 99% of the target rate
+  1    the run finished but is not healthy: too many failed requests, none completed, or under the target rate
+  2    the run could not start: bad flags or config, an unreadable certificate, an unwritable output file
+  130  interrupted (Ctrl-C); the results of the part that ran are still written";
+
+/// Exit code of a run that finished but is not healthy (see [`LoadReport::problems`]).
+pub const EXIT_UNHEALTHY: u8 = 1;
+/// Exit code of a run that could not start or write its results.
+pub const EXIT_ERROR: u8 = 2;
+/// Exit code of a run stopped by Ctrl-C.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs `ringmesh-loadgen` with `args` (including the program name) and returns its exit code:
+/// 0 for a healthy run, [`EXIT_UNHEALTHY`] when the run finished with more failed requests than
+/// `--max-error-rate` allows, none completed or (open loop) under 99% of the target rate,
+/// [`EXIT_ERROR`] (after printing the error) when it could not run, [`EXIT_INTERRUPTED`] after
+/// Ctrl-C.
+pub fn loadgen_main<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    match run_loadgen(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ringmesh-loadgen: error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run_loadgen<I, T>(args: I) -> anyhow::Result<ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    // Usage errors exit 2 (clap's own convention, the same as ours); --help and --version 0.
     let args = LoadArgs::try_parse_from(args).unwrap_or_else(|e| e.exit());
     let config = args.to_config()?;
     let _ = sys::raise_nofile_limit((config.connections as u64 + 1024).max(4096));
@@ -309,8 +359,15 @@ where
     let report = crate::load::run_load_with(config, control);
     view.finish();
     let report = report?;
-    print!("{}", report.summary());
-    if let Some(path) = &args.json {
+    let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    if json_to_stdout {
+        // stdout carries the JSON alone, so that it can be piped.
+        eprint!("{}", report.summary());
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.summary());
+    }
+    if let Some(path) = args.json.as_ref().filter(|_| !json_to_stdout) {
         std::fs::write(path, report.to_json() + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.hgrm {
@@ -332,18 +389,16 @@ where
     }
     if report.interrupted {
         eprintln!("ringmesh-loadgen: interrupted — results above cover the part of the run that completed");
-        return Ok(ExitCode::from(130));
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
-    if report.met_target() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!(
-            "ringmesh-loadgen: achieved {:.0} of {:.0} rps target — run is UNDER TARGET",
-            report.rate_rps,
-            report.target_rate_rps.unwrap_or(0.0)
-        );
-        Ok(ExitCode::from(2))
+    let problems = report.problems();
+    if problems.is_empty() {
+        return Ok(ExitCode::SUCCESS);
     }
+    for p in &problems {
+        eprintln!("ringmesh-loadgen: run is NOT healthy: {p}");
+    }
+    Ok(ExitCode::from(EXIT_UNHEALTHY))
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+use monoio::net::{TcpListener, TcpStream};
 
 use crate::echo_h2::{self, H2Shared};
 use crate::http1::{self, BodyFraming, ChunkedDecoder};
@@ -76,6 +76,9 @@ pub struct EchoConfig {
     pub cpus: Vec<usize>,
     /// Serve TLS (ALPN `h2`, `http/1.1`) instead of plaintext; HTTP mode only.
     pub tls: Option<ServerTlsOptions>,
+    /// Share `listen` with another process already serving it (`SO_REUSEPORT`); by default an
+    /// address in use is refused with an error naming it.
+    pub takeover: bool,
 }
 
 impl Default for EchoConfig {
@@ -91,6 +94,7 @@ impl Default for EchoConfig {
             mode: EchoMode::Http,
             cpus: Vec::new(),
             tls: None,
+            takeover: false,
         }
     }
 }
@@ -299,11 +303,12 @@ impl Worker {
     }
 
     async fn serve(self, ready: mpsc::Sender<Ready>) {
-        let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
-        let listener = match TcpListener::bind_with_config(self.bind_addr, &opts) {
+        let bound = sys::bind_reuseport(self.bind_addr, self.index == 0, self.config.takeover)
+            .and_then(|l| TcpListener::from_std(l).context("registering the listener"));
+        let listener = match bound {
             Ok(l) => l,
             Err(e) => {
-                let _ = ready.send(Err(anyhow!(e).context("binding listener")));
+                let _ = ready.send(Err(e.context("binding listener")));
                 return;
             }
         };

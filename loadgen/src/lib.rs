@@ -51,10 +51,13 @@ pub mod tls;
 mod cli;
 mod sys;
 
-pub use cli::{echo_main, loadgen_main, parse_cpus, parse_duration, CpuList, EchoArgs, LoadArgs};
+pub use cli::{
+    echo_main, loadgen_main, parse_cpus, parse_duration, CpuList, EchoArgs, LoadArgs, EXIT_ERROR, EXIT_INTERRUPTED,
+    EXIT_UNHEALTHY,
+};
 pub use echo::{spawn_echo, EchoConfig, EchoHandle, EchoMode};
 pub use load::{run_load, run_load_with, ErrorCounts, ErrorKind, LoadConfig, Protocol};
 pub use progress::RunControl;
-pub use report::{hgrm_bracket, parse_hgrm, HgrmRow, LatencySummary, LoadMode, LoadReport};
+pub use report::{hgrm_bracket, parse_hgrm, HgrmRow, LatencySummary, LoadMode, LoadReport, RunProblem};
 pub use sys::{io_driver_name, pin_current_thread, raise_nofile_limit};
 pub use target::{Target, TargetError};

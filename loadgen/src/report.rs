@@ -1,10 +1,17 @@
 //! What a load run reports, in the three forms people and tools read.
 //!
-//! * A terminal summary in the spirit of wrk2: counts, errors by kind, achieved vs target rate
-//!   and the latency percentiles, with a loud warning when the run fell short of its rate (an
-//!   open-loop latency figure at a rate that was not achieved describes a different load).
-//! * JSON for scripts and the benchmark (`requests`, `errors`, `duration_s`, `rate_rps`,
-//!   `latency_us.{p50,p90,p99,p999,p9999,max}` …).
+//! * A terminal summary in the spirit of wrk2, led by the success rate: counts, errors by kind,
+//!   achieved vs target rate, the latency percentiles of successes and, apart, of failures,
+//!   with a loud verdict when the run failed more requests than `--max-error-rate` allows or
+//!   fell short of its rate (an open-loop latency figure at a rate that was not achieved
+//!   describes a different load).
+//! * JSON for scripts and the benchmark (`success_rate` first, then `requests`, `errors`,
+//!   `duration_s`, `rate_rps`, `latency_us.{p50,p90,p99,p999,p9999,max}`, `error_latency_us` …).
+//!
+//! A request *succeeds* when it is answered with a 2xx or 3xx status (gRPC: `grpc-status` 0;
+//! TCP: the bytes echoed back). Everything else fails: any status ≥ 400, a non-OK
+//! `grpc-status`, and every transport failure (connect, reset, timeout, malformed, stream
+//! reset, TLS).
 //! * HdrHistogram's percentile-distribution text (`.hgrm`), byte-compatible with Java
 //!   HdrHistogram's `outputPercentileDistribution` and wrk2's `--latency` output, in
 //!   milliseconds, so the standard plotting tools read it.
@@ -53,6 +60,14 @@ pub struct LatencySummary {
 /// The result of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
+    /// Successful requests over all requests in the window (`ok / requests`; 0 when none
+    /// completed). First, so that nobody reads a latency without it.
+    pub success_rate: f64,
+    /// Largest fraction of failed requests the run may have and still count as healthy.
+    pub max_error_rate: f64,
+    /// Whether the run is healthy: error rate within `max_error_rate`, at least one request
+    /// completed, and (open loop) at least 99% of the target rate achieved.
+    pub healthy: bool,
     /// Open or closed loop.
     pub mode: LoadMode,
     /// The URL loaded.
@@ -76,6 +91,9 @@ pub struct LoadReport {
     pub unsent: u64,
     /// Requests completed during warmup (not in any other figure).
     pub warmup_requests: u64,
+    /// Requests completed in the window that were due during the warmup: the schedule had
+    /// fallen behind before the window opened (an overloaded server or generator).
+    pub late_from_warmup: u64,
     /// Requests written to sockets in total, warmup included.
     pub sent_total: u64,
     /// Length of the measurement window in seconds.
@@ -84,17 +102,98 @@ pub struct LoadReport {
     pub warmup_s: f64,
     /// Achieved rate: responses (any status) in the window per second.
     pub rate_rps: f64,
+    /// Successful responses in the window per second.
+    pub ok_rate_rps: f64,
     /// Latency of successful requests (open loop: from the due time).
     pub latency_us: LatencySummary,
+    /// Failed requests: time from the due time (closed loop: the send) until the failure was
+    /// known. Kept apart so that fast failures never pass for fast service.
+    pub error_latency_us: LatencySummary,
     /// True when the run was stopped early (Ctrl-C or [`crate::progress::RunControl::stop`]):
     /// `duration_s` is then the part of the window that ran.
     pub interrupted: bool,
     /// Per-interval histograms, when the run recorded them (`--hlog`).
     #[serde(skip)]
     pub intervals: Option<crate::hlog::IntervalSeries>,
-    /// The merged histogram (microseconds), for `.hgrm` output and further merging.
+    /// The merged histogram of successes (microseconds), for `.hgrm` output and merging.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
+    /// The merged histogram of failures (microseconds).
+    #[serde(skip)]
+    pub error_histogram: Histogram<u64>,
+}
+
+/// Why a finished run does not count as healthy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RunProblem {
+    /// No request completed inside the measurement window.
+    NothingCompleted,
+    /// More requests failed than `max_error_rate` allows.
+    TooManyErrors {
+        /// Failed fraction.
+        error_rate: f64,
+        /// Allowed fraction.
+        max: f64,
+    },
+    /// An open-loop run achieved under [`RATE_TOLERANCE`] of its target rate.
+    UnderTarget {
+        /// Achieved fraction of the target.
+        fraction: f64,
+    },
+}
+
+impl std::fmt::Display for RunProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            RunProblem::NothingCompleted => write!(f, "no request completed in the measurement window"),
+            RunProblem::TooManyErrors { error_rate, max } => write!(
+                f,
+                "{:.2}% of requests failed, more than --max-error-rate {} allows",
+                error_rate * 100.0,
+                max
+            ),
+            RunProblem::UnderTarget { fraction } => write!(
+                f,
+                "achieved {:.1}% of the target rate (< {:.0}%)",
+                fraction * 100.0,
+                RATE_TOLERANCE * 100.0
+            ),
+        }
+    }
+}
+
+impl LatencySummary {
+    /// Percentiles of `h`; all zero when it is empty.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            min: h.min(),
+            mean: h.mean(),
+            stdev: h.stdev(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  (mean {}, stdev {})",
+            fmt_us(self.p50),
+            fmt_us(self.p90),
+            fmt_us(self.p99),
+            fmt_us(self.p999),
+            fmt_us(self.p9999),
+            fmt_us(self.max),
+            fmt_us(self.mean as u64),
+            fmt_us(self.stdev as u64)
+        )
+    }
 }
 
 /// Fraction of the target rate a run must achieve to count as having run at that rate.
@@ -109,6 +208,34 @@ impl LoadReport {
     /// False when an open-loop run achieved under 99% of its target rate.
     pub fn met_target(&self) -> bool {
         self.rate_fraction().is_none_or(|f| f >= RATE_TOLERANCE)
+    }
+
+    /// Failed requests over all requests (1 when none completed).
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            1.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+
+    /// Everything that makes this run unhealthy; empty for a healthy run.
+    pub fn problems(&self) -> Vec<RunProblem> {
+        let mut p = Vec::new();
+        if self.requests == 0 {
+            p.push(RunProblem::NothingCompleted);
+        } else if self.error_rate() > self.max_error_rate {
+            p.push(RunProblem::TooManyErrors {
+                error_rate: self.error_rate(),
+                max: self.max_error_rate,
+            });
+        }
+        if !self.met_target() {
+            p.push(RunProblem::UnderTarget {
+                fraction: self.rate_fraction().unwrap_or(0.0),
+            });
+        }
+        p
     }
 
     /// The JSON form (pretty-printed).
@@ -136,6 +263,14 @@ impl LoadReport {
         );
         let _ = writeln!(
             s,
+            "  success   {:.2}% ({} of {} requests ok; at most {:.2}% may fail)",
+            self.success_rate * 100.0,
+            self.ok,
+            self.requests,
+            self.max_error_rate * 100.0
+        );
+        let _ = writeln!(
+            s,
             "  requests  {} ({} ok, {} errors: connect {}, reset/closed {}, timeout {}, malformed {}, 4xx {}, 5xx {}){}",
             self.requests,
             self.ok,
@@ -147,7 +282,7 @@ impl LoadReport {
             e.status_4xx,
             e.status_5xx,
             if self.unsent > 0 {
-                format!(", {} unsent", self.unsent)
+                format!(", {} due in the window never sent", self.unsent)
             } else {
                 String::new()
             }
@@ -159,38 +294,47 @@ impl LoadReport {
                 e.grpc_status, e.stream_reset, e.tls
             );
         }
+        if self.late_from_warmup > 0 {
+            let _ = writeln!(
+                s,
+                "            {} of them were due during the warmup (the schedule had already fallen behind)",
+                self.late_from_warmup
+            );
+        }
         match self.rate_fraction() {
             Some(f) => {
                 let _ = writeln!(
                     s,
-                    "  rate      {} rps achieved of {} rps target ({:.2}%)",
+                    "  rate      {} rps answered of {} rps target ({:.2}%), {} rps successful",
                     fmt_rate(self.rate_rps),
                     fmt_rate(self.target_rate_rps.unwrap_or(0.0)),
-                    f * 100.0
+                    f * 100.0,
+                    fmt_rate(self.ok_rate_rps)
                 );
             }
             None => {
-                let _ = writeln!(s, "  rate      {} rps", fmt_rate(self.rate_rps));
+                let _ = writeln!(
+                    s,
+                    "  rate      {} rps answered, {} rps successful",
+                    fmt_rate(self.rate_rps),
+                    fmt_rate(self.ok_rate_rps)
+                );
             }
         }
-        let l = &self.latency_us;
         let from = match self.mode {
             LoadMode::Open => "from due time",
             LoadMode::Closed => "from send",
         };
         let _ = writeln!(s, "  latency ({from}, successful requests only)");
-        let _ = writeln!(
-            s,
-            "    p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  (mean {}, stdev {})",
-            fmt_us(l.p50),
-            fmt_us(l.p90),
-            fmt_us(l.p99),
-            fmt_us(l.p999),
-            fmt_us(l.p9999),
-            fmt_us(l.max),
-            fmt_us(l.mean as u64),
-            fmt_us(l.stdev as u64)
-        );
+        if self.ok == 0 {
+            let _ = writeln!(s, "    none: no request succeeded");
+        } else {
+            let _ = writeln!(s, "    {}", self.latency_us.line());
+        }
+        if self.errors > 0 {
+            let _ = writeln!(s, "  failed requests ({from} until the failure was known)");
+            let _ = writeln!(s, "    {}", self.error_latency_us.line());
+        }
         if self.interrupted {
             let _ = writeln!(
                 s,
@@ -198,15 +342,22 @@ impl LoadReport {
                 self.duration_s
             );
         }
-        if !self.met_target() {
-            let _ = writeln!(
-                s,
-                "\n!!! UNDER TARGET RATE: achieved {} rps = {:.1}% of the {} rps target (< {:.0}%).\n!!! The latency above was measured at a lower load than asked for; do not quote it.",
-                fmt_rate(self.rate_rps),
-                self.rate_fraction().unwrap_or(0.0) * 100.0,
-                fmt_rate(self.target_rate_rps.unwrap_or(0.0)),
-                RATE_TOLERANCE * 100.0
-            );
+        for p in self.problems() {
+            match p {
+                RunProblem::UnderTarget { fraction } => {
+                    let _ = writeln!(
+                        s,
+                        "\n!!! UNDER TARGET RATE: achieved {} rps = {:.1}% of the {} rps target (< {:.0}%).\n!!! The latency above was measured at a lower load than asked for; do not quote it.",
+                        fmt_rate(self.rate_rps),
+                        fraction * 100.0,
+                        fmt_rate(self.target_rate_rps.unwrap_or(0.0)),
+                        RATE_TOLERANCE * 100.0
+                    );
+                }
+                RunProblem::TooManyErrors { .. } | RunProblem::NothingCompleted => {
+                    let _ = writeln!(s, "\n!!! FAILED: {p}.");
+                }
+            }
         }
         s
     }

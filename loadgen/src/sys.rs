@@ -216,3 +216,37 @@ impl FastRng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+/// Binds one of a server's `SO_REUSEPORT` listening sockets on `addr`.
+///
+/// `SO_REUSEPORT` lets each worker thread have its own socket on one port, but it also lets a
+/// second process of the same user bind that port without error and silently take part of the
+/// traffic. So the `first` socket is bound without it — the kernel then answers `EADDRINUSE`
+/// while any other socket holds the address — and gets it only once the address is ours, for
+/// the other workers to join; `takeover` skips that claim, to share the address on purpose.
+pub(crate) fn bind_reuseport(
+    addr: std::net::SocketAddr,
+    first: bool,
+    takeover: bool,
+) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(!first || takeover)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    match socket.bind(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => anyhow::bail!(
+            "{addr} is already in use by another process; refusing to share it (the kernel would split the \
+             traffic between both). Stop the other process or pick another address, or pass --takeover to \
+             share it on purpose"
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("bind {addr}"))),
+    }
+    socket.set_reuse_port(true)?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}

@@ -100,6 +100,11 @@ impl TestProxy {
 
     /// Starts a proxy, returning the start-up error instead of panicking.
     pub fn try_start(docs: &[String]) -> anyhow::Result<TestProxy> {
+        Self::try_start_with(docs, |_| {})
+    }
+
+    /// Like [`TestProxy::try_start`], with `tweak` applied to the start options first.
+    pub fn try_start_with(docs: &[String], tweak: impl FnOnce(&mut ProxyOptions)) -> anyhow::Result<TestProxy> {
         if let Ok(filter) = std::env::var("RINGMESH_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(filter)
@@ -111,6 +116,7 @@ impl TestProxy {
         std::fs::write(&config, docs.join("\n---\n"))?;
         let mut opts = ProxyOptions::from_file(&config);
         opts.watch_interval = Some(Duration::from_millis(100));
+        tweak(&mut opts);
         let handle = ringmesh_proxy::start(opts)?;
         Ok(TestProxy {
             handle: Some(handle),

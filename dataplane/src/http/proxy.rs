@@ -105,7 +105,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             Err(e) => {
                 worker.stats.record_local_reply(e.flag());
                 worker.stats.record_status(e.status());
-                tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "request refused: {}", e.context);
+                worker.stats.log_limit.log(e.flag(), || tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "request refused: {}", e.context));
                 conn.local_reply(e.status(), &[], e.body().as_bytes(), true).await;
                 return;
             }
@@ -321,7 +321,10 @@ async fn reply_error(
     worker.stats.record_local_reply(e.flag());
     worker.stats.record_status(e.status());
     if e.status() >= 500 {
-        tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "local reply: {}", e.context);
+        worker.stats.log_limit.log(
+            e.flag(),
+            || tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "local reply: {}", e.context),
+        );
     }
     let keep = match e.kind {
         // After a framing error nothing on this connection can be trusted.

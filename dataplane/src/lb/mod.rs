@@ -35,13 +35,28 @@ pub struct ClusterCounters {
     pub rq_active: Cell<u64>,
     /// Upstream responses by class (index 1..=5).
     pub rq_by_class: [Cell<u64>; 6],
-    /// Per endpoint address.
+    /// Per endpoint address, for the endpoints of the cluster's current snapshot only.
     pub endpoints: RefCell<HashMap<SocketAddr, Rc<EndpointCounters>>>,
 }
 
 impl ClusterCounters {
-    fn endpoint(&self, addr: SocketAddr) -> Rc<EndpointCounters> {
-        self.endpoints.borrow_mut().entry(addr).or_default().clone()
+    /// Counters for `addrs`, in order: an endpoint that stays carries its counters over, a new
+    /// one starts at zero, and one no longer listed is dropped — with endpoints churning (pods
+    /// rescheduled, autoscaling) the map would otherwise grow with every address ever seen.
+    /// Requests still in flight on a dropped endpoint keep their own `Rc`.
+    fn carry_over(&self, addrs: &[SocketAddr]) -> Vec<Rc<EndpointCounters>> {
+        let mut all = self.endpoints.borrow_mut();
+        let mut kept = HashMap::with_capacity(addrs.len());
+        let counters = addrs
+            .iter()
+            .map(|a| {
+                kept.entry(*a)
+                    .or_insert_with(|| all.remove(a).unwrap_or_default())
+                    .clone()
+            })
+            .collect();
+        *all = kept;
+        counters
     }
 }
 
@@ -62,7 +77,7 @@ pub struct ClusterState {
 impl ClusterState {
     /// State for `cluster` whose endpoints have these addresses.
     pub fn new(cluster: &Cluster, counters: Rc<ClusterCounters>, addrs: &[SocketAddr]) -> Self {
-        let endpoints = addrs.iter().map(|a| counters.endpoint(*a)).collect();
+        let endpoints = counters.carry_over(addrs);
         let weighted = cluster.endpoints.windows(2).any(|w| w[0].weight != w[1].weight);
         let swrr = if weighted {
             cluster.endpoints.iter().map(|_| Cell::new(0)).collect()
@@ -77,6 +92,16 @@ impl ClusterState {
             swrr,
             total_weight,
         }
+    }
+}
+
+/// The consistent-hash key of a client address (`useSourceIp`): the hash of its octets, the
+/// key HTTP requests use too, so one client maps to the same endpoint on HTTP and TCP
+/// listeners; no allocation.
+pub fn source_ip_hash(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(v4) => ringmesh_api::hash_table::hash_bytes(&v4.octets()),
+        std::net::IpAddr::V6(v6) => ringmesh_api::hash_table::hash_bytes(&v6.octets()),
     }
 }
 
@@ -178,6 +203,28 @@ mod tests {
     use super::*;
     use ringmesh_api::snapshot::{Endpoint, PoolSettings};
     use std::time::Duration;
+
+    #[test]
+    fn endpoint_counters_follow_the_endpoints_of_the_latest_state() {
+        use crate::telemetry::stats::inc;
+        let (c, first) = cluster(&[1, 1, 1], LbPolicy::RoundRobin);
+        inc(&first.endpoints[1].rq_total);
+        let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.address).collect();
+        let churned = [addrs[1], SocketAddr::from(([127, 0, 0, 1], 9))];
+        let next = ClusterState::new(&c, first.counters.clone(), &churned);
+        assert_eq!(
+            next.endpoints[0].rq_total.get(),
+            1,
+            "a staying endpoint keeps its counters"
+        );
+        assert_eq!(next.endpoints[1].rq_total.get(), 0);
+        let map = first.counters.endpoints.borrow();
+        let mut kept: Vec<_> = map.keys().copied().collect();
+        kept.sort();
+        let mut want = churned.to_vec();
+        want.sort();
+        assert_eq!(kept, want, "departed endpoints are dropped");
+    }
 
     fn cluster(weights: &[u32], lb: LbPolicy) -> (Cluster, ClusterState) {
         let endpoints: Vec<Endpoint> = weights

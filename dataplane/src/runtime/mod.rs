@@ -1,11 +1,13 @@
 //! Worker threads: one monoio runtime per core, each with its own `SO_REUSEPORT` sockets.
 //!
 //! Sockets are bound here, on the starting thread, so that an address in use fails start-up with
-//! a clear error instead of killing a worker later. Each worker thread then gets its own socket
+//! a clear error instead of killing a worker later; an address another process already serves
+//! is refused unless a takeover is asked for (see `bind`). Each worker thread then gets its own socket
 //! per listener (the kernel spreads connections across them; no lock is taken to accept), is
 //! pinned to its core when `cpus` is set, and runs io_uring or, where the kernel or a seccomp
 //! profile refuses it, epoll.
 
+pub mod bind;
 pub mod cores;
 
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use anyhow::{bail, Context};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use ringmesh_api::snapshot::{IoMode, Listener, ListenerKind};
 
+use self::bind::BindMode;
 use crate::listener;
 use crate::state::SnapshotSource;
 use crate::worker::{Worker, WorkerCommand};
@@ -109,27 +112,13 @@ impl WorkerSet {
     }
 }
 
-/// Binds one listening socket with `SO_REUSEPORT` so that every worker can bind the same address.
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
-}
-
 /// Starts `workers` worker threads serving `listeners`.
 pub fn start(
     workers: usize,
     cpus: &[usize],
     io: IoDriver,
     listeners: &[Listener],
+    bind_mode: BindMode,
     source: Arc<SnapshotSource>,
 ) -> anyhow::Result<WorkerSet> {
     let workers = workers.max(1);
@@ -138,12 +127,10 @@ pub fn start(
     let mut bound = Vec::with_capacity(listeners.len());
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     for l in listeners {
-        let first = bind_reuseport(l.address).with_context(|| format!("listener {}: bind {}", l.name, l.address))?;
-        let actual = first.local_addr()?;
-        bound.push((l.name.clone(), actual));
-        sockets[0].push(first);
-        for per_worker in sockets.iter_mut().skip(1) {
-            per_worker.push(bind_reuseport(actual).with_context(|| format!("listener {}: bind {}", l.name, actual))?);
+        let group = bind::bind_group(l.address, workers, bind_mode).with_context(|| format!("listener {}", l.name))?;
+        bound.push((l.name.clone(), group[0].local_addr()?));
+        for (per_worker, socket) in sockets.iter_mut().zip(group) {
+            per_worker.push(socket);
         }
     }
 

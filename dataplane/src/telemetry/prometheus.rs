@@ -178,11 +178,10 @@ pub fn render(t: &StatsTotals) -> String {
         let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
     }
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
-    let sum_ms: f64 = h
-        .iter_recorded()
-        .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
-        .sum::<f64>()
-        / 1000.0;
+    // A fold from +0.0, not `sum()`: an empty float sum is -0.0, which prints as `-0`.
+    let sum_ms = h.iter_recorded().fold(0.0, |acc, v| {
+        acc + v.value_iterated_to() as f64 * v.count_at_value() as f64
+    }) / 1000.0;
     let _ = writeln!(out, "{name}_sum {sum_ms}");
     let _ = writeln!(out, "{name}_count {}", h.len());
     out
@@ -209,6 +208,16 @@ mod tests {
         assert!(text.contains("ringmesh_request_duration_milliseconds_bucket{le=\"0.5\"} 0\n"));
         assert!(text.contains("ringmesh_request_duration_milliseconds_bucket{le=\"1\"} 1\n"));
         assert!(text.contains("ringmesh_request_duration_milliseconds_count 1\n"));
+    }
+
+    #[test]
+    fn an_empty_histogram_sums_to_zero_not_minus_zero() {
+        let text = render(&StatsTotals::empty());
+        assert!(
+            text.contains("ringmesh_request_duration_milliseconds_sum 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("-0"), "{text}");
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct WorkerStats {
     pub tcp_bytes_received: Cell<u64>,
     /// Request duration (head parsed → response complete), microseconds.
     pub request_duration_us: RefCell<Histogram<u64>>,
+    /// Rate limit of this worker's per-request log lines (local replies), by reason.
+    pub log_limit: super::log_limit::LogLimiter,
 }
 
 impl Default for WorkerStats {
@@ -62,6 +64,7 @@ impl Default for WorkerStats {
             tcp_bytes_sent: Cell::new(0),
             tcp_bytes_received: Cell::new(0),
             request_duration_us: RefCell::new(new_histogram()),
+            log_limit: super::log_limit::LogLimiter::default(),
         }
     }
 }

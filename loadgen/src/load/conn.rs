@@ -84,22 +84,37 @@ impl ThreadShared {
         (*addr, request)
     }
 
-    pub(super) fn record(&self, counted_from: Instant, result: Result<u16, ErrorKind>, latency: Duration) {
+    /// Records one finished request, `counted_from` being its due time (open loop) or its send
+    /// time (closed loop); it finished now.
+    ///
+    /// A request belongs to the measurement window when it *finished* inside it (or after it,
+    /// having been due inside it): counting by due time instead would file every response of
+    /// an overloaded run — all due during the warmup, the schedule having fallen behind — as
+    /// warmup, and report zero requests at zero rps while hundreds of thousands were answered.
+    /// Its latency still runs from the due time, so the backlog is charged to it.
+    pub(super) fn record(&self, counted_from: Instant, result: Result<u16, ErrorKind>) {
+        let now = Instant::now();
         let success = matches!(result, Ok(status) if (200..400).contains(&status));
         self.control.count(self.thread, !success);
         let mut st = self.stats.borrow_mut();
-        if counted_from < self.plan.start {
+        if now < self.plan.start {
             st.warmup += 1;
             return;
         }
+        if counted_from < self.plan.start {
+            st.late_from_warmup += 1;
+        }
+        let us = u64::try_from(now.saturating_duration_since(counted_from).as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        if success {
+            st.ok += 1;
+            st.hist.saturating_record(us);
+            st.record_interval(now.saturating_duration_since(self.plan.start), us);
+            return;
+        }
+        st.error_hist.saturating_record(us);
         match result {
-            Ok(status) if (200..400).contains(&status) => {
-                st.ok += 1;
-                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
-                st.hist.saturating_record(us);
-                let completed = (counted_from + latency).saturating_duration_since(self.plan.start);
-                st.record_interval(completed, us);
-            }
             Ok(status) if (400..500).contains(&status) => st.errors.add(ErrorKind::Status4xx),
             Ok(status) if (500..600).contains(&status) => st.errors.add(ErrorKind::Status5xx),
             Ok(_) => st.errors.add(ErrorKind::Malformed),
@@ -334,22 +349,20 @@ pub(crate) async fn open_loop(shared: &ThreadShared, index: usize) {
             None => match connect(addr, shared.connect_timeout).await {
                 Ok(c) => c,
                 Err(kind) => {
-                    shared.record(due, Err(kind), Duration::ZERO);
+                    shared.record(due, Err(kind));
                     continue;
                 }
             },
         };
         shared.stats.borrow_mut().sent += 1;
-        let result = timed_exchange(shared, &mut c, request).await;
-        let latency = due.elapsed();
-        match result {
+        match timed_exchange(shared, &mut c, request).await {
             Ok((status, keep)) => {
-                shared.record(due, Ok(status), latency);
+                shared.record(due, Ok(status));
                 if keep {
                     conn = Some(c);
                 }
             }
-            Err(kind) => shared.record(due, Err(kind), latency),
+            Err(kind) => shared.record(due, Err(kind)),
         }
     }
 }
@@ -372,7 +385,7 @@ pub(crate) async fn closed_loop(shared: &ThreadShared, index: usize) {
                 match connect(addr, shared.connect_timeout).await {
                     Ok(c) => c,
                     Err(kind) => {
-                        shared.record(at, Err(kind), Duration::ZERO);
+                        shared.record(at, Err(kind));
                         monoio::time::sleep(CLOSED_LOOP_RECONNECT_PAUSE).await;
                         continue;
                     }
@@ -381,16 +394,14 @@ pub(crate) async fn closed_loop(shared: &ThreadShared, index: usize) {
         };
         let sent_at = Instant::now();
         shared.stats.borrow_mut().sent += 1;
-        let result = timed_exchange(shared, &mut c, request).await;
-        let latency = sent_at.elapsed();
-        match result {
+        match timed_exchange(shared, &mut c, request).await {
             Ok((status, keep)) => {
-                shared.record(sent_at, Ok(status), latency);
+                shared.record(sent_at, Ok(status));
                 if keep {
                     conn = Some(c);
                 }
             }
-            Err(kind) => shared.record(sent_at, Err(kind), latency),
+            Err(kind) => shared.record(sent_at, Err(kind)),
         }
     }
 }

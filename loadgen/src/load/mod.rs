@@ -72,6 +72,9 @@ pub struct LoadConfig {
     pub streams: usize,
     /// TLS client settings for `https://` targets.
     pub tls: ClientTlsOptions,
+    /// Largest fraction (0–1) of failed requests a healthy run may have; default 0, so that a
+    /// run whose requests fail never passes for a healthy one (see [`LoadReport::problems`]).
+    pub max_error_rate: f64,
 }
 
 impl LoadConfig {
@@ -106,6 +109,7 @@ impl LoadConfig {
             },
             streams: 1,
             tls: ClientTlsOptions::default(),
+            max_error_rate: 0.0,
         }
     }
 
@@ -128,6 +132,9 @@ impl LoadConfig {
         }
         if self.duration.is_zero() || self.duration > Duration::from_secs(24 * 3600) {
             problems.push(format!("duration must be in (0, 24h], got {:?}", self.duration));
+        }
+        if !(0.0..=1.0).contains(&self.max_error_rate) {
+            problems.push(format!("max-error-rate must be in [0, 1], got {}", self.max_error_rate));
         }
         if self.warmup > Duration::from_secs(3600) {
             problems.push(format!("warmup must be at most 1h, got {:?}", self.warmup));
@@ -398,26 +405,18 @@ fn build_report(
     let window_end = stopped_at.map_or(plan.end, |t| t.clamp(plan.start, plan.end));
     let duration_s = (window_end - plan.start).as_secs_f64();
     let answered = total.ok + total.errors.answered();
-    let h = &total.hist;
-    let q = |q: f64| {
-        if h.is_empty() {
-            0
+    let per_second = |n: u64| if duration_s > 0.0 { n as f64 / duration_s } else { 0.0 };
+    let requests = total.ok + total.errors.total();
+    let latency_us = LatencySummary::of(&total.hist);
+    let error_latency_us = LatencySummary::of(&total.error_hist);
+    let mut report = LoadReport {
+        success_rate: if requests == 0 {
+            0.0
         } else {
-            h.value_at_quantile(q)
-        }
-    };
-    let latency_us = LatencySummary {
-        min: if h.is_empty() { 0 } else { h.min() },
-        mean: if h.is_empty() { 0.0 } else { h.mean() },
-        stdev: if h.is_empty() { 0.0 } else { h.stdev() },
-        p50: q(0.5),
-        p90: q(0.9),
-        p99: q(0.99),
-        p999: q(0.999),
-        p9999: q(0.9999),
-        max: if h.is_empty() { 0 } else { h.max() },
-    };
-    LoadReport {
+            total.ok as f64 / requests as f64
+        },
+        max_error_rate: config.max_error_rate,
+        healthy: false,
         mode: if config.closed_loop() {
             LoadMode::Closed
         } else {
@@ -438,21 +437,20 @@ fn build_report(
         target_rate_rps: (!config.closed_loop()).then_some(config.rate),
         connections: config.connections,
         threads,
-        requests: total.ok + total.errors.total(),
+        requests,
         ok: total.ok,
         errors: total.errors.total(),
         errors_by_kind: total.errors,
         unsent: total.unsent,
         warmup_requests: total.warmup,
+        late_from_warmup: total.late_from_warmup,
         sent_total: total.sent,
         duration_s,
         warmup_s: config.warmup.as_secs_f64(),
-        rate_rps: if duration_s > 0.0 {
-            answered as f64 / duration_s
-        } else {
-            0.0
-        },
+        rate_rps: per_second(answered),
+        ok_rate_rps: per_second(total.ok),
         latency_us,
+        error_latency_us,
         interrupted: stopped_at.is_some(),
         intervals: total.intervals.take().map(|(interval, mut histograms)| {
             // Every interval of the window gets a line, empty ones included.
@@ -469,7 +467,10 @@ fn build_report(
             }
         }),
         histogram: total.hist,
-    }
+        error_histogram: total.error_hist,
+    };
+    report.healthy = report.problems().is_empty();
+    report
 }
 
 #[cfg(test)]

@@ -2,9 +2,10 @@
 //!
 //! Each load thread owns its `ThreadStats` outright (no atomics, no locks on the request
 //! path) and hands it back when the run ends; the threads' histograms are then merged. Only
-//! successful responses are recorded as latency: a refused connection or a `503` that comes
-//! back in 20 µs would otherwise make a failing system look fast, so failures are counted by
-//! kind instead.
+//! successful responses are recorded in the latency histogram: a refused connection or a `503`
+//! that comes back in 20 µs would otherwise make a failing system look fast. Failures are
+//! counted by kind, and the time until each failure was known goes into a histogram of its own
+//! (`error_hist`), so "fast failures" and "slow failures" can still be told apart.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -119,11 +120,17 @@ impl ErrorCounts {
 /// One thread's results.
 #[derive(Debug)]
 pub(crate) struct ThreadStats {
+    /// Latency of successful requests.
     pub(crate) hist: Histogram<u64>,
+    /// Time from due (or send) until a failed request's failure was known.
+    pub(crate) error_hist: Histogram<u64>,
     pub(crate) ok: u64,
     pub(crate) errors: ErrorCounts,
     /// Requests completed (any outcome) before the measurement window opened.
     pub(crate) warmup: u64,
+    /// Requests completed inside the window that were due during the warmup: the generator
+    /// or the server had fallen behind its schedule before the window opened.
+    pub(crate) late_from_warmup: u64,
     /// Requests written to a socket, warmup included (for CPU-per-request figures).
     pub(crate) sent: u64,
     /// Open loop only: requests due inside the window that were never sent because their
@@ -137,9 +144,11 @@ impl ThreadStats {
     pub(crate) fn new() -> Self {
         Self {
             hist: new_histogram(),
+            error_hist: new_histogram(),
             ok: 0,
             errors: ErrorCounts::default(),
             warmup: 0,
+            late_from_warmup: 0,
             sent: 0,
             unsent: 0,
             intervals: None,
@@ -170,15 +179,12 @@ impl ThreadStats {
     }
 
     pub(crate) fn merge(&mut self, o: &ThreadStats) {
-        // Same bounds on both sides, so adding cannot fail; saturate defensively otherwise.
-        if self.hist.add(&o.hist).is_err() {
-            for v in o.hist.iter_recorded() {
-                self.hist.saturating_record_n(v.value_iterated_to(), v.count_at_value());
-            }
-        }
+        merge_histogram(&mut self.hist, &o.hist);
+        merge_histogram(&mut self.error_hist, &o.error_hist);
         self.ok += o.ok;
         self.errors.merge(&o.errors);
         self.warmup += o.warmup;
+        self.late_from_warmup += o.late_from_warmup;
         self.sent += o.sent;
         self.unsent += o.unsent;
         if let Some((len, theirs)) = &o.intervals {
@@ -189,6 +195,16 @@ impl ThreadStats {
             for (m, t) in mine.iter_mut().zip(theirs) {
                 let _ = m.add(t);
             }
+        }
+    }
+}
+
+/// Adds `from` into `into`; same bounds on both sides, so adding cannot fail, but saturate
+/// value by value should it ever.
+fn merge_histogram(into: &mut Histogram<u64>, from: &Histogram<u64>) {
+    if into.add(from).is_err() {
+        for v in from.iter_recorded() {
+            into.saturating_record_n(v.value_iterated_to(), v.count_at_value());
         }
     }
 }
