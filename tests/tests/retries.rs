@@ -246,10 +246,63 @@ fn a_retry_goes_to_an_endpoint_not_yet_tried(io: IoMode) {
     assert!(counter(&p, "ringmesh_upstream_rq_retry_total") > 0);
 }
 
+fn a_body_cut_midway_closes_the_client_connection(io: IoMode) {
+    // The first upstream connection is reset once the head arrived, with the body midway;
+    // any later one records what it was asked for.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let later = Arc::new(AtomicUsize::new(0));
+    {
+        let later = later.clone();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().take(4).enumerate() {
+                let Ok(mut s) = conn else { return };
+                let mut seen = Vec::new();
+                let mut tmp = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match std::io::Read::read(&mut s, &mut tmp) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => seen.extend_from_slice(&tmp[..k]),
+                    }
+                }
+                if n == 0 {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                } else {
+                    later.fetch_add(1, Ordering::SeqCst);
+                    let _ = std::io::Write::write_all(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                }
+            }
+        });
+    }
+    let p = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("svc", "svc.test", 80, &[(addr, &[])]),
+        vs_with("    retries: {attempts: 0}\n"),
+    ]);
+    let mut c = Client::connect(p.http());
+    c.send(b"POST /upload HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 1000\r\n\r\n0123456789");
+    let r = c.response().expect("an answer");
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "the rest of the body would be read as requests"
+    );
+    // The rest of the body, shaped like a request: it must never reach an upstream as one.
+    let _ = std::io::Write::write_all(&mut c.stream, b"GET /smuggled HTTP/1.1\r\nHost: svc.test\r\n\r\n");
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert_eq!(
+        later.load(Ordering::SeqCst),
+        0,
+        "body bytes were forwarded as a request"
+    );
+}
+
 both_io!(
     retry_on_a_dead_pooled_connection_resends_the_body,
     a_pipelined_request_is_never_taken_as_a_retried_body,
     a_held_body_is_retried_whole_and_a_streamed_one_never,
     one_dead_endpoint_of_three_costs_nothing,
     a_retry_goes_to_an_endpoint_not_yet_tried,
+    a_body_cut_midway_closes_the_client_connection,
 );
