@@ -68,8 +68,10 @@ pub struct ProxySettings {
     pub metrics_address: SocketAddr,
     /// Limits on what clients and upstreams may send.
     pub limits: Limits,
-    /// Cap on retries relative to active requests, per worker.
-    pub retry_budget: RetryBudget,
+    /// Cap on retries relative to active requests, per worker; `None` (the default, as in
+    /// Istio, whose `maxRetries` is effectively unlimited): only each route's `attempts` bound
+    /// retries.
+    pub retry_budget: Option<RetryBudget>,
     /// The control plane to subscribe to; `None` is standalone.
     pub control_plane: Option<ControlPlaneSettings>,
     /// The workload next to this proxy (announced to the control plane).
@@ -142,7 +144,8 @@ pub struct Limits {
 }
 
 /// Envoy-style retry budget: retries in flight may not exceed `budget_percent` of active
-/// requests, but `min_retry_concurrency` are always allowed.
+/// requests, but `min_retry_concurrency` are always allowed. A retry is in flight from the end
+/// of its back-off until its try has a response head or failed.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct RetryBudget {
     /// Percent of active requests that may be retries at once.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ringmesh_api::snapshot::{RequestHead, Snapshot};
 use ringmesh_api::{compile, load_str, CompileInput};
-use ringmesh_proxy::lb::{pick, ClusterCounters, ClusterState};
+use ringmesh_proxy::lb::{pick, ClusterCounters, ClusterState, TriedEndpoints};
 use ringmesh_proxy::rng::FastRng;
 
 struct Req<'a> {
@@ -142,7 +142,7 @@ fn lb_pick(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 key = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                black_box(pick(cluster, &state, &rng, Some(key)))
+                black_box(pick(cluster, &state, &rng, Some(key), &TriedEndpoints::default()))
             })
         });
     }

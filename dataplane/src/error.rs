@@ -1,12 +1,16 @@
 //! The one data-plane error type, and the one place that maps errors to what the client sees.
 //!
 //! Every failure on the request path becomes a [`ProxyError`]: what went wrong (`kind`), on
-//! which side (downstream client, upstream server, or the proxy itself), whether another try
-//! could succeed, and a static context string for the log. [`ProxyError::status`] and
-//! [`ProxyError::flag`] are the only mapping from errors to HTTP status codes and to
-//! Envoy-style response flags; nothing else in the proxy invents a status for a failure.
+//! which side (downstream client, upstream server, or the proxy itself), how far the request
+//! got before it ([`Retryable`]), and a static context string for the log.
+//! [`ProxyError::status`] and [`ProxyError::flag`] are the only mapping from errors to HTTP
+//! status codes and to Envoy-style response flags, and [`ProxyError::retried_by`] and
+//! [`ProxyError::is_reused_conn_dead`] the only answer to "may another try follow"; nothing else
+//! in the proxy invents a status for a failure or inspects an error's text to decide a retry.
 
 use std::fmt;
+
+use ringmesh_api::snapshot::RetryPolicy;
 
 /// Which party an error is attributed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +48,33 @@ pub enum ErrorKind {
     UpstreamReset,
     /// The upstream sent a malformed response head, or one larger than the limit (502).
     UpstreamProtocol,
-    /// The route timeout or a per-try timeout expired (504).
+    /// The route timeout expired (504).
     UpstreamTimeout,
+    /// A per-try timeout expired before the route timeout (504; retried under `5xx`,
+    /// `gateway-error` or status `504`, as Envoy does).
+    PerTryTimeout,
     /// Retries were refused by the retry budget after a retriable failure.
     RetryBudgetExhausted,
     /// The client went away while the request was in flight.
     DownstreamClosed,
+}
+
+/// How far a request got before it failed: what decides whether another try is safe at all
+/// (pingora's `RetryType` plays this part). Whether the request's body can be sent again is
+/// a separate fact, owned by the body (`http::request_body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retryable {
+    /// Not the upstream's failure (bad request, client gone, no route): never retried.
+    No,
+    /// Nothing reached the upstream (the connect failed or timed out): the route's policy may
+    /// retry it.
+    NotSent,
+    /// A pooled connection turned out closed before any response byte: the upstream had closed
+    /// it while idle, which is not the request's fault, so one more try on a new connection
+    /// follows whatever the policy says (hyper and pingora do the same).
+    ReusedConnDead,
+    /// The request reached a live upstream: only the route's `retryOn` may retry it.
+    Sent,
 }
 
 /// A data-plane failure with enough context to log it and answer the client.
@@ -61,20 +86,64 @@ pub struct ProxyError {
     pub side: Side,
     /// Static detail for logs, e.g. `"content-length and transfer-encoding both present"`.
     pub context: &'static str,
+    /// How far the request got.
+    retry: Retryable,
 }
 
 impl ProxyError {
-    /// A new error.
+    /// A new error; how far the request got follows from the kind (a connect failure sent
+    /// nothing, any other upstream failure may have been seen by the upstream).
     pub const fn new(kind: ErrorKind, side: Side, context: &'static str) -> Self {
-        ProxyError { kind, side, context }
+        let retry = match kind {
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => Retryable::NotSent,
+            ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::PerTryTimeout => Retryable::Sent,
+            _ => Retryable::No,
+        };
+        ProxyError {
+            kind,
+            side,
+            context,
+            retry,
+        }
     }
 
-    /// Whether another try on another connection could succeed (before any retry policy).
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::UpstreamReset
-        )
+    /// A pooled connection that failed on write, or closed before any response byte.
+    pub const fn reused_conn_dead() -> Self {
+        ProxyError {
+            kind: ErrorKind::UpstreamReset,
+            side: Side::Upstream,
+            context: "pooled upstream connection closed before the response",
+            retry: Retryable::ReusedConnDead,
+        }
+    }
+
+    /// How far the request got before this failure.
+    pub fn retryable(&self) -> Retryable {
+        self.retry
+    }
+
+    /// Whether this failure earns the one transparent retry on a new connection, outside the
+    /// route's policy.
+    pub fn is_reused_conn_dead(&self) -> bool {
+        self.retry == Retryable::ReusedConnDead
+    }
+
+    /// Whether the route's retry policy asks for another try after this failure (Istio's
+    /// `retryOn` semantics). Attempts left, deadlines, the budget and whether the body can be
+    /// sent again are the caller's to check.
+    pub fn retried_by(&self, policy: &RetryPolicy) -> bool {
+        if self.retry == Retryable::No {
+            return false;
+        }
+        match self.kind {
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => policy.on_connect_failure,
+            ErrorKind::UpstreamReset => policy.on_reset,
+            ErrorKind::PerTryTimeout => policy.retries_status(504),
+            _ => false,
+        }
     }
 
     /// The HTTP status the client receives for this error.
@@ -89,7 +158,7 @@ impl ProxyError {
             // disconnect/reset before headers"); a garbled head is a bad gateway.
             ErrorKind::UpstreamReset => 503,
             ErrorKind::UpstreamProtocol => 502,
-            ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => 504,
             ErrorKind::RetryBudgetExhausted => 503,
             // Nobody is there to read it; 499 is what access logs show (nginx's convention).
             ErrorKind::DownstreamClosed => 499,
@@ -108,7 +177,7 @@ impl ProxyError {
             ErrorKind::ConnectTimeout => "UF",
             ErrorKind::UpstreamReset => "UC",
             ErrorKind::UpstreamProtocol => "UPE",
-            ErrorKind::UpstreamTimeout => "UT",
+            ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => "UT",
             ErrorKind::RetryBudgetExhausted => "URX",
             ErrorKind::DownstreamClosed => "DC",
         }
@@ -131,7 +200,7 @@ impl ProxyError {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination\n"
             }
             ErrorKind::UpstreamProtocol => "upstream sent an invalid response\n",
-            ErrorKind::UpstreamTimeout => "upstream request timeout\n",
+            ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => "upstream request timeout\n",
             ErrorKind::RetryBudgetExhausted => "upstream retry budget exhausted\n",
             ErrorKind::DownstreamClosed => "",
         }
@@ -166,13 +235,62 @@ mod tests {
         assert_eq!(e(ErrorKind::UpstreamProtocol).status(), 502);
         assert_eq!(e(ErrorKind::UpstreamTimeout).status(), 504);
         assert_eq!(e(ErrorKind::BadRequest { status: 431 }).status(), 431);
-        assert!(e(ErrorKind::ConnectFailed).retryable());
-        assert!(!e(ErrorKind::UpstreamTimeout).retryable());
         assert_eq!(e(ErrorKind::UpstreamTimeout).flag(), "UT");
         assert_eq!(
             (e(ErrorKind::NoCluster).status(), e(ErrorKind::NoCluster).flag()),
             (503, "NC")
         );
-        assert!(!e(ErrorKind::NoCluster).retryable());
+        assert_eq!(e(ErrorKind::NoCluster).retryable(), Retryable::No);
+        assert_eq!(e(ErrorKind::PerTryTimeout).status(), 504);
+    }
+
+    fn policy(retry_on: &[&str]) -> RetryPolicy {
+        let mut p = ringmesh_api::compile::default_retry_policy();
+        p.on_connect_failure = retry_on.contains(&"connect-failure");
+        p.on_reset = retry_on.contains(&"reset");
+        p.on_5xx = retry_on.contains(&"5xx");
+        p.on_gateway_error = retry_on.contains(&"gateway-error");
+        p.retriable_status_codes.clear();
+        p
+    }
+
+    #[test]
+    fn how_far_a_request_got_follows_the_kind() {
+        let e = |k| ProxyError::new(k, Side::Upstream, "t");
+        assert_eq!(e(ErrorKind::ConnectFailed).retryable(), Retryable::NotSent);
+        assert_eq!(e(ErrorKind::ConnectTimeout).retryable(), Retryable::NotSent);
+        assert_eq!(e(ErrorKind::UpstreamReset).retryable(), Retryable::Sent);
+        assert_eq!(e(ErrorKind::BadRequest { status: 400 }).retryable(), Retryable::No);
+        assert_eq!(e(ErrorKind::DownstreamClosed).retryable(), Retryable::No);
+        assert!(ProxyError::reused_conn_dead().is_reused_conn_dead());
+        assert!(!e(ErrorKind::UpstreamReset).is_reused_conn_dead());
+        assert_eq!(ProxyError::reused_conn_dead().status(), 503);
+    }
+
+    #[test]
+    fn retry_on_selects_the_failures_it_names() {
+        let e = |k| ProxyError::new(k, Side::Upstream, "t");
+        let connect = policy(&["connect-failure"]);
+        assert!(e(ErrorKind::ConnectFailed).retried_by(&connect));
+        assert!(e(ErrorKind::ConnectTimeout).retried_by(&connect));
+        assert!(!e(ErrorKind::UpstreamReset).retried_by(&connect));
+        assert!(!ProxyError::reused_conn_dead().retried_by(&connect));
+
+        let reset = policy(&["reset"]);
+        assert!(e(ErrorKind::UpstreamReset).retried_by(&reset));
+        assert!(ProxyError::reused_conn_dead().retried_by(&reset));
+        assert!(!e(ErrorKind::ConnectFailed).retried_by(&reset));
+
+        // A per-try timeout is a 504 to the policy; the route timeout is never retried.
+        assert!(e(ErrorKind::PerTryTimeout).retried_by(&policy(&["gateway-error"])));
+        assert!(e(ErrorKind::PerTryTimeout).retried_by(&policy(&["5xx"])));
+        assert!(!e(ErrorKind::PerTryTimeout).retried_by(&reset));
+        assert!(!e(ErrorKind::UpstreamTimeout).retried_by(&policy(&["5xx", "gateway-error"])));
+        // A malformed response is not a reset.
+        assert!(!e(ErrorKind::UpstreamProtocol).retried_by(&policy(&["reset", "5xx"])));
+        // The client's faults never are.
+        let all = policy(&["connect-failure", "reset", "5xx", "gateway-error"]);
+        assert!(!e(ErrorKind::BadRequest { status: 400 }).retried_by(&all));
+        assert!(!e(ErrorKind::DownstreamClosed).retried_by(&all));
     }
 }

@@ -42,10 +42,12 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
     // Try each endpoint at most once on connect failure, like Envoy's default of one reattempt
     // per host; opaque TCP has nothing else to retry.
     let mut upstream = None;
+    let mut tried = lb::TriedEndpoints::default();
     for _ in 0..cluster.endpoints.len().min(3) {
-        let Some(i) = lb::pick(cluster, state, &worker.rng, hash) else {
+        let Some(i) = lb::pick(cluster, state, &worker.rng, hash, &tried) else {
             break;
         };
+        tried.insert(i);
         let ep = &cluster.endpoints[i];
         inc(&worker.stats.upstream_cx_total);
         match pool::connect(ep.address, cluster.connect_timeout).await {

@@ -58,8 +58,11 @@ impl Worker {
 
     /// Whether the retry budget allows one more retry now (Envoy's `retry_budget`): retries in
     /// flight below `budget_percent` of active requests, or below the minimum concurrency.
+    /// Without a budget (the default) every retry the route's policy asks for is allowed.
     pub fn retry_allowed(&self) -> bool {
-        let budget = self.snapshot.get().snapshot.proxy.retry_budget;
+        let Some(budget) = self.snapshot.get().snapshot.proxy.retry_budget else {
+            return true;
+        };
         let active = self.stats.downstream_rq_active.get() as f64;
         let allowed = ((active * budget.budget_percent / 100.0) as u32).max(budget.min_retry_concurrency);
         self.retries_active.get() < allowed

@@ -62,6 +62,22 @@ pub enum Reply {
     Raw(Vec<u8>),
     /// `101 Switching Protocols`, then echo every byte back until the client closes.
     UpgradeEcho,
+    /// Answer with `reply` (keeping the connection open), wait until `go` is set, then end the
+    /// connection as `end` says: an upstream dropping an idle keep-alive connection.
+    ThenEnd {
+        reply: Box<Reply>,
+        go: Arc<AtomicBool>,
+        end: End,
+    },
+}
+
+/// How [`Reply::ThenEnd`] ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Close it (FIN).
+    Close,
+    /// Reset it (RST).
+    Reset,
 }
 
 impl Reply {
@@ -95,6 +111,8 @@ pub struct Upstream {
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     /// Connections accepted.
     pub connections: Arc<AtomicUsize>,
+    /// Connections this upstream has finished with (closed or reset, by either side).
+    pub ended: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -121,19 +139,34 @@ impl Upstream {
         listener.set_nonblocking(true).expect("nonblocking");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Handler> = Arc::new(handler);
         {
-            let (requests, connections, stop, name) =
-                (requests.clone(), connections.clone(), stop.clone(), name.to_string());
+            let (requests, connections, ended, stop, name) = (
+                requests.clone(),
+                connections.clone(),
+                ended.clone(),
+                stop.clone(),
+                name.to_string(),
+            );
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((s, _)) => {
                             let id = connections.fetch_add(1, Ordering::SeqCst);
-                            let (requests, handler, name, stop) =
-                                (requests.clone(), handler.clone(), name.clone(), stop.clone());
-                            thread::spawn(move || serve_conn(s, id, &name, &*handler, &requests, &stop));
+                            let (requests, handler, name, stop, ended) = (
+                                requests.clone(),
+                                handler.clone(),
+                                name.clone(),
+                                stop.clone(),
+                                ended.clone(),
+                            );
+                            thread::spawn(move || {
+                                // The socket is closed when `serve_conn` returns.
+                                serve_conn(s, id, &name, &*handler, &requests, &stop);
+                                ended.fetch_add(1, Ordering::SeqCst);
+                            });
                         }
                         Err(_) => thread::sleep(Duration::from_millis(2)),
                     }
@@ -145,6 +178,7 @@ impl Upstream {
             name: name.to_string(),
             requests,
             connections,
+            ended,
             stop,
         }
     }
@@ -401,6 +435,24 @@ fn write_reply(s: &mut TcpStream, name: &str, reply: Reply, buf: &mut Vec<u8>) -
         Reply::Raw(bytes) => {
             let _ = s.write_all(&bytes);
             let _ = s.shutdown(Shutdown::Both);
+            false
+        }
+        Reply::ThenEnd { reply, go, end } => {
+            if !write_reply(s, name, *reply, buf) {
+                return false;
+            }
+            // Bounded: a test that never says go still ends.
+            for _ in 0..10_000 {
+                if go.load(Ordering::SeqCst) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            if end == End::Reset {
+                let _ = socket2::SockRef::from(&*s).set_linger(Some(Duration::ZERO));
+            } else {
+                let _ = s.shutdown(Shutdown::Both);
+            }
             false
         }
         Reply::UpgradeEcho => {

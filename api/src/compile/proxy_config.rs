@@ -46,10 +46,7 @@ impl Compiler {
                 downstream_idle_timeout: Duration::from_secs(300),
                 drain_timeout: Duration::from_secs(5),
             },
-            retry_budget: RetryBudget {
-                budget_percent: 20.0,
-                min_retry_concurrency: 3,
-            },
+            retry_budget: None,
             control_plane: None,
             workload: WorkloadSettings {
                 namespace: "default".into(),
@@ -129,9 +126,14 @@ impl Compiler {
         }
         if let Some(b) = &spec.retry_budget {
             let p = root.key("retryBudget");
+            // Envoy's defaults for a budget that is turned on.
+            let budget = settings.retry_budget.insert(RetryBudget {
+                budget_percent: 20.0,
+                min_retry_concurrency: 3,
+            });
             if let Some(pct) = b.budget_percent {
                 if (0.0..=100.0).contains(&pct) {
-                    settings.retry_budget.budget_percent = pct;
+                    budget.budget_percent = pct;
                 } else {
                     self.error(
                         site,
@@ -142,7 +144,7 @@ impl Compiler {
             }
             if let Some(m) = b.min_retry_concurrency {
                 match u32::try_from(m) {
-                    Ok(m) => settings.retry_budget.min_retry_concurrency = m,
+                    Ok(m) => budget.min_retry_concurrency = m,
                     Err(_) => self.error(
                         site,
                         &p.key("minRetryConcurrency"),

@@ -876,6 +876,21 @@ spec:
 ";
 
 #[test]
+fn retry_budget_is_off_unless_configured() {
+    // Istio users expect no cap beyond each route's attempts (Istio's maxRetries is
+    // effectively unlimited); an empty `retryBudget` turns on Envoy's defaults.
+    let c = ok(SVC);
+    assert!(c.snapshot.proxy.retry_budget.is_none());
+    let on = PROXY.replace(
+        "retryBudget: {budgetPercent: 10, minRetryConcurrency: 5}",
+        "retryBudget: {}",
+    );
+    let c = ok(&format!("{on}---\n{SVC}"));
+    let budget = c.snapshot.proxy.retry_budget.expect("budget on");
+    assert_eq!((budget.budget_percent, budget.min_retry_concurrency), (20.0, 3));
+}
+
+#[test]
 fn proxy_config_settings_and_listeners() {
     let c = ok(&format!("{PROXY}---\n{SVC}"));
     let p = &c.snapshot.proxy;
@@ -888,7 +903,8 @@ fn proxy_config_settings_and_listeners() {
     assert_eq!(p.limits.max_request_head_bytes, 65536);
     assert_eq!(p.limits.request_header_timeout, Duration::from_secs(2));
     assert_eq!(p.limits.downstream_idle_timeout, Duration::from_secs(300));
-    assert_eq!(p.retry_budget.min_retry_concurrency, 5);
+    let budget = p.retry_budget.expect("retryBudget turns the budget on");
+    assert_eq!((budget.budget_percent, budget.min_retry_concurrency), (10.0, 5));
     assert_eq!(c.snapshot.listeners.len(), 2);
     match &c.snapshot.listeners[1].kind {
         ListenerKind::Tcp { clusters, idle_timeout } => {

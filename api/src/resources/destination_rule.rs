@@ -199,7 +199,7 @@ pub struct HttpPoolSettings {
     /// Queued requests (accepted, not enforced yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http1_max_pending_requests: Option<i64>,
-    /// Outstanding retries (accepted, not enforced yet; the retry budget applies).
+    /// Outstanding retries (accepted, not enforced yet; `ProxyConfig` `retryBudget` is the cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<i64>,
 }

@@ -55,7 +55,7 @@ pub struct ProxyConfigSpec {
     /// Connection limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsSpec>,
-    /// Retry budget.
+    /// Retry budget; absent (the default): no budget, as in Istio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<RetryBudgetSpec>,
     /// Listeners; none means one HTTP listener `outbound` on `127.0.0.1:15001`.
@@ -186,7 +186,8 @@ pub struct LimitsSpec {
     pub drain_timeout: Option<String>,
 }
 
-/// `ProxyConfig.spec.retryBudget`.
+/// `ProxyConfig.spec.retryBudget`: present (even empty) turns the budget on, with Envoy's
+/// defaults for the fields left out.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBudgetSpec {

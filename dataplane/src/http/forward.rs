@@ -1,34 +1,55 @@
 //! Step 7, "forward": send one routed request upstream and stream the response back.
 //!
-//! Picks the cluster (weighted split) and an endpoint (per-core load balancer), takes a pooled
-//! connection or connects, writes the rewritten head and streams the body, then reads the
-//! response head under the route's timeouts. Retries follow the route's policy and the worker's
-//! retry budget, with jittered exponential back-off, and only while nothing of the request body
-//! has been consumed from the client and nothing has been sent back to it — a request whose
-//! body was already streamed is never replayed. Upgrades (`101 Switching Protocols`) become a
-//! byte tunnel.
+//! The connection loop hands over an [`Exchange`] (the routed request and its connection);
+//! the steps are functions of it: answer `Expect`, refuse a visibly broken chunked body, plan
+//! (pick the cluster, build the forwarded head once), then tries — pick an endpoint not yet
+//! tried (`lb`), take a pooled connection or connect, send the head with the request body
+//! (`request_body`, which keeps a small body for every try and knows when a streamed one can no
+//! longer be replayed), read the response head under the try's deadline — and relay the
+//! response. Whether another try follows is decided by `retry` from the error's own retry facts
+//! (`crate::error`), the route's policy and the worker's retry budget, with jittered
+//! exponential back-off; nothing is retried once a response byte went to the client.
+//! Upgrades (`101 Switching Protocols`) become a byte tunnel.
 
 use std::os::fd::AsRawFd;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
-use ringmesh_api::snapshot::{ForwardAction, HashOn, LbPolicy, Route, RouteMatch};
+use ringmesh_api::snapshot::{Cluster, ClusterId, ForwardAction, HashOn, LbPolicy, Route, RouteMatch};
 
 use super::body::{self, BodyError};
+use super::downstream::{finish_request_body, Downstream};
 use super::h1::{
     self as encode, BodyFraming, ChunkedLimits, ConnectionHeader, HeadLimits, HeaderOps, RequestEncode, RequestHead,
     ResponseEncode, ResponseHead, ResponseParser,
 };
-use super::proxy::{Downstream, RouteView};
+use super::request_body::{ClientBody, RequestBody};
+use super::retry::{self, Decision, Retries, RetrySlot};
+use super::route_view::RouteView;
 use crate::cluster::pool::{self, UpstreamConn};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::lb::{self, ClusterState};
 use crate::state::WorkerSnapshot;
 use crate::telemetry::stats::{dec, inc};
 use crate::worker::Worker;
+
+/// One routed request on its way upstream: what routing decided and what every step of
+/// forwarding reads. Built by the connection loop for each forwarded request.
+pub(crate) struct Exchange<'a> {
+    pub(crate) worker: &'a Worker,
+    pub(crate) view: &'a WorkerSnapshot,
+    pub(crate) conn: &'a mut Downstream,
+    pub(crate) head: &'a RequestHead,
+    pub(crate) src: &'a Bytes,
+    pub(crate) req: &'a RouteView<'a>,
+    pub(crate) route: &'a Route,
+    pub(crate) matched: Option<&'a RouteMatch>,
+    pub(crate) action: &'a ForwardAction,
+    /// Idle timeout between reads of a body.
+    pub(crate) idle: Duration,
+}
 
 /// How forwarding ended.
 #[derive(Debug)]
@@ -38,9 +59,9 @@ pub(crate) enum Outcome {
         /// Whether the downstream connection may carry another request.
         keep_alive: bool,
     },
-    /// Nothing was sent to the client yet: answer with this error. `body_consumed` says whether
-    /// the request body was already read from the client (then there is nothing left to skip).
-    Failed { error: ProxyError, body_consumed: bool },
+    /// Nothing was sent to the client yet: answer with this error. `body` says where the
+    /// request body stands on the client connection.
+    Failed { error: ProxyError, body: ClientBody },
     /// Part of a response went out, or the client is gone: close the connection.
     Aborted,
     /// The upstream switched protocols: the caller tunnels bytes between the client and this
@@ -72,13 +93,25 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Releases a retry slot of the worker's budget when the retry ends.
-struct RetrySlot<'a>(&'a Worker);
+/// What forwarding derives once per request and every try reads.
+struct Plan<'a> {
+    cluster: &'a Cluster,
+    state: &'a ClusterState,
+    /// The request's consistent-hash key, under a hashing policy.
+    hash: Option<u64>,
+    /// The route deadline.
+    deadline: Option<Instant>,
+    /// The rewritten head, the same for every try.
+    upstream_head: Bytes,
+}
 
-impl Drop for RetrySlot<'_> {
-    fn drop(&mut self) {
-        self.0.retries_active.set(self.0.retries_active.get().saturating_sub(1));
-    }
+/// A response head from an upstream, with the connection it came on.
+struct Response {
+    upstream: UpstreamConn,
+    head: ResponseHead,
+    src: Bytes,
+    /// Bytes read after the head.
+    buf: BytesMut,
 }
 
 /// What one try produced.
@@ -86,83 +119,160 @@ impl Drop for RetrySlot<'_> {
 // per request to save a few hundred bytes of stack.
 #[allow(clippy::large_enum_variant)]
 enum Try {
-    /// A response head arrived. `request_complete` is false when it came before the whole
-    /// request body was sent (then neither connection can carry another request).
-    Response {
-        upstream: UpstreamConn,
-        head: ResponseHead,
-        src: Bytes,
-        buf: BytesMut,
-        request_complete: bool,
-    },
-    /// The try failed before any response byte. `body_sent` says whether request body bytes were
-    /// consumed from the client (then it cannot be retried).
-    Failed {
-        error: ProxyError,
-        body_sent: bool,
-        per_try_timeout: bool,
-    },
+    /// A response head arrived.
+    Response(Response),
+    /// The try failed before any response byte; the error says how far the request got.
+    Failed(ProxyError),
     /// The client went away or sent a broken body while we streamed it.
     ClientFailed(ProxyError),
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn forward(
-    worker: &Rc<Worker>,
-    view: &WorkerSnapshot,
-    conn: &mut Downstream,
-    head: &RequestHead,
-    src: &Bytes,
-    req: &RouteView<'_>,
-    route: &Route,
-    matched: Option<&RouteMatch>,
-    action: &ForwardAction,
-    idle: Duration,
-) -> Outcome {
-    let started = Instant::now();
-    let limits = &view.snapshot.proxy.limits;
-    let cluster_id = action.clusters.pick(worker.rng.next_u64() as u32);
-    let cluster = view.snapshot.cluster(cluster_id);
-    if let Some(reply) = &cluster.host_not_found {
-        // Envoy's "no cluster found", with the host no ServiceEntry defines as the body.
-        let e = ProxyError::new(ErrorKind::NoCluster, Side::Internal, "destination host not defined");
-        worker.stats.record_local_reply(e.flag());
-        worker.stats.record_status(e.status());
-        tracing::debug!(peer = %conn.peer, cluster = %cluster.name, "{}: {}", e.status(), e.context);
-        let keep = super::proxy::finish_request_body(conn, head, idle).await;
-        conn.local_reply(e.status(), &[], reply.as_bytes(), !keep).await;
-        return Outcome::Done { keep_alive: keep };
+/// Forwards one routed request: the steps below, then tries until one answers or retries end.
+pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
+    let cluster_id = ex.action.clusters.pick(ex.worker.rng.next_u64() as u32);
+    if let Some(host) = &ex.view.snapshot.cluster(cluster_id).host_not_found {
+        return host_not_found(ex, host).await;
     }
-    let state = &view.clusters[cluster_id.0 as usize];
-    let hash = hash_key(cluster, req, conn);
-    let policy = &action.retry;
-    let deadline = action.timeout.map(|t| started + t);
+    let expect = match answer_expect(ex).await {
+        Ok(expect) => expect,
+        Err(outcome) => return outcome,
+    };
+    if let Some(error) = refuse_broken_chunked(ex) {
+        return Outcome::Failed {
+            error,
+            body: ClientBody::Unread,
+        };
+    }
+    let plan = plan(ex, cluster_id, expect);
+    let mut body = RequestBody::take(ex.head.framing(), &mut ex.conn.buf);
+    let mut retries = Retries::new(&ex.action.retry, plan.deadline);
+    let mut _retry_slot: Option<RetrySlot<'_>> = None;
+    loop {
+        let Some(endpoint) = lb::pick(plan.cluster, plan.state, &ex.worker.rng, plan.hash, retries.tried()) else {
+            return Outcome::Failed {
+                error: ProxyError::new(ErrorKind::NoHealthyUpstream, Side::Internal, "cluster has no endpoints"),
+                body: body.client(),
+            };
+        };
+        retries.record(endpoint);
+        let per_try_deadline = retries.per_try_deadline(Instant::now());
+        let result = {
+            let _in_flight = InFlight::start(plan.state, endpoint);
+            one_try(ex, &plan, &mut body, endpoint, per_try_deadline).await
+        };
+        // A retry counts against the budget only while its try is in flight.
+        _retry_slot = None;
+        let error = match result {
+            Try::ClientFailed(e) => {
+                // A broken body cannot be skipped to find the next request: answer and close.
+                return match e.kind {
+                    ErrorKind::BadRequest { .. } => Outcome::Failed {
+                        error: e,
+                        body: ClientBody::Cut,
+                    },
+                    _ => Outcome::Aborted,
+                };
+            }
+            Try::Failed(error) => error,
+            Try::Response(resp) => {
+                let status = resp.head.status();
+                if let Decision::AfterBackoff(attempt) = retries.after_status(status, &body, Instant::now()) {
+                    if retry::admit(ex.worker) {
+                        record_upstream_status(plan.state, status);
+                        pool_refused(ex, &plan, resp).await;
+                        tracing::debug!(cluster = %plan.cluster.name, status, attempt, "retrying on status");
+                        back_off(retries.backoff(attempt, &ex.worker.rng)).await;
+                        _retry_slot = Some(RetrySlot::start(ex.worker));
+                        continue;
+                    }
+                }
+                let request_complete = body.delivered();
+                return relay_response(ex, &plan, resp, request_complete).await;
+            }
+        };
+        match retries.after_failure(&error, &body, Instant::now()) {
+            Decision::Now => continue,
+            Decision::AfterBackoff(attempt) if retry::admit(ex.worker) => {
+                tracing::debug!(cluster = %plan.cluster.name, attempt, "retrying after {}", error);
+                back_off(retries.backoff(attempt, &ex.worker.rng)).await;
+                _retry_slot = Some(RetrySlot::start(ex.worker));
+                continue;
+            }
+            Decision::AfterBackoff(_) | Decision::Stop => {}
+        }
+        if matches!(error.kind, ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout) {
+            inc(&ex.worker.stats.upstream_rq_timeout);
+        }
+        return Outcome::Failed {
+            error,
+            body: body.client(),
+        };
+    }
+}
 
-    // The client is told to go ahead with its body by us, not by the upstream: waiting for an
-    // upstream's `100 Continue` would stall on servers that ignore `Expect` (Envoy does the
-    // same by default). `Expect` is then dropped from the forwarded head.
+/// Envoy's "no cluster found" for a route whose destination no ServiceEntry defines yet, with
+/// that host as the body; answered before `Expect` is, since no body is wanted.
+async fn host_not_found(ex: &mut Exchange<'_>, host: &str) -> Outcome {
+    let e = ProxyError::new(ErrorKind::NoCluster, Side::Internal, "destination host not defined");
+    ex.worker.stats.record_local_reply(e.flag());
+    ex.worker.stats.record_status(e.status());
+    tracing::debug!(peer = %ex.conn.peer, host, "{}: {}", e.status(), e.context);
+    let keep = finish_request_body(ex.conn, ex.head, ex.idle).await;
+    ex.conn.local_reply(e.status(), &[], host.as_bytes(), !keep).await;
+    Outcome::Done { keep_alive: keep }
+}
+
+/// Waits out a retry's back-off (no timer for a zero wait).
+async fn back_off(wait: Duration) {
+    if !wait.is_zero() {
+        monoio::time::sleep(wait).await;
+    }
+}
+
+/// The client is told to go ahead with its body by us, not by the upstream: waiting for an
+/// upstream's `100 Continue` would stall on servers that ignore `Expect` (Envoy does the same
+/// by default). Returns whether `Expect` was answered (then it is dropped from the forwarded
+/// head), or the outcome when the client is gone.
+async fn answer_expect(ex: &mut Exchange<'_>) -> Result<bool, Outcome> {
+    let head = ex.head;
+    let conn = &mut *ex.conn;
     let expect = head.connection().expect_continue && head.framing().has_body();
     if expect {
         let (r, _) = conn.stream.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
         if r.is_err() {
-            return Outcome::Aborted;
+            return Err(Outcome::Aborted);
         }
     }
+    Ok(expect)
+}
 
-    // A chunked body whose first bytes are already here and already broken is refused before
-    // any upstream sees the request: smuggling attempts ride on exactly such bodies.
+/// A chunked body whose first bytes are already here and already broken is refused before
+/// any upstream sees the request: smuggling attempts ride on exactly such bodies.
+fn refuse_broken_chunked(ex: &Exchange<'_>) -> Option<ProxyError> {
+    let (head, conn) = (ex.head, &*ex.conn);
     if head.framing() == BodyFraming::Chunked && !conn.buf.is_empty() {
         if let Err(e) = super::h1::ChunkedDecoder::new(ChunkedLimits::default()).scan(&conn.buf) {
-            return Outcome::Failed {
-                error: ProxyError::new(
-                    ErrorKind::BadRequest { status: e.status() },
-                    Side::Downstream,
-                    e.reason(),
-                ),
-                body_consumed: false,
-            };
+            return Some(ProxyError::new(
+                ErrorKind::BadRequest { status: e.status() },
+                Side::Downstream,
+                e.reason(),
+            ));
         }
     }
+    None
+}
+
+/// Picks the cluster (weighted split) and builds the forwarded head, once per request.
+fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> {
+    let (worker, view, head, src, req, route, matched, action) = (
+        ex.worker, ex.view, ex.head, ex.src, ex.req, ex.route, ex.matched, ex.action,
+    );
+    let conn = &*ex.conn;
+    let started = Instant::now();
+    let cluster = view.snapshot.cluster(cluster_id);
+    let state = &view.clusters[cluster_id.0 as usize];
+    let hash = hash_key(cluster, req, conn);
+    let deadline = action.timeout.map(|t| started + t);
 
     // The forwarded head is the same for every try: build it once.
     let upstream_head = {
@@ -209,174 +319,44 @@ pub(crate) async fn forward(
         encode::encode_request_head(head, src, &opts, &mut out);
         out.freeze()
     };
-
-    let mut attempt = 0u32;
-    let mut _retry_slot: Option<RetrySlot<'_>> = None;
-    let mut transparent_retry_used = false;
-    loop {
-        let Some(endpoint) = lb::pick(cluster, state, &worker.rng, hash) else {
-            return Outcome::Failed {
-                error: ProxyError::new(ErrorKind::NoHealthyUpstream, Side::Internal, "cluster has no endpoints"),
-                body_consumed: false,
-            };
-        };
-        let per_try_deadline = match (policy.per_try_timeout, deadline) {
-            (Some(p), Some(d)) => Some((Instant::now() + p).min(d)),
-            (Some(p), None) => Some(Instant::now() + p),
-            (None, d) => d,
-        };
-        let result = {
-            let _in_flight = InFlight::start(state, endpoint);
-            one_try(
-                worker,
-                view,
-                conn,
-                head,
-                &upstream_head,
-                cluster,
-                state,
-                endpoint,
-                per_try_deadline,
-                deadline,
-                idle,
-                limits,
-            )
-            .await
-        };
-        let (error, body_sent, per_try_timeout) = match result {
-            Try::ClientFailed(e) => {
-                // A broken body cannot be skipped to find the next request: answer and close.
-                return match e.kind {
-                    ErrorKind::BadRequest { .. } => Outcome::Failed {
-                        error: e,
-                        body_consumed: true,
-                    },
-                    _ => Outcome::Aborted,
-                };
-            }
-            Try::Failed {
-                error,
-                body_sent,
-                per_try_timeout,
-            } => (error, body_sent, per_try_timeout),
-            Try::Response {
-                upstream,
-                head: rhead,
-                src: rsrc,
-                buf,
-                request_complete,
-            } => {
-                let status = rhead.status();
-                let retriable = policy.retries_status(status) && !head.framing().has_body();
-                if retriable && attempt < policy.attempts && within(deadline) {
-                    if let Some(slot) = take_retry_slot(worker) {
-                        record_upstream_status(state, status);
-                        // Drain the refused response so the connection can be pooled; if that
-                        // fails the connection is simply dropped.
-                        let mut upstream = upstream;
-                        let mut buf = buf;
-                        let reusable = rhead.connection().keep_alive
-                            && body::discard(rhead.framing(), &mut upstream.read, &mut buf, idle, 64 * 1024)
-                                .await
-                                .is_ok()
-                            && buf.is_empty();
-                        if reusable {
-                            upstream.requests += 1;
-                            upstream.buf = buf;
-                            worker.pool.checkin(upstream, cluster.pool.max_idle_per_endpoint);
-                        }
-                        tracing::debug!(cluster = %cluster.name, status, attempt, "retrying on status");
-                        _retry_slot = Some(slot);
-                        attempt += 1;
-                        backoff(worker, policy.backoff_base, policy.backoff_max, attempt).await;
-                        continue;
-                    }
-                    inc(&worker.stats.upstream_rq_retry_overflow);
-                }
-                return relay_response(
-                    worker,
-                    conn,
-                    head,
-                    route,
-                    cluster,
-                    state,
-                    upstream,
-                    (rhead, rsrc, buf),
-                    request_complete,
-                    idle,
-                )
-                .await;
-            }
-        };
-        // A reused pooled connection that died before answering is not the request's fault:
-        // retry once on a fresh connection whatever the policy says (hyper and Envoy do too).
-        let transparent = matches!(error.kind, ErrorKind::UpstreamReset) && !body_sent && !transparent_retry_used;
-        let policy_allows = !body_sent
-            && match error.kind {
-                ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => policy.on_connect_failure,
-                ErrorKind::UpstreamReset => policy.on_reset,
-                ErrorKind::UpstreamTimeout => {
-                    per_try_timeout
-                        && (policy.on_5xx || policy.on_gateway_error || policy.retriable_status_codes.contains(&504))
-                }
-                _ => false,
-            };
-        if transparent && error.context == REUSED_CONN_RESET {
-            transparent_retry_used = true;
-            continue;
-        }
-        if policy_allows && attempt < policy.attempts && within(deadline) {
-            if let Some(slot) = take_retry_slot(worker) {
-                tracing::debug!(cluster = %cluster.name, attempt, "retrying after {}", error);
-                _retry_slot = Some(slot);
-                attempt += 1;
-                backoff(worker, policy.backoff_base, policy.backoff_max, attempt).await;
-                continue;
-            }
-            inc(&worker.stats.upstream_rq_retry_overflow);
-        }
-        if error.kind == ErrorKind::UpstreamTimeout {
-            inc(&worker.stats.upstream_rq_timeout);
-        }
-        return Outcome::Failed {
-            error,
-            body_consumed: body_sent,
-        };
+    Plan {
+        cluster,
+        state,
+        hash,
+        deadline,
+        upstream_head,
     }
 }
 
-/// Largest body sent in the same write as its head (copied once; larger bodies stream).
+/// Drains a response refused for a retry so its connection can be pooled; if that fails the
+/// connection is simply dropped.
+async fn pool_refused(ex: &Exchange<'_>, plan: &Plan<'_>, resp: Response) {
+    let Response {
+        mut upstream,
+        head: rhead,
+        mut buf,
+        ..
+    } = resp;
+    let reusable = rhead.connection().keep_alive
+        && body::discard(rhead.framing(), &mut upstream.read, &mut buf, ex.idle, 64 * 1024)
+            .await
+            .is_ok()
+        && buf.is_empty();
+    if reusable {
+        upstream.requests += 1;
+        upstream.buf = buf;
+        ex.worker
+            .pool
+            .checkin(upstream, plan.cluster.pool.max_idle_per_endpoint);
+    }
+}
+
+/// Largest response body sent in the same write as its head (copied once; larger bodies
+/// stream).
 const COALESCE_MAX: u64 = 16 * 1024;
 
-/// Context of the error for a pooled connection that was found closed by the upstream.
-const REUSED_CONN_RESET: &str = "pooled upstream connection closed before the response";
-
-fn within(deadline: Option<Instant>) -> bool {
-    deadline.is_none_or(|d| Instant::now() < d)
-}
-
-fn take_retry_slot(worker: &Worker) -> Option<RetrySlot<'_>> {
-    if !worker.retry_allowed() {
-        return None;
-    }
-    worker.retries_active.set(worker.retries_active.get() + 1);
-    inc(&worker.stats.upstream_rq_retry);
-    Some(RetrySlot(worker))
-}
-
-/// Full-jitter exponential back-off: a random wait in `[0, min(max, base * 2^(n-1))]`.
-async fn backoff(worker: &Worker, base: Duration, max: Duration, attempt: u32) {
-    let cap = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(max);
-    let cap_us = cap.as_micros().min(u32::MAX as u128) as u32;
-    if cap_us == 0 {
-        return;
-    }
-    let wait = Duration::from_micros(worker.rng.below(cap_us) as u64);
-    monoio::time::sleep(wait).await;
-}
-
 /// The consistent-hash key of this request under the cluster's policy, if it has one.
-fn hash_key(cluster: &ringmesh_api::snapshot::Cluster, req: &RouteView<'_>, conn: &Downstream) -> Option<u64> {
+fn hash_key(cluster: &Cluster, req: &RouteView<'_>, conn: &Downstream) -> Option<u64> {
     let hash_on = match &cluster.lb {
         LbPolicy::RingHash { hash_on, .. } | LbPolicy::Maglev { hash_on, .. } => hash_on,
         _ => return None,
@@ -429,251 +409,213 @@ fn record_upstream_status(state: &ClusterState, status: u16) {
     inc(&state.counters.rq_by_class[(status / 100).min(5) as usize]);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One try: a connection to `endpoint`, the request on it, and the response head back.
 async fn one_try(
-    worker: &Worker,
-    view: &WorkerSnapshot,
-    conn: &mut Downstream,
-    head: &RequestHead,
-    upstream_head: &Bytes,
-    cluster: &ringmesh_api::snapshot::Cluster,
-    state: &ClusterState,
+    ex: &mut Exchange<'_>,
+    plan: &Plan<'_>,
+    body: &mut RequestBody,
     endpoint: usize,
     per_try_deadline: Option<Instant>,
-    deadline: Option<Instant>,
-    idle: Duration,
-    limits: &ringmesh_api::snapshot::Limits,
 ) -> Try {
-    let _ = view;
-    let addr = cluster.endpoints[endpoint].address;
-    let mut upstream = match worker.pool.checkout(addr, cluster.pool.idle_timeout) {
-        Some(c) => {
-            inc(&worker.stats.upstream_cx_reused);
-            c
-        }
-        None => {
-            inc(&worker.stats.upstream_cx_total);
-            let timeout = match per_try_deadline {
-                Some(d) => cluster.connect_timeout.min(d.saturating_duration_since(Instant::now())),
-                None => cluster.connect_timeout,
-            };
-            match pool::connect(addr, timeout).await {
-                Ok(c) => c,
-                Err(error) => {
-                    inc(&worker.stats.upstream_cx_connect_fail);
-                    inc(&state.endpoints[endpoint].cx_connect_fail);
-                    tracing::debug!(upstream = %addr, cluster = %cluster.name, "{error}");
-                    return Try::Failed {
-                        error,
-                        body_sent: false,
-                        per_try_timeout: false,
-                    };
-                }
-            }
-        }
+    let mut upstream = match upstream_conn(ex.worker, plan, endpoint, per_try_deadline).await {
+        Ok(c) => c,
+        Err(error) => return Try::Failed(error),
     };
-    let reset = |reused: bool| {
-        ProxyError::new(
-            ErrorKind::UpstreamReset,
-            Side::Upstream,
-            if reused {
-                REUSED_CONN_RESET
-            } else {
-                "upstream closed or reset before the response"
-            },
-        )
+    let buf = match send_request(ex, plan, body, &mut upstream).await {
+        Ok(buf) => buf,
+        Err(failed) => return failed,
     };
+    read_response_head(ex, plan, upstream, buf, per_try_deadline).await
+}
 
-    let framing = head.framing();
-    // A small body that has fully arrived goes out in the same write as the head: one send
-    // instead of two is the largest saving per request on loopback.
-    let coalesce = match framing {
-        BodyFraming::Length(n) if n > 0 && n <= COALESCE_MAX && conn.buf.len() as u64 >= n => Some(n as usize),
-        _ => None,
-    };
-    let ufd = upstream.fd();
-    let r = match coalesce {
-        Some(n) => {
-            let mut both = BytesMut::with_capacity(upstream_head.len() + n);
-            both.extend_from_slice(upstream_head);
-            both.extend_from_slice(&conn.buf[..n]);
-            let _ = conn.buf.split_to(n);
-            crate::http::send::write_all(&mut upstream.write, ufd, both.freeze())
-                .await
-                .0
-        }
-        None => {
-            crate::http::send::write_all(&mut upstream.write, ufd, upstream_head.clone())
-                .await
-                .0
-        }
-    };
-    if r.is_err() {
-        return Try::Failed {
-            error: reset(upstream.reused),
-            body_sent: false,
-            per_try_timeout: false,
-        };
+/// A pooled connection to the endpoint, or a new one within the connect timeout.
+async fn upstream_conn(
+    worker: &Worker,
+    plan: &Plan<'_>,
+    endpoint: usize,
+    per_try_deadline: Option<Instant>,
+) -> Result<UpstreamConn, ProxyError> {
+    let cluster = plan.cluster;
+    let addr = cluster.endpoints[endpoint].address;
+    if let Some(c) = worker.pool.checkout(addr, cluster.pool.idle_timeout) {
+        inc(&worker.stats.upstream_cx_reused);
+        return Ok(c);
     }
-    let body_sent = framing.has_body();
+    inc(&worker.stats.upstream_cx_total);
+    let timeout = match per_try_deadline {
+        Some(d) => cluster.connect_timeout.min(d.saturating_duration_since(Instant::now())),
+        None => cluster.connect_timeout,
+    };
+    pool::connect(addr, timeout).await.inspect_err(|error| {
+        inc(&worker.stats.upstream_cx_connect_fail);
+        inc(&plan.state.endpoints[endpoint].cx_connect_fail);
+        tracing::debug!(upstream = %addr, cluster = %cluster.name, "{error}");
+    })
+}
+
+/// An upstream that closed or reset a connection of its own accord.
+const UPSTREAM_RESET: ProxyError = ProxyError::new(
+    ErrorKind::UpstreamReset,
+    Side::Upstream,
+    "upstream closed or reset before the response",
+);
+
+/// Writes the head (with the held body, if any), then streams a body from the client while
+/// watching the upstream: an upstream may answer before it has read the whole body (401, 413,
+/// ...), and that answer is relayed instead of being lost. Returns the read buffer, holding
+/// whatever the upstream already sent.
+async fn send_request(
+    ex: &mut Exchange<'_>,
+    plan: &Plan<'_>,
+    body: &mut RequestBody,
+    upstream: &mut UpstreamConn,
+) -> Result<BytesMut, Try> {
+    let ufd = upstream.fd();
+    let first = body.first_write(&plan.upstream_head);
+    let r = crate::http::send::write_all(&mut upstream.write, ufd, first).await.0;
+    if r.is_err() {
+        return Err(Try::Failed(if upstream.reused {
+            ProxyError::reused_conn_dead()
+        } else {
+            UPSTREAM_RESET
+        }));
+    }
     let mut buf = std::mem::take(&mut upstream.buf);
     buf.clear();
     buf.reserve(4096);
-    let mut request_complete = true;
-    if body_sent && coalesce.is_none() {
-        // Stream the body while watching the upstream: an upstream may answer before it has
-        // read the whole body (401, 413, ...); that answer is relayed instead of being lost.
-        let canceller = Canceller::new();
-        let (sent, early) = {
-            let len = buf.len();
-            let probe = upstream
-                .read
-                .cancelable_read(std::mem::take(&mut buf).slice_mut(len..), canceller.handle());
-            let sending = body::stream(
-                framing,
-                &mut conn.stream,
-                &mut conn.buf,
-                &mut upstream.write,
-                idle,
-                ChunkedLimits::default(),
-            );
-            let mut probe = std::pin::pin!(probe);
-            let mut sending = std::pin::pin!(sending);
-            let first = monoio::select! {
-                sent = &mut sending => Ok(sent),
-                read = &mut probe => Err(read),
-            };
-            match first {
-                Ok(sent) => {
-                    // The body is done: stop the probe, keeping any bytes it did read.
-                    let _ = canceller.cancel();
-                    let (res, slice) = probe.await;
-                    buf = slice.into_inner();
-                    (Some(sent), matches!(res, Ok(0)).then_some(()))
-                }
-                Err((res, slice)) => {
-                    buf = slice.into_inner();
-                    request_complete = false;
-                    match res {
-                        Ok(n) if n > 0 => (None, None),
-                        _ => (None, Some(())),
-                    }
-                }
-            }
-        };
-        if early.is_some() {
-            // The upstream closed (or reset) while the body was going out.
-            return Try::Failed {
-                error: reset(false),
-                body_sent,
-                per_try_timeout: false,
-            };
-        }
-        match sent {
-            None | Some(Ok(_)) => {}
-            Some(Err(BodyError::Write(_))) => {
-                return Try::Failed {
-                    error: reset(false),
-                    body_sent,
-                    per_try_timeout: false,
-                }
-            }
-            Some(Err(BodyError::Framing(e))) => {
-                return Try::ClientFailed(ProxyError::new(
-                    ErrorKind::BadRequest { status: e.status() },
-                    Side::Downstream,
-                    e.reason(),
-                ))
-            }
-            Some(Err(_)) => {
-                return Try::ClientFailed(ProxyError::new(
-                    ErrorKind::DownstreamClosed,
-                    Side::Downstream,
-                    "client went away mid-body",
-                ))
-            }
-        }
+    if !body.streams() {
+        return Ok(buf);
     }
+    let conn = &mut *ex.conn;
+    let canceller = Canceller::new();
+    let (sent, early) = {
+        let len = buf.len();
+        let probe = upstream
+            .read
+            .cancelable_read(std::mem::take(&mut buf).slice_mut(len..), canceller.handle());
+        let sending = body.stream(&mut conn.stream, &mut conn.buf, &mut upstream.write, ex.idle);
+        let mut probe = std::pin::pin!(probe);
+        let mut sending = std::pin::pin!(sending);
+        let first = monoio::select! {
+            sent = &mut sending => Ok(sent),
+            read = &mut probe => Err(read),
+        };
+        match first {
+            Ok(sent) => {
+                // The body is done: stop the probe, keeping any bytes it did read.
+                let _ = canceller.cancel();
+                let (res, slice) = probe.await;
+                buf = slice.into_inner();
+                (Some(sent), matches!(res, Ok(0)).then_some(()))
+            }
+            Err((res, slice)) => {
+                buf = slice.into_inner();
+                match res {
+                    Ok(n) if n > 0 => (None, None),
+                    _ => (None, Some(())),
+                }
+            }
+        }
+    };
+    if early.is_some() {
+        // The upstream closed (or reset) while the body was going out.
+        return Err(Try::Failed(UPSTREAM_RESET));
+    }
+    match sent {
+        None | Some(Ok(_)) => Ok(buf),
+        Some(Err(BodyError::Write(_))) => Err(Try::Failed(UPSTREAM_RESET)),
+        Some(Err(BodyError::Framing(e))) => Err(Try::ClientFailed(ProxyError::new(
+            ErrorKind::BadRequest { status: e.status() },
+            Side::Downstream,
+            e.reason(),
+        ))),
+        Some(Err(_)) => Err(Try::ClientFailed(ProxyError::new(
+            ErrorKind::DownstreamClosed,
+            Side::Downstream,
+            "client went away mid-body",
+        ))),
+    }
+}
 
-    // Read the response head, skipping interim 1xx answers (100 Continue was answered by us).
+/// Reads the response head under the try's deadline, skipping interim 1xx answers (100
+/// Continue was answered by us).
+async fn read_response_head(
+    ex: &Exchange<'_>,
+    plan: &Plan<'_>,
+    upstream: UpstreamConn,
+    mut buf: BytesMut,
+    per_try_deadline: Option<Instant>,
+) -> Try {
+    let mut upstream = upstream;
+    let limits = &ex.view.snapshot.proxy.limits;
     let head_limits = HeadLimits {
         max_head_bytes: limits.max_response_head_bytes,
         max_headers: limits.max_headers,
     };
-    let mut parser = ResponseParser::new(head_limits).upgrade_requested(head.connection().upgrade);
-    let timeout_at = per_try_deadline;
+    let mut parser = ResponseParser::new(head_limits).upgrade_requested(ex.head.connection().upgrade);
     loop {
         if !buf.is_empty() {
-            match parser.parse(&buf, head.method()) {
+            match parser.parse(&buf, ex.head.method()) {
                 Ok(Some(rhead)) => {
                     let src = buf.split_to(rhead.len()).freeze();
                     if rhead.is_interim() && rhead.status() != 101 {
                         continue;
                     }
-                    return Try::Response {
+                    return Try::Response(Response {
                         upstream,
                         head: rhead,
                         src,
                         buf,
-                        request_complete,
-                    };
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::info!(upstream = %addr, cluster = %cluster.name, "invalid response head: {e}");
-                    return Try::Failed {
-                        error: ProxyError::new(ErrorKind::UpstreamProtocol, Side::Upstream, e.reason()),
-                        body_sent,
-                        per_try_timeout: false,
-                    };
+                    tracing::info!(upstream = %upstream.addr, cluster = %plan.cluster.name, "invalid response head: {e}");
+                    return Try::Failed(ProxyError::new(ErrorKind::UpstreamProtocol, Side::Upstream, e.reason()));
                 }
             }
         }
-        let wait = match timeout_at {
+        let wait = match per_try_deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),
             // No route timeout (Istio's default): an upstream that never answers is still cut by
             // the idle timeout, so a request cannot hang forever.
-            None => idle,
+            None => ex.idle,
         };
         match body::read_more(&mut upstream.read, &mut buf, wait).await {
             Ok(0) | Err(BodyError::Read(_)) => {
-                let fresh = buf.is_empty();
-                return Try::Failed {
-                    error: reset(upstream.reused && fresh && !body_sent),
-                    body_sent,
-                    per_try_timeout: false,
-                };
+                // Nothing at all came back on a pooled connection: the upstream had closed it.
+                return Try::Failed(if upstream.reused && buf.is_empty() {
+                    ProxyError::reused_conn_dead()
+                } else {
+                    UPSTREAM_RESET
+                });
             }
             Ok(_) => {}
             Err(_) => {
-                let overall = deadline.is_some_and(|d| Instant::now() >= d);
-                return Try::Failed {
-                    error: ProxyError::new(
-                        ErrorKind::UpstreamTimeout,
-                        Side::Upstream,
-                        "upstream did not answer in time",
-                    ),
-                    body_sent,
-                    per_try_timeout: !overall,
+                let overall = plan.deadline.is_some_and(|d| Instant::now() >= d);
+                let kind = if ex.action.retry.per_try_timeout.is_some() && !overall {
+                    ErrorKind::PerTryTimeout
+                } else {
+                    ErrorKind::UpstreamTimeout
                 };
+                return Try::Failed(ProxyError::new(kind, Side::Upstream, "upstream did not answer in time"));
             }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn relay_response(
-    worker: &Worker,
-    conn: &mut Downstream,
-    head: &RequestHead,
-    route: &Route,
-    cluster: &ringmesh_api::snapshot::Cluster,
-    state: &ClusterState,
-    mut upstream: UpstreamConn,
-    (rhead, rsrc, mut ubuf): (ResponseHead, Bytes, BytesMut),
-    request_complete: bool,
-    idle: Duration,
-) -> Outcome {
+/// Relays a response head and its body to the client, then pools the upstream connection
+/// when it can carry another request. `request_complete` is false when the answer came before
+/// the whole request body was sent (then neither connection can carry another request).
+async fn relay_response(ex: &mut Exchange<'_>, plan: &Plan<'_>, resp: Response, request_complete: bool) -> Outcome {
+    let (worker, head, route, cluster, state, idle) = (ex.worker, ex.head, ex.route, plan.cluster, plan.state, ex.idle);
+    let conn = &mut *ex.conn;
+    let Response {
+        mut upstream,
+        head: rhead,
+        src: rsrc,
+        buf: mut ubuf,
+    } = resp;
     let status = rhead.status();
     record_upstream_status(state, status);
     worker.stats.record_status(status);

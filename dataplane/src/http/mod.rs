@@ -1,9 +1,15 @@
 //! HTTP protocol handling on the worker: the HTTP/1.1 codec (`h1`), body streaming (`body`),
-//! the per-connection loop (`proxy`) and upstream forwarding with retries (`forward`).
+//! the per-connection loop (`proxy`) over a client connection (`downstream`) and the request
+//! as routing sees it (`route_view`), and upstream forwarding (`forward`) with the request body
+//! kept for every try (`request_body`) and retries (`retry`).
 //! Nothing here locks or blocks; bodies stream through owned buffers.
 
 pub mod body;
+pub(crate) mod downstream;
 pub(crate) mod forward;
 pub mod h1;
 pub mod proxy;
+pub(crate) mod request_body;
+pub(crate) mod retry;
+pub(crate) mod route_view;
 pub(crate) mod send;

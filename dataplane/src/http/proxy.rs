@@ -13,13 +13,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
-use ringmesh_api::snapshot::{Redirect, RequestHead as RouteRequest, RouteAction};
+use ringmesh_api::snapshot::{Redirect, RouteAction};
 
-use super::body::{self, BodyError};
-use super::forward::{self, Outcome};
-use super::h1::{self as encode, BodyFraming, H1Error, HeadLimits, RequestHead, RequestParser};
+use super::downstream::{finish_request_body, Downstream};
+use super::forward::{self, Exchange, Outcome};
+use super::h1::{HeadLimits, RequestHead};
+use super::request_body::ClientBody;
+use super::route_view::RouteView;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::telemetry::stats::{dec, inc};
 use crate::worker::Worker;
@@ -30,52 +31,6 @@ const INITIAL_BUFFER: usize = 4 * 1024;
 
 /// Buffers larger than this are replaced by small ones between requests.
 const SHRINK_ABOVE: usize = 32 * 1024;
-
-/// Largest request body read and thrown away when a request is answered locally; larger
-/// bodies make the proxy close the connection instead.
-const MAX_DISCARD: u64 = 64 * 1024;
-
-/// A parsed request as routing sees it: borrowed views into the head bytes.
-pub(crate) struct RouteView<'a> {
-    pub(crate) src: &'a [u8],
-    pub(crate) head: &'a RequestHead,
-    pub(crate) method: &'a str,
-    pub(crate) path: &'a str,
-    pub(crate) query: Option<&'a str>,
-}
-
-impl<'a> RouteView<'a> {
-    fn new(src: &'a [u8], head: &'a RequestHead) -> Self {
-        let method = std::str::from_utf8(head.method().as_bytes(src)).unwrap_or("");
-        let pq = std::str::from_utf8(head.path_and_query(src)).unwrap_or("/");
-        let (path, query) = match pq.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (pq, None),
-        };
-        RouteView {
-            src,
-            head,
-            method,
-            path,
-            query,
-        }
-    }
-}
-
-impl RouteRequest for RouteView<'_> {
-    fn method(&self) -> &str {
-        self.method
-    }
-    fn path(&self) -> &str {
-        self.path
-    }
-    fn query(&self) -> Option<&str> {
-        self.query
-    }
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.head.header(self.src, name.as_bytes())
-    }
-}
 
 /// Serves one downstream connection until it closes, errs, idles out, or the worker drains.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
@@ -159,86 +114,6 @@ impl From<bool> for Next {
     }
 }
 
-/// One downstream connection's socket and buffers.
-pub(crate) struct Downstream {
-    pub(crate) stream: TcpStream,
-    pub(crate) peer: SocketAddr,
-    /// Bytes read from the client and not yet consumed.
-    pub(crate) buf: BytesMut,
-    /// Reused buffer for heads written to the client.
-    pub(crate) out: BytesMut,
-}
-
-impl Downstream {
-    /// Reads until a whole head is parsed. `Ok(None)`: the client closed or idled out before
-    /// sending a byte of a new request.
-    async fn read_head(
-        &mut self,
-        limits: HeadLimits,
-        idle: Duration,
-        header_timeout: Duration,
-    ) -> Result<Option<(RequestHead, Bytes)>, ProxyError> {
-        let mut parser = RequestParser::new(limits);
-        let mut deadline: Option<Instant> = None;
-        loop {
-            if !self.buf.is_empty() {
-                match parser.parse(&self.buf) {
-                    Ok(Some(head)) => {
-                        let bytes = self.buf.split_to(head.len()).freeze();
-                        return Ok(Some((head, bytes)));
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(h1_error(e)),
-                }
-                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
-            }
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => idle,
-            };
-            match body::read_more(&mut self.stream, &mut self.buf, wait).await {
-                Ok(0) => {
-                    return if self.buf.is_empty() {
-                        Ok(None)
-                    } else {
-                        Err(ProxyError::new(
-                            ErrorKind::BadRequest { status: 400 },
-                            Side::Downstream,
-                            "client closed mid-head",
-                        ))
-                    };
-                }
-                Ok(_) => {}
-                Err(BodyError::Idle) if deadline.is_some() => {
-                    return Err(ProxyError::new(
-                        ErrorKind::RequestHeaderTimeout,
-                        Side::Downstream,
-                        "request header timeout",
-                    ));
-                }
-                Err(_) => return Ok(None),
-            }
-        }
-    }
-
-    /// Writes a locally generated response. Errors are ignored: the client is gone.
-    pub(crate) async fn local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], close: bool) {
-        self.out.clear();
-        encode::write_simple_response(status, None, headers, body, close, &mut self.out);
-        let out = std::mem::take(&mut self.out);
-        let (_, out) = self.stream.write_all(out).await;
-        self.out = out;
-    }
-}
-
-fn h1_error(e: H1Error) -> ProxyError {
-    ProxyError::new(
-        ErrorKind::BadRequest { status: e.status() },
-        Side::Downstream,
-        e.reason(),
-    )
-}
-
 /// Routes and answers one request, and says what the connection does next.
 async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (RequestHead, Bytes), idle: Duration) -> Next {
     let view = worker.snapshot.get();
@@ -256,7 +131,9 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
     let Some(hit) = hit else {
         let e = ProxyError::new(ErrorKind::NoRoute, Side::Internal, "no virtual host or route matched");
         tracing::debug!(peer = %conn.peer, host, path = req.path, "404: no route");
-        return reply_error(worker, conn, &head, e, idle, false).await.into();
+        return reply_error(worker, conn, &head, e, idle, ClientBody::Unread)
+            .await
+            .into();
     };
     match &hit.route.action {
         RouteAction::Direct(d) => {
@@ -281,26 +158,22 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
             keep.into()
         }
         RouteAction::Forward(action) => {
-            let outcome = forward::forward(
+            let mut exchange = Exchange {
                 worker,
-                &view,
-                conn,
-                &head,
-                &src,
-                &req,
-                hit.route,
-                hit.matched,
+                view: &view,
+                conn: &mut *conn,
+                head: &head,
+                src: &src,
+                req: &req,
+                route: hit.route,
+                matched: hit.matched,
                 action,
                 idle,
-            )
-            .await;
+            };
+            let outcome = forward::forward(&mut exchange).await;
             match outcome {
                 Outcome::Done { keep_alive } => keep_alive.into(),
-                Outcome::Failed { error, body_consumed } => {
-                    reply_error(worker, conn, &head, error, idle, body_consumed)
-                        .await
-                        .into()
-                }
+                Outcome::Failed { error, body } => reply_error(worker, conn, &head, error, idle, body).await.into(),
                 Outcome::Aborted => Next::Close,
                 Outcome::Upgrade { upstream, buf } => Next::Upgrade { upstream, buf },
             }
@@ -316,7 +189,7 @@ async fn reply_error(
     head: &RequestHead,
     e: ProxyError,
     idle: Duration,
-    body_consumed: bool,
+    body: ClientBody,
 ) -> bool {
     worker.stats.record_local_reply(e.flag());
     worker.stats.record_status(e.status());
@@ -329,28 +202,15 @@ async fn reply_error(
     let keep = match e.kind {
         // After a framing error nothing on this connection can be trusted.
         ErrorKind::BadRequest { .. } => false,
-        _ if body_consumed => head.connection().keep_alive,
-        _ => finish_request_body(conn, head, idle).await,
+        _ => match body {
+            ClientBody::Consumed => head.connection().keep_alive,
+            // Part of the body is gone: what follows on the connection is not a request.
+            ClientBody::Cut => false,
+            ClientBody::Unread => finish_request_body(conn, head, idle).await,
+        },
     };
     conn.local_reply(e.status(), &[], e.body().as_bytes(), !keep).await;
     keep
-}
-
-/// After a local answer the request body (if unread) must be consumed to find the next
-/// request; small bodies are read and dropped, anything else closes the connection.
-pub(crate) async fn finish_request_body(conn: &mut Downstream, head: &RequestHead, idle: Duration) -> bool {
-    // A client waiting for `100 Continue` may or may not send its body after a final answer
-    // (RFC 9110 §10.1.1), so where its next request starts is unknown: close.
-    if !head.connection().keep_alive || head.awaits_continue() {
-        return false;
-    }
-    match head.framing() {
-        BodyFraming::None | BodyFraming::Length(0) => true,
-        BodyFraming::Length(n) if n > MAX_DISCARD => false,
-        framing => body::discard(framing, &mut conn.stream, &mut conn.buf, idle, MAX_DISCARD)
-            .await
-            .is_ok(),
-    }
 }
 
 /// Builds the `Location` of a redirect from the request and the route's replacements.

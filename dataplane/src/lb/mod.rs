@@ -4,6 +4,10 @@
 //! round-robin weights, in-flight counts), so picking never touches another core's memory and
 //! takes no lock. Consistent-hash tables (ring hash, Maglev) are built once by the compiler and
 //! shared read-only. Nothing here allocates on a pick.
+//!
+//! A retry passes the endpoints its request already tried ([`TriedEndpoints`]) and gets one it
+//! has not tried where one exists: Envoy's `previous_hosts` retry predicate, which Istio sets on
+//! every route, so a retry after a connect failure does not land on the dead endpoint again.
 
 use std::cell::Cell;
 use std::cell::RefCell;
@@ -105,12 +109,90 @@ pub fn source_ip_hash(ip: std::net::IpAddr) -> u64 {
     }
 }
 
+/// Endpoints one request has tried, remembered inline (no allocation). Past
+/// [`TriedEndpoints::CAPACITY`] distinct endpoints the oldest is forgotten, which only makes a
+/// later retry less choosy.
+#[derive(Debug, Default, Clone)]
+pub struct TriedEndpoints {
+    slots: [u32; TriedEndpoints::CAPACITY],
+    len: u8,
+    next: u8,
+}
+
+impl TriedEndpoints {
+    /// Endpoints remembered at most.
+    pub const CAPACITY: usize = 8;
+
+    /// Remembers that `endpoint` was tried.
+    pub fn insert(&mut self, endpoint: usize) {
+        if self.contains(endpoint) {
+            return;
+        }
+        let i = endpoint as u32;
+        if (self.len as usize) < Self::CAPACITY {
+            self.slots[self.len as usize] = i;
+            self.len += 1;
+        } else {
+            self.slots[self.next as usize] = i;
+            self.next = (self.next + 1) % Self::CAPACITY as u8;
+        }
+    }
+
+    /// Whether `endpoint` was tried.
+    pub fn contains(&self, endpoint: usize) -> bool {
+        self.slots[..self.len as usize].contains(&(endpoint as u32))
+    }
+
+    /// How many distinct endpoints are remembered.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether no endpoint was tried yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Times the balancer is asked again when it picks an endpoint already tried, before the next
+/// untried one in index order is taken (Istio sets Envoy's `host_selection_retry_max_attempts`
+/// to 5).
+const RESELECT_ATTEMPTS: u64 = 5;
+
 /// Picks an endpoint index for a request, or `None` when the cluster has no endpoint.
 ///
 /// `hash` is the request's consistent-hash key when the policy hashes and the request carries
 /// the property (header, cookie, source IP); without it a hashing policy falls back to random,
-/// as Envoy does.
-pub fn pick(cluster: &Cluster, state: &ClusterState, rng: &FastRng, hash: Option<u64>) -> Option<usize> {
+/// as Envoy does. An endpoint in `tried` is picked only when every endpoint was tried.
+pub fn pick(
+    cluster: &Cluster,
+    state: &ClusterState,
+    rng: &FastRng,
+    hash: Option<u64>,
+    tried: &TriedEndpoints,
+) -> Option<usize> {
+    let n = cluster.endpoints.len();
+    let first = pick_any(cluster, state, rng, hash)?;
+    if !tried.contains(first) || tried.len() >= n {
+        return Some(first);
+    }
+    // Ask the balancer again (a hashing policy with a perturbed key, so it lands elsewhere on
+    // its table), then fall back to the next untried endpoint after the first pick.
+    for k in 1..=RESELECT_ATTEMPTS {
+        let again = hash.map(|h| h ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        match pick_any(cluster, state, rng, again) {
+            Some(i) if !tried.contains(i) => return Some(i),
+            _ => {}
+        }
+    }
+    (1..n)
+        .map(|k| (first + k) % n)
+        .find(|&i| !tried.contains(i))
+        .or(Some(first))
+}
+
+/// One pick of the cluster's policy, ignoring what was tried.
+fn pick_any(cluster: &Cluster, state: &ClusterState, rng: &FastRng, hash: Option<u64>) -> Option<usize> {
     let n = cluster.endpoints.len();
     if n == 0 {
         return None;
@@ -260,7 +342,9 @@ mod tests {
     fn round_robin_cycles() {
         let (c, s) = cluster(&[1, 1, 1], LbPolicy::RoundRobin);
         let rng = FastRng::with_seed(1);
-        let picks: Vec<_> = (0..6).map(|_| pick(&c, &s, &rng, None).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| pick(&c, &s, &rng, None, &TriedEndpoints::default()).unwrap())
+            .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
 
@@ -268,7 +352,9 @@ mod tests {
     fn weighted_round_robin_is_smooth_and_exact() {
         let (c, s) = cluster(&[3, 1], LbPolicy::RoundRobin);
         let rng = FastRng::with_seed(1);
-        let picks: Vec<_> = (0..8).map(|_| pick(&c, &s, &rng, None).unwrap()).collect();
+        let picks: Vec<_> = (0..8)
+            .map(|_| pick(&c, &s, &rng, None, &TriedEndpoints::default()).unwrap())
+            .collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
         // Smooth: never three of endpoint 0 in a row across a cycle of 4.
         assert_eq!(&picks[..4], &[0, 0, 1, 0]);
@@ -278,7 +364,9 @@ mod tests {
     fn random_respects_weights() {
         let (c, s) = cluster(&[9, 1], LbPolicy::Random);
         let rng = FastRng::with_seed(7);
-        let zeros = (0..10_000).filter(|_| pick(&c, &s, &rng, None) == Some(0)).count();
+        let zeros = (0..10_000)
+            .filter(|_| pick(&c, &s, &rng, None, &TriedEndpoints::default()) == Some(0))
+            .count();
         assert!((8_800..9_200).contains(&zeros), "{zeros}");
     }
 
@@ -288,13 +376,80 @@ mod tests {
         s.endpoints[0].rq_active.set(10);
         let rng = FastRng::with_seed(3);
         for _ in 0..100 {
-            assert_eq!(pick(&c, &s, &rng, None), Some(1));
+            assert_eq!(pick(&c, &s, &rng, None, &TriedEndpoints::default()), Some(1));
         }
     }
 
     #[test]
     fn empty_cluster_has_no_pick() {
         let (c, s) = cluster(&[], LbPolicy::RoundRobin);
-        assert_eq!(pick(&c, &s, &FastRng::with_seed(1), None), None);
+        assert_eq!(
+            pick(&c, &s, &FastRng::with_seed(1), None, &TriedEndpoints::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_retry_avoids_endpoints_already_tried() {
+        let rng = FastRng::with_seed(5);
+        let policies = [LbPolicy::RoundRobin, LbPolicy::Random, LbPolicy::LeastRequest];
+        for lb in policies {
+            let (c, s) = cluster(&[1, 1, 1], lb);
+            let mut tried = TriedEndpoints::default();
+            tried.insert(0);
+            for _ in 0..200 {
+                let i = pick(&c, &s, &rng, None, &tried).unwrap();
+                assert_ne!(i, 0, "{:?}", c.lb);
+            }
+            tried.insert(2);
+            for _ in 0..50 {
+                assert_eq!(pick(&c, &s, &rng, None, &tried), Some(1), "{:?}", c.lb);
+            }
+            // Every endpoint tried: any is fine again.
+            tried.insert(1);
+            assert!(pick(&c, &s, &rng, None, &tried).is_some());
+        }
+    }
+
+    #[test]
+    fn a_retry_under_a_hash_policy_leaves_the_tried_endpoint() {
+        let endpoints: Vec<Endpoint> = (0..3)
+            .map(|i| Endpoint {
+                address: SocketAddr::from(([127, 0, 0, 1], 10000 + i as u16)),
+                weight: 1,
+                labels: Default::default(),
+            })
+            .collect();
+        let table = ringmesh_api::hash_table::RingHashTable::new(&endpoints, 1024);
+        let (mut c, _) = cluster(&[1, 1, 1], LbPolicy::RoundRobin);
+        c.endpoints = endpoints;
+        c.lb = LbPolicy::RingHash {
+            table,
+            hash_on: ringmesh_api::snapshot::HashOn::SourceIp,
+        };
+        let addrs: Vec<_> = c.endpoints.iter().map(|e| e.address).collect();
+        let s = ClusterState::new(&c, Rc::new(ClusterCounters::default()), &addrs);
+        let rng = FastRng::with_seed(9);
+        for key in 0..100u64 {
+            let owner = pick(&c, &s, &rng, Some(key), &TriedEndpoints::default()).unwrap();
+            assert_eq!(pick(&c, &s, &rng, Some(key), &TriedEndpoints::default()), Some(owner));
+            let mut tried = TriedEndpoints::default();
+            tried.insert(owner);
+            assert_ne!(pick(&c, &s, &rng, Some(key), &tried), Some(owner));
+        }
+    }
+
+    #[test]
+    fn tried_endpoints_forget_the_oldest_past_capacity() {
+        let mut t = TriedEndpoints::default();
+        for i in 0..TriedEndpoints::CAPACITY {
+            t.insert(i);
+            t.insert(i);
+        }
+        assert_eq!(t.len(), TriedEndpoints::CAPACITY);
+        t.insert(100);
+        assert!(t.contains(100));
+        assert!(!t.contains(0));
+        assert!(t.contains(1));
     }
 }

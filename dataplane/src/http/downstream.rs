@@ -1,0 +1,117 @@
+//! One downstream (client) connection: its socket and buffers, reading request heads, skipping
+//! request bodies that are answered locally, and writing local replies.
+//!
+//! Owned by the connection loop (`proxy`) and lent to `forward` for the length of one request.
+//! Reads land in the connection's `BytesMut`; a head is split off as `Bytes` without a copy.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use super::body::{self, BodyError};
+use super::h1::{self as encode, BodyFraming, H1Error, HeadLimits, RequestHead, RequestParser};
+use crate::error::{ErrorKind, ProxyError, Side};
+
+/// Largest request body read and thrown away when a request is answered locally; larger
+/// bodies make the proxy close the connection instead.
+const MAX_DISCARD: u64 = 64 * 1024;
+
+/// One downstream connection's socket and buffers.
+pub(crate) struct Downstream {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    /// Bytes read from the client and not yet consumed.
+    pub(crate) buf: BytesMut,
+    /// Reused buffer for heads written to the client.
+    pub(crate) out: BytesMut,
+}
+
+impl Downstream {
+    /// Reads until a whole head is parsed. `Ok(None)`: the client closed or idled out before
+    /// sending a byte of a new request.
+    pub(crate) async fn read_head(
+        &mut self,
+        limits: HeadLimits,
+        idle: Duration,
+        header_timeout: Duration,
+    ) -> Result<Option<(RequestHead, Bytes)>, ProxyError> {
+        let mut parser = RequestParser::new(limits);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                match parser.parse(&self.buf) {
+                    Ok(Some(head)) => {
+                        let bytes = self.buf.split_to(head.len()).freeze();
+                        return Ok(Some((head, bytes)));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(h1_error(e)),
+                }
+                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+            }
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => idle,
+            };
+            match body::read_more(&mut self.stream, &mut self.buf, wait).await {
+                Ok(0) => {
+                    return if self.buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(ProxyError::new(
+                            ErrorKind::BadRequest { status: 400 },
+                            Side::Downstream,
+                            "client closed mid-head",
+                        ))
+                    };
+                }
+                Ok(_) => {}
+                Err(BodyError::Idle) if deadline.is_some() => {
+                    return Err(ProxyError::new(
+                        ErrorKind::RequestHeaderTimeout,
+                        Side::Downstream,
+                        "request header timeout",
+                    ));
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Writes a locally generated response. Errors are ignored: the client is gone.
+    pub(crate) async fn local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], close: bool) {
+        self.out.clear();
+        encode::write_simple_response(status, None, headers, body, close, &mut self.out);
+        let out = std::mem::take(&mut self.out);
+        let (_, out) = self.stream.write_all(out).await;
+        self.out = out;
+    }
+}
+
+fn h1_error(e: H1Error) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::BadRequest { status: e.status() },
+        Side::Downstream,
+        e.reason(),
+    )
+}
+
+/// After a local answer the request body (if unread) must be consumed to find the next
+/// request; small bodies are read and dropped, anything else closes the connection.
+pub(crate) async fn finish_request_body(conn: &mut Downstream, head: &RequestHead, idle: Duration) -> bool {
+    // A client waiting for `100 Continue` may or may not send its body after a final answer
+    // (RFC 9110 §10.1.1), so where its next request starts is unknown: close.
+    if !head.connection().keep_alive || head.awaits_continue() {
+        return false;
+    }
+    match head.framing() {
+        BodyFraming::None | BodyFraming::Length(0) => true,
+        BodyFraming::Length(n) if n > MAX_DISCARD => false,
+        framing => body::discard(framing, &mut conn.stream, &mut conn.buf, idle, MAX_DISCARD)
+            .await
+            .is_ok(),
+    }
+}

@@ -1,0 +1,50 @@
+//! The parsed request as routing and forwarding read it: borrowed views into the head bytes.
+//!
+//! Built once per request by the connection loop (`proxy`) and read by route matching and by
+//! `forward` (rewrites, hash keys). Borrows only; never allocates.
+
+use ringmesh_api::snapshot::RequestHead as RouteRequest;
+
+use super::h1::RequestHead;
+
+/// A parsed request as routing sees it: borrowed views into the head bytes.
+pub(crate) struct RouteView<'a> {
+    pub(crate) src: &'a [u8],
+    pub(crate) head: &'a RequestHead,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+}
+
+impl<'a> RouteView<'a> {
+    pub(crate) fn new(src: &'a [u8], head: &'a RequestHead) -> Self {
+        let method = std::str::from_utf8(head.method().as_bytes(src)).unwrap_or("");
+        let pq = std::str::from_utf8(head.path_and_query(src)).unwrap_or("/");
+        let (path, query) = match pq.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (pq, None),
+        };
+        RouteView {
+            src,
+            head,
+            method,
+            path,
+            query,
+        }
+    }
+}
+
+impl RouteRequest for RouteView<'_> {
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn query(&self) -> Option<&str> {
+        self.query
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.header(self.src, name.as_bytes())
+    }
+}
