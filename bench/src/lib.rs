@@ -21,6 +21,7 @@ pub mod suite;
 pub mod topology;
 pub mod ui;
 pub mod wake_cost;
+pub mod wrk;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -89,6 +90,10 @@ pub struct BenchArgs {
     /// Response body size of the echo upstream, bytes.
     #[arg(long, default_value_t = 64)]
     pub body_size: usize,
+    /// Each run of the wrk rows (`wrk -t1 -c16` against an nginx upstream, through each proxy,
+    /// `--repeats` interleaved rounds), whole seconds; 0 skips them.
+    #[arg(long, default_value = "2s", value_parser = ringmesh_loadgen::parse_duration)]
+    pub wrk_duration: Duration,
     /// Never draw a progress bar (plain lines, as when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
@@ -128,6 +133,12 @@ impl BenchArgs {
         }
         if self.proxy_workers == 0 || self.proxy_workers > 256 {
             problems.push(format!("--proxy-workers must be 1..=256, got {}", self.proxy_workers));
+        }
+        if self.wrk_duration.subsec_nanos() != 0 {
+            problems.push(format!(
+                "--wrk-duration must be whole seconds (wrk's unit), got {:?}",
+                self.wrk_duration
+            ));
         }
         if self.idle_connections > 100_000 {
             problems.push("--idle-connections must be at most 100000".into());
@@ -499,6 +510,24 @@ where
     drop(topologies);
     drop(echo);
 
+    // The same comparison with tools no one here wrote, after the main rounds' servers stopped.
+    let wrk_section = (!cli.wrk_duration.is_zero() && !interrupted()).then(|| {
+        wrk::run(
+            &wrk::Settings {
+                duration: cli.wrk_duration,
+                rounds: cli.repeats,
+                out_dir: out_dir.join("wrk"),
+                proxy: env.proxy.clone(),
+                self_exe: env.self_exe.clone(),
+                nofile,
+                proxy_cpu: cli.cpu_for(1),
+                upstream_cpu: cli.cpu_for(2),
+            },
+            &interrupted,
+            &|l| eprintln!("{l}"),
+        )
+    });
+
     let plot_note = match write_plot(&summaries, &out_dir) {
         Ok(()) => None,
         Err(e) => {
@@ -507,7 +536,10 @@ where
         }
     };
 
-    let targets = report::judge(&summaries);
+    let mut targets = report::judge(&summaries);
+    if let Some(w) = &wrk_section {
+        targets.extend(wrk::judge(w));
+    }
     let mut machine = machine_info();
     if let Some(d) = summaries
         .iter()
@@ -550,6 +582,19 @@ where
             "idle connections".into(),
             format!("{} per proxy (RLIMIT_NOFILE {nofile})", cli.idle_connections),
         ),
+        (
+            "wrk rows".into(),
+            if cli.wrk_duration.is_zero() {
+                "not run (--wrk-duration 0)".into()
+            } else {
+                format!(
+                    "wrk -t1 -c{} for {:?} per run, {} interleaved rounds, nginx upstream (see its section)",
+                    wrk::CONNECTIONS,
+                    cli.wrk_duration,
+                    cli.repeats
+                )
+            },
+        ),
     ];
     if let Some(path) = &cli.suite {
         settings.push(("suite".into(), path.display().to_string()));
@@ -581,7 +626,10 @@ where
         machine,
         settings,
     };
-    let md = report::markdown(&info, &summaries, &targets);
+    let mut md = report::markdown(&info, &summaries, &targets);
+    if let Some(w) = &wrk_section {
+        md.push_str(&wrk::markdown(w));
+    }
     std::fs::write(out_dir.join("report.md"), &md)?;
     let json = serde_json::json!({
         "info": info,
@@ -589,6 +637,7 @@ where
         "completed_rounds": completed_rounds,
         "scenarios": summaries,
         "targets": targets,
+        "wrk": wrk_section,
     });
     std::fs::write(out_dir.join("report.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     println!("{md}");

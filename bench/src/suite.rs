@@ -63,6 +63,7 @@ pub struct Suite {
     cpus: Option<Option<CpuList>>,
     idle_connections: Option<usize>,
     body_size: Option<usize>,
+    wrk_duration: Option<DurationValue>,
 }
 
 /// Distinguishes `cpus: null` (explicitly unpinned) from an absent key.
@@ -101,6 +102,7 @@ impl Suite {
             && self.cpus.is_some()
             && self.idle_connections.is_some()
             && self.body_size.is_some()
+            && self.wrk_duration.is_some()
     }
 
     /// Writes the suite's values into `args`, except where `from_command_line(field)` says
@@ -137,6 +139,7 @@ impl Suite {
         set!(throughput_connections);
         set_duration!(throughput_duration, "throughput-duration");
         set_duration!(throughput_warmup, "throughput-warmup");
+        set_duration!(wrk_duration, "wrk-duration");
         set!(proxy_workers);
         set!(load_threads);
         set!(idle_connections);
@@ -192,6 +195,7 @@ mod tests {
         a.cpus = Some(vec![7]);
         a.idle_connections = 99;
         a.body_size = 99;
+        a.wrk_duration = Duration::from_secs(99);
         suite.apply(&mut a, |_| false).unwrap();
         assert_eq!(a, defaults());
     }

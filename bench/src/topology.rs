@@ -244,9 +244,11 @@ fn probe_through(entry: SocketAddr) -> impl FnMut() -> bool {
     move || matches!(http_get_status(entry, HOST, "/"), Ok(200))
 }
 
-/// The ringmesh config: one outbound HTTP listener and a STATIC ServiceEntry for the echo.
+/// The ringmesh config: one outbound HTTP listener and a STATIC ServiceEntry for the echo;
+/// `io` forces a driver (`epoll`), `None` leaves the proxy's default (io_uring where allowed).
 pub fn ringmesh_config(
     workers: usize,
+    io: Option<&str>,
     admin: SocketAddr,
     health: SocketAddr,
     metrics: SocketAddr,
@@ -259,7 +261,7 @@ apiVersion: ringmesh.io/v1alpha1
 kind: ProxyConfig
 metadata: {{name: bench}}
 spec:
-  workers: {workers}
+  workers: {workers}{io_line}
   adminAddress: {admin}
   healthAddress: {health}
   metricsAddress: {metrics}
@@ -277,6 +279,7 @@ spec:
 "#,
         echo_ip = echo.ip(),
         echo_port = echo.port(),
+        io_line = io.map_or(String::new(), |io| format!("\n  io: {io}")),
     )
 }
 
@@ -286,7 +289,12 @@ fn loopback(port: u16) -> SocketAddr {
 
 /// Starts one ringmesh-proxy (role `role`, config `<role>.yaml`) that forwards `HOST` to
 /// `upstream`, and waits until it is ready and a request through it gets a `200`.
-fn spawn_ringmesh(env: &Env, role: &str, upstream: SocketAddr) -> anyhow::Result<(Proc, SocketAddr, PathBuf)> {
+fn spawn_ringmesh(
+    env: &Env,
+    role: &str,
+    upstream: SocketAddr,
+    io: Option<&str>,
+) -> anyhow::Result<(Proc, SocketAddr, PathBuf)> {
     let admin = loopback(free_port()?);
     let health = loopback(free_port()?);
     let metrics = loopback(free_port()?);
@@ -294,7 +302,7 @@ fn spawn_ringmesh(env: &Env, role: &str, upstream: SocketAddr) -> anyhow::Result
     let path = env.out_dir.join(format!("{role}.yaml"));
     std::fs::write(
         &path,
-        ringmesh_config(env.proxy_workers, admin, health, metrics, entry, upstream),
+        ringmesh_config(env.proxy_workers, io, admin, health, metrics, entry, upstream),
     )
     .with_context(|| format!("writing {}", path.display()))?;
     let (exe, args) = env.proxy.command(&path);
@@ -311,7 +319,22 @@ fn spawn_ringmesh(env: &Env, role: &str, upstream: SocketAddr) -> anyhow::Result
 }
 
 fn start_ringmesh(env: &Env) -> anyhow::Result<Topology> {
-    let (proc, entry, path) = spawn_ringmesh(env, "ringmesh", env.echo_addr)?;
+    let (proc, entry, path) = spawn_ringmesh(env, "ringmesh", env.echo_addr, None)?;
+    let io_driver = parse_io_driver(&proc.stderr_text());
+    Ok(Topology {
+        kind: Kind::Ringmesh,
+        entry,
+        proxies: vec![proc],
+        io_driver,
+        config_paths: vec![path],
+        version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
+    })
+}
+
+/// One ringmesh-proxy forced onto epoll (`io: epoll`, config `ringmesh-epoll.yaml`): what a
+/// container whose seccomp profile refuses io_uring runs.
+pub fn start_ringmesh_epoll(env: &Env) -> anyhow::Result<Topology> {
+    let (proc, entry, path) = spawn_ringmesh(env, "ringmesh-epoll", env.echo_addr, Some("epoll"))?;
     let io_driver = parse_io_driver(&proc.stderr_text());
     Ok(Topology {
         kind: Kind::Ringmesh,
@@ -327,8 +350,8 @@ fn start_ringmesh(env: &Env) -> anyhow::Result<Topology> {
 /// the echo), then the client side with the server side's listener as the endpoint of the
 /// same `HOST`, so the request crosses two full proxies exactly as between two sidecars.
 fn start_mesh(env: &Env) -> anyhow::Result<Topology> {
-    let (server, server_entry, server_path) = spawn_ringmesh(env, "mesh-server", env.echo_addr)?;
-    let (client, entry, client_path) = spawn_ringmesh(env, "mesh-client", server_entry)?;
+    let (server, server_entry, server_path) = spawn_ringmesh(env, "mesh-server", env.echo_addr, None)?;
+    let (client, entry, client_path) = spawn_ringmesh(env, "mesh-client", server_entry, None)?;
     let io_driver = parse_io_driver(&client.stderr_text());
     Ok(Topology {
         kind: Kind::Mesh,
@@ -549,8 +572,11 @@ mod tests {
     #[test]
     fn ringmesh_config_points_at_the_echo() {
         let a = |p| SocketAddr::from(([127, 0, 0, 1], p));
-        let c = ringmesh_config(2, a(1), a(2), a(3), a(4), a(18080));
+        let c = ringmesh_config(2, None, a(1), a(2), a(3), a(4), a(18080));
         assert!(c.contains("workers: 2"));
+        assert!(!c.contains("io:"));
+        let e = ringmesh_config(1, Some("epoll"), a(1), a(2), a(3), a(4), a(18080));
+        assert!(e.contains("workers: 1\n  io: epoll\n  adminAddress"), "{e}");
         assert!(c.contains("address: \"127.0.0.1:4\""));
         assert!(c.contains("endpoints: [{address: 127.0.0.1, ports: {http: 18080}}]"));
         assert!(!c.contains("15000") && !c.contains("15020") && !c.contains("15090"));

@@ -220,3 +220,69 @@ async fn worker_main(
 pub fn is_http(kind: &ListenerKind) -> bool {
     matches!(kind, ListenerKind::Http)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::task::Poll;
+
+    use monoio::io::AsyncReadRent;
+
+    /// Bytes waiting in `fd`'s receive queue.
+    fn queued(fd: std::os::fd::RawFd) -> libc::c_int {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD on a valid socket writes one int.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+        n
+    }
+
+    /// On epoll a read shorter than its buffer drained the socket, so the next read waits for
+    /// epoll's next edge instead of trying the socket first: the stale attempt used to fail
+    /// with `EAGAIN` twice per proxied request (request and response). `SO_RCVLOWAT` makes the
+    /// attempt visible: one byte below the mark is returned by `recv` but not reported by epoll,
+    /// so only a read that tries the socket without readiness gets it alone.
+    #[test]
+    fn epoll_read_after_a_drained_socket_waits_for_readiness() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().unwrap();
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut stream = monoio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            let fd = stream.as_raw_fd();
+
+            peer.write_all(b"a").unwrap();
+            let (r, _) = stream.read(Vec::with_capacity(16)).await;
+            assert_eq!(r.unwrap(), 1, "a short read: the socket is empty now");
+
+            let lowat: libc::c_int = 2;
+            // SAFETY: a valid socket and an int option of the right length.
+            let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, (&raw const lowat).cast(), 4) };
+            assert_eq!(rc, 0);
+            peer.write_all(b"b").unwrap();
+            // Loopback delivers within the write; the bound only guards a slow machine.
+            for _ in 0..10_000 {
+                if queued(fd) == 1 {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            assert_eq!(queued(fd), 1);
+
+            let mut read = std::pin::pin!(stream.read(Vec::with_capacity(16)));
+            let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx).map(|(r, b)| (r.ok(), b)))).await;
+            assert!(
+                first.is_pending(),
+                "the read tried the socket on stale readiness and got {:?}",
+                first.map(|(n, b)| (n, b))
+            );
+            peer.write_all(b"c").unwrap();
+            let (r, buf) = read.await;
+            let n = r.unwrap();
+            assert_eq!(&buf[..n], b"bc", "one read once epoll reported both bytes");
+        });
+    }
+}
