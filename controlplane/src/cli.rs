@@ -36,7 +36,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "RINGMESH_CONTROL_PLANE", default_value = DEFAULT_CONTROL_PLANE)]
     pub control_plane: String,
     /// Limit for connecting to the control plane and for each call.
-    #[arg(long, global = true, env = "RINGMESH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "RINGMESH_TIMEOUT", default_value = "10s", value_parser = ringmesh_api::duration::parse_duration)]
     pub timeout: Duration,
     /// What to do.
     #[command(subcommand)]

@@ -49,16 +49,16 @@ pub struct Cli {
     #[arg(long, env = "RINGMESH_MAX_HEADERS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_headers: Option<u16>,
     /// Time a client has to finish a request head (`limits.requestHeaderTimeout`, default 10s).
-    #[arg(long, env = "RINGMESH_REQUEST_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RINGMESH_REQUEST_HEADER_TIMEOUT", value_parser = ringmesh_api::duration::parse_duration)]
     pub request_header_timeout: Option<Duration>,
     /// Close a downstream connection idle this long (`limits.idleTimeout`, default 300s).
-    #[arg(long, env = "RINGMESH_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RINGMESH_IDLE_TIMEOUT", value_parser = ringmesh_api::duration::parse_duration)]
     pub idle_timeout: Option<Duration>,
     /// Time in-flight requests get to finish on shutdown (`limits.drainTimeout`, default 5s).
-    #[arg(long, env = "RINGMESH_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RINGMESH_DRAIN_TIMEOUT", value_parser = ringmesh_api::duration::parse_duration)]
     pub drain_timeout: Option<Duration>,
     /// How often to check the config files for changes, e.g. `1s`; `0s` disables (SIGHUP still reloads).
-    #[arg(long, env = "RINGMESH_WATCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RINGMESH_WATCH_INTERVAL", default_value = "1s", value_parser = ringmesh_api::duration::parse_duration)]
     pub watch_interval: Duration,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringmesh_proxy=debug`.
     #[arg(long, env = "RINGMESH_LOG", default_value = "info")]
@@ -190,5 +190,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--max-headers"), "{e}");
+    }
+
+    #[test]
+    fn durations_on_the_command_line_use_the_yaml_grammar() {
+        let cli = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--drain-timeout", "1.5s", "--idle-timeout", "1m30s"])
+            .unwrap();
+        let o = cli.overrides();
+        assert_eq!(o.drain_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(o.idle_timeout, Some(Duration::from_secs(90)));
+        let e = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--drain-timeout", "5"]).unwrap_err().to_string();
+        assert!(e.contains("no unit"), "{e}");
     }
 }

@@ -35,7 +35,8 @@ pub struct ProxyOptions {
 }
 
 impl ProxyOptions {
-    /// Options for one config file, watched every second, no signal handling.
+    /// Options for one config file, polled every 200 ms (tests see edits quickly), no signal
+    /// handling.
     pub fn from_file(path: impl Into<PathBuf>) -> Self {
         ProxyOptions {
             config: vec![path.into()],

@@ -1,46 +1,41 @@
 //! A per-core pseudo-random generator for load balancing, weighted splits, jitter and request ids.
 //!
-//! Hand-written (xorshift64*) because the request path needs a few random bits per request with
-//! no shared state and no syscall; nothing here is used for security.
+//! `fastrand`'s wyrand behind a `RefCell`: the request path needs a few random bits per request
+//! with no shared state and no syscall, and the balancers take the generator by shared reference
+//! (they are called while the worker's other state is borrowed). Nothing here is used for
+//! security.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 
-/// xorshift64* state. Not `Sync`: one per worker.
+/// One per worker; not `Sync`.
 #[derive(Debug)]
-pub struct FastRng(Cell<u64>);
+pub struct FastRng(RefCell<fastrand::Rng>);
 
 impl FastRng {
-    /// Seeds from the clock, the thread and an address so that workers diverge.
+    /// Seeds from fastrand's process entropy mixed with `salt`, so that workers diverge.
     pub fn from_entropy(salt: u64) -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9E37_79B9_7F4A_7C15);
-        let local = 0u8;
-        let addr = &local as *const u8 as u64;
-        Self::with_seed(t ^ salt.rotate_left(32) ^ addr)
+        Self::with_seed(fastrand::u64(..) ^ salt.rotate_left(32))
     }
 
     /// A generator with a fixed seed (tests).
     pub fn with_seed(seed: u64) -> Self {
-        FastRng(Cell::new(seed | 1))
+        FastRng(RefCell::new(fastrand::Rng::with_seed(seed)))
     }
 
     /// Next 64 random bits.
     #[inline]
     pub fn next_u64(&self) -> u64 {
-        let mut x = self.0.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.borrow_mut().u64(..)
     }
 
-    /// Uniform in `0..n` (n > 0), by multiply-shift (no modulo bias worth measuring at 32 bits).
+    /// Uniform in `0..n`, and 0 when `n` is 0 (an empty range is a caller's edge case, never a
+    /// reason to panic on the request path).
     #[inline]
     pub fn below(&self, n: u32) -> u32 {
-        (((self.next_u64() >> 32) * n as u64) >> 32) as u32
+        if n == 0 {
+            return 0;
+        }
+        self.0.borrow_mut().u32(..n)
     }
 }
 
@@ -60,5 +55,15 @@ mod tests {
         for c in counts {
             assert!((9_000..11_000).contains(&c), "{counts:?}");
         }
+        assert_eq!(r.below(0), 0);
+        assert_eq!(r.below(1), 0);
+    }
+
+    #[test]
+    fn seeded_generators_repeat_and_differ() {
+        let (a, b, c) = (FastRng::with_seed(7), FastRng::with_seed(7), FastRng::with_seed(8));
+        let xs: Vec<u64> = (0..4).map(|_| a.next_u64()).collect();
+        assert_eq!(xs, (0..4).map(|_| b.next_u64()).collect::<Vec<_>>());
+        assert_ne!(xs, (0..4).map(|_| c.next_u64()).collect::<Vec<_>>());
     }
 }

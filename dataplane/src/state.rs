@@ -2,8 +2,10 @@
 //!
 //! The control thread compiles a new [`Snapshot`] and calls [`SnapshotSource::store`]. Each
 //! worker keeps its own `Rc` of the current snapshot plus per-core state built for it
-//! ([`WorkerSnapshot`]) and checks one version number per request: a relaxed read of a cache
-//! line that is written only on reload, so it stays shared in every core's cache. In-flight
+//! ([`WorkerSnapshot`]) and checks one version number per request: an acquire load (a plain
+//! load on x86) of a cache line that is written only on reload, so it stays shared in every
+//! core's cache. Acquire pairs with the release store in [`SnapshotSource::store`]: a worker
+//! that sees the new version also sees the snapshot stored before it. In-flight
 //! requests hold the `Rc` they started with and finish on it.
 
 use std::cell::RefCell;

@@ -18,7 +18,9 @@ use crate::load::{LoadConfig, Protocol};
 use crate::sys;
 use crate::target::Target;
 
-/// Parses a duration such as `2ms`, `1.5s`, `500us` or a bare number of seconds.
+/// Parses a duration in the grammar every ringmesh duration uses (`2ms`, `1.5s`, `1h30m`:
+/// [`ringmesh_api::parse_duration`], the one YAML and every other command line speak), plus a
+/// bare number of seconds (`10`, `0.5`) as a shorthand for runs typed by hand.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
@@ -27,7 +29,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         return Err(format!("invalid duration {s:?}"));
     }
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    ringmesh_api::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// A parsed `--cpus` list. An alias, not `Vec<usize>` written out, because clap's derive
@@ -411,6 +413,9 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+        // The grammar YAML uses: fractions and compound units.
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_cpus("0,2-3"), Ok(vec![0, 2, 3]));
         assert!(parse_cpus("3-1").is_err());
     }

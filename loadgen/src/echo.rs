@@ -40,7 +40,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use crate::echo_h2::{self, H2Shared};
 use crate::http1::{self, BodyFraming, ChunkedDecoder};
-use crate::sys::{self, FastRng, PreciseTimer};
+use crate::sys::{self, PreciseTimer};
 use crate::tls::{self, ServerTlsOptions};
 
 /// What the echo server speaks.
@@ -328,7 +328,7 @@ impl Worker {
             config: self.config.clone(),
             h2: H2Shared::new(&body, &self.config.instance, acceptor),
             body,
-            rng: RefCell::new(FastRng::new(self.index as u64 + 1)),
+            rng: RefCell::new(fastrand::Rng::with_seed(fastrand::u64(..) ^ self.index as u64)),
             served: self.served.clone(),
             conns: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
@@ -382,7 +382,8 @@ impl Worker {
 pub(crate) struct WorkerShared {
     pub(crate) config: Arc<EchoConfig>,
     body: Vec<u8>,
-    rng: RefCell<FastRng>,
+    /// Jitter and error injection; one per thread, so no shared state is touched per request.
+    rng: RefCell<fastrand::Rng>,
     pub(crate) served: Arc<AtomicU64>,
     conns: RefCell<HashMap<u64, libc::c_int>>,
     next_id: Cell<u64>,
@@ -397,14 +398,14 @@ impl WorkerShared {
             return cfg.delay;
         }
         let j = cfg.delay_jitter.as_nanos() as f64;
-        let offset = (self.rng.borrow_mut().next_f64() * 2.0 - 1.0) * j;
+        let offset = (self.rng.borrow_mut().f64() * 2.0 - 1.0) * j;
         let d = cfg.delay.as_nanos() as f64 + offset;
         Duration::from_nanos(d.max(0.0) as u64)
     }
 
     /// Whether this response is one of the configured error fraction.
     pub(crate) fn roll_error(&self) -> bool {
-        self.config.error_rate > 0.0 && self.rng.borrow_mut().next_f64() < self.config.error_rate
+        self.config.error_rate > 0.0 && self.rng.borrow_mut().f64() < self.config.error_rate
     }
 }
 

@@ -186,37 +186,6 @@ impl PreciseTimer {
     }
 }
 
-/// A small, fast, non-cryptographic PRNG (xorshift64*) for jitter and error injection; each
-/// thread owns one, so no shared state is touched per request.
-#[derive(Debug, Clone)]
-pub(crate) struct FastRng(u64);
-
-impl FastRng {
-    /// Seeds from the clock and a per-thread salt; never zero.
-    pub(crate) fn new(salt: u64) -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9E37_79B9_7F4A_7C15);
-        Self((t ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
-    }
-
-    /// Next 64 random bits.
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [0, 1).
-    pub(crate) fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Binds one of a server's `SO_REUSEPORT` listening sockets on `addr`.
 ///
 /// `SO_REUSEPORT` lets each worker thread have its own socket on one port, but it also lets a

@@ -53,10 +53,10 @@ struct Args {
     listen: SocketAddr,
     /// How long a disconnected proxy's endpoints stay (with --etcd also the registry lease's
     /// TTL: how long the workloads of a replica that died stay; whole seconds, at least 1s).
-    #[arg(long, env = "RINGMESH_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RINGMESH_GRACE", default_value = "30s", value_parser = ringmesh_api::duration::parse_duration)]
     grace: Duration,
     /// How often to check the directory for changes.
-    #[arg(long, env = "RINGMESH_WATCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RINGMESH_WATCH_INTERVAL", default_value = "1s", value_parser = ringmesh_api::duration::parse_duration)]
     watch_interval: Duration,
     /// Log filter.
     #[arg(long, env = "RINGMESH_LOG", default_value = "info")]
