@@ -30,7 +30,7 @@ fn tiny_suite_writes_complete_reports() {
     std::fs::write(
         &suite,
         "scenarios: [direct, ringmesh, mesh]\nrepeats: 5\nrate: 300\nduration: 0.5s\nwarmup: 200ms\n\
-         throughput-duration: 0.3s\nthroughput-warmup: 0.1s\nidle-connections: 300\n",
+         throughput-duration: 0.3s\nthroughput-warmup: 0.1s\nidle-connections: 300\nwrk-duration: 1s\n",
     )
     .unwrap();
     let bad = out.join("bad.yaml");
@@ -94,7 +94,22 @@ fn tiny_suite_writes_complete_reports() {
     }
     // Two proxies' memory is summed: more than one proxy's.
     assert!(scenarios[2]["idle_rss_kib"].as_u64() > scenarios[1]["idle_rss_kib"].as_u64());
-    assert_eq!(json["targets"].as_array().unwrap().len(), 6);
+    // The wrk rows: tools no one here wrote, on both sides (wrk, nginx, haproxy are installed
+    // where the suite runs; `.ci/run` installs them).
+    let wrk = &json["wrk"];
+    assert!(wrk["skipped"].is_null(), "{wrk}");
+    let rows = wrk["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["row"].as_str().unwrap()).collect();
+    assert_eq!(names, ["direct", "ringmesh", "ringmesh-epoll", "haproxy", "nginx"]);
+    for r in rows {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["runs"].as_array().unwrap().len(), 2, "{r}");
+        assert!(r["rps"]["median"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+    }
+    assert!(md.contains("wrk -t1 -c16"), "{md}");
+    // Six judged on the suite's own tools, six on the wrk rows.
+    assert_eq!(json["targets"].as_array().unwrap().len(), 12);
     assert_eq!(json["interrupted"], false);
     for f in [
         "direct-r1.hgrm",
