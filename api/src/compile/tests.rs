@@ -1064,6 +1064,9 @@ fn base64() {
     assert_eq!(decode_base64("aGVsbG8=").as_deref(), Some(&b"hello"[..]));
     assert_eq!(decode_base64("aGk").as_deref(), Some(&b"hi"[..]));
     assert_eq!(decode_base64("a$"), None);
+    // URL-safe alphabet and whitespace from a YAML block scalar, as protobuf JSON accepts.
+    assert_eq!(decode_base64("-_8=").as_deref(), Some(&[0xfb, 0xff][..]));
+    assert_eq!(decode_base64("aGVs\n bG8=").as_deref(), Some(&b"hello"[..]));
 }
 
 #[test]

@@ -369,10 +369,7 @@ fn hash_key(cluster: &Cluster, req: &RouteView<'_>, conn: &Downstream) -> Option
             .header("cookie")
             .and_then(|c| cookie_value(c, name.as_bytes()))
             .map(hash_bytes),
-        HashOn::SourceIp => Some(match conn.peer.ip() {
-            std::net::IpAddr::V4(v4) => hash_bytes(&v4.octets()),
-            std::net::IpAddr::V6(v6) => hash_bytes(&v6.octets()),
-        }),
+        HashOn::SourceIp => Some(lb::source_ip_hash(conn.peer.ip())),
     }
 }
 
@@ -570,7 +567,9 @@ async fn read_response_head(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::info!(upstream = %upstream.addr, cluster = %plan.cluster.name, "invalid response head: {e}");
+                    ex.worker.stats.log_limit.log("invalid-response-head", || {
+                        tracing::info!(upstream = %upstream.addr, cluster = %plan.cluster.name, "invalid response head: {e}")
+                    });
                     return Try::Failed(ProxyError::new(ErrorKind::UpstreamProtocol, Side::Upstream, e.reason()));
                 }
             }
@@ -682,7 +681,9 @@ async fn relay_response(ex: &mut Exchange<'_>, plan: &Plan<'_>, resp: Response, 
     {
         Ok(_) => {}
         Err(e) => {
-            tracing::info!(cluster = %cluster.name, upstream = %upstream.addr, "response body aborted: {e}");
+            ex.worker.stats.log_limit.log("response-body-aborted", || {
+                tracing::info!(cluster = %cluster.name, upstream = %upstream.addr, "response body aborted: {e}")
+            });
             return Outcome::Aborted;
         }
     }
