@@ -343,11 +343,7 @@ mod tests {
                 let state = stat_fields(pid).ok().and_then(|f| f.first().cloned());
                 state.is_none() || state.as_deref() == Some("Z")
             };
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while !gone() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            assert!(gone(), "pid {pid} still running");
+            ringmesh_testkit::eventually(Duration::from_secs(2), &format!("pid {pid} to exit"), gone).unwrap();
         }
     }
 }

@@ -5,7 +5,9 @@
 //! figure was produced.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use ringmesh_testkit::eventually;
 
 /// The suite's output folder for one test, removed when the guard drops (panics included).
 fn out_dir(name: &str) -> tempfile::TempDir {
@@ -165,26 +167,21 @@ fn ctrl_c_still_writes_the_report_of_completed_rounds() {
     // disk. (`ringmesh-r1.hgrm` alone is not enough: it is written after the round's latency
     // run, while its throughput run is still to come, and an interrupt there leaves 0 rounds.)
     let second_round_began = out.join("direct-r2.hgrm");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !second_round_began.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(second_round_began.exists(), "the second round never began");
+    eventually(Duration::from_secs(60), "the second round to begin", || {
+        second_round_began.exists()
+    })
+    .unwrap();
     // SAFETY: kill(2) on the child we just spawned.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGINT);
     }
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "bench did not stop after Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut status = None;
+    eventually(Duration::from_secs(20), "the bench to stop after Ctrl-C", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    })
+    .unwrap();
+    let status = status.expect("exited");
     assert!(!status.success(), "an interrupted run exits non-zero");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();

@@ -141,6 +141,8 @@ struct State {
     /// `etcd.rs`), by node id; empty without `--etcd`.
     remote_workloads: BTreeMap<String, RemoteWorkload>,
     pushes: u64,
+    /// Streams whose end was handled (see `ControlPlane::streams_ended`).
+    streams_ended: u64,
     /// Streams registered so far (the last session id handed out).
     sessions: u64,
     views: Views,
@@ -295,6 +297,12 @@ impl ControlPlane {
         self.lock().pushes
     }
 
+    /// Streams whose end has been handled, a reconnected proxy's stale stream included: what a
+    /// test waits for before it checks that a late end changed nothing.
+    pub fn streams_ended(&self) -> u64 {
+        self.lock().streams_ended
+    }
+
     /// Every known proxy's status.
     pub fn proxy_status(&self) -> Vec<ProxyStatus> {
         self.lock().proxies.values().map(|p| p.status.clone()).collect()
@@ -320,11 +328,19 @@ impl ControlPlane {
 
     /// Drops disconnected proxies whose grace period ended; bumps the generation if any left.
     pub fn expire(&self) {
+        self.expire_at(Instant::now());
+    }
+
+    /// [`ControlPlane::expire`] as of `now`: a test passes a time past the grace period instead
+    /// of waiting it out.
+    pub fn expire_at(&self, now: Instant) {
         let mut st = self.lock();
         let grace = self.config.grace;
         let before = st.proxies.len();
-        st.proxies
-            .retain(|_, p| p.disconnected_at.is_none_or(|t| t.elapsed() < grace));
+        st.proxies.retain(|_, p| {
+            p.disconnected_at
+                .is_none_or(|t| now.saturating_duration_since(t) < grace)
+        });
         if st.proxies.len() != before {
             self.bump(&mut st);
         }
@@ -435,7 +451,13 @@ impl ControlPlane {
                 return v.clone();
             }
             let documents: Vec<_> = visible.iter().map(|&i| st.resources.documents[i].clone()).collect();
-            (slot, st.generation, documents, st.views.endpoints.clone(), st.warm_until.is_some())
+            (
+                slot,
+                st.generation,
+                documents,
+                st.views.endpoints.clone(),
+                st.warm_until.is_some(),
+            )
         };
         let check = self.check;
         slot.get_or_init(|| async move {
@@ -526,6 +548,7 @@ impl ControlPlane {
 
     fn disconnected(&self, node_id: &str, session: u64) {
         let mut st = self.lock();
+        st.streams_ended += 1;
         if let Some(p) = st.proxies.get_mut(node_id).filter(|p| p.session == session) {
             p.status.connected = false;
             p.disconnected_at = Some(Instant::now());
@@ -800,6 +823,9 @@ mod tests {
         assert!(GATE.set(gate).is_ok(), "one test uses the gate");
         let mut cp = ControlPlane::new(ResourceSet::default(), ServerConfig::default());
         cp.check = held_check;
+        // The first generation is the start time in microseconds (versions grow across
+        // restarts); nothing here moves it.
+        let generation = cp.generation();
         let first = tokio::spawn({
             let cp = cp.clone();
             async move { cp.snapshot_for("a").await }
@@ -823,10 +849,13 @@ mod tests {
         });
         let read = done.recv_timeout(Duration::from_secs(5));
         release.send(()).unwrap();
-        assert_eq!(read, Ok((1, 0)), "the state lock was held during the compile");
+        assert_eq!(read, Ok((generation, 0)), "the state lock was held during the compile");
         let (a, b) = (first.await.unwrap().unwrap(), second.await.unwrap().unwrap());
         assert!(Arc::ptr_eq(&a, &b), "both streams share one view");
-        assert_eq!(a.snapshot.version, 1, "compiled for the generation it was asked at");
+        assert_eq!(
+            a.snapshot.version, generation,
+            "compiled for the generation it was asked at"
+        );
         assert_eq!(GATE.get().unwrap().calls.load(Ordering::SeqCst), 1);
     }
 }

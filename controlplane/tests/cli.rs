@@ -9,16 +9,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ringmesh_api::proto::discovery_client::DiscoveryClient;
-use ringmesh_api::proto::{
-    proxy_message, Ack, ControlMessage, Hello, Nack, ProxyMessage, Snapshot, Workload, PROTOCOL_VERSION,
-};
+use common::{eventually, FakeProxy};
+use ringmesh_api::proto::{Workload, PROTOCOL_VERSION};
 use ringmesh_control::admin::AdminService;
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::DirStore;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::Streaming;
+use tokio_stream::wrappers::TcpListenerStream;
 
 const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
 const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route:\n    - destination: {host: reviews.test}\n      weight: 100\n";
@@ -98,87 +94,20 @@ impl Drop for Running {
     }
 }
 
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..250 {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
+/// How long a test waits for the control plane to show what a proxy sent.
+const WAIT: Duration = Duration::from_secs(5);
 
-struct FakeProxy {
-    tx: mpsc::Sender<ProxyMessage>,
-    rx: Streaming<ControlMessage>,
-    assembler: ringmesh_api::delta::Assembler,
-}
-
-impl FakeProxy {
-    async fn connect(addr: SocketAddr, node: &str) -> FakeProxy {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = DiscoveryClient::new(channel);
-        let (tx, rx) = mpsc::channel(8);
-        let hello = ProxyMessage {
-            message: Some(proxy_message::Message::Hello(Hello {
-                node_id: node.into(),
-                workload: Some(Workload {
-                    name: "reviews".into(),
-                    namespace: "default".into(),
-                    addresses: vec!["127.0.0.1".into()],
-                    services: vec!["reviews.test".into()],
-                    ports: [("http".to_string(), 9080u32)].into_iter().collect(),
-                    ..Default::default()
-                }),
-                proxy_version: "fake-0.1".into(),
-                protocol_version: PROTOCOL_VERSION,
-                serving_version: 0,
-            })),
-        };
-        tx.send(hello).await.unwrap();
-        let rx = client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
-        FakeProxy {
-            tx,
-            rx,
-            assembler: ringmesh_api::delta::Assembler::new(),
-        }
-    }
-
-    async fn snapshot(&mut self) -> Snapshot {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(5), self.rx.message())
-                .await
-                .expect("no snapshot within 5s")
-                .unwrap()
-                .expect("stream open");
-            match self.assembler.feed(msg.clone()) {
-                Ok(Some(s)) => return s,
-                Ok(None) if msg.message.is_some() => {}
-                other => panic!("expected a snapshot, got {msg:?}: {other:?}"),
-            }
-        }
-    }
-
-    async fn ack(&self, s: &Snapshot) {
-        let m = proxy_message::Message::Ack(Ack {
-            version: s.version,
-            nonce: s.nonce.clone(),
-        });
-        self.tx.send(ProxyMessage { message: Some(m) }).await.unwrap();
-    }
-
-    async fn nack(&self, s: &Snapshot, error: &str) {
-        let m = proxy_message::Message::Nack(Nack {
-            version: s.version,
-            nonce: s.nonce.clone(),
-            error: error.into(),
-        });
-        self.tx.send(ProxyMessage { message: Some(m) }).await.unwrap();
-    }
+/// The proxy of a `reviews` workload, `node`, connected to `addr`.
+async fn connect(addr: SocketAddr, node: &str) -> FakeProxy {
+    let workload = Workload {
+        name: "reviews".into(),
+        namespace: "default".into(),
+        addresses: vec!["127.0.0.1".into()],
+        services: vec!["reviews.test".into()],
+        ports: [("http".to_string(), 9080u32)].into_iter().collect(),
+        ..Default::default()
+    };
+    FakeProxy::connect(addr, common::hello(node, workload, PROTOCOL_VERSION)).await
 }
 
 #[test]
@@ -395,20 +324,23 @@ fn proxy_status_and_get_show_acks_and_nacks() {
     assert_eq!(code, 0);
     assert!(err.contains("No proxies"), "{err}");
 
-    let mut proxy = cp.rt().block_on(FakeProxy::connect(cp.addr, "reviews-v1-1"));
+    let mut proxy = cp.rt().block_on(connect(cp.addr, "reviews-v1-1"));
     let s1 = cp.rt().block_on(proxy.snapshot());
     // Sent but not acknowledged: not synced.
-    assert!(eventually(|| cp.cli(&["proxy-status"]).1.contains("STALE")));
+    eventually(WAIT, "proxy-status to show STALE", || {
+        cp.cli(&["proxy-status"]).1.contains("STALE")
+    })
+    .unwrap();
     cp.rt().block_on(proxy.ack(&s1));
     let synced = |out: &str| {
         out.lines()
             .any(|l| l.starts_with("reviews-v1-1") && l.contains("reviews.default") && l.contains(" SYNCED "))
     };
-    assert!(
-        eventually(|| synced(&cp.cli(&["proxy-status"]).1)),
-        "{}",
-        cp.cli(&["proxy-status"]).1
-    );
+    if let Err(e) = eventually(WAIT, "proxy-status to show SYNCED", || {
+        synced(&cp.cli(&["proxy-status"]).1)
+    }) {
+        panic!("{e}: {}", cp.cli(&["proxy-status"]).1);
+    }
     let (_, out, _) = cp.cli(&["get", "se", "reviews", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"]["proxies"]["synced"], 1, "{out}");
@@ -428,11 +360,11 @@ fn proxy_status_and_get_show_acks_and_nacks() {
             && out.contains(&format!("reviews-v1-1 NACKed version {}:", s2.version))
             && out.contains("spec.http[0]: boom")
     };
-    assert!(
-        eventually(|| nacked(&cp.cli(&["proxy-status"]).1)),
-        "{}",
-        cp.cli(&["proxy-status"]).1
-    );
+    if let Err(e) = eventually(WAIT, "proxy-status to show the NACK", || {
+        nacked(&cp.cli(&["proxy-status"]).1)
+    }) {
+        panic!("{e}: {}", cp.cli(&["proxy-status"]).1);
+    }
     let (_, out, _) = cp.cli(&["proxy-status", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["proxies"][0]["state"], "NACKED");
@@ -467,7 +399,11 @@ fn proxy_status_and_get_show_acks_and_nacks() {
 
     // Acknowledging the fixed config clears the NACK.
     cp.rt().block_on(proxy.ack(&s2));
-    assert!(eventually(|| synced(&cp.cli(&["proxy-status"]).1)));
+    if let Err(e) = eventually(WAIT, "proxy-status to show SYNCED again", || {
+        synced(&cp.cli(&["proxy-status"]).1)
+    }) {
+        panic!("{e}: {}", cp.cli(&["proxy-status"]).1);
+    }
     let (_, out, _) = cp.cli(&["get", "vs", "reviews", "-o", "json"]);
     assert!(out.contains("\"synced\": 1") && !out.contains("boom"), "{out}");
 }
@@ -481,7 +417,7 @@ fn a_virtual_service_applied_before_its_service_entry_is_taken() {
     let tmp = common::temp_dir("cli", "vs-first");
     let dir = tmp.path();
     let cp = Running::start(dir);
-    let mut proxy = cp.rt().block_on(FakeProxy::connect(cp.addr, "reviews-v1-1"));
+    let mut proxy = cp.rt().block_on(connect(cp.addr, "reviews-v1-1"));
     let s0 = cp.rt().block_on(proxy.snapshot());
     cp.rt().block_on(proxy.ack(&s0));
 
@@ -565,14 +501,12 @@ fn a_busy_listen_port_is_an_error_naming_the_address() {
         .spawn()
         .unwrap();
     // It must exit by itself; bounded, and killed if it does not.
-    let status = (0..500).find_map(|_| {
-        let s = child.try_wait().unwrap();
-        if s.is_none() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        s
+    let mut status = None;
+    let exited = eventually(Duration::from_secs(10), "ringmesh-control to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
     });
-    if status.is_none() {
+    if exited.is_err() {
         let _ = child.kill();
     }
     let mut stderr = String::new();

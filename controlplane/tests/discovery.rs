@@ -4,20 +4,19 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::{eventually_async, FakeProxy};
 use prost::Message as _;
-use ringmesh_api::delta::Assembler;
-use ringmesh_api::proto::discovery_client::DiscoveryClient;
 use ringmesh_api::proto::{
-    control_message, proxy_message, Ack, ControlMessage, Health, Hello, Nack, ProxyMessage, Snapshot, SnapshotDelta,
-    Workload, MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
+    control_message, proxy_message, Ack, ProxyMessage, Snapshot, SnapshotDelta, Workload, MIN_SUPPORTED_VERSION,
+    PROTOCOL_VERSION,
 };
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::DirStore;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
+
+/// How long a test waits for the control plane to record what a proxy sent.
+const WAIT: Duration = Duration::from_secs(5);
 
 const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
 const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route: [{destination: {host: reviews.test}}]\n";
@@ -35,104 +34,24 @@ async fn start(dir: &std::path::Path, grace: Duration) -> (ControlPlane, SocketA
     (cp, addr)
 }
 
-struct Proxy {
-    tx: mpsc::Sender<ProxyMessage>,
-    rx: Streaming<ControlMessage>,
-    /// Rebuilds whole snapshots from deltas, as the proxy does.
-    assembler: Assembler,
-}
-
 fn hello(node: &str, services: &[&str], address: &str, version: &str, protocol: u32) -> ProxyMessage {
-    ProxyMessage {
-        message: Some(proxy_message::Message::Hello(Hello {
-            node_id: node.into(),
-            workload: Some(Workload {
-                name: "reviews".into(),
-                namespace: "default".into(),
-                service_account: "reviews".into(),
-                labels: [("version".to_string(), version.to_string())].into_iter().collect(),
-                addresses: vec![address.into()],
-                services: services.iter().map(|s| s.to_string()).collect(),
-                ports: [("http".to_string(), 9080u32)].into_iter().collect(),
-            }),
-            proxy_version: "test".into(),
-            protocol_version: protocol,
-            serving_version: 0,
-        })),
-    }
+    common::hello(
+        node,
+        Workload {
+            name: "reviews".into(),
+            namespace: "default".into(),
+            service_account: "reviews".into(),
+            labels: [("version".to_string(), version.to_string())].into_iter().collect(),
+            addresses: vec![address.into()],
+            services: services.iter().map(|s| s.to_string()).collect(),
+            ports: [("http".to_string(), 9080u32)].into_iter().collect(),
+        },
+        protocol,
+    )
 }
 
-async fn connect(addr: SocketAddr, first: ProxyMessage) -> Proxy {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = DiscoveryClient::new(channel);
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(first).await.unwrap();
-    let rx = client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    Proxy {
-        tx,
-        rx,
-        assembler: Assembler::new(),
-    }
-}
-
-impl Proxy {
-    async fn next(&mut self) -> Option<ControlMessage> {
-        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
-            .await
-            .expect("no message within 5s")
-            .ok()
-            .flatten()
-    }
-
-    /// The next snapshot that changes documents or endpoints: the push that only says the
-    /// registry's warm-up ended (`grace` after start, short in these tests) is acknowledged
-    /// and skipped.
-    async fn snapshot(&mut self) -> Snapshot {
-        loop {
-            let m = self.next().await.expect("stream open");
-            match self.assembler.feed(m.clone()) {
-                Ok(Some(s)) => {
-                    if only_ends_the_warm_up(&m) {
-                        self.ack(&s).await;
-                        continue;
-                    }
-                    return s;
-                }
-                Ok(None) if m.message.is_some() => {}
-                other => panic!("expected a snapshot, got {m:?}: {other:?}"),
-            }
-        }
-    }
-
-    /// The next snapshot if one comes within `wait`.
-    async fn snapshot_or_none(&mut self, wait: Duration) -> Option<Snapshot> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.message()).await {
-                Ok(Ok(Some(m))) => match self.assembler.feed(m.clone()) {
-                    Ok(Some(s)) if only_ends_the_warm_up(&m) => self.ack(&s).await,
-                    Ok(Some(s)) => return Some(s),
-                    Ok(None) => {}
-                    Err(e) => panic!("{e}"),
-                },
-                _ => return None,
-            }
-        }
-    }
-
-    async fn ack(&self, s: &Snapshot) {
-        let m = ProxyMessage {
-            message: Some(proxy_message::Message::Ack(Ack {
-                version: s.version,
-                nonce: s.nonce.clone(),
-            })),
-        };
-        self.tx.send(m).await.unwrap();
-    }
+async fn connect(addr: SocketAddr, first: ProxyMessage) -> FakeProxy {
+    FakeProxy::connect(addr, first).await
 }
 
 #[tokio::test]
@@ -161,13 +80,13 @@ async fn snapshots_acks_nacks_and_updates() {
         ("reviews.test", "127.0.0.1")
     );
     p1.ack(&s1).await;
-    assert!(
-        common::eventually(|| cp
-            .proxy_status()
+    eventually_async(WAIT, "p1 SYNCED", || {
+        cp.proxy_status()
             .iter()
-            .any(|p| p.node_id == "p1" && p.state(cp.generation()) == "SYNCED"))
-        .await
-    );
+            .any(|p| p.node_id == "p1" && p.state(cp.generation()) == "SYNCED")
+    })
+    .await
+    .unwrap();
 
     // A changed directory is pushed with a newer version.
     let mut store = DirStore::open(dir).unwrap();
@@ -183,21 +102,14 @@ async fn snapshots_acks_nacks_and_updates() {
     assert!(s2.documents[1].yaml.contains("name: reviews2"));
 
     // A NACK is recorded with its error and shown as NACKED, never as synced.
-    let nack = ProxyMessage {
-        message: Some(proxy_message::Message::Nack(Nack {
-            version: s2.version,
-            nonce: s2.nonce.clone(),
-            error: "boom: line 3".into(),
-        })),
-    };
-    p1.tx.send(nack).await.unwrap();
-    assert!(
-        common::eventually(|| cp
-            .proxy_status()
+    p1.nack(&s2, "boom: line 3").await;
+    eventually_async(WAIT, "p1 NACKED with its error", || {
+        cp.proxy_status()
             .iter()
-            .any(|p| p.nack.as_deref() == Some("boom: line 3") && p.state(cp.generation()) == "NACKED"))
-        .await
-    );
+            .any(|p| p.nack.as_deref() == Some("boom: line 3") && p.state(cp.generation()) == "NACKED")
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -234,32 +146,26 @@ async fn endpoints_follow_workloads() {
     );
 
     // Unready: withdrawn at once.
-    p2.tx
-        .send(ProxyMessage {
-            message: Some(proxy_message::Message::Health(Health { ready: false })),
-        })
-        .await
-        .unwrap();
+    p2.health(false).await;
     let s = p1.snapshot().await;
     assert_eq!(s.endpoints.len(), 1);
-    p2.tx
-        .send(ProxyMessage {
-            message: Some(proxy_message::Message::Health(Health { ready: true })),
-        })
-        .await
-        .unwrap();
+    p2.health(true).await;
     assert_eq!(p1.snapshot().await.endpoints.len(), 2);
 
     // Disconnected: kept for the grace period, then withdrawn.
     drop(p2);
-    assert!(common::eventually(|| cp.proxy_status().iter().any(|p| p.node_id == "p2" && !p.connected)).await);
+    eventually_async(WAIT, "p2's stream end handled", || {
+        cp.proxy_status().iter().any(|p| p.node_id == "p2" && !p.connected)
+    })
+    .await
+    .unwrap();
     cp.expire();
     assert!(
         cp.proxy_status().iter().any(|p| p.node_id == "p2"),
         "withdrawn before the grace period"
     );
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    cp.expire();
+    // Expired as of a time past the 300 ms grace period, rather than after waiting it out.
+    cp.expire_at(Instant::now() + Duration::from_millis(350));
     let s = p1.snapshot().await;
     assert_eq!(s.endpoints.len(), 1);
     assert_eq!(s.endpoints[0].address, "127.0.0.1");
@@ -343,22 +249,15 @@ async fn a_stream_must_start_with_hello() {
     let dir = tmp.path();
     std::fs::write(dir.join("mesh.yaml"), SE).unwrap();
     let (_cp, addr) = start(dir, Duration::from_secs(30)).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = DiscoveryClient::new(channel);
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(ProxyMessage {
+    let ack = ProxyMessage {
         message: Some(proxy_message::Message::Ack(Ack {
             version: 1,
             nonce: "x".into(),
         })),
-    })
-    .await
-    .unwrap();
-    let err = client.stream(ReceiverStream::new(rx)).await.unwrap_err();
+    };
+    let Err(err) = FakeProxy::try_connect(addr, ack).await else {
+        panic!("a stream opened by an ACK was accepted")
+    };
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("Hello"), "{}", err.message());
 }
@@ -433,8 +332,11 @@ async fn a_fast_reconnect_is_not_undone_by_the_old_stream_closing() {
     let s = new.snapshot().await;
     new.ack(&s).await;
     drop(old);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cp.expire();
+    eventually_async(WAIT, "the old stream's end handled", || cp.streams_ended() == 1)
+        .await
+        .unwrap();
+    // Expired as of a time past the 100 ms grace period, rather than after waiting it out.
+    cp.expire_at(Instant::now() + Duration::from_millis(300));
     let status = cp.proxy_status();
     let me = status
         .iter()
@@ -514,13 +416,4 @@ async fn the_previous_protocol_gets_whole_snapshots_the_current_one_deltas() {
     let whole = old.snapshot().await;
     assert_eq!(whole.version, s2.version);
     assert_eq!(whole.documents, s2.documents, "both protocols hold the same config");
-}
-
-/// Whether `m` is the delta that only says the registry is warm now.
-fn only_ends_the_warm_up(m: &ControlMessage) -> bool {
-    matches!(&m.message, Some(control_message::Message::SharedDelta(d))
-    if SnapshotDelta::decode(d.delta.clone()).is_ok_and(|d| {
-        !d.reset && d.documents.is_empty() && d.removed_documents.is_empty()
-            && d.endpoints.is_empty() && d.removed_endpoints.is_empty() && !d.registry_warming
-    }))
 }

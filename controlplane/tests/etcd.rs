@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,15 +12,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringmesh_api::proto::discovery_client::DiscoveryClient;
-use ringmesh_api::proto::{proxy_message, Hello, ProxyMessage, Workload, PROTOCOL_VERSION};
+use common::FakeProxy;
+use ringmesh_api::proto::{Workload, PROTOCOL_VERSION};
 use ringmesh_api::{compile, load_str, CompileInput};
 use ringmesh_control::admin::AdminService;
 use ringmesh_control::etcd::{run_registry, EtcdClient, EtcdStore};
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::{Outcome, ResourceKey};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 
 const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n";
 const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews.test]\n  http:\n  - route: [{destination: {host: reviews.test}}]\n";
@@ -203,44 +201,27 @@ async fn etcd_store_applies_checks_and_deletes_like_the_directory_store() {
     let cp = ControlPlane::new(Default::default(), ServerConfig::default());
     let follower = tokio::spawn(Arc::new(EtcdStore::open(client.clone(), "/t").await.unwrap().0).follow(cp.clone()));
     store.apply(&[("vs.yaml".into(), VS.into())], false).await.unwrap();
-    let mut served = 0;
-    for _ in 0..50 {
-        served = cp.resources().documents.len();
-        if served == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(e) = common::eventually_async(Duration::from_secs(5), "the follower to serve both documents", || {
+        cp.resources().documents.len() == 2
+    })
+    .await
+    {
+        panic!("{e}: {:?}", cp.resources().documents);
     }
-    assert_eq!(served, 2);
     follower.abort();
 }
 
-async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-fn hello(node: &str, services: Vec<String>, port: u32) -> ProxyMessage {
-    ProxyMessage {
-        message: Some(proxy_message::Message::Hello(Hello {
-            node_id: node.into(),
-            workload: Some(Workload {
-                name: node.into(),
-                namespace: "default".into(),
-                addresses: vec!["127.0.0.1".into()],
-                services,
-                ports: [("http".to_string(), port)].into_iter().collect(),
-                labels: BTreeMap::new().into_iter().collect(),
-                ..Default::default()
-            }),
-            proxy_version: "test".into(),
-            protocol_version: PROTOCOL_VERSION,
-            serving_version: 0,
-        })),
-    }
+/// The proxy of workload `node` serving `services` on `port`, connected to `addr`.
+async fn connect(addr: SocketAddr, node: &str, services: Vec<String>, port: u32) -> FakeProxy {
+    let workload = Workload {
+        name: node.into(),
+        namespace: "default".into(),
+        addresses: vec!["127.0.0.1".into()],
+        services,
+        ports: [("http".to_string(), port)].into_iter().collect(),
+        ..Default::default()
+    };
+    FakeProxy::connect(addr, common::hello(node, workload, PROTOCOL_VERSION)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,50 +257,27 @@ async fn workloads_on_one_replica_are_endpoints_on_the_other_until_the_lease_end
     let (addr_a, addr_b) = (common::serve_discovery(&a).await, common::serve_discovery(&b).await);
 
     // reviews on A; a client on B.
-    let (tx_a, rx_a) = mpsc::channel(4);
-    tx_a.send(hello("reviews-1", vec!["reviews.test".into()], 18081))
-        .await
-        .unwrap();
-    let mut on_a = DiscoveryClient::new(channel(addr_a).await);
-    let _inbound_a = on_a.stream(ReceiverStream::new(rx_a)).await.unwrap().into_inner();
-    let (tx_b, rx_b) = mpsc::channel(4);
-    tx_b.send(hello("client", vec![], 1)).await.unwrap();
-    let mut on_b = DiscoveryClient::new(channel(addr_b).await);
-    let mut inbound_b = on_b.stream(ReceiverStream::new(rx_b)).await.unwrap().into_inner();
+    let on_a = connect(addr_a, "reviews-1", vec!["reviews.test".into()], 18081).await;
+    let mut on_b = connect(addr_b, "client", vec![], 1).await;
     let has_reviews = |s: &ringmesh_api::proto::Snapshot| {
         s.endpoints
             .iter()
             .any(|e| e.host == "reviews.test" && e.ports.get("http") == Some(&18081))
     };
-    let mut assembler = ringmesh_api::delta::Assembler::new();
-    let seen = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Ok(Some(m)) = inbound_b.message().await {
-            if let Ok(Some(s)) = assembler.feed(m) {
-                if has_reviews(&s) {
-                    return true;
-                }
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(seen, Ok(true), "B's client never got A's workload as an endpoint");
+    assert!(
+        on_b.snapshot_where(Duration::from_secs(5), has_reviews).await.is_some(),
+        "B's client never got A's workload as an endpoint"
+    );
 
     // A dies (its registry stops renewing): after the lease TTL the endpoint is gone at B.
     registry_a.abort();
-    drop(tx_a);
-    let gone = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(m)) = inbound_b.message().await {
-            if let Ok(Some(s)) = assembler.feed(m) {
-                if !has_reviews(&s) {
-                    return true;
-                }
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(gone, Ok(true), "A's workload outlived its lease");
+    drop(on_a);
+    assert!(
+        on_b.snapshot_where(Duration::from_secs(10), |s| !has_reviews(s))
+            .await
+            .is_some(),
+        "A's workload outlived its lease"
+    );
 }
 
 #[tokio::test]
@@ -478,10 +436,7 @@ async fn a_lost_registry_lease_is_replaced_and_the_workloads_rewritten() {
         cp.clone(),
     ));
     let addr = common::serve_discovery(&cp).await;
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(hello("w1", vec!["w.test".into()], 18081)).await.unwrap();
-    let mut discovery = DiscoveryClient::new(channel(addr).await);
-    let _inbound = discovery.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let _w1 = connect(addr, "w1", vec!["w.test".into()], 18081).await;
 
     // The record's lease, once it is written under one other than `not`.
     let lease_other_than = |not: i64| {

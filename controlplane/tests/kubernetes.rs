@@ -92,6 +92,9 @@ fn vs(name: &str, rv: u32, host: &str) -> Value {
     )
 }
 
+/// How long a test waits for a watch event to be served.
+const WAIT: Duration = Duration::from_secs(5);
+
 fn sources(cp: &ControlPlane) -> Vec<String> {
     cp.resources().documents.iter().map(|d| d.source.clone()).collect()
 }
@@ -123,16 +126,13 @@ async fn istio_objects_are_listed_watched_and_a_bad_set_is_refused() {
         .expect("listed within 10 s")
         .expect("listed");
 
-    assert!(
-        common::eventually(|| sources(&cp)
-            == [
-                "kubernetes:serviceentry/default/reviews",
-                "kubernetes:virtualservice/default/reviews"
-            ])
-        .await,
-        "{:?}",
-        sources(&cp)
-    );
+    let listed = [
+        "kubernetes:serviceentry/default/reviews",
+        "kubernetes:virtualservice/default/reviews",
+    ];
+    if let Err(e) = common::eventually_async(WAIT, "both listed objects served", || sources(&cp) == listed).await {
+        panic!("{e}: {:?}", sources(&cp));
+    }
     let doc = &cp.resources().documents[1].yaml;
     assert!(
         doc.contains("kind: VirtualService") && doc.contains("reviews.test"),
@@ -151,27 +151,33 @@ async fn istio_objects_are_listed_watched_and_a_bad_set_is_refused() {
         2,
         json!({"hosts": ["canary.test"], "http": [{"route": [{"destination": {"host": "reviews.test"}}], "timeout": "soon"}]}),
     );
+    // Fixed right after, on the same watch: the control plane handles the two in order, so
+    // once the fixed set is served the refused one was handled, and it must not have been
+    // served in between (every set served moves the generation by one).
+    let generation = cp.generation();
     push("virtualservices", json!({"type": "ADDED", "object": bad}));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(sources(&cp).len(), 2, "a refused set must not be served");
-
-    // Fixed: served, with the watch still running.
     push(
         "virtualservices",
         json!({"type": "MODIFIED", "object": vs("canary", 3, "canary.test")}),
     );
+    if let Err(e) = common::eventually_async(WAIT, "the fixed set served", || sources(&cp).len() == 3).await {
+        panic!("{e}: {:?}", sources(&cp));
+    }
+    assert_eq!(
+        cp.generation(),
+        generation + 1,
+        "a refused set must not be served: only the fixed one moves the generation"
+    );
     assert!(
-        common::eventually(|| sources(&cp).len() == 3).await,
-        "{:?}",
-        sources(&cp)
+        cp.resources().documents.iter().all(|d| !d.yaml.contains("soon")),
+        "the refused document is not served: {:?}",
+        cp.resources().documents
     );
     push(
         "virtualservices",
         json!({"type": "DELETED", "object": vs("canary", 4, "canary.test")}),
     );
-    assert!(
-        common::eventually(|| sources(&cp).len() == 2).await,
-        "{:?}",
-        sources(&cp)
-    );
+    if let Err(e) = common::eventually_async(WAIT, "the deleted object withdrawn", || sources(&cp).len() == 2).await {
+        panic!("{e}: {:?}", sources(&cp));
+    }
 }

@@ -194,12 +194,22 @@ mod tests {
 
     #[test]
     fn durations_on_the_command_line_use_the_yaml_grammar() {
-        let cli = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--drain-timeout", "1.5s", "--idle-timeout", "1m30s"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "ringmesh-proxy",
+            "--config",
+            "x",
+            "--drain-timeout",
+            "1.5s",
+            "--idle-timeout",
+            "1m30s",
+        ])
+        .unwrap();
         let o = cli.overrides();
         assert_eq!(o.drain_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(o.idle_timeout, Some(Duration::from_secs(90)));
-        let e = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--drain-timeout", "5"]).unwrap_err().to_string();
+        let e = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--drain-timeout", "5"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no unit"), "{e}");
     }
 }

@@ -344,7 +344,10 @@ fn hex_digit(b: u8) -> Option<u8> {
 /// The reason phrase for a status code the echo server emits (the `http` crate's table); the
 /// phrase is informative only, so unknown codes get a generic one.
 pub fn reason_phrase(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Status")
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Status")
 }
 
 #[cfg(test)]

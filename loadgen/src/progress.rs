@@ -320,7 +320,11 @@ mod tests {
         assert!(c.is_stopped());
         c.note_stopped();
         let first = c.stopped_at().unwrap();
-        std::thread::sleep(Duration::from_millis(2));
+        // A later call must keep the first time: make sure the clock has moved past it.
+        ringmesh_testkit::eventually(Duration::from_secs(1), "the clock to move on", || {
+            Instant::now() > first
+        })
+        .unwrap();
         c.note_stopped();
         assert_eq!(c.stopped_at(), Some(first));
     }

@@ -1,7 +1,7 @@
 //! The interval log (`--hlog`) and stopping a run early, against a real echo on loopback:
 //! the log parses back with hdrhistogram's own reader and its intervals add up to the run;
 //! a stopped run ends promptly and reports what it measured up to the stop. Each run is
-//! bounded by the generator itself (≤ 3 s).
+//! bounded by the generator itself (≤ 3 s), or by the stop.
 
 mod common;
 
@@ -12,6 +12,7 @@ use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 use ringmesh_loadgen::{hlog, run_load, run_load_with, spawn_echo, EchoConfig, LoadConfig, RunControl};
+use ringmesh_testkit::eventually;
 
 fn config(addr: std::net::SocketAddr) -> LoadConfig {
     let mut c = LoadConfig::new(&format!("http://{addr}/")).unwrap();
@@ -76,16 +77,21 @@ fn a_stopped_run_ends_early_with_what_it_measured() {
     c.duration = Duration::from_secs(20);
     c.hlog_interval = Some(Duration::from_secs(1));
     let control = Arc::new(RunControl::ignoring_interrupt());
+    // Stopped once the run has sent its warm-up (200 ms at 600/s: 120 requests) and about 1 s
+    // of its window (600 more), as a user pressing Ctrl-C would.
     let stopper = {
         let control = control.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1200));
+            let sent = eventually(Duration::from_secs(10), "720 requests done", || {
+                control.counts().done >= 720
+            });
             control.stop();
+            sent
         })
     };
     let began = Instant::now();
     let r = run_load_with(c, control.clone()).unwrap();
-    stopper.join().unwrap();
+    stopper.join().unwrap().unwrap();
     assert!(began.elapsed() < Duration::from_secs(3), "took {:?}", began.elapsed());
     assert!(r.interrupted);
     // Stopped about 1 s into the window (after 200 ms of warmup).

@@ -80,6 +80,7 @@ impl StallingServer {
                                 st.1.filter(|&end| now < end)
                             };
                             if let Some(until) = hold_until {
+                                // The stall under test, not synchronization.
                                 std::thread::sleep(until.saturating_duration_since(Instant::now()));
                             }
                             if conn
@@ -305,6 +306,7 @@ fn silent_and_garbage_servers_count_as_timeout_and_malformed() {
         for c in silent.incoming().take(64).flatten() {
             held.push(c);
         }
+        // Holds the connections open and silent: the behaviour under test, not synchronization.
         std::thread::sleep(Duration::from_secs(5));
     });
     let mut c = config(silent_addr, "/");

@@ -187,17 +187,16 @@ fn a_second_echo_on_an_address_in_use_is_refused_unless_taking_over() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("a second ringmesh-echo on {addr} started instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut status = None;
+    let exited = ringmesh_testkit::eventually(Duration::from_secs(10), "the second ringmesh-echo to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if let Err(e) = exited {
+        let _ = child.kill();
+        panic!("{e}: a second ringmesh-echo on {addr} started instead of refusing");
+    }
+    let status = status.expect("exited");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success());

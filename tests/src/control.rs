@@ -2,13 +2,11 @@
 //! runtime, serving a temporary directory on an ephemeral (or given) loopback port.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ringmesh_control::server::{ControlPlane, ProxyStatus, ServerConfig};
 use ringmesh_control::store::DirStore;
-
-use crate::proxy::TempDir;
 
 /// A running control plane.
 #[derive(Debug)]
@@ -25,9 +23,9 @@ pub struct TestControlPlane {
 
 impl TestControlPlane {
     /// Serves `docs` (written as one file) on an ephemeral port.
-    pub fn start(dir: &TempDir, docs: &[String]) -> TestControlPlane {
-        std::fs::write(dir.0.join("mesh.yaml"), docs.join("\n---\n")).expect("write resources");
-        Self::serve(dir.0.clone(), "127.0.0.1:0".parse().expect("addr"))
+    pub fn start(dir: &Path, docs: &[String]) -> TestControlPlane {
+        std::fs::write(dir.join("mesh.yaml"), docs.join("\n---\n")).expect("write resources");
+        Self::serve(dir.to_path_buf(), "127.0.0.1:0".parse().expect("addr"))
     }
 
     /// Serves whatever `dir` holds on `addr` (to restart on the same port).

@@ -4,42 +4,18 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ringmesh_api::snapshot::IoMode;
 use ringmesh_proxy::{ProxyHandle, ProxyOptions};
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A fresh temporary folder, removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// Creates one under the system temp dir.
-    pub fn new() -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "ringmesh-test-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Default for TempDir {
-    fn default() -> Self {
-        TempDir::new()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh temporary folder, removed when the guard drops (a panicking test unwinds through
+/// the drop and cleans up too).
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ringmesh-test-")
+        .tempdir()
+        .expect("create temp dir")
 }
 
 /// YAML name of an I/O mode in `ProxyConfig`.
@@ -89,7 +65,7 @@ pub struct TestProxy {
     /// The config file.
     pub config: PathBuf,
     /// Keeps the folder alive.
-    pub dir: TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestProxy {
@@ -111,8 +87,8 @@ impl TestProxy {
                 .with_test_writer()
                 .try_init();
         }
-        let dir = TempDir::new();
-        let config = dir.0.join("proxy.yaml");
+        let dir = temp_dir();
+        let config = dir.path().join("proxy.yaml");
         std::fs::write(&config, docs.join("\n---\n"))?;
         let mut opts = ProxyOptions::from_file(&config);
         opts.watch_interval = Some(Duration::from_millis(100));
@@ -157,7 +133,7 @@ impl TestProxy {
     /// Rewrites the config file (the proxy polls it every 100 ms).
     pub fn rewrite(&self, docs: &[String]) {
         // Write then rename so the proxy never reads a half-written file.
-        let tmp = self.dir.0.join("proxy.yaml.tmp");
+        let tmp = self.dir.path().join("proxy.yaml.tmp");
         std::fs::write(&tmp, docs.join("\n---\n")).expect("write config");
         std::fs::rename(&tmp, &self.config).expect("rename config");
     }
@@ -174,16 +150,4 @@ impl Drop for TestProxy {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Polls `f` every 20 ms until it returns true or `within` passes.
-pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
 }

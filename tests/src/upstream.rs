@@ -441,13 +441,9 @@ fn write_reply(s: &mut TcpStream, name: &str, reply: Reply, buf: &mut Vec<u8>) -
             if !write_reply(s, name, *reply, buf) {
                 return false;
             }
-            // Bounded: a test that never says go still ends.
-            for _ in 0..10_000 {
-                if go.load(Ordering::SeqCst) {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(1));
-            }
+            // Bounded: a test that never says go still ends (after 10 s).
+            let _ =
+                ringmesh_testkit::eventually(Duration::from_secs(10), "the test's go", || go.load(Ordering::SeqCst));
             if end == End::Reset {
                 let _ = socket2::SockRef::from(&*s).set_linger(Some(Duration::ZERO));
             } else {

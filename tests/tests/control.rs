@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use ringmesh_testkit::eventually;
 use ringmesh_tests::client::{admin_get, Client};
-use ringmesh_tests::proxy::{eventually, proxy_config, service_entry, TestProxy};
+use ringmesh_tests::proxy::{proxy_config, service_entry, TestProxy};
 use ringmesh_tests::upstream::Upstream;
 use ringmesh_tests::{both_io, IoMode};
 
@@ -23,20 +24,20 @@ fn hot_reload_applies_and_bad_file_keeps_old(io: IoMode) {
         proxy_config(io, "", ""),
         service_entry("svc", "svc.test", 80, &[(b.addr, &[])]),
     ]);
-    assert!(
-        eventually(Duration::from_secs(5), || c.get("svc.test", "/").text() == "b"),
-        "reload not applied"
-    );
+    eventually(Duration::from_secs(5), "the reload to apply", || {
+        c.get("svc.test", "/").text() == "b"
+    })
+    .unwrap();
 
     // Bad change (typo in a field): refused, b keeps serving, the reason is visible.
     let bad = service_entry("svc", "svc.test", 80, &[(a.addr, &[])]).replace("hosts:", "hostz:");
     p.rewrite(&[proxy_config(io, "", ""), bad]);
-    assert!(
-        eventually(Duration::from_secs(5), || admin_get(p.admin(), "/config_dump")
-            .1
-            .contains("hostz")),
-        "reload error not reported in /config_dump"
-    );
+    eventually(
+        Duration::from_secs(5),
+        "the reload error reported in /config_dump",
+        || admin_get(p.admin(), "/config_dump").1.contains("hostz"),
+    )
+    .unwrap();
     for _ in 0..20 {
         assert_eq!(c.get("svc.test", "/").text(), "b");
     }

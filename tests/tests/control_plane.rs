@@ -4,13 +4,16 @@
 //! plane that refuses the proxy's protocol version.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ringmesh_api::proto::discovery_server::{Discovery, DiscoveryServer};
 use ringmesh_api::proto::{control_message, ControlMessage, ProxyMessage, Refusal, PROTOCOL_VERSION};
+use ringmesh_testkit::eventually;
 use ringmesh_tests::client::{admin_get, Client};
 use ringmesh_tests::control::{serve_on_thread, subscribe, TestControlPlane};
-use ringmesh_tests::proxy::{eventually, proxy_config, service_entry, TempDir, TestProxy};
+use ringmesh_tests::proxy::{proxy_config, service_entry, temp_dir, TestProxy};
 use ringmesh_tests::upstream::Upstream;
 use ringmesh_tests::IoMode;
 
@@ -33,12 +36,12 @@ struct Mesh {
     client: TestProxy,
     /// The control plane's resource directory: kept for the whole test, across a restart of the
     /// control plane on it, and removed when the mesh drops (last, after everything using it).
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
 fn mesh_up(io: IoMode, w1: u32, w2: u32) -> Mesh {
-    let dir = TempDir::new();
-    let cp = TestControlPlane::start(&dir, &mesh(w1, w2));
+    let dir = temp_dir();
+    let cp = TestControlPlane::start(dir.path(), &mesh(w1, w2));
     let (v1, v2) = (Upstream::named("v1"), Upstream::named("v2"));
     let sidecar = |name: &str, app: &Upstream, version: &str| {
         TestProxy::start(&[proxy_config(
@@ -80,12 +83,40 @@ fn spread(p: &TestProxy, n: usize) -> HashMap<String, usize> {
     m
 }
 
-/// Closed-loop load from `threads` keep-alive clients for `secs`: (requests, failures).
-fn load(p: &TestProxy, threads: usize, secs: u64) -> std::thread::JoinHandle<(usize, usize)> {
+/// Closed-loop load running in the background.
+struct Load {
+    /// Requests answered so far, by all clients.
+    answered: Arc<AtomicUsize>,
+    /// (requests, failures) once the load ends.
+    handle: std::thread::JoinHandle<(usize, usize)>,
+}
+
+impl Load {
+    /// Waits until `n` requests were answered: the load is flowing through the proxy.
+    fn flowing(&self, n: usize) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} requests answered under load"),
+            || self.answered.load(Ordering::SeqCst) >= n,
+        )
+        .unwrap();
+    }
+
+    /// Waits for the end of the load: (requests, failures).
+    fn join(self) -> (usize, usize) {
+        self.handle.join().unwrap()
+    }
+}
+
+/// Closed-loop load from `threads` keep-alive clients for `secs`.
+fn load(p: &TestProxy, threads: usize, secs: u64) -> Load {
     let addr = p.http();
-    std::thread::spawn(move || {
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    let handle = std::thread::spawn(move || {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
+                let count = count.clone();
                 std::thread::spawn(move || {
                     let until = std::time::Instant::now() + Duration::from_secs(secs);
                     let mut c = Client::connect(addr);
@@ -100,6 +131,7 @@ fn load(p: &TestProxy, threads: usize, secs: u64) -> std::thread::JoinHandle<(us
                             }
                         }
                         n += 1;
+                        count.fetch_add(1, Ordering::SeqCst);
                     }
                     (n, failed)
                 })
@@ -109,17 +141,17 @@ fn load(p: &TestProxy, threads: usize, secs: u64) -> std::thread::JoinHandle<(us
             .into_iter()
             .map(|w| w.join().unwrap_or((0, 1)))
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
-    })
+    });
+    Load { answered, handle }
 }
 
 fn canary_moves_under_load_without_failures(io: IoMode) {
     let m = mesh_up(io, 90, 10);
     // Endpoints come from the announced workloads; the split from the control plane.
-    assert!(eventually(Duration::from_secs(10), || spread(&m.client, 20)
-        .get("v1")
-        .copied()
-        .unwrap_or(0)
-        > 10));
+    eventually(Duration::from_secs(10), "v1 to answer most of 20 requests", || {
+        spread(&m.client, 20).get("v1").copied().unwrap_or(0) > 10
+    })
+    .unwrap();
     let got = spread(&m.client, 2000);
     let v2 = got.get("v2").copied().unwrap_or(0);
     assert!((120..=280).contains(&v2), "90/10 over 2000: {got:?}");
@@ -131,37 +163,39 @@ fn canary_moves_under_load_without_failures(io: IoMode) {
 
     // Move everything to v2 while 2,000 rps flow: no request fails.
     let running = load(&m.client, 4, 3);
-    std::thread::sleep(Duration::from_millis(1000));
+    running.flowing(200);
     m.cp.apply(&mesh(0, 100));
-    let (requests, failed) = running.join().unwrap();
+    let (requests, failed) = running.join();
     assert_eq!(failed, 0, "failed requests during the change");
     assert!(requests > 2000, "{requests}");
-    assert!(
-        eventually(Duration::from_secs(1), || spread(&m.client, 50).get("v2") == Some(&50)),
-        "traffic did not move within a second"
-    );
+    if let Err(e) = eventually(Duration::from_secs(1), "all of 50 requests on v2", || {
+        spread(&m.client, 50).get("v2") == Some(&50)
+    }) {
+        panic!("{e}: traffic did not move within a second");
+    }
     // Every proxy acknowledged the newest version.
     let g = m.cp.cp.generation();
-    assert!(
-        eventually(Duration::from_secs(5), || m
-            .cp
-            .status()
-            .iter()
-            .all(|p| p.state(m.cp.cp.generation()) == "SYNCED")),
-        "{:?} at {g}",
-        m.cp.status()
-    );
+    if let Err(e) = eventually(
+        Duration::from_secs(5),
+        "every proxy SYNCED on the newest version",
+        || m.cp.status().iter().all(|p| p.state(m.cp.cp.generation()) == "SYNCED"),
+    ) {
+        panic!("{e}: {:?} at {g}", m.cp.status());
+    }
 }
 
 fn control_plane_down_loses_nothing(io: IoMode) {
     let mut m = mesh_up(io, 0, 100);
-    assert!(eventually(Duration::from_secs(10), || spread(&m.client, 10).get("v2") == Some(&10)));
+    eventually(Duration::from_secs(10), "all of 10 requests on v2", || {
+        spread(&m.client, 10).get("v2") == Some(&10)
+    })
+    .unwrap();
     let running = load(&m.client, 4, 3);
-    std::thread::sleep(Duration::from_millis(500));
+    running.flowing(200);
     let addr = m.cp.addr;
     let dir = m.cp.dir.clone();
     m.cp.stop();
-    let (requests, failed) = running.join().unwrap();
+    let (requests, failed) = running.join();
     assert_eq!(failed, 0, "failed requests with the control plane down");
     assert!(requests > 1000, "{requests}");
     assert_eq!(
@@ -175,11 +209,14 @@ fn control_plane_down_loses_nothing(io: IoMode) {
     };
     let serving = status()["serving_version"].as_u64().unwrap_or(0);
     assert!(serving > 0, "{}", status());
-    assert!(
-        eventually(Duration::from_secs(5), || status()["state"] == "retrying"),
-        "the admin server does not show the lost control plane: {}",
-        status()
-    );
+    if let Err(e) = eventually(Duration::from_secs(5), "/control_plane to say retrying", || {
+        status()["state"] == "retrying"
+    }) {
+        panic!(
+            "{e}: the admin server does not show the lost control plane: {}",
+            status()
+        );
+    }
     assert!(
         status()["last_error"].as_str().is_some_and(|e| !e.is_empty()),
         "{}",
@@ -189,10 +226,11 @@ fn control_plane_down_loses_nothing(io: IoMode) {
     // Restart on the same port with a changed split: proxies reconnect and resync.
     std::fs::write(dir.join("mesh.yaml"), mesh(100, 0).join("\n---\n")).unwrap();
     m.cp = TestControlPlane::serve(dir, addr);
-    assert!(
-        eventually(Duration::from_secs(15), || spread(&m.client, 10).get("v1") == Some(&10)),
-        "proxies did not resync after the restart"
-    );
+    if let Err(e) = eventually(Duration::from_secs(15), "all of 10 requests on v1", || {
+        spread(&m.client, 10).get("v1") == Some(&10)
+    }) {
+        panic!("{e}: proxies did not resync after the restart");
+    }
     let now = status();
     assert_eq!(now["state"], "connected", "{now}");
     assert_eq!(now["last_error"], serde_json::Value::Null, "{now}");
@@ -200,8 +238,8 @@ fn control_plane_down_loses_nothing(io: IoMode) {
 }
 
 fn nack_keeps_last_good_config(io: IoMode) {
-    let dir = TempDir::new();
-    let cp = TestControlPlane::start(&dir, &mesh(100, 0));
+    let dir = temp_dir();
+    let cp = TestControlPlane::start(dir.path(), &mesh(100, 0));
     let v1 = Upstream::named("v1");
     let app = TestProxy::start(&[proxy_config(
         io,
@@ -215,35 +253,35 @@ fn nack_keeps_last_good_config(io: IoMode) {
         proxy_config(io, "", &subscribe(cp.addr, "client", &[], None, &[])),
         own.clone(),
     ]);
-    assert!(eventually(Duration::from_secs(10), || spread(&client, 5).get("v1") == Some(&5)));
+    eventually(Duration::from_secs(10), "all of 5 requests on v1", || {
+        spread(&client, 5).get("v1") == Some(&5)
+    })
+    .unwrap();
 
     let clash = own.replace("local-ratings", "ratings");
     let mut docs = mesh(100, 0);
     docs.push(clash);
     cp.apply(&docs);
-    assert!(
-        eventually(Duration::from_secs(5), || cp
-            .status()
-            .iter()
-            .any(|p| p.node_id == "client" && p.state(cp.cp.generation()) == "NACKED")),
-        "{:?}",
+    if let Err(e) = eventually(Duration::from_secs(5), "the client proxy NACKED", || {
         cp.status()
-    );
+            .iter()
+            .any(|p| p.node_id == "client" && p.state(cp.cp.generation()) == "NACKED")
+    }) {
+        panic!("{e}: {:?}", cp.status());
+    }
     let status = cp.status().into_iter().find(|p| p.node_id == "client").unwrap();
     assert!(
         status.nack.as_deref().unwrap_or("").contains("ratings.test"),
         "{status:?}"
     );
     // The app-side proxy has no clash and is in sync; the client keeps serving the last good config.
-    assert!(
-        eventually(Duration::from_secs(5), || cp
-            .status()
-            .iter()
-            .any(|p| p.node_id == "app" && p.state(cp.cp.generation()) == "SYNCED")),
-        "generation {}: {:?}",
-        cp.cp.generation(),
+    if let Err(e) = eventually(Duration::from_secs(5), "the app proxy SYNCED", || {
         cp.status()
-    );
+            .iter()
+            .any(|p| p.node_id == "app" && p.state(cp.cp.generation()) == "SYNCED")
+    }) {
+        panic!("{e}: generation {}: {:?}", cp.cp.generation(), cp.status());
+    }
     assert_eq!(spread(&client, 10).get("v1"), Some(&10));
     let (_, dump) = admin_get(client.admin(), "/config_dump");
     assert!(dump.contains("reviews.test"));
@@ -253,10 +291,9 @@ fn nack_keeps_last_good_config(io: IoMode) {
 /// An app whose readiness probe fails is withdrawn from the other proxies at once, and comes
 /// back when it passes again; no request fails on the way.
 fn unready_app_is_withdrawn(io: IoMode) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let dir = TempDir::new();
-    let cp = TestControlPlane::start(&dir, &[SE.to_string()]);
+    use std::sync::atomic::AtomicBool;
+    let dir = temp_dir();
+    let cp = TestControlPlane::start(dir.path(), &[SE.to_string()]);
     let v1 = Upstream::named("v1");
     let ready = Arc::new(AtomicBool::new(true));
     let flag = ready.clone();
@@ -280,26 +317,30 @@ fn unready_app_is_withdrawn(io: IoMode) {
     )]);
     let client = TestProxy::start(&[proxy_config(io, "", &subscribe(cp.addr, "client", &[], None, &[]))]);
     let both = |m: &HashMap<String, usize>| m.len() == 2 && m.contains_key("v1") && m.contains_key("v2");
-    assert!(
-        eventually(Duration::from_secs(10), || both(&spread(&client, 40))),
-        "{:?}",
-        spread(&client, 40)
-    );
+    if let Err(e) = eventually(Duration::from_secs(10), "40 requests spread over v1 and v2", || {
+        both(&spread(&client, 40))
+    }) {
+        panic!("{e}: {:?}", spread(&client, 40));
+    }
 
     ready.store(false, Ordering::SeqCst);
-    assert!(
-        eventually(Duration::from_secs(5), || spread(&client, 40).get("v1") == Some(&40)),
-        "unready v2 still served: {:?} {:?}",
-        spread(&client, 40),
-        cp.status()
-    );
+    if let Err(e) = eventually(Duration::from_secs(5), "all of 40 requests on v1", || {
+        spread(&client, 40).get("v1") == Some(&40)
+    }) {
+        panic!(
+            "{e}: unready v2 still served: {:?} {:?}",
+            spread(&client, 40),
+            cp.status()
+        );
+    }
     assert!(cp.status().iter().any(|p| p.node_id == "v2" && !p.ready));
 
     ready.store(true, Ordering::SeqCst);
-    assert!(
-        eventually(Duration::from_secs(5), || both(&spread(&client, 40))),
-        "v2 did not come back"
-    );
+    if let Err(e) = eventually(Duration::from_secs(5), "40 requests spread over v1 and v2", || {
+        both(&spread(&client, 40))
+    }) {
+        panic!("{e}: v2 did not come back");
+    }
 }
 
 /// A control plane that serves only protocol versions newer than this proxy's: it answers every
@@ -344,12 +385,14 @@ fn refused_proxy_keeps_serving_and_says_why(io: IoMode) {
     let own = service_entry("reviews", "reviews.test", 9080, &[(v1.addr, &[])]);
     let proxy = TestProxy::start(&[proxy_config(io, "", &subscribe(cp, "old-proxy", &[], None, &[])), own]);
     let mut last = serde_json::Value::Null;
-    let refused = eventually(Duration::from_secs(10), || {
+    let refused = eventually(Duration::from_secs(10), "/control_plane to say refused", || {
         let (code, body) = admin_get(proxy.admin(), "/control_plane");
         last = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(format!("{code} {body}")));
         last["state"] == "refused"
     });
-    assert!(refused, "admin /control_plane: {last}");
+    if let Err(e) = refused {
+        panic!("{e}: admin /control_plane: {last}");
+    }
     let error = last["last_error"].as_str().unwrap_or_default();
     let wanted = format!(
         "protocol version {PROTOCOL_VERSION} is not supported by this control plane (it speaks version {}",
@@ -373,8 +416,8 @@ fn refused_proxy_keeps_serving_and_says_why(io: IoMode) {
 /// (it could only answer 404 `no route`). Losing the control plane later does not make it
 /// unready: it keeps serving its last good config.
 fn ready_once_the_first_config_is_applied(io: IoMode) {
-    let dir = TempDir::new();
-    std::fs::write(dir.0.join("mesh.yaml"), mesh(100, 0).join("\n---\n")).unwrap();
+    let dir = temp_dir();
+    std::fs::write(dir.path().join("mesh.yaml"), mesh(100, 0).join("\n---\n")).unwrap();
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap();
@@ -405,34 +448,43 @@ fn ready_once_the_first_config_is_applied(io: IoMode) {
         body.starts_with("INITIALIZING: waiting for the first config from the control plane"),
         "{body}"
     );
-    assert!(
-        eventually(Duration::from_secs(10), || admin_get(client.health(), "/healthz/ready")
-            .1
-            .contains(&format!("at {addr} (last error: cannot reach the control plane"))),
-        "the reason does not name the control plane and the error: {}",
-        admin_get(client.health(), "/healthz/ready").1
-    );
+    if let Err(e) = eventually(
+        Duration::from_secs(10),
+        "/healthz/ready to name the unreachable control plane",
+        || {
+            admin_get(client.health(), "/healthz/ready")
+                .1
+                .contains(&format!("at {addr} (last error: cannot reach the control plane"))
+        },
+    ) {
+        panic!(
+            "{e}: the reason does not name the control plane and the error: {}",
+            admin_get(client.health(), "/healthz/ready").1
+        );
+    }
     assert_eq!(Client::connect(client.http()).get("reviews.test", "/").status, 404);
 
-    let mut cp = TestControlPlane::serve(dir.0.clone(), addr);
-    assert!(
-        eventually(Duration::from_secs(15), || admin_get(client.health(), "/healthz/ready")
-            == (200, "ready\n".into())),
-        "{:?}",
-        admin_get(client.health(), "/healthz/ready")
-    );
+    let mut cp = TestControlPlane::serve(dir.path().to_path_buf(), addr);
+    if let Err(e) = eventually(Duration::from_secs(15), "/healthz/ready to answer 200", || {
+        admin_get(client.health(), "/healthz/ready") == (200, "ready\n".into())
+    }) {
+        panic!("{e}: {:?}", admin_get(client.health(), "/healthz/ready"));
+    }
     assert_eq!(admin_get(client.admin(), "/ready"), (200, "LIVE\n".into()));
-    assert!(
-        eventually(Duration::from_secs(10), || spread(&client, 5).get("v1") == Some(&5)),
-        "{:?}",
-        spread(&client, 5)
-    );
+    if let Err(e) = eventually(Duration::from_secs(10), "all of 5 requests on v1", || {
+        spread(&client, 5).get("v1") == Some(&5)
+    }) {
+        panic!("{e}: {:?}", spread(&client, 5));
+    }
 
     cp.stop();
     let state = || {
         serde_json::from_str::<serde_json::Value>(&admin_get(client.admin(), "/control_plane").1).unwrap_or_default()
     };
-    assert!(eventually(Duration::from_secs(5), || state()["state"] == "retrying"));
+    eventually(Duration::from_secs(5), "/control_plane to say retrying", || {
+        state()["state"] == "retrying"
+    })
+    .unwrap();
     assert_eq!(admin_get(client.health(), "/healthz/ready"), (200, "ready\n".into()));
     assert_eq!(admin_get(client.admin(), "/ready"), (200, "LIVE\n".into()));
 }

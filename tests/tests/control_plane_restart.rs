@@ -14,8 +14,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ringmesh_testkit::eventually;
 use ringmesh_tests::client::Client;
 use ringmesh_tests::procs::{ExampleMesh, Store};
 
@@ -98,14 +99,10 @@ impl Traffic {
     /// Waits until `n` more requests were answered (or 60 s passed: then it says so).
     fn wait_for(&self, n: u64) -> Result<(), String> {
         let target = self.answered.load(Ordering::Relaxed) + n;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.answered.load(Ordering::Relaxed) < target {
-            if Instant::now() > deadline {
-                return Err(format!("traffic stalled: {n} requests not answered within 60 s"));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(())
+        eventually(Duration::from_secs(60), &format!("{n} more requests answered"), || {
+            self.answered.load(Ordering::Relaxed) >= target
+        })
+        .map_err(|e| format!("traffic stalled: {e}"))
     }
 
     fn failures(&self) -> (u64, Vec<String>) {
@@ -119,20 +116,6 @@ impl Traffic {
         }
         let (failed, examples) = self.failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
         (self.answered.load(Ordering::Relaxed), failed, examples)
-    }
-}
-
-/// Polls `f` every 20 ms for up to `within`.
-fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -157,9 +140,12 @@ fn restart(mesh: &mut ExampleMesh, traffic: &Traffic, first: &[&str], then: &[&s
     mesh.kill_control();
     mesh.start_control();
     let resynced = |mesh: &ExampleMesh, n: &str| {
-        until(Duration::from_secs(30), || mesh.proxy(n).config_version() > was(n))
-            .then_some(())
-            .ok_or_else(|| format!("{n} applied no config from the restarted control plane"))
+        eventually(
+            Duration::from_secs(30),
+            &format!("{n} to apply a config from the restarted control plane"),
+            || mesh.proxy(n).config_version() > was(n),
+        )
+        .map_err(|e| e.to_string())
     };
     for n in first {
         resynced(mesh, n)?;
@@ -175,11 +161,10 @@ fn restart(mesh: &mut ExampleMesh, traffic: &Traffic, first: &[&str], then: &[&s
     mesh.control_running()?;
     // The warm-up ends within the grace period: the client is told, keeps every endpoint
     // announced again, and traffic goes on.
-    if !until(Duration::from_secs(30), || client_warm(mesh)) {
-        return Err(format!(
-            "the client was not told the registry is warm: {}",
-            mesh.proxy("client").control_plane()
-        ));
+    if let Err(e) = eventually(Duration::from_secs(30), "the client told the registry is warm", || {
+        client_warm(mesh)
+    }) {
+        return Err(format!("{e}: {}", mesh.proxy("client").control_plane()));
     }
     traffic.wait_for(REQUESTS_PER_STEP)
 }
@@ -215,12 +200,16 @@ fn restarts_fail_no_request(store: Store) {
         }
         seen.len() == 2
     };
-    assert!(
-        until(Duration::from_secs(60), || client.ready_status() == 200 && both()),
-        "the example did not come up serving v1 and v2:\n{}",
-        mesh.logs()
-    );
-    assert!(until(Duration::from_secs(30), || client_warm(&mesh)), "{}", mesh.logs());
+    if let Err(e) = eventually(Duration::from_secs(60), "the client ready, serving v1 and v2", || {
+        client.ready_status() == 200 && both()
+    }) {
+        panic!("{e}: the example did not come up:\n{}", mesh.logs());
+    }
+    if let Err(e) = eventually(Duration::from_secs(30), "the client told the registry is warm", || {
+        client_warm(&mesh)
+    }) {
+        panic!("{e}:\n{}", mesh.logs());
+    }
     let traffic = Traffic::start(client.outbound, 2);
     let orders: [(&str, &[&str], &[&str]); 3] = [
         ("client first", &["client"], &["reviews-v1", "reviews-v2"]),

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use ringmesh_testkit::eventually;
 use ringmesh_tests::client::{admin_get, Client};
-use ringmesh_tests::proxy::{eventually, proxy_config, service_entry, TestProxy};
+use ringmesh_tests::proxy::{proxy_config, service_entry, TestProxy};
 use ringmesh_tests::upstream::{Reply, Upstream};
 use ringmesh_tests::{both_io, IoMode};
 
@@ -172,13 +173,13 @@ fn unrequested_101_is_502(io: IoMode) {
         2,
         "the upstream connection that switched protocols was reused"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || admin_get(p.metrics(), "/stats/prometheus")
+    if let Err(e) = eventually(Duration::from_secs(5), "two UPE local replies counted", || {
+        admin_get(p.metrics(), "/stats/prometheus")
             .1
-            .contains("ringmesh_local_replies_total{response_flags=\"UPE\"} 2\n")),
-        "{}",
-        admin_get(p.metrics(), "/stats/prometheus").1
-    );
+            .contains("ringmesh_local_replies_total{response_flags=\"UPE\"} 2\n")
+    }) {
+        panic!("{e}: {}", admin_get(p.metrics(), "/stats/prometheus").1);
+    }
     // A request that asks to upgrade still gets its tunnel.
     let mut c = Client::connect(p.http());
     c.send(b"GET /ws HTTP/1.1\r\nHost: echo.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringmesh_testkit::eventually;
 use ringmesh_tests::client::{admin_get, Client};
-use ringmesh_tests::proxy::{eventually, proxy_config, service_entry, TestProxy};
+use ringmesh_tests::proxy::{proxy_config, service_entry, TestProxy};
 use ringmesh_tests::upstream::{End, Recorded, Reply, Upstream};
 use ringmesh_tests::{both_io, IoMode};
 
@@ -54,10 +55,10 @@ fn upstream_dropping_idle(end: End, go: &Arc<AtomicBool>) -> Upstream {
 fn warm_then_drop(c: &mut Client, up: &Upstream, go: &AtomicBool) {
     assert_eq!(c.get("svc.test", "/warm").text(), "warm");
     go.store(true, Ordering::SeqCst);
-    assert!(
-        eventually(Duration::from_secs(5), || up.ended.load(Ordering::SeqCst) == 1),
-        "the upstream did not end the connection"
-    );
+    eventually(Duration::from_secs(5), "the upstream to end the connection", || {
+        up.ended.load(Ordering::SeqCst) == 1
+    })
+    .unwrap();
 }
 
 fn retry_on_a_dead_pooled_connection_resends_the_body(io: IoMode) {

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use ringmesh_testkit::eventually;
 use ringmesh_tests::client::{admin_get, Client};
-use ringmesh_tests::proxy::{eventually, proxy_config, service_entry, TestProxy};
+use ringmesh_tests::proxy::{proxy_config, service_entry, TestProxy};
 use ringmesh_tests::upstream::Upstream;
 use ringmesh_tests::{both_io, IoMode};
 
@@ -256,11 +257,12 @@ spec:
     );
     ratings_se = ratings_se.replace("  name: ratings\n", "  name: ratings\n  namespace: shop\n");
     p.rewrite(&[proxy_config(io, "", ""), other_se, vs.to_string(), ratings_se]);
-    assert!(
-        eventually(Duration::from_secs(5), || cl.get("ratings.shop", "/ratings/1").text()
-            == "ratings"),
-        "the route forwards once the ServiceEntry is there"
-    );
+    eventually(
+        Duration::from_secs(5),
+        "the route to forward once the ServiceEntry is there",
+        || cl.get("ratings.shop", "/ratings/1").text() == "ratings",
+    )
+    .unwrap();
 }
 
 both_io!(

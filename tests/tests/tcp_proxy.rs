@@ -5,6 +5,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ringmesh_testkit::eventually;
 use ringmesh_tests::proxy::{proxy_config, TestProxy};
 use ringmesh_tests::{both_io, IoMode};
 
@@ -65,6 +66,7 @@ fn idle_timeout_closes_pair(io: IoMode) {
     let up = l.local_addr().unwrap();
     let _hold = thread::spawn(move || {
         let conns: Vec<_> = l.incoming().take(1).collect();
+        // The silence under test (past the 300 ms idle timeout), not synchronization.
         thread::sleep(Duration::from_secs(5));
         drop(conns);
     });
@@ -144,16 +146,26 @@ fn idle_tunnels_hold_no_kernel_threads(io: IoMode) {
         expect_bytes(&mut c, msg.as_bytes());
         clients.push(c);
     }
-    // Every tunnel is open, has carried bytes and now waits on both sides.
-    thread::sleep(Duration::from_millis(100));
-    let io_workers = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.starts_with("iou-wrk"))
-        .count();
+    // Every tunnel is open, has carried bytes and now waits on both sides. A kernel worker
+    // blocked on an idle tunnel would appear shortly after the proxy re-arms its reads, so the
+    // count is watched for 100 ms: a window in which something must not happen, failing as soon
+    // as it does (not a wait for anything to be ready).
+    let io_workers = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.starts_with("iou-wrk"))
+            .count()
+    };
+    let blocked = eventually(
+        Duration::from_millis(100),
+        "an io_uring worker thread per idle tunnel",
+        || io_workers() >= TUNNELS,
+    );
     assert!(
-        io_workers < TUNNELS,
-        "{io_workers} io_uring worker threads for {TUNNELS} idle tunnels"
+        blocked.is_err(),
+        "{} io_uring worker threads for {TUNNELS} idle tunnels",
+        io_workers()
     );
     // And they still work after idling.
     for (i, c) in clients.iter_mut().enumerate() {

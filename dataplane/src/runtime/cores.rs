@@ -9,9 +9,9 @@ use std::path::Path;
 
 /// Cores the process may run on, from `sched_getaffinity`.
 pub fn affinity_cores() -> Vec<usize> {
-    // SAFETY: `cpu_set_t` is plain data; zeroed is a valid empty set, and the kernel writes at
-    // most `size_of::<cpu_set_t>()` bytes into it.
+    // SAFETY: `cpu_set_t` is plain data; zeroed is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most `size_of::<cpu_set_t>()` bytes into `set`, its size.
     let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Vec::new();

@@ -319,7 +319,10 @@ pub fn write_simple_response(
 /// Standard reason phrase for a status code (RFC 9110 §15, from the `http` crate's table),
 /// `""` when there is none.
 pub fn reason_phrase(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
 }
 
 /// A field name we may write: a non-empty token (RFC 9110 §5.1). For config validation.
