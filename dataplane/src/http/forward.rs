@@ -681,9 +681,10 @@ async fn relay_response(ex: &mut Exchange<'_>, plan: &Plan<'_>, resp: Response, 
     {
         Ok(_) => {}
         Err(e) => {
-            ex.worker.stats.log_limit.log("response-body-aborted", || {
-                tracing::info!(cluster = %cluster.name, upstream = %upstream.addr, "response body aborted: {e}")
-            });
+            ex.worker.stats.log_limit.log(
+                "response-body-aborted",
+                || tracing::info!(cluster = %cluster.name, upstream = %upstream.addr, "response body aborted: {e}"),
+            );
             return Outcome::Aborted;
         }
     }
