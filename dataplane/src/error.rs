@@ -53,8 +53,6 @@ pub enum ErrorKind {
     /// A per-try timeout expired before the route timeout (504; retried under `5xx`,
     /// `gateway-error` or status `504`, as Envoy does).
     PerTryTimeout,
-    /// Retries were refused by the retry budget after a retriable failure.
-    RetryBudgetExhausted,
     /// The client went away while the request was in flight.
     DownstreamClosed,
 }
@@ -159,7 +157,6 @@ impl ProxyError {
             ErrorKind::UpstreamReset => 503,
             ErrorKind::UpstreamProtocol => 502,
             ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => 504,
-            ErrorKind::RetryBudgetExhausted => 503,
             // Nobody is there to read it; 499 is what access logs show (nginx's convention).
             ErrorKind::DownstreamClosed => 499,
         }
@@ -178,7 +175,6 @@ impl ProxyError {
             ErrorKind::UpstreamReset => "UC",
             ErrorKind::UpstreamProtocol => "UPE",
             ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => "UT",
-            ErrorKind::RetryBudgetExhausted => "URX",
             ErrorKind::DownstreamClosed => "DC",
         }
     }
@@ -201,7 +197,6 @@ impl ProxyError {
             }
             ErrorKind::UpstreamProtocol => "upstream sent an invalid response\n",
             ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => "upstream request timeout\n",
-            ErrorKind::RetryBudgetExhausted => "upstream retry budget exhausted\n",
             ErrorKind::DownstreamClosed => "",
         }
     }
