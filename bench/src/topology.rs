@@ -491,18 +491,25 @@ http {{
     )
 }
 
-fn start_nginx(env: &Env) -> anyhow::Result<Topology> {
+/// Starts nginx as `name` with the config `config(prefix)` written to `<out_dir>/<name>.conf`,
+/// its prefix (temp files) under `prefix` and its error log at `error_log` (absolute: nginx
+/// resolves a relative `-e` against its prefix).
+pub(crate) fn spawn_nginx(
+    name: &str,
+    out_dir: &Path,
+    prefix: &Path,
+    error_log: &Path,
+    config: impl FnOnce(&Path) -> String,
+    cpu: Option<usize>,
+) -> anyhow::Result<Proc> {
     let Some(bin) = which("nginx") else {
         bail!("nginx is not on PATH");
     };
-    let entry = loopback(free_port()?);
-    let prefix = env.out_dir.join("nginx");
     std::fs::create_dir_all(prefix.join("tmp")).with_context(|| format!("creating {}", prefix.display()))?;
-    let path = env.out_dir.join("nginx.conf");
-    std::fs::write(&path, nginx_config(entry, env.echo_addr, &prefix, env.nofile))
-        .with_context(|| format!("writing {}", path.display()))?;
-    let mut proc = Proc::spawn(
-        "nginx",
+    let path = out_dir.join(format!("{name}.conf"));
+    std::fs::write(&path, config(prefix)).with_context(|| format!("writing {}", path.display()))?;
+    Proc::spawn(
+        name,
         &bin,
         &[
             "-c".into(),
@@ -510,9 +517,26 @@ fn start_nginx(env: &Env) -> anyhow::Result<Topology> {
             "-p".into(),
             prefix.display().to_string(),
             "-e".into(),
-            prefix.join("nginx-error.log").display().to_string(),
+            error_log.display().to_string(),
         ],
+        out_dir,
+        cpu,
+    )
+}
+
+fn start_nginx(env: &Env) -> anyhow::Result<Topology> {
+    let Some(bin) = which("nginx") else {
+        bail!("nginx is not on PATH");
+    };
+    let entry = loopback(free_port()?);
+    let prefix = env.out_dir.join("nginx");
+    let path = env.out_dir.join("nginx.conf");
+    let mut proc = spawn_nginx(
+        "nginx",
         &env.out_dir,
+        &prefix,
+        &prefix.join("nginx-error.log"),
+        |prefix| nginx_config(entry, env.echo_addr, prefix, env.nofile),
         env.proxy_cpu,
     )?;
     proc.wait_ready(

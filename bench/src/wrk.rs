@@ -464,23 +464,13 @@ http {{
 }
 
 fn start_upstream(settings: &Settings, addr: SocketAddr) -> anyhow::Result<Proc> {
-    let bin = topology::which("nginx").context("nginx is not on PATH")?;
     let prefix = settings.out_dir.join("upstream-nginx");
-    std::fs::create_dir_all(prefix.join("tmp")).with_context(|| format!("creating {}", prefix.display()))?;
-    let path = settings.out_dir.join("upstream-nginx.conf");
-    std::fs::write(&path, upstream_config(addr, &prefix)).with_context(|| format!("writing {}", path.display()))?;
-    let mut proc = Proc::spawn(
+    let mut proc = topology::spawn_nginx(
         "upstream-nginx",
-        &bin,
-        &[
-            "-c".into(),
-            path.display().to_string(),
-            "-p".into(),
-            prefix.display().to_string(),
-            "-e".into(),
-            prefix.join("error.log").display().to_string(),
-        ],
         &settings.out_dir,
+        &prefix,
+        &prefix.join("error.log"),
+        |prefix| upstream_config(addr, prefix),
         settings.upstream_cpu,
     )?;
     proc.wait_ready(&format!("GET http://{addr}/"), Duration::from_secs(10), || {
