@@ -645,6 +645,22 @@ where
     if was_interrupted || interrupted_idle {
         bail!("interrupted after {completed_rounds} complete round(s); the report covers those");
     }
+    // A scenario that failed (to start, or every request) must not read as a good run.
+    let failed: Vec<String> = summaries
+        .iter()
+        .filter(|s| s.status == Status::Failed)
+        .map(|s| s.scenario.to_string())
+        .chain(
+            wrk_section
+                .iter()
+                .flat_map(|w| &w.rows)
+                .filter(|r| r.status == Status::Failed)
+                .map(|r| format!("wrk row {}", r.row.name())),
+        )
+        .collect();
+    if !failed.is_empty() {
+        bail!("failed: {} (the report says why)", failed.join(", "));
+    }
     Ok(())
 }
 

@@ -242,3 +242,46 @@ fn nginx_runs_with_a_relative_out_folder() {
     assert_eq!(nginx["status"], "ok", "{nginx}\n{stderr}");
     assert!(out.join("nginx/nginx-error.log").exists());
 }
+
+#[test]
+fn a_scenario_that_fails_to_start_fails_the_run() {
+    // `/bin/false` as the proxy: the ringmesh scenario cannot start.
+    let tmp = out_dir("fails");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
+        .args([
+            "--scenarios",
+            "direct,ringmesh",
+            "--proxy-bin",
+            "/bin/false",
+            "--repeats",
+            "1",
+            "--rate",
+            "100",
+            "--duration",
+            "0.2s",
+            "--warmup",
+            "0.1s",
+            "--throughput-duration",
+            "0.1s",
+            "--throughput-warmup",
+            "0.05s",
+            "--idle-connections",
+            "0",
+            "--wrk-duration",
+            "0",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a failed scenario must fail the run: {stderr}"
+    );
+    assert!(stderr.contains("failed: ringmesh"), "{stderr}");
+    // The report is still written, and says why.
+    let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+    assert!(md.contains("failed to start"), "{md}");
+}
