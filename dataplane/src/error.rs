@@ -55,6 +55,9 @@ pub enum ErrorKind {
     PerTryTimeout,
     /// The client went away while the request was in flight.
     DownstreamClosed,
+    /// A connection-pool limit was reached (`http2MaxRequests`): refused at once (503,
+    /// Envoy's `UO`) rather than queued.
+    Overflow,
 }
 
 /// How far a request got before it failed: what decides whether another try is safe at all
@@ -159,6 +162,7 @@ impl ProxyError {
             ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => 504,
             // Nobody is there to read it; 499 is what access logs show (nginx's convention).
             ErrorKind::DownstreamClosed => 499,
+            ErrorKind::Overflow => 503,
         }
     }
 
@@ -176,6 +180,7 @@ impl ProxyError {
             ErrorKind::UpstreamProtocol => "UPE",
             ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => "UT",
             ErrorKind::DownstreamClosed => "DC",
+            ErrorKind::Overflow => "UO",
         }
     }
 
@@ -198,6 +203,9 @@ impl ProxyError {
             ErrorKind::UpstreamProtocol => "upstream sent an invalid response\n",
             ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => "upstream request timeout\n",
             ErrorKind::DownstreamClosed => "",
+            ErrorKind::Overflow => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow\n"
+            }
         }
     }
 }

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::pool::UpstreamPool;
+use crate::http::h2::client::H2Pool;
+use crate::http::h2::handoff::Peers;
 use crate::rng::FastRng;
 use crate::state::{SnapshotSource, SnapshotView};
-use crate::telemetry::stats::{ClusterTotals, EndpointTotals, StatsTotals, WorkerStats};
+use crate::telemetry::stats::{dec, inc, ClusterTotals, EndpointTotals, StatsTotals, WorkerStats};
 
 /// A request from the control thread to one worker.
 #[derive(Debug)]
@@ -34,6 +36,10 @@ pub struct Worker {
     pub stats: WorkerStats,
     /// This core's upstream connections.
     pub pool: UpstreamPool,
+    /// This core's HTTP/2 upstream connections.
+    pub(crate) h2pool: H2Pool,
+    /// The other workers, for serving HTTP/2 streams where there is room.
+    pub peers: Peers,
     /// This core's random numbers.
     pub rng: FastRng,
     /// Retries in flight on this core (retry budget).
@@ -44,16 +50,31 @@ pub struct Worker {
 
 impl Worker {
     /// A worker reading snapshots from `source`.
-    pub fn new(id: usize, source: Arc<SnapshotSource>) -> Rc<Self> {
+    pub fn new(id: usize, source: Arc<SnapshotSource>, peers: Peers) -> Rc<Self> {
         Rc::new(Worker {
             id,
             snapshot: SnapshotView::new(source),
             stats: WorkerStats::default(),
             pool: UpstreamPool::default(),
+            h2pool: H2Pool::default(),
+            peers,
             rng: FastRng::from_entropy(id as u64),
             retries_active: Cell::new(0),
             draining: Cell::new(false),
         })
+    }
+
+    /// A downstream request started on this worker.
+    pub(crate) fn request_started(&self) {
+        inc(&self.stats.downstream_rq_total);
+        inc(&self.stats.downstream_rq_active);
+        self.peers.publish(self.stats.downstream_rq_active.get() as u32);
+    }
+
+    /// A downstream request ended on this worker.
+    pub(crate) fn request_ended(&self) {
+        dec(&self.stats.downstream_rq_active);
+        self.peers.publish(self.stats.downstream_rq_active.get() as u32);
     }
 
     /// Whether the retry budget allows one more retry now (Envoy's `retry_budget`): retries in
@@ -139,6 +160,7 @@ impl Worker {
                 .max()
                 .unwrap_or(Duration::from_secs(60));
             self.pool.evict_older_than(max_idle);
+            self.h2pool.evict_idle(max_idle);
         }
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! Every end-to-end test starts what it needs itself — a scriptable upstream
 //! ([`upstream::Upstream`]), a real proxy in this process ([`proxy::TestProxy`], the same
-//! `ringmesh_proxy::start` the binary runs) and a raw HTTP/1.1 client ([`client::Client`]) —
+//! `ringmesh_proxy::start` the binary runs) and a raw HTTP/1.1 client ([`client::Client`]) or
+//! an HTTP/2 one ([`h2client::H2Client`], the `h2` crate on tokio) —
 //! on 127.0.0.1 with ports chosen by the kernel, so tests run in parallel and need nothing else.
 //! [`both_io!`] runs a test body once on io_uring and once on the epoll fallback.
 
 pub mod client;
 pub mod control;
+pub mod h2client;
 pub mod procs;
 pub mod proxy;
 pub mod upstream;

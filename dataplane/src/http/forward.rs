@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::net::tcp::TcpOwnedReadHalf;
 use ringmesh_api::snapshot::{Cluster, ClusterId, ForwardAction, HashOn, LbPolicy, Route, RouteMatch};
 
 use super::body::{self, BodyError};
@@ -71,13 +72,13 @@ pub(crate) enum Outcome {
 
 /// Counts a try as in flight on its cluster and endpoint for as long as it lives, so that
 /// least-request balancing sees it and `/clusters` shows it, whatever path the try ends on.
-struct InFlight<'a> {
+pub(crate) struct InFlight<'a> {
     state: &'a ClusterState,
     endpoint: usize,
 }
 
 impl<'a> InFlight<'a> {
-    fn start(state: &'a ClusterState, endpoint: usize) -> Self {
+    pub(crate) fn start(state: &'a ClusterState, endpoint: usize) -> Self {
         inc(&state.counters.rq_total);
         inc(&state.counters.rq_active);
         inc(&state.endpoints[endpoint].rq_total);
@@ -94,37 +95,47 @@ impl Drop for InFlight<'_> {
 }
 
 /// What forwarding derives once per request and every try reads.
-struct Plan<'a> {
-    cluster: &'a Cluster,
-    state: &'a ClusterState,
+pub(crate) struct Plan<'a> {
+    pub(crate) cluster: &'a Cluster,
+    pub(crate) state: &'a ClusterState,
     /// The request's consistent-hash key, under a hashing policy.
     hash: Option<u64>,
     /// The route deadline.
-    deadline: Option<Instant>,
+    pub(crate) deadline: Option<Instant>,
     /// The rewritten head, the same for every try.
     upstream_head: Bytes,
+    /// The rewritten path and query, if the route rewrites it.
+    pub(crate) rewritten: Option<String>,
+    /// The `x-request-id` the forwarded head carries when the client sent none.
+    pub(crate) request_id: [u8; 36],
+    /// The same request for an HTTP/2 upstream, built by the first try that needs it.
+    pub(crate) h2_head: std::cell::OnceCell<crate::http::h2::headers::Outgoing>,
 }
 
 /// A response head from an upstream, with the connection it came on.
-struct Response {
-    upstream: UpstreamConn,
-    head: ResponseHead,
-    src: Bytes,
+pub(crate) struct Response {
+    pub(crate) upstream: UpstreamConn,
+    pub(crate) head: ResponseHead,
+    pub(crate) src: Bytes,
     /// Bytes read after the head.
-    buf: BytesMut,
+    pub(crate) buf: BytesMut,
 }
 
 /// What one try produced.
 // Returned once per try and matched at once; boxing the large variant would cost an allocation
 // per request to save a few hundred bytes of stack.
 #[allow(clippy::large_enum_variant)]
-enum Try {
+pub(crate) enum Try {
     /// A response head arrived.
     Response(Response),
     /// The try failed before any response byte; the error says how far the request got.
     Failed(ProxyError),
     /// The client went away or sent a broken body while we streamed it.
     ClientFailed(ProxyError),
+    /// A response came over HTTP/2 and was relayed: forwarding ends with this outcome.
+    Relayed(Outcome),
+    /// An HTTP/2 response asked for a retry the policy and budget allow: retry number `.0`.
+    Retry(u32),
 }
 
 /// Forwards one routed request: the steps below, then tries until one answers or retries end.
@@ -158,7 +169,11 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
         let per_try_deadline = retries.per_try_deadline(Instant::now());
         let result = {
             let _in_flight = InFlight::start(plan.state, endpoint);
-            one_try(ex, &plan, &mut body, endpoint, per_try_deadline).await
+            if !ex.head.connection().upgrade && crate::http::h2::upstream_is_h2(plan.cluster, endpoint, false) {
+                crate::http::h2::from_h1::one_try(ex, &plan, &mut body, endpoint, per_try_deadline, &mut retries).await
+            } else {
+                one_try(ex, &plan, &mut body, endpoint, per_try_deadline).await
+            }
         };
         // A retry counts against the budget only while its try is in flight.
         _retry_slot = None;
@@ -174,9 +189,17 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
                 };
             }
             Try::Failed(error) => error,
+            Try::Relayed(outcome) => return outcome,
+            Try::Retry(attempt) => {
+                tracing::debug!(cluster = %plan.cluster.name, attempt, "retrying on status");
+                back_off(retries.backoff(attempt, &ex.worker.rng)).await;
+                _retry_slot = Some(RetrySlot::start(ex.worker));
+                continue;
+            }
             Try::Response(resp) => {
                 let status = resp.head.status();
-                if let Decision::AfterBackoff(attempt) = retries.after_status(status, &body, Instant::now()) {
+                if let Decision::AfterBackoff(attempt) = retries.after_status(status, body.replayable(), Instant::now())
+                {
                     if retry::admit(ex.worker) {
                         record_upstream_status(plan.state, status);
                         pool_refused(ex, &plan, resp).await;
@@ -190,7 +213,7 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
                 return relay_response(ex, &plan, resp, request_complete).await;
             }
         };
-        match retries.after_failure(&error, &body, Instant::now()) {
+        match retries.after_failure(&error, body.replayable(), Instant::now()) {
             Decision::Now => continue,
             Decision::AfterBackoff(attempt) if retry::admit(ex.worker) => {
                 tracing::debug!(cluster = %plan.cluster.name, attempt, "retrying after {}", error);
@@ -223,7 +246,7 @@ async fn host_not_found(ex: &mut Exchange<'_>, host: &str) -> Outcome {
 }
 
 /// Waits out a retry's back-off (no timer for a zero wait).
-async fn back_off(wait: Duration) {
+pub(crate) async fn back_off(wait: Duration) {
     if !wait.is_zero() {
         monoio::time::sleep(wait).await;
     }
@@ -271,19 +294,20 @@ fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> 
     let started = Instant::now();
     let cluster = view.snapshot.cluster(cluster_id);
     let state = &view.clusters[cluster_id.0 as usize];
-    let hash = hash_key(cluster, req, conn);
+    let hash = hash_key(cluster, req, conn.peer.ip());
     let deadline = action.timeout.map(|t| started + t);
 
     // The forwarded head is the same for every try: build it once.
+    let rewritten = action.path_rewrite.as_ref().map(|rw| {
+        let mut t = rw.rewrite(matched, req.path);
+        if let Some(q) = req.query {
+            t.push('?');
+            t.push_str(q);
+        }
+        t
+    });
+    let mut request_id = [0u8; 36];
     let upstream_head = {
-        let rewritten = action.path_rewrite.as_ref().map(|rw| {
-            let mut t = rw.rewrite(matched, req.path);
-            if let Some(q) = req.query {
-                t.push('?');
-                t.push_str(q);
-            }
-            t
-        });
         let mut removes: Vec<String>;
         let remove: &[String] = if expect {
             removes = route.request_headers.remove.clone();
@@ -292,7 +316,6 @@ fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> 
         } else {
             &route.request_headers.remove
         };
-        let mut request_id = [0u8; 36];
         let need_id = head.header(src, b"x-request-id").is_none();
         if need_id {
             write_uuid4(worker.rng.next_u64(), worker.rng.next_u64(), &mut request_id);
@@ -325,6 +348,9 @@ fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> 
         hash,
         deadline,
         upstream_head,
+        rewritten,
+        request_id,
+        h2_head: std::cell::OnceCell::new(),
     }
 }
 
@@ -356,20 +382,23 @@ async fn pool_refused(ex: &Exchange<'_>, plan: &Plan<'_>, resp: Response) {
 const COALESCE_MAX: u64 = 16 * 1024;
 
 /// The consistent-hash key of this request under the cluster's policy, if it has one.
-fn hash_key(cluster: &Cluster, req: &RouteView<'_>, conn: &Downstream) -> Option<u64> {
+pub(crate) fn hash_key<R: ringmesh_api::snapshot::RequestHead>(
+    cluster: &Cluster,
+    req: &R,
+    client_ip: std::net::IpAddr,
+) -> Option<u64> {
     let hash_on = match &cluster.lb {
         LbPolicy::RingHash { hash_on, .. } | LbPolicy::Maglev { hash_on, .. } => hash_on,
         _ => return None,
     };
     use ringmesh_api::hash_table::hash_bytes;
-    use ringmesh_api::snapshot::RequestHead as _;
     match hash_on {
         HashOn::Header(name) => req.header(name).map(hash_bytes),
         HashOn::Cookie { name } => req
             .header("cookie")
             .and_then(|c| cookie_value(c, name.as_bytes()))
             .map(hash_bytes),
-        HashOn::SourceIp => Some(lb::source_ip_hash(conn.peer.ip())),
+        HashOn::SourceIp => Some(lb::source_ip_hash(client_ip)),
     }
 }
 
@@ -383,7 +412,7 @@ fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// Writes a random (version 4) UUID as 36 ASCII bytes, the form Envoy uses for `x-request-id`.
-fn write_uuid4(hi: u64, lo: u64, out: &mut [u8; 36]) {
+pub(crate) fn write_uuid4(hi: u64, lo: u64, out: &mut [u8; 36]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&hi.to_le_bytes());
@@ -402,7 +431,7 @@ fn write_uuid4(hi: u64, lo: u64, out: &mut [u8; 36]) {
     }
 }
 
-fn record_upstream_status(state: &ClusterState, status: u16) {
+pub(crate) fn record_upstream_status(state: &ClusterState, status: u16) {
     inc(&state.counters.rq_by_class[(status / 100).min(5) as usize]);
 }
 
@@ -414,7 +443,7 @@ async fn one_try(
     endpoint: usize,
     per_try_deadline: Option<Instant>,
 ) -> Try {
-    let mut upstream = match upstream_conn(ex.worker, plan, endpoint, per_try_deadline).await {
+    let mut upstream = match upstream_conn(ex.worker, plan.cluster, plan.state, endpoint, per_try_deadline).await {
         Ok(c) => c,
         Err(error) => return Try::Failed(error),
     };
@@ -426,13 +455,13 @@ async fn one_try(
 }
 
 /// A pooled connection to the endpoint, or a new one within the connect timeout.
-async fn upstream_conn(
+pub(crate) async fn upstream_conn(
     worker: &Worker,
-    plan: &Plan<'_>,
+    cluster: &Cluster,
+    state: &ClusterState,
     endpoint: usize,
     per_try_deadline: Option<Instant>,
 ) -> Result<UpstreamConn, ProxyError> {
-    let cluster = plan.cluster;
     let addr = cluster.endpoints[endpoint].address;
     if let Some(c) = worker.pool.checkout(addr, cluster.pool.idle_timeout) {
         inc(&worker.stats.upstream_cx_reused);
@@ -445,13 +474,13 @@ async fn upstream_conn(
     };
     pool::connect(addr, timeout).await.inspect_err(|error| {
         inc(&worker.stats.upstream_cx_connect_fail);
-        inc(&plan.state.endpoints[endpoint].cx_connect_fail);
+        inc(&state.endpoints[endpoint].cx_connect_fail);
         tracing::debug!(upstream = %addr, cluster = %cluster.name, "{error}");
     })
 }
 
 /// An upstream that closed or reset a connection of its own accord.
-const UPSTREAM_RESET: ProxyError = ProxyError::new(
+pub(crate) const UPSTREAM_RESET: ProxyError = ProxyError::new(
     ErrorKind::UpstreamReset,
     Side::Upstream,
     "upstream closed or reset before the response",
@@ -540,50 +569,94 @@ async fn read_response_head(
     ex: &Exchange<'_>,
     plan: &Plan<'_>,
     upstream: UpstreamConn,
-    mut buf: BytesMut,
+    buf: BytesMut,
     per_try_deadline: Option<Instant>,
 ) -> Try {
+    let ask = HeadRead {
+        worker: ex.worker,
+        cluster: plan.cluster,
+        method: ex.head.method(),
+        upgrade: ex.head.connection().upgrade,
+        per_try_deadline,
+        route_deadline: plan.deadline,
+        per_try_timeout: ex.action.retry.per_try_timeout.is_some(),
+        idle: ex.idle,
+    };
     let mut upstream = upstream;
-    let limits = &ex.view.snapshot.proxy.limits;
+    let (addr, reused) = (upstream.addr, upstream.reused);
+    match read_head(&ask, &mut upstream.read, addr, reused, buf).await {
+        Ok((head, src, buf)) => Try::Response(Response {
+            upstream,
+            head,
+            src,
+            buf,
+        }),
+        Err(e) => Try::Failed(e),
+    }
+}
+
+/// What reading an HTTP/1.1 response head needs to know of its request.
+pub(crate) struct HeadRead<'a> {
+    pub(crate) worker: &'a Worker,
+    pub(crate) cluster: &'a Cluster,
+    pub(crate) method: encode::Method,
+    /// The request asked to upgrade (a `101` is then expected, not refused).
+    pub(crate) upgrade: bool,
+    pub(crate) per_try_deadline: Option<Instant>,
+    pub(crate) route_deadline: Option<Instant>,
+    /// A per-try timeout is configured (an expiry before the route deadline is then a per-try
+    /// timeout).
+    pub(crate) per_try_timeout: bool,
+    pub(crate) idle: Duration,
+}
+
+/// Reads an HTTP/1.1 response head from the upstream at `addr` (with `buf` holding what it
+/// already sent), skipping interim answers other than `101`. `reused`: the connection came
+/// from the pool (nothing at all coming back then means the upstream had closed it).
+pub(crate) async fn read_head(
+    ask: &HeadRead<'_>,
+    read: &mut TcpOwnedReadHalf,
+    addr: std::net::SocketAddr,
+    reused: bool,
+    mut buf: BytesMut,
+) -> Result<(ResponseHead, Bytes, BytesMut), ProxyError> {
+    let view = ask.worker.snapshot.get();
+    let limits = &view.snapshot.proxy.limits;
     let head_limits = HeadLimits {
         max_head_bytes: limits.max_response_head_bytes,
         max_headers: limits.max_headers,
     };
-    let mut parser = ResponseParser::new(head_limits).upgrade_requested(ex.head.connection().upgrade);
+    let mut parser = ResponseParser::new(head_limits).upgrade_requested(ask.upgrade);
     loop {
         if !buf.is_empty() {
-            match parser.parse(&buf, ex.head.method()) {
+            match parser.parse(&buf, ask.method) {
                 Ok(Some(rhead)) => {
                     let src = buf.split_to(rhead.len()).freeze();
                     if rhead.is_interim() && rhead.status() != 101 {
                         continue;
                     }
-                    return Try::Response(Response {
-                        upstream,
-                        head: rhead,
-                        src,
-                        buf,
-                    });
+                    return Ok((rhead, src, buf));
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    ex.worker.stats.log_limit.log("invalid-response-head", || {
-                        tracing::info!(upstream = %upstream.addr, cluster = %plan.cluster.name, "invalid response head: {e}")
-                    });
-                    return Try::Failed(ProxyError::new(ErrorKind::UpstreamProtocol, Side::Upstream, e.reason()));
+                    ask.worker.stats.log_limit.log(
+                        "invalid-response-head",
+                        || tracing::info!(upstream = %addr, cluster = %ask.cluster.name, "invalid response head: {e}"),
+                    );
+                    return Err(ProxyError::new(ErrorKind::UpstreamProtocol, Side::Upstream, e.reason()));
                 }
             }
         }
-        let wait = match per_try_deadline {
+        let wait = match ask.per_try_deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),
             // No route timeout (Istio's default): an upstream that never answers is still cut by
             // the idle timeout, so a request cannot hang forever.
-            None => ex.idle,
+            None => ask.idle,
         };
-        match body::read_more(&mut upstream.read, &mut buf, wait).await {
+        match body::read_more(read, &mut buf, wait).await {
             Ok(0) | Err(BodyError::Read(_)) => {
                 // Nothing at all came back on a pooled connection: the upstream had closed it.
-                return Try::Failed(if upstream.reused && buf.is_empty() {
+                return Err(if reused && buf.is_empty() {
                     ProxyError::reused_conn_dead()
                 } else {
                     UPSTREAM_RESET
@@ -591,13 +664,13 @@ async fn read_response_head(
             }
             Ok(_) => {}
             Err(_) => {
-                let overall = plan.deadline.is_some_and(|d| Instant::now() >= d);
-                let kind = if ex.action.retry.per_try_timeout.is_some() && !overall {
+                let overall = ask.route_deadline.is_some_and(|d| Instant::now() >= d);
+                let kind = if ask.per_try_timeout && !overall {
                     ErrorKind::PerTryTimeout
                 } else {
                     ErrorKind::UpstreamTimeout
                 };
-                return Try::Failed(ProxyError::new(kind, Side::Upstream, "upstream did not answer in time"));
+                return Err(ProxyError::new(kind, Side::Upstream, "upstream did not answer in time"));
             }
         }
     }

@@ -1,4 +1,5 @@
-//! HTTP protocol handling on the worker: the HTTP/1.1 codec (`h1`), body streaming (`body`),
+//! HTTP protocol handling on the worker: the HTTP/1.1 codec (`h1`), HTTP/2 (`h2`) and gRPC
+//! (`grpc`), body streaming (`body`),
 //! the per-connection loop (`proxy`) over a client connection (`downstream`) and the request
 //! as routing sees it (`route_view`), and upstream forwarding (`forward`) with the request body
 //! kept for every try (`request_body`) and retries (`retry`).
@@ -7,7 +8,9 @@
 pub mod body;
 pub(crate) mod downstream;
 pub(crate) mod forward;
+pub(crate) mod grpc;
 pub mod h1;
+pub mod h2;
 pub mod proxy;
 pub(crate) mod request_body;
 pub(crate) mod retry;

@@ -19,10 +19,10 @@ use ringmesh_api::snapshot::{Redirect, RouteAction};
 use super::downstream::{finish_request_body, Downstream};
 use super::forward::{self, Exchange, Outcome};
 use super::h1::{HeadLimits, RequestHead};
+use super::h2::io::Sniff;
 use super::request_body::ClientBody;
 use super::route_view::RouteView;
 use crate::error::{ErrorKind, ProxyError, Side};
-use crate::telemetry::stats::{dec, inc};
 use crate::worker::Worker;
 
 /// First read buffer size per connection. Small, because idle keep-alive connections should
@@ -41,6 +41,17 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         buf: BytesMut::with_capacity(INITIAL_BUFFER),
         out: BytesMut::new(),
     };
+    // HTTP/2 with prior knowledge starts with its preface; anything else is HTTP/1.x. The
+    // bytes read to tell are the HTTP/1 parser's first read, so HTTP/1 pays one comparison.
+    match sniff(&worker, &mut conn).await {
+        Some(Sniff::H2) => {
+            crate::telemetry::stats::inc(&worker.stats.downstream_cx_h2_total);
+            let Downstream { stream, buf, .. } = conn;
+            return super::h2::server::serve(worker, stream, peer, buf.freeze()).await;
+        }
+        Some(_) => {}
+        None => return,
+    }
     loop {
         let limits = worker.snapshot.get().snapshot.proxy.limits.clone();
         let head_limits = HeadLimits {
@@ -65,11 +76,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
-        inc(&worker.stats.downstream_rq_total);
-        inc(&worker.stats.downstream_rq_active);
+        worker.request_started();
         let started = Instant::now();
         let next = handle(&worker, &mut conn, head, limits.downstream_idle_timeout).await;
-        dec(&worker.stats.downstream_rq_active);
+        worker.request_ended();
         worker.stats.record_duration_us(started.elapsed().as_micros() as u64);
         match next {
             Next::Keep if !worker.draining.get() => {
@@ -87,6 +97,22 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
                 forward::tunnel(conn, upstream, buf, limits.downstream_idle_timeout).await;
                 return;
             }
+        }
+    }
+}
+
+/// Reads until the first bytes tell HTTP/2 from HTTP/1.x; `None` when the client closed or
+/// idled out first.
+async fn sniff(worker: &Worker, conn: &mut Downstream) -> Option<Sniff> {
+    let idle = worker.snapshot.get().snapshot.proxy.limits.downstream_idle_timeout;
+    loop {
+        match super::h2::io::sniff(&conn.buf) {
+            Sniff::NeedMore => {}
+            decided => return Some(decided),
+        }
+        match super::body::read_more(&mut conn.stream, &mut conn.buf, idle).await {
+            Ok(n) if n > 0 => {}
+            _ => return None,
         }
     }
 }

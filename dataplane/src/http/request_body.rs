@@ -129,6 +129,36 @@ impl RequestBody {
         Ok(sent)
     }
 
+    /// The whole body, when it is held (sent again on every try).
+    pub(crate) fn held(&self) -> Option<&Bytes> {
+        match &self.state {
+            State::Held(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// No body bytes at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        matches!(self.state, State::Empty)
+    }
+
+    /// How the client frames the body.
+    pub(crate) fn framing(&self) -> BodyFraming {
+        self.framing
+    }
+
+    /// Streaming from the client starts (for a sink other than an HTTP/1.1 socket): from now
+    /// on the body cannot be replayed, and until [`Self::streamed`] it counts as cut.
+    pub(crate) fn begin_streaming(&mut self) {
+        debug_assert!(self.streams(), "a body streams once, and only from the client");
+        self.state = State::Streaming;
+    }
+
+    /// The whole body went to the upstream.
+    pub(crate) fn streamed(&mut self) {
+        self.state = State::Streamed;
+    }
+
     /// A body whose streaming started and stopped midway (for other modules' tests).
     #[cfg(test)]
     pub(crate) fn cut_midway() -> Self {

@@ -13,12 +13,21 @@ use std::time::{Duration, Instant};
 
 use ringmesh_api::snapshot::RetryPolicy;
 
-use super::request_body::RequestBody;
 use crate::error::ProxyError;
 use crate::lb::TriedEndpoints;
 use crate::rng::FastRng;
 use crate::telemetry::stats::inc;
 use crate::worker::Worker;
+
+// MERGE-SHIM: replaced by `RetryPolicy::retries_grpc` from the compiler.
+trait GrpcRetryOn {
+    fn retries_grpc(&self, code: u32) -> bool;
+}
+impl GrpcRetryOn for RetryPolicy {
+    fn retries_grpc(&self, _code: u32) -> bool {
+        false
+    }
+}
 
 /// What follows a try that did not produce a response to relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +89,9 @@ impl<'a> Retries<'a> {
     }
 
     /// After a try failed with `error` before any response byte.
-    pub(crate) fn after_failure(&mut self, error: &ProxyError, body: &RequestBody, now: Instant) -> Decision {
-        if !body.replayable() {
+    /// `replayable`: whether the request's body can be sent again (the body's to say).
+    pub(crate) fn after_failure(&mut self, error: &ProxyError, replayable: bool, now: Instant) -> Decision {
+        if !replayable {
             return Decision::Stop;
         }
         if error.is_reused_conn_dead() && !self.transparent_used {
@@ -95,8 +105,18 @@ impl<'a> Retries<'a> {
     }
 
     /// After an upstream answered with `status`.
-    pub(crate) fn after_status(&mut self, status: u16, body: &RequestBody, now: Instant) -> Decision {
-        if body.replayable() && self.policy.retries_status(status) {
+    pub(crate) fn after_status(&mut self, status: u16, replayable: bool, now: Instant) -> Decision {
+        if replayable && self.policy.retries_status(status) {
+            return self.by_policy(now);
+        }
+        Decision::Stop
+    }
+
+    /// After a gRPC upstream answered with `grpc-status: code` in the response headers (a
+    /// trailers-only answer: nothing of the response was relayed yet). Envoy retries gRPC
+    /// statuses only there too; a status in trailers comes after the response started.
+    pub(crate) fn after_grpc_status(&mut self, code: u32, replayable: bool, now: Instant) -> Decision {
+        if replayable && self.policy.retries_grpc(code) {
             return self.by_policy(now);
         }
         Decision::Stop
@@ -162,6 +182,7 @@ mod tests {
     use super::*;
     use crate::error::{ErrorKind, Side};
     use crate::http::h1::BodyFraming;
+    use crate::http::request_body::RequestBody;
 
     fn policy(attempts: u32) -> RetryPolicy {
         let mut p = ringmesh_api::compile::default_retry_policy();
@@ -169,8 +190,8 @@ mod tests {
         p
     }
 
-    fn held() -> RequestBody {
-        RequestBody::take(BodyFraming::Length(5), &mut BytesMut::from(&b"hello"[..]))
+    fn held() -> bool {
+        RequestBody::take(BodyFraming::Length(5), &mut BytesMut::from(&b"hello"[..])).replayable()
     }
 
     fn reset() -> ProxyError {
@@ -184,24 +205,24 @@ mod tests {
         let now = Instant::now();
         let body = held();
         assert_eq!(
-            r.after_failure(&ProxyError::reused_conn_dead(), &body, now),
+            r.after_failure(&ProxyError::reused_conn_dead(), body, now),
             Decision::Now
         );
         // The transparent retry is used once; then the policy (`reset` is in Istio's default).
         assert_eq!(
-            r.after_failure(&ProxyError::reused_conn_dead(), &body, now),
+            r.after_failure(&ProxyError::reused_conn_dead(), body, now),
             Decision::AfterBackoff(1)
         );
-        assert_eq!(r.after_failure(&reset(), &body, now), Decision::AfterBackoff(2));
-        assert_eq!(r.after_failure(&reset(), &body, now), Decision::Stop);
+        assert_eq!(r.after_failure(&reset(), body, now), Decision::AfterBackoff(2));
+        assert_eq!(r.after_failure(&reset(), body, now), Decision::Stop);
     }
 
     #[test]
     fn a_held_body_is_retried_with_its_request() {
         let p = policy(2);
         let mut r = Retries::new(&p, None);
-        assert_eq!(r.after_status(503, &held(), Instant::now()), Decision::AfterBackoff(1));
-        assert_eq!(r.after_status(500, &held(), Instant::now()), Decision::Stop);
+        assert_eq!(r.after_status(503, held(), Instant::now()), Decision::AfterBackoff(1));
+        assert_eq!(r.after_status(500, held(), Instant::now()), Decision::Stop);
     }
 
     #[test]
@@ -210,14 +231,14 @@ mod tests {
         let p = policy(5);
         let mut r = Retries::new(&p, None);
         let now = Instant::now();
-        let body = RequestBody::cut_midway();
-        assert!(!body.replayable());
+        let body = RequestBody::cut_midway().replayable();
+        assert!(!body);
         assert_eq!(
-            r.after_failure(&ProxyError::reused_conn_dead(), &body, now),
+            r.after_failure(&ProxyError::reused_conn_dead(), body, now),
             Decision::Stop
         );
-        assert_eq!(r.after_failure(&reset(), &body, now), Decision::Stop);
-        assert_eq!(r.after_status(503, &body, now), Decision::Stop);
+        assert_eq!(r.after_failure(&reset(), body, now), Decision::Stop);
+        assert_eq!(r.after_status(503, body, now), Decision::Stop);
     }
 
     #[test]
@@ -225,9 +246,9 @@ mod tests {
         let p = policy(2);
         let now = Instant::now();
         let mut r = Retries::new(&p, Some(now));
-        assert_eq!(r.after_failure(&reset(), &held(), now), Decision::Stop);
+        assert_eq!(r.after_failure(&reset(), held(), now), Decision::Stop);
         assert_eq!(
-            r.after_failure(&ProxyError::reused_conn_dead(), &held(), now),
+            r.after_failure(&ProxyError::reused_conn_dead(), held(), now),
             Decision::Now
         );
     }

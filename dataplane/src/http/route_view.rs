@@ -48,3 +48,37 @@ impl RouteRequest for RouteView<'_> {
         self.head.header(self.src, name.as_bytes())
     }
 }
+
+/// An HTTP/2 request as routing sees it: views into `h2`'s decoded request.
+pub(crate) struct H2RouteView<'a> {
+    pub(crate) parts: &'a http::request::Parts,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+}
+
+impl<'a> H2RouteView<'a> {
+    pub(crate) fn new(parts: &'a http::request::Parts) -> Self {
+        H2RouteView {
+            parts,
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+        }
+    }
+}
+
+impl RouteRequest for H2RouteView<'_> {
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn query(&self) -> Option<&str> {
+        self.query
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.parts.headers.get(name).map(http::HeaderValue::as_bytes)
+    }
+}

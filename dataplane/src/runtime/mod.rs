@@ -19,6 +19,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use ringmesh_api::snapshot::{IoMode, Listener, ListenerKind};
 
 use self::bind::BindMode;
+use crate::http::h2::handoff::{Inbox, Peers};
 use crate::listener;
 use crate::state::SnapshotSource;
 use crate::worker::{Worker, WorkerCommand};
@@ -136,7 +137,8 @@ pub fn start(
 
     let mut threads = Vec::with_capacity(workers);
     let mut commands = Vec::with_capacity(workers);
-    for (id, socks) in sockets.into_iter().enumerate() {
+    let handoff = crate::http::h2::handoff::channels(workers);
+    for ((id, socks), (peers, inbox)) in sockets.into_iter().enumerate().zip(handoff) {
         let (tx, rx) = flume::unbounded();
         commands.push(tx);
         let source = source.clone();
@@ -162,12 +164,12 @@ pub fn start(
                         .build()
                         .map(|mut rt| {
                             crate::http::send::enable_direct_sends();
-                            rt.block_on(worker_main(id, source, listeners, socks, rx))
+                            rt.block_on(worker_main(id, source, listeners, socks, rx, peers, inbox))
                         }),
                     IoDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
                         .enable_timer()
                         .build()
-                        .map(|mut rt| rt.block_on(worker_main(id, source, listeners, socks, rx))),
+                        .map(|mut rt| rt.block_on(worker_main(id, source, listeners, socks, rx, peers, inbox))),
                 };
                 if let Err(e) = result {
                     tracing::error!(worker = id, "worker runtime failed to start: {e}");
@@ -190,8 +192,11 @@ async fn worker_main(
     listeners: Vec<Listener>,
     sockets: Vec<std::net::TcpListener>,
     commands: flume::Receiver<WorkerCommand>,
+    peers: Peers,
+    inbox: Inbox,
 ) {
-    let worker = Worker::new(id, source);
+    let worker = Worker::new(id, source, peers);
+    monoio::spawn(crate::http::h2::handoff::receive(worker.clone(), inbox));
     // Dropping this sender tells every accept loop to stop.
     let (stop_tx, stop_rx) = flume::bounded::<()>(1);
     for (l, sock) in listeners.into_iter().zip(sockets) {
@@ -237,6 +242,38 @@ mod tests {
         let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
         assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
         n
+    }
+
+    /// A close that arrives with the last bytes is seen by the read after them: clearing the
+    /// readable bit after a short read must not forget the close, or the next read would wait
+    /// for an edge epoll already reported (a close-delimited body would hang to its timeout).
+    #[test]
+    fn epoll_read_after_data_and_close_sees_eof() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut stream = monoio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            peer.write_all(b"ab").unwrap();
+            drop(peer);
+            // Loopback delivers within the write; the bound only guards a slow machine.
+            for _ in 0..10_000 {
+                if queued(stream.as_raw_fd()) == 2 {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            let (r, _) = stream.read(Vec::with_capacity(16)).await;
+            assert_eq!(r.unwrap(), 2);
+            let next =
+                monoio::time::timeout(std::time::Duration::from_secs(5), stream.read(Vec::with_capacity(16))).await;
+            let (r, _) = next.expect("the read after the last bytes waited instead of seeing the close");
+            assert_eq!(r.unwrap(), 0, "EOF");
+        });
     }
 
     /// On epoll a read shorter than its buffer drained the socket, so the next read waits for

@@ -59,6 +59,18 @@ pub fn render(t: &StatsTotals) -> String {
         "Downstream requests in flight.",
         t.downstream_rq_active,
     );
+    counter(
+        &mut out,
+        "ringmesh_downstream_cx_h2_total",
+        "Downstream connections that spoke HTTP/2.",
+        t.downstream_cx_h2_total,
+    );
+    counter(
+        &mut out,
+        "ringmesh_h2_streams_handed_off_total",
+        "HTTP/2 streams served by another worker than the one holding their connection.",
+        t.h2_streams_handed_off,
+    );
 
     let name = "ringmesh_downstream_rq_xx_total";
     let _ = writeln!(

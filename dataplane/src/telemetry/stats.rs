@@ -33,6 +33,10 @@ pub struct WorkerStats {
     pub upstream_rq_retry_overflow: Cell<u64>,
     /// Requests that hit a route or per-try timeout.
     pub upstream_rq_timeout: Cell<u64>,
+    /// Downstream connections that spoke HTTP/2.
+    pub downstream_cx_h2_total: Cell<u64>,
+    /// HTTP/2 streams this worker handed to another worker to serve.
+    pub h2_streams_handed_off: Cell<u64>,
     /// TCP proxy connections accepted.
     pub tcp_cx_total: Cell<u64>,
     /// TCP proxy bytes client → upstream.
@@ -60,6 +64,8 @@ impl Default for WorkerStats {
             upstream_rq_retry: Cell::new(0),
             upstream_rq_retry_overflow: Cell::new(0),
             upstream_rq_timeout: Cell::new(0),
+            downstream_cx_h2_total: Cell::new(0),
+            h2_streams_handed_off: Cell::new(0),
             tcp_cx_total: Cell::new(0),
             tcp_bytes_sent: Cell::new(0),
             tcp_bytes_received: Cell::new(0),
@@ -133,6 +139,8 @@ impl WorkerStats {
             upstream_rq_retry: self.upstream_rq_retry.get(),
             upstream_rq_retry_overflow: self.upstream_rq_retry_overflow.get(),
             upstream_rq_timeout: self.upstream_rq_timeout.get(),
+            downstream_cx_h2_total: self.downstream_cx_h2_total.get(),
+            h2_streams_handed_off: self.h2_streams_handed_off.get(),
             tcp_cx_total: self.tcp_cx_total.get(),
             tcp_bytes_sent: self.tcp_bytes_sent.get(),
             tcp_bytes_received: self.tcp_bytes_received.get(),
@@ -198,6 +206,10 @@ pub struct StatsTotals {
     #[allow(missing_docs)]
     pub upstream_rq_timeout: u64,
     #[allow(missing_docs)]
+    pub downstream_cx_h2_total: u64,
+    #[allow(missing_docs)]
+    pub h2_streams_handed_off: u64,
+    #[allow(missing_docs)]
     pub tcp_cx_total: u64,
     #[allow(missing_docs)]
     pub tcp_bytes_sent: u64,
@@ -227,6 +239,8 @@ impl StatsTotals {
             upstream_rq_retry: 0,
             upstream_rq_retry_overflow: 0,
             upstream_rq_timeout: 0,
+            downstream_cx_h2_total: 0,
+            h2_streams_handed_off: 0,
             tcp_cx_total: 0,
             tcp_bytes_sent: 0,
             tcp_bytes_received: 0,
@@ -254,6 +268,8 @@ impl StatsTotals {
         self.upstream_rq_retry += o.upstream_rq_retry;
         self.upstream_rq_retry_overflow += o.upstream_rq_retry_overflow;
         self.upstream_rq_timeout += o.upstream_rq_timeout;
+        self.downstream_cx_h2_total += o.downstream_cx_h2_total;
+        self.h2_streams_handed_off += o.h2_streams_handed_off;
         self.tcp_cx_total += o.tcp_cx_total;
         self.tcp_bytes_sent += o.tcp_bytes_sent;
         self.tcp_bytes_received += o.tcp_bytes_received;

@@ -300,7 +300,10 @@ impl LegacyInner {
         match OpAble::legacy_call(data) {
             Ok(n) => {
                 if data.legacy_drained(n) {
-                    ref_mut.clear_readiness(direction.mask());
+                    // ringmesh patch: only the readable bit; a peer's close that arrived with
+                    // the last bytes stays known (tokio keeps `READ_CLOSED` the same way), or
+                    // the next read would wait for an edge that already came.
+                    ref_mut.clear_readiness(Ready::READABLE);
                 }
                 Poll::Ready(CompletionMeta {
                     result: Ok(n),

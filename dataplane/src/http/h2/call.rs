@@ -1,0 +1,310 @@
+//! One HTTP/2 stream from a client: a call, routed and answered like an HTTP/1.1 request.
+//!
+//! Steps as for HTTP/1.1 (`http::proxy`, `http::forward`), on `h2`'s request instead of a
+//! parsed head: route on `:authority` and `:path`, answer locally (a gRPC call gets a gRPC
+//! status, see `http::grpc`), or forward — pick the cluster and an endpoint, try over an
+//! HTTP/2 or HTTP/1.1 upstream (`upstream`), retry under the route's policy (`http::retry`,
+//! with gRPC statuses), relay the response. Each call is its own task, so a slow call never
+//! holds up the others on its connection.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{HeaderValue, Response, StatusCode};
+use ringmesh_api::snapshot::{ForwardAction, Route, RouteAction, RouteMatch};
+
+use super::bodies::ReplayBody;
+use super::handoff::Handed;
+use super::headers::{Outgoing, Rewrite};
+use super::upstream::{self, Attempt, Try};
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::http::forward::{back_off, hash_key, write_uuid4, InFlight};
+use crate::http::grpc;
+use crate::http::proxy::redirect_location;
+use crate::http::retry::{self, Decision, Retries, RetrySlot};
+use crate::http::route_view::H2RouteView;
+use crate::lb;
+use crate::state::WorkerSnapshot;
+use crate::telemetry::stats::inc;
+use crate::worker::Worker;
+
+/// Serves one stream to its end.
+pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
+    let Handed { req, mut respond, peer } = handed;
+    worker.request_started();
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let grpc = grpc::is_grpc(&parts.headers);
+    let view = worker.snapshot.get();
+    let idle = view.snapshot.proxy.limits.downstream_idle_timeout;
+    let rv = H2RouteView::new(&parts);
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let hit = view
+        .snapshot
+        .routes
+        .find_host(host)
+        .and_then(|vh| vh.find_route_match(&rv));
+    let reply = Reply {
+        worker: &worker,
+        peer,
+        grpc,
+    };
+    match hit.map(|h| (h.route, h.matched)) {
+        None => {
+            tracing::debug!(%peer, host, path = rv.path, "404: no route");
+            let e = ProxyError::new(ErrorKind::NoRoute, Side::Internal, "no virtual host or route matched");
+            reply.error(&mut respond, e, None);
+        }
+        Some((route, matched)) => match &route.action {
+            RouteAction::Direct(d) => {
+                let headers = route
+                    .response_headers
+                    .set
+                    .iter()
+                    .chain(route.response_headers.add.iter());
+                reply.direct(
+                    &mut respond,
+                    d.status,
+                    headers,
+                    Bytes::copy_from_slice(d.body.as_bytes()),
+                );
+            }
+            RouteAction::Redirect(r) => {
+                let location = redirect_location(r, host, rv.path, rv.query);
+                let loc = [("location".to_string(), location)];
+                reply.direct(&mut respond, r.status, loc.iter(), Bytes::new());
+            }
+            RouteAction::Forward(action) => {
+                let call = Call {
+                    worker: &worker,
+                    view: &view,
+                    peer,
+                    parts: &parts,
+                    rv: &rv,
+                    route,
+                    matched,
+                    action,
+                    grpc,
+                    idle,
+                };
+                if let Err((e, body)) = forward(&call, ReplayBody::new(body), &mut respond).await {
+                    reply.error(&mut respond, e, body);
+                }
+            }
+        },
+    }
+    worker.request_ended();
+    worker.stats.record_duration_us(started.elapsed().as_micros() as u64);
+}
+
+/// A routed call on its way upstream: what every try reads.
+pub(crate) struct Call<'a> {
+    pub(crate) worker: &'a Worker,
+    pub(crate) view: &'a WorkerSnapshot,
+    pub(crate) peer: SocketAddr,
+    pub(crate) parts: &'a http::request::Parts,
+    pub(crate) rv: &'a H2RouteView<'a>,
+    pub(crate) route: &'a Route,
+    pub(crate) matched: Option<&'a RouteMatch>,
+    pub(crate) action: &'a ForwardAction,
+    pub(crate) grpc: bool,
+    /// Idle timeout between reads of a body.
+    pub(crate) idle: Duration,
+}
+
+/// Forwards a call: tries until one answers or retries end. `Err` carries the failure to
+/// answer locally (nothing was sent to the client yet), with the body text that replaces the
+/// error's own, if any.
+async fn forward(
+    call: &Call<'_>,
+    mut body: ReplayBody,
+    respond: &mut SendResponse<Bytes>,
+) -> Result<(), (ProxyError, Option<String>)> {
+    let (worker, view) = (call.worker, call.view);
+    let cluster_id = call.action.clusters.pick(worker.rng.next_u64() as u32);
+    let cluster = view.snapshot.cluster(cluster_id);
+    if let Some(host) = &cluster.host_not_found {
+        return Err((
+            ProxyError::new(ErrorKind::NoCluster, Side::Internal, "destination host not defined"),
+            Some(host.clone()),
+        ));
+    }
+    let state = &view.clusters[cluster_id.0 as usize];
+    let hash = hash_key(cluster, call.rv, call.peer.ip());
+    let started = Instant::now();
+    // gRPC's own deadline bounds the call as a route timeout does (Istio honours
+    // `grpc-timeout` the same way); the shorter one wins.
+    let grpc_deadline = call
+        .grpc
+        .then(|| grpc::timeout(&call.parts.headers))
+        .flatten()
+        .map(|t| started + t);
+    let route_deadline = call.action.timeout.map(|t| started + t);
+    let deadline = match (route_deadline, grpc_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let outgoing = outgoing(call, body.is_empty());
+    let mut retries = Retries::new(&call.action.retry, deadline);
+    let mut _retry_slot: Option<RetrySlot<'_>> = None;
+    loop {
+        let Some(endpoint) = lb::pick(cluster, state, &worker.rng, hash, retries.tried()) else {
+            return Err((
+                ProxyError::new(ErrorKind::NoHealthyUpstream, Side::Internal, "cluster has no endpoints"),
+                None,
+            ));
+        };
+        retries.record(endpoint);
+        let try_ = Try {
+            call,
+            cluster,
+            state,
+            endpoint,
+            outgoing: &outgoing,
+            per_try_deadline: retries.per_try_deadline(Instant::now()),
+            route_deadline: deadline,
+        };
+        let attempt = {
+            let _in_flight = InFlight::start(state, endpoint);
+            if super::upstream_is_h2(cluster, endpoint, true) {
+                upstream::to_h2(&try_, &mut body, respond, &mut retries).await
+            } else {
+                upstream::to_h1(&try_, &mut body, respond, &mut retries).await
+            }
+        };
+        _retry_slot = None;
+        let error = match attempt {
+            Attempt::Done => return Ok(()),
+            Attempt::Retry(attempt) => {
+                tracing::debug!(cluster = %cluster.name, attempt, "retrying on status");
+                back_off(retries.backoff(attempt, &worker.rng)).await;
+                _retry_slot = Some(RetrySlot::start(worker));
+                continue;
+            }
+            Attempt::Failed(e) => e,
+        };
+        match retries.after_failure(&error, body.replayable(), Instant::now()) {
+            Decision::Now => continue,
+            Decision::AfterBackoff(attempt) if retry::admit(worker) => {
+                tracing::debug!(cluster = %cluster.name, attempt, "retrying after {}", error);
+                back_off(retries.backoff(attempt, &worker.rng)).await;
+                _retry_slot = Some(RetrySlot::start(worker));
+                continue;
+            }
+            Decision::AfterBackoff(_) | Decision::Stop => {}
+        }
+        if matches!(error.kind, ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout) {
+            inc(&worker.stats.upstream_rq_timeout);
+        }
+        return Err((error, None));
+    }
+}
+
+/// The request as it goes upstream, built once for every try.
+fn outgoing(call: &Call<'_>, end_stream: bool) -> Outgoing {
+    let path = call.action.path_rewrite.as_ref().map(|rw| {
+        let mut t = rw.rewrite(call.matched, call.rv.path);
+        if let Some(q) = call.rv.query {
+            t.push('?');
+            t.push_str(q);
+        }
+        t
+    });
+    let mut request_id = [0u8; 36];
+    write_uuid4(call.worker.rng.next_u64(), call.worker.rng.next_u64(), &mut request_id);
+    Outgoing::from_h2(
+        call.parts,
+        end_stream,
+        &Rewrite {
+            path: path.as_deref(),
+            authority: call.action.host_rewrite.as_deref(),
+            ops: &call.route.request_headers,
+            client_ip: call.peer.ip(),
+            request_id: &request_id,
+        },
+    )
+}
+
+/// How a call is answered by the proxy itself.
+struct Reply<'a> {
+    worker: &'a Worker,
+    peer: SocketAddr,
+    grpc: bool,
+}
+
+impl Reply<'_> {
+    /// A failure: an HTTP status, or a gRPC status for a gRPC call.
+    fn error(&self, respond: &mut SendResponse<Bytes>, e: ProxyError, body: Option<String>) {
+        let worker = self.worker;
+        worker.stats.record_local_reply(e.flag());
+        if e.kind == ErrorKind::DownstreamClosed {
+            respond.send_reset(h2::Reason::CANCEL);
+            return;
+        }
+        if e.status() >= 500 {
+            worker.stats.log_limit.log(e.flag(), || {
+                tracing::info!(peer = %self.peer, status = e.status(), flag = e.flag(), "local reply: {}", e.context)
+            });
+        }
+        if self.grpc {
+            worker.stats.record_status(200);
+            let text = body.as_deref().unwrap_or_else(|| e.body().trim_end());
+            let _ = respond.send_response(grpc::local_reply(grpc::status_for(&e), text), true);
+            return;
+        }
+        worker.stats.record_status(e.status());
+        let text = match body {
+            Some(b) => Bytes::from(b),
+            None => Bytes::from_static(e.body().as_bytes()),
+        };
+        let mut resp = Response::new(());
+        *resp.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+        send_whole(respond, resp, text);
+    }
+
+    /// A direct response or redirect configured on the route.
+    fn direct<'h>(
+        &self,
+        respond: &mut SendResponse<Bytes>,
+        status: u16,
+        headers: impl Iterator<Item = &'h (String, String)>,
+        body: Bytes,
+    ) {
+        self.worker.stats.record_status(status);
+        let mut resp = Response::new(());
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        let h = resp.headers_mut();
+        for (name, value) in headers {
+            if let (Ok(n), Ok(v)) = (
+                http::header::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                h.append(n, v);
+            }
+        }
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        send_whole(respond, resp, body);
+    }
+}
+
+/// Sends a small response (head and body) the proxy made; `h2` buffers the body until the
+/// stream's window lets it go. Errors mean the client reset the stream: nobody to answer.
+fn send_whole(respond: &mut SendResponse<Bytes>, resp: Response<()>, body: Bytes) {
+    let empty = body.is_empty();
+    if let Ok(mut send) = respond.send_response(resp, empty) {
+        if !empty {
+            let _ = send.send_data(body, true);
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Per-core HTTP/2 connections to upstreams, shared by every request the core sends there.
+//!
+//! One endpoint gets as few connections as its streams need: a request takes the first
+//! connection to that endpoint with a free stream (below the cluster's
+//! `maxConcurrentStreams`, the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, and
+//! `maxRequestsPerConnection` over its life), and only when none has one is another opened.
+//! Requests that arrive while a connection is being opened wait for that one instead of each
+//! opening its own. Each connection's frames are driven by a task on this worker; the pool
+//! learns from that task when the connection ends (GOAWAY, reset, EOF) and stops handing it
+//! out. Nothing is shared with other cores and no lock is taken: the `RefCell`s are borrowed
+//! only between awaits.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
+use h2::client::SendRequest;
+use monoio::net::TcpStream;
+
+use super::io;
+use crate::error::{ErrorKind, ProxyError, Side};
+
+/// Stream window per upstream stream, and for the whole connection. Larger than HTTP/2's
+/// 64 KiB default so one stream can fill a fast link; the bound on buffered bytes per stream.
+pub(crate) const STREAM_WINDOW: u32 = 256 * 1024;
+/// Connection-level receive window of an upstream connection.
+pub(crate) const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// One HTTP/2 connection to an upstream endpoint.
+#[derive(Debug)]
+pub(crate) struct H2Conn {
+    send: SendRequest<Bytes>,
+    /// Streams this core has open on it.
+    active: Cell<u32>,
+    /// Streams it has carried.
+    requests: Cell<u32>,
+    /// Set by the connection's task when it ends.
+    closed: Rc<Cell<bool>>,
+    /// Set when it may not take new streams (it reached `maxRequestsPerConnection`).
+    retired: Cell<bool>,
+    /// When its last stream finished (for the idle timeout).
+    idle_since: Cell<Instant>,
+}
+
+impl H2Conn {
+    fn usable(&self, max_streams: u32) -> bool {
+        !self.closed.get()
+            && !self.retired.get()
+            && self.active.get() < max_streams
+            && (self.active.get() as usize) < self.send.current_max_send_streams()
+    }
+}
+
+/// A stream slot on a pooled connection, held for the life of one exchange.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    conn: Rc<H2Conn>,
+    /// Whether the connection had carried a request before this one.
+    pub(crate) reused: bool,
+}
+
+impl Lease {
+    /// The connection's request handle (clone it to open the stream).
+    pub(crate) fn sender(&self) -> SendRequest<Bytes> {
+        self.conn.send.clone()
+    }
+
+    /// Marks the connection unusable (it failed a request at the connection level).
+    pub(crate) fn poison(&self) {
+        self.conn.closed.set(true);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let left = self.conn.active.get().saturating_sub(1);
+        self.conn.active.set(left);
+        if left == 0 {
+            self.conn.idle_since.set(Instant::now());
+        }
+    }
+}
+
+type Connecting = Shared<LocalBoxFuture<'static, Result<Rc<H2Conn>, ProxyError>>>;
+
+/// Limits a cluster puts on its HTTP/2 connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnLimits {
+    /// Streams per connection (`maxConcurrentStreams`).
+    pub(crate) max_streams: u32,
+    /// Streams over a connection's life (`maxRequestsPerConnection`).
+    pub(crate) max_requests: Option<u32>,
+    /// TCP connect timeout.
+    pub(crate) connect_timeout: Duration,
+}
+
+/// One worker's HTTP/2 upstream connections.
+#[derive(Default)]
+pub(crate) struct H2Pool {
+    conns: RefCell<HashMap<SocketAddr, Vec<Rc<H2Conn>>>>,
+    connecting: RefCell<HashMap<SocketAddr, Connecting>>,
+}
+
+impl std::fmt::Debug for H2Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Pool")
+            .field("endpoints", &self.conns.borrow().len())
+            .finish()
+    }
+}
+
+impl H2Pool {
+    /// A stream slot on a connection to `addr`, opening one if none has room.
+    pub(crate) async fn lease(&self, addr: SocketAddr, limits: ConnLimits) -> Result<Lease, ProxyError> {
+        // Bounded: each round either returns or awaits a connection attempt that ends.
+        for _ in 0..4 {
+            if let Some(lease) = self.take(addr, limits) {
+                return Ok(lease);
+            }
+            let pending = self.connecting.borrow().get(&addr).cloned();
+            let attempt = match pending {
+                Some(p) => p,
+                None => {
+                    let fut = connect(addr, limits.connect_timeout).boxed_local().shared();
+                    self.connecting.borrow_mut().insert(addr, fut.clone());
+                    fut
+                }
+            };
+            let result = attempt.await;
+            self.connecting.borrow_mut().remove(&addr);
+            let conn = result?;
+            {
+                let mut conns = self.conns.borrow_mut();
+                let list = conns.entry(addr).or_default();
+                if !list.iter().any(|c| Rc::ptr_eq(c, &conn)) {
+                    list.retain(|c| !c.closed.get());
+                    list.push(conn);
+                }
+            }
+        }
+        self.take(addr, limits).ok_or(ProxyError::new(
+            ErrorKind::UpstreamReset,
+            Side::Upstream,
+            "no HTTP/2 connection to the upstream could take the stream",
+        ))
+    }
+
+    fn take(&self, addr: SocketAddr, limits: ConnLimits) -> Option<Lease> {
+        let mut conns = self.conns.borrow_mut();
+        let list = conns.get_mut(&addr)?;
+        list.retain(|c| !c.closed.get());
+        let conn = list.iter().find(|c| c.usable(limits.max_streams))?.clone();
+        let requests = conn.requests.get() + 1;
+        conn.requests.set(requests);
+        if limits.max_requests.is_some_and(|m| requests >= m) {
+            conn.retired.set(true);
+        }
+        conn.active.set(conn.active.get() + 1);
+        Some(Lease {
+            reused: requests > 1,
+            conn,
+        })
+    }
+
+    /// Closes connections without streams for longer than `max_idle`, and retired ones whose
+    /// streams are done (dropping the last request handle ends the connection with GOAWAY).
+    pub(crate) fn evict_idle(&self, max_idle: Duration) {
+        let mut conns = self.conns.borrow_mut();
+        for list in conns.values_mut() {
+            list.retain(|c| {
+                !c.closed.get()
+                    && !(c.active.get() == 0 && (c.retired.get() || c.idle_since.get().elapsed() >= max_idle))
+            });
+        }
+        conns.retain(|_, l| !l.is_empty());
+    }
+}
+
+/// Connects and completes the HTTP/2 handshake; the connection's task runs on this worker.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Rc<H2Conn>, ProxyError> {
+    let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => {
+            return Err(ProxyError::new(
+                ErrorKind::ConnectFailed,
+                Side::Upstream,
+                "upstream connect failed",
+            ))
+        }
+        Err(_) => {
+            return Err(ProxyError::new(
+                ErrorKind::ConnectTimeout,
+                Side::Upstream,
+                "upstream connect timed out",
+            ))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(super::server::MAX_HEADER_LIST)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io::compat(stream));
+    let (send, connection) = match monoio::time::timeout(timeout, handshake).await {
+        Ok(Ok(x)) => x,
+        // The peer answered the preface with something else: not an HTTP/2 server.
+        Ok(Err(_)) | Err(_) => {
+            return Err(ProxyError::new(
+                ErrorKind::ConnectFailed,
+                Side::Upstream,
+                "upstream HTTP/2 handshake failed",
+            ))
+        }
+    };
+    let closed = Rc::new(Cell::new(false));
+    let done = closed.clone();
+    monoio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(upstream = %addr, "HTTP/2 upstream connection ended: {e}");
+        }
+        done.set(true);
+    });
+    Ok(Rc::new(H2Conn {
+        send,
+        active: Cell::new(0),
+        requests: Cell::new(0),
+        closed,
+        retired: Cell::new(false),
+        idle_since: Cell::new(Instant::now()),
+    }))
+}

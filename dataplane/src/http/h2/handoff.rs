@@ -1,0 +1,151 @@
+//! Spreading the streams of one HTTP/2 connection over the workers.
+//!
+//! Thread-per-core pins a connection to the worker that accepted it. For HTTP/1.1 that is
+//! fine: many clients make many connections, and the kernel spreads them. A gRPC client keeps
+//! one connection per channel, so without more, one core would serve all of it while the
+//! others idle. Here the connection's frames stay on its worker, but each new stream may be
+//! served by another: the stream's `h2` handles (`Request<RecvStream>`, `SendResponse`) are
+//! `Send`, so they travel through the other worker's inbox, and that worker routes the call,
+//! talks to the upstream over *its own* pool, and reads and writes the stream's data through
+//! the handles; the owner's connection task moves the frames.
+//!
+//! Which worker: each worker publishes how many requests it is serving (one relaxed store on a
+//! cache line of its own when that number changes; the only cross-core write this adds), and
+//! a new stream goes to the least busy other worker when that one serves at least
+//! [`MARGIN`] fewer requests than this one. Under even load (many connections) nothing moves,
+//! so a stream pays no cross-core wake-up; one busy connection is split until the workers'
+//! loads differ by less than the margin. The owner also does all of the connection's frame
+//! work, so the balance settles with a little more of the streams elsewhere.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::Request;
+
+use super::call;
+use crate::worker::Worker;
+
+/// How many more requests this worker must be serving than another before a new stream goes
+/// there. Two, so that a stream moves only when it would otherwise queue behind others.
+pub(crate) const MARGIN: u32 = 2;
+
+/// A stream on its way to the worker that will serve it.
+#[derive(Debug)]
+pub(crate) struct Handed {
+    pub(crate) req: Request<RecvStream>,
+    pub(crate) respond: SendResponse<Bytes>,
+    pub(crate) peer: SocketAddr,
+}
+
+/// One worker's requests in flight, on a cache line of its own (only its worker writes it).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Load(AtomicU32);
+
+/// Every worker's inbox and load; each worker holds a copy.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    me: usize,
+    inboxes: Arc<[flume::Sender<Handed>]>,
+    loads: Arc<[Load]>,
+}
+
+/// A worker's side of the hand-off: its inbox.
+#[derive(Debug)]
+pub struct Inbox(flume::Receiver<Handed>);
+
+/// The hand-off channels of `workers` workers: one [`Peers`] and [`Inbox`] per worker.
+pub fn channels(workers: usize) -> Vec<(Peers, Inbox)> {
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| flume::unbounded()).unzip();
+    let inboxes: Arc<[flume::Sender<Handed>]> = senders.into();
+    let loads: Arc<[Load]> = (0..workers).map(|_| Load::default()).collect();
+    receivers
+        .into_iter()
+        .enumerate()
+        .map(|(me, rx)| {
+            (
+                Peers {
+                    me,
+                    inboxes: inboxes.clone(),
+                    loads: loads.clone(),
+                },
+                Inbox(rx),
+            )
+        })
+        .collect()
+}
+
+impl Peers {
+    /// A single worker, with nobody to hand to (tests, `workers: 1`).
+    pub fn alone() -> Self {
+        channels(1).remove(0).0
+    }
+
+    /// Publishes this worker's requests in flight.
+    pub(crate) fn publish(&self, in_flight: u32) {
+        self.loads[self.me].0.store(in_flight, Ordering::Relaxed);
+    }
+
+    /// The worker a new stream should go to, when not this one.
+    fn target(&self, mine: u32) -> Option<usize> {
+        if self.loads.len() < 2 || mine < MARGIN {
+            return None;
+        }
+        let (id, load) = self
+            .loads
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| *id != self.me)
+            .map(|(id, l)| (id, l.0.load(Ordering::Relaxed)))
+            .min_by_key(|&(_, l)| l)?;
+        (load + MARGIN <= mine).then_some(id)
+    }
+}
+
+/// Serves a new stream here, or hands it to a less busy worker.
+pub(crate) fn dispatch(worker: &Rc<Worker>, handed: Handed) {
+    let mine = worker.stats.downstream_rq_active.get() as u32;
+    let handed = match worker.peers.target(mine) {
+        Some(id) => match worker.peers.inboxes[id].send(handed) {
+            Ok(()) => {
+                crate::telemetry::stats::inc(&worker.stats.h2_streams_handed_off);
+                return;
+            }
+            // That worker is gone (shutting down): serve here.
+            Err(flume::SendError(h)) => h,
+        },
+        None => handed,
+    };
+    monoio::spawn(call::serve(worker.clone(), handed));
+}
+
+/// Serves the streams other workers hand to this one, until the proxy stops.
+pub(crate) async fn receive(worker: Rc<Worker>, inbox: Inbox) {
+    while let Ok(handed) = inbox.0.recv_async().await {
+        monoio::spawn(call::serve(worker.clone(), handed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_moves_only_to_a_clearly_less_busy_worker() {
+        let set = channels(3);
+        let (me, _) = &set[0];
+        set[1].0.publish(5);
+        set[2].0.publish(3);
+        assert_eq!(me.target(1), None, "an idle worker keeps its streams");
+        assert_eq!(me.target(4), None, "3 + margin > 4");
+        assert_eq!(me.target(5), Some(2), "the least busy one");
+        set[2].0.publish(9);
+        assert_eq!(me.target(7), Some(1));
+        assert_eq!(Peers::alone().target(100), None);
+    }
+}

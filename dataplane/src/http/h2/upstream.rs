@@ -1,0 +1,424 @@
+//! One try of a call from an HTTP/2 client: over an HTTP/2 upstream ([`to_h2`]) or an
+//! HTTP/1.1 one ([`to_h1`]).
+//!
+//! Both directions of the stream run at once: the request body is pumped upstream while the
+//! response head is awaited and, once it came, while the response is relayed (a bidirectional
+//! gRPC stream needs both to flow together). The response head decides whether another try
+//! follows (HTTP status, or `grpc-status` of a trailers-only answer, under the route's
+//! `retryOn`); once the head went to the client, nothing is retried.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{select, Either};
+use h2::server::SendResponse;
+use h2::Reason;
+use http::Response;
+use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
+use ringmesh_api::snapshot::Cluster;
+
+use super::bodies::{self, Broken, Cursor, ReplayBody};
+use super::call::Call;
+use super::client::ConnLimits;
+use super::headers::{apply_ops, h1_response_to_h2, Outgoing};
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::http::forward::{read_head, record_upstream_status, upstream_conn, HeadRead, UPSTREAM_RESET};
+use crate::http::grpc;
+use crate::http::h1::{self, BodyFraming};
+use crate::http::retry::{self, Decision, Retries};
+use crate::lb::ClusterState;
+use crate::telemetry::stats::inc;
+
+/// One try's target and deadlines.
+pub(crate) struct Try<'a> {
+    pub(crate) call: &'a Call<'a>,
+    pub(crate) cluster: &'a Cluster,
+    pub(crate) state: &'a ClusterState,
+    pub(crate) endpoint: usize,
+    pub(crate) outgoing: &'a Outgoing,
+    pub(crate) per_try_deadline: Option<Instant>,
+    pub(crate) route_deadline: Option<Instant>,
+}
+
+/// How a try ended.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// The response was relayed (or the client went away while it was).
+    Done,
+    /// The response asked for a retry, and one is allowed: retry number `.0` after its back-off.
+    Retry(u32),
+    /// The try failed before anything was sent to the client.
+    Failed(ProxyError),
+}
+
+/// The per-try deadline as a timeout for the next wait (the idle timeout without one, so a
+/// silent upstream never holds a call forever).
+fn wait(t: &Try<'_>) -> std::time::Duration {
+    match t.per_try_deadline {
+        Some(d) => d.saturating_duration_since(Instant::now()),
+        None => t.call.idle,
+    }
+}
+
+fn timed_out(t: &Try<'_>) -> ProxyError {
+    let overall = t.route_deadline.is_some_and(|d| Instant::now() >= d);
+    let kind = if t.call.action.retry.per_try_timeout.is_some() && !overall {
+        ErrorKind::PerTryTimeout
+    } else {
+        ErrorKind::UpstreamTimeout
+    };
+    ProxyError::new(kind, Side::Upstream, "upstream did not answer in time")
+}
+
+/// Whether the response head asks for a retry the policy and budget allow.
+fn retry_for(
+    t: &Try<'_>,
+    retries: &mut Retries<'_>,
+    replayable: bool,
+    status: u16,
+    grpc_status: Option<u32>,
+) -> Option<u32> {
+    let now = Instant::now();
+    let mut decision = retries.after_status(status, replayable, now);
+    if decision == Decision::Stop {
+        if let Some(code) = grpc_status {
+            decision = retries.after_grpc_status(code, replayable, now);
+        }
+    }
+    match decision {
+        Decision::AfterBackoff(n) if retry::admit(t.call.worker) => {
+            record_upstream_status(t.state, status);
+            Some(n)
+        }
+        _ => None,
+    }
+}
+
+/// The connection-pool limits of the cluster's HTTP/2 connections.
+pub(crate) fn conn_limits(cluster: &Cluster) -> ConnLimits {
+    ConnLimits {
+        max_streams: super::max_concurrent_streams(cluster),
+        max_requests: cluster.pool.max_requests_per_connection,
+        connect_timeout: cluster.connect_timeout,
+    }
+}
+
+/// A try over an HTTP/2 upstream connection shared with other calls.
+pub(crate) async fn to_h2(
+    t: &Try<'_>,
+    body: &mut ReplayBody,
+    respond: &mut SendResponse<Bytes>,
+    retries: &mut Retries<'_>,
+) -> Attempt {
+    let (worker, idle) = (t.call.worker, t.call.idle);
+    let addr = t.cluster.endpoints[t.endpoint].address;
+    let lease = match monoio::time::timeout(wait(t), worker.h2pool.lease(addr, conn_limits(t.cluster))).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            inc(&worker.stats.upstream_cx_connect_fail);
+            inc(&t.state.endpoints[t.endpoint].cx_connect_fail);
+            return Attempt::Failed(e);
+        }
+        Err(_) => return Attempt::Failed(timed_out(t)),
+    };
+    if lease.reused {
+        inc(&worker.stats.upstream_cx_reused);
+    } else {
+        inc(&worker.stats.upstream_cx_total);
+    }
+    let (response, mut up) = match lease.sender().send_request(t.outgoing.to_h2(), body.is_empty()) {
+        Ok(x) => x,
+        Err(_) => {
+            lease.poison();
+            return Attempt::Failed(if lease.reused {
+                ProxyError::reused_conn_dead()
+            } else {
+                UPSTREAM_RESET
+            });
+        }
+    };
+    let mut cursor = Cursor::default();
+    let empty = body.is_empty();
+    let replayable = body.replayable_flag();
+    let pump = async {
+        if empty {
+            Ok(())
+        } else {
+            bodies::replay_to_h2(body, &mut cursor, &mut up, idle).await
+        }
+    };
+    let mut pump = std::pin::pin!(pump);
+    let mut pumped: Option<Result<(), Broken>> = None;
+    let head = monoio::time::timeout(wait(t), response);
+    let mut head = std::pin::pin!(head);
+    let head = loop {
+        if pumped.is_some() {
+            break head.as_mut().await;
+        }
+        match select(pump.as_mut(), head.as_mut()).await {
+            Either::Left((Err(Broken::Source), _)) => return Attempt::Failed(client_reset()),
+            // The upstream stopped reading the body: its answer (or reset) tells why.
+            Either::Left((r, _)) => pumped = Some(r),
+            Either::Right((h, _)) => break h,
+        }
+    };
+    let resp = match head {
+        Err(_) => return Attempt::Failed(timed_out(t)),
+        Ok(Err(e)) => {
+            let refused = e.reason() == Some(Reason::REFUSED_STREAM);
+            if e.is_io() || e.is_go_away() {
+                lease.poison();
+            }
+            return Attempt::Failed(if refused || (lease.reused && (e.is_io() || e.is_go_away())) {
+                // Never processed by the upstream (RFC 9113 §8.7): safe to send again.
+                ProxyError::reused_conn_dead()
+            } else {
+                UPSTREAM_RESET
+            });
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status().as_u16();
+    let trailers_only = resp.body().is_end_stream();
+    let grpc_status = if trailers_only {
+        grpc::status_of(resp.headers())
+    } else {
+        None
+    };
+    if let Some(n) = retry_for(t, retries, replayable.get(), status, grpc_status) {
+        return Attempt::Retry(n);
+    }
+    record_upstream_status(t.state, status);
+    worker.stats.record_status(status);
+    let (mut parts, mut recv) = resp.into_parts();
+    apply_ops(&mut parts.headers, &t.call.route.response_headers);
+    let head = Response::from_parts(parts, ());
+    let Ok(mut down) = respond.send_response(head, trailers_only) else {
+        return Attempt::Done;
+    };
+    if trailers_only {
+        return Attempt::Done;
+    }
+    let relay = bodies::h2_to_h2(&mut recv, &mut down, idle);
+    if finish(pump, pumped, relay).await == Finished::UpstreamBroke {
+        down.send_reset(Reason::INTERNAL_ERROR);
+    }
+    Attempt::Done
+}
+
+/// How the rest of an exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finished {
+    /// The response went through.
+    Complete,
+    /// The upstream broke off the response: the client's stream is reset.
+    UpstreamBroke,
+    /// The client went away.
+    ClientGone,
+}
+
+/// Runs the rest of the request body and the response relay together until the response is
+/// complete.
+async fn finish<P, R>(pump: std::pin::Pin<&mut P>, pumped: Option<Result<(), Broken>>, relay: R) -> Finished
+where
+    P: std::future::Future<Output = Result<(), Broken>>,
+    R: std::future::Future<Output = Result<(), Broken>>,
+{
+    let relay = std::pin::pin!(relay);
+    let result = if pumped.is_some() {
+        relay.await
+    } else {
+        match select(pump, relay).await {
+            // The client's side ended or broke: the response still matters only in the first case.
+            Either::Left((Ok(()), relay)) => relay.await,
+            Either::Left((Err(Broken::Source), _)) => return Finished::ClientGone,
+            Either::Left((Err(Broken::Sink), relay)) => relay.await,
+            // A complete response ends the call even if the client still sends (the rest of
+            // the request is not wanted: `h2` resets it when the handles drop).
+            Either::Right((r, _)) => r,
+        }
+    };
+    match result {
+        Ok(()) => Finished::Complete,
+        Err(Broken::Source) => Finished::UpstreamBroke,
+        Err(Broken::Sink) => Finished::ClientGone,
+    }
+}
+
+/// The request method as the HTTP/1.1 response parser needs it (only HEAD and CONNECT change
+/// how a response is framed).
+fn h1_method(m: &http::Method) -> h1::Method {
+    match *m {
+        http::Method::HEAD => h1::Method::Head,
+        http::Method::CONNECT => h1::Method::Connect,
+        _ => h1::Method::Get,
+    }
+}
+
+/// A try over a pooled HTTP/1.1 upstream connection.
+pub(crate) async fn to_h1(
+    t: &Try<'_>,
+    body: &mut ReplayBody,
+    respond: &mut SendResponse<Bytes>,
+    retries: &mut Retries<'_>,
+) -> Attempt {
+    let (worker, idle) = (t.call.worker, t.call.idle);
+    let mut upstream = match upstream_conn(worker, t.cluster, t.state, t.endpoint, t.per_try_deadline).await {
+        Ok(c) => c,
+        Err(e) => return Attempt::Failed(e),
+    };
+    let mut head = BytesMut::with_capacity(512);
+    t.outgoing.encode_h1(&mut head);
+    let fd = upstream.fd();
+    if crate::http::send::write_all(&mut upstream.write, fd, head.freeze())
+        .await
+        .0
+        .is_err()
+    {
+        return Attempt::Failed(if upstream.reused {
+            ProxyError::reused_conn_dead()
+        } else {
+            UPSTREAM_RESET
+        });
+    }
+    let (addr, reused) = (upstream.addr, upstream.reused);
+    let mut buf = std::mem::take(&mut upstream.buf);
+    buf.clear();
+    let ask = HeadRead {
+        worker,
+        cluster: t.cluster,
+        method: h1_method(&t.outgoing.method),
+        upgrade: false,
+        per_try_deadline: t.per_try_deadline,
+        route_deadline: t.route_deadline,
+        per_try_timeout: t.call.action.retry.per_try_timeout.is_some(),
+        idle,
+    };
+    let replayable = body.replayable_flag();
+    let exchanged = {
+        let crate::cluster::pool::UpstreamConn { read, write, .. } = &mut upstream;
+        exchange_h1(
+            t,
+            body,
+            respond,
+            retries,
+            &replayable,
+            (read, write),
+            (addr, reused),
+            buf,
+            &ask,
+        )
+        .await
+    };
+    let x = match exchanged {
+        Ok(x) => x,
+        Err(attempt) => return attempt,
+    };
+    // The connection carries another request only if both messages ended cleanly.
+    let reusable = x.relayed
+        && body.ended()
+        && x.keep_alive
+        && x.buf.is_empty()
+        && t.cluster
+            .pool
+            .max_requests_per_connection
+            .is_none_or(|m| upstream.requests + 1 < m);
+    if reusable {
+        upstream.requests += 1;
+        upstream.buf = x.buf;
+        worker.pool.checkin(upstream, t.cluster.pool.max_idle_per_endpoint);
+    }
+    Attempt::Done
+}
+
+/// How an exchange over HTTP/1.1 ended, for deciding whether its connection is pooled.
+struct Exchanged {
+    /// Both bodies went through.
+    relayed: bool,
+    /// The response allows another request (keep-alive, not close-delimited).
+    keep_alive: bool,
+    /// Bytes read past the response (must be none to reuse the connection).
+    buf: BytesMut,
+}
+
+/// The request's body and the response, over the connection's two halves.
+#[allow(clippy::too_many_arguments)]
+async fn exchange_h1(
+    t: &Try<'_>,
+    body: &mut ReplayBody,
+    respond: &mut SendResponse<Bytes>,
+    retries: &mut Retries<'_>,
+    replayable: &std::cell::Cell<bool>,
+    (read, write): (&mut TcpOwnedReadHalf, &mut TcpOwnedWriteHalf),
+    (addr, reused): (std::net::SocketAddr, bool),
+    buf: BytesMut,
+    ask: &HeadRead<'_>,
+) -> Result<Exchanged, Attempt> {
+    let (worker, idle, framing) = (t.call.worker, t.call.idle, t.outgoing.framing);
+    let mut cursor = Cursor::default();
+    let empty = body.is_empty();
+    let pump = async {
+        if empty {
+            Ok(())
+        } else {
+            bodies::replay_to_h1(body, &mut cursor, write, framing, idle).await
+        }
+    };
+    let mut pump = std::pin::pin!(pump);
+    let mut pumped: Option<Result<(), Broken>> = None;
+    let head = {
+        let mut head = std::pin::pin!(read_head(ask, read, addr, reused, buf));
+        loop {
+            if pumped.is_some() {
+                break head.as_mut().await;
+            }
+            match select(pump.as_mut(), head.as_mut()).await {
+                Either::Left((Err(Broken::Source), _)) => return Err(Attempt::Failed(client_reset())),
+                Either::Left((r, _)) => pumped = Some(r),
+                Either::Right((h, _)) => break h,
+            }
+        }
+    };
+    let (rhead, src, mut buf) = head.map_err(Attempt::Failed)?;
+    let status = rhead.status();
+    if let Some(n) = retry_for(t, retries, replayable.get(), status, None) {
+        return Err(Attempt::Retry(n));
+    }
+    record_upstream_status(t.state, status);
+    worker.stats.record_status(status);
+    let rframing = rhead.framing();
+    let end = matches!(rframing, BodyFraming::None | BodyFraming::Length(0));
+    let resp = h1_response_to_h2(&rhead, &src, &t.call.route.response_headers);
+    let Ok(mut down) = respond.send_response(resp, end) else {
+        return Err(Attempt::Done);
+    };
+    let relayed = if end {
+        match pumped {
+            Some(r) => r.is_ok(),
+            None => pump.await.is_ok(),
+        }
+    } else {
+        let relay = bodies::h1_to_h2(rframing, read, &mut buf, &mut down, idle);
+        match finish(pump, pumped, relay).await {
+            Finished::Complete => true,
+            Finished::UpstreamBroke => {
+                down.send_reset(Reason::INTERNAL_ERROR);
+                false
+            }
+            Finished::ClientGone => false,
+        }
+    };
+    Ok(Exchanged {
+        relayed,
+        keep_alive: rhead.connection().keep_alive && rframing != BodyFraming::CloseDelimited,
+        buf,
+    })
+}
+
+fn client_reset() -> ProxyError {
+    ProxyError::new(
+        ErrorKind::DownstreamClosed,
+        Side::Downstream,
+        "client reset the stream mid-body",
+    )
+}

@@ -1,0 +1,196 @@
+//! HTTP/2 and gRPC through the proxy, end to end, on io_uring and epoll: h2c on the same
+//! listener as HTTP/1.1, both translations (HTTP/2 client → HTTP/1.1 upstream, HTTP/1.1 client
+//! → HTTP/2 upstream), HTTP/2 on both sides, trailers, gRPC statuses for local replies.
+
+use std::net::SocketAddr;
+
+use bytes::{BufMut, BytesMut};
+use http::{HeaderMap, HeaderValue, Request};
+use ringmesh_loadgen::{grpc, spawn_echo, EchoConfig, EchoHandle};
+use ringmesh_tests::client::Client;
+use ringmesh_tests::h2client::H2Client;
+use ringmesh_tests::proxy::{proxy_config, service_entry, TestProxy};
+use ringmesh_tests::upstream::{Reply, Upstream};
+use ringmesh_tests::{both_io, IoMode};
+
+/// The label that tells the proxy an endpoint speaks HTTP/2.
+const H2: &[(&str, &str)] = &[("ringmesh.io/protocol", "h2")];
+
+fn echo(instance: &str) -> EchoHandle {
+    spawn_echo(EchoConfig {
+        instance: instance.to_owned(),
+        body_size: 5,
+        ..EchoConfig::new("127.0.0.1:0".parse().unwrap())
+    })
+    .expect("echo starts")
+}
+
+fn proxy_to(io: IoMode, addr: SocketAddr, labels: &[(&str, &str)]) -> TestProxy {
+    TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("svc", "svc.test", 80, &[(addr, labels)]),
+    ])
+}
+
+/// An HTTP/2 client through the proxy to an HTTP/1.1 upstream: the same listener that serves
+/// HTTP/1.1 answers, `:authority` becomes `Host`, the body arrives, trailers are chunked.
+fn h2_client_to_h1_upstream(io: IoMode) {
+    let up = Upstream::start("h1", |r| match r.target.as_str() {
+        "/trailers" => Reply::Chunked {
+            status: 200,
+            chunks: vec![(Default::default(), b"part".to_vec())],
+            trailers: vec![("x-checksum".into(), "abc".into())],
+        },
+        _ => Reply::Full {
+            status: 201,
+            headers: vec![("x-up".into(), "1".into())],
+            body: r.body.clone(),
+        },
+    });
+    let p = proxy_to(io, up.addr, &[]);
+    // HTTP/1.1 still works on the listener.
+    assert_eq!(Client::connect(p.http()).get("svc.test", "/h1").status, 201);
+    let mut c = H2Client::connect(p.http());
+    let req = Request::post("http://svc.test/upload?x=1")
+        .header("te", "trailers")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(())
+        .unwrap();
+    let r = c.request(req, b"hello over h2", None);
+    assert_eq!(r.status, 201);
+    assert_eq!(r.text(), "hello over h2");
+    assert_eq!(r.field("x-up"), Some("1"));
+    let got = up.received();
+    let last = got.last().unwrap();
+    assert_eq!(last.method, "POST");
+    assert_eq!(last.target, "/upload?x=1");
+    assert_eq!(last.header("host"), Some("svc.test"));
+    assert_eq!(
+        last.header("cookie"),
+        Some("a=1; b=2"),
+        "HTTP/2 cookie fields are joined"
+    );
+    assert_eq!(last.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(last.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(last.body, b"hello over h2");
+    // Chunked trailers reach the HTTP/2 client as trailers.
+    let r = c.get("svc.test", "/trailers");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "part");
+    assert_eq!(r.trailers.as_ref().and_then(|t| t.get("x-checksum")).unwrap(), "abc");
+    // Several requests on the one connection, one after another.
+    for i in 0..20 {
+        assert_eq!(c.get("svc.test", &format!("/n/{i}")).status, 201);
+    }
+}
+
+/// An HTTP/1.1 client through the proxy to an HTTP/2 upstream.
+fn h1_client_to_h2_upstream(io: IoMode) {
+    let e = echo("h2-echo");
+    let p = proxy_to(io, e.local_addr(), H2);
+    let mut c = Client::connect(p.http());
+    for _ in 0..3 {
+        let r = c.get("svc.test", "/");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 5);
+        assert_eq!(r.header("x-ringmesh-instance"), Some("h2-echo"));
+    }
+    // The echo dumps the head it got: HTTP/2 pseudo-fields, no connection-specific fields.
+    c.send(
+        b"GET /headers HTTP/1.1\r\nHost: svc.test\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nX-Keep: yes\r\n\r\n",
+    );
+    let r = c.response().unwrap();
+    assert_eq!(r.status, 200);
+    let dump = r.text();
+    assert!(dump.contains(":authority: svc.test\n"), "{dump}");
+    assert!(dump.contains(":path: /headers\n"), "{dump}");
+    assert!(dump.contains("x-keep: yes\n"), "{dump}");
+    assert!(!dump.contains("x-hop"), "a field named by Connection crossed: {dump}");
+    assert!(!dump.contains("connection"), "{dump}");
+    // A body of unknown length (chunked) arrives whole.
+    c.send(b"POST /echo HTTP/1.1\r\nHost: svc.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let r = c.response().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello world");
+    // All of it over one multiplexed connection.
+    let stats = ringmesh_tests::client::admin_get(p.admin(), "/stats/prometheus").1;
+    assert!(stats.contains("ringmesh_upstream_cx_total 1\n"), "{stats}");
+}
+
+fn grpc_request(path: &str, payload: &[u8]) -> (Request<()>, BytesMut) {
+    let req = Request::post(format!("http://svc.test{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let mut body = BytesMut::new();
+    grpc::encode_echo_message(payload, &mut body);
+    (req, body)
+}
+
+/// HTTP/2 on both sides: a gRPC call and its trailers, and a local reply as a gRPC status.
+fn grpc_through_h2_both_sides(io: IoMode) {
+    let e = echo("grpc-echo");
+    let p = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("svc", "svc.test", 80, &[(e.local_addr(), H2)]),
+        service_entry("nothing", "empty.test", 80, &[]),
+    ]);
+    let mut c = H2Client::connect(p.http());
+    let (req, body) = grpc_request(grpc::UNARY_PATH, b"ping");
+    let r = c.request(req, &body, None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("grpc-status"), Some("0"), "{r:?}");
+    assert!(r.trailers.is_some(), "the status came as a trailer");
+    let mut expect = BytesMut::new();
+    grpc::encode_echo_message(b"ping", &mut expect);
+    assert_eq!(&r.body[..], &expect[..]);
+
+    // No endpoint: a gRPC status, not a bare 503.
+    let req = Request::post("http://empty.test/x.Y/Z")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let r = c.request(req, &body, None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("grpc-status"), Some("14"), "{r:?}");
+    assert!(
+        r.field("grpc-message")
+            .is_some_and(|m| m.contains("no healthy upstream")),
+        "{r:?}"
+    );
+    // No route: UNIMPLEMENTED.
+    let req = Request::post("http://unknown.test/x.Y/Z")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    assert_eq!(c.request(req, b"", None).field("grpc-status"), Some("12"));
+    // A plain HTTP/2 request still gets an HTTP status.
+    assert_eq!(c.get("unknown.test", "/").status, 404);
+}
+
+/// Request trailers from an HTTP/2 client reach an HTTP/2 upstream; the echo answers the
+/// stream with its own trailers.
+fn request_trailers_cross(io: IoMode) {
+    let e = echo("t");
+    let p = proxy_to(io, e.local_addr(), H2);
+    let mut c = H2Client::connect(p.http());
+    let mut t = HeaderMap::new();
+    t.insert("x-client-trailer", HeaderValue::from_static("1"));
+    let (req, body) = grpc_request(grpc::UNARY_PATH, b"with trailers");
+    let r = c.request(req, &body, Some(t));
+    assert_eq!(r.field("grpc-status"), Some("0"), "{r:?}");
+    let mut big = BytesMut::new();
+    big.put_bytes(b'x', 300_000);
+    let r = c.request(Request::post("http://svc.test/echo").body(()).unwrap(), &big, None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 300_000, "a body larger than the windows arrives whole");
+}
+
+both_io!(
+    h2_client_to_h1_upstream,
+    h1_client_to_h2_upstream,
+    grpc_through_h2_both_sides,
+    request_trailers_cross,
+);
