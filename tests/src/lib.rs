@@ -10,6 +10,7 @@
 pub mod client;
 pub mod control;
 pub mod h2client;
+pub mod h2raw;
 pub mod procs;
 pub mod proxy;
 pub mod upstream;

@@ -71,6 +71,12 @@ pub fn render(t: &StatsTotals) -> String {
         "HTTP/2 streams served by another worker than the one holding their connection.",
         t.h2_streams_handed_off,
     );
+    counter(
+        &mut out,
+        "ringmesh_h2_goaway_abuse_total",
+        "HTTP/2 client connections ended with GOAWAY(ENHANCE_YOUR_CALM) for abuse.",
+        t.h2_goaway_sent,
+    );
 
     let name = "ringmesh_downstream_rq_xx_total";
     let _ = writeln!(

@@ -37,6 +37,8 @@ pub struct WorkerStats {
     pub downstream_cx_h2_total: Cell<u64>,
     /// HTTP/2 streams this worker handed to another worker to serve.
     pub h2_streams_handed_off: Cell<u64>,
+    /// HTTP/2 client connections ended with `GOAWAY(ENHANCE_YOUR_CALM)` for abuse.
+    pub h2_goaway_sent: Cell<u64>,
     /// TCP proxy connections accepted.
     pub tcp_cx_total: Cell<u64>,
     /// TCP proxy bytes client → upstream.
@@ -66,6 +68,7 @@ impl Default for WorkerStats {
             upstream_rq_timeout: Cell::new(0),
             downstream_cx_h2_total: Cell::new(0),
             h2_streams_handed_off: Cell::new(0),
+            h2_goaway_sent: Cell::new(0),
             tcp_cx_total: Cell::new(0),
             tcp_bytes_sent: Cell::new(0),
             tcp_bytes_received: Cell::new(0),
@@ -141,6 +144,7 @@ impl WorkerStats {
             upstream_rq_timeout: self.upstream_rq_timeout.get(),
             downstream_cx_h2_total: self.downstream_cx_h2_total.get(),
             h2_streams_handed_off: self.h2_streams_handed_off.get(),
+            h2_goaway_sent: self.h2_goaway_sent.get(),
             tcp_cx_total: self.tcp_cx_total.get(),
             tcp_bytes_sent: self.tcp_bytes_sent.get(),
             tcp_bytes_received: self.tcp_bytes_received.get(),
@@ -210,6 +214,8 @@ pub struct StatsTotals {
     #[allow(missing_docs)]
     pub h2_streams_handed_off: u64,
     #[allow(missing_docs)]
+    pub h2_goaway_sent: u64,
+    #[allow(missing_docs)]
     pub tcp_cx_total: u64,
     #[allow(missing_docs)]
     pub tcp_bytes_sent: u64,
@@ -241,6 +247,7 @@ impl StatsTotals {
             upstream_rq_timeout: 0,
             downstream_cx_h2_total: 0,
             h2_streams_handed_off: 0,
+            h2_goaway_sent: 0,
             tcp_cx_total: 0,
             tcp_bytes_sent: 0,
             tcp_bytes_received: 0,
@@ -270,6 +277,7 @@ impl StatsTotals {
         self.upstream_rq_timeout += o.upstream_rq_timeout;
         self.downstream_cx_h2_total += o.downstream_cx_h2_total;
         self.h2_streams_handed_off += o.h2_streams_handed_off;
+        self.h2_goaway_sent += o.h2_goaway_sent;
         self.tcp_cx_total += o.tcp_cx_total;
         self.tcp_bytes_sent += o.tcp_bytes_sent;
         self.tcp_bytes_received += o.tcp_bytes_received;

@@ -13,8 +13,9 @@
 //! them again; a longer body is never replayed.
 
 use std::cell::Cell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -276,6 +277,22 @@ async fn write<W: AsyncWriteRent>(dst: &mut W, bytes: Bytes) -> Result<(), Broke
     dst.write_all(bytes).await.0.map(|_| ()).map_err(|_| Broken::Sink)
 }
 
+/// Awaits `fut` unless the peer of `send` resets the stream first (then `Err(Sink)`): a
+/// client that cancels a call is noticed while its response waits for upstream bytes.
+async fn unless_reset<F: Future>(send: &mut SendStream<Bytes>, fut: F) -> Result<F::Output, Broken> {
+    let mut fut = std::pin::pin!(fut);
+    poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        if send.poll_reset(cx).is_ready() {
+            return Poll::Ready(Err(Broken::Sink));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Relays an HTTP/2 body (a response from an HTTP/2 upstream) to an HTTP/2 stream (the
 /// client's), trailers included.
 pub(crate) async fn h2_to_h2(
@@ -284,8 +301,8 @@ pub(crate) async fn h2_to_h2(
     idle: Duration,
 ) -> Result<(), Broken> {
     loop {
-        let next = monoio::time::timeout(idle, recv.data())
-            .await
+        let next = unless_reset(send, monoio::time::timeout(idle, recv.data()))
+            .await?
             .map_err(|_| Broken::Source)?;
         match next {
             Some(Ok(bytes)) => {
@@ -464,11 +481,8 @@ pub(crate) async fn h1_to_h2<R: AsyncReadRent>(
 ) -> Result<(), Broken> {
     let mut source = H1Source::new(framing);
     loop {
-        match source
-            .next(src, buf, idle)
-            .await
-            .map_err(|e| if e.is_source() { Broken::Source } else { Broken::Sink })?
-        {
+        let next = unless_reset(send, source.next(src, buf, idle)).await?;
+        match next.map_err(|e| if e.is_source() { Broken::Source } else { Broken::Sink })? {
             H1Piece::Data(bytes) => send_data(send, bytes, false, idle).await?,
             H1Piece::End(Some(t)) => return send.send_trailers(t).map_err(|_| Broken::Sink),
             H1Piece::End(None) => return send.send_data(Bytes::new(), true).map_err(|_| Broken::Sink),

@@ -7,6 +7,7 @@
 //! with gRPC statuses), relay the response. Each call is its own task, so a slow call never
 //! holds up the others on its connection.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -33,7 +34,12 @@ use crate::worker::Worker;
 
 /// Serves one stream to its end.
 pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
-    let Handed { req, mut respond, peer } = handed;
+    let Handed {
+        req,
+        mut respond,
+        peer,
+        live,
+    } = handed;
     worker.request_started();
     let started = Instant::now();
     let (parts, body) = req.into_parts();
@@ -52,10 +58,12 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
         .routes
         .find_host(host)
         .and_then(|vh| vh.find_route_match(&rv));
+    let client_gone = Cell::new(false);
     let reply = Reply {
         worker: &worker,
         peer,
         grpc,
+        client_gone: &client_gone,
     };
     match hit.map(|h| (h.route, h.matched)) {
         None => {
@@ -94,6 +102,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
                     action,
                     grpc,
                     idle,
+                    client_gone: &client_gone,
                 };
                 if let Err((e, body)) = forward(&call, ReplayBody::new(body), &mut respond).await {
                     reply.error(&mut respond, e, body);
@@ -101,6 +110,10 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
             }
         },
     }
+    if client_gone.get() {
+        live.reset_by_client();
+    }
+    drop(live);
     worker.request_ended();
     worker.stats.record_duration_us(started.elapsed().as_micros() as u64);
 }
@@ -118,6 +131,8 @@ pub(crate) struct Call<'a> {
     pub(crate) grpc: bool,
     /// Idle timeout between reads of a body.
     pub(crate) idle: Duration,
+    /// Set when the client reset the stream before the response was complete.
+    pub(crate) client_gone: &'a Cell<bool>,
 }
 
 /// Forwards a call: tries until one answers or retries end. `Err` carries the failure to
@@ -238,6 +253,7 @@ struct Reply<'a> {
     worker: &'a Worker,
     peer: SocketAddr,
     grpc: bool,
+    client_gone: &'a Cell<bool>,
 }
 
 impl Reply<'_> {
@@ -246,6 +262,7 @@ impl Reply<'_> {
         let worker = self.worker;
         worker.stats.record_local_reply(e.flag());
         if e.kind == ErrorKind::DownstreamClosed {
+            self.client_gone.set(true);
             respond.send_reset(h2::Reason::CANCEL);
             return;
         }

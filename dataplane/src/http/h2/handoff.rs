@@ -19,7 +19,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -40,6 +40,56 @@ pub(crate) struct Handed {
     pub(crate) req: Request<RecvStream>,
     pub(crate) respond: SendResponse<Bytes>,
     pub(crate) peer: SocketAddr,
+    /// Counts the call against its connection until the call ends.
+    pub(crate) live: LiveCall,
+}
+
+/// What a connection knows of its calls, wherever they are served: how many are still being
+/// served, how many there were, and how many the client reset before their response was
+/// complete. A client that resets streams faster than the proxy can finish them shows either
+/// as more live calls than it may have streams open, or as most of its calls reset (Envoy's
+/// premature-reset check); both are rapid reset (CVE-2023-44487).
+#[derive(Debug, Default)]
+pub(crate) struct ConnCalls {
+    live: AtomicUsize,
+    total: AtomicUsize,
+    premature: AtomicUsize,
+}
+
+/// Calls seen on a connection before the premature-reset ratio is judged (Envoy's default).
+pub(crate) const PREMATURE_MIN_CALLS: usize = 500;
+
+impl ConnCalls {
+    /// Whether the client abuses resets: more calls live than `max_live`, or, after
+    /// [`PREMATURE_MIN_CALLS`], at least half of them reset before their response ended.
+    pub(crate) fn abusive(&self, max_live: usize) -> bool {
+        let total = self.total.load(Ordering::Relaxed);
+        self.live.load(Ordering::Relaxed) >= max_live
+            || (total >= PREMATURE_MIN_CALLS && self.premature.load(Ordering::Relaxed) * 2 >= total)
+    }
+}
+
+/// One call still being served, counted on its connection until it ends.
+#[derive(Debug)]
+pub(crate) struct LiveCall(Arc<ConnCalls>);
+
+impl LiveCall {
+    pub(crate) fn new(calls: &Arc<ConnCalls>) -> Self {
+        calls.live.fetch_add(1, Ordering::Relaxed);
+        calls.total.fetch_add(1, Ordering::Relaxed);
+        LiveCall(calls.clone())
+    }
+
+    /// The client reset the call before its response was complete.
+    pub(crate) fn reset_by_client(&self) {
+        self.0.premature.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for LiveCall {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One worker's requests in flight, on a cache line of its own (only its worker writes it).
@@ -147,5 +197,26 @@ mod tests {
         set[2].0.publish(9);
         assert_eq!(me.target(7), Some(1));
         assert_eq!(Peers::alone().target(100), None);
+    }
+
+    #[test]
+    fn resets_count_against_their_connection() {
+        let calls = Arc::new(ConnCalls::default());
+        let held: Vec<LiveCall> = (0..10).map(|_| LiveCall::new(&calls)).collect();
+        assert!(calls.abusive(10), "ten live calls reach a limit of ten");
+        drop(held);
+        assert!(!calls.abusive(10));
+        for i in 0..PREMATURE_MIN_CALLS {
+            let c = LiveCall::new(&calls);
+            if i % 2 == 0 {
+                c.reset_by_client();
+            }
+        }
+        assert!(calls.abusive(10), "half of 510 calls reset");
+        let fresh = Arc::new(ConnCalls::default());
+        for _ in 0..PREMATURE_MIN_CALLS - 1 {
+            LiveCall::new(&fresh).reset_by_client();
+        }
+        assert!(!fresh.abusive(10), "too few calls to judge");
     }
 }

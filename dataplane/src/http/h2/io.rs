@@ -2,12 +2,16 @@
 //!
 //! `h2` reads and writes through tokio's poll-based traits; monoio's sockets pass owned
 //! buffers. `monoio-compat`'s `StreamWrapper` bridges the two (the pairing DESIGN.md checked),
-//! and [`Rewind`] replays the bytes the connection loop already read while deciding the
-//! protocol, so the HTTP/1 path reads no byte twice and the HTTP/2 path loses none.
+//! and [`Inbound`] replays the bytes the connection loop already read while deciding the
+//! protocol (so the HTTP/1 path reads no byte twice and the HTTP/2 path loses none) and meters
+//! the client's frames for floods `h2` does not bound by itself.
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use monoio::net::TcpStream;
@@ -52,32 +56,146 @@ pub(crate) fn compat(stream: TcpStream) -> Compat {
     StreamWrapper::new_with_buffer_size(stream, COMPAT_BUFFER, COMPAT_BUFFER)
 }
 
-/// Replays bytes already read, then reads from the inner stream.
+/// Frames a client may send in one second that demand an answer or carry nothing (SETTINGS
+/// and PING that are not acknowledgements, empty DATA frames that do not end a stream). A
+/// legitimate client sends a handful; a flood (CVE-2019-9512, -9515, -9518) sends thousands.
+pub(crate) const FLOOD_BUDGET: u32 = 1000;
+
+/// Set when a client's frames exceed [`FLOOD_BUDGET`]; the connection's task is woken to end
+/// the connection with `GOAWAY(ENHANCE_YOUR_CALM)`.
+#[derive(Debug, Default)]
+pub(crate) struct Flood {
+    flagged: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Flood {
+    /// Resolves once the client flooded.
+    pub(crate) fn poll_flagged(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flagged.get() {
+            return Poll::Ready(());
+        }
+        *self.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn flag(&self) {
+        self.flagged.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Walks frame headers in the bytes a client sends (payloads are skipped, not read) and counts
+/// the frames that make a flood.
 #[derive(Debug)]
-pub(crate) struct Rewind<T> {
+struct FrameMeter {
+    /// Bytes to pass over before the next frame header (the preface first).
+    skip: usize,
+    head: [u8; 9],
+    have: usize,
+    window_start: Instant,
+    in_window: u32,
+}
+
+impl FrameMeter {
+    fn new() -> Self {
+        FrameMeter {
+            skip: PREFACE.len(),
+            head: [0; 9],
+            have: 0,
+            window_start: Instant::now(),
+            in_window: 0,
+        }
+    }
+
+    /// Accounts for `bytes`; true when the budget is exceeded.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        let mut counted = 0u32;
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < 9 {
+                break;
+            }
+            self.have = 0;
+            let len = (usize::from(self.head[0]) << 16) | (usize::from(self.head[1]) << 8) | usize::from(self.head[2]);
+            let (kind, flags) = (self.head[3], self.head[4]);
+            let flood = match kind {
+                // SETTINGS and PING that are not ACKs must be answered.
+                0x4 | 0x6 => flags & 0x1 == 0,
+                // DATA with nothing in it that does not end the stream.
+                0x0 => len == 0 && flags & 0x1 == 0,
+                _ => false,
+            };
+            counted += u32::from(flood);
+            self.skip = len;
+        }
+        if counted == 0 {
+            return false;
+        }
+        if self.window_start.elapsed() >= Duration::from_secs(1) {
+            self.window_start = Instant::now();
+            self.in_window = 0;
+        }
+        self.in_window = self.in_window.saturating_add(counted);
+        self.in_window > FLOOD_BUDGET
+    }
+}
+
+/// A client connection as `h2` reads it: the bytes already read while sniffing first, every
+/// frame header metered for floods. Once the client flooded, nothing more is read from it.
+#[derive(Debug)]
+pub(crate) struct Inbound<T> {
     prefix: Bytes,
     inner: T,
+    meter: FrameMeter,
+    flood: Rc<Flood>,
 }
 
-impl<T> Rewind<T> {
-    pub(crate) fn new(prefix: Bytes, inner: T) -> Self {
-        Rewind { prefix, inner }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+impl<T> Inbound<T> {
+    pub(crate) fn new(prefix: Bytes, inner: T, flood: Rc<Flood>) -> Self {
+        Inbound {
+            prefix,
+            inner,
+            meter: FrameMeter::new(),
+            flood,
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Inbound<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.flood.flagged.get() {
+            // Stop taking the flood in; the connection's task sends GOAWAY and closes.
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+        } else {
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        }
+        if this.meter.feed(&buf.filled()[before..]) {
+            this.flood.flag();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Inbound<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -106,5 +224,34 @@ mod tests {
         assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniff::Http1);
         assert_eq!(sniff(b"PRI * HTTP/1.1\r\n"), Sniff::Http1);
         assert_eq!(sniff(b"P"), Sniff::NeedMore);
+    }
+
+    fn frame(kind: u8, flags: u8, payload: usize) -> Vec<u8> {
+        let mut f = vec![0, (payload >> 8) as u8, payload as u8, kind, flags, 0, 0, 0, 1];
+        f.resize(9 + payload, 0xee);
+        f
+    }
+
+    #[test]
+    fn the_meter_counts_floods_across_read_boundaries() {
+        let mut m = FrameMeter::new();
+        assert!(!m.feed(PREFACE));
+        // Requests, data, ACKs and WINDOW_UPDATEs are not a flood, however many.
+        let mut normal = Vec::new();
+        for _ in 0..2000 {
+            normal.extend(frame(0x1, 0x5, 30));
+            normal.extend(frame(0x0, 0x0, 100));
+            normal.extend(frame(0x4, 0x1, 0));
+            normal.extend(frame(0x8, 0x0, 4));
+        }
+        for piece in normal.chunks(7) {
+            assert!(!m.feed(piece));
+        }
+        let mut pings = Vec::new();
+        for _ in 0..FLOOD_BUDGET {
+            pings.extend(frame(0x6, 0x0, 8));
+        }
+        assert!(!m.feed(&pings), "exactly the budget is allowed");
+        assert!(m.feed(&frame(0x0, 0x0, 0)), "one more frame (an empty DATA) is a flood");
     }
 }

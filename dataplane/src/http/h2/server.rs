@@ -15,8 +15,11 @@
 //! | `SETTINGS_INITIAL_WINDOW_SIZE` | [`STREAM_WINDOW`] (256 KiB) | the most a stream can have in flight before the proxy forwarded it |
 //! | connection window | [`CONNECTION_WINDOW`] (1 MiB) | the most a connection can have in flight, whatever its streams |
 //! | `SETTINGS_MAX_HEADER_LIST_SIZE` | `limits.maxRequestHeadBytes` | as for HTTP/1.1 heads; a CONTINUATION flood past it ends the connection |
-//! | pending resets (rapid reset, CVE-2023-44487) | [`MAX_PENDING_RESETS`] (20) | streams opened and reset before the proxy served them; more ends the connection with `GOAWAY(ENHANCE_YOUR_CALM)` |
+//! | pending resets (rapid reset, CVE-2023-44487) | [`MAX_PENDING_RESETS`] (20) | streams opened and reset before the proxy accepted them; more ends the connection with `GOAWAY(ENHANCE_YOUR_CALM)` |
+//! | calls being served (rapid reset) | [`MAX_LIVE_CALLS`] (2048) | streams the client reset still count until the proxy has stopped serving them; more ends the connection with `GOAWAY(ENHANCE_YOUR_CALM)` |
+//! | premature resets (rapid reset) | half of the calls, after 500 | a client that cancels most of what it asks for (Envoy's check) gets `GOAWAY(ENHANCE_YOUR_CALM)` |
 //! | resets the proxy had to send | [`MAX_LOCAL_ERROR_RESETS`] (1024) | a client making the proxy refuse stream after stream gets `GOAWAY` |
+//! | SETTINGS, PING and empty DATA frames (floods, CVE-2019-9512/-9515/-9518) | [`io::FLOOD_BUDGET`] (1000) per second | more ends the connection with `GOAWAY(ENHANCE_YOUR_CALM)`; no more of its bytes are read |
 //! | keep-alive `PING` | every [`PING_INTERVAL`] (30 s) without a stream; no answer in [`PING_TIMEOUT`] (10 s) closes | a peer that vanished without a FIN |
 //! | idle connection | `limits.idleTimeout` without a stream | closed with `GOAWAY(NO_ERROR)` |
 //!
@@ -28,6 +31,7 @@
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -43,6 +47,9 @@ use crate::worker::Worker;
 pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Streams a client may open and reset before the proxy accepted them (h2's rapid-reset guard).
 pub(crate) const MAX_PENDING_RESETS: usize = 20;
+/// Calls one connection may have being served at once, counting streams the client already
+/// reset: twice the stream limit, so a client cancelling calls as it goes stays clear of it.
+pub(crate) const MAX_LIVE_CALLS: usize = 2 * MAX_CONCURRENT_STREAMS as usize;
 /// Streams the proxy may reset because of the client's errors before it ends the connection.
 pub(crate) const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// Largest header list accepted from an upstream (a client's is `limits.maxRequestHeadBytes`).
@@ -51,6 +58,8 @@ pub(crate) const MAX_HEADER_LIST: u32 = 64 * 1024;
 pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A ping not answered within this closes the connection.
 pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an abusive client has to read its `GOAWAY` before the socket closes.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 /// Longest sleep of a connection's task between looks at draining and idleness.
 const TICK: Duration = Duration::from_secs(5);
 
@@ -58,7 +67,8 @@ const TICK: Duration = Duration::from_secs(5);
 /// already read by the connection loop.
 pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, read: Bytes) {
     let limits = worker.snapshot.get().snapshot.proxy.limits.clone();
-    let io = io::Rewind::new(read, io::compat(stream));
+    let flood = Rc::new(io::Flood::default());
+    let io = io::Inbound::new(read, io::compat(stream), flood.clone());
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .initial_window_size(STREAM_WINDOW)
@@ -79,6 +89,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
         }
     };
     let mut ping = conn.ping_pong();
+    let calls = Arc::new(handoff::ConnCalls::default());
     let mut quiet_since = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let mut draining = false;
@@ -99,18 +110,53 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
         let accepted = {
             let accept = std::pin::pin!(conn.accept());
             let timer = std::pin::pin!(monoio::time::sleep(tick));
-            match select(accept, timer).await {
-                Either::Left((next, _)) => Some(next),
+            let flooded = poll_fn(|cx| flood.poll_flagged(cx));
+            match select(select(accept, timer), std::pin::pin!(flooded)).await {
+                Either::Left((Either::Left((next, _)), _)) => Some(Some(next)),
+                Either::Left((Either::Right(((), _)), _)) => Some(None),
                 Either::Right(((), _)) => None,
             }
+        };
+        let Some(accepted) = accepted else {
+            worker.stats.log_limit.log(
+                "h2-flood",
+                || tracing::info!(%peer, "HTTP/2 client floods control frames; GOAWAY"),
+            );
+            crate::telemetry::stats::inc(&worker.stats.h2_goaway_sent);
+            calm_down(&mut conn).await;
+            return;
         };
         match accepted {
             Some(Some(Ok((req, respond)))) => {
                 quiet_since = Instant::now();
                 ping_sent = None;
-                handoff::dispatch(&worker, handoff::Handed { req, respond, peer });
+                if calls.abusive(MAX_LIVE_CALLS) {
+                    // The client resets streams faster than they can be served: the
+                    // concurrency limit no longer bounds its cost (CVE-2023-44487).
+                    worker.stats.log_limit.log(
+                        "h2-rapid-reset",
+                        || tracing::info!(%peer, "HTTP/2 client resets streams faster than they are served; GOAWAY"),
+                    );
+                    crate::telemetry::stats::inc(&worker.stats.h2_goaway_sent);
+                    drop((req, respond));
+                    calm_down(&mut conn).await;
+                    return;
+                }
+                let live = handoff::LiveCall::new(&calls);
+                handoff::dispatch(
+                    &worker,
+                    handoff::Handed {
+                        req,
+                        respond,
+                        peer,
+                        live,
+                    },
+                );
             }
             Some(Some(Err(e))) => {
+                if e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                    crate::telemetry::stats::inc(&worker.stats.h2_goaway_sent);
+                }
                 if e.is_go_away() || e.is_io() {
                     tracing::debug!(%peer, "HTTP/2 connection ended: {e}");
                 } else {
@@ -154,4 +200,15 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
             }
         }
     }
+}
+
+/// Ends an abusive connection: `GOAWAY(ENHANCE_YOUR_CALM)`, a moment for it to leave, then
+/// the socket closes (a client that does not read gets no longer than that).
+async fn calm_down<T, B>(conn: &mut h2::server::Connection<T, B>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: bytes::Buf,
+{
+    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+    let _ = monoio::time::timeout(GOAWAY_GRACE, async { while let Some(Ok(_)) = conn.accept().await {} }).await;
 }

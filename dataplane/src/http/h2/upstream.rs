@@ -7,6 +7,9 @@
 //! follows (HTTP status, or `grpc-status` of a trailers-only answer, under the route's
 //! `retryOn`); once the head went to the client, nothing is retried.
 
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -149,18 +152,10 @@ pub(crate) async fn to_h2(
     };
     let mut pump = std::pin::pin!(pump);
     let mut pumped: Option<Result<(), Broken>> = None;
-    let head = monoio::time::timeout(wait(t), response);
-    let mut head = std::pin::pin!(head);
-    let head = loop {
-        if pumped.is_some() {
-            break head.as_mut().await;
-        }
-        match select(pump.as_mut(), head.as_mut()).await {
-            Either::Left((Err(Broken::Source), _)) => return Attempt::Failed(client_reset()),
-            // The upstream stopped reading the body: its answer (or reset) tells why.
-            Either::Left((r, _)) => pumped = Some(r),
-            Either::Right((h, _)) => break h,
-        }
+    let head = std::pin::pin!(monoio::time::timeout(wait(t), response));
+    let head = match await_head(pump.as_mut(), &mut pumped, head, respond).await {
+        Some(h) => h,
+        None => return Attempt::Failed(client_reset()),
     };
     let resp = match head {
         Err(_) => return Attempt::Failed(timed_out(t)),
@@ -200,8 +195,10 @@ pub(crate) async fn to_h2(
         return Attempt::Done;
     }
     let relay = bodies::h2_to_h2(&mut recv, &mut down, idle);
-    if finish(pump, pumped, relay).await == Finished::UpstreamBroke {
-        down.send_reset(Reason::INTERNAL_ERROR);
+    match finish(pump, pumped, relay).await {
+        Finished::Complete => {}
+        Finished::UpstreamBroke => down.send_reset(Reason::INTERNAL_ERROR),
+        Finished::ClientGone => t.call.client_gone.set(true),
     }
     Attempt::Done
 }
@@ -242,6 +239,44 @@ where
         Ok(()) => Finished::Complete,
         Err(Broken::Source) => Finished::UpstreamBroke,
         Err(Broken::Sink) => Finished::ClientGone,
+    }
+}
+
+/// Waits for the response head while the request body goes on (until `pumped`) and watches for
+/// the client resetting its stream; `None` when the client reset it or broke its body (the try
+/// is then abandoned, and dropping its upstream stream or connection cancels it upstream).
+async fn await_head<P, H>(
+    mut pump: Pin<&mut P>,
+    pumped: &mut Option<Result<(), Broken>>,
+    mut head: Pin<&mut H>,
+    respond: &mut SendResponse<Bytes>,
+) -> Option<H::Output>
+where
+    P: Future<Output = Result<(), Broken>>,
+    H: Future,
+{
+    loop {
+        let event = poll_fn(|cx| {
+            if pumped.is_none() {
+                if let Poll::Ready(r) = pump.as_mut().poll(cx) {
+                    return Poll::Ready(Either::Left(r));
+                }
+            }
+            if let Poll::Ready(h) = head.as_mut().poll(cx) {
+                return Poll::Ready(Either::Right(Some(h)));
+            }
+            if respond.poll_reset(cx).is_ready() {
+                return Poll::Ready(Either::Right(None));
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Either::Left(Err(Broken::Source)) | Either::Right(None) => return None,
+            // The upstream stopped taking the body: its answer (or reset) tells why.
+            Either::Left(r) => *pumped = Some(r),
+            Either::Right(Some(h)) => return Some(h),
+        }
     }
 }
 
@@ -367,16 +402,10 @@ async fn exchange_h1(
     let mut pump = std::pin::pin!(pump);
     let mut pumped: Option<Result<(), Broken>> = None;
     let head = {
-        let mut head = std::pin::pin!(read_head(ask, read, addr, reused, buf));
-        loop {
-            if pumped.is_some() {
-                break head.as_mut().await;
-            }
-            match select(pump.as_mut(), head.as_mut()).await {
-                Either::Left((Err(Broken::Source), _)) => return Err(Attempt::Failed(client_reset())),
-                Either::Left((r, _)) => pumped = Some(r),
-                Either::Right((h, _)) => break h,
-            }
+        let head = std::pin::pin!(read_head(ask, read, addr, reused, buf));
+        match await_head(pump.as_mut(), &mut pumped, head, respond).await {
+            Some(h) => h,
+            None => return Err(Attempt::Failed(client_reset())),
         }
     };
     let (rhead, src, mut buf) = head.map_err(Attempt::Failed)?;
@@ -405,7 +434,10 @@ async fn exchange_h1(
                 down.send_reset(Reason::INTERNAL_ERROR);
                 false
             }
-            Finished::ClientGone => false,
+            Finished::ClientGone => {
+                t.call.client_gone.set(true);
+                false
+            }
         }
     };
     Ok(Exchanged {
