@@ -33,6 +33,19 @@ impl ServicePort {
             || self.name == "http"
             || self.name.starts_with("http-")
     }
+
+    /// Whether this port carries HTTP/2 by declaration (`HTTP2`, `GRPC`, `GRPC-WEB`, or with
+    /// no protocol a name `http2`, `grpc`, `grpc-web` or one of them followed by `-suffix`).
+    pub fn is_http2(&self) -> bool {
+        match self.protocol.as_str() {
+            "HTTP2" | "GRPC" | "GRPC-WEB" => true,
+            "" => matches!(
+                crate::port_hint::PortHint::of_name(&self.name),
+                Some(crate::port_hint::PortHint::Http2)
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// One endpoint of a service, from a ServiceEntry or announced by a workload.
