@@ -133,7 +133,13 @@ fn a_tls_client_hello_passes_through(io: IoMode) {
 /// A server-first protocol: the client sends nothing until the server greets it. After the
 /// detection timeout the connection goes to TCP and the greeting reaches the client.
 fn a_server_first_protocol_works_after_the_timeout(io: IoMode) {
-    let p = start(io, "auto", "", tcp_upstream(b"220 ready\r\n"), Upstream::named("web").addr);
+    let p = start(
+        io,
+        "auto",
+        "",
+        tcp_upstream(b"220 ready\r\n"),
+        Upstream::named("web").addr,
+    );
     let mut c = connect(p.listener("auto"));
     expect_bytes(&mut c, b"220 ready\r\n");
     c.write_all(b"QUIT\r\n").unwrap();
