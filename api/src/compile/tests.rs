@@ -1410,6 +1410,11 @@ fn subset_http_settings_override_the_rule_field_by_field() {
         "h2UpgradePolicy: UPGRADE, http2MaxRequests: 1000, maxConcurrentStreams: 100",
         "h2UpgradePolicy: DO_NOT_UPGRADE, maxConcurrentStreams: 10",
     ));
+    assert!(
+        !c.warnings.iter().any(|w| w.message.contains("not supported")),
+        "{:?}",
+        c.warnings
+    );
     let (base, v2) = base_and_subset(&c);
     assert_eq!((base.protocol, base.upgrade_meshed), (Http2, true));
     assert_eq!(
