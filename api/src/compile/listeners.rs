@@ -92,6 +92,13 @@ impl Compiler {
                     }
                     if l.protocol == ListenerProtocol::Http {
                         self.http_only_fields(site, &p, l);
+                    } else if l.idle_timeout.is_some() {
+                        self.warn(
+                            site,
+                            &p.key("idleTimeout"),
+                            "the port hint makes this AUTO listener HTTP, so idleTimeout (for TCP) \
+                             does not apply; HTTP connections use spec.limits.idleTimeout",
+                        );
                     }
                     Some(ListenerKind::Http)
                 }

@@ -1692,6 +1692,18 @@ fn auto_listener_hints_skip_detection() {
             listener_kind(&c)
         );
     }
+    // A TCP setting on a listener its hint makes HTTP is a warning naming the field.
+    let c = ok(&auto_listener("grpc-api", "    idleTimeout: 2m\n", plain));
+    assert!(http(&c));
+    let w = c
+        .warnings
+        .iter()
+        .find(|w| w.field.as_deref() == Some("spec.listeners[0].idleTimeout"));
+    assert!(
+        w.is_some_and(|w| w.message.contains("does not apply")),
+        "{:?}",
+        c.warnings
+    );
     // The listener's own hint wins over the destination's.
     let c = ok(&auto_listener("tcp-db", "", "{number: 5432, name: http}"));
     assert!(tcp(&c));
