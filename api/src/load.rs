@@ -125,22 +125,6 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
         "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
     ),
     ("DestinationRule", "spec.trafficPolicy.connectionPool.tcp.idleTimeout"),
-    (
-        "DestinationRule",
-        "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
-    ),
-    (
-        "DestinationRule",
-        "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
-    ),
-    (
-        "DestinationRule",
-        "spec.trafficPolicy.connectionPool.http.useClientProtocol",
-    ),
-    (
-        "DestinationRule",
-        "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
-    ),
     ("WorkloadEntry", "spec.network"),
     ("WorkloadEntry", "spec.locality"),
     ("WorkloadEntry", "spec.serviceAccount"),

@@ -27,11 +27,24 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
-    /// Whether this port carries HTTP (and so gets HTTP routes).
+    /// Whether this port carries HTTP (and so gets HTTP routes): its protocol, or its name by
+    /// Istio's convention (`http`, `http-web`, `grpc-api`, ...).
     pub fn is_http(&self) -> bool {
         matches!(self.protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB")
-            || self.name == "http"
-            || self.name.starts_with("http-")
+            || crate::port_hint::PortHint::of_name(&self.name).is_some_and(crate::port_hint::PortHint::is_http)
+    }
+
+    /// Whether this port carries HTTP/2 by declaration (`HTTP2`, `GRPC`, `GRPC-WEB`, or with
+    /// no protocol a name `http2`, `grpc`, `grpc-web` or one of them followed by `-suffix`).
+    pub fn is_http2(&self) -> bool {
+        match self.protocol.as_str() {
+            "HTTP2" | "GRPC" | "GRPC-WEB" => true,
+            "" => matches!(
+                crate::port_hint::PortHint::of_name(&self.name),
+                Some(crate::port_hint::PortHint::Http2)
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -284,6 +297,10 @@ mod tests {
         assert_eq!(s.default_port().map(|p| p.number), Some(80));
         let s = service("a", &[(81, "http", "HTTP"), (80, "http2", "HTTP2")]);
         assert_eq!(s.default_port().map(|p| p.number), Some(81));
+        // Without a protocol, Istio's port-name convention says gRPC is HTTP.
+        let s = service("a", &[(443, "https", "HTTPS"), (9000, "grpc-api", "")]);
+        assert_eq!(s.default_port().map(|p| p.number), Some(9000));
+        assert!(s.ports[1].is_http2() && !s.ports[0].is_http2());
     }
 
     #[test]

@@ -141,7 +141,16 @@ pub struct Limits {
     pub downstream_idle_timeout: Duration,
     /// Time allowed for in-flight requests to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Time a `protocol: AUTO` listener waits for the client's first bytes
+    /// ([`ListenerKind::Detect`] carries it).
+    pub protocol_detection_timeout: Duration,
 }
+
+/// Default time a listener of unknown protocol waits for the client's first bytes before it
+/// treats the connection as opaque TCP (Istio's original `protocolDetectionTimeout`). Long
+/// enough for any client-first protocol on a live connection, short enough that a
+/// server-first one (MySQL, SMTP) only pays it once, at connect.
+pub const DEFAULT_PROTOCOL_DETECTION_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Envoy-style retry budget: retries in flight may not exceed `budget_percent` of active
 /// requests, but `min_retry_concurrency` are always allowed. A retry is in flight from the end
@@ -165,6 +174,18 @@ pub enum ListenerKind {
         clusters: WeightedClusters,
         /// Close the pair after this long with no bytes in either direction.
         idle_timeout: Duration,
+    },
+    /// Protocol unknown (`protocol: AUTO` without a port hint): the first bytes decide. HTTP/1
+    /// and HTTP/2 are served as on an [`ListenerKind::Http`] listener; anything else (a TLS
+    /// ClientHello, an opaque protocol, or silence for `timeout`: a server-first protocol) is
+    /// proxied as on a [`ListenerKind::Tcp`] one to `clusters`.
+    Detect {
+        /// Where connections that are not HTTP go.
+        clusters: WeightedClusters,
+        /// Idle timeout of those TCP connections.
+        idle_timeout: Duration,
+        /// How long to wait for the client's first bytes.
+        timeout: Duration,
     },
 }
 
@@ -325,7 +346,7 @@ impl WeightedClusters {
 }
 
 /// Retry policy for one route. Defaults follow Istio: 2 attempts on connect failure,
-/// refused stream and 503.
+/// refused stream, 503 and the gRPC statuses `unavailable` and `cancelled`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RetryPolicy {
     /// Retries after the first try (`attempts` in Istio). 0 disables retries.
@@ -342,6 +363,9 @@ pub struct RetryPolicy {
     pub on_gateway_error: bool,
     /// Retry on these statuses.
     pub retriable_status_codes: Vec<u16>,
+    /// Retry a gRPC response whose `grpc-status` is one of these (`retryOn` `cancelled`,
+    /// `deadline-exceeded`, `resource-exhausted`, `internal`, `unavailable`).
+    pub retriable_grpc: GrpcCodes,
     /// First back-off interval; each retry doubles it up to `backoff_max`, with full jitter.
     pub backoff_base: Duration,
     /// Largest back-off interval.
@@ -354,6 +378,73 @@ impl RetryPolicy {
         (self.on_5xx && (500..600).contains(&status))
             || (self.on_gateway_error && matches!(status, 502..=504))
             || self.retriable_status_codes.contains(&status)
+    }
+
+    /// Whether a gRPC response with this `grpc-status` may be retried under this policy.
+    pub fn retries_grpc(&self, code: u32) -> bool {
+        self.retriable_grpc.contains(code)
+    }
+}
+
+/// A set of gRPC status codes (0 `OK` to 16 `UNAUTHENTICATED`), one bit each: copied into
+/// every retry decision without an allocation.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct GrpcCodes(u32);
+
+impl GrpcCodes {
+    /// `CANCELLED`.
+    pub const CANCELLED: u32 = 1;
+    /// `DEADLINE_EXCEEDED`.
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    /// `RESOURCE_EXHAUSTED`.
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    /// `INTERNAL`.
+    pub const INTERNAL: u32 = 13;
+    /// `UNAVAILABLE`.
+    pub const UNAVAILABLE: u32 = 14;
+    /// The largest code gRPC defines (`UNAUTHENTICATED`).
+    pub const MAX: u32 = 16;
+
+    /// The empty set.
+    pub const fn empty() -> Self {
+        GrpcCodes(0)
+    }
+
+    /// This set plus `code`; a code above [`GrpcCodes::MAX`] is not a gRPC status and is left
+    /// out.
+    #[must_use]
+    pub const fn with(self, code: u32) -> Self {
+        if code > Self::MAX {
+            return self;
+        }
+        GrpcCodes(self.0 | 1 << code)
+    }
+
+    /// Whether `code` is in the set (never for a code above [`GrpcCodes::MAX`]).
+    pub fn contains(self, code: u32) -> bool {
+        code <= Self::MAX && self.0 & (1 << code) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The codes in ascending order.
+    pub fn iter(self) -> impl Iterator<Item = u32> {
+        (0..=Self::MAX).filter(move |c| self.contains(*c))
+    }
+}
+
+impl std::fmt::Debug for GrpcCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for GrpcCodes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
     }
 }
 
@@ -418,6 +509,12 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Upstream connection pool settings.
     pub pool: PoolSettings,
+    /// What the proxy speaks to the endpoints (see [`Cluster::h2_to`]).
+    pub protocol: UpstreamProtocol,
+    /// Whether HTTP/1.1 traffic to a meshed endpoint ([`Endpoint::meshed`]) goes over HTTP/2
+    /// between the two proxies: true unless the DestinationRule says `h2UpgradePolicy:
+    /// DO_NOT_UPGRADE`.
+    pub upgrade_meshed: bool,
     /// `Some` for the placeholder of a route destination whose host no ServiceEntry defines
     /// (yet): the cluster has no endpoints, and the proxy answers requests routed to it with
     /// 503 (Envoy's `NC`, "no cluster found") and this text as the body, which names the host.
@@ -425,6 +522,40 @@ pub struct Cluster {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_not_found: Option<String>,
 }
+
+impl Cluster {
+    /// Whether a request to `endpoint` (an index into [`Cluster::endpoints`]) goes over
+    /// HTTP/2; `client_h2` says whether the client spoke HTTP/2. An HTTP/1.1 cluster still
+    /// speaks HTTP/2 to a meshed endpoint, whose proxy translates back (unless the rule said
+    /// `DO_NOT_UPGRADE`), so that two proxies share a few multiplexed connections.
+    pub fn h2_to(&self, endpoint: usize, client_h2: bool) -> bool {
+        match self.protocol {
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::UseClient => client_h2,
+            UpstreamProtocol::Http1 => self.upgrade_meshed && self.endpoints.get(endpoint).is_some_and(|e| e.meshed),
+        }
+    }
+}
+
+/// What a cluster speaks to its endpoints, read as Istio reads it: the ServiceEntry port's
+/// `protocol` (`HTTP2`, `GRPC`, `GRPC-WEB`: HTTP/2), then the DestinationRule's
+/// `connectionPool.http` (`h2UpgradePolicy: UPGRADE` on an HTTP port, `useClientProtocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (HTTP/2 to a meshed endpoint, see [`Cluster::upgrade_meshed`]).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+    /// Whatever the client spoke.
+    UseClient,
+}
+
+/// The endpoint label that says a ringmesh (or Istio) proxy serves the endpoint: Istio's
+/// injector puts `security.istio.io/tlsMode: istio` on every meshed pod.
+pub const MESHED_LABEL: &str = "security.istio.io/tlsMode";
+/// The value of [`MESHED_LABEL`] on a meshed endpoint.
+pub const MESHED_LABEL_VALUE: &str = "istio";
 
 /// One upstream endpoint.
 #[derive(Debug, Clone, Serialize)]
@@ -435,6 +566,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// Labels (used for subsets; shown in `/clusters`).
     pub labels: BTreeMap<String, String>,
+    /// A ringmesh (or Istio) proxy serves it: its labels carry [`MESHED_LABEL`]` = istio`.
+    pub meshed: bool,
 }
 
 /// Connection pool settings for a cluster (Istio `connectionPool`).
@@ -446,6 +579,12 @@ pub struct PoolSettings {
     pub max_requests_per_connection: Option<u32>,
     /// Idle connections kept per endpoint per worker.
     pub max_idle_per_endpoint: usize,
+    /// Most requests in flight to the cluster at once (Istio `http2MaxRequests`); `None` is
+    /// unlimited.
+    pub http2_max_requests: Option<u32>,
+    /// Most concurrent streams on one upstream HTTP/2 connection (Istio
+    /// `maxConcurrentStreams`); `None` is unlimited (the server's `SETTINGS` still apply).
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// Load-balancing policy of a cluster.

@@ -57,6 +57,10 @@ pub struct Cli {
     /// Time in-flight requests get to finish on shutdown (`limits.drainTimeout`, default 5s).
     #[arg(long, env = "RINGMESH_DRAIN_TIMEOUT", value_parser = ringmesh_api::duration::parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// Time an `AUTO` listener waits for a client's first bytes before it proxies the connection
+    /// as TCP (`limits.protocolDetectionTimeout`, default 100ms, at least 1ms).
+    #[arg(long, env = "RINGMESH_PROTOCOL_DETECTION_TIMEOUT", value_parser = parse_detection_timeout)]
+    pub protocol_detection_timeout: Option<Duration>,
     /// How often to check the config files for changes, e.g. `1s`; `0s` disables (SIGHUP still reloads).
     #[arg(long, env = "RINGMESH_WATCH_INTERVAL", default_value = "1s", value_parser = ringmesh_api::duration::parse_duration)]
     pub watch_interval: Duration,
@@ -70,6 +74,14 @@ pub struct Cli {
     /// Check the config and exit: 0 when it compiles, 1 with every error otherwise.
     #[arg(long)]
     pub check: bool,
+}
+
+fn parse_detection_timeout(s: &str) -> Result<Duration, String> {
+    let d = ringmesh_api::duration::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("must be at least 1ms, got {s:?}"));
+    }
+    Ok(d)
 }
 
 fn parse_io(s: &str) -> Result<IoMode, String> {
@@ -96,6 +108,7 @@ impl Cli {
             request_header_timeout: self.request_header_timeout,
             idle_timeout: self.idle_timeout,
             drain_timeout: self.drain_timeout,
+            protocol_detection_timeout: self.protocol_detection_timeout,
         }
     }
 }
@@ -202,9 +215,16 @@ mod tests {
             "1.5s",
             "--idle-timeout",
             "1m30s",
+            "--protocol-detection-timeout",
+            "250ms",
         ])
         .unwrap();
         let o = cli.overrides();
+        assert_eq!(o.protocol_detection_timeout, Some(Duration::from_millis(250)));
+        let e = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--protocol-detection-timeout", "0s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be at least 1ms"), "{e}");
         assert_eq!(o.drain_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(o.idle_timeout, Some(Duration::from_secs(90)));
         let e = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--drain-timeout", "5"])

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use ringmesh_api::snapshot::{IoMode, Snapshot};
+use ringmesh_api::snapshot::{IoMode, ListenerKind, Snapshot};
 
 /// Settings given on the command line or in the environment; they win over the file.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +35,8 @@ pub struct Overrides {
     pub idle_timeout: Option<std::time::Duration>,
     /// `--drain-timeout` / `RINGMESH_DRAIN_TIMEOUT`.
     pub drain_timeout: Option<std::time::Duration>,
+    /// `--protocol-detection-timeout` / `RINGMESH_PROTOCOL_DETECTION_TIMEOUT`.
+    pub protocol_detection_timeout: Option<std::time::Duration>,
 }
 
 impl Overrides {
@@ -74,6 +76,14 @@ impl Overrides {
         }
         if let Some(v) = self.drain_timeout {
             l.drain_timeout = v;
+        }
+        if let Some(v) = self.protocol_detection_timeout {
+            l.protocol_detection_timeout = v;
+            for listener in &mut snapshot.listeners {
+                if let ListenerKind::Detect { timeout, .. } = &mut listener.kind {
+                    *timeout = v;
+                }
+            }
         }
     }
 }
@@ -185,4 +195,38 @@ pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<u64>)> {
             (f, hash)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ringmesh_api::snapshot::ListenerKind;
+
+    use super::Overrides;
+
+    #[test]
+    fn the_detection_timeout_override_reaches_every_detecting_listener() {
+        let yaml = "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  listeners:\n  - {name: auto, address: 127.0.0.1:0, protocol: AUTO, destination: {host: db.test}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db}\nspec:\n  hosts: [db.test]\n  ports: [{number: 5432, name: db}]\n  endpoints: [{address: 127.0.0.1}]\n";
+        let (resources, _) = ringmesh_api::load_str("p.yaml", yaml).expect("loads");
+        let mut snapshot = ringmesh_api::compile(&ringmesh_api::CompileInput {
+            resources,
+            ..Default::default()
+        })
+        .expect("compiles")
+        .snapshot;
+        Overrides {
+            protocol_detection_timeout: Some(Duration::from_millis(7)),
+            ..Default::default()
+        }
+        .apply(&mut snapshot);
+        assert_eq!(
+            snapshot.proxy.limits.protocol_detection_timeout,
+            Duration::from_millis(7)
+        );
+        match &snapshot.listeners[0].kind {
+            ListenerKind::Detect { timeout, .. } => assert_eq!(*timeout, Duration::from_millis(7)),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod detect;
 pub mod error;
 pub mod http;
 pub mod lb;

@@ -7,6 +7,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use monoio::net::TcpListener;
 use ringmesh_api::snapshot::ListenerKind;
 
@@ -46,8 +47,14 @@ pub async fn accept_loop(
         let name = name.clone();
         monoio::spawn(async move {
             match &*kind {
-                ListenerKind::Http => crate::http::proxy::serve(worker.clone(), stream, peer).await,
-                ListenerKind::Tcp { .. } => crate::tcp::serve(worker.clone(), stream, peer, &name).await,
+                ListenerKind::Http => {
+                    let buf = BytesMut::with_capacity(crate::http::proxy::INITIAL_BUFFER);
+                    crate::http::proxy::serve(worker.clone(), stream, peer, buf).await
+                }
+                ListenerKind::Tcp { .. } => {
+                    crate::tcp::serve(worker.clone(), stream, peer, &name, BytesMut::new()).await
+                }
+                ListenerKind::Detect { .. } => crate::detect::serve(worker.clone(), stream, peer, &name).await,
             }
             dec(&worker.stats.downstream_cx_active);
         });

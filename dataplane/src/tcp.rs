@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use ringmesh_api::snapshot::{Listener, ListenerKind, WeightedClusters};
 
@@ -24,11 +26,12 @@ use crate::worker::Worker;
 /// Largest amount moved by one splice call: the default pipe capacity (16 pages).
 const SPLICE_CHUNK: usize = 64 * 1024;
 
-/// Serves one accepted TCP connection.
+/// Serves one accepted TCP connection. `initial` holds bytes already read from the client (by
+/// protocol detection); they go upstream first, before the splice.
 ///
 /// The destination comes from the *current* snapshot's listener of this name, so a reload that
 /// changes a TCP route applies to new connections at once.
-pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, listener: &str) {
+pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, listener: &str, initial: BytesMut) {
     inc(&worker.stats.tcp_cx_total);
     let view = worker.snapshot.get();
     let Some((clusters, idle_timeout)) = tcp_destination(&view.snapshot.listeners, listener) else {
@@ -62,7 +65,7 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
             }
         }
     }
-    let Some(upstream) = upstream else {
+    let Some(mut upstream) = upstream else {
         worker.stats.log_limit.log(
             "tcp UF",
             || tracing::info!(%peer, cluster = %cluster.name, "tcp: no upstream reachable; closing client"),
@@ -70,7 +73,16 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
         return;
     };
     let _ = client.set_nodelay(true);
+    let early = initial.len() as u64;
+    if early > 0 {
+        let (res, _) = upstream.write.write_all(initial).await;
+        if let Err(e) = res {
+            tracing::debug!(%peer, cluster = %cluster.name, "tcp: writing the detected bytes upstream failed: {e}");
+            return;
+        }
+    }
     let (sent, received) = pipe_pair(client, upstream, idle_timeout).await;
+    let sent = sent + early;
     worker
         .stats
         .tcp_bytes_sent
@@ -90,7 +102,10 @@ fn hash_key(peer: SocketAddr) -> u64 {
 
 fn tcp_destination<'a>(listeners: &'a [Listener], name: &str) -> Option<(&'a WeightedClusters, Duration)> {
     listeners.iter().find(|l| l.name == name).and_then(|l| match &l.kind {
-        ListenerKind::Tcp { clusters, idle_timeout } if clusters.total() > 0 => Some((clusters, *idle_timeout)),
+        ListenerKind::Tcp { clusters, idle_timeout }
+        | ListenerKind::Detect {
+            clusters, idle_timeout, ..
+        } if clusters.total() > 0 => Some((clusters, *idle_timeout)),
         _ => None,
     })
 }

@@ -15,9 +15,12 @@ use super::destination_rule::LbChoice;
 use super::{Compiler, Site};
 use crate::hash_table::{MaglevTable, RingHashTable};
 use crate::locate::FieldPath;
-use crate::registry::{fqdn, Service};
-use crate::resources::Destination;
-use crate::snapshot::{Cluster, ClusterId, Endpoint, LbPolicy, PoolSettings, WeightedClusters};
+use crate::registry::{fqdn, Service, ServicePort};
+use crate::resources::{Destination, H2UpgradePolicy};
+use crate::snapshot::{
+    Cluster, ClusterId, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol, WeightedClusters, MESHED_LABEL,
+    MESHED_LABEL_VALUE,
+};
 
 /// Istio's default connect timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,6 +92,7 @@ impl Compiler {
                 address: SocketAddr::new(e.address, service.endpoint_port(e, &service_port)),
                 weight: e.weight.max(1),
                 labels: e.labels.clone(),
+                meshed: e.labels.get(MESHED_LABEL).is_some_and(|v| v == MESHED_LABEL_VALUE),
             })
             .collect();
         let lb = match policy.lb.unwrap_or(LbChoice::LeastRequest) {
@@ -104,6 +108,7 @@ impl Compiler {
                 table: MaglevTable::new(&endpoints, table_size),
             },
         };
+        let protocol = upstream_protocol(&service_port, policy.h2_upgrade, policy.use_client_protocol);
         let id = ClusterId(self.clusters.len() as u32);
         self.clusters.push(Cluster {
             name: format!("outbound|{port}|{}|{}", subset.unwrap_or(""), service.host),
@@ -117,7 +122,11 @@ impl Compiler {
                 idle_timeout: policy.idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
                 max_requests_per_connection: policy.max_requests_per_connection.flatten(),
                 max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+                http2_max_requests: policy.http2_max_requests.flatten(),
+                max_concurrent_streams: policy.max_concurrent_streams.flatten(),
             },
+            protocol,
+            upgrade_meshed: policy.h2_upgrade != Some(H2UpgradePolicy::DoNotUpgrade),
             host_not_found: None,
         });
         self.cluster_ids.insert(key, id);
@@ -145,7 +154,11 @@ impl Compiler {
                 idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
                 max_requests_per_connection: None,
                 max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+                http2_max_requests: None,
+                max_concurrent_streams: None,
             },
+            protocol: UpstreamProtocol::Http1,
+            upgrade_meshed: true,
             host_not_found: Some(format!("no cluster found: no ServiceEntry defines host {host}\n")),
         });
         self.cluster_ids.insert(key, id);
@@ -319,6 +332,26 @@ impl Compiler {
             }
         }
         Some(WeightedClusters { entries })
+    }
+}
+
+/// What a cluster for `port` speaks upstream, as Istio decides it: `useClientProtocol` wins;
+/// an `HTTP2`/`GRPC`/`GRPC-WEB` port is HTTP/2 whatever the upgrade policy (gRPC cannot go
+/// over HTTP/1.1); an HTTP port is HTTP/2 only with `h2UpgradePolicy: UPGRADE`.
+fn upstream_protocol(
+    port: &ServicePort,
+    upgrade: Option<H2UpgradePolicy>,
+    use_client_protocol: Option<bool>,
+) -> UpstreamProtocol {
+    if use_client_protocol == Some(true) {
+        return UpstreamProtocol::UseClient;
+    }
+    if port.is_http2() {
+        return UpstreamProtocol::Http2;
+    }
+    match upgrade {
+        Some(H2UpgradePolicy::Upgrade) if port.is_http() => UpstreamProtocol::Http2,
+        _ => UpstreamProtocol::Http1,
     }
 }
 

@@ -11,7 +11,7 @@ use super::clusters::host_not_found;
 use super::{Compiler, Site};
 use crate::hash_table::{is_prime, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MIN_RING_SIZE, MAX_RING_SIZE};
 use crate::locate::FieldPath;
-use crate::resources::{DestinationRule, SimpleLb, TrafficPolicy};
+use crate::resources::{DestinationRule, H2UpgradePolicy, SimpleLb, TrafficPolicy};
 use crate::snapshot::HashOn;
 
 /// Load balancing chosen by a DestinationRule, before tables are built per cluster.
@@ -32,6 +32,10 @@ pub(super) struct PolicyParts {
     pub(super) connect_timeout: Option<Duration>,
     pub(super) idle_timeout: Option<Duration>,
     pub(super) max_requests_per_connection: Option<Option<u32>>,
+    pub(super) http2_max_requests: Option<Option<u32>>,
+    pub(super) max_concurrent_streams: Option<Option<u32>>,
+    pub(super) h2_upgrade: Option<H2UpgradePolicy>,
+    pub(super) use_client_protocol: Option<bool>,
 }
 
 impl PolicyParts {
@@ -41,6 +45,10 @@ impl PolicyParts {
             connect_timeout: other.connect_timeout.or(self.connect_timeout),
             idle_timeout: other.idle_timeout.or(self.idle_timeout),
             max_requests_per_connection: other.max_requests_per_connection.or(self.max_requests_per_connection),
+            http2_max_requests: other.http2_max_requests.or(self.http2_max_requests),
+            max_concurrent_streams: other.max_concurrent_streams.or(self.max_concurrent_streams),
+            h2_upgrade: other.h2_upgrade.or(self.h2_upgrade),
+            use_client_protocol: other.use_client_protocol.or(self.use_client_protocol),
         }
     }
 }
@@ -169,17 +177,38 @@ impl Compiler {
                 if let Some(t) = &http.idle_timeout {
                     parts.idle_timeout = self.duration(site, &hp.key("idleTimeout"), t);
                 }
-                if let Some(n) = http.max_requests_per_connection {
-                    match u32::try_from(n) {
-                        Ok(0) => parts.max_requests_per_connection = Some(None),
-                        Ok(n) => parts.max_requests_per_connection = Some(Some(n)),
-                        Err(_) => self.error(
-                            site,
-                            &hp.key("maxRequestsPerConnection"),
-                            format!("maxRequestsPerConnection must not be negative, got {n}"),
-                        ),
+                for (field, value, slot) in [
+                    (
+                        "maxRequestsPerConnection",
+                        http.max_requests_per_connection,
+                        &mut parts.max_requests_per_connection,
+                    ),
+                    (
+                        "http2MaxRequests",
+                        http.http2_max_requests,
+                        &mut parts.http2_max_requests,
+                    ),
+                    (
+                        "maxConcurrentStreams",
+                        http.max_concurrent_streams,
+                        &mut parts.max_concurrent_streams,
+                    ),
+                ] {
+                    if let Some(n) = value {
+                        // 0 is protobuf's "not set": Istio reads it as unlimited.
+                        match u32::try_from(n) {
+                            Ok(0) => *slot = Some(None),
+                            Ok(n) => *slot = Some(Some(n)),
+                            Err(_) => self.error(
+                                site,
+                                &hp.key(field),
+                                format!("{field} must be a positive number (0 for unlimited), got {n}"),
+                            ),
+                        }
                     }
                 }
+                parts.h2_upgrade = http.h2_upgrade_policy;
+                parts.use_client_protocol = http.use_client_protocol;
                 for (field, set) in [
                     ("http1MaxPendingRequests", http.http1_max_pending_requests.is_some()),
                     ("maxRetries", http.max_retries.is_some()),

@@ -1,7 +1,9 @@
 //! Listeners: the `ProxyConfig`'s `spec.listeners` (or the default HTTP listener `outbound` on
 //! `127.0.0.1:15001`), checked for names and addresses that clash with each other and with the
 //! admin, health and metrics servers. A TCP listener is resolved here to its weighted clusters,
-//! from a VirtualService tcp route or the listener's own destination.
+//! from a VirtualService tcp route or the listener's own destination. An `AUTO` listener
+//! becomes HTTP or TCP when its port says which (Istio's `appProtocol` and port-name
+//! conventions, see [`PortHint`]), else a detecting listener with a TCP fallback.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,8 +12,10 @@ use std::time::Duration;
 use super::clusters::PortField;
 use super::virtual_service::applies_to_mesh;
 use super::{Compiler, Site};
+use crate::diagnostic::did_you_mean;
 use crate::locate::FieldPath;
-use crate::resources::{Destination, ListenerProtocol, ProxyConfig, VirtualService};
+use crate::port_hint::PortHint;
+use crate::resources::{Destination, ListenerProtocol, ListenerSpec, ProxyConfig, VirtualService};
 use crate::snapshot::{Listener, ListenerKind, ProxySettings, WeightedClusters};
 
 /// TCP listener idle timeout (Istio's TCP proxy default).
@@ -76,36 +80,47 @@ impl Compiler {
                     );
                 }
             }
-            let kind = match l.protocol {
-                ListenerProtocol::Http => {
-                    if l.destination.is_some() {
+            let hint = self.listener_hint(site, &p, l);
+            let kind = match (l.protocol, hint) {
+                (ListenerProtocol::Http, _) | (ListenerProtocol::Auto, Some(PortHint::Http | PortHint::Http2)) => {
+                    if let (Some(app), Some(PortHint::Tcp)) = (&l.app_protocol, hint) {
                         self.error(
                             site,
-                            &p.key("destination"),
-                            "destination applies only to TCP listeners; HTTP listeners route \
-                             by VirtualService",
+                            &p.key("appProtocol"),
+                            format!("appProtocol {app:?} is not HTTP, but the listener's protocol is HTTP"),
                         );
                     }
-                    if l.idle_timeout.is_some() {
-                        self.error(
+                    if l.protocol == ListenerProtocol::Http {
+                        self.http_only_fields(site, &p, l);
+                    } else if l.idle_timeout.is_some() {
+                        self.warn(
                             site,
                             &p.key("idleTimeout"),
-                            "idleTimeout applies only to TCP listeners; HTTP listeners use \
-                             spec.limits.idleTimeout",
+                            "the port hint makes this AUTO listener HTTP, so idleTimeout (for TCP) \
+                             does not apply; HTTP connections use spec.limits.idleTimeout",
                         );
                     }
                     Some(ListenerKind::Http)
                 }
-                ListenerProtocol::Tcp => {
-                    let idle_timeout = match &l.idle_timeout {
-                        Some(t) => self.duration(site, &p.key("idleTimeout"), t),
-                        None => Some(DEFAULT_TCP_IDLE_TIMEOUT),
-                    };
-                    let clusters = self.tcp_listener_clusters(site, &p, l, address, virtual_services);
-                    match (clusters, idle_timeout) {
-                        (Some(clusters), Some(idle_timeout)) => Some(ListenerKind::Tcp { clusters, idle_timeout }),
-                        _ => None,
+                (ListenerProtocol::Tcp, _) | (ListenerProtocol::Auto, Some(PortHint::Tcp)) => {
+                    let app = l.app_protocol.as_ref().filter(|_| l.protocol == ListenerProtocol::Tcp);
+                    if let Some(app) = app.filter(|_| hint.is_some_and(PortHint::is_http)) {
+                        self.error(
+                            site,
+                            &p.key("appProtocol"),
+                            format!("appProtocol {app:?} is HTTP, but the listener's protocol is TCP"),
+                        );
                     }
+                    self.tcp_fallback(site, &p, l, address, virtual_services)
+                        .map(|(clusters, idle_timeout)| ListenerKind::Tcp { clusters, idle_timeout })
+                }
+                (ListenerProtocol::Auto, None) => {
+                    self.tcp_fallback(site, &p, l, address, virtual_services)
+                        .map(|(clusters, idle_timeout)| ListenerKind::Detect {
+                            clusters,
+                            idle_timeout,
+                            timeout: proxy.limits.protocol_detection_timeout,
+                        })
                 }
             };
             if let (Some(address), Some(kind)) = (address, kind) {
@@ -119,6 +134,85 @@ impl Compiler {
         out
     }
 
+    /// An HTTP listener routes by VirtualService: TCP settings on it are mistakes.
+    fn http_only_fields(&mut self, site: &Site<'_>, p: &FieldPath, l: &ListenerSpec) {
+        if l.destination.is_some() {
+            self.error(
+                site,
+                &p.key("destination"),
+                "destination applies only to TCP and AUTO listeners; HTTP listeners route by \
+                 VirtualService",
+            );
+        }
+        if l.idle_timeout.is_some() {
+            self.error(
+                site,
+                &p.key("idleTimeout"),
+                "idleTimeout applies only to TCP and AUTO listeners; HTTP listeners use \
+                 spec.limits.idleTimeout",
+            );
+        }
+    }
+
+    /// The clusters and idle timeout of a listener that proxies TCP (always, or when detection
+    /// finds no HTTP).
+    fn tcp_fallback(
+        &mut self,
+        site: &Site<'_>,
+        p: &FieldPath,
+        l: &ListenerSpec,
+        address: Option<SocketAddr>,
+        virtual_services: &[&VirtualService],
+    ) -> Option<(WeightedClusters, Duration)> {
+        let idle_timeout = match &l.idle_timeout {
+            Some(t) => self.duration(site, &p.key("idleTimeout"), t),
+            None => Some(DEFAULT_TCP_IDLE_TIMEOUT),
+        };
+        let clusters = self.tcp_listener_clusters(site, p, l, address, virtual_services);
+        Some((clusters?, idle_timeout?))
+    }
+
+    /// What the listener's port says about its protocol, as Istio reads a port: its
+    /// `appProtocol`, else its name (`http-*`, `grpc-*`, `tcp-*`, `mysql`, ...), else the
+    /// destination service port's `protocol` or name. `None`: nothing said, detect. An
+    /// `appProtocol` ringmesh does not know is an error.
+    fn listener_hint(&mut self, site: &Site<'_>, p: &FieldPath, l: &ListenerSpec) -> Option<PortHint> {
+        if let Some(app) = &l.app_protocol {
+            let hint = PortHint::of_protocol(app);
+            if hint.is_none() {
+                let hint = did_you_mean(&app.to_ascii_lowercase(), PortHint::known_names())
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_default();
+                let known: Vec<&str> = PortHint::known_names().collect();
+                self.error(
+                    site,
+                    &p.key("appProtocol"),
+                    format!("unknown appProtocol {app:?}{hint} (known: {})", known.join(", ")),
+                );
+            }
+            return hint;
+        }
+        if let Some(hint) = PortHint::of_name(&l.name) {
+            return Some(hint);
+        }
+        // The destination's port; an unknown host or port is reported where the clusters are
+        // resolved.
+        let d = l.destination.as_ref()?;
+        let service = self.registry.resolve(&d.host, site.namespace())?;
+        let port = match d.port {
+            Some(n) => service.port(u16::try_from(n).ok()?)?,
+            None => match service.ports.as_slice() {
+                [only] => only,
+                _ => return None,
+            },
+        };
+        if port.protocol.is_empty() {
+            PortHint::of_name(&port.name)
+        } else {
+            PortHint::of_protocol(&port.protocol)
+        }
+    }
+
     /// A TCP listener's clusters: a VirtualService tcp route matching the listener's port wins;
     /// then a tcp route without a port condition in a VirtualService for the listener's
     /// destination host; then the destination itself.
@@ -126,7 +220,7 @@ impl Compiler {
         &mut self,
         site: &Site<'_>,
         p: &FieldPath,
-        l: &crate::resources::ListenerSpec,
+        l: &ListenerSpec,
         address: Option<SocketAddr>,
         virtual_services: &[&VirtualService],
     ) -> Option<WeightedClusters> {
@@ -174,8 +268,13 @@ impl Compiler {
                     site,
                     p,
                     format!(
-                        "TCP listener needs a destination or a VirtualService tcp route \
-                         matching port{port_text}"
+                        "{} listener needs a destination or a VirtualService tcp route \
+                         matching port{port_text}",
+                        if l.protocol == ListenerProtocol::Auto {
+                            "AUTO"
+                        } else {
+                            "TCP"
+                        }
                     ),
                 );
                 None

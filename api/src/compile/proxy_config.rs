@@ -9,7 +9,10 @@ use std::time::Duration;
 use super::{Compiler, Site};
 use crate::locate::FieldPath;
 use crate::resources::{ProxyConfig, ResourceMeta};
-use crate::snapshot::{ControlPlaneSettings, IoMode, Limits, ProxySettings, RetryBudget, WorkloadSettings};
+use crate::snapshot::{
+    ControlPlaneSettings, IoMode, Limits, ProxySettings, RetryBudget, WorkloadSettings,
+    DEFAULT_PROTOCOL_DETECTION_TIMEOUT,
+};
 
 impl Compiler {
     /// The `ProxyConfig` in force: the first; every further one is an error naming the first.
@@ -45,6 +48,7 @@ impl Compiler {
                 request_header_timeout: Duration::from_secs(10),
                 downstream_idle_timeout: Duration::from_secs(300),
                 drain_timeout: Duration::from_secs(5),
+                protocol_detection_timeout: DEFAULT_PROTOCOL_DETECTION_TIMEOUT,
             },
             retry_budget: None,
             control_plane: None,
@@ -123,6 +127,20 @@ impl Compiler {
             settings.limits.request_header_timeout = timeouts[0].2;
             settings.limits.downstream_idle_timeout = timeouts[1].2;
             settings.limits.drain_timeout = timeouts[2].2;
+            if let Some(text) = &l.protocol_detection_timeout {
+                let field = p.key("protocolDetectionTimeout");
+                match self.duration(site, &field, text) {
+                    // Zero would hand a client that has not spoken yet to TCP at once: every
+                    // client-first protocol would lose its detection.
+                    Some(d) if d < Duration::from_millis(1) => self.error(
+                        site,
+                        &field,
+                        format!("protocolDetectionTimeout must be at least 1ms, got {text:?}"),
+                    ),
+                    Some(d) => settings.limits.protocol_detection_timeout = d,
+                    None => {}
+                }
+            }
         }
         if let Some(b) = &spec.retry_budget {
             let p = root.key("retryBudget");

@@ -7,7 +7,7 @@ use super::{Compiler, Site};
 use crate::diagnostic::did_you_mean;
 use crate::locate::FieldPath;
 use crate::resources::{HeaderOperations, Headers, HttpDirectResponse, HttpRedirect, HttpRetry};
-use crate::snapshot::{DirectResponse, HeaderOps, Redirect, RetryPolicy};
+use crate::snapshot::{DirectResponse, GrpcCodes, HeaderOps, Redirect, RetryPolicy};
 
 impl Compiler {
     pub(super) fn header_ops(&mut self, site: &Site<'_>, p: &FieldPath, h: &Headers) -> (HeaderOps, HeaderOps) {
@@ -159,6 +159,7 @@ impl Compiler {
             policy.on_5xx = false;
             policy.on_gateway_error = false;
             policy.retriable_status_codes.clear();
+            policy.retriable_grpc = GrpcCodes::empty();
             for token in on.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 match token {
                     "5xx" => policy.on_5xx = true,
@@ -169,14 +170,17 @@ impl Compiler {
                     "retriable-4xx" => policy.retriable_status_codes.push(409),
                     // The listed status numbers are the retriable status codes.
                     "retriable-status-codes" => {}
-                    "cancelled"
-                    | "deadline-exceeded"
-                    | "internal"
-                    | "resource-exhausted"
-                    | "unavailable"
-                    | "envoy-ratelimited"
-                    | "retriable-headers"
-                    | "http3-post-connect-failure" => {
+                    // gRPC statuses, as Envoy's `retry_on` spells them.
+                    "cancelled" => policy.retriable_grpc = policy.retriable_grpc.with(GrpcCodes::CANCELLED),
+                    "deadline-exceeded" => {
+                        policy.retriable_grpc = policy.retriable_grpc.with(GrpcCodes::DEADLINE_EXCEEDED)
+                    }
+                    "resource-exhausted" => {
+                        policy.retriable_grpc = policy.retriable_grpc.with(GrpcCodes::RESOURCE_EXHAUSTED)
+                    }
+                    "internal" => policy.retriable_grpc = policy.retriable_grpc.with(GrpcCodes::INTERNAL),
+                    "unavailable" => policy.retriable_grpc = policy.retriable_grpc.with(GrpcCodes::UNAVAILABLE),
+                    "envoy-ratelimited" | "retriable-headers" | "http3-post-connect-failure" => {
                         self.warn(site, &rp, format!("retryOn {token:?} is not supported yet; ignored"));
                     }
                     t if t.bytes().all(|b| b.is_ascii_digit()) => match t.parse::<u16>() {
@@ -208,10 +212,17 @@ const RETRY_ON: &[&str] = &[
     "retriable-4xx",
     "refused-stream",
     "retriable-status-codes",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
 ];
 
-/// Istio's default when a route has no `retries`: 2 attempts on connect failure, refused stream
-/// and 503, with Envoy's 25 ms base / 250 ms max back-off.
+/// Istio's default when a route has no `retries`: 2 attempts on connect failure, refused
+/// stream, 503 and the gRPC statuses `unavailable` and `cancelled` (Istio's
+/// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`), with Envoy's
+/// 25 ms base / 250 ms max back-off.
 pub fn default_retry_policy() -> RetryPolicy {
     RetryPolicy {
         attempts: 2,
@@ -221,6 +232,9 @@ pub fn default_retry_policy() -> RetryPolicy {
         on_5xx: false,
         on_gateway_error: false,
         retriable_status_codes: vec![503],
+        retriable_grpc: GrpcCodes::empty()
+            .with(GrpcCodes::CANCELLED)
+            .with(GrpcCodes::UNAVAILABLE),
         backoff_base: Duration::from_millis(25),
         backoff_max: Duration::from_millis(250),
     }

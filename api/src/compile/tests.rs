@@ -1316,3 +1316,447 @@ spec:
         Some("spec.tcp[0].route[0].destination.host")
     );
 }
+
+// ---------------------------------------------------------------- HTTP/2 and gRPC upstreams
+
+/// A service `grpc.example.com` with one port of `protocol`/`name`, two endpoints (the second
+/// meshed, labelled `version: v2`), and a DestinationRule with `http` settings at the top and
+/// `subset_http` on subset `v2`.
+fn h2_config(port: &str, http: &str, subset_http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: grpc}}\nspec:\n  hosts: [grpc.example.com]\n  ports:\n  - {port}\n  endpoints:\n  - address: 10.0.0.1\n  - address: 10.0.0.2\n    labels: {{version: v2, security.istio.io/tlsMode: istio}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: grpc}}\nspec:\n  host: grpc.example.com\n  trafficPolicy:\n    connectionPool:\n      http: {{{http}}}\n  subsets:\n  - name: v2\n    labels: {{version: v2}}\n    trafficPolicy:\n      connectionPool:\n        http: {{{subset_http}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: grpc}}\nspec:\n  hosts: [grpc.example.com]\n  http:\n  - route:\n    - destination: {{host: grpc.example.com, subset: v2}}\n"
+    )
+}
+
+fn base_and_subset(c: &Compiled) -> (&crate::snapshot::Cluster, &crate::snapshot::Cluster) {
+    let base = c
+        .snapshot
+        .clusters
+        .iter()
+        .find(|c| c.subset.is_none())
+        .expect("base cluster");
+    let v2 = c
+        .snapshot
+        .clusters
+        .iter()
+        .find(|c| c.subset.is_some())
+        .expect("subset cluster");
+    (base, v2)
+}
+
+#[test]
+fn service_entry_port_protocol_decides_the_upstream_protocol() {
+    use crate::snapshot::UpstreamProtocol::*;
+    for (port, want) in [
+        ("{number: 80, name: http, protocol: HTTP}", Http1),
+        ("{number: 80, name: web}", Http1),
+        ("{number: 80, name: h, protocol: HTTP2}", Http2),
+        ("{number: 80, name: g, protocol: GRPC}", Http2),
+        ("{number: 80, name: g, protocol: grpc-web}", Http2),
+        // No protocol: Istio's port-name convention.
+        ("{number: 80, name: grpc-api}", Http2),
+        ("{number: 80, name: http2}", Http2),
+        ("{number: 80, name: tcp, protocol: TCP}", Http1),
+    ] {
+        let c = ok(&h2_config(port, "", ""));
+        let (base, v2) = base_and_subset(&c);
+        assert_eq!((base.protocol, v2.protocol), (want, want), "{port}");
+        assert!(base.upgrade_meshed, "{port}");
+    }
+}
+
+#[test]
+fn h2_upgrade_policy_and_use_client_protocol() {
+    use crate::snapshot::UpstreamProtocol::*;
+    let http = "{number: 80, name: http, protocol: HTTP}";
+    let grpc = "{number: 80, name: grpc, protocol: GRPC}";
+    for (port, policy, want, upgrade_meshed) in [
+        (http, "h2UpgradePolicy: UPGRADE", Http2, true),
+        (http, "h2UpgradePolicy: DEFAULT", Http1, true),
+        (http, "h2UpgradePolicy: DO_NOT_UPGRADE", Http1, false),
+        // gRPC cannot go over HTTP/1.1: Istio never downgrades an HTTP/2 port.
+        (grpc, "h2UpgradePolicy: DO_NOT_UPGRADE", Http2, false),
+        // A TCP port is not upgraded.
+        (
+            "{number: 80, name: tcp, protocol: TCP}",
+            "h2UpgradePolicy: UPGRADE",
+            Http1,
+            true,
+        ),
+        (http, "useClientProtocol: true", UseClient, true),
+        // useClientProtocol wins over the upgrade policy, as in Istio.
+        (
+            http,
+            "useClientProtocol: true, h2UpgradePolicy: UPGRADE",
+            UseClient,
+            true,
+        ),
+        (grpc, "useClientProtocol: true", UseClient, true),
+        (grpc, "useClientProtocol: false", Http2, true),
+    ] {
+        let c = ok(&h2_config(port, policy, ""));
+        let (base, v2) = base_and_subset(&c);
+        assert_eq!(base.protocol, want, "{port} {policy}");
+        assert_eq!(v2.protocol, want, "the subset inherits: {port} {policy}");
+        assert_eq!(base.upgrade_meshed, upgrade_meshed, "{port} {policy}");
+    }
+}
+
+#[test]
+fn subset_http_settings_override_the_rule_field_by_field() {
+    use crate::snapshot::UpstreamProtocol::*;
+    let c = ok(&h2_config(
+        "{number: 80, name: http, protocol: HTTP}",
+        "h2UpgradePolicy: UPGRADE, http2MaxRequests: 1000, maxConcurrentStreams: 100",
+        "h2UpgradePolicy: DO_NOT_UPGRADE, maxConcurrentStreams: 10",
+    ));
+    assert!(
+        !c.warnings.iter().any(|w| w.message.contains("not supported")),
+        "{:?}",
+        c.warnings
+    );
+    let (base, v2) = base_and_subset(&c);
+    assert_eq!((base.protocol, base.upgrade_meshed), (Http2, true));
+    assert_eq!(
+        (base.pool.http2_max_requests, base.pool.max_concurrent_streams),
+        (Some(1000), Some(100))
+    );
+    assert_eq!((v2.protocol, v2.upgrade_meshed), (Http1, false));
+    assert_eq!(
+        (v2.pool.http2_max_requests, v2.pool.max_concurrent_streams),
+        (Some(1000), Some(10)),
+        "unset in the subset: the rule's"
+    );
+    let c = ok(&h2_config(
+        "{number: 80, name: http}",
+        "",
+        "useClientProtocol: true, http2MaxRequests: 0",
+    ));
+    let (base, v2) = base_and_subset(&c);
+    assert_eq!((base.protocol, v2.protocol), (Http1, UseClient));
+    assert_eq!(
+        (base.pool.http2_max_requests, base.pool.max_concurrent_streams),
+        (None, None),
+        "default unlimited"
+    );
+    assert_eq!(v2.pool.http2_max_requests, None, "0 is unlimited, as in Istio");
+    // The fields are implemented: no "not supported" warning.
+    assert!(
+        !c.warnings.iter().any(|w| w.message.contains("not supported")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn bad_pool_and_upgrade_values_name_the_field() {
+    let text = h2_config(
+        "{number: 80, name: http}",
+        "http2MaxRequests: -1, maxConcurrentStreams: -5",
+        "h2UpgradePolicy: SOMETIMES",
+    );
+    let e = errors(&text);
+    let msgs: Vec<String> = e
+        .iter()
+        .map(|d| format!("{}: {}", d.field.as_deref().unwrap_or(""), d.message))
+        .collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("spec.subsets[0].trafficPolicy.connectionPool.http.h2UpgradePolicy")),
+        "{msgs:#?}"
+    );
+    let text = h2_config(
+        "{number: 80, name: http}",
+        "http2MaxRequests: -1, maxConcurrentStreams: -5",
+        "",
+    );
+    let msgs: Vec<String> = errors(&text)
+        .iter()
+        .map(|d| format!("{}: {}", d.field.as_deref().unwrap_or(""), d.message))
+        .collect();
+    assert_eq!(
+        msgs,
+        [
+            "spec.trafficPolicy.connectionPool.http.http2MaxRequests: http2MaxRequests must be a positive number (0 for unlimited), got -1",
+            "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams: maxConcurrentStreams must be a positive number (0 for unlimited), got -5",
+        ]
+    );
+}
+
+#[test]
+fn meshed_endpoints_are_told_by_the_istio_tls_mode_label() {
+    let c = ok(&h2_config("{number: 80, name: http}", "", ""));
+    let (base, v2) = base_and_subset(&c);
+    let meshed: Vec<bool> = base.endpoints.iter().map(|e| e.meshed).collect();
+    assert_eq!(meshed, [false, true]);
+    // An HTTP/1.1 cluster speaks HTTP/2 to the meshed endpoint only.
+    assert!(!base.h2_to(0, false) && base.h2_to(1, false) && !base.h2_to(2, true));
+    assert!(v2.h2_to(0, false), "the subset's only endpoint is meshed");
+    // Another value of the label is not a proxy (Istio's `disabled`).
+    let c = ok(&h2_config("{number: 80, name: http}", "", "").replace("tlsMode: istio", "tlsMode: disabled"));
+    assert!(!base_and_subset(&c).0.endpoints[1].meshed);
+    // DO_NOT_UPGRADE keeps HTTP/1.1 even to a proxy; HTTP2 and useClientProtocol ignore meshing.
+    let c = ok(&h2_config(
+        "{number: 80, name: http}",
+        "h2UpgradePolicy: DO_NOT_UPGRADE",
+        "",
+    ));
+    assert!(!base_and_subset(&c).0.h2_to(1, false));
+    let c = ok(&h2_config("{number: 80, name: g, protocol: GRPC}", "", ""));
+    assert!(base_and_subset(&c).0.h2_to(0, false));
+    let c = ok(&h2_config("{number: 80, name: http}", "useClientProtocol: true", ""));
+    let base = base_and_subset(&c).0;
+    assert!(!base.h2_to(1, false) && base.h2_to(0, true));
+    // Announced workloads carry their labels the same way.
+    let (resources, _) = load_str("mesh.yaml", SVC).expect("loads");
+    let endpoint = |labels: &[(&str, &str)]| ExtraEndpoint {
+        host: "web.example.com".into(),
+        endpoint: RegistryEndpoint {
+            address: "10.9.9.9".parse().expect("ip"),
+            ports: BTreeMap::new(),
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            weight: 1,
+        },
+    };
+    let c = compile(&CompileInput {
+        resources,
+        extra_endpoints: vec![endpoint(&[("security.istio.io/tlsMode", "istio")])],
+        version: 1,
+    })
+    .expect("compiles");
+    let eps = &c.snapshot.clusters[0].endpoints;
+    assert_eq!((eps[0].meshed, eps[1].meshed), (false, true));
+}
+
+#[test]
+fn grpc_retry_on_codes() {
+    use crate::snapshot::GrpcCodes;
+    let text = vs("  - match: [{uri: {prefix: /a}}]\n    route:\n    - destination: {host: web.example.com}\n    retries: {attempts: 2, retryOn: \"unavailable,cancelled,deadline-exceeded,resource-exhausted,internal\"}\n  - match: [{uri: {prefix: /b}}]\n    route:\n    - destination: {host: web.example.com}\n    retries: {attempts: 2, retryOn: \"5xx,unavailable\"}\n  - route:\n    - destination: {host: web.example.com}\n");
+    let c = ok(&text);
+    assert!(
+        !c.warnings.iter().any(|w| w.message.contains("retryOn")),
+        "{:?}",
+        c.warnings
+    );
+    let vh = c.snapshot.routes.find_host("web.example.com").expect("vh");
+    let retry = |p: &str| match &vh.find_route(&Req::new(p)).expect("route").action {
+        RouteAction::Forward(f) => f.retry.clone(),
+        other => panic!("{other:?}"),
+    };
+    let all = retry("/a");
+    let codes: Vec<u32> = all.retriable_grpc.iter().collect();
+    assert_eq!(codes, [1, 4, 8, 13, 14]);
+    assert!(all.retries_grpc(14) && all.retries_grpc(1) && !all.retries_grpc(0) && !all.retries_grpc(2));
+    assert!(!all.retries_grpc(99), "not a gRPC status");
+    assert!(!all.retries_status(503), "gRPC tokens add no HTTP status");
+    let b = retry("/b");
+    assert!(b.on_5xx && b.retries_grpc(GrpcCodes::UNAVAILABLE) && !b.retries_grpc(GrpcCodes::CANCELLED));
+    // Istio's default policy retries unavailable and cancelled.
+    let default = retry("/c");
+    let codes: Vec<u32> = default.retriable_grpc.iter().collect();
+    assert_eq!(codes, [GrpcCodes::CANCELLED, GrpcCodes::UNAVAILABLE]);
+    // A typo of a gRPC token is an error with a suggestion.
+    let e = errors(&vs(
+        "  - route:\n    - destination: {host: web.example.com}\n    retries: {attempts: 1, retryOn: unavailble}\n",
+    ));
+    assert_eq!(e[0].field.as_deref(), Some("spec.http[0].retries.retryOn"));
+    assert!(
+        e[0].message.contains("did you mean \"unavailable\""),
+        "{}",
+        e[0].message
+    );
+}
+
+#[test]
+fn grpc_codes_set() {
+    use crate::snapshot::GrpcCodes;
+    let set = GrpcCodes::empty().with(0).with(16).with(17);
+    assert!(set.contains(0) && set.contains(16) && !set.contains(17) && !set.contains(u32::MAX));
+    assert_eq!(format!("{set:?}"), "{0, 16}");
+    assert_eq!(serde_json::to_string(&set).expect("json"), "[0,16]");
+    assert!(GrpcCodes::empty().is_empty());
+}
+
+// ---------------------------------------------------------------- protocol detection
+
+/// A ProxyConfig with one listener `name` (`extra` lines under it) in front of `db.example.com`,
+/// whose one port is `port`.
+fn auto_listener(name: &str, extra: &str, port: &str) -> String {
+    format!(
+        "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  listeners:\n  - name: {name}\n    address: 127.0.0.1:15432\n    protocol: AUTO\n{extra}    destination: {{host: db.example.com}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: db}}\nspec:\n  hosts: [db.example.com]\n  ports:\n  - {port}\n  endpoints:\n  - address: 127.0.0.1\n"
+    )
+}
+
+fn listener_kind(c: &Compiled) -> &ListenerKind {
+    &c.snapshot.listeners[0].kind
+}
+
+#[test]
+fn auto_listener_without_a_hint_detects() {
+    let c = ok(&auto_listener(
+        "db",
+        "    idleTimeout: 5m\n",
+        "{number: 5432, name: db}",
+    ));
+    match listener_kind(&c) {
+        ListenerKind::Detect {
+            clusters,
+            idle_timeout,
+            timeout,
+        } => {
+            assert_eq!(
+                c.snapshot.cluster(clusters.pick(0)).name,
+                "outbound|5432||db.example.com"
+            );
+            assert_eq!(*idle_timeout, Duration::from_secs(300));
+            assert_eq!(*timeout, Duration::from_millis(100), "Istio's original default");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c.snapshot.proxy.limits.protocol_detection_timeout,
+        Duration::from_millis(100)
+    );
+    // The timeout is a limit of the ProxyConfig.
+    let text = auto_listener("db", "", "{number: 5432, name: db}").replace(
+        "spec:\n  listeners:",
+        "spec:\n  limits: {protocolDetectionTimeout: 250ms}\n  listeners:",
+    );
+    let c = ok(&text);
+    match listener_kind(&c) {
+        ListenerKind::Detect { timeout, .. } => assert_eq!(*timeout, Duration::from_millis(250)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn auto_listener_hints_skip_detection() {
+    let http = |c: &Compiled| matches!(listener_kind(c), ListenerKind::Http);
+    let tcp = |c: &Compiled| matches!(listener_kind(c), ListenerKind::Tcp { .. });
+    let plain = "{number: 5432, name: db}";
+    // appProtocol.
+    for (app, want_http) in [
+        ("http", true),
+        ("HTTP2", true),
+        ("grpc", true),
+        ("grpc-web", true),
+        ("kubernetes.io/h2c", true),
+        ("tcp", false),
+        ("tls", false),
+        ("mysql", false),
+        ("mongo", false),
+        ("redis", false),
+    ] {
+        let c = ok(&auto_listener("db", &format!("    appProtocol: {app}\n"), plain));
+        assert!(
+            if want_http { http(&c) } else { tcp(&c) },
+            "appProtocol {app}: {:?}",
+            listener_kind(&c)
+        );
+    }
+    // The listener's name, by Istio's port-name convention.
+    for (name, want_http) in [
+        ("http-web", true),
+        ("http2-api", true),
+        ("grpc-api", true),
+        ("grpc-web-ui", true),
+        ("tcp-db", false),
+        ("tls-passthrough", false),
+        ("mysql", false),
+        ("mysql-primary", false),
+        ("mongo", false),
+    ] {
+        let c = ok(&auto_listener(name, "", plain));
+        assert!(
+            if want_http { http(&c) } else { tcp(&c) },
+            "name {name}: {:?}",
+            listener_kind(&c)
+        );
+    }
+    // appProtocol wins over the name.
+    let c = ok(&auto_listener("http-db", "    appProtocol: tcp\n", plain));
+    assert!(tcp(&c));
+    // The destination port's protocol, else its name.
+    for (port, want_http) in [
+        ("{number: 5432, name: db, protocol: GRPC}", true),
+        ("{number: 5432, name: db, protocol: HTTP}", true),
+        ("{number: 5432, name: db, protocol: TCP}", false),
+        ("{number: 5432, name: db, protocol: MYSQL}", false),
+        ("{number: 5432, name: http-db}", true),
+        ("{number: 5432, name: tcp-db}", false),
+    ] {
+        let c = ok(&auto_listener("db", "", port));
+        assert!(
+            if want_http { http(&c) } else { tcp(&c) },
+            "port {port}: {:?}",
+            listener_kind(&c)
+        );
+    }
+    // A TCP setting on a listener its hint makes HTTP is a warning naming the field.
+    let c = ok(&auto_listener("grpc-api", "    idleTimeout: 2m\n", plain));
+    assert!(http(&c));
+    let w = c
+        .warnings
+        .iter()
+        .find(|w| w.field.as_deref() == Some("spec.listeners[0].idleTimeout"));
+    assert!(
+        w.is_some_and(|w| w.message.contains("does not apply")),
+        "{:?}",
+        c.warnings
+    );
+    // The listener's own hint wins over the destination's.
+    let c = ok(&auto_listener("tcp-db", "", "{number: 5432, name: http}"));
+    assert!(tcp(&c));
+    // A TCP hint keeps the listener's idle timeout.
+    let c = ok(&auto_listener("tcp-db", "    idleTimeout: 2m\n", plain));
+    match listener_kind(&c) {
+        ListenerKind::Tcp { idle_timeout, .. } => assert_eq!(*idle_timeout, Duration::from_secs(120)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_detection_values_name_the_field() {
+    let plain = "{number: 5432, name: db}";
+    let text = auto_listener("db", "    appProtocol: mysq\n", plain);
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].field.as_deref(), Some("spec.listeners[0].appProtocol"));
+    assert!(
+        e[0].message
+            .starts_with("unknown appProtocol \"mysq\"; did you mean \"mysql\"?"),
+        "{}",
+        e[0].message
+    );
+    assert_eq!(e[0].line, Some(line_of(&text, "appProtocol", 0)));
+    // appProtocol contradicting an explicit protocol.
+    let e = errors(&auto_listener("db", "    appProtocol: http\n", plain).replace("protocol: AUTO", "protocol: TCP"));
+    assert_eq!(e[0].field.as_deref(), Some("spec.listeners[0].appProtocol"));
+    assert_eq!(
+        e[0].message,
+        "appProtocol \"http\" is HTTP, but the listener's protocol is TCP"
+    );
+    // A detecting listener needs its TCP fallback.
+    let e = errors(&auto_listener("db", "", plain).replace("    destination: {host: db.example.com}\n", ""));
+    assert_eq!(
+        e[0].message,
+        "AUTO listener needs a destination or a VirtualService tcp route matching port 15432"
+    );
+    // The timeout: a duration of at least 1ms.
+    for (value, want) in [
+        ("0s", "protocolDetectionTimeout must be at least 1ms, got \"0s\""),
+        ("soon", "invalid duration"),
+    ] {
+        let text = auto_listener("db", "", plain).replace(
+            "spec:\n  listeners:",
+            &format!("spec:\n  limits: {{protocolDetectionTimeout: {value}}}\n  listeners:"),
+        );
+        let e = errors(&text);
+        assert_eq!(
+            e[0].field.as_deref(),
+            Some("spec.limits.protocolDetectionTimeout"),
+            "{value}"
+        );
+        assert!(e[0].message.contains(want), "{value}: {}", e[0].message);
+    }
+}

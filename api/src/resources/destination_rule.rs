@@ -202,6 +202,33 @@ pub struct HttpPoolSettings {
     /// Outstanding retries (accepted, not enforced yet; `ProxyConfig` `retryBudget` is the cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<i64>,
+    /// Requests in flight to the destination at once; 0 or absent is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_requests: Option<i64>,
+    /// Concurrent streams per upstream HTTP/2 connection; 0 or absent is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<i64>,
+    /// Whether HTTP/1.1 traffic to an HTTP port goes upstream as HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2_upgrade_policy: Option<H2UpgradePolicy>,
+    /// Speak to the upstream whatever the client spoke (HTTP/1.1 or HTTP/2); wins over
+    /// `h2UpgradePolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_client_protocol: Option<bool>,
+}
+
+/// Istio `ConnectionPoolSettings.HTTPSettings.H2UpgradePolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum H2UpgradePolicy {
+    /// The mesh-wide default: HTTP/1.1 stays HTTP/1.1, except between two proxies.
+    #[serde(rename = "DEFAULT")]
+    Default,
+    /// Never upgrade, not even between two proxies.
+    #[serde(rename = "DO_NOT_UPGRADE")]
+    DoNotUpgrade,
+    /// Send HTTP/1.1 requests upstream as HTTP/2.
+    #[serde(rename = "UPGRADE")]
+    Upgrade,
 }
 
 /// A named subset of the host's endpoints.

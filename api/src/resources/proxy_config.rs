@@ -184,6 +184,10 @@ pub struct LimitsSpec {
     /// Default `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
+    /// How long a `protocol: AUTO` listener waits for the client's first bytes; default
+    /// `100ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_detection_timeout: Option<String>,
 }
 
 /// `ProxyConfig.spec.retryBudget`: present (even empty) turns the budget on, with Envoy's
@@ -209,6 +213,11 @@ pub enum ListenerProtocol {
     /// Opaque TCP to a destination.
     #[serde(rename = "TCP")]
     Tcp,
+    /// Unknown: a port hint (`appProtocol`, the listener's name, the destination port) decides,
+    /// else the client's first bytes (HTTP, or TCP to the destination). Istio's protocol
+    /// sniffing.
+    #[serde(rename = "AUTO")]
+    Auto,
 }
 
 /// One listener.
@@ -221,14 +230,18 @@ pub struct ListenerSpec {
     /// `ip:port` to bind.
     #[serde(default)]
     pub address: String,
-    /// `HTTP` (default) or `TCP`.
+    /// `HTTP` (default), `TCP` or `AUTO`.
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// TCP only: where connections go unless a VirtualService tcp route for this port says
-    /// otherwise.
+    /// What the port carries, as Kubernetes' `appProtocol` says it (`http`, `http2`, `grpc`,
+    /// `grpc-web`, `tcp`, `tls`, `mysql`, ...): on an `AUTO` listener it skips detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+    /// TCP and AUTO only: where connections go unless a VirtualService tcp route for this port
+    /// says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<ListenerDestination>,
-    /// TCP only: close after this long without traffic (default `1h`).
+    /// TCP and AUTO only: close after this long without traffic (default `1h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
 }

@@ -27,18 +27,20 @@ use crate::worker::Worker;
 
 /// First read buffer size per connection. Small, because idle keep-alive connections should
 /// cost little memory; it grows for large heads and bodies.
-const INITIAL_BUFFER: usize = 4 * 1024;
+pub(crate) const INITIAL_BUFFER: usize = 4 * 1024;
 
 /// Buffers larger than this are replaced by small ones between requests.
 const SHRINK_ABOVE: usize = 32 * 1024;
 
 /// Serves one downstream connection until it closes, errs, idles out, or the worker drains.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+/// `initial` holds bytes already read from the client (by protocol detection), and is the
+/// connection's read buffer.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, initial: BytesMut) {
     let _ = stream.set_nodelay(true);
     let mut conn = Downstream {
         stream,
         peer,
-        buf: BytesMut::with_capacity(INITIAL_BUFFER),
+        buf: initial,
         out: BytesMut::new(),
     };
     // HTTP/2 with prior knowledge starts with its preface; anything else is HTTP/1.x. The

@@ -316,6 +316,7 @@ mod tests {
                 address: SocketAddr::from(([127, 0, 0, 1], 10000 + i as u16)),
                 weight: *w,
                 labels: Default::default(),
+                meshed: false,
             })
             .collect();
         let c = Cluster {
@@ -330,7 +331,11 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 max_requests_per_connection: None,
                 max_idle_per_endpoint: 8,
+                http2_max_requests: None,
+                max_concurrent_streams: None,
             },
+            protocol: Default::default(),
+            upgrade_meshed: true,
             host_not_found: None,
         };
         let addrs: Vec<_> = c.endpoints.iter().map(|e| e.address).collect();
@@ -418,6 +423,7 @@ mod tests {
                 address: SocketAddr::from(([127, 0, 0, 1], 10000 + i as u16)),
                 weight: 1,
                 labels: Default::default(),
+                meshed: false,
             })
             .collect();
         let table = ringmesh_api::hash_table::RingHashTable::new(&endpoints, 1024);

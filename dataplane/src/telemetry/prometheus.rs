@@ -154,6 +154,25 @@ pub fn render(t: &StatsTotals) -> String {
         "TCP proxy bytes upstream to client.",
         t.tcp_bytes_received,
     );
+    for (name, help, value) in [
+        (
+            "ringmesh_downstream_cx_detected_http_total",
+            "Connections of AUTO listeners detected as HTTP.",
+            t.detected_http,
+        ),
+        (
+            "ringmesh_downstream_cx_detected_tcp_total",
+            "Connections of AUTO listeners detected as another protocol, proxied as TCP.",
+            t.detected_tcp,
+        ),
+        (
+            "ringmesh_downstream_cx_detect_timeout_total",
+            "Connections of AUTO listeners whose client sent nothing conclusive within the detection timeout, proxied as TCP.",
+            t.detect_timeout,
+        ),
+    ] {
+        counter(&mut out, name, help, value);
+    }
 
     let name = "ringmesh_cluster_upstream_rq_total";
     let _ = writeln!(

@@ -45,6 +45,13 @@ pub struct WorkerStats {
     pub tcp_bytes_sent: Cell<u64>,
     /// TCP proxy bytes upstream → client.
     pub tcp_bytes_received: Cell<u64>,
+    /// Connections of `AUTO` listeners whose first bytes were HTTP/1 or the HTTP/2 preface.
+    pub detected_http: Cell<u64>,
+    /// Connections of `AUTO` listeners whose first bytes were anything else (TLS included).
+    pub detected_tcp: Cell<u64>,
+    /// Connections of `AUTO` listeners whose client did not finish speaking within the
+    /// detection timeout (a server-first protocol), proxied as TCP.
+    pub detect_timeout: Cell<u64>,
     /// Request duration (head parsed → response complete), microseconds.
     pub request_duration_us: RefCell<Histogram<u64>>,
     /// Rate limit of this worker's per-request log lines (local replies), by reason.
@@ -72,6 +79,9 @@ impl Default for WorkerStats {
             tcp_cx_total: Cell::new(0),
             tcp_bytes_sent: Cell::new(0),
             tcp_bytes_received: Cell::new(0),
+            detected_http: Cell::new(0),
+            detected_tcp: Cell::new(0),
+            detect_timeout: Cell::new(0),
             request_duration_us: RefCell::new(new_histogram()),
             log_limit: super::log_limit::LogLimiter::default(),
         }
@@ -148,6 +158,9 @@ impl WorkerStats {
             tcp_cx_total: self.tcp_cx_total.get(),
             tcp_bytes_sent: self.tcp_bytes_sent.get(),
             tcp_bytes_received: self.tcp_bytes_received.get(),
+            detected_http: self.detected_http.get(),
+            detected_tcp: self.detected_tcp.get(),
+            detect_timeout: self.detect_timeout.get(),
             request_duration_us: self.request_duration_us.borrow().clone(),
             clusters: BTreeMap::new(),
         }
@@ -221,6 +234,12 @@ pub struct StatsTotals {
     pub tcp_bytes_sent: u64,
     #[allow(missing_docs)]
     pub tcp_bytes_received: u64,
+    #[allow(missing_docs)]
+    pub detected_http: u64,
+    #[allow(missing_docs)]
+    pub detected_tcp: u64,
+    #[allow(missing_docs)]
+    pub detect_timeout: u64,
     /// Merged request duration histogram.
     #[serde(skip)]
     pub request_duration_us: Histogram<u64>,
@@ -251,6 +270,9 @@ impl StatsTotals {
             tcp_cx_total: 0,
             tcp_bytes_sent: 0,
             tcp_bytes_received: 0,
+            detected_http: 0,
+            detected_tcp: 0,
+            detect_timeout: 0,
             request_duration_us: new_histogram(),
             clusters: BTreeMap::new(),
         }
@@ -281,6 +303,9 @@ impl StatsTotals {
         self.tcp_cx_total += o.tcp_cx_total;
         self.tcp_bytes_sent += o.tcp_bytes_sent;
         self.tcp_bytes_received += o.tcp_bytes_received;
+        self.detected_http += o.detected_http;
+        self.detected_tcp += o.detected_tcp;
+        self.detect_timeout += o.detect_timeout;
         // Same bounds on both sides, so adding cannot fail; ignore the impossible error rather
         // than panic in the admin thread.
         let _ = self.request_duration_us.add(&o.request_duration_us);
