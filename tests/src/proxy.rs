@@ -38,8 +38,19 @@ pub fn proxy_config(io: IoMode, extra_listeners: &str, extra_spec: &str) -> Stri
 
 /// A `ServiceEntry` for `host:port` served by `endpoints` (each `(addr, labels)`).
 pub fn service_entry(name: &str, host: &str, port: u16, endpoints: &[(SocketAddr, &[(&str, &str)])]) -> String {
+    service_entry_speaking("HTTP", name, host, port, endpoints)
+}
+
+/// A `ServiceEntry` whose port speaks `protocol` (`HTTP`, `HTTP2`, `GRPC`, ...).
+pub fn service_entry_speaking(
+    protocol: &str,
+    name: &str,
+    host: &str,
+    port: u16,
+    endpoints: &[(SocketAddr, &[(&str, &str)])],
+) -> String {
     let mut s = format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts: [\"{host}\"]\n  ports:\n  - number: {port}\n    name: http\n    protocol: HTTP\n  resolution: STATIC\n  endpoints:\n"
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts: [\"{host}\"]\n  ports:\n  - number: {port}\n    name: http\n    protocol: {protocol}\n  resolution: STATIC\n  endpoints:\n"
     );
     for (addr, labels) in endpoints {
         s.push_str(&format!(

@@ -9,12 +9,9 @@ use http::{HeaderMap, HeaderValue, Request};
 use ringmesh_loadgen::{grpc, spawn_echo, EchoConfig, EchoHandle};
 use ringmesh_tests::client::Client;
 use ringmesh_tests::h2client::H2Client;
-use ringmesh_tests::proxy::{proxy_config, service_entry, TestProxy};
+use ringmesh_tests::proxy::{proxy_config, service_entry, service_entry_speaking, TestProxy};
 use ringmesh_tests::upstream::{Reply, Upstream};
 use ringmesh_tests::{both_io, IoMode};
-
-/// The label that tells the proxy an endpoint speaks HTTP/2.
-const H2: &[(&str, &str)] = &[("ringmesh.io/protocol", "h2")];
 
 fn echo(instance: &str) -> EchoHandle {
     spawn_echo(EchoConfig {
@@ -25,10 +22,11 @@ fn echo(instance: &str) -> EchoHandle {
     .expect("echo starts")
 }
 
-fn proxy_to(io: IoMode, addr: SocketAddr, labels: &[(&str, &str)]) -> TestProxy {
+/// A proxy in front of `addr`, whose port speaks `protocol`.
+fn proxy_to(io: IoMode, addr: SocketAddr, protocol: &str) -> TestProxy {
     TestProxy::start(&[
         proxy_config(io, "", ""),
-        service_entry("svc", "svc.test", 80, &[(addr, labels)]),
+        service_entry_speaking(protocol, "svc", "svc.test", 80, &[(addr, &[])]),
     ])
 }
 
@@ -47,7 +45,7 @@ fn h2_client_to_h1_upstream(io: IoMode) {
             body: r.body.clone(),
         },
     });
-    let p = proxy_to(io, up.addr, &[]);
+    let p = proxy_to(io, up.addr, "HTTP");
     // HTTP/1.1 still works on the listener.
     assert_eq!(Client::connect(p.http()).get("svc.test", "/h1").status, 201);
     let mut c = H2Client::connect(p.http());
@@ -88,7 +86,7 @@ fn h2_client_to_h1_upstream(io: IoMode) {
 /// An HTTP/1.1 client through the proxy to an HTTP/2 upstream.
 fn h1_client_to_h2_upstream(io: IoMode) {
     let e = echo("h2-echo");
-    let p = proxy_to(io, e.local_addr(), H2);
+    let p = proxy_to(io, e.local_addr(), "HTTP2");
     let mut c = Client::connect(p.http());
     for _ in 0..3 {
         let r = c.get("svc.test", "/");
@@ -134,7 +132,7 @@ fn grpc_through_h2_both_sides(io: IoMode) {
     let e = echo("grpc-echo");
     let p = TestProxy::start(&[
         proxy_config(io, "", ""),
-        service_entry("svc", "svc.test", 80, &[(e.local_addr(), H2)]),
+        service_entry_speaking("GRPC", "svc", "svc.test", 80, &[(e.local_addr(), &[])]),
         service_entry("nothing", "empty.test", 80, &[]),
     ]);
     let mut c = H2Client::connect(p.http());
@@ -174,7 +172,7 @@ fn grpc_through_h2_both_sides(io: IoMode) {
 /// stream with its own trailers.
 fn request_trailers_cross(io: IoMode) {
     let e = echo("t");
-    let p = proxy_to(io, e.local_addr(), H2);
+    let p = proxy_to(io, e.local_addr(), "HTTP2");
     let mut c = H2Client::connect(p.http());
     let mut t = HeaderMap::new();
     t.insert("x-client-trailer", HeaderValue::from_static("1"));

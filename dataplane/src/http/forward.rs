@@ -169,7 +169,7 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
         let per_try_deadline = retries.per_try_deadline(Instant::now());
         let result = {
             let _in_flight = InFlight::start(plan.state, endpoint);
-            if !ex.head.connection().upgrade && crate::http::h2::upstream_is_h2(plan.cluster, endpoint, false) {
+            if !ex.head.connection().upgrade && plan.cluster.h2_to(endpoint, false) {
                 crate::http::h2::from_h1::one_try(ex, &plan, &mut body, endpoint, per_try_deadline, &mut retries).await
             } else {
                 one_try(ex, &plan, &mut body, endpoint, per_try_deadline).await

@@ -19,16 +19,6 @@ use crate::rng::FastRng;
 use crate::telemetry::stats::inc;
 use crate::worker::Worker;
 
-// MERGE-SHIM: replaced by `RetryPolicy::retries_grpc` from the compiler.
-trait GrpcRetryOn {
-    fn retries_grpc(&self, code: u32) -> bool;
-}
-impl GrpcRetryOn for RetryPolicy {
-    fn retries_grpc(&self, _code: u32) -> bool {
-        false
-    }
-}
-
 /// What follows a try that did not produce a response to relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {

@@ -189,7 +189,7 @@ async fn forward(
         };
         let attempt = {
             let _in_flight = InFlight::start(state, endpoint);
-            if super::upstream_is_h2(cluster, endpoint, true) {
+            if cluster.h2_to(endpoint, true) {
                 upstream::to_h2(&try_, &mut body, respond, &mut retries).await
             } else {
                 upstream::to_h1(&try_, &mut body, respond, &mut retries).await

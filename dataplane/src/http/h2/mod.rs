@@ -26,27 +26,3 @@ pub(crate) mod headers;
 pub(crate) mod io;
 pub(crate) mod server;
 pub(crate) mod upstream;
-
-use ringmesh_api::snapshot::Cluster;
-
-/// Whether requests to this endpoint of `cluster` go over HTTP/2. `client_h2`: the request
-/// came over HTTP/2 (for `useClientProtocol`).
-// MERGE-SHIM: becomes `cluster.h2_to(endpoint, client_h2)` from the compiler.
-pub(crate) fn upstream_is_h2(cluster: &Cluster, endpoint: usize, client_h2: bool) -> bool {
-    let _ = client_h2;
-    cluster.endpoints[endpoint]
-        .labels
-        .get("security.istio.io/tlsMode")
-        .is_some_and(|v| v == "istio")
-        || cluster.endpoints[endpoint]
-            .labels
-            .get("ringmesh.io/protocol")
-            .is_some_and(|v| v == "h2")
-}
-
-/// Streams one upstream HTTP/2 connection may carry at once (`maxConcurrentStreams`).
-// MERGE-SHIM: becomes `cluster.pool.max_concurrent_streams`.
-pub(crate) fn max_concurrent_streams(cluster: &Cluster) -> u32 {
-    let _ = cluster;
-    u32::MAX
-}

@@ -100,7 +100,7 @@ fn retry_for(
 /// The connection-pool limits of the cluster's HTTP/2 connections.
 pub(crate) fn conn_limits(cluster: &Cluster) -> ConnLimits {
     ConnLimits {
-        max_streams: super::max_concurrent_streams(cluster),
+        max_streams: cluster.pool.max_concurrent_streams.unwrap_or(u32::MAX),
         max_requests: cluster.pool.max_requests_per_connection,
         connect_timeout: cluster.connect_timeout,
     }
