@@ -64,17 +64,20 @@ impl Worker {
         })
     }
 
-    /// A downstream request started on this worker.
-    pub(crate) fn request_started(&self) {
+    /// A downstream request started on this worker. `counted`: its dispatch already counted it
+    /// in this worker's load (HTTP/2 streams).
+    pub(crate) fn request_started(&self, counted: bool) {
         inc(&self.stats.downstream_rq_total);
         inc(&self.stats.downstream_rq_active);
-        self.peers.publish(self.stats.downstream_rq_active.get() as u32);
+        if !counted {
+            self.peers.started();
+        }
     }
 
     /// A downstream request ended on this worker.
     pub(crate) fn request_ended(&self) {
         dec(&self.stats.downstream_rq_active);
-        self.peers.publish(self.stats.downstream_rq_active.get() as u32);
+        self.peers.ended();
     }
 
     /// Whether the retry budget allows one more retry now (Envoy's `retry_budget`): retries in

@@ -186,7 +186,100 @@ fn request_trailers_cross(io: IoMode) {
     assert_eq!(r.body.len(), 300_000, "a body larger than the windows arrives whole");
 }
 
+/// A counter's value in a proxy's `/stats/prometheus`.
+fn counter(p: &TestProxy, name: &str) -> u64 {
+    let text = ringmesh_tests::client::admin_get(p.admin(), "/stats/prometheus").1;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+}
+
+/// Two proxies (the `mesh` topology): HTTP/1.1 from many client connections reaches the
+/// server-side proxy over one multiplexed HTTP/2 connection (one per worker), because the
+/// endpoint is labelled as a sidecar; `h2UpgradePolicy: DO_NOT_UPGRADE` keeps HTTP/1.1.
+fn proxies_talk_http2_to_each_other(io: IoMode) {
+    let up = Upstream::named("app");
+    let server = proxy_to(io, up.addr, "HTTP");
+    let meshed: &[(&str, &str)] = &[("security.istio.io/tlsMode", "istio")];
+    let client = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("svc", "svc.test", 80, &[(server.http(), meshed)]),
+    ]);
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let addr = client.http();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0..10 {
+                    let r = c.get("svc.test", &format!("/t{t}/{i}"));
+                    assert_eq!((r.status, r.text()), (200, "app".to_string()));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    assert_eq!(up.count(), 160);
+    assert_eq!(up.received()[0].header("host"), Some("svc.test"));
+    assert_eq!(counter(&server, "ringmesh_downstream_cx_h2_total"), 1, "one HTTP/2 connection");
+    assert_eq!(counter(&server, "ringmesh_downstream_cx_total"), 1);
+    assert_eq!(counter(&client, "ringmesh_downstream_cx_total"), 16);
+
+    // Opting out keeps HTTP/1.1 between the proxies.
+    let server = proxy_to(io, up.addr, "HTTP");
+    let client = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("svc", "svc.test", 80, &[(server.http(), meshed)]),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: svc\nspec:\n  host: svc.test\n  trafficPolicy:\n    connectionPool:\n      http:\n        h2UpgradePolicy: DO_NOT_UPGRADE\n".to_string(),
+    ]);
+    assert_eq!(Client::connect(client.http()).get("svc.test", "/x").status, 200);
+    assert_eq!(counter(&server, "ringmesh_downstream_cx_h2_total"), 0);
+}
+
+/// One client connection with 100 concurrent streams through a proxy with two workers: the
+/// worker holding the connection serves about half of the streams and hands the rest to the
+/// other (no hot core).
+fn one_connections_streams_use_both_workers(io: IoMode) {
+    let e = spawn_echo(EchoConfig {
+        delay: std::time::Duration::from_millis(20),
+        body_size: 5,
+        ..EchoConfig::new("127.0.0.1:0".parse().unwrap())
+    })
+    .expect("echo starts");
+    let p = TestProxy::start(&[
+        proxy_config(io, "", "").replace("workers: 1", "workers: 2"),
+        service_entry_speaking("HTTP2", "svc", "svc.test", 80, &[(e.local_addr(), &[])]),
+    ]);
+    let c = H2Client::connect(p.http());
+    let sender = c.sender();
+    let statuses = c.block_on(async move {
+        let calls = (0..100).map(|i| {
+            let send = sender.clone();
+            async move {
+                let mut send = send.ready().await.expect("ready");
+                let req = Request::get(format!("http://svc.test/s/{i}")).body(()).unwrap();
+                let (resp, _) = send.send_request(req, true).expect("send");
+                let resp = resp.await.expect("response");
+                ringmesh_tests::h2client::read_response(resp).await.expect("body").status
+            }
+        });
+        let handles: Vec<_> = calls.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.expect("call task"));
+        }
+        out
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let moved = counter(&p, "ringmesh_h2_streams_handed_off_total");
+    assert!((30..=70).contains(&moved), "{moved} of 100 streams were served by the other worker");
+}
+
 both_io!(
+    one_connections_streams_use_both_workers,
+    proxies_talk_http2_to_each_other,
     h2_client_to_h1_upstream,
     h1_client_to_h2_upstream,
     grpc_through_h2_both_sides,

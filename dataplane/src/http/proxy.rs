@@ -78,7 +78,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, init
                 return;
             }
         };
-        worker.request_started();
+        worker.request_started(false);
         let started = Instant::now();
         let next = handle(&worker, &mut conn, head, limits.downstream_idle_timeout).await;
         worker.request_ended();

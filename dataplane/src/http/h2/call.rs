@@ -40,7 +40,8 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
         peer,
         live,
     } = handed;
-    worker.request_started();
+    // Counted in the serving worker's load when it was dispatched (`handoff`).
+    worker.request_started(true);
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let grpc = grpc::is_grpc(&parts.headers);
