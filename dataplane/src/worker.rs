@@ -80,6 +80,30 @@ impl Worker {
         self.peers.ended();
     }
 
+    /// Whether the cluster's `http2MaxRequests` leaves room for one more request on this core:
+    /// each worker takes an equal share of the limit, rounded up (so with N workers the proxy
+    /// admits at most N - 1 requests above the limit, and a limit below N admits one per worker).
+    /// `Err` is the overflow failure (503 `UO`), never retried.
+    pub(crate) fn admit_request(
+        &self,
+        cluster: &ringmesh_api::snapshot::Cluster,
+        state: &crate::lb::ClusterState,
+    ) -> Result<(), crate::error::ProxyError> {
+        let Some(max) = cluster.pool.http2_max_requests else {
+            return Ok(());
+        };
+        let share = u64::from(max).div_ceil(self.peers.workers() as u64).max(1);
+        if state.counters.rq_active.get() < share {
+            return Ok(());
+        }
+        inc(&self.stats.upstream_rq_pending_overflow);
+        Err(crate::error::ProxyError::new(
+            crate::error::ErrorKind::Overflow,
+            crate::error::Side::Internal,
+            "cluster's http2MaxRequests reached",
+        ))
+    }
+
     /// Whether the retry budget allows one more retry now (Envoy's `retry_budget`): retries in
     /// flight below `budget_percent` of active requests, or below the minimum concurrency.
     /// Without a budget (the default) every retry the route's policy asks for is allowed.

@@ -223,7 +223,11 @@ fn proxies_talk_http2_to_each_other(io: IoMode) {
     }
     assert_eq!(up.count(), 160);
     assert_eq!(up.received()[0].header("host"), Some("svc.test"));
-    assert_eq!(counter(&server, "ringmesh_downstream_cx_h2_total"), 1, "one HTTP/2 connection");
+    assert_eq!(
+        counter(&server, "ringmesh_downstream_cx_h2_total"),
+        1,
+        "one HTTP/2 connection"
+    );
     assert_eq!(counter(&server, "ringmesh_downstream_cx_total"), 1);
     assert_eq!(counter(&client, "ringmesh_downstream_cx_total"), 16);
 
@@ -262,7 +266,10 @@ fn one_connections_streams_use_both_workers(io: IoMode) {
                 let req = Request::get(format!("http://svc.test/s/{i}")).body(()).unwrap();
                 let (resp, _) = send.send_request(req, true).expect("send");
                 let resp = resp.await.expect("response");
-                ringmesh_tests::h2client::read_response(resp).await.expect("body").status
+                ringmesh_tests::h2client::read_response(resp)
+                    .await
+                    .expect("body")
+                    .status
             }
         });
         let handles: Vec<_> = calls.map(tokio::spawn).collect();
@@ -274,10 +281,60 @@ fn one_connections_streams_use_both_workers(io: IoMode) {
     });
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let moved = counter(&p, "ringmesh_h2_streams_handed_off_total");
-    assert!((30..=70).contains(&moved), "{moved} of 100 streams were served by the other worker");
+    assert!(
+        (30..=70).contains(&moved),
+        "{moved} of 100 streams were served by the other worker"
+    );
+}
+
+/// `http2MaxRequests` bounds the requests in flight to a cluster: one more is refused at once
+/// with 503 `UO` (a gRPC call with `UNAVAILABLE`), not queued.
+fn http2_max_requests_refuses_the_one_too_many(io: IoMode) {
+    let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let release = go.clone();
+    let up = Upstream::start("slow", move |_| {
+        // Held until the test has seen the refusal; bounded so a failing test ends.
+        let _ = ringmesh_testkit::eventually(std::time::Duration::from_secs(10), "release", || {
+            release.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        Reply::ok("late")
+    });
+    let p = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("svc", "svc.test", 80, &[(up.addr, &[])]),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: svc\nspec:\n  host: svc.test\n  trafficPolicy:\n    connectionPool:\n      http:\n        http2MaxRequests: 2\n".to_string(),
+    ]);
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let addr = p.http();
+            std::thread::spawn(move || Client::connect(addr).get("svc.test", &format!("/held/{i}")).status)
+        })
+        .collect();
+    ringmesh_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "two requests at the upstream",
+        || up.count() == 2,
+    )
+    .unwrap();
+    let r = Client::connect(p.http()).get("svc.test", "/third");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("overflow"), "{}", r.text());
+    let req = Request::post("http://svc.test/x.Y/Z")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let g = H2Client::connect(p.http()).request(req, b"", None);
+    assert_eq!(g.field("grpc-status"), Some("14"), "{g:?}");
+    go.store(true, std::sync::atomic::Ordering::SeqCst);
+    for h in held {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    assert_eq!(counter(&p, "ringmesh_upstream_rq_pending_overflow_total"), 2);
+    assert_eq!(Client::connect(p.http()).get("svc.test", "/after").status, 200);
 }
 
 both_io!(
+    http2_max_requests_refuses_the_one_too_many,
     one_connections_streams_use_both_workers,
     proxies_talk_http2_to_each_other,
     h2_client_to_h1_upstream,

@@ -159,6 +159,12 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
     let mut retries = Retries::new(&ex.action.retry, plan.deadline);
     let mut _retry_slot: Option<RetrySlot<'_>> = None;
     loop {
+        if let Err(error) = ex.worker.admit_request(plan.cluster, plan.state) {
+            return Outcome::Failed {
+                error,
+                body: body.client(),
+            };
+        }
         let Some(endpoint) = lb::pick(plan.cluster, plan.state, &ex.worker.rng, plan.hash, retries.tried()) else {
             return Outcome::Failed {
                 error: ProxyError::new(ErrorKind::NoHealthyUpstream, Side::Internal, "cluster has no endpoints"),

@@ -138,6 +138,12 @@ pub fn render(t: &StatsTotals) -> String {
     );
     counter(
         &mut out,
+        "ringmesh_upstream_rq_pending_overflow_total",
+        "Requests refused at once (503 UO) because a cluster's http2MaxRequests was reached.",
+        t.upstream_rq_pending_overflow,
+    );
+    counter(
+        &mut out,
         "ringmesh_tcp_downstream_cx_total",
         "TCP proxy connections accepted.",
         t.tcp_cx_total,

@@ -33,6 +33,8 @@ pub struct WorkerStats {
     pub upstream_rq_retry_overflow: Cell<u64>,
     /// Requests that hit a route or per-try timeout.
     pub upstream_rq_timeout: Cell<u64>,
+    /// Requests refused at once because a cluster's `http2MaxRequests` was reached.
+    pub upstream_rq_pending_overflow: Cell<u64>,
     /// Downstream connections that spoke HTTP/2.
     pub downstream_cx_h2_total: Cell<u64>,
     /// HTTP/2 streams this worker handed to another worker to serve.
@@ -73,6 +75,7 @@ impl Default for WorkerStats {
             upstream_rq_retry: Cell::new(0),
             upstream_rq_retry_overflow: Cell::new(0),
             upstream_rq_timeout: Cell::new(0),
+            upstream_rq_pending_overflow: Cell::new(0),
             downstream_cx_h2_total: Cell::new(0),
             h2_streams_handed_off: Cell::new(0),
             h2_goaway_sent: Cell::new(0),
@@ -152,6 +155,7 @@ impl WorkerStats {
             upstream_rq_retry: self.upstream_rq_retry.get(),
             upstream_rq_retry_overflow: self.upstream_rq_retry_overflow.get(),
             upstream_rq_timeout: self.upstream_rq_timeout.get(),
+            upstream_rq_pending_overflow: self.upstream_rq_pending_overflow.get(),
             downstream_cx_h2_total: self.downstream_cx_h2_total.get(),
             h2_streams_handed_off: self.h2_streams_handed_off.get(),
             h2_goaway_sent: self.h2_goaway_sent.get(),
@@ -223,6 +227,8 @@ pub struct StatsTotals {
     #[allow(missing_docs)]
     pub upstream_rq_timeout: u64,
     #[allow(missing_docs)]
+    pub upstream_rq_pending_overflow: u64,
+    #[allow(missing_docs)]
     pub downstream_cx_h2_total: u64,
     #[allow(missing_docs)]
     pub h2_streams_handed_off: u64,
@@ -264,6 +270,7 @@ impl StatsTotals {
             upstream_rq_retry: 0,
             upstream_rq_retry_overflow: 0,
             upstream_rq_timeout: 0,
+            upstream_rq_pending_overflow: 0,
             downstream_cx_h2_total: 0,
             h2_streams_handed_off: 0,
             h2_goaway_sent: 0,
@@ -297,6 +304,7 @@ impl StatsTotals {
         self.upstream_rq_retry += o.upstream_rq_retry;
         self.upstream_rq_retry_overflow += o.upstream_rq_retry_overflow;
         self.upstream_rq_timeout += o.upstream_rq_timeout;
+        self.upstream_rq_pending_overflow += o.upstream_rq_pending_overflow;
         self.downstream_cx_h2_total += o.downstream_cx_h2_total;
         self.h2_streams_handed_off += o.h2_streams_handed_off;
         self.h2_goaway_sent += o.h2_goaway_sent;

@@ -172,6 +172,7 @@ async fn forward(
     let mut retries = Retries::new(&call.action.retry, deadline);
     let mut _retry_slot: Option<RetrySlot<'_>> = None;
     loop {
+        worker.admit_request(cluster, state).map_err(|e| (e, None))?;
         let Some(endpoint) = lb::pick(cluster, state, &worker.rng, hash, retries.tried()) else {
             return Err((
                 ProxyError::new(ErrorKind::NoHealthyUpstream, Side::Internal, "cluster has no endpoints"),

@@ -137,6 +137,11 @@ impl Peers {
         channels(1).remove(0).0
     }
 
+    /// Workers in the proxy.
+    pub(crate) fn workers(&self) -> usize {
+        self.loads.len()
+    }
+
     /// A request started on this worker (an HTTP/2 stream counts from its dispatch instead).
     pub(crate) fn started(&self) {
         self.loads[self.me].0.fetch_add(1, Ordering::Relaxed);
