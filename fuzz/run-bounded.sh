@@ -9,9 +9,9 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 cargo build -q --release --bins --target "$target"
-for t in h1_request_head h1_response_head h1_chunked h1_rechunk; do
+for t in h1_request_head h1_response_head h1_chunked h1_rechunk h2_translate h2_frame_meter; do
   mkdir -p "corpus/$t" artifacts
   echo "fuzz: $t for ${seconds}s"
   "./target/$target/release/$t" "corpus/$t" -max_total_time="$seconds" -artifact_prefix=artifacts/ -print_final_stats=1 2>&1 | tail -3
 done
-echo "fuzz: 4 passed, 0 failed"
+echo "fuzz: 6 passed, 0 failed"

@@ -20,7 +20,7 @@ use monoio_compat::StreamWrapper;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
-pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Buffer sizes of the compat wrapper, each way. A frame larger than this is read or written
 /// in several calls; 16 KiB is HTTP/2's default largest frame.
@@ -182,7 +182,21 @@ impl FrameMeter {
     }
 
     /// Accounts for `bytes`; true when the budget is exceeded.
-    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        let counted = self.count(bytes);
+        if counted == 0 {
+            return false;
+        }
+        if self.window_start.elapsed() >= Duration::from_secs(1) {
+            self.window_start = Instant::now();
+            self.in_window = 0;
+        }
+        self.in_window = self.in_window.saturating_add(counted);
+        self.in_window > FLOOD_BUDGET
+    }
+
+    /// Walks the frame headers in `bytes`; returns how many flood frames they start.
+    fn count(&mut self, mut bytes: &[u8]) -> u32 {
         let mut counted = 0u32;
         while !bytes.is_empty() {
             if self.skip > 0 {
@@ -211,15 +225,7 @@ impl FrameMeter {
             counted += u32::from(flood);
             self.skip = len;
         }
-        if counted == 0 {
-            return false;
-        }
-        if self.window_start.elapsed() >= Duration::from_secs(1) {
-            self.window_start = Instant::now();
-            self.in_window = 0;
-        }
-        self.in_window = self.in_window.saturating_add(counted);
-        self.in_window > FLOOD_BUDGET
+        counted
     }
 }
 
@@ -280,6 +286,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Inbound<T> {
     }
 }
 
+/// For the fuzz target and property tests: counts the flood frames in a client's bytes fed
+/// whole and fed in pieces cut at `cuts`; the two counts must agree.
+#[doc(hidden)]
+pub fn flood_frames_whole_and_in_pieces(bytes: &[u8], cuts: &[usize]) -> (u32, u32) {
+    let whole = FrameMeter::new().count(bytes);
+    let mut m = FrameMeter::new();
+    let (mut last, mut pieces) = (0, 0);
+    for &c in cuts.iter().chain(std::iter::once(&bytes.len())) {
+        let c = c.clamp(last, bytes.len());
+        pieces += m.count(&bytes[last..c]);
+        last = c;
+    }
+    (whole, pieces)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +345,20 @@ mod tests {
         }
         assert!(!m.feed(&pings), "exactly the budget is allowed");
         assert!(m.feed(&frame(0x0, 0x0, 0)), "one more frame (an empty DATA) is a flood");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn counting_does_not_depend_on_read_boundaries(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            cuts in proptest::collection::vec(0usize..2048, 0..6),
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let mut input = PREFACE.to_vec();
+            input.extend_from_slice(&bytes);
+            let (whole, pieces) = flood_frames_whole_and_in_pieces(&input, &cuts);
+            proptest::prop_assert_eq!(whole, pieces);
+        }
     }
 }

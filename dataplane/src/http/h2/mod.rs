@@ -23,6 +23,53 @@ pub(crate) mod client;
 pub(crate) mod from_h1;
 pub mod handoff;
 pub(crate) mod headers;
-pub(crate) mod io;
+pub mod io;
 pub(crate) mod server;
 pub(crate) mod upstream;
+
+/// For the fuzz targets and property tests: an HTTP/1.1 request head through the translation to
+/// HTTP/2 and back. Returns `None` when the parser refuses the head; otherwise checks that the
+/// HTTP/2 request is well-formed (lower-case names, no connection-specific field) and that the
+/// HTTP/1.1 head made from it parses again with the same method and path, and returns it.
+#[doc(hidden)]
+pub fn h1_head_through_h2(raw: &[u8]) -> Option<Vec<u8>> {
+    use crate::http::h1::{HeadLimits, RequestParser};
+    let head = RequestParser::new(HeadLimits::default()).parse(raw).ok()??;
+    let src = &raw[..head.len()];
+    let ops = ringmesh_api::snapshot::HeaderOps::default();
+    let id = [b'0'; 36];
+    let out = headers::Outgoing::from_h1(
+        &head,
+        src,
+        &headers::Rewrite {
+            path: None,
+            authority: None,
+            ops: &ops,
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            request_id: &id,
+        },
+    );
+    let req = out.to_h2();
+    for (name, _) in req.headers() {
+        let n = name.as_str();
+        assert!(!n.bytes().any(|b| b.is_ascii_uppercase()), "upper-case name {n}");
+        assert!(
+            !matches!(
+                n,
+                "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "host"
+            ),
+            "connection-specific field {n} crossed"
+        );
+    }
+    let mut again = bytes::BytesMut::new();
+    out.encode_h1(&mut again);
+    let back = RequestParser::new(HeadLimits {
+        max_head_bytes: usize::MAX,
+        max_headers: usize::MAX,
+    })
+    .parse(&again)
+    .unwrap_or_else(|e| panic!("re-encoded head refused ({e}): {:?}", String::from_utf8_lossy(&again)))
+    .expect("a whole head");
+    assert_eq!(back.method().as_bytes(&again), head.method().as_bytes(src));
+    Some(again.to_vec())
+}
