@@ -31,6 +31,17 @@ use crate::http::h1::{write_chunk_header, BodyFraming, ChunkedDecoder, ChunkedLi
 /// gRPC unary call or a JSON body fits well under this.
 pub(crate) const HOLD_MAX: usize = 64 * 1024;
 
+/// `monoio::time::timeout`, without arming a timer when the future is ready at its first poll
+/// (DATA already received, window already open): most waits on the request path end at once,
+/// and a timer costs a clock read and a wheel insertion and removal each.
+pub(crate) async fn within<F: Future>(dur: Duration, fut: F) -> Result<F::Output, monoio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    if let Poll::Ready(v) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Ok(v);
+    }
+    monoio::time::timeout(dur, fut).await
+}
+
 /// Why a body did not reach its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Broken {
@@ -123,9 +134,7 @@ impl ReplayBody {
                 None => Piece::End,
             });
         }
-        let next = monoio::time::timeout(idle, self.recv.data())
-            .await
-            .map_err(|_| Broken::Source)?;
+        let next = within(idle, self.recv.data()).await.map_err(|_| Broken::Source)?;
         match next {
             Some(Ok(bytes)) => {
                 if self.replayable.get() {
@@ -144,7 +153,7 @@ impl ReplayBody {
             }
             Some(Err(_)) => Err(Broken::Source),
             None => {
-                let trailers = monoio::time::timeout(idle, self.recv.trailers())
+                let trailers = within(idle, self.recv.trailers())
                     .await
                     .map_err(|_| Broken::Source)?
                     .map_err(|_| Broken::Source)?;
@@ -178,7 +187,7 @@ pub(crate) async fn send_data(
     }
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        let granted = monoio::time::timeout(idle, poll_fn(|cx| send.poll_capacity(cx)))
+        let granted = within(idle, poll_fn(|cx| send.poll_capacity(cx)))
             .await
             .map_err(|_| Broken::Sink)?;
         let n = match granted {
@@ -301,7 +310,7 @@ pub(crate) async fn h2_to_h2(
     idle: Duration,
 ) -> Result<(), Broken> {
     loop {
-        let next = unless_reset(send, monoio::time::timeout(idle, recv.data()))
+        let next = unless_reset(send, within(idle, recv.data()))
             .await?
             .map_err(|_| Broken::Source)?;
         match next {
@@ -312,7 +321,7 @@ pub(crate) async fn h2_to_h2(
             }
             Some(Err(_)) => return Err(Broken::Source),
             None => {
-                let trailers = monoio::time::timeout(idle, recv.trailers())
+                let trailers = within(idle, recv.trailers())
                     .await
                     .map_err(|_| Broken::Source)?
                     .map_err(|_| Broken::Source)?;
@@ -336,9 +345,7 @@ pub(crate) async fn h2_to_h1<W: AsyncWriteRent>(
 ) -> Result<(), Broken> {
     let chunked = framing == BodyFraming::Chunked;
     loop {
-        let next = monoio::time::timeout(idle, recv.data())
-            .await
-            .map_err(|_| Broken::Source)?;
+        let next = within(idle, recv.data()).await.map_err(|_| Broken::Source)?;
         match next {
             Some(Ok(bytes)) => {
                 let n = bytes.len();
@@ -349,7 +356,7 @@ pub(crate) async fn h2_to_h1<W: AsyncWriteRent>(
             }
             Some(Err(_)) => return Err(Broken::Source),
             None => {
-                let trailers = monoio::time::timeout(idle, recv.trailers())
+                let trailers = within(idle, recv.trailers())
                     .await
                     .map_err(|_| Broken::Source)?
                     .map_err(|_| Broken::Source)?;

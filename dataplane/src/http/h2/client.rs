@@ -180,6 +180,26 @@ impl H2Pool {
     }
 }
 
+/// Pings the upstream every `PING_INTERVAL`; returns when a ping goes unanswered for
+/// `PING_TIMEOUT` (an upstream that vanished without a FIN or RST: its streams would otherwise
+/// wait for their timeouts, and new ones would keep coming to it). Without a ping handle it
+/// never returns.
+async fn keep_alive(ping: Option<h2::PingPong>) {
+    use super::server::{PING_INTERVAL, PING_TIMEOUT};
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        monoio::time::sleep(PING_INTERVAL).await;
+        match monoio::time::timeout(PING_TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            // The connection itself ended: its task notices.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
+    }
+}
+
 /// Connects and completes the HTTP/2 handshake; the connection's task runs on this worker.
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Rc<H2Conn>, ProxyError> {
     let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
@@ -220,8 +240,22 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Rc<H2Conn>, Prox
     let closed = Rc::new(Cell::new(false));
     let done = closed.clone();
     monoio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(upstream = %addr, "HTTP/2 upstream connection ended: {e}");
+        let mut connection = connection;
+        let ping = connection.ping_pong();
+        let ended = {
+            let run = std::pin::pin!(&mut connection);
+            let alive = std::pin::pin!(keep_alive(ping));
+            match futures_util::future::select(run, alive).await {
+                futures_util::future::Either::Left((r, _)) => Some(r),
+                futures_util::future::Either::Right(((), _)) => None,
+            }
+        };
+        match ended {
+            Some(Err(e)) => tracing::debug!(upstream = %addr, "HTTP/2 upstream connection ended: {e}"),
+            Some(Ok(())) => {}
+            None => {
+                tracing::info!(upstream = %addr, "HTTP/2 upstream did not answer a keep-alive ping; connection dropped")
+            }
         }
         done.set(true);
     });

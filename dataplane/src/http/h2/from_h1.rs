@@ -76,7 +76,7 @@ pub(crate) async fn one_try(
         None => idle,
     };
     let addr = plan.cluster.endpoints[endpoint].address;
-    let lease = match monoio::time::timeout(wait(), worker.h2pool.lease(addr, conn_limits(plan.cluster))).await {
+    let lease = match super::bodies::within(wait(), worker.h2pool.lease(addr, conn_limits(plan.cluster))).await {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
             inc(&worker.stats.upstream_cx_connect_fail);

@@ -90,6 +90,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
     };
     let mut ping = conn.ping_pong();
     let calls = Arc::new(handoff::ConnCalls::default());
+    let mut timer = std::pin::pin!(monoio::time::sleep(TICK.min(limits.downstream_idle_timeout)));
     let mut quiet_since = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let mut draining = false;
@@ -98,22 +99,25 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
             draining = true;
             conn.graceful_shutdown();
         }
-        // Wake for the next deadline (idle close, ping, ping answer), and at least every
-        // `TICK` to notice a drain.
-        let tick = match ping_sent {
-            Some(at) => PING_TIMEOUT.saturating_sub(at.elapsed()),
-            None => PING_INTERVAL
-                .min(limits.downstream_idle_timeout)
-                .saturating_sub(quiet_since.elapsed()),
-        }
-        .clamp(Duration::from_millis(10), TICK);
         let accepted = {
             let accept = std::pin::pin!(conn.accept());
-            let timer = std::pin::pin!(monoio::time::sleep(tick));
             let flooded = poll_fn(|cx| flood.poll_flagged(cx));
-            match select(select(accept, timer), std::pin::pin!(flooded)).await {
+            match select(select(accept, timer.as_mut()), std::pin::pin!(flooded)).await {
                 Either::Left((Either::Left((next, _)), _)) => Some(Some(next)),
-                Either::Left((Either::Right(((), _)), _)) => Some(None),
+                Either::Left((Either::Right(((), _)), _)) => {
+                    // Wake again for the next deadline (idle close, ping, ping answer), and at
+                    // least every `TICK` to notice a drain. One timer for the connection's
+                    // life: accepting a stream arms none.
+                    let tick = match ping_sent {
+                        Some(at) => PING_TIMEOUT.saturating_sub(at.elapsed()),
+                        None => PING_INTERVAL
+                            .min(limits.downstream_idle_timeout)
+                            .saturating_sub(quiet_since.elapsed()),
+                    }
+                    .clamp(Duration::from_millis(10), TICK);
+                    timer.as_mut().reset((Instant::now() + tick).into());
+                    Some(None)
+                }
                 Either::Right(((), _)) => None,
             }
         };

@@ -115,7 +115,7 @@ pub(crate) async fn to_h2(
 ) -> Attempt {
     let (worker, idle) = (t.call.worker, t.call.idle);
     let addr = t.cluster.endpoints[t.endpoint].address;
-    let lease = match monoio::time::timeout(wait(t), worker.h2pool.lease(addr, conn_limits(t.cluster))).await {
+    let lease = match super::bodies::within(wait(t), worker.h2pool.lease(addr, conn_limits(t.cluster))).await {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
             inc(&worker.stats.upstream_cx_connect_fail);
