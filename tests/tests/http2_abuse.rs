@@ -201,3 +201,29 @@ fn control_frame_floods_end_the_connection(io: IoMode) {
 }
 
 both_io!(control_frame_floods_end_the_connection);
+
+/// A client that grants no window (SETTINGS_INITIAL_WINDOW_SIZE 0, never a WINDOW_UPDATE):
+/// after the idle timeout its stream is reset and its connection ends with
+/// `GOAWAY(ENHANCE_YOUR_CALM)`; a client beside it is served meanwhile.
+fn zero_window_stall_ends_the_connection(io: IoMode) {
+    let (_e, p) = setup(io, "  limits:\n    idleTimeout: 1s\n");
+    let mut good = H2Client::connect(p.http());
+    let mut bad = RawH2::connect(p.http());
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
+    bad.send(&frame(kind::SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    bad.headers(1, &h2raw::get("svc.test", "/"), true);
+    assert_eq!(
+        bad.until(WITHIN, |s| matches!(
+            s,
+            Seen::Headers(1) | Seen::GoAway(_) | Seen::Closed
+        )),
+        Some(Seen::Headers(1)),
+        "the response head needs no window"
+    );
+    assert_eq!(good.get("svc.test", "/").status, 200);
+    let ended = bad.until(Duration::from_secs(20), |s| matches!(s, Seen::GoAway(_) | Seen::Closed));
+    assert_eq!(ended, Some(Seen::GoAway(ENHANCE_YOUR_CALM)));
+    assert_eq!(good.get("svc.test", "/").status, 200);
+}
+
+both_io!(zero_window_stall_ends_the_connection);

@@ -49,6 +49,9 @@ pub(crate) enum Broken {
     Source,
     /// The receiving side failed (reset, closed).
     Sink,
+    /// The receiving side granted no flow-control window for the idle timeout (a zero-window
+    /// stall).
+    Stalled,
 }
 
 /// One piece of a body, as a sink takes it.
@@ -187,9 +190,10 @@ pub(crate) async fn send_data(
     }
     while !data.is_empty() {
         send.reserve_capacity(data.len());
+        // A receiver that grants no window for the idle timeout stalls the stream.
         let granted = within(idle, poll_fn(|cx| send.poll_capacity(cx)))
             .await
-            .map_err(|_| Broken::Sink)?;
+            .map_err(|_| Broken::Stalled)?;
         let n = match granted {
             Some(Ok(n)) => n.min(data.len()),
             _ => return Err(Broken::Sink),

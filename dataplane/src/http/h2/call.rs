@@ -60,6 +60,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
         .find_host(host)
         .and_then(|vh| vh.find_route_match(&rv));
     let client_gone = Cell::new(false);
+    let client_stalled = Cell::new(false);
     let reply = Reply {
         worker: &worker,
         peer,
@@ -104,6 +105,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
                     grpc,
                     idle,
                     client_gone: &client_gone,
+                    client_stalled: &client_stalled,
                 };
                 if let Err((e, body)) = forward(&call, ReplayBody::new(body), &mut respond).await {
                     reply.error(&mut respond, e, body);
@@ -113,6 +115,9 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
     }
     if client_gone.get() {
         live.reset_by_client();
+    }
+    if client_stalled.get() {
+        live.stalled_by_client();
     }
     drop(live);
     worker.request_ended();
@@ -134,6 +139,8 @@ pub(crate) struct Call<'a> {
     pub(crate) idle: Duration,
     /// Set when the client reset the stream before the response was complete.
     pub(crate) client_gone: &'a Cell<bool>,
+    /// Set when the client granted no window to the response for the idle timeout.
+    pub(crate) client_stalled: &'a Cell<bool>,
 }
 
 /// Forwards a call: tries until one answers or retries end. `Err` carries the failure to

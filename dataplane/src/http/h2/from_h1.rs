@@ -137,7 +137,7 @@ pub(crate) async fn one_try(
                 ))
             }
             // The upstream stopped taking the body: its answer (or reset) says why.
-            Either::Left((Err(Broken::Sink), head)) => head.await,
+            Either::Left((Err(Broken::Sink | Broken::Stalled), head)) => head.await,
             // An early answer: the rest of the body stays unread (the connection closes after).
             Either::Right((head, _)) => head,
         }

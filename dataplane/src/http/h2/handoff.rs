@@ -55,12 +55,20 @@ pub(crate) struct ConnCalls {
     live: AtomicUsize,
     total: AtomicUsize,
     premature: AtomicUsize,
+    /// A call's response found the client's window shut for the idle timeout.
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 /// Calls seen on a connection before the premature-reset ratio is judged (Envoy's default).
 pub(crate) const PREMATURE_MIN_CALLS: usize = 500;
 
 impl ConnCalls {
+    /// Whether the client left a response without window for the idle timeout (a zero-window
+    /// stall: the connection is ended rather than kept for a client that does not read).
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
     /// Whether the client abuses resets: more calls live than `max_live`, or, after
     /// [`PREMATURE_MIN_CALLS`], at least half of them reset before their response ended.
     pub(crate) fn abusive(&self, max_live: usize) -> bool {
@@ -84,6 +92,11 @@ impl LiveCall {
     /// The client reset the call before its response was complete.
     pub(crate) fn reset_by_client(&self) {
         self.0.premature.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client granted the call's response no window for the idle timeout.
+    pub(crate) fn stalled_by_client(&self) {
+        self.0.stalled.store(true, Ordering::Relaxed);
     }
 }
 

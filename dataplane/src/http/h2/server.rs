@@ -20,6 +20,7 @@
 //! | premature resets (rapid reset) | half of the calls, after 500 | a client that cancels most of what it asks for (Envoy's check) gets `GOAWAY(ENHANCE_YOUR_CALM)` |
 //! | resets the proxy had to send | [`MAX_LOCAL_ERROR_RESETS`] (1024) | a client making the proxy refuse stream after stream gets `GOAWAY` |
 //! | SETTINGS, PING and empty DATA frames (floods, CVE-2019-9512/-9515/-9518) | [`io::FLOOD_BUDGET`] (1000) per second | more ends the connection with `GOAWAY(ENHANCE_YOUR_CALM)`; no more of its bytes are read |
+//! | zero-window stall | a response without window for `limits.idleTimeout` | that stream is reset, and at the next tick (≤ 5 s) the connection ends with `GOAWAY(ENHANCE_YOUR_CALM)` |
 //! | keep-alive `PING` | every [`PING_INTERVAL`] (30 s) without a stream; no answer in [`PING_TIMEOUT`] (10 s) closes | a peer that vanished without a FIN |
 //! | idle connection | `limits.idleTimeout` without a stream | closed with `GOAWAY(NO_ERROR)` |
 //!
@@ -173,6 +174,14 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
             }
             Some(None) => return,
             None => {
+                if calls.stalled() {
+                    worker.stats.log_limit.log("h2-zero-window", || {
+                        tracing::info!(%peer, "HTTP/2 client left a response without window for the idle timeout; GOAWAY")
+                    });
+                    crate::telemetry::stats::inc(&worker.stats.h2_goaway_sent);
+                    calm_down(&mut conn).await;
+                    return;
+                }
                 if conn.has_streams() {
                     quiet_since = Instant::now();
                     continue;

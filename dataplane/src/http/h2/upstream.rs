@@ -199,6 +199,10 @@ pub(crate) async fn to_h2(
         Finished::Complete => {}
         Finished::UpstreamBroke => down.send_reset(Reason::INTERNAL_ERROR),
         Finished::ClientGone => t.call.client_gone.set(true),
+        Finished::ClientStalled => {
+            t.call.client_stalled.set(true);
+            down.send_reset(Reason::CANCEL);
+        }
     }
     Attempt::Done
 }
@@ -212,6 +216,8 @@ enum Finished {
     UpstreamBroke,
     /// The client went away.
     ClientGone,
+    /// The client stopped granting window (its stream is reset).
+    ClientStalled,
 }
 
 /// Runs the rest of the request body and the response relay together until the response is
@@ -229,7 +235,7 @@ where
             // The client's side ended or broke: the response still matters only in the first case.
             Either::Left((Ok(()), relay)) => relay.await,
             Either::Left((Err(Broken::Source), _)) => return Finished::ClientGone,
-            Either::Left((Err(Broken::Sink), relay)) => relay.await,
+            Either::Left((Err(Broken::Sink | Broken::Stalled), relay)) => relay.await,
             // A complete response ends the call even if the client still sends (the rest of
             // the request is not wanted: `h2` resets it when the handles drop).
             Either::Right((r, _)) => r,
@@ -239,6 +245,7 @@ where
         Ok(()) => Finished::Complete,
         Err(Broken::Source) => Finished::UpstreamBroke,
         Err(Broken::Sink) => Finished::ClientGone,
+        Err(Broken::Stalled) => Finished::ClientStalled,
     }
 }
 
@@ -436,6 +443,11 @@ async fn exchange_h1(
             }
             Finished::ClientGone => {
                 t.call.client_gone.set(true);
+                false
+            }
+            Finished::ClientStalled => {
+                t.call.client_stalled.set(true);
+                down.send_reset(Reason::CANCEL);
                 false
             }
         }
