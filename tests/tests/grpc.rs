@@ -613,6 +613,55 @@ fn slow_reader_stalls_fast_upstream(io: IoMode) {
     assert_eq!(trailers.expect("trailers").unwrap()["grpc-status"], "0");
 }
 
+/// A server stream of many tiny messages (one DATA frame each) to a client that does not read:
+/// the upstream stalls within the windows, the proxy's shared upstream connection survives
+/// (`h2` closes a connection whose peer's small frames pile up unread), and once the client
+/// reads, every message arrives in order.
+fn slow_reader_of_small_messages(io: IoMode) {
+    const N: u64 = 50_000;
+    let sent = Arc::new(AtomicU64::new(0));
+    let s = sent.clone();
+    let up = upstream(move |(_req, mut respond): Stream| {
+        let s = s.clone();
+        async move {
+            let mut send = respond.send_response(grpc_head(), false).expect("head");
+            for i in 0..N {
+                if send_message(&mut send, &[(i % 256) as u8]).await.is_err() {
+                    return;
+                }
+                s.store(i + 1, Ordering::SeqCst);
+            }
+            let _ = send.send_trailers(status(0));
+        }
+    });
+    let p = grpc_proxy(io, &[up.addr], &[]);
+    let c = Conn::connect(p.http());
+    let resp = c.run(WITHIN, async {
+        let (resp, mut body) = c.open("/t.S/Small", &[]).await;
+        body.send_data(echo_message(b"go"), true).expect("send");
+        resp.await.expect("head")
+    });
+    let stalled = settled("the upstream to stall", || sent.load(Ordering::SeqCst));
+    // A one-byte message is 7 bytes on the wire.
+    let bound = (PROXY_STREAM_WINDOW + PEER_WINDOW + SLACK) / 7;
+    assert!(stalled < N, "all {N} messages went to a client that reads nothing");
+    assert!(
+        stalled <= bound,
+        "{stalled} messages sent to a client that reads nothing (bound {bound})"
+    );
+    let a = c.run(Duration::from_secs(60), answer(resp));
+    assert_eq!(a.messages.len() as u64, N);
+    for (i, m) in a.messages.iter().enumerate() {
+        assert_eq!(m[..], [(i % 256) as u8], "message {i}");
+    }
+    assert_eq!(a.status(), Some("0"));
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "the upstream connection was replaced"
+    );
+}
+
 /// A fast client uploads 64 MiB to an upstream that does not read: the client stalls after
 /// the windows; once the upstream reads, every byte arrives intact.
 fn slow_upstream_stalls_fast_client(io: IoMode) {
@@ -789,6 +838,7 @@ both_io!(
     retries_on_grpc_status,
     balanced_per_call_not_per_connection,
     slow_reader_stalls_fast_upstream,
+    slow_reader_of_small_messages,
     slow_upstream_stalls_fast_client,
     client_cancel_reaches_the_upstream,
     upstream_break_resets_the_client_stream,

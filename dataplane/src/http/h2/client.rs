@@ -29,6 +29,14 @@ use crate::error::{ErrorKind, ProxyError, Side};
 pub(crate) const STREAM_WINDOW: u32 = 256 * 1024;
 /// Connection-level receive window of an upstream connection.
 pub(crate) const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// `h2`'s budget for small DATA frames received and not yet read, in its units (256 bytes less
+/// each frame's payload). `h2` ends the connection with `GOAWAY(ENHANCE_YOUR_CALM)` past it, and
+/// its default (half the connection window) is spent by one read of a few thousand gRPC
+/// messages of a few bytes, each in its own frame: a server stream of small messages would end
+/// the connection and every call sharing it. This covers a whole connection window of empty
+/// gRPC messages (5-byte frames); the relay takes frames off `h2` as they arrive
+/// (`bodies::h2_to_h2`), so they are held that way only for the moment of one read.
+pub(crate) const SMALL_FRAME_BUDGET: usize = CONNECTION_WINDOW as usize / 5 * 256;
 
 /// One HTTP/2 connection to an upstream endpoint.
 #[derive(Debug)]
@@ -224,6 +232,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Rc<H2Conn>, Prox
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_header_list_size(super::server::MAX_HEADER_LIST)
+        .data_frame_budget(SMALL_FRAME_BUDGET)
         .enable_push(false)
         .handshake::<_, Bytes>(io::compat(stream));
     let (send, connection) = match monoio::time::timeout(timeout, handshake).await {
