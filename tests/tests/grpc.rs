@@ -700,6 +700,56 @@ fn slow_upstream_stalls_fast_client(io: IoMode) {
     assert_eq!(*received.lock().unwrap(), Some(Ok(BIG)));
 }
 
+/// A client streaming many tiny messages (one DATA frame each) to an upstream that does not
+/// read yet: the client stalls within the windows, its connection survives, and once the
+/// upstream reads, every message arrives in order.
+fn fast_client_of_small_messages(io: IoMode) {
+    const N: u64 = 50_000;
+    let go = Arc::new(Notify::new());
+    let received = Arc::new(Mutex::new(None::<Vec<Bytes>>));
+    let (g, r) = (go.clone(), received.clone());
+    let up = upstream(move |(req, mut respond): Stream| {
+        let (g, r) = (g.clone(), r.clone());
+        async move {
+            g.notified().await;
+            let mut recv = req.into_body();
+            let msgs = request_messages(&mut recv).await;
+            *r.lock().unwrap() = Some(msgs);
+            let mut send = respond.send_response(grpc_head(), false).expect("head");
+            let _ = send.send_trailers(status(0));
+        }
+    });
+    let p = grpc_proxy(io, &[up.addr], &[]);
+    let c = Conn::connect(p.http());
+    let (resp, mut body) = c.run(WITHIN, c.open("/t.S/Small", &[]));
+    let sent = Arc::new(AtomicU64::new(0));
+    let s = sent.clone();
+    let upload = c.rt.spawn(async move {
+        for i in 0..N {
+            send_message(&mut body, &[(i % 256) as u8]).await?;
+            s.store(i + 1, Ordering::SeqCst);
+        }
+        body.send_data(Bytes::new(), true).map_err(|_| Reason::CANCEL)
+    });
+    let stalled = settled("the client to stall", || sent.load(Ordering::SeqCst));
+    let bound = (PROXY_STREAM_WINDOW + PEER_WINDOW + SLACK) / 7;
+    assert!(
+        stalled <= bound,
+        "{stalled} messages sent to an upstream that reads nothing (bound {bound})"
+    );
+    go.notify_one();
+    let a = c.run(Duration::from_secs(60), async {
+        upload.await.expect("upload task").expect("upload");
+        answer(resp.await.expect("head")).await
+    });
+    assert_eq!(a.status(), Some("0"));
+    let got = received.lock().unwrap().take().expect("the upstream read the request");
+    assert_eq!(got.len() as u64, N);
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m[..], [(i % 256) as u8], "message {i}");
+    }
+}
+
 // ---- cancellation and broken responses ----
 
 /// What an upstream stream saw of its end.
@@ -840,6 +890,7 @@ both_io!(
     slow_reader_stalls_fast_upstream,
     slow_reader_of_small_messages,
     slow_upstream_stalls_fast_client,
+    fast_client_of_small_messages,
     client_cancel_reaches_the_upstream,
     upstream_break_resets_the_client_stream,
 );
