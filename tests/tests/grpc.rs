@@ -501,6 +501,39 @@ fn grpc_timeout_is_honoured(io: IoMode) {
     .unwrap();
 }
 
+/// The deadline still holds once the upstream has sent its response head: the call ends at
+/// the deadline with `DEADLINE_EXCEEDED` in the trailers, not with the upstream's late answer,
+/// and the upstream's stream is cancelled.
+fn grpc_timeout_holds_after_the_head(io: IoMode) {
+    let (up, reset) = slow_upstream(true);
+    let p = grpc_proxy(io, &[up.addr], &[]);
+    let c = Conn::connect(p.http());
+    let started = Instant::now();
+    let ended = c.run(WITHIN, async {
+        let (resp, mut body) = c.open("/t.S/Unary", &[("grpc-timeout", "200m")]).await;
+        body.send_data(echo_message(b"late"), true).expect("send");
+        let resp = resp.await.expect("head");
+        let mut recv = resp.into_body();
+        let mut dec = MessageDecoder::new();
+        match next_message(&mut recv, &mut dec).await {
+            Ok(None) => Ok(recv.trailers().await.expect("trailers")),
+            Ok(Some(m)) => panic!("the upstream's late message arrived: {m:?}"),
+            Err(e) => Err(e),
+        }
+    });
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "the call ended after {took:?}: {ended:?}"
+    );
+    let trailers = ended.expect("the call ended with trailers").expect("trailers");
+    assert_eq!(trailers["grpc-status"], "4");
+    eventually(Duration::from_secs(1), "the upstream's stream to be reset", || {
+        reset.load(Ordering::SeqCst)
+    })
+    .unwrap();
+}
+
 // ---- retries ----
 
 /// An upstream that answers every call `UNAVAILABLE` (trailers-only), counting them.
@@ -885,6 +918,7 @@ both_io!(
     server_streaming,
     bidirectional,
     grpc_timeout_is_honoured,
+    grpc_timeout_holds_after_the_head,
     retries_on_grpc_status,
     balanced_per_call_not_per_connection,
     slow_reader_stalls_fast_upstream,
