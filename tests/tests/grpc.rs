@@ -632,6 +632,7 @@ fn slow_reader_stalls_fast_upstream(io: IoMode) {
         resp.await.expect("head")
     });
     let stalled = settled("the upstream to stall", || sent.load(Ordering::SeqCst));
+    eprintln!("the upstream stalled after {stalled} bytes");
     let bound = PROXY_STREAM_WINDOW + PEER_WINDOW + SLACK;
     assert!(
         stalled <= bound,
@@ -675,6 +676,7 @@ fn slow_reader_of_small_messages(io: IoMode) {
         resp.await.expect("head")
     });
     let stalled = settled("the upstream to stall", || sent.load(Ordering::SeqCst));
+    eprintln!("the upstream stalled after {stalled} messages");
     // A one-byte message is 7 bytes on the wire.
     let bound = (PROXY_STREAM_WINDOW + PEER_WINDOW + SLACK) / 7;
     assert!(stalled < N, "all {N} messages went to a client that reads nothing");
@@ -719,6 +721,7 @@ fn slow_upstream_stalls_fast_client(io: IoMode) {
     let s = sent.clone();
     let upload = c.rt.spawn(async move { send_pattern(&mut body, BIG, &s, true).await });
     let stalled = settled("the client to stall", || sent.load(Ordering::SeqCst));
+    eprintln!("the client stalled after {stalled} bytes");
     let bound = PROXY_STREAM_WINDOW + PEER_WINDOW + SLACK;
     assert!(
         stalled <= bound,
@@ -765,6 +768,7 @@ fn fast_client_of_small_messages(io: IoMode) {
         body.send_data(Bytes::new(), true).map_err(|_| Reason::CANCEL)
     });
     let stalled = settled("the client to stall", || sent.load(Ordering::SeqCst));
+    eprintln!("the client stalled after {stalled} messages");
     let bound = (PROXY_STREAM_WINDOW + PEER_WINDOW + SLACK) / 7;
     assert!(
         stalled <= bound,
