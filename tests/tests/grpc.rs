@@ -787,6 +787,86 @@ fn fast_client_of_small_messages(io: IoMode) {
     }
 }
 
+/// Streams of one connection served by the other worker keep flow control and cancellation:
+/// with two workers, six slow-reader calls at once on one client connection (most handed to
+/// the worker that does not own the connection) each stall their upstream within the windows;
+/// cancelled ones are reset upstream, and the rest arrive whole.
+fn handed_off_streams_keep_back_pressure_and_cancel(io: IoMode) {
+    const CALLS: usize = 6;
+    const SIZE: u64 = 8 << 20;
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..CALLS).map(|_| AtomicU64::new(0)).collect());
+    let resets = Arc::new(AtomicUsize::new(0));
+    let (s, r) = (sent.clone(), resets.clone());
+    let up = upstream(move |(req, mut respond): Stream| {
+        let (s, r) = (s.clone(), r.clone());
+        async move {
+            let i: usize = req.uri().path().trim_start_matches("/call/").parse().unwrap();
+            let mut send = respond.send_response(Response::new(()), false).expect("head");
+            match send_pattern(&mut send, SIZE, &s[i], false).await {
+                Ok(()) => {
+                    let _ = send.send_trailers(status(0));
+                }
+                Err(_) => {
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    let p = TestProxy::start(&[
+        proxy_config(io, "", "").replace("workers: 1", "workers: 2"),
+        service_entry_speaking("GRPC", "svc", "svc.test", 80, &[(up.addr, &[])]),
+    ]);
+    let c = Conn::connect(p.http());
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let path = format!("/call/{i}");
+            c.run(WITHIN, async {
+                let (resp, mut body) = c.open(&path, &[]).await;
+                body.send_data(Bytes::new(), true).expect("end");
+                (resp.await.expect("head"), body)
+            })
+        })
+        .collect();
+    let stats = ringmesh_tests::client::admin_get(p.admin(), "/stats/prometheus").1;
+    let handed = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("ringmesh_h2_streams_handed_off_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(handed > 0, "no stream went to the other worker:\n{stats}");
+    let bound = PROXY_STREAM_WINDOW + PEER_WINDOW + SLACK;
+    for (i, n) in sent.iter().enumerate() {
+        let stalled = settled("an upstream stream to stall", || n.load(Ordering::SeqCst));
+        assert!(
+            stalled <= bound,
+            "call {i}: {stalled} bytes sent to a client that reads nothing"
+        );
+    }
+    let mut keep = Vec::new();
+    for (i, (resp, mut body)) in calls.into_iter().enumerate() {
+        if i % 2 == 1 {
+            body.send_reset(Reason::CANCEL);
+        } else {
+            keep.push(resp);
+        }
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the cancelled calls to be reset upstream",
+        || resets.load(Ordering::SeqCst) == CALLS / 2,
+    )
+    .unwrap();
+    // Read together: the client's connection window is shared, so a stream read alone could
+    // wait behind the unread ones.
+    let reads = keep.into_iter().map(|resp| async {
+        let mut recv = resp.into_body();
+        read_pattern(&mut recv).await
+    });
+    let got = c.run(Duration::from_secs(60), futures_util::future::join_all(reads));
+    assert!(got.iter().all(|g| *g == Ok(SIZE)), "{got:?}");
+    assert_eq!(resets.load(Ordering::SeqCst), CALLS / 2);
+}
+
 // ---- cancellation and broken responses ----
 
 /// What an upstream stream saw of its end.
@@ -929,6 +1009,7 @@ both_io!(
     slow_reader_of_small_messages,
     slow_upstream_stalls_fast_client,
     fast_client_of_small_messages,
+    handed_off_streams_keep_back_pressure_and_cancel,
     client_cancel_reaches_the_upstream,
     upstream_break_resets_the_client_stream,
 );
