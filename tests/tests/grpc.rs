@@ -867,6 +867,61 @@ fn handed_off_streams_keep_back_pressure_and_cancel(io: IoMode) {
     assert_eq!(resets.load(Ordering::SeqCst), CALLS / 2);
 }
 
+/// Slow readers do not starve the other calls on a shared upstream connection: eight calls
+/// whose clients read nothing each hold a stream window of unread response, more than a
+/// connection window together, and a unary call on the same upstream connection still gets its
+/// answer at once.
+fn slow_readers_do_not_starve_a_shared_upstream_connection(io: IoMode) {
+    const STALLED: usize = 8;
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..STALLED).map(|_| AtomicU64::new(0)).collect());
+    let s = sent.clone();
+    let up = upstream(move |(req, respond): Stream| {
+        let s = s.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let Some(i) = path.strip_prefix("/call/") else {
+                return service((req, respond)).await;
+            };
+            let i: usize = i.parse().unwrap();
+            let mut respond = respond;
+            let mut send = respond.send_response(Response::new(()), false).expect("head");
+            let _ = send_pattern(&mut send, BIG, &s[i], false).await;
+        }
+    });
+    let p = grpc_proxy(io, &[up.addr], &[]);
+    // One client connection per slow reader: each has a connection window of its own, so only
+    // the proxy's upstream connection is shared.
+    let slow: Vec<_> = (0..STALLED)
+        .map(|i| {
+            let c = Conn::connect(p.http());
+            let path = format!("/call/{i}");
+            let held = c.run(WITHIN, async {
+                let (resp, mut body) = c.open(&path, &[]).await;
+                body.send_data(Bytes::new(), true).expect("end");
+                (resp.await.expect("head"), body)
+            });
+            (c, held)
+        })
+        .collect();
+    let total = settled("the upstream to stall", || {
+        sent.iter().map(|n| n.load(Ordering::SeqCst)).sum()
+    });
+    eprintln!(
+        "the upstream stalled after {total} bytes: {:?}",
+        sent.iter().map(|n| n.load(Ordering::SeqCst)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "the calls share one upstream connection"
+    );
+    let c = Conn::connect(p.http());
+    let a = c.run(Duration::from_secs(5), c.unary("/t.S/Unary", b"not starved"));
+    assert_eq!(a.messages, vec![Bytes::from_static(b"not starved")]);
+    assert_eq!(a.status(), Some("0"));
+    drop(slow);
+}
+
 // ---- cancellation and broken responses ----
 
 /// What an upstream stream saw of its end.
@@ -1010,6 +1065,7 @@ both_io!(
     slow_upstream_stalls_fast_client,
     fast_client_of_small_messages,
     handed_off_streams_keep_back_pressure_and_cancel,
+    slow_readers_do_not_starve_a_shared_upstream_connection,
     client_cancel_reaches_the_upstream,
     upstream_break_resets_the_client_stream,
 );
