@@ -303,7 +303,10 @@ async fn service((req, mut respond): Stream) {
     let _ = match path.as_str() {
         "/t.S/Unary" => {
             let msgs = request_messages(&mut recv).await;
-            send_message(&mut send, &msgs[0]).await
+            match msgs.first() {
+                Some(m) => send_message(&mut send, m).await,
+                None => Err(Reason::CANCEL),
+            }
         }
         "/t.S/ClientStream" => {
             let msgs = request_messages(&mut recv).await;
@@ -922,6 +925,54 @@ fn slow_readers_do_not_starve_a_shared_upstream_connection(io: IoMode) {
     drop(slow);
 }
 
+/// A few uploads stalled by a slow upstream do not stall the other calls of the same client
+/// connection: three client-streaming calls each fill their stream window toward an upstream
+/// that reads nothing, and a unary call on the same connection is still answered at once.
+/// (The client connection's window, 1 MiB, is four stream windows: with four or more stalled
+/// uploads the client's other request bodies wait, the price of bounding what one client can
+/// make the proxy hold.)
+fn stalled_uploads_do_not_starve_their_connection(io: IoMode) {
+    const STALLED: usize = 3;
+    // A connection window of its own large enough for every stalled upload, as gRPC servers
+    // release theirs as bytes come off the wire: only the proxy's is under test.
+    let mut settings = h2::server::Builder::new();
+    settings
+        .data_frame_budget(SMALL_FRAME_BUDGET)
+        .initial_connection_window_size(16 << 20);
+    let up = H2Upstream::start_with(settings, |(req, respond): Stream| async move {
+        if req.uri().path() == "/t.S/Unary" {
+            return service((req, respond)).await;
+        }
+        // Never reads: holds the stream until the test ends.
+        let _held = (req, respond);
+        std::future::pending::<()>().await;
+    });
+    let p = grpc_proxy(io, &[up.addr], &[]);
+    let c = Conn::connect(p.http());
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..STALLED).map(|_| AtomicU64::new(0)).collect());
+    let mut uploads = Vec::new();
+    for i in 0..STALLED {
+        let (resp, mut body) = c.run(WITHIN, c.open("/t.S/Sink", &[]));
+        let s = sent.clone();
+        uploads.push((
+            resp,
+            c.rt.spawn(async move { send_pattern(&mut body, BIG, &s[i], true).await }),
+        ));
+    }
+    let total = settled("the uploads to stall", || {
+        sent.iter().map(|n| n.load(Ordering::SeqCst)).sum()
+    });
+    eprintln!(
+        "the client stalled after {total} bytes: {:?}",
+        sent.iter().map(|n| n.load(Ordering::SeqCst)).collect::<Vec<_>>()
+    );
+    let a = c.run(Duration::from_secs(5), c.unary("/t.S/Unary", b"not starved"));
+    assert_eq!(a.messages, vec![Bytes::from_static(b"not starved")]);
+    for (_, task) in uploads {
+        task.abort();
+    }
+}
+
 // ---- cancellation and broken responses ----
 
 /// What an upstream stream saw of its end.
@@ -1066,6 +1117,7 @@ both_io!(
     fast_client_of_small_messages,
     handed_off_streams_keep_back_pressure_and_cancel,
     slow_readers_do_not_starve_a_shared_upstream_connection,
+    stalled_uploads_do_not_starve_their_connection,
     client_cancel_reaches_the_upstream,
     upstream_break_resets_the_client_stream,
 );
