@@ -31,6 +31,8 @@ pub struct H2Upstream {
     pub connections: Arc<AtomicUsize>,
     /// Bumped to close every open connection at once (see [`Self::close_connections`]).
     kill: Arc<watch::Sender<u64>>,
+    /// Bumped to send every open connection's peer a graceful `GOAWAY`.
+    drain: Arc<watch::Sender<u64>>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -60,14 +62,16 @@ impl H2Upstream {
         let streams = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let kill = Arc::new(watch::channel(0u64).0);
+        let drain = Arc::new(watch::channel(0u64).0);
         let handler = Arc::new(handler);
-        let (s, c, k) = (streams.clone(), connections.clone(), kill.clone());
+        let (s, c, k, d) = (streams.clone(), connections.clone(), kill.clone(), drain.clone());
         rt.spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let _ = tcp.set_nodelay(true);
                 c.fetch_add(1, Ordering::SeqCst);
                 let (handler, streams, settings) = (handler.clone(), s.clone(), settings.clone());
                 let mut killed = k.subscribe();
+                let mut drained = d.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut conn) = settings.handshake::<_, Bytes>(tcp).await else {
                         return;
@@ -84,6 +88,8 @@ impl H2Upstream {
                             // Dropping the connection closes the socket under its streams,
                             // without a GOAWAY: what a crashing upstream does.
                             _ = killed.changed() => return,
+                            // GOAWAY: streams already open go on, no new ones are taken.
+                            _ = drained.changed() => conn.graceful_shutdown(),
                         }
                     }
                 });
@@ -94,6 +100,7 @@ impl H2Upstream {
             streams,
             connections,
             kill,
+            drain,
             rt: Some(rt),
         }
     }
@@ -106,6 +113,14 @@ impl H2Upstream {
     /// Closes every open connection abruptly (no GOAWAY).
     pub fn close_connections(&self) {
         self.closer().close();
+    }
+}
+
+impl H2Upstream {
+    /// Sends every open connection's peer a graceful `GOAWAY`: the streams it has open are
+    /// served to their end, new ones must go to a new connection.
+    pub fn go_away(&self) {
+        self.drain.send_modify(|g| *g += 1);
     }
 }
 

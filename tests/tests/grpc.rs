@@ -1102,6 +1102,81 @@ fn upstream_break_resets_the_client_stream(io: IoMode) {
     }
 }
 
+/// An upstream that resets a call before answering it: the client gets a gRPC status,
+/// `UNAVAILABLE` as a trailers-only answer, not a bare reset (after the default retry, which
+/// includes resets).
+fn upstream_reset_before_the_head_is_unavailable(io: IoMode) {
+    let up = upstream(|(req, mut respond): Stream| async move {
+        let mut recv = req.into_body();
+        let _ = request_messages(&mut recv).await;
+        respond.send_reset(Reason::INTERNAL_ERROR);
+    });
+    let p = grpc_proxy(io, &[up.addr], &[]);
+    let c = Conn::connect(p.http());
+    let a = c.run(WITHIN, c.unary("/t.S/Unary", b"reset me"));
+    assert!(a.trailers_only, "{a:?}");
+    assert_eq!(a.status(), Some("14"), "{a:?}");
+    assert!(up.streams.load(Ordering::SeqCst) >= 1);
+}
+
+/// An upstream that goes away gracefully (`GOAWAY`) in the middle of a server stream: the
+/// stream is served to its end, and the next call goes over a new connection.
+fn upstream_goaway_lets_open_streams_finish(io: IoMode) {
+    let more = Arc::new(Notify::new());
+    let m = more.clone();
+    let up = upstream(move |(req, respond): Stream| {
+        let m = m.clone();
+        async move {
+            if req.uri().path() == "/t.S/Unary" {
+                return service((req, respond)).await;
+            }
+            let mut respond = respond;
+            let mut send = respond.send_response(grpc_head(), false).expect("head");
+            for i in 0..10u32 {
+                if i == 5 {
+                    m.notified().await;
+                }
+                let _ = send_message(&mut send, i.to_string().as_bytes()).await;
+            }
+            let _ = send.send_trailers(status(0));
+        }
+    });
+    let p = grpc_proxy(io, &[up.addr], &[]);
+    let c = Conn::connect(p.http());
+    let (mut recv, mut dec, _body) = c.run(WITHIN, async {
+        let (resp, mut body) = c.open("/t.S/Drain", &[]).await;
+        body.send_data(echo_message(b"go"), true).expect("send");
+        let mut recv = resp.await.expect("head").into_body();
+        let mut dec = MessageDecoder::new();
+        for i in 0..5 {
+            let m = next_message(&mut recv, &mut dec).await.unwrap().unwrap();
+            assert_eq!(m, i.to_string().as_bytes());
+        }
+        (recv, dec, body)
+    });
+    up.go_away();
+    // Calls go on succeeding; once the proxy has read the GOAWAY, they open a new connection.
+    eventually(Duration::from_secs(5), "a call over a new connection", || {
+        let a = c.run(WITHIN, c.unary("/t.S/Unary", b"after goaway"));
+        assert_eq!(a.status(), Some("0"), "{a:?}");
+        up.connections.load(Ordering::SeqCst) == 2
+    })
+    .unwrap();
+    more.notify_one();
+    let trailers = c.run(WITHIN, async {
+        for i in 5..10 {
+            let m = next_message(&mut recv, &mut dec)
+                .await
+                .expect("the stream goes on")
+                .unwrap();
+            assert_eq!(m, i.to_string().as_bytes());
+        }
+        assert_eq!(next_message(&mut recv, &mut dec).await.unwrap(), None);
+        recv.trailers().await.expect("trailers")
+    });
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+}
+
 both_io!(
     unary,
     client_streaming,
@@ -1120,4 +1195,6 @@ both_io!(
     stalled_uploads_do_not_starve_their_connection,
     client_cancel_reaches_the_upstream,
     upstream_break_resets_the_client_stream,
+    upstream_reset_before_the_head_is_unavailable,
+    upstream_goaway_lets_open_streams_finish,
 );
