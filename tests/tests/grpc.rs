@@ -1177,6 +1177,84 @@ fn upstream_goaway_lets_open_streams_finish(io: IoMode) {
     assert_eq!(trailers.unwrap()["grpc-status"], "0");
 }
 
+/// An HTTP/1.1 upstream that closes its connection in the middle of a body (fewer bytes than
+/// its `content-length`): the HTTP/2 client's stream is reset, never ended cleanly.
+fn h1_upstream_break_resets_the_client_stream(io: IoMode) {
+    let up = ringmesh_tests::upstream::Upstream::start("h1", |_| {
+        ringmesh_tests::upstream::Reply::Raw(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npartial".to_vec())
+    });
+    let p = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry_speaking("HTTP", "svc", "svc.test", 80, &[(up.addr, &[])]),
+    ]);
+    let c = Conn::connect(p.http());
+    // The reset may come before the head (the head and the reset went out together, and
+    // `h2` drops a queued head when its stream is reset) or after some of the body.
+    let end = c.run(WITHIN, async {
+        let (resp, mut body) = c.open("/broken", &[]).await;
+        body.send_data(Bytes::new(), true).expect("end");
+        let mut recv = resp.await?.into_body();
+        let mut got = 0;
+        loop {
+            match recv.data().await {
+                Some(chunk) => got += chunk?.len(),
+                None => return Ok::<_, h2::Error>((got, recv.trailers().await)),
+            }
+        }
+    });
+    match end {
+        Err(e) => assert!(e.is_reset(), "{e}"),
+        Ok((n, t)) => panic!("a truncated body ended cleanly after {n} bytes: {t:?}"),
+    }
+}
+
+/// An HTTP/1.1 client that does not read, behind the proxy from a fast HTTP/2 upstream: the
+/// upstream stalls after the proxy's stream window and the sockets' buffers, not after the
+/// whole body; then every byte arrives intact.
+fn slow_h1_reader_stalls_fast_h2_upstream(io: IoMode) {
+    use std::io::{Read, Write};
+    let sent = Arc::new(AtomicU64::new(0));
+    let s = sent.clone();
+    let up = upstream(move |(_req, mut respond): Stream| {
+        let s = s.clone();
+        async move {
+            let mut head = Response::new(());
+            head.headers_mut().insert("content-length", HeaderValue::from(BIG));
+            let mut send = respond.send_response(head, false).expect("head");
+            if send_pattern(&mut send, BIG, &s, true).await.is_err() {
+                s.store(u64::MAX, Ordering::SeqCst);
+            }
+        }
+    });
+    let p = grpc_proxy(io, &[up.addr], &[]);
+    let mut tcp = std::net::TcpStream::connect(p.http()).expect("connect");
+    tcp.write_all(b"GET /big HTTP/1.1\r\nHost: svc.test\r\n\r\n").unwrap();
+    let stalled = settled("the upstream to stall", || sent.load(Ordering::SeqCst));
+    eprintln!("the upstream stalled after {stalled} bytes");
+    // Loopback socket buffers grow to a few MiB each way; the body is 64 MiB.
+    assert!(
+        stalled <= 16 << 20,
+        "the upstream sent {stalled} bytes to a client that reads nothing"
+    );
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("head");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let mut off = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    tcp.set_read_timeout(Some(WITHIN)).unwrap();
+    while off < BIG {
+        let n = tcp.read(&mut buf).expect("body");
+        assert!(n > 0, "the body ended at {off}");
+        assert!(buf[..n] == pattern(off, n)[..], "body corrupt at {off}");
+        off += n as u64;
+    }
+    assert_eq!(off, BIG);
+}
+
 both_io!(
     unary,
     client_streaming,
@@ -1197,4 +1275,6 @@ both_io!(
     upstream_break_resets_the_client_stream,
     upstream_reset_before_the_head_is_unavailable,
     upstream_goaway_lets_open_streams_finish,
+    h1_upstream_break_resets_the_client_stream,
+    slow_h1_reader_stalls_fast_h2_upstream,
 );
