@@ -3,8 +3,8 @@
 //! One endpoint gets as few connections as its streams need: a request takes the first
 //! connection to that endpoint with a free stream (below the cluster's
 //! `maxConcurrentStreams`, the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, at most
-//! [`UPSTREAM_STREAMS_PER_CONN`], and `maxRequestsPerConnection` over its life), and only when none has one is another opened.
-//! Requests that arrive while a connection is being opened wait for that one instead of each
+//! [`UPSTREAM_STREAMS_PER_CONN`], and `maxRequestsPerConnection` over its life), and only
+//! when none has one is another opened. Requests that arrive while a connection is being opened wait for that one instead of each
 //! opening its own. Each connection's frames are driven by a task on this worker; the pool
 //! learns from that task when the connection ends (GOAWAY, reset, EOF) and stops handing it
 //! out. Nothing is shared with other cores and no lock is taken: the `RefCell`s are borrowed
