@@ -12,6 +12,9 @@
 //! | no route (404) | `UNIMPLEMENTED` (12) |
 //! | no endpoint, connect failure, upstream reset, bad upstream response, overflow (502/503) | `UNAVAILABLE` (14) |
 //! | route timeout, per-try timeout, `grpc-timeout` expired (504) | `DEADLINE_EXCEEDED` (4) |
+//!
+//! A `grpc-timeout` that expires after the response head went out ends the call with
+//! `DEADLINE_EXCEEDED` in the trailers (a route timeout bounds only the wait for the head).
 //! | malformed request (400) | `INTERNAL` (13) |
 //! | the client went away | `CANCELLED` (1) |
 //!
@@ -104,6 +107,14 @@ pub(crate) fn local_reply(status: u32, message: &str) -> Response<()> {
         h.insert("grpc-message", v);
     }
     r
+}
+
+/// The trailers that end a call whose deadline passed after its response head was sent.
+pub(crate) fn deadline_exceeded_trailers() -> HeaderMap {
+    let mut t = HeaderMap::new();
+    t.insert("grpc-status", HeaderValue::from(code::DEADLINE_EXCEEDED));
+    t.insert("grpc-message", HeaderValue::from_static("deadline exceeded"));
+    t
 }
 
 /// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.

@@ -306,34 +306,130 @@ async fn unless_reset<F: Future>(send: &mut SendStream<Bytes>, fut: F) -> Result
     .await
 }
 
+/// Payload smaller than this is copied into one run on arrival instead of kept as its own
+/// frame: a gRPC server streaming small messages sends a DATA frame per message.
+const SMALL_FRAME: usize = 1024;
+
+/// Response bytes taken off the upstream stream and not yet sent to the client: at most what
+/// the upstream's window let it send, since that window is released only as bytes go on.
+///
+/// Taking DATA off `h2` as soon as it arrives matters: `h2` closes a connection
+/// (`GOAWAY(ENHANCE_YOUR_CALM)`, "too many data frames") once its peer's small frames pile up
+/// unread past a budget of half the connection window, so a server stream of small messages
+/// to a client slower than the upstream would otherwise end the shared upstream connection and
+/// every call on it. Small frames are copied together here, so they cost their payload and
+/// nothing per frame, and reach the client as few large frames.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Whole runs, oldest first.
+    runs: std::collections::VecDeque<Bytes>,
+    /// Small frames gathered after the last run.
+    tail: BytesMut,
+    len: usize,
+}
+
+impl Backlog {
+    fn push(&mut self, bytes: Bytes) {
+        self.len += bytes.len();
+        if bytes.len() < SMALL_FRAME {
+            self.tail.extend_from_slice(&bytes);
+        } else {
+            if !self.tail.is_empty() {
+                self.runs.push_back(self.tail.split().freeze());
+            }
+            self.runs.push_back(bytes);
+        }
+    }
+
+    /// Up to `n` bytes from the front, in one piece without copying.
+    fn take(&mut self, n: usize) -> Bytes {
+        if self.runs.is_empty() && !self.tail.is_empty() {
+            self.runs.push_back(self.tail.split().freeze());
+        }
+        let piece = match self.runs.front_mut() {
+            Some(front) if front.len() > n => front.split_to(n),
+            Some(_) => self.runs.pop_front().unwrap_or_default(),
+            None => Bytes::new(),
+        };
+        self.len -= piece.len();
+        piece
+    }
+}
+
+/// What the relay waited for.
+enum Relayed {
+    Data(Bytes),
+    End,
+    Capacity(usize),
+}
+
 /// Relays an HTTP/2 body (a response from an HTTP/2 upstream) to an HTTP/2 stream (the
-/// client's), trailers included.
+/// client's), trailers included. Upstream DATA is taken as it arrives (see [`Backlog`]) and
+/// sent as the client's window opens; the upstream's window is released only for bytes sent.
 pub(crate) async fn h2_to_h2(
     recv: &mut RecvStream,
     send: &mut SendStream<Bytes>,
     idle: Duration,
 ) -> Result<(), Broken> {
+    let mut backlog = Backlog::default();
+    let mut ended = false;
     loop {
-        let next = unless_reset(send, within(idle, recv.data()))
-            .await?
-            .map_err(|_| Broken::Source)?;
-        match next {
-            Some(Ok(bytes)) => {
-                let n = bytes.len();
-                send_data(send, bytes, false, idle).await?;
-                let _ = recv.flow_control().release_capacity(n);
+        if ended && backlog.len == 0 {
+            let trailers = unless_reset(send, within(idle, recv.trailers()))
+                .await?
+                .map_err(|_| Broken::Source)?
+                .map_err(|_| Broken::Source)?;
+            return match trailers {
+                Some(t) => send.send_trailers(t),
+                None => send.send_data(Bytes::new(), true),
             }
-            Some(Err(_)) => return Err(Broken::Source),
-            None => {
-                let trailers = within(idle, recv.trailers())
-                    .await
-                    .map_err(|_| Broken::Source)?
-                    .map_err(|_| Broken::Source)?;
-                return match trailers {
-                    Some(t) => send.send_trailers(t),
-                    None => send.send_data(Bytes::new(), true),
+            .map_err(|_| Broken::Sink);
+        }
+        if backlog.len > 0 {
+            send.reserve_capacity(backlog.len);
+        }
+        let event = poll_fn(|cx| {
+            if send.poll_reset(cx).is_ready() {
+                return Poll::Ready(Err(Broken::Sink));
+            }
+            if backlog.len > 0 {
+                // Capacity left from an earlier grant is used at once: `poll_capacity` reports
+                // only increases.
+                let left = send.capacity();
+                if left > 0 {
+                    return Poll::Ready(Ok(Relayed::Capacity(left)));
                 }
-                .map_err(|_| Broken::Sink);
+                match send.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(n))) => return Poll::Ready(Ok(Relayed::Capacity(n))),
+                    Poll::Ready(_) => return Poll::Ready(Err(Broken::Sink)),
+                    Poll::Pending => {}
+                }
+            }
+            if !ended {
+                match recv.poll_data(cx) {
+                    Poll::Ready(Some(Ok(bytes))) => return Poll::Ready(Ok(Relayed::Data(bytes))),
+                    Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(Broken::Source)),
+                    Poll::Ready(None) => return Poll::Ready(Ok(Relayed::End)),
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        });
+        // Silence past the idle timeout breaks the side that was awaited: with bytes waiting,
+        // the receiver that grants no window stalls the stream.
+        let stalled_side = if backlog.len > 0 {
+            Broken::Stalled
+        } else {
+            Broken::Source
+        };
+        match within(idle, event).await.map_err(|_| stalled_side)?? {
+            Relayed::Data(bytes) => backlog.push(bytes),
+            Relayed::End => ended = true,
+            Relayed::Capacity(n) => {
+                let piece = backlog.take(n);
+                let sent = piece.len();
+                send.send_data(piece, false).map_err(|_| Broken::Sink)?;
+                let _ = recv.flow_control().release_capacity(sent);
             }
         }
     }
@@ -512,6 +608,24 @@ mod tests {
         assert_eq!(t["x-a"], "b");
         assert!(take_trailers(b"0\r\n\r\n").is_none());
         assert!(take_trailers(b"\r\n0;ext=1\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn backlog_joins_small_frames_and_keeps_order() {
+        let mut b = Backlog::default();
+        let big: Bytes = (0..4000u32).map(|i| i as u8).collect();
+        b.push(Bytes::from_static(b"ab"));
+        b.push(Bytes::from_static(b"cd"));
+        b.push(big.clone());
+        b.push(Bytes::from_static(b"ef"));
+        assert_eq!(b.len, 4006);
+        // The small frames before the large one went out as one piece.
+        assert_eq!(&b.take(100)[..], b"abcd");
+        assert_eq!(b.take(1000), big.slice(..1000));
+        assert_eq!(b.take(10_000), big.slice(1000..));
+        assert_eq!(&b.take(10_000)[..], b"ef");
+        assert_eq!(b.len, 0);
+        assert!(b.take(10).is_empty());
     }
 
     fn decode_all(wire: &[u8], framing: BodyFraming) -> (Vec<u8>, Option<HeaderMap>) {

@@ -195,6 +195,7 @@ async fn forward(
             outgoing: &outgoing,
             per_try_deadline: retries.per_try_deadline(Instant::now()),
             route_deadline: deadline,
+            grpc_deadline,
         };
         let attempt = {
             let _in_flight = InFlight::start(state, endpoint);

@@ -2,9 +2,9 @@
 //!
 //! One endpoint gets as few connections as its streams need: a request takes the first
 //! connection to that endpoint with a free stream (below the cluster's
-//! `maxConcurrentStreams`, the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, and
-//! `maxRequestsPerConnection` over its life), and only when none has one is another opened.
-//! Requests that arrive while a connection is being opened wait for that one instead of each
+//! `maxConcurrentStreams`, the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, at most
+//! [`UPSTREAM_STREAMS_PER_CONN`], and `maxRequestsPerConnection` over its life), and only
+//! when none has one is another opened. Requests that arrive while a connection is being opened wait for that one instead of each
 //! opening its own. Each connection's frames are driven by a task on this worker; the pool
 //! learns from that task when the connection ends (GOAWAY, reset, EOF) and stops handing it
 //! out. Nothing is shared with other cores and no lock is taken: the `RefCell`s are borrowed
@@ -27,8 +27,25 @@ use crate::error::{ErrorKind, ProxyError, Side};
 /// Stream window per upstream stream, and for the whole connection. Larger than HTTP/2's
 /// 64 KiB default so one stream can fill a fast link; the bound on buffered bytes per stream.
 pub(crate) const STREAM_WINDOW: u32 = 256 * 1024;
-/// Connection-level receive window of an upstream connection.
+/// Connection-level receive window of a client connection (see `server`).
 pub(crate) const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Streams one upstream connection carries at once before the pool opens another (gRPC
+/// servers' usual `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub(crate) const UPSTREAM_STREAMS_PER_CONN: u32 = 100;
+/// Connection-level receive window of an upstream connection: every stream's window at once.
+/// The connection is shared by the calls of many clients, and a call whose client reads slowly
+/// holds its stream window unread; with a smaller connection window a few such calls would
+/// exhaust it and stall every other call on the connection. What the proxy holds stays bounded
+/// by the stream windows.
+pub(crate) const UPSTREAM_CONNECTION_WINDOW: u32 = STREAM_WINDOW * UPSTREAM_STREAMS_PER_CONN;
+/// `h2`'s budget for small DATA frames received and not yet read, in its units (256 bytes less
+/// each frame's payload). `h2` ends the connection with `GOAWAY(ENHANCE_YOUR_CALM)` past it, and
+/// its default (half the connection window) is spent by one read of a few thousand gRPC
+/// messages of a few bytes, each in its own frame: a server stream of small messages would end
+/// the connection and every call sharing it. This covers a megabyte of empty gRPC messages
+/// (5-byte frames) received at once; the relay takes frames off `h2` as they arrive
+/// (`bodies::h2_to_h2`), so they are held that way only for the moment of one read.
+pub(crate) const SMALL_FRAME_BUDGET: usize = CONNECTION_WINDOW as usize / 5 * 256;
 
 /// One HTTP/2 connection to an upstream endpoint.
 #[derive(Debug)]
@@ -50,7 +67,7 @@ impl H2Conn {
     fn usable(&self, max_streams: u32) -> bool {
         !self.closed.get()
             && !self.retired.get()
-            && self.active.get() < max_streams
+            && self.active.get() < max_streams.min(UPSTREAM_STREAMS_PER_CONN)
             && (self.active.get() as usize) < self.send.current_max_send_streams()
     }
 }
@@ -222,8 +239,9 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Rc<H2Conn>, Prox
     let _ = stream.set_nodelay(true);
     let handshake = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
         .max_header_list_size(super::server::MAX_HEADER_LIST)
+        .data_frame_budget(SMALL_FRAME_BUDGET)
         .enable_push(false)
         .handshake::<_, Bytes>(io::compat(stream));
     let (send, connection) = match monoio::time::timeout(timeout, handshake).await {

@@ -14,6 +14,7 @@
 //! | `SETTINGS_MAX_CONCURRENT_STREAMS` | [`MAX_CONCURRENT_STREAMS`] (1024) | a client that opens more gets `REFUSED_STREAM` |
 //! | `SETTINGS_INITIAL_WINDOW_SIZE` | [`STREAM_WINDOW`] (256 KiB) | the most a stream can have in flight before the proxy forwarded it |
 //! | connection window | [`CONNECTION_WINDOW`] (1 MiB) | the most a connection can have in flight, whatever its streams |
+//! | small DATA frames not yet read | [`SMALL_FRAME_BUDGET`] (`h2`'s units: 256 bytes less each frame's payload) | a stream window of empty gRPC messages fits (a client streaming small messages to a slow upstream); a client piling up more tiny frames gets `GOAWAY(ENHANCE_YOUR_CALM)` |
 //! | `SETTINGS_MAX_HEADER_LIST_SIZE` | `limits.maxRequestHeadBytes` | as for HTTP/1.1 heads; a CONTINUATION flood past it ends the connection |
 //! | pending resets (rapid reset, CVE-2023-44487) | [`MAX_PENDING_RESETS`] (20) | streams opened and reset before the proxy accepted them; more ends the connection with `GOAWAY(ENHANCE_YOUR_CALM)` |
 //! | calls being served (rapid reset) | [`MAX_LIVE_CALLS`] (2048) | streams the client reset still count until the proxy has stopped serving them; more ends the connection with `GOAWAY(ENHANCE_YOUR_CALM)` |
@@ -53,6 +54,13 @@ pub(crate) const MAX_PENDING_RESETS: usize = 20;
 pub(crate) const MAX_LIVE_CALLS: usize = 2 * MAX_CONCURRENT_STREAMS as usize;
 /// Streams the proxy may reset because of the client's errors before it ends the connection.
 pub(crate) const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// `h2`'s budget for a client's small DATA frames received and not yet read. Its default, half
+/// the connection window, is spent by one read of a few thousand frames, and a gRPC client
+/// sends a frame per message: one streaming small messages to an upstream slower than it would
+/// lose its connection. This covers a stream window of empty gRPC messages (5-byte frames);
+/// beyond it the frames' bookkeeping, not their bytes, would be what a client makes the proxy
+/// hold, and the connection ends.
+pub(crate) const SMALL_FRAME_BUDGET: usize = STREAM_WINDOW as usize / 5 * 256;
 /// Largest header list accepted from an upstream (a client's is `limits.maxRequestHeadBytes`).
 pub(crate) const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// A connection without streams is pinged this often.
@@ -77,6 +85,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
         .max_header_list_size(u32::try_from(limits.max_request_head_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .data_frame_budget(SMALL_FRAME_BUDGET)
         .handshake::<_, Bytes>(io);
     let mut conn = match monoio::time::timeout(limits.request_header_timeout, handshake).await {
         Ok(Ok(c)) => c,

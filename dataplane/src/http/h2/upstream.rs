@@ -41,6 +41,9 @@ pub(crate) struct Try<'a> {
     pub(crate) outgoing: &'a Outgoing,
     pub(crate) per_try_deadline: Option<Instant>,
     pub(crate) route_deadline: Option<Instant>,
+    /// The call's `grpc-timeout`: unlike the route timeout it bounds the whole call, response
+    /// body included, as gRPC's deadline does.
+    pub(crate) grpc_deadline: Option<Instant>,
 }
 
 /// How a try ended.
@@ -194,14 +197,29 @@ pub(crate) async fn to_h2(
     if trailers_only {
         return Attempt::Done;
     }
-    let relay = bodies::h2_to_h2(&mut recv, &mut down, idle);
-    match finish(pump, pumped, relay).await {
-        Finished::Complete => {}
-        Finished::UpstreamBroke => down.send_reset(Reason::INTERNAL_ERROR),
-        Finished::ClientGone => t.call.client_gone.set(true),
-        Finished::ClientStalled => {
+    // `None`: the call's `grpc-timeout` passed before the response ended.
+    let finished = {
+        let exchange = finish(pump, pumped, bodies::h2_to_h2(&mut recv, &mut down, idle));
+        match t.grpc_deadline {
+            Some(d) => monoio::time::timeout(d.saturating_duration_since(Instant::now()), exchange)
+                .await
+                .ok(),
+            None => Some(exchange.await),
+        }
+    };
+    match finished {
+        Some(Finished::Complete) => {}
+        Some(Finished::UpstreamBroke) => down.send_reset(Reason::INTERNAL_ERROR),
+        Some(Finished::ClientGone) => t.call.client_gone.set(true),
+        Some(Finished::ClientStalled) => {
             t.call.client_stalled.set(true);
             down.send_reset(Reason::CANCEL);
+        }
+        None => {
+            // The head went out: the status goes in the trailers. Dropping the upstream
+            // stream on return cancels it there.
+            inc(&worker.stats.upstream_rq_timeout);
+            let _ = down.send_trailers(grpc::deadline_exceeded_trailers());
         }
     }
     Attempt::Done
