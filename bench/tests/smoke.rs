@@ -399,7 +399,7 @@ fn http2_and_grpc_rows_run_through_haproxy_and_nginx() {
 }
 
 #[test]
-fn http2_rows_through_ringmesh_and_the_per_worker_cpu_of_one_connection() {
+fn http2_and_grpc_rows_through_ringmesh_and_the_per_worker_cpu_of_one_connection() {
     let tmp = out_dir("h2-ringmesh");
     let out = tmp.path();
     let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
@@ -407,7 +407,7 @@ fn http2_rows_through_ringmesh_and_the_per_worker_cpu_of_one_connection() {
             "--scenarios",
             "direct,ringmesh",
             "--protocols",
-            "h2",
+            "h2,grpc",
             "--repeats",
             "1",
             "--rate",
@@ -436,13 +436,16 @@ fn http2_rows_through_ringmesh_and_the_per_worker_cpu_of_one_connection() {
     assert!(output.status.success(), "{stderr}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    for s in json["scenarios"].as_array().unwrap() {
-        assert_eq!((&s["status"], &s["protocol"]), (&"ok".into(), &"h2".into()), "{s}");
+    let scenarios = json["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 4);
+    for s in scenarios {
+        assert_eq!(s["status"], "ok", "{s}");
         assert_eq!(s["errors"], 0, "{s}");
     }
-    assert!(std::fs::read_to_string(out.join("ringmesh-h2.yaml"))
-        .unwrap()
-        .contains("protocol: HTTP2"));
+    for (file, protocol) in [("ringmesh-h2.yaml", "HTTP2"), ("ringmesh-grpc.yaml", "GRPC")] {
+        let config = std::fs::read_to_string(out.join(file)).unwrap();
+        assert!(config.contains(&format!("protocol: {protocol}}}")), "{config}");
+    }
 
     // The per-worker figure is produced and adds up; its 30–70 % target is judged by the
     // benchmark, never here.
