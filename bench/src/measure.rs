@@ -117,15 +117,16 @@ fn shaped_config(topo: &Topology, shape: &LoadShape, in_flight: usize) -> anyhow
     Ok(c)
 }
 
-/// One readiness probe of an HTTP/2 or gRPC entry: a closed-loop run of 30 ms on one stream
+/// One readiness probe of an HTTP/2 or gRPC entry: a closed-loop run of 100 ms on one stream
 /// (the load generator's own client, so it checks what the measurement needs); true when at
-/// least one request succeeded.
+/// least one request succeeded. Callers retry it until their deadline: on a loaded machine
+/// the run's thread may start after its window closed.
 pub(crate) fn probe(entry: SocketAddr, protocol: Protocol) -> bool {
     let Ok(mut c) = load_config(entry, protocol, 1, 1) else {
         return false;
     };
     c.rate = 0.0;
-    c.duration = Duration::from_millis(30);
+    c.duration = Duration::from_millis(100);
     c.warmup = Duration::ZERO;
     c.timeout = Duration::from_secs(1);
     c.connect_timeout = Duration::from_millis(500);

@@ -235,14 +235,21 @@ impl Topology {
 pub fn start(kind: Kind, protocol: Protocol, env: &Env) -> anyhow::Result<Topology> {
     match kind {
         Kind::Direct => {
-            // The echo answered HTTP/1.1 before any row started; check it speaks HTTP/2 too.
-            let mut probe = probe_through(env.echo_addr, protocol);
-            anyhow::ensure!(
-                !protocol.is_h2() || probe(),
-                "the echo does not answer {} at {}",
-                protocol.label(),
-                env.echo_addr
-            );
+            // The echo answered HTTP/1.1 before any row started; wait until it answers this
+            // protocol too (a probe is one short run, which a loaded machine may miss).
+            if protocol.is_h2() {
+                let deadline = std::time::Instant::now() + READY_TIMEOUT;
+                let mut probe = probe_through(env.echo_addr, protocol);
+                while !probe() {
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "the echo does not answer {} at {} within {READY_TIMEOUT:?}",
+                        protocol.label(),
+                        env.echo_addr
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             Ok(Topology {
                 kind,
                 protocol,
