@@ -16,11 +16,13 @@
 pub mod measure;
 pub mod plot;
 pub mod procs;
+pub mod protocol;
 pub mod report;
 pub mod suite;
 pub mod topology;
 pub mod ui;
 pub mod wake_cost;
+pub mod worker_cpu;
 pub mod wrk;
 
 use std::path::PathBuf;
@@ -32,6 +34,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 
 use crate::measure::{LoadShape, RunResult};
 use crate::procs::{free_port, http_get_status, Proc};
+use crate::protocol::Protocol;
 use crate::report::{ScenarioSummary, Status};
 use crate::topology::{Env, Kind, Topology};
 
@@ -49,6 +52,13 @@ pub struct BenchArgs {
     /// Scenarios, in round order (direct, ringmesh or sidecar, mesh, haproxy, nginx).
     #[arg(long, value_delimiter = ',', default_value = "direct,ringmesh,mesh,haproxy,nginx")]
     pub scenarios: Vec<String>,
+    /// Protocols, each measured on every scenario (http1, h2 = h2c, grpc = gRPC unary over h2c).
+    #[arg(long, value_delimiter = ',', default_value = "http1,h2,grpc")]
+    pub protocols: Vec<String>,
+    /// HTTP/2 and gRPC rows: streams per connection (the rows keep the HTTP/1.1 rows'
+    /// requests in flight on `connections / h2-streams` connections).
+    #[arg(long, default_value_t = 4)]
+    pub h2_streams: usize,
     /// Rounds over all scenarios; each figure is the median over rounds.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
@@ -94,6 +104,13 @@ pub struct BenchArgs {
     /// `--repeats` interleaved rounds), whole seconds; 0 skips them.
     #[arg(long, default_value = "2s", value_parser = ringmesh_loadgen::parse_duration)]
     pub wrk_duration: Duration,
+    /// Per-worker CPU: one HTTP/2 connection with 100 streams through a 2-worker
+    /// ringmesh-proxy, closed loop for this long (0 skips it; needs the ringmesh scenario).
+    #[arg(long, default_value = "3s", value_parser = ringmesh_loadgen::parse_duration)]
+    pub worker_spread_duration: Duration,
+    /// What that one connection carries: h2 or grpc.
+    #[arg(long, default_value = "h2")]
+    pub worker_spread_protocol: String,
     /// Never draw a progress bar (plain lines, as when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
@@ -103,8 +120,19 @@ pub struct BenchArgs {
     pub proxy_bin: Option<PathBuf>,
 }
 
+/// What the validated command line asks to run.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    /// Scenarios, in round order.
+    kinds: Vec<Kind>,
+    /// Protocols, in round order.
+    protocols: Vec<Protocol>,
+    /// The per-worker CPU measurement's protocol, when it runs.
+    worker_spread: Option<Protocol>,
+}
+
 impl BenchArgs {
-    fn validate(&self) -> anyhow::Result<Vec<Kind>> {
+    fn validate(&self) -> anyhow::Result<Plan> {
         let mut problems = Vec::new();
         let mut kinds = Vec::new();
         for s in &self.scenarios {
@@ -119,6 +147,30 @@ impl BenchArgs {
         if kinds.is_empty() {
             problems.push("no scenarios".into());
         }
+        let mut protocols = Vec::new();
+        for p in &self.protocols {
+            match Protocol::parse(p) {
+                Some(p) if !protocols.contains(&p) => protocols.push(p),
+                Some(_) => {}
+                None => problems.push(format!("unknown protocol {p:?} (known: http1, h2, grpc)")),
+            }
+        }
+        if protocols.is_empty() {
+            problems.push("no protocols".into());
+        }
+        if self.h2_streams == 0 || self.h2_streams > 1000 {
+            problems.push(format!("--h2-streams must be 1..=1000, got {}", self.h2_streams));
+        }
+        let spread_protocol = match Protocol::parse(&self.worker_spread_protocol) {
+            Some(p) if p.is_h2() => Some(p),
+            _ => {
+                problems.push(format!(
+                    "--worker-spread-protocol must be h2 or grpc, got {:?}",
+                    self.worker_spread_protocol
+                ));
+                None
+            }
+        };
         if self.repeats == 0 || self.repeats > 100 {
             problems.push(format!("--repeats must be 1..=100, got {}", self.repeats));
         }
@@ -149,7 +201,13 @@ impl BenchArgs {
             }
         }
         if problems.is_empty() {
-            Ok(kinds)
+            let worker_spread =
+                spread_protocol.filter(|_| !self.worker_spread_duration.is_zero() && kinds.contains(&Kind::Ringmesh));
+            Ok(Plan {
+                kinds,
+                protocols,
+                worker_spread,
+            })
         } else {
             bail!("{}", problems.join("; "))
         }
@@ -247,7 +305,8 @@ where
         .collect::<Vec<_>>()
         .join(" ");
     let cli = parse_args(&args)?;
-    let kinds = cli.validate()?;
+    let plan = cli.validate()?;
+    let kinds = &plan.kinds;
     let started = Instant::now();
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -295,23 +354,25 @@ where
     };
     let mut summaries: Vec<ScenarioSummary> = Vec::new();
     let mut topologies: Vec<Topology> = Vec::new();
-    for &kind in &kinds {
+    let rows = plan.protocols.iter().flat_map(|&p| kinds.iter().map(move |&k| (k, p)));
+    for (kind, protocol) in rows {
         if interrupted() {
             break;
         }
+        let row = format!("{kind}{}", protocol.suffix());
         if let Some(bin) = kind.external_binary() {
             if topology::which(bin).is_none() {
-                let mut s = ScenarioSummary::new(kind, Status::Skipped);
+                let mut s = ScenarioSummary::new(kind, protocol, Status::Skipped);
                 s.notes
                     .push(format!("skipped: `{bin}` is not on PATH (install it to compare)"));
-                eprintln!("ringmesh-bench: {kind}: skipped, `{bin}` not on PATH");
+                eprintln!("ringmesh-bench: {row}: skipped, `{bin}` not on PATH");
                 summaries.push(s);
                 continue;
             }
         }
-        match topology::start(kind, &env) {
+        match topology::start(kind, protocol, &env) {
             Ok(t) => {
-                let mut s = ScenarioSummary::new(kind, Status::Ok);
+                let mut s = ScenarioSummary::new(kind, protocol, Status::Ok);
                 s.io_driver = t.io_driver.clone();
                 s.version = t.version.clone();
                 s.config_file = (!t.config_paths.is_empty()).then(|| {
@@ -328,10 +389,24 @@ where
                         Ok(k) => s.idle_rss_kib = Some(k),
                         Err(e) => s.notes.push(format!("idle RSS unavailable: {e}")),
                     }
-                    if kind == Kind::Mesh {
+                    if kind == Kind::Mesh && protocol == Protocol::Http1 {
                         s.notes.push(
                             "client-side proxy → server-side proxy → echo, plaintext HTTP/1.1 between the proxies \
                              (mTLS comes with the security issue); CPU and RSS are summed over both proxies"
+                                .into(),
+                        );
+                    } else if kind == Kind::Mesh {
+                        s.notes.push(format!(
+                            "client-side proxy → server-side proxy → echo, {} over plaintext h2c between the proxies, \
+                             the client side's endpoint labelled `security.istio.io/tlsMode: istio` (its peer is a \
+                             proxy; mTLS comes with the security issue); CPU and RSS are summed over both proxies",
+                            protocol.label()
+                        ));
+                    } else if kind == Kind::Nginx && protocol == Protocol::H2 {
+                        s.notes.push(
+                            "nginx cannot proxy plain HTTP/2 upstream (`proxy_pass` speaks HTTP/1.x only): this row \
+                             sends the HTTP/2 GET through `grpc_pass`, nginx's HTTP/2 upstream module, which forwards \
+                             any HTTP/2 request; CPU and RSS summed over master + worker"
                                 .into(),
                         );
                     } else if t.process_count() > 1 {
@@ -341,14 +416,14 @@ where
                         ));
                     }
                 }
-                eprintln!("ringmesh-bench: {kind}: ready on {}", t.entry);
+                eprintln!("ringmesh-bench: {row}: ready on {}", t.entry);
                 summaries.push(s);
                 topologies.push(t);
             }
             Err(e) => {
-                let mut s = ScenarioSummary::new(kind, Status::Failed);
+                let mut s = ScenarioSummary::new(kind, protocol, Status::Failed);
                 s.notes.push(format!("failed to start: {e:#}"));
-                eprintln!("ringmesh-bench: {kind}: FAILED to start: {e:#}");
+                eprintln!("ringmesh-bench: {row}: FAILED to start: {e:#}");
                 summaries.push(s);
             }
         }
@@ -365,13 +440,18 @@ where
         threads: cli.load_threads,
         cpus: cli.cpu_for(0).into_iter().collect(),
         body_size: cli.body_size,
+        h2_streams: cli.h2_streams,
     };
     let idle_steps = if cli.idle_connections > 0 {
-        topologies.iter().filter(|t| t.has_proxy()).count()
+        topologies.iter().filter(|t| idle_test_applies(t)).count()
     } else {
         0
     };
-    let ui = ui::Ui::new((cli.repeats * topologies.len() + idle_steps) as u64, !cli.no_progress);
+    let spread_steps = usize::from(plan.worker_spread.is_some());
+    let ui = ui::Ui::new(
+        (cli.repeats * topologies.len() + idle_steps + spread_steps) as u64,
+        !cli.no_progress,
+    );
     let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); topologies.len()];
     let mut failed: Vec<Option<String>> = vec![None; topologies.len()];
     let mut completed_rounds = 0;
@@ -389,14 +469,14 @@ where
                 ui.advance();
                 continue;
             }
-            ui.step(format!("round {}/{} · {}", repeat + 1, cli.repeats, topo.kind));
+            ui.step(format!("round {}/{} · {}", repeat + 1, cli.repeats, topo.row_name()));
             match measure::run_once(topo, &echo, &shape, repeat, &out_dir, &|c| ui.watch(c)) {
                 Ok(r) => {
                     ui.line(format!(
                         "ringmesh-bench: [{}/{}] {:<8} throughput {:>7.0} rps | p50 {} p99 {} max {}{}",
                         repeat + 1,
                         cli.repeats,
-                        topo.kind.name(),
+                        topo.row_name(),
                         r.throughput_rps,
                         report::fmt_us(r.latency_us.p50 as f64),
                         report::fmt_us(r.latency_us.p99 as f64),
@@ -411,7 +491,10 @@ where
                 }
                 Err(_) if interrupted() => break 'rounds,
                 Err(e) => {
-                    ui.line(format!("ringmesh-bench: {}: measurement failed: {e:#}", topo.kind));
+                    ui.line(format!(
+                        "ringmesh-bench: {}: measurement failed: {e:#}",
+                        topo.row_name()
+                    ));
                     failed[i] = Some(format!("measurement failed: {e:#}"));
                 }
             }
@@ -444,7 +527,7 @@ where
             ));
         }
         for (i, topo) in topologies.iter().enumerate() {
-            if !topo.has_proxy() || interrupted() {
+            if !idle_test_applies(topo) || interrupted() {
                 continue;
             }
             if failed[i].is_some() {
@@ -468,17 +551,51 @@ where
             ui.advance();
         }
     }
+    // Per-worker CPU, after the rounds' figures are safe: one connection, many streams.
+    let worker_spread = match plan.worker_spread {
+        Some(protocol) if !interrupted() => {
+            ui.step(format!(
+                "per-worker CPU: one {} connection × {} streams",
+                protocol.label(),
+                worker_cpu::STREAMS
+            ));
+            let r = worker_cpu::measure(
+                &env,
+                protocol,
+                cli.worker_spread_duration,
+                cli.cpu_for(0).into_iter().collect(),
+            );
+            ui.line(match r.status {
+                Status::Ok => format!("ringmesh-bench: per-worker CPU: {}", worker_cpu::judge(&r).value),
+                _ => format!("ringmesh-bench: per-worker CPU: FAILED: {}", r.notes.join("; ")),
+            });
+            ui.advance();
+            Some(r)
+        }
+        _ => None,
+    };
     ui.finish();
     // Ctrl-C during the idle-connection test: its figures cover the connections opened so far.
     let interrupted_idle = !was_interrupted && interrupted();
-    let direct_runs = topologies
-        .iter()
-        .position(|t| t.kind == Kind::Direct)
-        .map(|i| runs[i].clone());
+    let direct_runs = |protocol: Protocol| {
+        topologies
+            .iter()
+            .position(|t| t.kind == Kind::Direct && t.protocol == protocol)
+            .map(|i| runs[i].clone())
+    };
+    let direct_runs: Vec<(Protocol, Option<Vec<RunResult>>)> =
+        plan.protocols.iter().map(|&p| (p, direct_runs(p))).collect();
     for (i, topo) in topologies.iter().enumerate() {
-        let Some(s) = summaries.iter_mut().find(|s| s.scenario == topo.kind) else {
+        let Some(s) = summaries
+            .iter_mut()
+            .find(|s| s.scenario == topo.kind && s.protocol == topo.protocol)
+        else {
             continue;
         };
+        let direct = direct_runs
+            .iter()
+            .find(|(p, _)| *p == topo.protocol)
+            .and_then(|(_, r)| r.as_deref());
         s.runs = std::mem::take(&mut runs[i]);
         if let Some(why) = failed[i].take() {
             s.notes.push(why);
@@ -495,11 +612,7 @@ where
             }
             s.idle_connections = Some(r);
         }
-        s.summarise(if topo.kind == Kind::Direct {
-            None
-        } else {
-            direct_runs.as_deref()
-        });
+        s.summarise(if topo.kind == Kind::Direct { None } else { direct });
         if s.under_rate_runs > 0 {
             s.notes.push(format!(
                 "{} open-loop run(s) achieved < 99% of the target rate: their latency describes a lower load",
@@ -528,15 +641,28 @@ where
         )
     });
 
-    let plot_note = match write_plot(&summaries, &out_dir) {
-        Ok(()) => None,
-        Err(e) => {
-            eprintln!("ringmesh-bench: latency.svg not written: {e:#}");
-            Some(format!("latency.svg not written: {e:#}"))
-        }
-    };
+    let plot_notes: Vec<String> = plan
+        .protocols
+        .iter()
+        .filter_map(|&p| {
+            let file = format!("latency{}.svg", p.suffix());
+            write_plot(&summaries, p, &out_dir.join(&file)).err().map(|e| {
+                eprintln!("ringmesh-bench: {file} not written: {e:#}");
+                format!("{file} not written: {e:#}")
+            })
+        })
+        .collect();
 
-    let mut targets = report::judge(&summaries);
+    // The HTTP/1.1 targets when HTTP/1.1 ran; the HTTP/2 and gRPC ones for what ran of those.
+    let mut targets = if plan.protocols.contains(&Protocol::Http1) {
+        report::judge(&summaries)
+    } else {
+        Vec::new()
+    };
+    targets.extend(report::judge_protocols(&summaries));
+    if let Some(w) = &worker_spread {
+        targets.push(worker_cpu::judge(w));
+    }
     if let Some(w) = &wrk_section {
         targets.extend(wrk::judge(w));
     }
@@ -564,7 +690,21 @@ where
         ),
         (
             "rounds".into(),
-            format!("{} (interleaved: {})", cli.repeats, kinds_line(&kinds)),
+            format!("{} (interleaved: {})", cli.repeats, kinds_line(kinds)),
+        ),
+        ("protocols".into(), protocols_line(&plan.protocols, cli.h2_streams)),
+        (
+            "per-worker CPU".into(),
+            match plan.worker_spread {
+                Some(p) => format!(
+                    "one {} connection × {} streams through ringmesh-proxy with {} workers, closed loop for {:?}",
+                    p.label(),
+                    worker_cpu::STREAMS,
+                    worker_cpu::WORKERS,
+                    cli.worker_spread_duration
+                ),
+                None => "not run (--worker-spread-duration 0, or no ringmesh scenario)".into(),
+            },
         ),
         (
             "processes".into(),
@@ -616,7 +756,7 @@ where
                 .into(),
         ));
     }
-    if let Some(n) = plot_note {
+    for n in plot_notes {
         settings.push(("plot".into(), n));
     }
     let info = report::RunInfo {
@@ -627,6 +767,9 @@ where
         settings,
     };
     let mut md = report::markdown(&info, &summaries, &targets);
+    if let Some(w) = &worker_spread {
+        md.push_str(&worker_cpu::markdown(w));
+    }
     if let Some(w) = &wrk_section {
         md.push_str(&wrk::markdown(w));
     }
@@ -637,6 +780,7 @@ where
         "completed_rounds": completed_rounds,
         "scenarios": summaries,
         "targets": targets,
+        "worker_spread": worker_spread,
         "wrk": wrk_section,
     });
     std::fs::write(out_dir.join("report.json"), serde_json::to_string_pretty(&json)? + "\n")?;
@@ -649,7 +793,13 @@ where
     let failed: Vec<String> = summaries
         .iter()
         .filter(|s| s.status == Status::Failed)
-        .map(|s| s.scenario.to_string())
+        .map(ScenarioSummary::row_name)
+        .chain(
+            worker_spread
+                .iter()
+                .filter(|w| w.status == Status::Failed)
+                .map(|_| "per-worker CPU".to_owned()),
+        )
         .chain(
             wrk_section
                 .iter()
@@ -664,10 +814,14 @@ where
     Ok(())
 }
 
-/// Writes `latency.svg`: each measured scenario's open-loop histograms merged over repeats.
-fn write_plot(summaries: &[ScenarioSummary], out_dir: &std::path::Path) -> anyhow::Result<()> {
+/// Writes `path`: the open-loop histograms of each measured scenario of `protocol`, merged
+/// over repeats (`latency.svg` for HTTP/1.1, `latency-h2.svg`, `latency-grpc.svg`).
+fn write_plot(summaries: &[ScenarioSummary], protocol: Protocol, path: &std::path::Path) -> anyhow::Result<()> {
     let mut merged: Vec<(&'static str, hdrhistogram::Histogram<u64>)> = Vec::new();
-    for s in summaries.iter().filter(|s| !s.runs.is_empty()) {
+    for s in summaries
+        .iter()
+        .filter(|s| !s.runs.is_empty() && s.protocol == protocol)
+    {
         let mut h: Option<hdrhistogram::Histogram<u64>> = None;
         for r in s.runs.iter().filter_map(|r| r.histogram.as_ref()) {
             match &mut h {
@@ -683,15 +837,32 @@ fn write_plot(summaries: &[ScenarioSummary], out_dir: &std::path::Path) -> anyho
         .iter()
         .map(|(name, h)| plot::Series { name, histogram: h })
         .collect();
-    plot::write_svg(
-        &series,
-        "open-loop latency by percentile (all repeats merged)",
-        &out_dir.join("latency.svg"),
-    )
+    let title = match protocol {
+        Protocol::Http1 => "open-loop latency by percentile (all repeats merged)".to_owned(),
+        p => format!("{}: open-loop latency by percentile (all repeats merged)", p.label()),
+    };
+    plot::write_svg(&series, &title, path)
 }
 
 fn kinds_line(kinds: &[Kind]) -> String {
     kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(" → ")
+}
+
+fn protocols_line(protocols: &[Protocol], streams: usize) -> String {
+    protocols
+        .iter()
+        .map(|p| match p {
+            Protocol::Http1 => format!("{} (one request per connection)", p.label()),
+            p => format!("{} (h2c, {streams} streams per connection)", p.label()),
+        })
+        .collect::<Vec<_>>()
+        .join(", then ")
+}
+
+/// The idle-connection test holds HTTP/1.1 connections, so it runs on the HTTP/1.1 rows with
+/// a proxy (the HTTP/2 rows' proxies are the same programs, differently configured).
+fn idle_test_applies(topo: &Topology) -> bool {
+    topo.has_proxy() && topo.protocol == Protocol::Http1
 }
 
 /// Dispatches the hidden roles (`__echo`, `__proxy`) this binary is re-executed in; returns
@@ -726,15 +897,19 @@ mod tests {
         let default = out_dir_in(cwd.path(), None, 7).unwrap();
         assert!(default.is_absolute() && default.ends_with("target/ringmesh-bench/7"));
         // What nginx is given: every path in its config and on its command line is absolute.
-        let conf = topology::nginx_config(
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-            &default.join("nginx"),
-            1024,
-        );
-        for line in conf.lines().filter(|l| l.contains("nginx") && l.contains('/')) {
-            let path = line.split_whitespace().find(|w| w.contains('/')).unwrap();
-            assert!(path.starts_with('/'), "relative path in nginx config: {line}");
+        for protocol in Protocol::ALL {
+            let conf = topology::nginx_config(
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+                &default.join("nginx"),
+                1024,
+                protocol,
+                false,
+            );
+            for line in conf.lines().filter(|l| l.contains("nginx") && l.contains('/')) {
+                let path = line.split_whitespace().find(|w| w.contains('/')).unwrap();
+                assert!(path.starts_with('/'), "relative path in nginx config: {line}");
+            }
         }
     }
 

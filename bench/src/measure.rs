@@ -23,6 +23,7 @@ use ringmesh_loadgen::{run_load_with, LatencySummary, LoadConfig, LoadReport, Ru
 use serde::Serialize;
 
 use crate::procs::Proc;
+use crate::protocol::{h2_connections, Protocol};
 use crate::topology::{Topology, HOST};
 
 /// Load shapes, from the command line.
@@ -48,6 +49,9 @@ pub struct LoadShape {
     pub cpus: Vec<usize>,
     /// Response body size of the echo upstream (for the record).
     pub body_size: usize,
+    /// HTTP/2 and gRPC rows: streams per connection. They keep the HTTP/1.1 rows' requests
+    /// in flight (`connections`) on `connections / h2_streams` connections.
+    pub h2_streams: usize,
 }
 
 /// One repeat of one scenario.
@@ -88,14 +92,45 @@ pub struct RunResult {
     pub histogram: Option<hdrhistogram::Histogram<u64>>,
 }
 
-fn load_config(entry: SocketAddr, shape: &LoadShape) -> anyhow::Result<LoadConfig> {
+/// The load against `entry` in `protocol`, with `in_flight` requests in flight: that many
+/// HTTP/1.1 connections, or `streams` streams on each of as few HTTP/2 connections as hold them.
+fn load_config(entry: SocketAddr, protocol: Protocol, in_flight: usize, streams: usize) -> anyhow::Result<LoadConfig> {
     let target = Target::parse(&format!("http://{entry}/"), false)?;
     let mut c = LoadConfig::for_target(target);
+    // `Host` becomes `:authority` on HTTP/2.
     c.headers.push(("Host".into(), HOST.into()));
+    c.timeout = Duration::from_secs(5);
+    c.protocol = protocol.loadgen();
+    if protocol.is_h2() {
+        c.streams = streams;
+        c.connections = h2_connections(in_flight, streams);
+    } else {
+        c.connections = in_flight;
+    }
+    Ok(c)
+}
+
+fn shaped_config(topo: &Topology, shape: &LoadShape, in_flight: usize) -> anyhow::Result<LoadConfig> {
+    let mut c = load_config(topo.entry, topo.protocol, in_flight, shape.h2_streams)?;
     c.threads = shape.threads;
     c.cpus = shape.cpus.clone();
-    c.timeout = Duration::from_secs(5);
     Ok(c)
+}
+
+/// One readiness probe of an HTTP/2 or gRPC entry: a closed-loop run of 100 ms on one stream
+/// (the load generator's own client, so it checks what the measurement needs); true when at
+/// least one request succeeded. Callers retry it until their deadline: on a loaded machine
+/// the run's thread may start after its window closed.
+pub(crate) fn probe(entry: SocketAddr, protocol: Protocol) -> bool {
+    let Ok(mut c) = load_config(entry, protocol, 1, 1) else {
+        return false;
+    };
+    c.rate = 0.0;
+    c.duration = Duration::from_millis(100);
+    c.warmup = Duration::ZERO;
+    c.timeout = Duration::from_secs(1);
+    c.connect_timeout = Duration::from_millis(500);
+    matches!(run_load_with(c, Arc::new(RunControl::new())), Ok(r) if r.ok > 0)
 }
 
 /// Runs one latency and one throughput measurement against `topo`; `watch` is handed each
@@ -108,16 +143,15 @@ pub fn run_once(
     out_dir: &Path,
     watch: &dyn Fn(Option<Arc<RunControl>>),
 ) -> anyhow::Result<RunResult> {
-    let mut c = load_config(topo.entry, shape)?;
+    let mut c = shaped_config(topo, shape, shape.latency_connections)?;
     c.rate = shape.rate;
-    c.connections = shape.latency_connections;
     c.duration = shape.duration;
     c.warmup = shape.warmup;
     let cpu_before = topo.proxy_cpu_time()?;
     let upstream_before = upstream.cpu_time()?;
     let control = Arc::new(RunControl::new());
     watch(Some(control.clone()));
-    let lat = run_load_with(c, control).with_context(|| format!("{} latency run", topo.kind));
+    let lat = run_load_with(c, control).with_context(|| format!("{} latency run", topo.row_name()));
     watch(None);
     let lat = lat?;
     require_success(&lat, "latency")?;
@@ -129,21 +163,20 @@ pub fn run_once(
         (Some(b), Some(a)) => per_1k(a.saturating_sub(b)),
         _ => None,
     };
-    let hgrm = format!("{}-r{}.hgrm", topo.kind, repeat + 1);
+    let hgrm = format!("{}-r{}.hgrm", topo.row_name(), repeat + 1);
     write_hgrm(&lat, &out_dir.join(&hgrm))?;
 
     // A short pause so the closed-loop run does not start on the open-loop run's tail.
     std::thread::sleep(Duration::from_millis(100));
-    let mut c = load_config(topo.entry, shape)?;
+    let mut c = shaped_config(topo, shape, shape.throughput_connections)?;
     c.rate = 0.0;
-    c.connections = shape.throughput_connections;
     c.duration = shape.throughput_duration;
     c.warmup = shape.throughput_warmup;
     let control = Arc::new(RunControl::new());
     let cpu_before = topo.proxy_cpu_time()?;
     let started = Instant::now();
     watch(Some(control.clone()));
-    let thr = run_load_with(c, control).with_context(|| format!("{} throughput run", topo.kind));
+    let thr = run_load_with(c, control).with_context(|| format!("{} throughput run", topo.row_name()));
     watch(None);
     let thr = thr?;
     require_success(&thr, "throughput")?;
@@ -229,6 +262,11 @@ pub struct IdleResult {
 /// proxy's limits stop it early, the figure is computed over the connections actually held.
 pub fn idle_connections(topo: &Topology, n: usize, budget: Duration) -> anyhow::Result<IdleResult> {
     anyhow::ensure!(topo.has_proxy(), "idle-connection test needs a proxy");
+    // Its connections speak HTTP/1.1; an HTTP/2 row's entry may not (haproxy's `proto h2`).
+    anyhow::ensure!(
+        topo.protocol == Protocol::Http1,
+        "idle-connection test is for HTTP/1.1 rows"
+    );
     std::thread::sleep(Duration::from_millis(200));
     let rss_before = topo.proxy_rss_kib()?;
     let started = Instant::now();

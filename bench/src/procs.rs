@@ -201,7 +201,8 @@ impl Drop for Proc {
     }
 }
 
-fn clock_ticks() -> u64 {
+/// Clock ticks per second (`/proc` counts CPU time in them).
+pub(crate) fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no memory effects.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {

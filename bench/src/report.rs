@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::measure::{IdleResult, RunResult};
+use crate::protocol::Protocol;
 use crate::topology::Kind;
 
 /// Median and range over repeats.
@@ -75,6 +76,8 @@ pub enum Status {
 pub struct ScenarioSummary {
     /// Which topology.
     pub scenario: Kind,
+    /// What its requests are.
+    pub protocol: Protocol,
     /// Ran, skipped or failed.
     pub status: Status,
     /// Why skipped or failed, or other remarks.
@@ -112,10 +115,11 @@ pub struct ScenarioSummary {
 }
 
 impl ScenarioSummary {
-    /// An empty summary for `scenario` in state `status`.
-    pub fn new(scenario: Kind, status: Status) -> Self {
+    /// An empty summary for `scenario` speaking `protocol`, in state `status`.
+    pub fn new(scenario: Kind, protocol: Protocol, status: Status) -> Self {
         Self {
             scenario,
+            protocol,
             status,
             notes: Vec::new(),
             version: None,
@@ -179,6 +183,11 @@ impl ScenarioSummary {
     fn per_conn_bytes(&self) -> Option<f64> {
         self.idle_connections.as_ref().and_then(|i| i.bytes_per_connection)
     }
+
+    /// The row's name in messages: the scenario, then the protocol unless it is HTTP/1.1.
+    pub fn row_name(&self) -> String {
+        format!("{}{}", self.scenario, self.protocol.suffix())
+    }
 }
 
 /// One of the issue's targets, judged.
@@ -202,10 +211,17 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-/// Judges the targets: ringmesh vs haproxy throughput and added latency, and ringmesh's own
-/// CPU and memory budgets.
+/// The measured row of `kind` speaking `protocol`, if it ran.
+fn row(scenarios: &[ScenarioSummary], kind: Kind, protocol: Protocol) -> Option<&ScenarioSummary> {
+    scenarios
+        .iter()
+        .find(|s| s.scenario == kind && s.protocol == protocol && s.status == Status::Ok)
+}
+
+/// Judges the targets of the HTTP/1.1 rows: ringmesh vs haproxy throughput and added
+/// latency, and ringmesh's own CPU and memory budgets.
 pub fn judge(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
-    let get = |k: Kind| scenarios.iter().find(|s| s.scenario == k && s.status == Status::Ok);
+    let get = |k: Kind| row(scenarios, k, Protocol::Http1);
     let rm = get(Kind::Ringmesh);
     let ha = get(Kind::Haproxy);
     let na = |name: &str, target: &str, why: &str| TargetCheck {
@@ -298,6 +314,84 @@ pub fn judge(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
     out
 }
 
+/// Judges the HTTP/2 and gRPC targets, for the protocols the run measured: ringmesh's added
+/// p50 and p99 at most haproxy's and nginx's (each that ran), `mesh`'s added p99 for gRPC
+/// no more than for HTTP/1.1, and ringmesh's CPU per request on HTTP/2 within 1.2× of HTTP/1.1's.
+pub fn judge_protocols(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
+    let ran = |p: Protocol| scenarios.iter().any(|s| s.protocol == p);
+    let na = |name: String, target: &str, why: &str| TargetCheck {
+        name,
+        target: target.into(),
+        value: why.into(),
+        verdict: "N/A",
+    };
+    let mut out = Vec::new();
+    for protocol in [Protocol::H2, Protocol::Grpc].into_iter().filter(|&p| ran(p)) {
+        for (label, pick) in [
+            ("p50", (|p: &Percentiles| p.p50) as fn(&Percentiles) -> Option<Spread>),
+            ("p99", |p: &Percentiles| p.p99),
+        ] {
+            let name = format!("{}: ringmesh added {label}", protocol.label());
+            let target = "≤ haproxy's and nginx's added";
+            let ours = row(scenarios, Kind::Ringmesh, protocol).and_then(|s| pick(&s.added_us));
+            let theirs: Vec<(Kind, Spread)> = [Kind::Haproxy, Kind::Nginx]
+                .into_iter()
+                .filter_map(|k| {
+                    row(scenarios, k, protocol)
+                        .and_then(|s| pick(&s.added_us))
+                        .map(|a| (k, a))
+                })
+                .collect();
+            let (Some(ours), false) = (ours, theirs.is_empty()) else {
+                out.push(na(name, target, "needs the ringmesh row and haproxy's or nginx's"));
+                continue;
+            };
+            let value = std::iter::once(fmt_signed_us(ours.median))
+                .chain(theirs.iter().map(|(k, a)| format!("{} ({k})", fmt_signed_us(a.median))))
+                .collect::<Vec<_>>()
+                .join(" vs ");
+            out.push(TargetCheck {
+                name,
+                target: target.into(),
+                value,
+                verdict: verdict(theirs.iter().all(|(_, a)| ours.median <= a.median)),
+            });
+        }
+    }
+    if ran(Protocol::Grpc) {
+        let name = "mesh added p99, gRPC unary".to_owned();
+        let target = "≤ mesh's added p99 for HTTP/1.1";
+        let p99 = |p| row(scenarios, Kind::Mesh, p).and_then(|s| s.added_us.p99);
+        match (p99(Protocol::Grpc), p99(Protocol::Http1)) {
+            (Some(g), Some(h)) => out.push(TargetCheck {
+                name,
+                target: target.into(),
+                value: format!("{} vs {} (HTTP/1.1)", fmt_signed_us(g.median), fmt_signed_us(h.median)),
+                verdict: verdict(g.median <= h.median),
+            }),
+            _ => out.push(na(name, target, "needs the mesh rows of gRPC and HTTP/1.1")),
+        }
+    }
+    if ran(Protocol::H2) {
+        let name = "HTTP/2: ringmesh proxy CPU per request".to_owned();
+        let target = "≤ 1.2× HTTP/1.1's";
+        let cpu = |p| row(scenarios, Kind::Ringmesh, p).and_then(|s| s.cpu_cores_per_1k_rps);
+        match (cpu(Protocol::H2), cpu(Protocol::Http1)) {
+            (Some(h2), Some(h1)) if h1.median > 0.0 => {
+                let ratio = h2.median / h1.median;
+                out.push(TargetCheck {
+                    name,
+                    target: target.into(),
+                    value: format!("{:.4} vs {:.4} cores per 1,000 rps = {ratio:.2}×", h2.median, h1.median),
+                    verdict: verdict(ratio <= 1.2),
+                });
+            }
+            _ => out.push(na(name, target, "needs the ringmesh rows of HTTP/2 and HTTP/1.1")),
+        }
+    }
+    out
+}
+
 /// Formats microseconds as milliseconds with µs resolution.
 pub fn fmt_us(us: f64) -> String {
     if us.abs() >= 1_000_000.0 {
@@ -336,18 +430,21 @@ fn range(s: Option<Spread>, f: impl Fn(f64) -> String) -> String {
 /// figure tells how much of a proxy's CPU is the kernel work every program pays for its
 /// sockets on this machine, and how much is its own.
 fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
-    let reference = scenarios
-        .iter()
-        .find(|sc| sc.scenario == Kind::Direct && sc.status == Status::Ok)
-        .and_then(|d| d.upstream_cores_per_1k_rps)
-        .map(|u| 2.0 * u.median);
+    // Each row against `direct`'s echo of its own protocol: HTTP/2 costs the echo more.
+    let reference_of = |p: Protocol| {
+        row(scenarios, Kind::Direct, p)
+            .and_then(|d| d.upstream_cores_per_1k_rps)
+            .map(|u| 2.0 * u.median)
+    };
+    let reference = reference_of(Protocol::Http1);
     let _ = writeln!(s, "\n## Per-request CPU beside the echo's (median of repeats)\n");
     let _ = writeln!(
         s,
-        "| scenario | open loop: proxy cores/1k rps | ÷ 2 × direct's echo | echo cores/1k rps | closed loop: proxy cores busy | proxy µs/request |"
+        "| scenario | protocol | open loop: proxy cores/1k rps | ÷ 2 × direct's echo | echo cores/1k rps | closed loop: proxy cores busy | proxy µs/request |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
     for sc in scenarios.iter().filter(|s| s.status == Status::Ok) {
+        let reference = reference_of(sc.protocol);
         // `mesh` is two proxies in a row, and its CPU is summed over both.
         let proxies = if sc.scenario == Kind::Mesh { 2.0 } else { 1.0 };
         let ratio = match (sc.cpu_cores_per_1k_rps, reference) {
@@ -356,8 +453,9 @@ fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             sc.scenario,
+            sc.protocol.label(),
             opt(sc.cpu_cores_per_1k_rps, |v| format!("{v:.4}")),
             ratio,
             opt(sc.upstream_cores_per_1k_rps, |v| format!("{v:.4}")),
@@ -372,7 +470,8 @@ fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
          the kernel work any program pays for its sockets here (`mesh`, two proxies, is read \
          against twice that). The echo column in the proxy rows is what each proxy's traffic \
          costs the upstream. A proxy whose closed-loop cores busy is near its worker count was \
-         the closed loop's bottleneck, and its throughput there is 1 / (µs per request).",
+         the closed loop's bottleneck, and its throughput there is 1 / (µs per request). \
+         HTTP/2 and gRPC rows are read against `direct`'s echo of the same protocol.",
         reference.map_or(String::new(), |r| format!(
             " (twice it: {r:.4} cores per 1,000 rps in this run)"
         ))
@@ -410,15 +509,19 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
     let _ = writeln!(s, "## Results (median of repeats)\n");
     let _ = writeln!(
         s,
-        "| scenario | throughput rps | p50 | p90 | p99 | p99.9 | max | added p50 | added p99 | CPU cores/1k rps | idle RSS | RSS/idle conn | errors |"
+        "| scenario | protocol | throughput rps | p50 | p90 | p99 | p99.9 | max | added p50 | added p99 | CPU cores/1k rps | idle RSS | RSS/idle conn | errors |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for sc in scenarios {
         if sc.status != Status::Ok {
             let _ = writeln!(
                 s,
-                "| {} | {} | | | | | | | | | | | |",
+                "| {} | {} | {} | | | | | | | | | | | |",
                 sc.scenario,
+                sc.protocol.label(),
                 match sc.status {
                     Status::Skipped => "skipped",
                     _ => "FAILED",
@@ -436,8 +539,9 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             sc.scenario,
+            sc.protocol.label(),
             opt(sc.throughput_rps, |v| format!("{v:.0}")),
             opt(l.p50, fmt_us),
             opt(l.p90, fmt_us),
@@ -465,15 +569,16 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
     let _ = writeln!(s, "\n## Spread over repeats (min – max)\n");
     let _ = writeln!(
         s,
-        "| scenario | throughput rps | p50 | p99 | p99.9 | added p50 | added p99 | CPU cores/1k rps |"
+        "| scenario | protocol | throughput rps | p50 | p99 | p99.9 | added p50 | added p99 | CPU cores/1k rps |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for sc in scenarios.iter().filter(|s| s.status == Status::Ok) {
         let is_direct = sc.scenario == Kind::Direct;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             sc.scenario,
+            sc.protocol.label(),
             range(sc.throughput_rps, |v| format!("{v:.0}")),
             range(sc.latency_us.p50, fmt_us),
             range(sc.latency_us.p99, fmt_us),
@@ -503,7 +608,7 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
 
     let notes: Vec<String> = scenarios
         .iter()
-        .flat_map(|sc| sc.notes.iter().map(move |n| format!("{}: {n}", sc.scenario)))
+        .flat_map(|sc| sc.notes.iter().map(move |n| format!("{}: {n}", sc.row_name())))
         .collect();
     if !notes.is_empty() {
         let _ = writeln!(s, "\n## Notes\n");
@@ -517,9 +622,11 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
          (coordinated-omission corrected), successful requests only; \"added\" is the \
          scenario minus `direct` in the same repeat. CPU is the proxy process tree's \
          utime+stime over the open-loop run divided by requests sent (summed over both \
-         proxies for `mesh`). RSS is VmRSS of the proxy process tree(s). Percentile plot of \
-         all scenarios: `latency.svg`; each round's distribution: `<scenario>-r<round>.hgrm`. \
-         See bench/README.md."
+         proxies for `mesh`). RSS is VmRSS of the proxy process tree(s). HTTP/2 and gRPC rows \
+         keep the HTTP/1.1 rows' requests in flight on fewer connections, several streams \
+         each, and are compared with `direct` of the same protocol. Percentile plots: \
+         `latency.svg` (HTTP/1.1), `latency-h2.svg`, `latency-grpc.svg`; each round's \
+         distribution: `<scenario>[-h2|-grpc]-r<round>.hgrm`. See bench/README.md."
     );
     s
 }
@@ -552,6 +659,84 @@ mod tests {
         }
     }
 
+    fn row_of(kind: Kind, protocol: Protocol, runs: Vec<RunResult>, direct: Option<&[RunResult]>) -> ScenarioSummary {
+        let mut s = ScenarioSummary::new(kind, protocol, Status::Ok);
+        s.runs = runs;
+        s.summarise(direct);
+        s
+    }
+
+    #[test]
+    fn http2_and_grpc_rows_are_judged_against_their_own_protocol() {
+        let with_cpu = |mut r: RunResult, cpu| {
+            r.cpu_per_1k = Some(cpu);
+            r
+        };
+        let mut rows = Vec::new();
+        for (p, base) in [(Protocol::Http1, 100), (Protocol::H2, 200), (Protocol::Grpc, 300)] {
+            // Each protocol's own `direct`: the added latency must be taken against it.
+            let direct = vec![run(0, base, 2 * base, 1.0)];
+            rows.push(row_of(Kind::Direct, p, direct.clone(), None));
+            let (rm_p50, rm_p99) = (base + 20, 2 * base + 50);
+            rows.push(row_of(
+                Kind::Ringmesh,
+                p,
+                vec![with_cpu(
+                    run(0, rm_p50, rm_p99, 1.0),
+                    if p == Protocol::H2 { 0.013 } else { 0.01 },
+                )],
+                Some(&direct),
+            ));
+            rows.push(row_of(
+                Kind::Haproxy,
+                p,
+                vec![run(0, base + 30, 2 * base + 40, 1.0)],
+                Some(&direct),
+            ));
+            let mesh_p99 = if p == Protocol::Grpc {
+                2 * base + 90
+            } else {
+                2 * base + 80
+            };
+            rows.push(row_of(
+                Kind::Mesh,
+                p,
+                vec![run(0, base + 50, mesh_p99, 1.0)],
+                Some(&direct),
+            ));
+        }
+        // nginx failed for gRPC: judged against haproxy alone, and named.
+        rows.push(ScenarioSummary::new(Kind::Nginx, Protocol::Grpc, Status::Failed));
+        let t = judge_protocols(&rows);
+        let names: Vec<&str> = t.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "HTTP/2: ringmesh added p50",
+                "HTTP/2: ringmesh added p99",
+                "gRPC unary: ringmesh added p50",
+                "gRPC unary: ringmesh added p99",
+                "mesh added p99, gRPC unary",
+                "HTTP/2: ringmesh proxy CPU per request",
+            ]
+        );
+        let v: Vec<&str> = t.iter().map(|c| c.verdict).collect();
+        // p50 +20 ≤ +30 PASS; p99 +50 > +40 MISS (both protocols); mesh gRPC +90 > HTTP/1.1's
+        // +80 MISS; CPU 0.013 / 0.010 = 1.3× > 1.2× MISS.
+        assert_eq!(v, ["PASS", "MISS", "PASS", "MISS", "MISS", "MISS"]);
+        assert_eq!(t[0].value, "+0.020 ms vs +0.030 ms (haproxy)");
+        assert!(t[5].value.ends_with("= 1.30×"), "{}", t[5].value);
+        // Without HTTP/1.1 rows, the comparisons with it cannot be made.
+        let only_h2: Vec<ScenarioSummary> = rows.iter().filter(|r| r.protocol == Protocol::H2).cloned().collect();
+        let t = judge_protocols(&only_h2);
+        assert_eq!(t.len(), 3, "no gRPC rows, no gRPC targets");
+        assert_eq!(t[2].verdict, "N/A");
+        assert!(
+            judge_protocols(&rows[..4]).is_empty(),
+            "HTTP/1.1 alone has no HTTP/2 targets"
+        );
+    }
+
     #[test]
     fn spread_is_median_and_range() {
         assert_eq!(
@@ -569,14 +754,14 @@ mod tests {
     #[test]
     fn added_latency_is_paired_by_repeat_and_targets_are_judged() {
         let direct = vec![run(0, 100, 200, 50_000.0), run(1, 150, 300, 52_000.0)];
-        let mut d = ScenarioSummary::new(Kind::Direct, Status::Ok);
+        let mut d = ScenarioSummary::new(Kind::Direct, Protocol::Http1, Status::Ok);
         d.runs = direct.clone();
         d.summarise(None);
-        let mut rm = ScenarioSummary::new(Kind::Ringmesh, Status::Ok);
+        let mut rm = ScenarioSummary::new(Kind::Ringmesh, Protocol::Http1, Status::Ok);
         rm.runs = vec![run(0, 120, 260, 40_000.0), run(1, 170, 360, 42_000.0)];
         rm.idle_rss_kib = Some(4000);
         rm.summarise(Some(&direct));
-        let mut ha = ScenarioSummary::new(Kind::Haproxy, Status::Ok);
+        let mut ha = ScenarioSummary::new(Kind::Haproxy, Protocol::Http1, Status::Ok);
         ha.runs = vec![run(0, 180, 400, 30_000.0), run(1, 230, 500, 30_000.0)];
         ha.summarise(Some(&direct));
         assert_eq!(rm.added_us.p50.unwrap().median, 20.0);
@@ -598,7 +783,7 @@ mod tests {
             &[d, rm, ha],
             &targets,
         );
-        assert!(md.contains("| ringmesh | 41000 |"), "{md}");
+        assert!(md.contains("| ringmesh | HTTP/1.1 | 41000 |"), "{md}");
         // Twice direct's echo CPU (0.004) is 0.008 cores per 1,000 rps; the proxy's 0.01 is
         // 1.25× it, and its closed-loop CPU per request the median of 1 s / 40,000 and / 42,000.
         assert!(
@@ -606,7 +791,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| ringmesh | 0.0100 | 1.25× | 0.0040 | 0.90 | 24.4 |"),
+            md.contains("| ringmesh | HTTP/1.1 | 0.0100 | 1.25× | 0.0040 | 0.90 | 24.4 |"),
             "{md}"
         );
         assert!(md.contains("+0.020 ms"), "{md}");

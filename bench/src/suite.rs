@@ -48,6 +48,8 @@ enum CpuList {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Suite {
     scenarios: Option<Vec<String>>,
+    protocols: Option<Vec<String>>,
+    h2_streams: Option<usize>,
     repeats: Option<usize>,
     rate: Option<f64>,
     duration: Option<DurationValue>,
@@ -64,6 +66,8 @@ pub struct Suite {
     idle_connections: Option<usize>,
     body_size: Option<usize>,
     wrk_duration: Option<DurationValue>,
+    worker_spread_duration: Option<DurationValue>,
+    worker_spread_protocol: Option<String>,
 }
 
 /// Distinguishes `cpus: null` (explicitly unpinned) from an absent key.
@@ -89,6 +93,8 @@ impl Suite {
     /// True when every key is present (the default suite file must spell out everything).
     pub fn is_complete(&self) -> bool {
         self.scenarios.is_some()
+            && self.protocols.is_some()
+            && self.h2_streams.is_some()
             && self.repeats.is_some()
             && self.rate.is_some()
             && self.duration.is_some()
@@ -103,6 +109,8 @@ impl Suite {
             && self.idle_connections.is_some()
             && self.body_size.is_some()
             && self.wrk_duration.is_some()
+            && self.worker_spread_duration.is_some()
+            && self.worker_spread_protocol.is_some()
     }
 
     /// Writes the suite's values into `args`, except where `from_command_line(field)` says
@@ -131,6 +139,8 @@ impl Suite {
             };
         }
         set!(scenarios);
+        set!(protocols);
+        set!(h2_streams);
         set!(repeats);
         set!(rate);
         set_duration!(duration, "duration");
@@ -140,6 +150,8 @@ impl Suite {
         set_duration!(throughput_duration, "throughput-duration");
         set_duration!(throughput_warmup, "throughput-warmup");
         set_duration!(wrk_duration, "wrk-duration");
+        set_duration!(worker_spread_duration, "worker-spread-duration");
+        set!(worker_spread_protocol);
         set!(proxy_workers);
         set!(load_threads);
         set!(idle_connections);
@@ -182,6 +194,8 @@ mod tests {
         let mut a = defaults();
         // Start from values that differ everywhere, so every key must set its field.
         a.scenarios = vec!["direct".into()];
+        a.protocols = vec!["http1".into()];
+        a.h2_streams = 99;
         a.repeats = 99;
         a.rate = 1.0;
         a.duration = Duration::from_secs(99);
@@ -196,6 +210,8 @@ mod tests {
         a.idle_connections = 99;
         a.body_size = 99;
         a.wrk_duration = Duration::from_secs(99);
+        a.worker_spread_duration = Duration::from_secs(99);
+        a.worker_spread_protocol = "grpc".into();
         suite.apply(&mut a, |_| false).unwrap();
         assert_eq!(a, defaults());
     }
@@ -208,7 +224,7 @@ mod tests {
         assert!(msg.contains("x.yaml"), "{msg}");
 
         let s = Suite::parse(
-            "rate: 500\nduration: 2s\nthroughput-warmup: 0.1\ncpus: \"0,2-3\"\nscenarios: [direct, mesh]\n",
+            "rate: 500\nduration: 2s\nthroughput-warmup: 0.1\ncpus: \"0,2-3\"\nscenarios: [direct, mesh]\nprotocols: [grpc]\n",
             "y",
         )
         .unwrap();
@@ -219,6 +235,7 @@ mod tests {
         assert_eq!(a.throughput_warmup, Duration::from_millis(100));
         assert_eq!(a.cpus, Some(vec![0, 2, 3]));
         assert_eq!(a.scenarios, ["direct", "mesh"]);
+        assert_eq!(a.protocols, ["grpc"]);
 
         let bad = Suite::parse("duration: soon\ncpus: \"3-1\"\n", "z").unwrap();
         let msg = bad.apply(&mut defaults(), |_| false).unwrap_err().to_string();

@@ -17,6 +17,7 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use crate::procs::{free_port, http_get_status, Proc};
+use crate::protocol::Protocol;
 
 /// The `Host` every request carries; the ringmesh ServiceEntry is named after it.
 pub const HOST: &str = "echo.bench";
@@ -163,6 +164,8 @@ impl ProxyBinary {
 pub struct Topology {
     /// Which one.
     pub kind: Kind,
+    /// What the load generator speaks to it, and it to the echo.
+    pub protocol: Protocol,
     /// Where the load generator sends requests.
     pub entry: SocketAddr,
     /// The proxy processes (none for `direct`, two for `mesh`: client side first). CPU time
@@ -180,6 +183,12 @@ pub struct Topology {
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Topology {
+    /// The row's name in messages and file names: the scenario, then the protocol unless it
+    /// is HTTP/1.1 (`ringmesh`, `ringmesh-h2`, `mesh-grpc`).
+    pub fn row_name(&self) -> String {
+        format!("{}{}", self.kind, self.protocol.suffix())
+    }
+
     /// True when there is at least one proxy process to sample.
     pub fn has_proxy(&self) -> bool {
         !self.proxies.is_empty()
@@ -221,42 +230,100 @@ impl Topology {
     }
 }
 
-/// Brings up `kind` in front of the echo server and waits until a request through it gets
-/// a `200`.
-pub fn start(kind: Kind, env: &Env) -> anyhow::Result<Topology> {
+/// Brings up `kind` in front of the echo server, speaking `protocol` on both sides, and
+/// waits until a request of that protocol through it succeeds.
+pub fn start(kind: Kind, protocol: Protocol, env: &Env) -> anyhow::Result<Topology> {
     match kind {
-        Kind::Direct => Ok(Topology {
-            kind,
-            entry: env.echo_addr,
-            proxies: Vec::new(),
-            io_driver: None,
-            config_paths: Vec::new(),
-            version: None,
-        }),
-        Kind::Ringmesh => start_ringmesh(env),
-        Kind::Mesh => start_mesh(env),
-        Kind::Haproxy => start_haproxy(env),
-        Kind::Nginx => start_nginx(env),
+        Kind::Direct => {
+            // The echo answered HTTP/1.1 before any row started; wait until it answers this
+            // protocol too (a probe is one short run, which a loaded machine may miss).
+            if protocol.is_h2() {
+                let deadline = std::time::Instant::now() + READY_TIMEOUT;
+                let mut probe = probe_through(env.echo_addr, protocol);
+                while !probe() {
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "the echo does not answer {} at {} within {READY_TIMEOUT:?}",
+                        protocol.label(),
+                        env.echo_addr
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Ok(Topology {
+                kind,
+                protocol,
+                entry: env.echo_addr,
+                proxies: Vec::new(),
+                io_driver: None,
+                config_paths: Vec::new(),
+                version: None,
+            })
+        }
+        Kind::Ringmesh => start_ringmesh(env, protocol),
+        Kind::Mesh => start_mesh(env, protocol),
+        Kind::Haproxy => start_haproxy(env, protocol),
+        Kind::Nginx => start_nginx(env, protocol),
     }
 }
 
-fn probe_through(entry: SocketAddr) -> impl FnMut() -> bool {
-    move || matches!(http_get_status(entry, HOST, "/"), Ok(200))
+/// A readiness probe through `entry`: one `GET /` answered `200` for HTTP/1.1; for HTTP/2 and
+/// gRPC a short closed-loop run of the load generator on one stream, with at least one
+/// success, so the probe speaks exactly what the measurement will.
+pub(crate) fn probe_through(entry: SocketAddr, protocol: Protocol) -> impl FnMut() -> bool {
+    move || match protocol {
+        Protocol::Http1 => matches!(http_get_status(entry, HOST, "/"), Ok(200)),
+        _ => crate::measure::probe(entry, protocol),
+    }
 }
 
-/// The ringmesh config: one outbound HTTP listener and a STATIC ServiceEntry for the echo;
-/// `io` forces a driver (`epoll`), `None` leaves the proxy's default (io_uring where allowed).
-pub fn ringmesh_config(
-    workers: usize,
-    io: Option<&str>,
-    admin: SocketAddr,
-    health: SocketAddr,
-    metrics: SocketAddr,
-    listener: SocketAddr,
-    echo: SocketAddr,
-) -> String {
-    format!(
-        r#"# Written by ringmesh-bench: one outbound listener in front of the echo upstream.
+/// The file and role name of `name` for `protocol` (`ringmesh`, `ringmesh-h2`).
+fn with_suffix(name: &str, protocol: Protocol) -> String {
+    format!("{name}{}", protocol.suffix())
+}
+
+/// One ringmesh-proxy of a topology: its addresses and what it forwards `HOST` to.
+#[derive(Debug, Clone, Copy)]
+pub struct RingmeshSpec<'a> {
+    /// Worker threads.
+    pub workers: usize,
+    /// Forces a driver (`epoll`); `None` leaves the proxy's default (io_uring where allowed).
+    pub io: Option<&'a str>,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Health address (`/healthz/ready`).
+    pub health: SocketAddr,
+    /// Metrics address.
+    pub metrics: SocketAddr,
+    /// The outbound HTTP listener (HTTP/1.1 and h2c on the same port).
+    pub listener: SocketAddr,
+    /// The one endpoint of `HOST`: the echo, or `mesh`'s server-side proxy.
+    pub upstream: SocketAddr,
+    /// Declared as the ServiceEntry port's protocol, so the proxy speaks it upstream.
+    pub protocol: Protocol,
+    /// Labels the endpoint `security.istio.io/tlsMode: istio`, as Istio marks an endpoint
+    /// with a sidecar: the proxy then knows its peer is a proxy (`mesh`'s client side).
+    pub peer_is_proxy: bool,
+}
+
+impl RingmeshSpec<'_> {
+    /// The config: one outbound HTTP listener and a STATIC ServiceEntry for the upstream.
+    /// HTTP/1.1 without the peer label renders what the suite always ran.
+    pub fn render(&self) -> String {
+        let RingmeshSpec {
+            workers,
+            io,
+            admin,
+            health,
+            metrics,
+            listener,
+            upstream,
+            protocol,
+            peer_is_proxy,
+        } = *self;
+        let (port_name, port_protocol) = protocol.service_port();
+        format!(
+            r#"# Written by ringmesh-bench: one outbound listener in front of the echo upstream.
 apiVersion: ringmesh.io/v1alpha1
 kind: ProxyConfig
 metadata: {{name: bench}}
@@ -273,14 +340,20 @@ kind: ServiceEntry
 metadata: {{name: echo}}
 spec:
   hosts: [{HOST}]
-  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  ports: [{{number: 8080, name: {port_name}, protocol: {port_protocol}}}]
   resolution: STATIC
-  endpoints: [{{address: {echo_ip}, ports: {{http: {echo_port}}}}}]
+  endpoints: [{{address: {echo_ip}, ports: {{{port_name}: {echo_port}}}{labels}}}]
 "#,
-        echo_ip = echo.ip(),
-        echo_port = echo.port(),
-        io_line = io.map_or(String::new(), |io| format!("\n  io: {io}")),
-    )
+            echo_ip = upstream.ip(),
+            echo_port = upstream.port(),
+            io_line = io.map_or(String::new(), |io| format!("\n  io: {io}")),
+            labels = if peer_is_proxy {
+                ", labels: {\"security.istio.io/tlsMode\": istio}"
+            } else {
+                ""
+            },
+        )
+    }
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -289,40 +362,60 @@ fn loopback(port: u16) -> SocketAddr {
 
 /// Starts one ringmesh-proxy (role `role`, config `<role>.yaml`) that forwards `HOST` to
 /// `upstream`, and waits until it is ready and a request through it gets a `200`.
-fn spawn_ringmesh(
+pub(crate) fn spawn_ringmesh(
     env: &Env,
     role: &str,
     upstream: SocketAddr,
     io: Option<&str>,
+    protocol: Protocol,
+    peer_is_proxy: bool,
 ) -> anyhow::Result<(Proc, SocketAddr, PathBuf)> {
     let admin = loopback(free_port()?);
     let health = loopback(free_port()?);
     let metrics = loopback(free_port()?);
     let entry = loopback(free_port()?);
     let path = env.out_dir.join(format!("{role}.yaml"));
-    std::fs::write(
-        &path,
-        ringmesh_config(env.proxy_workers, io, admin, health, metrics, entry, upstream),
-    )
-    .with_context(|| format!("writing {}", path.display()))?;
+    let spec = RingmeshSpec {
+        workers: env.proxy_workers,
+        io,
+        admin,
+        health,
+        metrics,
+        listener: entry,
+        upstream,
+        protocol,
+        peer_is_proxy,
+    };
+    std::fs::write(&path, spec.render()).with_context(|| format!("writing {}", path.display()))?;
     let (exe, args) = env.proxy.command(&path);
     let mut proc = Proc::spawn(role, exe, &args, &env.out_dir, env.proxy_cpu)?;
     proc.wait_ready(&format!("GET http://{health}/healthz/ready"), READY_TIMEOUT, || {
         matches!(http_get_status(health, "localhost", "/healthz/ready"), Ok(200))
     })?;
     proc.wait_ready(
-        &format!("GET http://{entry}/ with Host: {HOST}"),
+        &probe_description(entry, protocol),
         READY_TIMEOUT,
-        probe_through(entry),
+        probe_through(entry, protocol),
     )?;
     Ok((proc, entry, path))
 }
 
-fn start_ringmesh(env: &Env) -> anyhow::Result<Topology> {
-    let (proc, entry, path) = spawn_ringmesh(env, "ringmesh", env.echo_addr, None)?;
+/// What a readiness probe sends, for the error when it never succeeds.
+fn probe_description(entry: SocketAddr, protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Http1 => format!("GET http://{entry}/ with Host: {HOST}"),
+        Protocol::H2 => format!("h2c GET http://{entry}/ with :authority {HOST}"),
+        Protocol::Grpc => format!("gRPC unary call over h2c to {entry} with :authority {HOST}"),
+    }
+}
+
+fn start_ringmesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
+    let role = with_suffix("ringmesh", protocol);
+    let (proc, entry, path) = spawn_ringmesh(env, &role, env.echo_addr, None, protocol, false)?;
     let io_driver = parse_io_driver(&proc.stderr_text());
     Ok(Topology {
         kind: Kind::Ringmesh,
+        protocol,
         entry,
         proxies: vec![proc],
         io_driver,
@@ -334,10 +427,18 @@ fn start_ringmesh(env: &Env) -> anyhow::Result<Topology> {
 /// One ringmesh-proxy forced onto epoll (`io: epoll`, config `ringmesh-epoll.yaml`): what a
 /// container whose seccomp profile refuses io_uring runs.
 pub fn start_ringmesh_epoll(env: &Env) -> anyhow::Result<Topology> {
-    let (proc, entry, path) = spawn_ringmesh(env, "ringmesh-epoll", env.echo_addr, Some("epoll"))?;
+    let (proc, entry, path) = spawn_ringmesh(
+        env,
+        "ringmesh-epoll",
+        env.echo_addr,
+        Some("epoll"),
+        Protocol::Http1,
+        false,
+    )?;
     let io_driver = parse_io_driver(&proc.stderr_text());
     Ok(Topology {
         kind: Kind::Ringmesh,
+        protocol: Protocol::Http1,
         entry,
         proxies: vec![proc],
         io_driver,
@@ -349,12 +450,29 @@ pub fn start_ringmesh_epoll(env: &Env) -> anyhow::Result<Topology> {
 /// Client-side proxy → server-side proxy → echo: the server side starts first (in front of
 /// the echo), then the client side with the server side's listener as the endpoint of the
 /// same `HOST`, so the request crosses two full proxies exactly as between two sidecars.
-fn start_mesh(env: &Env) -> anyhow::Result<Topology> {
-    let (server, server_entry, server_path) = spawn_ringmesh(env, "mesh-server", env.echo_addr, None)?;
-    let (client, entry, client_path) = spawn_ringmesh(env, "mesh-client", server_entry, None)?;
+/// For HTTP/2 and gRPC the client side's endpoint is labelled as a proxy's
+/// (`security.istio.io/tlsMode: istio`); the HTTP/1.1 row keeps the config it always had.
+fn start_mesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
+    let (server, server_entry, server_path) = spawn_ringmesh(
+        env,
+        &with_suffix("mesh-server", protocol),
+        env.echo_addr,
+        None,
+        protocol,
+        false,
+    )?;
+    let (client, entry, client_path) = spawn_ringmesh(
+        env,
+        &with_suffix("mesh-client", protocol),
+        server_entry,
+        None,
+        protocol,
+        protocol.is_h2(),
+    )?;
     let io_driver = parse_io_driver(&client.stderr_text());
     Ok(Topology {
         kind: Kind::Mesh,
+        protocol,
         entry,
         proxies: vec![client, server],
         io_driver,
@@ -373,8 +491,11 @@ pub fn parse_io_driver(log: &str) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// haproxy, one thread, HTTP mode, keep-alive on both sides, `http-reuse always`.
-pub fn haproxy_config(entry: SocketAddr, echo: SocketAddr, nofile: u64) -> String {
+/// haproxy, one thread, HTTP mode, keep-alive on both sides, `http-reuse always`; for HTTP/2
+/// and gRPC, h2c on both sides (`proto h2` on the bind and the server), so the upstream
+/// connections are multiplexed and shared between client streams.
+pub fn haproxy_config(entry: SocketAddr, echo: SocketAddr, nofile: u64, protocol: Protocol) -> String {
+    let proto = if protocol.is_h2() { " proto h2" } else { "" };
     // haproxy reserves two descriptors per connection and, with its default strict-limits,
     // refuses to start when the limit cannot cover that. Idle clients need only one each (the
     // upstream side is shared through http-reuse), so relax the check and size maxconn to the
@@ -399,11 +520,11 @@ defaults
     timeout http-request 10s
 
 frontend bench
-    bind {entry}
+    bind {entry}{proto}
     default_backend echo
 
 backend echo
-    server echo1 {echo} maxconn 10000
+    server echo1 {echo}{proto} maxconn 10000
 "#
     )
 }
@@ -414,28 +535,30 @@ fn external_version(bin: &Path, flag: &str) -> Option<String> {
     text.lines().next().map(|l| l.trim().to_owned())
 }
 
-fn start_haproxy(env: &Env) -> anyhow::Result<Topology> {
+fn start_haproxy(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
     let Some(bin) = which("haproxy") else {
         bail!("haproxy is not on PATH");
     };
     let entry = loopback(free_port()?);
-    let path = env.out_dir.join("haproxy.cfg");
-    std::fs::write(&path, haproxy_config(entry, env.echo_addr, env.nofile))
+    let role = with_suffix("haproxy", protocol);
+    let path = env.out_dir.join(format!("{role}.cfg"));
+    std::fs::write(&path, haproxy_config(entry, env.echo_addr, env.nofile, protocol))
         .with_context(|| format!("writing {}", path.display()))?;
     let mut proc = Proc::spawn(
-        "haproxy",
+        &role,
         &bin,
         &["-db".into(), "-f".into(), path.display().to_string()],
         &env.out_dir,
         env.proxy_cpu,
     )?;
     proc.wait_ready(
-        &format!("GET http://{entry}/ with Host: {HOST}"),
+        &probe_description(entry, protocol),
         READY_TIMEOUT,
-        probe_through(entry),
+        probe_through(entry, protocol),
     )?;
     Ok(Topology {
         kind: Kind::Haproxy,
+        protocol,
         entry,
         proxies: vec![proc],
         io_driver: Some("epoll".into()),
@@ -444,10 +567,27 @@ fn start_haproxy(env: &Env) -> anyhow::Result<Topology> {
     })
 }
 
-/// nginx, one worker, upstream keep-alive pool of 64, HTTP/1.1 to the upstream.
-pub fn nginx_config(entry: SocketAddr, echo: SocketAddr, prefix: &Path, nofile: u64) -> String {
+/// nginx, one worker, upstream keep-alive pool of 64, HTTP/1.1 to the upstream. For HTTP/2
+/// and gRPC: h2c downstream, and `grpc_pass` upstream, nginx's only HTTP/2 upstream module
+/// (`proxy_pass` speaks HTTP/1.x only), which forwards any HTTP/2 request, gRPC or not.
+/// `http2_directive` writes nginx ≥ 1.25.1's `http2 on;` instead of the older `listen … http2`.
+pub fn nginx_config(
+    entry: SocketAddr,
+    echo: SocketAddr,
+    prefix: &Path,
+    nofile: u64,
+    protocol: Protocol,
+    http2_directive: bool,
+) -> String {
     let p = prefix.display();
     let connections = nofile.saturating_sub(100).clamp(1024, 1_000_000);
+    let server = if !protocol.is_h2() {
+        NGINX_HTTP1_SERVER.replace("{entry}", &entry.to_string())
+    } else if http2_directive {
+        NGINX_H2_SERVER.replace("{listen}", &format!("listen {entry};\n        http2 on;"))
+    } else {
+        NGINX_H2_SERVER.replace("{listen}", &format!("listen {entry} http2;"))
+    };
     format!(
         r#"# Written by ringmesh-bench: nginx as a one-worker keep-alive HTTP reverse proxy.
 daemon off;
@@ -477,18 +617,48 @@ http {{
         keepalive_requests 10000000;
     }}
 
-    server {{
+{server}}}
+"#
+    )
+}
+
+/// The HTTP/1.1 `server` block, as the suite always wrote it.
+const NGINX_HTTP1_SERVER: &str = r#"    server {
         listen {entry};
-        location / {{
+        location / {
             proxy_pass http://echo;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
-        }}
-    }}
-}}
-"#
-    )
+        }
+    }
+"#;
+
+/// The h2c `server` block: HTTP/2 both sides through `grpc_pass`.
+const NGINX_H2_SERVER: &str = r#"    server {
+        {listen}
+        location / {
+            grpc_pass grpc://echo;
+            grpc_set_header Host $host;
+        }
+    }
+"#;
+
+/// True when `nginx -v`'s line names a version with the `http2` directive (1.25.1 and later).
+pub fn nginx_has_http2_directive(version_line: &str) -> bool {
+    let Some(v) = version_line.split("nginx/").nth(1) else {
+        return false;
+    };
+    let parts: Vec<u32> = v
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map_while(|n| n.parse().ok())
+        .collect();
+    match parts[..] {
+        [major, minor, patch] => (major, minor, patch) >= (1, 25, 1),
+        [major, minor] => (major, minor) > (1, 25),
+        _ => false,
+    }
 }
 
 /// Starts nginx as `name` with the config `config(prefix)` written to `<out_dir>/<name>.conf`,
@@ -524,33 +694,37 @@ pub(crate) fn spawn_nginx(
     )
 }
 
-fn start_nginx(env: &Env) -> anyhow::Result<Topology> {
+fn start_nginx(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
     let Some(bin) = which("nginx") else {
         bail!("nginx is not on PATH");
     };
+    let version = external_version(&bin, "-v");
+    let http2_directive = version.as_deref().is_some_and(nginx_has_http2_directive);
     let entry = loopback(free_port()?);
-    let prefix = env.out_dir.join("nginx");
-    let path = env.out_dir.join("nginx.conf");
+    let role = with_suffix("nginx", protocol);
+    let prefix = env.out_dir.join(&role);
+    let path = env.out_dir.join(format!("{role}.conf"));
     let mut proc = spawn_nginx(
-        "nginx",
+        &role,
         &env.out_dir,
         &prefix,
         &prefix.join("nginx-error.log"),
-        |prefix| nginx_config(entry, env.echo_addr, prefix, env.nofile),
+        |prefix| nginx_config(entry, env.echo_addr, prefix, env.nofile, protocol, http2_directive),
         env.proxy_cpu,
     )?;
     proc.wait_ready(
-        &format!("GET http://{entry}/ with Host: {HOST}"),
+        &probe_description(entry, protocol),
         READY_TIMEOUT,
-        probe_through(entry),
+        probe_through(entry, protocol),
     )?;
     Ok(Topology {
         kind: Kind::Nginx,
+        protocol,
         entry,
         proxies: vec![proc],
         io_driver: Some("epoll".into()),
         config_paths: vec![path],
-        version: external_version(&bin, "-v"),
+        version,
     })
 }
 
@@ -596,13 +770,166 @@ mod tests {
     #[test]
     fn ringmesh_config_points_at_the_echo() {
         let a = |p| SocketAddr::from(([127, 0, 0, 1], p));
-        let c = ringmesh_config(2, None, a(1), a(2), a(3), a(4), a(18080));
+        let http1 = |workers, io| RingmeshSpec {
+            workers,
+            io,
+            admin: a(1),
+            health: a(2),
+            metrics: a(3),
+            listener: a(4),
+            upstream: a(18080),
+            protocol: Protocol::Http1,
+            peer_is_proxy: false,
+        };
+        let c = http1(2, None).render();
         assert!(c.contains("workers: 2"));
         assert!(!c.contains("io:"));
-        let e = ringmesh_config(1, Some("epoll"), a(1), a(2), a(3), a(4), a(18080));
+        let e = http1(1, Some("epoll")).render();
         assert!(e.contains("workers: 1\n  io: epoll\n  adminAddress"), "{e}");
         assert!(c.contains("address: \"127.0.0.1:4\""));
         assert!(c.contains("endpoints: [{address: 127.0.0.1, ports: {http: 18080}}]"));
         assert!(!c.contains("15000") && !c.contains("15020") && !c.contains("15090"));
+    }
+
+    fn spec(protocol: Protocol, peer_is_proxy: bool) -> RingmeshSpec<'static> {
+        let a = |p| SocketAddr::from(([127, 0, 0, 1], p));
+        RingmeshSpec {
+            workers: 1,
+            io: None,
+            admin: a(1),
+            health: a(2),
+            metrics: a(3),
+            listener: a(4),
+            upstream: a(18080),
+            protocol,
+            peer_is_proxy,
+        }
+    }
+
+    #[test]
+    fn the_http1_ringmesh_config_is_the_one_the_suite_always_ran() {
+        let expected = r#"# Written by ringmesh-bench: one outbound listener in front of the echo upstream.
+apiVersion: ringmesh.io/v1alpha1
+kind: ProxyConfig
+metadata: {name: bench}
+spec:
+  workers: 1
+  adminAddress: 127.0.0.1:1
+  healthAddress: 127.0.0.1:2
+  metricsAddress: 127.0.0.1:3
+  listeners:
+  - {name: outbound, address: "127.0.0.1:4", protocol: HTTP}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo.bench]
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {http: 18080}}]
+"#;
+        assert_eq!(spec(Protocol::Http1, false).render(), expected);
+    }
+
+    #[test]
+    fn http2_and_grpc_ringmesh_configs_declare_the_port_protocol_and_compile() {
+        let h2 = spec(Protocol::H2, false).render();
+        assert!(
+            h2.contains("ports: [{number: 8080, name: http2, protocol: HTTP2}]"),
+            "{h2}"
+        );
+        assert!(h2.contains("ports: {http2: 18080}}]"), "{h2}");
+        let grpc = spec(Protocol::Grpc, false).render();
+        assert!(
+            grpc.contains("ports: [{number: 8080, name: grpc, protocol: GRPC}]"),
+            "{grpc}"
+        );
+        assert!(!grpc.contains("tlsMode"));
+        // `mesh`'s client side: its one endpoint is the server-side proxy.
+        let client = spec(Protocol::Grpc, true).render();
+        assert!(
+            client.contains(
+                "endpoints: [{address: 127.0.0.1, ports: {grpc: 18080}, labels: {\"security.istio.io/tlsMode\": istio}}]"
+            ),
+            "{client}"
+        );
+        // Every config the suite writes loads and compiles as the proxy reads it, and the
+        // label reaches the endpoint.
+        for (protocol, peer) in [
+            (Protocol::Http1, false),
+            (Protocol::H2, false),
+            (Protocol::H2, true),
+            (Protocol::Grpc, false),
+            (Protocol::Grpc, true),
+        ] {
+            let text = spec(protocol, peer).render();
+            let (resources, _) = ringmesh_api::load::load_str("bench.yaml", &text)
+                .unwrap_or_else(|e| panic!("{protocol} config does not load: {e:?}\n{text}"));
+            let compiled = ringmesh_api::compile::compile(&ringmesh_api::compile::CompileInput {
+                resources,
+                extra_endpoints: Vec::new(),
+                version: 1,
+            })
+            .unwrap_or_else(|e| panic!("{protocol} config does not compile: {e:?}\n{text}"));
+            let cluster = compiled
+                .snapshot
+                .clusters
+                .iter()
+                .find(|c| c.service == HOST && c.host_not_found.is_none())
+                .unwrap_or_else(|| panic!("no cluster for {HOST}: {text}"));
+            let endpoint = &cluster.endpoints[0];
+            assert_eq!(endpoint.address, SocketAddr::from(([127, 0, 0, 1], 18080)));
+            assert_eq!(
+                endpoint.labels.get("security.istio.io/tlsMode").map(String::as_str),
+                peer.then_some("istio"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn haproxy_and_nginx_speak_http2_on_both_sides_for_http2_rows() {
+        let entry: SocketAddr = "127.0.0.1:4".parse().unwrap();
+        let echo: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let h1 = haproxy_config(entry, echo, 4096, Protocol::Http1);
+        assert!(
+            h1.contains("    bind 127.0.0.1:4\n") && h1.contains("server echo1 127.0.0.1:5 maxconn"),
+            "{h1}"
+        );
+        for p in [Protocol::H2, Protocol::Grpc] {
+            let h = haproxy_config(entry, echo, 4096, p);
+            assert!(h.contains("    bind 127.0.0.1:4 proto h2\n"), "{h}");
+            assert!(h.contains("server echo1 127.0.0.1:5 proto h2 maxconn"), "{h}");
+        }
+
+        let prefix = Path::new("/p");
+        let n1 = nginx_config(entry, echo, prefix, 4096, Protocol::Http1, false);
+        assert!(
+            n1.contains("listen 127.0.0.1:4;\n        location / {\n            proxy_pass http://echo;"),
+            "{n1}"
+        );
+        assert!(!n1.contains("grpc_pass") && !n1.contains("http2"));
+        let old = nginx_config(entry, echo, prefix, 4096, Protocol::H2, false);
+        assert!(
+            old.contains("listen 127.0.0.1:4 http2;\n        location / {\n            grpc_pass grpc://echo;"),
+            "{old}"
+        );
+        assert!(!old.contains("proxy_pass"));
+        let new = nginx_config(entry, echo, prefix, 4096, Protocol::Grpc, true);
+        assert!(
+            new.contains(
+                "listen 127.0.0.1:4;\n        http2 on;\n        location / {\n            grpc_pass grpc://echo;"
+            ),
+            "{new}"
+        );
+
+        assert!(!nginx_has_http2_directive("nginx version: nginx/1.22.1"));
+        assert!(!nginx_has_http2_directive("nginx version: nginx/1.25.0"));
+        assert!(nginx_has_http2_directive("nginx version: nginx/1.25.1"));
+        assert!(nginx_has_http2_directive("nginx version: nginx/1.27.4 (Ubuntu)"));
+        assert!(nginx_has_http2_directive("nginx version: nginx/2.0"));
+        assert!(!nginx_has_http2_directive("nginx version: openresty"));
+        assert!(!nginx_has_http2_directive(""));
     }
 }

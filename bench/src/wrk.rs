@@ -20,6 +20,7 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use crate::procs::{free_port, http_get_status, Proc};
+use crate::protocol::Protocol;
 use crate::report::{spread, Spread, Status, TargetCheck};
 use crate::topology::{self, Env, Kind, Topology, HOST};
 
@@ -59,11 +60,11 @@ impl Row {
 
     fn start(self, env: &Env) -> anyhow::Result<Topology> {
         match self {
-            Row::Direct => topology::start(Kind::Direct, env),
-            Row::Ringmesh => topology::start(Kind::Ringmesh, env),
+            Row::Direct => topology::start(Kind::Direct, Protocol::Http1, env),
+            Row::Ringmesh => topology::start(Kind::Ringmesh, Protocol::Http1, env),
             Row::RingmeshEpoll => topology::start_ringmesh_epoll(env),
-            Row::Haproxy => topology::start(Kind::Haproxy, env),
-            Row::Nginx => topology::start(Kind::Nginx, env),
+            Row::Haproxy => topology::start(Kind::Haproxy, Protocol::Http1, env),
+            Row::Nginx => topology::start(Kind::Nginx, Protocol::Http1, env),
         }
     }
 }

@@ -31,8 +31,9 @@ fn tiny_suite_writes_complete_reports() {
     let suite = out.join("tiny.yaml");
     std::fs::write(
         &suite,
-        "scenarios: [direct, ringmesh, mesh]\nrepeats: 5\nrate: 300\nduration: 0.5s\nwarmup: 200ms\n\
-         throughput-duration: 0.3s\nthroughput-warmup: 0.1s\nidle-connections: 300\nwrk-duration: 1s\n",
+        "scenarios: [direct, ringmesh, mesh]\nprotocols: [http1]\nrepeats: 5\nrate: 300\nduration: 0.5s\n\
+         warmup: 200ms\nthroughput-duration: 0.3s\nthroughput-warmup: 0.1s\nidle-connections: 300\n\
+         wrk-duration: 1s\nworker-spread-duration: 0\n",
     )
     .unwrap();
     let bad = out.join("bad.yaml");
@@ -144,6 +145,8 @@ fn ctrl_c_still_writes_the_report_of_completed_rounds() {
         .args([
             "--scenarios",
             "direct,ringmesh",
+            "--protocols",
+            "http1",
             "--repeats",
             "20",
             "--rate",
@@ -208,6 +211,8 @@ fn nginx_runs_with_a_relative_out_folder() {
         .args([
             "--scenarios",
             "direct,nginx",
+            "--protocols",
+            "http1",
             "--repeats",
             "1",
             "--rate",
@@ -251,6 +256,8 @@ fn a_scenario_that_fails_to_start_fails_the_run() {
         .args([
             "--scenarios",
             "direct,ringmesh",
+            "--protocols",
+            "http1",
             "--proxy-bin",
             "/bin/false",
             "--repeats",
@@ -284,4 +291,185 @@ fn a_scenario_that_fails_to_start_fails_the_run() {
     // The report is still written, and says why.
     let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
     assert!(md.contains("failed to start"), "{md}");
+}
+
+#[test]
+fn http2_and_grpc_rows_run_through_haproxy_and_nginx() {
+    // The comparison proxies are part of the suite: the machine that runs it has them.
+    for bin in ["haproxy", "nginx"] {
+        assert!(
+            Command::new(bin).arg("-v").output().is_ok(),
+            "{bin} is not installed; this test needs it"
+        );
+    }
+    let tmp = out_dir("h2");
+    let out = tmp.path();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
+        .args([
+            "--scenarios",
+            "direct,haproxy,nginx",
+            "--protocols",
+            "h2,grpc",
+            "--repeats",
+            "1",
+            "--rate",
+            "300",
+            "--duration",
+            "0.5s",
+            "--warmup",
+            "0.2s",
+            "--throughput-duration",
+            "0.3s",
+            "--throughput-warmup",
+            "0.1s",
+            "--idle-connections",
+            "100",
+            "--wrk-duration",
+            "0",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows: Vec<(&str, &str)> = json["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["scenario"].as_str().unwrap(), s["protocol"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("direct", "h2"),
+            ("haproxy", "h2"),
+            ("nginx", "h2"),
+            ("direct", "grpc"),
+            ("haproxy", "grpc"),
+            ("nginx", "grpc"),
+        ]
+    );
+    for s in json["scenarios"].as_array().unwrap() {
+        assert_eq!(s["status"], "ok", "{s}");
+        assert_eq!(s["errors"], 0, "{s}");
+        assert_eq!(s["runs"].as_array().unwrap().len(), 1, "{s}");
+        assert!(s["latency_us"]["p50"]["median"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["throughput_rps"]["median"].as_f64().unwrap() > 0.0, "{s}");
+        // The idle-connection test holds HTTP/1.1 connections: not for these rows.
+        assert!(s["idle_connections"].is_null(), "{s}");
+        if s["scenario"] != "direct" {
+            assert!(s["added_us"]["p50"]["median"].is_number(), "{s}");
+            assert!(s["cpu_cores_per_1k_rps"]["median"].as_f64().unwrap() > 0.0, "{s}");
+        }
+    }
+    // No ringmesh scenario: no per-worker measurement, and its targets are N/A.
+    assert!(json["worker_spread"].is_null());
+    let targets = json["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 6, "{targets:?}");
+    assert!(targets.iter().all(|t| t["verdict"] == "N/A"), "{targets:?}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("| haproxy | gRPC unary |") && md.contains("| nginx | HTTP/2 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("nginx-h2: nginx cannot proxy plain HTTP/2 upstream"),
+        "{md}"
+    );
+    for f in [
+        "direct-h2-r1.hgrm",
+        "haproxy-grpc-r1.hgrm",
+        "nginx-h2-r1.hgrm",
+        "haproxy-h2.cfg",
+        "nginx-grpc.conf",
+        "latency-h2.svg",
+        "latency-grpc.svg",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    assert!(!out.join("latency.svg").exists(), "no HTTP/1.1 rows, no HTTP/1.1 plot");
+    let haproxy = std::fs::read_to_string(out.join("haproxy-grpc.cfg")).unwrap();
+    assert!(haproxy.contains("proto h2"), "{haproxy}");
+    let nginx = std::fs::read_to_string(out.join("nginx-h2.conf")).unwrap();
+    assert!(nginx.contains("grpc_pass grpc://echo;"), "{nginx}");
+}
+
+#[test]
+fn http2_and_grpc_rows_through_ringmesh_and_the_per_worker_cpu_of_one_connection() {
+    let tmp = out_dir("h2-ringmesh");
+    let out = tmp.path();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
+        .args([
+            "--scenarios",
+            "direct,ringmesh",
+            "--protocols",
+            "h2,grpc",
+            "--repeats",
+            "1",
+            "--rate",
+            "300",
+            "--duration",
+            "0.5s",
+            "--warmup",
+            "0.2s",
+            "--throughput-duration",
+            "0.3s",
+            "--throughput-warmup",
+            "0.1s",
+            "--idle-connections",
+            "0",
+            "--wrk-duration",
+            "0",
+            "--worker-spread-duration",
+            "0.5s",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let scenarios = json["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 4);
+    for s in scenarios {
+        assert_eq!(s["status"], "ok", "{s}");
+        assert_eq!(s["errors"], 0, "{s}");
+    }
+    for (file, protocol) in [("ringmesh-h2.yaml", "HTTP2"), ("ringmesh-grpc.yaml", "GRPC")] {
+        let config = std::fs::read_to_string(out.join(file)).unwrap();
+        assert!(config.contains(&format!("protocol: {protocol}}}")), "{config}");
+    }
+
+    // The per-worker figure is produced and adds up; its 30–70 % target is judged by the
+    // benchmark, never here.
+    let spread = &json["worker_spread"];
+    assert_eq!(spread["status"], "ok", "{spread}");
+    assert_eq!(
+        (spread["streams"].as_u64(), spread["workers"].as_u64()),
+        (Some(100), Some(2))
+    );
+    assert_eq!(spread["errors"], 0, "{spread}");
+    let workers = spread["per_worker"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{spread}");
+    let total: f64 = workers.iter().map(|w| w["share"].as_f64().unwrap()).sum::<f64>()
+        + spread["other_threads_share"].as_f64().unwrap();
+    assert!((total - 1.0).abs() < 1e-9, "{spread}");
+    assert!(workers[0]["tid"].as_u64() < workers[1]["tid"].as_u64());
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Per-worker CPU: one HTTP/2 connection, 100 streams, 2 workers"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| per-worker CPU, one HTTP/2 connection × 100 streams, 2 workers |"),
+        "{md}"
+    );
+    assert!(out.join("ringmesh-workers-h2.yaml").exists());
 }
