@@ -450,8 +450,8 @@ pub fn start_ringmesh_epoll(env: &Env) -> anyhow::Result<Topology> {
 /// Client-side proxy → server-side proxy → echo: the server side starts first (in front of
 /// the echo), then the client side with the server side's listener as the endpoint of the
 /// same `HOST`, so the request crosses two full proxies exactly as between two sidecars.
-/// For HTTP/2 and gRPC the client side's endpoint is labelled as a proxy's
-/// (`security.istio.io/tlsMode: istio`); the HTTP/1.1 row keeps the config it always had.
+/// The client side's endpoint is labelled as a proxy's (`security.istio.io/tlsMode: istio`), so
+/// the two proxies talk HTTP/2 to each other whatever the client speaks, as two sidecars do.
 fn start_mesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
     let (server, server_entry, server_path) = spawn_ringmesh(
         env,
@@ -467,7 +467,7 @@ fn start_mesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         server_entry,
         None,
         protocol,
-        protocol.is_h2(),
+        true,
     )?;
     let io_driver = parse_io_driver(&client.stderr_text());
     Ok(Topology {
