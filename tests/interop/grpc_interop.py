@@ -1,6 +1,6 @@
 """gRPC interop peer for tests/interop/h2.sh: a Python grpcio server and client.
 
-    python grpc_interop.py serve ADDR
+    python grpc_interop.py serve ADDR [--name NAME]
     python grpc_interop.py client TARGET [--authority HOST] CASE
 
 The service is written with generic handlers and identity (bytes) serializers, not generated
@@ -38,6 +38,9 @@ ERROR_TRAILERS = (
     ("x-interop-detail-bin", b"\x00\x01\xfe\xffbinary"),
 )
 CALL_TIMEOUT_S = 30.0
+UP_AUTHORITY = "grpc.interop"  # the host that the unavailable case first checks is served
+SPREAD_CALLS = 100
+SPREAD_MIN_SHARE = 30  # of SPREAD_CALLS, for each of two servers (round robin gives ~50)
 
 
 def seq_message(i, size):
@@ -117,8 +120,13 @@ def not_found(request, context):
     context.abort(grpc.StatusCode.NOT_FOUND, ERROR_MESSAGE)
 
 
-def serve(addr):
+def serve(addr, name):
+    def who_am_i(request, context):
+        """Names this server: tells which one a proxy picked."""
+        return name.encode()
+
     handlers = {
+        "WhoAmI": grpc.unary_unary_rpc_method_handler(who_am_i, **IDENTITY),
         "Unary": grpc.unary_unary_rpc_method_handler(unary, **IDENTITY),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream, **IDENTITY),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream, **IDENTITY),
@@ -133,7 +141,7 @@ def serve(addr):
         print(f"grpc_interop: cannot listen on {addr}", file=sys.stderr)
         return 2
     server.start()
-    print(f"grpc_interop: serving {SERVICE} on {addr}", flush=True)
+    print(f"grpc_interop: serving {SERVICE} on {addr} as {name}", flush=True)
     server.wait_for_termination()
     return 0
 
@@ -155,11 +163,11 @@ def method(channel, kind, name):
     return getattr(channel, kind)(f"/{SERVICE}/{name}", request_serializer=None, response_deserializer=None)
 
 
-def case_ready(channel):
+def case_ready(channel, target):
     grpc.channel_ready_future(channel).result(timeout=10)
 
 
-def case_unary(channel):
+def case_unary(channel, target):
     call = method(channel, "unary_unary", "Unary")
     payload = b"hello-grpc-interop \x00\xff" * 3
     response, rpc = call.with_call(payload, timeout=CALL_TIMEOUT_S, metadata=(("x-interop-ping", "pong-42"),))
@@ -169,7 +177,7 @@ def case_unary(channel):
     expect(initial.get("x-interop-ping") == "pong-42", f"unary: initial metadata {initial}")
 
 
-def case_server_stream(channel):
+def case_server_stream(channel, target):
     call = method(channel, "unary_stream", "ServerStream")
     received = 0
     for message in call(struct.pack(">I", STREAM_MESSAGES), timeout=CALL_TIMEOUT_S):
@@ -181,7 +189,7 @@ def case_server_stream(channel):
     expect(received == STREAM_MESSAGES, f"server stream: {received} of {STREAM_MESSAGES} messages arrived")
 
 
-def case_client_stream(channel):
+def case_client_stream(channel, target):
     call = method(channel, "stream_unary", "ClientStream")
     messages = [seq_message(i, bidi_size(i)) for i in range(CLIENT_STREAM_MESSAGES)]
     response = call(iter(messages), timeout=CALL_TIMEOUT_S)
@@ -190,7 +198,7 @@ def case_client_stream(channel):
     expect((count, size) == want, f"client stream: server counted {(count, size)}, sent {want}")
 
 
-def case_bidi_stream(channel):
+def case_bidi_stream(channel, target):
     """Lock step: message i+1 is sent only after the echo of message i arrived, so the test
     fails if anything on the path holds messages back until the end of the stream."""
     call = method(channel, "stream_stream", "BidiStream")
@@ -216,7 +224,7 @@ def case_bidi_stream(channel):
     expect(received == BIDI_ROUNDS, f"bidi: {received} of {BIDI_ROUNDS} echoes arrived")
 
 
-def case_deadline(channel):
+def case_deadline(channel, target):
     """The caller sees DEADLINE_EXCEEDED on time, and the server sees its call end too (the
     deadline or the caller's reset reached it), instead of working on for nobody."""
     call = method(channel, "unary_unary", "Slow")
@@ -244,7 +252,7 @@ def case_deadline(channel):
     raise Failed("deadline: the server's slow call had not ended 5s after the caller gave up")
 
 
-def case_error(channel):
+def case_error(channel, target):
     call = method(channel, "unary_unary", "NotFound")
     try:
         call(b"widget", timeout=CALL_TIMEOUT_S)
@@ -257,6 +265,44 @@ def case_error(channel):
     raise Failed("error: the failing call succeeded")
 
 
+def case_spread(channel, target):
+    """Calls over one channel (one HTTP/2 connection to the first hop) are balanced per call
+    over two servers, not pinned to one with the connection."""
+    call = method(channel, "unary_unary", "WhoAmI")
+    seen = {}
+    for _ in range(SPREAD_CALLS):
+        name = call(b"", timeout=CALL_TIMEOUT_S).decode()
+        seen[name] = seen.get(name, 0) + 1
+    expect(
+        len(seen) == 2 and min(seen.values()) >= SPREAD_MIN_SHARE,
+        f"spread: {SPREAD_CALLS} calls reached {seen}, expected two servers with at least {SPREAD_MIN_SHARE} each",
+    )
+
+
+def case_unavailable(channel, target):
+    """A server that cannot be reached is answered by the proxy with a gRPC status
+    (UNAVAILABLE with the proxy's reason), not a bare HTTP 5xx that the client has to
+    translate. First the same call to a server that is up, through the same target, must
+    succeed: a client that cannot reach the proxy at all also sees UNAVAILABLE."""
+    with open_channel(target, UP_AUTHORITY) as up:
+        try:
+            method(up, "unary_unary", "Unary")(b"up?", timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as e:
+            raise Failed(f"unavailable: {UP_AUTHORITY} through {target} fails too: {e.code()} ({e.details()!r})")
+    call = method(channel, "unary_unary", "Unary")
+    try:
+        call(b"anyone there?", timeout=CALL_TIMEOUT_S)
+    except grpc.RpcError as e:
+        details = e.details() or ""
+        expect(e.code() == grpc.StatusCode.UNAVAILABLE, f"unavailable: status {e.code()} ({details!r})")
+        expect(
+            "Received http2 header with status" not in details and details,
+            f"unavailable: a bare HTTP status, no grpc-status and grpc-message ({details!r})",
+        )
+        return
+    raise Failed("unavailable: the call to a server that is down succeeded")
+
+
 CASES = {
     "ready": case_ready,
     "unary": case_unary,
@@ -265,16 +311,22 @@ CASES = {
     "bidi-stream": case_bidi_stream,
     "deadline": case_deadline,
     "error": case_error,
+    "spread": case_spread,
+    "unavailable": case_unavailable,
 }
 
 
-def client(target, authority, case):
+def open_channel(target, authority):
     options = [("grpc.enable_http_proxy", 0)]  # never through an http_proxy from the environment
     if authority:
         options.append(("grpc.default_authority", authority))
-    with grpc.insecure_channel(target, options=options) as channel:
+    return grpc.insecure_channel(target, options=options)
+
+
+def client(target, authority, case):
+    with open_channel(target, authority) as channel:
         try:
-            CASES[case](channel)
+            CASES[case](channel, target)
         except Failed as e:
             print(f"grpc_interop: {e}", file=sys.stderr)
             return 1
@@ -292,13 +344,14 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve")
     s.add_argument("addr")
+    s.add_argument("--name", default="server", help="what WhoAmI answers")
     c = sub.add_parser("client")
     c.add_argument("target")
     c.add_argument("case", choices=sorted(CASES))
     c.add_argument("--authority", help=":authority to send (the host the proxies route by)")
     args = parser.parse_args()
     if args.command == "serve":
-        return serve(args.addr)
+        return serve(args.addr, args.name)
     return client(args.target, args.authority, args.case)
 
 

@@ -20,11 +20,12 @@ wait_until() { # tries command... → 0 once the command succeeds (polled every 
 }
 
 "$BIN"/ringmesh-echo --listen 127.0.0.1:23080 --instance h2-echo >"$h2w/echo.log" 2>&1 & pids+=($!)
-$PY "$GRPC_PY" serve 127.0.0.1:23050 >"$h2w/grpc-server.log" 2>&1 & pids+=($!)
+"$PY" "$GRPC_PY" serve 127.0.0.1:23050 --name a >"$h2w/grpc-a.log" 2>&1 & pids+=($!)
+"$PY" "$GRPC_PY" serve 127.0.0.1:23051 --name b >"$h2w/grpc-b.log" 2>&1 & pids+=($!)
 
 cat >"$h2w/client-side.yaml" <<'YAML'
-# The client's sidecar: gRPC to the server's sidecar (a peer proxy: tlsMode istio), and two
-# hosts on ringmesh-echo, one over h2c and one over HTTP/1.1.
+# The client's sidecar: every gRPC host through the server's sidecar (a peer proxy: tlsMode
+# istio), and two hosts on ringmesh-echo, one over h2c and one over HTTP/1.1.
 apiVersion: ringmesh.io/v1alpha1
 kind: ProxyConfig
 metadata: {name: h2-client-side}
@@ -40,7 +41,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: grpc}
 spec:
-  hosts: [grpc.interop]
+  hosts: [grpc.interop, grpc-lb.interop, grpc-down.interop]
   ports: [{number: 80, name: grpc, protocol: GRPC}]
   resolution: STATIC
   endpoints:
@@ -66,7 +67,7 @@ spec:
 YAML
 cat >"$h2w/server-side.yaml" <<'YAML'
 # The server's sidecar, on epoll (the client-side one runs the default driver, io_uring where
-# allowed): gRPC to the Python server.
+# allowed): gRPC to the Python servers; grpc-lb balanced over both, grpc-down to a closed port.
 apiVersion: ringmesh.io/v1alpha1
 kind: ProxyConfig
 metadata: {name: h2-server-side}
@@ -87,13 +88,41 @@ spec:
   ports: [{number: 80, name: grpc, protocol: GRPC}]
   resolution: STATIC
   endpoints: [{address: 127.0.0.1, ports: {grpc: 23050}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: grpc-lb}
+spec:
+  hosts: [grpc-lb.interop]
+  ports: [{number: 80, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {grpc: 23050}}
+  - {address: 127.0.0.1, ports: {grpc: 23051}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: grpc-lb}
+spec:
+  host: grpc-lb.interop
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: grpc-down}
+spec:
+  hosts: [grpc-down.interop]
+  ports: [{number: 80, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {grpc: 23059}}]
 YAML
 for side in client-side server-side; do
   "$BIN"/ringmesh-proxy --config "$h2w/$side.yaml" --watch-interval 0s >"$h2w/$side.log" 2>&1 & pids+=($!)
 done
 
 check "h2: ringmesh-echo answers h2c" wait_until 100 curl -fsS --noproxy '*' --http2-prior-knowledge -o /dev/null http://127.0.0.1:23080/
-check "h2: Python gRPC server up" wait_until 3 "$PY" "$GRPC_PY" client 127.0.0.1:23050 ready
+check "h2: Python gRPC server a up" wait_until 3 "$PY" "$GRPC_PY" client 127.0.0.1:23050 ready
+check "h2: Python gRPC server b up" wait_until 3 "$PY" "$GRPC_PY" client 127.0.0.1:23051 ready
 check "h2: client-side proxy ready" wait_until 100 curl -fsS --noproxy '*' -o /dev/null http://127.0.0.1:23120/healthz/ready
 check "h2: server-side proxy ready" wait_until 100 curl -fsS --noproxy '*' -o /dev/null http://127.0.0.1:23220/healthz/ready
 
@@ -107,6 +136,10 @@ done
 for c in unary server-stream client-stream bidi-stream deadline error; do
   check "grpc through two proxies: $c" grpc_case 127.0.0.1:23101 grpc.interop "$c"
 done
+check "grpc through two proxies: calls on one channel balanced per call over two servers" \
+  grpc_case 127.0.0.1:23101 grpc-lb.interop spread
+check "grpc through two proxies: a server that is down answers UNAVAILABLE as a gRPC status" \
+  grpc_case 127.0.0.1:23101 grpc-down.interop unavailable
 
 # --- curl --http2-prior-knowledge ------------------------------------------------------------
 curl_h2() { # name authority url [curl args...] → body in $h2w/curl-NAME.body, prints "status version"
