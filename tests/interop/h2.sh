@@ -1,6 +1,7 @@
 # Sourced by run.sh (uses its $BIN, $work, pids, check, and $PY, a Python with grpcio). Ports 23xxx.
-# HTTP/2 and gRPC against third-party peers: Python grpcio client and server through two proxies
-# (client-side → server-side → server, the server-side one on epoll); h2load and
+# HTTP/2 and gRPC against third-party peers: Python grpcio client and servers through two proxies
+# (client-side → server-side → server, the server-side one on epoll: streams, deadline, error
+# status, per-call balancing, a down server answered with a gRPC status); h2load and
 # `curl --http2-prior-knowledge` through the client-side proxy to ringmesh-echo over h2c (curl
 # also to the echo over HTTP/1.1, the translation). Each peer is first checked against the other
 # directly, so that a failure through the proxies is the proxies'.
