@@ -25,8 +25,8 @@ wait_until() { # tries command... → 0 once the command succeeds (polled every 
 "$PY" "$GRPC_PY" serve 127.0.0.1:23051 --name b >"$h2w/grpc-b.log" 2>&1 & pids+=($!)
 
 cat >"$h2w/client-side.yaml" <<'YAML'
-# The client's sidecar: every gRPC host through the server's sidecar (a peer proxy: tlsMode
-# istio), and two hosts on ringmesh-echo, one over h2c and one over HTTP/1.1.
+# The client's sidecar: every gRPC host and echo-mesh through the server's sidecar (a peer proxy:
+# tlsMode istio), and two hosts on ringmesh-echo, one over h2c and one over HTTP/1.1.
 apiVersion: ringmesh.io/v1alpha1
 kind: ProxyConfig
 metadata: {name: h2-client-side}
@@ -50,6 +50,16 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: {name: echo-mesh}
+spec:
+  hosts: [echo-mesh.interop]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: 23201}, labels: {security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {name: echo-h2}
 spec:
   hosts: [echo-h2.interop]
@@ -68,7 +78,8 @@ spec:
 YAML
 cat >"$h2w/server-side.yaml" <<'YAML'
 # The server's sidecar, on epoll (the client-side one runs the default driver, io_uring where
-# allowed): gRPC to the Python servers; grpc-lb balanced over both, grpc-down to a closed port.
+# allowed): gRPC to the Python servers, grpc-lb balanced over both, grpc-down to a closed port;
+# echo-mesh to ringmesh-echo over HTTP/1.1.
 apiVersion: ringmesh.io/v1alpha1
 kind: ProxyConfig
 metadata: {name: h2-server-side}
@@ -116,6 +127,15 @@ spec:
   ports: [{number: 80, name: grpc, protocol: GRPC}]
   resolution: STATIC
   endpoints: [{address: 127.0.0.1, ports: {grpc: 23059}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo-mesh}
+spec:
+  hosts: [echo-mesh.interop]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {http: 23080}}]
 YAML
 for side in client-side server-side; do
   "$BIN"/ringmesh-proxy --config "$h2w/$side.yaml" --watch-interval 0s >"$h2w/$side.log" 2>&1 & pids+=($!)
@@ -218,6 +238,31 @@ h2load_run one-proxy 20000 1 100 http://127.0.0.1:23101/
 check "h2load through the proxy: 20,000 requests, 100 streams over 1 connection" h2load_all_ok one-proxy 20000
 h2load_run few-proxy 20000 4 25 http://127.0.0.1:23101/
 check "h2load through the proxy: 20,000 requests, 25 streams on each of 4 connections" h2load_all_ok few-proxy 20000
+# --- HTTP/1.1 between two proxies: carried over a few multiplexed HTTP/2 connections -----------
+# wrk holds 16 HTTP/1.1 connections to the client-side proxy for 3 s; the connections from it to
+# the server-side proxy are counted every 0.1 s meanwhile (the loop ends with wrk, at most 30 s).
+timeout 30 wrk -t1 -c16 -d3s -H 'Host: echo-mesh.interop' http://127.0.0.1:23101/ >"$h2w/wrk-mesh.txt" 2>&1 &
+wrk_pid=$!
+peak=0
+while kill -0 "$wrk_pid" 2>/dev/null; do
+  n=$(ss -Htn state established '( dport = :23201 )' | wc -l)
+  [ "$n" -gt "$peak" ] && peak=$n
+  sleep 0.1
+done
+wait "$wrk_pid" || true
+wrk_all_ok() { # file → wrk completed requests, all 2xx, with no socket errors
+  if grep -Eq '^ *[1-9][0-9]* requests in' "$1" && ! grep -q 'Non-2xx' "$1" && ! grep -q 'Socket errors' "$1"; then
+    return 0
+  fi
+  sed 's/^/    /' "$1"
+  return 1
+}
+between() { # value low high
+  [ "$1" -ge "$2" ] && [ "$1" -le "$3" ]
+}
+check "mesh: wrk's HTTP/1.1 through both proxies, all 2xx, no socket errors" wrk_all_ok "$h2w/wrk-mesh.txt"
+check "mesh: wrk's 16 connections cross between the proxies on 1 to 4 connections (peak $peak)" between "$peak" 1 4
+
 if [ "$fail" -gt "$h2_fail_before" ]; then
   for side in client-side server-side; do
     echo "  last lines of the $side proxy's log:"
