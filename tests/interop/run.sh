@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
-# Interop tests: the proxy driven by real third-party programs (curl, wrk) on loopback.
-# Installs what it needs (Debian packages), builds the release binaries, and fails on the first
-# assertion that does not hold. Bounded: every load run has a fixed duration.
+# Interop tests: the proxy driven by real third-party programs (curl, wrk, h2load, Python's
+# grpcio) on loopback. Installs what it needs (Debian packages; grpcio from PyPI into a
+# virtualenv under target/), builds the release binaries, runs every check and fails when one
+# did not hold. Bounded: every load run has a fixed size or duration.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 need=()
-for bin in curl wrk haproxy nginx etcd; do
+for bin in curl wrk haproxy nginx etcd h2load ss; do
   command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server >/dev/null
+    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server nghttp2-client iproute2 >/dev/null
   else
     echo "interop: missing ${need[*]} and not root to install them" >&2
     exit 1
   fi
 fi
+# grpcio for the gRPC peers (tests/interop/grpc_interop.py), in a virtualenv of its own so that
+# neither the system's Python nor another project's packages are touched. Debian's python3
+# needs python3-venv for it.
+venv=target/interop-venv
+if [ ! -x "$venv/bin/pip" ] && ! python3 -m venv "$venv"; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "interop: python3 cannot make a virtualenv and not root to install python3-venv" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check -r tests/interop/requirements.txt
+PY=$venv/bin/python
 
 cargo build --release -q -p ringmesh-proxy -p ringmesh-loadgen -p ringmesh-control --bins
 BIN=target/release
@@ -138,6 +156,10 @@ code=0
 for _ in $(seq 100); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.1; done
 wait "$proxy_pid" || code=$?
 check "SIGTERM exits cleanly" [ "$code" = 0 ]
+
+# HTTP/2 and gRPC: Python grpcio client and server through two proxies, h2load and
+# curl --http2-prior-knowledge through one.
+source tests/interop/h2.sh
 
 # The control plane with real processes: ringmesh-control, two app-side proxies announcing
 # v1 and v2 workloads, a client-side proxy, and ringmesh-loadgen at 2,000 rps through it.
