@@ -152,6 +152,10 @@ impl ReplayBody {
                         cursor.next_held = 0;
                     }
                 }
+                if self.recv.is_end_stream() {
+                    // END_STREAM came with this DATA: no trailers follow.
+                    self.ended = true;
+                }
                 Ok(Piece::Data { bytes, fresh: true })
             }
             Some(Err(_)) => Err(Broken::Source),
@@ -169,6 +173,16 @@ impl ReplayBody {
                 })
             }
         }
+    }
+
+    /// Whether the piece just taken at `cursor` was the body's last and no trailers follow (it
+    /// then goes out with END_STREAM, and the cursor is done).
+    fn ends_after(&self, cursor: &mut Cursor) -> bool {
+        let last = self.ended && self.trailers.is_none() && cursor.next_held >= self.held.len();
+        if last {
+            cursor.done = true;
+        }
+        last
     }
 
     /// Gives `n` forwarded bytes back to the client's window.
@@ -219,9 +233,13 @@ pub(crate) async fn replay_to_h2(
         match body.next(cursor, idle).await? {
             Piece::Data { bytes, fresh } => {
                 let n = bytes.len();
-                send_data(send, bytes, false, idle).await?;
+                let last = body.ends_after(cursor);
+                send_data(send, bytes, last, idle).await?;
                 if fresh {
                     body.release(n);
+                }
+                if last {
+                    return Ok(());
                 }
             }
             Piece::Trailers(t) => return send.send_trailers(t).map_err(|_| Broken::Sink),
@@ -373,6 +391,9 @@ pub(crate) async fn h2_to_h2(
 ) -> Result<(), Broken> {
     let mut backlog = Backlog::default();
     let mut ended = false;
+    // The upstream's last DATA carried END_STREAM (no trailers): the client's last DATA
+    // carries it too, instead of an empty frame after it.
+    let mut last_data = false;
     loop {
         if ended && backlog.len == 0 {
             let trailers = unless_reset(send, within(idle, recv.trailers()))
@@ -423,13 +444,23 @@ pub(crate) async fn h2_to_h2(
             Broken::Source
         };
         match within(idle, event).await.map_err(|_| stalled_side)?? {
-            Relayed::Data(bytes) => backlog.push(bytes),
+            Relayed::Data(bytes) => {
+                backlog.push(bytes);
+                if recv.is_end_stream() {
+                    ended = true;
+                    last_data = true;
+                }
+            }
             Relayed::End => ended = true,
             Relayed::Capacity(n) => {
                 let piece = backlog.take(n);
                 let sent = piece.len();
-                send.send_data(piece, false).map_err(|_| Broken::Sink)?;
+                let last = last_data && backlog.len == 0;
+                send.send_data(piece, last).map_err(|_| Broken::Sink)?;
                 let _ = recv.flow_control().release_capacity(sent);
+                if last {
+                    return Ok(());
+                }
             }
         }
     }
@@ -506,6 +537,11 @@ impl H1Source {
             tail: Vec::new(),
             done: matches!(framing, BodyFraming::None | BodyFraming::Length(0)),
         }
+    }
+
+    /// The whole body was read and it cannot carry trailers (a `content-length` body).
+    pub(crate) fn ended_without_trailers(&self) -> bool {
+        self.done && matches!(self.framing, BodyFraming::Length(_))
     }
 
     /// The next run of payload, or the end.
@@ -590,7 +626,14 @@ pub(crate) async fn h1_to_h2<R: AsyncReadRent>(
     loop {
         let next = unless_reset(send, source.next(src, buf, idle)).await?;
         match next.map_err(|e| if e.is_source() { Broken::Source } else { Broken::Sink })? {
-            H1Piece::Data(bytes) => send_data(send, bytes, false, idle).await?,
+            H1Piece::Data(bytes) => {
+                // A body of known length ends with its last byte: END_STREAM goes with it.
+                let last = source.ended_without_trailers();
+                send_data(send, bytes, last, idle).await?;
+                if last {
+                    return Ok(());
+                }
+            }
             H1Piece::End(Some(t)) => return send.send_trailers(t).map_err(|_| Broken::Sink),
             H1Piece::End(None) => return send.send_data(Bytes::new(), true).map_err(|_| Broken::Sink),
         }

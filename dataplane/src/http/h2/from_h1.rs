@@ -271,7 +271,13 @@ async fn pump_client_body(
     let mut source = H1Source::new(framing);
     loop {
         match source.next(src, buf, idle).await.map_err(|_| Broken::Source)? {
-            H1Piece::Data(bytes) => bodies::send_data(up, bytes, false, idle).await?,
+            H1Piece::Data(bytes) => {
+                let last = source.ended_without_trailers();
+                bodies::send_data(up, bytes, last, idle).await?;
+                if last {
+                    return Ok(());
+                }
+            }
             H1Piece::End(Some(t)) => return up.send_trailers(t).map_err(|_| Broken::Sink),
             H1Piece::End(None) => return up.send_data(Bytes::new(), true).map_err(|_| Broken::Sink),
         }
