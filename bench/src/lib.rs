@@ -389,17 +389,12 @@ where
                         Ok(k) => s.idle_rss_kib = Some(k),
                         Err(e) => s.notes.push(format!("idle RSS unavailable: {e}")),
                     }
-                    if kind == Kind::Mesh && protocol == Protocol::Http1 {
-                        s.notes.push(
-                            "client-side proxy → server-side proxy → echo, plaintext HTTP/1.1 between the proxies \
-                             (mTLS comes with the security issue); CPU and RSS are summed over both proxies"
-                                .into(),
-                        );
-                    } else if kind == Kind::Mesh {
+                    if kind == Kind::Mesh {
                         s.notes.push(format!(
-                            "client-side proxy → server-side proxy → echo, {} over plaintext h2c between the proxies, \
-                             the client side's endpoint labelled `security.istio.io/tlsMode: istio` (its peer is a \
-                             proxy; mTLS comes with the security issue); CPU and RSS are summed over both proxies",
+                            "client-side proxy → server-side proxy → echo, {} from the load generator carried over \
+                             plaintext h2c between the proxies, the client side's endpoint labelled \
+                             `security.istio.io/tlsMode: istio` (its peer is a proxy; mTLS comes with the security \
+                             issue); CPU and RSS are summed over both proxies",
                             protocol.label()
                         ));
                     } else if kind == Kind::Nginx && protocol == Protocol::H2 {

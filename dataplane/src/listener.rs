@@ -54,7 +54,10 @@ pub async fn accept_loop(
                 ListenerKind::Tcp { .. } => {
                     crate::tcp::serve(worker.clone(), stream, peer, &name, BytesMut::new()).await
                 }
-                ListenerKind::Detect { .. } => crate::detect::serve(worker.clone(), stream, peer, &name).await,
+                // Boxed, so the task of every HTTP or TCP connection is not sized for detection.
+                ListenerKind::Detect { .. } => {
+                    Box::pin(crate::detect::serve(worker.clone(), stream, peer, &name)).await
+                }
             }
             dec(&worker.stats.downstream_cx_active);
         });

@@ -49,7 +49,9 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, init
         Some(Sniff::H2) => {
             crate::telemetry::stats::inc(&worker.stats.downstream_cx_h2_total);
             let Downstream { stream, buf, .. } = conn;
-            return super::h2::server::serve(worker, stream, peer, buf.freeze()).await;
+            // Boxed: the HTTP/2 connection's state lives on the heap only for HTTP/2
+            // connections, so an idle HTTP/1.1 connection's task stays as small as before.
+            return Box::pin(super::h2::server::serve(worker, stream, peer, buf.freeze())).await;
         }
         Some(_) => {}
         None => return,
