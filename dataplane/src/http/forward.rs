@@ -176,7 +176,17 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
         let result = {
             let _in_flight = InFlight::start(plan.state, endpoint);
             if !ex.head.connection().upgrade && plan.cluster.h2_to(endpoint, false) {
-                crate::http::h2::from_h1::one_try(ex, &plan, &mut body, endpoint, per_try_deadline, &mut retries).await
+                // Boxed: an HTTP/2 try's state is large, and without the box every HTTP/1.1
+                // connection's task (sized for its largest state) would carry it while idle.
+                Box::pin(crate::http::h2::from_h1::one_try(
+                    ex,
+                    &plan,
+                    &mut body,
+                    endpoint,
+                    per_try_deadline,
+                    &mut retries,
+                ))
+                .await
             } else {
                 one_try(ex, &plan, &mut body, endpoint, per_try_deadline).await
             }
