@@ -72,7 +72,7 @@ fn tiny_suite_writes_complete_reports() {
             .join("\n")
             .trim()
     );
-    assert!(md.contains("plaintext HTTP/1.1 between the proxies"), "{md}");
+    assert!(md.contains("carried over plaintext h2c between the proxies"), "{md}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let scenarios = json["scenarios"].as_array().unwrap();
