@@ -35,6 +35,8 @@ pub(crate) struct Outgoing {
     pub(crate) authority: Bytes,
     /// Path and query, origin-form.
     pub(crate) path: Bytes,
+    /// The HTTP/2 target (`http://authority/path`), made once for every try.
+    uri: Uri,
     /// Every field that goes on, lower-case, none connection-specific.
     pub(crate) headers: HeaderMap,
     /// What the client said of the body's length: `Length(n)`, `None` (no body at all), or
@@ -115,10 +117,18 @@ impl Outgoing {
             None if end_stream => BodyFraming::None,
             None => BodyFraming::Chunked,
         };
+        // The client's own URI is reused (reference-counted, not parsed again) unless the route
+        // rewrote a part of it.
+        let uri = if rw.authority.is_none() && rw.path.is_none() && parts.uri.authority().is_some() {
+            with_scheme_http(&parts.uri)
+        } else {
+            build_uri(&authority, &path)
+        };
         let mut out = Outgoing {
             method: parts.method.clone(),
             authority,
             path,
+            uri,
             headers,
             framing,
         };
@@ -180,10 +190,12 @@ impl Outgoing {
         if let BodyFraming::Length(n) = framing {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
+        let uri = build_uri(&authority, &path);
         let mut out = Outgoing {
             method,
             authority,
             path,
+            uri,
             headers,
             framing: match framing {
                 BodyFraming::CloseDelimited => BodyFraming::Chunked,
@@ -224,17 +236,9 @@ impl Outgoing {
 
     /// The HTTP/2 request (head only; the body follows on the stream).
     pub(crate) fn to_h2(&self) -> Request<()> {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(self.authority.as_ref())
-            .path_and_query(self.path.as_ref())
-            .build()
-            // An authority or path the parsers accepted but `http` does not: send the path
-            // alone rather than fail (the upstream answers what it makes of it).
-            .unwrap_or_else(|_| Uri::from_static("/"));
         let mut req = Request::new(());
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
+        *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
         req
     }
@@ -267,6 +271,30 @@ impl Outgoing {
         put_framing(dst, self.framing);
         dst.put_slice(CRLF);
     }
+}
+
+/// `http://authority/path` from the parts the encoders also use, sharing their bytes.
+fn build_uri(authority: &Bytes, path: &Bytes) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = http::uri::Authority::from_maybe_shared(authority.clone()).ok();
+    parts.path_and_query = http::uri::PathAndQuery::from_maybe_shared(path.clone()).ok();
+    // An authority or path the parsers accepted but `http` does not: send the path alone rather
+    // than fail (the upstream answers what it makes of it).
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// The client's URI with the `http` scheme (h2c), sharing its bytes.
+fn with_scheme_http(uri: &Uri) -> Uri {
+    if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+        return uri.clone();
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 /// The route's header operations on a field map. Operations on fields the codecs own
