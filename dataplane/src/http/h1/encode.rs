@@ -353,7 +353,7 @@ fn put_status_line(dst: &mut BytesMut, status: u16, reason: &[u8]) {
 }
 
 #[inline]
-fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
+pub(crate) fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
     dst.reserve(name.len() + value.len() + 4);
     dst.put_slice(name);
     dst.put_slice(b": ");
@@ -361,7 +361,7 @@ fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
     dst.put_slice(CRLF);
 }
 
-fn put_framing(dst: &mut BytesMut, framing: BodyFraming) {
+pub(crate) fn put_framing(dst: &mut BytesMut, framing: BodyFraming) {
     match framing {
         BodyFraming::Length(n) => {
             dst.put_slice(b"content-length: ");

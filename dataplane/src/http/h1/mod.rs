@@ -125,6 +125,7 @@ pub use encode::{
     encode_request_head, encode_response_head, reason_phrase, valid_header_name, valid_header_value,
     write_simple_response, ConnectionHeader, HeaderOps, RequestEncode, ResponseEncode, NO_HEADER_OPS,
 };
+pub(crate) use encode::{put_field, put_framing};
 pub use error::H1Error;
 pub use head::{
     parse_request_head, parse_response_head, BodyFraming, ConnectionFlags, HeadLimits, HeadScanner, HeaderKind,

@@ -92,6 +92,73 @@ impl Lease {
     }
 }
 
+/// A stream opened on a pooled connection: its lease, the response to come, and the request
+/// body's sending half.
+pub(crate) type Opened = (Lease, h2::client::ResponseFuture, h2::SendStream<Bytes>);
+
+/// Why opening a stream failed: the failure to answer with, or the try's deadline.
+#[derive(Debug)]
+pub(crate) enum OpenFailed {
+    Failed(ProxyError),
+    TimedOut,
+}
+
+/// Leases a stream slot to endpoint `endpoint` of a cluster within `wait` and sends the request
+/// head on it, counting the connection in the worker's and the endpoint's statistics.
+pub(crate) async fn open(
+    worker: &crate::worker::Worker,
+    state: &crate::lb::ClusterState,
+    endpoint: (usize, SocketAddr),
+    limits: ConnLimits,
+    wait: Duration,
+    request: http::Request<()>,
+    end_of_stream: bool,
+) -> Result<Opened, OpenFailed> {
+    use crate::telemetry::stats::inc;
+    let lease = match super::bodies::within(wait, worker.h2pool.lease(endpoint.1, limits)).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            inc(&worker.stats.upstream_cx_connect_fail);
+            inc(&state.endpoints[endpoint.0].cx_connect_fail);
+            return Err(OpenFailed::Failed(e));
+        }
+        Err(_) => return Err(OpenFailed::TimedOut),
+    };
+    if lease.reused {
+        inc(&worker.stats.upstream_cx_reused);
+    } else {
+        inc(&worker.stats.upstream_cx_total);
+    }
+    match lease.sender().send_request(request, end_of_stream) {
+        Ok((response, send)) => Ok((lease, response, send)),
+        Err(_) => {
+            lease.poison();
+            Err(OpenFailed::Failed(if lease.reused {
+                ProxyError::reused_conn_dead()
+            } else {
+                crate::http::forward::UPSTREAM_RESET
+            }))
+        }
+    }
+}
+
+impl Lease {
+    /// What a response head that failed with `e` means for the request; a failure of the
+    /// connection itself takes the connection out of the pool.
+    pub(crate) fn head_failed(&self, e: &h2::Error) -> ProxyError {
+        let connection_failed = e.is_io() || e.is_go_away();
+        if connection_failed {
+            self.poison();
+        }
+        if e.reason() == Some(h2::Reason::REFUSED_STREAM) || (self.reused && connection_failed) {
+            // Never processed by the upstream (RFC 9113 §8.7): safe to send again.
+            ProxyError::reused_conn_dead()
+        } else {
+            crate::http::forward::UPSTREAM_RESET
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         let left = self.conn.active.get().saturating_sub(1);

@@ -17,9 +17,10 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::{select, Either};
-use h2::{Reason, SendStream};
+use h2::SendStream;
 
 use super::bodies::{self, Broken, H1Piece, H1Source};
+use super::client::{self, OpenFailed};
 use super::headers::{encode_h2_response_as_h1, h1_framing_of, Outgoing, Rewrite};
 use super::upstream::conn_limits;
 use crate::error::{ErrorKind, ProxyError, Side};
@@ -28,7 +29,6 @@ use crate::http::grpc;
 use crate::http::h1::{write_chunk_header, BodyFraming, ConnectionHeader, CRLF, LAST_CHUNK};
 use crate::http::request_body::RequestBody;
 use crate::http::retry::{self, Decision, Retries};
-use crate::telemetry::stats::inc;
 
 /// Largest first DATA frame copied into the same write as the response head.
 const COALESCE_MAX: usize = 16 * 1024;
@@ -76,32 +76,20 @@ pub(crate) async fn one_try(
         None => idle,
     };
     let addr = plan.cluster.endpoints[endpoint].address;
-    let lease = match super::bodies::within(wait(), worker.h2pool.lease(addr, conn_limits(plan.cluster))).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            inc(&worker.stats.upstream_cx_connect_fail);
-            inc(&plan.state.endpoints[endpoint].cx_connect_fail);
-            return Try::Failed(e);
-        }
-        Err(_) => return Try::Failed(timed_out(ex, plan)),
-    };
-    if lease.reused {
-        inc(&worker.stats.upstream_cx_reused);
-    } else {
-        inc(&worker.stats.upstream_cx_total);
-    }
-    let request = outgoing(ex, plan).to_h2();
-    let no_body = body.is_empty();
-    let (response, mut up) = match lease.sender().send_request(request, no_body) {
+    let opened = client::open(
+        worker,
+        plan.state,
+        (endpoint, addr),
+        conn_limits(plan.cluster),
+        wait(),
+        outgoing(ex, plan).to_h2(),
+        body.is_empty(),
+    )
+    .await;
+    let (lease, response, mut up) = match opened {
         Ok(x) => x,
-        Err(_) => {
-            lease.poison();
-            return Try::Failed(if lease.reused {
-                ProxyError::reused_conn_dead()
-            } else {
-                UPSTREAM_RESET
-            });
-        }
+        Err(OpenFailed::Failed(e)) => return Try::Failed(e),
+        Err(OpenFailed::TimedOut) => return Try::Failed(timed_out(ex, plan)),
     };
     // The body: held (sent whole on every try) or streamed from the client as it arrives.
     let streams = body.streams();
@@ -144,17 +132,7 @@ pub(crate) async fn one_try(
     };
     let resp = match head {
         Err(_) => return Try::Failed(timed_out(ex, plan)),
-        Ok(Err(e)) => {
-            if e.is_io() || e.is_go_away() {
-                lease.poison();
-            }
-            let refused = e.reason() == Some(Reason::REFUSED_STREAM);
-            return Try::Failed(if refused || (lease.reused && (e.is_io() || e.is_go_away())) {
-                ProxyError::reused_conn_dead()
-            } else {
-                UPSTREAM_RESET
-            });
-        }
+        Ok(Err(e)) => return Try::Failed(lease.head_failed(&e)),
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status().as_u16();

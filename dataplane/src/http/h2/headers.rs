@@ -25,7 +25,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use ringmesh_api::snapshot::HeaderOps;
 
-use crate::http::h1::{BodyFraming, ConnectionHeader, HeaderKind, RequestHead, ResponseHead, CRLF};
+use crate::http::h1::{
+    put_field, put_framing, BodyFraming, ConnectionHeader, HeaderKind, RequestHead, ResponseHead, CRLF,
+};
 
 /// A request on its way to an upstream, in the shape both encoders read.
 #[derive(Debug, Clone)]
@@ -454,26 +456,6 @@ pub(crate) fn parse_trailers(section: &[u8]) -> HeaderMap {
         }
     }
     map
-}
-
-fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
-    dst.reserve(name.len() + value.len() + 4);
-    dst.put_slice(name);
-    dst.put_slice(b": ");
-    dst.put_slice(value);
-    dst.put_slice(CRLF);
-}
-
-fn put_framing(dst: &mut BytesMut, framing: BodyFraming) {
-    match framing {
-        BodyFraming::Length(n) => {
-            dst.put_slice(b"content-length: ");
-            dst.put_slice(itoa::Buffer::new().format(n).as_bytes());
-            dst.put_slice(CRLF);
-        }
-        BodyFraming::Chunked => dst.put_slice(b"transfer-encoding: chunked\r\n"),
-        BodyFraming::None | BodyFraming::CloseDelimited => {}
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use ringmesh_api::snapshot::Cluster;
 
 use super::bodies::{self, Broken, Cursor, ReplayBody};
 use super::call::Call;
-use super::client::ConnLimits;
+use super::client::{self, ConnLimits, OpenFailed};
 use super::headers::{apply_ops, h1_response_to_h2, Outgoing};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::forward::{read_head, record_upstream_status, upstream_conn, HeadRead, UPSTREAM_RESET};
@@ -117,31 +117,21 @@ pub(crate) async fn to_h2(
     retries: &mut Retries<'_>,
 ) -> Attempt {
     let (worker, idle) = (t.call.worker, t.call.idle);
-    let addr = t.cluster.endpoints[t.endpoint].address;
-    let lease = match super::bodies::within(wait(t), worker.h2pool.lease(addr, conn_limits(t.cluster))).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            inc(&worker.stats.upstream_cx_connect_fail);
-            inc(&t.state.endpoints[t.endpoint].cx_connect_fail);
-            return Attempt::Failed(e);
-        }
-        Err(_) => return Attempt::Failed(timed_out(t)),
-    };
-    if lease.reused {
-        inc(&worker.stats.upstream_cx_reused);
-    } else {
-        inc(&worker.stats.upstream_cx_total);
-    }
-    let (response, mut up) = match lease.sender().send_request(t.outgoing.to_h2(), body.is_empty()) {
+    let endpoint = (t.endpoint, t.cluster.endpoints[t.endpoint].address);
+    let opened = client::open(
+        worker,
+        t.state,
+        endpoint,
+        conn_limits(t.cluster),
+        wait(t),
+        t.outgoing.to_h2(),
+        body.is_empty(),
+    )
+    .await;
+    let (lease, response, mut up) = match opened {
         Ok(x) => x,
-        Err(_) => {
-            lease.poison();
-            return Attempt::Failed(if lease.reused {
-                ProxyError::reused_conn_dead()
-            } else {
-                UPSTREAM_RESET
-            });
-        }
+        Err(OpenFailed::Failed(e)) => return Attempt::Failed(e),
+        Err(OpenFailed::TimedOut) => return Attempt::Failed(timed_out(t)),
     };
     let mut cursor = Cursor::default();
     let empty = body.is_empty();
@@ -162,18 +152,7 @@ pub(crate) async fn to_h2(
     };
     let resp = match head {
         Err(_) => return Attempt::Failed(timed_out(t)),
-        Ok(Err(e)) => {
-            let refused = e.reason() == Some(Reason::REFUSED_STREAM);
-            if e.is_io() || e.is_go_away() {
-                lease.poison();
-            }
-            return Attempt::Failed(if refused || (lease.reused && (e.is_io() || e.is_go_away())) {
-                // Never processed by the upstream (RFC 9113 §8.7): safe to send again.
-                ProxyError::reused_conn_dead()
-            } else {
-                UPSTREAM_RESET
-            });
-        }
+        Ok(Err(e)) => return Attempt::Failed(lease.head_failed(&e)),
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status().as_u16();
