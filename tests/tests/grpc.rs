@@ -147,6 +147,20 @@ async fn answer(resp: Response<RecvStream>) -> Answer {
 }
 
 /// The next whole message on `recv` (`None` at a clean end); errors are the stream's.
+/// Starts a server-streaming call on `path` and reads its first five messages (`"0"` .. `"4"`),
+/// returning the stream to read on and the request side, kept open.
+async fn first_five(c: &Conn, path: &str) -> (RecvStream, MessageDecoder, SendStream<Bytes>) {
+    let (resp, mut body) = c.open(path, &[]).await;
+    body.send_data(echo_message(b"go"), true).expect("send");
+    let mut recv = resp.await.expect("head").into_body();
+    let mut dec = MessageDecoder::new();
+    for i in 0..5 {
+        let m = next_message(&mut recv, &mut dec).await.unwrap().unwrap();
+        assert_eq!(m, i.to_string().as_bytes());
+    }
+    (recv, dec, body)
+}
+
 async fn next_message(recv: &mut RecvStream, dec: &mut MessageDecoder) -> Result<Option<Bytes>, h2::Error> {
     loop {
         if let Some(m) = dec.next_message().expect("gRPC framing") {
@@ -1071,17 +1085,7 @@ fn upstream_break_resets_the_client_stream(io: IoMode) {
         });
         let p = grpc_proxy(io, &[up.addr], &[]);
         let c = Conn::connect(p.http());
-        let (mut recv, mut dec, _body) = c.run(WITHIN, async {
-            let (resp, mut body) = c.open("/t.S/Break", &[]).await;
-            body.send_data(echo_message(b"go"), true).expect("send");
-            let mut recv = resp.await.expect("head").into_body();
-            let mut dec = MessageDecoder::new();
-            for i in 0..5 {
-                let m = next_message(&mut recv, &mut dec).await.unwrap().unwrap();
-                assert_eq!(m, i.to_string().as_bytes());
-            }
-            (recv, dec, body)
-        });
+        let (mut recv, mut dec, _body) = c.run(WITHIN, first_five(&c, "/t.S/Break"));
         if close {
             up.close_connections();
         } else {
@@ -1143,17 +1147,7 @@ fn upstream_goaway_lets_open_streams_finish(io: IoMode) {
     });
     let p = grpc_proxy(io, &[up.addr], &[]);
     let c = Conn::connect(p.http());
-    let (mut recv, mut dec, _body) = c.run(WITHIN, async {
-        let (resp, mut body) = c.open("/t.S/Drain", &[]).await;
-        body.send_data(echo_message(b"go"), true).expect("send");
-        let mut recv = resp.await.expect("head").into_body();
-        let mut dec = MessageDecoder::new();
-        for i in 0..5 {
-            let m = next_message(&mut recv, &mut dec).await.unwrap().unwrap();
-            assert_eq!(m, i.to_string().as_bytes());
-        }
-        (recv, dec, body)
-    });
+    let (mut recv, mut dec, _body) = c.run(WITHIN, first_five(&c, "/t.S/Drain"));
     up.go_away();
     // Calls go on succeeding; once the proxy has read the GOAWAY, they open a new connection.
     eventually(Duration::from_secs(5), "a call over a new connection", || {
