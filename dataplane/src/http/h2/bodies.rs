@@ -229,12 +229,23 @@ pub(crate) async fn replay_to_h2(
     send: &mut SendStream<Bytes>,
     idle: Duration,
 ) -> Result<(), Broken> {
+    let mut first = true;
     loop {
         match body.next(cursor, idle).await? {
             Piece::Data { bytes, fresh } => {
                 let n = bytes.len();
                 let last = body.ends_after(cursor);
-                send_data(send, bytes, last, idle).await?;
+                if std::mem::take(&mut first) && n <= HOLD_MAX {
+                    // A stream `send_request` just queued has no capacity until the
+                    // connection's task opened it: waiting for capacity would send the head and
+                    // the first DATA in two writes, a task hop apart (a gRPC unary call's whole
+                    // body). The piece is in memory already, so `h2` holding it adds nothing;
+                    // the next piece's reservation counts it as buffered, so back-pressure
+                    // holds from there on.
+                    send.send_data(bytes, last).map_err(|_| Broken::Sink)?;
+                } else {
+                    send_data(send, bytes, last, idle).await?;
+                }
                 if fresh {
                     body.release(n);
                 }
