@@ -532,12 +532,10 @@ async fn send_request(
     let canceller = Canceller::new();
     let (sent, early) = {
         let len = buf.len();
-        let probe = upstream
+        let mut probe = std::pin::pin!(upstream
             .read
-            .cancelable_read(std::mem::take(&mut buf).slice_mut(len..), canceller.handle());
-        let sending = body.stream(&mut conn.stream, &mut conn.buf, &mut upstream.write, ex.idle);
-        let mut probe = std::pin::pin!(probe);
-        let mut sending = std::pin::pin!(sending);
+            .cancelable_read(std::mem::take(&mut buf).slice_mut(len..), canceller.handle()));
+        let mut sending = std::pin::pin!(body.stream(&mut conn.stream, &mut conn.buf, &mut upstream.write, ex.idle));
         let first = monoio::select! {
             sent = &mut sending => Ok(sent),
             read = &mut probe => Err(read),

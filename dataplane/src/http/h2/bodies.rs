@@ -14,9 +14,10 @@
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
@@ -31,15 +32,85 @@ use crate::http::h1::{write_chunk_header, BodyFraming, ChunkedDecoder, ChunkedLi
 /// gRPC unary call or a JSON body fits well under this.
 pub(crate) const HOLD_MAX: usize = 64 * 1024;
 
-/// `monoio::time::timeout`, without arming a timer when the future is ready at its first poll
-/// (DATA already received, window already open): most waits on the request path end at once,
-/// and a timer costs a clock read and a wheel insertion and removal each.
-pub(crate) async fn within<F: Future>(dur: Duration, fut: F) -> Result<F::Output, monoio::time::error::Elapsed> {
-    let mut fut = std::pin::pin!(fut);
-    if let Poll::Ready(v) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-        return Ok(v);
+// The helpers below that wrap a future are structs polled by hand, not `async fn`s: an
+// `async fn` keeps its argument in one slot and the pinned local it moves into in another
+// (rustc does not overlap a moved-from local), so each layer would double the future it
+// wraps, and the call's task is moved whole when it is spawned.
+
+pin_project_lite::pin_project! {
+    /// `monoio::time::timeout`, without arming a timer when the future is ready at its first
+    /// poll (DATA already received, window already open): most waits on the request path end
+    /// at once, and a timer costs a clock read and a wheel insertion and removal each. See
+    /// [`within`].
+    pub(crate) struct Within<F> {
+        #[pin]
+        fut: F,
+        dur: Duration,
+        #[pin]
+        timer: Option<monoio::time::Sleep>,
     }
-    monoio::time::timeout(dur, fut).await
+}
+
+/// The wait of [`within`] passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Elapsed;
+
+/// Awaits `fut` for at most `dur`, counted from its first poll that found it not ready.
+pub(crate) fn within<F: Future>(dur: Duration, fut: F) -> Within<F> {
+    Within { fut, dur, timer: None }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        if this.timer.is_none() {
+            this.timer.set(Some(monoio::time::sleep(*this.dur)));
+        }
+        match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed)),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future bounded by an optional deadline: see [`until`].
+    pub(crate) struct Until<F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        timer: Option<monoio::time::Sleep>,
+    }
+}
+
+/// Awaits `fut` until `deadline`, if there is one (`None` when it passed first). One future
+/// for both cases: a `match` awaiting `fut` bare in one arm and under a timeout in the other
+/// would give the caller's future room for `fut` twice.
+pub(crate) fn until<F: Future>(deadline: Option<Instant>, fut: F) -> Until<F> {
+    Until {
+        fut,
+        timer: deadline.map(|d| monoio::time::sleep_until(d.into())),
+    }
+}
+
+impl<F: Future> Future for Until<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 /// Why a body did not reach its end.
@@ -319,20 +390,34 @@ async fn write<W: AsyncWriteRent>(dst: &mut W, bytes: Bytes) -> Result<(), Broke
     dst.write_all(bytes).await.0.map(|_| ()).map_err(|_| Broken::Sink)
 }
 
+pin_project_lite::pin_project! {
+    /// A future raced against the reset of a stream: see [`unless_reset`].
+    struct UnlessReset<'a, F> {
+        send: &'a mut SendStream<Bytes>,
+        #[pin]
+        fut: F,
+    }
+}
+
 /// Awaits `fut` unless the peer of `send` resets the stream first (then `Err(Sink)`): a
 /// client that cancels a call is noticed while its response waits for upstream bytes.
-async fn unless_reset<F: Future>(send: &mut SendStream<Bytes>, fut: F) -> Result<F::Output, Broken> {
-    let mut fut = std::pin::pin!(fut);
-    poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+fn unless_reset<F: Future>(send: &mut SendStream<Bytes>, fut: F) -> UnlessReset<'_, F> {
+    UnlessReset { send, fut }
+}
+
+impl<F: Future> Future for UnlessReset<'_, F> {
+    type Output = Result<F::Output, Broken>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        if send.poll_reset(cx).is_ready() {
+        if this.send.poll_reset(cx).is_ready() {
             return Poll::Ready(Err(Broken::Sink));
         }
         Poll::Pending
-    })
-    .await
+    }
 }
 
 /// Payload smaller than this is copied into one run on arrival instead of kept as its own

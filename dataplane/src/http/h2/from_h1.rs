@@ -103,14 +103,13 @@ pub(crate) async fn one_try(
     let head = {
         let conn = &mut *ex.conn;
         let framing = body.framing();
-        let pump = async {
+        let pump = std::pin::pin!(async {
             if streams {
                 pump_client_body(framing, &mut conn.stream, &mut conn.buf, &mut up, idle).await
             } else {
                 Ok(())
             }
-        };
-        let pump = std::pin::pin!(pump);
+        });
         let head = std::pin::pin!(monoio::time::timeout(wait(), response));
         match select(pump, head).await {
             Either::Left((Ok(()), head)) => {

@@ -136,14 +136,14 @@ pub(crate) async fn to_h2(
     let mut cursor = Cursor::default();
     let empty = body.is_empty();
     let replayable = body.replayable_flag();
-    let pump = async {
+    // Built inside `pin!`: a future bound first and pinned after takes two slots.
+    let mut pump = std::pin::pin!(async {
         if empty {
             Ok(())
         } else {
             bodies::replay_to_h2(body, &mut cursor, &mut up, idle).await
         }
-    };
-    let mut pump = std::pin::pin!(pump);
+    });
     let mut pumped: Option<Result<(), Broken>> = None;
     let head = std::pin::pin!(monoio::time::timeout(wait(t), response));
     let head = match await_head(pump.as_mut(), &mut pumped, head, respond).await {
@@ -178,13 +178,8 @@ pub(crate) async fn to_h2(
     }
     // `None`: the call's `grpc-timeout` passed before the response ended.
     let finished = {
-        let exchange = finish(pump, pumped, bodies::h2_to_h2(&mut recv, &mut down, idle));
-        match t.grpc_deadline {
-            Some(d) => monoio::time::timeout(d.saturating_duration_since(Instant::now()), exchange)
-                .await
-                .ok(),
-            None => Some(exchange.await),
-        }
+        let relay = std::pin::pin!(bodies::h2_to_h2(&mut recv, &mut down, idle));
+        bodies::until(t.grpc_deadline, finish(pump, pumped, relay)).await
     };
     match finished {
         Some(Finished::Complete) => {}
@@ -219,12 +214,11 @@ enum Finished {
 
 /// Runs the rest of the request body and the response relay together until the response is
 /// complete.
-async fn finish<P, R>(pump: std::pin::Pin<&mut P>, pumped: Option<Result<(), Broken>>, relay: R) -> Finished
+async fn finish<P, R>(pump: Pin<&mut P>, pumped: Option<Result<(), Broken>>, relay: Pin<&mut R>) -> Finished
 where
-    P: std::future::Future<Output = Result<(), Broken>>,
-    R: std::future::Future<Output = Result<(), Broken>>,
+    P: Future<Output = Result<(), Broken>>,
+    R: Future<Output = Result<(), Broken>>,
 {
-    let relay = std::pin::pin!(relay);
     let result = if pumped.is_some() {
         relay.await
     } else {
@@ -396,14 +390,13 @@ async fn exchange_h1(
     let (worker, idle, framing) = (t.call.worker, t.call.idle, t.outgoing.framing);
     let mut cursor = Cursor::default();
     let empty = body.is_empty();
-    let pump = async {
+    let mut pump = std::pin::pin!(async {
         if empty {
             Ok(())
         } else {
             bodies::replay_to_h1(body, &mut cursor, write, framing, idle).await
         }
-    };
-    let mut pump = std::pin::pin!(pump);
+    });
     let mut pumped: Option<Result<(), Broken>> = None;
     let head = {
         let head = std::pin::pin!(read_head(ask, read, addr, reused, buf));
@@ -431,8 +424,11 @@ async fn exchange_h1(
             None => pump.await.is_ok(),
         }
     } else {
-        let relay = bodies::h1_to_h2(rframing, read, &mut buf, &mut down, idle);
-        match finish(pump, pumped, relay).await {
+        let finished = {
+            let relay = std::pin::pin!(bodies::h1_to_h2(rframing, read, &mut buf, &mut down, idle));
+            finish(pump, pumped, relay).await
+        };
+        match finished {
             Finished::Complete => true,
             Finished::UpstreamBroke => {
                 down.send_reset(Reason::INTERNAL_ERROR);
