@@ -15,6 +15,7 @@ pub mod hash_table;
 pub mod load;
 mod locate;
 pub mod matcher;
+pub mod normalize;
 mod port_hint;
 pub mod proto;
 pub mod registry;
