@@ -103,8 +103,17 @@ const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     ("VirtualService", "spec.tcp[].match[].sourceNamespace"),
     ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
     ("DestinationRule", "spec.trafficPolicy.outlierDetection"),
-    ("DestinationRule", "spec.trafficPolicy.tls"),
-    ("DestinationRule", "spec.trafficPolicy.portLevelSettings"),
+    ("DestinationRule", "spec.trafficPolicy.tls.caCrl"),
+    ("DestinationRule", "spec.trafficPolicy.portLevelSettings[].tls.caCrl"),
+    ("DestinationRule", "spec.trafficPolicy.portLevelSettings[].loadBalancer"),
+    (
+        "DestinationRule",
+        "spec.trafficPolicy.portLevelSettings[].connectionPool",
+    ),
+    (
+        "DestinationRule",
+        "spec.trafficPolicy.portLevelSettings[].outlierDetection",
+    ),
     ("DestinationRule", "spec.trafficPolicy.tunnel"),
     ("DestinationRule", "spec.trafficPolicy.proxyProtocol"),
     ("DestinationRule", "spec.trafficPolicy.retryBudget"),
@@ -766,11 +775,21 @@ spec:
   - name: v1
     labels: {version: v1}
     trafficPolicy:
-      tls: {mode: ISTIO_MUTUAL}
+      outlierDetection: {consecutive5xxErrors: 3}
+      portLevelSettings:
+      - port: {number: 9080}
+        loadBalancer: {simple: RANDOM}
 ";
         let w = warnings(text);
-        assert_eq!(w.len(), 1);
-        assert_eq!(w[0].field.as_deref(), Some("spec.subsets[0].trafficPolicy.tls"));
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert_eq!(
+            w[0].field.as_deref(),
+            Some("spec.subsets[0].trafficPolicy.outlierDetection")
+        );
+        assert_eq!(
+            w[1].field.as_deref(),
+            Some("spec.subsets[0].trafficPolicy.portLevelSettings[0].loadBalancer")
+        );
     }
 
     #[test]

@@ -29,6 +29,52 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Upstream clusters, indexed by [`ClusterId`].
     pub clusters: Vec<Cluster>,
+    /// What guards this proxy's workload: path normalization, authorization, inbound mTLS.
+    pub security: Security,
+}
+
+/// The security settings compiled for this proxy's workload ([`ProxySettings::workload`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Security {
+    /// How request paths are normalized before routing and authorization.
+    pub path_normalization: crate::normalize::PathNormalization,
+    /// The `AuthorizationPolicy`s that select the workload, applied on inbound listeners.
+    pub authz: crate::authz::Authz,
+    /// The `PeerAuthentication` in force for the workload, applied on inbound listeners.
+    pub peer_authn: PeerAuthn,
+}
+
+/// Whether inbound connections must, may or must not use mutual TLS, resolved from the
+/// `PeerAuthentication`s for this workload with Istio's precedence (workload, namespace, mesh;
+/// `UNSET` inherits; nothing at all is `PERMISSIVE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PeerAuthn {
+    /// The mode on every port not in [`PeerAuthn::ports`].
+    pub default: MtlsMode,
+    /// Per-port modes (`portLevelMtls` of the workload's own policy), sorted by port.
+    pub ports: Vec<(u16, MtlsMode)>,
+}
+
+impl PeerAuthn {
+    /// The mode for inbound connections to `port` (the workload's port).
+    pub fn mode_for(&self, port: u16) -> MtlsMode {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(self.default, |(_, m)| *m)
+    }
+}
+
+/// Istio's `PeerAuthentication.MutualTLS.Mode`, resolved (no `UNSET`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum MtlsMode {
+    /// Only mutual TLS is accepted.
+    Strict,
+    /// Mutual TLS and plain text are both accepted (Istio's default).
+    #[default]
+    Permissive,
+    /// Plain text only: a TLS connection is passed on as opaque bytes.
+    Disable,
 }
 
 impl Snapshot {
@@ -198,6 +244,9 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Protocol and, for TCP, its destination.
     pub kind: ListenerKind,
+    /// Takes traffic for the local workload (`direction: INBOUND`): [`Security::peer_authn`]
+    /// and [`Security::authz`] apply to it.
+    pub inbound: bool,
 }
 
 /// Index into [`Snapshot::clusters`].
@@ -521,6 +570,8 @@ pub struct Cluster {
     /// A config that defines the host compiles to a snapshot with a real cluster instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_not_found: Option<String>,
+    /// TLS to the endpoints (see [`Cluster::mtls_to`]), from the DestinationRule's `tls`.
+    pub tls: UpstreamTls,
 }
 
 impl Cluster {
@@ -535,6 +586,34 @@ impl Cluster {
             UpstreamProtocol::Http1 => self.upgrade_meshed && self.endpoints.get(endpoint).is_some_and(|e| e.meshed),
         }
     }
+
+    /// Whether the connection to `endpoint` (an index into [`Cluster::endpoints`]) is mutual
+    /// TLS with the mesh's certificates: with no `tls` in the DestinationRule, exactly when a
+    /// proxy serves the endpoint (Istio's auto mTLS), else as the rule says.
+    pub fn mtls_to(&self, endpoint: usize) -> bool {
+        match self.tls {
+            UpstreamTls::Auto => self.endpoints.get(endpoint).is_some_and(|e| e.meshed),
+            UpstreamTls::IstioMutual { .. } => true,
+            UpstreamTls::Disable => false,
+        }
+    }
+}
+
+/// TLS to a cluster's endpoints, from DestinationRule `tls` (the subset's port-level setting,
+/// the subset's, the rule's port-level setting, the rule's: the first that is set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub enum UpstreamTls {
+    /// No `tls` anywhere: mutual TLS to meshed endpoints, plain text to the others.
+    #[default]
+    Auto,
+    /// `DISABLE`: plain text, even to meshed endpoints.
+    Disable,
+    /// `ISTIO_MUTUAL`: mutual TLS with the mesh's certificates to every endpoint.
+    IstioMutual {
+        /// Identities the server's certificate must carry (any one); empty: the mesh's usual
+        /// check.
+        subject_alt_names: Vec<String>,
+    },
 }
 
 /// What a cluster speaks to its endpoints, read as Istio reads it: the ServiceEntry port's

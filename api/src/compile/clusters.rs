@@ -18,8 +18,8 @@ use crate::locate::FieldPath;
 use crate::registry::{fqdn, Service, ServicePort};
 use crate::resources::{Destination, H2UpgradePolicy};
 use crate::snapshot::{
-    Cluster, ClusterId, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol, WeightedClusters, MESHED_LABEL,
-    MESHED_LABEL_VALUE,
+    Cluster, ClusterId, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol, UpstreamTls, WeightedClusters,
+    MESHED_LABEL, MESHED_LABEL_VALUE,
 };
 
 /// Istio's default connect timeout.
@@ -77,9 +77,13 @@ impl Compiler {
         let service_port = service.port(port)?.clone();
         let rule = self.rules.get(&service.host);
         let base = rule.map(|r| r.base.clone()).unwrap_or_default();
+        // Istio's precedence for TLS: the subset's port-level setting, the subset's, the
+        // rule's port-level setting, the rule's.
+        let mut tls = base.tls_for(port).cloned();
         let (policy, labels) = match subset {
             Some(name) => {
                 let s = rule?.subsets.iter().find(|s| s.name == name)?;
+                tls = s.policy.tls_for(port).cloned().or(tls);
                 (base.overridden_by(&s.policy), Some(&s.labels))
             }
             None => (base, None),
@@ -128,6 +132,7 @@ impl Compiler {
             protocol,
             upgrade_meshed: policy.h2_upgrade != Some(H2UpgradePolicy::DoNotUpgrade),
             host_not_found: None,
+            tls: tls.unwrap_or_default(),
         });
         self.cluster_ids.insert(key, id);
         Some(id)
@@ -160,6 +165,7 @@ impl Compiler {
             protocol: UpstreamProtocol::Http1,
             upgrade_meshed: true,
             host_not_found: Some(format!("no cluster found: no ServiceEntry defines host {host}\n")),
+            tls: UpstreamTls::Auto,
         });
         self.cluster_ids.insert(key, id);
         id

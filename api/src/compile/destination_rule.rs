@@ -11,8 +11,8 @@ use super::clusters::host_not_found;
 use super::{Compiler, Site};
 use crate::hash_table::{is_prime, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MIN_RING_SIZE, MAX_RING_SIZE};
 use crate::locate::FieldPath;
-use crate::resources::{DestinationRule, H2UpgradePolicy, SimpleLb, TrafficPolicy};
-use crate::snapshot::HashOn;
+use crate::resources::{ClientTlsMode, ClientTlsSettings, DestinationRule, H2UpgradePolicy, SimpleLb, TrafficPolicy};
+use crate::snapshot::{HashOn, UpstreamTls};
 
 /// Load balancing chosen by a DestinationRule, before tables are built per cluster.
 #[derive(Debug, Clone)]
@@ -36,6 +36,10 @@ pub(super) struct PolicyParts {
     pub(super) max_concurrent_streams: Option<Option<u32>>,
     pub(super) h2_upgrade: Option<H2UpgradePolicy>,
     pub(super) use_client_protocol: Option<bool>,
+    /// `tls`; resolved per port by [`PolicyParts::tls_for`], not merged field by field.
+    pub(super) tls: Option<UpstreamTls>,
+    /// `portLevelSettings[].tls` by port.
+    pub(super) port_tls: Vec<(u16, UpstreamTls)>,
 }
 
 impl PolicyParts {
@@ -49,7 +53,20 @@ impl PolicyParts {
             max_concurrent_streams: other.max_concurrent_streams.or(self.max_concurrent_streams),
             h2_upgrade: other.h2_upgrade.or(self.h2_upgrade),
             use_client_protocol: other.use_client_protocol.or(self.use_client_protocol),
+            // Port-level settings outrank the level above them: see `tls_for`.
+            tls: None,
+            port_tls: Vec::new(),
         }
+    }
+
+    /// This policy's TLS for `port`: its port-level setting, else its own; `None` when neither
+    /// is set (the level above decides).
+    pub(super) fn tls_for(&self, port: u16) -> Option<&UpstreamTls> {
+        self.port_tls
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, t)| t)
+            .or(self.tls.as_ref())
     }
 }
 
@@ -223,7 +240,98 @@ impl Compiler {
                 }
             }
         }
+        if let Some(tls) = &tp.tls {
+            parts.tls = self.client_tls(site, &p.key("tls"), tls);
+        }
+        for (i, pl) in tp.port_level_settings.iter().enumerate() {
+            let pp = p.key("portLevelSettings").index(i);
+            let Some(sel) = &pl.port else {
+                self.error(site, &pp.key("port"), "port is required");
+                continue;
+            };
+            let Some(port) = self.port(site, &pp.key("port").key("number"), sel.number) else {
+                continue;
+            };
+            if parts.port_tls.iter().any(|(p, _)| *p == port) {
+                self.error(
+                    site,
+                    &pp.key("port").key("number"),
+                    format!("port {port} has settings earlier in portLevelSettings"),
+                );
+                continue;
+            }
+            if let Some(tls) = pl.tls.as_ref().and_then(|t| self.client_tls(site, &pp.key("tls"), t)) {
+                parts.port_tls.push((port, tls));
+            }
+        }
         parts
+    }
+
+    /// Istio `ClientTLSSettings`: `DISABLE` and `ISTIO_MUTUAL` (the mesh's certificates) are
+    /// implemented; origination with the user's own certificates is not, and says so rather
+    /// than sending plain text where the user asked for TLS.
+    fn client_tls(&mut self, site: &Site<'_>, p: &FieldPath, tls: &ClientTlsSettings) -> Option<UpstreamTls> {
+        let own_certificates = [
+            ("clientCertificate", tls.client_certificate.is_some()),
+            ("privateKey", tls.private_key.is_some()),
+            ("caCertificates", tls.ca_certificates.is_some()),
+            ("credentialName", tls.credential_name.is_some()),
+            ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
+        ];
+        match tls.mode {
+            ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+                let mode = if tls.mode == ClientTlsMode::Simple {
+                    "SIMPLE"
+                } else {
+                    "MUTUAL"
+                };
+                self.error(
+                    site,
+                    &p.key("mode"),
+                    format!(
+                        "tls mode {mode} (TLS origination with your own certificates) is not \
+                         supported yet; ISTIO_MUTUAL and DISABLE are"
+                    ),
+                );
+                None
+            }
+            ClientTlsMode::IstioMutual => {
+                let mut ok = true;
+                for (field, set) in own_certificates {
+                    if set {
+                        self.error(
+                            site,
+                            &p.key(field),
+                            format!(
+                                "{field} does not apply to ISTIO_MUTUAL, which uses the mesh's \
+                                 certificates (only subjectAltNames and sni may be set)"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+                if tls.sni.is_some() {
+                    self.warn(
+                        site,
+                        &p.key("sni"),
+                        "sni is accepted but not sent yet: mesh connections use their default",
+                    );
+                }
+                ok.then(|| UpstreamTls::IstioMutual {
+                    subject_alt_names: tls.subject_alt_names.clone(),
+                })
+            }
+            ClientTlsMode::Disable => {
+                let sans = ("subjectAltNames", !tls.subject_alt_names.is_empty());
+                let sni = ("sni", tls.sni.is_some());
+                for (field, set) in own_certificates.into_iter().chain([sans, sni]) {
+                    if set {
+                        self.warn(site, &p.key(field), format!("{field} is ignored with mode DISABLE"));
+                    }
+                }
+                Some(UpstreamTls::Disable)
+            }
+        }
     }
 
     fn consistent_hash(

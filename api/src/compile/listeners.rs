@@ -15,7 +15,7 @@ use super::{Compiler, Site};
 use crate::diagnostic::did_you_mean;
 use crate::locate::FieldPath;
 use crate::port_hint::PortHint;
-use crate::resources::{Destination, ListenerProtocol, ListenerSpec, ProxyConfig, VirtualService};
+use crate::resources::{Destination, ListenerProtocol, ListenerSpec, ProxyConfig, TrafficDirection, VirtualService};
 use crate::snapshot::{Listener, ListenerKind, ProxySettings, WeightedClusters};
 
 /// TCP listener idle timeout (Istio's TCP proxy default).
@@ -33,6 +33,7 @@ impl Compiler {
                 name: "outbound".into(),
                 address: SocketAddr::from(([127, 0, 0, 1], 15001)),
                 kind: ListenerKind::Http,
+                inbound: false,
             }]
         };
         let Some(pc) = pc.filter(|p| !p.spec.listeners.is_empty()) else {
@@ -128,6 +129,7 @@ impl Compiler {
                     name: l.name.clone(),
                     address,
                     kind,
+                    inbound: l.direction == TrafficDirection::Inbound,
                 });
             }
         }

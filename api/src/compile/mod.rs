@@ -15,7 +15,9 @@
 //! 6. VirtualServices into virtual hosts, one each ([`virtual_service`], with
 //!    [`route_match`] and [`route_actions`]), then a default virtual host for every service
 //!    host that no VirtualService claims;
-//! 7. listeners, TCP ones resolved to clusters ([`listeners`]).
+//! 7. listeners, TCP ones resolved to clusters ([`listeners`]);
+//! 8. the security settings for this proxy's workload: the `AuthorizationPolicy`s and
+//!    `PeerAuthentication`s that select it, and the path normalization ([`security`]).
 //!
 //! A route destination whose host no ServiceEntry defines is a warning, as `istioctl analyze`
 //! makes it (IST0101), not an error: Istio accepts such a VirtualService, and a control plane
@@ -123,6 +125,14 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
     let virtual_hosts = c.virtual_hosts(&kinds.virtual_services);
     // 7. Listeners.
     let listeners = c.listeners(proxy_config, &proxy, &kinds.virtual_services);
+    // 8. Security for the workload next to this proxy.
+    let security = c.security(
+        &kinds.authorization_policies,
+        &kinds.peer_authentications,
+        proxy_config,
+        &proxy.workload,
+        &listeners,
+    );
 
     let snapshot = Snapshot {
         version: input.version,
@@ -130,6 +140,7 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
         listeners,
         routes: RouteTable::new(virtual_hosts),
         clusters: c.clusters,
+        security,
     };
     // A tcp route is checked with its VirtualService and again by the listener that uses it:
     // each finding is reported once.
@@ -150,6 +161,8 @@ struct ByKind<'a> {
     service_entries: Vec<&'a crate::resources::ServiceEntry>,
     destination_rules: Vec<&'a crate::resources::DestinationRule>,
     virtual_services: Vec<&'a crate::resources::VirtualService>,
+    authorization_policies: Vec<&'a crate::resources::AuthorizationPolicy>,
+    peer_authentications: Vec<&'a crate::resources::PeerAuthentication>,
 }
 
 impl<'a> ByKind<'a> {
@@ -161,7 +174,9 @@ impl<'a> ByKind<'a> {
                 Resource::ServiceEntry(s) => kinds.service_entries.push(s),
                 Resource::DestinationRule(d) => kinds.destination_rules.push(d),
                 Resource::VirtualService(v) => kinds.virtual_services.push(v),
-                Resource::WorkloadEntry(_) | Resource::AuthorizationPolicy(_) | Resource::PeerAuthentication(_) => {}
+                Resource::AuthorizationPolicy(a) => kinds.authorization_policies.push(a),
+                Resource::PeerAuthentication(p) => kinds.peer_authentications.push(p),
+                Resource::WorkloadEntry(_) => {}
             }
         }
         kinds

@@ -1,12 +1,33 @@
-//! Checks of `AuthorizationPolicy` and `PeerAuthentication`: the values Istio's own validation
-//! refuses are errors here too, with the field's path, so that a policy that passes
-//! `ringmesh analyze` also passes `istioctl validate`. They do not reach the snapshot yet; each
-//! one gets a warning saying it is not enforced, so nobody mistakes a loaded policy for a
-//! working one.
+//! `AuthorizationPolicy` and `PeerAuthentication`, in two steps.
+//!
+//! Each resource on its own ([`Compiler::authorization_policy`],
+//! [`Compiler::peer_authentication`]): the values Istio's own validation refuses are errors
+//! here too, with the field's path, so that a policy that passes `ringmesh analyze` also passes
+//! `istioctl validate`; rules that can never match (a value in both a field and its `not` form,
+//! a principal that is not an identity, JWT attributes ringmesh cannot know) are warnings.
+//!
+//! Then, for this proxy's workload ([`Compiler::security`], after the listeners): the policies
+//! that select it become [`Security`]: the [`Authz`] matchers ([`crate::authz`]) and the
+//! resolved [`PeerAuthn`], with the path normalization from the `ProxyConfig`. The data plane
+//! applies them on inbound listeners.
+
+use std::collections::BTreeMap;
 
 use super::{Compiler, Site};
+use crate::authz::{
+    Action, Authz, Cidr, ConditionMatch, OperationMatch, Policy, Rule, ServiceAccount, SourceMatch, StrMatch, Values,
+};
 use crate::locate::FieldPath;
-use crate::resources::{AuthorizationPolicy, Condition, Operation, PeerAuthentication, Source};
+use crate::resources::{
+    AuthorizationPolicy, Condition, Operation, PeerAuthentication, ProxyConfig, ResourceMeta, Source, WorkloadSelector,
+    ROOT_NAMESPACE,
+};
+use crate::snapshot::{Listener, MtlsMode, PeerAuthn, Security, WorkloadSettings};
+
+/// What a rule that names JWT attributes does without `RequestAuthentication`.
+const NO_JWT: &str = "ringmesh does not support RequestAuthentication (JWT): no request has a \
+                      request principal or claims, so values here never match and notValues \
+                      always match";
 
 const ACTIONS: &[&str] = &["ALLOW", "DENY", "AUDIT", "CUSTOM"];
 const MTLS_MODES: &[&str] = &["UNSET", "DISABLE", "PERMISSIVE", "STRICT"];
@@ -38,6 +59,13 @@ impl Compiler {
                 site,
                 &spec.key("action"),
                 format!("action {action:?} is not one of {}", ACTIONS.join(", ")),
+            );
+        }
+        if action == "CUSTOM" {
+            self.error(
+                site,
+                &spec.key("action"),
+                "CUSTOM is not supported (ringmesh has no external authorization yet)",
             );
         }
         match (action, &ap.spec.provider) {
@@ -74,12 +102,6 @@ impl Compiler {
                 "a DENY policy without rules matches no request and denies nothing",
             );
         }
-        self.warn(
-            site,
-            &FieldPath::root(),
-            "AuthorizationPolicy is checked but not enforced yet: \
-             requests are not authorized against it",
-        );
     }
 
     pub(super) fn peer_authentication(&mut self, pa: &PeerAuthentication) {
@@ -107,12 +129,6 @@ impl Compiler {
                 "portLevelMtls needs a selector (port numbers are a workload's own)",
             );
         }
-        self.warn(
-            site,
-            &FieldPath::root(),
-            "PeerAuthentication is checked but not enforced yet: \
-             inbound traffic is not required to use mutual TLS",
-        );
     }
 
     fn mtls_mode(&mut self, site: &Site<'_>, path: &FieldPath, mode: &str) {
@@ -201,6 +217,67 @@ impl Compiler {
         ] {
             self.no_empty_values(site, &path.key(name), list);
         }
+        for (name, list) in [("principals", &s.principals), ("notPrincipals", &s.not_principals)] {
+            for (i, p) in list.iter().enumerate() {
+                self.principal_form(site, &path.key(name).index(i), p);
+            }
+        }
+        for (name, list) in [
+            ("requestPrincipals", &s.request_principals),
+            ("notRequestPrincipals", &s.not_request_principals),
+        ] {
+            if !list.is_empty() {
+                self.warn(site, &path.key(name), NO_JWT);
+            }
+        }
+        for (name, any, none) in [
+            ("principals", &s.principals, &s.not_principals),
+            ("requestPrincipals", &s.request_principals, &s.not_request_principals),
+            ("namespaces", &s.namespaces, &s.not_namespaces),
+            ("ipBlocks", &s.ip_blocks, &s.not_ip_blocks),
+            ("remoteIpBlocks", &s.remote_ip_blocks, &s.not_remote_ip_blocks),
+            ("serviceAccounts", &s.service_accounts, &s.not_service_accounts),
+        ] {
+            self.contradiction(site, path, name, any, none);
+        }
+    }
+
+    /// A principal that is neither `<trust domain>/ns/<ns>/sa/<sa>` nor a `*` pattern names no
+    /// peer certificate ringmesh (or Istio) issues.
+    fn principal_form(&mut self, site: &Site<'_>, path: &FieldPath, p: &str) {
+        if p.starts_with('*') || p.ends_with('*') {
+            return;
+        }
+        let parts: Vec<&str> = p.split('/').collect();
+        let identity =
+            matches!(parts.as_slice(), [td, "ns", ns, "sa", sa] if ![td, ns, sa].iter().any(|s| s.is_empty()));
+        if !identity {
+            let hint = if p.starts_with("spiffe://") {
+                " (write it without spiffe://)"
+            } else {
+                ""
+            };
+            self.warn(
+                site,
+                path,
+                format!(
+                    "principal {p:?} is not of the form <trust domain>/ns/<namespace>/sa/<service account>{hint}, \
+                     so it can never match a peer"
+                ),
+            );
+        }
+    }
+
+    /// `paths: [/a]` with `notPaths: [/a]`: the field can never match.
+    fn contradiction(&mut self, site: &Site<'_>, path: &FieldPath, name: &str, any: &[String], none: &[String]) {
+        if let Some(v) = any.iter().find(|v| none.contains(v)) {
+            let not = not_name(name);
+            self.warn(
+                site,
+                &path.key(&not),
+                format!("{v:?} is in both {name} and {not}, so {name} can never match {v:?}"),
+            );
+        }
     }
 
     fn operation(&mut self, site: &Site<'_>, path: &FieldPath, o: &Operation) {
@@ -228,8 +305,22 @@ impl Compiler {
                         &path.key(name).index(i),
                         format!("path {p:?} must start with / (or be a * prefix or suffix match)"),
                     );
+                } else if p.contains("{*}") || p.contains("{**}") {
+                    self.error(
+                        site,
+                        &path.key(name).index(i),
+                        format!("path templates ({{*}}, {{**}}) are not supported yet: {p:?}"),
+                    );
                 }
             }
+        }
+        for (name, any, none) in [
+            ("hosts", &o.hosts, &o.not_hosts),
+            ("ports", &o.ports, &o.not_ports),
+            ("methods", &o.methods, &o.not_methods),
+            ("paths", &o.paths, &o.not_paths),
+        ] {
+            self.contradiction(site, path, name, any, none);
         }
         for (name, list) in [
             ("hosts", &o.hosts),
@@ -260,6 +351,44 @@ impl Compiler {
         }
         if c.values.is_empty() && c.not_values.is_empty() {
             self.error(site, path, "a condition needs values or notValues");
+        }
+        if base.starts_with("request.auth.") {
+            self.warn(site, &path.key("key"), NO_JWT);
+        } else if base.starts_with("experimental.") {
+            self.warn(
+                site,
+                &path.key("key"),
+                format!(
+                    "{:?} is not supported: the condition never matches (the rule never applies, \
+                     so in a DENY policy it denies nothing)",
+                    c.key
+                ),
+            );
+        } else if base == "source.serviceAccount" {
+            for (name, list) in [("values", &c.values), ("notValues", &c.not_values)] {
+                for (i, sa) in list.iter().enumerate() {
+                    if sa.split('/').count() != 2 || sa.split('/').any(str::is_empty) {
+                        self.error(
+                            site,
+                            &path.key(name).index(i),
+                            format!("{sa:?} is not NAMESPACE/SERVICE_ACCOUNT"),
+                        );
+                    }
+                }
+            }
+        } else if base == "source.principal" {
+            for (name, list) in [("values", &c.values), ("notValues", &c.not_values)] {
+                for (i, p) in list.iter().enumerate() {
+                    self.principal_form(site, &path.key(name).index(i), p);
+                }
+            }
+        }
+        if let Some(v) = c.values.iter().find(|v| c.not_values.contains(v)) {
+            self.warn(
+                site,
+                &path.key("notValues"),
+                format!("{v:?} is in both values and notValues, so the condition can never match {v:?}"),
+            );
         }
         for (name, list) in [("values", &c.values), ("notValues", &c.not_values)] {
             match base {
@@ -317,4 +446,281 @@ fn check_ip_block(block: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `paths` → `notPaths`.
+fn not_name(name: &str) -> String {
+    let mut chars = name.chars();
+    let first = chars.next().map(|c| c.to_ascii_uppercase()).unwrap_or_default();
+    format!("not{first}{}", chars.as_str())
+}
+
+/// A policy's selector as Istio reads it: absent or empty selects every workload in scope.
+fn selector_matches(selector: Option<&WorkloadSelector>, labels: &BTreeMap<String, String>) -> bool {
+    selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+fn has_selector(selector: Option<&WorkloadSelector>) -> bool {
+    selector.is_some_and(|s| !s.match_labels.is_empty())
+}
+
+/// A valid mode other than `UNSET`; an invalid one was reported already.
+fn mtls_mode(mode: Option<&str>) -> Option<MtlsMode> {
+    match mode? {
+        "STRICT" => Some(MtlsMode::Strict),
+        "PERMISSIVE" => Some(MtlsMode::Permissive),
+        "DISABLE" => Some(MtlsMode::Disable),
+        _ => None,
+    }
+}
+
+fn strs(list: &[String]) -> Vec<StrMatch> {
+    list.iter().map(|v| StrMatch::parse(v)).collect()
+}
+
+fn lower_strs(list: &[String]) -> Vec<StrMatch> {
+    list.iter().map(|v| StrMatch::parse(&v.to_ascii_lowercase())).collect()
+}
+
+/// Blocks that failed [`check_ip_block`] were reported already and are left out.
+fn cidrs(list: &[String]) -> Vec<Cidr> {
+    list.iter().filter_map(|b| Cidr::parse(b)).collect()
+}
+
+fn ports(list: &[String]) -> Vec<u16> {
+    list.iter().filter_map(|p| p.parse().ok()).collect()
+}
+
+fn service_accounts(list: &[String]) -> Vec<ServiceAccount> {
+    list.iter()
+        .filter_map(|sa| sa.split_once('/'))
+        .map(|(ns, name)| ServiceAccount {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        })
+        .collect()
+}
+
+impl Compiler {
+    /// Phase 8: what guards this proxy's workload, from the policies that select it.
+    pub(super) fn security(
+        &mut self,
+        authorization_policies: &[&AuthorizationPolicy],
+        peer_authentications: &[&PeerAuthentication],
+        pc: Option<&ProxyConfig>,
+        workload: &WorkloadSettings,
+        listeners: &[Listener],
+    ) -> Security {
+        // The ports this workload is known to take traffic on, for rules naming other ports.
+        let mut known_ports: Vec<u16> = workload.ports.values().copied().collect();
+        known_ports.extend(listeners.iter().filter(|l| l.inbound).map(|l| l.address.port()));
+        let selected = authorization_policies.iter().filter(|ap| {
+            let ns = ap.namespace();
+            (ns == workload.namespace || ns == ROOT_NAMESPACE)
+                && selector_matches(ap.spec.selector.as_ref(), &workload.labels)
+        });
+        let mut authz = Authz::default();
+        for ap in selected {
+            if let Some(policy) = self.compile_policy(ap, &known_ports) {
+                authz.policies.push(policy);
+            }
+        }
+        Security {
+            path_normalization: pc
+                .and_then(|pc| pc.spec.path_normalization.as_ref())
+                .map(|p| p.normalization)
+                .unwrap_or_default(),
+            authz,
+            peer_authn: self.peer_authn(peer_authentications, workload),
+        }
+    }
+
+    /// Istio's precedence: the workload's own policy (a selector, in its namespace), then its
+    /// namespace's (no selector), then the mesh's (root namespace, no selector); `UNSET` (or no
+    /// mode) passes to the next; nothing at all is `PERMISSIVE`. Port modes come from the
+    /// workload's own policy only (they need a selector).
+    fn peer_authn(&mut self, all: &[&PeerAuthentication], w: &WorkloadSettings) -> PeerAuthn {
+        let workload_level = all.iter().filter(|pa| {
+            pa.namespace() == w.namespace
+                && has_selector(pa.spec.selector.as_ref())
+                && selector_matches(pa.spec.selector.as_ref(), &w.labels)
+        });
+        let namespace_level = all
+            .iter()
+            .filter(|pa| pa.namespace() == w.namespace && !has_selector(pa.spec.selector.as_ref()));
+        let mesh_level = all
+            .iter()
+            .filter(|pa| pa.namespace() == ROOT_NAMESPACE && !has_selector(pa.spec.selector.as_ref()));
+        let own = self.first_of(workload_level, "workload");
+        let namespace = self.first_of(namespace_level, "namespace");
+        let mesh = if w.namespace == ROOT_NAMESPACE {
+            None
+        } else {
+            self.first_of(mesh_level, "mesh")
+        };
+        let mode = |pa: Option<&PeerAuthentication>| {
+            pa.and_then(|pa| mtls_mode(pa.spec.mtls.as_ref().and_then(|m| m.mode.as_deref())))
+        };
+        let default = mode(own)
+            .or_else(|| mode(namespace))
+            .or_else(|| mode(mesh))
+            .unwrap_or(MtlsMode::Permissive);
+        let ports = own
+            .map(|pa| {
+                pa.spec
+                    .port_level_mtls
+                    .iter()
+                    .filter_map(|(port, m)| {
+                        let port = u16::try_from(*port).ok().filter(|p| *p > 0)?;
+                        Some((port, mtls_mode(m.mode.as_deref()).unwrap_or(default)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        PeerAuthn { default, ports }
+    }
+
+    /// The first policy of a level; the others are warned about (Istio takes the oldest, which
+    /// files cannot say: here the first in input order).
+    fn first_of<'a>(
+        &mut self,
+        mut level: impl Iterator<Item = &'a &'a PeerAuthentication>,
+        name: &str,
+    ) -> Option<&'a PeerAuthentication> {
+        let first = *level.next()?;
+        for other in level {
+            self.warn(
+                *other,
+                &FieldPath::root(),
+                format!(
+                    "several {name}-level PeerAuthentications apply to this workload; {} is used \
+                     and this one is ignored",
+                    first.source()
+                ),
+            );
+        }
+        Some(first)
+    }
+
+    fn compile_policy(&mut self, ap: &AuthorizationPolicy, known_ports: &[u16]) -> Option<Policy> {
+        let action = match ap.spec.action.as_deref().unwrap_or("ALLOW") {
+            "ALLOW" => Action::Allow,
+            "DENY" => Action::Deny,
+            "AUDIT" => Action::Audit,
+            // CUSTOM and unknown actions are errors already.
+            _ => return None,
+        };
+        let site: &Site<'_> = ap;
+        let mut rules = Vec::new();
+        for (i, rule) in ap.spec.rules.iter().flatten().enumerate() {
+            let rp = FieldPath::root().key("spec").key("rules").index(i);
+            let from = rule.from.iter().map(|f| source_match(&f.source)).collect();
+            let mut to = Vec::new();
+            for (j, t) in rule.to.iter().enumerate() {
+                let o = &t.operation;
+                self.unknown_ports(
+                    site,
+                    &rp.key("to").index(j).key("operation").key("ports"),
+                    &o.ports,
+                    known_ports,
+                );
+                to.push(OperationMatch {
+                    hosts: Values::new(lower_strs(&o.hosts), lower_strs(&o.not_hosts)),
+                    ports: Values::new(ports(&o.ports), ports(&o.not_ports)),
+                    methods: Values::new(strs(&o.methods), strs(&o.not_methods)),
+                    paths: Values::new(strs(&o.paths), strs(&o.not_paths)),
+                });
+            }
+            let mut when = Vec::new();
+            for (j, c) in rule.when.iter().enumerate() {
+                if c.key.split('[').next() == Some("destination.port") {
+                    self.unknown_ports(site, &rp.key("when").index(j).key("values"), &c.values, known_ports);
+                }
+                when.extend(condition_match(c));
+            }
+            rules.push(Rule { from, to, when });
+        }
+        Some(Policy {
+            name: format!("{}/{}", ap.namespace(), ap.metadata.name),
+            action,
+            rules,
+        })
+    }
+
+    fn unknown_ports(&mut self, site: &Site<'_>, path: &FieldPath, list: &[String], known: &[u16]) {
+        if known.is_empty() {
+            return;
+        }
+        for (i, port) in list.iter().enumerate() {
+            if let Ok(n) = port.parse::<u16>() {
+                if !known.contains(&n) {
+                    let mut known = known.to_vec();
+                    known.sort_unstable();
+                    known.dedup();
+                    let known: Vec<String> = known.iter().map(u16::to_string).collect();
+                    self.warn(
+                        site,
+                        &path.index(i),
+                        format!(
+                            "port {n} is not a port of this workload ({}), so this can never match",
+                            known.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn source_match(s: &Source) -> SourceMatch {
+    SourceMatch {
+        principals: Values::new(strs(&s.principals), strs(&s.not_principals)),
+        request_principals: Values::new(strs(&s.request_principals), strs(&s.not_request_principals)),
+        namespaces: Values::new(strs(&s.namespaces), strs(&s.not_namespaces)),
+        service_accounts: Values::new(
+            service_accounts(&s.service_accounts),
+            service_accounts(&s.not_service_accounts),
+        ),
+        ip_blocks: Values::new(cidrs(&s.ip_blocks), cidrs(&s.not_ip_blocks)),
+        remote_ip_blocks: Values::new(cidrs(&s.remote_ip_blocks), cidrs(&s.not_remote_ip_blocks)),
+    }
+}
+
+/// `None` for a condition that was reported as an error.
+fn condition_match(c: &Condition) -> Option<ConditionMatch> {
+    let (base, name) = match c.key.split_once('[') {
+        Some((base, rest)) => (base, rest.strip_suffix(']')),
+        None => (c.key.as_str(), None),
+    };
+    let s = || Values {
+        any: strs(&c.values),
+        none: strs(&c.not_values),
+    };
+    let ips = || Values {
+        any: cidrs(&c.values),
+        none: cidrs(&c.not_values),
+    };
+    Some(match base {
+        "request.headers" => ConditionMatch::Header {
+            name: name?.to_ascii_lowercase(),
+            values: s(),
+        },
+        "source.ip" => ConditionMatch::SourceIp(ips()),
+        "remote.ip" => ConditionMatch::RemoteIp(ips()),
+        "destination.ip" => ConditionMatch::DestinationIp(ips()),
+        "destination.port" => ConditionMatch::DestinationPort(Values {
+            any: ports(&c.values),
+            none: ports(&c.not_values),
+        }),
+        "source.namespace" => ConditionMatch::SourceNamespace(s()),
+        "source.principal" => ConditionMatch::SourcePrincipal(s()),
+        "source.serviceAccount" => ConditionMatch::SourceServiceAccount(Values {
+            any: service_accounts(&c.values),
+            none: service_accounts(&c.not_values),
+        }),
+        "connection.sni" => ConditionMatch::Sni(s()),
+        b if b.starts_with("request.auth.") => ConditionMatch::RequestAuth(s()),
+        b if b.starts_with("experimental.") => ConditionMatch::Never,
+        _ => return None,
+    })
 }

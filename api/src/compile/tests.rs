@@ -6,7 +6,9 @@ use super::*;
 use crate::diagnostic::Severity;
 use crate::load::load_str;
 use crate::registry::RegistryEndpoint;
-use crate::snapshot::{HashOn, IoMode, LbPolicy, ListenerKind, RequestHead, RouteAction};
+use crate::snapshot::{
+    HashOn, IoMode, LbPolicy, ListenerKind, MtlsMode, PeerAuthn, RequestHead, RouteAction, UpstreamTls,
+};
 
 fn compile_yaml(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
     let (resources, mut warnings) = load_str("mesh.yaml", text)?;
@@ -1228,15 +1230,49 @@ spec:
 ";
 
 #[test]
-fn istio_security_examples_load_unchanged_and_say_they_are_not_enforced() {
+fn istio_security_examples_load_unchanged_and_compile_for_the_workloads_they_select() {
     let c = ok(SECURITY_EXAMPLES);
-    let not_enforced: Vec<_> = c
-        .warnings
+    // Only the JWT condition, which ringmesh cannot evaluate, is worth a word.
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    assert_eq!(c.warnings[0].field.as_deref(), Some("spec.rules[0].when[0].key"));
+    assert!(c.warnings[0].message.contains("RequestAuthentication"));
+    // The default workload (namespace default) is selected by none of them.
+    assert!(c.snapshot.security.authz.is_empty());
+    assert_eq!(c.snapshot.security.peer_authn, PeerAuthn::default());
+
+    let workload = |labels: &str| {
+        format!(
+            "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  workload:\n    name: w\n    \
+             namespace: foo\n    labels: {{{labels}}}\n---\n{SECURITY_EXAMPLES}"
+        )
+    };
+    let httpbin = ok(&workload("app: httpbin, version: v1"));
+    let names: Vec<&str> = httpbin
+        .snapshot
+        .security
+        .authz
+        .policies
         .iter()
-        .filter(|w| w.message.contains("not enforced yet"))
+        .map(|p| p.name.as_str())
         .collect();
-    assert_eq!(not_enforced.len(), 3, "{:#?}", c.warnings);
-    assert_eq!(c.warnings.len(), 3, "nothing else to say: {:#?}", c.warnings);
+    assert_eq!(names, ["foo/httpbin", "foo/deny-method-get"]);
+    assert_eq!(httpbin.snapshot.security.peer_authn.default, MtlsMode::Permissive);
+
+    let finance = ok(&workload("app: finance"));
+    let names: Vec<&str> = finance
+        .snapshot
+        .security
+        .authz
+        .policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["foo/deny-method-get"], "the httpbin selector does not match");
+    let pa = &finance.snapshot.security.peer_authn;
+    assert_eq!(
+        (pa.mode_for(80), pa.mode_for(8080)),
+        (MtlsMode::Strict, MtlsMode::Disable)
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Metadata, Origin};
+use super::{Metadata, Origin, PortSelector};
 
 /// Policies for traffic to one host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +59,72 @@ pub struct TrafficPolicy {
     /// Upstream connection settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPoolSettings>,
+    /// TLS to the upstream; absent: mutual TLS to meshed endpoints (Istio's auto mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
+    /// Overrides for single ports (only `tls` is implemented at this level).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+}
+
+/// Istio `TrafficPolicy.PortTrafficPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    /// The service port it applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortSelector>,
+    /// TLS to the upstream on this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// Istio `ClientTLSSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTlsSettings {
+    /// `DISABLE` (Istio's default when `tls` is written), `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+    /// `MUTUAL`: the client certificate file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    /// `MUTUAL`: the private key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// `SIMPLE`/`MUTUAL`: CA certificates to verify the server with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// `SIMPLE`/`MUTUAL`: a secret holding the certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    /// Identities the server's certificate may carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// SNI to send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Skip verifying the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// Istio `ClientTLSSettings.TLSmode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientTlsMode {
+    /// Plain text.
+    #[default]
+    #[serde(rename = "DISABLE")]
+    Disable,
+    /// TLS with the user's CA (not supported yet).
+    #[serde(rename = "SIMPLE")]
+    Simple,
+    /// Mutual TLS with the user's certificates (not supported yet).
+    #[serde(rename = "MUTUAL")]
+    Mutual,
+    /// Mutual TLS with the mesh's certificates.
+    #[serde(rename = "ISTIO_MUTUAL")]
+    IstioMutual,
 }
 
 /// Istio `LoadBalancerSettings`: `simple` or `consistentHash`.

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Metadata, Origin};
+use crate::normalize::PathNormalization;
 use crate::snapshot::IoMode;
 
 /// Process settings and listeners for one proxy.
@@ -67,6 +68,20 @@ pub struct ProxyConfigSpec {
     /// The workload next to this proxy, announced to the control plane as endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Box<WorkloadSpec>>,
+    /// How request paths are normalized before routing and authorization (Istio's
+    /// `meshConfig.pathNormalization`); absent: `MERGE_SLASHES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_normalization: Option<PathNormalizationSpec>,
+}
+
+/// `ProxyConfig.spec.pathNormalization`, in the shape of Istio's
+/// `meshConfig.pathNormalization`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathNormalizationSpec {
+    /// `NONE`, `BASE`, `MERGE_SLASHES` (the default) or `DECODE_AND_MERGE_SLASHES`.
+    #[serde(default)]
+    pub normalization: PathNormalization,
 }
 
 /// `ProxyConfig.spec.controlPlane`.
@@ -220,6 +235,19 @@ pub enum ListenerProtocol {
     Auto,
 }
 
+/// Which way a listener's traffic flows, as Istio names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrafficDirection {
+    /// From the local workload to the mesh (the default).
+    #[default]
+    #[serde(rename = "OUTBOUND")]
+    Outbound,
+    /// From the mesh to the local workload: this workload's `PeerAuthentication` and
+    /// `AuthorizationPolicy` apply here.
+    #[serde(rename = "INBOUND")]
+    Inbound,
+}
+
 /// One listener.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -233,6 +261,10 @@ pub struct ListenerSpec {
     /// `HTTP` (default), `TCP` or `AUTO`.
     #[serde(default)]
     pub protocol: ListenerProtocol,
+    /// `OUTBOUND` (default) or `INBOUND`: whether the listener takes traffic for the local
+    /// workload, which the security policies guard.
+    #[serde(default, skip_serializing_if = "is_outbound")]
+    pub direction: TrafficDirection,
     /// What the port carries, as Kubernetes' `appProtocol` says it (`http`, `http2`, `grpc`,
     /// `grpc-web`, `tcp`, `tls`, `mysql`, ...): on an `AUTO` listener it skips detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,4 +288,8 @@ pub struct ListenerDestination {
     /// Service port; needed when the service has several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i64>,
+}
+
+fn is_outbound(d: &TrafficDirection) -> bool {
+    *d == TrafficDirection::Outbound
 }
