@@ -1796,3 +1796,371 @@ fn bad_detection_values_name_the_field() {
         assert!(e[0].message.contains(want), "{value}: {}", e[0].message);
     }
 }
+
+// ---------------------------------------------------------------- security for the workload
+
+/// A `ProxyConfig` for workload `shop/web` (labels `app: web`), then `rest`.
+fn for_web(rest: &str) -> String {
+    format!(
+        "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  workload:\n    name: web\n    \
+         namespace: shop\n    labels: {{app: web}}\n---\n{rest}"
+    )
+}
+
+fn peer_authn(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {spec}\n---\n"
+    )
+}
+
+#[test]
+fn peer_authentication_precedence() {
+    let mesh = peer_authn("istio-system", "mesh", "{mtls: {mode: STRICT}}");
+    let ns = |mode: &str| peer_authn("shop", "ns", &format!("{{mtls: {{mode: {mode}}}}}"));
+    let own = |mode: &str| {
+        peer_authn(
+            "shop",
+            "own",
+            &format!("{{selector: {{matchLabels: {{app: web}}}}, mtls: {{mode: {mode}}}, portLevelMtls: {{9000: {{mode: UNSET}}, 9001: {{mode: STRICT}}}}}}"),
+        )
+    };
+    let resolved = |docs: &[String]| {
+        let pa = ok(&for_web(&docs.concat())).snapshot.security.peer_authn;
+        (pa.mode_for(80), pa.mode_for(9000), pa.mode_for(9001))
+    };
+    use MtlsMode::{Disable, Permissive, Strict};
+    // Nothing anywhere: Istio's PERMISSIVE.
+    assert_eq!(resolved(&[]), (Permissive, Permissive, Permissive));
+    assert_eq!(resolved(std::slice::from_ref(&mesh)), (Strict, Strict, Strict));
+    assert_eq!(resolved(&[mesh.clone(), ns("DISABLE")]), (Disable, Disable, Disable));
+    assert_eq!(resolved(&[mesh.clone(), ns("UNSET")]), (Strict, Strict, Strict));
+    // The workload's own policy wins; an UNSET port inherits the workload's mode.
+    assert_eq!(
+        resolved(&[mesh.clone(), ns("DISABLE"), own("PERMISSIVE")]),
+        (Permissive, Permissive, Strict)
+    );
+    assert_eq!(
+        resolved(&[mesh.clone(), ns("DISABLE"), own("UNSET")]),
+        (Disable, Disable, Strict)
+    );
+    // Policies for other workloads, other namespaces, or a selector in the root namespace
+    // (which selects only root-namespace workloads) do not apply.
+    let others = [
+        peer_authn("other", "ns", "{mtls: {mode: DISABLE}}"),
+        peer_authn(
+            "shop",
+            "db",
+            "{selector: {matchLabels: {app: db}}, mtls: {mode: DISABLE}}",
+        ),
+        peer_authn(
+            "istio-system",
+            "gw",
+            "{selector: {matchLabels: {app: web}}, mtls: {mode: DISABLE}}",
+        ),
+    ];
+    assert_eq!(resolved(&others), (Permissive, Permissive, Permissive));
+    assert_eq!(
+        ok(&for_web(&[mesh.clone(), ns("DISABLE")].concat()))
+            .snapshot
+            .security
+            .peer_authn,
+        PeerAuthn {
+            default: Disable,
+            ports: vec![]
+        }
+    );
+}
+
+#[test]
+fn several_peer_authentications_at_one_level_take_the_first_and_warn() {
+    let text = for_web(
+        &[
+            peer_authn("shop", "first", "{mtls: {mode: STRICT}}"),
+            peer_authn("shop", "second", "{mtls: {mode: DISABLE}}"),
+        ]
+        .concat(),
+    );
+    let c = ok(&text);
+    assert_eq!(c.snapshot.security.peer_authn.default, MtlsMode::Strict);
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    assert_eq!(
+        c.warnings[0].resource.as_deref(),
+        Some("PeerAuthentication shop/second")
+    );
+    assert!(c.warnings[0].message.contains("PeerAuthentication shop/first"));
+}
+
+#[test]
+fn authorization_policy_warnings_for_rules_that_cannot_match() {
+    // The workload serves port 8080 only.
+    let text = for_web("").replace(
+        "labels: {app: web}",
+        "labels: {app: web}\n    addresses: [10.0.0.1]\n    ports: {http: 8080}",
+    ) + "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  rules:
+  - from:
+    - source:
+        principals: [spiffe://cluster.local/ns/a/sa/b, cluster.local/ns/a/sa/b, 'prod/*', sleep]
+        namespaces: [a]
+        notNamespaces: [a]
+    to:
+    - operation:
+        ports: ['8080', '9999']
+        paths: [/x]
+        notPaths: [/x]
+    when:
+    - key: experimental.envoy.filters.network.mysql_proxy[db.table]
+      values: [x]
+    - key: request.auth.audiences
+      values: [x]
+    - key: destination.port
+      values: ['7777']
+      notValues: ['7777']
+";
+    let c = ok(&text);
+    let on = |field: &str| -> Vec<&str> {
+        c.warnings
+            .iter()
+            .filter(|w| w.field.as_deref() == Some(field))
+            .map(|w| w.message.as_str())
+            .collect()
+    };
+    let p = "spec.rules[0]";
+    assert!(on(&format!("{p}.from[0].source.principals[0]"))[0].contains("without spiffe://"));
+    assert!(on(&format!("{p}.from[0].source.principals[1]")).is_empty());
+    assert!(on(&format!("{p}.from[0].source.principals[2]")).is_empty());
+    assert!(on(&format!("{p}.from[0].source.principals[3]"))[0].contains("<trust domain>/ns/"));
+    assert!(on(&format!("{p}.from[0].source.notNamespaces"))[0].contains("both namespaces and notNamespaces"));
+    assert!(on(&format!("{p}.to[0].operation.notPaths"))[0].contains("both paths and notPaths"));
+    assert!(on(&format!("{p}.to[0].operation.ports[0]")).is_empty());
+    assert!(on(&format!("{p}.to[0].operation.ports[1]"))[0].contains("port 9999 is not a port of this workload (8080)"));
+    assert!(on(&format!("{p}.when[0].key"))[0].contains("never matches"));
+    assert!(on(&format!("{p}.when[1].key"))[0].contains("RequestAuthentication"));
+    assert!(on(&format!("{p}.when[2].values[0]"))[0].contains("port 7777"));
+    assert!(on(&format!("{p}.when[2].notValues"))[0].contains("both values and notValues"));
+    assert_eq!(c.warnings.len(), 9, "{:#?}", c.warnings);
+    let line = c
+        .warnings
+        .iter()
+        .find(|w| w.message.contains("9999"))
+        .and_then(|w| w.line);
+    assert_eq!(line, Some(line_of(&text, "ports: ['8080', '9999']", 0)));
+}
+
+#[test]
+fn security_errors_name_the_field() {
+    let e = errors(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext}\n\
+         spec: {action: CUSTOM, provider: {name: opa}, rules: [{to: [{operation: {paths: ['/api/{*}/x']}}], \
+         when: [{key: source.serviceAccount, values: [nobody]}]}]}\n",
+    );
+    let field = |f: &str| {
+        e.iter()
+            .find(|d| d.field.as_deref() == Some(f))
+            .unwrap_or_else(|| panic!("no error on {f}: {e:#?}"))
+            .message
+            .as_str()
+    };
+    assert!(field("spec.action").contains("CUSTOM is not supported"));
+    assert!(field("spec.rules[0].to[0].operation.paths[0]").contains("path templates"));
+    assert!(field("spec.rules[0].when[0].values[0]").contains("NAMESPACE/SERVICE_ACCOUNT"));
+    assert_eq!(e.len(), 3, "{e:#?}");
+}
+
+#[test]
+fn path_normalization_and_inbound_listeners_from_the_proxy_config() {
+    let c = ok(
+        "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  pathNormalization:\n    \
+                normalization: DECODE_AND_MERGE_SLASHES\n  listeners:\n  \
+                - {name: out, address: 127.0.0.1:15001}\n  \
+                - {name: in, address: 0.0.0.0:15006, direction: INBOUND}\n",
+    );
+    assert_eq!(
+        c.snapshot.security.path_normalization,
+        crate::normalize::PathNormalization::DecodeAndMergeSlashes
+    );
+    let inbound: Vec<(&str, bool)> = c
+        .snapshot
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.inbound))
+        .collect();
+    assert_eq!(inbound, [("out", false), ("in", true)]);
+    // The default is MERGE_SLASHES, and the default listener is outbound.
+    let c = ok("apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec: {}\n");
+    assert_eq!(
+        c.snapshot.security.path_normalization,
+        crate::normalize::PathNormalization::MergeSlashes
+    );
+    assert!(!c.snapshot.listeners[0].inbound);
+
+    let text = "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  pathNormalization:\n    \
+                normalization: MERGE\n  listeners:\n  - {name: in, address: 0.0.0.0:15006, direction: IN}\n";
+    let e = errors(text);
+    let on = |f: &str| {
+        e.iter()
+            .find(|d| d.field.as_deref() == Some(f))
+            .map(|d| d.message.as_str())
+    };
+    assert!(
+        on("spec.pathNormalization.normalization").is_some_and(|m| m.contains("MERGE_SLASHES")),
+        "{e:#?}"
+    );
+    let e = errors(&text.replace("normalization: MERGE", "normalization: BASE"));
+    assert!(
+        e.iter()
+            .any(|d| d.field.as_deref() == Some("spec.listeners[0].direction") && d.message.contains("INBOUND")),
+        "{e:#?}"
+    );
+}
+
+const TLS_SERVICE: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports:
+  - {number: 80, name: http}
+  - {number: 81, name: http-2}
+  endpoints:
+  - address: 10.0.0.1
+    labels: {version: v1, security.istio.io/tlsMode: istio}
+  - address: 10.0.0.2
+    labels: {version: v2}
+---
+";
+
+fn cluster_tls(c: &Compiled, name: &str) -> UpstreamTls {
+    c.snapshot
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"))
+        .tls
+        .clone()
+}
+
+#[test]
+fn destination_rule_tls_with_istios_precedence() {
+    // No tls: auto mTLS, to meshed endpoints only.
+    let c = ok(TLS_SERVICE);
+    let cluster = &c.snapshot.clusters[0];
+    assert_eq!(cluster.tls, UpstreamTls::Auto);
+    assert!(cluster.mtls_to(0), "the meshed endpoint");
+    assert!(!cluster.mtls_to(1), "the plain one");
+
+    let rule = "\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/a/sa/api]}
+    portLevelSettings:
+    - port: {number: 81}
+      tls: {mode: DISABLE}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      tls: {mode: DISABLE}
+      portLevelSettings:
+      - port: {number: 80}
+        tls: {mode: ISTIO_MUTUAL}
+  - name: v3
+    labels: {version: v2}
+    trafficPolicy:
+      tls: {mode: DISABLE}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  http:
+  - route:
+    - {destination: {host: api.example.com, port: {number: 80}, subset: v1}, weight: 25}
+    - {destination: {host: api.example.com, port: {number: 81}, subset: v1}, weight: 25}
+    - {destination: {host: api.example.com, port: {number: 80}, subset: v2}, weight: 25}
+    - {destination: {host: api.example.com, port: {number: 81}, subset: v3}, weight: 25}
+";
+    let c = ok(&format!("{TLS_SERVICE}{rule}"));
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let istio = |sans: &[&str]| UpstreamTls::IstioMutual {
+        subject_alt_names: sans.iter().map(|s| s.to_string()).collect(),
+    };
+    let san = ["spiffe://cluster.local/ns/a/sa/api"];
+    // The rule's tls; its port-level setting for 81.
+    assert_eq!(cluster_tls(&c, "outbound|80||api.example.com"), istio(&san));
+    assert_eq!(cluster_tls(&c, "outbound|81||api.example.com"), UpstreamTls::Disable);
+    // A subset without tls inherits, port level included.
+    assert_eq!(cluster_tls(&c, "outbound|80|v1|api.example.com"), istio(&san));
+    assert_eq!(cluster_tls(&c, "outbound|81|v1|api.example.com"), UpstreamTls::Disable);
+    // The subset's port-level setting beats its own tls.
+    assert_eq!(cluster_tls(&c, "outbound|80|v2|api.example.com"), istio(&[]));
+    // The subset's tls beats the rule's port-level setting.
+    assert_eq!(cluster_tls(&c, "outbound|81|v3|api.example.com"), UpstreamTls::Disable);
+    let v2 = c
+        .snapshot
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|80|v2|api.example.com")
+        .expect("v2");
+    assert!(v2.mtls_to(0), "ISTIO_MUTUAL even to an endpoint without the mesh label");
+    let plain = c
+        .snapshot
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|81|v1|api.example.com")
+        .expect("v1:81");
+    assert!(!plain.mtls_to(0), "DISABLE even to a meshed endpoint");
+}
+
+#[test]
+fn destination_rule_tls_errors() {
+    let dr = |tls: &str| {
+        format!(
+            "{TLS_SERVICE}apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api}}\n\
+             spec:\n  host: api.example.com\n  trafficPolicy:\n    tls: {tls}\n"
+        )
+    };
+    let first = |tls: &str| {
+        let e = errors(&dr(tls));
+        (e[0].field.clone().unwrap_or_default(), e[0].message.clone(), e.len())
+    };
+    let (field, msg, n) = first("{mode: SIMPLE, caCertificates: /etc/ca.pem}");
+    assert_eq!((field.as_str(), n), ("spec.trafficPolicy.tls.mode", 1));
+    assert!(msg.contains("SIMPLE") && msg.contains("not supported yet"), "{msg}");
+    let (field, msg, _) = first("{mode: MUTUAL}");
+    assert_eq!(field, "spec.trafficPolicy.tls.mode");
+    assert!(msg.contains("MUTUAL") && msg.contains("not supported yet"), "{msg}");
+    let (field, msg, _) = first("{mode: ISTIO_MTLS}");
+    assert_eq!(field, "spec.trafficPolicy.tls.mode");
+    assert!(msg.contains("ISTIO_MUTUAL") && msg.contains("DISABLE"), "{msg}");
+    let e = errors(&dr(
+        "{mode: ISTIO_MUTUAL, clientCertificate: /c.pem, credentialName: x, sni: a}",
+    ));
+    let fields: Vec<&str> = e.iter().filter_map(|d| d.field.as_deref()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.trafficPolicy.tls.clientCertificate",
+            "spec.trafficPolicy.tls.credentialName"
+        ]
+    );
+    assert!(e[0].message.contains("ISTIO_MUTUAL"));
+    // DISABLE with certificate fields compiles; they are ignored with a word.
+    let c = ok(&dr("{mode: DISABLE, sni: a.example.com}"));
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    assert_eq!(c.warnings[0].field.as_deref(), Some("spec.trafficPolicy.tls.sni"));
+    assert_eq!(c.snapshot.clusters[0].tls, UpstreamTls::Disable);
+}
