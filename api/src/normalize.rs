@@ -197,7 +197,16 @@ fn decode(p: &[u8], mode: PathNormalization) -> String {
     while i < p.len() {
         match p[i] {
             b'%' => {
-                let v = hex(p[i + 1]).zip(hex(p[i + 2])).map_or(0, |(h, l)| h << 4 | l);
+                // `scan` refused malformed escapes; a short one here is kept as it is.
+                let Some(v) = p
+                    .get(i + 1..i + 3)
+                    .and_then(|h| hex(h[0]).zip(hex(h[1])))
+                    .map(|(h, l)| h << 4 | l)
+                else {
+                    out.push(b'%');
+                    i += 1;
+                    continue;
+                };
                 if is_unreserved(v) {
                     out.push(v);
                 } else if mode.decodes_slashes() && (v == b'/' || v == b'\\') {

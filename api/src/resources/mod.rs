@@ -109,10 +109,10 @@ pub enum Resource {
     ProxyConfig(ProxyConfig),
     /// A workload outside Kubernetes, selected into ServiceEntries by its labels.
     WorkloadEntry(WorkloadEntry),
-    /// Who may call the workloads it selects (validated and distributed; not enforced yet).
+    /// Who may call the workloads it selects (compiled into `Snapshot.security.authz`).
     AuthorizationPolicy(AuthorizationPolicy),
-    /// Whether the workloads it selects require mutual TLS (validated and distributed; not
-    /// enforced yet).
+    /// Whether the workloads it selects require mutual TLS (compiled into
+    /// `Snapshot.security.peer_authn`).
     PeerAuthentication(PeerAuthentication),
 }
 

@@ -3,8 +3,8 @@
 //!
 //! They load and validate like the networking kinds (unknown fields, values checked with file,
 //! line and field), and the control plane sends each to the workloads it selects, so that a
-//! mesh's real Istio security config can be adopted unchanged and checked today. The proxy does
-//! not enforce them yet: the compiler says so in a warning on every one.
+//! mesh's real Istio security config can be adopted unchanged. The compiler turns the ones that
+//! select a proxy's workload into `Snapshot.security` (`crate::authz` for the matching rules).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -337,6 +337,7 @@ mod tests {
             protocol: Default::default(),
             upgrade_meshed: true,
             host_not_found: None,
+            tls: Default::default(),
         };
         let addrs: Vec<_> = c.endpoints.iter().map(|e| e.address).collect();
         let s = ClusterState::new(&c, Rc::new(ClusterCounters::default()), &addrs);
