@@ -1257,6 +1257,17 @@ fn istio_security_examples_load_unchanged_and_compile_for_the_workloads_they_sel
         .collect();
     assert_eq!(names, ["foo/httpbin", "foo/deny-method-get"]);
     assert_eq!(httpbin.snapshot.security.peer_authn.default, MtlsMode::Permissive);
+    // `/config_dump` shows what was compiled.
+    let dump = serde_json::to_value(&httpbin.snapshot).expect("serializes");
+    let security = &dump["security"];
+    assert_eq!(security["path_normalization"], "MERGE_SLASHES");
+    assert_eq!(security["peer_authn"]["default"], "Permissive");
+    assert_eq!(security["authz"]["policies"][1]["name"], "foo/deny-method-get");
+    assert_eq!(security["authz"]["policies"][1]["action"], "Deny");
+    assert_eq!(
+        security["authz"]["policies"][1]["rules"][0]["from"][0]["ip_blocks"]["any"][0]["prefix"],
+        8
+    );
 
     let finance = ok(&workload("app: finance"));
     let names: Vec<&str> = finance
