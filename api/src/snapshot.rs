@@ -578,8 +578,13 @@ impl Cluster {
     /// Whether a request to `endpoint` (an index into [`Cluster::endpoints`]) goes over
     /// HTTP/2; `client_h2` says whether the client spoke HTTP/2. An HTTP/1.1 cluster still
     /// speaks HTTP/2 to a meshed endpoint, whose proxy translates back (unless the rule said
-    /// `DO_NOT_UPGRADE`), so that two proxies share a few multiplexed connections.
+    /// `DO_NOT_UPGRADE`), so that two proxies share a few multiplexed connections. A hop in
+    /// mutual TLS ([`Cluster::mtls_to`]) is always HTTP/2: the proxies' TLS hop is carried by
+    /// their shared HTTP/2 connections only (`DO_NOT_UPGRADE` applies to plaintext hops).
     pub fn h2_to(&self, endpoint: usize, client_h2: bool) -> bool {
+        if self.mtls_to(endpoint) {
+            return true;
+        }
         match self.protocol {
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::UseClient => client_h2,

@@ -83,7 +83,7 @@ pub(crate) enum Sniffed {
 }
 
 impl Sniffed {
-    fn is_http(self) -> bool {
+    pub(crate) fn is_http(self) -> bool {
         matches!(self, Sniffed::Http1 | Sniffed::Http2)
     }
 }
@@ -128,7 +128,7 @@ fn is_prefix_either_way(a: &[u8], b: &[u8]) -> bool {
 
 /// How detection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Sniffed(Sniffed),
     /// Nothing conclusive within the timeout.
     Timeout,
@@ -145,7 +145,8 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, 
     match outcome {
         Outcome::Sniffed(s) if s.is_http() => {
             inc(&worker.stats.detected_http);
-            crate::http::proxy::serve(worker, stream, peer, buf).await;
+            let io = crate::http::downstream::ClientIo::Tcp(stream);
+            crate::http::proxy::serve(worker, io, peer, None, buf).await;
         }
         Outcome::Sniffed(_) | Outcome::Timeout => {
             inc(if outcome == Outcome::Timeout {
@@ -153,7 +154,8 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, 
             } else {
                 &worker.stats.detected_tcp
             });
-            crate::tcp::serve(worker, stream, peer, listener, buf).await;
+            let io = crate::http::downstream::ClientIo::Tcp(stream);
+            crate::tcp::serve(worker, io, peer, listener, buf, None).await;
         }
         Outcome::Gone => {}
     }
@@ -175,7 +177,7 @@ fn detection_timeout(worker: &Worker, listener: &str) -> Duration {
 }
 
 /// Reads into `buf` until [`classify`] decides or `timeout` passes.
-async fn sniff(stream: &mut TcpStream, buf: &mut BytesMut, timeout: Duration) -> Outcome {
+pub(crate) async fn sniff(stream: &mut TcpStream, buf: &mut BytesMut, timeout: Duration) -> Outcome {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(s) = classify(buf) {

@@ -58,6 +58,9 @@ pub enum ErrorKind {
     /// A connection-pool limit was reached (`http2MaxRequests`): refused at once (503,
     /// Envoy's `UO`) rather than queued.
     Overflow,
+    /// The workload's `AuthorizationPolicy`s deny the request (403 `RBAC: access denied`, as
+    /// Envoy's RBAC filter answers; gRPC `PERMISSION_DENIED`).
+    Forbidden,
 }
 
 /// How far a request got before it failed: what decides whether another try is safe at all
@@ -163,6 +166,7 @@ impl ProxyError {
             // Nobody is there to read it; 499 is what access logs show (nginx's convention).
             ErrorKind::DownstreamClosed => 499,
             ErrorKind::Overflow => 503,
+            ErrorKind::Forbidden => 403,
         }
     }
 
@@ -181,6 +185,7 @@ impl ProxyError {
             ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => "UT",
             ErrorKind::DownstreamClosed => "DC",
             ErrorKind::Overflow => "UO",
+            ErrorKind::Forbidden => "RBAC",
         }
     }
 
@@ -206,6 +211,7 @@ impl ProxyError {
             ErrorKind::Overflow => {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow\n"
             }
+            ErrorKind::Forbidden => "RBAC: access denied",
         }
     }
 }

@@ -9,6 +9,7 @@
 //! `ringmesh-proxy` binary's whole `main`.
 
 pub mod admin;
+pub(crate) mod authz;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod control;
 pub mod detect;
 pub mod error;
 pub mod http;
+pub(crate) mod identity;
 pub mod lb;
 pub mod listener;
 pub mod probe;
@@ -24,6 +26,7 @@ pub mod runtime;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;
+pub(crate) mod tls;
 pub mod worker;
 pub mod xds;
 

@@ -14,11 +14,13 @@ use ringmesh_api::snapshot::ListenerKind;
 use crate::telemetry::stats::{dec, inc};
 use crate::worker::Worker;
 
-/// Accepts until `stop` is closed.
+/// Accepts until `stop` is closed. `inbound`: the listener serves this proxy's workload
+/// (`direction: INBOUND`), where its `PeerAuthentication` and `AuthorizationPolicy`s apply.
 pub async fn accept_loop(
     worker: Rc<Worker>,
     name: String,
     kind: ListenerKind,
+    inbound: bool,
     listener: TcpListener,
     stop: flume::Receiver<()>,
 ) {
@@ -47,12 +49,19 @@ pub async fn accept_loop(
         let name = name.clone();
         monoio::spawn(async move {
             match &*kind {
+                // The workload's own traffic: mTLS as PeerAuthentication says, then its
+                // policies. Boxed, so outbound connections' tasks are not sized for it.
+                kind if inbound => {
+                    Box::pin(crate::tls::inbound::serve(worker.clone(), stream, peer, &name, kind)).await
+                }
                 ListenerKind::Http => {
                     let buf = BytesMut::with_capacity(crate::http::proxy::INITIAL_BUFFER);
-                    crate::http::proxy::serve(worker.clone(), stream, peer, buf).await
+                    let io = crate::http::downstream::ClientIo::Tcp(stream);
+                    crate::http::proxy::serve(worker.clone(), io, peer, None, buf).await
                 }
                 ListenerKind::Tcp { .. } => {
-                    crate::tcp::serve(worker.clone(), stream, peer, &name, BytesMut::new()).await
+                    let io = crate::http::downstream::ClientIo::Tcp(stream);
+                    crate::tcp::serve(worker.clone(), io, peer, &name, BytesMut::new(), None).await
                 }
                 // Boxed, so the task of every HTTP or TCP connection is not sized for detection.
                 ListenerKind::Detect { .. } => {

@@ -18,9 +18,13 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use ringmesh_api::snapshot::{Listener, ListenerKind, WeightedClusters};
 
+use std::sync::Arc;
+
 use crate::cluster::pool::{self, UpstreamConn};
+use crate::http::downstream::ClientIo;
 use crate::lb;
 use crate::telemetry::stats::inc;
+use crate::tls::InboundConn;
 use crate::worker::Worker;
 
 /// Largest amount moved by one splice call: the default pipe capacity (16 pages).
@@ -31,9 +35,22 @@ const SPLICE_CHUNK: usize = 64 * 1024;
 ///
 /// The destination comes from the *current* snapshot's listener of this name, so a reload that
 /// changes a TCP route applies to new connections at once.
-pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, listener: &str, initial: BytesMut) {
+pub(crate) async fn serve(
+    worker: Rc<Worker>,
+    client: ClientIo,
+    peer: SocketAddr,
+    listener: &str,
+    initial: BytesMut,
+    inbound: Option<Arc<InboundConn>>,
+) {
     inc(&worker.stats.tcp_cx_total);
     let view = worker.snapshot.get();
+    if let Some(conn) = &inbound {
+        // A denied connection is closed before any upstream is dialled.
+        if !crate::authz::check(&worker, &view.snapshot.security.authz, conn, peer, None) {
+            return;
+        }
+    }
     let Some((clusters, idle_timeout)) = tcp_destination(&view.snapshot.listeners, listener) else {
         tracing::warn!(%peer, listener, "tcp listener has no destination in the current config; closing");
         return;
@@ -45,6 +62,7 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
     // Try each endpoint at most once on connect failure, like Envoy's default of one reattempt
     // per host; opaque TCP has nothing else to retry.
     let mut upstream = None;
+    let mut mtls = false;
     let mut tried = lb::TriedEndpoints::default();
     for _ in 0..cluster.endpoints.len().min(3) {
         let Some(i) = lb::pick(cluster, state, &worker.rng, hash, &tried) else {
@@ -56,6 +74,7 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
         match pool::connect(ep.address, cluster.connect_timeout).await {
             Ok(conn) => {
                 upstream = Some(conn);
+                mtls = cluster.mtls_to(i);
                 break;
             }
             Err(e) => {
@@ -72,16 +91,42 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
         );
         return;
     };
-    let _ = client.set_nodelay(true);
+    client.set_nodelay();
     let early = initial.len() as u64;
-    if early > 0 {
-        let (res, _) = upstream.write.write_all(initial).await;
-        if let Err(e) = res {
-            tracing::debug!(%peer, cluster = %cluster.name, "tcp: writing the detected bytes upstream failed: {e}");
+    let (sent, received) = if mtls || matches!(client, ClientIo::Tls(_)) {
+        // TLS on either side: the bytes pass through the cipher, so they are copied, not spliced.
+        let Ok(up) = upstream.read.reunite(upstream.write) else {
             return;
+        };
+        let _ = up.set_nodelay(true);
+        let up = crate::http::h2::io::compat(up);
+        match (client, mtls) {
+            (ClientIo::Tcp(s), true) => {
+                let Some(up) = crate::tls::outbound::connect(&worker, up, &cluster.service).await else {
+                    return;
+                };
+                tls_pipe(crate::http::h2::io::compat(s), up, initial, idle_timeout).await
+            }
+            (ClientIo::Tls(t), true) => {
+                let Some(up) = crate::tls::outbound::connect(&worker, up, &cluster.service).await else {
+                    return;
+                };
+                tls_pipe(t.into_inner(), up, initial, idle_timeout).await
+            }
+            (ClientIo::Tls(t), false) => tls_pipe(t.into_inner(), up, initial, idle_timeout).await,
+            (ClientIo::Tcp(s), false) => tls_pipe(crate::http::h2::io::compat(s), up, initial, idle_timeout).await,
         }
-    }
-    let (sent, received) = pipe_pair(client, upstream, idle_timeout).await;
+    } else {
+        let ClientIo::Tcp(client) = client else { return };
+        if early > 0 {
+            let (res, _) = upstream.write.write_all(initial).await;
+            if let Err(e) = res {
+                tracing::debug!(%peer, cluster = %cluster.name, "tcp: writing the detected bytes upstream failed: {e}");
+                return;
+            }
+        }
+        pipe_pair(client, upstream, idle_timeout).await
+    };
     let sent = sent + early;
     worker
         .stats
@@ -91,6 +136,19 @@ pub async fn serve(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, list
         .stats
         .tcp_bytes_received
         .set(worker.stats.tcp_bytes_received.get() + received);
+}
+
+/// Sends the bytes already read from the client, then copies both ways.
+async fn tls_pipe<A, B>(client: A, mut upstream: B, initial: BytesMut, idle: Duration) -> (u64, u64)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    if !initial.is_empty() && upstream.write_all(&initial).await.is_err() {
+        return (0, 0);
+    }
+    crate::tls::io::pipe(client, upstream, idle).await
 }
 
 /// A connection's consistent-hash key: its source IP, hashed as the HTTP path hashes it for

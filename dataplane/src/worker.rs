@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use crate::cluster::pool::UpstreamPool;
 use crate::http::h2::client::H2Pool;
 use crate::http::h2::handoff::Peers;
+use crate::identity::IdentityCell;
 use crate::rng::FastRng;
 use crate::state::{SnapshotSource, SnapshotView};
 use crate::telemetry::stats::{dec, inc, ClusterTotals, EndpointTotals, StatsTotals, WorkerStats};
+use crate::tls::configs::CoreTls;
 
 /// A request from the control thread to one worker.
 #[derive(Debug)]
@@ -46,13 +48,20 @@ pub struct Worker {
     pub retries_active: Cell<u32>,
     /// Set once draining started: connections close after their current request.
     pub draining: Cell<bool>,
+    /// The workload's certificate (written by the control thread on rotation).
+    pub(crate) identity: Arc<IdentityCell>,
+    /// This core's TLS configs for that certificate.
+    pub(crate) tls: CoreTls,
 }
 
 impl Worker {
     /// A worker reading snapshots from `source`.
     pub fn new(id: usize, source: Arc<SnapshotSource>, peers: Peers) -> Rc<Self> {
+        let identity = source.identity.clone();
         Rc::new(Worker {
             id,
+            identity,
+            tls: CoreTls::default(),
             snapshot: SnapshotView::new(source),
             stats: WorkerStats::default(),
             pool: UpstreamPool::default(),

@@ -1542,16 +1542,35 @@ fn meshed_endpoints_are_told_by_the_istio_tls_mode_label() {
     // Another value of the label is not a proxy (Istio's `disabled`).
     let c = ok(&h2_config("{number: 80, name: http}", "", "").replace("tlsMode: istio", "tlsMode: disabled"));
     assert!(!base_and_subset(&c).0.endpoints[1].meshed);
-    // DO_NOT_UPGRADE keeps HTTP/1.1 even to a proxy; HTTP2 and useClientProtocol ignore meshing.
+    // The hop to a proxy is mutual TLS by default (auto mTLS), and mTLS hops are HTTP/2.
     let c = ok(&h2_config(
         "{number: 80, name: http}",
         "h2UpgradePolicy: DO_NOT_UPGRADE",
         "",
     ));
+    assert!(base_and_subset(&c).0.mtls_to(1) && base_and_subset(&c).0.h2_to(1, false));
+    // Without mTLS, DO_NOT_UPGRADE keeps HTTP/1.1 even to a proxy; HTTP2 and
+    // useClientProtocol ignore meshing.
+    let plain = |text: String| {
+        text.replace(
+            "  trafficPolicy:\n    connectionPool:",
+            "  trafficPolicy:\n    tls: {mode: DISABLE}\n    connectionPool:",
+        )
+    };
+    let c = ok(&plain(h2_config(
+        "{number: 80, name: http}",
+        "h2UpgradePolicy: DO_NOT_UPGRADE",
+        "",
+    )));
+    assert!(!base_and_subset(&c).0.mtls_to(1));
     assert!(!base_and_subset(&c).0.h2_to(1, false));
     let c = ok(&h2_config("{number: 80, name: g, protocol: GRPC}", "", ""));
     assert!(base_and_subset(&c).0.h2_to(0, false));
-    let c = ok(&h2_config("{number: 80, name: http}", "useClientProtocol: true", ""));
+    let c = ok(&plain(h2_config(
+        "{number: 80, name: http}",
+        "useClientProtocol: true",
+        "",
+    )));
     let base = base_and_subset(&c).0;
     assert!(!base.h2_to(1, false) && base.h2_to(0, true));
     // Announced workloads carry their labels the same way.

@@ -4,25 +4,128 @@
 //! Owned by the connection loop (`proxy`) and lent to `forward` for the length of one request.
 //! Reads land in the connection's `BytesMut`; a head is split off as `Bytes` without a copy.
 
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use monoio::io::AsyncWriteRentExt;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use monoio::BufResult;
 
 use super::body::{self, BodyError};
 use super::h1::{self as encode, BodyFraming, H1Error, HeadLimits, RequestHead, RequestParser};
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::tls::inbound::ServerTls;
+use crate::tls::io::RentIo;
+use crate::tls::InboundConn;
 
 /// Largest request body read and thrown away when a request is answered locally; larger
 /// bodies make the proxy close the connection instead.
 const MAX_DISCARD: u64 = 64 * 1024;
 
+/// A client connection's byte stream: a plain socket, or mutual TLS on an inbound listener.
+///
+/// An enum rather than a type parameter, so the HTTP/1.1 path is compiled once; the plain
+/// socket keeps its direct sends ([`ClientIo::write_all_direct`]) and its `splice` tunnels.
+pub(crate) enum ClientIo {
+    /// Plaintext.
+    Tcp(TcpStream),
+    /// TLS, through the poll-based stream `tokio-rustls` drives (boxed: a TLS session is
+    /// large, and plaintext connections should not carry its room).
+    Tls(Box<RentIo<ServerTls>>),
+}
+
+impl std::fmt::Debug for ClientIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientIo::Tcp(s) => write!(f, "Tcp({})", s.as_raw_fd()),
+            ClientIo::Tls(_) => f.write_str("Tls"),
+        }
+    }
+}
+
+impl ClientIo {
+    pub(crate) fn tls(stream: ServerTls) -> Self {
+        ClientIo::Tls(Box::new(RentIo::new(stream)))
+    }
+
+    /// Writes all of `buf`: on a plain socket with one direct `send` where it takes it
+    /// (`http::send`), over TLS through the cipher.
+    pub(crate) async fn write_all_direct<B: IoBuf + 'static>(&mut self, buf: B) -> (io::Result<usize>, B) {
+        match self {
+            ClientIo::Tcp(s) => {
+                let fd = s.as_raw_fd();
+                super::send::write_all(s, fd, buf).await
+            }
+            ClientIo::Tls(t) => t.write_all(buf).await,
+        }
+    }
+
+    /// Sets `TCP_NODELAY` on the socket under it.
+    pub(crate) fn set_nodelay(&self) {
+        let _ = match self {
+            ClientIo::Tcp(s) => s.set_nodelay(true),
+            ClientIo::Tls(_) => Ok(()),
+        };
+    }
+}
+
+impl AsyncReadRent for ClientIo {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientIo::Tcp(s) => s.read(buf).await,
+            ClientIo::Tls(t) => t.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientIo::Tcp(s) => s.readv(buf).await,
+            ClientIo::Tls(t) => t.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for ClientIo {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientIo::Tcp(s) => s.write(buf).await,
+            ClientIo::Tls(t) => t.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientIo::Tcp(s) => s.writev(buf).await,
+            ClientIo::Tls(t) => t.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientIo::Tcp(s) => s.flush().await,
+            ClientIo::Tls(t) => t.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            ClientIo::Tcp(s) => s.shutdown().await,
+            ClientIo::Tls(t) => t.shutdown().await,
+        }
+    }
+}
+
 /// One downstream connection's socket and buffers.
 pub(crate) struct Downstream {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: ClientIo,
     pub(crate) peer: SocketAddr,
+    /// On an inbound listener: the local port and the peer's mTLS identity (authorization).
+    pub(crate) inbound: Option<Arc<InboundConn>>,
     /// Bytes read from the client and not yet consumed.
     pub(crate) buf: BytesMut,
     /// Reused buffer for heads written to the client.

@@ -11,7 +11,6 @@
 //! exponential back-off; nothing is retried once a response byte went to the client.
 //! Upgrades (`101 Switching Protocols`) become a byte tunnel.
 
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -21,7 +20,7 @@ use monoio::net::tcp::TcpOwnedReadHalf;
 use ringmesh_api::snapshot::{Cluster, ClusterId, ForwardAction, HashOn, LbPolicy, Route, RouteMatch};
 
 use super::body::{self, BodyError};
-use super::downstream::{finish_request_body, Downstream};
+use super::downstream::{finish_request_body, ClientIo, Downstream};
 use super::h1::{
     self as encode, BodyFraming, ChunkedLimits, ConnectionHeader, HeadLimits, HeaderOps, RequestEncode, RequestHead,
     ResponseEncode, ResponseHead, ResponseParser,
@@ -314,8 +313,14 @@ fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> 
     let deadline = action.timeout.map(|t| started + t);
 
     // The forwarded head is the same for every try: build it once.
-    let rewritten = action.path_rewrite.as_ref().map(|rw| {
-        let mut t = rw.rewrite(matched, req.path);
+    // A rewrite, or the normalized path when normalizing changed it (the upstream sees what
+    // routing and authorization saw).
+    let rewritten = match &action.path_rewrite {
+        Some(rw) => Some(rw.rewrite(matched, req.path)),
+        None if req.path_changed => Some(req.path.to_string()),
+        None => None,
+    }
+    .map(|mut t| {
         if let Some(q) = req.query {
             t.push('?');
             t.push_str(q);
@@ -746,8 +751,7 @@ async fn relay_response(ex: &mut Exchange<'_>, plan: &Plan<'_>, resp: Response, 
         }
     }
     let out = std::mem::take(&mut conn.out);
-    let fd = conn.stream.as_raw_fd();
-    let (r, out) = crate::http::send::write_all(&mut conn.stream, fd, out).await;
+    let (r, out) = conn.stream.write_all_direct(out).await;
     conn.out = out;
     if r.is_err() {
         return Outcome::Aborted;
@@ -818,5 +822,15 @@ pub(crate) async fn tunnel(conn: Downstream, upstream: UpstreamConn, ubuf: Bytes
             return;
         }
     }
-    crate::tcp::pipe_pair(stream, upstream, idle).await;
+    match stream {
+        ClientIo::Tcp(s) => {
+            crate::tcp::pipe_pair(s, upstream, idle).await;
+        }
+        ClientIo::Tls(t) => {
+            let Ok(up) = upstream.read.reunite(upstream.write) else {
+                return;
+            };
+            crate::tls::io::pipe(t.into_inner(), crate::http::h2::io::compat(up), idle).await;
+        }
+    }
 }

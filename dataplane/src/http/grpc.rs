@@ -33,6 +33,7 @@ use crate::error::{ErrorKind, ProxyError};
 pub(crate) mod code {
     pub(crate) const CANCELLED: u32 = 1;
     pub(crate) const DEADLINE_EXCEEDED: u32 = 4;
+    pub(crate) const PERMISSION_DENIED: u32 = 7;
     pub(crate) const UNIMPLEMENTED: u32 = 12;
     pub(crate) const INTERNAL: u32 = 13;
     pub(crate) const UNAVAILABLE: u32 = 14;
@@ -85,6 +86,7 @@ pub(crate) fn status_for(e: &ProxyError) -> u32 {
         ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => code::DEADLINE_EXCEEDED,
         ErrorKind::BadRequest { .. } | ErrorKind::RequestHeaderTimeout => code::INTERNAL,
         ErrorKind::DownstreamClosed => code::CANCELLED,
+        ErrorKind::Forbidden => code::PERMISSION_DENIED,
         ErrorKind::NoHealthyUpstream
         | ErrorKind::NoCluster
         | ErrorKind::ConnectFailed

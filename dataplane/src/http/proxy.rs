@@ -13,17 +13,19 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use monoio::net::TcpStream;
 use ringmesh_api::snapshot::{Redirect, RouteAction};
+use std::sync::Arc;
 
-use super::downstream::{finish_request_body, Downstream};
+use super::downstream::{finish_request_body, ClientIo, Downstream};
 use super::forward::{self, Exchange, Outcome};
 use super::h1::{HeadLimits, RequestHead};
 use super::h2::io::Sniff;
 use super::request_body::ClientBody;
-use super::route_view::RouteView;
+use super::route_view::{normalized_path, RouteView};
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::tls::InboundConn;
 use crate::worker::Worker;
+use ringmesh_api::normalize::normalize_host;
 
 /// First read buffer size per connection. Small, because idle keep-alive connections should
 /// cost little memory; it grows for large heads and bodies.
@@ -34,12 +36,20 @@ const SHRINK_ABOVE: usize = 32 * 1024;
 
 /// Serves one downstream connection until it closes, errs, idles out, or the worker drains.
 /// `initial` holds bytes already read from the client (by protocol detection), and is the
-/// connection's read buffer.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, initial: BytesMut) {
-    let _ = stream.set_nodelay(true);
+/// connection's read buffer. `inbound` is set on inbound listeners (the workload's policies
+/// apply).
+pub(crate) async fn serve(
+    worker: Rc<Worker>,
+    stream: ClientIo,
+    peer: SocketAddr,
+    inbound: Option<Arc<InboundConn>>,
+    initial: BytesMut,
+) {
+    stream.set_nodelay();
     let mut conn = Downstream {
         stream,
         peer,
+        inbound,
         buf: initial,
         out: BytesMut::new(),
     };
@@ -48,10 +58,33 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, init
     match sniff(&worker, &mut conn).await {
         Some(Sniff::H2) => {
             crate::telemetry::stats::inc(&worker.stats.downstream_cx_h2_total);
-            let Downstream { stream, buf, .. } = conn;
+            let Downstream {
+                stream, buf, inbound, ..
+            } = conn;
             // Boxed: the HTTP/2 connection's state lives on the heap only for HTTP/2
             // connections, so an idle HTTP/1.1 connection's task stays as small as before.
-            return Box::pin(super::h2::server::serve(worker, stream, peer, buf.freeze())).await;
+            return match stream {
+                ClientIo::Tcp(s) => {
+                    Box::pin(super::h2::server::serve(
+                        worker,
+                        super::h2::io::compat(s),
+                        peer,
+                        buf.freeze(),
+                        inbound,
+                    ))
+                    .await
+                }
+                ClientIo::Tls(t) => {
+                    Box::pin(super::h2::server::serve(
+                        worker,
+                        t.into_inner(),
+                        peer,
+                        buf.freeze(),
+                        inbound,
+                    ))
+                    .await
+                }
+            };
         }
         Some(_) => {}
         None => return,
@@ -147,12 +180,51 @@ impl From<bool> for Next {
 /// Routes and answers one request, and says what the connection does next.
 async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (RequestHead, Bytes), idle: Duration) -> Next {
     let view = worker.snapshot.get();
-    let req = RouteView::new(&src, &head);
+    let sent = RouteView::new(&src, &head);
+    let security = &view.snapshot.security;
+    let path = match normalized_path(sent.path, security.path_normalization) {
+        Ok(p) => p,
+        Err(why) => {
+            crate::telemetry::stats::inc(&worker.stats.security.path_refused);
+            worker.stats.log_limit.log(
+                "path-refused",
+                || tracing::info!(peer = %conn.peer, "400: request path refused: {why}"),
+            );
+            let e = ProxyError::new(
+                ErrorKind::BadRequest { status: 400 },
+                Side::Downstream,
+                "request path refused",
+            );
+            return reply_error(worker, conn, &head, e, idle, ClientBody::Unread)
+                .await
+                .into();
+        }
+    };
+    let req = RouteView {
+        path: &path,
+        path_changed: matches!(path, std::borrow::Cow::Owned(_)),
+        ..sent
+    };
     let host = head
         .authority(&src)
         .or_else(|| head.host(&src))
         .and_then(|h| std::str::from_utf8(h).ok())
         .unwrap_or("");
+    if let Some(inbound) = &conn.inbound {
+        let host = normalize_host(host);
+        let request = crate::authz::HttpRequest {
+            host: &host,
+            method: req.method,
+            path: req.path,
+            headers: &crate::authz::H1Headers { src: &src, head: &head },
+        };
+        if !crate::authz::check(worker, &security.authz, inbound, conn.peer, Some(request)) {
+            let e = ProxyError::new(ErrorKind::Forbidden, Side::Downstream, "denied by AuthorizationPolicy");
+            return reply_error(worker, conn, &head, e, idle, ClientBody::Unread)
+                .await
+                .into();
+        }
+    }
     let hit = view
         .snapshot
         .routes

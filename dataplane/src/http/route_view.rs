@@ -14,6 +14,9 @@ pub(crate) struct RouteView<'a> {
     pub(crate) method: &'a str,
     pub(crate) path: &'a str,
     pub(crate) query: Option<&'a str>,
+    /// The path was changed by normalization: the upstream receives `path` (and `query`)
+    /// instead of the target as sent.
+    pub(crate) path_changed: bool,
 }
 
 impl<'a> RouteView<'a> {
@@ -30,6 +33,7 @@ impl<'a> RouteView<'a> {
             method,
             path,
             query,
+            path_changed: false,
         }
     }
 }
@@ -49,12 +53,24 @@ impl RouteRequest for RouteView<'_> {
     }
 }
 
+/// The request's path in the form routing, authorization and the upstream see
+/// (`ringmesh_api::normalize`), or the refusal to answer with 400. Borrowed unless normalizing
+/// changed it.
+pub(crate) fn normalized_path(
+    path: &str,
+    mode: ringmesh_api::normalize::PathNormalization,
+) -> Result<std::borrow::Cow<'_, str>, ringmesh_api::normalize::PathRejection> {
+    ringmesh_api::normalize::normalize_path(path, mode)
+}
+
 /// An HTTP/2 request as routing sees it: views into `h2`'s decoded request.
 pub(crate) struct H2RouteView<'a> {
     pub(crate) parts: &'a http::request::Parts,
     pub(crate) method: &'a str,
     pub(crate) path: &'a str,
     pub(crate) query: Option<&'a str>,
+    /// The path was changed by normalization (the upstream receives `path`).
+    pub(crate) path_changed: bool,
 }
 
 impl<'a> H2RouteView<'a> {
@@ -64,6 +80,7 @@ impl<'a> H2RouteView<'a> {
             method: parts.method.as_str(),
             path: parts.uri.path(),
             query: parts.uri.query(),
+            path_changed: false,
         }
     }
 }

@@ -212,6 +212,7 @@ async fn worker_main(
             worker.clone(),
             l.name.clone(),
             kind,
+            l.inbound,
             listener,
             stop_rx.clone(),
         ));

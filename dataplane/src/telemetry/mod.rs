@@ -8,4 +8,5 @@
 
 pub mod log_limit;
 pub mod prometheus;
+pub mod security;
 pub mod stats;

@@ -180,6 +180,8 @@ pub fn render(t: &StatsTotals) -> String {
         counter(&mut out, name, help, value);
     }
 
+    t.security.write_prometheus(&mut out);
+
     let name = "ringmesh_cluster_upstream_rq_total";
     let _ = writeln!(
         out,

@@ -58,6 +58,8 @@ pub struct WorkerStats {
     pub request_duration_us: RefCell<Histogram<u64>>,
     /// Rate limit of this worker's per-request log lines (local replies), by reason.
     pub log_limit: super::log_limit::LogLimiter,
+    /// mTLS and authorization counters.
+    pub security: super::security::SecurityStats,
 }
 
 impl Default for WorkerStats {
@@ -87,6 +89,7 @@ impl Default for WorkerStats {
             detect_timeout: Cell::new(0),
             request_duration_us: RefCell::new(new_histogram()),
             log_limit: super::log_limit::LogLimiter::default(),
+            security: Default::default(),
         }
     }
 }
@@ -166,6 +169,7 @@ impl WorkerStats {
             detected_tcp: self.detected_tcp.get(),
             detect_timeout: self.detect_timeout.get(),
             request_duration_us: self.request_duration_us.borrow().clone(),
+            security: self.security.totals(),
             clusters: BTreeMap::new(),
         }
     }
@@ -249,6 +253,8 @@ pub struct StatsTotals {
     /// Merged request duration histogram.
     #[serde(skip)]
     pub request_duration_us: Histogram<u64>,
+    /// mTLS and authorization counters.
+    pub security: super::security::SecurityTotals,
     /// Per cluster name.
     pub clusters: BTreeMap<String, ClusterTotals>,
 }
@@ -281,6 +287,7 @@ impl StatsTotals {
             detected_tcp: 0,
             detect_timeout: 0,
             request_duration_us: new_histogram(),
+            security: Default::default(),
             clusters: BTreeMap::new(),
         }
     }
@@ -314,6 +321,7 @@ impl StatsTotals {
         self.detected_http += o.detected_http;
         self.detected_tcp += o.detected_tcp;
         self.detect_timeout += o.detect_timeout;
+        self.security.merge(&o.security);
         // Same bounds on both sides, so adding cannot fail; ignore the impossible error rather
         // than panic in the admin thread.
         let _ = self.request_duration_us.add(&o.request_duration_us);

@@ -26,11 +26,12 @@ use crate::http::forward::{back_off, hash_key, write_uuid4, InFlight};
 use crate::http::grpc;
 use crate::http::proxy::redirect_location;
 use crate::http::retry::{self, Decision, Retries, RetrySlot};
-use crate::http::route_view::H2RouteView;
+use crate::http::route_view::{normalized_path, H2RouteView};
 use crate::lb;
 use crate::state::WorkerSnapshot;
 use crate::telemetry::stats::inc;
 use crate::worker::Worker;
+use ringmesh_api::normalize::normalize_host;
 
 /// Serves one stream to its end.
 pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
@@ -38,6 +39,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
         req,
         mut respond,
         peer,
+        inbound,
         live,
     } = handed;
     // Counted in the serving worker's load when it was dispatched (`handoff`).
@@ -47,18 +49,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
     let grpc = grpc::is_grpc(&parts.headers);
     let view = worker.snapshot.get();
     let idle = view.snapshot.proxy.limits.downstream_idle_timeout;
-    let rv = H2RouteView::new(&parts);
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or("");
-    let hit = view
-        .snapshot
-        .routes
-        .find_host(host)
-        .and_then(|vh| vh.find_route_match(&rv));
+    let sent = H2RouteView::new(&parts);
     let client_gone = Cell::new(false);
     let client_stalled = Cell::new(false);
     let reply = Reply {
@@ -67,6 +58,54 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
         grpc,
         client_gone: &client_gone,
     };
+    let security = &view.snapshot.security;
+    let path = match normalized_path(sent.path, security.path_normalization) {
+        Ok(p) => p,
+        Err(why) => {
+            inc(&worker.stats.security.path_refused);
+            worker.stats.log_limit.log(
+                "path-refused",
+                || tracing::info!(%peer, "400: request path refused: {why}"),
+            );
+            let e = ProxyError::new(
+                ErrorKind::BadRequest { status: 400 },
+                Side::Downstream,
+                "request path refused",
+            );
+            reply.error(&mut respond, e, None);
+            return finish(&worker, live, &client_gone, &client_stalled, started);
+        }
+    };
+    let rv = H2RouteView {
+        path: &path,
+        path_changed: matches!(path, std::borrow::Cow::Owned(_)),
+        ..sent
+    };
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    if let Some(inbound) = &inbound {
+        let host = normalize_host(host);
+        let request = crate::authz::HttpRequest {
+            host: &host,
+            method: rv.method,
+            path: rv.path,
+            headers: &crate::authz::H2Headers(&parts.headers),
+        };
+        if !crate::authz::check(&worker, &security.authz, inbound, peer, Some(request)) {
+            let e = ProxyError::new(ErrorKind::Forbidden, Side::Downstream, "denied by AuthorizationPolicy");
+            reply.error(&mut respond, e, None);
+            return finish(&worker, live, &client_gone, &client_stalled, started);
+        }
+    }
+    let hit = view
+        .snapshot
+        .routes
+        .find_host(host)
+        .and_then(|vh| vh.find_route_match(&rv));
     match hit.map(|h| (h.route, h.matched)) {
         None => {
             tracing::debug!(%peer, host, path = rv.path, "404: no route");
@@ -113,6 +152,18 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
             }
         },
     }
+    finish(&worker, live, &client_gone, &client_stalled, started);
+}
+
+/// The call is over: what its client did goes to its connection's account, and the worker
+/// counts it done.
+fn finish(
+    worker: &Worker,
+    live: super::handoff::LiveCall,
+    client_gone: &Cell<bool>,
+    client_stalled: &Cell<bool>,
+    started: Instant,
+) {
     if client_gone.get() {
         live.reset_by_client();
     }
@@ -235,8 +286,12 @@ async fn forward(
 
 /// The request as it goes upstream, built once for every try.
 fn outgoing(call: &Call<'_>, end_stream: bool) -> Outgoing {
-    let path = call.action.path_rewrite.as_ref().map(|rw| {
-        let mut t = rw.rewrite(call.matched, call.rv.path);
+    let path = match &call.action.path_rewrite {
+        Some(rw) => Some(rw.rewrite(call.matched, call.rv.path)),
+        None if call.rv.path_changed => Some(call.rv.path.to_string()),
+        None => None,
+    }
+    .map(|mut t| {
         if let Some(q) = call.rv.query {
             t.push('?');
             t.push_str(q);

@@ -20,6 +20,8 @@ use bytes::Bytes;
 use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
 use h2::client::SendRequest;
 use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
 
 use super::io;
 use crate::error::{ErrorKind, ProxyError, Side};
@@ -104,18 +106,39 @@ pub(crate) enum OpenFailed {
 }
 
 /// Leases a stream slot to endpoint `endpoint` of a cluster within `wait` and sends the request
-/// head on it, counting the connection in the worker's and the endpoint's statistics.
+/// head on it, counting the connection in the worker's and the endpoint's statistics. `mtls`
+/// names the service when the endpoint is served by another proxy and the hop is mutual TLS.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn open(
     worker: &crate::worker::Worker,
     state: &crate::lb::ClusterState,
     endpoint: (usize, SocketAddr),
     limits: ConnLimits,
+    mtls: Option<&str>,
     wait: Duration,
     request: http::Request<()>,
     end_of_stream: bool,
 ) -> Result<Opened, OpenFailed> {
     use crate::telemetry::stats::inc;
-    let lease = match super::bodies::within(wait, worker.h2pool.lease(endpoint.1, limits)).await {
+    let tls = match mtls {
+        None => None,
+        Some(host) => match worker.tls.client(&worker.identity) {
+            Ok(config) => Some((config, host)),
+            Err(e) => {
+                inc(&worker.stats.security.tls_client_handshake_failed);
+                worker.stats.log_limit.log(
+                    "mtls-client",
+                    || tracing::warn!(upstream = %endpoint.1, "outbound mTLS: {e}"),
+                );
+                return Err(OpenFailed::Failed(ProxyError::new(
+                    ErrorKind::ConnectFailed,
+                    Side::Upstream,
+                    "no workload certificate for mTLS to the upstream",
+                )));
+            }
+        },
+    };
+    let lease = match super::bodies::within(wait, worker.h2pool.lease(endpoint.1, limits, tls)).await {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
             inc(&worker.stats.upstream_cx_connect_fail);
@@ -182,11 +205,15 @@ pub(crate) struct ConnLimits {
     pub(crate) connect_timeout: Duration,
 }
 
+/// Connections are kept apart by endpoint and by whether they are mutual TLS (a rotation does
+/// not matter: a connection stays authenticated as it was when opened).
+type PoolKey = (SocketAddr, bool);
+
 /// One worker's HTTP/2 upstream connections.
 #[derive(Default)]
 pub(crate) struct H2Pool {
-    conns: RefCell<HashMap<SocketAddr, Vec<Rc<H2Conn>>>>,
-    connecting: RefCell<HashMap<SocketAddr, Connecting>>,
+    conns: RefCell<HashMap<PoolKey, Vec<Rc<H2Conn>>>>,
+    connecting: RefCell<HashMap<PoolKey, Connecting>>,
 }
 
 impl std::fmt::Debug for H2Pool {
@@ -198,44 +225,52 @@ impl std::fmt::Debug for H2Pool {
 }
 
 impl H2Pool {
-    /// A stream slot on a connection to `addr`, opening one if none has room.
-    pub(crate) async fn lease(&self, addr: SocketAddr, limits: ConnLimits) -> Result<Lease, ProxyError> {
+    /// A stream slot on a connection to `addr`, opening one if none has room; over mutual TLS
+    /// with `tls` (the client config and the service host).
+    pub(crate) async fn lease(
+        &self,
+        addr: SocketAddr,
+        limits: ConnLimits,
+        tls: Option<(Arc<rustls::ClientConfig>, &str)>,
+    ) -> Result<Lease, ProxyError> {
+        let key = (addr, tls.is_some());
         // Bounded: each round either returns or awaits a connection attempt that ends.
         for _ in 0..4 {
-            if let Some(lease) = self.take(addr, limits) {
+            if let Some(lease) = self.take(key, limits) {
                 return Ok(lease);
             }
-            let pending = self.connecting.borrow().get(&addr).cloned();
+            let pending = self.connecting.borrow().get(&key).cloned();
             let attempt = match pending {
                 Some(p) => p,
                 None => {
-                    let fut = connect(addr, limits.connect_timeout).boxed_local().shared();
-                    self.connecting.borrow_mut().insert(addr, fut.clone());
+                    let tls = tls.as_ref().map(|(c, h)| (c.clone(), h.to_string()));
+                    let fut = connect(addr, limits.connect_timeout, tls).boxed_local().shared();
+                    self.connecting.borrow_mut().insert(key, fut.clone());
                     fut
                 }
             };
             let result = attempt.await;
-            self.connecting.borrow_mut().remove(&addr);
+            self.connecting.borrow_mut().remove(&key);
             let conn = result?;
             {
                 let mut conns = self.conns.borrow_mut();
-                let list = conns.entry(addr).or_default();
+                let list = conns.entry(key).or_default();
                 if !list.iter().any(|c| Rc::ptr_eq(c, &conn)) {
                     list.retain(|c| !c.closed.get());
                     list.push(conn);
                 }
             }
         }
-        self.take(addr, limits).ok_or(ProxyError::new(
+        self.take(key, limits).ok_or(ProxyError::new(
             ErrorKind::UpstreamReset,
             Side::Upstream,
             "no HTTP/2 connection to the upstream could take the stream",
         ))
     }
 
-    fn take(&self, addr: SocketAddr, limits: ConnLimits) -> Option<Lease> {
+    fn take(&self, key: PoolKey, limits: ConnLimits) -> Option<Lease> {
         let mut conns = self.conns.borrow_mut();
-        let list = conns.get_mut(&addr)?;
+        let list = conns.get_mut(&key)?;
         list.retain(|c| !c.closed.get());
         let conn = list.iter().find(|c| c.usable(limits.max_streams))?.clone();
         let requests = conn.requests.get() + 1;
@@ -284,8 +319,13 @@ async fn keep_alive(ping: Option<h2::PingPong>) {
     }
 }
 
-/// Connects and completes the HTTP/2 handshake; the connection's task runs on this worker.
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Rc<H2Conn>, ProxyError> {
+/// Connects (with mutual TLS when `tls` is given) and completes the HTTP/2 handshake; the
+/// connection's task runs on this worker.
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
+) -> Result<Rc<H2Conn>, ProxyError> {
     let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => {
@@ -304,13 +344,44 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Rc<H2Conn>, Prox
         }
     };
     let _ = stream.set_nodelay(true);
+    match tls {
+        None => start(addr, timeout, io::compat(stream)).await,
+        Some((config, host)) => {
+            let name = ServerName::try_from(host)
+                .unwrap_or_else(|_| ServerName::try_from("mesh.invalid").expect("a valid DNS name"));
+            let connect = tokio_rustls::TlsConnector::from(config).connect(name, io::compat(stream));
+            match monoio::time::timeout(timeout.max(crate::tls::inbound::CLIENT_HANDSHAKE_TIMEOUT), connect).await {
+                Ok(Ok(tls)) => start(addr, timeout, tls).await,
+                Ok(Err(e)) => {
+                    tracing::info!(upstream = %addr, "outbound mTLS handshake failed: {e}");
+                    Err(ProxyError::new(
+                        ErrorKind::ConnectFailed,
+                        Side::Upstream,
+                        "upstream mTLS handshake failed",
+                    ))
+                }
+                Err(_) => Err(ProxyError::new(
+                    ErrorKind::ConnectTimeout,
+                    Side::Upstream,
+                    "upstream mTLS handshake timed out",
+                )),
+            }
+        }
+    }
+}
+
+/// The HTTP/2 handshake over a connected stream, and the connection's task.
+async fn start<T>(addr: SocketAddr, timeout: Duration, stream: T) -> Result<Rc<H2Conn>, ProxyError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let handshake = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
         .max_header_list_size(super::server::MAX_HEADER_LIST)
         .data_frame_budget(SMALL_FRAME_BUDGET)
         .enable_push(false)
-        .handshake::<_, Bytes>(io::compat(stream));
+        .handshake::<_, Bytes>(stream);
     let (send, connection) = match monoio::time::timeout(timeout, handshake).await {
         Ok(Ok(x)) => x,
         // The peer answered the preface with something else: not an HTTP/2 server.

@@ -11,7 +11,6 @@
 //! connection then closes after the response, as on HTTP/1.1).
 
 use std::future::poll_fn;
-use std::os::fd::AsRawFd;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -81,6 +80,7 @@ pub(crate) async fn one_try(
         plan.state,
         (endpoint, addr),
         conn_limits(plan.cluster),
+        plan.cluster.mtls_to(endpoint).then_some(plan.cluster.service.as_str()),
         wait(),
         outgoing(ex, plan).to_h2(),
         body.is_empty(),
@@ -185,8 +185,7 @@ pub(crate) async fn one_try(
                 let _ = recv.flow_control().release_capacity(n);
             } else {
                 let out = std::mem::take(&mut conn.out);
-                let fd = conn.stream.as_raw_fd();
-                let (r, out) = crate::http::send::write_all(&mut conn.stream, fd, out).await;
+                let (r, out) = conn.stream.write_all_direct(out).await;
                 conn.out = out;
                 conn.out.clear();
                 if r.is_err() {
@@ -198,8 +197,7 @@ pub(crate) async fn one_try(
         }
     }
     let out = std::mem::take(&mut conn.out);
-    let fd = conn.stream.as_raw_fd();
-    let (r, out) = crate::http::send::write_all(&mut conn.stream, fd, out).await;
+    let (r, out) = conn.stream.write_all_direct(out).await;
     conn.out = out;
     if r.is_err() {
         return Try::Relayed(Outcome::Aborted);
@@ -240,7 +238,7 @@ fn put_payload(out: &mut BytesMut, data: &[u8], chunked: bool) {
 /// stream as the stream's window allows.
 async fn pump_client_body(
     framing: BodyFraming,
-    src: &mut monoio::net::TcpStream,
+    src: &mut crate::http::downstream::ClientIo,
     buf: &mut BytesMut,
     up: &mut SendStream<Bytes>,
     idle: std::time::Duration,

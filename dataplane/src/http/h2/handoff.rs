@@ -41,6 +41,8 @@ pub(crate) struct Handed {
     pub(crate) req: Request<RecvStream>,
     pub(crate) respond: SendResponse<Bytes>,
     pub(crate) peer: SocketAddr,
+    /// On an inbound listener: the local port and the peer's mTLS identity.
+    pub(crate) inbound: Option<Arc<crate::tls::InboundConn>>,
     /// Counts the call against its connection until the call ends.
     pub(crate) live: LiveCall,
 }

@@ -39,10 +39,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::{select, Either};
-use monoio::net::TcpStream;
 
 use super::client::{CONNECTION_WINDOW, STREAM_WINDOW};
 use super::{handoff, io};
+use crate::tls::InboundConn;
 use crate::worker::Worker;
 
 /// Streams one client connection may have open at once.
@@ -73,11 +73,20 @@ const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_secs(5);
 
 /// Serves one HTTP/2 connection whose first bytes (`read`, the preface and maybe more) were
-/// already read by the connection loop.
-pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, read: Bytes) {
+/// already read by the connection loop. `stream` is the socket (`io::compat`) or TLS over it;
+/// `inbound` is set on inbound listeners and goes with every stream.
+pub(crate) async fn serve<T>(
+    worker: Rc<Worker>,
+    stream: T,
+    peer: SocketAddr,
+    read: Bytes,
+    inbound: Option<Arc<InboundConn>>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let limits = worker.snapshot.get().snapshot.proxy.limits.clone();
     let flood = Rc::new(io::Flood::default());
-    let io = io::Inbound::new(read, io::compat(stream), flood.clone());
+    let io = io::Inbound::new(read, stream, flood.clone());
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .initial_window_size(STREAM_WINDOW)
@@ -163,6 +172,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
                         req,
                         respond,
                         peer,
+                        inbound: inbound.clone(),
                         live,
                     },
                 );

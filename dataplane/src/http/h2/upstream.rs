@@ -123,6 +123,7 @@ pub(crate) async fn to_h2(
         t.state,
         endpoint,
         conn_limits(t.cluster),
+        t.cluster.mtls_to(t.endpoint).then_some(t.cluster.service.as_str()),
         wait(t),
         t.outgoing.to_h2(),
         body.is_empty(),

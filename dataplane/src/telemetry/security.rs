@@ -1,0 +1,57 @@
+//! Counters of the security steps (mTLS handshakes, plaintext refused, authorization), per
+//! worker like every other counter; each is declared once, with its Prometheus name and help,
+//! and the shard, its copy, the merge and the exposition follow from that list.
+
+use std::cell::Cell;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+macro_rules! security_counters {
+    ($($field:ident => $metric:literal, $help:literal;)*) => {
+        /// One worker's security counters.
+        #[derive(Debug, Default)]
+        pub struct SecurityStats {
+            $(#[doc = $help] pub(crate) $field: Cell<u64>,)*
+        }
+
+        /// Security counters summed over workers.
+        #[derive(Debug, Clone, Default, Serialize)]
+        pub struct SecurityTotals {
+            $(#[doc = $help] pub $field: u64,)*
+        }
+
+        impl SecurityStats {
+            /// A copy of this shard.
+            pub fn totals(&self) -> SecurityTotals {
+                SecurityTotals { $($field: self.$field.get(),)* }
+            }
+        }
+
+        impl SecurityTotals {
+            /// Adds another shard's copy.
+            pub fn merge(&mut self, o: &SecurityTotals) {
+                $(self.$field += o.$field;)*
+            }
+
+            /// Writes every counter in Prometheus' text format.
+            pub fn write_prometheus(&self, out: &mut String) {
+                $(
+                    let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter\n{} {}", $metric, $help, $metric, $metric, self.$field);
+                )*
+            }
+        }
+    };
+}
+
+security_counters! {
+    tls_handshakes => "ringmesh_inbound_tls_handshakes_total", "mTLS handshakes completed on inbound listeners.";
+    tls_handshake_failed => "ringmesh_inbound_tls_handshake_failed_total", "Inbound mTLS handshakes that failed (no or untrusted client certificate, timeout, no workload certificate).";
+    plaintext_refused => "ringmesh_inbound_plaintext_refused_total", "Plaintext connections refused by PeerAuthentication STRICT.";
+    tls_client_handshakes => "ringmesh_outbound_tls_handshakes_total", "mTLS handshakes completed to upstream proxies.";
+    tls_client_handshake_failed => "ringmesh_outbound_tls_handshake_failed_total", "Outbound mTLS handshakes that failed or could not start.";
+    authz_allowed => "ringmesh_rbac_allowed_total", "Inbound requests and connections allowed by the AuthorizationPolicies (counted only where a policy applies).";
+    authz_denied => "ringmesh_rbac_denied_total", "Inbound requests (403) and connections (closed) denied by the AuthorizationPolicies.";
+    authz_audited => "ringmesh_rbac_audited_total", "Inbound requests and connections that matched an AUDIT policy.";
+    path_refused => "ringmesh_downstream_rq_path_refused_total", "Requests refused with 400 because their path holds forbidden bytes or escapes (path normalization).";
+}

@@ -1,0 +1,203 @@
+//! An inbound listener's connection: mutual TLS or plaintext, as the workload's
+//! `PeerAuthentication` says for the port, then the HTTP or TCP proxy.
+//!
+//! The first bytes decide (as Istio's PERMISSIVE mode does): a TLS ClientHello is answered
+//! with the workload's certificate and a demand for the client's; anything else is plaintext.
+//! `STRICT` closes plaintext connections, `PERMISSIVE` serves both, `DISABLE` serves every
+//! connection as plaintext (a ClientHello then reaches the HTTP parser or the TCP upstream as
+//! bytes, as it would without a mesh). A connection waits for its first bytes up to the
+//! listener's detection timeout (TCP) or the idle timeout (HTTP); a server-first protocol's
+//! silent client is plaintext.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+use ringmesh_api::snapshot::{ListenerKind, MtlsMode};
+
+use super::configs::Alpn;
+use super::io::Replay;
+use super::{verify, InboundConn};
+use crate::detect::{self, Outcome, Sniffed};
+use crate::telemetry::stats::inc;
+use crate::worker::Worker;
+
+/// The TLS connection type of an inbound listener.
+pub(crate) type ServerTls = tokio_rustls::server::TlsStream<Replay<crate::http::h2::io::Compat>>;
+
+/// Serves one connection accepted on the inbound listener `name`.
+pub(crate) async fn serve(
+    worker: Rc<Worker>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    kind: &ListenerKind,
+) {
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(%peer, "inbound: no local address: {e}");
+            return;
+        }
+    };
+    let view = worker.snapshot.get();
+    let mode = view.snapshot.security.peer_authn.mode_for(local.port());
+    let limits = &view.snapshot.proxy.limits;
+    let wait = match (mode, kind) {
+        (MtlsMode::Strict, _) => limits.request_header_timeout,
+        (_, ListenerKind::Http) => limits.downstream_idle_timeout,
+        (_, ListenerKind::Tcp { .. }) => limits.protocol_detection_timeout,
+        (_, ListenerKind::Detect { timeout, .. }) => *timeout,
+    };
+    drop(view);
+    let mut buf = BytesMut::with_capacity(crate::http::proxy::INITIAL_BUFFER);
+    let outcome = detect::sniff(&mut stream, &mut buf, wait).await;
+    let tls = matches!(outcome, Outcome::Sniffed(Sniffed::Tls));
+    match (mode, tls, outcome) {
+        (_, _, Outcome::Gone) => {}
+        (MtlsMode::Strict | MtlsMode::Permissive, true, _) => {
+            handshake(worker, stream, peer, local, name, kind, buf).await;
+        }
+        (MtlsMode::Strict, false, _) => {
+            inc(&worker.stats.security.plaintext_refused);
+            worker.stats.log_limit.log("mtls-strict-plaintext", || {
+                tracing::info!(%peer, listener = name, port = local.port(), "plaintext connection refused: PeerAuthentication STRICT")
+            });
+        }
+        (MtlsMode::Permissive | MtlsMode::Disable, _, outcome) => {
+            let conn = Arc::new(InboundConn {
+                local,
+                identity: None,
+                sni: None,
+            });
+            plaintext(worker, stream, peer, conn, name, kind, outcome, buf).await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn plaintext(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: Arc<InboundConn>,
+    name: &str,
+    kind: &ListenerKind,
+    outcome: Outcome,
+    buf: BytesMut,
+) {
+    let http = match kind {
+        ListenerKind::Http => true,
+        ListenerKind::Tcp { .. } => false,
+        ListenerKind::Detect { .. } => matches!(outcome, Outcome::Sniffed(s) if s.is_http()),
+    };
+    let io = crate::http::downstream::ClientIo::Tcp(stream);
+    if http {
+        crate::http::proxy::serve(worker, io, peer, Some(conn), buf).await;
+    } else {
+        crate::tcp::serve(worker, io, peer, name, buf, Some(conn)).await;
+    }
+}
+
+/// The workload's certificate, the client's checked, then the proxy for what the TLS carries.
+async fn handshake(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    name: &str,
+    kind: &ListenerKind,
+    buf: BytesMut,
+) {
+    let config = match worker.tls.server(&worker.identity) {
+        Ok(c) => c,
+        Err(e) => {
+            // Fails closed: without a certificate nobody can be authenticated, so nobody is
+            // served over TLS (plaintext in PERMISSIVE still is).
+            inc(&worker.stats.security.tls_handshake_failed);
+            worker.stats.log_limit.log(
+                "mtls-no-certificate",
+                || tracing::warn!(%peer, listener = name, "mTLS connection refused: {e}"),
+            );
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let io = Replay::new(buf.freeze(), crate::http::h2::io::compat(stream));
+    let timeout = worker.snapshot.get().snapshot.proxy.limits.request_header_timeout;
+    let accepted = monoio::time::timeout(timeout, tokio_rustls::TlsAcceptor::from(config).accept(io)).await;
+    let tls = match accepted {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            inc(&worker.stats.security.tls_handshake_failed);
+            worker.stats.log_limit.log(
+                "mtls-handshake",
+                || tracing::info!(%peer, listener = name, "mTLS handshake failed: {e}"),
+            );
+            return;
+        }
+        Err(_) => {
+            inc(&worker.stats.security.tls_handshake_failed);
+            worker.stats.log_limit.log(
+                "mtls-handshake",
+                || tracing::info!(%peer, listener = name, "mTLS handshake timed out"),
+            );
+            return;
+        }
+    };
+    inc(&worker.stats.security.tls_handshakes);
+    let (_, session) = tls.get_ref();
+    let identity = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(verify::identity_of);
+    let alpn = Alpn::from_id(session.alpn_protocol());
+    let sni = session.server_name().map(Box::from);
+    let conn = Arc::new(InboundConn { local, identity, sni });
+    let http = match (kind, alpn) {
+        (ListenerKind::Http, _) => true,
+        (ListenerKind::Tcp { .. }, _) => false,
+        (ListenerKind::Detect { .. }, Alpn::H2 | Alpn::Http1) => true,
+        // Inside TLS the bytes decide, as on a plaintext AUTO listener.
+        (ListenerKind::Detect { .. }, Alpn::Other) => return detect_inside(worker, tls, peer, conn, name).await,
+    };
+    if !http {
+        let io = crate::http::downstream::ClientIo::tls(tls);
+        crate::tcp::serve(worker, io, peer, name, BytesMut::new(), Some(conn)).await;
+    } else if alpn == Alpn::H2 {
+        crate::http::h2::server::serve(worker, tls, peer, bytes::Bytes::new(), Some(conn)).await;
+    } else {
+        let io = crate::http::downstream::ClientIo::tls(tls);
+        let buf = BytesMut::with_capacity(crate::http::proxy::INITIAL_BUFFER);
+        crate::http::proxy::serve(worker, io, peer, Some(conn), buf).await;
+    }
+}
+
+/// An `AUTO` listener's TLS connection without an HTTP ALPN id: its first decrypted bytes
+/// decide between the HTTP and the TCP proxy.
+async fn detect_inside(worker: Rc<Worker>, tls: ServerTls, peer: SocketAddr, conn: Arc<InboundConn>, name: &str) {
+    let timeout = worker.snapshot.get().snapshot.proxy.limits.protocol_detection_timeout;
+    let mut io = crate::http::downstream::ClientIo::tls(tls);
+    let mut buf = BytesMut::with_capacity(crate::http::proxy::INITIAL_BUFFER);
+    let http = loop {
+        if let Some(s) = detect::classify(&buf) {
+            break s.is_http();
+        }
+        match crate::http::body::read_more(&mut io, &mut buf, timeout).await {
+            Ok(n) if n > 0 => {}
+            // Silence (a server-first protocol) or the end: TCP.
+            _ => break false,
+        }
+    };
+    if http {
+        crate::http::proxy::serve(worker, io, peer, Some(conn), buf).await;
+    } else {
+        crate::tcp::serve(worker, io, peer, name, buf, Some(conn)).await;
+    }
+}
+
+/// Time a TLS handshake may take on the way out, beside the connect timeout.
+pub(crate) const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
