@@ -12,6 +12,7 @@ pub mod control;
 pub mod h2client;
 pub mod h2raw;
 pub mod h2upstream;
+pub mod pki;
 pub mod procs;
 pub mod proxy;
 pub mod upstream;

@@ -162,6 +162,10 @@ impl CoreTls {
 
 /// Builds both configs for `identity`.
 pub(crate) fn build(identity: &Identity, min: MinVersion) -> Result<Configs, ConfigError> {
+    build_with(identity, min.versions())
+}
+
+fn build_with(identity: &Identity, versions: &[&'static SupportedProtocolVersion]) -> Result<Configs, ConfigError> {
     let own =
         PeerIdentity::parse(&identity.spiffe_id).ok_or_else(|| ConfigError::NotSpiffe(identity.spiffe_id.clone()))?;
     let mut roots = RootCertStore::empty();
@@ -178,7 +182,7 @@ pub(crate) fn build(identity: &Identity, min: MinVersion) -> Result<Configs, Con
         .build()
         .map_err(|e| ConfigError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut server = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(min.versions())?
+        .with_protocol_versions(versions)?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     server.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
@@ -188,7 +192,7 @@ pub(crate) fn build(identity: &Identity, min: MinVersion) -> Result<Configs, Con
 
     let verifier = MeshServerVerifier::new(roots, own.trust_domain().to_string(), provider.clone());
     let mut client = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(min.versions())?
+        .with_protocol_versions(versions)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?;
@@ -199,4 +203,143 @@ pub(crate) fn build(identity: &Identity, min: MinVersion) -> Result<Configs, Con
         client: Arc::new(client),
         client_tcp,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::tls::verify::identity_of;
+
+    fn root() -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    fn identity(ca: &CertifiedIssuer<'static, KeyPair>, uri: &str) -> Identity {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, ca).unwrap();
+        Identity {
+            spiffe_id: uri.to_string(),
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            roots: vec![ca.der().clone()],
+            serial: String::new(),
+            not_before: SystemTime::now(),
+            not_after: SystemTime::now(),
+        }
+    }
+
+    /// Runs one handshake between `client` and `server` over an in-memory pipe; `Ok` carries
+    /// the identity the server saw and the bytes the client got back.
+    fn handshake(client: &Configs, server: &Configs) -> Result<(Option<String>, Vec<u8>), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.server.clone());
+            let serve = async move {
+                let mut tls = acceptor.accept(b).await.map_err(|e| e.to_string())?;
+                let seen = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(identity_of);
+                tls.write_all(b"hello").await.map_err(|e| e.to_string())?;
+                tls.shutdown().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(seen.map(|i| i.principal().to_string()))
+            };
+            let connector = tokio_rustls::TlsConnector::from(client.client.clone());
+            let connect = async move {
+                let name = ServerName::try_from("svc.test").unwrap();
+                let mut tls = connector.connect(name, a).await.map_err(|e| e.to_string())?;
+                let mut got = Vec::new();
+                tls.read_to_end(&mut got).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(got)
+            };
+            let (seen, got) = tokio::join!(serve, connect);
+            Ok((seen?, got?))
+        })
+    }
+
+    #[test]
+    fn two_workloads_of_one_mesh_authenticate_each_other() {
+        let ca = root();
+        let server = build(
+            &identity(&ca, "spiffe://cluster.local/ns/shop/sa/reviews"),
+            MinVersion::Tls13,
+        )
+        .unwrap();
+        let client = build(
+            &identity(&ca, "spiffe://cluster.local/ns/default/sa/web"),
+            MinVersion::Tls13,
+        )
+        .unwrap();
+        let (seen, got) = handshake(&client, &server).unwrap();
+        assert_eq!(seen.as_deref(), Some("cluster.local/ns/default/sa/web"));
+        assert_eq!(got, b"hello");
+    }
+
+    #[test]
+    fn another_ca_or_trust_domain_is_refused() {
+        let ca = root();
+        let server = build(
+            &identity(&ca, "spiffe://cluster.local/ns/shop/sa/reviews"),
+            MinVersion::Tls13,
+        )
+        .unwrap();
+        // A client certificate from another CA: the server refuses it.
+        let other = root();
+        let stranger = build(
+            &identity(&other, "spiffe://cluster.local/ns/default/sa/web"),
+            MinVersion::Tls13,
+        )
+        .unwrap();
+        assert!(handshake(&stranger, &server).is_err());
+        // A server of another trust domain (same CA): the client refuses it.
+        let foreign = build(
+            &identity(&ca, "spiffe://other.domain/ns/shop/sa/reviews"),
+            MinVersion::Tls13,
+        )
+        .unwrap();
+        let client = build(
+            &identity(&ca, "spiffe://cluster.local/ns/default/sa/web"),
+            MinVersion::Tls13,
+        )
+        .unwrap();
+        let e = handshake(&client, &foreign).unwrap_err();
+        assert!(e.contains("NotValidForName") || e.contains("BadCertificate"), "{e}");
+    }
+
+    #[test]
+    fn an_identity_that_is_not_a_workload_id_is_refused() {
+        let ca = root();
+        let e = build(&identity(&ca, "https://example.com/x"), MinVersion::Tls13).unwrap_err();
+        assert!(matches!(e, ConfigError::NotSpiffe(_)), "{e}");
+        let mut empty = identity(&ca, "spiffe://cluster.local/ns/a/sa/b");
+        empty.roots = vec![CertificateDer::from(vec![1, 2, 3])];
+        assert!(matches!(build(&empty, MinVersion::Tls13), Err(ConfigError::NoRoots)));
+    }
+
+    #[test]
+    fn tls12_only_when_allowed() {
+        let ca = root();
+        let id = identity(&ca, "spiffe://cluster.local/ns/a/sa/b");
+        let tls12_client = build_with(&id, &[&rustls::version::TLS12]).unwrap();
+        let strict = build(&id, MinVersion::Tls13).unwrap();
+        assert!(handshake(&tls12_client, &strict).is_err(), "TLS 1.3 only by default");
+        let lax = build(&id, MinVersion::Tls12).unwrap();
+        assert!(handshake(&tls12_client, &lax).is_ok());
+    }
 }

@@ -30,17 +30,11 @@ pub(crate) enum ConnectError {
     Timeout,
 }
 
-/// Runs the client handshake over `io` (a connected socket).
-pub(crate) async fn handshake(
-    worker: &Worker,
-    io: Compat,
-    host: &str,
-    alpn: TlsAlpn,
-) -> Result<ClientTls, ConnectError> {
-    let config = match alpn {
-        TlsAlpn::H2 => worker.tls.client(&worker.identity)?,
-        TlsAlpn::Tcp => worker.tls.client_tcp(&worker.identity)?,
-    };
+/// Runs the client handshake of an opaque TCP connection over `io` (a connected socket). No
+/// ALPN id is offered, so the server's proxy treats the bytes as its listener says. (HTTP
+/// hops open theirs in `http::h2::client`, offering `h2`.)
+pub(crate) async fn handshake(worker: &Worker, io: Compat, host: &str) -> Result<ClientTls, ConnectError> {
+    let config = worker.tls.client_tcp(&worker.identity)?;
     // A service host is a DNS name; anything else (an IP, a name rustls refuses) is sent as a
     // fixed name, since the server's proxy does not route on it.
     let name = ServerName::try_from(host.to_string())

@@ -1,0 +1,312 @@
+//! Mutual TLS between proxies and authorization on inbound listeners, end to end: two real
+//! proxies with certificates from a test CA (`spec.identity` files), an upstream behind the
+//! server's inbound listener, and outsiders knocking on that listener with plaintext, no
+//! certificate, a certificate of another CA, or a mesh certificate of another workload.
+
+use std::time::Duration;
+
+use ringmesh_tests::client::{admin_get, Client};
+use ringmesh_tests::pki::{client_config, tls_exchange, Leaf, TestCa};
+use ringmesh_tests::proxy::{proxy_config, service_entry, temp_dir, TestProxy};
+use ringmesh_tests::upstream::Upstream;
+use ringmesh_tests::{both_io, IoMode};
+
+const MESHED: &[(&str, &str)] = &[("security.istio.io/tlsMode", "istio")];
+
+/// An inbound HTTP listener (`direction: INBOUND`) named `inbound`.
+const INBOUND: &str = "  - name: inbound\n    address: 127.0.0.1:0\n    protocol: HTTP\n    direction: INBOUND\n";
+
+fn workload(ns: &str, sa: &str) -> String {
+    format!("  workload:\n    name: {sa}\n    namespace: {ns}\n    serviceAccount: {sa}\n")
+}
+
+fn peer_authentication(ns: &str, mode: &str) -> String {
+    format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: {ns}\nspec:\n  mtls:\n    mode: {mode}\n")
+}
+
+/// The workload `shop/reviews` behind a proxy whose inbound listener takes `mode`, with
+/// `policies` (more YAML documents) in force.
+struct Server {
+    proxy: TestProxy,
+    up: Upstream,
+    _certs: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(io: IoMode, ca: &TestCa, mode: &str, policies: &[String]) -> Server {
+        let up = Upstream::named("app");
+        let certs = temp_dir();
+        let spec = format!(
+            "{}{}",
+            workload("shop", "reviews"),
+            ca.identity_spec(certs.path(), "shop", "reviews")
+        );
+        let mut docs = vec![
+            proxy_config(io, INBOUND, &spec),
+            service_entry("reviews", "reviews.shop", 80, &[(up.addr, &[])]),
+            peer_authentication("shop", mode),
+        ];
+        docs.extend_from_slice(policies);
+        Server {
+            proxy: TestProxy::start(&docs),
+            up,
+            _certs: certs,
+        }
+    }
+
+    fn inbound(&self) -> std::net::SocketAddr {
+        self.proxy.listener("inbound")
+    }
+}
+
+/// A client-side proxy of workload `ns/sa` whose service `reviews.shop` is the server's
+/// inbound listener, labelled as a proxy (auto mTLS).
+fn client_proxy(io: IoMode, ca: &TestCa, server: &Server, ns: &str, sa: &str) -> (TestProxy, tempfile::TempDir) {
+    let certs = temp_dir();
+    let spec = format!("{}{}", workload(ns, sa), ca.identity_spec(certs.path(), ns, sa));
+    let proxy = TestProxy::start(&[
+        proxy_config(io, "", &spec),
+        service_entry("reviews", "reviews.shop", 80, &[(server.inbound(), MESHED)]),
+    ]);
+    (proxy, certs)
+}
+
+fn counter(p: &TestProxy, name: &str) -> u64 {
+    let text = admin_get(p.admin(), "/stats/prometheus").1;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// An HTTP/1.1 request over TLS to `addr` with `cert` (or none): the status, or `None` when
+/// the handshake or the exchange failed.
+fn tls_get(addr: std::net::SocketAddr, cert: Option<&Leaf>, path: &str) -> Option<u16> {
+    let config = client_config(cert, &[b"http/1.1"]);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: reviews.shop\r\nConnection: close\r\n\r\n");
+    let out = runtime().block_on(tls_exchange(addr, config, req.as_bytes())).ok()?;
+    let text = String::from_utf8_lossy(&out);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// Plaintext GET straight at the inbound listener: the status, or `None` when the proxy closed
+/// the connection without an answer.
+fn plain_get(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    let mut c = Client::connect(addr);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: reviews.shop\r\n\r\n").as_bytes());
+    c.response().map(|r| r.status)
+}
+
+/// STRICT: the client proxy's requests arrive over mTLS (HTTP/2 inside), an HTTP/1.1 client
+/// with a mesh certificate is served, and plaintext, no certificate and another CA's
+/// certificate are all refused before any byte reaches the app.
+fn strict_serves_mesh_certificates_only(io: IoMode) {
+    let ca = TestCa::new("mesh root");
+    let server = Server::start(io, &ca, "STRICT", &[]);
+    let (client, _c) = client_proxy(io, &ca, &server, "default", "client");
+    for i in 0..5 {
+        let r = Client::connect(client.http()).get("reviews.shop", &format!("/r{i}"));
+        assert_eq!((r.status, r.text()), (200, "app".to_string()), "through both proxies");
+    }
+    assert_eq!(server.up.count(), 5);
+    assert!(counter(&server.proxy, "ringmesh_inbound_tls_handshakes_total") >= 1);
+    assert!(counter(&client, "ringmesh_outbound_tls_handshakes_total") >= 1);
+    assert_eq!(
+        counter(&server.proxy, "ringmesh_downstream_cx_h2_total"),
+        1,
+        "HTTP/2 inside TLS"
+    );
+
+    assert_eq!(plain_get(server.inbound(), "/plain"), None, "plaintext refused");
+    assert_eq!(counter(&server.proxy, "ringmesh_inbound_plaintext_refused_total"), 1);
+    assert_eq!(
+        tls_get(server.inbound(), None, "/no-cert"),
+        None,
+        "no client certificate"
+    );
+    let other = TestCa::new("another root");
+    let foreign = other.issue("shop", "reviews");
+    assert_eq!(
+        tls_get(server.inbound(), Some(&foreign), "/foreign"),
+        None,
+        "another CA"
+    );
+    assert_eq!(server.up.count(), 5, "nothing refused reached the app");
+
+    let mesh = ca.issue("default", "curl");
+    assert_eq!(tls_get(server.inbound(), Some(&mesh), "/h1-over-tls"), Some(200));
+    assert_eq!(server.up.count(), 6);
+}
+
+/// PERMISSIVE takes plaintext and mTLS on the same port; DISABLE takes plaintext and a
+/// ClientHello is just bytes to the HTTP parser.
+fn permissive_takes_both_and_disable_takes_plaintext(io: IoMode) {
+    let ca = TestCa::new("mesh root");
+    let server = Server::start(io, &ca, "PERMISSIVE", &[]);
+    assert_eq!(plain_get(server.inbound(), "/plain"), Some(200));
+    let mesh = ca.issue("default", "curl");
+    assert_eq!(tls_get(server.inbound(), Some(&mesh), "/tls"), Some(200));
+    let (client, _c) = client_proxy(io, &ca, &server, "default", "client");
+    assert_eq!(Client::connect(client.http()).get("reviews.shop", "/via").status, 200);
+    assert_eq!(server.up.count(), 3);
+
+    let server = Server::start(io, &ca, "DISABLE", &[]);
+    assert_eq!(plain_get(server.inbound(), "/plain"), Some(200));
+    assert_eq!(tls_get(server.inbound(), Some(&mesh), "/tls"), None);
+    assert_eq!(server.up.count(), 1);
+}
+
+fn policy(name: &str, action: &str, rules: &str) -> String {
+    format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n  action: {action}\n  rules:\n{rules}")
+}
+
+/// ALLOW and DENY by principal, namespace, method, path and header, decided on the server with
+/// the identity the client proxy's certificate proves; a denial is 403 `RBAC: access denied`
+/// and never reaches the app.
+fn authorization_by_identity_and_request(io: IoMode) {
+    let ca = TestCa::new("mesh root");
+    let allow = policy(
+        "frontend-reads",
+        "ALLOW",
+        "  - from:\n    - source:\n        principals: [cluster.local/ns/default/sa/frontend]\n    to:\n    - operation:\n        methods: [GET]\n        paths: [\"/public*\"]\n  - from:\n    - source:\n        namespaces: [ops]\n",
+    );
+    let deny = policy(
+        "blocked-header",
+        "DENY",
+        "  - when:\n    - key: request.headers[x-block]\n      values: [\"yes\"]\n",
+    );
+    let server = Server::start(io, &ca, "STRICT", &[allow, deny]);
+    let (frontend, _f) = client_proxy(io, &ca, &server, "default", "frontend");
+    let (other, _o) = client_proxy(io, &ca, &server, "default", "other");
+    let (ops, _p) = client_proxy(io, &ca, &server, "ops", "anything");
+
+    let get = |p: &TestProxy, method: &str, path: &str, extra: &str| {
+        let mut c = Client::connect(p.http());
+        c.send(
+            format!("{method} {path} HTTP/1.1\r\nHost: reviews.shop\r\nContent-Length: 0\r\n{extra}\r\n").as_bytes(),
+        );
+        let r = c.response().expect("response");
+        (r.status, r.text())
+    };
+    let denied = (403, "RBAC: access denied".to_string());
+    assert_eq!(get(&frontend, "GET", "/public/a", ""), (200, "app".into()));
+    assert_eq!(get(&frontend, "POST", "/public/a", ""), denied, "method");
+    assert_eq!(get(&frontend, "GET", "/private", ""), denied, "path");
+    assert_eq!(
+        get(&frontend, "GET", "/public/a", "x-block: yes\r\n"),
+        denied,
+        "DENY by header"
+    );
+    assert_eq!(get(&other, "GET", "/public/a", ""), denied, "principal");
+    assert_eq!(get(&ops, "DELETE", "/anything", ""), (200, "app".into()), "namespace");
+    assert_eq!(get(&ops, "GET", "/x", "x-block: yes\r\n"), denied, "DENY before ALLOW");
+    assert_eq!(server.up.count(), 2);
+    assert_eq!(counter(&server.proxy, "ringmesh_rbac_denied_total"), 5);
+
+    // By port: a DENY on the inbound port itself (known once the listener is bound).
+    let port = server.inbound().port();
+    let deny_port = policy(
+        "port",
+        "DENY",
+        &format!("  - to:\n    - operation:\n        ports: [\"{port}\"]\n        paths: [/public/port]\n"),
+    );
+    let certs_spec = std::fs::read_to_string(&server.proxy.config).expect("config");
+    server.proxy.rewrite(&[certs_spec, deny_port]);
+    ringmesh_testkit::eventually(Duration::from_secs(10), "the port policy applies", || {
+        get(&frontend, "GET", "/public/port", "") == denied
+    })
+    .expect("the port policy applies");
+    assert_eq!(get(&frontend, "GET", "/public/other", ""), (200, "app".into()));
+}
+
+/// A DENY on `/admin` holds for every spelling of it, and a route's direct 403 on `/admin`
+/// too: each is answered 403 or refused with 400, and the app never sees an admin path.
+fn no_spelling_walks_around_a_deny(io: IoMode) {
+    let ca = TestCa::new("mesh root");
+    let deny = policy(
+        "no-admin",
+        "DENY",
+        "  - to:\n    - operation:\n        paths: [/admin, \"/admin/*\"]\n",
+    );
+    let server = Server::start(io, &ca, "PERMISSIVE", &[deny]);
+    let spellings = [
+        "/admin",
+        "//admin",
+        "/./admin",
+        "/x/../admin",
+        "/%61dmin",
+        "/adm%69n",
+        "/%2e/admin",
+        "/a/../admin",
+        "/x/..%2fadmin",
+        "/%2fadmin",
+        "/\\admin",
+        "\\admin",
+        "/admin/",
+        "/admin;x",
+        "/admin#frag",
+        "/ADMIN/../admin",
+        "/admin/%2e%2e/admin",
+        "/admin%00",
+    ];
+    for path in spellings {
+        let status = plain_get(server.inbound(), path);
+        assert!(matches!(status, Some(403 | 400) | None), "{path}: {status:?}");
+    }
+    assert!(
+        server
+            .up
+            .received()
+            .iter()
+            .all(|r| !r.target.to_ascii_lowercase().contains("admin")),
+        "{:?}",
+        server
+            .up
+            .received()
+            .iter()
+            .map(|r| r.target.clone())
+            .collect::<Vec<_>>()
+    );
+    // What is not admin passes, normalized.
+    assert_eq!(plain_get(server.inbound(), "//shop//./items/../cart"), Some(200));
+    assert_eq!(
+        server.up.received().last().map(|r| r.target.clone()),
+        Some("/shop/cart".into())
+    );
+
+    // The same spellings against a route that answers /admin itself.
+    let up = Upstream::named("app");
+    let route = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: site\nspec:\n  hosts: [site.test]\n  http:\n  - match:\n    - uri: {prefix: /admin}\n    directResponse: {status: 403}\n  - route:\n    - destination: {host: site.test}\n".to_string();
+    let proxy = TestProxy::start(&[
+        proxy_config(io, "", ""),
+        service_entry("site", "site.test", 80, &[(up.addr, &[])]),
+        route,
+    ]);
+    for path in spellings {
+        let mut c = Client::connect(proxy.http());
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: site.test\r\n\r\n").as_bytes());
+        let status = c.response().map(|r| r.status);
+        assert!(matches!(status, Some(403 | 400) | None), "{path}: {status:?}");
+    }
+    assert!(
+        up.received()
+            .iter()
+            .all(|r| !r.target.to_ascii_lowercase().contains("admin")),
+        "{:?}",
+        up.received().iter().map(|r| r.target.clone()).collect::<Vec<_>>()
+    );
+}
+
+both_io!(
+    strict_serves_mesh_certificates_only,
+    permissive_takes_both_and_disable_takes_plaintext,
+    authorization_by_identity_and_request,
+    no_spelling_walks_around_a_deny,
+);
