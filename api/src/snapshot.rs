@@ -42,6 +42,20 @@ pub struct Security {
     pub authz: crate::authz::Authz,
     /// The `PeerAuthentication` in force for the workload, applied on inbound listeners.
     pub peer_authn: PeerAuthn,
+    /// The oldest TLS version of mTLS between proxies (`spec.meshMTLS.minProtocolVersion`).
+    pub min_tls_version: TlsVersion,
+}
+
+/// A TLS version, as Istio names them in `meshConfig.meshMTLS.minProtocolVersion`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.3 only (the default: no CBC suites, no renegotiation, one round trip).
+    #[default]
+    #[serde(rename = "TLSV1_3")]
+    Tls13,
+    /// TLS 1.2 and 1.3, for peers that cannot do 1.3 (only forward-secret AEAD suites).
+    #[serde(rename = "TLSV1_2")]
+    Tls12,
 }
 
 /// Whether inbound connections must, may or must not use mutual TLS, resolved from the

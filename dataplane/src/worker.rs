@@ -16,7 +16,7 @@ use crate::identity::IdentityCell;
 use crate::rng::FastRng;
 use crate::state::{SnapshotSource, SnapshotView};
 use crate::telemetry::stats::{dec, inc, ClusterTotals, EndpointTotals, StatsTotals, WorkerStats};
-use crate::tls::configs::CoreTls;
+use crate::tls::configs::{ConfigError, CoreTls};
 
 /// A request from the control thread to one worker.
 #[derive(Debug)]
@@ -71,6 +71,24 @@ impl Worker {
             retries_active: Cell::new(0),
             draining: Cell::new(false),
         })
+    }
+
+    /// This core's server config for inbound mTLS.
+    pub(crate) fn tls_server(&self) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+        let min = self.snapshot.get().snapshot.security.min_tls_version;
+        self.tls.server(&self.identity, min)
+    }
+
+    /// This core's client config for mTLS hops that carry HTTP/2.
+    pub(crate) fn tls_client(&self) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+        let min = self.snapshot.get().snapshot.security.min_tls_version;
+        self.tls.client(&self.identity, min)
+    }
+
+    /// This core's client config for mTLS hops that carry opaque TCP.
+    pub(crate) fn tls_client_tcp(&self) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+        let min = self.snapshot.get().snapshot.security.min_tls_version;
+        self.tls.client_tcp(&self.identity, min)
     }
 
     /// A downstream request started on this worker. `counted`: its dispatch already counted it

@@ -532,6 +532,10 @@ impl Compiler {
                 .unwrap_or_default(),
             authz,
             peer_authn: self.peer_authn(peer_authentications, workload),
+            min_tls_version: pc
+                .and_then(|pc| pc.spec.mesh_mtls.as_ref())
+                .map(|m| m.min_protocol_version)
+                .unwrap_or_default(),
         }
     }
 

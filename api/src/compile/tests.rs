@@ -2194,3 +2194,25 @@ fn destination_rule_tls_errors() {
     assert_eq!(c.warnings[0].field.as_deref(), Some("spec.trafficPolicy.tls.sni"));
     assert_eq!(c.snapshot.clusters[0].tls, UpstreamTls::Disable);
 }
+
+#[test]
+fn mesh_mtls_min_protocol_version() {
+    use crate::snapshot::TlsVersion;
+    let c = ok("apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec: {}\n");
+    assert_eq!(
+        c.snapshot.security.min_tls_version,
+        TlsVersion::Tls13,
+        "TLS 1.3 only by default"
+    );
+    let c =
+        ok("apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  meshMTLS: {minProtocolVersion: TLSV1_2}\n");
+    assert_eq!(c.snapshot.security.min_tls_version, TlsVersion::Tls12);
+    let e = errors(
+        "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  meshMTLS: {minProtocolVersion: TLSV1_1}\n",
+    );
+    assert!(
+        e.iter()
+            .any(|d| d.field.as_deref() == Some("spec.meshMTLS.minProtocolVersion") && d.message.contains("TLSV1_2")),
+        "{e:#?}"
+    );
+}

@@ -72,6 +72,19 @@ pub struct ProxyConfigSpec {
     /// `meshConfig.pathNormalization`); absent: `MERGE_SLASHES`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_normalization: Option<PathNormalizationSpec>,
+    /// Mutual TLS between proxies (Istio's `meshConfig.meshMTLS`).
+    #[serde(default, rename = "meshMTLS", skip_serializing_if = "Option::is_none")]
+    pub mesh_mtls: Option<MeshMtlsSpec>,
+}
+
+/// `ProxyConfig.spec.meshMTLS`, in the shape of Istio's `meshConfig.meshMTLS`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshMtlsSpec {
+    /// `TLSV1_3` (the default) or `TLSV1_2`: the oldest TLS version the proxy's mTLS accepts
+    /// and offers.
+    #[serde(default)]
+    pub min_protocol_version: crate::snapshot::TlsVersion,
 }
 
 /// `ProxyConfig.spec.pathNormalization`, in the shape of Istio's

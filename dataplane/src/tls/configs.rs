@@ -43,16 +43,13 @@ impl Alpn {
 }
 
 /// TLS versions allowed: 1.3 only unless the config allows 1.2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum MinVersion {
-    /// TLS 1.3 only.
-    #[default]
-    Tls13,
-    /// TLS 1.2 and 1.3.
-    Tls12,
+pub(crate) use ringmesh_api::snapshot::TlsVersion as MinVersion;
+
+trait Versions {
+    fn versions(self) -> &'static [&'static SupportedProtocolVersion];
 }
 
-impl MinVersion {
+impl Versions for MinVersion {
     fn versions(self) -> &'static [&'static SupportedProtocolVersion] {
         static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
         static TLS13_AND_12: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
@@ -101,6 +98,7 @@ pub(crate) enum ConfigError {
 #[derive(Debug)]
 struct Built {
     version: u64,
+    min_version: MinVersion,
     configs: Configs,
 }
 
@@ -118,44 +116,45 @@ pub(crate) struct Configs {
 #[derive(Debug, Default)]
 pub(crate) struct CoreTls {
     built: RefCell<Option<Built>>,
-    min_version: MinVersion,
 }
 
 impl CoreTls {
-    pub(crate) fn new(min_version: MinVersion) -> Self {
-        CoreTls {
-            built: RefCell::new(None),
-            min_version,
-        }
-    }
-
     /// The server config for the current certificate (built on this core on first use after a
-    /// rotation).
-    pub(crate) fn server(&self, cell: &IdentityCell) -> Result<Arc<ServerConfig>, ConfigError> {
-        self.current(cell, |c| c.server.clone())
+    /// rotation, or after the config changed the oldest TLS version).
+    pub(crate) fn server(&self, cell: &IdentityCell, min: MinVersion) -> Result<Arc<ServerConfig>, ConfigError> {
+        self.current(cell, min, |c| c.server.clone())
     }
 
     /// The client config (ALPN `h2`) for the current certificate.
-    pub(crate) fn client(&self, cell: &IdentityCell) -> Result<Arc<ClientConfig>, ConfigError> {
-        self.current(cell, |c| c.client.clone())
+    pub(crate) fn client(&self, cell: &IdentityCell, min: MinVersion) -> Result<Arc<ClientConfig>, ConfigError> {
+        self.current(cell, min, |c| c.client.clone())
     }
 
     /// The client config for opaque TCP.
-    pub(crate) fn client_tcp(&self, cell: &IdentityCell) -> Result<Arc<ClientConfig>, ConfigError> {
-        self.current(cell, |c| c.client_tcp.clone())
+    pub(crate) fn client_tcp(&self, cell: &IdentityCell, min: MinVersion) -> Result<Arc<ClientConfig>, ConfigError> {
+        self.current(cell, min, |c| c.client_tcp.clone())
     }
 
-    fn current<T>(&self, cell: &IdentityCell, pick: impl Fn(&Configs) -> T) -> Result<T, ConfigError> {
+    fn current<T>(
+        &self,
+        cell: &IdentityCell,
+        min_version: MinVersion,
+        pick: impl Fn(&Configs) -> T,
+    ) -> Result<T, ConfigError> {
         let version = cell.version();
         if let Some(b) = &*self.built.borrow() {
-            if b.version == version {
+            if b.version == version && b.min_version == min_version {
                 return Ok(pick(&b.configs));
             }
         }
         let identity = cell.load().ok_or(ConfigError::NoIdentity)?;
-        let configs = build(&identity, self.min_version)?;
+        let configs = build(&identity, min_version)?;
         let picked = pick(&configs);
-        *self.built.borrow_mut() = Some(Built { version, configs });
+        *self.built.borrow_mut() = Some(Built {
+            version,
+            min_version,
+            configs,
+        });
         Ok(picked)
     }
 }

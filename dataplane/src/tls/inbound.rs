@@ -112,7 +112,7 @@ async fn handshake(
     kind: &ListenerKind,
     buf: BytesMut,
 ) {
-    let config = match worker.tls.server(&worker.identity) {
+    let config = match worker.tls_server() {
         Ok(c) => c,
         Err(e) => {
             // Fails closed: without a certificate nobody can be authenticated, so nobody is
@@ -154,6 +154,7 @@ async fn handshake(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(verify::identity_of);
+    tracing::debug!(%peer, listener = name, identity = identity.as_ref().map(|i| i.spiffe()).unwrap_or("-"), "mTLS connection");
     let alpn = Alpn::from_id(session.alpn_protocol());
     let sni = session.server_name().map(Box::from);
     let conn = Arc::new(InboundConn { local, identity, sni });

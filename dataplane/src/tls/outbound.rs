@@ -34,7 +34,7 @@ pub(crate) enum ConnectError {
 /// ALPN id is offered, so the server's proxy treats the bytes as its listener says. (HTTP
 /// hops open theirs in `http::h2::client`, offering `h2`.)
 pub(crate) async fn handshake(worker: &Worker, io: Compat, host: &str) -> Result<ClientTls, ConnectError> {
-    let config = worker.tls.client_tcp(&worker.identity)?;
+    let config = worker.tls_client_tcp()?;
     // A service host is a DNS name; anything else (an IP, a name rustls refuses) is sent as a
     // fixed name, since the server's proxy does not route on it.
     let name = ServerName::try_from(host.to_string())

@@ -122,7 +122,7 @@ pub(crate) async fn open(
     use crate::telemetry::stats::inc;
     let tls = match mtls {
         None => None,
-        Some(host) => match worker.tls.client(&worker.identity) {
+        Some(host) => match worker.tls_client() {
             Ok(config) => Some((config, host)),
             Err(e) => {
                 inc(&worker.stats.security.tls_client_handshake_failed);
