@@ -10,8 +10,8 @@ use super::{Compiler, Site};
 use crate::locate::FieldPath;
 use crate::resources::{ProxyConfig, ResourceMeta};
 use crate::snapshot::{
-    ControlPlaneSettings, ControlPlaneTls, IdentityFiles, IdentitySettings, IoMode, Limits, ProxySettings, RetryBudget, WorkloadSettings,
-    DEFAULT_CERT_LIFETIME, DEFAULT_PROTOCOL_DETECTION_TIMEOUT, DEFAULT_TRUST_DOMAIN,
+    ControlPlaneSettings, ControlPlaneTls, IdentityFiles, IdentitySettings, IoMode, Limits, ProxySettings, RetryBudget,
+    WorkloadSettings, DEFAULT_CERT_LIFETIME, DEFAULT_PROTOCOL_DETECTION_TIMEOUT, DEFAULT_TRUST_DOMAIN,
 };
 
 impl Compiler {
@@ -301,7 +301,11 @@ impl Compiler {
                         ca: ca.into(),
                     })
                 }
-                _ => self.error(site, &p, "certFile, keyFile and caFile go together: give all three or none"),
+                _ => self.error(
+                    site,
+                    &p,
+                    "certFile, keyFile and caFile go together: give all three or none",
+                ),
             }
         }
         settings
