@@ -16,6 +16,7 @@ pub mod control;
 pub mod detect;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod lb;
 pub mod listener;
 pub mod probe;

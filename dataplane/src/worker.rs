@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::pool::UpstreamPool;
 use crate::http::h2::client::H2Pool;
 use crate::http::h2::handoff::Peers;
+use crate::identity::IdentityCell;
 use crate::rng::FastRng;
 use crate::state::{SnapshotSource, SnapshotView};
 use crate::telemetry::stats::{dec, inc, ClusterTotals, EndpointTotals, StatsTotals, WorkerStats};
@@ -46,11 +47,16 @@ pub struct Worker {
     pub retries_active: Cell<u32>,
     /// Set once draining started: connections close after their current request.
     pub draining: Cell<bool>,
+    /// The workload certificate (written by the control thread): compare its `version()` per
+    /// new connection and rebuild this core's TLS settings when it moved.
+    // Read by the mTLS data path, which lands separately.
+    #[allow(dead_code)]
+    pub(crate) identity: Arc<IdentityCell>,
 }
 
 impl Worker {
     /// A worker reading snapshots from `source`.
-    pub fn new(id: usize, source: Arc<SnapshotSource>, peers: Peers) -> Rc<Self> {
+    pub(crate) fn new(id: usize, source: Arc<SnapshotSource>, identity: Arc<IdentityCell>, peers: Peers) -> Rc<Self> {
         Rc::new(Worker {
             id,
             snapshot: SnapshotView::new(source),
@@ -61,6 +67,7 @@ impl Worker {
             rng: FastRng::from_entropy(id as u64),
             retries_active: Cell::new(0),
             draining: Cell::new(false),
+            identity,
         })
     }
 

@@ -70,7 +70,10 @@ fn a_root_is_made_once_and_kept_in_the_directory() {
     assert!(!created);
     assert_eq!(again, first, "a restart reads the same root");
     let ca = Ca::new(&again, CaSettings::default()).unwrap();
-    assert_eq!(ca.trust_bundle(), pem_certs("root", &std::fs::read_to_string(&cert).unwrap()).unwrap());
+    assert_eq!(
+        ca.trust_bundle(),
+        pem_certs("root", &std::fs::read_to_string(&cert).unwrap()).unwrap()
+    );
     let (_, x) = x509_parser::certificate::X509Certificate::from_der(ca.trust_bundle()[0].as_ref()).unwrap();
     assert!(x.is_ca());
     assert_eq!(x.subject().to_string(), "CN=ringmesh root CA cluster.local, O=ringmesh");
@@ -101,7 +104,11 @@ fn a_csr_is_signed_for_the_proven_identity_only() {
     for asked in [vec![], vec![spiffe]] {
         let signed = ca.sign(&csr(&asked), &reviews(), Duration::ZERO).unwrap();
         assert_eq!(signed.chain.len(), 1, "a root signs: the chain is the leaf");
-        assert_eq!(uris(signed.chain[0].as_ref()), [spiffe], "exactly one SAN, the SPIFFE id");
+        assert_eq!(
+            uris(signed.chain[0].as_ref()),
+            [spiffe],
+            "exactly one SAN, the SPIFFE id"
+        );
         assert_eq!(signed.trust_bundle, ca.trust_bundle());
         let (_, x) = x509_parser::certificate::X509Certificate::from_der(signed.chain[0].as_ref()).unwrap();
         assert!(!x.is_ca());
@@ -129,8 +136,14 @@ fn a_csr_is_signed_for_the_proven_identity_only() {
     let mut broken = csr(&[]);
     let last = broken.len() - 1;
     broken[last] ^= 0xff;
-    assert!(matches!(ca.sign(&broken, &reviews(), Duration::ZERO), Err(SignError::BadCsr(_))));
-    assert!(matches!(ca.sign(b"junk", &reviews(), Duration::ZERO), Err(SignError::BadCsr(_))));
+    assert!(matches!(
+        ca.sign(&broken, &reviews(), Duration::ZERO),
+        Err(SignError::BadCsr(_))
+    ));
+    assert!(matches!(
+        ca.sign(b"junk", &reviews(), Duration::ZERO),
+        Err(SignError::BadCsr(_))
+    ));
 }
 
 #[test]
@@ -141,7 +154,10 @@ fn lifetimes_are_bounded() {
     assert_eq!(ca.lifetime(Duration::from_secs(5)), MIN_CERT_LIFETIME);
     let signed = ca.sign(&csr(&[]), &reviews(), Duration::from_secs(86400)).unwrap();
     let left = signed.not_after.duration_since(SystemTime::now()).unwrap();
-    assert!(left <= Duration::from_secs(600) && left > Duration::from_secs(590), "{left:?}");
+    assert!(
+        left <= Duration::from_secs(600) && left > Duration::from_secs(590),
+        "{left:?}"
+    );
 }
 
 #[test]
@@ -188,7 +204,8 @@ fn an_intermediate_ships_in_the_chain_and_the_roots_in_the_bundle() {
     let mut params = CertificateParams::default();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&root_m.cert_pem, KeyPair::from_pem(&root_m.key_pem).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&root_m.cert_pem, KeyPair::from_pem(&root_m.key_pem).unwrap()).unwrap();
     let inter = params.signed_by(&key, &issuer).unwrap();
     let m = CaMaterial {
         cert_pem: inter.pem(),
@@ -205,7 +222,11 @@ fn an_intermediate_ships_in_the_chain_and_the_roots_in_the_bundle() {
     let signed = ca.sign(&csr(&[]), &reviews(), Duration::ZERO).unwrap();
     assert_eq!(signed.chain.len(), 2);
     assert_eq!(&signed.chain[1], inter.der());
-    assert_eq!(signed.trust_bundle, root.trust_bundle(), "the bundle is the roots above it");
+    assert_eq!(
+        signed.trust_bundle,
+        root.trust_bundle(),
+        "the bundle is the roots above it"
+    );
     // The key must be the certificate's.
     let wrong = CaMaterial {
         cert_pem: inter.pem(),
