@@ -97,7 +97,7 @@ impl Assembler {
 
     /// Takes one message from the control plane. Returns the whole snapshot when the message
     /// completes one (a `SharedSnapshot`, or the last part of a delta), `None` when it does not
-    /// (a refusal, or a part with more to come).
+    /// (a refusal, a certificate, or a part with more to come).
     pub fn feed(&mut self, message: ControlMessage) -> Result<Option<Snapshot>, DeltaError> {
         match message.message {
             Some(control_message::Message::SharedSnapshot(shared)) => {
@@ -115,7 +115,12 @@ impl Assembler {
                 d.nonce = shared.nonce;
                 self.apply(d)
             }
-            Some(control_message::Message::Refusal(_)) | None => Ok(None),
+            Some(
+                control_message::Message::Refusal(_)
+                | control_message::Message::Certificate(_)
+                | control_message::Message::CertificateRefusal(_),
+            )
+            | None => Ok(None),
         }
     }
 

@@ -229,6 +229,7 @@ mod tests {
                 proxy_version: "0.1.0".into(),
                 protocol_version: PROTOCOL_VERSION,
                 serving_version: 7,
+                credential: "rmt1.x.y".into(),
             })),
         };
         let back = ProxyMessage::decode(hello.encode_to_vec().as_slice()).unwrap();

@@ -136,6 +136,46 @@ pub struct ProxySettings {
     pub control_plane: Option<ControlPlaneSettings>,
     /// The workload next to this proxy (announced to the control plane).
     pub workload: WorkloadSettings,
+    /// Where the workload certificate comes from.
+    pub identity: IdentitySettings,
+}
+
+/// The trust domain of SPIFFE ids unless `spec.identity.trustDomain` says otherwise (Istio's).
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// The workload certificate's lifetime asked of the CA unless `spec.identity.certLifetime` says
+/// otherwise (Istio's 24 h).
+pub const DEFAULT_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// `spec.identity`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdentitySettings {
+    /// Lifetime asked of the control plane's CA.
+    pub cert_lifetime: std::time::Duration,
+    /// Trust domain of the SPIFFE id (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
+    pub trust_domain: String,
+    /// Files of the user's own PKI, used instead of the control plane's CA.
+    pub files: Option<IdentityFiles>,
+}
+
+/// A certificate, its key and the roots, as files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdentityFiles {
+    /// Chain, leaf first (PEM).
+    pub cert: std::path::PathBuf,
+    /// Private key (PEM).
+    pub key: std::path::PathBuf,
+    /// Roots (PEM).
+    pub ca: std::path::PathBuf,
+}
+
+/// How to check the control plane's TLS port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ControlPlaneTls {
+    /// Roots its certificate must chain to (PEM).
+    pub ca_cert_file: std::path::PathBuf,
+    /// Name its certificate must carry; `None`: the host of the address.
+    pub server_name: Option<String>,
 }
 
 /// Where the control plane is and who this proxy is to it.
@@ -146,6 +186,11 @@ pub struct ControlPlaneSettings {
     pub addresses: Vec<String>,
     /// Node id announced in `Hello`.
     pub node_id: String,
+    /// TLS to the control plane; `None`: plaintext (development).
+    pub tls: Option<ControlPlaneTls>,
+    /// Where the credential for certificates is read on every connect; `None`: the
+    /// environment variable `RINGMESH_CREDENTIAL`, if set.
+    pub credential_file: Option<std::path::PathBuf>,
 }
 
 /// The workload next to this proxy.

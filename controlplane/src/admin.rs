@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ringmesh_api::proto::admin_server::{Admin, AdminServer};
 use ringmesh_api::proto::{
-    self, ApplyRequest, ApplyResponse, ApplyResult, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
-    ProxyConfigRequest, ProxyConfigResponse, ProxyNack, ProxyStatusEntry, ProxyStatusRequest, ProxyStatusResponse,
-    ResourceRef, ResourceStatus, StoredResource as WireResource, SyncState,
+    self, ApplyRequest, ApplyResponse, ApplyResult, CreateTokenRequest, CreateTokenResponse, DeleteRequest,
+    DeleteResponse, GetRequest, GetResponse, ProxyConfigRequest, ProxyConfigResponse, ProxyNack, ProxyStatusEntry,
+    ProxyStatusRequest, ProxyStatusResponse, ResourceRef, ResourceStatus, StoredResource as WireResource, SyncState,
+    TrustBundleRequest, TrustBundleResponse,
 };
 use ringmesh_api::Diagnostic;
 use tonic::{Request, Response, Status};
@@ -461,6 +462,57 @@ impl Admin for AdminService {
             self,
             &request.get_ref().node_id,
         )?))
+    }
+
+    /// Only for callers on this machine: a token is a certificate for its identity, so minting
+    /// one must take more than reaching the port (`ringmesh token create` on the control
+    /// plane's host, or `kubectl exec` into its pod).
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let authority = self
+            .cp
+            .authority()
+            .ok_or_else(|| Status::failed_precondition("this control plane runs no CA"))?;
+        match request.remote_addr() {
+            Some(peer) if peer.ip().is_loopback() => {}
+            peer => {
+                tracing::warn!(peer = ?peer, "token creation refused: not a loopback caller");
+                return Err(Status::permission_denied(
+                    "tokens are made only for callers on the control plane's own machine (run `ringmesh token create`                      there, against a loopback address)",
+                ));
+            }
+        }
+        let req = request.into_inner();
+        let id = crate::ca::WorkloadId::new(&req.namespace, &req.service_account).map_err(Status::invalid_argument)?;
+        let ttl = if req.ttl_seconds == 0 {
+            crate::ca::DEFAULT_TOKEN_TTL
+        } else {
+            std::time::Duration::from_secs(req.ttl_seconds)
+        };
+        let (token, expires_unix) = authority.ca.create_token(&id, ttl, std::time::SystemTime::now());
+        let spiffe_id = id.spiffe_id(authority.ca.trust_domain());
+        tracing::info!(identity = %spiffe_id, expires_unix, "bootstrap token created");
+        Ok(Response::new(CreateTokenResponse {
+            token,
+            spiffe_id,
+            expires_unix,
+        }))
+    }
+
+    async fn trust_bundle(
+        &self,
+        _request: Request<TrustBundleRequest>,
+    ) -> Result<Response<TrustBundleResponse>, Status> {
+        let authority = self
+            .cp
+            .authority()
+            .ok_or_else(|| Status::failed_precondition("this control plane runs no CA"))?;
+        Ok(Response::new(TrustBundleResponse {
+            pem: crate::ca::to_pem(authority.ca.trust_bundle()),
+            trust_domain: authority.ca.trust_domain().to_owned(),
+        }))
     }
 }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use ringmesh_api::proto::admin_client::AdminClient;
 use ringmesh_api::proto::{
-    ApplyRequest, DeleteRequest, Document, GetRequest, Outcome, ProxyConfigRequest, ProxyStatusEntry,
-    ProxyStatusRequest, ResourceRef, Snapshot, StoredResource, SyncState,
+    ApplyRequest, CreateTokenRequest, DeleteRequest, Document, GetRequest, Outcome, ProxyConfigRequest,
+    ProxyStatusEntry, ProxyStatusRequest, ResourceRef, Snapshot, StoredResource, SyncState, TrustBundleRequest,
 };
 use serde_json::{json, Value as Json};
 use tonic::transport::Channel;
@@ -116,6 +116,45 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = DataOutput::Yaml)]
         output: DataOutput,
     },
+    /// Bootstrap tokens: how a proxy outside Kubernetes proves its identity to the CA.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The mesh CA.
+    Ca {
+        /// What to do.
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+/// `ringmesh token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a token proving NAMESPACE/SERVICE-ACCOUNT until it expires; give it to the proxy
+    /// as `controlPlane.credentialFile` or `RINGMESH_CREDENTIAL`. Only a caller on the control
+    /// plane's machine gets one. A token cannot be revoked: only its expiry, or a new CA key,
+    /// ends it.
+    Create {
+        /// The workload's namespace.
+        #[arg(short = 'n', long)]
+        namespace: String,
+        /// The workload's service account.
+        #[arg(long)]
+        service_account: String,
+        /// How long the token is valid.
+        #[arg(long, default_value = "8760h", value_parser = ringmesh_api::duration::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+/// `ringmesh ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the trust bundle (PEM): what proxies use as `controlPlane.tls.caCertFile`.
+    Root,
 }
 
 /// Output formats of analyze.
@@ -413,6 +452,44 @@ async fn remote(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
                     let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 }
             }
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    namespace,
+                    service_account,
+                    ttl,
+                },
+        } => {
+            let mut client = connect(cli).await?;
+            let resp = client
+                .create_token(CreateTokenRequest {
+                    namespace: namespace.clone(),
+                    service_account: service_account.clone(),
+                    ttl_seconds: ttl.as_secs().max(1),
+                })
+                .await
+                .map_err(|s| call_error(cli, s))?
+                .into_inner();
+            let _ = writeln!(out, "{}", resp.token);
+            let _ = writeln!(
+                err,
+                "token for {} (expires at {} s since the Unix epoch)",
+                resp.spiffe_id, resp.expires_unix
+            );
+            Ok(())
+        }
+        Command::Ca {
+            command: CaCommand::Root,
+        } => {
+            let mut client = connect(cli).await?;
+            let resp = client
+                .trust_bundle(TrustBundleRequest {})
+                .await
+                .map_err(|s| call_error(cli, s))?
+                .into_inner();
+            let _ = write!(out, "{}", resp.pem);
             Ok(())
         }
         Command::ProxyConfig { proxy, output } => {

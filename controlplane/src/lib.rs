@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod analyze;
+pub mod ca;
 pub mod cli;
 pub mod etcd;
 pub mod kubernetes;

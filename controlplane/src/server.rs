@@ -29,8 +29,9 @@ use prost::Message as _;
 use ringmesh_api::delta;
 use ringmesh_api::proto::discovery_server::{Discovery, DiscoveryServer};
 use ringmesh_api::proto::{
-    control_message, proxy_message, skew_refusal, ControlMessage, Endpoint, Hello, ProxyMessage, Refusal, SharedDelta,
-    SharedSnapshot, Snapshot, Workload, DELTA_VERSION, MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
+    control_message, proxy_message, skew_refusal, Certificate, CertificateRefusal, CertificateRequest, ControlMessage,
+    Endpoint, Hello, ProxyMessage, Refusal, SharedDelta, SharedSnapshot, Snapshot, Workload, DELTA_VERSION,
+    MIN_SUPPORTED_VERSION, PROTOCOL_VERSION,
 };
 use ringmesh_api::registry::ExtraEndpoint;
 use ringmesh_api::{compile, load_str, CompileInput};
@@ -39,6 +40,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::ca::{Authority, SignError, StreamIdentity};
 use crate::scope::Scopes;
 use crate::store::ResourceSet;
 
@@ -224,6 +226,8 @@ pub struct ControlPlane {
     changed: Arc<watch::Sender<u64>>,
     config: ServerConfig,
     check: CheckFn,
+    /// The mesh CA and how credentials are checked; `None`: no certificates are issued.
+    authority: Option<Arc<Authority>>,
 }
 
 impl ControlPlane {
@@ -242,7 +246,19 @@ impl ControlPlane {
             changed: Arc::new(tx),
             config,
             check: check_compiles,
+            authority: None,
         }
+    }
+
+    /// Issues certificates with `authority` to proxies whose credential it accepts.
+    pub fn with_authority(mut self, authority: Arc<Authority>) -> Self {
+        self.authority = Some(authority);
+        self
+    }
+
+    /// The mesh CA, if this control plane runs one.
+    pub fn authority(&self) -> Option<&Arc<Authority>> {
+        self.authority.as_ref()
     }
 
     /// The tonic service to mount.
@@ -651,6 +667,22 @@ impl Discovery for ControlPlane {
             let _ = tx.send(Ok(refusal)).await;
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
+        let identity = match &self.authority {
+            Some(a) => {
+                a.stream_identity(&hello.node_id, hello.workload.as_ref(), &hello.credential)
+                    .await
+            }
+            None => StreamIdentity::Refused("this control plane runs no CA".into()),
+        };
+        if let (Some(a), StreamIdentity::Refused(reason)) = (&self.authority, &identity) {
+            if a.require_credential {
+                tracing::warn!(node = %hello.node_id, "stream refused (--require-credential): {reason}");
+                return Err(Status::unauthenticated(reason.clone()));
+            }
+            if !hello.credential.is_empty() {
+                tracing::warn!(node = %hello.node_id, "credential refused; no certificates on this stream: {reason}");
+            }
+        }
         tracing::info!(node = %hello.node_id, version = %hello.proxy_version, "proxy connected");
         let session = self.register(&hello);
         let cp = self.clone();
@@ -659,6 +691,7 @@ impl Discovery for ControlPlane {
             hello.node_id,
             session,
             hello.protocol_version,
+            identity,
             inbound,
             tx,
         ));
@@ -672,6 +705,7 @@ async fn serve_proxy(
     node_id: String,
     session: u64,
     protocol: u32,
+    identity: StreamIdentity,
     mut inbound: Streaming<ProxyMessage>,
     tx: mpsc::Sender<Result<ControlMessage, Status>>,
 ) {
@@ -747,6 +781,12 @@ async fn serve_proxy(
                 pending = true;
             }
             msg = inbound.next() => match msg {
+                Some(Ok(ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(req)) })) => {
+                    let answer = certificate(&cp, &node_id, &identity, req);
+                    if tx.send(Ok(ControlMessage { message: Some(answer) })).await.is_err() {
+                        break;
+                    }
+                }
                 Some(Ok(ProxyMessage { message: Some(m) })) => handle(&cp, &node_id, session, m),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
@@ -755,6 +795,50 @@ async fn serve_proxy(
     }
     tracing::info!(node = %node_id, "proxy disconnected");
     cp.disconnected(&node_id, session);
+}
+
+/// The answer to a CSR: signed for the identity the stream's credential proved, or refused
+/// with the reason (which the proxy shows in its `/certs`).
+fn certificate(
+    cp: &ControlPlane,
+    node_id: &str,
+    identity: &StreamIdentity,
+    req: CertificateRequest,
+) -> control_message::Message {
+    let refuse = |reason: String| {
+        control_message::Message::CertificateRefusal(CertificateRefusal {
+            request_id: req.request_id,
+            reason,
+        })
+    };
+    let (authority, id) = match (&cp.authority, identity) {
+        (Some(a), StreamIdentity::Verified(id)) => (a, id),
+        (_, StreamIdentity::Refused(reason)) => return refuse(reason.clone()),
+        (None, _) => return refuse("this control plane runs no CA".into()),
+    };
+    match authority
+        .ca
+        .sign(&req.csr_der, id, Duration::from_secs(req.lifetime_seconds))
+    {
+        Ok(signed) => {
+            tracing::info!(node = %node_id, identity = %id, "certificate issued");
+            control_message::Message::Certificate(Certificate {
+                request_id: req.request_id,
+                chain_der: signed.chain.iter().map(|c| c.as_ref().to_vec()).collect(),
+                trust_bundle_der: signed.trust_bundle.iter().map(|c| c.as_ref().to_vec()).collect(),
+            })
+        }
+        Err(e) => {
+            match &e {
+                SignError::OtherIdentity { asked, allowed } => {
+                    tracing::warn!(node = %node_id, proven = %allowed, asked = %asked, "CSR for another identity refused")
+                }
+                SignError::Sign(_) => tracing::error!(node = %node_id, "{e}"),
+                SignError::BadCsr(_) => tracing::warn!(node = %node_id, "{e}"),
+            }
+            refuse(e.to_string())
+        }
+    }
 }
 
 fn handle(cp: &ControlPlane, node_id: &str, session: u64, m: proxy_message::Message) {
@@ -782,6 +866,8 @@ fn handle(cp: &ControlPlane, node_id: &str, session: u64, m: proxy_message::Mess
             changed
         }),
         proxy_message::Message::Hello(_) => tracing::warn!(node = %node_id, "second Hello on a stream ignored"),
+        // Answered by `serve_proxy`, which can send.
+        proxy_message::Message::CertificateRequest(_) => {}
     }
 }
 

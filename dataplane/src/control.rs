@@ -16,6 +16,7 @@ use anyhow::Context;
 
 use crate::admin::{self, AdminState, Role};
 use crate::config::{self, Overrides};
+use crate::identity::IdentityCell;
 use crate::runtime::{self, cores, IoDriver, WorkerSet};
 use crate::state::SnapshotSource;
 
@@ -120,6 +121,23 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
     let workers = settings.workers.unwrap_or_else(cores::default_workers).max(1);
     let io = runtime::resolve_io(settings.io)?;
     let source = SnapshotSource::new(loaded.snapshot);
+    let identity = Arc::new(IdentityCell::new());
+    let cert_status: crate::identity::CertStatusCell = Default::default();
+    match (
+        &settings.identity.files,
+        crate::identity::manager::disabled_reason(&settings),
+    ) {
+        (Some(files), _) => crate::identity::load_files(files, &identity, &cert_status),
+        (None, reason) => crate::identity::update_status(&cert_status, |s| {
+            s.source = "none";
+            s.reason = reason.or_else(|| {
+                settings
+                    .control_plane
+                    .is_none()
+                    .then(|| "no certificate source: neither spec.controlPlane nor spec.identity's files".to_owned())
+            });
+        }),
+    }
 
     let admin_l = admin::bind(settings.admin_address, "adminAddress")?;
     let health_l = admin::bind(settings.health_address, "healthAddress")?;
@@ -128,7 +146,15 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
     let health_address = health_l.local_addr()?;
     let metrics_address = metrics_l.local_addr()?;
 
-    let set = runtime::start(workers, &settings.cpus, io, &listeners, opts.bind_mode, source.clone())?;
+    let set = runtime::start(
+        workers,
+        &settings.cpus,
+        io,
+        &listeners,
+        opts.bind_mode,
+        source.clone(),
+        identity.clone(),
+    )?;
     let bound = set.bound.clone();
     tracing::info!(
         workers,
@@ -150,6 +176,8 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
         io: io.name(),
         drain_requested: tokio::sync::Notify::new(),
         control_plane: Default::default(),
+        identity,
+        cert_status,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -209,11 +237,17 @@ async fn control_main(
     let (updates_tx, mut updates_rx) = tokio::sync::mpsc::channel::<crate::xds::Update>(1);
     let running = state.source.load();
     if let Some(cp) = running.proxy.control_plane.clone() {
+        let certs = crate::identity::manager::CertManager::new(
+            state.identity.clone(),
+            state.cert_status.clone(),
+            &running.proxy,
+        );
         tokio::spawn(crate::xds::run(
             cp,
             running.proxy.workload.clone(),
             updates_tx,
             state.control_plane.clone(),
+            certs,
         ));
     } else {
         drop(updates_tx);
@@ -284,6 +318,11 @@ fn apply(state: &AdminState, loaded: config::Loaded, version: u64) {
     }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    // Files of the user's own PKI are read again on every reload (a renewed certificate is
+    // picked up as config is).
+    if let Some(files) = &loaded.snapshot.proxy.identity.files {
+        crate::identity::load_files(files, &state.identity, &state.cert_status);
     }
     state.source.store(loaded.snapshot);
     state.warnings.store(Arc::new(loaded.warnings));

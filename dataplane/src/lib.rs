@@ -17,7 +17,7 @@ pub mod control;
 pub mod detect;
 pub mod error;
 pub mod http;
-pub(crate) mod identity;
+pub mod identity;
 pub mod lb;
 pub mod listener;
 pub mod probe;

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use ringmesh_api::snapshot::Snapshot;
 
-use crate::identity::IdentityCell;
 use crate::lb::{ClusterCounters, ClusterState};
 
 /// The current snapshot, shared by the control thread (writer) and all workers (readers).
@@ -26,8 +25,6 @@ use crate::lb::{ClusterCounters, ClusterState};
 pub struct SnapshotSource {
     current: ArcSwap<Snapshot>,
     version: AtomicU64,
-    /// The workload's certificate, beside the config: both come from the control thread.
-    pub(crate) identity: Arc<IdentityCell>,
 }
 
 impl SnapshotSource {
@@ -37,7 +34,6 @@ impl SnapshotSource {
         Arc::new(SnapshotSource {
             current: ArcSwap::from_pointee(snapshot),
             version: AtomicU64::new(version),
-            identity: Arc::new(IdentityCell::new()),
         })
     }
 

@@ -48,7 +48,8 @@ pub struct Worker {
     pub retries_active: Cell<u32>,
     /// Set once draining started: connections close after their current request.
     pub draining: Cell<bool>,
-    /// The workload's certificate (written by the control thread on rotation).
+    /// The workload certificate (written by the control thread): compared by version per new
+    /// mTLS connection, and this core's TLS configs rebuilt when it moved.
     pub(crate) identity: Arc<IdentityCell>,
     /// This core's TLS configs for that certificate.
     pub(crate) tls: CoreTls,
@@ -56,8 +57,7 @@ pub struct Worker {
 
 impl Worker {
     /// A worker reading snapshots from `source`.
-    pub fn new(id: usize, source: Arc<SnapshotSource>, peers: Peers) -> Rc<Self> {
-        let identity = source.identity.clone();
+    pub(crate) fn new(id: usize, source: Arc<SnapshotSource>, identity: Arc<IdentityCell>, peers: Peers) -> Rc<Self> {
         Rc::new(Worker {
             id,
             identity,

@@ -12,6 +12,11 @@
 //! replica dies is served by another one after one back-off; it stays with a replica that works.
 //! A control plane that just (re)started and does not know every workload yet says so in its
 //! snapshots; the proxy then keeps the endpoints that were not announced again ([`held`]).
+//!
+//! The same stream carries the workload certificate (`identity/manager.rs`): `Hello` carries
+//! the credential (read again on every connect), and CSRs go out and certificates come in
+//! between snapshots. With `controlPlane.tls` the stream runs over TLS, checking the control
+//! plane's certificate against `caCertFile`.
 
 mod held;
 
@@ -27,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::ControlInput;
+use crate::identity::manager::CertManager;
 use held::HeldEndpoints;
 
 /// A snapshot from the control plane, waiting for the control loop to compile it.
@@ -94,7 +100,68 @@ pub enum SessionError {
     Closed,
 }
 
-fn hello(cp: &ControlPlaneSettings, w: &WorkloadSettings, serving_version: u64) -> ProxyMessage {
+/// The proxy's credential: `controlPlane.credentialFile`, read now (so a rotated token file
+/// is picked up on the next connect), else `RINGMESH_CREDENTIAL`, else none.
+fn credential(cp: &ControlPlaneSettings) -> Result<String, String> {
+    match &cp.credential_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| format!("controlPlane.credentialFile {}: {e}", path.display())),
+        None => Ok(std::env::var("RINGMESH_CREDENTIAL")
+            .unwrap_or_default()
+            .trim()
+            .to_owned()),
+    }
+}
+
+/// The host of `host:port` (`[v6]:port` without its brackets): the name the control plane's
+/// certificate is checked against unless `controlPlane.tls.serverName` says otherwise.
+fn host_of(address: &str) -> String {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']').to_owned()
+}
+
+/// Every cause of `e`, outermost first: tonic's `transport error` alone says nothing, the
+/// innermost (`invalid peer certificate: UnknownIssuer`) says what to fix.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// The channel's endpoint: plaintext, or TLS checked against `caCertFile`.
+fn endpoint(cp: &ControlPlaneSettings, address: &str) -> Result<tonic::transport::Endpoint, SessionError> {
+    let connect_error = |e: String| SessionError::Connect(address.to_owned(), e);
+    let scheme = if cp.tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| connect_error(causes(&e)))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    if let Some(tls) = &cp.tls {
+        let pem = std::fs::read(&tls.ca_cert_file).map_err(|e| {
+            connect_error(format!(
+                "controlPlane.tls.caCertFile {}: {e}",
+                tls.ca_cert_file.display()
+            ))
+        })?;
+        let name = tls.server_name.clone().unwrap_or_else(|| host_of(address));
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            .domain_name(name);
+        endpoint = endpoint.tls_config(config).map_err(|e| connect_error(causes(&e)))?;
+    }
+    Ok(endpoint)
+}
+
+fn hello(cp: &ControlPlaneSettings, w: &WorkloadSettings, serving_version: u64, credential: String) -> ProxyMessage {
     ProxyMessage {
         message: Some(proxy_message::Message::Hello(Hello {
             node_id: cp.node_id.clone(),
@@ -110,6 +177,7 @@ fn hello(cp: &ControlPlaneSettings, w: &WorkloadSettings, serving_version: u64) 
             proxy_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: PROTOCOL_VERSION,
             serving_version,
+            credential,
         })),
     }
 }
@@ -118,11 +186,12 @@ fn hello(cp: &ControlPlaneSettings, w: &WorkloadSettings, serving_version: u64) 
 /// to 10 s, each wait drawn between half and all of it (so a fleet does not reconnect in step);
 /// capped at 1 s once any config was applied, so a serving proxy resyncs soon after a control
 /// plane restart. After a failed session the next attempt goes to the next replica.
-pub async fn run(
+pub(crate) async fn run(
     cp: ControlPlaneSettings,
     workload: WorkloadSettings,
     updates: mpsc::Sender<Update>,
     status: StatusCell,
+    mut certs: CertManager,
 ) {
     update(&status, |s| {
         s.state = "connecting";
@@ -158,8 +227,10 @@ pub async fn run(
             (&mut serving, &mut held),
             ready.clone(),
             &status,
+            &mut certs,
         )
         .await;
+        certs.stream_down();
         update(&status, |s| {
             s.serving_version = serving;
             s.state = match &result {
@@ -205,6 +276,24 @@ pub async fn run(
     }
 }
 
+/// Completes at `at`; never without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A failed call's text: the status message, with the transport's causes when it has some
+/// (a TLS failure shows up as `transport error` otherwise).
+fn stream_error(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) if status.message().is_empty() || status.message() == "transport error" => causes(source),
+        Some(source) => format!("{}: {}", status.message(), causes(source)),
+        None => status.message().to_owned(),
+    }
+}
+
 /// The replica to try after `current` failed, wrapping around.
 fn next_replica(current: usize, replicas: usize) -> usize {
     if replicas == 0 {
@@ -222,18 +311,19 @@ async fn session(
     (serving, held): (&mut u64, &mut HeldEndpoints),
     mut ready: watch::Receiver<bool>,
     status: &StatusCell,
+    certs: &mut CertManager,
 ) -> Result<(), SessionError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| SessionError::Connect(address.to_owned(), e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
-    let channel = endpoint
+    let channel = endpoint(cp, address)?
         .connect()
         .await
-        .map_err(|e| SessionError::Connect(address.to_owned(), e.to_string()))?;
+        .map_err(|e| SessionError::Connect(address.to_owned(), causes(&e)))?;
     let mut client = DiscoveryClient::new(channel);
     let (tx, rx) = mpsc::channel(8);
-    let _ = tx.send(hello(cp, workload, *serving)).await;
+    let credential = credential(cp).unwrap_or_else(|e| {
+        tracing::warn!("no credential sent: {e}");
+        String::new()
+    });
+    let _ = tx.send(hello(cp, workload, *serving, credential)).await;
     // The control plane takes a new workload as ready; say so at once if it is not.
     let health = |ready: bool| ProxyMessage {
         message: Some(proxy_message::Message::Health(Health { ready })),
@@ -244,7 +334,7 @@ async fn session(
     let mut inbound = client
         .stream(ReceiverStream::new(rx))
         .await
-        .map_err(|e| SessionError::Stream(e.message().to_string()))?
+        .map_err(|e| SessionError::Stream(stream_error(&e)))?
         .into_inner();
     tracing::info!(
         control_plane = %address,
@@ -260,13 +350,24 @@ async fn session(
     // What this stream has sent so far, rebuilt from whole snapshots and deltas.
     let mut assembler = Assembler::new();
     held.session_began();
+    certs.stream_up();
     loop {
+        let due = certs.due();
         let msg = tokio::select! {
             m = inbound.message() => match m {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(SessionError::Stream(e.message().to_string())),
+                Err(e) => return Err(SessionError::Stream(stream_error(&e))),
             },
+            () = sleep_until(due) => {
+                if let Some(req) = certs.request() {
+                    let m = ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(req)) };
+                    if tx.send(m).await.is_err() {
+                        return Err(SessionError::Stream("request stream closed".into()));
+                    }
+                }
+                continue;
+            }
             changed = ready.changed() => {
                 if changed.is_ok() {
                     let now = *ready.borrow_and_update();
@@ -287,6 +388,13 @@ async fn session(
             );
             return Err(SessionError::Refused(r.message));
         }
+        let msg = match msg.message {
+            Some(m @ (control_message::Message::Certificate(_) | control_message::Message::CertificateRefusal(_))) => {
+                certs.answer(m);
+                continue;
+            }
+            other => ringmesh_api::proto::ControlMessage { message: other },
+        };
         match assembler.feed(msg) {
             Err(e) => return Err(SessionError::Stream(e.to_string())),
             Ok(None) => {}
@@ -363,5 +471,15 @@ mod tests {
         assert_eq!(next_replica(2, 3), 0);
         assert_eq!(next_replica(0, 1), 0);
         assert_eq!(next_replica(5, 0), 0);
+    }
+
+    #[test]
+    fn the_server_name_is_the_host_of_the_address() {
+        assert_eq!(
+            host_of("ringmesh-control.istio-system.svc:15012"),
+            "ringmesh-control.istio-system.svc"
+        );
+        assert_eq!(host_of("127.0.0.1:15012"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:15012"), "::1");
     }
 }

@@ -10,8 +10,8 @@ use super::{Compiler, Site};
 use crate::locate::FieldPath;
 use crate::resources::{ProxyConfig, ResourceMeta};
 use crate::snapshot::{
-    ControlPlaneSettings, IoMode, Limits, ProxySettings, RetryBudget, WorkloadSettings,
-    DEFAULT_PROTOCOL_DETECTION_TIMEOUT,
+    ControlPlaneSettings, ControlPlaneTls, IdentityFiles, IdentitySettings, IoMode, Limits, ProxySettings, RetryBudget,
+    WorkloadSettings, DEFAULT_CERT_LIFETIME, DEFAULT_PROTOCOL_DETECTION_TIMEOUT, DEFAULT_TRUST_DOMAIN,
 };
 
 impl Compiler {
@@ -54,7 +54,13 @@ impl Compiler {
             control_plane: None,
             workload: WorkloadSettings {
                 namespace: "default".into(),
+                service_account: "default".into(),
                 ..Default::default()
+            },
+            identity: IdentitySettings {
+                cert_lifetime: DEFAULT_CERT_LIFETIME,
+                trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+                files: None,
             },
         };
         let Some(pc) = pc else { return settings };
@@ -242,7 +248,65 @@ impl Compiler {
                 };
                 format!("{name}-{}", std::process::id())
             });
-            settings.control_plane = Some(ControlPlaneSettings { addresses, node_id });
+            let tls = cp.tls.as_ref().map(|t| {
+                if t.ca_cert_file.is_empty() {
+                    self.error(
+                        site,
+                        &p.key("tls").key("caCertFile"),
+                        "caCertFile is required: the roots the control plane's certificate must chain to (`ringmesh ca root`)",
+                    );
+                }
+                ControlPlaneTls {
+                    ca_cert_file: t.ca_cert_file.clone().into(),
+                    server_name: t.server_name.clone().filter(|n| !n.is_empty()),
+                }
+            });
+            settings.control_plane = Some(ControlPlaneSettings {
+                addresses,
+                node_id,
+                tls,
+                credential_file: cp.credential_file.clone().filter(|f| !f.is_empty()).map(Into::into),
+            });
+        }
+        if let Some(id) = &spec.identity {
+            let p = root.key("identity");
+            if let Some(text) = &id.cert_lifetime {
+                match crate::duration::parse_duration(text) {
+                    Ok(d) if d >= Duration::from_secs(60) => settings.identity.cert_lifetime = d,
+                    Ok(_) => self.error(site, &p.key("certLifetime"), format!("{text:?}: at least 60s")),
+                    Err(e) => self.error(site, &p.key("certLifetime"), e.to_string()),
+                }
+            }
+            if let Some(td) = &id.trust_domain {
+                let ok = !td.is_empty()
+                    && td
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+                if ok {
+                    settings.identity.trust_domain = td.clone();
+                } else {
+                    self.error(
+                        site,
+                        &p.key("trustDomain"),
+                        format!("{td:?} is not a trust domain (lower-case letters, digits, `-`, `.`, `_`)"),
+                    );
+                }
+            }
+            match (&id.cert_file, &id.key_file, &id.ca_file) {
+                (None, None, None) => {}
+                (Some(cert), Some(key), Some(ca)) => {
+                    settings.identity.files = Some(IdentityFiles {
+                        cert: cert.into(),
+                        key: key.into(),
+                        ca: ca.into(),
+                    })
+                }
+                _ => self.error(
+                    site,
+                    &p,
+                    "certFile, keyFile and caFile go together: give all three or none",
+                ),
+            }
         }
         settings
     }

@@ -68,6 +68,10 @@ pub struct ProxyConfigSpec {
     /// The workload next to this proxy, announced to the control plane as endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Box<WorkloadSpec>>,
+    /// The proxy's workload certificate: from the control plane's CA (lifetime, trust domain)
+    /// or from files of the user's own PKI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySpec>,
     /// How request paths are normalized before routing and authorization (Istio's
     /// `meshConfig.pathNormalization`); absent: `MERGE_SLASHES`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +80,43 @@ pub struct ProxyConfigSpec {
     #[serde(default, rename = "meshMTLS", skip_serializing_if = "Option::is_none")]
     pub mesh_mtls: Option<MeshMtlsSpec>,
 }
+
+/// `ProxyConfig.spec.identity`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentitySpec {
+    /// Lifetime asked of the control plane's CA, e.g. `24h` (it bounds it by its own maximum);
+    /// the certificate is renewed at half of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_lifetime: Option<String>,
+    /// The trust domain of SPIFFE ids; default `cluster.local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
+    /// A certificate chain (PEM, leaf first) to use instead of asking a control plane; with
+    /// `keyFile` and `caFile`. Read at start and on every reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// The certificate's private key (PEM, PKCS#8, SEC1 or PKCS#1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// The roots to trust (PEM, one or more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// `ProxyConfig.spec.controlPlane.tls`: how to check the control plane's TLS port (15012).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlPlaneTlsSpec {
+    /// The roots the control plane's serving certificate must chain to (PEM): its trust bundle,
+    /// from `ringmesh ca root` or `DIR/ca/root-cert.pem`. Required.
+    #[serde(default)]
+    pub ca_cert_file: String,
+    /// The name the certificate must carry; default the host of the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
 
 /// `ProxyConfig.spec.meshMTLS`, in the shape of Istio's `meshConfig.meshMTLS`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -112,6 +153,14 @@ pub struct ControlPlaneSpec {
     /// Node id; default `<workload name>-<pid>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// Speak TLS to the control plane (its `--listen-tls` port), checking its certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ControlPlaneTlsSpec>,
+    /// A file holding the proxy's credential (a bootstrap token from `ringmesh token create`,
+    /// or a Kubernetes service-account token), read again on every connect; the environment
+    /// variable `RINGMESH_CREDENTIAL` is used when this is not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_file: Option<String>,
 }
 
 /// `ProxyConfig.spec.workload`.

@@ -354,6 +354,7 @@ fn hello(id: &Identity, serving: u64) -> ProxyMessage {
             proxy_version: concat!("ringmesh-control-bench/", env!("CARGO_PKG_VERSION")).into(),
             protocol_version: PROTOCOL_VERSION,
             serving_version: serving,
+            credential: String::new(),
         })),
     }
 }

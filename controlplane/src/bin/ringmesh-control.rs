@@ -1,5 +1,6 @@
 //! `ringmesh-control`: the control plane server: `Discovery` for proxies and `Admin` for the
-//! `ringmesh` CLI on one gRPC port.
+//! `ringmesh` CLI, on a plaintext gRPC port (15010, development) and a TLS one (15012) whose
+//! certificate the mesh CA issues to the control plane itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use clap::Parser;
 use std::sync::Arc;
 
 use ringmesh_control::admin::AdminService;
+use ringmesh_control::ca::{self, Authority, CaSettings};
 use ringmesh_control::etcd::{run_registry, EtcdClient, EtcdStore};
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::DirStore;
@@ -61,6 +63,131 @@ struct Args {
     /// Log filter.
     #[arg(long, env = "RINGMESH_LOG", default_value = "info")]
     log: String,
+    /// gRPC over TLS for proxies and the CLI (Istio's 15012), with a certificate from the mesh
+    /// CA (names: ringmesh-control, ringmesh-control.<ca-namespace>.svc, localhost, this
+    /// address's IP, --tls-san); `off` serves plaintext only.
+    #[arg(long, env = "RINGMESH_LISTEN_TLS", default_value = "127.0.0.1:15012", value_parser = parse_listen_tls)]
+    listen_tls: ListenTls,
+    /// More names for the TLS port's certificate (DNS names or IP addresses; repeat or
+    /// comma-separate).
+    #[arg(long, env = "RINGMESH_TLS_SAN", value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Trust domain of workload identities: spiffe://<trust-domain>/ns/<ns>/sa/<sa>.
+    #[arg(long, env = "RINGMESH_TRUST_DOMAIN", default_value = ca::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Lifetime of a workload certificate when the proxy asks for none.
+    #[arg(long, env = "RINGMESH_CERT_LIFETIME", default_value = "24h", value_parser = ringmesh_api::duration::parse_duration)]
+    cert_lifetime: Duration,
+    /// The longest lifetime a proxy may ask for.
+    #[arg(long, env = "RINGMESH_MAX_CERT_LIFETIME", default_value = "24h", value_parser = ringmesh_api::duration::parse_duration)]
+    max_cert_lifetime: Duration,
+    /// A CA certificate of your own (PEM, a root or an intermediate) to sign with instead of
+    /// the generated root; with --ca-key. Nothing is generated or stored then.
+    #[arg(long, env = "RINGMESH_CA_CERT", requires = "ca_key", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// The private key of --ca-cert (PEM).
+    #[arg(long, env = "RINGMESH_CA_KEY", requires = "ca_cert", value_name = "FILE")]
+    ca_key: Option<PathBuf>,
+    /// The roots above an intermediate --ca-cert (PEM): the trust bundle proxies get.
+    #[arg(long, env = "RINGMESH_CA_BUNDLE", requires = "ca_cert", value_name = "FILE")]
+    ca_bundle: Option<PathBuf>,
+    /// More roots for the trust bundle (PEM, one or more), e.g. the old root during a root
+    /// rotation (README, "Certificates and root rotation").
+    #[arg(long, env = "RINGMESH_CA_EXTRA_ROOTS", value_name = "FILE")]
+    ca_extra_roots: Option<PathBuf>,
+    /// Namespace of the control plane: of the `ringmesh-ca` Secret with --kubernetes, and of
+    /// the TLS port's certificate names.
+    #[arg(long, env = "RINGMESH_CA_NAMESPACE", default_value = "istio-system")]
+    ca_namespace: String,
+    /// Refuse discovery streams whose proxy sent no valid credential (by default such a proxy
+    /// gets config, but no certificate).
+    #[arg(long, env = "RINGMESH_REQUIRE_CREDENTIAL")]
+    require_credential: bool,
+}
+
+/// `--listen-tls`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum ListenTls {
+    On(SocketAddr),
+    Off,
+}
+
+fn parse_listen_tls(s: &str) -> Result<ListenTls, String> {
+    if s == "off" {
+        return Ok(ListenTls::Off);
+    }
+    s.parse()
+        .map(ListenTls::On)
+        .map_err(|e| format!("{s:?}: {e} (an ip:port, or `off`)"))
+}
+
+/// Where the generated root is kept.
+enum RootStore<'a> {
+    Dir(&'a std::path::Path),
+    Etcd(&'a EtcdClient, &'a str),
+    Kubernetes(&'a kube::Client),
+}
+
+/// The mesh CA: the user's (--ca-cert), or the root in the store, made on first start.
+async fn authority(args: &Args, store: RootStore<'_>, kube: Option<kube::Client>) -> anyhow::Result<Arc<Authority>> {
+    let td = &args.trust_domain;
+    if td.is_empty()
+        || !td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    {
+        anyhow::bail!("--trust-domain {td:?}: use lower-case letters, digits, `-`, `.` and `_`");
+    }
+    if args.cert_lifetime < ca::MIN_CERT_LIFETIME || args.max_cert_lifetime < ca::MIN_CERT_LIFETIME {
+        anyhow::bail!("--cert-lifetime and --max-cert-lifetime must be at least 60s");
+    }
+    let mut settings = CaSettings {
+        trust_domain: td.clone(),
+        cert_lifetime: args.cert_lifetime,
+        max_cert_lifetime: args.max_cert_lifetime,
+        ..Default::default()
+    };
+    if let Some(f) = &args.ca_extra_roots {
+        settings.extra_roots = ca::store::read_roots("--ca-extra-roots", f)?;
+    }
+    if let Some(f) = &args.ca_bundle {
+        settings.upstream_roots = ca::store::read_roots("--ca-bundle", f)?;
+    }
+    let generate = || ca::generate_root(td);
+    let material = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => {
+            tracing::info!(cert = %cert.display(), "signing with the CA certificate given");
+            ca::store::read_supplied(cert, key)?
+        }
+        _ => {
+            let (m, created, place) = match store {
+                RootStore::Dir(dir) => {
+                    let (m, created) = ca::store::load_or_create_dir(dir, generate)?;
+                    (m, created, ca::store::dir_paths(dir).0.display().to_string())
+                }
+                RootStore::Etcd(client, prefix) => {
+                    let (m, created) = ca::store::load_or_create_etcd(client, prefix, generate).await?;
+                    (m, created, format!("etcd {prefix}/{}/", ca::store::CA_DIR))
+                }
+                RootStore::Kubernetes(client) => {
+                    let (m, created) = ca::store::load_or_create_secret(client, &args.ca_namespace, generate).await?;
+                    (
+                        m,
+                        created,
+                        format!("secret {}/{}", args.ca_namespace, ca::store::SECRET_NAME),
+                    )
+                }
+            };
+            tracing::info!(at = %place, "{} the mesh root CA", if created { "created" } else { "loaded" });
+            m
+        }
+    };
+    let ca = ca::Ca::new(&material, settings).context("the mesh CA")?;
+    Ok(Arc::new(Authority {
+        ca,
+        kube,
+        require_credential: args.require_credential,
+    }))
 }
 
 // One runtime thread per core: a push is one send per proxy stream, and with 1,000 proxies the
@@ -81,7 +208,8 @@ async fn main() -> anyhow::Result<()> {
     let (cp, admin) = match (&args.etcd, &args.config_dir) {
         _ if args.kubernetes => {
             let client = ringmesh_control::kubernetes::client().await.context("--kubernetes")?;
-            let cp = ControlPlane::new(Default::default(), config);
+            let authority = authority(&args, RootStore::Kubernetes(&client), Some(client.clone())).await?;
+            let cp = ControlPlane::new(Default::default(), config).with_authority(authority);
             let (synced, listed) = tokio::sync::oneshot::channel();
             tokio::spawn(ringmesh_control::kubernetes::run(client, cp.clone(), synced));
             tracing::info!("listing resources from the Kubernetes API server before serving");
@@ -96,7 +224,8 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("--etcd {}", client.endpoints()))?;
             let store = Arc::new(store);
-            let cp = ControlPlane::new(set, config);
+            let authority = authority(&args, RootStore::Etcd(&client, store.prefix()), None).await?;
+            let cp = ControlPlane::new(set, config).with_authority(authority);
             tokio::spawn(store.clone().follow(cp.clone()));
             // One id per process: a restarted replica is a new one, and its predecessor's
             // records expire with its lease.
@@ -113,7 +242,8 @@ async fn main() -> anyhow::Result<()> {
         }
         (None, Some(dir)) => {
             let store = DirStore::open(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let cp = ControlPlane::new(store.current.clone(), config);
+            let authority = authority(&args, RootStore::Dir(dir), None).await?;
+            let cp = ControlPlane::new(store.current.clone(), config).with_authority(authority);
             (cp.clone(), AdminService::new(store, cp))
         }
         (None, None) => anyhow::bail!("--config-dir, --etcd or --kubernetes is required"),
@@ -146,13 +276,40 @@ async fn main() -> anyhow::Result<()> {
     let incoming = tonic::transport::server::TcpIncoming::bind(args.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?
         .with_nodelay(Some(true));
+    let tls = match args.listen_tls {
+        ListenTls::Off => None,
+        ListenTls::On(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--listen-tls): {e}"))?;
+            let bound = listener.local_addr()?;
+            let authority = cp.authority().cloned().context("the mesh CA")?;
+            let names =
+                ca::tls::ServingNames::new(authority.ca.trust_domain(), &args.ca_namespace, bound, &args.tls_san);
+            let cert = ca::tls::ServingCert::issue(&authority.ca, &names, args.cert_lifetime)?;
+            tokio::spawn(cert.clone().renew(authority, names, args.cert_lifetime));
+            let config = ca::tls::server_config(cert)?;
+            tracing::info!(listen_tls = %bound, "TLS port serving");
+            Some(ca::tls::incoming(listener, config))
+        }
+    };
     tracing::info!(listen = %args.listen, "ringmesh-control serving");
-    tonic::transport::Server::builder()
+    let plain = tonic::transport::Server::builder()
         .add_service(cp.service())
         .add_service(admin.service())
-        .serve_with_incoming(incoming)
-        .await
-        .context("gRPC server")?;
+        .serve_with_incoming(incoming);
+    match tls {
+        None => plain.await.context("gRPC server")?,
+        Some(tls) => {
+            let tls = tonic::transport::Server::builder()
+                .add_service(cp.service())
+                .add_service(admin.service())
+                .serve_with_incoming(tls);
+            tokio::try_join!(async { plain.await.context("gRPC server") }, async {
+                tls.await.context("gRPC server (TLS)")
+            })?;
+        }
+    }
     Ok(())
 }
 

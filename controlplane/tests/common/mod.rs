@@ -58,6 +58,7 @@ pub fn hello(node_id: &str, workload: Workload, protocol_version: u32) -> ProxyM
             proxy_version: "test".into(),
             protocol_version,
             serving_version: 0,
+            credential: String::new(),
         })),
     }
 }

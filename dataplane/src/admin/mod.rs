@@ -9,6 +9,7 @@
 //! | admin   | `/config_dump`       | the running snapshot as JSON, with its version and the load warnings |
 //! | admin   | `/clusters`          | clusters, endpoints and per-endpoint counters as JSON |
 //! | admin   | `/control_plane`     | the discovery stream: state, replica, config version, last error (404 without one) |
+//! | admin   | `/certs`             | the workload certificate: SPIFFE id, serial, validity, chain and roots, the last renewal error; `identity: null` with the reason when there is none |
 //! | admin   | `/ready`             | `LIVE` (200), `DRAINING` (503), or `INITIALIZING: <why>` (503) before the first config from the control plane |
 //! | admin   | `/stats/prometheus`  | same as the metrics server |
 //! | admin   | `POST /drain_listeners` | stop accepting and drain, then exit |
@@ -57,6 +58,10 @@ pub struct AdminState {
     pub drain_requested: tokio::sync::Notify,
     /// The discovery client's state; empty without `spec.controlPlane`.
     pub control_plane: crate::xds::StatusCell,
+    /// The workload certificate, shared with the workers (which read it for mTLS).
+    pub(crate) identity: Arc<crate::identity::IdentityCell>,
+    /// Where the certificate comes from and how its renewal goes.
+    pub cert_status: crate::identity::CertStatusCell,
 }
 
 /// Which of the three servers a connection arrived on.
@@ -190,6 +195,9 @@ async fn handle(
                 "text/plain",
             ),
         },
+        (Role::Admin, &Method::GET, "/certs") => {
+            json(&crate::identity::certs_json(&state.identity, &state.cert_status.load()))
+        }
         (Role::Admin, &Method::GET, "/clusters") => {
             let snapshot = state.source.load();
             let totals = gather_stats(&state.workers).await;

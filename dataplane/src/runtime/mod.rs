@@ -20,6 +20,7 @@ use ringmesh_api::snapshot::{IoMode, Listener, ListenerKind};
 
 use self::bind::BindMode;
 use crate::http::h2::handoff::{Inbox, Peers};
+use crate::identity::IdentityCell;
 use crate::listener;
 use crate::state::SnapshotSource;
 use crate::worker::{Worker, WorkerCommand};
@@ -114,13 +115,15 @@ impl WorkerSet {
 }
 
 /// Starts `workers` worker threads serving `listeners`.
-pub fn start(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start(
     workers: usize,
     cpus: &[usize],
     io: IoDriver,
     listeners: &[Listener],
     bind_mode: BindMode,
     source: Arc<SnapshotSource>,
+    identity: Arc<IdentityCell>,
 ) -> anyhow::Result<WorkerSet> {
     let workers = workers.max(1);
     // sockets[w][l]: worker w's socket for listener l. The first bind resolves port 0; the
@@ -142,6 +145,7 @@ pub fn start(
         let (tx, rx) = flume::unbounded();
         commands.push(tx);
         let source = source.clone();
+        let identity = identity.clone();
         let listeners = listeners.to_vec();
         let cpu = if cpus.is_empty() {
             None
@@ -164,12 +168,14 @@ pub fn start(
                         .build()
                         .map(|mut rt| {
                             crate::http::send::enable_direct_sends();
-                            rt.block_on(worker_main(id, source, listeners, socks, rx, peers, inbox))
+                            rt.block_on(worker_main(id, source, identity, listeners, socks, rx, peers, inbox))
                         }),
                     IoDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
                         .enable_timer()
                         .build()
-                        .map(|mut rt| rt.block_on(worker_main(id, source, listeners, socks, rx, peers, inbox))),
+                        .map(|mut rt| {
+                            rt.block_on(worker_main(id, source, identity, listeners, socks, rx, peers, inbox))
+                        }),
                 };
                 if let Err(e) = result {
                     tracing::error!(worker = id, "worker runtime failed to start: {e}");
@@ -189,13 +195,14 @@ pub fn start(
 async fn worker_main(
     id: usize,
     source: Arc<SnapshotSource>,
+    identity: Arc<IdentityCell>,
     listeners: Vec<Listener>,
     sockets: Vec<std::net::TcpListener>,
     commands: flume::Receiver<WorkerCommand>,
     peers: Peers,
     inbox: Inbox,
 ) {
-    let worker = Worker::new(id, source, peers);
+    let worker = Worker::new(id, source, identity, peers);
     monoio::spawn(crate::http::h2::handoff::receive(worker.clone(), inbox));
     // Dropping this sender tells every accept loop to stop.
     let (stop_tx, stop_rx) = flume::bounded::<()>(1);
