@@ -44,6 +44,10 @@ pub struct Security {
     pub peer_authn: PeerAuthn,
     /// The oldest TLS version of mTLS between proxies (`spec.meshMTLS.minProtocolVersion`).
     pub min_tls_version: TlsVersion,
+    /// Set by the proxy, not the compiler: it runs under a control plane whose first config
+    /// has not been applied, so the workload's policies are not known yet and inbound
+    /// listeners refuse every connection (fail closed) rather than serve as if none existed.
+    pub awaiting_control_plane: bool,
 }
 
 /// A TLS version, as Istio names them in `meshConfig.meshMTLS.minProtocolVersion`.

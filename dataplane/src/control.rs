@@ -120,7 +120,11 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
     let listeners = loaded.snapshot.listeners.clone();
     let workers = settings.workers.unwrap_or_else(cores::default_workers).max(1);
     let io = runtime::resolve_io(settings.io)?;
-    let source = SnapshotSource::new(loaded.snapshot);
+    let mut snapshot = loaded.snapshot;
+    // Under a control plane the workload's policies come from it: until its first config is
+    // applied, inbound listeners refuse connections.
+    snapshot.security.awaiting_control_plane = snapshot.proxy.control_plane.is_some();
+    let source = SnapshotSource::new(snapshot);
     let identity = Arc::new(IdentityCell::new());
     let cert_status: crate::identity::CertStatusCell = Default::default();
     match (
@@ -274,7 +278,7 @@ async fn control_main(
                 version += 1;
                 let result = match config::load_with(&opts.config, Some(&update.input), version, &opts.overrides) {
                     Ok(loaded) => {
-                        apply(&state, loaded, version);
+                        apply(&state, loaded, version, true);
                         tracing::info!(version, control_plane_version = update.version, "config from the control plane applied");
                         control_input = Some(update.input);
                         Ok(())
@@ -302,7 +306,11 @@ async fn control_main(
     tracing::info!("ringmesh-proxy stopped");
 }
 
-fn apply(state: &AdminState, loaded: config::Loaded, version: u64) {
+/// Publishes `loaded`; `from_control_plane`: it holds the control plane's documents (a snapshot
+/// from the local files alone, under a control plane, keeps inbound listeners closed).
+fn apply(state: &AdminState, mut loaded: config::Loaded, version: u64, from_control_plane: bool) {
+    loaded.snapshot.security.awaiting_control_plane =
+        loaded.snapshot.proxy.control_plane.is_some() && !from_control_plane;
     let running = state.source.load();
     if loaded
         .snapshot
@@ -334,7 +342,7 @@ fn reload_config(opts: &ProxyOptions, state: &AdminState, version: u64, control:
     let running = state.source.load();
     match config::load_with(&opts.config, control, version, &opts.overrides) {
         Ok(loaded) => {
-            apply(state, loaded, version);
+            apply(state, loaded, version, control.is_some());
             tracing::info!(version, "config reloaded");
         }
         Err(e) => {

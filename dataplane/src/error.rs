@@ -44,6 +44,9 @@ pub enum ErrorKind {
     ConnectFailed,
     /// TCP connect did not complete within the connect timeout (503).
     ConnectTimeout,
+    /// The mutual TLS handshake with an upstream proxy failed or timed out (503 `UF`, as
+    /// Envoy reports a TLS error): nothing was sent, so a retry on connect failure applies.
+    TlsHandshakeFailed,
     /// The upstream closed or reset before a complete response head (502 or 503).
     UpstreamReset,
     /// The upstream sent a malformed response head, or one larger than the limit (502).
@@ -99,7 +102,7 @@ impl ProxyError {
     /// nothing, any other upstream failure may have been seen by the upstream).
     pub const fn new(kind: ErrorKind, side: Side, context: &'static str) -> Self {
         let retry = match kind {
-            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => Retryable::NotSent,
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshakeFailed => Retryable::NotSent,
             ErrorKind::UpstreamReset
             | ErrorKind::UpstreamProtocol
             | ErrorKind::UpstreamTimeout
@@ -143,7 +146,9 @@ impl ProxyError {
             return false;
         }
         match self.kind {
-            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => policy.on_connect_failure,
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshakeFailed => {
+                policy.on_connect_failure
+            }
             ErrorKind::UpstreamReset => policy.on_reset,
             ErrorKind::PerTryTimeout => policy.retries_status(504),
             _ => false,
@@ -157,7 +162,7 @@ impl ProxyError {
             ErrorKind::RequestHeaderTimeout => 408,
             ErrorKind::NoRoute => 404,
             ErrorKind::NoHealthyUpstream | ErrorKind::NoCluster => 503,
-            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => 503,
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshakeFailed => 503,
             // Envoy answers 503 for a reset before headers ("upstream connect error or
             // disconnect/reset before headers"); a garbled head is a bad gateway.
             ErrorKind::UpstreamReset => 503,
@@ -180,6 +185,7 @@ impl ProxyError {
             ErrorKind::NoCluster => "NC",
             ErrorKind::ConnectFailed => "UF",
             ErrorKind::ConnectTimeout => "UF",
+            ErrorKind::TlsHandshakeFailed => "UF",
             ErrorKind::UpstreamReset => "UC",
             ErrorKind::UpstreamProtocol => "UPE",
             ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => "UT",
@@ -201,6 +207,9 @@ impl ProxyError {
             ErrorKind::NoCluster => "no cluster found\n",
             ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n"
+            }
+            ErrorKind::TlsHandshakeFailed => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: TLS error\n"
             }
             ErrorKind::UpstreamReset => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination\n"

@@ -125,6 +125,17 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
     let virtual_hosts = c.virtual_hosts(&kinds.virtual_services);
     // 7. Listeners.
     let listeners = c.listeners(proxy_config, &proxy, &kinds.virtual_services);
+    // Auto mTLS needs a workload certificate: a proxy with neither a control plane (whose CA
+    // certifies it) nor certificate files has no identity to prove, so it reaches other
+    // proxies' endpoints in plaintext, as before mTLS existed (an explicit `ISTIO_MUTUAL`
+    // still asks for mTLS, and fails without a certificate).
+    if proxy.control_plane.is_none() && proxy.identity.files.is_none() {
+        for cluster in &mut c.clusters {
+            if matches!(cluster.tls, crate::snapshot::UpstreamTls::Auto) {
+                cluster.tls = crate::snapshot::UpstreamTls::Disable;
+            }
+        }
+    }
     // 8. Security for the workload next to this proxy.
     let security = c.security(
         &kinds.authorization_policies,

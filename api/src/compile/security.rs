@@ -536,6 +536,7 @@ impl Compiler {
                 .and_then(|pc| pc.spec.mesh_mtls.as_ref())
                 .map(|m| m.min_protocol_version)
                 .unwrap_or_default(),
+            awaiting_control_plane: false,
         }
     }
 

@@ -1542,11 +1542,11 @@ fn meshed_endpoints_are_told_by_the_istio_tls_mode_label() {
     // Another value of the label is not a proxy (Istio's `disabled`).
     let c = ok(&h2_config("{number: 80, name: http}", "", "").replace("tlsMode: istio", "tlsMode: disabled"));
     assert!(!base_and_subset(&c).0.endpoints[1].meshed);
-    // The hop to a proxy is mutual TLS by default (auto mTLS), and mTLS hops are HTTP/2.
-    let c = ok(&h2_config(
-        "{number: 80, name: http}",
-        "h2UpgradePolicy: DO_NOT_UPGRADE",
-        "",
+    // The hop to a proxy is mutual TLS by default (auto mTLS, for a proxy with a certificate),
+    // and mTLS hops are HTTP/2.
+    let c = ok(&format!(
+        "{WITH_IDENTITY}{}",
+        h2_config("{number: 80, name: http}", "h2UpgradePolicy: DO_NOT_UPGRADE", "")
     ));
     assert!(base_and_subset(&c).0.mtls_to(1) && base_and_subset(&c).0.h2_to(1, false));
     // Without mTLS, DO_NOT_UPGRADE keeps HTTP/1.1 even to a proxy; HTTP2 and
@@ -2049,6 +2049,9 @@ fn path_normalization_and_inbound_listeners_from_the_proxy_config() {
     );
 }
 
+/// A ProxyConfig with a workload certificate: auto mTLS applies only to a proxy that has one.
+const WITH_IDENTITY: &str = "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  identity: {certFile: /c.pem, keyFile: /k.pem, caFile: /ca.pem}\n---\n";
+
 const TLS_SERVICE: &str = "\
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -2079,11 +2082,16 @@ fn cluster_tls(c: &Compiled, name: &str) -> UpstreamTls {
 #[test]
 fn destination_rule_tls_with_istios_precedence() {
     // No tls: auto mTLS, to meshed endpoints only.
-    let c = ok(TLS_SERVICE);
+    let c = ok(&format!("{WITH_IDENTITY}{TLS_SERVICE}"));
     let cluster = &c.snapshot.clusters[0];
     assert_eq!(cluster.tls, UpstreamTls::Auto);
     assert!(cluster.mtls_to(0), "the meshed endpoint");
     assert!(!cluster.mtls_to(1), "the plain one");
+    // A proxy without a workload certificate (no control plane, no identity files) has no
+    // identity to prove: its hops to proxies stay plaintext.
+    let c = ok(TLS_SERVICE);
+    assert_eq!(c.snapshot.clusters[0].tls, UpstreamTls::Disable);
+    assert!(!c.snapshot.clusters[0].mtls_to(0));
 
     let rule = "\
 apiVersion: networking.istio.io/v1

@@ -117,7 +117,6 @@ pub struct ControlPlaneTlsSpec {
     pub server_name: Option<String>,
 }
 
-
 /// `ProxyConfig.spec.meshMTLS`, in the shape of Istio's `meshConfig.meshMTLS`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

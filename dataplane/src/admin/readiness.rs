@@ -17,6 +17,9 @@ pub(crate) enum Readiness {
     Ready,
     /// Asked to drain; about to exit.
     Draining,
+    /// An inbound listener takes only mTLS (`STRICT`) and the proxy has no workload certificate
+    /// yet: it could serve nobody there.
+    AwaitingCertificate,
     /// Under a control plane that has not sent a config this proxy applied yet.
     AwaitingControlPlane {
         /// The replica tried (empty before the first attempt).
@@ -32,7 +35,15 @@ impl Readiness {
         if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
             return Readiness::Draining;
         }
-        if state.source.load().proxy.control_plane.is_none() {
+        let snapshot = state.source.load();
+        let strict_inbound = snapshot.listeners.iter().any(|l| {
+            l.inbound
+                && snapshot.security.peer_authn.mode_for(l.address.port()) == ringmesh_api::snapshot::MtlsMode::Strict
+        });
+        if strict_inbound && state.identity.load().is_none() {
+            return Readiness::AwaitingCertificate;
+        }
+        if snapshot.proxy.control_plane.is_none() {
             return Readiness::Ready;
         }
         // The discovery client sets its status when it starts; before that, nothing came yet.
@@ -55,6 +66,9 @@ impl fmt::Display for Readiness {
         match self {
             Readiness::Ready => f.write_str("ready"),
             Readiness::Draining => f.write_str("draining"),
+            Readiness::AwaitingCertificate => {
+                f.write_str("waiting for the workload certificate (an inbound listener is STRICT mTLS); see /certs")
+            }
             Readiness::AwaitingControlPlane { address, last_error } => {
                 f.write_str("waiting for the first config from the control plane")?;
                 if !address.is_empty() {

@@ -91,6 +91,7 @@ pub(crate) fn status_for(e: &ProxyError) -> u32 {
         | ErrorKind::NoCluster
         | ErrorKind::ConnectFailed
         | ErrorKind::ConnectTimeout
+        | ErrorKind::TlsHandshakeFailed
         | ErrorKind::UpstreamReset
         | ErrorKind::UpstreamProtocol
         | ErrorKind::Overflow => code::UNAVAILABLE,

@@ -48,6 +48,7 @@ security_counters! {
     tls_handshakes => "ringmesh_inbound_tls_handshakes_total", "mTLS handshakes completed on inbound listeners.";
     tls_handshake_failed => "ringmesh_inbound_tls_handshake_failed_total", "Inbound mTLS handshakes that failed (no or untrusted client certificate, timeout, no workload certificate).";
     plaintext_refused => "ringmesh_inbound_plaintext_refused_total", "Plaintext connections refused by PeerAuthentication STRICT.";
+    awaiting_config_refused => "ringmesh_inbound_awaiting_config_refused_total", "Inbound connections refused because the first config from the control plane (with the workload's policies) had not been applied yet.";
     tls_client_handshakes => "ringmesh_outbound_tls_handshakes_total", "mTLS handshakes completed to upstream proxies.";
     tls_client_handshake_failed => "ringmesh_outbound_tls_handshake_failed_total", "Outbound mTLS handshakes that failed or could not start.";
     authz_allowed => "ringmesh_rbac_allowed_total", "Inbound requests and connections allowed by the AuthorizationPolicies (counted only where a policy applies).";

@@ -44,6 +44,13 @@ pub(crate) async fn serve(
         }
     };
     let view = worker.snapshot.get();
+    if view.snapshot.security.awaiting_control_plane {
+        inc(&worker.stats.security.awaiting_config_refused);
+        worker.stats.log_limit.log("inbound-awaiting-config", || {
+            tracing::info!(%peer, listener = name, "inbound connection refused: the workload's policies have not arrived from the control plane yet")
+        });
+        return;
+    }
     let mode = view.snapshot.security.peer_authn.mode_for(local.port());
     let limits = &view.snapshot.proxy.limits;
     let wait = match (mode, kind) {
@@ -169,6 +176,7 @@ async fn handshake(
         let io = crate::http::downstream::ClientIo::tls(tls);
         crate::tcp::serve(worker, io, peer, name, BytesMut::new(), Some(conn)).await;
     } else if alpn == Alpn::H2 {
+        inc(&worker.stats.downstream_cx_h2_total);
         crate::http::h2::server::serve(worker, tls, peer, bytes::Bytes::new(), Some(conn)).await;
     } else {
         let io = crate::http::downstream::ClientIo::tls(tls);

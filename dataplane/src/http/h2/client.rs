@@ -138,7 +138,12 @@ pub(crate) async fn open(
             }
         },
     };
-    let lease = match super::bodies::within(wait, worker.h2pool.lease(endpoint.1, limits, tls)).await {
+    let lease = match super::bodies::within(
+        wait,
+        worker.h2pool.lease(endpoint.1, limits, tls, &worker.stats.security),
+    )
+    .await
+    {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
             inc(&worker.stats.upstream_cx_connect_fail);
@@ -232,6 +237,7 @@ impl H2Pool {
         addr: SocketAddr,
         limits: ConnLimits,
         tls: Option<(Arc<rustls::ClientConfig>, &str)>,
+        stats: &crate::telemetry::security::SecurityStats,
     ) -> Result<Lease, ProxyError> {
         let key = (addr, tls.is_some());
         // Bounded: each round either returns or awaits a connection attempt that ends.
@@ -240,6 +246,9 @@ impl H2Pool {
                 return Ok(lease);
             }
             let pending = self.connecting.borrow().get(&key).cloned();
+            // The request that starts a connection counts its handshake; those that wait for
+            // it share the outcome without counting it again.
+            let counts = pending.is_none() && key.1;
             let attempt = match pending {
                 Some(p) => p,
                 None => {
@@ -251,6 +260,14 @@ impl H2Pool {
             };
             let result = attempt.await;
             self.connecting.borrow_mut().remove(&key);
+            if counts {
+                use crate::telemetry::stats::inc;
+                match &result {
+                    Ok(_) => inc(&stats.tls_client_handshakes),
+                    Err(e) if e.kind == ErrorKind::TlsHandshakeFailed => inc(&stats.tls_client_handshake_failed),
+                    Err(_) => {}
+                }
+            }
             let conn = result?;
             {
                 let mut conns = self.conns.borrow_mut();
@@ -355,13 +372,13 @@ async fn connect(
                 Ok(Err(e)) => {
                     tracing::info!(upstream = %addr, "outbound mTLS handshake failed: {e}");
                     Err(ProxyError::new(
-                        ErrorKind::ConnectFailed,
+                        ErrorKind::TlsHandshakeFailed,
                         Side::Upstream,
                         "upstream mTLS handshake failed",
                     ))
                 }
                 Err(_) => Err(ProxyError::new(
-                    ErrorKind::ConnectTimeout,
+                    ErrorKind::TlsHandshakeFailed,
                     Side::Upstream,
                     "upstream mTLS handshake timed out",
                 )),
