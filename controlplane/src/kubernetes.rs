@@ -18,7 +18,11 @@ use kube::runtime::watcher;
 use ringmesh_api::proto::Document;
 
 use crate::server::ControlPlane;
+
 use crate::store::{ResourceKey, ResourceSet, StoredResource};
+/// The API server client, re-exported so that the binary (also built by the end-to-end tests'
+/// package) needs no `kube` dependency of its own.
+pub use kube::Client;
 
 /// The kinds watched: `(group, version, kind, plural)`.
 pub const WATCHED: &[(&str, &str, &str, &str)] = &[

@@ -226,8 +226,7 @@ pub(crate) async fn run(
             &updates,
             (&mut serving, &mut held),
             ready.clone(),
-            &status,
-            &mut certs,
+            (&status, &mut certs),
         )
         .await;
         certs.stream_down();
@@ -310,8 +309,7 @@ async fn session(
     updates: &mpsc::Sender<Update>,
     (serving, held): (&mut u64, &mut HeldEndpoints),
     mut ready: watch::Receiver<bool>,
-    status: &StatusCell,
-    certs: &mut CertManager,
+    (status, certs): (&StatusCell, &mut CertManager),
 ) -> Result<(), SessionError> {
     let channel = endpoint(cp, address)?
         .connect()

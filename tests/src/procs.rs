@@ -163,6 +163,11 @@ impl ProxyAddrs {
         get_json(self.admin, "/config_dump")["version"].as_u64().unwrap_or(0)
     }
 
+    /// `/certs` as JSON (`Null` when it does not answer).
+    pub fn certs(&self) -> serde_json::Value {
+        get_json(self.admin, "/certs")
+    }
+
     /// The status code of `/healthz/ready` (0 when it does not answer).
     pub fn ready_status(&self) -> u16 {
         try_get(self.health, "/healthz/ready").map_or(0, |r| r.0)
@@ -247,7 +252,13 @@ impl ExampleMesh {
             std::fs::write(dir.path().join(name), rewrite(&text)).expect("write example");
         }
         let control_addr: SocketAddr = format!("127.0.0.1:{}", port(15010)).parse().expect("addr");
-        let mut control_args = vec!["--listen".to_owned(), control_addr.to_string()];
+        // An ephemeral TLS port: tests running side by side cannot all have 15012.
+        let mut control_args = vec![
+            "--listen".to_owned(),
+            control_addr.to_string(),
+            "--listen-tls".into(),
+            "127.0.0.1:0".into(),
+        ];
         match &store {
             Store::Directory => {
                 control_args.extend(["--config-dir".into(), dir.path().join("mesh").display().to_string()])

@@ -125,11 +125,15 @@ fn parse_listen_tls(s: &str) -> Result<ListenTls, String> {
 enum RootStore<'a> {
     Dir(&'a std::path::Path),
     Etcd(&'a EtcdClient, &'a str),
-    Kubernetes(&'a kube::Client),
+    Kubernetes(&'a ringmesh_control::kubernetes::Client),
 }
 
 /// The mesh CA: the user's (--ca-cert), or the root in the store, made on first start.
-async fn authority(args: &Args, store: RootStore<'_>, kube: Option<kube::Client>) -> anyhow::Result<Arc<Authority>> {
+async fn authority(
+    args: &Args,
+    store: RootStore<'_>,
+    kube: Option<ringmesh_control::kubernetes::Client>,
+) -> anyhow::Result<Arc<Authority>> {
     let td = &args.trust_domain;
     if td.is_empty()
         || !td

@@ -174,10 +174,11 @@ impl CertManager {
                     Err(e) => self.fail(format!("the certificate from the control plane is unusable: {e}")),
                 }
             }
-            control_message::Message::CertificateRefusal(r) => {
-                if self.pending.take_if(|p| p.id == r.request_id).is_some() {
-                    self.fail(format!("the control plane refused the certificate: {}", r.reason));
-                }
+            control_message::Message::CertificateRefusal(r)
+                if self.pending.as_ref().is_some_and(|p| p.id == r.request_id) =>
+            {
+                self.pending = None;
+                self.fail(format!("the control plane refused the certificate: {}", r.reason));
             }
             _ => {}
         }

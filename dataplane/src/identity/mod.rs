@@ -29,8 +29,6 @@ pub(crate) struct Identity {
     /// Leaf first.
     pub(crate) chain: Vec<CertificateDer<'static>>,
     /// PKCS#8, generated in the proxy, never sent.
-    // Read by the mTLS data path (its per-core TLS settings), which lands separately.
-    #[allow(dead_code)]
     pub(crate) key: PrivateKeyDer<'static>,
     /// Trust bundle (several during a root rotation).
     pub(crate) roots: Vec<CertificateDer<'static>>,

@@ -168,13 +168,13 @@ pub(crate) fn start(
                         .build()
                         .map(|mut rt| {
                             crate::http::send::enable_direct_sends();
-                            rt.block_on(worker_main(id, source, identity, listeners, socks, rx, peers, inbox))
+                            rt.block_on(worker_main(id, (source, identity), listeners, socks, rx, peers, inbox))
                         }),
                     IoDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
                         .enable_timer()
                         .build()
                         .map(|mut rt| {
-                            rt.block_on(worker_main(id, source, identity, listeners, socks, rx, peers, inbox))
+                            rt.block_on(worker_main(id, (source, identity), listeners, socks, rx, peers, inbox))
                         }),
                 };
                 if let Err(e) = result {
@@ -194,8 +194,7 @@ pub(crate) fn start(
 
 async fn worker_main(
     id: usize,
-    source: Arc<SnapshotSource>,
-    identity: Arc<IdentityCell>,
+    (source, identity): (Arc<SnapshotSource>, Arc<IdentityCell>),
     listeners: Vec<Listener>,
     sockets: Vec<std::net::TcpListener>,
     commands: flume::Receiver<WorkerCommand>,

@@ -78,10 +78,10 @@ impl<T> RentIo<T> {
 
 impl<T: AsyncRead + Unpin> AsyncReadRent for RentIo<T> {
     async fn read<B: IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+        let (ptr, total) = (buf.write_ptr(), buf.bytes_total());
         // SAFETY: monoio's read contract: `write_ptr` is valid for `bytes_total()` bytes that
         // the read may overwrite, and `set_init(n)` then says the first `n` are filled.
         // `ReadBuf` never de-initializes what it was given.
-        let (ptr, total) = (buf.write_ptr(), buf.bytes_total());
         let slice = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<std::mem::MaybeUninit<u8>>(), total) };
         let mut rb = ReadBuf::uninit(slice);
         let r = poll_fn(|cx| Pin::new(&mut self.inner).poll_read(cx, &mut rb)).await;
