@@ -21,23 +21,23 @@ check "etcd: started" curl -fsS -X POST -d '{"key":"AA=="}' http://127.0.0.1:243
 
 # etcd unreachable at start: a clear error naming the address. A busy --listen port: an error
 # naming it.
-$BIN/ringmesh-control --etcd http://127.0.0.1:24999 --listen 127.0.0.1:24019 >"$ed/unreachable.log" 2>&1 && code=0 || code=$?
+$BIN/ringmesh-control --etcd http://127.0.0.1:24999 --listen 127.0.0.1:24019 --listen-tls off >"$ed/unreachable.log" 2>&1 && code=0 || code=$?
 check "etcd: unreachable at start is an error naming the address" \
   bash -c "[ $code != 0 ] && grep -q 'etcd at http://127.0.0.1:24999 is unreachable' '$ed/unreachable.log'"
-$BIN/ringmesh-control --etcd http://127.0.0.1:24379 --listen 127.0.0.1:24379 >"$ed/busy.log" 2>&1 && code=0 || code=$?
+$BIN/ringmesh-control --etcd http://127.0.0.1:24379 --listen 127.0.0.1:24379 --listen-tls off >"$ed/busy.log" 2>&1 && code=0 || code=$?
 check "etcd: a --listen address in use is an error naming it" \
   bash -c "[ $code != 0 ] && grep -q 'cannot listen on 127.0.0.1:24379: ' '$ed/busy.log'"
 
 A=127.0.0.1:24010
 B=127.0.0.1:24011
-start_replica() { # name listen
-  $BIN/ringmesh-control --etcd http://127.0.0.1:24379 --etcd-prefix /interop --listen "$2" --grace 3s \
+start_replica() { # name listen listen-tls (two replicas on one machine need a TLS port each)
+  $BIN/ringmesh-control --etcd http://127.0.0.1:24379 --etcd-prefix /interop --listen "$2" --listen-tls "$3" --grace 3s \
     >>"$ed/control-$1.log" 2>&1 &
   eval "cp_$1=\$!"
   pids+=($!)
 }
-start_replica a $A
-start_replica b $B
+start_replica a $A 127.0.0.1:24012
+start_replica b $B 127.0.0.1:24013
 # Both replicas listening before any proxy starts: a proxy tries its replicas in order, and one
 # that found A not up yet would start on B (the failover checks below need it on A).
 for _ in $(seq 100); do

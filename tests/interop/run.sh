@@ -7,14 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 need=()
-for bin in curl wrk haproxy nginx etcd h2load ss; do
+for bin in curl wrk haproxy nginx etcd h2load ss openssl sslscan; do
   command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server nghttp2-client iproute2 >/dev/null
+    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server nghttp2-client iproute2 openssl sslscan >/dev/null
   else
     echo "interop: missing ${need[*]} and not root to install them" >&2
     exit 1
@@ -164,6 +164,12 @@ source tests/interop/h2.sh
 # The control plane with real processes: ringmesh-control, two app-side proxies announcing
 # v1 and v2 workloads, a client-side proxy, and ringmesh-loadgen at 2,000 rps through it.
 source tests/interop/control_plane.sh
+
+# Mutual TLS on an inbound listener against openssl s_client, curl and sslscan.
+source tests/interop/mtls.sh
+
+# Certificates rotated every 30 s under 2,000 rps through two mTLS proxies.
+source tests/interop/rotation.sh
 
 # Two ringmesh-control replicas sharing etcd (--etcd): apply to one, serve from both, fail over.
 source tests/interop/etcd.sh

@@ -304,7 +304,119 @@ fn no_spelling_walks_around_a_deny(io: IoMode) {
     );
 }
 
+/// A TCP server that reads until EOF, then answers with the reversed bytes and closes: only a
+/// tunnel that passes the client's half-close through both proxies lets it answer.
+fn reverse_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(16) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut all = Vec::new();
+                let _ = s.read_to_end(&mut all);
+                all.reverse();
+                let _ = s.write_all(&all);
+            });
+        }
+    });
+    addr
+}
+
+/// Opaque TCP between two proxies over mTLS: a client-side TCP listener to the server's
+/// inbound TCP listener (STRICT): a megabyte each way with the client's half-close, and a DENY
+/// by principal that closes the connection before the app is dialled.
+fn tcp_over_mtls(io: IoMode) {
+    use std::io::{Read, Write};
+    let ca = TestCa::new("mesh root");
+    let app = reverse_server();
+    let server_certs = temp_dir();
+    let server_spec = format!(
+        "{}{}",
+        workload("shop", "db"),
+        ca.identity_spec(server_certs.path(), "shop", "db")
+    );
+    let inbound = "  - name: inbound-db\n    address: 127.0.0.1:0\n    protocol: TCP\n    direction: INBOUND\n    destination: {host: app.local, port: 5432}\n";
+    let app_se = |host: &str, addr: std::net::SocketAddr, labels: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 5432, name: tcp, protocol: TCP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{tcp: {}}}{labels}}}\n",
+            host.replace('.', "-"),
+            addr.port()
+        )
+    };
+    let deny = policy(
+        "no-intruder",
+        "DENY",
+        "  - from:\n    - source:\n        principals: [cluster.local/ns/default/sa/intruder]\n",
+    );
+    let server = TestProxy::start(&[
+        proxy_config(io, inbound, &server_spec),
+        app_se("app.local", app, ""),
+        peer_authentication("shop", "STRICT"),
+        deny,
+    ]);
+    let client_for = |sa: &str| {
+        let certs = temp_dir();
+        let spec = format!(
+            "{}{}",
+            workload("default", sa),
+            ca.identity_spec(certs.path(), "default", sa)
+        );
+        let outbound =
+            "  - name: db\n    address: 127.0.0.1:0\n    protocol: TCP\n    destination: {host: db.shop, port: 5432}\n";
+        let proxy = TestProxy::start(&[
+            proxy_config(io, outbound, &spec),
+            app_se(
+                "db.shop",
+                server.listener("inbound-db"),
+                ", labels: {security.istio.io/tlsMode: istio}",
+            ),
+        ]);
+        (proxy, certs)
+    };
+    let (client, _c) = client_for("web");
+    let mut c = std::net::TcpStream::connect(client.listener("db")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let writer = {
+        let mut w = c.try_clone().unwrap();
+        let payload = payload.clone();
+        std::thread::spawn(move || {
+            w.write_all(&payload).unwrap();
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    let mut want = payload;
+    want.reverse();
+    assert!(
+        got == want,
+        "payload through two proxies over mTLS: {} bytes back",
+        got.len()
+    );
+    assert!(counter(&server, "ringmesh_inbound_tls_handshakes_total") >= 1);
+    assert_eq!(
+        plain_get(server.listener("inbound-db"), "/"),
+        None,
+        "STRICT: plaintext closed"
+    );
+
+    let (intruder, _i) = client_for("intruder");
+    let mut c = std::net::TcpStream::connect(intruder.listener("db")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(b"let me in");
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(got.is_empty(), "denied: nothing comes back");
+    assert_eq!(counter(&server, "ringmesh_rbac_denied_total"), 1);
+}
+
 both_io!(
+    tcp_over_mtls,
     strict_serves_mesh_certificates_only,
     permissive_takes_both_and_disable_takes_plaintext,
     authorization_by_identity_and_request,

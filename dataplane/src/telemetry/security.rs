@@ -46,6 +46,7 @@ macro_rules! security_counters {
 
 security_counters! {
     tls_handshakes => "ringmesh_inbound_tls_handshakes_total", "mTLS handshakes completed on inbound listeners.";
+    tls_resumed => "ringmesh_inbound_tls_resumed_total", "Inbound mTLS handshakes that resumed an earlier session (no certificate exchange).";
     tls_handshake_failed => "ringmesh_inbound_tls_handshake_failed_total", "Inbound mTLS handshakes that failed (no or untrusted client certificate, timeout, no workload certificate).";
     plaintext_refused => "ringmesh_inbound_plaintext_refused_total", "Plaintext connections refused by PeerAuthentication STRICT.";
     awaiting_config_refused => "ringmesh_inbound_awaiting_config_refused_total", "Inbound connections refused because the first config from the control plane (with the workload's policies) had not been applied yet.";

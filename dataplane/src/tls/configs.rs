@@ -240,6 +240,13 @@ mod tests {
     /// Runs one handshake between `client` and `server` over an in-memory pipe; `Ok` carries
     /// the identity the server saw and the bytes the client got back.
     fn handshake(client: &Configs, server: &Configs) -> Result<(Option<String>, Vec<u8>), String> {
+        handshake_kind(client, server).map(|(seen, got, _)| (seen, got))
+    }
+
+    fn handshake_kind(
+        client: &Configs,
+        server: &Configs,
+    ) -> Result<(Option<String>, Vec<u8>, Option<rustls::HandshakeKind>), String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -268,7 +275,8 @@ mod tests {
                 Ok::<_, String>(got)
             };
             let (seen, got) = tokio::join!(serve, connect);
-            Ok((seen?, got?))
+            let (seen, kind) = seen?;
+            Ok((seen, got?, kind))
         })
     }
 
@@ -288,6 +296,30 @@ mod tests {
         let (seen, got) = handshake(&client, &server).unwrap();
         assert_eq!(seen.as_deref(), Some("cluster.local/ns/default/sa/web"));
         assert_eq!(got, b"hello");
+    }
+
+    #[test]
+    fn a_second_connection_resumes_the_session() {
+        let ca = root();
+        let server = build(
+            &identity(&ca, "spiffe://cluster.local/ns/shop/sa/reviews"),
+            MinVersion::Tls13,
+        )
+        .unwrap();
+        let client = build(
+            &identity(&ca, "spiffe://cluster.local/ns/default/sa/web"),
+            MinVersion::Tls13,
+        )
+        .unwrap();
+        let (_, _, first) = handshake_kind(&client, &server).unwrap();
+        assert_eq!(first, Some(rustls::HandshakeKind::Full));
+        let (seen, _, second) = handshake_kind(&client, &server).unwrap();
+        assert_eq!(second, Some(rustls::HandshakeKind::Resumed), "a ticket from the first");
+        assert_eq!(
+            seen.as_deref(),
+            Some("cluster.local/ns/default/sa/web"),
+            "identity kept on resumption"
+        );
     }
 
     #[test]

@@ -157,6 +157,9 @@ async fn handshake(
     };
     inc(&worker.stats.security.tls_handshakes);
     let (_, session) = tls.get_ref();
+    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        inc(&worker.stats.security.tls_resumed);
+    }
     let identity = session
         .peer_certificates()
         .and_then(|chain| chain.first())
