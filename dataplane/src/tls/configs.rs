@@ -262,9 +262,10 @@ mod tests {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(identity_of);
+                let kind = tls.get_ref().1.handshake_kind();
                 tls.write_all(b"hello").await.map_err(|e| e.to_string())?;
                 tls.shutdown().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(seen.map(|i| i.principal().to_string()))
+                Ok::<_, String>((seen.map(|i| i.principal().to_string()), kind))
             };
             let connector = tokio_rustls::TlsConnector::from(client.client.clone());
             let connect = async move {
