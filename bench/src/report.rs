@@ -465,7 +465,7 @@ pub fn judge_mtls(scenarios: &[ScenarioSummary], open_loop_rate: f64) -> Vec<Tar
                         name,
                         target: target.into(),
                         value: format!(
-                            "{} (mesh {} vs mesh-plain {}; median of {} per-round differences)",
+                            "{} (mesh {} vs mesh-plain {}; per-round difference, median over {} round(s))",
                             fmt_signed_us(d.median),
                             fmt_us(mp.median),
                             fmt_us(pp.median),
@@ -976,7 +976,7 @@ mod tests {
         assert_eq!(v, ["PASS", "PASS", "MISS", "PASS"]);
         assert_eq!(
             t[0].value,
-            "+0.014 ms (mesh 0.215 ms vs mesh-plain 0.201 ms; median of 2 per-round differences)"
+            "+0.014 ms (mesh 0.215 ms vs mesh-plain 0.201 ms; per-round difference, median over 2 round(s))"
         );
         // Judged at the run's own rate, which the row names beside the target's.
         assert_eq!(

@@ -648,10 +648,10 @@ fn start_mesh(env: &Env, protocol: Protocol, kind: Kind) -> anyhow::Result<Topol
         anyhow::ensure!(status == 200, "{}'s /stats/prometheus answered {status}", s.proc.role);
         Ok(body)
     };
-    let check = check_hop(pki.is_some(), &scrape(&server)?, &scrape(&client)?).with_context(|| {
-        format!(
-            "{}: the hop between the proxies is not what the row says; {}'s stderr:\n{}\n{}'s stderr:\n{}",
-            with_suffix(kind.name(), protocol),
+    // The cause first, then what the proxies logged.
+    let check = check_hop(pki.is_some(), &scrape(&server)?, &scrape(&client)?).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\n{}'s stderr:\n{}\n{}'s stderr:\n{}",
             client.proc.role,
             client.proc.stderr_tail(),
             server.proc.role,
@@ -730,14 +730,15 @@ pub fn check_hop(mtls: bool, server_metrics: &str, client_metrics: &str) -> anyh
     if mtls {
         anyhow::ensure!(
             inbound >= 1 && outbound >= 1,
-            "a request crossed the hop but it was not mutual TLS: {INBOUND} {inbound} on the server side, \
-             {OUTBOUND} {outbound} on the client side (each must be at least 1); its figures would be plaintext's"
+            "a request crossed the hop between the proxies but it was not mutual TLS: {INBOUND} {inbound} on the \
+             server side, {OUTBOUND} {outbound} on the client side (each must be at least 1); this row's figures \
+             would be plaintext's"
         );
     } else {
         anyhow::ensure!(
             inbound == 0 && outbound == 0,
-            "the plaintext row's hop used TLS: {INBOUND} {inbound} on the server side, {OUTBOUND} {outbound} \
-             on the client side (both must be 0)"
+            "the hop between the proxies of this plaintext row used TLS: {INBOUND} {inbound} on the server side, \
+             {OUTBOUND} {outbound} on the client side (both must be 0)"
         );
     }
     Ok(check)

@@ -570,7 +570,7 @@ fn a_mesh_row_whose_hop_is_not_mutual_tls_fails_the_run() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| mesh | HTTP/1.1 | FAILED |"), "{md}");
     assert!(
-        md.contains("it was not mutual TLS: ringmesh_inbound_tls_handshakes_total 0"),
+        md.contains("failed to start: a request crossed the hop between the proxies but it was not mutual TLS: ringmesh_inbound_tls_handshakes_total 0 on the server side"),
         "{md}"
     );
     // Nothing is judged on a row that did not run.
