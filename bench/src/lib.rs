@@ -1,8 +1,9 @@
 //! ringmesh-bench: the benchmark suite that says what one ringmesh hop costs.
 //!
 //! `cargo run --release -p ringmesh-bench` starts one echo upstream and, in front of it, each
-//! topology (`direct`, `ringmesh`, `mesh` = two ringmesh proxies, and `haproxy`/`nginx` when
-//! installed) as separate processes; then, round after round (A B C D A B C D …), it
+//! topology (`direct`, `ringmesh`, `mesh` = two ringmesh proxies with mutual TLS between them,
+//! `mesh-plain` = the same without it, and `haproxy`/`nginx` when installed) as separate
+//! processes; then, round after round (A B C D A B C D …), it
 //! measures open-loop latency at a fixed rate (with the proxies' CPU time) and closed-loop
 //! throughput against each; finally it measures each proxy's memory per idle connection.
 //! Interleaving makes slow drift of a shared machine hit every scenario alike; medians with
@@ -14,6 +15,7 @@
 //! of the rounds that completed.
 
 pub mod measure;
+pub mod pki;
 pub mod plot;
 pub mod procs;
 pub mod protocol;
@@ -49,8 +51,12 @@ pub struct BenchArgs {
     /// YAML suite file (keys as the flags below); flags typed on the command line win.
     #[arg(long)]
     pub suite: Option<PathBuf>,
-    /// Scenarios, in round order (direct, ringmesh or sidecar, mesh, haproxy, nginx).
-    #[arg(long, value_delimiter = ',', default_value = "direct,ringmesh,mesh,haproxy,nginx")]
+    /// Scenarios, in round order (direct, ringmesh or sidecar, mesh, mesh-plain, haproxy, nginx).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,ringmesh,mesh,mesh-plain,haproxy,nginx"
+    )]
     pub scenarios: Vec<String>,
     /// Protocols, each measured on every scenario (http1, h2 = h2c, grpc = gRPC unary over h2c).
     #[arg(long, value_delimiter = ',', default_value = "http1,h2,grpc")]
@@ -140,7 +146,7 @@ impl BenchArgs {
                 Some(k) if !kinds.contains(&k) => kinds.push(k),
                 Some(_) => {}
                 None => problems.push(format!(
-                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, mesh, haproxy, nginx)"
+                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, mesh, mesh-plain, haproxy, nginx)"
                 )),
             }
         }
@@ -343,6 +349,15 @@ where
 
     let proxy = topology::ProxyBinary::locate(cli.proxy_bin.as_deref(), &self_exe)?;
     eprintln!("ringmesh-bench: ringmesh-proxy: {}", proxy.describe());
+    // `mesh`'s certificates, once per run, beside the report.
+    let pki = if kinds.contains(&Kind::Mesh) {
+        let dir = out_dir.join("pki");
+        let pki = pki::write(&dir).with_context(|| format!("making the mesh certificates in {}", dir.display()))?;
+        eprintln!("ringmesh-bench: mesh CA and workload certificates: {}", dir.display());
+        Some(pki)
+    } else {
+        None
+    };
     let env = Env {
         out_dir: out_dir.clone(),
         proxy,
@@ -351,6 +366,7 @@ where
         proxy_workers: cli.proxy_workers,
         proxy_cpu: cli.cpu_for(1),
         nofile,
+        pki,
     };
     let mut summaries: Vec<ScenarioSummary> = Vec::new();
     let mut topologies: Vec<Topology> = Vec::new();
@@ -389,13 +405,20 @@ where
                         Ok(k) => s.idle_rss_kib = Some(k),
                         Err(e) => s.notes.push(format!("idle RSS unavailable: {e}")),
                     }
-                    if kind == Kind::Mesh {
+                    if let Some(hop) = &t.hop {
                         s.notes.push(format!(
                             "client-side proxy → server-side proxy → echo, {} from the load generator carried over \
-                             plaintext h2c between the proxies, the client side's endpoint labelled \
-                             `security.istio.io/tlsMode: istio` (its peer is a proxy; mTLS comes with the security \
-                             issue); CPU and RSS are summed over both proxies",
-                            protocol.label()
+                             {} between the proxies (the client side's endpoint labelled \
+                             `security.istio.io/tlsMode: istio`, the server side's listener `direction: INBOUND` \
+                             with PeerAuthentication {}); {}; CPU and RSS are summed over both proxies",
+                            protocol.label(),
+                            if hop.mtls {
+                                "mutual TLS (HTTP/2 inside; certificates in pki/)"
+                            } else {
+                                "plaintext h2c (no workload certificates)"
+                            },
+                            if hop.mtls { "STRICT" } else { "DISABLE" },
+                            hop.describe()
                         ));
                     } else if kind == Kind::Nginx && protocol == Protocol::H2 {
                         s.notes.push(
@@ -648,13 +671,15 @@ where
         })
         .collect();
 
-    // The HTTP/1.1 targets when HTTP/1.1 ran; the HTTP/2 and gRPC ones for what ran of those.
+    // The HTTP/1.1 targets when HTTP/1.1 ran; the HTTP/2 and gRPC ones for what ran of those;
+    // the cost of mTLS (`mesh` beside `mesh-plain`) for each protocol whose rows asked for it.
     let mut targets = if plan.protocols.contains(&Protocol::Http1) {
         report::judge(&summaries)
     } else {
         Vec::new()
     };
     targets.extend(report::judge_protocols(&summaries));
+    targets.extend(report::judge_mtls(&summaries, cli.rate));
     if let Some(w) = &worker_spread {
         targets.push(worker_cpu::judge(w));
     }

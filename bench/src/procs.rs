@@ -301,6 +301,32 @@ pub fn http_get_status(addr: SocketAddr, host: &str, path: &str) -> anyhow::Resu
     Ok(code)
 }
 
+/// One blocking `GET` over a fresh connection (`Connection: close`), read to the end: the
+/// status and the body. For a proxy's `/stats/prometheus` (the proof of a mesh hop), never for
+/// measurement. Only `Content-Length` or close-delimited bodies are read as they are; a chunked
+/// body comes back with its size lines, which a counter lookup by name tolerates.
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: ringmesh-bench\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("not an HTTP response: {:?}", &text[..text.len().min(200)]))?;
+    let code = head
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP response: {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
 /// A free loopback port, found by binding port 0 and releasing it.
 pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -418,6 +418,161 @@ pub fn judge_protocols(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
     out
 }
 
+/// The open-loop rate the mesh-vs-direct latency targets are stated at (Istio publishes its
+/// sidecars' figures at this rate).
+pub const MTLS_TARGET_RATE: f64 = 1_000.0;
+
+/// Judges the cost of mutual TLS between the two proxies, from `mesh` (mTLS) and `mesh-plain`
+/// (the same proxies, plaintext) of the same run, for every protocol whose rows asked for either:
+/// the p50 one mTLS hop adds (≤ 15 µs), the proxies' CPU per request (≤ 1.3× plaintext's) and,
+/// for HTTP/1.1 (Istio's published figures are HTTP/1.1), `mesh`'s added p90 and p99 over
+/// `direct` (≤ 0.10 ms and ≤ 0.15 ms). `open_loop_rate` is the run's `--rate`: the latency
+/// targets are stated at 1,000 rps, and a run at another rate is judged at its own and says so.
+pub fn judge_mtls(scenarios: &[ScenarioSummary], open_loop_rate: f64) -> Vec<TargetCheck> {
+    let asked = |p: Protocol| {
+        scenarios
+            .iter()
+            .any(|s| s.protocol == p && matches!(s.scenario, Kind::Mesh | Kind::MeshPlain))
+    };
+    let na = |name: String, target: &str, why: String| TargetCheck {
+        name,
+        target: target.into(),
+        value: why,
+        verdict: "N/A",
+    };
+    let mut out = Vec::new();
+    for protocol in Protocol::ALL.into_iter().filter(|&p| asked(p)) {
+        let label = protocol.label();
+        let mesh = row(scenarios, Kind::Mesh, protocol);
+        let plain = row(scenarios, Kind::MeshPlain, protocol);
+
+        // One mTLS hop lies between the two proxies, so mesh − mesh-plain is its cost. Paired by
+        // round, as added latency is, so drift between rounds cancels out.
+        let name = format!("{label}: mTLS cost per hop, p50");
+        let target = "mesh − mesh-plain ≤ +15 µs (one mTLS hop)";
+        match (mesh, plain) {
+            (Some(m), Some(p)) => {
+                let diffs: Vec<f64> = m
+                    .runs
+                    .iter()
+                    .filter_map(|r| {
+                        let q = p.runs.iter().find(|q| q.repeat == r.repeat)?;
+                        Some(r.latency_us.p50 as f64 - q.latency_us.p50 as f64)
+                    })
+                    .collect();
+                match (spread(&diffs), m.latency_us.p50, p.latency_us.p50) {
+                    (Some(d), Some(mp), Some(pp)) => out.push(TargetCheck {
+                        name,
+                        target: target.into(),
+                        value: format!(
+                            "{} (mesh {} vs mesh-plain {}; per-round difference, median over {} round(s))",
+                            fmt_signed_us(d.median),
+                            fmt_us(mp.median),
+                            fmt_us(pp.median),
+                            diffs.len()
+                        ),
+                        verdict: verdict(d.median <= 15.0),
+                    }),
+                    _ => out.push(na(name, target, "mesh and mesh-plain share no measured round".into())),
+                }
+            }
+            _ => out.push(na(
+                name,
+                target,
+                format!("needs the mesh and mesh-plain rows of {label}"),
+            )),
+        }
+
+        if protocol == Protocol::Http1 {
+            let at_rate = if (open_loop_rate - MTLS_TARGET_RATE).abs() < 0.5 {
+                format!("at {}", fmt_rps(open_loop_rate))
+            } else {
+                format!(
+                    "at {} (this run's open-loop rate; the target is stated at {})",
+                    fmt_rps(open_loop_rate),
+                    fmt_rps(MTLS_TARGET_RATE)
+                )
+            };
+            for (label, pick, limit_us, istio) in [
+                (
+                    "p90",
+                    (|p: &Percentiles| p.p90) as fn(&Percentiles) -> Option<Spread>,
+                    100.0,
+                    "+0.23 ms",
+                ),
+                ("p99", |p: &Percentiles| p.p99, 150.0, "+0.30 ms"),
+            ] {
+                let name = format!("mesh (mTLS) added {label} vs direct");
+                let target = format!(
+                    "≤ {} at {} (Istio 1.20 publishes {istio} {label} for its mTLS sidecars)",
+                    fmt_signed_us(limit_us),
+                    fmt_rps(MTLS_TARGET_RATE)
+                );
+                match mesh.and_then(|m| pick(&m.added_us)) {
+                    Some(a) => out.push(TargetCheck {
+                        name,
+                        target,
+                        value: format!("{} {at_rate}", fmt_signed_us(a.median)),
+                        verdict: verdict(a.median <= limit_us),
+                    }),
+                    None => out.push(na(name, &target, "needs the mesh and direct rows of HTTP/1.1".into())),
+                }
+            }
+        }
+
+        // Both rows' CPU is summed over their two proxies, so the ratio is the pair's.
+        let name = format!("{label}: proxy CPU per request, mTLS vs plaintext");
+        let target = "mesh ≤ 1.3× mesh-plain (both proxies summed)";
+        let cpu = |s: Option<&ScenarioSummary>| s.and_then(|s| s.cpu_cores_per_1k_rps);
+        match (cpu(mesh), cpu(plain)) {
+            (Some(m), Some(p)) if p.median > 0.0 => {
+                let ratio = m.median / p.median;
+                let mut value = format!("{:.4} vs {:.4} cores per 1,000 rps = {ratio:.2}×", m.median, p.median);
+                // Beside it, the closed loop's CPU per request (many requests per wake-up);
+                // the verdict stays on the open-loop figure, as for the other CPU targets.
+                let closed = |s: Option<&ScenarioSummary>| s.and_then(|s| s.throughput_cpu_us);
+                if let (Some(cm), Some(cp)) = (closed(mesh), closed(plain)) {
+                    if cp.median > 0.0 {
+                        value = format!(
+                            "{value} (closed loop {:.1} vs {:.1} µs per request = {:.2}×)",
+                            cm.median,
+                            cp.median,
+                            cm.median / cp.median
+                        );
+                    }
+                }
+                out.push(TargetCheck {
+                    name,
+                    target: target.into(),
+                    value,
+                    verdict: verdict(ratio <= 1.3),
+                });
+            }
+            (Some(_), Some(_)) => out.push(na(name, target, "mesh-plain's CPU figure is zero: no ratio".into())),
+            _ => out.push(na(
+                name,
+                target,
+                format!("needs the CPU figures of the mesh and mesh-plain rows of {label}"),
+            )),
+        }
+    }
+    out
+}
+
+/// A rate with thousands separators: `2,000 rps`.
+fn fmt_rps(rps: f64) -> String {
+    let n = rps.round() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out + " rps"
+}
+
 /// Formats microseconds as milliseconds with µs resolution.
 pub fn fmt_us(us: f64) -> String {
     if us.abs() >= 1_000_000.0 {
@@ -471,8 +626,8 @@ fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
     for sc in scenarios.iter().filter(|s| s.status == Status::Ok) {
         let reference = reference_of(sc.protocol);
-        // `mesh` is two proxies in a row, and its CPU is summed over both.
-        let proxies = if sc.scenario == Kind::Mesh { 2.0 } else { 1.0 };
+        // `mesh` and `mesh-plain` are two proxies in a row, and their CPU is summed over both.
+        let proxies = sc.scenario.proxies().max(1) as f64;
         let ratio = match (sc.cpu_cores_per_1k_rps, reference) {
             (Some(c), Some(r)) if r > 0.0 => format!("{:.2}×", c.median / (proxies * r)),
             _ => "—".into(),
@@ -493,8 +648,8 @@ fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
         s,
         "\n`direct`'s echo column is what the simplest server spends per request at this rate{}. \
          A proxy receives and sends on both of its sides, so near 1× it spends little beyond \
-         the kernel work any program pays for its sockets here (`mesh`, two proxies, is read \
-         against twice that). The echo column in the proxy rows is what each proxy's traffic \
+         the kernel work any program pays for its sockets here (`mesh` and `mesh-plain`, two \
+         proxies each, are read against twice that). The echo column in the proxy rows is what each proxy's traffic \
          costs the upstream. A proxy whose closed-loop cores busy is near its worker count was \
          the closed loop's bottleneck, and its throughput there is 1 / (µs per request). \
          HTTP/2 and gRPC rows are read against `direct`'s echo of the same protocol.",
@@ -648,7 +803,8 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
          (coordinated-omission corrected), successful requests only; \"added\" is the \
          scenario minus `direct` in the same repeat. CPU is the proxy process tree's \
          utime+stime over the open-loop run divided by requests sent (summed over both \
-         proxies for `mesh`). RSS is VmRSS of the proxy process tree(s). HTTP/2 and gRPC rows \
+         proxies for `mesh` and `mesh-plain`; `mesh` runs mutual TLS between them, \
+         `mesh-plain` plaintext h2c). RSS is VmRSS of the proxy process tree(s). HTTP/2 and gRPC rows \
          keep the HTTP/1.1 rows' requests in flight on fewer connections, several streams \
          each, and are compared with `direct` of the same protocol. Percentile plots: \
          `latency.svg` (HTTP/1.1), `latency-h2.svg`, `latency-grpc.svg`; each round's \
@@ -768,6 +924,122 @@ mod tests {
             judge_protocols(&rows[..4]).is_empty(),
             "HTTP/1.1 alone has no HTTP/2 targets"
         );
+    }
+
+    #[test]
+    fn the_cost_of_mtls_is_judged_from_mesh_beside_mesh_plain() {
+        // A round: p50, p90, p99 (µs), open-loop CPU (cores per 1,000 rps), closed-loop µs.
+        let round = |repeat, p50, p90, p99, cpu, closed| {
+            let mut r = run(repeat, p50, p99, 1.0);
+            r.latency_us.p90 = p90;
+            r.cpu_per_1k = Some(cpu);
+            r.throughput_cpu_us = Some(closed);
+            r
+        };
+        let direct = vec![round(0, 100, 150, 200, 0.0, 0.0), round(1, 110, 160, 210, 0.0, 0.0)];
+        let d = row_of(Kind::Direct, Protocol::Http1, direct.clone(), None);
+        // Added over direct: p90 +90 in both rounds (≤ +100 PASS), p99 +140 and +170, median
+        // +155 (> +150 MISS).
+        let mesh = row_of(
+            Kind::Mesh,
+            Protocol::Http1,
+            vec![
+                round(0, 200, 240, 340, 0.024, 30.0),
+                round(1, 230, 250, 380, 0.024, 30.0),
+            ],
+            Some(&direct),
+        );
+        // Per round, mesh − mesh-plain at p50: +10 and +18, median +14 (≤ +15 PASS); CPU
+        // 0.024 / 0.020 = 1.2× (≤ 1.3× PASS).
+        let plain = row_of(
+            Kind::MeshPlain,
+            Protocol::Http1,
+            vec![
+                round(0, 190, 230, 320, 0.020, 25.0),
+                round(1, 212, 240, 350, 0.020, 25.0),
+            ],
+            Some(&direct),
+        );
+        let rows = [d.clone(), mesh.clone(), plain];
+        let t = judge_mtls(&rows, 2000.0);
+        let names: Vec<&str> = t.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "HTTP/1.1: mTLS cost per hop, p50",
+                "mesh (mTLS) added p90 vs direct",
+                "mesh (mTLS) added p99 vs direct",
+                "HTTP/1.1: proxy CPU per request, mTLS vs plaintext",
+            ]
+        );
+        let v: Vec<&str> = t.iter().map(|c| c.verdict).collect();
+        assert_eq!(v, ["PASS", "PASS", "MISS", "PASS"]);
+        assert_eq!(
+            t[0].value,
+            "+0.014 ms (mesh 0.215 ms vs mesh-plain 0.201 ms; per-round difference, median over 2 round(s))"
+        );
+        // Judged at the run's own rate, which the row names beside the target's.
+        assert_eq!(
+            t[1].value,
+            "+0.090 ms at 2,000 rps (this run's open-loop rate; the target is stated at 1,000 rps)"
+        );
+        assert!(
+            t[1].target.contains("Istio 1.20 publishes +0.23 ms p90"),
+            "{}",
+            t[1].target
+        );
+        assert!(
+            t[2].target.contains("Istio 1.20 publishes +0.30 ms p99"),
+            "{}",
+            t[2].target
+        );
+        assert_eq!(
+            t[3].value,
+            "0.0240 vs 0.0200 cores per 1,000 rps = 1.20× (closed loop 30.0 vs 25.0 µs per request = 1.20×)"
+        );
+        assert_eq!(judge_mtls(&rows, 1000.0)[1].value, "+0.090 ms at 1,000 rps");
+
+        // mTLS costing more: +20 and +30 µs at p50 (MISS), CPU 0.024 / 0.015 = 1.6× (MISS).
+        let cheap = row_of(
+            Kind::MeshPlain,
+            Protocol::Http1,
+            vec![
+                round(0, 180, 230, 320, 0.015, 25.0),
+                round(1, 200, 240, 350, 0.015, 25.0),
+            ],
+            Some(&direct),
+        );
+        let t = judge_mtls(&[d.clone(), mesh.clone(), cheap], 2000.0);
+        assert_eq!((t[0].verdict, t[3].verdict), ("MISS", "MISS"));
+        assert!(t[0].value.starts_with("+0.025 ms"), "{}", t[0].value);
+
+        // mesh-plain failed: what needs it is N/A, never PASS; what needs only mesh and
+        // direct is still judged.
+        let failed = ScenarioSummary::new(Kind::MeshPlain, Protocol::Http1, Status::Failed);
+        let t = judge_mtls(&[d.clone(), mesh.clone(), failed.clone()], 2000.0);
+        let v: Vec<&str> = t.iter().map(|c| c.verdict).collect();
+        assert_eq!(v, ["N/A", "PASS", "MISS", "N/A"]);
+        assert_eq!(t[0].value, "needs the mesh and mesh-plain rows of HTTP/1.1");
+        // mesh failed too: nothing to judge, all N/A with the reason.
+        let mesh_failed = ScenarioSummary::new(Kind::Mesh, Protocol::Http1, Status::Failed);
+        let t = judge_mtls(&[d.clone(), mesh_failed, failed], 2000.0);
+        assert!(t.iter().all(|c| c.verdict == "N/A"), "{t:?}");
+        assert_eq!(t[1].value, "needs the mesh and direct rows of HTTP/1.1");
+        // A run that asked for neither has no mTLS targets.
+        assert!(judge_mtls(&[d], 2000.0).is_empty());
+
+        // HTTP/2 rows: the per-hop and CPU targets (Istio's figures are HTTP/1.1's).
+        let h2 = |kind, p50| row_of(kind, Protocol::H2, vec![round(0, p50, p50, p50, 0.02, 20.0)], None);
+        let t = judge_mtls(&[h2(Kind::Mesh, 205), h2(Kind::MeshPlain, 200)], 2000.0);
+        let names: Vec<&str> = t.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "HTTP/2: mTLS cost per hop, p50",
+                "HTTP/2: proxy CPU per request, mTLS vs plaintext"
+            ]
+        );
+        assert_eq!((t[0].verdict, t[1].verdict), ("PASS", "PASS"));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The topologies a scenario measures, and how each is brought up.
 //!
-//! Every topology puts one hop (none for `direct`, two ringmesh proxies for `mesh`, as between
-//! a client's and a server's sidecar) between the load generator and the same shared echo
-//! upstream, so the only thing that differs between scenarios is the proxying. haproxy and nginx are configured the way their own tuning guides recommend for a
+//! Every topology puts one hop (none for `direct`, two ringmesh proxies for `mesh` and
+//! `mesh-plain`, as between a client's and a server's sidecar, with mutual TLS between them or
+//! without) between the load generator and the same shared echo upstream, so the only thing that
+//! differs between scenarios is the proxying. haproxy and nginx are configured the way their own tuning guides recommend for a
 //! keep-alive reverse proxy on one core (one thread/worker, keep-alive and connection reuse
 //! to the upstream, no access log) — the comparison is against each proxy at its best, not
 //! at its defaults. Their config files are written into the output directory beside the
@@ -16,7 +17,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
-use crate::procs::{free_port, http_get_status, Proc};
+use crate::pki::{IdentityFiles, MeshPki, Side};
+use crate::procs::{free_port, http_get, http_get_status, Proc};
 use crate::protocol::Protocol;
 
 /// The `Host` every request carries; the ringmesh ServiceEntry is named after it.
@@ -30,9 +32,13 @@ pub enum Kind {
     Direct,
     /// Through one ringmesh-proxy (the sidecar position).
     Ringmesh,
-    /// Through two ringmesh-proxies: client-side sidecar → server-side sidecar (plaintext
-    /// between them until the security issue brings mTLS).
+    /// Through two ringmesh-proxies: client-side sidecar → server-side sidecar, mutual TLS
+    /// between them (HTTP/2 inside), the server side's inbound listener STRICT.
     Mesh,
+    /// `mesh` without mTLS: the same two proxies, plaintext h2c between them, kept so that
+    /// the cost of mTLS is read off one run, side by side.
+    #[serde(rename = "mesh-plain")]
+    MeshPlain,
     /// Through one haproxy (if installed).
     Haproxy,
     /// Through one nginx (if installed).
@@ -41,7 +47,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the default order.
-    pub const ALL: [Kind; 5] = [Kind::Direct, Kind::Ringmesh, Kind::Mesh, Kind::Haproxy, Kind::Nginx];
+    pub const ALL: [Kind; 6] = [
+        Kind::Direct,
+        Kind::Ringmesh,
+        Kind::Mesh,
+        Kind::MeshPlain,
+        Kind::Haproxy,
+        Kind::Nginx,
+    ];
 
     /// The scenario name.
     pub fn name(self) -> &'static str {
@@ -49,6 +62,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Ringmesh => "ringmesh",
             Kind::Mesh => "mesh",
+            Kind::MeshPlain => "mesh-plain",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
         }
@@ -59,6 +73,15 @@ impl Kind {
         match s.trim() {
             "sidecar" => Some(Kind::Ringmesh),
             s => Kind::ALL.into_iter().find(|k| k.name() == s),
+        }
+    }
+
+    /// The proxy processes in a row of this kind, over which its CPU and RSS are summed.
+    pub fn proxies(self) -> usize {
+        match self {
+            Kind::Direct => 0,
+            Kind::Mesh | Kind::MeshPlain => 2,
+            Kind::Ringmesh | Kind::Haproxy | Kind::Nginx => 1,
         }
     }
 
@@ -110,6 +133,9 @@ pub struct Env {
     pub proxy_cpu: Option<usize>,
     /// The open-file limit children inherit.
     pub nofile: u64,
+    /// The run's mesh CA and workload certificates (`OUT/pki/`), made when `mesh` is among
+    /// the scenarios; `mesh` fails to start without them.
+    pub pki: Option<MeshPki>,
 }
 
 /// Which ringmesh-proxy the ringmesh scenarios run.
@@ -177,6 +203,9 @@ pub struct Topology {
     pub config_paths: Vec<PathBuf>,
     /// Version string of an external proxy.
     pub version: Option<String>,
+    /// `mesh` and `mesh-plain`: what the proxies' counters showed of the hop between them
+    /// after the readiness probe crossed it.
+    pub hop: Option<HopCheck>,
 }
 
 /// How long a proxy may take to become ready.
@@ -258,10 +287,12 @@ pub fn start(kind: Kind, protocol: Protocol, env: &Env) -> anyhow::Result<Topolo
                 io_driver: None,
                 config_paths: Vec::new(),
                 version: None,
+                hop: None,
             })
         }
         Kind::Ringmesh => start_ringmesh(env, protocol),
-        Kind::Mesh => start_mesh(env, protocol),
+        Kind::Mesh => start_mesh(env, protocol, Kind::Mesh),
+        Kind::MeshPlain => start_mesh(env, protocol, Kind::MeshPlain),
         Kind::Haproxy => start_haproxy(env, protocol),
         Kind::Nginx => start_nginx(env, protocol),
     }
@@ -282,6 +313,55 @@ fn with_suffix(name: &str, protocol: Protocol) -> String {
     format!("{name}{}", protocol.suffix())
 }
 
+/// Where a ringmesh-proxy stands in its topology, which decides what its config holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place<'a> {
+    /// Alone in front of the echo (`ringmesh`, the per-worker CPU run): one outbound listener,
+    /// the echo as a plain endpoint, no workload. What the suite always ran.
+    Sidecar,
+    /// One side of the hop of `mesh` or `mesh-plain`. Both sides are workloads of namespace
+    /// `bench` (`spec.workload`). The client side's listener is outbound and its one endpoint,
+    /// the server side, is labelled `security.istio.io/tlsMode: istio`, as Istio marks an
+    /// endpoint with a sidecar: the client side then knows its peer is a proxy and talks HTTP/2
+    /// to it whatever the load generator speaks (and mTLS when it has a certificate). The
+    /// server side's listener is `direction: INBOUND`, where the workload's
+    /// `PeerAuthentication` applies.
+    Mesh {
+        /// Which side.
+        side: Side,
+        /// What the hop between the two is.
+        hop: Hop<'a>,
+    },
+}
+
+/// What the hop between the two proxies of a mesh topology is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop<'a> {
+    /// Mutual TLS (`mesh`): each side has its workload certificate (`spec.identity`), which
+    /// turns on auto mTLS towards the labelled endpoint, and the server side's
+    /// `PeerAuthentication` is `STRICT`, so a hop that is not mTLS is refused, not served.
+    Mtls(&'a IdentityFiles),
+    /// Plaintext h2c (`mesh-plain`): no certificate on either side. A proxy without a workload
+    /// identity reaches other proxies in plaintext (auto mTLS needs a certificate to prove), so
+    /// no `DestinationRule` is needed; the server side's `PeerAuthentication` is `DISABLE`,
+    /// saying in its config what the row measures. Everything else is `mesh`'s.
+    Plaintext,
+}
+
+impl Place<'_> {
+    /// Whether the proxy's own listener serves a plaintext request: all but a STRICT server
+    /// side, which only the client side (with its certificate) can reach.
+    pub fn serves_plaintext(&self) -> bool {
+        !matches!(
+            self,
+            Place::Mesh {
+                side: Side::Server,
+                hop: Hop::Mtls(_)
+            }
+        )
+    }
+}
+
 /// One ringmesh-proxy of a topology: its addresses and what it forwards `HOST` to.
 #[derive(Debug, Clone, Copy)]
 pub struct RingmeshSpec<'a> {
@@ -295,20 +375,26 @@ pub struct RingmeshSpec<'a> {
     pub health: SocketAddr,
     /// Metrics address.
     pub metrics: SocketAddr,
-    /// The outbound HTTP listener (HTTP/1.1 and h2c on the same port).
+    /// The HTTP listener (HTTP/1.1 and h2c on the same port; inbound on a mesh's server side).
     pub listener: SocketAddr,
-    /// The one endpoint of `HOST`: the echo, or `mesh`'s server-side proxy.
+    /// The one endpoint of `HOST`: the echo, or the mesh's server-side proxy.
     pub upstream: SocketAddr,
     /// Declared as the ServiceEntry port's protocol, so the proxy speaks it upstream.
     pub protocol: Protocol,
-    /// Labels the endpoint `security.istio.io/tlsMode: istio`, as Istio marks an endpoint
-    /// with a sidecar: the proxy then knows its peer is a proxy (`mesh`'s client side).
-    pub peer_is_proxy: bool,
+    /// Alone, or which side of a mesh hop.
+    pub place: Place<'a>,
+}
+
+/// A path as a YAML double-quoted scalar (JSON's string syntax is YAML's), so an output folder
+/// with spaces or quotes in its name cannot break the config.
+fn yaml_path(p: &Path) -> String {
+    serde_json::to_string(&p.display().to_string()).expect("a string serializes")
 }
 
 impl RingmeshSpec<'_> {
-    /// The config: one outbound HTTP listener and a STATIC ServiceEntry for the upstream.
-    /// HTTP/1.1 without the peer label renders what the suite always ran.
+    /// The config: one HTTP listener and a STATIC ServiceEntry for the upstream; for a mesh
+    /// side, its workload, its certificate and (server side) its `PeerAuthentication`.
+    /// `Place::Sidecar` renders what the suite always ran.
     pub fn render(&self) -> String {
         let RingmeshSpec {
             workers,
@@ -319,11 +405,62 @@ impl RingmeshSpec<'_> {
             listener,
             upstream,
             protocol,
-            peer_is_proxy,
+            place,
         } = *self;
         let (port_name, port_protocol) = protocol.service_port();
+        let (header, workload, identity, listener_line, labels, peer_authn) = match place {
+            Place::Sidecar => (
+                "one outbound listener in front of the echo upstream.".to_owned(),
+                String::new(),
+                String::new(),
+                format!("{{name: outbound, address: \"{listener}\", protocol: HTTP}}"),
+                "",
+                String::new(),
+            ),
+            Place::Mesh { side, hop } => {
+                let sa = side.service_account();
+                let workload = format!(
+                    "\n  workload: {{name: {sa}, namespace: {ns}, serviceAccount: {sa}}}",
+                    ns = crate::pki::NAMESPACE
+                );
+                let (identity, hop_words, mode) = match hop {
+                    Hop::Mtls(files) => (
+                        format!(
+                            "\n  identity: {{certFile: {}, keyFile: {}, caFile: {}}}",
+                            yaml_path(&files.cert),
+                            yaml_path(&files.key),
+                            yaml_path(&files.ca)
+                        ),
+                        "mutual TLS",
+                        "STRICT",
+                    ),
+                    Hop::Plaintext => (String::new(), "plaintext h2c", "DISABLE"),
+                };
+                match side {
+                    Side::Client => (
+                        format!("the mesh's client-side proxy; its one endpoint, the server-side proxy, is reached over {hop_words}."),
+                        workload,
+                        identity,
+                        format!("{{name: outbound, address: \"{listener}\", protocol: HTTP}}"),
+                        ", labels: {\"security.istio.io/tlsMode\": istio}",
+                        String::new(),
+                    ),
+                    Side::Server => (
+                        format!("the mesh's server-side proxy: an inbound listener ({hop_words}) in front of the echo upstream."),
+                        workload,
+                        identity,
+                        format!("{{name: inbound, address: \"{listener}\", protocol: HTTP, direction: INBOUND}}"),
+                        "",
+                        format!(
+                            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {ns}}}\nspec:\n  mtls: {{mode: {mode}}}\n",
+                            ns = crate::pki::NAMESPACE
+                        ),
+                    ),
+                }
+            }
+        };
         format!(
-            r#"# Written by ringmesh-bench: one outbound listener in front of the echo upstream.
+            r#"# Written by ringmesh-bench: {header}
 apiVersion: ringmesh.io/v1alpha1
 kind: ProxyConfig
 metadata: {{name: bench}}
@@ -331,10 +468,10 @@ spec:
   workers: {workers}{io_line}
   adminAddress: {admin}
   healthAddress: {health}
-  metricsAddress: {metrics}
+  metricsAddress: {metrics}{workload}{identity}
   listeners:
-  - {{name: outbound, address: "{listener}", protocol: HTTP}}
----
+  - {listener_line}
+{peer_authn}---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: echo}}
@@ -347,11 +484,6 @@ spec:
             echo_ip = upstream.ip(),
             echo_port = upstream.port(),
             io_line = io.map_or(String::new(), |io| format!("\n  io: {io}")),
-            labels = if peer_is_proxy {
-                ", labels: {\"security.istio.io/tlsMode\": istio}"
-            } else {
-                ""
-            },
         )
     }
 }
@@ -360,16 +492,30 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// A ringmesh-proxy started by [`spawn_ringmesh`].
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    /// The process.
+    pub proc: Proc,
+    /// Its HTTP listener.
+    pub entry: SocketAddr,
+    /// Its `/stats/prometheus`.
+    pub metrics: SocketAddr,
+    /// Its config file.
+    pub path: PathBuf,
+}
+
 /// Starts one ringmesh-proxy (role `role`, config `<role>.yaml`) that forwards `HOST` to
-/// `upstream`, and waits until it is ready and a request through it gets a `200`.
+/// `upstream`, and waits until it is ready and, where its listener serves plaintext
+/// ([`Place::serves_plaintext`]), a request through it succeeds.
 pub(crate) fn spawn_ringmesh(
     env: &Env,
     role: &str,
     upstream: SocketAddr,
     io: Option<&str>,
     protocol: Protocol,
-    peer_is_proxy: bool,
-) -> anyhow::Result<(Proc, SocketAddr, PathBuf)> {
+    place: Place<'_>,
+) -> anyhow::Result<Spawned> {
     let admin = loopback(free_port()?);
     let health = loopback(free_port()?);
     let metrics = loopback(free_port()?);
@@ -384,20 +530,28 @@ pub(crate) fn spawn_ringmesh(
         listener: entry,
         upstream,
         protocol,
-        peer_is_proxy,
+        place,
     };
     std::fs::write(&path, spec.render()).with_context(|| format!("writing {}", path.display()))?;
     let (exe, args) = env.proxy.command(&path);
     let mut proc = Proc::spawn(role, exe, &args, &env.out_dir, env.proxy_cpu)?;
+    // A STRICT inbound listener's proxy is not ready until its certificate is loaded.
     proc.wait_ready(&format!("GET http://{health}/healthz/ready"), READY_TIMEOUT, || {
         matches!(http_get_status(health, "localhost", "/healthz/ready"), Ok(200))
     })?;
-    proc.wait_ready(
-        &probe_description(entry, protocol),
-        READY_TIMEOUT,
-        probe_through(entry, protocol),
-    )?;
-    Ok((proc, entry, path))
+    if place.serves_plaintext() {
+        proc.wait_ready(
+            &probe_description(entry, protocol),
+            READY_TIMEOUT,
+            probe_through(entry, protocol),
+        )?;
+    }
+    Ok(Spawned {
+        proc,
+        entry,
+        metrics,
+        path,
+    })
 }
 
 /// What a readiness probe sends, for the error when it never succeeds.
@@ -411,7 +565,7 @@ fn probe_description(entry: SocketAddr, protocol: Protocol) -> String {
 
 fn start_ringmesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
     let role = with_suffix("ringmesh", protocol);
-    let (proc, entry, path) = spawn_ringmesh(env, &role, env.echo_addr, None, protocol, false)?;
+    let Spawned { proc, entry, path, .. } = spawn_ringmesh(env, &role, env.echo_addr, None, protocol, Place::Sidecar)?;
     let io_driver = parse_io_driver(&proc.stderr_text());
     Ok(Topology {
         kind: Kind::Ringmesh,
@@ -421,19 +575,20 @@ fn start_ringmesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         io_driver,
         config_paths: vec![path],
         version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
+        hop: None,
     })
 }
 
 /// One ringmesh-proxy forced onto epoll (`io: epoll`, config `ringmesh-epoll.yaml`): what a
 /// container whose seccomp profile refuses io_uring runs.
 pub fn start_ringmesh_epoll(env: &Env) -> anyhow::Result<Topology> {
-    let (proc, entry, path) = spawn_ringmesh(
+    let Spawned { proc, entry, path, .. } = spawn_ringmesh(
         env,
         "ringmesh-epoll",
         env.echo_addr,
         Some("epoll"),
         Protocol::Http1,
-        false,
+        Place::Sidecar,
     )?;
     let io_driver = parse_io_driver(&proc.stderr_text());
     Ok(Topology {
@@ -444,41 +599,149 @@ pub fn start_ringmesh_epoll(env: &Env) -> anyhow::Result<Topology> {
         io_driver,
         config_paths: vec![path],
         version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
+        hop: None,
     })
 }
 
 /// Client-side proxy → server-side proxy → echo: the server side starts first (in front of
 /// the echo), then the client side with the server side's listener as the endpoint of the
-/// same `HOST`, so the request crosses two full proxies exactly as between two sidecars.
-/// The client side's endpoint is labelled as a proxy's (`security.istio.io/tlsMode: istio`), so
-/// the two proxies talk HTTP/2 to each other whatever the client speaks, as two sidecars do.
-fn start_mesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
-    let (server, server_entry, server_path) = spawn_ringmesh(
+/// same `HOST`, so the request crosses two full proxies exactly as between two sidecars,
+/// over HTTP/2 between them whatever the client speaks ([`Place::Mesh`]). `mesh` makes that
+/// hop mutual TLS with the run's certificates, `mesh-plain` plaintext ([`Hop`]). Once the
+/// readiness probe has crossed the hop, the proxies' counters must show it was what the row
+/// says ([`check_hop`]): a row named mTLS that measured plaintext (or the reverse) fails.
+fn start_mesh(env: &Env, protocol: Protocol, kind: Kind) -> anyhow::Result<Topology> {
+    let pki = match kind {
+        Kind::Mesh => Some(
+            env.pki
+                .as_ref()
+                .context("no mesh certificates were made for this run")?,
+        ),
+        _ => None,
+    };
+    let hop = |side| pki.map_or(Hop::Plaintext, |p: &MeshPki| Hop::Mtls(p.identity(side)));
+    let server = spawn_ringmesh(
         env,
-        &with_suffix("mesh-server", protocol),
+        &with_suffix(&format!("{kind}-server"), protocol),
         env.echo_addr,
         None,
         protocol,
-        false,
+        Place::Mesh {
+            side: Side::Server,
+            hop: hop(Side::Server),
+        },
     )?;
-    let (client, entry, client_path) = spawn_ringmesh(
+    let client = spawn_ringmesh(
         env,
-        &with_suffix("mesh-client", protocol),
-        server_entry,
+        &with_suffix(&format!("{kind}-client"), protocol),
+        server.entry,
         None,
         protocol,
-        true,
+        Place::Mesh {
+            side: Side::Client,
+            hop: hop(Side::Client),
+        },
     )?;
-    let io_driver = parse_io_driver(&client.stderr_text());
+    let scrape = |s: &Spawned| -> anyhow::Result<String> {
+        let (status, body) = http_get(s.metrics, "localhost", "/stats/prometheus")
+            .with_context(|| format!("reading {}'s /stats/prometheus", s.proc.role))?;
+        anyhow::ensure!(status == 200, "{}'s /stats/prometheus answered {status}", s.proc.role);
+        Ok(body)
+    };
+    // The cause first, then what the proxies logged.
+    let check = check_hop(pki.is_some(), &scrape(&server)?, &scrape(&client)?).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\n{}'s stderr:\n{}\n{}'s stderr:\n{}",
+            client.proc.role,
+            client.proc.stderr_tail(),
+            server.proc.role,
+            server.proc.stderr_tail()
+        )
+    })?;
+    let io_driver = parse_io_driver(&client.proc.stderr_text());
     Ok(Topology {
-        kind: Kind::Mesh,
+        kind,
         protocol,
-        entry,
-        proxies: vec![client, server],
+        entry: client.entry,
+        proxies: vec![client.proc, server.proc],
         io_driver,
-        config_paths: vec![client_path, server_path],
+        config_paths: vec![client.path, server.path],
         version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
+        hop: Some(check),
     })
+}
+
+/// What the counters of a mesh topology's two proxies showed after the readiness probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HopCheck {
+    /// Whether the hop is mutual TLS (`mesh`) or plaintext (`mesh-plain`).
+    pub mtls: bool,
+    /// `ringmesh_inbound_tls_handshakes_total` of the server side.
+    pub inbound_handshakes: u64,
+    /// `ringmesh_outbound_tls_handshakes_total` of the client side.
+    pub outbound_handshakes: u64,
+}
+
+impl HopCheck {
+    /// For the row's notes.
+    pub fn describe(&self) -> String {
+        format!(
+            "after the readiness probe the server side counted {} inbound mTLS handshake(s) and the client side {} outbound",
+            self.inbound_handshakes, self.outbound_handshakes
+        )
+    }
+}
+
+/// The value of the counter `name` in Prometheus text (summed over its label sets); `None`
+/// when the text does not have it.
+pub fn prometheus_counter(text: &str, name: &str) -> Option<u64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let value = match rest.as_bytes().first() {
+            Some(b' ') => rest,
+            Some(b'{') => rest.rsplit_once('}').map_or("", |(_, v)| v),
+            _ => continue,
+        };
+        let v: f64 = value.split_whitespace().next()?.parse().ok()?;
+        *found.get_or_insert(0) += v as u64;
+    }
+    found
+}
+
+/// Checks the hop against what the row says, from the server side's and the client side's
+/// `/stats/prometheus`: with `mtls`, both sides must have completed at least one mTLS handshake
+/// (the probe crossed the hop, so a working mTLS hop has); without, neither may have. A counter
+/// missing from the text is an error too: an unreadable proof is no proof.
+pub fn check_hop(mtls: bool, server_metrics: &str, client_metrics: &str) -> anyhow::Result<HopCheck> {
+    const INBOUND: &str = "ringmesh_inbound_tls_handshakes_total";
+    const OUTBOUND: &str = "ringmesh_outbound_tls_handshakes_total";
+    let inbound = prometheus_counter(server_metrics, INBOUND)
+        .with_context(|| format!("the server side's metrics have no {INBOUND}"))?;
+    let outbound = prometheus_counter(client_metrics, OUTBOUND)
+        .with_context(|| format!("the client side's metrics have no {OUTBOUND}"))?;
+    let check = HopCheck {
+        mtls,
+        inbound_handshakes: inbound,
+        outbound_handshakes: outbound,
+    };
+    if mtls {
+        anyhow::ensure!(
+            inbound >= 1 && outbound >= 1,
+            "a request crossed the hop between the proxies but it was not mutual TLS: {INBOUND} {inbound} on the \
+             server side, {OUTBOUND} {outbound} on the client side (each must be at least 1); this row's figures \
+             would be plaintext's"
+        );
+    } else {
+        anyhow::ensure!(
+            inbound == 0 && outbound == 0,
+            "the hop between the proxies of this plaintext row used TLS: {INBOUND} {inbound} on the server side, \
+             {OUTBOUND} {outbound} on the client side (both must be 0)"
+        );
+    }
+    Ok(check)
 }
 
 /// Finds `io=NAME` in the proxy's start-up log.
@@ -564,6 +827,7 @@ fn start_haproxy(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         io_driver: Some("epoll".into()),
         config_paths: vec![path],
         version: external_version(&bin, "-v"),
+        hop: None,
     })
 }
 
@@ -725,6 +989,7 @@ fn start_nginx(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         io_driver: Some("epoll".into()),
         config_paths: vec![path],
         version,
+        hop: None,
     })
 }
 
@@ -757,7 +1022,10 @@ mod tests {
     fn kinds_round_trip_and_io_driver_is_found() {
         for k in Kind::ALL {
             assert_eq!(Kind::parse(k.name()), Some(k));
+            // report.json names a row as the flag does.
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
         }
+        assert_eq!(Kind::parse("mesh-plain"), Some(Kind::MeshPlain));
         assert_eq!(Kind::parse("envoy"), None);
         assert_eq!(Kind::parse("sidecar"), Some(Kind::Ringmesh));
         assert_eq!(
@@ -779,7 +1047,7 @@ mod tests {
             listener: a(4),
             upstream: a(18080),
             protocol: Protocol::Http1,
-            peer_is_proxy: false,
+            place: Place::Sidecar,
         };
         let c = http1(2, None).render();
         assert!(c.contains("workers: 2"));
@@ -791,7 +1059,7 @@ mod tests {
         assert!(!c.contains("15000") && !c.contains("15020") && !c.contains("15090"));
     }
 
-    fn spec(protocol: Protocol, peer_is_proxy: bool) -> RingmeshSpec<'static> {
+    fn spec(protocol: Protocol, place: Place<'_>) -> RingmeshSpec<'_> {
         let a = |p| SocketAddr::from(([127, 0, 0, 1], p));
         RingmeshSpec {
             workers: 1,
@@ -802,7 +1070,35 @@ mod tests {
             listener: a(4),
             upstream: a(18080),
             protocol,
-            peer_is_proxy,
+            place,
+        }
+    }
+
+    /// Loads and compiles `text` as the proxy does.
+    fn compile(text: &str) -> ringmesh_api::snapshot::Snapshot {
+        let (resources, _) = ringmesh_api::load::load_str("bench.yaml", text)
+            .unwrap_or_else(|e| panic!("config does not load: {e:?}\n{text}"));
+        ringmesh_api::compile::compile(&ringmesh_api::compile::CompileInput {
+            resources,
+            extra_endpoints: Vec::new(),
+            version: 1,
+        })
+        .unwrap_or_else(|e| panic!("config does not compile: {e:?}\n{text}"))
+        .snapshot
+    }
+
+    fn echo_cluster(snapshot: &ringmesh_api::snapshot::Snapshot) -> &ringmesh_api::snapshot::Cluster {
+        snapshot
+            .clusters
+            .iter()
+            .find(|c| c.service == HOST && c.host_not_found.is_none())
+            .unwrap_or_else(|| panic!("no cluster for {HOST}"))
+    }
+
+    fn client(hop: Hop<'_>) -> Place<'_> {
+        Place::Mesh {
+            side: Side::Client,
+            hop,
         }
     }
 
@@ -829,30 +1125,30 @@ spec:
   resolution: STATIC
   endpoints: [{address: 127.0.0.1, ports: {http: 18080}}]
 "#;
-        assert_eq!(spec(Protocol::Http1, false).render(), expected);
+        assert_eq!(spec(Protocol::Http1, Place::Sidecar).render(), expected);
     }
 
     #[test]
     fn http2_and_grpc_ringmesh_configs_declare_the_port_protocol_and_compile() {
-        let h2 = spec(Protocol::H2, false).render();
+        let h2 = spec(Protocol::H2, Place::Sidecar).render();
         assert!(
             h2.contains("ports: [{number: 8080, name: http2, protocol: HTTP2}]"),
             "{h2}"
         );
         assert!(h2.contains("ports: {http2: 18080}}]"), "{h2}");
-        let grpc = spec(Protocol::Grpc, false).render();
+        let grpc = spec(Protocol::Grpc, Place::Sidecar).render();
         assert!(
             grpc.contains("ports: [{number: 8080, name: grpc, protocol: GRPC}]"),
             "{grpc}"
         );
         assert!(!grpc.contains("tlsMode"));
-        // `mesh`'s client side: its one endpoint is the server-side proxy.
-        let client = spec(Protocol::Grpc, true).render();
+        // `mesh-plain`'s client side: its one endpoint is the server-side proxy.
+        let client_side = spec(Protocol::Grpc, client(Hop::Plaintext)).render();
         assert!(
-            client.contains(
+            client_side.contains(
                 "endpoints: [{address: 127.0.0.1, ports: {grpc: 18080}, labels: {\"security.istio.io/tlsMode\": istio}}]"
             ),
-            "{client}"
+            "{client_side}"
         );
         // Every config the suite writes loads and compiles as the proxy reads it, and the
         // label reaches the endpoint.
@@ -863,22 +1159,10 @@ spec:
             (Protocol::Grpc, false),
             (Protocol::Grpc, true),
         ] {
-            let text = spec(protocol, peer).render();
-            let (resources, _) = ringmesh_api::load::load_str("bench.yaml", &text)
-                .unwrap_or_else(|e| panic!("{protocol} config does not load: {e:?}\n{text}"));
-            let compiled = ringmesh_api::compile::compile(&ringmesh_api::compile::CompileInput {
-                resources,
-                extra_endpoints: Vec::new(),
-                version: 1,
-            })
-            .unwrap_or_else(|e| panic!("{protocol} config does not compile: {e:?}\n{text}"));
-            let cluster = compiled
-                .snapshot
-                .clusters
-                .iter()
-                .find(|c| c.service == HOST && c.host_not_found.is_none())
-                .unwrap_or_else(|| panic!("no cluster for {HOST}: {text}"));
-            let endpoint = &cluster.endpoints[0];
+            let place = if peer { client(Hop::Plaintext) } else { Place::Sidecar };
+            let text = spec(protocol, place).render();
+            let snapshot = compile(&text);
+            let endpoint = &echo_cluster(&snapshot).endpoints[0];
             assert_eq!(endpoint.address, SocketAddr::from(([127, 0, 0, 1], 18080)));
             assert_eq!(
                 endpoint.labels.get("security.istio.io/tlsMode").map(String::as_str),
@@ -886,6 +1170,150 @@ spec:
                 "{text}"
             );
         }
+    }
+
+    /// Identity files under a folder whose name has a space: the config must quote the paths.
+    fn identity(side: Side) -> IdentityFiles {
+        let name = side.service_account();
+        IdentityFiles {
+            cert: PathBuf::from(format!("/run dir/pki/{name}-cert.pem")),
+            key: PathBuf::from(format!("/run dir/pki/{name}-key.pem")),
+            ca: PathBuf::from("/run dir/pki/ca.pem"),
+        }
+    }
+
+    #[test]
+    fn mesh_configs_make_the_hop_mutual_tls_and_mesh_plain_configs_plaintext() {
+        use ringmesh_api::snapshot::MtlsMode;
+        let (server_id, client_id) = (identity(Side::Server), identity(Side::Client));
+        let server = |hop| Place::Mesh {
+            side: Side::Server,
+            hop,
+        };
+        let inbound_line = r#"  - {name: inbound, address: "127.0.0.1:4", protocol: HTTP, direction: INBOUND}"#;
+        let outbound_line = r#"  - {name: outbound, address: "127.0.0.1:4", protocol: HTTP}"#;
+        let api_files = |f: &IdentityFiles| ringmesh_api::snapshot::IdentityFiles {
+            cert: f.cert.clone(),
+            key: f.key.clone(),
+            ca: f.ca.clone(),
+        };
+        for protocol in Protocol::ALL {
+            // mesh, server side: inbound, STRICT for its workload's namespace, its certificate.
+            let text = spec(protocol, server(Hop::Mtls(&server_id))).render();
+            assert!(text.contains(inbound_line), "{text}");
+            assert!(
+                text.contains("kind: PeerAuthentication\nmetadata: {name: default, namespace: bench}\nspec:\n  mtls: {mode: STRICT}\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains("  workload: {name: server, namespace: bench, serviceAccount: server}\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains(r#"  identity: {certFile: "/run dir/pki/server-cert.pem", keyFile: "/run dir/pki/server-key.pem", caFile: "/run dir/pki/ca.pem"}"#),
+                "{text}"
+            );
+            assert!(!text.contains("tlsMode"), "its endpoint is the echo: {text}");
+            let snapshot = compile(&text);
+            let listener = &snapshot.listeners[0];
+            assert!(listener.inbound && listener.name == "inbound", "{listener:?}");
+            assert_eq!(snapshot.security.peer_authn.mode_for(4), MtlsMode::Strict);
+            let workload = &snapshot.proxy.workload;
+            assert_eq!(
+                (workload.namespace.as_str(), workload.service_account.as_str()),
+                ("bench", "server")
+            );
+            assert_eq!(snapshot.proxy.identity.files, Some(api_files(&server_id)));
+            assert!(!echo_cluster(&snapshot).endpoints[0].meshed);
+
+            // mesh, client side: outbound, its certificate, its endpoint a proxy's: mTLS, HTTP/2.
+            let text = spec(protocol, client(Hop::Mtls(&client_id))).render();
+            assert!(text.contains(outbound_line) && !text.contains("INBOUND"), "{text}");
+            assert!(!text.contains("PeerAuthentication"), "{text}");
+            assert!(
+                text.contains("  workload: {name: client, namespace: bench, serviceAccount: client}\n"),
+                "{text}"
+            );
+            assert!(text.contains(r#"certFile: "/run dir/pki/client-cert.pem""#), "{text}");
+            let snapshot = compile(&text);
+            assert!(!snapshot.listeners[0].inbound);
+            assert_eq!(snapshot.proxy.identity.files, Some(api_files(&client_id)));
+            let cluster = echo_cluster(&snapshot);
+            assert!(cluster.endpoints[0].meshed);
+            assert!(
+                cluster.mtls_to(0) && cluster.h2_to(0, false),
+                "{protocol}: the hop to the server side is mutual TLS over HTTP/2"
+            );
+
+            // mesh-plain: the same proxies without certificates; the server side DISABLE.
+            let text = spec(protocol, server(Hop::Plaintext)).render();
+            assert!(text.contains(inbound_line), "{text}");
+            assert!(text.contains("  mtls: {mode: DISABLE}\n"), "{text}");
+            assert!(!text.contains("identity") && !text.contains(".pem"), "{text}");
+            let snapshot = compile(&text);
+            assert!(snapshot.listeners[0].inbound);
+            assert_eq!(snapshot.security.peer_authn.mode_for(4), MtlsMode::Disable);
+            assert_eq!(snapshot.proxy.identity.files, None);
+            let text = spec(protocol, client(Hop::Plaintext)).render();
+            assert!(!text.contains("identity") && !text.contains(".pem"), "{text}");
+            assert!(text.contains("  workload: {name: client, namespace: bench"), "{text}");
+            let snapshot = compile(&text);
+            let cluster = echo_cluster(&snapshot);
+            assert!(
+                !cluster.mtls_to(0) && cluster.h2_to(0, false),
+                "{protocol}: the same HTTP/2 hop, in plaintext"
+            );
+        }
+        // Only the STRICT server side cannot be probed in plaintext.
+        assert!(!server(Hop::Mtls(&server_id)).serves_plaintext());
+        assert!(server(Hop::Plaintext).serves_plaintext());
+        assert!(client(Hop::Mtls(&client_id)).serves_plaintext());
+        assert!(Place::Sidecar.serves_plaintext());
+    }
+
+    #[test]
+    fn a_mesh_hop_must_be_what_its_row_says() {
+        let metrics = |inbound: u64, outbound: u64| {
+            format!(
+                "# HELP ringmesh_inbound_tls_handshakes_total mTLS handshakes.\n# TYPE ringmesh_inbound_tls_handshakes_total counter\n\
+                 ringmesh_inbound_tls_handshakes_total {inbound}\nringmesh_inbound_tls_handshake_failed_total 3\n\
+                 ringmesh_outbound_tls_handshakes_total {outbound}\n"
+            )
+        };
+        // mesh: both sides handshook.
+        assert_eq!(
+            check_hop(true, &metrics(1, 0), &metrics(0, 2)).unwrap(),
+            HopCheck {
+                mtls: true,
+                inbound_handshakes: 1,
+                outbound_handshakes: 2
+            }
+        );
+        // An "mTLS" row whose probe crossed a plaintext hop fails, naming the counters.
+        let e = check_hop(true, &metrics(0, 0), &metrics(0, 0)).unwrap_err().to_string();
+        assert!(
+            e.contains("not mutual TLS") && e.contains("ringmesh_inbound_tls_handshakes_total 0"),
+            "{e}"
+        );
+        // The client side's handshake alone proves nothing about the server side's listener.
+        assert!(check_hop(true, &metrics(0, 0), &metrics(0, 1)).is_err());
+        assert!(check_hop(true, &metrics(1, 0), &metrics(0, 0)).is_err());
+        // mesh-plain: no handshake anywhere.
+        assert!(!check_hop(false, &metrics(0, 0), &metrics(0, 0)).unwrap().mtls);
+        let e = check_hop(false, &metrics(1, 0), &metrics(0, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("used TLS"), "{e}");
+        // A counter missing from the text is no proof either way.
+        let e = check_hop(true, "ringmesh_downstream_rq_total 5\n", &metrics(0, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no ringmesh_inbound_tls_handshakes_total"), "{e}");
+        assert!(check_hop(false, &metrics(0, 0), "").is_err());
+        // A longer name is another counter; labelled series add up; comments are not values.
+        assert_eq!(prometheus_counter("m_x 5\n", "m"), None);
+        assert_eq!(prometheus_counter("# m 9\nm{a=\"1\"} 2\nm{a=\"2\"} 3\n", "m"), Some(5));
+        assert_eq!(prometheus_counter("m not-a-number\n", "m"), None);
     }
 
     #[test]

@@ -299,6 +299,7 @@ fn measure(
         proxy_workers: 1,
         proxy_cpu: settings.proxy_cpu,
         nofile: settings.nofile,
+        pki: None,
     };
     let mut running: Vec<(usize, Topology)> = Vec::new();
     for row in Row::ALL {

@@ -1,5 +1,5 @@
 //! End-to-end smoke tests of the suite itself: tiny runs through the real binary (so the
-//! `__echo`/`__proxy` re-execution, the two-proxy `mesh`, readiness, /proc sampling, the
+//! `__echo`/`__proxy` re-execution, the two-proxy `mesh` (mTLS) and `mesh-plain`, readiness, /proc sampling, the
 //! `--suite` file, Ctrl-C and the report files are all exercised). Figures are not judged
 //! here — speed targets live in the benchmark, never in timed tests — only that every
 //! figure was produced.
@@ -31,7 +31,7 @@ fn tiny_suite_writes_complete_reports() {
     let suite = out.join("tiny.yaml");
     std::fs::write(
         &suite,
-        "scenarios: [direct, ringmesh, mesh]\nprotocols: [http1]\nrepeats: 5\nrate: 300\nduration: 0.5s\n\
+        "scenarios: [direct, ringmesh, mesh, mesh-plain]\nprotocols: [http1]\nrepeats: 5\nrate: 300\nduration: 0.5s\n\
          warmup: 200ms\nthroughput-duration: 0.3s\nthroughput-warmup: 0.1s\nidle-connections: 300\n\
          wrk-duration: 1s\nworker-spread-duration: 0\n",
     )
@@ -58,7 +58,10 @@ fn tiny_suite_writes_complete_reports() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
-        stdout.contains("| direct |") && stdout.contains("| ringmesh |") && stdout.contains("| mesh |"),
+        stdout.contains("| direct |")
+            && stdout.contains("| ringmesh |")
+            && stdout.contains("| mesh |")
+            && stdout.contains("| mesh-plain |"),
         "{stdout}"
     );
 
@@ -72,11 +75,23 @@ fn tiny_suite_writes_complete_reports() {
             .join("\n")
             .trim()
     );
-    assert!(md.contains("carried over plaintext h2c between the proxies"), "{md}");
+    // Each mesh row says what its hop was, as the proxies' counters showed it.
+    assert!(
+        md.contains("- mesh: client-side proxy → server-side proxy → echo, HTTP/1.1 from the load generator carried over mutual TLS"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- mesh-plain: client-side proxy → server-side proxy → echo, HTTP/1.1 from the load generator carried over plaintext h2c"),
+        "{md}"
+    );
+    assert!(
+        md.contains("the server side counted 0 inbound mTLS handshake(s) and the client side 0 outbound"),
+        "{md}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let scenarios = json["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 3);
+    assert_eq!(scenarios.len(), 4);
     for s in scenarios {
         assert_eq!(s["status"], "ok", "{s}");
         assert_eq!(s["runs"].as_array().unwrap().len(), 2);
@@ -111,8 +126,20 @@ fn tiny_suite_writes_complete_reports() {
         assert_eq!(r["errors"], 0, "{r}");
     }
     assert!(md.contains("wrk -t1 -c16"), "{md}");
-    // Six judged on the suite's own tools, six on the wrk rows.
-    assert_eq!(json["targets"].as_array().unwrap().len(), 12);
+    // Six judged on the suite's own tools, four on mTLS (mesh beside mesh-plain), six on the
+    // wrk rows.
+    let targets = json["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 16);
+    let mtls: Vec<&str> = targets
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().contains("mTLS"))
+        .map(|t| t["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(mtls.len(), 4, "{targets:?}");
+    assert!(
+        mtls.iter().all(|v| ["PASS", "MISS"].contains(v)),
+        "judged, not N/A: {mtls:?}"
+    );
     assert_eq!(json["interrupted"], false);
     for f in [
         "direct-r1.hgrm",
@@ -123,6 +150,13 @@ fn tiny_suite_writes_complete_reports() {
         "ringmesh.yaml",
         "mesh-client.yaml",
         "mesh-server.yaml",
+        "mesh-plain-client.yaml",
+        "mesh-plain-server.yaml",
+        "pki/ca.pem",
+        "pki/client-cert.pem",
+        "pki/client-key.pem",
+        "pki/server-cert.pem",
+        "pki/server-key.pem",
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
@@ -131,7 +165,7 @@ fn tiny_suite_writes_complete_reports() {
     assert!(!rows.is_empty());
     let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
     assert!(svg.starts_with("<svg"));
-    for name in ["direct", "ringmesh", "mesh"] {
+    for name in ["direct", "ringmesh", "mesh", "mesh-plain"] {
         assert!(svg.contains(&format!("\n{name}\n")), "{name} not in the plot's legend");
     }
 }
@@ -472,4 +506,79 @@ fn http2_and_grpc_rows_through_ringmesh_and_the_per_worker_cpu_of_one_connection
         "{md}"
     );
     assert!(out.join("ringmesh-workers-h2.yaml").exists());
+}
+
+/// The failure the mesh's start-up check exists for: a hop that quietly went plaintext. A
+/// wrapper around the proxy takes the client side's certificate away (so it reaches the server
+/// side in plaintext) and relaxes the server side to PERMISSIVE (so that plaintext is served):
+/// every request would succeed, and without the check the `mesh` row would report plaintext
+/// figures as mTLS. The run must fail, naming the row and the counters.
+#[test]
+fn a_mesh_row_whose_hop_is_not_mutual_tls_fails_the_run() {
+    let tmp = out_dir("mtls-broken");
+    let out = tmp.path().join("out");
+    let wrapper = tmp.path().join("proxy-without-mtls.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# $1 is --config, $2 the config file.\ncase \"$2\" in\n  \
+             */mesh-client.yaml) sed -i '/^  identity:/d' \"$2\" ;;\n  \
+             */mesh-server.yaml) sed -i 's/mode: STRICT/mode: PERMISSIVE/' \"$2\" ;;\nesac\n\
+             exec '{}' __proxy \"$@\"\n",
+            env!("CARGO_BIN_EXE_ringmesh-bench")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
+        .args([
+            "--scenarios",
+            "direct,mesh",
+            "--protocols",
+            "http1",
+            "--repeats",
+            "1",
+            "--rate",
+            "100",
+            "--duration",
+            "0.2s",
+            "--warmup",
+            "0.1s",
+            "--throughput-duration",
+            "0.1s",
+            "--throughput-warmup",
+            "0.05s",
+            "--idle-connections",
+            "0",
+            "--wrk-duration",
+            "0",
+            "--no-progress",
+            "--proxy-bin",
+        ])
+        .arg(&wrapper)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a plaintext hop passed as mTLS: {stderr}");
+    assert!(stderr.contains("failed: mesh"), "{stderr}");
+    // The wrapper did what it says (else this test proves nothing).
+    let client = std::fs::read_to_string(out.join("mesh-client.yaml")).unwrap();
+    assert!(!client.contains("identity:"), "{client}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| mesh | HTTP/1.1 | FAILED |"), "{md}");
+    assert!(
+        md.contains("failed to start: a request crossed the hop between the proxies but it was not mutual TLS: ringmesh_inbound_tls_handshakes_total 0 on the server side"),
+        "{md}"
+    );
+    // Nothing is judged on a row that did not run.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    for t in json["targets"].as_array().unwrap() {
+        if t["name"].as_str().unwrap().contains("mTLS") {
+            assert_eq!(t["verdict"], "N/A", "{t}");
+        }
+    }
 }
