@@ -240,13 +240,18 @@ mod tests {
     /// Runs one handshake between `client` and `server` over an in-memory pipe; `Ok` carries
     /// the identity the server saw and the bytes the client got back.
     fn handshake(client: &Configs, server: &Configs) -> Result<(Option<String>, Vec<u8>), String> {
-        handshake_kind(client, server).map(|(seen, got, _)| (seen, got))
+        handshake_kind(client, server).map(|h| (h.seen, h.got))
     }
 
-    fn handshake_kind(
-        client: &Configs,
-        server: &Configs,
-    ) -> Result<(Option<String>, Vec<u8>, Option<rustls::HandshakeKind>), String> {
+    /// What one handshake showed: the principal the server saw, what the client read, and
+    /// whether the session was resumed.
+    struct Handshook {
+        seen: Option<String>,
+        got: Vec<u8>,
+        kind: Option<rustls::HandshakeKind>,
+    }
+
+    fn handshake_kind(client: &Configs, server: &Configs) -> Result<Handshook, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -277,7 +282,7 @@ mod tests {
             };
             let (seen, got) = tokio::join!(serve, connect);
             let (seen, kind) = seen?;
-            Ok((seen, got?, kind))
+            Ok(Handshook { seen, got: got?, kind })
         })
     }
 
@@ -312,12 +317,16 @@ mod tests {
             MinVersion::Tls13,
         )
         .unwrap();
-        let (_, _, first) = handshake_kind(&client, &server).unwrap();
-        assert_eq!(first, Some(rustls::HandshakeKind::Full));
-        let (seen, _, second) = handshake_kind(&client, &server).unwrap();
-        assert_eq!(second, Some(rustls::HandshakeKind::Resumed), "a ticket from the first");
+        let first = handshake_kind(&client, &server).unwrap();
+        assert_eq!(first.kind, Some(rustls::HandshakeKind::Full));
+        let second = handshake_kind(&client, &server).unwrap();
         assert_eq!(
-            seen.as_deref(),
+            second.kind,
+            Some(rustls::HandshakeKind::Resumed),
+            "a ticket from the first"
+        );
+        assert_eq!(
+            second.seen.as_deref(),
             Some("cluster.local/ns/default/sa/web"),
             "identity kept on resumption"
         );
