@@ -72,3 +72,42 @@ pub async fn accept_loop(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The size of what `f` would return, without calling it.
+    fn size_of_return<R>(_f: impl FnOnce() -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every accepted connection is a task whose future is as large as the largest thing it may
+    /// become, and an idle keep-alive connection holds all of it: what only some connections
+    /// need (TLS, protocol detection, HTTP/2) is boxed so the common case stays small.
+    #[test]
+    #[allow(unreachable_code)]
+    fn connection_futures_stay_small() {
+        let http = size_of_return(|| {
+            crate::http::proxy::serve(
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+            )
+        });
+        let tcp = size_of_return(|| {
+            crate::tcp::serve(
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+            )
+        });
+        // Test builds (this profile): HTTP 5.9 KiB, TCP 2.6 KiB; with the TLS tunnel inline
+        // the TCP connection's future was 9.1 KiB and every connection's task that large.
+        assert!(http <= 6 * 1024, "an HTTP connection's future is {http} bytes");
+        assert!(tcp <= 3 * 1024, "a TCP connection's future is {tcp} bytes");
+    }
+}

@@ -94,27 +94,20 @@ pub(crate) async fn serve(
     client.set_nodelay();
     let early = initial.len() as u64;
     let (sent, received) = if mtls || matches!(client, ClientIo::Tls(_)) {
-        // TLS on either side: the bytes pass through the cipher, so they are copied, not spliced.
-        let Ok(up) = upstream.read.reunite(upstream.write) else {
-            return;
-        };
-        let _ = up.set_nodelay(true);
-        let up = crate::http::h2::io::compat(up);
-        match (client, mtls) {
-            (ClientIo::Tcp(s), true) => {
-                let Some(up) = crate::tls::outbound::connect(&worker, up, &cluster.service).await else {
-                    return;
-                };
-                tls_pipe(crate::http::h2::io::compat(s), up, initial, idle_timeout).await
-            }
-            (ClientIo::Tls(t), true) => {
-                let Some(up) = crate::tls::outbound::connect(&worker, up, &cluster.service).await else {
-                    return;
-                };
-                tls_pipe(t.into_inner(), up, initial, idle_timeout).await
-            }
-            (ClientIo::Tls(t), false) => tls_pipe(t.into_inner(), up, initial, idle_timeout).await,
-            (ClientIo::Tcp(s), false) => tls_pipe(crate::http::h2::io::compat(s), up, initial, idle_timeout).await,
+        // Boxed: only TLS tunnels carry its state, not every TCP connection's task.
+        match Box::pin(tls_tunnel(
+            &worker,
+            client,
+            upstream,
+            mtls,
+            &cluster.service,
+            initial,
+            idle_timeout,
+        ))
+        .await
+        {
+            Some(moved) => moved,
+            None => return,
         }
     } else {
         let ClientIo::Tcp(client) = client else { return };
@@ -136,6 +129,35 @@ pub(crate) async fn serve(
         .stats
         .tcp_bytes_received
         .set(worker.stats.tcp_bytes_received.get() + received);
+}
+
+/// TLS on either side of a tunnel: the bytes pass through the cipher, so they are copied, not
+/// spliced. `mtls`: the upstream is another proxy, reached over mutual TLS. `None` when the
+/// handshake failed (counted and logged by `tls::outbound`).
+async fn tls_tunnel(
+    worker: &Worker,
+    client: ClientIo,
+    upstream: UpstreamConn,
+    mtls: bool,
+    service: &str,
+    initial: BytesMut,
+    idle: Duration,
+) -> Option<(u64, u64)> {
+    let up = upstream.read.reunite(upstream.write).ok()?;
+    let _ = up.set_nodelay(true);
+    let up = crate::http::h2::io::compat(up);
+    Some(match (client, mtls) {
+        (ClientIo::Tcp(s), true) => {
+            let up = crate::tls::outbound::connect(worker, up, service).await?;
+            tls_pipe(crate::http::h2::io::compat(s), up, initial, idle).await
+        }
+        (ClientIo::Tls(t), true) => {
+            let up = crate::tls::outbound::connect(worker, up, service).await?;
+            tls_pipe(t.into_inner(), up, initial, idle).await
+        }
+        (ClientIo::Tls(t), false) => tls_pipe(t.into_inner(), up, initial, idle).await,
+        (ClientIo::Tcp(s), false) => tls_pipe(crate::http::h2::io::compat(s), up, initial, idle).await,
+    })
 }
 
 /// Sends the bytes already read from the client, then copies both ways.

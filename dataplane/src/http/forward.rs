@@ -830,7 +830,13 @@ pub(crate) async fn tunnel(conn: Downstream, upstream: UpstreamConn, ubuf: Bytes
             let Ok(up) = upstream.read.reunite(upstream.write) else {
                 return;
             };
-            crate::tls::io::pipe(t.into_inner(), crate::http::h2::io::compat(up), idle).await;
+            // Boxed: only a TLS client's upgrade carries the copy loop's state.
+            Box::pin(crate::tls::io::pipe(
+                t.into_inner(),
+                crate::http::h2::io::compat(up),
+                idle,
+            ))
+            .await;
         }
     }
 }
