@@ -32,3 +32,10 @@ pub mod xds;
 
 pub use cli::run_cli;
 pub use control::{start, ProxyHandle, ProxyOptions};
+
+/// The size of what `f` would return, without calling it: tests that hold a task's future
+/// small (every spawned task is moved whole, and an idle connection keeps all of it).
+#[cfg(test)]
+pub(crate) fn size_of_return<R>(_f: impl FnOnce() -> R) -> usize {
+    std::mem::size_of::<R>()
+}

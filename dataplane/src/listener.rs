@@ -75,10 +75,7 @@ pub async fn accept_loop(
 
 #[cfg(test)]
 mod tests {
-    /// The size of what `f` would return, without calling it.
-    fn size_of_return<R>(_f: impl FnOnce() -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
+    use crate::size_of_return;
 
     /// Every accepted connection is a task whose future is as large as the largest thing it may
     /// become, and an idle keep-alive connection holds all of it: what only some connections

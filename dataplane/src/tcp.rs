@@ -190,6 +190,19 @@ fn tcp_destination<'a>(listeners: &'a [Listener], name: &str) -> Option<(&'a Wei
     })
 }
 
+/// Resolves once `last` (the time bytes last moved, updated by the tunnel's directions) is
+/// `idle` in the past: a tunnel's idle watchdog.
+pub(crate) async fn idle_for(last: &Cell<Instant>, idle: Duration) {
+    loop {
+        let deadline = last.get() + idle;
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        monoio::time::sleep(deadline - now).await;
+    }
+}
+
 /// Moves bytes both ways until both directions finished or the pair was idle too long.
 /// Returns (client → upstream, upstream → client) byte counts.
 pub async fn pipe_pair(client: TcpStream, upstream: UpstreamConn, idle_timeout: Duration) -> (u64, u64) {
@@ -211,19 +224,9 @@ pub async fn pipe_pair(client: TcpStream, upstream: UpstreamConn, idle_timeout: 
             one_way(&upstream, &client, &last, &down_bytes)
         );
     };
-    let watchdog = async {
-        loop {
-            let deadline = last.get() + idle_timeout;
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            monoio::time::sleep(deadline - now).await;
-        }
-    };
     monoio::select! {
         _ = both => {}
-        _ = watchdog => { tracing::debug!("tcp: idle timeout; closing both sides"); }
+        _ = idle_for(&last, idle_timeout) => { tracing::debug!("tcp: idle timeout; closing both sides"); }
     }
     (up_bytes.get(), down_bytes.get())
 }

@@ -160,19 +160,9 @@ where
         )
         .await;
     };
-    let watchdog = async {
-        loop {
-            let deadline = last.get() + idle;
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            monoio::time::sleep(deadline - now).await;
-        }
-    };
     monoio::select! {
         _ = both => {}
-        _ = watchdog => { tracing::debug!("tls tunnel: idle timeout; closing both sides"); }
+        _ = crate::tcp::idle_for(&last, idle) => { tracing::debug!("tls tunnel: idle timeout; closing both sides"); }
     }
     (ab.get(), ba.get())
 }

@@ -393,10 +393,7 @@ fn send_whole(respond: &mut SendResponse<Bytes>, resp: Response<()>, body: Bytes
 
 #[cfg(test)]
 mod tests {
-    /// The size of what `f` would return, without calling it.
-    fn size_of_return<R>(_f: impl FnOnce() -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
+    use crate::size_of_return;
 
     /// A call's task is moved whole when it is spawned: a future bound and then pinned, or a
     /// helper `async fn` that pins the future it was given, takes room twice and shows here

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use monoio::net::TcpStream;
 use monoio_compat::StreamWrapper;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -229,12 +229,12 @@ impl FrameMeter {
     }
 }
 
-/// A client connection as `h2` reads it: the bytes already read while sniffing first, every
-/// frame header metered for floods. Once the client flooded, nothing more is read from it.
+/// A client connection as `h2` reads it: the bytes already read while sniffing first
+/// (`tls::io::Replay`), every frame header metered for floods. Once the client flooded,
+/// nothing more is read from it.
 #[derive(Debug)]
 pub(crate) struct Inbound<T> {
-    prefix: Bytes,
-    inner: T,
+    inner: crate::tls::io::Replay<T>,
     meter: FrameMeter,
     flood: Rc<Flood>,
 }
@@ -242,8 +242,7 @@ pub(crate) struct Inbound<T> {
 impl<T> Inbound<T> {
     pub(crate) fn new(prefix: Bytes, inner: T, flood: Rc<Flood>) -> Self {
         Inbound {
-            prefix,
-            inner,
+            inner: crate::tls::io::Replay::new(prefix, inner),
             meter: FrameMeter::new(),
             flood,
         }
@@ -258,13 +257,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Inbound<T> {
             return Poll::Pending;
         }
         let before = buf.filled().len();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-        } else {
-            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        }
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if this.meter.feed(&buf.filled()[before..]) {
             this.flood.flag();
         }
