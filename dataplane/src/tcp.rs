@@ -24,7 +24,13 @@ use crate::cluster::pool::{self, UpstreamConn};
 use crate::http::downstream::ClientIo;
 use crate::lb;
 use crate::telemetry::stats::inc;
+use crate::tls::inbound::ServerTls;
+use crate::tls::io::MaybeTls;
+use crate::tls::outbound::ClientTls;
 use crate::tls::InboundConn;
+
+/// One end of a tunnel that goes through TLS on at least one side.
+pub(crate) type TunnelEnd<T> = MaybeTls<T>;
 use crate::worker::Worker;
 
 /// Largest amount moved by one splice call: the default pipe capacity (16 pages).
@@ -146,26 +152,25 @@ async fn tls_tunnel(
     let up = upstream.read.reunite(upstream.write).ok()?;
     let _ = up.set_nodelay(true);
     let up = crate::http::h2::io::compat(up);
-    Some(match (client, mtls) {
-        (ClientIo::Tcp(s), true) => {
-            let up = crate::tls::outbound::connect(worker, up, service).await?;
-            tls_pipe(crate::http::h2::io::compat(s), up, initial, idle).await
-        }
-        (ClientIo::Tls(t), true) => {
-            let up = crate::tls::outbound::connect(worker, up, service).await?;
-            tls_pipe(t.into_inner(), up, initial, idle).await
-        }
-        (ClientIo::Tls(t), false) => tls_pipe(t.into_inner(), up, initial, idle).await,
-        (ClientIo::Tcp(s), false) => tls_pipe(crate::http::h2::io::compat(s), up, initial, idle).await,
-    })
+    let up = if mtls {
+        MaybeTls::Tls(Box::new(crate::tls::outbound::connect(worker, up, service).await?))
+    } else {
+        MaybeTls::Plain(up)
+    };
+    let client = match client {
+        ClientIo::Tcp(s) => MaybeTls::Plain(crate::http::h2::io::compat(s)),
+        ClientIo::Tls(t) => MaybeTls::Tls(Box::new(t.into_inner())),
+    };
+    Some(tls_pipe(client, up, initial, idle).await)
 }
 
 /// Sends the bytes already read from the client, then copies both ways.
-async fn tls_pipe<A, B>(client: A, mut upstream: B, initial: BytesMut, idle: Duration) -> (u64, u64)
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+async fn tls_pipe(
+    client: TunnelEnd<ServerTls>,
+    mut upstream: TunnelEnd<ClientTls>,
+    initial: BytesMut,
+    idle: Duration,
+) -> (u64, u64) {
     use tokio::io::AsyncWriteExt;
     if !initial.is_empty() && upstream.write_all(&initial).await.is_err() {
         return (0, 0);

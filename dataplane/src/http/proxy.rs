@@ -23,6 +23,7 @@ use super::h2::io::Sniff;
 use super::request_body::ClientBody;
 use super::route_view::{normalized_path, RouteView};
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::tls::io::MaybeTls;
 use crate::tls::InboundConn;
 use crate::worker::Worker;
 use ringmesh_api::normalize::normalize_host;
@@ -63,28 +64,11 @@ pub(crate) async fn serve(
             } = conn;
             // Boxed: the HTTP/2 connection's state lives on the heap only for HTTP/2
             // connections, so an idle HTTP/1.1 connection's task stays as small as before.
-            return match stream {
-                ClientIo::Tcp(s) => {
-                    Box::pin(super::h2::server::serve(
-                        worker,
-                        super::h2::io::compat(s),
-                        peer,
-                        buf.freeze(),
-                        inbound,
-                    ))
-                    .await
-                }
-                ClientIo::Tls(t) => {
-                    Box::pin(super::h2::server::serve(
-                        worker,
-                        t.into_inner(),
-                        peer,
-                        buf.freeze(),
-                        inbound,
-                    ))
-                    .await
-                }
+            let stream = match stream {
+                ClientIo::Tcp(s) => MaybeTls::Plain(super::h2::io::compat(s)),
+                ClientIo::Tls(t) => MaybeTls::Tls(Box::new(t.into_inner())),
             };
+            return Box::pin(super::h2::server::serve(worker, stream, peer, buf.freeze(), inbound)).await;
         }
         Some(_) => {}
         None => return,

@@ -180,7 +180,8 @@ async fn handshake(
         crate::tcp::serve(worker, io, peer, name, BytesMut::new(), Some(conn)).await;
     } else if alpn == Alpn::H2 {
         inc(&worker.stats.downstream_cx_h2_total);
-        crate::http::h2::server::serve(worker, tls, peer, bytes::Bytes::new(), Some(conn)).await;
+        let stream = super::io::MaybeTls::Tls(Box::new(tls));
+        crate::http::h2::server::serve(worker, stream, peer, bytes::Bytes::new(), Some(conn)).await;
     } else {
         let io = crate::http::downstream::ClientIo::tls(tls);
         let buf = BytesMut::with_capacity(crate::http::proxy::INITIAL_BUFFER);

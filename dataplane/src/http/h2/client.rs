@@ -25,6 +25,8 @@ use std::sync::Arc;
 
 use super::io;
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::tls::io::MaybeTls;
+use crate::tls::outbound::ClientTls;
 
 /// Stream window per upstream stream, and for the whole connection. Larger than HTTP/2's
 /// 64 KiB default so one stream can fill a fast link; the bound on buffered bytes per stream.
@@ -362,13 +364,13 @@ async fn connect(
     };
     let _ = stream.set_nodelay(true);
     match tls {
-        None => start(addr, timeout, io::compat(stream)).await,
+        None => start(addr, timeout, MaybeTls::Plain(io::compat(stream))).await,
         Some((config, host)) => {
             let name = ServerName::try_from(host)
                 .unwrap_or_else(|_| ServerName::try_from("mesh.invalid").expect("a valid DNS name"));
             let connect = tokio_rustls::TlsConnector::from(config).connect(name, io::compat(stream));
             match monoio::time::timeout(timeout.max(crate::tls::inbound::CLIENT_HANDSHAKE_TIMEOUT), connect).await {
-                Ok(Ok(tls)) => start(addr, timeout, tls).await,
+                Ok(Ok(tls)) => start(addr, timeout, MaybeTls::Tls(Box::new(tls))).await,
                 Ok(Err(e)) => {
                     tracing::info!(upstream = %addr, "outbound mTLS handshake failed: {e}");
                     Err(ProxyError::new(
@@ -388,10 +390,7 @@ async fn connect(
 }
 
 /// The HTTP/2 handshake over a connected stream, and the connection's task.
-async fn start<T>(addr: SocketAddr, timeout: Duration, stream: T) -> Result<Rc<H2Conn>, ProxyError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-{
+async fn start(addr: SocketAddr, timeout: Duration, stream: MaybeTls<ClientTls>) -> Result<Rc<H2Conn>, ProxyError> {
     let handshake = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)

@@ -42,6 +42,8 @@ use futures_util::future::{select, Either};
 
 use super::client::{CONNECTION_WINDOW, STREAM_WINDOW};
 use super::{handoff, io};
+use crate::tls::inbound::ServerTls;
+use crate::tls::io::MaybeTls;
 use crate::tls::InboundConn;
 use crate::worker::Worker;
 
@@ -75,15 +77,13 @@ const TICK: Duration = Duration::from_secs(5);
 /// Serves one HTTP/2 connection whose first bytes (`read`, the preface and maybe more) were
 /// already read by the connection loop. `stream` is the socket (`io::compat`) or TLS over it;
 /// `inbound` is set on inbound listeners and goes with every stream.
-pub(crate) async fn serve<T>(
+pub(crate) async fn serve(
     worker: Rc<Worker>,
-    stream: T,
+    stream: MaybeTls<ServerTls>,
     peer: SocketAddr,
     read: Bytes,
     inbound: Option<Arc<InboundConn>>,
-) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-{
+) {
     let limits = worker.snapshot.get().snapshot.proxy.limits.clone();
     let flood = Rc::new(io::Flood::default());
     let io = io::Inbound::new(read, stream, flood.clone());
