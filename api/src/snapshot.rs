@@ -655,6 +655,15 @@ impl Cluster {
         }
     }
 
+    /// The identities (SPIFFE URIs) an mTLS upstream must prove, from the DestinationRule's
+    /// `tls.subjectAltNames`; empty: any workload of the trust domain.
+    pub fn expected_peers(&self) -> &[String] {
+        match &self.tls {
+            UpstreamTls::IstioMutual { subject_alt_names } => subject_alt_names,
+            UpstreamTls::Auto | UpstreamTls::Disable => &[],
+        }
+    }
+
     /// Whether the connection to `endpoint` (an index into [`Cluster::endpoints`]) is mutual
     /// TLS with the mesh's certificates: with no `tls` in the DestinationRule, exactly when a
     /// proxy serves the endpoint (Istio's auto mTLS), else as the rule says.

@@ -68,7 +68,7 @@ pub(crate) async fn serve(
     // Try each endpoint at most once on connect failure, like Envoy's default of one reattempt
     // per host; opaque TCP has nothing else to retry.
     let mut upstream = None;
-    let mut mtls = false;
+    let mut mtls = None;
     let mut tried = lb::TriedEndpoints::default();
     for _ in 0..cluster.endpoints.len().min(3) {
         let Some(i) = lb::pick(cluster, state, &worker.rng, hash, &tried) else {
@@ -80,7 +80,7 @@ pub(crate) async fn serve(
         match pool::connect(ep.address, cluster.connect_timeout).await {
             Ok(conn) => {
                 upstream = Some(conn);
-                mtls = cluster.mtls_to(i);
+                mtls = crate::tls::outbound::Target::of(cluster, i);
                 break;
             }
             Err(e) => {
@@ -99,19 +99,9 @@ pub(crate) async fn serve(
     };
     client.set_nodelay();
     let early = initial.len() as u64;
-    let (sent, received) = if mtls || matches!(client, ClientIo::Tls(_)) {
+    let (sent, received) = if mtls.is_some() || matches!(client, ClientIo::Tls(_)) {
         // Boxed: only TLS tunnels carry its state, not every TCP connection's task.
-        match Box::pin(tls_tunnel(
-            &worker,
-            client,
-            upstream,
-            mtls,
-            &cluster.service,
-            initial,
-            idle_timeout,
-        ))
-        .await
-        {
+        match Box::pin(tls_tunnel(&worker, client, upstream, mtls, initial, idle_timeout)).await {
             Some(moved) => moved,
             None => return,
         }
@@ -144,16 +134,15 @@ async fn tls_tunnel(
     worker: &Worker,
     client: ClientIo,
     upstream: UpstreamConn,
-    mtls: bool,
-    service: &str,
+    mtls: Option<crate::tls::outbound::Target<'_>>,
     initial: BytesMut,
     idle: Duration,
 ) -> Option<(u64, u64)> {
     let up = upstream.read.reunite(upstream.write).ok()?;
     let _ = up.set_nodelay(true);
     let up = crate::http::h2::io::compat(up);
-    let up = if mtls {
-        MaybeTls::Tls(Box::new(crate::tls::outbound::connect(worker, up, service).await?))
+    let up = if let Some(target) = mtls {
+        MaybeTls::Tls(Box::new(crate::tls::outbound::connect(worker, up, target).await?))
     } else {
         MaybeTls::Plain(up)
     };

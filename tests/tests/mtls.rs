@@ -415,7 +415,42 @@ fn tcp_over_mtls(io: IoMode) {
     assert_eq!(counter(&server, "ringmesh_rbac_denied_total"), 1);
 }
 
+/// A DestinationRule's `subjectAltNames` pins which workload may serve the hop: the server
+/// proxy proves `shop/reviews`; a rule that asks for another identity fails the request (503),
+/// one that lists it passes.
+fn subject_alt_names_pin_the_server(io: IoMode) {
+    let ca = TestCa::new("mesh root");
+    let server = Server::start(io, &ca, "STRICT", &[]);
+    let rule = |san: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews.shop\n  trafficPolicy:\n    tls:\n      mode: ISTIO_MUTUAL\n      subjectAltNames: [\"{san}\"]\n")
+    };
+    for (san, want) in [
+        ("spiffe://cluster.local/ns/shop/sa/ratings", 503),
+        ("spiffe://cluster.local/ns/shop/sa/reviews", 200),
+    ] {
+        let certs = temp_dir();
+        let spec = format!(
+            "{}{}",
+            workload("default", "web"),
+            ca.identity_spec(certs.path(), "default", "web")
+        );
+        let client = TestProxy::start(&[
+            proxy_config(io, "", &spec),
+            service_entry("reviews", "reviews.shop", 80, &[(server.inbound(), MESHED)]),
+            rule(san),
+        ]);
+        let r = Client::connect(client.http()).get("reviews.shop", "/pinned");
+        assert_eq!(r.status, want, "{san}: {}", r.text());
+    }
+    assert_eq!(
+        server.up.count(),
+        1,
+        "only the pinned identity's request reached the app"
+    );
+}
+
 both_io!(
+    subject_alt_names_pin_the_server,
     tcp_over_mtls,
     strict_serves_mesh_certificates_only,
     permissive_takes_both_and_disable_takes_plaintext,

@@ -65,6 +65,8 @@ pub(crate) struct H2Conn {
     retired: Cell<bool>,
     /// When its last stream finished (for the idle timeout).
     idle_since: Cell<Instant>,
+    /// The SPIFFE URI the upstream proved, for a mutual TLS connection.
+    peer: Option<Box<str>>,
 }
 
 impl H2Conn {
@@ -116,16 +118,16 @@ pub(crate) async fn open(
     state: &crate::lb::ClusterState,
     endpoint: (usize, SocketAddr),
     limits: ConnLimits,
-    mtls: Option<&str>,
+    mtls: Option<crate::tls::outbound::Target<'_>>,
     wait: Duration,
     request: http::Request<()>,
     end_of_stream: bool,
 ) -> Result<Opened, OpenFailed> {
     use crate::telemetry::stats::inc;
-    let tls = match mtls {
+    let tls = match &mtls {
         None => None,
-        Some(host) => match worker.tls_client() {
-            Ok(config) => Some((config, host)),
+        Some(target) => match worker.tls_client() {
+            Ok(config) => Some((config, target.host)),
             Err(e) => {
                 inc(&worker.stats.security.tls_client_handshake_failed);
                 worker.stats.log_limit.log(
@@ -158,6 +160,18 @@ pub(crate) async fn open(
         inc(&worker.stats.upstream_cx_reused);
     } else {
         inc(&worker.stats.upstream_cx_total);
+    }
+    if let Some(target) = &mtls {
+        if !target.accepts(lease.conn.peer.as_deref()) {
+            worker.stats.log_limit.log("mtls-peer", || {
+                tracing::warn!(upstream = %endpoint.1, peer = lease.conn.peer.as_deref().unwrap_or("-"), "upstream's identity is not in the DestinationRule's subjectAltNames")
+            });
+            return Err(OpenFailed::Failed(ProxyError::new(
+                ErrorKind::TlsHandshakeFailed,
+                Side::Upstream,
+                "upstream's identity is not in subjectAltNames",
+            )));
+        }
     }
     match lease.sender().send_request(request, end_of_stream) {
         Ok((response, send)) => Ok((lease, response, send)),
@@ -364,13 +378,16 @@ async fn connect(
     };
     let _ = stream.set_nodelay(true);
     match tls {
-        None => start(addr, timeout, MaybeTls::Plain(io::compat(stream))).await,
+        None => start(addr, timeout, MaybeTls::Plain(io::compat(stream)), None).await,
         Some((config, host)) => {
             let name = ServerName::try_from(host)
                 .unwrap_or_else(|_| ServerName::try_from("mesh.invalid").expect("a valid DNS name"));
             let connect = tokio_rustls::TlsConnector::from(config).connect(name, io::compat(stream));
             match monoio::time::timeout(timeout.max(crate::tls::inbound::CLIENT_HANDSHAKE_TIMEOUT), connect).await {
-                Ok(Ok(tls)) => start(addr, timeout, MaybeTls::Tls(Box::new(tls))).await,
+                Ok(Ok(tls)) => {
+                    let peer = crate::tls::outbound::peer_of(&tls);
+                    start(addr, timeout, MaybeTls::Tls(Box::new(tls)), peer).await
+                }
                 Ok(Err(e)) => {
                     tracing::info!(upstream = %addr, "outbound mTLS handshake failed: {e}");
                     Err(ProxyError::new(
@@ -390,7 +407,12 @@ async fn connect(
 }
 
 /// The HTTP/2 handshake over a connected stream, and the connection's task.
-async fn start(addr: SocketAddr, timeout: Duration, stream: MaybeTls<ClientTls>) -> Result<Rc<H2Conn>, ProxyError> {
+async fn start(
+    addr: SocketAddr,
+    timeout: Duration,
+    stream: MaybeTls<ClientTls>,
+    peer: Option<Box<str>>,
+) -> Result<Rc<H2Conn>, ProxyError> {
     let handshake = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
@@ -438,5 +460,6 @@ async fn start(addr: SocketAddr, timeout: Duration, stream: MaybeTls<ClientTls>)
         closed,
         retired: Cell::new(false),
         idle_since: Cell::new(Instant::now()),
+        peer,
     }))
 }

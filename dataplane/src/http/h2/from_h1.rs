@@ -80,7 +80,7 @@ pub(crate) async fn one_try(
         plan.state,
         (endpoint, addr),
         conn_limits(plan.cluster),
-        plan.cluster.mtls_to(endpoint).then_some(plan.cluster.service.as_str()),
+        crate::tls::outbound::Target::of(plan.cluster, endpoint),
         wait(),
         outgoing(ex, plan).to_h2(),
         body.is_empty(),

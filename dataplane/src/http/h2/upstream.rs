@@ -123,7 +123,7 @@ pub(crate) async fn to_h2(
         t.state,
         endpoint,
         conn_limits(t.cluster),
-        t.cluster.mtls_to(t.endpoint).then_some(t.cluster.service.as_str()),
+        crate::tls::outbound::Target::of(t.cluster, t.endpoint),
         wait(t),
         t.outgoing.to_h2(),
         body.is_empty(),
