@@ -2,7 +2,8 @@
 //! worker like every other counter; each is declared once, with its Prometheus name and help,
 //! and the shard, its copy, the merge and the exposition follow from that list.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -13,18 +14,39 @@ macro_rules! security_counters {
         #[derive(Debug, Default)]
         pub struct SecurityStats {
             $(#[doc = $help] pub(crate) $field: Cell<u64>,)*
+            /// Inbound mTLS connections by the peer's principal (a mesh has few identities;
+            /// a peer without one counts as `unknown`).
+            by_principal: RefCell<BTreeMap<Box<str>, u64>>,
         }
 
         /// Security counters summed over workers.
         #[derive(Debug, Clone, Default, Serialize)]
         pub struct SecurityTotals {
             $(#[doc = $help] pub $field: u64,)*
+            /// Inbound mTLS connections by the peer's principal.
+            pub by_principal: BTreeMap<String, u64>,
         }
 
         impl SecurityStats {
             /// A copy of this shard.
             pub fn totals(&self) -> SecurityTotals {
-                SecurityTotals { $($field: self.$field.get(),)* }
+                SecurityTotals {
+                    $($field: self.$field.get(),)*
+                    by_principal: self.by_principal.borrow().iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                }
+            }
+
+            /// Counts an inbound mTLS connection from `principal` (no allocation once the
+            /// principal has been seen on this worker).
+            pub(crate) fn inbound_from(&self, principal: Option<&str>) {
+                let principal = principal.unwrap_or("unknown");
+                let mut map = self.by_principal.borrow_mut();
+                match map.get_mut(principal) {
+                    Some(n) => *n += 1,
+                    None => {
+                        map.insert(principal.into(), 1);
+                    }
+                }
             }
         }
 
@@ -32,6 +54,9 @@ macro_rules! security_counters {
             /// Adds another shard's copy.
             pub fn merge(&mut self, o: &SecurityTotals) {
                 $(self.$field += o.$field;)*
+                for (k, v) in &o.by_principal {
+                    *self.by_principal.entry(k.clone()).or_insert(0) += v;
+                }
             }
 
             /// Writes every counter in Prometheus' text format.
@@ -39,6 +64,11 @@ macro_rules! security_counters {
                 $(
                     let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter\n{} {}", $metric, $help, $metric, $metric, self.$field);
                 )*
+                let name = "ringmesh_inbound_tls_connections_total";
+                let _ = writeln!(out, "# HELP {name} Inbound mTLS connections by the peer's SPIFFE principal (Istio's source_principal).\n# TYPE {name} counter");
+                for (principal, n) in &self.by_principal {
+                    let _ = writeln!(out, "{name}{{source_principal=\"{}\"}} {n}", principal.replace(['\\', '"', '\n'], "_"));
+                }
             }
         }
     };

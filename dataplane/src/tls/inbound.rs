@@ -164,6 +164,10 @@ async fn handshake(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(verify::identity_of);
+    worker
+        .stats
+        .security
+        .inbound_from(identity.as_ref().map(|i| i.principal()));
     tracing::debug!(%peer, listener = name, identity = identity.as_ref().map(|i| i.spiffe()).unwrap_or("-"), "mTLS connection");
     let alpn = Alpn::from_id(session.alpn_protocol());
     let sni = session.server_name().map(Box::from);
