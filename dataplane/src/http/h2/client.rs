@@ -124,30 +124,14 @@ pub(crate) async fn open(
     end_of_stream: bool,
 ) -> Result<Opened, OpenFailed> {
     use crate::telemetry::stats::inc;
-    let tls = match &mtls {
-        None => None,
-        Some(target) => match worker.tls_client() {
-            Ok(config) => Some((config, target.host)),
-            Err(e) => {
-                inc(&worker.stats.security.tls_client_handshake_failed);
-                worker.stats.log_limit.log(
-                    "mtls-client",
-                    || tracing::warn!(upstream = %endpoint.1, "outbound mTLS: {e}"),
-                );
-                return Err(OpenFailed::Failed(ProxyError::new(
-                    ErrorKind::ConnectFailed,
-                    Side::Upstream,
-                    "no workload certificate for mTLS to the upstream",
-                )));
-            }
-        },
-    };
-    let lease = match super::bodies::within(
-        wait,
-        worker.h2pool.lease(endpoint.1, limits, tls, &worker.stats.security),
-    )
-    .await
-    {
+    // The TLS config is asked for only when a new connection is opened: a request on a pooled
+    // connection touches neither the snapshot nor the config's reference count.
+    let config = || worker.tls_client();
+    let tls = mtls.as_ref().map(|target| Mtls {
+        host: target.host,
+        config: &config,
+    });
+    let lease = match super::bodies::within(wait, worker.h2pool.lease(endpoint.1, limits, tls, &worker.stats)).await {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
             inc(&worker.stats.upstream_cx_connect_fail);
@@ -213,6 +197,13 @@ impl Drop for Lease {
     }
 }
 
+/// A hop in mutual TLS: the service host (the server name sent) and how to get this core's
+/// client config, asked for only when a connection is opened.
+pub(crate) struct Mtls<'a> {
+    pub(crate) host: &'a str,
+    pub(crate) config: &'a dyn Fn() -> Result<Arc<rustls::ClientConfig>, crate::tls::configs::ConfigError>,
+}
+
 type Connecting = Shared<LocalBoxFuture<'static, Result<Rc<H2Conn>, ProxyError>>>;
 
 /// Limits a cluster puts on its HTTP/2 connections.
@@ -252,9 +243,10 @@ impl H2Pool {
         &self,
         addr: SocketAddr,
         limits: ConnLimits,
-        tls: Option<(Arc<rustls::ClientConfig>, &str)>,
-        stats: &crate::telemetry::security::SecurityStats,
+        tls: Option<Mtls<'_>>,
+        stats: &crate::telemetry::stats::WorkerStats,
     ) -> Result<Lease, ProxyError> {
+        use crate::telemetry::stats::inc;
         let key = (addr, tls.is_some());
         // Bounded: each round either returns or awaits a connection attempt that ends.
         for _ in 0..4 {
@@ -268,7 +260,23 @@ impl H2Pool {
             let attempt = match pending {
                 Some(p) => p,
                 None => {
-                    let tls = tls.as_ref().map(|(c, h)| (c.clone(), h.to_string()));
+                    let tls = match &tls {
+                        None => None,
+                        Some(m) => match (m.config)() {
+                            Ok(config) => Some((config, m.host.to_string())),
+                            Err(e) => {
+                                inc(&stats.security.tls_client_handshake_failed);
+                                stats
+                                    .log_limit
+                                    .log("mtls-client", || tracing::warn!(upstream = %addr, "outbound mTLS: {e}"));
+                                return Err(ProxyError::new(
+                                    ErrorKind::ConnectFailed,
+                                    Side::Upstream,
+                                    "no workload certificate for mTLS to the upstream",
+                                ));
+                            }
+                        },
+                    };
                     let fut = connect(addr, limits.connect_timeout, tls).boxed_local().shared();
                     self.connecting.borrow_mut().insert(key, fut.clone());
                     fut
@@ -277,10 +285,11 @@ impl H2Pool {
             let result = attempt.await;
             self.connecting.borrow_mut().remove(&key);
             if counts {
-                use crate::telemetry::stats::inc;
                 match &result {
-                    Ok(_) => inc(&stats.tls_client_handshakes),
-                    Err(e) if e.kind == ErrorKind::TlsHandshakeFailed => inc(&stats.tls_client_handshake_failed),
+                    Ok(_) => inc(&stats.security.tls_client_handshakes),
+                    Err(e) if e.kind == ErrorKind::TlsHandshakeFailed => {
+                        inc(&stats.security.tls_client_handshake_failed)
+                    }
                     Err(_) => {}
                 }
             }
