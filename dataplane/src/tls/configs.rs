@@ -237,6 +237,11 @@ mod tests {
         }
     }
 
+    /// Both configs for a certificate of `uri` signed by `ca`, TLS 1.3 only.
+    fn tls13(ca: &CertifiedIssuer<'static, KeyPair>, uri: &str) -> Configs {
+        build(&identity(ca, uri), MinVersion::Tls13).unwrap()
+    }
+
     /// Runs one handshake between `client` and `server` over an in-memory pipe; `Ok` carries
     /// the identity the server saw and the bytes the client got back.
     fn handshake(client: &Configs, server: &Configs) -> Result<(Option<String>, Vec<u8>), String> {
@@ -289,16 +294,8 @@ mod tests {
     #[test]
     fn two_workloads_of_one_mesh_authenticate_each_other() {
         let ca = root();
-        let server = build(
-            &identity(&ca, "spiffe://cluster.local/ns/shop/sa/reviews"),
-            MinVersion::Tls13,
-        )
-        .unwrap();
-        let client = build(
-            &identity(&ca, "spiffe://cluster.local/ns/default/sa/web"),
-            MinVersion::Tls13,
-        )
-        .unwrap();
+        let server = tls13(&ca, "spiffe://cluster.local/ns/shop/sa/reviews");
+        let client = tls13(&ca, "spiffe://cluster.local/ns/default/sa/web");
         let (seen, got) = handshake(&client, &server).unwrap();
         assert_eq!(seen.as_deref(), Some("cluster.local/ns/default/sa/web"));
         assert_eq!(got, b"hello");
@@ -307,16 +304,8 @@ mod tests {
     #[test]
     fn a_second_connection_resumes_the_session() {
         let ca = root();
-        let server = build(
-            &identity(&ca, "spiffe://cluster.local/ns/shop/sa/reviews"),
-            MinVersion::Tls13,
-        )
-        .unwrap();
-        let client = build(
-            &identity(&ca, "spiffe://cluster.local/ns/default/sa/web"),
-            MinVersion::Tls13,
-        )
-        .unwrap();
+        let server = tls13(&ca, "spiffe://cluster.local/ns/shop/sa/reviews");
+        let client = tls13(&ca, "spiffe://cluster.local/ns/default/sa/web");
         let first = handshake_kind(&client, &server).unwrap();
         assert_eq!(first.kind, Some(rustls::HandshakeKind::Full));
         let second = handshake_kind(&client, &server).unwrap();
@@ -335,30 +324,14 @@ mod tests {
     #[test]
     fn another_ca_or_trust_domain_is_refused() {
         let ca = root();
-        let server = build(
-            &identity(&ca, "spiffe://cluster.local/ns/shop/sa/reviews"),
-            MinVersion::Tls13,
-        )
-        .unwrap();
+        let server = tls13(&ca, "spiffe://cluster.local/ns/shop/sa/reviews");
         // A client certificate from another CA: the server refuses it.
         let other = root();
-        let stranger = build(
-            &identity(&other, "spiffe://cluster.local/ns/default/sa/web"),
-            MinVersion::Tls13,
-        )
-        .unwrap();
+        let stranger = tls13(&other, "spiffe://cluster.local/ns/default/sa/web");
         assert!(handshake(&stranger, &server).is_err());
         // A server of another trust domain (same CA): the client refuses it.
-        let foreign = build(
-            &identity(&ca, "spiffe://other.domain/ns/shop/sa/reviews"),
-            MinVersion::Tls13,
-        )
-        .unwrap();
-        let client = build(
-            &identity(&ca, "spiffe://cluster.local/ns/default/sa/web"),
-            MinVersion::Tls13,
-        )
-        .unwrap();
+        let foreign = tls13(&ca, "spiffe://other.domain/ns/shop/sa/reviews");
+        let client = tls13(&ca, "spiffe://cluster.local/ns/default/sa/web");
         let e = handshake(&client, &foreign).unwrap_err();
         assert!(e.contains("NotValidForName") || e.contains("BadCertificate"), "{e}");
     }
