@@ -449,7 +449,96 @@ fn subject_alt_names_pin_the_server(io: IoMode) {
     );
 }
 
+/// A root rotation with the user's own PKI (`spec.identity` files, re-read on reload): both
+/// proxies first trust the old and the new root, the server moves to a certificate of the new
+/// root while clients of the old one keep being served, and once the old root is dropped its
+/// certificates are refused.
+fn root_rotation_with_an_overlap(io: IoMode) {
+    let (old, new) = (TestCa::new("old root"), TestCa::new("new root"));
+    let up = Upstream::named("app");
+    let files = temp_dir();
+    let write = |name: &str, text: &str| std::fs::write(files.path().join(name), text).expect("write pki file");
+    let install = |prefix: &str, leaf: &Leaf| {
+        write(&format!("{prefix}-cert.pem"), &leaf.cert_pem);
+        write(&format!("{prefix}-key.pem"), &leaf.key_pem);
+    };
+    let identity = |prefix: &str| {
+        let p = files.path();
+        format!(
+            "  identity:\n    certFile: {}\n    keyFile: {}\n    caFile: {}\n",
+            p.join(format!("{prefix}-cert.pem")).display(),
+            p.join(format!("{prefix}-key.pem")).display(),
+            p.join("bundle.pem").display()
+        )
+    };
+    write("bundle.pem", &old.root_pem());
+    install("server", &old.issue("shop", "reviews"));
+    let server_docs = |step: &str| {
+        vec![
+            format!(
+                "# {step}\n{}",
+                proxy_config(
+                    io,
+                    INBOUND,
+                    &format!("{}{}", workload("shop", "reviews"), identity("server"))
+                )
+            ),
+            service_entry("reviews", "reviews.shop", 80, &[(up.addr, &[])]),
+            peer_authentication("shop", "STRICT"),
+        ]
+    };
+    let server = TestProxy::start(&server_docs("old root"));
+    let client = |prefix: &str, leaf: Leaf| {
+        install(prefix, &leaf);
+        TestProxy::start(&[
+            proxy_config(io, "", &format!("{}{}", workload("default", prefix), identity(prefix))),
+            service_entry("reviews", "reviews.shop", 80, &[(server.listener("inbound"), MESHED)]),
+        ])
+    };
+    let status = |p: &TestProxy| Client::connect(p.http()).get("reviews.shop", "/rotation").status;
+    let handshakes = || counter(&server, "ringmesh_inbound_tls_handshakes_total");
+    assert_eq!(
+        status(&client("web-old", old.issue("default", "web-old"))),
+        200,
+        "before the rotation"
+    );
+
+    // 1. Both roots trusted; the server moves to a certificate of the new root.
+    write("bundle.pem", &format!("{}{}", old.root_pem(), new.root_pem()));
+    install("server", &new.issue("shop", "reviews"));
+    let before = handshakes();
+    server.rewrite(&server_docs("both roots"));
+    ringmesh_testkit::eventually(Duration::from_secs(10), "the server reloads its certificate", || {
+        admin_get(server.admin(), "/certs").1.contains("new root")
+    })
+    .expect("the new certificate is in use");
+    let old_client = client("web-old2", old.issue("default", "web-old2"));
+    assert_eq!(
+        status(&old_client),
+        200,
+        "a client of the old root, server of the new one"
+    );
+    let new_client = client("web-new", new.issue("default", "web-new"));
+    assert_eq!(status(&new_client), 200, "a client of the new root");
+    assert!(handshakes() >= before + 2, "each came in over a new handshake");
+
+    // 2. The old root dropped: its certificates are refused, the new ones served.
+    write("bundle.pem", &new.root_pem());
+    server.rewrite(&server_docs("new root only"));
+    ringmesh_testkit::eventually(Duration::from_secs(10), "the server drops the old root", || {
+        !admin_get(server.admin(), "/certs").1.contains("old root")
+    })
+    .expect("the old root is gone from the bundle");
+    assert_eq!(
+        status(&client("web-old3", old.issue("default", "web-old3"))),
+        503,
+        "the old root's certificate is refused"
+    );
+    assert_eq!(status(&client("web-new2", new.issue("default", "web-new2"))), 200);
+}
+
 both_io!(
+    root_rotation_with_an_overlap,
     subject_alt_names_pin_the_server,
     tcp_over_mtls,
     strict_serves_mesh_certificates_only,
