@@ -21,12 +21,12 @@ use super::forward::{self, Exchange, Outcome};
 use super::h1::{HeadLimits, RequestHead};
 use super::h2::io::Sniff;
 use super::request_body::ClientBody;
-use super::route_view::{normalized_path, RouteView};
+use super::route_view::RouteView;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::tls::io::MaybeTls;
 use crate::tls::InboundConn;
 use crate::worker::Worker;
-use ringmesh_api::normalize::normalize_host;
+use ringmesh_api::normalize::{normalize_host, normalize_path};
 
 /// First read buffer size per connection. Small, because idle keep-alive connections should
 /// cost little memory; it grows for large heads and bodies.
@@ -166,7 +166,7 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
     let view = worker.snapshot.get();
     let sent = RouteView::new(&src, &head);
     let security = &view.snapshot.security;
-    let path = match normalized_path(sent.path, security.path_normalization) {
+    let path = match normalize_path(sent.path, security.path_normalization) {
         Ok(p) => p,
         Err(why) => {
             crate::telemetry::stats::inc(&worker.stats.security.path_refused);

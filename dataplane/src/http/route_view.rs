@@ -53,16 +53,6 @@ impl RouteRequest for RouteView<'_> {
     }
 }
 
-/// The request's path in the form routing, authorization and the upstream see
-/// (`ringmesh_api::normalize`), or the refusal to answer with 400. Borrowed unless normalizing
-/// changed it.
-pub(crate) fn normalized_path(
-    path: &str,
-    mode: ringmesh_api::normalize::PathNormalization,
-) -> Result<std::borrow::Cow<'_, str>, ringmesh_api::normalize::PathRejection> {
-    ringmesh_api::normalize::normalize_path(path, mode)
-}
-
 /// An HTTP/2 request as routing sees it: views into `h2`'s decoded request.
 pub(crate) struct H2RouteView<'a> {
     pub(crate) parts: &'a http::request::Parts,

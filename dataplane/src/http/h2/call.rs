@@ -26,12 +26,12 @@ use crate::http::forward::{back_off, hash_key, write_uuid4, InFlight};
 use crate::http::grpc;
 use crate::http::proxy::redirect_location;
 use crate::http::retry::{self, Decision, Retries, RetrySlot};
-use crate::http::route_view::{normalized_path, H2RouteView};
+use crate::http::route_view::H2RouteView;
 use crate::lb;
 use crate::state::WorkerSnapshot;
 use crate::telemetry::stats::inc;
 use crate::worker::Worker;
-use ringmesh_api::normalize::normalize_host;
+use ringmesh_api::normalize::{normalize_host, normalize_path};
 
 /// Serves one stream to its end.
 pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
@@ -59,7 +59,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
         client_gone: &client_gone,
     };
     let security = &view.snapshot.security;
-    let path = match normalized_path(sent.path, security.path_normalization) {
+    let path = match normalize_path(sent.path, security.path_normalization) {
         Ok(p) => p,
         Err(why) => {
             inc(&worker.stats.security.path_refused);
