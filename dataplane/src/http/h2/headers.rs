@@ -615,7 +615,7 @@ mod tests {
             }
             raw.push_str("\r\n");
             // Heads the parser refuses are out of scope; accepted ones must translate cleanly.
-            let _ = crate::http::h2::h1_head_through_h2(raw.as_bytes());
+            let _ = crate::http::h2::h1_head_through_h2(raw.as_bytes(), Default::default());
         }
     }
 }

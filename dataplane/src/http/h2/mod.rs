@@ -31,10 +31,13 @@ pub(crate) mod upstream;
 /// HTTP/2 and back. Returns `None` when the parser refuses the head; otherwise checks that the
 /// HTTP/2 request is well-formed (lower-case names, no connection-specific field) and that the
 /// HTTP/1.1 head made from it parses again with the same method and path, and returns it.
+///
+/// `limits` are the parser's for `raw`: a head the proxy translated carries the fields it adds
+/// (`host`, `x-forwarded-*`, `x-request-id`), so translating it again needs room for them.
 #[doc(hidden)]
-pub fn h1_head_through_h2(raw: &[u8]) -> Option<Vec<u8>> {
+pub fn h1_head_through_h2(raw: &[u8], limits: crate::http::h1::HeadLimits) -> Option<Vec<u8>> {
     use crate::http::h1::{HeadLimits, RequestParser};
-    let head = RequestParser::new(HeadLimits::default()).parse(raw).ok()??;
+    let head = RequestParser::new(limits).parse(raw).ok()??;
     let src = &raw[..head.len()];
     let ops = ringmesh_api::snapshot::HeaderOps::default();
     let id = [b'0'; 36];
