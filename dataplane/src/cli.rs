@@ -17,7 +17,7 @@ use crate::runtime::bind::BindMode;
 #[command(
     name = "ringmesh-proxy",
     version,
-    about = "ringmesh sidecar proxy: thread-per-core HTTP/1.1 and TCP proxy"
+    about = "ringmesh sidecar proxy: thread-per-core HTTP/1.1, HTTP/2, gRPC and TCP proxy with mutual TLS"
 )]
 pub struct Cli {
     /// Config file or directory (YAML: ProxyConfig, ServiceEntry, VirtualService, DestinationRule).
@@ -64,9 +64,11 @@ pub struct Cli {
     /// How often to check the config files for changes, e.g. `1s`; `0s` disables (SIGHUP still reloads).
     #[arg(long, env = "RINGMESH_WATCH_INTERVAL", default_value = "1s", value_parser = ringmesh_api::duration::parse_duration)]
     pub watch_interval: Duration,
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringmesh_proxy=debug`.
-    #[arg(long, env = "RINGMESH_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter: a level, or `target=level` pairs separated by commas, e.g. `info` or
+    /// `info,ringmesh_proxy::tls=debug`. Span and field filters (`[span{f=v}]`) are not taken:
+    /// the proxy parses the filter without a regex engine, whose code would stay resident.
+    #[arg(long, env = "RINGMESH_LOG", default_value = "info", value_parser = parse_log_filter)]
+    pub log: tracing_subscriber::filter::Targets,
     /// Share listener addresses another process already serves (SO_REUSEPORT), e.g. to start a
     /// successor while the old proxy drains. Without it an address in use is refused by name.
     #[arg(long, env = "RINGMESH_TAKEOVER")]
@@ -128,10 +130,14 @@ where
         }
         anyhow::anyhow!("{e}")
     })?;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let _ = tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(std::io::stderr)
+        .finish()
+        .with(cli.log.clone())
         .try_init();
     if cli.check {
         let loaded = crate::config::load(&cli.config, 1, &cli.overrides())?;
@@ -160,6 +166,13 @@ where
     let handle = control::start(opts)?;
     handle.wait();
     Ok(())
+}
+
+/// `--log`: `tracing_subscriber`'s `Targets` syntax; a typo is refused with the parser's reason
+/// rather than silently logging at another level.
+fn parse_log_filter(s: &str) -> Result<tracing_subscriber::filter::Targets, String> {
+    s.parse()
+        .map_err(|e| format!("{e} (expected a level such as `info`, or `target=level` pairs separated by commas)"))
 }
 
 #[cfg(test)]
@@ -231,5 +244,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no unit"), "{e}");
+    }
+
+    #[test]
+    fn the_log_filter_is_checked() {
+        use tracing::Level;
+        let cli = Cli::try_parse_from([
+            "ringmesh-proxy",
+            "--config",
+            "x",
+            "--log",
+            "warn,ringmesh_proxy::tls=debug",
+        ])
+        .unwrap();
+        assert!(cli.log.would_enable("ringmesh_proxy::tls::inbound", &Level::DEBUG));
+        assert!(!cli.log.would_enable("ringmesh_proxy::worker", &Level::INFO));
+        assert!(cli.log.would_enable("h2", &Level::WARN));
+        let e = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--log", "ringmesh_proxy=loud"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--log") && e.contains("loud"), "{e}");
     }
 }
