@@ -70,6 +70,11 @@ pub enum Command {
         /// Check and report what would change without storing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Return only when every connected proxy has acknowledged the config this apply made
+        /// (exit 1 naming each proxy that refused it, or that has not answered within
+        /// `--timeout`), so that the next command sees the change in force.
+        #[arg(long, conflicts_with = "dry_run")]
+        wait: bool,
     },
     /// Show stored resources (all namespaces unless -n).
     Get {
@@ -240,6 +245,9 @@ pub enum CliError {
     /// Several failures already printed (exit code 1 without another line).
     #[error("{0}")]
     Reported(String),
+    /// `apply --wait`: stored, but a proxy refused it or did not acknowledge it in time.
+    #[error("{0}")]
+    NotInForce(String),
 }
 
 /// Runs the CLI with `args` (including the program name), printing to stdout and stderr, and
@@ -363,10 +371,14 @@ fn call_error(cli: &Cli, status: tonic::Status) -> CliError {
 async fn remote(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
     match &cli.command {
         Command::Analyze { .. } => Ok(()),
-        Command::Apply { files, dry_run } => {
+        Command::Apply { files, dry_run, wait } => {
             let inputs = read_inputs(files)?;
             let mut client = connect(cli).await?;
-            apply(cli, &mut client, inputs, *dry_run, out, err).await
+            let generation = apply(cli, &mut client, inputs, *dry_run, out, err).await?;
+            if *wait {
+                wait_for_acks(cli, &mut client, generation, out).await?;
+            }
+            Ok(())
         }
         Command::Get {
             kind,
@@ -575,7 +587,7 @@ async fn apply(
     dry_run: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> Result<(), CliError> {
+) -> Result<u64, CliError> {
     let req = ApplyRequest {
         files: inputs
             .into_iter()
@@ -623,7 +635,76 @@ async fn apply(
         );
         return Err(CliError::Reported("refused".into()));
     }
-    Ok(())
+    Ok(resp.generation)
+}
+
+/// `apply --wait`: polls the proxies' sync state until each connected one acknowledged
+/// `generation` (or a later one). A NACK of it, or a config that does not compile for a proxy,
+/// ends the wait at once with the proxy's error; `--timeout` bounds the whole wait.
+async fn wait_for_acks(
+    cli: &Cli,
+    client: &mut AdminClient<Channel>,
+    generation: u64,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let deadline = tokio::time::Instant::now() + cli.timeout;
+    loop {
+        let resp = client
+            .proxy_status(ProxyStatusRequest {})
+            .await
+            .map_err(|s| call_error(cli, s))?
+            .into_inner();
+        let connected: Vec<&ProxyStatusEntry> = resp
+            .proxies
+            .iter()
+            .filter(|p| SyncState::try_from(p.state) != Ok(SyncState::Disconnected))
+            .collect();
+        let refused: Vec<String> = connected
+            .iter()
+            .filter_map(|p| {
+                if p.nacked_version >= generation && !p.nack_error.is_empty() {
+                    Some(format!(
+                        "{} refused version {}: {}",
+                        p.node_id, p.nacked_version, p.nack_error
+                    ))
+                } else if !p.stale_reason.is_empty() {
+                    Some(format!("{} was not sent the config: {}", p.node_id, p.stale_reason))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if !refused.is_empty() {
+            return Err(CliError::NotInForce(format!(
+                "applied (version {generation}), but not in force everywhere: {}",
+                refused.join("; ")
+            )));
+        }
+        let pending: Vec<String> = connected
+            .iter()
+            .filter(|p| p.acked_version < generation)
+            .map(|p| format!("{} (acknowledged version {})", p.node_id, p.acked_version))
+            .collect();
+        if pending.is_empty() {
+            let _ = writeln!(
+                out,
+                "version {generation} acknowledged by {} connected prox{}",
+                connected.len(),
+                if connected.len() == 1 { "y" } else { "ies" }
+            );
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::NotInForce(format!(
+                "applied (version {generation}), but after {:?} still waiting for {}",
+                cli.timeout,
+                pending.join(", ")
+            )));
+        }
+        // Polling, not a watch: the admin API has no stream of sync states, and a person or a
+        // script waits on this for a second or two at most.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn delete_targets(

@@ -408,6 +408,74 @@ fn proxy_status_and_get_show_acks_and_nacks() {
     assert!(out.contains("\"synced\": 1") && !out.contains("boom"), "{out}");
 }
 
+/// `apply --wait` returns once every connected proxy acknowledged the new version, fails naming
+/// a proxy that refused it, and fails naming a proxy that stays silent past `--timeout`.
+#[test]
+fn apply_wait_returns_when_the_proxies_acknowledged() {
+    let tmp = common::temp_dir("cli", "wait");
+    let dir = tmp.path();
+    std::fs::write(dir.join("se.yaml"), SE).unwrap();
+    let cp = Running::start(dir);
+    let mut proxy = cp.rt().block_on(connect(cp.addr, "reviews-v1-1"));
+    let first = cp.rt().block_on(proxy.snapshot());
+    cp.rt().block_on(proxy.ack(&first));
+
+    let vs = input("vs-wait");
+    std::fs::write(&vs, VS).unwrap();
+    let vs_path = vs.to_str().unwrap().to_owned();
+    let addr = cp.addr.to_string();
+    let run = move |extra: &'static [&'static str], file: String| {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let mut argv = vec!["ringmesh".to_owned(), "--control-plane".into(), addr];
+            argv.extend(extra.iter().map(|s| s.to_string()));
+            argv.extend(["apply".into(), "--wait".into(), "-f".into(), file]);
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = ringmesh_control::cli::run_with(argv, &mut out, &mut err);
+            (
+                code,
+                String::from_utf8_lossy(&out).into_owned(),
+                String::from_utf8_lossy(&err).into_owned(),
+            )
+        })
+    };
+
+    // Acknowledged: the command returns 0 only after the proxy's ACK.
+    let waiting = run(&[], vs_path.clone());
+    let second = cp.rt().block_on(proxy.snapshot());
+    assert!(second.documents.iter().any(|d| d.yaml.contains("kind: VirtualService")));
+    assert!(
+        !waiting.is_finished(),
+        "apply --wait returned before the proxy answered"
+    );
+    cp.rt().block_on(proxy.ack(&second));
+    let (code, out, err) = waiting.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("version {} acknowledged by 1 connected proxy", second.version)),
+        "{out}"
+    );
+
+    // Refused: exit 1 with the proxy's error.
+    std::fs::write(&vs, VS.replace("weight: 100", "weight: 100\n    timeout: 2s")).unwrap();
+    let waiting = run(&[], vs_path.clone());
+    let third = cp.rt().block_on(proxy.snapshot());
+    cp.rt()
+        .block_on(proxy.nack(&third, "VirtualService default/reviews: spec.http[0]: boom"));
+    let (code, _, err) = waiting.join().unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("reviews-v1-1 refused version") && err.contains("spec.http[0]: boom"),
+        "{err}"
+    );
+
+    // Silent: exit 1 naming the proxy once --timeout has passed.
+    std::fs::write(&vs, VS.replace("weight: 100", "weight: 100\n    timeout: 3s")).unwrap();
+    let (code, _, err) = run(&["--timeout", "300ms"], vs_path).join().unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("still waiting for reviews-v1-1"), "{err}");
+}
+
 /// Istio takes a VirtualService whose destination no ServiceEntry defines yet, so resources can
 /// be applied in any order: the apply is accepted with a warning naming the host and the line
 /// in the user's file, the proxy is sent a config its compiler accepts, and applying the
