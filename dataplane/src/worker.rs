@@ -16,7 +16,7 @@ use crate::identity::IdentityCell;
 use crate::rng::FastRng;
 use crate::state::{SnapshotSource, SnapshotView};
 use crate::telemetry::stats::{dec, inc, ClusterTotals, EndpointTotals, StatsTotals, WorkerStats};
-use crate::tls::configs::{ConfigError, CoreTls};
+use crate::tls::configs::{ConfigError, CoreTls, ServerSide};
 
 /// A request from the control thread to one worker.
 #[derive(Debug)]
@@ -73,8 +73,8 @@ impl Worker {
         })
     }
 
-    /// This core's server config for inbound mTLS.
-    pub(crate) fn tls_server(&self) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    /// This core's server config for inbound mTLS, with the SPIFFE id it serves.
+    pub(crate) fn tls_server(&self) -> Result<ServerSide, ConfigError> {
         let min = self.snapshot.get().snapshot.security.min_tls_version;
         self.tls.server(&self.identity, min)
     }

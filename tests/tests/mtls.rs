@@ -1,7 +1,8 @@
 //! Mutual TLS between proxies and authorization on inbound listeners, end to end: two real
 //! proxies with certificates from a test CA (`spec.identity` files), an upstream behind the
 //! server's inbound listener, and outsiders knocking on that listener with plaintext, no
-//! certificate, a certificate of another CA, or a mesh certificate of another workload.
+//! certificate, a certificate of another CA, or a mesh certificate of another workload; and
+//! the `x-forwarded-client-cert` the app behind the server sees.
 
 use std::time::Duration;
 
@@ -537,7 +538,110 @@ fn root_rotation_with_an_overlap(io: IoMode) {
     assert_eq!(status(&client("web-new2", new.issue("default", "web-new2"))), 200);
 }
 
+/// The hex SHA-256 of the certificate in `pem`: the `Hash=` an XFCC element carries for it.
+fn cert_hash(pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("cert pem");
+    ring::digest::digest(&ring::digest::SHA256, &der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every `x-forwarded-client-cert` field the app received with its last request.
+fn xfcc_seen(up: &Upstream) -> Vec<String> {
+    let last = up.received().pop().expect("the app got a request");
+    last.headers
+        .into_iter()
+        .filter(|(n, _)| n == "x-forwarded-client-cert")
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// An XFCC the app of a client-side proxy tries to slip through: two fields, two spellings.
+const FORGED: &str = "X-Forwarded-Client-Cert: By=spiffe://cluster.local/ns/shop/sa/reviews;URI=spiffe://cluster.local/ns/ops/sa/admin\r\n\
+x-forwarded-client-cert: URI=spiffe://cluster.local/ns/kube-system/sa/root\r\n";
+
+/// `x-forwarded-client-cert` as Istio's sidecars set it: the app behind a STRICT inbound
+/// listener sees one element naming its own workload (`By`), the caller's certificate (`Hash`)
+/// and the caller (`URI`), whatever the calling app put in the field itself (the client-side
+/// proxy removes that), over HTTP/1.1 and HTTP/2 from the app; a mesh peer's own XFCC is kept
+/// in front of ours.
+fn xfcc_names_the_caller_as_istio_does(io: IoMode) {
+    let ca = TestCa::new("mesh root");
+    let server = Server::start(io, &ca, "STRICT", &[]);
+    let (client, client_certs) = client_proxy(io, &ca, &server, "default", "client");
+    let client_pem = std::fs::read_to_string(client_certs.path().join("cert.pem")).expect("client cert");
+    let ours = format!(
+        "By=spiffe://cluster.local/ns/shop/sa/reviews;Hash={};Subject=\"\";URI=spiffe://cluster.local/ns/default/sa/client",
+        cert_hash(&client_pem)
+    );
+
+    // HTTP/1.1 app -> client proxy -> (HTTP/2 over mTLS) -> server proxy -> HTTP/1.1 app.
+    let mut c = Client::connect(client.http());
+    c.send(format!("GET /xfcc HTTP/1.1\r\nHost: reviews.shop\r\n{FORGED}\r\n").as_bytes());
+    assert_eq!(c.response().map(|r| r.status), Some(200));
+    assert_eq!(xfcc_seen(&server.up), [ours.as_str()], "one element, ours");
+    // A second request on the same connections: the same element, made once per connection.
+    let r = Client::connect(client.http()).get("reviews.shop", "/again");
+    assert_eq!(r.status, 200);
+    assert_eq!(xfcc_seen(&server.up), [ours.as_str()]);
+
+    // An HTTP/2 app: its XFCC does not reach the server's app either.
+    let mut h2 = ringmesh_tests::h2client::H2Client::connect(client.http());
+    let req = http::Request::get("http://reviews.shop/xfcc-h2")
+        .header("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/ops/sa/admin")
+        .header("x-forwarded-client-cert", "By=x;URI=y")
+        .body(())
+        .expect("request");
+    assert_eq!(h2.request(req, b"", None).status, 200);
+    assert_eq!(xfcc_seen(&server.up), [ours.as_str()]);
+
+    // A mesh peer that speaks HTTP/1.1 over mTLS itself (an ingress gateway, say) forwards an
+    // XFCC of its own: kept, ours after it, in one field.
+    let gateway = ca.issue("istio-system", "gateway");
+    let config = client_config(Some(&gateway), &[b"http/1.1"]);
+    let req = "GET /via-gateway HTTP/1.1\r\nHost: reviews.shop\r\nConnection: close\r\n\
+x-forwarded-client-cert: Hash=00;URI=spiffe://edge/user\r\n\r\n";
+    let out = runtime()
+        .block_on(tls_exchange(server.inbound(), config, req.as_bytes()))
+        .expect("HTTP/1.1 over mTLS");
+    assert!(out.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&out));
+    assert_eq!(
+        xfcc_seen(&server.up),
+        [format!(
+            "Hash=00;URI=spiffe://edge/user,By=spiffe://cluster.local/ns/shop/sa/reviews;Hash={};Subject=\"\";URI=spiffe://cluster.local/ns/istio-system/sa/gateway",
+            cert_hash(&gateway.cert_pem)
+        )]
+    );
+}
+
+/// PERMISSIVE: a plaintext client proved nothing, so whatever XFCC it sends is removed before
+/// the app sees the request, over HTTP/1.1 and HTTP/2 (prior knowledge).
+fn a_plaintext_client_cannot_forge_xfcc(io: IoMode) {
+    let ca = TestCa::new("mesh root");
+    let server = Server::start(io, &ca, "PERMISSIVE", &[]);
+    let mut c = Client::connect(server.inbound());
+    c.send(
+        format!("GET /plain HTTP/1.1\r\nHost: reviews.shop\r\n{FORGED}X-FORWARDED-CLIENT-CERT: \r\n\r\n").as_bytes(),
+    );
+    assert_eq!(c.response().map(|r| r.status), Some(200));
+    assert_eq!(xfcc_seen(&server.up), Vec::<String>::new());
+
+    let mut h2 = ringmesh_tests::h2client::H2Client::connect(server.inbound());
+    let req = http::Request::get("http://reviews.shop/plain-h2")
+        .header("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/ops/sa/admin")
+        .body(())
+        .expect("request");
+    assert_eq!(h2.request(req, b"", None).status, 200);
+    assert_eq!(xfcc_seen(&server.up), Vec::<String>::new());
+    assert_eq!(server.up.count(), 2);
+}
+
 both_io!(
+    xfcc_names_the_caller_as_istio_does,
+    a_plaintext_client_cannot_forge_xfcc,
     root_rotation_with_an_overlap,
     subject_alt_names_pin_the_server,
     tcp_over_mtls,

@@ -337,6 +337,7 @@ fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> 
         } else {
             &route.request_headers.remove
         };
+        let xfcc = crate::tls::xfcc(conn.inbound.as_deref());
         let need_id = head.header(src, b"x-request-id").is_none();
         if need_id {
             write_uuid4(worker.rng.next_u64(), worker.rng.next_u64(), &mut request_id);
@@ -352,6 +353,7 @@ fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> 
             client_ip: Some(conn.peer.ip()),
             forwarded_proto: Some("http"),
             request_id: need_id.then_some(&request_id[..]),
+            xfcc: Some(xfcc),
             framing: head.framing(),
             connection: if head.connection().upgrade {
                 ConnectionHeader::Upgrade
@@ -359,7 +361,7 @@ fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> 
                 ConnectionHeader::None
             },
         };
-        let mut out = BytesMut::with_capacity(head.len() + 160);
+        let mut out = BytesMut::with_capacity(head.len() + 160 + xfcc.room());
         encode::encode_request_head(head, src, &opts, &mut out);
         out.freeze()
     };

@@ -102,10 +102,19 @@ struct Built {
     configs: Configs,
 }
 
+/// The server side of inbound mTLS for one certificate.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerSide {
+    pub(crate) config: Arc<ServerConfig>,
+    /// The SPIFFE id the certificate names: the `By=` of the `x-forwarded-client-cert`
+    /// elements this proxy writes (`tls::xfcc`).
+    pub(crate) own_id: Arc<str>,
+}
+
 /// The configs one certificate makes.
 #[derive(Debug, Clone)]
 pub(crate) struct Configs {
-    pub(crate) server: Arc<ServerConfig>,
+    pub(crate) server: ServerSide,
     /// Offers `h2`.
     pub(crate) client: Arc<ClientConfig>,
     /// Offers no ALPN id (opaque TCP).
@@ -119,9 +128,9 @@ pub(crate) struct CoreTls {
 }
 
 impl CoreTls {
-    /// The server config for the current certificate (built on this core on first use after a
-    /// rotation, or after the config changed the oldest TLS version).
-    pub(crate) fn server(&self, cell: &IdentityCell, min: MinVersion) -> Result<Arc<ServerConfig>, ConfigError> {
+    /// The server config for the current certificate, with the id it names (built on this
+    /// core on first use after a rotation, or after the config changed the oldest TLS version).
+    pub(crate) fn server(&self, cell: &IdentityCell, min: MinVersion) -> Result<ServerSide, ConfigError> {
         self.current(cell, min, |c| c.server.clone())
     }
 
@@ -198,7 +207,10 @@ fn build_with(identity: &Identity, versions: &[&'static SupportedProtocolVersion
     let client_tcp = Arc::new(client.clone());
     client.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Configs {
-        server: Arc::new(server),
+        server: ServerSide {
+            config: Arc::new(server),
+            own_id: own.spiffe().into(),
+        },
         client: Arc::new(client),
         client_tcp,
     })
@@ -263,7 +275,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let (a, b) = tokio::io::duplex(64 * 1024);
-            let acceptor = tokio_rustls::TlsAcceptor::from(server.server.clone());
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.server.config.clone());
             let serve = async move {
                 let mut tls = acceptor.accept(b).await.map_err(|e| e.to_string())?;
                 let seen = tls

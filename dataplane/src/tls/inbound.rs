@@ -20,7 +20,7 @@ use ringmesh_api::snapshot::{ListenerKind, MtlsMode};
 
 use super::configs::Alpn;
 use super::io::Replay;
-use super::{verify, InboundConn};
+use super::{verify, xfcc, InboundConn};
 use crate::detect::{self, Outcome, Sniffed};
 use crate::telemetry::stats::inc;
 use crate::worker::Worker;
@@ -75,11 +75,7 @@ pub(crate) async fn serve(
             });
         }
         (MtlsMode::Permissive | MtlsMode::Disable, _, outcome) => {
-            let conn = Arc::new(InboundConn {
-                local,
-                identity: None,
-                sni: None,
-            });
+            let conn = Arc::new(InboundConn::plaintext(local));
             plaintext(worker, stream, peer, conn, name, kind, outcome, buf).await;
         }
     }
@@ -119,8 +115,8 @@ async fn handshake(
     kind: &ListenerKind,
     buf: BytesMut,
 ) {
-    let config = match worker.tls_server() {
-        Ok(c) => c,
+    let server = match worker.tls_server() {
+        Ok(s) => s,
         Err(e) => {
             // Fails closed: without a certificate nobody can be authenticated, so nobody is
             // served over TLS (plaintext in PERMISSIVE still is).
@@ -135,7 +131,7 @@ async fn handshake(
     let _ = stream.set_nodelay(true);
     let io = Replay::new(buf.freeze(), crate::http::h2::io::compat(stream));
     let timeout = worker.snapshot.get().snapshot.proxy.limits.request_header_timeout;
-    let accepted = monoio::time::timeout(timeout, tokio_rustls::TlsAcceptor::from(config).accept(io)).await;
+    let accepted = monoio::time::timeout(timeout, tokio_rustls::TlsAcceptor::from(server.config).accept(io)).await;
     let tls = match accepted {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
@@ -160,10 +156,13 @@ async fn handshake(
     if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
         inc(&worker.stats.security.tls_resumed);
     }
-    let identity = session
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(verify::identity_of);
+    let leaf = session.peer_certificates().and_then(|chain| chain.first());
+    let identity = leaf.and_then(verify::identity_of);
+    // The XFCC element for every request this connection carries, made here once.
+    let xfcc = match (leaf, &identity) {
+        (Some(leaf), Some(id)) => xfcc::element(Some(&server.own_id), leaf.as_ref(), id),
+        _ => None,
+    };
     worker
         .stats
         .security
@@ -171,7 +170,12 @@ async fn handshake(
     tracing::debug!(%peer, listener = name, identity = identity.as_ref().map(|i| i.spiffe()).unwrap_or("-"), "mTLS connection");
     let alpn = Alpn::from_id(session.alpn_protocol());
     let sni = session.server_name().map(Box::from);
-    let conn = Arc::new(InboundConn { local, identity, sni });
+    let conn = Arc::new(InboundConn {
+        local,
+        identity,
+        sni,
+        xfcc,
+    });
     let http = match (kind, alpn) {
         (ListenerKind::Http, _) => true,
         (ListenerKind::Tcp { .. }, _) => false,

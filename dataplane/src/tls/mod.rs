@@ -14,10 +14,15 @@ pub(crate) mod inbound;
 pub(crate) mod io;
 pub(crate) mod outbound;
 pub(crate) mod verify;
+pub(crate) mod xfcc;
 
 use std::net::SocketAddr;
 
+use http::HeaderValue;
+
 pub(crate) use verify::PeerIdentity;
+
+use crate::http::h1::Xfcc;
 
 /// What an inbound connection brings beyond its peer address: the port it came in on and, over
 /// mutual TLS, who the peer proved to be. Present only on inbound listeners, where the
@@ -31,4 +36,31 @@ pub(crate) struct InboundConn {
     pub(crate) identity: Option<PeerIdentity>,
     /// The server name the client asked for, over TLS.
     pub(crate) sni: Option<Box<str>>,
+    /// The `x-forwarded-client-cert` element for this connection's requests
+    /// ([`xfcc::element`]), made once at the handshake: `Some` only when `identity` is.
+    pub(crate) xfcc: Option<HeaderValue>,
+}
+
+impl InboundConn {
+    /// A plaintext connection (PERMISSIVE or DISABLE): nobody proved anything.
+    pub(crate) fn plaintext(local: SocketAddr) -> Self {
+        InboundConn {
+            local,
+            identity: None,
+            sni: None,
+            xfcc: None,
+        }
+    }
+}
+
+/// What a request's `x-forwarded-client-cert` becomes on its way through this proxy, as Istio's
+/// sidecars do it: on an inbound connection whose peer proved a workload identity, our element
+/// is appended to what the request carries; everywhere else (plaintext inbound, and every
+/// outbound listener, where `inbound` is `None`) the field is removed, so that no client can
+/// pass itself off as another workload to the app or to the next proxy.
+pub(crate) fn xfcc(inbound: Option<&InboundConn>) -> Xfcc<'_> {
+    match inbound.and_then(|c| c.xfcc.as_ref()) {
+        Some(ours) => Xfcc::Append(ours),
+        None => Xfcc::Sanitize,
+    }
 }

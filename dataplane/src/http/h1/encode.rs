@@ -4,16 +4,17 @@
 //! bytes it was parsed from; these functions write the head the next hop should see into a
 //! `BytesMut` in one pass: start line, the original fields minus hop-by-hop ones (RFC 9110
 //! §7.6.1) and minus what the route removes, the route's set/add operations, the proxy's own
-//! fields (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`) and framing fields that match
-//! how the body is actually forwarded. Hop-by-hop fields were classified at parse time
-//! ([`HeaderKind`]), so the common case compares no strings. Bodies are never touched here.
-//! Nothing here allocates beyond growing `dst`, reads a clock, or draws random numbers (the
-//! caller passes a generated request id).
+//! fields (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`, `x-forwarded-client-cert`)
+//! and framing fields that match how the body is actually forwarded. Hop-by-hop fields were
+//! classified at parse time ([`HeaderKind`]), so the common case compares no strings. Bodies
+//! are never touched here. Nothing here allocates beyond growing `dst`, reads a clock, or draws
+//! random numbers (the caller passes a generated request id and the connection's XFCC element).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use bytes::{BufMut, BytesMut};
+use http::HeaderValue;
 
 use super::head::{BodyFraming, HeaderKind, HeaderSpan, RequestHead, ResponseHead, TargetForm};
 
@@ -65,6 +66,37 @@ pub enum ConnectionHeader {
     Upgrade,
 }
 
+/// What the proxy does with `x-forwarded-client-cert` (XFCC), the field through which an app
+/// behind an Istio sidecar learns who called it (Envoy's `forward_client_cert_details`).
+///
+/// Istio's sidecars set it one way on each side, and so does ringmesh: an inbound listener
+/// appends an element naming the peer of a mutual-TLS connection (`APPEND_FORWARD`) and removes
+/// the field from plaintext requests, and an outbound listener removes what the app sent
+/// (`SANITIZE`) — so that the only XFCC an app can see is one a proxy wrote after verifying a
+/// certificate, never one a client made up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Xfcc<'a> {
+    /// Remove every XFCC field the request carries.
+    Sanitize,
+    /// Keep the request's XFCC values and add this element after them, as one field (Envoy
+    /// joins them with `,` too: an app that reads only the first field of a name still sees
+    /// every element). The element is made once per connection (`tls::xfcc`); a
+    /// `HeaderValue` because it is a checked field value, shared with the HTTP/2 encoder
+    /// without a copy.
+    Append(&'a HeaderValue),
+}
+
+impl Xfcc<'_> {
+    /// Bytes the proxy's own XFCC field may add to a head (name, separator, element): room a
+    /// caller sizing the head's buffer leaves for it, so that writing it never grows the buffer.
+    pub fn room(self) -> usize {
+        match self {
+            Xfcc::Sanitize => 0,
+            Xfcc::Append(ours) => "x-forwarded-client-cert: ,\r\n".len() + ours.len(),
+        }
+    }
+}
+
 /// How to forward a request head upstream.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestEncode<'a, N = &'a str, V = &'a str> {
@@ -82,6 +114,8 @@ pub struct RequestEncode<'a, N = &'a str, V = &'a str> {
     pub forwarded_proto: Option<&'a str>,
     /// Sent as `x-request-id` when the request has none (the client's id is always kept).
     pub request_id: Option<&'a [u8]>,
+    /// What to do with `x-forwarded-client-cert`; `None` leaves it alone.
+    pub xfcc: Option<Xfcc<'a>>,
     /// How the body is forwarded: `Length(n)` writes `content-length: n`, `Chunked` writes
     /// `transfer-encoding: chunked`, `None` writes neither.
     pub framing: BodyFraming,
@@ -100,6 +134,7 @@ impl<'a> RequestEncode<'a> {
             client_ip: None,
             forwarded_proto: None,
             request_id: None,
+            xfcc: None,
             framing: head.framing(),
             connection: if head.connection().upgrade {
                 ConnectionHeader::Upgrade
@@ -120,6 +155,7 @@ impl<'a, N, V> RequestEncode<'a, N, V> {
             client_ip: self.client_ip,
             forwarded_proto: self.forwarded_proto,
             request_id: self.request_id,
+            xfcc: self.xfcc,
             framing: self.framing,
             connection: self.connection,
         }
@@ -173,7 +209,7 @@ pub fn encode_request_head<N: AsRef<[u8]>, V: AsRef<[u8]>>(
     opts: &RequestEncode<'_, N, V>,
     dst: &mut BytesMut,
 ) {
-    dst.reserve(head.len() + 128);
+    dst.reserve(head.len() + 128 + opts.xfcc.map_or(0, Xfcc::room));
     dst.put_slice(head.method().as_bytes(src));
     dst.put_u8(b' ');
     match opts.target {
@@ -205,6 +241,7 @@ pub fn encode_request_head<N: AsRef<[u8]>, V: AsRef<[u8]>>(
             k if k.is_hop_by_hop() => continue,
             HeaderKind::XForwardedFor if opts.client_ip.is_some() => continue, // merged below
             HeaderKind::XForwardedProto if opts.forwarded_proto.is_some() => continue,
+            HeaderKind::XForwardedClientCert if opts.xfcc.is_some() => continue, // dropped or merged below
             _ => {}
         }
         if head.connection().extra_tokens && named_by_connection(head.headers(), src, h) {
@@ -231,6 +268,20 @@ pub fn encode_request_head<N: AsRef<[u8]>, V: AsRef<[u8]>>(
         }
         // IpAddr's Display writes straight into the buffer; no String in between.
         let _ = write!(dst, "{ip}");
+        dst.put_slice(CRLF);
+    }
+    if let Some(Xfcc::Append(ours)) = opts.xfcc {
+        dst.put_slice(b"x-forwarded-client-cert: ");
+        for h in head.headers() {
+            if h.kind() == HeaderKind::XForwardedClientCert && !removed_by_ops(&opts.ops, src, h) {
+                let v = h.value(src);
+                if !v.is_empty() {
+                    dst.put_slice(v);
+                    dst.put_u8(b',');
+                }
+            }
+        }
+        dst.put_slice(ours.as_bytes());
         dst.put_slice(CRLF);
     }
     if let Some(proto) = opts.forwarded_proto {

@@ -226,6 +226,73 @@ x-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.7\r\nx-forwarded-proto: http\
     );
 }
 
+/// A request with XFCC in three spellings of the name, one of them empty.
+const WITH_XFCC: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client-Cert: By=a;URI=x\r\nX-Keep: 1\r\n\
+x-forwarded-client-cert: By=b;URI=y\r\nX-FORWARDED-CLIENT-CERT: \r\n\r\n";
+
+#[test]
+fn xfcc_is_removed_in_every_spelling_when_sanitizing() {
+    let h = parse(WITH_XFCC);
+    let opts = RequestEncode {
+        xfcc: Some(Xfcc::Sanitize),
+        ..RequestEncode::passthrough(&h)
+    };
+    assert_eq!(enc(WITH_XFCC, &opts), "GET / HTTP/1.1\r\nhost: h\r\nX-Keep: 1\r\n\r\n");
+    // Left alone without an instruction.
+    assert!(passthrough(WITH_XFCC).contains("X-FORWARDED-CLIENT-CERT: \r\n"));
+}
+
+#[test]
+fn xfcc_element_goes_after_the_values_the_request_carries() {
+    let ours = HeaderValue::from_static("By=spiffe://td/ns/s/sa/srv;Hash=ab;Subject=\"\";URI=spiffe://td/ns/c/sa/cli");
+    let h = parse(WITH_XFCC);
+    let opts = RequestEncode {
+        xfcc: Some(Xfcc::Append(&ours)),
+        ..RequestEncode::passthrough(&h)
+    };
+    let mut dst = BytesMut::new();
+    encode_request_head(&h, WITH_XFCC, &opts, &mut dst);
+    assert_eq!(
+        std::str::from_utf8(&dst).unwrap(),
+        "GET / HTTP/1.1\r\nhost: h\r\nX-Keep: 1\r\nx-forwarded-client-cert: By=a;URI=x,By=b;URI=y,\
+By=spiffe://td/ns/s/sa/srv;Hash=ab;Subject=\"\";URI=spiffe://td/ns/c/sa/cli\r\n\r\n"
+    );
+    assert!(
+        dst.len() <= h.len() + 128 + Xfcc::Append(&ours).room(),
+        "the room reserved up front holds it all"
+    );
+
+    // Nothing to keep: our element alone.
+    let s = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+    let h = parse(s);
+    let opts = RequestEncode {
+        xfcc: Some(Xfcc::Append(&ours)),
+        ..RequestEncode::passthrough(&h)
+    };
+    assert_eq!(
+        enc(s, &opts),
+        "GET / HTTP/1.1\r\nhost: h\r\n\
+x-forwarded-client-cert: By=spiffe://td/ns/s/sa/srv;Hash=ab;Subject=\"\";URI=spiffe://td/ns/c/sa/cli\r\n\r\n"
+    );
+
+    // A route that removes the field drops what the client sent, not ours.
+    let remove = ["X-Forwarded-Client-Cert"];
+    let opts = RequestEncode {
+        xfcc: Some(Xfcc::Append(&ours)),
+        ops: HeaderOps {
+            remove: &remove,
+            set: &[],
+            add: &[],
+        },
+        ..RequestEncode::passthrough(&parse(WITH_XFCC))
+    };
+    assert!(
+        enc(WITH_XFCC, &opts).ends_with(&format!("x-forwarded-client-cert: {}\r\n\r\n", ours.to_str().unwrap())),
+        "{}",
+        enc(WITH_XFCC, &opts)
+    );
+}
+
 #[test]
 fn response_passthrough_and_framing() {
     let s = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n";

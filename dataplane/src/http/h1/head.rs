@@ -131,6 +131,8 @@ pub enum HeaderKind {
     XForwardedProto,
     /// `x-request-id`
     XRequestId,
+    /// `x-forwarded-client-cert` (who the peer of an mTLS hop was; see [`super::Xfcc`])
+    XForwardedClientCert,
 }
 
 impl HeaderKind {
@@ -152,6 +154,7 @@ impl HeaderKind {
             16 if eq("proxy-connection") => HeaderKind::ProxyConnection,
             17 if eq("transfer-encoding") => HeaderKind::TransferEncoding,
             17 if eq("x-forwarded-proto") => HeaderKind::XForwardedProto,
+            23 if eq("x-forwarded-client-cert") => HeaderKind::XForwardedClientCert,
             _ => HeaderKind::Other,
         }
     }

@@ -33,6 +33,7 @@
 //! let route = routes.lookup(head.authority(&head_bytes), head.path_and_query(&head_bytes));
 //! encode_request_head(&head, &head_bytes, &RequestEncode {
 //!     client_ip: Some(peer.ip()), forwarded_proto: Some("http"), request_id: Some(&id),
+//!     xfcc: Some(Xfcc::Sanitize),
 //!     ..RequestEncode::passthrough(&head)
 //! }, &mut upstream_out);
 //! match head.framing() {
@@ -123,7 +124,7 @@ pub use chunked::{
 };
 pub use encode::{
     encode_request_head, encode_response_head, reason_phrase, valid_header_name, valid_header_value,
-    write_simple_response, ConnectionHeader, HeaderOps, RequestEncode, ResponseEncode, NO_HEADER_OPS,
+    write_simple_response, ConnectionHeader, HeaderOps, RequestEncode, ResponseEncode, Xfcc, NO_HEADER_OPS,
 };
 pub(crate) use encode::{put_field, put_framing};
 pub use error::H1Error;

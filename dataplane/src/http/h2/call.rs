@@ -24,6 +24,7 @@ use super::upstream::{self, Attempt, Try};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::forward::{back_off, hash_key, write_uuid4, InFlight};
 use crate::http::grpc;
+use crate::http::h1::Xfcc;
 use crate::http::proxy::redirect_location;
 use crate::http::retry::{self, Decision, Retries, RetrySlot};
 use crate::http::route_view::H2RouteView;
@@ -136,6 +137,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
                     worker: &worker,
                     view: &view,
                     peer,
+                    xfcc: crate::tls::xfcc(inbound.as_deref()),
                     parts: &parts,
                     rv: &rv,
                     route,
@@ -180,6 +182,8 @@ pub(crate) struct Call<'a> {
     pub(crate) worker: &'a Worker,
     pub(crate) view: &'a WorkerSnapshot,
     pub(crate) peer: SocketAddr,
+    /// What the call's `x-forwarded-client-cert` becomes (from its connection).
+    pub(crate) xfcc: Xfcc<'a>,
     pub(crate) parts: &'a http::request::Parts,
     pub(crate) rv: &'a H2RouteView<'a>,
     pub(crate) route: &'a Route,
@@ -309,6 +313,7 @@ fn outgoing(call: &Call<'_>, end_stream: bool) -> Outgoing {
             ops: &call.route.request_headers,
             client_ip: call.peer.ip(),
             request_id: &request_id,
+            xfcc: call.xfcc,
         },
     )
 }

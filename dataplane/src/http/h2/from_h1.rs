@@ -44,6 +44,7 @@ fn outgoing<'p>(ex: &Exchange<'_>, plan: &'p Plan<'_>) -> &'p Outgoing {
                 ops: &ex.route.request_headers,
                 client_ip: ex.conn.peer.ip(),
                 request_id: &plan.request_id,
+                xfcc: crate::tls::xfcc(ex.conn.inbound.as_deref()),
             },
         )
     })

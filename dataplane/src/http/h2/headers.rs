@@ -3,8 +3,9 @@
 //! A request bound for an upstream is first put in one protocol-neutral shape, [`Outgoing`]
 //! (method, authority, path, fields), whichever protocol it arrived on; the route's rewrites,
 //! header operations and the proxy's own fields (`x-forwarded-for`, `x-forwarded-proto`,
-//! `x-request-id`) are applied while building it, once per request. It then leaves as an
-//! HTTP/2 request ([`Outgoing::to_h2`]) or an HTTP/1.1 head ([`Outgoing::encode_h1`]).
+//! `x-request-id`, `x-forwarded-client-cert`) are applied while building it, once per request.
+//! It then leaves as an HTTP/2 request ([`Outgoing::to_h2`]) or an HTTP/1.1 head
+//! ([`Outgoing::encode_h1`]).
 //! Responses go the other way with [`h1_response_to_h2`] and [`encode_h2_response_as_h1`].
 //!
 //! What changes between the protocols (RFC 9113 §8.2.2, §8.3):
@@ -26,7 +27,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use ringmesh_api::snapshot::HeaderOps;
 
 use crate::http::h1::{
-    put_field, put_framing, BodyFraming, ConnectionHeader, HeaderKind, RequestHead, ResponseHead, CRLF,
+    put_field, put_framing, BodyFraming, ConnectionHeader, HeaderKind, RequestHead, ResponseHead, Xfcc, CRLF,
 };
 
 /// A request on its way to an upstream, in the shape both encoders read.
@@ -59,6 +60,8 @@ pub(crate) struct Rewrite<'a> {
     pub(crate) client_ip: IpAddr,
     /// Sent as `x-request-id` when the request carries none.
     pub(crate) request_id: &'a [u8; 36],
+    /// What `x-forwarded-client-cert` becomes.
+    pub(crate) xfcc: Xfcc<'a>,
 }
 
 /// Fields that describe one HTTP/1.1 connection hop, never forwarded across protocols.
@@ -210,6 +213,12 @@ impl Outgoing {
 
     /// The route's operations, then the proxy's own fields.
     fn finish(&mut self, rw: &Rewrite<'_>) {
+        let xfcc_name = HeaderName::from_static("x-forwarded-client-cert");
+        // Before the route's operations, as on HTTP/1.1: what the client sent goes, what the
+        // route adds stays.
+        if rw.xfcc == Xfcc::Sanitize {
+            self.headers.remove(&xfcc_name);
+        }
         apply_ops(&mut self.headers, rw.ops);
         let xff_name = HeaderName::from_static("x-forwarded-for");
         let mut xff = BytesMut::new();
@@ -228,6 +237,9 @@ impl Outgoing {
             HeaderName::from_static("x-forwarded-proto"),
             HeaderValue::from_static("http"),
         );
+        if let Xfcc::Append(ours) = rw.xfcc {
+            append_xfcc(&mut self.headers, xfcc_name, ours);
+        }
         let rid = HeaderName::from_static("x-request-id");
         if !self.headers.contains_key(&rid) {
             if let Ok(v) = HeaderValue::from_bytes(rw.request_id) {
@@ -273,6 +285,30 @@ impl Outgoing {
         put_framing(dst, self.framing);
         dst.put_slice(CRLF);
     }
+}
+
+/// Our XFCC element after the values the request carries, in one field as on HTTP/1.1. A
+/// request that carries none (the common case: the proxy that sent it removed the client's)
+/// gets the connection's ready value, shared, not copied; only values to keep make a new one.
+fn append_xfcc(headers: &mut HeaderMap, name: HeaderName, ours: &HeaderValue) {
+    let mut kept = headers.get_all(&name).iter().filter(|v| !v.is_empty()).peekable();
+    let value = if kept.peek().is_none() {
+        ours.clone()
+    } else {
+        let mut joined = BytesMut::new();
+        for v in kept {
+            joined.put_slice(v.as_bytes());
+            joined.put_u8(b',');
+        }
+        joined.put_slice(ours.as_bytes());
+        // Field values joined by a comma are a field value: this cannot fail (were it to, our
+        // element alone would go).
+        match HeaderValue::from_maybe_shared(joined.freeze()) {
+            Ok(v) => v,
+            Err(_) => ours.clone(),
+        }
+    };
+    headers.insert(name, value);
 }
 
 /// `http://authority/path` from the parts the encoders also use, sharing their bytes.
@@ -472,6 +508,7 @@ mod tests {
             ops,
             client_ip: "10.0.0.1".parse().unwrap(),
             request_id: ID,
+            xfcc: Xfcc::Sanitize,
         }
     }
 
@@ -544,6 +581,75 @@ mod tests {
         assert!(!out.headers.contains_key("x-gone"));
         assert_eq!(out.headers["content-length"], "0");
         assert_eq!(&out.authority[..], b"svc");
+    }
+
+    const OURS: &str = "By=spiffe://td/ns/s/sa/srv;Hash=ab;Subject=\"\";URI=spiffe://td/ns/c/sa/cli";
+
+    fn with_xfcc<'a>(ops: &'a HeaderOps, xfcc: Xfcc<'a>) -> Rewrite<'a> {
+        Rewrite { xfcc, ..rw(ops) }
+    }
+
+    fn h2_with_xfcc(values: &[&str]) -> http::request::Parts {
+        let mut req = Request::builder().uri("http://svc/");
+        for v in values {
+            req = req.header("x-forwarded-client-cert", *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn h2_outgoing_removes_every_xfcc_value_when_sanitizing() {
+        let ops = HeaderOps::default();
+        let parts = h2_with_xfcc(&["By=a;URI=x", "By=b;URI=y"]);
+        let out = Outgoing::from_h2(&parts, true, &with_xfcc(&ops, Xfcc::Sanitize));
+        assert!(!out.headers.contains_key("x-forwarded-client-cert"));
+        let mut b = BytesMut::new();
+        out.encode_h1(&mut b);
+        assert!(!std::str::from_utf8(&b).unwrap().contains("client-cert"));
+        // What the route adds is configuration, not the client's: it stays.
+        let ops = HeaderOps {
+            add: vec![("x-forwarded-client-cert".into(), "By=route".into())],
+            ..HeaderOps::default()
+        };
+        let out = Outgoing::from_h2(&parts, true, &with_xfcc(&ops, Xfcc::Sanitize));
+        assert_eq!(out.headers["x-forwarded-client-cert"], "By=route");
+    }
+
+    #[test]
+    fn h2_outgoing_appends_its_element_after_the_values_the_request_carries() {
+        let ops = HeaderOps::default();
+        let ours = HeaderValue::from_static(OURS);
+        let parts = h2_with_xfcc(&["By=a;URI=x", "By=b;URI=y"]);
+        let out = Outgoing::from_h2(&parts, true, &with_xfcc(&ops, Xfcc::Append(&ours)));
+        let all: Vec<_> = out.headers.get_all("x-forwarded-client-cert").iter().collect();
+        assert_eq!(all, [format!("By=a;URI=x,By=b;URI=y,{OURS}").as_str()], "one field");
+        let mut b = BytesMut::new();
+        out.encode_h1(&mut b);
+        assert!(std::str::from_utf8(&b).unwrap().contains(&format!(
+            "\r\nx-forwarded-client-cert: By=a;URI=x,By=b;URI=y,{OURS}\r\n"
+        )));
+
+        // Nothing to keep: the connection's value itself, not a copy.
+        let out = Outgoing::from_h2(&h2_with_xfcc(&[]), true, &with_xfcc(&ops, Xfcc::Append(&ours)));
+        let req = out.to_h2();
+        let sent = &req.headers()["x-forwarded-client-cert"];
+        assert_eq!(sent, OURS);
+        assert_eq!(sent.as_bytes().as_ptr(), ours.as_bytes().as_ptr(), "shared, not copied");
+    }
+
+    #[test]
+    fn h1_xfcc_in_any_case_is_removed_or_kept_on_its_way_to_h2() {
+        let raw = b"GET /p HTTP/1.1\r\nHost: svc\r\nX-Forwarded-Client-Cert: By=a;URI=x\r\n\
+x-forwarded-client-cert: By=b;URI=y\r\nX-FORWARDED-CLIENT-CERT: By=c;URI=z\r\n\r\n";
+        let head = RequestParser::new(HeadLimits::default()).parse(raw).unwrap().unwrap();
+        let ops = HeaderOps::default();
+        let req = Outgoing::from_h1(&head, raw, &with_xfcc(&ops, Xfcc::Sanitize)).to_h2();
+        assert!(!req.headers().contains_key("x-forwarded-client-cert"), "{req:?}");
+
+        let ours = HeaderValue::from_static(OURS);
+        let req = Outgoing::from_h1(&head, raw, &with_xfcc(&ops, Xfcc::Append(&ours))).to_h2();
+        let all: Vec<_> = req.headers().get_all("x-forwarded-client-cert").iter().collect();
+        assert_eq!(all, [format!("By=a;URI=x,By=b;URI=y,By=c;URI=z,{OURS}").as_str()]);
     }
 
     #[test]
