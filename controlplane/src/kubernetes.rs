@@ -175,19 +175,44 @@ pub async fn review_token(client: &kube::Client, token: &str) -> Result<crate::c
         },
         ..Default::default()
     };
-    let answer = api
-        .create(&PostParams::default(), &review)
-        .await
-        .map_err(|e| format!("TokenReview failed: {e}"))?;
+    let answer = api.create(&PostParams::default(), &review).await.map_err(|e| {
+        let hint = match &e {
+            kube::Error::Api(s) if s.code == 403 => {
+                " (the control plane's service account needs `create` on `tokenreviews` in `authentication.k8s.io`)"
+            }
+            _ => "",
+        };
+        format!("TokenReview failed: {}{hint}", api_error(&e))
+    })?;
     let status = answer.status.unwrap_or_default();
     if status.authenticated != Some(true) {
         return Err(format!(
-            "the Kubernetes API server did not authenticate the token: {}",
+            "TokenReview: the Kubernetes API server did not authenticate the token: {}",
             status.error.unwrap_or_else(|| "no reason given".into())
         ));
     }
     let user = status.user.and_then(|u| u.username).unwrap_or_default();
     service_account_of(&user)
+}
+
+/// What the API server answered, for people: `403 Forbidden: <its message>` for an error
+/// status (kube's own `Display` adds a debug dump of the whole status), anything else as kube
+/// says it.
+pub fn api_error(e: &kube::Error) -> String {
+    let kube::Error::Api(s) = e else {
+        return e.to_string();
+    };
+    let head = match (s.code, s.reason.as_str()) {
+        (0, r) => r.to_owned(),
+        (c, "") => c.to_string(),
+        (c, r) => format!("{c} {r}"),
+    };
+    match (head.is_empty(), s.message.is_empty()) {
+        (true, true) => e.to_string(),
+        (_, true) => head,
+        (true, false) => s.message.clone(),
+        (false, false) => format!("{head}: {}", s.message),
+    }
 }
 
 /// `system:serviceaccount:<namespace>:<name>`, the user name a service-account token

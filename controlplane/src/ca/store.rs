@@ -9,7 +9,8 @@
 //!   replicas starting together one writes and the other reads what it wrote.
 //! - `--kubernetes`: the Secret `ringmesh-ca` (keys `ca-cert.pem`, `ca-key.pem`) in
 //!   `--ca-namespace`, created if absent; a 409 means another replica created it first, and it
-//!   is read.
+//!   is read. A Secret missing a key, or holding one that does not parse, is an error naming
+//!   the Secret and the key: never replaced by a new root.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -154,19 +155,32 @@ pub async fn load_or_create_secret(
         reason,
     };
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    // What is stored is checked here, so that a damaged Secret is reported as such, by key,
+    // rather than as a CA that does not parse; and never replaced by a new root.
     let read = |s: &Secret| -> Result<CaMaterial, CaError> {
         let data = s.data.clone().unwrap_or_default();
         let field = |k: &str| {
-            data.get(k)
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                .ok_or_else(|| err(format!("has no {k}")))
+            let b = data.get(k).ok_or_else(|| {
+                err(format!(
+                    "has no {k}; restore it, or delete the Secret to make a new root (every proxy's certificate \
+                     then stops being trusted)"
+                ))
+            })?;
+            String::from_utf8(b.0.clone()).map_err(|_| err(format!("{k} is not text (PEM expected)")))
         };
-        Ok(CaMaterial {
+        let m = CaMaterial {
             cert_pem: field(SECRET_CERT)?,
             key_pem: field(SECRET_KEY)?,
-        })
+        };
+        super::pem_certs(SECRET_CERT, &m.cert_pem).map_err(|e| err(e.to_string()))?;
+        rcgen::KeyPair::from_pem(&m.key_pem).map_err(|e| err(format!("{SECRET_KEY}: not a PEM private key: {e}")))?;
+        // The pair: a CA certificate, and the key of that certificate.
+        super::Ca::new(&m, super::CaSettings::default())
+            .map_err(|e| err(format!("{SECRET_CERT} and {SECRET_KEY}: {e}")))?;
+        Ok(m)
     };
-    if let Some(s) = api.get_opt(SECRET_NAME).await.map_err(|e| err(e.to_string()))? {
+    let api_err = |e: kube::Error| err(crate::kubernetes::api_error(&e));
+    if let Some(s) = api.get_opt(SECRET_NAME).await.map_err(api_err)? {
         return Ok((read(&s)?, false));
     }
     let m = generate()?;
@@ -191,10 +205,10 @@ pub async fn load_or_create_secret(
         Ok(_) => Ok((m, true)),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             tracing::info!("another replica created the CA secret first; using it");
-            let s = api.get(SECRET_NAME).await.map_err(|e| err(e.to_string()))?;
+            let s = api.get(SECRET_NAME).await.map_err(api_err)?;
             Ok((read(&s)?, false))
         }
-        Err(e) => Err(err(e.to_string())),
+        Err(e) => Err(api_err(e)),
     }
 }
 
