@@ -231,8 +231,8 @@ pub fn service_account_of(username: &str) -> Result<crate::ca::WorkloadId, Strin
 mod token_review_tests {
     use super::service_account_of;
 
-    // The TokenReview call itself needs an API server, which no test here has; what the
-    // control plane makes of its answer is tested here.
+    // The user names alone; the TokenReview call, its refusals and the certificates it leads
+    // to are tested end to end against a fake API server in `tests/kubernetes.rs`.
     #[test]
     fn service_account_user_names_become_identities() {
         let id = service_account_of("system:serviceaccount:shop:reviews").unwrap();

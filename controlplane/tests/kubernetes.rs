@@ -1,58 +1,143 @@
-//! The Kubernetes source against a fake API server on loopback: list, then watch events
-//! (added, modified, deleted), a refused set that leaves the last good one served.
+//! The control plane's Kubernetes side against a fake API server on loopback (plain HTTP, a
+//! thread per connection):
+//! - the Istio-objects source: list, then watch events (added, modified, deleted), a refused
+//!   set that leaves the last good one served;
+//! - the CA root kept in the Secret `ringmesh-ca`: created on first start, loaded on restart,
+//!   one root for replicas starting together, a damaged Secret reported by key;
+//! - service-account tokens checked with TokenReview, through discovery streams that ask for a
+//!   certificate: the proven identity gets one, everything else a refusal saying why.
 
 mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use ringmesh_api::proto::{
+    control_message, proxy_message, Certificate, CertificateRequest, Workload, PROTOCOL_VERSION,
+};
+use ringmesh_control::ca::{self, store, Authority, Ca, CaError, CaMaterial, CaSettings};
 use ringmesh_control::server::{ControlPlane, ServerConfig};
 use ringmesh_control::store::ResourceSet;
 use serde_json::{json, Value};
+use x509_parser::prelude::FromDer as _;
 
-/// Watch events waiting per plural, and the objects listed at start.
-#[derive(Default)]
-struct Api {
-    listed: HashMap<String, Vec<Value>>,
-    pending: HashMap<String, Vec<Value>>,
+/// What the fake answers to a TokenReview of one token.
+#[derive(Clone, Copy)]
+enum Review {
+    /// `authenticated: true` as this user.
+    User(&'static str),
+    /// `authenticated: false` with this `status.error`.
+    Unauthenticated(&'static str),
+    /// An error status instead of a review: code, reason, message.
+    Fails(u16, &'static str, &'static str),
 }
 
-fn serve(api: Arc<Mutex<Api>>) -> u16 {
+/// One request the fake answered (watches aside), and the status it answered with.
+#[derive(Clone, Debug)]
+struct Request {
+    method: String,
+    path: String,
+    body: Value,
+    code: u16,
+}
+
+/// What the fake API server holds.
+#[derive(Default)]
+struct Api {
+    /// Watch events waiting per plural.
+    pending: HashMap<String, Vec<Value>>,
+    /// Objects listed per plural.
+    listed: HashMap<String, Vec<Value>>,
+    /// Secrets by namespace and name, as a GET returns them.
+    secrets: HashMap<(String, String), Value>,
+    /// TokenReview answers by token; an unknown token is not authenticated.
+    reviews: HashMap<String, Review>,
+    /// Every request answered, in order.
+    requests: Vec<Request>,
+    /// GETs of a Secret are answered only once this many arrived (bounded by [`WAIT`]), each
+    /// with what was stored when it arrived: replicas that all find no Secret before any
+    /// creates it.
+    hold_secret_gets: usize,
+    secret_gets: usize,
+}
+
+#[derive(Default)]
+struct Fake {
+    api: Mutex<Api>,
+    /// Notified on every GET of a Secret.
+    secret_get: Condvar,
+}
+
+impl Fake {
+    fn lock(&self) -> MutexGuard<'_, Api> {
+        self.api.lock().unwrap()
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.lock().requests.clone()
+    }
+}
+
+fn serve(fake: Arc<Fake>) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { continue };
-            let api = api.clone();
-            std::thread::spawn(move || connection(s, api));
+            let fake = fake.clone();
+            std::thread::spawn(move || connection(s, fake));
         }
     });
     port
 }
 
-fn connection(mut s: TcpStream, api: Arc<Mutex<Api>>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match s.read(&mut b) {
-                Ok(1) => head.push(b[0]),
-                _ => return,
-            }
+/// A client of the fake on `port`, as the control plane's own would be.
+fn client(port: u16) -> kube::Client {
+    let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+    kube::Client::try_from(config).unwrap()
+}
+
+/// The request line and headers, and the body (by `Content-Length`); `None` once the client
+/// closed the connection.
+fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
         }
-        let head = String::from_utf8_lossy(&head).to_string();
-        let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+fn connection(mut s: TcpStream, fake: Arc<Fake>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some((head, body)) = read_request(&mut s) {
+        let mut words = head.split_whitespace();
+        let method = words.next().unwrap_or("").to_string();
+        let target = words.next().unwrap_or("").to_string();
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let plural = path.rsplit('/').next().unwrap_or("").to_string();
         if query.contains("watch=true") || query.contains("watch=1") {
+            let plural = path.rsplit('/').next().unwrap_or("").to_string();
             let _ =
                 s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
             while Instant::now() < deadline {
-                let events = api.lock().unwrap().pending.remove(&plural).unwrap_or_default();
+                let events = fake.lock().pending.remove(&plural).unwrap_or_default();
                 for e in events {
                     let line = format!("{e}\n");
                     if s.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
@@ -65,14 +150,95 @@ fn connection(mut s: TcpStream, api: Arc<Mutex<Api>>) {
             }
             return;
         }
-        let items = api.lock().unwrap().listed.get(&plural).cloned().unwrap_or_default();
-        let body = json!({"apiVersion": "networking.istio.io/v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}).to_string();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        // Answered and recorded under one lock, so that the record's order is the order the
+        // answers were decided in.
+        let mut api = fake.lock();
+        let (code, answer) = answer(&mut api, &method, path, &body);
+        let secret_get = method == "GET" && path.contains("/secrets/");
+        api.requests.push(Request {
+            method,
+            path: path.to_string(),
+            body,
+            code,
+        });
+        if secret_get {
+            // Decided now, answered once the others held arrived too.
+            api.secret_gets += 1;
+            fake.secret_get.notify_all();
+            let hold = api.hold_secret_gets;
+            drop(fake.secret_get.wait_timeout_while(api, WAIT, |a| a.secret_gets < hold));
+        } else {
+            drop(api);
+        }
+        let text = match code {
+            200 => "OK",
+            201 => "Created",
+            403 => "Forbidden",
+            404 => "Not Found",
+            409 => "Conflict",
+            _ => "Status",
+        };
+        let answer = answer.to_string();
         let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+            "HTTP/1.1 {code} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
         );
         if s.write_all(reply.as_bytes()).is_err() {
             return;
+        }
+    }
+}
+
+/// The API server's error object.
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn answer(api: &mut Api, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+            match api.secrets.get(&(ns.to_string(), name.to_string())) {
+                Some(s) => (200, s.clone()),
+                None => (404, status(404, "NotFound", &format!("secrets \"{name}\" not found"))),
+            }
+        }
+        ("POST", ["api", "v1", "namespaces", ns, "secrets"]) => {
+            let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let key = (ns.to_string(), name.clone());
+            if api.secrets.contains_key(&key) {
+                let message = format!("secrets \"{name}\" already exists");
+                return (409, status(409, "AlreadyExists", &message));
+            }
+            let mut stored = body.clone();
+            stored["metadata"]["resourceVersion"] = json!("1");
+            stored["metadata"]["uid"] = json!(format!("{ns}-{name}"));
+            api.secrets.insert(key, stored.clone());
+            (201, stored)
+        }
+        ("POST", ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
+            let token = body["spec"]["token"].as_str().unwrap_or_default();
+            let review = api.reviews.get(token).copied();
+            let status = match review {
+                Some(Review::User(user)) => {
+                    json!({"authenticated": true, "user": {"username": user, "uid": "u-1", "groups": ["system:authenticated"]}})
+                }
+                Some(Review::Unauthenticated(error)) => json!({"authenticated": false, "error": error}),
+                Some(Review::Fails(code, reason, message)) => return (code, status(code, reason, message)),
+                None => json!({"authenticated": false, "error": "[invalid bearer token]"}),
+            };
+            let mut review = body.clone();
+            review["status"] = status;
+            (201, review)
+        }
+        _ => {
+            let plural = path.rsplit('/').next().unwrap_or("");
+            let items = api.listed.get(plural).cloned().unwrap_or_default();
+            let list = json!({"apiVersion": "networking.istio.io/v1", "kind": "List",
+                              "metadata": {"resourceVersion": "1"}, "items": items});
+            (200, list)
         }
     }
 }
@@ -92,7 +258,7 @@ fn vs(name: &str, rv: u32, host: &str) -> Value {
     )
 }
 
-/// How long a test waits for a watch event to be served.
+/// How long a test waits for a watch event to be served (and the fake for held requests).
 const WAIT: Duration = Duration::from_secs(5);
 
 fn sources(cp: &ControlPlane) -> Vec<String> {
@@ -101,9 +267,9 @@ fn sources(cp: &ControlPlane) -> Vec<String> {
 
 #[tokio::test]
 async fn istio_objects_are_listed_watched_and_a_bad_set_is_refused() {
-    let api = Arc::new(Mutex::new(Api::default()));
+    let fake = Arc::new(Fake::default());
     {
-        let mut a = api.lock().unwrap();
+        let mut a = fake.lock();
         let se = object(
             "ServiceEntry",
             "reviews",
@@ -115,9 +281,7 @@ async fn istio_objects_are_listed_watched_and_a_bad_set_is_refused() {
         a.listed
             .insert("virtualservices".into(), vec![vs("reviews", 1, "reviews.test")]);
     }
-    let port = serve(api.clone());
-    let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
+    let client = client(serve(fake.clone()));
     let cp = ControlPlane::new(ResourceSet::default(), ServerConfig::default());
     let (synced, listed) = tokio::sync::oneshot::channel();
     tokio::spawn(ringmesh_control::kubernetes::run(client, cp.clone(), synced));
@@ -144,7 +308,7 @@ async fn istio_objects_are_listed_watched_and_a_bad_set_is_refused() {
     );
 
     // A VirtualService whose timeout is no duration: the set does not compile and is refused.
-    let push = |plural: &str, e: Value| api.lock().unwrap().pending.entry(plural.into()).or_default().push(e);
+    let push = |plural: &str, e: Value| fake.lock().pending.entry(plural.into()).or_default().push(e);
     let bad = object(
         "VirtualService",
         "canary",
@@ -180,4 +344,394 @@ async fn istio_objects_are_listed_watched_and_a_bad_set_is_refused() {
     if let Err(e) = common::eventually_async(WAIT, "the deleted object withdrawn", || sources(&cp).len() == 2).await {
         panic!("{e}: {:?}", sources(&cp));
     }
+}
+
+const CA_NAMESPACE: &str = "istio-system";
+const SECRETS: &str = "/api/v1/namespaces/istio-system/secrets";
+const CA_SECRET: &str = "/api/v1/namespaces/istio-system/secrets/ringmesh-ca";
+
+fn generate() -> Result<CaMaterial, CaError> {
+    ca::generate_root("cluster.local")
+}
+
+/// For a start that must find the stored root: making one would silently replace it.
+fn must_not_generate() -> Result<CaMaterial, CaError> {
+    Err(CaError::Invalid {
+        what: "test".into(),
+        reason: "a new root was made although one is stored".into(),
+    })
+}
+
+/// `(method, path, status)` of each request.
+fn calls(requests: &[Request]) -> Vec<(&str, &str, u16)> {
+    requests
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str(), r.code))
+        .collect()
+}
+
+/// A Secret value (base64) as text.
+fn decoded(v: &Value) -> String {
+    let b64 = v.as_str().unwrap_or_else(|| panic!("base64 text expected, got {v}"));
+    String::from_utf8(BASE64.decode(b64).unwrap()).unwrap()
+}
+
+fn is_ca_certificate(pem: &str) -> bool {
+    let der = ca::pem_certs("test", pem).unwrap().remove(0);
+    let (_, x) = x509_parser::certificate::X509Certificate::from_der(der.as_ref()).unwrap();
+    x.is_ca()
+}
+
+#[tokio::test]
+async fn the_ca_root_is_created_in_a_secret_and_loaded_from_it_on_restart() {
+    let fake = Arc::new(Fake::default());
+    let port = serve(fake.clone());
+    let (root, created) = store::load_or_create_secret(&client(port), CA_NAMESPACE, generate)
+        .await
+        .unwrap();
+    assert!(created, "there was no Secret: the root is made");
+    let requests = fake.requests();
+    assert_eq!(calls(&requests), [("GET", CA_SECRET, 404), ("POST", SECRETS, 201)]);
+    let posted = &requests[1].body;
+    assert_eq!(posted["metadata"]["name"], "ringmesh-ca", "{posted}");
+    assert_eq!(posted["metadata"]["namespace"], CA_NAMESPACE, "{posted}");
+    assert_eq!(posted["type"], "Opaque", "{posted}");
+    let (cert_pem, key_pem) = (
+        decoded(&posted["data"]["ca-cert.pem"]),
+        decoded(&posted["data"]["ca-key.pem"]),
+    );
+    assert_eq!(
+        (cert_pem.as_str(), key_pem.as_str()),
+        (root.cert_pem.as_str(), root.key_pem.as_str())
+    );
+    assert!(
+        is_ca_certificate(&cert_pem),
+        "the stored certificate is a CA's: {cert_pem}"
+    );
+    let first = Ca::new(&root, CaSettings::default()).expect("the stored pair is a CA and its key");
+
+    // A restart (a new client, a new process as far as the API server can tell) loads it.
+    let (again, created) = store::load_or_create_secret(&client(port), CA_NAMESPACE, must_not_generate)
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again, root, "the restart signs with the stored root");
+    let restarted = Ca::new(&again, CaSettings::default()).unwrap();
+    assert_eq!(
+        restarted.trust_bundle(),
+        first.trust_bundle(),
+        "the same certificate bytes"
+    );
+    assert_eq!(
+        calls(&fake.requests())[2..],
+        [("GET", CA_SECRET, 200)],
+        "a restart only reads"
+    );
+}
+
+#[tokio::test]
+async fn replicas_starting_together_agree_on_one_root() {
+    let fake = Arc::new(Fake::default());
+    // Both replicas' GETs are answered only once both arrived: both find no Secret, both make
+    // a root and create it, and the API server takes one.
+    fake.lock().hold_secret_gets = 2;
+    let port = serve(fake.clone());
+    let (a, b) = (client(port), client(port));
+    let (a, b) = tokio::join!(
+        store::load_or_create_secret(&a, CA_NAMESPACE, generate),
+        store::load_or_create_secret(&b, CA_NAMESPACE, generate),
+    );
+    let ((a, a_created), (b, b_created)) = (a.unwrap(), b.unwrap());
+    assert!(
+        a_created != b_created,
+        "one replica created the Secret, the other read it"
+    );
+    assert_eq!(a, b, "both replicas sign with one root");
+    let stored = fake.lock().secrets[&(CA_NAMESPACE.to_string(), "ringmesh-ca".to_string())].clone();
+    assert_eq!(decoded(&stored["data"]["ca-cert.pem"]), a.cert_pem);
+    assert_eq!(decoded(&stored["data"]["ca-key.pem"]), a.key_pem);
+
+    let requests = fake.requests();
+    let mut calls = calls(&requests);
+    let (gets_first, rest) = calls.split_at_mut(2);
+    assert_eq!(gets_first, [("GET", CA_SECRET, 404); 2], "both found no Secret");
+    rest.sort();
+    assert_eq!(
+        rest,
+        [("GET", CA_SECRET, 200), ("POST", SECRETS, 201), ("POST", SECRETS, 409)],
+        "the second create was refused (409), and that replica read the winner's root"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_missing_a_key_or_holding_garbage_is_an_error_naming_both() {
+    let fake = Arc::new(Fake::default());
+    let port = serve(fake.clone());
+    let root = generate().unwrap();
+    let other = generate().unwrap();
+    let b64 = |s: &[u8]| json!(BASE64.encode(s));
+    let (cert, key) = (b64(root.cert_pem.as_bytes()), b64(root.key_pem.as_bytes()));
+    let cases: Vec<(&str, Value, &[&str])> = vec![
+        ("no key", json!({"ca-cert.pem": cert}), &["has no ca-key.pem"]),
+        ("no certificate", json!({"ca-key.pem": key}), &["has no ca-cert.pem"]),
+        ("no data", json!({}), &["has no ca-cert.pem"]),
+        (
+            "a certificate that is no PEM",
+            json!({"ca-cert.pem": b64(b"not a certificate"), "ca-key.pem": key}),
+            &["ca-cert.pem: no CERTIFICATE block"],
+        ),
+        (
+            "a certificate that is not text",
+            json!({"ca-cert.pem": b64(&[0xff, 0xfe, 0x00]), "ca-key.pem": key}),
+            &["ca-cert.pem is not text"],
+        ),
+        (
+            "a key that is no PEM",
+            json!({"ca-cert.pem": cert, "ca-key.pem": b64(b"not a key")}),
+            &["ca-key.pem: not a PEM private key"],
+        ),
+        (
+            "another root's key",
+            json!({"ca-cert.pem": cert, "ca-key.pem": b64(other.key_pem.as_bytes())}),
+            &["ca-cert.pem and ca-key.pem", "not the key of the CA certificate"],
+        ),
+    ];
+    for (case, data, wanted) in cases {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "ringmesh-ca", "namespace": CA_NAMESPACE, "resourceVersion": "1"},
+            "data": data});
+        fake.lock()
+            .secrets
+            .insert((CA_NAMESPACE.into(), "ringmesh-ca".into()), secret);
+        let e = store::load_or_create_secret(&client(port), CA_NAMESPACE, must_not_generate)
+            .await
+            .expect_err(case)
+            .to_string();
+        assert!(e.contains("istio-system/ringmesh-ca"), "{case}: names the Secret: {e}");
+        for w in wanted {
+            assert!(e.contains(w), "{case}: {w:?} expected in {e}");
+        }
+    }
+    assert!(
+        fake.requests().iter().all(|r| r.method == "GET"),
+        "a damaged Secret is never replaced: {:?}",
+        calls(&fake.requests())
+    );
+}
+
+const REVIEWS_TOKEN: &str = "sa-token-shop-reviews";
+const EXPIRED_TOKEN: &str = "sa-token-expired";
+const FORBIDDEN_TOKEN: &str = "sa-token-forbidden";
+const ADMIN_TOKEN: &str = "user-token-admin";
+const REVIEWS_ID: &str = "spiffe://cluster.local/ns/shop/sa/reviews";
+
+/// A fake that reviews the tokens above.
+fn token_reviewer() -> (Arc<Fake>, kube::Client) {
+    let fake = Arc::new(Fake::default());
+    fake.lock().reviews = [
+        (REVIEWS_TOKEN, Review::User("system:serviceaccount:shop:reviews")),
+        (EXPIRED_TOKEN, Review::Unauthenticated("service account token has expired")),
+        (
+            FORBIDDEN_TOKEN,
+            Review::Fails(
+                403,
+                "Forbidden",
+                "tokenreviews.authentication.k8s.io is forbidden: User \"system:serviceaccount:istio-system:ringmesh-control\" \
+                 cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope",
+            ),
+        ),
+        (ADMIN_TOKEN, Review::User("kubernetes-admin")),
+    ]
+    .into_iter()
+    .map(|(t, r)| (t.to_string(), r))
+    .collect();
+    let port = serve(fake.clone());
+    (fake, client(port))
+}
+
+/// A control plane running a CA that checks Kubernetes tokens with `kube`; its discovery
+/// address and root.
+async fn control_plane(kube: kube::Client, require_credential: bool) -> (SocketAddr, Vec<u8>) {
+    let ca = Ca::new(&generate().unwrap(), CaSettings::default()).unwrap();
+    let root = ca.trust_bundle()[0].as_ref().to_vec();
+    let authority = Authority {
+        ca,
+        kube: Some(kube),
+        require_credential,
+    };
+    let config = ServerConfig {
+        debounce: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let cp = ControlPlane::new(ResourceSet::default(), config).with_authority(Arc::new(authority));
+    (common::serve_discovery(&cp).await, root)
+}
+
+/// The `Hello` of node `node`, workload `ns/sa`, sending `credential`.
+fn hello(node: &str, ns: &str, sa: &str, credential: &str) -> ringmesh_api::proto::ProxyMessage {
+    let workload = Workload {
+        name: node.into(),
+        namespace: ns.into(),
+        service_account: sa.into(),
+        ..Default::default()
+    };
+    let mut hello = common::hello(node, workload, PROTOCOL_VERSION);
+    if let Some(proxy_message::Message::Hello(h)) = &mut hello.message {
+        h.credential = credential.into();
+    }
+    hello
+}
+
+/// A CSR with a new key for `spiffe`, as a proxy makes it.
+fn csr(spiffe: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe.to_string().try_into().unwrap())];
+    params.serialize_request(&key).unwrap().der().to_vec()
+}
+
+/// Opens a discovery stream as a proxy of workload `ns/sa` sending `credential`, asks for a
+/// certificate for that workload, and returns the answer: the certificate, or the refusal's
+/// reason.
+async fn ask_certificate(
+    addr: SocketAddr,
+    node: &str,
+    ns: &str,
+    sa: &str,
+    credential: &str,
+) -> Result<Certificate, String> {
+    let mut proxy = common::FakeProxy::connect(addr, hello(node, ns, sa, credential)).await;
+    let spiffe = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
+    proxy
+        .send(proxy_message::Message::CertificateRequest(CertificateRequest {
+            request_id: 7,
+            csr_der: csr(&spiffe),
+            lifetime_seconds: 0,
+        }))
+        .await;
+    // Config comes on the stream too; the answer is among the next few messages.
+    for _ in 0..20 {
+        match proxy.next().await.expect("the stream stays open").message {
+            Some(control_message::Message::Certificate(c)) => {
+                assert_eq!(c.request_id, 7);
+                return Ok(c);
+            }
+            Some(control_message::Message::CertificateRefusal(r)) => {
+                assert_eq!(r.request_id, 7);
+                return Err(r.reason);
+            }
+            _ => {}
+        }
+    }
+    panic!("{node}: no answer to the certificate request");
+}
+
+/// The leaf's URI names, and whether the root issued it.
+fn leaf_names(c: &Certificate, root: &[u8]) -> (Vec<String>, bool) {
+    use x509_parser::extensions::GeneralName;
+    let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(&c.chain_der[0]).unwrap();
+    let (_, root) = x509_parser::certificate::X509Certificate::from_der(root).unwrap();
+    let san = leaf.subject_alternative_name().unwrap().expect("a SAN extension");
+    let uris = san
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            GeneralName::URI(u) => u.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    (uris, leaf.issuer() == root.subject())
+}
+
+#[tokio::test]
+async fn service_account_tokens_are_checked_with_token_review() {
+    let (fake, kube) = token_reviewer();
+    let (addr, root) = control_plane(kube, false).await;
+
+    // The token's service account, announced as such: a certificate for it.
+    let c = ask_certificate(addr, "reviews-1", "shop", "reviews", REVIEWS_TOKEN)
+        .await
+        .expect("a certificate for the proven service account");
+    assert_eq!(leaf_names(&c, &root), (vec![REVIEWS_ID.to_string()], true));
+    assert_eq!(c.trust_bundle_der, std::slice::from_ref(&root));
+
+    // The same token from a proxy announcing another service account: refused, naming both.
+    let e = ask_certificate(addr, "ratings-1", "shop", "ratings", REVIEWS_TOKEN)
+        .await
+        .expect_err("a token for another service account");
+    assert!(e.contains(REVIEWS_ID) && e.contains("shop/ratings"), "{e}");
+
+    // Not authenticated: the API server's reason is passed on.
+    let e = ask_certificate(addr, "reviews-2", "shop", "reviews", EXPIRED_TOKEN)
+        .await
+        .expect_err("an expired token");
+    assert!(
+        e.contains("TokenReview")
+            && e.contains("did not authenticate")
+            && e.contains("service account token has expired"),
+        "{e}"
+    );
+
+    // The control plane may not create TokenReviews: the 403 and what to grant.
+    let e = ask_certificate(addr, "reviews-3", "shop", "reviews", FORBIDDEN_TOKEN)
+        .await
+        .expect_err("a forbidden TokenReview");
+    assert!(
+        e.starts_with("TokenReview failed: 403 Forbidden: tokenreviews.authentication.k8s.io is forbidden")
+            && e.contains("needs `create` on `tokenreviews`"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("Status {"),
+        "the API server's answer, not kube's debug dump: {e}"
+    );
+
+    // A person's token (authenticated, but no service account) proves no workload.
+    let e = ask_certificate(addr, "reviews-4", "shop", "reviews", ADMIN_TOKEN)
+        .await
+        .expect_err("a user account's token");
+    assert!(
+        e.contains("\"kubernetes-admin\"") && e.contains("not to a service account"),
+        "{e}"
+    );
+
+    // Each stream asked the API server once, with the token the proxy sent.
+    let reviewed: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/apis/authentication.k8s.io/v1/tokenreviews")
+        .map(|r| r.body["spec"]["token"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        reviewed,
+        [
+            REVIEWS_TOKEN,
+            REVIEWS_TOKEN,
+            EXPIRED_TOKEN,
+            FORBIDDEN_TOKEN,
+            ADMIN_TOKEN
+        ]
+    );
+}
+
+#[tokio::test]
+async fn require_credential_refuses_the_stream_a_token_review_refuses() {
+    let (_fake, kube) = token_reviewer();
+    let (addr, _) = control_plane(kube, true).await;
+    for (token, wanted) in [
+        (FORBIDDEN_TOKEN, "TokenReview failed: 403 Forbidden"),
+        (EXPIRED_TOKEN, "did not authenticate"),
+    ] {
+        let refused = common::FakeProxy::try_connect(addr, hello("reviews-1", "shop", "reviews", token))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{token}: the stream opened"));
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        assert!(refused.message().contains(wanted), "{token}: {refused:?}");
+    }
+    let c = ask_certificate(addr, "reviews-2", "shop", "reviews", REVIEWS_TOKEN)
+        .await
+        .expect("the proven service account is served");
+    assert!(!c.chain_der.is_empty());
 }
