@@ -51,11 +51,12 @@ pub struct BenchArgs {
     /// YAML suite file (keys as the flags below); flags typed on the command line win.
     #[arg(long)]
     pub suite: Option<PathBuf>,
-    /// Scenarios, in round order (direct, ringmesh or sidecar, mesh, mesh-plain, haproxy, nginx).
+    /// Scenarios, in round order (direct, ringmesh or sidecar, mesh, mesh-plain, haproxy,
+    /// haproxy-mesh, nginx).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,ringmesh,mesh,mesh-plain,haproxy,nginx"
+        default_value = "direct,ringmesh,mesh,mesh-plain,haproxy,haproxy-mesh,nginx"
     )]
     pub scenarios: Vec<String>,
     /// Protocols, each measured on every scenario (http1, h2 = h2c, grpc = gRPC unary over h2c).
@@ -146,7 +147,7 @@ impl BenchArgs {
                 Some(k) if !kinds.contains(&k) => kinds.push(k),
                 Some(_) => {}
                 None => problems.push(format!(
-                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, mesh, mesh-plain, haproxy, nginx)"
+                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, mesh, mesh-plain, haproxy, haproxy-mesh, nginx)"
                 )),
             }
         }
@@ -349,8 +350,8 @@ where
 
     let proxy = topology::ProxyBinary::locate(cli.proxy_bin.as_deref(), &self_exe)?;
     eprintln!("ringmesh-bench: ringmesh-proxy: {}", proxy.describe());
-    // `mesh`'s certificates, once per run, beside the report.
-    let pki = if kinds.contains(&Kind::Mesh) {
+    // `mesh`'s certificates (`haproxy-mesh` runs on the same), once per run, beside the report.
+    let pki = if kinds.contains(&Kind::Mesh) || kinds.contains(&Kind::HaproxyMesh) {
         let dir = out_dir.join("pki");
         let pki = pki::write(&dir).with_context(|| format!("making the mesh certificates in {}", dir.display()))?;
         eprintln!("ringmesh-bench: mesh CA and workload certificates: {}", dir.display());
@@ -419,6 +420,16 @@ where
                             },
                             if hop.mtls { "STRICT" } else { "DISABLE" },
                             hop.describe()
+                        ));
+                    } else if kind == Kind::HaproxyMesh {
+                        s.notes.push(format!(
+                            "client-side haproxy → server-side haproxy → echo, {} from the load generator carried \
+                             over mutual TLS (HTTP/2 inside, ALPN h2; `mesh`'s certificates in pki/, `verify required` \
+                             on both ends) between the haproxies, as `mesh` between its proxies; the server side's \
+                             bind accepts TLS only, so the readiness probe through the client side crossed an mTLS \
+                             hop, and a plaintext GET sent straight to that bind was refused; CPU and RSS are summed \
+                             over both haproxies",
+                            protocol.label()
                         ));
                     } else if kind == Kind::Nginx && protocol == Protocol::H2 {
                         s.notes.push(

@@ -626,7 +626,8 @@ fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
     for sc in scenarios.iter().filter(|s| s.status == Status::Ok) {
         let reference = reference_of(sc.protocol);
-        // `mesh` and `mesh-plain` are two proxies in a row, and their CPU is summed over both.
+        // `mesh`, `mesh-plain` and `haproxy-mesh` are two proxies in a row, and their CPU is
+        // summed over both.
         let proxies = sc.scenario.proxies().max(1) as f64;
         let ratio = match (sc.cpu_cores_per_1k_rps, reference) {
             (Some(c), Some(r)) if r > 0.0 => format!("{:.2}×", c.median / (proxies * r)),
@@ -648,8 +649,8 @@ fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
         s,
         "\n`direct`'s echo column is what the simplest server spends per request at this rate{}. \
          A proxy receives and sends on both of its sides, so near 1× it spends little beyond \
-         the kernel work any program pays for its sockets here (`mesh` and `mesh-plain`, two \
-         proxies each, are read against twice that). The echo column in the proxy rows is what each proxy's traffic \
+         the kernel work any program pays for its sockets here (`mesh`, `mesh-plain` and \
+         `haproxy-mesh`, two proxies each, are read against twice that). The echo column in the proxy rows is what each proxy's traffic \
          costs the upstream. A proxy whose closed-loop cores busy is near its worker count was \
          the closed loop's bottleneck, and its throughput there is 1 / (µs per request). \
          HTTP/2 and gRPC rows are read against `direct`'s echo of the same protocol.",
@@ -803,8 +804,8 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
          (coordinated-omission corrected), successful requests only; \"added\" is the \
          scenario minus `direct` in the same repeat. CPU is the proxy process tree's \
          utime+stime over the open-loop run divided by requests sent (summed over both \
-         proxies for `mesh` and `mesh-plain`; `mesh` runs mutual TLS between them, \
-         `mesh-plain` plaintext h2c). RSS is VmRSS of the proxy process tree(s). HTTP/2 and gRPC rows \
+         proxies for `mesh`, `mesh-plain` and `haproxy-mesh`; `mesh` runs mutual TLS between them, \
+         `mesh-plain` plaintext h2c, `haproxy-mesh` mutual TLS between two haproxies). RSS is VmRSS of the proxy process tree(s). HTTP/2 and gRPC rows \
          keep the HTTP/1.1 rows' requests in flight on fewer connections, several streams \
          each, and are compared with `direct` of the same protocol. Percentile plots: \
          `latency.svg` (HTTP/1.1), `latency-h2.svg`, `latency-grpc.svg`; each round's \
