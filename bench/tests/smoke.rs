@@ -1,7 +1,7 @@
 //! End-to-end smoke tests of the suite itself: tiny runs through the real binary (so the
 //! `__echo`/`__proxy` re-execution, the two-proxy `mesh` (mTLS), `mesh-plain` and
-//! `haproxy-mesh`, readiness, /proc sampling, the `--suite` file, Ctrl-C and the report
-//! files are all exercised). Figures are not judged
+//! `haproxy-mesh`, the `--mesh-rate` pass, readiness, /proc sampling, the `--suite` file,
+//! Ctrl-C and the report files are all exercised). Figures are not judged
 //! here — speed targets live in the benchmark, never in timed tests — only that every
 //! figure was produced.
 
@@ -125,6 +125,36 @@ fn tiny_suite_writes_complete_reports() {
     assert_eq!(floor["idle_connections"]["held"], 300, "{floor}");
     // Two proxies' memory is summed: more than one proxy's.
     assert!(scenarios[2]["idle_rss_kib"].as_u64() > scenarios[1]["idle_rss_kib"].as_u64());
+    // The mesh rows again at 1,000 rps (the default --mesh-rate), open loop only, apart from the
+    // main rows; the mesh latency targets are judged from them.
+    let pass = &json["mesh_rate"];
+    assert_eq!(pass["rate_rps"], 1000.0, "{pass}");
+    assert_eq!(pass["completed_rounds"], 2, "{pass}");
+    let rows: Vec<&str> = pass["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(rows, ["direct", "mesh", "mesh-plain", "haproxy-mesh"]);
+    for s in pass["scenarios"].as_array().unwrap() {
+        assert_eq!(
+            (s["status"].as_str(), s["protocol"].as_str()),
+            (Some("ok"), Some("http1")),
+            "{s}"
+        );
+        assert_eq!(s["errors"], 0, "{s}");
+        assert_eq!(s["runs"].as_array().unwrap().len(), 2, "{s}");
+        assert!(s["throughput_rps"].is_null(), "no closed loop in the pass: {s}");
+        assert!(s["latency_us"]["p90"]["median"].as_f64().unwrap() > 0.0, "{s}");
+        if s["scenario"] != "direct" {
+            assert!(s["added_us"]["p99"]["median"].is_number(), "{s}");
+        }
+    }
+    assert!(
+        md.contains("## Mesh latency at 1,000 rps (HTTP/1.1, open loop only, median of 2 round(s))"),
+        "{md}"
+    );
     // The wrk rows: tools no one here wrote, on both sides (wrk, nginx, haproxy are installed
     // where the suite runs; `.ci/run` installs them).
     let wrk = &json["wrk"];
@@ -153,6 +183,16 @@ fn tiny_suite_writes_complete_reports() {
         mtls.iter().all(|v| ["PASS", "MISS"].contains(v)),
         "judged, not N/A: {mtls:?}"
     );
+    for t in targets
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().starts_with("mesh (mTLS) added"))
+    {
+        let value = t["value"].as_str().unwrap();
+        assert!(
+            value.contains("(mesh-plain +") && value.contains(", haproxy-mesh +") && value.contains(" at 1,000 rps"),
+            "{t}"
+        );
+    }
     assert_eq!(json["interrupted"], false);
     for f in [
         "direct-r1.hgrm",
@@ -167,6 +207,8 @@ fn tiny_suite_writes_complete_reports() {
         "mesh-plain-server.yaml",
         "haproxy-mesh-client.cfg",
         "haproxy-mesh-server.cfg",
+        "mesh-1000rps-r2.hgrm",
+        "haproxy-mesh-1000rps-r1.hgrm",
         "pki/client.pem",
         "pki/server.pem",
         "pki/ca.pem",
@@ -419,8 +461,10 @@ fn http2_and_grpc_rows_run_through_haproxy_and_nginx() {
             assert!(s["cpu_cores_per_1k_rps"]["median"].as_f64().unwrap() > 0.0, "{s}");
         }
     }
-    // No ringmesh scenario: no per-worker measurement, and its targets are N/A.
+    // No ringmesh scenario: no per-worker measurement, and its targets are N/A; no HTTP/1.1
+    // rows: no --mesh-rate pass.
     assert!(json["worker_spread"].is_null());
+    assert!(json["mesh_rate"].is_null());
     let targets = json["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 6, "{targets:?}");
     assert!(targets.iter().all(|t| t["verdict"] == "N/A"), "{targets:?}");
