@@ -2,10 +2,12 @@
 //!
 //! `cargo run --release -p ringmesh-bench` starts one echo upstream and, in front of it, each
 //! topology (`direct`, `ringmesh`, `mesh` = two ringmesh proxies with mutual TLS between them,
-//! `mesh-plain` = the same without it, and `haproxy`/`nginx` when installed) as separate
-//! processes; then, round after round (A B C D A B C D …), it
-//! measures open-loop latency at a fixed rate (with the proxies' CPU time) and closed-loop
-//! throughput against each; finally it measures each proxy's memory per idle connection.
+//! `mesh-plain` = the same without it, and, when installed, `haproxy`, `haproxy-mesh` = `mesh`
+//! built of two haproxies, and `nginx`) as separate processes; then, round after round
+//! (A B C D A B C D …), it measures open-loop latency at a fixed rate (with the proxies' CPU
+//! time) and closed-loop throughput against each; then the mesh rows' HTTP/1.1 latency again,
+//! in rounds of their own, at the rate the mesh targets are stated at (`--mesh-rate`); finally
+//! it measures each proxy's memory per idle connection.
 //! Interleaving makes slow drift of a shared machine hit every scenario alike; medians with
 //! their min–max spread and the per-round difference to `direct` make the figures
 //! comparable. The report (markdown, JSON, one `.hgrm` per scenario and repeat, the
@@ -51,11 +53,12 @@ pub struct BenchArgs {
     /// YAML suite file (keys as the flags below); flags typed on the command line win.
     #[arg(long)]
     pub suite: Option<PathBuf>,
-    /// Scenarios, in round order (direct, ringmesh or sidecar, mesh, mesh-plain, haproxy, nginx).
+    /// Scenarios, in round order (direct, ringmesh or sidecar, mesh, mesh-plain, haproxy,
+    /// haproxy-mesh, nginx).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,ringmesh,mesh,mesh-plain,haproxy,nginx"
+        default_value = "direct,ringmesh,mesh,mesh-plain,haproxy,haproxy-mesh,nginx"
     )]
     pub scenarios: Vec<String>,
     /// Protocols, each measured on every scenario (http1, h2 = h2c, grpc = gRPC unary over h2c).
@@ -71,6 +74,12 @@ pub struct BenchArgs {
     /// Open-loop rate, requests per second.
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
+    /// After the main rounds, the HTTP/1.1 latency of direct, mesh, mesh-plain and haproxy-mesh
+    /// (those among the scenarios) again, open loop only, at this rate, in `--repeats` rounds of
+    /// their own: the mesh p90/p99 targets are stated (and judged) at 1,000 rps. 0 skips the
+    /// pass, and the targets are judged at `--rate`.
+    #[arg(long, default_value_t = report::MTLS_TARGET_RATE)]
+    pub mesh_rate: f64,
     /// Open-loop measurement window.
     #[arg(long, default_value = "4s", value_parser = ringmesh_loadgen::parse_duration)]
     pub duration: Duration,
@@ -135,7 +144,13 @@ struct Plan {
     protocols: Vec<Protocol>,
     /// The per-worker CPU measurement's protocol, when it runs.
     worker_spread: Option<Protocol>,
+    /// The `--mesh-rate` pass, when it runs: its rate and its scenarios, in round order.
+    mesh_rate: Option<(f64, Vec<Kind>)>,
 }
+
+/// The scenarios of the `--mesh-rate` pass: the baseline, the mesh with and without mTLS, and
+/// the same mTLS mesh of two haproxies (the floor).
+const MESH_RATE_KINDS: [Kind; 4] = [Kind::Direct, Kind::Mesh, Kind::MeshPlain, Kind::HaproxyMesh];
 
 impl BenchArgs {
     fn validate(&self) -> anyhow::Result<Plan> {
@@ -146,7 +161,7 @@ impl BenchArgs {
                 Some(k) if !kinds.contains(&k) => kinds.push(k),
                 Some(_) => {}
                 None => problems.push(format!(
-                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, mesh, mesh-plain, haproxy, nginx)"
+                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, mesh, mesh-plain, haproxy, haproxy-mesh, nginx)"
                 )),
             }
         }
@@ -183,6 +198,12 @@ impl BenchArgs {
         if !(self.rate > 0.0 && self.rate <= 1e6) {
             problems.push(format!("--rate must be in (0, 1e6], got {}", self.rate));
         }
+        if !(self.mesh_rate >= 0.0 && self.mesh_rate <= 1e6) {
+            problems.push(format!(
+                "--mesh-rate must be 0 (no pass) or in (0, 1e6], got {}",
+                self.mesh_rate
+            ));
+        }
         if self.connections == 0 || self.throughput_connections == 0 || self.load_threads == 0 {
             problems.push("--connections, --throughput-connections and --load-threads must be at least 1".into());
         }
@@ -209,10 +230,17 @@ impl BenchArgs {
         if problems.is_empty() {
             let worker_spread =
                 spread_protocol.filter(|_| !self.worker_spread_duration.is_zero() && kinds.contains(&Kind::Ringmesh));
+            // Only with HTTP/1.1 rows (Istio's figures are HTTP/1.1's) and a mesh to measure.
+            let mesh_kinds: Vec<Kind> = kinds.iter().copied().filter(|k| MESH_RATE_KINDS.contains(k)).collect();
+            let mesh_rate = (self.mesh_rate > 0.0
+                && protocols.contains(&Protocol::Http1)
+                && mesh_kinds.iter().any(|&k| k != Kind::Direct))
+            .then_some((self.mesh_rate, mesh_kinds));
             Ok(Plan {
                 kinds,
                 protocols,
                 worker_spread,
+                mesh_rate,
             })
         } else {
             bail!("{}", problems.join("; "))
@@ -349,8 +377,8 @@ where
 
     let proxy = topology::ProxyBinary::locate(cli.proxy_bin.as_deref(), &self_exe)?;
     eprintln!("ringmesh-bench: ringmesh-proxy: {}", proxy.describe());
-    // `mesh`'s certificates, once per run, beside the report.
-    let pki = if kinds.contains(&Kind::Mesh) {
+    // `mesh`'s certificates (`haproxy-mesh` runs on the same), once per run, beside the report.
+    let pki = if kinds.contains(&Kind::Mesh) || kinds.contains(&Kind::HaproxyMesh) {
         let dir = out_dir.join("pki");
         let pki = pki::write(&dir).with_context(|| format!("making the mesh certificates in {}", dir.display()))?;
         eprintln!("ringmesh-bench: mesh CA and workload certificates: {}", dir.display());
@@ -420,6 +448,16 @@ where
                             if hop.mtls { "STRICT" } else { "DISABLE" },
                             hop.describe()
                         ));
+                    } else if kind == Kind::HaproxyMesh {
+                        s.notes.push(format!(
+                            "client-side haproxy → server-side haproxy → echo, {} from the load generator carried \
+                             over mutual TLS (HTTP/2 inside, ALPN h2; `mesh`'s certificates in pki/, `verify required` \
+                             on both ends) between the haproxies, as `mesh` between its proxies; the server side's \
+                             bind accepts TLS only, so the readiness probe through the client side crossed an mTLS \
+                             hop, and a plaintext GET sent straight to that bind was refused; CPU and RSS are summed \
+                             over both haproxies",
+                            protocol.label()
+                        ));
                     } else if kind == Kind::Nginx && protocol == Protocol::H2 {
                         s.notes.push(
                             "nginx cannot proxy plain HTTP/2 upstream (`proxy_pass` speaks HTTP/1.x only): this row \
@@ -459,7 +497,22 @@ where
         cpus: cli.cpu_for(0).into_iter().collect(),
         body_size: cli.body_size,
         h2_streams: cli.h2_streams,
+        closed_loop: true,
+        file_tag: String::new(),
     };
+    // The `--mesh-rate` pass's rows: its scenarios' HTTP/1.1 topologies that started; none
+    // when no mesh of them did (`direct` alone would measure nothing the targets need).
+    let mut mesh_rate_rows: Vec<usize> = plan.mesh_rate.as_ref().map_or_else(Vec::new, |(_, kinds)| {
+        topologies
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.protocol == Protocol::Http1 && kinds.contains(&t.kind))
+            .map(|(i, _)| i)
+            .collect()
+    });
+    if mesh_rate_rows.iter().all(|&i| topologies[i].kind == Kind::Direct) {
+        mesh_rate_rows.clear();
+    }
     let idle_steps = if cli.idle_connections > 0 {
         topologies.iter().filter(|t| idle_test_applies(t)).count()
     } else {
@@ -467,75 +520,52 @@ where
     };
     let spread_steps = usize::from(plan.worker_spread.is_some());
     let ui = ui::Ui::new(
-        (cli.repeats * topologies.len() + idle_steps + spread_steps) as u64,
+        (cli.repeats * (topologies.len() + mesh_rate_rows.len()) + idle_steps + spread_steps) as u64,
         !cli.no_progress,
     );
-    let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); topologies.len()];
-    let mut failed: Vec<Option<String>> = vec![None; topologies.len()];
-    let mut completed_rounds = 0;
-    'rounds: for repeat in 0..cli.repeats {
-        for (i, topo) in topologies.iter_mut().enumerate() {
-            if interrupted() {
-                break 'rounds;
-            }
-            if failed[i].is_some() {
-                ui.advance();
-                continue;
-            }
-            if let Err(e) = topo.check_alive() {
-                failed[i] = Some(format!("{e:#}"));
-                ui.advance();
-                continue;
-            }
-            ui.step(format!("round {}/{} · {}", repeat + 1, cli.repeats, topo.row_name()));
-            match measure::run_once(topo, &echo, &shape, repeat, &out_dir, &|c| ui.watch(c)) {
-                Ok(r) => {
-                    ui.line(format!(
-                        "ringmesh-bench: [{}/{}] {:<8} throughput {:>7.0} rps | p50 {} p99 {} max {}{}",
-                        repeat + 1,
-                        cli.repeats,
-                        topo.row_name(),
-                        r.throughput_rps,
-                        report::fmt_us(r.latency_us.p50 as f64),
-                        report::fmt_us(r.latency_us.p99 as f64),
-                        report::fmt_us(r.latency_us.max as f64),
-                        if r.latency_rate_met {
-                            ""
-                        } else {
-                            "  (UNDER TARGET RATE)"
-                        }
-                    ));
-                    runs[i].push(r);
-                }
-                Err(_) if interrupted() => break 'rounds,
-                Err(e) => {
-                    ui.line(format!(
-                        "ringmesh-bench: {}: measurement failed: {e:#}",
-                        topo.row_name()
-                    ));
-                    failed[i] = Some(format!("measurement failed: {e:#}"));
-                }
-            }
-            ui.advance();
-        }
-        completed_rounds = repeat + 1;
-    }
+    let all_rows: Vec<usize> = (0..topologies.len()).collect();
+    let main = run_rounds(
+        &mut topologies,
+        &all_rows,
+        &[],
+        &echo,
+        &shape,
+        cli.repeats,
+        &out_dir,
+        &ui,
+    );
+    let (mut runs, mut failed, completed_rounds) = (main.runs, main.failed, main.completed_rounds);
     let was_interrupted = interrupted();
-    if was_interrupted {
-        // Only whole rounds are reported, so every scenario has the same repeats and the
-        // added latency stays paired by round.
-        for r in &mut runs {
-            r.retain(|run| run.repeat < completed_rounds);
+
+    // The mesh rows again, at the rate their latency targets are stated at, while their
+    // topologies still run; a row that failed in the main rounds is not measured again.
+    let mesh_rate_pass = match &plan.mesh_rate {
+        Some((rate, _)) if !was_interrupted => {
+            let pass_shape = LoadShape {
+                rate: *rate,
+                closed_loop: false,
+                file_tag: format!("-{}rps", rate.round() as u64),
+                ..shape.clone()
+            };
+            let pass = run_rounds(
+                &mut topologies,
+                &mesh_rate_rows,
+                &failed,
+                &echo,
+                &pass_shape,
+                cli.repeats,
+                &out_dir,
+                &ui,
+            );
+            Some(mesh_rate_summaries(&topologies, &mesh_rate_rows, &failed, pass, *rate))
         }
-        ui.line(format!(
-            "ringmesh-bench: interrupted: reporting the {completed_rounds} complete round(s) of {}",
-            cli.repeats
-        ));
-    }
+        _ => None,
+    };
+    let interrupted_mesh_rate = !was_interrupted && interrupted();
 
     // Memory per idle connection, last: it leaves allocator state behind.
     let mut idle = vec![None; topologies.len()];
-    if cli.idle_connections > 0 && !was_interrupted {
+    if cli.idle_connections > 0 && !interrupted() {
         // Each idle connection costs this process and the proxy one descriptor each.
         let per_proxy = (nofile.saturating_sub(512) as usize).min(cli.idle_connections);
         if per_proxy < cli.idle_connections {
@@ -594,7 +624,7 @@ where
     };
     ui.finish();
     // Ctrl-C during the idle-connection test: its figures cover the connections opened so far.
-    let interrupted_idle = !was_interrupted && interrupted();
+    let interrupted_idle = !was_interrupted && !interrupted_mesh_rate && interrupted();
     let direct_runs = |protocol: Protocol| {
         topologies
             .iter()
@@ -679,7 +709,7 @@ where
         Vec::new()
     };
     targets.extend(report::judge_protocols(&summaries));
-    targets.extend(report::judge_mtls(&summaries, cli.rate));
+    targets.extend(report::judge_mtls(&summaries, cli.rate, mesh_rate_pass.as_ref()));
     if let Some(w) = &worker_spread {
         targets.push(worker_cpu::judge(w));
     }
@@ -700,6 +730,28 @@ where
                 "{} rps, {} connections, {:?} + {:?} warmup",
                 cli.rate, cli.connections, cli.duration, cli.warmup
             ),
+        ),
+        (
+            "mesh-rate pass".into(),
+            match (&plan.mesh_rate, &mesh_rate_pass) {
+                (Some((rate, kinds)), Some(_)) => format!(
+                    "{} HTTP/1.1, open loop only, {} connections, {:?} + {:?} warmup, {} interleaved rounds ({}); \
+                     judges the mesh p90/p99 targets",
+                    report::fmt_rps(*rate),
+                    cli.connections,
+                    cli.duration,
+                    cli.warmup,
+                    cli.repeats,
+                    kinds_line(kinds)
+                ),
+                (Some(_), None) => {
+                    "not run (interrupted before it); the mesh p90/p99 targets are judged at --rate".into()
+                }
+                (None, _) if cli.mesh_rate > 0.0 => {
+                    "not run (no HTTP/1.1 rows, or no mesh, mesh-plain or haproxy-mesh scenario)".into()
+                }
+                (None, _) => "not run (--mesh-rate 0): the mesh p90/p99 targets are judged at --rate".into(),
+            },
         ),
         (
             "closed loop".into(),
@@ -768,6 +820,16 @@ where
             ),
         ));
     }
+    if interrupted_mesh_rate {
+        settings.push((
+            "INTERRUPTED".into(),
+            format!(
+                "Ctrl-C during the mesh-rate pass: all main rounds completed; the pass covers {} complete round(s), \
+                 idle-connection test not run",
+                mesh_rate_pass.as_ref().map_or(0, |p| p.completed_rounds)
+            ),
+        ));
+    }
     if interrupted_idle {
         settings.push((
             "INTERRUPTED".into(),
@@ -786,7 +848,7 @@ where
         machine,
         settings,
     };
-    let mut md = report::markdown(&info, &summaries, &targets);
+    let mut md = report::markdown(&info, &summaries, mesh_rate_pass.as_ref(), &targets);
     if let Some(w) = &worker_spread {
         md.push_str(&worker_cpu::markdown(w));
     }
@@ -796,9 +858,10 @@ where
     std::fs::write(out_dir.join("report.md"), &md)?;
     let json = serde_json::json!({
         "info": info,
-        "interrupted": was_interrupted || interrupted_idle,
+        "interrupted": was_interrupted || interrupted_mesh_rate || interrupted_idle,
         "completed_rounds": completed_rounds,
         "scenarios": summaries,
+        "mesh_rate": mesh_rate_pass,
         "targets": targets,
         "worker_spread": worker_spread,
         "wrk": wrk_section,
@@ -806,7 +869,7 @@ where
     std::fs::write(out_dir.join("report.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     println!("{md}");
     println!("Report: {}", out_dir.join("report.md").display());
-    if was_interrupted || interrupted_idle {
+    if was_interrupted || interrupted_mesh_rate || interrupted_idle {
         bail!("interrupted after {completed_rounds} complete round(s); the report covers those");
     }
     // A scenario that failed (to start, or every request) must not read as a good run.
@@ -814,6 +877,12 @@ where
         .iter()
         .filter(|s| s.status == Status::Failed)
         .map(ScenarioSummary::row_name)
+        .chain(mesh_rate_pass.iter().flat_map(|p| {
+            p.scenarios
+                .iter()
+                .filter(|s| s.status == Status::Failed)
+                .map(move |s| format!("{} at {}", s.row_name(), report::fmt_rps(p.rate_rps)))
+        }))
         .chain(
             worker_spread
                 .iter()
@@ -832,6 +901,160 @@ where
         bail!("failed: {} (the report says why)", failed.join(", "));
     }
     Ok(())
+}
+
+/// What one pass of interleaved rounds measured, indexed as the topologies.
+struct PassRuns {
+    /// Each topology's runs (none for a topology outside the pass).
+    runs: Vec<Vec<RunResult>>,
+    /// Why a topology's measurement failed in the pass (it is not measured again in it).
+    failed: Vec<Option<String>>,
+    /// Rounds the pass completed.
+    completed_rounds: usize,
+}
+
+/// One pass of `rounds` interleaved rounds (A B C A B C …) over the topologies `rows` names
+/// (indices into `topologies`), each measurement as `shape` says: the main rounds over every
+/// topology, and the `--mesh-rate` pass over some of the same running topologies, at its own
+/// rate, open loop only. A row failed before the pass (`failed_before[i]`) or in it is not
+/// measured again. A Ctrl-C stops the pass after the measurement in progress, and only whole
+/// rounds are kept, so every row has the same rounds and added latency stays paired by round.
+#[allow(clippy::too_many_arguments)]
+fn run_rounds(
+    topologies: &mut [Topology],
+    rows: &[usize],
+    failed_before: &[Option<String>],
+    echo: &Proc,
+    shape: &LoadShape,
+    rounds: usize,
+    out_dir: &std::path::Path,
+    ui: &ui::Ui,
+) -> PassRuns {
+    let interrupted = ringmesh_loadgen::progress::interrupted;
+    let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); topologies.len()];
+    let mut failed: Vec<Option<String>> = vec![None; topologies.len()];
+    // The main rounds say nothing of their rate (the settings do); another pass names its own.
+    let pass = if shape.closed_loop {
+        String::new()
+    } else {
+        format!(" at {}", report::fmt_rps(shape.rate))
+    };
+    let mut completed_rounds = 0;
+    'rounds: for repeat in 0..rounds {
+        for &i in rows {
+            let topo = &mut topologies[i];
+            if interrupted() {
+                break 'rounds;
+            }
+            if failed[i].is_some() || failed_before.get(i).is_some_and(Option::is_some) {
+                ui.advance();
+                continue;
+            }
+            if let Err(e) = topo.check_alive() {
+                failed[i] = Some(format!("{e:#}"));
+                ui.advance();
+                continue;
+            }
+            ui.step(format!("round {}/{rounds}{pass} · {}", repeat + 1, topo.row_name()));
+            match measure::run_once(topo, echo, shape, repeat, out_dir, &|c| ui.watch(c)) {
+                Ok(r) => {
+                    ui.line(format!(
+                        "ringmesh-bench: [{}/{rounds}{pass}] {:<8} {}p50 {} p90 {} p99 {} max {}{}",
+                        repeat + 1,
+                        topo.row_name(),
+                        r.throughput_rps
+                            .map_or(String::new(), |t| format!("throughput {t:>7.0} rps | ")),
+                        report::fmt_us(r.latency_us.p50 as f64),
+                        report::fmt_us(r.latency_us.p90 as f64),
+                        report::fmt_us(r.latency_us.p99 as f64),
+                        report::fmt_us(r.latency_us.max as f64),
+                        if r.latency_rate_met {
+                            ""
+                        } else {
+                            "  (UNDER TARGET RATE)"
+                        }
+                    ));
+                    runs[i].push(r);
+                }
+                Err(_) if interrupted() => break 'rounds,
+                Err(e) => {
+                    ui.line(format!(
+                        "ringmesh-bench: {}{pass}: measurement failed: {e:#}",
+                        topo.row_name()
+                    ));
+                    failed[i] = Some(format!("measurement failed: {e:#}"));
+                }
+            }
+            ui.advance();
+        }
+        completed_rounds = repeat + 1;
+    }
+    if interrupted() {
+        for r in &mut runs {
+            r.retain(|run| run.repeat < completed_rounds);
+        }
+        ui.line(format!(
+            "ringmesh-bench: interrupted: reporting the {completed_rounds} complete round(s) of {rounds}{pass}"
+        ));
+    }
+    PassRuns {
+        runs,
+        failed,
+        completed_rounds,
+    }
+}
+
+/// The `--mesh-rate` pass's rows (`rows` of `topologies`, all HTTP/1.1), summarised apart from
+/// the main rows: added latency against this pass's `direct`. A row that failed in the main
+/// rounds (`failed_before`) or in the pass reads as failed here too, never as a measured row.
+fn mesh_rate_summaries(
+    topologies: &[Topology],
+    rows: &[usize],
+    failed_before: &[Option<String>],
+    mut pass: PassRuns,
+    rate: f64,
+) -> report::MeshRatePass {
+    let direct: Option<Vec<RunResult>> = rows
+        .iter()
+        .find(|&&i| topologies[i].kind == Kind::Direct)
+        .map(|&i| pass.runs[i].clone());
+    let scenarios = rows
+        .iter()
+        .map(|&i| {
+            let topo = &topologies[i];
+            let mut s = ScenarioSummary::new(topo.kind, topo.protocol, Status::Ok);
+            s.version = topo.version.clone();
+            s.io_driver = topo.io_driver.clone();
+            s.runs = std::mem::take(&mut pass.runs[i]);
+            // The targets are judged from these rows: one whose rounds are not all there fails,
+            // rather than be judged from the rounds it survived.
+            if let Some(why) = &failed_before[i] {
+                s.status = Status::Failed;
+                s.notes.push(format!("not measured: failed in the main rounds ({why})"));
+            }
+            if let Some(why) = pass.failed[i].take() {
+                s.status = Status::Failed;
+                s.notes.push(why);
+            }
+            s.summarise(if topo.kind == Kind::Direct {
+                None
+            } else {
+                direct.as_deref()
+            });
+            if s.under_rate_runs > 0 {
+                s.notes.push(format!(
+                    "{} open-loop run(s) achieved < 99% of the target rate: their latency describes a lower load",
+                    s.under_rate_runs
+                ));
+            }
+            s
+        })
+        .collect();
+    report::MeshRatePass {
+        rate_rps: rate,
+        completed_rounds: pass.completed_rounds,
+        scenarios,
+    }
 }
 
 /// Writes `path`: the open-loop histograms of each measured scenario of `protocol`, merged
@@ -931,6 +1154,55 @@ mod tests {
                 assert!(path.starts_with('/'), "relative path in nginx config: {line}");
             }
         }
+    }
+
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        BenchArgs::try_parse_from(std::iter::once("ringmesh-bench").chain(args.iter().copied()))
+            .unwrap()
+            .validate()
+    }
+
+    #[test]
+    fn the_mesh_rate_pass_runs_over_the_http1_mesh_rows_unless_asked_not_to() {
+        // The default suite: haproxy-mesh after haproxy, and the pass at 1,000 rps over the
+        // four mesh scenarios, in round order.
+        let p = plan(&[]).unwrap();
+        let names: Vec<&str> = p.kinds.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "direct",
+                "ringmesh",
+                "mesh",
+                "mesh-plain",
+                "haproxy",
+                "haproxy-mesh",
+                "nginx"
+            ]
+        );
+        assert_eq!(
+            p.mesh_rate,
+            Some((
+                1000.0,
+                vec![Kind::Direct, Kind::Mesh, Kind::MeshPlain, Kind::HaproxyMesh]
+            ))
+        );
+        let p = plan(&["--scenarios", "haproxy-mesh,direct,ringmesh", "--mesh-rate", "500"]).unwrap();
+        assert_eq!(p.mesh_rate, Some((500.0, vec![Kind::HaproxyMesh, Kind::Direct])));
+        // Not run: asked not to, no HTTP/1.1 rows (Istio's figures are HTTP/1.1's), no mesh.
+        assert_eq!(plan(&["--mesh-rate", "0"]).unwrap().mesh_rate, None);
+        assert_eq!(plan(&["--protocols", "h2,grpc"]).unwrap().mesh_rate, None);
+        assert_eq!(
+            plan(&["--scenarios", "direct,ringmesh,haproxy"]).unwrap().mesh_rate,
+            None
+        );
+        let e = plan(&["--mesh-rate=-5"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--mesh-rate must be 0 (no pass) or in (0, 1e6], got -5"),
+            "{e}"
+        );
+        let e = plan(&["--scenarios", "direct,istio"]).unwrap_err().to_string();
+        assert!(e.contains("haproxy, haproxy-mesh, nginx)"), "{e}");
     }
 
     #[test]

@@ -52,6 +52,12 @@ pub struct LoadShape {
     /// HTTP/2 and gRPC rows: streams per connection. They keep the HTTP/1.1 rows' requests
     /// in flight (`connections`) on `connections / h2_streams` connections.
     pub h2_streams: usize,
+    /// Whether each measurement runs the closed loop after the open loop (the main rounds), or
+    /// the open loop alone (the `--mesh-rate` pass, which is about latency at another rate).
+    pub closed_loop: bool,
+    /// Put after the row's name in its `.hgrm` files, so that a second pass over the same rows
+    /// does not overwrite the first one's (`""` for the main rounds, `-1000rps`).
+    pub file_tag: String,
 }
 
 /// One repeat of one scenario.
@@ -59,8 +65,8 @@ pub struct LoadShape {
 pub struct RunResult {
     /// Repeat number (0-based).
     pub repeat: usize,
-    /// Closed-loop throughput, rps.
-    pub throughput_rps: f64,
+    /// Closed-loop throughput, rps; none when the pass ran the open loop alone.
+    pub throughput_rps: Option<f64>,
     /// Closed-loop failures.
     pub throughput_errors: u64,
     /// Open-loop latency, µs.
@@ -133,8 +139,9 @@ pub(crate) fn probe(entry: SocketAddr, protocol: Protocol) -> bool {
     matches!(run_load_with(c, Arc::new(RunControl::new())), Ok(r) if r.ok > 0)
 }
 
-/// Runs one latency and one throughput measurement against `topo`; `watch` is handed each
-/// run's live counters (for the progress bar) and `None` when the runs are over.
+/// Runs one latency and (when `shape.closed_loop`) one throughput measurement against `topo`;
+/// `watch` is handed each run's live counters (for the progress bar) and `None` when the runs
+/// are over.
 pub fn run_once(
     topo: &Topology,
     upstream: &Proc,
@@ -163,8 +170,27 @@ pub fn run_once(
         (Some(b), Some(a)) => per_1k(a.saturating_sub(b)),
         _ => None,
     };
-    let hgrm = format!("{}-r{}.hgrm", topo.row_name(), repeat + 1);
+    let hgrm = format!("{}{}-r{}.hgrm", topo.row_name(), shape.file_tag, repeat + 1);
     write_hgrm(&lat, &out_dir.join(&hgrm))?;
+    let mut result = RunResult {
+        repeat,
+        throughput_rps: None,
+        throughput_errors: 0,
+        latency_us: lat.latency_us,
+        latency_rate_rps: lat.rate_rps,
+        latency_rate_met: lat.met_target(),
+        latency_errors: lat.errors,
+        latency_unsent: lat.unsent,
+        cpu_per_1k,
+        upstream_cpu_per_1k: per_1k(upstream_cpu),
+        throughput_proxy_cores: None,
+        throughput_cpu_us: None,
+        hgrm,
+        histogram: Some(lat.histogram),
+    };
+    if !shape.closed_loop {
+        return Ok(result);
+    }
 
     // A short pause so the closed-loop run does not start on the open-loop run's tail.
     std::thread::sleep(Duration::from_millis(100));
@@ -188,25 +214,14 @@ pub fn run_once(
         .zip(cpu_after)
         .map(|(b, a)| a.saturating_sub(b).as_secs_f64());
 
-    Ok(RunResult {
-        repeat,
-        // Successful responses only: a proxy answering 503 at once must not out-run one that serves.
-        throughput_rps: thr.ok_rate_rps,
-        throughput_errors: thr.errors,
-        latency_us: lat.latency_us,
-        latency_rate_rps: lat.rate_rps,
-        latency_rate_met: lat.met_target(),
-        latency_errors: lat.errors,
-        latency_unsent: lat.unsent,
-        cpu_per_1k,
-        upstream_cpu_per_1k: per_1k(upstream_cpu),
-        throughput_proxy_cores: thr_cpu.map(|c| c / wall.as_secs_f64()),
-        throughput_cpu_us: thr_cpu
-            .filter(|_| thr.sent_total > 0)
-            .map(|c| c / thr.sent_total as f64 * 1e6),
-        hgrm,
-        histogram: Some(lat.histogram),
-    })
+    // Successful responses only: a proxy answering 503 at once must not out-run one that serves.
+    result.throughput_rps = Some(thr.ok_rate_rps);
+    result.throughput_errors = thr.errors;
+    result.throughput_proxy_cores = thr_cpu.map(|c| c / wall.as_secs_f64());
+    result.throughput_cpu_us = thr_cpu
+        .filter(|_| thr.sent_total > 0)
+        .map(|c| c / thr.sent_total as f64 * 1e6);
+    Ok(result)
 }
 
 /// Fails a measurement in which no request succeeded: its latency and throughput would describe

@@ -1,6 +1,6 @@
 //! The mesh CA of one run: a root and two SPIFFE workload certificates, written as PEM files
 //! for `ProxyConfig.spec.identity`, so `mesh` runs mutual TLS between its two proxies without a
-//! control plane.
+//! control plane; `haproxy-mesh` gives the same certificates to its two haproxies.
 //!
 //! Made fresh for every run (in `OUT/pki/`) with `rcgen`, the same way the proxy's end-to-end
 //! tests make theirs: nothing to install, nothing kept between runs, and the files sit beside
@@ -52,6 +52,10 @@ pub struct IdentityFiles {
     pub cert: PathBuf,
     /// Its PKCS#8 private key.
     pub key: PathBuf,
+    /// The certificate and its key in one file (`<name>.pem`, owner-readable only): haproxy's
+    /// `crt` takes them together, and `haproxy-mesh` must run on the very same identities as
+    /// `mesh`, not on certificates of its own.
+    pub bundle: PathBuf,
     /// The mesh root, the trust bundle for the peer's certificate.
     pub ca: PathBuf,
 }
@@ -61,9 +65,9 @@ pub struct IdentityFiles {
 pub struct MeshPki {
     /// `ca.pem`.
     pub ca: PathBuf,
-    /// `client-cert.pem`, `client-key.pem`, `ca.pem`.
+    /// `client-cert.pem`, `client-key.pem`, `client.pem`, `ca.pem`.
     pub client: IdentityFiles,
-    /// `server-cert.pem`, `server-key.pem`, `ca.pem`.
+    /// `server-cert.pem`, `server-key.pem`, `server.pem`, `ca.pem`.
     pub server: IdentityFiles,
 }
 
@@ -79,7 +83,8 @@ impl MeshPki {
 
 /// Makes a new root and one workload certificate per side, and writes them into `dir`
 /// (created if missing): `ca.pem`, `client-cert.pem`, `client-key.pem`, `server-cert.pem`,
-/// `server-key.pem`. Keys are written owner-readable only.
+/// `server-key.pem`, and each side's certificate and key again as one bundle (`client.pem`,
+/// `server.pem`). Keys (and bundles) are written owner-readable only.
 pub fn write(dir: &Path) -> anyhow::Result<MeshPki> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut root = CertificateParams::new(Vec::<String>::new()).context("root parameters")?;
@@ -109,10 +114,13 @@ pub fn write(dir: &Path) -> anyhow::Result<MeshPki> {
         let files = IdentityFiles {
             cert: dir.join(format!("{name}-cert.pem")),
             key: dir.join(format!("{name}-key.pem")),
+            bundle: dir.join(format!("{name}.pem")),
             ca: ca.clone(),
         };
-        write_file(&files.cert, cert.pem().as_bytes(), false)?;
-        write_file(&files.key, key.serialize_pem().as_bytes(), true)?;
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        write_file(&files.cert, cert_pem.as_bytes(), false)?;
+        write_file(&files.key, key_pem.as_bytes(), true)?;
+        write_file(&files.bundle, format!("{cert_pem}{key_pem}").as_bytes(), true)?;
         Ok(files)
     };
     let client = leaf(Side::Client)?;
@@ -174,6 +182,8 @@ mod tests {
             "client-key.pem",
             "server-cert.pem",
             "server-key.pem",
+            "client.pem",
+            "server.pem",
         ]
         .iter()
         .map(|f| dir.join(f))
@@ -187,9 +197,12 @@ mod tests {
         );
         assert_eq!((&pki.client.cert, &pki.client.key), (&names[1], &names[2]));
         assert_eq!((&pki.server.cert, &pki.server.key), (&names[3], &names[4]));
+        assert_eq!((&pki.client.bundle, &pki.server.bundle), (&names[5], &names[6]));
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&pki.server.key).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "a private key readable by others: {mode:o}");
+        for private in [&pki.server.key, &pki.client.bundle, &pki.server.bundle] {
+            let mode = std::fs::metadata(private).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} readable by others: {mode:o}", private.display());
+        }
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
@@ -205,6 +218,18 @@ mod tests {
                 .verify_client_cert(&leaf, &[], UnixTime::now())
                 .unwrap_or_else(|e| panic!("{side:?}'s certificate does not chain to ca.pem: {e}"));
             assert_eq!(uris(&leaf), [side.spiffe_id()]);
+            // The bundle is this certificate followed by this key.
+            let bundle = std::fs::read(&files.bundle).unwrap();
+            assert_eq!(
+                CertificateDer::pem_slice_iter(&bundle)
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                std::slice::from_ref(&leaf)
+            );
+            assert_eq!(
+                PrivateKeyDer::from_pem_slice(&bundle).unwrap().secret_der(),
+                PrivateKeyDer::from_pem_file(&files.key).unwrap().secret_der()
+            );
             // The key is the certificate's: rustls refuses a pair that does not match.
             let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
             rustls::ServerConfig::builder_with_provider(provider.clone())

@@ -144,7 +144,6 @@ impl ScenarioSummary {
     pub fn summarise(&mut self, direct: Option<&[RunResult]>) {
         let runs = &self.runs;
         let col = |f: &dyn Fn(&RunResult) -> f64| -> Option<Spread> { spread(&runs.iter().map(f).collect::<Vec<_>>()) };
-        self.throughput_rps = col(&|r| r.throughput_rps);
         self.latency_us = Percentiles {
             p50: col(&|r| r.latency_us.p50 as f64),
             p90: col(&|r| r.latency_us.p90 as f64),
@@ -153,6 +152,7 @@ impl ScenarioSummary {
             max: col(&|r| r.latency_us.max as f64),
         };
         let some = |f: &dyn Fn(&RunResult) -> Option<f64>| spread(&runs.iter().filter_map(f).collect::<Vec<_>>());
+        self.throughput_rps = some(&|r| r.throughput_rps);
         self.cpu_cores_per_1k_rps = some(&|r| r.cpu_per_1k);
         self.upstream_cores_per_1k_rps = some(&|r| r.upstream_cpu_per_1k);
         self.throughput_proxy_cores = some(&|r| r.throughput_proxy_cores);
@@ -178,6 +178,12 @@ impl ScenarioSummary {
                 max: paired(&|r| r.latency_us.max),
             };
         }
+    }
+
+    /// Failed requests of the open-loop runs alone (the latency figures count successful
+    /// requests only, so these are what they leave out).
+    pub fn open_loop_errors(&self) -> u64 {
+        self.runs.iter().map(|r| r.latency_errors).sum()
     }
 
     fn per_conn_bytes(&self) -> Option<f64> {
@@ -419,16 +425,41 @@ pub fn judge_protocols(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
 }
 
 /// The open-loop rate the mesh-vs-direct latency targets are stated at (Istio publishes its
-/// sidecars' figures at this rate).
+/// sidecars' figures at this rate), and `--mesh-rate`'s default.
 pub const MTLS_TARGET_RATE: f64 = 1_000.0;
+
+/// The `--mesh-rate` pass: after the main rounds, the HTTP/1.1 rows of `direct`, `mesh`,
+/// `mesh-plain` and `haproxy-mesh` (those that ran) measured again, open loop only, at the rate
+/// the mesh latency targets are stated at, in interleaved rounds of their own. Kept apart from
+/// the main rows, so that neither pass's figures enter the other's medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshRatePass {
+    /// The open-loop rate of every run of the pass, rps.
+    pub rate_rps: f64,
+    /// Rounds the pass completed.
+    pub completed_rounds: usize,
+    /// One row per scenario (all HTTP/1.1), with its runs; added latency is against `direct`
+    /// of the same round of this pass.
+    pub scenarios: Vec<ScenarioSummary>,
+}
 
 /// Judges the cost of mutual TLS between the two proxies, from `mesh` (mTLS) and `mesh-plain`
 /// (the same proxies, plaintext) of the same run, for every protocol whose rows asked for either:
 /// the p50 one mTLS hop adds (≤ 15 µs), the proxies' CPU per request (≤ 1.3× plaintext's) and,
 /// for HTTP/1.1 (Istio's published figures are HTTP/1.1), `mesh`'s added p90 and p99 over
-/// `direct` (≤ 0.10 ms and ≤ 0.15 ms). `open_loop_rate` is the run's `--rate`: the latency
-/// targets are stated at 1,000 rps, and a run at another rate is judged at its own and says so.
-pub fn judge_mtls(scenarios: &[ScenarioSummary], open_loop_rate: f64) -> Vec<TargetCheck> {
+/// `direct` (≤ 0.10 ms and ≤ 0.15 ms at 1,000 rps).
+///
+/// Those two are judged from `mesh_rate`, the pass at the rate they are stated at, when it ran;
+/// otherwise from the main rows at `open_loop_rate` (the run's `--rate`), and the figure says
+/// which. Beside `mesh`'s figure stand, from the same rounds, `mesh-plain`'s (the same proxies
+/// without TLS) and `haproxy-mesh`'s (the same topology of two haproxies: this machine's floor
+/// for two processes in a row with an mTLS hop). A miss stays a miss when the floor misses
+/// too: the figure then says so and gives mesh ÷ haproxy-mesh.
+pub fn judge_mtls(
+    scenarios: &[ScenarioSummary],
+    open_loop_rate: f64,
+    mesh_rate: Option<&MeshRatePass>,
+) -> Vec<TargetCheck> {
     let asked = |p: Protocol| {
         scenarios
             .iter()
@@ -484,40 +515,7 @@ pub fn judge_mtls(scenarios: &[ScenarioSummary], open_loop_rate: f64) -> Vec<Tar
         }
 
         if protocol == Protocol::Http1 {
-            let at_rate = if (open_loop_rate - MTLS_TARGET_RATE).abs() < 0.5 {
-                format!("at {}", fmt_rps(open_loop_rate))
-            } else {
-                format!(
-                    "at {} (this run's open-loop rate; the target is stated at {})",
-                    fmt_rps(open_loop_rate),
-                    fmt_rps(MTLS_TARGET_RATE)
-                )
-            };
-            for (label, pick, limit_us, istio) in [
-                (
-                    "p90",
-                    (|p: &Percentiles| p.p90) as fn(&Percentiles) -> Option<Spread>,
-                    100.0,
-                    "+0.23 ms",
-                ),
-                ("p99", |p: &Percentiles| p.p99, 150.0, "+0.30 ms"),
-            ] {
-                let name = format!("mesh (mTLS) added {label} vs direct");
-                let target = format!(
-                    "≤ {} at {} (Istio 1.20 publishes {istio} {label} for its mTLS sidecars)",
-                    fmt_signed_us(limit_us),
-                    fmt_rps(MTLS_TARGET_RATE)
-                );
-                match mesh.and_then(|m| pick(&m.added_us)) {
-                    Some(a) => out.push(TargetCheck {
-                        name,
-                        target,
-                        value: format!("{} {at_rate}", fmt_signed_us(a.median)),
-                        verdict: verdict(a.median <= limit_us),
-                    }),
-                    None => out.push(na(name, &target, "needs the mesh and direct rows of HTTP/1.1".into())),
-                }
-            }
+            out.extend(judge_mesh_latency(scenarios, open_loop_rate, mesh_rate));
         }
 
         // Both rows' CPU is summed over their two proxies, so the ratio is the pair's.
@@ -559,8 +557,123 @@ pub fn judge_mtls(scenarios: &[ScenarioSummary], open_loop_rate: f64) -> Vec<Tar
     out
 }
 
+/// `mesh`'s added p90 and p99 over `direct`, HTTP/1.1, against Istio's published figures: from
+/// the `--mesh-rate` pass when it ran, else from the main rows at `open_loop_rate`. See
+/// [`judge_mtls`].
+fn judge_mesh_latency(
+    scenarios: &[ScenarioSummary],
+    open_loop_rate: f64,
+    mesh_rate: Option<&MeshRatePass>,
+) -> Vec<TargetCheck> {
+    let stated = (MTLS_TARGET_RATE - 0.5..MTLS_TARGET_RATE + 0.5).contains(&open_loop_rate);
+    let (rows, at_rate, rows_named) = match mesh_rate {
+        Some(pass) => {
+            let stated = (MTLS_TARGET_RATE - 0.5..MTLS_TARGET_RATE + 0.5).contains(&pass.rate_rps);
+            let at = if stated {
+                format!("at {}", fmt_rps(pass.rate_rps))
+            } else {
+                format!(
+                    "at {} (the --mesh-rate pass; the target is stated at {})",
+                    fmt_rps(pass.rate_rps),
+                    fmt_rps(MTLS_TARGET_RATE)
+                )
+            };
+            (
+                &pass.scenarios[..],
+                at,
+                format!("of the {} pass", fmt_rps(pass.rate_rps)),
+            )
+        }
+        None if stated => (
+            scenarios,
+            format!("at {} (the main rounds; no --mesh-rate pass)", fmt_rps(open_loop_rate)),
+            "of HTTP/1.1".to_owned(),
+        ),
+        None => (
+            scenarios,
+            format!(
+                "at {} (the main rounds' open-loop rate, no --mesh-rate pass; the target is stated at {})",
+                fmt_rps(open_loop_rate),
+                fmt_rps(MTLS_TARGET_RATE)
+            ),
+            "of HTTP/1.1".to_owned(),
+        ),
+    };
+    let get = |k: Kind| row(rows, k, Protocol::Http1);
+    let mut out = Vec::new();
+    for (label, pick, limit_us, istio) in [
+        (
+            "p90",
+            (|p: &Percentiles| p.p90) as fn(&Percentiles) -> Option<Spread>,
+            100.0,
+            "+0.23 ms",
+        ),
+        ("p99", |p: &Percentiles| p.p99, 150.0, "+0.30 ms"),
+    ] {
+        let name = format!("mesh (mTLS) added {label} vs direct");
+        let target = format!(
+            "≤ {} at {} (Istio 1.20 publishes {istio} {label} for its mTLS sidecars)",
+            fmt_signed_us(limit_us),
+            fmt_rps(MTLS_TARGET_RATE)
+        );
+        let added = |k: Kind| get(k).and_then(|s| pick(&s.added_us));
+        let Some((mesh_row, ours)) = get(Kind::Mesh).zip(added(Kind::Mesh)) else {
+            out.push(TargetCheck {
+                name,
+                target,
+                value: format!("needs the mesh and direct rows {rows_named}"),
+                verdict: "N/A",
+            });
+            continue;
+        };
+        let floor = added(Kind::HaproxyMesh);
+        let beside: Vec<String> = [Kind::MeshPlain, Kind::HaproxyMesh]
+            .into_iter()
+            .filter_map(|k| added(k).map(|a| format!("{k} {}", fmt_signed_us(a.median))))
+            .collect();
+        let mut value = fmt_signed_us(ours.median);
+        if !beside.is_empty() {
+            value = format!("{value} ({})", beside.join(", "));
+        }
+        value = format!("{value} {at_rate}");
+        // Latency counts successful requests only: a row that lost requests has not shown
+        // what it adds, however fast the rest came back.
+        let errors = mesh_row.open_loop_errors();
+        if errors > 0 {
+            value =
+                format!("{value}; {errors} request(s) of mesh's open-loop runs failed, which its latency leaves out");
+        }
+        let pass = errors == 0 && ours.median <= limit_us;
+        if !pass {
+            let ratio = |f: Spread| {
+                if f.median > 0.0 {
+                    format!("mesh ÷ haproxy-mesh = {:.2}×", ours.median / f.median)
+                } else {
+                    "haproxy-mesh added nothing measurable, no ratio".to_owned()
+                }
+            };
+            value = match floor {
+                Some(f) if f.median > limit_us => format!(
+                    "{value}; the floor misses too on this machine (haproxy-mesh, two haproxies with the same mTLS hop, adds {}): {}",
+                    fmt_signed_us(f.median),
+                    ratio(f)
+                ),
+                Some(f) => format!("{value}; haproxy-mesh meets it on this machine: {}", ratio(f)),
+                None => format!("{value}; no haproxy-mesh row to show this machine's floor"),
+            };
+        }
+        out.push(TargetCheck {
+            name,
+            target,
+            value,
+            verdict: verdict(pass),
+        });
+    }
+    out
+}
+
 /// A rate with thousands separators: `2,000 rps`.
-fn fmt_rps(rps: f64) -> String {
+pub fn fmt_rps(rps: f64) -> String {
     let n = rps.round() as u64;
     let digits = n.to_string();
     let mut out = String::new();
@@ -626,7 +739,8 @@ fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
     for sc in scenarios.iter().filter(|s| s.status == Status::Ok) {
         let reference = reference_of(sc.protocol);
-        // `mesh` and `mesh-plain` are two proxies in a row, and their CPU is summed over both.
+        // `mesh`, `mesh-plain` and `haproxy-mesh` are two proxies in a row, and their CPU is
+        // summed over both.
         let proxies = sc.scenario.proxies().max(1) as f64;
         let ratio = match (sc.cpu_cores_per_1k_rps, reference) {
             (Some(c), Some(r)) if r > 0.0 => format!("{:.2}×", c.median / (proxies * r)),
@@ -648,14 +762,74 @@ fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
         s,
         "\n`direct`'s echo column is what the simplest server spends per request at this rate{}. \
          A proxy receives and sends on both of its sides, so near 1× it spends little beyond \
-         the kernel work any program pays for its sockets here (`mesh` and `mesh-plain`, two \
-         proxies each, are read against twice that). The echo column in the proxy rows is what each proxy's traffic \
+         the kernel work any program pays for its sockets here (`mesh`, `mesh-plain` and \
+         `haproxy-mesh`, two proxies each, are read against twice that). The echo column in the proxy rows is what each proxy's traffic \
          costs the upstream. A proxy whose closed-loop cores busy is near its worker count was \
          the closed loop's bottleneck, and its throughput there is 1 / (µs per request). \
          HTTP/2 and gRPC rows are read against `direct`'s echo of the same protocol.",
         reference.map_or(String::new(), |r| format!(
             " (twice it: {r:.4} cores per 1,000 rps in this run)"
         ))
+    );
+}
+
+/// The `--mesh-rate` pass's table: what the mesh latency targets are judged from, `mesh` beside
+/// `mesh-plain` (the same proxies without TLS) and `haproxy-mesh` (the floor), all from the same
+/// rounds.
+fn mesh_rate_section(s: &mut String, pass: &MeshRatePass) {
+    let _ = writeln!(
+        s,
+        "\n## Mesh latency at {} (HTTP/1.1, open loop only, median of {} round(s))\n",
+        fmt_rps(pass.rate_rps),
+        pass.completed_rounds
+    );
+    if pass.scenarios.is_empty() {
+        let _ = writeln!(
+            s,
+            "No row of the pass ran: none of `mesh`, `mesh-plain` and `haproxy-mesh` started (the table above says why)."
+        );
+        return;
+    }
+    let _ = writeln!(s, "| scenario | p50 | p90 | p99 | added p90 | added p99 | errors |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    for sc in &pass.scenarios {
+        if sc.status != Status::Ok {
+            let _ = writeln!(s, "| {} | FAILED | | | | | |", sc.scenario);
+            continue;
+        }
+        let added = |a: Option<Spread>| {
+            if sc.scenario == Kind::Direct {
+                "—".to_owned()
+            } else {
+                opt(a, fmt_signed_us)
+            }
+        };
+        let errors = if sc.under_rate_runs > 0 {
+            format!("{} ({} runs under rate)", sc.errors, sc.under_rate_runs)
+        } else {
+            sc.errors.to_string()
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {errors} |",
+            sc.scenario,
+            opt(sc.latency_us.p50, fmt_us),
+            opt(sc.latency_us.p90, fmt_us),
+            opt(sc.latency_us.p99, fmt_us),
+            added(sc.added_us.p90),
+            added(sc.added_us.p99),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nA pass of its own after the main rounds, at the rate the `mesh` latency targets are stated at: \
+         the HTTP/1.1 rows above measured again, open loop only (same connections, window and warmup), \
+         in interleaved rounds; \"added\" is against `direct` of the same round of this pass, and none of \
+         these runs is in the tables above. The `mesh` added p90 and p99 targets are judged from it. \
+         `haproxy-mesh` is the floor: the same two-hop topology, mutual TLS with HTTP/2 inside between \
+         two haproxies, so what two processes in a row with an mTLS hop cost on this machine, whoever \
+         wrote them. Each round's distribution: `<scenario>-{}rps-r<round>.hgrm`.",
+        pass.rate_rps.round() as u64
     );
 }
 
@@ -675,7 +849,12 @@ pub struct RunInfo {
 }
 
 /// Renders the markdown report (also printed to the terminal).
-pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[TargetCheck]) -> String {
+pub fn markdown(
+    info: &RunInfo,
+    scenarios: &[ScenarioSummary],
+    mesh_rate: Option<&MeshRatePass>,
+    targets: &[TargetCheck],
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# ringmesh benchmark\n");
     let _ = writeln!(s, "Command: `{}`\n", info.command);
@@ -779,6 +958,9 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
     }
 
     cpu_per_request_section(&mut s, scenarios);
+    if let Some(pass) = mesh_rate {
+        mesh_rate_section(&mut s, pass);
+    }
 
     let _ = writeln!(s, "\n## Targets\n");
     let _ = writeln!(s, "| target | goal | measured | verdict |");
@@ -787,9 +969,16 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
         let _ = writeln!(s, "| {} | {} | {} | **{}** |", t.name, t.target, t.value, t.verdict);
     }
 
+    let pass_rows = mesh_rate.map_or(&[][..], |p| &p.scenarios[..]);
     let notes: Vec<String> = scenarios
         .iter()
         .flat_map(|sc| sc.notes.iter().map(move |n| format!("{}: {n}", sc.row_name())))
+        .chain(pass_rows.iter().flat_map(|sc| {
+            let rate = mesh_rate.map_or(0.0, |p| p.rate_rps);
+            sc.notes
+                .iter()
+                .map(move |n| format!("{} at {}: {n}", sc.row_name(), fmt_rps(rate)))
+        }))
         .collect();
     if !notes.is_empty() {
         let _ = writeln!(s, "\n## Notes\n");
@@ -803,8 +992,8 @@ pub fn markdown(info: &RunInfo, scenarios: &[ScenarioSummary], targets: &[Target
          (coordinated-omission corrected), successful requests only; \"added\" is the \
          scenario minus `direct` in the same repeat. CPU is the proxy process tree's \
          utime+stime over the open-loop run divided by requests sent (summed over both \
-         proxies for `mesh` and `mesh-plain`; `mesh` runs mutual TLS between them, \
-         `mesh-plain` plaintext h2c). RSS is VmRSS of the proxy process tree(s). HTTP/2 and gRPC rows \
+         proxies for `mesh`, `mesh-plain` and `haproxy-mesh`; `mesh` runs mutual TLS between them, \
+         `mesh-plain` plaintext h2c, `haproxy-mesh` mutual TLS between two haproxies). RSS is VmRSS of the proxy process tree(s). HTTP/2 and gRPC rows \
          keep the HTTP/1.1 rows' requests in flight on fewer connections, several streams \
          each, and are compared with `direct` of the same protocol. Percentile plots: \
          `latency.svg` (HTTP/1.1), `latency-h2.svg`, `latency-grpc.svg`; each round's \
@@ -821,7 +1010,7 @@ mod tests {
     fn run(repeat: usize, p50: u64, p99: u64, thr: f64) -> RunResult {
         RunResult {
             repeat,
-            throughput_rps: thr,
+            throughput_rps: Some(thr),
             throughput_errors: 0,
             latency_us: LatencySummary {
                 p50,
@@ -961,7 +1150,7 @@ mod tests {
             Some(&direct),
         );
         let rows = [d.clone(), mesh.clone(), plain];
-        let t = judge_mtls(&rows, 2000.0);
+        let t = judge_mtls(&rows, 2000.0, None);
         let names: Vec<&str> = t.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
@@ -978,10 +1167,17 @@ mod tests {
             t[0].value,
             "+0.014 ms (mesh 0.215 ms vs mesh-plain 0.201 ms; per-round difference, median over 2 round(s))"
         );
-        // Judged at the run's own rate, which the row names beside the target's.
+        // Without the --mesh-rate pass: judged at the run's own rate, which the row names
+        // beside the target's, with mesh-plain beside mesh.
         assert_eq!(
             t[1].value,
-            "+0.090 ms at 2,000 rps (this run's open-loop rate; the target is stated at 1,000 rps)"
+            "+0.090 ms (mesh-plain +0.080 ms) at 2,000 rps (the main rounds' open-loop rate, no --mesh-rate pass; \
+             the target is stated at 1,000 rps)"
+        );
+        assert_eq!(
+            t[2].value,
+            "+0.155 ms (mesh-plain +0.130 ms) at 2,000 rps (the main rounds' open-loop rate, no --mesh-rate pass; \
+             the target is stated at 1,000 rps); no haproxy-mesh row to show this machine's floor"
         );
         assert!(
             t[1].target.contains("Istio 1.20 publishes +0.23 ms p90"),
@@ -997,7 +1193,10 @@ mod tests {
             t[3].value,
             "0.0240 vs 0.0200 cores per 1,000 rps = 1.20× (closed loop 30.0 vs 25.0 µs per request = 1.20×)"
         );
-        assert_eq!(judge_mtls(&rows, 1000.0)[1].value, "+0.090 ms at 1,000 rps");
+        assert_eq!(
+            judge_mtls(&rows, 1000.0, None)[1].value,
+            "+0.090 ms (mesh-plain +0.080 ms) at 1,000 rps (the main rounds; no --mesh-rate pass)"
+        );
 
         // mTLS costing more: +20 and +30 µs at p50 (MISS), CPU 0.024 / 0.015 = 1.6× (MISS).
         let cheap = row_of(
@@ -1009,28 +1208,28 @@ mod tests {
             ],
             Some(&direct),
         );
-        let t = judge_mtls(&[d.clone(), mesh.clone(), cheap], 2000.0);
+        let t = judge_mtls(&[d.clone(), mesh.clone(), cheap], 2000.0, None);
         assert_eq!((t[0].verdict, t[3].verdict), ("MISS", "MISS"));
         assert!(t[0].value.starts_with("+0.025 ms"), "{}", t[0].value);
 
         // mesh-plain failed: what needs it is N/A, never PASS; what needs only mesh and
         // direct is still judged.
         let failed = ScenarioSummary::new(Kind::MeshPlain, Protocol::Http1, Status::Failed);
-        let t = judge_mtls(&[d.clone(), mesh.clone(), failed.clone()], 2000.0);
+        let t = judge_mtls(&[d.clone(), mesh.clone(), failed.clone()], 2000.0, None);
         let v: Vec<&str> = t.iter().map(|c| c.verdict).collect();
         assert_eq!(v, ["N/A", "PASS", "MISS", "N/A"]);
         assert_eq!(t[0].value, "needs the mesh and mesh-plain rows of HTTP/1.1");
         // mesh failed too: nothing to judge, all N/A with the reason.
         let mesh_failed = ScenarioSummary::new(Kind::Mesh, Protocol::Http1, Status::Failed);
-        let t = judge_mtls(&[d.clone(), mesh_failed, failed], 2000.0);
+        let t = judge_mtls(&[d.clone(), mesh_failed, failed], 2000.0, None);
         assert!(t.iter().all(|c| c.verdict == "N/A"), "{t:?}");
         assert_eq!(t[1].value, "needs the mesh and direct rows of HTTP/1.1");
         // A run that asked for neither has no mTLS targets.
-        assert!(judge_mtls(&[d], 2000.0).is_empty());
+        assert!(judge_mtls(&[d], 2000.0, None).is_empty());
 
         // HTTP/2 rows: the per-hop and CPU targets (Istio's figures are HTTP/1.1's).
         let h2 = |kind, p50| row_of(kind, Protocol::H2, vec![round(0, p50, p50, p50, 0.02, 20.0)], None);
-        let t = judge_mtls(&[h2(Kind::Mesh, 205), h2(Kind::MeshPlain, 200)], 2000.0);
+        let t = judge_mtls(&[h2(Kind::Mesh, 205), h2(Kind::MeshPlain, 200)], 2000.0, None);
         let names: Vec<&str> = t.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
@@ -1040,6 +1239,176 @@ mod tests {
             ]
         );
         assert_eq!((t[0].verdict, t[1].verdict), ("PASS", "PASS"));
+    }
+
+    /// One open-loop-only run of the `--mesh-rate` pass: p50, p90, p99 (µs), no closed loop.
+    fn pass_run(repeat: usize, p90: u64, p99: u64) -> RunResult {
+        let mut r = run(repeat, p90 - 20, p99, 0.0);
+        r.latency_us.p90 = p90;
+        r.throughput_rps = None;
+        r.throughput_proxy_cores = None;
+        r.throughput_cpu_us = None;
+        r.latency_rate_rps = 1000.0;
+        r
+    }
+
+    /// The pass's rows: `direct` and each `(kind, [(p90, p99) per round])`, added against it.
+    fn mesh_pass(rate: f64, rows: &[(Kind, [(u64, u64); 2])]) -> MeshRatePass {
+        let direct = vec![pass_run(0, 150, 200), pass_run(1, 160, 210)];
+        let mut scenarios = vec![row_of(Kind::Direct, Protocol::Http1, direct.clone(), None)];
+        for (kind, rounds) in rows {
+            let runs = rounds
+                .iter()
+                .enumerate()
+                .map(|(i, &(p90, p99))| pass_run(i, p90, p99))
+                .collect();
+            scenarios.push(row_of(*kind, Protocol::Http1, runs, Some(&direct)));
+        }
+        MeshRatePass {
+            rate_rps: rate,
+            completed_rounds: 2,
+            scenarios,
+        }
+    }
+
+    #[test]
+    fn the_mesh_latency_targets_are_judged_from_the_mesh_rate_pass_beside_its_floor() {
+        // The main rounds at 2,000 rps, where mesh meets both targets (added p90 +90 µs over
+        // direct's 0, p99 +90 and +90).
+        let direct = vec![run(0, 100, 200, 1.0), run(1, 110, 210, 1.0)];
+        let main_round = |repeat, p90, p99| {
+            let mut r = run(repeat, p90 - 20, p99, 1.0);
+            r.latency_us.p90 = p90;
+            r
+        };
+        let main = vec![
+            row_of(Kind::Direct, Protocol::Http1, direct.clone(), None),
+            row_of(
+                Kind::Mesh,
+                Protocol::Http1,
+                vec![main_round(0, 90, 290), main_round(1, 90, 300)],
+                Some(&direct),
+            ),
+            row_of(
+                Kind::MeshPlain,
+                Protocol::Http1,
+                vec![main_round(0, 80, 280), main_round(1, 80, 290)],
+                Some(&direct),
+            ),
+        ];
+        let from_main = judge_mtls(&main, 2000.0, None);
+        assert_eq!((from_main[1].verdict, from_main[2].verdict), ("PASS", "PASS"));
+
+        // The 1,000 rps pass: mesh +194 / +300 µs, mesh-plain +162 / +250, haproxy-mesh
+        // +210 / +280: the floor misses too, and the verdict stays MISS.
+        let rows = [
+            (Kind::Mesh, [(344, 500), (354, 510)]),
+            (Kind::MeshPlain, [(312, 450), (322, 460)]),
+            (Kind::HaproxyMesh, [(360, 480), (370, 490)]),
+        ];
+        let pass = mesh_pass(1000.0, &rows);
+        let t = judge_mtls(&main, 2000.0, Some(&pass));
+        let names: Vec<&str> = t.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names[1..3],
+            ["mesh (mTLS) added p90 vs direct", "mesh (mTLS) added p99 vs direct"]
+        );
+        assert_eq!((t[1].verdict, t[2].verdict), ("MISS", "MISS"));
+        assert_eq!(
+            t[1].value,
+            "+0.194 ms (mesh-plain +0.162 ms, haproxy-mesh +0.210 ms) at 1,000 rps; the floor misses too on this \
+             machine (haproxy-mesh, two haproxies with the same mTLS hop, adds +0.210 ms): mesh ÷ haproxy-mesh = 0.92×"
+        );
+        assert_eq!(
+            t[2].value,
+            "+0.300 ms (mesh-plain +0.250 ms, haproxy-mesh +0.280 ms) at 1,000 rps; the floor misses too on this \
+             machine (haproxy-mesh, two haproxies with the same mTLS hop, adds +0.280 ms): mesh ÷ haproxy-mesh = 1.07×"
+        );
+        // The other mTLS targets still come from the main rows.
+        assert_eq!(t[0].value, from_main[0].value);
+        assert_eq!(t[3].value, from_main[3].value);
+
+        // A floor that meets the target: mesh's miss is its own, and the ratio says by how much.
+        let fast_floor = mesh_pass(
+            1000.0,
+            &[rows[0], rows[1], (Kind::HaproxyMesh, [(240, 300), (250, 310)])],
+        );
+        let t = judge_mtls(&main, 2000.0, Some(&fast_floor));
+        assert_eq!(t[1].verdict, "MISS");
+        assert!(
+            t[1].value
+                .ends_with("at 1,000 rps; haproxy-mesh meets it on this machine: mesh ÷ haproxy-mesh = 2.16×"),
+            "{}",
+            t[1].value
+        );
+
+        // mesh within both targets at 1,000 rps: PASS, the floor beside it.
+        let quick = mesh_pass(1000.0, &[(Kind::Mesh, [(240, 330), (250, 340)]), rows[2]]);
+        let t = judge_mtls(&main, 2000.0, Some(&quick));
+        assert_eq!((t[1].verdict, t[2].verdict), ("PASS", "PASS"));
+        assert_eq!(t[1].value, "+0.090 ms (haproxy-mesh +0.210 ms) at 1,000 rps");
+
+        // Failed requests in mesh's pass runs: a miss however fast the rest came back.
+        let mut lossy = quick.clone();
+        lossy.scenarios[1].runs[1].latency_errors = 3;
+        let direct_runs = lossy.scenarios[0].runs.clone();
+        lossy.scenarios[1].summarise(Some(&direct_runs));
+        let t = judge_mtls(&main, 2000.0, Some(&lossy));
+        assert_eq!((t[1].verdict, t[2].verdict), ("MISS", "MISS"));
+        assert!(
+            t[1].value.contains("; 3 request(s) of mesh's open-loop runs failed"),
+            "{}",
+            t[1].value
+        );
+
+        // mesh failed in the pass (every request failed: no runs): N/A, never PASS, and never
+        // judged from the main rows instead.
+        let mut failed = quick.clone();
+        failed.scenarios[1] = ScenarioSummary::new(Kind::Mesh, Protocol::Http1, Status::Failed);
+        let t = judge_mtls(&main, 2000.0, Some(&failed));
+        assert_eq!((t[1].verdict, t[2].verdict), ("N/A", "N/A"));
+        assert_eq!(t[1].value, "needs the mesh and direct rows of the 1,000 rps pass");
+
+        // A pass at another rate names it; a pass without haproxy-mesh says there is no floor.
+        let slow = mesh_pass(500.0, &[rows[0]]);
+        let t = judge_mtls(&main, 2000.0, Some(&slow));
+        assert_eq!(
+            t[1].value,
+            "+0.194 ms at 500 rps (the --mesh-rate pass; the target is stated at 1,000 rps); no haproxy-mesh row \
+             to show this machine's floor"
+        );
+
+        // The report: the pass's own table, its rows kept out of the main tables' medians.
+        let md = markdown(
+            &RunInfo {
+                command: "ringmesh-bench".into(),
+                started_unix: 0,
+                wall_seconds: 1.0,
+                machine: vec![],
+                settings: vec![],
+            },
+            &main,
+            Some(&pass),
+            &judge_mtls(&main, 2000.0, Some(&pass)),
+        );
+        assert!(
+            md.contains("## Mesh latency at 1,000 rps (HTTP/1.1, open loop only, median of 2 round(s))"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| scenario | p50 | p90 | p99 | added p90 | added p99 | errors |\n|---|---:|---:|---:|---:|---:|---:|\n\
+                 | direct | 0.135 ms | 0.155 ms | 0.205 ms | — | — | 0 |\n\
+                 | mesh | 0.329 ms | 0.349 ms | 0.505 ms | +0.194 ms | +0.300 ms | 0 |\n\
+                 | mesh-plain | 0.297 ms | 0.317 ms | 0.455 ms | +0.162 ms | +0.250 ms | 0 |\n\
+                 | haproxy-mesh | 0.345 ms | 0.365 ms | 0.485 ms | +0.210 ms | +0.280 ms | 0 |\n"),
+            "{md}"
+        );
+        // The main table has the main rounds' mesh (p90 median 0.090 ms) and no pass row.
+        assert!(md.contains("| mesh | HTTP/1.1 | 1 | 0.070 ms | 0.090 ms |"), "{md}");
+        assert!(!md.contains("| haproxy-mesh | HTTP/1.1 |"), "{md}");
+        assert!(md.contains("mesh ÷ haproxy-mesh = 0.92×"), "{md}");
+        // Targets come after the pass's table they are judged from.
+        assert!(md.find("## Mesh latency at").unwrap() < md.find("## Targets").unwrap());
     }
 
     #[test]
@@ -1086,6 +1455,7 @@ mod tests {
                 settings: vec![],
             },
             &[d, rm, ha],
+            None,
             &targets,
         );
         assert!(md.contains("| ringmesh | HTTP/1.1 | 41000 |"), "{md}");

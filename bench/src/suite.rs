@@ -52,6 +52,7 @@ pub struct Suite {
     h2_streams: Option<usize>,
     repeats: Option<usize>,
     rate: Option<f64>,
+    mesh_rate: Option<f64>,
     duration: Option<DurationValue>,
     warmup: Option<DurationValue>,
     connections: Option<usize>,
@@ -97,6 +98,7 @@ impl Suite {
             && self.h2_streams.is_some()
             && self.repeats.is_some()
             && self.rate.is_some()
+            && self.mesh_rate.is_some()
             && self.duration.is_some()
             && self.warmup.is_some()
             && self.connections.is_some()
@@ -143,6 +145,7 @@ impl Suite {
         set!(h2_streams);
         set!(repeats);
         set!(rate);
+        set!(mesh_rate);
         set_duration!(duration, "duration");
         set_duration!(warmup, "warmup");
         set!(connections);
@@ -198,6 +201,7 @@ mod tests {
         a.h2_streams = 99;
         a.repeats = 99;
         a.rate = 1.0;
+        a.mesh_rate = 7.0;
         a.duration = Duration::from_secs(99);
         a.warmup = Duration::from_secs(99);
         a.connections = 99;
@@ -224,13 +228,19 @@ mod tests {
         assert!(msg.contains("x.yaml"), "{msg}");
 
         let s = Suite::parse(
-            "rate: 500\nduration: 2s\nthroughput-warmup: 0.1\ncpus: \"0,2-3\"\nscenarios: [direct, mesh]\nprotocols: [grpc]\n",
+            "rate: 500\nmesh-rate: 0\nduration: 2s\nthroughput-warmup: 0.1\ncpus: \"0,2-3\"\nscenarios: [direct, mesh]\nprotocols: [grpc]\n",
             "y",
         )
         .unwrap();
         let mut a = defaults();
         s.apply(&mut a, |id| id == "rate").unwrap();
         assert_eq!(a.rate, defaults().rate, "a typed --rate wins over the suite");
+        assert_eq!(a.mesh_rate, 0.0, "mesh-rate: 0 skips the pass");
+        assert_eq!(defaults().mesh_rate, 1000.0);
+        let mut typed = defaults();
+        typed.mesh_rate = 800.0;
+        s.apply(&mut typed, |id| id == "mesh_rate").unwrap();
+        assert_eq!(typed.mesh_rate, 800.0, "a typed --mesh-rate wins over the suite");
         assert_eq!(a.duration, Duration::from_secs(2));
         assert_eq!(a.throughput_warmup, Duration::from_millis(100));
         assert_eq!(a.cpus, Some(vec![0, 2, 3]));

@@ -2,8 +2,9 @@
 //!
 //! Every topology puts one hop (none for `direct`, two ringmesh proxies for `mesh` and
 //! `mesh-plain`, as between a client's and a server's sidecar, with mutual TLS between them or
-//! without) between the load generator and the same shared echo upstream, so the only thing that
-//! differs between scenarios is the proxying. haproxy and nginx are configured the way their own tuning guides recommend for a
+//! without, and two haproxies with mutual TLS between them for `haproxy-mesh`) between the load
+//! generator and the same shared echo upstream, so the only thing that differs between
+//! scenarios is the proxying. haproxy and nginx are configured the way their own tuning guides recommend for a
 //! keep-alive reverse proxy on one core (one thread/worker, keep-alive and connection reuse
 //! to the upstream, no access log) — the comparison is against each proxy at its best, not
 //! at its defaults. Their config files are written into the output directory beside the
@@ -41,18 +42,25 @@ pub enum Kind {
     MeshPlain,
     /// Through one haproxy (if installed).
     Haproxy,
+    /// `mesh` built of two haproxies (if installed): client-side haproxy → mutual TLS, HTTP/2
+    /// inside → server-side haproxy → echo, on `mesh`'s certificates. A third party's floor
+    /// for the mesh targets, measured in the same run: what two processes in a row with an mTLS
+    /// hop between them cost on this machine, whoever wrote them.
+    #[serde(rename = "haproxy-mesh")]
+    HaproxyMesh,
     /// Through one nginx (if installed).
     Nginx,
 }
 
 impl Kind {
     /// Every kind, in the default order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Direct,
         Kind::Ringmesh,
         Kind::Mesh,
         Kind::MeshPlain,
         Kind::Haproxy,
+        Kind::HaproxyMesh,
         Kind::Nginx,
     ];
 
@@ -64,6 +72,7 @@ impl Kind {
             Kind::Mesh => "mesh",
             Kind::MeshPlain => "mesh-plain",
             Kind::Haproxy => "haproxy",
+            Kind::HaproxyMesh => "haproxy-mesh",
             Kind::Nginx => "nginx",
         }
     }
@@ -80,7 +89,7 @@ impl Kind {
     pub fn proxies(self) -> usize {
         match self {
             Kind::Direct => 0,
-            Kind::Mesh | Kind::MeshPlain => 2,
+            Kind::Mesh | Kind::MeshPlain | Kind::HaproxyMesh => 2,
             Kind::Ringmesh | Kind::Haproxy | Kind::Nginx => 1,
         }
     }
@@ -88,7 +97,7 @@ impl Kind {
     /// The external binary this kind needs on PATH, if any.
     pub fn external_binary(self) -> Option<&'static str> {
         match self {
-            Kind::Haproxy => Some("haproxy"),
+            Kind::Haproxy | Kind::HaproxyMesh => Some("haproxy"),
             Kind::Nginx => Some("nginx"),
             _ => None,
         }
@@ -133,8 +142,8 @@ pub struct Env {
     pub proxy_cpu: Option<usize>,
     /// The open-file limit children inherit.
     pub nofile: u64,
-    /// The run's mesh CA and workload certificates (`OUT/pki/`), made when `mesh` is among
-    /// the scenarios; `mesh` fails to start without them.
+    /// The run's mesh CA and workload certificates (`OUT/pki/`), made when `mesh` or
+    /// `haproxy-mesh` is among the scenarios; they fail to start without them.
     pub pki: Option<MeshPki>,
 }
 
@@ -194,8 +203,8 @@ pub struct Topology {
     pub protocol: Protocol,
     /// Where the load generator sends requests.
     pub entry: SocketAddr,
-    /// The proxy processes (none for `direct`, two for `mesh`: client side first). CPU time
-    /// and RSS are summed over all of them.
+    /// The proxy processes (none for `direct`, two for `mesh`, `mesh-plain` and
+    /// `haproxy-mesh`: client side first). CPU time and RSS are summed over all of them.
     pub proxies: Vec<Proc>,
     /// The proxy's I/O driver when it reports one (ringmesh logs `io=…` at start-up).
     pub io_driver: Option<String>,
@@ -294,6 +303,7 @@ pub fn start(kind: Kind, protocol: Protocol, env: &Env) -> anyhow::Result<Topolo
         Kind::Mesh => start_mesh(env, protocol, Kind::Mesh),
         Kind::MeshPlain => start_mesh(env, protocol, Kind::MeshPlain),
         Kind::Haproxy => start_haproxy(env, protocol),
+        Kind::HaproxyMesh => start_haproxy_mesh(env, protocol),
         Kind::Nginx => start_nginx(env, protocol),
     }
 }
@@ -758,14 +768,39 @@ pub fn parse_io_driver(log: &str) -> Option<String> {
 /// and gRPC, h2c on both sides (`proto h2` on the bind and the server), so the upstream
 /// connections are multiplexed and shared between client streams.
 pub fn haproxy_config(entry: SocketAddr, echo: SocketAddr, nofile: u64, protocol: Protocol) -> String {
-    let proto = if protocol.is_h2() { " proto h2" } else { "" };
+    let proto = haproxy_proto(protocol);
+    format!(
+        r#"{head}
+frontend bench
+    bind {entry}{proto}
+    default_backend echo
+
+backend echo
+    server echo1 {echo}{proto} maxconn 10000
+"#,
+        head = haproxy_head("haproxy as a one-thread keep-alive HTTP reverse proxy.", nofile)
+    )
+}
+
+/// ` proto h2` (h2c) for the HTTP/2 and gRPC rows, nothing (HTTP/1.1) otherwise.
+fn haproxy_proto(protocol: Protocol) -> &'static str {
+    if protocol.is_h2() {
+        " proto h2"
+    } else {
+        ""
+    }
+}
+
+/// The `global` and `defaults` sections every haproxy of the suite runs with, under a comment
+/// naming what the file is for.
+fn haproxy_head(what: &str, nofile: u64) -> String {
     // haproxy reserves two descriptors per connection and, with its default strict-limits,
     // refuses to start when the limit cannot cover that. Idle clients need only one each (the
     // upstream side is shared through http-reuse), so relax the check and size maxconn to the
     // limit the children inherit.
     let maxconn = nofile.saturating_sub(200).clamp(256, 1_000_000);
     format!(
-        r#"# Written by ringmesh-bench: haproxy as a one-thread keep-alive HTTP reverse proxy.
+        r#"# Written by ringmesh-bench: {what}
 global
     nbthread 1
     maxconn {maxconn}
@@ -781,15 +816,91 @@ defaults
     timeout server 120s
     timeout http-keep-alive 120s
     timeout http-request 10s
+"#
+    )
+}
 
+/// A path as a double-quoted haproxy word, so an output folder with spaces, quotes or `$` in
+/// its name cannot break the config (inside double quotes haproxy expands `$NAME` and takes
+/// `\` as an escape).
+fn haproxy_path(p: &Path) -> String {
+    let mut out = String::from("\"");
+    for c in p.display().to_string().chars() {
+        if matches!(c, '"' | '\\' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The TLS words of both ends of `haproxy-mesh`'s hop: the side's certificate and key
+/// (`crt`, one PEM file), the run's mesh root as the only trust anchor (`ca-file`), the peer's
+/// certificate required and verified against it (`verify required`), HTTP/2 inside (`alpn
+/// h2`), TLS 1.3 as between ringmesh's proxies. No name is checked: the workload certificates
+/// carry nothing but a SPIFFE URI SAN, which haproxy cannot match (`verifyhost` compares DNS
+/// names and the CN), so, as the chain check of any SPIFFE peer without a name policy, what
+/// authenticates the peer is a chain to the run's own root, which signed nothing but these two
+/// certificates.
+fn haproxy_mtls_words(files: &IdentityFiles) -> String {
+    format!(
+        "ssl crt {} ca-file {} verify required alpn h2 ssl-min-ver TLSv1.3",
+        haproxy_path(&files.bundle),
+        haproxy_path(&files.ca)
+    )
+}
+
+/// One haproxy of `haproxy-mesh`, configured as `haproxy`'s (one thread, keep-alive,
+/// `http-reuse always`, `tune.bufsize 16384`) and placed as the ringmesh proxy of the same side
+/// of `mesh`:
+///
+/// * client side: binds `listen` for the load generator (HTTP/1.1, or h2c for the HTTP/2 and
+///   gRPC rows, as `haproxy`), and reaches its one server, the server side at `upstream`, over
+///   mutual TLS with HTTP/2 inside, whatever the load generator speaks, as `mesh`'s client
+///   side reaches its labelled endpoint;
+/// * server side: its bind at `listen` speaks mutual TLS only (HTTP/2 inside), and it forwards
+///   to the echo at `upstream` as `haproxy` does (HTTP/1.1, or h2c for HTTP/2 and gRPC rows).
+pub fn haproxy_mesh_config(
+    side: Side,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    files: &IdentityFiles,
+    nofile: u64,
+    protocol: Protocol,
+) -> String {
+    let proto = haproxy_proto(protocol);
+    let tls = haproxy_mtls_words(files);
+    match side {
+        Side::Client => format!(
+            r#"{head}
 frontend bench
-    bind {entry}{proto}
+    bind {listen}{proto}
+    default_backend mesh_server
+
+backend mesh_server
+    server server_side {upstream} {tls} maxconn 10000
+"#,
+            head = haproxy_head(
+                "the client-side haproxy of haproxy-mesh: the load generator in, mutual TLS (HTTP/2 inside) to the server-side haproxy out.",
+                nofile
+            )
+        ),
+        Side::Server => format!(
+            r#"{head}
+frontend mesh_inbound
+    bind {listen} {tls}
     default_backend echo
 
 backend echo
-    server echo1 {echo}{proto} maxconn 10000
-"#
-    )
+    server echo1 {upstream}{proto} maxconn 10000
+"#,
+            head = haproxy_head(
+                "the server-side haproxy of haproxy-mesh: mutual TLS (HTTP/2 inside) in, the echo out.",
+                nofile
+            )
+        ),
+    }
 }
 
 fn external_version(bin: &Path, flag: &str) -> Option<String> {
@@ -798,22 +909,28 @@ fn external_version(bin: &Path, flag: &str) -> Option<String> {
     text.lines().next().map(|l| l.trim().to_owned())
 }
 
+/// Writes `<role>.cfg` and starts haproxy on it in the foreground (`-db`).
+fn spawn_haproxy(env: &Env, bin: &Path, role: &str, config: &str) -> anyhow::Result<(Proc, PathBuf)> {
+    let path = env.out_dir.join(format!("{role}.cfg"));
+    std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    let proc = Proc::spawn(
+        role,
+        bin,
+        &["-db".into(), "-f".into(), path.display().to_string()],
+        &env.out_dir,
+        env.proxy_cpu,
+    )?;
+    Ok((proc, path))
+}
+
 fn start_haproxy(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
     let Some(bin) = which("haproxy") else {
         bail!("haproxy is not on PATH");
     };
     let entry = loopback(free_port()?);
     let role = with_suffix("haproxy", protocol);
-    let path = env.out_dir.join(format!("{role}.cfg"));
-    std::fs::write(&path, haproxy_config(entry, env.echo_addr, env.nofile, protocol))
-        .with_context(|| format!("writing {}", path.display()))?;
-    let mut proc = Proc::spawn(
-        &role,
-        &bin,
-        &["-db".into(), "-f".into(), path.display().to_string()],
-        &env.out_dir,
-        env.proxy_cpu,
-    )?;
+    let config = haproxy_config(entry, env.echo_addr, env.nofile, protocol);
+    let (mut proc, path) = spawn_haproxy(env, &bin, &role, &config)?;
     proc.wait_ready(
         &probe_description(entry, protocol),
         READY_TIMEOUT,
@@ -826,6 +943,70 @@ fn start_haproxy(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         proxies: vec![proc],
         io_driver: Some("epoll".into()),
         config_paths: vec![path],
+        version: external_version(&bin, "-v"),
+        hop: None,
+    })
+}
+
+/// `haproxy-mesh`: the server-side haproxy starts first (in front of the echo), then the client
+/// side with the server side's TLS listener as its one server ([`haproxy_mesh_config`]).
+///
+/// The hop is proven TLS by construction, and checked: the server side's bind accepts TLS
+/// only, with a client certificate that chains to the run's root (`verify required`), so the
+/// readiness probe that crossed it through the client side proves the client side spoke mutual
+/// TLS to it; and a plaintext `GET` sent straight to that bind must be refused, or the row fails
+/// to start (its figures would not be an mTLS hop's).
+fn start_haproxy_mesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
+    let Some(bin) = which("haproxy") else {
+        bail!("haproxy is not on PATH");
+    };
+    let pki = env
+        .pki
+        .as_ref()
+        .context("no mesh certificates were made for this run")?;
+    let server_listen = loopback(free_port()?);
+    let entry = loopback(free_port()?);
+    let config =
+        |side, listen, upstream| haproxy_mesh_config(side, listen, upstream, pki.identity(side), env.nofile, protocol);
+    let (mut server, server_path) = spawn_haproxy(
+        env,
+        &bin,
+        &with_suffix("haproxy-mesh-server", protocol),
+        &config(Side::Server, server_listen, env.echo_addr),
+    )?;
+    // Its bind speaks TLS only: it is ready when it accepts a connection.
+    server.wait_ready(&format!("a TCP connection to {server_listen}"), READY_TIMEOUT, || {
+        std::net::TcpStream::connect_timeout(&server_listen, Duration::from_millis(200)).is_ok()
+    })?;
+    let (mut client, client_path) = spawn_haproxy(
+        env,
+        &bin,
+        &with_suffix("haproxy-mesh-client", protocol),
+        &config(Side::Client, entry, server_listen),
+    )?;
+    let ready = client.wait_ready(
+        &probe_description(entry, protocol),
+        READY_TIMEOUT,
+        probe_through(entry, protocol),
+    );
+    // The cause first, then what the server side logged (a refused certificate shows there).
+    if let Err(e) = ready {
+        server.check_alive()?;
+        bail!("{e:#}\n{}'s stderr:\n{}", server.role, server.stderr_tail());
+    }
+    if let Ok(status) = http_get_status(server_listen, HOST, "/") {
+        bail!(
+            "the server-side haproxy answered a plaintext GET on its mTLS bind {server_listen} with {status}: \
+             the hop between the haproxies is not TLS-only, and this row's figures would not be an mTLS hop's"
+        );
+    }
+    Ok(Topology {
+        kind: Kind::HaproxyMesh,
+        protocol,
+        entry,
+        proxies: vec![client, server],
+        io_driver: Some("epoll".into()),
+        config_paths: vec![client_path, server_path],
         version: external_version(&bin, "-v"),
         hop: None,
     })
@@ -1178,6 +1359,7 @@ spec:
         IdentityFiles {
             cert: PathBuf::from(format!("/run dir/pki/{name}-cert.pem")),
             key: PathBuf::from(format!("/run dir/pki/{name}-key.pem")),
+            bundle: PathBuf::from(format!("/run dir/pki/{name}.pem")),
             ca: PathBuf::from("/run dir/pki/ca.pem"),
         }
     }
@@ -1359,5 +1541,84 @@ spec:
         assert!(nginx_has_http2_directive("nginx version: nginx/2.0"));
         assert!(!nginx_has_http2_directive("nginx version: openresty"));
         assert!(!nginx_has_http2_directive(""));
+    }
+
+    #[test]
+    fn haproxy_mesh_runs_mutual_tls_with_http2_inside_between_its_two_haproxies() {
+        let entry: SocketAddr = "127.0.0.1:4".parse().unwrap();
+        let server_side: SocketAddr = "127.0.0.1:6".parse().unwrap();
+        let echo: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let (client_id, server_id) = (identity(Side::Client), identity(Side::Server));
+        // The hop's words on both ends: the side's own bundle, the run's root, the peer's
+        // certificate required, HTTP/2 inside, TLS 1.3; paths quoted (the folder has a space).
+        let tls = |side: &str| {
+            format!(
+                "ssl crt \"/run dir/pki/{side}.pem\" ca-file \"/run dir/pki/ca.pem\" verify required alpn h2 ssl-min-ver TLSv1.3"
+            )
+        };
+        for protocol in Protocol::ALL {
+            let proto = if protocol.is_h2() { " proto h2" } else { "" };
+            let client = haproxy_mesh_config(Side::Client, entry, server_side, &client_id, 4096, protocol);
+            // The load generator's side is what `haproxy` binds: HTTP/1.1, or h2c.
+            assert!(client.contains(&format!("\n    bind 127.0.0.1:4{proto}\n")), "{client}");
+            // Whatever the load generator speaks, the hop is mTLS with HTTP/2 inside.
+            assert!(
+                client.contains(&format!(
+                    "\n    server server_side 127.0.0.1:6 {} maxconn 10000\n",
+                    tls("client")
+                )),
+                "{protocol}: {client}"
+            );
+            assert!(
+                !client.contains("127.0.0.1:5"),
+                "the client side never reaches the echo: {client}"
+            );
+            let server = haproxy_mesh_config(Side::Server, server_side, echo, &server_id, 4096, protocol);
+            assert!(
+                server.contains(&format!("\n    bind 127.0.0.1:6 {}\n", tls("server"))),
+                "{server}"
+            );
+            // To the echo as `haproxy` speaks to it: HTTP/1.1, or h2c.
+            assert!(
+                server.contains(&format!("\n    server echo1 127.0.0.1:5{proto} maxconn 10000\n")),
+                "{protocol}: {server}"
+            );
+            // Tuned as `haproxy`: the same global and defaults sections.
+            let single = haproxy_config(entry, echo, 4096, protocol);
+            let tuning = |c: &str| c[c.find("\nglobal\n").unwrap()..c.find("\nfrontend ").unwrap()].to_owned();
+            assert_eq!(tuning(&client), tuning(&single));
+            assert_eq!(tuning(&server), tuning(&single));
+            for line in [
+                "    nbthread 1\n",
+                "    http-reuse always\n",
+                "    tune.bufsize 16384\n",
+                "    option http-keep-alive\n",
+            ] {
+                assert!(client.contains(line) && server.contains(line), "{line}");
+            }
+        }
+        // Paths haproxy would otherwise split or expand.
+        assert_eq!(haproxy_path(Path::new("/a b/$x\"q\\.pem")), r#""/a b/\$x\"q\\.pem""#);
+    }
+
+    #[test]
+    fn haproxy_mesh_is_a_two_proxy_scenario_that_needs_haproxy() {
+        assert_eq!(Kind::parse("haproxy-mesh"), Some(Kind::HaproxyMesh));
+        assert_eq!(Kind::HaproxyMesh.proxies(), 2);
+        assert_eq!(Kind::HaproxyMesh.external_binary(), Some("haproxy"));
+        assert_eq!(serde_json::to_value(Kind::HaproxyMesh).unwrap(), "haproxy-mesh");
+        let order: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            order,
+            [
+                "direct",
+                "ringmesh",
+                "mesh",
+                "mesh-plain",
+                "haproxy",
+                "haproxy-mesh",
+                "nginx"
+            ]
+        );
     }
 }
