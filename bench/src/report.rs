@@ -491,12 +491,24 @@ pub fn judge_mtls(
                         Some(r.latency_us.p50 as f64 - q.latency_us.p50 as f64)
                     })
                     .collect();
+                // Beside the p50, the CPU the TLS hop adds per request (both proxies' open-loop
+                // CPU, mesh − mesh-plain): the work TLS puts on the request's path, all of it
+                // serial there, so it bounds what the hop can add to an unqueued request. It is
+                // averaged over every request, so it moves far less between runs than a p50
+                // difference of two rows measured seconds apart (±20 µs on this machine).
+                let tls_work = match (m.cpu_cores_per_1k_rps, p.cpu_cores_per_1k_rps) {
+                    (Some(mc), Some(pc)) => format!(
+                        "; CPU TLS adds per request, both proxies: {:+.1} µs",
+                        (mc.median - pc.median) * 1000.0
+                    ),
+                    _ => String::new(),
+                };
                 match (spread(&diffs), m.latency_us.p50, p.latency_us.p50) {
                     (Some(d), Some(mp), Some(pp)) => out.push(TargetCheck {
                         name,
                         target: target.into(),
                         value: format!(
-                            "{} (mesh {} vs mesh-plain {}; per-round difference, median over {} round(s))",
+                            "{} (mesh {} vs mesh-plain {}; per-round difference, median over {} round(s){tls_work})",
                             fmt_signed_us(d.median),
                             fmt_us(mp.median),
                             fmt_us(pp.median),
@@ -1165,7 +1177,8 @@ mod tests {
         assert_eq!(v, ["PASS", "PASS", "MISS", "PASS"]);
         assert_eq!(
             t[0].value,
-            "+0.014 ms (mesh 0.215 ms vs mesh-plain 0.201 ms; per-round difference, median over 2 round(s))"
+            "+0.014 ms (mesh 0.215 ms vs mesh-plain 0.201 ms; per-round difference, median over 2 round(s); \
+             CPU TLS adds per request, both proxies: +4.0 µs)"
         );
         // Without the --mesh-rate pass: judged at the run's own rate, which the row names
         // beside the target's, with mesh-plain beside mesh.
