@@ -785,6 +785,15 @@ fn cpu_per_request_section(s: &mut String, scenarios: &[ScenarioSummary]) {
     );
 }
 
+/// A row's errors cell: the count, and how many runs answered under the asked rate.
+fn errors_cell(sc: &ScenarioSummary) -> String {
+    if sc.under_rate_runs > 0 {
+        format!("{} ({} runs under rate)", sc.errors, sc.under_rate_runs)
+    } else {
+        sc.errors.to_string()
+    }
+}
+
 /// The `--mesh-rate` pass's table: what the mesh latency targets are judged from, `mesh` beside
 /// `mesh-plain` (the same proxies without TLS) and `haproxy-mesh` (the floor), all from the same
 /// rounds.
@@ -816,11 +825,7 @@ fn mesh_rate_section(s: &mut String, pass: &MeshRatePass) {
                 opt(a, fmt_signed_us)
             }
         };
-        let errors = if sc.under_rate_runs > 0 {
-            format!("{} ({} runs under rate)", sc.errors, sc.under_rate_runs)
-        } else {
-            sc.errors.to_string()
-        };
+        let errors = errors_cell(sc);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {errors} |",
@@ -904,11 +909,7 @@ pub fn markdown(
         let l = &sc.latency_us;
         let a = &sc.added_us;
         let is_direct = sc.scenario == Kind::Direct;
-        let errors = if sc.under_rate_runs > 0 {
-            format!("{} ({} runs under rate)", sc.errors, sc.under_rate_runs)
-        } else {
-            sc.errors.to_string()
-        };
+        let errors = errors_cell(sc);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
