@@ -276,29 +276,7 @@ pub fn process_tree(root: u32) -> Vec<u32> {
 /// One blocking `GET` over a fresh connection; returns the status code. Used for readiness
 /// probes, never for measurement.
 pub fn http_get_status(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: ringmesh-bench\r\n\r\n"
-    )?;
-    let mut buf = [0u8; 512];
-    let mut have = 0;
-    while have < 12 {
-        let n = s.read(&mut buf[have..])?;
-        if n == 0 {
-            break;
-        }
-        have += n;
-    }
-    let head = std::str::from_utf8(&buf[..have]).unwrap_or("");
-    let code = head
-        .strip_prefix("HTTP/1.")
-        .and_then(|r| r.get(2..5))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("not an HTTP response: {head:?}"))?;
-    Ok(code)
+    http_get(addr, host, path).map(|(status, _)| status)
 }
 
 /// One blocking `GET` over a fresh connection (`Connection: close`), read to the end: the
