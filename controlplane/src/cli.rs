@@ -1,6 +1,7 @@
 //! The `ringmesh` command line. `analyze` works offline; `apply`, `get`, `delete`,
 //! `proxy-status` and `proxy-config` talk to a running `ringmesh-control` over its management
-//! API (`admin.proto`), at `--control-plane` (default [`DEFAULT_CONTROL_PLANE`]).
+//! API (`admin.proto`), at `--control-plane` (default [`DEFAULT_CONTROL_PLANE`]). `iptables`
+//! sets up a sidecar's traffic capture on this machine ([`crate::capture`]).
 //!
 //! Output follows kubectl and istioctl where users have habits (`virtualservice/reviews
 //! configured`, `get -o yaml`, the proxy-status table). Every failure is one line naming what
@@ -133,6 +134,84 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Transparent capture for a sidecar (istio-iptables' flags): outbound TCP to the proxy's
+    /// outbound port, inbound TCP to its inbound port, with `iptables-restore --noflush` (one
+    /// transaction per family). Needs root (CAP_NET_ADMIN) except with --dry-run.
+    Iptables(Box<IptablesArgs>),
+}
+
+/// `ringmesh iptables` flags: istio-iptables' names and defaults. Lists are comma-separated.
+#[derive(Debug, clap::Args)]
+pub struct IptablesArgs {
+    /// Port outbound TCP is redirected to.
+    #[arg(short = 'p', long, default_value_t = 15001, value_parser = clap::value_parser!(u16).range(1..))]
+    pub envoy_port: u16,
+    /// Port inbound TCP is redirected to.
+    #[arg(short = 'z', long, default_value_t = 15006, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inbound_capture_port: u16,
+    /// The proxy's user: its traffic is never captured.
+    #[arg(short = 'u', long, default_value_t = 1337)]
+    pub proxy_uid: u32,
+    /// The proxy's group: its traffic is never captured (default: the --proxy-uid value).
+    #[arg(short = 'g', long)]
+    pub proxy_gid: Option<u32>,
+    /// Outbound destinations captured: CIDRs (IPv4 and IPv6 mixed), `*` for all, empty for none.
+    #[arg(short = 'i', long, default_value = "*")]
+    pub outbound_ip_ranges_include: String,
+    /// Outbound destinations never captured (CIDRs).
+    #[arg(short = 'x', long, default_value = "")]
+    pub outbound_ip_ranges_exclude: String,
+    /// Inbound ports captured: `*` for all (less the proxy's own and --inbound-ports-exclude),
+    /// empty for none.
+    #[arg(short = 'b', long, default_value = "*")]
+    pub inbound_ports_include: String,
+    /// Inbound ports never captured.
+    #[arg(short = 'd', long, default_value = "")]
+    pub inbound_ports_exclude: String,
+    /// Outbound ports captured whatever the destination address.
+    #[arg(short = 'q', long, default_value = "")]
+    pub outbound_ports_include: String,
+    /// Outbound ports never captured.
+    #[arg(short = 'o', long, default_value = "")]
+    pub outbound_ports_exclude: String,
+    /// Interfaces of VMs (KubeVirt) whose traffic is treated as outbound.
+    #[arg(short = 'c', long, default_value = "")]
+    pub kube_virt_interfaces: String,
+    /// Print the `iptables-restore` input for each family instead of applying it (no root
+    /// needed). With --cleanup, print what cleaning up a table holding the defaults runs.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove our jumps and chains, and nothing else (nothing of ours: nothing to do).
+    #[arg(long)]
+    pub cleanup: bool,
+    /// IPv6 rules too: `auto` when ip6tables-restore is installed.
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    pub ipv6: Toggle,
+    /// Which iptables: `auto` is the one already holding rules, else nft.
+    #[arg(long, value_enum, default_value_t = IptablesBackend::Auto)]
+    pub iptables_backend: IptablesBackend,
+}
+
+/// On, off, or decided by what is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    /// Decide from the machine.
+    Auto,
+    /// Yes.
+    On,
+    /// No.
+    Off,
+}
+
+/// `--iptables-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IptablesBackend {
+    /// Whichever holds rules already, else nft.
+    Auto,
+    /// iptables-nft-restore.
+    Nft,
+    /// iptables-legacy-restore.
+    Legacy,
 }
 
 /// `ringmesh token ...`.
@@ -262,6 +341,98 @@ where
     run_with(args, &mut stdout.lock(), &mut stderr.lock())
 }
 
+/// `ringmesh iptables`: see [`crate::capture`].
+fn run_iptables(args: &IptablesArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    use crate::capture::{self, Backend, CaptureConfig, Family, ListFlags};
+    let lists = ListFlags {
+        outbound_ip_ranges_include: args.outbound_ip_ranges_include.clone(),
+        outbound_ip_ranges_exclude: args.outbound_ip_ranges_exclude.clone(),
+        inbound_ports_include: args.inbound_ports_include.clone(),
+        inbound_ports_exclude: args.inbound_ports_exclude.clone(),
+        outbound_ports_include: args.outbound_ports_include.clone(),
+        outbound_ports_exclude: args.outbound_ports_exclude.clone(),
+        kube_virt_interfaces: args.kube_virt_interfaces.clone(),
+    };
+    let config = match CaptureConfig::from_flags(
+        args.envoy_port,
+        args.inbound_capture_port,
+        args.proxy_uid,
+        args.proxy_gid,
+        &lists,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "ringmesh iptables: {e}");
+            return 2;
+        }
+    };
+    let backend = match args.iptables_backend {
+        IptablesBackend::Nft => Backend::Nft,
+        IptablesBackend::Legacy => Backend::Legacy,
+        // A dry run runs nothing: it names nft's tools unless only legacy is installed.
+        IptablesBackend::Auto if args.dry_run => {
+            if capture::find_program(&Backend::Legacy.tools(Family::V4).0).is_some()
+                && capture::find_program(&Backend::Nft.tools(Family::V4).0).is_none()
+            {
+                Backend::Legacy
+            } else {
+                Backend::Nft
+            }
+        }
+        IptablesBackend::Auto => capture::detect_backend(),
+    };
+    let ipv6 = match args.ipv6 {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => {
+            capture::find_program(&backend.tools(Family::V6).0).is_some()
+                || capture::find_program("ip6tables-restore").is_some()
+        }
+    };
+    let families: &[Family] = if ipv6 { &[Family::V4, Family::V6] } else { &[Family::V4] };
+    for &family in families {
+        let restore = backend.tools(family).0;
+        if args.dry_run {
+            // Apply: what a table without our rules gets. Cleanup: what a table holding the
+            // default rules needs.
+            let script = if args.cleanup {
+                let current = CaptureConfig::default().apply_script(family, "");
+                capture::cleanup_script(&current).unwrap_or_default()
+            } else {
+                config.apply_script(family, "")
+            };
+            let _ = write!(out, "# {} ({restore} --noflush)\n{script}", family.name());
+            continue;
+        }
+        let result = capture::save_nat(backend, family).and_then(|current| {
+            let script = if args.cleanup {
+                capture::cleanup_script(&current)
+            } else {
+                Some(config.apply_script(family, &current))
+            };
+            match script {
+                Some(s) => capture::restore(backend, family, &s).map(|()| true),
+                None => Ok(false),
+            }
+        });
+        match result {
+            Ok(changed) => {
+                let what = match (args.cleanup, changed) {
+                    (false, _) => "rules applied",
+                    (true, true) => "rules removed",
+                    (true, false) => "no rules of ours, nothing to remove",
+                };
+                let _ = writeln!(err, "ringmesh iptables: {}: {what} ({restore})", family.name());
+            }
+            Err(e) => {
+                let _ = writeln!(err, "ringmesh iptables: {}: {e}", family.name());
+                return 1;
+            }
+        }
+    }
+    0
+}
+
 /// [`run`] with the output going to `out` and errors to `err` (for tests and embedding). Must
 /// not be called from inside a tokio runtime: it starts its own for the network commands.
 pub fn run_with<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
@@ -283,6 +454,9 @@ where
             return code;
         }
     };
+    if let Command::Iptables(args) = &cli.command {
+        return run_iptables(args, out, err);
+    }
     if let Command::Analyze { paths, output, strict } = &cli.command {
         let report = crate::analyze::analyze(paths);
         let _ = match output {
@@ -370,7 +544,7 @@ fn call_error(cli: &Cli, status: tonic::Status) -> CliError {
 
 async fn remote(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
     match &cli.command {
-        Command::Analyze { .. } => Ok(()),
+        Command::Analyze { .. } | Command::Iptables(_) => Ok(()),
         Command::Apply { files, dry_run, wait } => {
             let inputs = read_inputs(files)?;
             let mut client = connect(cli).await?;

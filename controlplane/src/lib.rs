@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod analyze;
 pub mod ca;
+pub mod capture;
 pub mod cli;
 pub mod etcd;
 pub mod kubernetes;
