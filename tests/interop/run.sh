@@ -7,14 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 need=()
-for bin in curl wrk haproxy nginx etcd h2load ss openssl sslscan; do
+for bin in curl wrk haproxy nginx etcd h2load ss openssl sslscan iptables-nft-restore iptables-legacy-restore; do
   command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server nghttp2-client iproute2 openssl sslscan >/dev/null
+    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server nghttp2-client iproute2 openssl sslscan iptables >/dev/null
   else
     echo "interop: missing ${need[*]} and not root to install them" >&2
     exit 1
@@ -173,6 +173,9 @@ source tests/interop/rotation.sh
 
 # Two ringmesh-control replicas sharing etcd (--etcd): apply to one, serve from both, fail over.
 source tests/interop/etcd.sh
+
+# `ringmesh iptables` (transparent capture) in network namespaces of its own, nft and legacy.
+source tests/interop/capture.sh
 
 echo "interop: $pass passed, $fail failed"
 [ "$fail" = 0 ]
