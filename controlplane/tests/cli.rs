@@ -587,3 +587,51 @@ fn a_busy_listen_port_is_an_error_naming_the_address() {
     );
     drop(busy);
 }
+
+/// `ringmesh iptables --dry-run`: the restore input per family on stdout, no root needed; a bad
+/// flag value is exit 2 naming the flag.
+#[test]
+fn iptables_dry_run_prints_both_families_and_refuses_bad_values() {
+    let run = |args: &[&str]| {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let argv = ["ringmesh", "iptables"].iter().chain(args).copied();
+        let code = ringmesh_control::cli::run_with(argv, &mut out, &mut err);
+        (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+    };
+    let (code, out, err) = run(&[
+        "--dry-run",
+        "--ipv6",
+        "on",
+        "--iptables-backend",
+        "legacy",
+        "-i",
+        "10.0.0.0/8,fd00::/8",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (v4, v6) = out.split_once("# IPv6 (ip6tables-legacy-restore --noflush)\n").unwrap();
+    assert!(
+        v4.starts_with("# IPv4 (iptables-legacy-restore --noflush)\n*nat\n"),
+        "{out}"
+    );
+    assert!(
+        v4.contains("-A RINGMESH_OUTPUT -d 10.0.0.0/8 -j RINGMESH_REDIRECT\n"),
+        "{out}"
+    );
+    assert!(!v4.contains("fd00::"), "{out}");
+    assert!(
+        v6.contains("-A RINGMESH_OUTPUT -d fd00::/8 -j RINGMESH_REDIRECT\n"),
+        "{out}"
+    );
+    assert!(v6.ends_with("COMMIT\n"), "{out}");
+
+    let (code, out, _) = run(&["--dry-run", "--ipv6", "off", "--cleanup"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("-X RINGMESH_OUTPUT\n") && !out.contains("IPv6"), "{out}");
+
+    let (code, _, err) = run(&["--dry-run", "-x", "10.0.0.0/40"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--outbound-ip-ranges-exclude \"10.0.0.0/40\""), "{err}");
+    let (code, _, err) = run(&["--dry-run", "-z", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--inbound-capture-port"), "{err}");
+}
