@@ -182,6 +182,12 @@ for b in "${cap_backends[@]}"; do
   nat_rules "$v6-save" >"$cw/$b-again6"
   check "capture($b): a second --cleanup succeeds and changes nothing" bash -c "
     [ $code = 0 ] && diff -q '$cw/$b-before4' '$cw/$b-again4' && diff -q '$cw/$b-before6' '$cw/$b-again6'"
+  # --iptables-backend auto picks the back-end holding the other rules.
+  in_a "$ringmesh" iptables >"$cw/$b-auto" 2>&1 && in_a "$ringmesh" iptables --cleanup >>"$cw/$b-auto" 2>&1 && code=0 || code=$?
+  nat_rules "$v4-save" >"$cw/$b-auto4"
+  check "capture($b): --iptables-backend auto picks $b where its rules are, and cleans up" bash -c "
+    [ $code = 0 ] && grep -q 'IPv4: rules applied ($v4-restore)' '$cw/$b-auto' &&
+    grep -q 'IPv4: rules removed ($v4-restore)' '$cw/$b-auto' && diff -q '$cw/$b-before4' '$cw/$b-auto4'"
   cap_teardown
 done
 
