@@ -184,7 +184,7 @@ pub struct IptablesArgs {
     /// Remove our jumps and chains, and nothing else (nothing of ours: nothing to do).
     #[arg(long)]
     pub cleanup: bool,
-    /// IPv6 rules too: `auto` when ip6tables-restore is installed.
+    /// IPv6 rules too: `auto` when ip6tables-restore is installed and the kernel has IPv6.
     #[arg(long, value_enum, default_value_t = Toggle::Auto)]
     pub ipv6: Toggle,
     /// Which iptables: `auto` is the one already holding rules, else nft.
@@ -384,9 +384,11 @@ fn run_iptables(args: &IptablesArgs, out: &mut dyn Write, err: &mut dyn Write) -
     let ipv6 = match args.ipv6 {
         Toggle::On => true,
         Toggle::Off => false,
+        // A kernel booted with ipv6.disable=1 has no IPv6 nat table to write to.
         Toggle::Auto => {
-            capture::find_program(&backend.tools(Family::V6).0).is_some()
-                || capture::find_program("ip6tables-restore").is_some()
+            Path::new("/proc/net/if_inet6").exists()
+                && (capture::find_program(&backend.tools(Family::V6).0).is_some()
+                    || capture::find_program("ip6tables-restore").is_some())
         }
     };
     let families: &[Family] = if ipv6 { &[Family::V4, Family::V6] } else { &[Family::V4] };
