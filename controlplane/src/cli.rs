@@ -661,10 +661,12 @@ async fn remote(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
                 .map_err(|s| call_error(cli, s))?
                 .into_inner();
             let _ = writeln!(out, "{}", resp.token);
+            let expires = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(resp.expires_unix);
             let _ = writeln!(
                 err,
-                "token for {} (expires at {} s since the Unix epoch)",
-                resp.spiffe_id, resp.expires_unix
+                "token for {} (expires {})",
+                resp.spiffe_id,
+                ringmesh_api::duration::rfc3339(expires)
             );
             Ok(())
         }

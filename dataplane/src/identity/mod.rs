@@ -309,30 +309,7 @@ pub(crate) fn load_files(files: &ringmesh_api::snapshot::IdentityFiles, cell: &I
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` (UTC).
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    };
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub(crate) use ringmesh_api::duration::rfc3339;
 
 /// `/certs`: the identity in use, or `identity: null` with the reason.
 pub(crate) fn certs_json(cell: &IdentityCell, status: &CertStatus) -> serde_json::Value {
