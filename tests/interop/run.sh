@@ -177,5 +177,8 @@ source tests/interop/etcd.sh
 # `ringmesh iptables` (transparent capture) in network namespaces of its own, nft and legacy.
 source tests/interop/capture.sh
 
+# The Kubernetes manifests against the API schemas (kubernetes-validate).
+source tests/interop/manifests.sh
+
 echo "interop: $pass passed, $fail failed"
 [ "$fail" = 0 ]
