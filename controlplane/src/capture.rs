@@ -164,14 +164,19 @@ fn items(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// `*`: everything, where the flag takes it.
+fn everything<T>(flag: &'static str, value: &str, allow_all: bool) -> Result<Selection<T>, FlagError> {
+    if allow_all {
+        Ok(Selection::All)
+    } else {
+        Err(flag_error(flag, value, "`*` is not allowed here"))
+    }
+}
+
 /// Parses a comma-separated port list (`allow_all`: `*` too); each port is 1..=65535.
 pub fn parse_ports(flag: &'static str, value: &str, allow_all: bool) -> Result<Selection<u16>, FlagError> {
     if value.trim() == "*" {
-        return if allow_all {
-            Ok(Selection::All)
-        } else {
-            Err(flag_error(flag, value, "`*` is not allowed here"))
-        };
+        return everything(flag, value, allow_all);
     }
     let mut ports = Vec::new();
     for item in items(value) {
@@ -193,11 +198,7 @@ pub fn parse_ports(flag: &'static str, value: &str, allow_all: bool) -> Result<S
 /// IPv4 and IPv6 may be mixed: each family's rules take their own.
 pub fn parse_cidrs(flag: &'static str, value: &str, allow_all: bool) -> Result<Selection<Cidr>, FlagError> {
     if value.trim() == "*" {
-        return if allow_all {
-            Ok(Selection::All)
-        } else {
-            Err(flag_error(flag, value, "`*` is not allowed here"))
-        };
+        return everything(flag, value, allow_all);
     }
     let mut cidrs = Vec::new();
     for item in items(value) {
