@@ -80,6 +80,10 @@ pub struct Service {
     pub namespace: String,
     /// Ports in declaration order.
     pub ports: Vec<ServicePort>,
+    /// Virtual IPs (`ServiceEntry.addresses`, a Kubernetes Service's cluster IPs): captured
+    /// connections to one of them on one of `ports` are this service's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
     /// Endpoints.
     pub endpoints: Vec<RegistryEndpoint>,
     /// The declaring resource (`ServiceEntry ns/name`), for diagnostics.
@@ -240,6 +244,7 @@ mod tests {
                     target_port: None,
                 })
                 .collect(),
+            addresses: Vec::new(),
             endpoints: vec![],
             source: format!("ServiceEntry default/{host}"),
         }

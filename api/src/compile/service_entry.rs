@@ -80,6 +80,23 @@ impl Compiler {
             }
             _ => {}
         }
+        let mut addresses = Vec::new();
+        for (i, a) in se.spec.addresses.iter().enumerate() {
+            let ap = spec.key("addresses").index(i);
+            match a.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => {
+                    self.error(site, &ap, format!("{a:?} is the unspecified address, not a service's"));
+                }
+                Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
+                Ok(_) => self.warn(site, &ap, format!("address {a} is listed twice")),
+                Err(_) if a.contains('/') => self.warn(
+                    site,
+                    &ap,
+                    format!("CIDR address {a:?} is not supported yet; ignored (list the IP addresses)"),
+                ),
+                Err(_) => self.error(site, &ap, format!("{a:?} is not an IP address")),
+            }
+        }
         let mut endpoints = Vec::new();
         for (i, e) in se.spec.endpoints.iter().enumerate() {
             let ep = spec.key("endpoints").index(i);
@@ -194,6 +211,7 @@ impl Compiler {
                 host,
                 namespace: site.namespace().to_owned(),
                 ports: ports.clone(),
+                addresses: addresses.clone(),
                 endpoints: endpoints.clone(),
                 source: site.source(),
             };

@@ -79,6 +79,53 @@ pub struct ProxyConfigSpec {
     /// Mutual TLS between proxies (Istio's `meshConfig.meshMTLS`).
     #[serde(default, rename = "meshMTLS", skip_serializing_if = "Option::is_none")]
     pub mesh_mtls: Option<MeshMtlsSpec>,
+    /// Transparent capture: the app's traffic redirected to the proxy by `ringmesh iptables`
+    /// (Istio's `REDIRECT` interception). Present (even empty): the proxy serves the
+    /// `outbound` (15001) and `inbound` (15006) capture listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureSpec>,
+    /// What a captured connection to a destination no service declares gets (Istio's
+    /// `meshConfig.outboundTrafficPolicy`); absent: `ALLOW_ANY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicySpec>,
+}
+
+/// `ProxyConfig.spec.capture`: the listeners that take traffic `ringmesh iptables` redirected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaptureSpec {
+    /// Where redirected outbound connections arrive (`ringmesh iptables -p`); default 15001.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_port: Option<i64>,
+    /// Where redirected inbound connections arrive (`ringmesh iptables -z`); default 15006.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_port: Option<i64>,
+    /// Also listen on IPv6 (`[::]`, IPv6 only) for both: `true`, `false`, or absent: when the
+    /// host has IPv6 (a bind that fails for want of it is skipped, said in the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<bool>,
+}
+
+/// `ProxyConfig.spec.outboundTrafficPolicy`, Istio's `meshConfig.outboundTrafficPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundTrafficPolicySpec {
+    /// `ALLOW_ANY` (the default) or `REGISTRY_ONLY`.
+    #[serde(default)]
+    pub mode: OutboundTrafficMode,
+}
+
+/// Istio's `OutboundTrafficPolicy.Mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboundTrafficMode {
+    /// A captured connection to an unknown destination goes there as opaque TCP (Istio's
+    /// `PassthroughCluster`).
+    #[default]
+    #[serde(rename = "ALLOW_ANY")]
+    AllowAny,
+    /// It is closed (Istio's `BlackHoleCluster`).
+    #[serde(rename = "REGISTRY_ONLY")]
+    RegistryOnly,
 }
 
 /// `ProxyConfig.spec.identity`.

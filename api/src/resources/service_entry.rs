@@ -37,6 +37,10 @@ pub struct ServiceEntrySpec {
     /// Host names of the service (FQDNs; short names are expanded with the namespace).
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Virtual IP addresses of the service (a Kubernetes Service's cluster IPs): a captured
+    /// connection to one of them, on one of `ports`, is this service's traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
     /// Ports the service listens on.
     #[serde(default)]
     pub ports: Vec<ServicePortSpec>,
@@ -126,4 +130,8 @@ pub struct EndpointSpec {
     /// Load-balancing weight; absent or 0 means 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i64>,
+    /// The service account the endpoint runs as (informational: the identity its proxy
+    /// proves is checked against the trust domain and any `subjectAltNames`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
