@@ -241,6 +241,16 @@ impl RouteTable {
     /// `[v6]:port`), a trailing dot is ignored, and the comparison is case-insensitive. Exact
     /// names win over `*.suffix` wildcards (longest suffix first), which win over `*`.
     pub fn find_host(&self, host: &str) -> Option<&VirtualHost> {
+        self.find_host_id(host).and_then(|id| self.virtual_host(id))
+    }
+
+    /// The virtual host with this id.
+    pub fn virtual_host(&self, id: VirtualHostId) -> Option<&VirtualHost> {
+        self.virtual_hosts.get(id.0 as usize)
+    }
+
+    /// [`RouteTable::find_host`]'s answer as an id.
+    pub fn find_host_id(&self, host: &str) -> Option<VirtualHostId> {
         let name = strip_port(host);
         let name = name.strip_suffix('.').unwrap_or(name);
         let mut buf = [0u8; MAX_STACK_HOST];
@@ -256,7 +266,7 @@ impl RouteTable {
             // allocation is acceptable.
             self.lookup_lower(&name.to_ascii_lowercase())
         }?;
-        self.virtual_hosts.get(id.0 as usize)
+        Some(id)
     }
 
     fn lookup_lower(&self, host: &str) -> Option<VirtualHostId> {

@@ -31,6 +31,76 @@ pub struct Snapshot {
     pub clusters: Vec<Cluster>,
     /// What guards this proxy's workload: path normalization, authorization, inbound mTLS.
     pub security: Security,
+    /// How connections `ringmesh iptables` redirected are served (`spec.capture`): empty
+    /// without capture listeners.
+    pub capture: Capture,
+}
+
+/// Where a captured connection goes, from its original destination
+/// (`SO_ORIGINAL_DST`): a service's virtual IP and port on the way out, the app's port on
+/// the way in.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Capture {
+    /// Services by (virtual IP, port): `ServiceEntry.addresses`, a Kubernetes Service's
+    /// cluster IPs.
+    #[serde(serialize_with = "services_in_order")]
+    pub services: HashMap<SocketAddr, CapturedService>,
+    /// The local app's ports (`spec.workload.ports` and the target ports of the services it
+    /// serves): HTTP on these is routed to the app with the HTTP proxy's features
+    /// (authorization by path, metrics); any other port is passed through as TCP.
+    pub app_ports: BTreeMap<u16, AppPort>,
+    /// What a connection to an outbound destination no service declares gets.
+    pub unknown: crate::resources::OutboundTrafficMode,
+}
+
+fn services_in_order<S: serde::Serializer>(
+    services: &HashMap<SocketAddr, CapturedService>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let sorted: BTreeMap<String, &CapturedService> = services.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    sorted.serialize(s)
+}
+
+/// What a captured connection carries, as the port says (its protocol or name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CapturedProtocol {
+    /// HTTP/1.1 or HTTP/2: routed.
+    Http,
+    /// Opaque TCP (or TLS the app speaks itself).
+    Tcp,
+    /// Nothing said: the first bytes decide, as on an `AUTO` listener.
+    Detect,
+}
+
+/// A service port reached through its virtual IP.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapturedService {
+    /// The service host.
+    pub host: String,
+    /// What the port carries.
+    pub protocol: CapturedProtocol,
+    /// HTTP: the virtual host when the request's `Host` names no other (the VirtualService
+    /// claiming the service, or the service's route to this very port).
+    pub vhost: VirtualHostId,
+    /// The service's default virtual host (a route to its default port), which a `Host`
+    /// naming the service would find: a request on another port of the service takes `vhost`
+    /// instead, so it reaches the port it was sent to.
+    pub default_vhost: Option<VirtualHostId>,
+    /// TCP: where the bytes go (a VirtualService tcp route, else the port's cluster).
+    pub clusters: WeightedClusters,
+    /// TCP: close the pair after this long without a byte.
+    pub idle_timeout: Duration,
+}
+
+/// One port of the local app, for inbound captured connections.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppPort {
+    /// What the port carries.
+    pub protocol: CapturedProtocol,
+    /// A virtual host with one route to `cluster`, whatever the `Host`.
+    pub vhost: VirtualHostId,
+    /// The app on the loopback address (`inbound|<port>||`).
+    pub cluster: ClusterId,
 }
 
 /// The security settings compiled for this proxy's workload ([`ProxySettings::workload`]).
@@ -296,6 +366,10 @@ pub enum ListenerKind {
         /// How long to wait for the client's first bytes.
         timeout: Duration,
     },
+    /// Takes connections `ringmesh iptables` redirected: the original destination picks the
+    /// service (outbound) or the app's port (inbound) from [`Snapshot::capture`], and with it
+    /// HTTP, TCP or detection.
+    Captured,
 }
 
 /// One listening socket, opened by every worker with `SO_REUSEPORT`.
@@ -310,6 +384,10 @@ pub struct Listener {
     /// Takes traffic for the local workload (`direction: INBOUND`): [`Security::peer_authn`]
     /// and [`Security::authz`] apply to it.
     pub inbound: bool,
+    /// A bind that fails for want of the address family (IPv6 on a host without it) skips
+    /// the listener, said in the log, instead of stopping the proxy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// Index into [`Snapshot::clusters`].

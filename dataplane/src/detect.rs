@@ -10,6 +10,7 @@
 //! inside a read, so a deadline that fires as bytes arrive cannot drop them with a cancelled
 //! read. It reads at most one buffer per connection and allocates nothing else.
 
+use crate::capture::{RouteBy, TcpDest};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -146,7 +147,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, 
         Outcome::Sniffed(s) if s.is_http() => {
             inc(&worker.stats.detected_http);
             let io = crate::http::downstream::ClientIo::Tcp(stream);
-            crate::http::proxy::serve(worker, io, peer, None, buf).await;
+            crate::http::proxy::serve(worker, io, peer, None, buf, RouteBy::Host).await;
         }
         Outcome::Sniffed(_) | Outcome::Timeout => {
             inc(if outcome == Outcome::Timeout {
@@ -155,7 +156,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, 
                 &worker.stats.detected_tcp
             });
             let io = crate::http::downstream::ClientIo::Tcp(stream);
-            crate::tcp::serve(worker, io, peer, listener, buf, None).await;
+            crate::tcp::serve(worker, io, peer, TcpDest::Listener(listener), buf, None).await;
         }
         Outcome::Gone => {}
     }

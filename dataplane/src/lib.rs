@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub(crate) mod authz;
+pub(crate) mod capture;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use monoio::net::TcpListener;
 use ringmesh_api::snapshot::ListenerKind;
 
+use crate::capture::{RouteBy, TcpDest};
 use crate::telemetry::stats::{dec, inc};
 use crate::worker::Worker;
 
@@ -57,11 +58,16 @@ pub async fn accept_loop(
                 ListenerKind::Http => {
                     let buf = BytesMut::with_capacity(crate::http::proxy::INITIAL_BUFFER);
                     let io = crate::http::downstream::ClientIo::Tcp(stream);
-                    crate::http::proxy::serve(worker.clone(), io, peer, None, buf).await
+                    crate::http::proxy::serve(worker.clone(), io, peer, None, buf, RouteBy::Host).await
                 }
                 ListenerKind::Tcp { .. } => {
                     let io = crate::http::downstream::ClientIo::Tcp(stream);
-                    crate::tcp::serve(worker.clone(), io, peer, &name, BytesMut::new(), None).await
+                    let dest = TcpDest::Listener(&name);
+                    crate::tcp::serve(worker.clone(), io, peer, dest, BytesMut::new(), None).await
+                }
+                // Boxed, so plain listeners' tasks are not sized for it.
+                ListenerKind::Captured => {
+                    Box::pin(crate::capture::serve_outbound(worker.clone(), stream, peer, &name)).await
                 }
                 // Boxed, so the task of every HTTP or TCP connection is not sized for detection.
                 ListenerKind::Detect { .. } => {
@@ -85,6 +91,7 @@ mod tests {
     fn connection_futures_stay_small() {
         let http = size_of_return(|| {
             crate::http::proxy::serve(
+                unreachable!(),
                 unreachable!(),
                 unreachable!(),
                 unreachable!(),

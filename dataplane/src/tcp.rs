@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
-use ringmesh_api::snapshot::{Listener, ListenerKind, WeightedClusters};
+use ringmesh_api::snapshot::{ListenerKind, Snapshot, WeightedClusters};
 
 use std::sync::Arc;
 
+use crate::capture::TcpDest;
 use crate::cluster::pool::{self, UpstreamConn};
 use crate::http::downstream::ClientIo;
 use crate::lb;
@@ -33,19 +34,26 @@ use crate::tls::InboundConn;
 pub(crate) type TunnelEnd<T> = MaybeTls<T>;
 use crate::worker::Worker;
 
+/// Connect timeout of a passthrough (Istio's default for every cluster).
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle timeout of a passthrough pair (Istio's TCP proxy default).
+const PASSTHROUGH_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The name a passthrough goes by in logs (Istio's cluster name for it).
+const PASSTHROUGH: &str = "PassthroughCluster";
+
 /// Largest amount moved by one splice call: the default pipe capacity (16 pages).
 const SPLICE_CHUNK: usize = 64 * 1024;
 
 /// Serves one accepted TCP connection. `initial` holds bytes already read from the client (by
 /// protocol detection); they go upstream first, before the splice.
 ///
-/// The destination comes from the *current* snapshot's listener of this name, so a reload that
-/// changes a TCP route applies to new connections at once.
+/// The destination comes from the *current* snapshot (the listener of this name, or the
+/// captured service), so a reload that changes a TCP route applies to new connections at once.
 pub(crate) async fn serve(
     worker: Rc<Worker>,
     client: ClientIo,
     peer: SocketAddr,
-    listener: &str,
+    dest: TcpDest<'_>,
     initial: BytesMut,
     inbound: Option<Arc<InboundConn>>,
 ) {
@@ -57,45 +65,63 @@ pub(crate) async fn serve(
             return;
         }
     }
-    let Some((clusters, idle_timeout)) = tcp_destination(&view.snapshot.listeners, listener) else {
-        tracing::warn!(%peer, listener, "tcp listener has no destination in the current config; closing");
-        return;
-    };
-    let cluster_id = clusters.pick(worker.rng.next_u64() as u32);
-    let cluster = view.snapshot.cluster(cluster_id);
-    let state = &view.clusters[cluster_id.0 as usize];
-    let hash = Some(hash_key(peer));
-    // Try each endpoint at most once on connect failure, like Envoy's default of one reattempt
-    // per host; opaque TCP has nothing else to retry.
-    let mut upstream = None;
-    let mut mtls = None;
-    let mut tried = lb::TriedEndpoints::default();
-    for _ in 0..cluster.endpoints.len().min(3) {
-        let Some(i) = lb::pick(cluster, state, &worker.rng, hash, &tried) else {
-            break;
-        };
-        tried.insert(i);
-        let ep = &cluster.endpoints[i];
-        inc(&worker.stats.upstream_cx_total);
-        match pool::connect(ep.address, cluster.connect_timeout).await {
-            Ok(conn) => {
-                upstream = Some(conn);
-                mtls = crate::tls::outbound::Target::of(cluster, i);
-                break;
-            }
-            Err(e) => {
-                inc(&worker.stats.upstream_cx_connect_fail);
-                inc(&state.endpoints[i].cx_connect_fail);
-                tracing::debug!(%peer, upstream = %ep.address, cluster = %cluster.name, "tcp connect failed: {e}");
+    let (mut upstream, mtls, idle_timeout, label) = match dest {
+        TcpDest::Passthrough(addr) => {
+            inc(&worker.stats.upstream_cx_total);
+            match pool::connect(addr, PASSTHROUGH_CONNECT_TIMEOUT).await {
+                Ok(conn) => (conn, None, PASSTHROUGH_IDLE_TIMEOUT, PASSTHROUGH),
+                Err(e) => {
+                    inc(&worker.stats.upstream_cx_connect_fail);
+                    worker.stats.log_limit.log("tcp passthrough UF", || {
+                        tracing::info!(%peer, upstream = %addr, "tcp passthrough: connect failed ({}); closing client", e.context)
+                    });
+                    return;
+                }
             }
         }
-    }
-    let Some(mut upstream) = upstream else {
-        worker.stats.log_limit.log(
-            "tcp UF",
-            || tracing::info!(%peer, cluster = %cluster.name, "tcp: no upstream reachable; closing client"),
-        );
-        return;
+        TcpDest::Listener(_) | TcpDest::Service(_) => {
+            let Some((clusters, idle_timeout)) = tcp_destination(&view.snapshot, dest) else {
+                tracing::warn!(%peer, ?dest, "tcp destination is gone from the current config; closing");
+                return;
+            };
+            let cluster_id = clusters.pick(worker.rng.next_u64() as u32);
+            let cluster = view.snapshot.cluster(cluster_id);
+            let state = &view.clusters[cluster_id.0 as usize];
+            let hash = Some(hash_key(peer));
+            // Try each endpoint at most once on connect failure, like Envoy's default of one
+            // reattempt per host; opaque TCP has nothing else to retry.
+            let mut upstream = None;
+            let mut mtls = None;
+            let mut tried = lb::TriedEndpoints::default();
+            for _ in 0..cluster.endpoints.len().min(3) {
+                let Some(i) = lb::pick(cluster, state, &worker.rng, hash, &tried) else {
+                    break;
+                };
+                tried.insert(i);
+                let ep = &cluster.endpoints[i];
+                inc(&worker.stats.upstream_cx_total);
+                match pool::connect(ep.address, cluster.connect_timeout).await {
+                    Ok(conn) => {
+                        upstream = Some(conn);
+                        mtls = crate::tls::outbound::Target::of(cluster, i);
+                        break;
+                    }
+                    Err(e) => {
+                        inc(&worker.stats.upstream_cx_connect_fail);
+                        inc(&state.endpoints[i].cx_connect_fail);
+                        tracing::debug!(%peer, upstream = %ep.address, cluster = %cluster.name, "tcp connect failed: {e}");
+                    }
+                }
+            }
+            let Some(upstream) = upstream else {
+                worker.stats.log_limit.log(
+                    "tcp UF",
+                    || tracing::info!(%peer, cluster = %cluster.name, "tcp: no upstream reachable; closing client"),
+                );
+                return;
+            };
+            (upstream, mtls, idle_timeout, cluster.name.as_str())
+        }
     };
     client.set_nodelay();
     let early = initial.len() as u64;
@@ -110,7 +136,7 @@ pub(crate) async fn serve(
         if early > 0 {
             let (res, _) = upstream.write.write_all(initial).await;
             if let Err(e) = res {
-                tracing::debug!(%peer, cluster = %cluster.name, "tcp: writing the detected bytes upstream failed: {e}");
+                tracing::debug!(%peer, cluster = label, "tcp: writing the detected bytes upstream failed: {e}");
                 return;
             }
         }
@@ -174,14 +200,28 @@ fn hash_key(peer: SocketAddr) -> u64 {
     lb::source_ip_hash(peer.ip())
 }
 
-fn tcp_destination<'a>(listeners: &'a [Listener], name: &str) -> Option<(&'a WeightedClusters, Duration)> {
-    listeners.iter().find(|l| l.name == name).and_then(|l| match &l.kind {
-        ListenerKind::Tcp { clusters, idle_timeout }
-        | ListenerKind::Detect {
-            clusters, idle_timeout, ..
-        } if clusters.total() > 0 => Some((clusters, *idle_timeout)),
-        _ => None,
-    })
+/// The clusters and idle timeout of a listener's or a captured service's TCP traffic.
+fn tcp_destination<'a>(snapshot: &'a Snapshot, dest: TcpDest<'_>) -> Option<(&'a WeightedClusters, Duration)> {
+    let (clusters, idle) = match dest {
+        TcpDest::Listener(name) => snapshot
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| match &l.kind {
+                ListenerKind::Tcp { clusters, idle_timeout }
+                | ListenerKind::Detect {
+                    clusters, idle_timeout, ..
+                } => Some((clusters, *idle_timeout)),
+                _ => None,
+            })?,
+        TcpDest::Service(key) => snapshot
+            .capture
+            .services
+            .get(&key)
+            .map(|s| (&s.clusters, s.idle_timeout))?,
+        TcpDest::Passthrough(_) => return None,
+    };
+    (clusters.total() > 0).then_some((clusters, idle))
 }
 
 /// Resolves once `last` (the time bytes last moved, updated by the tunnel's directions) is

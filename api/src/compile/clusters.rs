@@ -23,11 +23,11 @@ use crate::snapshot::{
 };
 
 /// Istio's default connect timeout.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Istio's default idle timeout for upstream HTTP connections.
-const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(super) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Idle upstream connections kept per endpoint per worker (no Istio equivalent).
-const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 32;
+pub(super) const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 32;
 
 /// Where a destination's port is written, for the field path of its diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,10 +34,14 @@ impl Compiler {
                 address: SocketAddr::from(([127, 0, 0, 1], 15001)),
                 kind: ListenerKind::Http,
                 inbound: false,
+                optional: false,
             }]
         };
+        let captured = self.capture_listeners(pc);
         let Some(pc) = pc.filter(|p| !p.spec.listeners.is_empty()) else {
-            return default();
+            // Capture takes the outbound port on every address, so the default listener
+            // (loopback, the same port) is left out.
+            return if captured.is_empty() { default() } else { captured };
         };
         let site: &Site<'_> = pc;
         let mut out = Vec::new();
@@ -130,9 +134,11 @@ impl Compiler {
                     address,
                     kind,
                     inbound: l.direction == TrafficDirection::Inbound,
+                    optional: false,
                 });
             }
         }
+        out.extend(captured);
         out
     }
 

@@ -39,6 +39,7 @@ use crate::registry::{ExtraEndpoint, ServiceRegistry};
 use crate::resources::{Origin, ProxyConfig, Resource, ResourceMeta};
 use crate::snapshot::{ClusterId, RouteTable, Snapshot};
 
+mod capture;
 mod clusters;
 mod destination_rule;
 mod listeners;
@@ -122,7 +123,8 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
     // 5. A cluster per service port.
     c.service_clusters();
     // 6. HTTP routing.
-    let virtual_hosts = c.virtual_hosts(&kinds.virtual_services);
+    let mut virtual_hosts = c.virtual_hosts(&kinds.virtual_services);
+    let capture = c.capture_tables(proxy_config, &proxy, &mut virtual_hosts, &kinds.virtual_services);
     // 7. Listeners.
     let listeners = c.listeners(proxy_config, &proxy, &kinds.virtual_services);
     // Auto mTLS needs a workload certificate: a proxy with neither a control plane (whose CA
@@ -152,6 +154,7 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
         routes: RouteTable::new(virtual_hosts),
         clusters: c.clusters,
         security,
+        capture,
     };
     // A tcp route is checked with its VirtualService and again by the listener that uses it:
     // each finding is reported once.

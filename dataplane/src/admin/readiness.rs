@@ -36,9 +36,15 @@ impl Readiness {
             return Readiness::Draining;
         }
         let snapshot = state.source.load();
+        let strict = |port: u16| {
+            snapshot.security.peer_authn.mode_for(port) == ringmesh_api::snapshot::MtlsMode::Strict
+        };
+        // A capture listener serves the app's ports: their modes count, beside the default.
         let strict_inbound = snapshot.listeners.iter().any(|l| {
             l.inbound
-                && snapshot.security.peer_authn.mode_for(l.address.port()) == ringmesh_api::snapshot::MtlsMode::Strict
+                && (strict(l.address.port())
+                    || (matches!(l.kind, ringmesh_api::snapshot::ListenerKind::Captured)
+                        && snapshot.capture.app_ports.keys().any(|p| strict(*p))))
         });
         if strict_inbound && state.identity.load().is_none() {
             return Readiness::AwaitingCertificate;

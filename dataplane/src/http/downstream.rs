@@ -126,6 +126,8 @@ pub(crate) struct Downstream {
     pub(crate) peer: SocketAddr,
     /// On an inbound listener: the local port and the peer's mTLS identity (authorization).
     pub(crate) inbound: Option<Arc<InboundConn>>,
+    /// How requests pick their virtual host (by `Host`, or as a captured connection's).
+    pub(crate) route_by: crate::capture::RouteBy,
     /// Bytes read from the client and not yet consumed.
     pub(crate) buf: BytesMut,
     /// Reused buffer for heads written to the client.

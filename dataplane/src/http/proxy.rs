@@ -22,6 +22,7 @@ use super::h1::{HeadLimits, RequestHead};
 use super::h2::io::Sniff;
 use super::request_body::ClientBody;
 use super::route_view::RouteView;
+use crate::capture::RouteBy;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::tls::io::MaybeTls;
 use crate::tls::InboundConn;
@@ -38,19 +39,21 @@ const SHRINK_ABOVE: usize = 32 * 1024;
 /// Serves one downstream connection until it closes, errs, idles out, or the worker drains.
 /// `initial` holds bytes already read from the client (by protocol detection), and is the
 /// connection's read buffer. `inbound` is set on inbound listeners (the workload's policies
-/// apply).
+/// apply); `route_by` says how requests pick their virtual host.
 pub(crate) async fn serve(
     worker: Rc<Worker>,
     stream: ClientIo,
     peer: SocketAddr,
     inbound: Option<Arc<InboundConn>>,
     initial: BytesMut,
+    route_by: RouteBy,
 ) {
     stream.set_nodelay();
     let mut conn = Downstream {
         stream,
         peer,
         inbound,
+        route_by,
         buf: initial,
         out: BytesMut::new(),
     };
@@ -68,7 +71,7 @@ pub(crate) async fn serve(
                 ClientIo::Tcp(s) => MaybeTls::Plain(super::h2::io::compat(s)),
                 ClientIo::Tls(t) => MaybeTls::Tls(Box::new(t.into_inner())),
             };
-            return Box::pin(super::h2::server::serve(worker, stream, peer, buf.freeze(), inbound)).await;
+            return Box::pin(super::h2::server::serve(worker, stream, peer, buf.freeze(), inbound, route_by)).await;
         }
         Some(_) => {}
         None => return,
@@ -209,10 +212,9 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
                 .into();
         }
     }
-    let hit = view
-        .snapshot
-        .routes
-        .find_host(host)
+    let hit = conn
+        .route_by
+        .virtual_host(&view.snapshot, host)
         .and_then(|vh| vh.find_route_match(&req));
     let Some(hit) = hit else {
         let e = ProxyError::new(ErrorKind::NoRoute, Side::Internal, "no virtual host or route matched");

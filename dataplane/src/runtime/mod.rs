@@ -130,8 +130,18 @@ pub(crate) fn start(
     // others bind that exact port.
     let mut bound = Vec::with_capacity(listeners.len());
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut active = Vec::with_capacity(listeners.len());
     for l in listeners {
-        let group = bind::bind_group(l.address, workers, bind_mode).with_context(|| format!("listener {}", l.name))?;
+        let group = match bind::bind_group(l.address, workers, bind_mode) {
+            Ok(group) => group,
+            // IPv6 capture listeners on a host without IPv6.
+            Err(bind::BindError::Io { source, .. }) if l.optional && bind::family_missing(&source) => {
+                tracing::info!(listener = %l.name, address = %l.address, "listener skipped: {source} (this host lacks the address family)");
+                continue;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("listener {}", l.name))),
+        };
+        active.push(l.clone());
         bound.push((l.name.clone(), group[0].local_addr()?));
         for (per_worker, socket) in sockets.iter_mut().zip(group) {
             per_worker.push(socket);
@@ -146,7 +156,7 @@ pub(crate) fn start(
         commands.push(tx);
         let source = source.clone();
         let identity = identity.clone();
-        let listeners = listeners.to_vec();
+        let listeners = active.clone();
         let cpu = if cpus.is_empty() {
             None
         } else {

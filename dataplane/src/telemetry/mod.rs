@@ -8,5 +8,6 @@
 
 pub mod log_limit;
 pub mod prometheus;
+pub mod capture;
 pub mod security;
 pub mod stats;

@@ -181,6 +181,7 @@ pub fn render(t: &StatsTotals) -> String {
     }
 
     t.security.write_prometheus(&mut out);
+    t.capture.write_prometheus(&mut out);
 
     let name = "ringmesh_cluster_upstream_rq_total";
     let _ = writeln!(

@@ -60,6 +60,8 @@ pub struct WorkerStats {
     pub log_limit: super::log_limit::LogLimiter,
     /// mTLS and authorization counters.
     pub security: super::security::SecurityStats,
+    /// Counters of captured connections.
+    pub capture: super::capture::CaptureStats,
 }
 
 impl Default for WorkerStats {
@@ -90,6 +92,7 @@ impl Default for WorkerStats {
             request_duration_us: RefCell::new(new_histogram()),
             log_limit: super::log_limit::LogLimiter::default(),
             security: Default::default(),
+            capture: Default::default(),
         }
     }
 }
@@ -170,6 +173,7 @@ impl WorkerStats {
             detect_timeout: self.detect_timeout.get(),
             request_duration_us: self.request_duration_us.borrow().clone(),
             security: self.security.totals(),
+            capture: self.capture.totals(),
             clusters: BTreeMap::new(),
         }
     }
@@ -255,6 +259,8 @@ pub struct StatsTotals {
     pub request_duration_us: Histogram<u64>,
     /// mTLS and authorization counters.
     pub security: super::security::SecurityTotals,
+    /// Counters of captured connections.
+    pub capture: super::capture::CaptureTotals,
     /// Per cluster name.
     pub clusters: BTreeMap<String, ClusterTotals>,
 }
@@ -288,6 +294,7 @@ impl StatsTotals {
             detect_timeout: 0,
             request_duration_us: new_histogram(),
             security: Default::default(),
+            capture: Default::default(),
             clusters: BTreeMap::new(),
         }
     }
@@ -322,6 +329,7 @@ impl StatsTotals {
         self.detected_tcp += o.detected_tcp;
         self.detect_timeout += o.detect_timeout;
         self.security.merge(&o.security);
+        self.capture.merge(&o.capture);
         // Same bounds on both sides, so adding cannot fail; ignore the impossible error rather
         // than panic in the admin thread.
         let _ = self.request_duration_us.add(&o.request_duration_us);

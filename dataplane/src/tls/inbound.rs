@@ -16,17 +16,84 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;
-use ringmesh_api::snapshot::{ListenerKind, MtlsMode};
+use ringmesh_api::snapshot::{CapturedProtocol, ListenerKind, MtlsMode};
 
 use super::configs::Alpn;
 use super::io::Replay;
 use super::{verify, xfcc, InboundConn};
+use crate::capture::{RouteBy, TcpDest};
 use crate::detect::{self, Outcome, Sniffed};
 use crate::telemetry::stats::inc;
 use crate::worker::Worker;
 
 /// The TLS connection type of an inbound listener.
 pub(crate) type ServerTls = tokio_rustls::server::TlsStream<Replay<crate::http::h2::io::Compat>>;
+
+/// What serves an inbound connection once its port is known: the listener's kind, or for a
+/// captured connection the app port's.
+#[derive(Debug, Clone, Copy)]
+struct Plan<'a> {
+    protocol: Protocol,
+    route_by: RouteBy,
+    tcp: TcpDest<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http,
+    Tcp,
+    /// The first bytes decide, waiting this long for them.
+    Detect(Duration),
+}
+
+impl<'a> Plan<'a> {
+    fn of_listener(kind: &ListenerKind, name: &'a str) -> Self {
+        let protocol = match kind {
+            ListenerKind::Http => Protocol::Http,
+            ListenerKind::Tcp { .. } => Protocol::Tcp,
+            ListenerKind::Detect { timeout, .. } => Protocol::Detect(*timeout),
+            // Not reached: a captured connection's plan comes from its port.
+            ListenerKind::Captured => Protocol::Tcp,
+        };
+        Plan {
+            protocol,
+            route_by: RouteBy::Host,
+            tcp: TcpDest::Listener(name),
+        }
+    }
+
+    /// A captured connection for the app's port `orig.port()`: HTTP routed to the app when
+    /// the config names the port, else its bytes passed to the app. The app is reached on
+    /// 127.0.0.1 (the rules let the proxy's loopback connections through, where a connection
+    /// to the pod's own address would be captured again).
+    fn of_app_port(worker: &Worker, orig: SocketAddr) -> Self {
+        let view = worker.snapshot.get();
+        let app = SocketAddr::from(([127, 0, 0, 1], orig.port()));
+        let detection = view.snapshot.proxy.limits.protocol_detection_timeout;
+        match view.snapshot.capture.app_ports.get(&orig.port()) {
+            Some(port) => {
+                inc(&worker.stats.capture.inbound_app_port);
+                Plan {
+                    protocol: match port.protocol {
+                        CapturedProtocol::Http => Protocol::Http,
+                        CapturedProtocol::Tcp => Protocol::Tcp,
+                        CapturedProtocol::Detect => Protocol::Detect(detection),
+                    },
+                    route_by: RouteBy::App(orig.port()),
+                    tcp: TcpDest::Passthrough(app),
+                }
+            }
+            None => {
+                inc(&worker.stats.capture.inbound_passthrough);
+                Plan {
+                    protocol: Protocol::Tcp,
+                    route_by: RouteBy::Host,
+                    tcp: TcpDest::Passthrough(app),
+                }
+            }
+        }
+    }
+}
 
 /// Serves one connection accepted on the inbound listener `name`.
 pub(crate) async fn serve(
@@ -36,11 +103,20 @@ pub(crate) async fn serve(
     name: &str,
     kind: &ListenerKind,
 ) {
-    let local = match stream.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::debug!(%peer, "inbound: no local address: {e}");
+    // The address the client meant: a captured connection's original destination (its port
+    // is the app's, which PeerAuthentication's port-level modes and authorization name).
+    let (local, plan) = if matches!(kind, ListenerKind::Captured) {
+        let Some(orig) = crate::capture::destination(&worker, &stream, peer, name) else {
             return;
+        };
+        (orig, Plan::of_app_port(&worker, orig))
+    } else {
+        match stream.local_addr() {
+            Ok(a) => (a, Plan::of_listener(kind, name)),
+            Err(e) => {
+                tracing::debug!(%peer, "inbound: no local address: {e}");
+                return;
+            }
         }
     };
     let view = worker.snapshot.get();
@@ -53,11 +129,11 @@ pub(crate) async fn serve(
     }
     let mode = view.snapshot.security.peer_authn.mode_for(local.port());
     let limits = &view.snapshot.proxy.limits;
-    let wait = match (mode, kind) {
+    let wait = match (mode, plan.protocol) {
         (MtlsMode::Strict, _) => limits.request_header_timeout,
-        (_, ListenerKind::Http) => limits.downstream_idle_timeout,
-        (_, ListenerKind::Tcp { .. }) => limits.protocol_detection_timeout,
-        (_, ListenerKind::Detect { timeout, .. }) => *timeout,
+        (_, Protocol::Http) => limits.downstream_idle_timeout,
+        (_, Protocol::Tcp) => limits.protocol_detection_timeout,
+        (_, Protocol::Detect(timeout)) => timeout,
     };
     drop(view);
     let mut buf = BytesMut::with_capacity(crate::http::proxy::INITIAL_BUFFER);
@@ -66,7 +142,7 @@ pub(crate) async fn serve(
     match (mode, tls, outcome) {
         (_, _, Outcome::Gone) => {}
         (MtlsMode::Strict | MtlsMode::Permissive, true, _) => {
-            handshake(worker, stream, peer, local, name, kind, buf).await;
+            handshake(worker, stream, peer, local, name, plan, buf).await;
         }
         (MtlsMode::Strict, false, _) => {
             inc(&worker.stats.security.plaintext_refused);
@@ -76,7 +152,7 @@ pub(crate) async fn serve(
         }
         (MtlsMode::Permissive | MtlsMode::Disable, _, outcome) => {
             let conn = Arc::new(InboundConn::plaintext(local));
-            plaintext(worker, stream, peer, conn, name, kind, outcome, buf).await;
+            plaintext(worker, stream, peer, conn, plan, outcome, buf).await;
         }
     }
 }
@@ -87,21 +163,20 @@ async fn plaintext(
     stream: TcpStream,
     peer: SocketAddr,
     conn: Arc<InboundConn>,
-    name: &str,
-    kind: &ListenerKind,
+    plan: Plan<'_>,
     outcome: Outcome,
     buf: BytesMut,
 ) {
-    let http = match kind {
-        ListenerKind::Http => true,
-        ListenerKind::Tcp { .. } => false,
-        ListenerKind::Detect { .. } => matches!(outcome, Outcome::Sniffed(s) if s.is_http()),
+    let http = match plan.protocol {
+        Protocol::Http => true,
+        Protocol::Tcp => false,
+        Protocol::Detect(_) => matches!(outcome, Outcome::Sniffed(s) if s.is_http()),
     };
     let io = crate::http::downstream::ClientIo::Tcp(stream);
     if http {
-        crate::http::proxy::serve(worker, io, peer, Some(conn), buf).await;
+        crate::http::proxy::serve(worker, io, peer, Some(conn), buf, plan.route_by).await;
     } else {
-        crate::tcp::serve(worker, io, peer, name, buf, Some(conn)).await;
+        crate::tcp::serve(worker, io, peer, plan.tcp, buf, Some(conn)).await;
     }
 }
 
@@ -112,7 +187,7 @@ async fn handshake(
     peer: SocketAddr,
     local: SocketAddr,
     name: &str,
-    kind: &ListenerKind,
+    plan: Plan<'_>,
     buf: BytesMut,
 ) {
     let server = match worker.tls_server() {
@@ -176,30 +251,30 @@ async fn handshake(
         sni,
         xfcc,
     });
-    let http = match (kind, alpn) {
-        (ListenerKind::Http, _) => true,
-        (ListenerKind::Tcp { .. }, _) => false,
-        (ListenerKind::Detect { .. }, Alpn::H2 | Alpn::Http1) => true,
+    let http = match (plan.protocol, alpn) {
+        (Protocol::Http, _) => true,
+        (Protocol::Tcp, _) => false,
+        (Protocol::Detect(_), Alpn::H2 | Alpn::Http1) => true,
         // Inside TLS the bytes decide, as on a plaintext AUTO listener.
-        (ListenerKind::Detect { .. }, Alpn::Other) => return detect_inside(worker, tls, peer, conn, name).await,
+        (Protocol::Detect(_), Alpn::Other) => return detect_inside(worker, tls, peer, conn, plan).await,
     };
     if !http {
         let io = crate::http::downstream::ClientIo::tls(tls);
-        crate::tcp::serve(worker, io, peer, name, BytesMut::new(), Some(conn)).await;
+        crate::tcp::serve(worker, io, peer, plan.tcp, BytesMut::new(), Some(conn)).await;
     } else if alpn == Alpn::H2 {
         inc(&worker.stats.downstream_cx_h2_total);
         let stream = super::io::MaybeTls::Tls(Box::new(tls));
-        crate::http::h2::server::serve(worker, stream, peer, bytes::Bytes::new(), Some(conn)).await;
+        crate::http::h2::server::serve(worker, stream, peer, bytes::Bytes::new(), Some(conn), plan.route_by).await;
     } else {
         let io = crate::http::downstream::ClientIo::tls(tls);
         let buf = BytesMut::with_capacity(crate::http::proxy::INITIAL_BUFFER);
-        crate::http::proxy::serve(worker, io, peer, Some(conn), buf).await;
+        crate::http::proxy::serve(worker, io, peer, Some(conn), buf, plan.route_by).await;
     }
 }
 
 /// An `AUTO` listener's TLS connection without an HTTP ALPN id: its first decrypted bytes
 /// decide between the HTTP and the TCP proxy.
-async fn detect_inside(worker: Rc<Worker>, tls: ServerTls, peer: SocketAddr, conn: Arc<InboundConn>, name: &str) {
+async fn detect_inside(worker: Rc<Worker>, tls: ServerTls, peer: SocketAddr, conn: Arc<InboundConn>, plan: Plan<'_>) {
     let timeout = worker.snapshot.get().snapshot.proxy.limits.protocol_detection_timeout;
     let mut io = crate::http::downstream::ClientIo::tls(tls);
     let mut buf = BytesMut::with_capacity(crate::http::proxy::INITIAL_BUFFER);
@@ -214,9 +289,9 @@ async fn detect_inside(worker: Rc<Worker>, tls: ServerTls, peer: SocketAddr, con
         }
     };
     if http {
-        crate::http::proxy::serve(worker, io, peer, Some(conn), buf).await;
+        crate::http::proxy::serve(worker, io, peer, Some(conn), buf, plan.route_by).await;
     } else {
-        crate::tcp::serve(worker, io, peer, name, buf, Some(conn)).await;
+        crate::tcp::serve(worker, io, peer, plan.tcp, buf, Some(conn)).await;
     }
 }
 

@@ -41,6 +41,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
         mut respond,
         peer,
         inbound,
+        route_by,
         live,
     } = handed;
     // Counted in the serving worker's load when it was dispatched (`handoff`).
@@ -102,10 +103,8 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
             return finish(&worker, live, &client_gone, &client_stalled, started);
         }
     }
-    let hit = view
-        .snapshot
-        .routes
-        .find_host(host)
+    let hit = route_by
+        .virtual_host(&view.snapshot, host)
         .and_then(|vh| vh.find_route_match(&rv));
     match hit.map(|h| (h.route, h.matched)) {
         None => {

@@ -43,6 +43,8 @@ pub(crate) struct Handed {
     pub(crate) peer: SocketAddr,
     /// On an inbound listener: the local port and the peer's mTLS identity.
     pub(crate) inbound: Option<Arc<crate::tls::InboundConn>>,
+    /// How the call picks its virtual host.
+    pub(crate) route_by: crate::capture::RouteBy,
     /// Counts the call against its connection until the call ends.
     pub(crate) live: LiveCall,
 }

@@ -83,6 +83,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     read: Bytes,
     inbound: Option<Arc<InboundConn>>,
+    route_by: crate::capture::RouteBy,
 ) {
     let limits = worker.snapshot.get().snapshot.proxy.limits.clone();
     let flood = Rc::new(io::Flood::default());
@@ -173,6 +174,7 @@ pub(crate) async fn serve(
                         respond,
                         peer,
                         inbound: inbound.clone(),
+                        route_by,
                         live,
                     },
                 );
