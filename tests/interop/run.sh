@@ -7,14 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 need=()
-for bin in curl wrk haproxy nginx etcd h2load ss openssl sslscan iptables-nft-restore iptables-legacy-restore; do
+for bin in curl wrk haproxy nginx etcd h2load ss openssl sslscan iptables-nft-restore iptables-legacy-restore tcpdump setpriv; do
   command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server nghttp2-client iproute2 openssl sslscan iptables >/dev/null
+    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server nghttp2-client iproute2 openssl sslscan iptables tcpdump util-linux >/dev/null
   else
     echo "interop: missing ${need[*]} and not root to install them" >&2
     exit 1
@@ -176,6 +176,10 @@ source tests/interop/etcd.sh
 
 # `ringmesh iptables` (transparent capture) in network namespaces of its own, nft and legacy.
 source tests/interop/capture.sh
+
+# Two pods (network namespaces) with capture and a proxy each: HTTP/1.1, HTTP/2, gRPC and TCP
+# by a service's virtual IP through both proxies in mutual TLS (tcpdump on the veth).
+source tests/interop/sidecar.sh
 
 # The Kubernetes manifests against the API schemas (kubernetes-validate).
 source tests/interop/manifests.sh
