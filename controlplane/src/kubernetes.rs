@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt as _};
 use ringmesh_api::proto::Document;
 
 use crate::server::ControlPlane;
@@ -106,7 +106,12 @@ fn watch(
     let gvk = GroupVersionKind::gvk(group, version, kind);
     let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    watcher(api, watcher::Config::default()).map(move |e| (kind, e)).boxed()
+    // Back-off between retries: without it a refused list (a missing RBAC grant) is retried
+    // at once, forever, with a warning each time.
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |e| (kind, e))
+        .boxed()
 }
 
 /// Watches every kind in [`WATCHED`] and [`discovery::KINDS`] with `client` and serves the
@@ -116,10 +121,7 @@ fn watch(
 /// an empty config by a control plane that has not listed the cluster yet.
 pub async fn run(client: kube::Client, cp: ControlPlane, synced: tokio::sync::oneshot::Sender<()>) {
     let mut synced = Some(synced);
-    let streams = WATCHED
-        .iter()
-        .chain(discovery::KINDS)
-        .map(|&kind| watch(&client, kind));
+    let streams = WATCHED.iter().chain(discovery::KINDS).map(|&kind| watch(&client, kind));
     let mut events = futures_util::stream::select_all(streams);
     // By kind, in the kinds' name order (the order documents are served in).
     let mut istio: BTreeMap<&'static str, (String, Listing<IstioObject>)> = WATCHED

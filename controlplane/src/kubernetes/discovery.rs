@@ -293,7 +293,9 @@ fn read_service((ns, name): &Name, obj: &DynamicObject) -> Read<ServiceFacts> {
         tracing::debug!("Service {ns}/{name} has no TCP port; not served");
         return Read::Skip;
     }
-    let ips = spec.cluster_ips.unwrap_or_else(|| spec.cluster_ip.into_iter().collect());
+    let ips = spec
+        .cluster_ips
+        .unwrap_or_else(|| spec.cluster_ip.into_iter().collect());
     // `None` (headless) and anything else that is no address are left out.
     let addresses = ips
         .iter()
@@ -454,7 +456,13 @@ mod tests {
         assert_eq!(docs.len(), 1);
         crate::server::check_compiles(&docs, &[]).unwrap_or_else(|e| panic!("{e}\n{}", docs[0].yaml));
         let yaml = &docs[0].yaml;
-        for wanted in ["name: port-80", "port-80: 8080", "protocol: HTTP2", "fd00::1", "address: 10.1.0.1"] {
+        for wanted in [
+            "name: port-80",
+            "port-80: 8080",
+            "protocol: HTTP2",
+            "fd00::1",
+            "address: 10.1.0.1",
+        ] {
             assert!(yaml.contains(wanted), "{wanted:?} in {yaml}");
         }
         for unwanted in ["53", "dup", "big", "bogus", "stray", "nonsense"] {

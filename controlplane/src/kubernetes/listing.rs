@@ -105,7 +105,11 @@ impl<V: PartialEq> Listing<V> {
 
     /// The object's name and what to keep of it (`None`: nothing); `None` for an object without
     /// a name, which no later event can name either.
-    fn read(&mut self, obj: &DynamicObject, read: &impl Fn(&Name, &DynamicObject) -> Read<V>) -> Option<(Name, Option<V>)> {
+    fn read(
+        &mut self,
+        obj: &DynamicObject,
+        read: &impl Fn(&Name, &DynamicObject) -> Read<V>,
+    ) -> Option<(Name, Option<V>)> {
         let Some(name) = name_of(obj) else {
             tracing::debug!(kind = self.kind, "an object without a name is ignored");
             return None;
