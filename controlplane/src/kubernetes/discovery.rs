@@ -470,6 +470,58 @@ mod tests {
         }
     }
 
+    /// An endpoint without `conditions.ready` is ready (as the API documents), the exportTo
+    /// annotation is carried, and a Service turned `ExternalName` is withdrawn, as is one gone
+    /// from a re-listing.
+    #[test]
+    fn unknown_readiness_export_to_and_withdrawals() {
+        let mut cluster = Cluster::default();
+        listed(&mut cluster);
+        let service = |kind: &str| {
+            serde_json::json!({
+                "metadata": {"name": "web", "namespace": "shop",
+                             "annotations": {EXPORT_TO_ANNOTATION: ".,ops"}},
+                "spec": {"type": kind, "clusterIP": "10.0.0.9", "ports": [{"name": "http", "port": 80}],
+                         "externalName": "web.example.com"}
+            })
+        };
+        assert!(cluster.event("Service", event(service("ClusterIP"))));
+        cluster.event(
+            "EndpointSlice",
+            event(serde_json::json!({
+                "metadata": {"name": "web-1", "namespace": "shop", "labels": {SERVICE_NAME_LABEL: "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.1.0.2"], "conditions": {}}]
+            })),
+        );
+        let docs = cluster.service_entries(&BTreeSet::new());
+        let yaml = &docs[0].yaml;
+        assert!(yaml.contains("address: 10.1.0.2"), "{yaml}");
+        assert!(yaml.contains("- ops") && yaml.contains("- ."), "{yaml}");
+        assert!(yaml.contains("- 10.0.0.9"), "{yaml}");
+        assert!(
+            cluster
+                .service_entries(&BTreeSet::from(["web.shop.svc.cluster.local".to_string()]))
+                .is_empty(),
+            "a taken host is not synthesized"
+        );
+
+        assert!(cluster.event("Service", event(service("ExternalName"))), "withdrawn");
+        assert!(cluster.service_entries(&BTreeSet::new()).is_empty());
+
+        cluster.event("Service", event(service("ClusterIP")));
+        assert_eq!(cluster.service_entries(&BTreeSet::new()).len(), 1);
+        // A watch resumed after a break: the Service is not in the new listing.
+        cluster.event("Service", watcher::Event::Init);
+        assert_eq!(
+            cluster.service_entries(&BTreeSet::new()).len(),
+            1,
+            "served until the listing ends"
+        );
+        assert!(cluster.event("Service", watcher::Event::InitDone));
+        assert!(cluster.service_entries(&BTreeSet::new()).is_empty());
+    }
+
     #[test]
     fn app_protocols_as_istio_reads_them() {
         assert_eq!(protocol_of("kubernetes.io/h2c").as_deref(), Some("HTTP2"));
