@@ -10,16 +10,21 @@
 //! the last good set keeps being served. A watch that breaks is resumed by kube-rs's watcher
 //! with back-off; objects stay served meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt as _};
 use ringmesh_api::proto::Document;
 
 use crate::server::ControlPlane;
-
 use crate::store::{ResourceKey, ResourceSet, StoredResource};
+
+pub mod discovery;
+pub mod listing;
+
+use listing::{Listing, Name, Read};
+
 /// The API server client, re-exported so that the binary (also built by the end-to-end tests'
 /// package) needs no `kube` dependency of its own.
 pub use kube::Client;
@@ -47,9 +52,6 @@ pub enum KubeError {
     Client(#[from] kube::Error),
 }
 
-/// Key of one object: kind, namespace, name.
-type Key = (&'static str, String, String);
-
 /// The YAML document an object is served as, or `None` for an object without a name.
 pub fn document(kind: &str, api_version: &str, obj: &DynamicObject) -> Option<(String, String, Document)> {
     let name = obj.metadata.name.clone()?;
@@ -65,28 +67,70 @@ pub fn document(kind: &str, api_version: &str, obj: &DynamicObject) -> Option<(S
     Some((namespace, name, Document { source, yaml }))
 }
 
-/// Watches every kind in [`WATCHED`] with `client` and serves the objects through `cp` until
+/// One Istio object as served.
+#[derive(Debug, Clone, PartialEq)]
+struct IstioObject {
+    document: Document,
+    /// A ServiceEntry's hosts, short ones expanded in its namespace: a Service with one of
+    /// these hosts is not synthesized (the user's ServiceEntry takes precedence).
+    hosts: Vec<String>,
+}
+
+fn istio_object(kind: &'static str, api_version: &str, (ns, _): &Name, obj: &DynamicObject) -> Read<IstioObject> {
+    let Some((_, _, document)) = document(kind, api_version, obj) else {
+        return Read::Unreadable("its spec cannot be written as YAML".into());
+    };
+    let hosts = match (kind, obj.data.pointer("/spec/hosts")) {
+        ("ServiceEntry", Some(serde_json::Value::Array(hosts))) => hosts
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .map(|h| h.trim().to_ascii_lowercase())
+            .map(|h| {
+                if h.contains('.') || h.contains('*') {
+                    h
+                } else {
+                    ringmesh_api::registry::fqdn(&h, ns)
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Read::Keep(IstioObject { document, hosts })
+}
+
+/// A watch of every object of one kind, its events tagged with the kind.
+fn watch(
+    client: &kube::Client,
+    (group, version, kind, plural): (&str, &str, &'static str, &str),
+) -> futures_util::stream::BoxStream<'static, (&'static str, Result<watcher::Event<DynamicObject>, watcher::Error>)> {
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    // Back-off between retries: without it a refused list (a missing RBAC grant) is retried
+    // at once, forever, with a warning each time.
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |e| (kind, e))
+        .boxed()
+}
+
+/// Watches every kind in [`WATCHED`] and [`discovery::KINDS`] with `client` and serves the
+/// Istio objects, and a ServiceEntry per Kubernetes Service ([`discovery`]), through `cp` until
 /// the streams end (they do not, short of the process stopping). `synced` fires when the first
 /// complete set was accepted: the caller opens the gRPC port only then, so that no proxy is sent
 /// an empty config by a control plane that has not listed the cluster yet.
 pub async fn run(client: kube::Client, cp: ControlPlane, synced: tokio::sync::oneshot::Sender<()>) {
     let mut synced = Some(synced);
-    let streams = WATCHED.iter().map(|&(group, version, kind, plural)| {
-        let gvk = GroupVersionKind::gvk(group, version, kind);
-        let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        let api_version = format!("{group}/{version}");
-        watcher(api, watcher::Config::default())
-            .map(move |e| (kind, api_version.clone(), e))
-            .boxed()
-    });
+    let streams = WATCHED.iter().chain(discovery::KINDS).map(|&kind| watch(&client, kind));
     let mut events = futures_util::stream::select_all(streams);
-    let mut objects: BTreeMap<Key, Document> = BTreeMap::new();
-    // Objects of a kind being re-listed, swapped in whole at `InitDone`.
-    let mut relisting: BTreeMap<&'static str, BTreeMap<Key, Document>> = BTreeMap::new();
-    let mut listed: std::collections::BTreeSet<&'static str> = std::collections::BTreeSet::new();
+    // By kind, in the kinds' name order (the order documents are served in).
+    let mut istio: BTreeMap<&'static str, (String, Listing<IstioObject>)> = WATCHED
+        .iter()
+        .map(|&(group, version, kind, _)| (kind, (format!("{group}/{version}"), Listing::new(kind))))
+        .collect();
+    let mut cluster = discovery::Cluster::default();
     let mut served: Vec<Document> = Vec::new();
-    while let Some((kind, api_version, event)) = events.next().await {
+    while let Some((kind, event)) = events.next().await {
         let changed = match event {
             Err(e) => {
                 tracing::warn!(
@@ -95,55 +139,46 @@ pub async fn run(client: kube::Client, cp: ControlPlane, synced: tokio::sync::on
                 );
                 false
             }
-            Ok(watcher::Event::Init) => {
-                relisting.insert(kind, BTreeMap::new());
-                false
-            }
-            Ok(watcher::Event::InitApply(obj)) => {
-                if let Some((ns, name, doc)) = document(kind, &api_version, &obj) {
-                    relisting.entry(kind).or_default().insert((kind, ns, name), doc);
+            Ok(event) => match istio.get_mut(kind) {
+                Some((api_version, listing)) => {
+                    listing.event(event, |name, obj| istio_object(kind, api_version, name, obj))
                 }
-                false
-            }
-            Ok(watcher::Event::InitDone) => {
-                objects.retain(|k, _| k.0 != kind);
-                objects.extend(relisting.remove(kind).unwrap_or_default());
-                listed.insert(kind);
-                true
-            }
-            Ok(watcher::Event::Apply(obj)) => match document(kind, &api_version, &obj) {
-                Some((ns, name, doc)) => objects.insert((kind, ns, name), doc.clone()).as_ref() != Some(&doc),
-                None => false,
+                None => cluster.event(kind, event),
             },
-            Ok(watcher::Event::Delete(obj)) => {
-                let ns = obj.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-                let name = obj.metadata.name.clone().unwrap_or_default();
-                objects.remove(&(kind, ns, name)).is_some()
-            }
         };
         // Serve nothing until every kind was listed once: a half-listed cluster would compile
         // into routes to services that are merely not listed yet.
-        if !changed || listed.len() < WATCHED.len() {
+        if !changed || !cluster.listed() || !istio.values().all(|(_, l)| l.listed()) {
             continue;
         }
-        let documents: Vec<Document> = objects.values().cloned().collect();
+        let objects = || {
+            istio
+                .iter()
+                .flat_map(|(kind, (_, l))| l.objects().iter().map(move |(name, o)| (*kind, name, o)))
+        };
+        let taken: BTreeSet<String> = objects().flat_map(|(_, _, o)| o.hosts.iter().cloned()).collect();
+        let documents: Vec<Document> = objects()
+            .map(|(_, _, o)| o.document.clone())
+            .chain(cluster.service_entries(&taken))
+            .collect();
         if documents == served {
             continue;
         }
         match crate::server::check_compiles(&documents, &[]) {
             Ok(()) => {
-                tracing::info!(objects = documents.len(), "Kubernetes resources changed; pushing");
+                tracing::info!(documents = documents.len(), "Kubernetes resources changed; pushing");
                 served = documents.clone();
-                let resources = objects
-                    .iter()
-                    .map(|((kind, namespace, name), doc)| StoredResource {
+                // `get` lists the objects users wrote; synthesized ServiceEntries are not
+                // theirs (a user's ServiceEntry may even share a synthesized one's name).
+                let resources = objects()
+                    .map(|(kind, (namespace, name), o)| StoredResource {
                         key: ResourceKey {
                             kind: kind.to_string(),
                             namespace: namespace.clone(),
                             name: name.clone(),
                         },
-                        document: doc.clone(),
-                        file: doc.source.clone().into(),
+                        document: o.document.clone(),
+                        file: o.document.source.clone().into(),
                         applied: false,
                     })
                     .collect();

@@ -2,6 +2,10 @@
 //! thread per connection):
 //! - the Istio-objects source: list, then watch events (added, modified, deleted), a refused
 //!   set that leaves the last good one served;
+//! - service discovery: Services, EndpointSlices and Pods recorded from a cluster
+//!   (`tests/fixtures/kubernetes/`, Kubernetes' own JSON) served as ServiceEntries, followed
+//!   through readiness changes and Pod deletions, a hand-written ServiceEntry taking
+//!   precedence, and no config served before every kind was listed;
 //! - the CA root kept in the Secret `ringmesh-ca`: created on first start, loaded on restart,
 //!   one root for replicas starting together, a damaged Secret reported by key;
 //! - service-account tokens checked with TokenReview, through discovery streams that ask for a
@@ -64,6 +68,8 @@ struct Api {
     /// creates it.
     hold_secret_gets: usize,
     secret_gets: usize,
+    /// Plurals whose lists are answered 503 (an API server that cannot list them yet).
+    failing: std::collections::HashSet<String>,
 }
 
 #[derive(Default)]
@@ -235,6 +241,16 @@ fn answer(api: &mut Api, method: &str, path: &str, body: &Value) -> (u16, Value)
         }
         _ => {
             let plural = path.rsplit('/').next().unwrap_or("");
+            if api.failing.contains(plural) {
+                return (
+                    503,
+                    status(
+                        503,
+                        "ServiceUnavailable",
+                        "the server is currently unable to handle the request",
+                    ),
+                );
+            }
             let items = api.listed.get(plural).cloned().unwrap_or_default();
             let list = json!({"apiVersion": "networking.istio.io/v1", "kind": "List",
                               "metadata": {"resourceVersion": "1"}, "items": items});
@@ -734,4 +750,375 @@ async fn require_credential_refuses_the_stream_a_token_review_refuses() {
         .await
         .expect("the proven service account is served");
     assert!(!c.chain_der.is_empty());
+}
+
+// Service discovery.
+
+const REVIEWS: &str = "reviews.shop.svc.cluster.local";
+const RATINGS: &str = "ratings.shop.svc.cluster.local";
+const API_SERVER: &str = "kubernetes.default.svc.cluster.local";
+/// The ready, meshed `reviews` Pod (`version: v1`), at its container port `web`.
+const REVIEWS_V1: (&str, bool) = ("10.244.1.12:8080", true);
+/// The `reviews` Pod without a sidecar (`version: v2`), not ready in the recorded slice.
+const REVIEWS_V2: (&str, bool) = ("10.244.2.17:8080", false);
+
+/// The items of a list recorded with `kubectl get -o json` under `tests/fixtures/kubernetes/`.
+fn recorded(file: &str) -> Vec<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/kubernetes")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let list: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    list["items"].as_array().expect("a list").clone()
+}
+
+/// The recorded object `name` of `file`.
+fn recorded_one(file: &str, name: &str) -> Value {
+    recorded(file)
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {file}"))
+}
+
+/// An Istio object in namespace `shop`.
+fn in_shop(kind: &str, name: &str, spec: Value) -> Value {
+    let mut o = object(kind, name, 1, spec);
+    o["metadata"]["namespace"] = json!("shop");
+    o
+}
+
+/// Routes `reviews` (a short name, resolved in `shop`) to the subset of Pods labelled
+/// `app: reviews`.
+fn reviews_routing() -> [(&'static str, Value); 2] {
+    [
+        (
+            "virtualservices",
+            in_shop(
+                "VirtualService",
+                "reviews",
+                json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": "live"}}]}]}),
+            ),
+        ),
+        (
+            "destinationrules",
+            in_shop(
+                "DestinationRule",
+                "reviews",
+                json!({"host": "reviews", "subsets": [{"name": "live", "labels": {"app": "reviews"}}]}),
+            ),
+        ),
+    ]
+}
+
+/// A fake API server listing the recorded Services, EndpointSlices and Pods, and `istio`
+/// (plural, object).
+fn cluster(istio: impl IntoIterator<Item = (&'static str, Value)>) -> Arc<Fake> {
+    let fake = Arc::new(Fake::default());
+    {
+        let mut a = fake.lock();
+        for (plural, file) in [
+            ("services", "services.json"),
+            ("endpointslices", "endpointslices.json"),
+            ("pods", "pods.json"),
+        ] {
+            a.listed.insert(plural.into(), recorded(file));
+        }
+        for (plural, o) in istio {
+            a.listed.entry(plural.into()).or_default().push(o);
+        }
+    }
+    fake
+}
+
+/// Runs the Kubernetes source against `fake`; the control plane once its first set is served.
+async fn follow(fake: &Arc<Fake>) -> ControlPlane {
+    let config = ServerConfig {
+        debounce: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let cp = ControlPlane::new(ResourceSet::default(), config);
+    let (synced, listed) = tokio::sync::oneshot::channel();
+    tokio::spawn(ringmesh_control::kubernetes::run(
+        client(serve(fake.clone())),
+        cp.clone(),
+        synced,
+    ));
+    tokio::time::timeout(Duration::from_secs(10), listed)
+        .await
+        .expect("listed within 10 s")
+        .expect("listed");
+    cp
+}
+
+/// A proxy of a workload in `shop`, connected to `cp`.
+async fn shop_proxy(cp: &ControlPlane) -> common::FakeProxy {
+    let addr = common::serve_discovery(cp).await;
+    let workload = Workload {
+        name: "productpage-1".into(),
+        namespace: "shop".into(),
+        service_account: "bookinfo-productpage".into(),
+        ..Default::default()
+    };
+    common::FakeProxy::connect(addr, common::hello("productpage-1", workload, PROTOCOL_VERSION)).await
+}
+
+/// What the proxy compiles from a snapshot it received (its own files aside).
+fn compiled(s: &ringmesh_api::proto::Snapshot) -> ringmesh_api::snapshot::Snapshot {
+    let mut resources = Vec::new();
+    for d in &s.documents {
+        let (mut r, _) =
+            ringmesh_api::load_str(&d.source, &d.yaml).unwrap_or_else(|e| panic!("{}: {e:?}\n{}", d.source, d.yaml));
+        resources.append(&mut r);
+    }
+    let input = ringmesh_api::CompileInput {
+        resources,
+        extra_endpoints: Vec::new(),
+        version: s.version,
+    };
+    ringmesh_api::compile(&input)
+        .unwrap_or_else(|e| panic!("the served set compiles: {e:?}"))
+        .snapshot
+}
+
+/// The endpoints (address, meshed) of the cluster of `host` (its only port) and `subset`.
+fn endpoints(s: &ringmesh_api::snapshot::Snapshot, host: &str, subset: Option<&str>) -> Vec<(String, bool)> {
+    let cluster = s
+        .clusters
+        .iter()
+        .find(|c| c.service == host && c.subset.as_deref() == subset)
+        .unwrap_or_else(|| {
+            let names: Vec<&str> = s.clusters.iter().map(|c| c.name.as_str()).collect();
+            panic!("no cluster for {host} subset {subset:?} among {names:?}")
+        });
+    cluster
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.meshed))
+        .collect()
+}
+
+/// The `live` subset of `reviews`, as the proxy compiles `s`.
+fn live(s: &ringmesh_api::proto::Snapshot) -> Vec<(String, bool)> {
+    endpoints(&compiled(s), REVIEWS, Some("live"))
+}
+
+fn owned(endpoints: &[(&str, bool)]) -> Vec<(String, bool)> {
+    endpoints.iter().map(|(a, m)| (a.to_string(), *m)).collect()
+}
+
+/// The served ServiceEntry from `source`, as the compiler reads it.
+fn served_service_entry(s: &ringmesh_api::proto::Snapshot, source: &str) -> ringmesh_api::resources::ServiceEntry {
+    let d = s
+        .documents
+        .iter()
+        .find(|d| d.source == source)
+        .unwrap_or_else(|| panic!("{source} served"));
+    let (resources, _) = ringmesh_api::load_str(&d.source, &d.yaml).unwrap();
+    match resources.into_iter().next() {
+        Some(ringmesh_api::resources::Resource::ServiceEntry(se)) => se,
+        other => panic!("{source}: a ServiceEntry expected, got {other:?}"),
+    }
+}
+
+/// Sends a watch event for `object` on the watch of `plural`.
+fn push(fake: &Fake, plural: &str, kind: &str, object: Value) {
+    let event = json!({"type": kind, "object": object});
+    fake.lock().pending.entry(plural.into()).or_default().push(event);
+}
+
+/// The recorded `reviews` slice with the `reviews-v2` endpoint ready or not.
+fn reviews_slice(v2_ready: bool, rv: u32) -> Value {
+    let mut slice = recorded_one("endpointslices.json", "reviews-9tz4m");
+    slice["endpoints"][1]["conditions"] = json!({"ready": v2_ready, "serving": v2_ready, "terminating": false});
+    slice["metadata"]["resourceVersion"] = json!(rv.to_string());
+    slice
+}
+
+#[tokio::test]
+async fn services_reach_their_ready_pods_without_a_service_entry() {
+    let fake = cluster(reviews_routing());
+    let cp = follow(&fake).await;
+    assert_eq!(
+        sources(&cp),
+        [
+            "kubernetes:destinationrule/shop/reviews",
+            "kubernetes:virtualservice/shop/reviews",
+            "kubernetes:service/default/kubernetes",
+            "kubernetes:service/shop/ratings",
+            "kubernetes:service/shop/reviews",
+        ],
+        "one ServiceEntry per Service; the ExternalName Service `payments` is not served"
+    );
+    assert_eq!(
+        cp.resources().resources.len(),
+        2,
+        "`get` lists the objects users wrote, not the synthesized ones"
+    );
+
+    let mut proxy = shop_proxy(&cp).await;
+    let s = proxy.snapshot().await;
+    let c = compiled(&s);
+    // The VirtualService's `reviews` is the Service's host; only the ready Pod is reached, at
+    // the port its slice gives for the Service's named target port, meshed by its
+    // `ringmesh.io/status` annotation.
+    assert_eq!(endpoints(&c, REVIEWS, Some("live")), owned(&[REVIEWS_V1]));
+    assert_eq!(endpoints(&c, REVIEWS, None), owned(&[REVIEWS_V1]));
+    // Headless: no VIP, the Pod is reached all the same; meshed by Istio's own Pod label.
+    assert_eq!(endpoints(&c, RATINGS, None), owned(&[("10.244.1.30:9090", true)]));
+    // An endpoint that is no Pod (the API server's): served, not meshed.
+    assert_eq!(endpoints(&c, API_SERVER, None), owned(&[("172.18.0.2:6443", false)]));
+    assert!(
+        c.clusters.iter().all(|cl| !cl.service.starts_with("payments.")),
+        "ExternalName Services are not served"
+    );
+
+    let reviews = served_service_entry(&s, "kubernetes:service/shop/reviews");
+    assert_eq!(reviews.spec.hosts, [REVIEWS]);
+    assert_eq!(reviews.spec.addresses, ["10.96.14.20"], "the cluster IP is the VIP");
+    assert_eq!(
+        (
+            reviews.spec.ports[0].name.as_str(),
+            reviews.spec.ports[0].protocol.as_deref()
+        ),
+        ("http", None),
+        "no appProtocol: the port name decides, as Istio reads it"
+    );
+    let [v1] = reviews.spec.endpoints.as_slice() else {
+        panic!("one ready endpoint: {:?}", reviews.spec.endpoints)
+    };
+    assert_eq!(v1.service_account.as_deref(), Some("bookinfo-reviews"));
+    assert_eq!(
+        v1.labels.get("version").map(String::as_str),
+        Some("v1"),
+        "the Pod's labels"
+    );
+    let ratings = served_service_entry(&s, "kubernetes:service/shop/ratings");
+    assert!(
+        ratings.spec.addresses.is_empty(),
+        "headless: {:?}",
+        ratings.spec.addresses
+    );
+    assert_eq!(
+        ratings.spec.ports[0].protocol.as_deref(),
+        Some("GRPC"),
+        "appProtocol: grpc"
+    );
+}
+
+#[tokio::test]
+async fn endpoints_follow_readiness_and_pod_deletion() {
+    let fake = cluster(reviews_routing());
+    let cp = follow(&fake).await;
+    let mut proxy = shop_proxy(&cp).await;
+    let first = proxy.snapshot().await;
+    assert_eq!(live(&first), owned(&[REVIEWS_V1]));
+    proxy.ack(&first).await;
+
+    // The sidecar-less Pod turns ready: reached, and not meshed.
+    push(&fake, "endpointslices", "MODIFIED", reviews_slice(true, 2));
+    let wanted = owned(&[REVIEWS_V1, REVIEWS_V2]);
+    let s = proxy.snapshot_where(WAIT, |s| live(s) == wanted).await;
+    assert!(s.is_some(), "the ready Pod added: {:?}", live(&cp_snapshot(&cp)));
+
+    // A Pod deleted before its slice is updated is withdrawn at once, from the service too
+    // (not merely from the subset, as an endpoint without its Pod's labels would be).
+    let v1 = recorded_one("pods.json", "reviews-v1-5c7b9d8f6-abcde");
+    push(&fake, "pods", "DELETED", v1);
+    let wanted = owned(&[REVIEWS_V2]);
+    let s = proxy
+        .snapshot_where(WAIT, |s| {
+            let c = compiled(s);
+            endpoints(&c, REVIEWS, Some("live")) == wanted && endpoints(&c, REVIEWS, None) == wanted
+        })
+        .await;
+    assert!(s.is_some(), "the deleted Pod withdrawn: {:?}", live(&cp_snapshot(&cp)));
+
+    // Not ready again: withdrawn, and the subset is empty.
+    push(&fake, "endpointslices", "MODIFIED", reviews_slice(false, 3));
+    let s = proxy.snapshot_where(WAIT, |s| live(s).is_empty()).await;
+    assert!(
+        s.is_some(),
+        "the not-ready Pod withdrawn: {:?}",
+        live(&cp_snapshot(&cp))
+    );
+}
+
+/// What the control plane serves now, as a snapshot of its documents (for failure messages).
+fn cp_snapshot(cp: &ControlPlane) -> ringmesh_api::proto::Snapshot {
+    ringmesh_api::proto::Snapshot {
+        documents: cp.resources().documents,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_service_entry_written_for_a_services_host_takes_precedence() {
+    let by_hand = in_shop(
+        "ServiceEntry",
+        "reviews-by-hand",
+        json!({"hosts": ["reviews"], "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}],
+               "resolution": "STATIC", "endpoints": [{"address": "192.0.2.10", "labels": {"app": "reviews"}}]}),
+    );
+    let fake = cluster(
+        reviews_routing()
+            .into_iter()
+            .chain([("serviceentries", by_hand.clone())]),
+    );
+    let cp = follow(&fake).await;
+    let served = sources(&cp);
+    assert!(
+        served
+            .iter()
+            .any(|s| s == "kubernetes:serviceentry/shop/reviews-by-hand")
+            && !served.iter().any(|s| s == "kubernetes:service/shop/reviews")
+            && served.iter().any(|s| s == "kubernetes:service/shop/ratings"),
+        "the hand-written ServiceEntry replaces only the Service of its host: {served:?}"
+    );
+    let mut proxy = shop_proxy(&cp).await;
+    let s = proxy.snapshot().await;
+    assert_eq!(live(&s), owned(&[("192.0.2.10:9080", false)]));
+    proxy.ack(&s).await;
+
+    // Deleted: the Service is served again.
+    push(&fake, "serviceentries", "DELETED", by_hand);
+    let wanted = owned(&[REVIEWS_V1]);
+    let s = proxy.snapshot_where(WAIT, |s| live(s) == wanted).await;
+    assert!(s.is_some(), "the Service's Pods back: {:?}", sources(&cp));
+}
+
+#[tokio::test]
+async fn nothing_is_served_before_services_slices_and_pods_were_listed() {
+    let fake = cluster(reviews_routing());
+    fake.lock().failing.insert("pods".into());
+    let cp = ControlPlane::new(ResourceSet::default(), ServerConfig::default());
+    let (synced, mut listed) = tokio::sync::oneshot::channel();
+    tokio::spawn(ringmesh_control::kubernetes::run(
+        client(serve(fake.clone())),
+        cp.clone(),
+        synced,
+    ));
+    // Two refused lists of Pods: the first was retried after a back-off, and every other kind
+    // was listed long before.
+    let refused = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path == "/api/v1/pods" && r.code == 503)
+            .count()
+    };
+    if let Err(e) = common::eventually_async(WAIT, "the Pods list refused twice", || refused() >= 2).await {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+    assert!(listed.try_recv().is_err(), "synced before the Pods were listed");
+    assert!(cp.resources().documents.is_empty(), "{:?}", sources(&cp));
+
+    fake.lock().failing.clear();
+    tokio::time::timeout(Duration::from_secs(10), listed)
+        .await
+        .expect("listed within 10 s once the Pods list")
+        .expect("listed");
+    assert!(
+        sources(&cp).iter().any(|s| s == "kubernetes:service/shop/reviews"),
+        "{:?}",
+        sources(&cp)
+    );
 }
