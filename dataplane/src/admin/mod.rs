@@ -14,6 +14,7 @@
 //! | admin   | `/stats/prometheus`  | same as the metrics server |
 //! | admin   | `POST /drain_listeners` | stop accepting and drain, then exit |
 //! | health  | `/healthz/ready`     | 200 when ready, 503 with the reason while draining or before the first config from the control plane (`readiness.rs`) |
+//! | health  | `/app-health/<container>/<livez\|readyz\|startupz>` | the app's own probe, run by the proxy for kubelet (`app_probe.rs`; 404 for a path the injector did not register) |
 //! | metrics | `/stats/prometheus`  | Prometheus text format |
 
 use std::convert::Infallible;
@@ -30,6 +31,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
+pub mod app_probe;
 mod readiness;
 
 use readiness::Readiness;
@@ -62,6 +64,8 @@ pub struct AdminState {
     pub(crate) identity: Arc<crate::identity::IdentityCell>,
     /// Where the certificate comes from and how its renewal goes.
     pub cert_status: crate::identity::CertStatusCell,
+    /// The app's probes kubelet asks the health server to run (`RINGMESH_KUBE_APP_PROBERS`).
+    pub app_probers: app_probe::AppProbers,
 }
 
 /// Which of the three servers a connection arrived on.
@@ -162,6 +166,17 @@ async fn handle(
                 r => text(StatusCode::SERVICE_UNAVAILABLE, format!("{r}\n"), "text/plain"),
             }
         }
+        (Role::Health, &Method::GET, p) if p.starts_with("/app-health/") => match state.app_probers.get(p) {
+            Some(probe) => {
+                let outcome = probe.run().await;
+                text(outcome.status, format!("{}\n", outcome.reason), "text/plain")
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                format!("no app probe registered for {p} ({})\n", app_probe::APP_PROBERS_ENV),
+                "text/plain",
+            ),
+        },
         // Envoy's words: LIVE, DRAINING, INITIALIZING (with the reason after a colon).
         (Role::Admin, &Method::GET, "/ready") => match Readiness::of(&state) {
             Readiness::Ready => text(StatusCode::OK, "LIVE\n", "text/plain"),
