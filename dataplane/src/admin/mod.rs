@@ -314,3 +314,57 @@ pub async fn serve(role: Role, listener: std::net::TcpListener, state: Arc<Admin
 pub fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{what}: bind {addr}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+
+    use super::app_probe::AppProbers;
+    use crate::control::{start, ProxyOptions};
+
+    /// One GET on a fresh connection; the status code.
+    fn get(addr: SocketAddr, path: &str) -> u16 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+
+    // kubelet's rewritten probe reaches the health port, which runs the app's own probe: a
+    // real app on loopback passes, and once it is gone the same probe fails.
+    #[test]
+    fn the_health_port_runs_the_apps_probes() {
+        let app = TcpListener::bind("127.0.0.1:0").unwrap();
+        let app_port = app.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            // One probe answered 200, then the app stops.
+            let (mut s, _) = app.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        });
+        let dir = std::env::temp_dir().join(format!("ringmesh-app-health-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("proxy.yaml");
+        std::fs::write(
+            &config,
+            "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  workers: 1\n  adminAddress: 127.0.0.1:0\n  healthAddress: 127.0.0.1:0\n  metricsAddress: 127.0.0.1:0\n  listeners: [{name: out, address: '127.0.0.1:0'}]\n",
+        )
+        .unwrap();
+        let mut opts = ProxyOptions::from_file(&config);
+        opts.app_probers = AppProbers::parse(&format!(
+            r#"{{"/app-health/web/readyz": {{"httpGet": {{"path": "/ready", "port": {app_port}}}}}}}"#
+        ))
+        .unwrap();
+        let proxy = start(opts).unwrap();
+        let health = proxy.health_address;
+        assert_eq!(get(health, "/app-health/web/readyz"), 200);
+        server.join().unwrap();
+        assert_eq!(get(health, "/app-health/web/readyz"), 503, "the app is gone");
+        assert_eq!(get(health, "/app-health/other/readyz"), 404);
+        proxy.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
