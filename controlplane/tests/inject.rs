@@ -441,7 +441,9 @@ async fn the_webhook_follows_namespace_labels_and_opt_outs() {
         assert_eq!(answer["response"]["allowed"], true, "{answer}");
         answer["response"].get("patch").is_some()
     };
-    let cases: [(&str, &dyn Fn(&mut Value), bool); 6] = [
+    /// A namespace, a change to the recorded pod, whether it gets a patch.
+    type Case<'a> = (&'a str, &'a dyn Fn(&mut Value), bool);
+    let cases: [Case<'_>; 6] = [
         ("shop", &|_| {}, true),
         ("elsewhere", &|_| {}, false),
         ("legacy", &|p| p["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true"), false),
