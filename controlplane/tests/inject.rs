@@ -1,5 +1,5 @@
 //! Sidecar injection end to end: `ringmesh inject` of the sample Deployment
-//! (`deploy/examples/kubernetes/reviews.yaml`) asserted field by field, its `ProxyConfig`
+//! (`deploy/kubernetes/examples/reviews.yaml`) asserted field by field, its `ProxyConfig`
 //! compiled by the proxy's compiler, and the webhook over real HTTPS on loopback answering a
 //! recorded `AdmissionReview` with a patch that makes the very pod `ringmesh inject` makes.
 
@@ -19,11 +19,13 @@ fn repo() -> PathBuf {
 }
 
 fn sample() -> PathBuf {
-    repo().join("deploy/examples/kubernetes/reviews.yaml")
+    repo().join("deploy/kubernetes/examples/reviews.yaml")
 }
 
 fn fixture() -> Value {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission-review-pod.json")).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission-review-pod.json"))
+            .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -78,14 +80,22 @@ fn ringmesh_inject_of_the_sample_deployment() {
     assert_eq!(ann["prometheus.io/path"], "/stats/prometheus");
     let status: Value = serde_json::from_str(ann["ringmesh.io/status"].as_str().unwrap()).unwrap();
     assert_eq!(status["initContainers"], json!(["ringmesh-init", "ringmesh-proxy"]));
-    assert_eq!(status["volumes"], json!(["ringmesh-config", "ringmesh-token", "ringmesh-ca-root"]));
+    assert_eq!(
+        status["volumes"],
+        json!(["ringmesh-config", "ringmesh-token", "ringmesh-ca-root"])
+    );
 
     // The capture init container.
     let init = &spec["initContainers"][0];
     assert_eq!(init["name"], "ringmesh-init");
     assert_eq!(init["image"], "ringmesh/ringmesh-init:latest");
     assert_eq!(init["command"], json!(["ringmesh", "iptables"]));
-    let args: Vec<&str> = init["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = init["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     assert_eq!(
         args,
         ["-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-i", "*", "-b", "*", "-o", "5432"]
@@ -130,7 +140,10 @@ fn ringmesh_inject_of_the_sample_deployment() {
         json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "2", "memory": "256Mi"}})
     );
     let sc = &proxy["securityContext"];
-    assert_eq!((sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64()), (Some(1337), Some(1337)));
+    assert_eq!(
+        (sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64()),
+        (Some(1337), Some(1337))
+    );
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
@@ -139,8 +152,12 @@ fn ringmesh_inject_of_the_sample_deployment() {
         env_of(proxy, "RINGMESH_WORKLOAD_ADDRESS")["valueFrom"]["fieldRef"]["fieldPath"],
         "status.podIPs"
     );
-    assert_eq!(env_of(proxy, "RINGMESH_NODE_ID")["value"], "$(POD_NAME).$(POD_NAMESPACE)");
-    let probers: Value = serde_json::from_str(env_of(proxy, "RINGMESH_KUBE_APP_PROBERS")["value"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        env_of(proxy, "RINGMESH_NODE_ID")["value"],
+        "$(POD_NAME).$(POD_NAMESPACE)"
+    );
+    let probers: Value =
+        serde_json::from_str(env_of(proxy, "RINGMESH_KUBE_APP_PROBERS")["value"].as_str().unwrap()).unwrap();
     assert_eq!(
         probers,
         json!({
@@ -173,7 +190,10 @@ fn ringmesh_inject_of_the_sample_deployment() {
         app["livenessProbe"],
         json!({"httpGet": {"path": "/app-health/reviews/livez", "port": 15020, "scheme": "HTTP"}, "failureThreshold": 4})
     );
-    assert_eq!(app["image"], input[2]["spec"]["template"]["spec"]["containers"][0]["image"]);
+    assert_eq!(
+        app["image"],
+        input[2]["spec"]["template"]["spec"]["containers"][0]["image"]
+    );
 
     // Volumes.
     assert_eq!(
@@ -200,10 +220,16 @@ fn ringmesh_inject_of_the_sample_deployment() {
     assert_eq!(p.workload.name, "reviews");
     assert_eq!(p.workload.namespace, "shop");
     assert_eq!(p.workload.service_account, "bookinfo-reviews");
-    assert_eq!(p.workload.labels.get("security.istio.io/tlsMode").map(String::as_str), Some("istio"));
+    assert_eq!(
+        p.workload.labels.get("security.istio.io/tlsMode").map(String::as_str),
+        Some("istio")
+    );
     assert_eq!(p.workload.ports, BTreeMap::from([("http".to_string(), 9080u16)]));
     let readiness = p.workload.readiness.as_ref().unwrap();
-    assert_eq!((readiness.port, readiness.http_path.as_deref()), (9080, Some("/health")));
+    assert_eq!(
+        (readiness.port, readiness.http_path.as_deref()),
+        (9080, Some("/health"))
+    );
     let cp = p.control_plane.as_ref().unwrap();
     assert_eq!(cp.addresses, ["ringmesh-control.ringmesh-system.svc:15012"]);
     assert!(cp.tls.is_some());
@@ -233,10 +259,21 @@ fn flags_change_images_address_and_trust_domain() {
     ]);
     assert_eq!(code, 0, "{err}");
     let template = docs(&out)[2]["spec"]["template"].clone();
-    assert_eq!(template["spec"]["initContainers"][0]["image"], "registry.example.com/init:1");
-    assert_eq!(template["spec"]["initContainers"][1]["image"], "registry.example.com/proxy:1");
-    let config = template["metadata"]["annotations"]["ringmesh.io/proxy-config"].as_str().unwrap();
-    assert!(config.contains("address: cp.example:15012") && config.contains("trustDomain: example.internal"), "{config}");
+    assert_eq!(
+        template["spec"]["initContainers"][0]["image"],
+        "registry.example.com/init:1"
+    );
+    assert_eq!(
+        template["spec"]["initContainers"][1]["image"],
+        "registry.example.com/proxy:1"
+    );
+    let config = template["metadata"]["annotations"]["ringmesh.io/proxy-config"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains("address: cp.example:15012") && config.contains("trustDomain: example.internal"),
+        "{config}"
+    );
     let (_, help, _) = ringmesh(&["inject", "--help"]);
     for default in [
         "ringmesh/ringmesh-proxy:latest",
@@ -257,7 +294,10 @@ fn injecting_the_output_again_changes_nothing() {
     assert_eq!(code, 0, "{err}");
     let (code, twice, err) = ringmesh(&["inject", "-f", once.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("Deployment/reviews-v1: not injected: already injected"), "{err}");
+    assert!(
+        err.contains("Deployment/reviews-v1: not injected: already injected"),
+        "{err}"
+    );
     assert_eq!(docs(&twice), docs(&std::fs::read_to_string(&once).unwrap()));
 }
 
@@ -272,7 +312,10 @@ fn opted_out_pods_and_other_kinds_pass_through() {
     let (input, output) = (docs(text), docs(&out));
     assert_eq!(output[0], input[0]);
     assert_eq!(output[1], input[1]);
-    assert!(err.contains("Pod/a: not injected: sidecar.istio.io/inject is \"false\""), "{err}");
+    assert!(
+        err.contains("Pod/a: not injected: sidecar.istio.io/inject is \"false\""),
+        "{err}"
+    );
     let job = &output[2]["spec"]["jobTemplate"]["spec"]["template"];
     assert_eq!(job["spec"]["initContainers"][1]["name"], "ringmesh-proxy");
     // Without a namespace in the manifest, `default`.
@@ -305,7 +348,9 @@ fn bad_input_is_refused_naming_the_document() {
 
 /// The webhook on loopback with a fresh certificate for `localhost`; its address and the
 /// certificate (PEM) a client must trust.
-async fn webhook(namespaces: BTreeMap<String, BTreeMap<String, String>>) -> (std::net::SocketAddr, String, tempfile::TempDir) {
+async fn webhook(
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+) -> (std::net::SocketAddr, String, tempfile::TempDir) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
         .unwrap()
@@ -340,7 +385,10 @@ async fn post(addr: std::net::SocketAddr, ca_pem: &str, path: &str, body: &[u8])
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: ringmesh-control.ringmesh-system.svc:443\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -349,7 +397,10 @@ async fn post(addr: std::net::SocketAddr, ca_pem: &str, path: &str, body: &[u8])
     tls.write_all(body).await.unwrap();
     let mut answer = Vec::new();
     let _ = tls.read_to_end(&mut answer).await;
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer");
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
     let status = std::str::from_utf8(&answer[9..12]).unwrap().parse().unwrap();
     (status, answer[split + 4..].to_vec())
 }
@@ -408,9 +459,22 @@ async fn the_webhook_answers_a_recorded_review_with_the_pod_ringmesh_inject_make
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(vols, ["kube-api-access-x7k2p", "ringmesh-config", "ringmesh-token", "ringmesh-ca-root"]);
-    let config = pod["metadata"]["annotations"]["ringmesh.io/proxy-config"].as_str().unwrap();
-    assert!(config.contains("name: reviews\n") && config.contains("serviceAccount: bookinfo-reviews"), "{config}");
+    assert_eq!(
+        vols,
+        [
+            "kube-api-access-x7k2p",
+            "ringmesh-config",
+            "ringmesh-token",
+            "ringmesh-ca-root"
+        ]
+    );
+    let config = pod["metadata"]["annotations"]["ringmesh.io/proxy-config"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains("name: reviews\n") && config.contains("serviceAccount: bookinfo-reviews"),
+        "{config}"
+    );
 
     // A pod already injected (the API server reinvoking the webhook) gets an empty patch.
     let mut again = review.clone();
@@ -446,9 +510,21 @@ async fn the_webhook_follows_namespace_labels_and_opt_outs() {
     let cases: [Case<'_>; 6] = [
         ("shop", &|_| {}, true),
         ("elsewhere", &|_| {}, false),
-        ("legacy", &|p| p["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true"), false),
-        ("elsewhere", &|p| p["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true"), true),
-        ("shop", &|p| p["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false"), false),
+        (
+            "legacy",
+            &|p| p["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true"),
+            false,
+        ),
+        (
+            "elsewhere",
+            &|p| p["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true"),
+            true,
+        ),
+        (
+            "shop",
+            &|p| p["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("false"),
+            false,
+        ),
         ("shop", &|p| p["spec"]["hostNetwork"] = json!(true), false),
     ];
     for (i, (namespace, edit, want)) in cases.iter().enumerate() {
@@ -477,8 +553,15 @@ async fn a_malformed_review_gets_400_with_the_reason() {
     let (addr, ca, _dir) = webhook(BTreeMap::new()).await;
     for (body, reason) in [
         (b"not json".to_vec(), "expected ident"),
-        (br#"{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1", "request": {"uid": "x"}}"#.to_vec(), "only admission.k8s.io/v1"),
-        (br#"{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {}}"#.to_vec(), "request.uid"),
+        (
+            br#"{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1", "request": {"uid": "x"}}"#
+                .to_vec(),
+            "only admission.k8s.io/v1",
+        ),
+        (
+            br#"{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {}}"#.to_vec(),
+            "request.uid",
+        ),
         (br#"{"kind": "Pod"}"#.to_vec(), "AdmissionReview"),
     ] {
         let (status, answer) = post(addr, &ca, "/inject", &body).await;

@@ -46,7 +46,7 @@ check "a broken manifest fails validation" bash -c "! '$kv' --strict --quiet '$w
 # Injection: `ringmesh inject` of the sample Deployment, and the pod the webhook's patch makes
 # (the real ringmesh-control over HTTPS, a certificate from openssl, the recorded review of
 # tests/fixtures), validate against the schemas too.
-sample=deploy/examples/kubernetes/reviews.yaml
+sample=deploy/kubernetes/examples/reviews.yaml
 check "ringmesh inject of $sample validates (kubernetes-validate --strict)" bash -c "
   '$BIN/ringmesh' inject -f '$sample' -o '$work/injected.yaml' &&
   grep -q 'restartPolicy: Always' '$work/injected.yaml' &&

@@ -350,7 +350,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Starts the sidecar injector's webhook (`inject::webhook`).
-async fn injector(args: &Args, addr: SocketAddr, kube: Option<ringmesh_control::kubernetes::Client>) -> anyhow::Result<()> {
+async fn injector(
+    args: &Args,
+    addr: SocketAddr,
+    kube: Option<ringmesh_control::kubernetes::Client>,
+) -> anyhow::Result<()> {
     use ringmesh_control::inject::webhook::{self, FileCert, Injector, Namespaces};
     let (Some(cert), Some(key)) = (&args.injector_cert, &args.injector_key) else {
         anyhow::bail!("--injector-listen needs --injector-cert and --injector-key");

@@ -110,7 +110,11 @@ fn inject_object(
     let Some(pointer) = template_pointer(&kind) else {
         return Ok(());
     };
-    let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let ctx = PodContext {
         namespace: doc
             .pointer("/metadata/namespace")

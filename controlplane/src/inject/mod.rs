@@ -237,8 +237,14 @@ fn check_shape(pod: &Value) -> Result<(), InjectError> {
         if c.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
             return Err(field(&format!("spec.containers[{i}].name"), "missing"));
         }
-        if c.get("name").and_then(Value::as_str).is_some_and(|n| n == INIT_CONTAINER || n == PROXY_CONTAINER) {
-            return Err(field(&format!("spec.containers[{i}].name"), "reserved for the injected sidecar"));
+        if c.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n == INIT_CONTAINER || n == PROXY_CONTAINER)
+        {
+            return Err(field(
+                &format!("spec.containers[{i}].name"),
+                "reserved for the injected sidecar",
+            ));
         }
     }
     for (path, name) in [
@@ -264,10 +270,17 @@ fn check_shape(pod: &Value) -> Result<(), InjectError> {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .any(|v| v.get("name").and_then(Value::as_str).is_some_and(|n| VOLUMES.contains(&n)))
+            .any(|v| {
+                v.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| VOLUMES.contains(&n))
+            })
     };
     if ours("/spec/volumes") {
-        return Err(field("spec.volumes", "a volume's name is reserved for the injected sidecar"));
+        return Err(field(
+            "spec.volumes",
+            "a volume's name is reserved for the injected sidecar",
+        ));
     }
     Ok(())
 }
@@ -277,7 +290,11 @@ fn object_at<'a>(v: &'a mut Value, key: &str) -> Result<&'a mut Map<String, Valu
     object_in(obj, key, key)
 }
 
-fn object_in<'a>(obj: &'a mut Map<String, Value>, key: &str, name: &str) -> Result<&'a mut Map<String, Value>, InjectError> {
+fn object_in<'a>(
+    obj: &'a mut Map<String, Value>,
+    key: &str,
+    name: &str,
+) -> Result<&'a mut Map<String, Value>, InjectError> {
     let slot = obj.entry(key).or_insert_with(|| json!({}));
     if slot.is_null() {
         *slot = json!({});
@@ -296,7 +313,10 @@ fn array_in<'a>(obj: &'a mut Map<String, Value>, key: &str, name: &str) -> Resul
 /// The workload's name as Istio picks it: `app.kubernetes.io/name`, `app`, the owner, the pod.
 fn workload_name(pod: &Value, labels: &BTreeMap<String, String>, ctx: &PodContext) -> String {
     let from_pod = || {
-        let name = pod.pointer("/metadata/name").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let name = pod
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
         name.map(str::to_string).or_else(|| {
             // A ReplicaSet's pods: `<deployment>-<hash>-`.
             let generate = pod.pointer("/metadata/generateName").and_then(Value::as_str)?;
@@ -403,9 +423,7 @@ fn proxy_container(
     if !probers.is_empty() {
         env.push(EnvVar {
             name: APP_PROBERS_ENV.into(),
-            value: Some(
-                serde_json::to_string(probers).map_err(|e| InjectError::Internal(e.to_string()))?,
-            ),
+            value: Some(serde_json::to_string(probers).map_err(|e| InjectError::Internal(e.to_string()))?),
             ..Default::default()
         });
     }

@@ -85,7 +85,10 @@ fn never(pod: &Value) -> Option<SkipReason> {
     if annotations.get(STATUS_ANNOTATION).is_some() || named("initContainers", PROXY_CONTAINER) {
         return Some(SkipReason::AlreadyInjected);
     }
-    if annotations.get(ISTIO_STATUS).is_some() || named("containers", "istio-proxy") || named("initContainers", "istio-proxy") {
+    if annotations.get(ISTIO_STATUS).is_some()
+        || named("containers", "istio-proxy")
+        || named("initContainers", "istio-proxy")
+    {
         return Some(SkipReason::IstioSidecar);
     }
     None
@@ -134,10 +137,16 @@ mod tests {
     #[test]
     fn namespace_labels_enable_and_disable() {
         let p = pod(json!({}), json!({"containers": [{"name": "a"}]}));
-        assert_eq!(admission(&ns(&[("ringmesh-injection", "enabled")]), &p), Decision::Inject);
+        assert_eq!(
+            admission(&ns(&[("ringmesh-injection", "enabled")]), &p),
+            Decision::Inject
+        );
         assert_eq!(admission(&ns(&[("istio-injection", "enabled")]), &p), Decision::Inject);
         assert_eq!(
-            admission(&ns(&[("ringmesh-injection", "disabled"), ("istio-injection", "enabled")]), &p),
+            admission(
+                &ns(&[("ringmesh-injection", "disabled"), ("istio-injection", "enabled")]),
+                &p
+            ),
             Decision::Skip(SkipReason::NamespaceDisabled),
             "ours decides when set"
         );

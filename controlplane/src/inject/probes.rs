@@ -84,10 +84,7 @@ fn prober(probe: &Map<String, Value>, container: &Map<String, Value>) -> Option<
     if let Some(get) = probe.get("httpGet").and_then(Value::as_object) {
         let port = resolve_port(get.get("port")?, container)?;
         let mut action = Map::new();
-        action.insert(
-            "path".into(),
-            get.get("path").cloned().unwrap_or_else(|| json!("/")),
-        );
+        action.insert("path".into(), get.get("path").cloned().unwrap_or_else(|| json!("/")));
         action.insert("port".into(), json!(port));
         action.insert(
             "scheme".into(),
@@ -116,7 +113,11 @@ fn prober(probe: &Map<String, Value>, container: &Map<String, Value>) -> Option<
 /// prober). Returns the original readiness probe in the `ProxyConfig`'s shape when it is one
 /// the proxy can check for the control plane (plain HTTP or TCP on a numeric port).
 pub fn rewrite_container(container: &mut Map<String, Value>, probers: &mut Map<String, Value>) -> Option<ProbeSpec> {
-    let name = container.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = container
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let mut readiness = None;
     for kind in ProbeKind::ALL {
         let Some(probe) = container.get(kind.field()).and_then(Value::as_object) else {

@@ -83,7 +83,10 @@ fn a_malformed_pod_is_refused_by_field() {
     for (p, field) in [
         (json!({"spec": {}}), "spec.containers"),
         (json!({"spec": {"containers": {}}}), "spec.containers"),
-        (json!({"spec": {"containers": [{"image": "x"}]}}), "spec.containers[0].name"),
+        (
+            json!({"spec": {"containers": [{"image": "x"}]}}),
+            "spec.containers[0].name",
+        ),
         (
             json!({"spec": {"containers": [{"name": "a"}], "volumes": {}}}),
             "spec.volumes",

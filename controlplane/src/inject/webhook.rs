@@ -78,7 +78,9 @@ impl Namespaces {
                         "reading namespace {namespace}: {}",
                         crate::kubernetes::api_error(&e)
                     )),
-                    Err(_) => Err(format!("reading namespace {namespace}: no answer within {NAMESPACE_TIMEOUT:?}")),
+                    Err(_) => Err(format!(
+                        "reading namespace {namespace}: no answer within {NAMESPACE_TIMEOUT:?}"
+                    )),
                 }
             }
         }
@@ -117,7 +119,9 @@ impl Injector {
         }
         let api_version = review.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
         if api_version != "admission.k8s.io/v1" {
-            return Err(ReviewError(format!("apiVersion {api_version:?}: only admission.k8s.io/v1 is served")));
+            return Err(ReviewError(format!(
+                "apiVersion {api_version:?}: only admission.k8s.io/v1 is served"
+            )));
         }
         let request = review.get("request").ok_or_else(|| ReviewError("no request".into()))?;
         let uid = request
@@ -130,7 +134,10 @@ impl Injector {
             review: answer(&uid, json!({"allowed": true})),
             note,
         };
-        let kind = request.pointer("/kind/kind").and_then(Value::as_str).unwrap_or_default();
+        let kind = request
+            .pointer("/kind/kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let operation = request.get("operation").and_then(Value::as_str).unwrap_or_default();
         if kind != "Pod" || operation != "CREATE" {
             return Ok(allow(format!("{operation} of a {kind:?}: nothing to inject")));
@@ -219,7 +226,11 @@ async fn handle(injector: Arc<Injector>, req: Request<Incoming>) -> Result<Respo
         return Ok(text(StatusCode::NOT_FOUND, "not found\n", "text/plain"));
     }
     if req.method() != Method::POST {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n", "text/plain"));
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST an AdmissionReview\n",
+            "text/plain",
+        ));
     }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -232,7 +243,11 @@ async fn handle(injector: Arc<Injector>, req: Request<Incoming>) -> Result<Respo
                     "text/plain",
                 )
             } else {
-                text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n"), "text/plain")
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the body: {e}\n"),
+                    "text/plain",
+                )
             });
         }
     };
@@ -314,8 +329,13 @@ fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
     }
     let key_der = PrivateKeyDer::from_pem_file(key).with_context(|| format!("--injector-key {}", key.display()))?;
     let provider = rustls::crypto::ring::default_provider();
-    CertifiedKey::from_der(chain, key_der, &provider)
-        .with_context(|| format!("--injector-cert {} with --injector-key {}", cert.display(), key.display()))
+    CertifiedKey::from_der(chain, key_der, &provider).with_context(|| {
+        format!(
+            "--injector-cert {} with --injector-key {}",
+            cert.display(),
+            key.display()
+        )
+    })
 }
 
 impl FileCert {

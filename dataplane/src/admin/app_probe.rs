@@ -254,8 +254,9 @@ impl AppProbe {
                 let _ = tcp.set_nodelay(true);
                 let request = request_head(&target, path, headers);
                 let answer = if *https {
-                    let name = rustls_pki_types::ServerName::try_from(host.clone().unwrap_or_else(|| "127.0.0.1".into()))
-                        .unwrap_or_else(|_| rustls_pki_types::ServerName::from(std::net::Ipv4Addr::LOCALHOST));
+                    let name =
+                        rustls_pki_types::ServerName::try_from(host.clone().unwrap_or_else(|| "127.0.0.1".into()))
+                            .unwrap_or_else(|_| rustls_pki_types::ServerName::from(std::net::Ipv4Addr::LOCALHOST));
                     match tls_connector().connect(name, tcp).await {
                         Ok(tls) => exchange(tls, &request).await,
                         Err(e) => Err(format!("TLS handshake with {target}: {e}")),
@@ -414,7 +415,9 @@ mod tests {
         #[allow(clippy::disallowed_methods)] // a test's own runtime, not a worker
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 4096];
                 let mut got = Vec::new();
                 while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -425,7 +428,11 @@ mod tests {
                 }
                 let head = String::from_utf8_lossy(&got).to_string();
                 // The path must arrive as the probe said.
-                let code = if head.starts_with("GET /healthz HTTP/1.1\r\n") { status } else { 404 };
+                let code = if head.starts_with("GET /healthz HTTP/1.1\r\n") {
+                    status
+                } else {
+                    404
+                };
                 let _ = s
                     .write_all(format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n").as_bytes())
                     .await;
@@ -460,15 +467,25 @@ mod tests {
         let out = p.get("/app-health/web/livez").unwrap().run().await;
         assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", out.reason);
         // The wrong path reaches the app and its 404 is passed on.
-        let p = probers(&format!(r#"{{"/app-health/web/livez": {{"httpGet": {{"path": "/other", "port": {port}}}}}}}"#));
-        assert_eq!(p.get("/app-health/web/livez").unwrap().run().await.status, StatusCode::NOT_FOUND);
+        let p = probers(&format!(
+            r#"{{"/app-health/web/livez": {{"httpGet": {{"path": "/other", "port": {port}}}}}}}"#
+        ));
+        assert_eq!(
+            p.get("/app-health/web/livez").unwrap().run().await.status,
+            StatusCode::NOT_FOUND
+        );
         task.abort();
     }
 
     #[tokio::test]
     async fn a_probe_of_a_port_nobody_serves_is_503() {
         // Bind and drop: the port is free, so the connect is refused.
-        let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let p = probers(&format!(
             r#"{{"/app-health/a/readyz": {{"httpGet": {{"path": "/healthz", "port": {port}}}}},
                 "/app-health/a/livez": {{"tcpSocket": {{"port": {port}}}}}}}"#
@@ -483,7 +500,9 @@ mod tests {
     #[tokio::test]
     async fn a_tcp_probe_passes_when_the_port_accepts() {
         let (port, task) = app(200).await;
-        let p = probers(&format!(r#"{{"/app-health/db/startupz": {{"tcpSocket": {{"port": {port}}}}}}}"#));
+        let p = probers(&format!(
+            r#"{{"/app-health/db/startupz": {{"tcpSocket": {{"port": {port}}}}}}}"#
+        ));
         let out = p.get("/app-health/db/startupz").unwrap().run().await;
         assert_eq!(out.status, StatusCode::OK, "{}", out.reason);
         task.abort();
@@ -508,7 +527,10 @@ mod tests {
     #[test]
     fn malformed_probers_are_refused_by_path_and_field() {
         let e = AppProbers::parse(r#"{"/app-health/a/readyz": {"httpGet": {"port": "http"}}}"#).unwrap_err();
-        assert!(e.to_string().contains("/app-health/a/readyz") && e.to_string().contains("httpGet.port"), "{e}");
+        assert!(
+            e.to_string().contains("/app-health/a/readyz") && e.to_string().contains("httpGet.port"),
+            "{e}"
+        );
         let e = AppProbers::parse(r#"{"/other": {"tcpSocket": {"port": 80}}}"#).unwrap_err();
         assert!(e.to_string().contains("/app-health/"), "{e}");
         let e = AppProbers::parse(r#"{"/app-health/a/readyz": {"timeoutSeconds": 1}}"#).unwrap_err();
