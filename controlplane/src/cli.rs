@@ -1,7 +1,8 @@
 //! The `ringmesh` command line. `analyze` works offline; `apply`, `get`, `delete`,
 //! `proxy-status` and `proxy-config` talk to a running `ringmesh-control` over its management
 //! API (`admin.proto`), at `--control-plane` (default [`DEFAULT_CONTROL_PLANE`]). `iptables`
-//! sets up a sidecar's traffic capture on this machine ([`crate::capture`]).
+//! sets up a sidecar's traffic capture on this machine ([`crate::capture`]); `inject` adds the
+//! sidecar to Kubernetes manifests offline ([`crate::inject`]).
 //!
 //! Output follows kubectl and istioctl where users have habits (`virtualservice/reviews
 //! configured`, `get -o yaml`, the proxy-status table). Every failure is one line naming what
@@ -138,6 +139,58 @@ pub enum Command {
     /// outbound port, inbound TCP to its inbound port, with `iptables-restore --noflush` (one
     /// transaction per family). Needs root (CAP_NET_ADMIN) except with --dry-run.
     Iptables(Box<IptablesArgs>),
+    /// Add ringmesh's sidecar to the pod templates of Kubernetes manifests (as `istioctl
+    /// kube-inject`): Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs;
+    /// other kinds and pods opted out (`sidecar.istio.io/inject: "false"`) pass through.
+    Inject(Box<InjectArgs>),
+}
+
+/// `ringmesh inject` flags.
+#[derive(Debug, clap::Args)]
+pub struct InjectArgs {
+    /// Manifest to read (multi-document YAML), `-` for stdin.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub filename: PathBuf,
+    /// Where to write the result (default: stdout).
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// Namespace of objects that name none (default: `default`).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The sidecar's image.
+    #[arg(long, env = "RINGMESH_PROXY_IMAGE", default_value = crate::inject::settings::DEFAULT_PROXY_IMAGE)]
+    pub proxy_image: String,
+    /// The capture init container's image (`ringmesh` CLI and iptables).
+    #[arg(long, env = "RINGMESH_INIT_IMAGE", default_value = crate::inject::settings::DEFAULT_INIT_IMAGE)]
+    pub init_image: String,
+    /// The control plane's TLS port as proxies reach it.
+    #[arg(long, env = "RINGMESH_DISCOVERY_ADDRESS", default_value = crate::inject::settings::DEFAULT_DISCOVERY_ADDRESS)]
+    pub discovery_address: String,
+    /// The mesh's trust domain (ringmesh-control --trust-domain).
+    #[arg(long, env = "RINGMESH_TRUST_DOMAIN", default_value = crate::ca::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// The ConfigMap in the pod's namespace that holds the mesh root as `root-cert.pem`.
+    #[arg(long, default_value = crate::inject::settings::DEFAULT_CA_ROOT_CONFIG_MAP)]
+    pub ca_root_configmap: String,
+    /// Audience of the service-account token the proxy presents (default: the API server's,
+    /// which the control plane's TokenReview accepts).
+    #[arg(long)]
+    pub token_audience: Option<String>,
+}
+
+impl InjectArgs {
+    /// The injector settings these flags make.
+    pub fn settings(&self) -> crate::inject::InjectSettings {
+        crate::inject::InjectSettings {
+            proxy_image: self.proxy_image.clone(),
+            init_image: self.init_image.clone(),
+            discovery_address: self.discovery_address.clone(),
+            trust_domain: self.trust_domain.clone(),
+            ca_root_config_map: self.ca_root_configmap.clone(),
+            token_audience: self.token_audience.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// `ringmesh iptables` flags: istio-iptables' names and defaults. Lists are comma-separated.
@@ -435,6 +488,53 @@ fn run_iptables(args: &IptablesArgs, out: &mut dyn Write, err: &mut dyn Write) -
     0
 }
 
+/// `ringmesh inject`: see [`crate::inject::manifest`]. Each pod template left alone is named
+/// on stderr with the reason.
+fn run_inject(args: &InjectArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let (source, text) = if args.filename == Path::new("-") {
+        let mut text = String::new();
+        match std::io::stdin().read_to_string(&mut text) {
+            Ok(_) => ("<stdin>".to_string(), text),
+            Err(e) => {
+                let _ = writeln!(err, "ringmesh inject: <stdin>: {e}");
+                return 1;
+            }
+        }
+    } else {
+        match std::fs::read_to_string(&args.filename) {
+            Ok(t) => (args.filename.display().to_string(), t),
+            Err(e) => {
+                let _ = writeln!(err, "ringmesh inject: {}: {e}", args.filename.display());
+                return 1;
+            }
+        }
+    };
+    let (yaml, outcomes) =
+        match crate::inject::manifest::inject_yaml(&text, &args.settings(), args.namespace.as_deref()) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = writeln!(err, "ringmesh inject: {source}: {e}");
+                return 1;
+            }
+        };
+    for o in &outcomes {
+        if let crate::inject::policy::Decision::Skip(reason) = &o.decision {
+            let _ = writeln!(err, "ringmesh inject: {}: not injected: {reason}", o.object);
+        }
+    }
+    let written = match &args.output {
+        Some(path) => std::fs::write(path, yaml).map_err(|e| format!("{}: {e}", path.display())),
+        None => out.write_all(yaml.as_bytes()).map_err(|e| e.to_string()),
+    };
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "ringmesh inject: {e}");
+            1
+        }
+    }
+}
+
 /// [`run`] with the output going to `out` and errors to `err` (for tests and embedding). Must
 /// not be called from inside a tokio runtime: it starts its own for the network commands.
 pub fn run_with<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
@@ -458,6 +558,9 @@ where
     };
     if let Command::Iptables(args) = &cli.command {
         return run_iptables(args, out, err);
+    }
+    if let Command::Inject(args) = &cli.command {
+        return run_inject(args, out, err);
     }
     if let Command::Analyze { paths, output, strict } = &cli.command {
         let report = crate::analyze::analyze(paths);
@@ -546,7 +649,7 @@ fn call_error(cli: &Cli, status: tonic::Status) -> CliError {
 
 async fn remote(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
     match &cli.command {
-        Command::Analyze { .. } | Command::Iptables(_) => Ok(()),
+        Command::Analyze { .. } | Command::Iptables(_) | Command::Inject(_) => Ok(()),
         Command::Apply { files, dry_run, wait } => {
             let inputs = read_inputs(files)?;
             let mut client = connect(cli).await?;

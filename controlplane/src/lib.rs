@@ -11,6 +11,7 @@ pub mod ca;
 pub mod capture;
 pub mod cli;
 pub mod etcd;
+pub mod inject;
 pub mod kubernetes;
 pub mod scope;
 pub mod server;

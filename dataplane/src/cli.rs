@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use ringmesh_api::snapshot::IoMode;
 
+use crate::admin::app_probe::AppProbers;
 use crate::config::Overrides;
 use crate::control::{self, ProxyOptions};
 use crate::runtime::bind::BindMode;
@@ -73,6 +74,18 @@ pub struct Cli {
     /// successor while the old proxy drains. Without it an address in use is refused by name.
     #[arg(long, env = "RINGMESH_TAKEOVER")]
     pub takeover: bool,
+    /// Node id announced to the control plane (default `<workload name>-<pid>`); the injector
+    /// sets `<pod name>.<namespace>`, unique where every replica shares one file.
+    #[arg(long, env = "RINGMESH_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The workload's addresses, replacing `spec.workload.addresses` (comma-separated; the
+    /// injector passes the pod's `status.podIPs`).
+    #[arg(long, env = "RINGMESH_WORKLOAD_ADDRESS", value_delimiter = ',')]
+    pub workload_address: Option<Vec<std::net::IpAddr>>,
+    /// The app's probes the health server runs for kubelet at `:15020/app-health/...`: Istio's
+    /// `ISTIO_KUBE_APP_PROBERS` JSON, which the injector writes.
+    #[arg(long, env = "RINGMESH_KUBE_APP_PROBERS", value_parser = parse_app_probers)]
+    pub kube_app_probers: Option<AppProbers>,
     /// Check the config and exit: 0 when it compiles, 1 with every error otherwise.
     #[arg(long)]
     pub check: bool,
@@ -84,6 +97,10 @@ fn parse_detection_timeout(s: &str) -> Result<Duration, String> {
         return Err(format!("must be at least 1ms, got {s:?}"));
     }
     Ok(d)
+}
+
+fn parse_app_probers(s: &str) -> Result<AppProbers, String> {
+    AppProbers::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_io(s: &str) -> Result<IoMode, String> {
@@ -111,6 +128,8 @@ impl Cli {
             idle_timeout: self.idle_timeout,
             drain_timeout: self.drain_timeout,
             protocol_detection_timeout: self.protocol_detection_timeout,
+            node_id: self.node_id.clone().filter(|s| !s.is_empty()),
+            workload_addresses: self.workload_address.clone(),
         }
     }
 }
@@ -162,6 +181,7 @@ where
         } else {
             BindMode::Exclusive
         },
+        app_probers: cli.kube_app_probers.clone().unwrap_or_default(),
     };
     let handle = control::start(opts)?;
     handle.wait();
@@ -244,6 +264,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no unit"), "{e}");
+    }
+
+    #[test]
+    fn pod_facts_come_from_flags_or_the_environment() {
+        let cli = Cli::try_parse_from([
+            "ringmesh-proxy",
+            "--config",
+            "x",
+            "--node-id",
+            "reviews-7d9f.shop",
+            "--workload-address",
+            "10.1.2.3,fd00::3",
+            "--kube-app-probers",
+            r#"{"/app-health/web/readyz": {"tcpSocket": {"port": 8080}}}"#,
+        ])
+        .unwrap();
+        let o = cli.overrides();
+        assert_eq!(o.node_id.as_deref(), Some("reviews-7d9f.shop"));
+        let want: Vec<std::net::IpAddr> = vec!["10.1.2.3".parse().unwrap(), "fd00::3".parse().unwrap()];
+        assert_eq!(o.workload_addresses, Some(want.clone()));
+        assert_eq!(cli.kube_app_probers.as_ref().map(AppProbers::len), Some(1));
+        let yaml = "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  controlPlane: {address: 'cp:15010'}\n  workload: {name: reviews, addresses: [10.9.9.9]}\n";
+        let (resources, _) = ringmesh_api::load_str("p.yaml", yaml).unwrap();
+        let input = ringmesh_api::CompileInput {
+            resources,
+            ..Default::default()
+        };
+        let mut snapshot = ringmesh_api::compile(&input).unwrap().snapshot;
+        o.apply(&mut snapshot);
+        assert_eq!(snapshot.proxy.control_plane.unwrap().node_id, "reviews-7d9f.shop");
+        assert_eq!(snapshot.proxy.workload.addresses, want);
+        let e = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", "--kube-app-probers", "{"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RINGMESH_KUBE_APP_PROBERS"), "{e}");
     }
 
     #[test]

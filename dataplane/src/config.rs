@@ -37,6 +37,12 @@ pub struct Overrides {
     pub drain_timeout: Option<std::time::Duration>,
     /// `--protocol-detection-timeout` / `RINGMESH_PROTOCOL_DETECTION_TIMEOUT`.
     pub protocol_detection_timeout: Option<std::time::Duration>,
+    /// `--node-id` / `RINGMESH_NODE_ID`: the node id announced to the control plane (in a pod:
+    /// its name and namespace, which the file, shared by every replica, cannot say).
+    pub node_id: Option<String>,
+    /// `--workload-address` / `RINGMESH_WORKLOAD_ADDRESS`: the workload's addresses (in a pod:
+    /// `status.podIPs`, known only once it is scheduled).
+    pub workload_addresses: Option<Vec<std::net::IpAddr>>,
 }
 
 impl Overrides {
@@ -60,6 +66,12 @@ impl Overrides {
         }
         if let Some(a) = self.metrics_address {
             p.metrics_address = a;
+        }
+        if let (Some(id), Some(cp)) = (&self.node_id, &mut p.control_plane) {
+            cp.node_id = id.clone();
+        }
+        if let Some(a) = &self.workload_addresses {
+            p.workload.addresses = a.clone();
         }
         let l = &mut p.limits;
         if let Some(v) = self.max_request_head_bytes {

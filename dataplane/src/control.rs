@@ -33,6 +33,8 @@ pub struct ProxyOptions {
     pub handle_signals: bool,
     /// Whether the proxy's listeners may share addresses another process serves (`--takeover`).
     pub bind_mode: runtime::bind::BindMode,
+    /// The app's probes the health server runs for kubelet (`RINGMESH_KUBE_APP_PROBERS`).
+    pub app_probers: crate::admin::app_probe::AppProbers,
 }
 
 impl ProxyOptions {
@@ -45,6 +47,7 @@ impl ProxyOptions {
             watch_interval: Some(Duration::from_millis(200)),
             handle_signals: false,
             bind_mode: runtime::bind::BindMode::Exclusive,
+            app_probers: Default::default(),
         }
     }
 }
@@ -182,6 +185,7 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
         control_plane: Default::default(),
         identity,
         cert_status,
+        app_probers: opts.app_probers.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();

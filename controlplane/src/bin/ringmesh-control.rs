@@ -103,6 +103,33 @@ struct Args {
     /// gets config, but no certificate).
     #[arg(long, env = "RINGMESH_REQUIRE_CREDENTIAL")]
     require_credential: bool,
+    /// Serve the sidecar injector (a mutating admission webhook, `POST /inject`) over HTTPS on
+    /// this address (Istio's is 0.0.0.0:15017); with --injector-cert and --injector-key. With
+    /// --kubernetes the namespaces' labels decide (ringmesh-injection, istio-injection);
+    /// without it only pods labelled sidecar.istio.io/inject=true get a sidecar.
+    #[arg(long, env = "RINGMESH_INJECTOR_LISTEN", requires_all = ["injector_cert", "injector_key"])]
+    injector_listen: Option<SocketAddr>,
+    /// The webhook's certificate chain (PEM), reloaded when the file changes.
+    #[arg(long, env = "RINGMESH_INJECTOR_CERT", value_name = "FILE")]
+    injector_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM).
+    #[arg(long, env = "RINGMESH_INJECTOR_KEY", value_name = "FILE")]
+    injector_key: Option<PathBuf>,
+    /// The injected sidecar's image.
+    #[arg(long, env = "RINGMESH_PROXY_IMAGE", default_value = ringmesh_control::inject::settings::DEFAULT_PROXY_IMAGE)]
+    proxy_image: String,
+    /// The injected capture init container's image.
+    #[arg(long, env = "RINGMESH_INIT_IMAGE", default_value = ringmesh_control::inject::settings::DEFAULT_INIT_IMAGE)]
+    init_image: String,
+    /// This control plane's TLS port as injected proxies reach it.
+    #[arg(long, env = "RINGMESH_DISCOVERY_ADDRESS", default_value = ringmesh_control::inject::settings::DEFAULT_DISCOVERY_ADDRESS)]
+    discovery_address: String,
+    /// The ConfigMap, in each injected namespace, holding the mesh root as `root-cert.pem`.
+    #[arg(long, env = "RINGMESH_CA_ROOT_CONFIGMAP", default_value = ringmesh_control::inject::settings::DEFAULT_CA_ROOT_CONFIG_MAP)]
+    ca_root_configmap: String,
+    /// Audience of the injected proxies' service-account token (default: the API server's).
+    #[arg(long, env = "RINGMESH_TOKEN_AUDIENCE")]
+    token_audience: Option<String>,
 }
 
 /// `--listen-tls`: an address, or `off`.
@@ -209,9 +236,11 @@ async fn main() -> anyhow::Result<()> {
         grace: args.grace,
         ..Default::default()
     };
+    let mut kube_client = None;
     let (cp, admin) = match (&args.etcd, &args.config_dir) {
         _ if args.kubernetes => {
             let client = ringmesh_control::kubernetes::client().await.context("--kubernetes")?;
+            kube_client = Some(client.clone());
             let authority = authority(&args, RootStore::Kubernetes(&client), Some(client.clone())).await?;
             let cp = ControlPlane::new(Default::default(), config).with_authority(authority);
             let (synced, listed) = tokio::sync::oneshot::channel();
@@ -297,6 +326,9 @@ async fn main() -> anyhow::Result<()> {
             Some(ca::tls::incoming(listener, config))
         }
     };
+    if let Some(addr) = args.injector_listen {
+        injector(&args, addr, kube_client).await?;
+    }
     tracing::info!(listen = %args.listen, "ringmesh-control serving");
     let plain = tonic::transport::Server::builder()
         .add_service(cp.service())
@@ -314,6 +346,40 @@ async fn main() -> anyhow::Result<()> {
             })?;
         }
     }
+    Ok(())
+}
+
+/// Starts the sidecar injector's webhook (`inject::webhook`).
+async fn injector(
+    args: &Args,
+    addr: SocketAddr,
+    kube: Option<ringmesh_control::kubernetes::Client>,
+) -> anyhow::Result<()> {
+    use ringmesh_control::inject::webhook::{self, FileCert, Injector, Namespaces};
+    let (Some(cert), Some(key)) = (&args.injector_cert, &args.injector_key) else {
+        anyhow::bail!("--injector-listen needs --injector-cert and --injector-key");
+    };
+    let tls = webhook::server_config(FileCert::open(cert, key)?)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--injector-listen): {e}"))?;
+    let injector = Injector {
+        settings: ringmesh_control::inject::InjectSettings {
+            proxy_image: args.proxy_image.clone(),
+            init_image: args.init_image.clone(),
+            discovery_address: args.discovery_address.clone(),
+            trust_domain: args.trust_domain.clone(),
+            ca_root_config_map: args.ca_root_configmap.clone(),
+            token_audience: args.token_audience.clone(),
+            ..Default::default()
+        },
+        namespaces: match kube {
+            Some(client) => Namespaces::Kubernetes(client),
+            None => Namespaces::Fixed(Default::default()),
+        },
+    };
+    tracing::info!(injector = %listener.local_addr()?, "sidecar injector serving POST {}", webhook::PATH);
+    tokio::spawn(webhook::serve(listener, Arc::new(tls), Arc::new(injector)));
     Ok(())
 }
 

@@ -14,6 +14,7 @@
 //! | admin   | `/stats/prometheus`  | same as the metrics server |
 //! | admin   | `POST /drain_listeners` | stop accepting and drain, then exit |
 //! | health  | `/healthz/ready`     | 200 when ready, 503 with the reason while draining or before the first config from the control plane (`readiness.rs`) |
+//! | health  | `/app-health/<container>/<livez\|readyz\|startupz>` | the app's own probe, run by the proxy for kubelet (`app_probe.rs`; 404 for a path the injector did not register) |
 //! | metrics | `/stats/prometheus`  | Prometheus text format |
 
 use std::convert::Infallible;
@@ -30,6 +31,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
+pub mod app_probe;
 mod readiness;
 
 use readiness::Readiness;
@@ -62,6 +64,8 @@ pub struct AdminState {
     pub(crate) identity: Arc<crate::identity::IdentityCell>,
     /// Where the certificate comes from and how its renewal goes.
     pub cert_status: crate::identity::CertStatusCell,
+    /// The app's probes kubelet asks the health server to run (`RINGMESH_KUBE_APP_PROBERS`).
+    pub app_probers: app_probe::AppProbers,
 }
 
 /// Which of the three servers a connection arrived on.
@@ -162,6 +166,17 @@ async fn handle(
                 r => text(StatusCode::SERVICE_UNAVAILABLE, format!("{r}\n"), "text/plain"),
             }
         }
+        (Role::Health, &Method::GET, p) if p.starts_with("/app-health/") => match state.app_probers.get(p) {
+            Some(probe) => {
+                let outcome = probe.run().await;
+                text(outcome.status, format!("{}\n", outcome.reason), "text/plain")
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                format!("no app probe registered for {p} ({})\n", app_probe::APP_PROBERS_ENV),
+                "text/plain",
+            ),
+        },
         // Envoy's words: LIVE, DRAINING, INITIALIZING (with the reason after a colon).
         (Role::Admin, &Method::GET, "/ready") => match Readiness::of(&state) {
             Readiness::Ready => text(StatusCode::OK, "LIVE\n", "text/plain"),
@@ -298,4 +313,58 @@ pub async fn serve(role: Role, listener: std::net::TcpListener, state: Arc<Admin
 /// Binds an admin-side address up front so that a port in use fails start-up clearly.
 pub fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{what}: bind {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+
+    use super::app_probe::AppProbers;
+    use crate::control::{start, ProxyOptions};
+
+    /// One GET on a fresh connection; the status code.
+    fn get(addr: SocketAddr, path: &str) -> u16 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+
+    // kubelet's rewritten probe reaches the health port, which runs the app's own probe: a
+    // real app on loopback passes, and once it is gone the same probe fails.
+    #[test]
+    fn the_health_port_runs_the_apps_probes() {
+        let app = TcpListener::bind("127.0.0.1:0").unwrap();
+        let app_port = app.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            // One probe answered 200, then the app stops.
+            let (mut s, _) = app.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        });
+        let dir = std::env::temp_dir().join(format!("ringmesh-app-health-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("proxy.yaml");
+        std::fs::write(
+            &config,
+            "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  workers: 1\n  adminAddress: 127.0.0.1:0\n  healthAddress: 127.0.0.1:0\n  metricsAddress: 127.0.0.1:0\n  listeners: [{name: out, address: '127.0.0.1:0'}]\n",
+        )
+        .unwrap();
+        let mut opts = ProxyOptions::from_file(&config);
+        opts.app_probers = AppProbers::parse(&format!(
+            r#"{{"/app-health/web/readyz": {{"httpGet": {{"path": "/ready", "port": {app_port}}}}}}}"#
+        ))
+        .unwrap();
+        let proxy = start(opts).unwrap();
+        let health = proxy.health_address;
+        assert_eq!(get(health, "/app-health/web/readyz"), 200);
+        server.join().unwrap();
+        assert_eq!(get(health, "/app-health/web/readyz"), 503, "the app is gone");
+        assert_eq!(get(health, "/app-health/other/readyz"), 404);
+        proxy.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
