@@ -45,12 +45,34 @@ pub struct Capture {
     /// cluster IPs.
     #[serde(serialize_with = "services_in_order")]
     pub services: HashMap<SocketAddr, CapturedService>,
+    /// Services' endpoints by address and port (a pod's own IP, as a headless Service or a
+    /// StatefulSet pod's name gives it): such a connection goes to that very endpoint as TCP,
+    /// over mutual TLS when a proxy serves it.
+    #[serde(serialize_with = "endpoints_in_order")]
+    pub endpoints: HashMap<SocketAddr, CapturedEndpoint>,
     /// The local app's ports (`spec.workload.ports` and the target ports of the services it
     /// serves): HTTP on these is routed to the app with the HTTP proxy's features
     /// (authorization by path, metrics); any other port is passed through as TCP.
     pub app_ports: BTreeMap<u16, AppPort>,
     /// What a connection to an outbound destination no service declares gets.
     pub unknown: crate::resources::OutboundTrafficMode,
+}
+
+fn endpoints_in_order<S: serde::Serializer>(
+    endpoints: &HashMap<SocketAddr, CapturedEndpoint>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let sorted: BTreeMap<String, &CapturedEndpoint> = endpoints.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    sorted.serialize(s)
+}
+
+/// One endpoint of a service's port, reached by its own address.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CapturedEndpoint {
+    /// The port's cluster.
+    pub cluster: ClusterId,
+    /// The endpoint's index in it.
+    pub endpoint: usize,
 }
 
 fn services_in_order<S: serde::Serializer>(

@@ -152,6 +152,8 @@ pub(crate) enum TcpDest<'a> {
     Listener(&'a str),
     /// The clusters of the captured service at this virtual IP and port.
     Service(SocketAddr),
+    /// The service endpoint at this address itself (`Capture::endpoints`).
+    Endpoint(SocketAddr),
     /// This address itself, without a cluster: an unknown destination under `ALLOW_ANY`, or
     /// an app port the config does not name.
     Passthrough(SocketAddr),
@@ -166,6 +168,14 @@ pub(crate) async fn serve_outbound(worker: Rc<Worker>, mut stream: TcpStream, pe
     let capture = &view.snapshot.capture;
     let protocol = match capture.services.get(&orig) {
         Some(svc) => svc.protocol,
+        // A pod's own address: to that endpoint, as TCP (mTLS to its proxy when it has one,
+        // whose inbound side then serves the HTTP inside).
+        None if capture.endpoints.contains_key(&orig) => {
+            drop(view);
+            inc(&worker.stats.capture.outbound_endpoint);
+            let io = ClientIo::Tcp(stream);
+            return crate::tcp::serve(worker, io, peer, TcpDest::Endpoint(orig), BytesMut::new(), None).await;
+        }
         None => {
             let unknown = capture.unknown;
             drop(view);

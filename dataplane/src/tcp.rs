@@ -79,6 +79,33 @@ pub(crate) async fn serve(
                 }
             }
         }
+        TcpDest::Endpoint(addr) => {
+            let Some(target) = view.snapshot.capture.endpoints.get(&addr).copied() else {
+                tracing::debug!(%peer, upstream = %addr, "tcp: the endpoint is gone from the current config; closing");
+                return;
+            };
+            let cluster = view.snapshot.cluster(target.cluster);
+            let state = &view.clusters[target.cluster.0 as usize];
+            inc(&worker.stats.upstream_cx_total);
+            match pool::connect(addr, cluster.connect_timeout).await {
+                Ok(conn) => (
+                    conn,
+                    crate::tls::outbound::Target::of(cluster, target.endpoint),
+                    PASSTHROUGH_IDLE_TIMEOUT,
+                    cluster.name.as_str(),
+                ),
+                Err(e) => {
+                    inc(&worker.stats.upstream_cx_connect_fail);
+                    if let Some(ep) = state.endpoints.get(target.endpoint) {
+                        inc(&ep.cx_connect_fail);
+                    }
+                    worker.stats.log_limit.log("tcp UF", || {
+                        tracing::info!(%peer, upstream = %addr, cluster = %cluster.name, "tcp: connect failed ({}); closing client", e.context)
+                    });
+                    return;
+                }
+            }
+        }
         TcpDest::Listener(_) | TcpDest::Service(_) => {
             let Some((clusters, idle_timeout)) = tcp_destination(&view.snapshot, dest) else {
                 tracing::warn!(%peer, ?dest, "tcp destination is gone from the current config; closing");
@@ -219,7 +246,7 @@ fn tcp_destination<'a>(snapshot: &'a Snapshot, dest: TcpDest<'_>) -> Option<(&'a
             .services
             .get(&key)
             .map(|s| (&s.clusters, s.idle_timeout))?,
-        TcpDest::Passthrough(_) => return None,
+        TcpDest::Passthrough(_) | TcpDest::Endpoint(_) => return None,
     };
     (clusters.total() > 0).then_some((clusters, idle))
 }

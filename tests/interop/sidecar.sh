@@ -274,6 +274,12 @@ check "sidecar: the server proxy counted mTLS handshakes and app-port connection
   grep -q 'ringmesh_capture_inbound_app_port_total [1-9]' '$sw/b-stats' &&
   grep -q 'ringmesh_inbound_plaintext_refused_total [1-9]' '$sw/b-stats'"
 
+# A pod's own address (as a headless Service gives it): to that endpoint as TCP, in mutual TLS
+# to its proxy, which serves the HTTP inside.
+r=$(get http://10.78.0.2:8080/)
+check "sidecar: a request to the server pod's own IP reaches it through both proxies ($r)" [ "$r" = "200 v1" ]
+check "sidecar: ... counted as a captured endpoint" \
+  grep -q "ringmesh_capture_outbound_endpoint_total [1-9]" <(in_a curl -s http://127.0.0.1:15090/stats/prometheus)
 # An unknown destination: passed through as TCP under ALLOW_ANY (the default)...
 r=$(get http://10.78.0.2:9999/)
 check "sidecar: ALLOW_ANY passes an unknown destination through ($r)" [ "$r" = "200 outside-the-mesh" ]
@@ -292,6 +298,8 @@ check "sidecar: ... counted" \
   grep -q "ringmesh_capture_registry_only_refused_total [1-9]" <(in_a curl -s http://127.0.0.1:15090/stats/prometheus)
 r=$(get --resolve "$host:80:10.96.0.10" "http://$host/")
 check "sidecar: ... while services still work ($r)" [ "$r" = "200 v1" ]
+r=$(get http://10.78.0.2:8081/)
+check "sidecar: ... and so do their endpoints' own addresses ($r)" [ "$r" = "200 v2" ]
 
 # The client pod's proxy killed: its app's connections fail (nothing listens where they are
 # redirected) rather than leave the pod in plaintext; restarted, it serves again.

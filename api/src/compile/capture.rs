@@ -17,7 +17,7 @@ use crate::port_hint::PortHint;
 use crate::registry::{Service, ServicePort};
 use crate::resources::{ProxyConfig, VirtualService};
 use crate::snapshot::{
-    AppPort, Capture, CapturedProtocol, CapturedService, Cluster, ClusterId, Endpoint, ForwardAction, HeaderOps,
+    AppPort, Capture, CapturedEndpoint, CapturedProtocol, CapturedService, Cluster, ClusterId, Endpoint, ForwardAction, HeaderOps,
     LbPolicy, Listener, ListenerKind, PoolSettings, ProxySettings, Route, RouteAction, UpstreamProtocol, UpstreamTls,
     VirtualHost, VirtualHostId, WeightedClusters,
 };
@@ -165,6 +165,23 @@ impl Compiler {
                     }
                     capture.services.insert(key, captured.clone());
                 }
+            }
+        }
+        // Every service's endpoints (the clusters without a subset), by their own address.
+        let all: Vec<(String, u16)> = self
+            .registry
+            .services()
+            .flat_map(|s| s.ports.iter().map(move |p| (s.host.clone(), p.number)))
+            .collect();
+        for (host, port) in all {
+            let Some(id) = self.cluster_for(&host, port, None) else {
+                continue;
+            };
+            for (i, e) in self.clusters[id.0 as usize].endpoints.iter().enumerate() {
+                capture.endpoints.entry(e.address).or_insert(CapturedEndpoint {
+                    cluster: id,
+                    endpoint: i,
+                });
             }
         }
         for (port, (protocol, h2)) in self.app_ports(proxy) {
@@ -485,6 +502,19 @@ spec:
         assert_eq!(f.retry.attempts, 0);
         // Never found by a `Host`.
         assert!(s.routes.find_host("inbound|8080||").is_none());
+    }
+
+    #[test]
+    fn endpoints_are_found_by_their_own_address() {
+        let c = compile_yaml(&proxy("")).unwrap();
+        let s = &c.snapshot;
+        let e = s.capture.endpoints[&"10.1.0.1:9080".parse::<SocketAddr>().unwrap()];
+        let cluster = s.cluster(e.cluster);
+        assert_eq!(cluster.name, "outbound|9080||reviews.shop.svc.cluster.local");
+        assert_eq!(cluster.endpoints[e.endpoint].address, "10.1.0.1:9080".parse().unwrap());
+        // The target port, not the service port.
+        assert!(s.capture.endpoints.contains_key(&"10.1.0.2:8080".parse::<SocketAddr>().unwrap()));
+        assert!(!s.capture.endpoints.contains_key(&"10.1.0.2:80".parse::<SocketAddr>().unwrap()));
     }
 
     #[test]

@@ -45,6 +45,7 @@ macro_rules! capture_counters {
 
 capture_counters! {
     outbound_service => "ringmesh_capture_outbound_service_total", "Captured outbound connections to a service's virtual IP and port.";
+    outbound_endpoint => "ringmesh_capture_outbound_endpoint_total", "Captured outbound connections to a service endpoint's own address (a pod IP), sent to it as TCP (mTLS to its proxy).";
     passthrough => "ringmesh_capture_passthrough_total", "Captured outbound connections to a destination no service declares, passed through as TCP (outboundTrafficPolicy ALLOW_ANY; Istio's PassthroughCluster).";
     registry_only_refused => "ringmesh_capture_registry_only_refused_total", "Captured outbound connections to a destination no service declares, closed (outboundTrafficPolicy REGISTRY_ONLY; Istio's BlackHoleCluster).";
     inbound_app_port => "ringmesh_capture_inbound_app_port_total", "Captured inbound connections to a port the config names (HTTP routed to the app).";
