@@ -39,6 +39,7 @@ pub(crate) fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     // A v4 connection on a v6 socket is v4-mapped; the capture listeners bind one socket per
     // family, so the local address's family is the connection's.
     if local.is_ipv4() {
+        // SAFETY: sockaddr_in is plain old data; all zeroes is a valid value.
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         // SAFETY: `addr` is a writable sockaddr_in and `len` its size; the kernel writes at
@@ -58,6 +59,7 @@ pub(crate) fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
         let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
         Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(addr.sin_port))))
     } else {
+        // SAFETY: sockaddr_in6 is plain old data; all zeroes is a valid value.
         let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
         // SAFETY: as above, with a sockaddr_in6.

@@ -17,9 +17,9 @@ use crate::port_hint::PortHint;
 use crate::registry::{Service, ServicePort};
 use crate::resources::{ProxyConfig, VirtualService};
 use crate::snapshot::{
-    AppPort, Capture, CapturedEndpoint, CapturedProtocol, CapturedService, Cluster, ClusterId, Endpoint, ForwardAction, HeaderOps,
-    LbPolicy, Listener, ListenerKind, PoolSettings, ProxySettings, Route, RouteAction, UpstreamProtocol, UpstreamTls,
-    VirtualHost, VirtualHostId, WeightedClusters,
+    AppPort, Capture, CapturedEndpoint, CapturedProtocol, CapturedService, Cluster, ClusterId, Endpoint, ForwardAction,
+    HeaderOps, LbPolicy, Listener, ListenerKind, PoolSettings, ProxySettings, Route, RouteAction, UpstreamProtocol,
+    UpstreamTls, VirtualHost, VirtualHostId, WeightedClusters,
 };
 
 /// `ringmesh iptables`' (and Istio's) outbound capture port.
@@ -107,7 +107,12 @@ impl Compiler {
         let Some(pc) = pc.filter(|pc| pc.spec.capture.is_some()) else {
             return Capture::default();
         };
-        let unknown = pc.spec.outbound_traffic_policy.as_ref().map(|p| p.mode).unwrap_or_default();
+        let unknown = pc
+            .spec
+            .outbound_traffic_policy
+            .as_ref()
+            .map(|p| p.mode)
+            .unwrap_or_default();
         let mut capture = Capture {
             unknown,
             ..Capture::default()
@@ -220,7 +225,8 @@ impl Compiler {
                     .copied()
                     .or(port.target_port)
                     .unwrap_or(port.number);
-                out.entry(target).or_insert_with(|| (protocol_of(port), port.is_http2()));
+                out.entry(target)
+                    .or_insert_with(|| (protocol_of(port), port.is_http2()));
             }
         }
         for (name, port) in &w.ports {
@@ -459,7 +465,10 @@ spec:
         }
         // TCP goes to the port's cluster.
         let tcp = at("10.96.0.7:5432").unwrap();
-        assert_eq!(s.cluster(tcp.clusters.entries[0].0).name, "outbound|5432||reviews.shop.svc.cluster.local");
+        assert_eq!(
+            s.cluster(tcp.clusters.entries[0].0).name,
+            "outbound|5432||reviews.shop.svc.cluster.local"
+        );
     }
 
     #[test]
@@ -472,7 +481,10 @@ spec:
         let svc = &s.capture.services[&"10.96.0.7:9080".parse::<SocketAddr>().unwrap()];
         assert_eq!(s.routes.virtual_host(svc.vhost).unwrap().name, "shop/reviews");
         let tcp = &s.capture.services[&"10.96.0.7:5432".parse::<SocketAddr>().unwrap()];
-        assert_eq!(s.cluster(tcp.clusters.entries[0].0).service, "ratings.shop.svc.cluster.local");
+        assert_eq!(
+            s.cluster(tcp.clusters.entries[0].0).service,
+            "ratings.shop.svc.cluster.local"
+        );
     }
 
     #[test]
@@ -513,18 +525,35 @@ spec:
         assert_eq!(cluster.name, "outbound|9080||reviews.shop.svc.cluster.local");
         assert_eq!(cluster.endpoints[e.endpoint].address, "10.1.0.1:9080".parse().unwrap());
         // The target port, not the service port.
-        assert!(s.capture.endpoints.contains_key(&"10.1.0.2:8080".parse::<SocketAddr>().unwrap()));
-        assert!(!s.capture.endpoints.contains_key(&"10.1.0.2:80".parse::<SocketAddr>().unwrap()));
+        assert!(s
+            .capture
+            .endpoints
+            .contains_key(&"10.1.0.2:8080".parse::<SocketAddr>().unwrap()));
+        assert!(!s
+            .capture
+            .endpoints
+            .contains_key(&"10.1.0.2:80".parse::<SocketAddr>().unwrap()));
     }
 
     #[test]
     fn mistakes_are_named() {
         let e = compile_yaml(&proxy("").replace("capture: {}", "capture: {outboundPort: 15006}")).unwrap_err();
-        assert!(e.iter().any(|d| d.message.contains("inboundPort 15006 is also the outboundPort")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|d| d.message.contains("inboundPort 15006 is also the outboundPort")),
+            "{e:?}"
+        );
         let e = compile_yaml(&proxy("  listeners: [{name: web, address: \"127.0.0.1:15001\"}]\n")).unwrap_err();
-        assert!(e.iter().any(|d| d.message.contains("port 15001 is a capture port")), "{e:?}");
+        assert!(
+            e.iter().any(|d| d.message.contains("port 15001 is a capture port")),
+            "{e:?}"
+        );
         let e = compile_yaml(&proxy("").replace("10.96.0.7, ", "10.96.0.300, ")).unwrap_err();
-        assert!(e.iter().any(|d| d.message.contains("\"10.96.0.300\" is not an IP address")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|d| d.message.contains("\"10.96.0.300\" is not an IP address")),
+            "{e:?}"
+        );
         let e = compile_yaml(&proxy("").replace("capture: {}", "capture: {ipv6: maybe}")).unwrap_err();
         assert!(!e.is_empty());
         let e = compile_yaml(&proxy("  outboundTrafficPolicy: {mode: ALLOW_ALL}\n")).unwrap_err();

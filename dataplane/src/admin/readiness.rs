@@ -36,9 +36,8 @@ impl Readiness {
             return Readiness::Draining;
         }
         let snapshot = state.source.load();
-        let strict = |port: u16| {
-            snapshot.security.peer_authn.mode_for(port) == ringmesh_api::snapshot::MtlsMode::Strict
-        };
+        let strict =
+            |port: u16| snapshot.security.peer_authn.mode_for(port) == ringmesh_api::snapshot::MtlsMode::Strict;
         // A capture listener serves the app's ports: their modes count, beside the default.
         let strict_inbound = snapshot.listeners.iter().any(|l| {
             l.inbound

@@ -71,7 +71,15 @@ pub(crate) async fn serve(
                 ClientIo::Tcp(s) => MaybeTls::Plain(super::h2::io::compat(s)),
                 ClientIo::Tls(t) => MaybeTls::Tls(Box::new(t.into_inner())),
             };
-            return Box::pin(super::h2::server::serve(worker, stream, peer, buf.freeze(), inbound, route_by)).await;
+            return Box::pin(super::h2::server::serve(
+                worker,
+                stream,
+                peer,
+                buf.freeze(),
+                inbound,
+                route_by,
+            ))
+            .await;
         }
         Some(_) => {}
         None => return,

@@ -87,7 +87,10 @@ pub(crate) fn bind_group(
 
 /// Whether a bind failed because the host lacks the address's family (no IPv6).
 pub(crate) fn family_missing(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
 }
 
 /// A non-blocking TCP socket for `addr` with `SO_REUSEADDR` (so a restart is not refused

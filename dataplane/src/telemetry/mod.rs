@@ -6,8 +6,8 @@
 //! the request path ever waits for that. Log lines a worker may repeat for every request go
 //! through its [`log_limit::LogLimiter`].
 
+pub mod capture;
 pub mod log_limit;
 pub mod prometheus;
-pub mod capture;
 pub mod security;
 pub mod stats;
