@@ -46,7 +46,7 @@
 //! that exist, deletes those jumps and deletes the chains (`-X`), in one transaction; nothing of
 //! ours present means nothing is run, so cleaning up twice, or where we never applied, succeeds.
 //!
-//! **Pod annotations** (for the injector, later) map onto the flags as in Istio:
+//! **Pod annotations** map onto the flags as in Istio (`inject/annotations.rs` passes them to the init container):
 //! `traffic.sidecar.istio.io/includeOutboundIPRanges` → `-i`, `excludeOutboundIPRanges` → `-x`,
 //! `includeInboundPorts` → `-b`, `excludeInboundPorts` → `-d`, `includeOutboundPorts` → `-q`,
 //! `excludeOutboundPorts` → `-o`, `traffic.sidecar.istio.io/kubevirtInterfaces` → `-c`.
