@@ -209,7 +209,8 @@ impl Compiler {
     }
 
     /// The app's ports, what they carry and whether that is HTTP/2: the target ports of the
-    /// services the workload serves (their port's protocol or name says), then
+    /// services the workload serves (`workload.services`) and of the services whose endpoints
+    /// are the workload's addresses (their port's protocol or name says), then
     /// `workload.ports` (the port's name says).
     fn app_ports(&self, proxy: &ProxySettings) -> BTreeMap<u16, (CapturedProtocol, bool)> {
         let w = &proxy.workload;
@@ -227,6 +228,18 @@ impl Compiler {
                     .unwrap_or(port.number);
                 out.entry(target)
                     .or_insert_with(|| (protocol_of(port), port.is_http2()));
+            }
+        }
+        // Services whose endpoints are this workload's own addresses (a Kubernetes Service
+        // selecting the pod): their ports say what the app's target ports carry, as Istio
+        // builds a sidecar's inbound side from the services that select its pod.
+        for service in self.registry.services() {
+            for e in service.endpoints.iter().filter(|e| w.addresses.contains(&e.address)) {
+                for port in &service.ports {
+                    let target = service.endpoint_port(e, port);
+                    out.entry(target)
+                        .or_insert_with(|| (protocol_of(port), port.is_http2()));
+                }
             }
         }
         for (name, port) in &w.ports {
@@ -514,6 +527,39 @@ spec:
         assert_eq!(f.retry.attempts, 0);
         // Never found by a `Host`.
         assert!(s.routes.find_host("inbound|8080||").is_none());
+    }
+
+    #[test]
+    fn a_service_whose_endpoint_is_the_workload_names_an_app_port() {
+        // reviews' endpoint 10.1.0.1 is this workload: its ports become app ports, the gRPC
+        // one reached over HTTP/2.
+        let c = compile_yaml(
+            &proxy("")
+                .replace("addresses: [10.1.0.2]", "addresses: [10.1.0.1]")
+                .replace("    services: [ratings.shop.svc.cluster.local]\n", ""),
+        )
+        .unwrap();
+        let s = &c.snapshot;
+        let ports: Vec<(u16, CapturedProtocol)> = s.capture.app_ports.iter().map(|(p, a)| (*p, a.protocol)).collect();
+        assert_eq!(
+            ports,
+            [
+                (5432, CapturedProtocol::Tcp),
+                (7000, CapturedProtocol::Detect),
+                (8081, CapturedProtocol::Http),
+                (9080, CapturedProtocol::Http),
+                (9090, CapturedProtocol::Http),
+                (9100, CapturedProtocol::Detect),
+            ]
+        );
+        assert_eq!(
+            s.cluster(s.capture.app_ports[&9090].cluster).protocol,
+            UpstreamProtocol::Http2
+        );
+        assert_eq!(
+            s.cluster(s.capture.app_ports[&9080].cluster).protocol,
+            UpstreamProtocol::Http1
+        );
     }
 
     #[test]
