@@ -20,6 +20,7 @@ use ringmesh_api::proto::Document;
 use crate::server::ControlPlane;
 use crate::store::{ResourceKey, ResourceSet, StoredResource};
 
+pub mod ca_root;
 pub mod discovery;
 pub mod listing;
 

@@ -9,7 +9,10 @@
 //! - the CA root kept in the Secret `ringmesh-ca`: created on first start, loaded on restart,
 //!   one root for replicas starting together, a damaged Secret reported by key;
 //! - service-account tokens checked with TokenReview, through discovery streams that ask for a
-//!   certificate: the proven identity gets one, everything else a refusal saying why.
+//!   certificate: the proven identity gets one, everything else a refusal saying why;
+//! - the mesh root published as the ConfigMap `ringmesh-ca-root` in every active namespace
+//!   (recorded Namespaces and ConfigMaps): created, recreated, updated, a terminating
+//!   namespace and a ConfigMap without our label left alone, a rival replica's 409.
 
 mod common;
 
@@ -46,6 +49,7 @@ enum Review {
 struct Request {
     method: String,
     path: String,
+    query: String,
     body: Value,
     code: u16,
 }
@@ -70,6 +74,14 @@ struct Api {
     secret_gets: usize,
     /// Plurals whose lists are answered 503 (an API server that cannot list them yet).
     failing: std::collections::HashSet<String>,
+    /// ConfigMaps by namespace and name, as a GET returns them; a create or update is also
+    /// sent on the ConfigMaps' watch, as the API server does.
+    config_maps: std::collections::BTreeMap<(String, String), Value>,
+    /// The last resource version given out.
+    version: u64,
+    /// Namespaces where another replica creates the ConfigMap (this object) just before ours
+    /// arrives: our create is answered 409.
+    rival_creates: HashMap<String, Value>,
 }
 
 #[derive(Default)]
@@ -160,11 +172,12 @@ fn connection(mut s: TcpStream, fake: Arc<Fake>) {
         // Answered and recorded under one lock, so that the record's order is the order the
         // answers were decided in.
         let mut api = fake.lock();
-        let (code, answer) = answer(&mut api, &method, path, &body);
+        let (code, answer) = answer(&mut api, &method, path, query, &body);
         let secret_get = method == "GET" && path.contains("/secrets/");
         api.requests.push(Request {
             method,
             path: path.to_string(),
+            query: query.to_string(),
             body,
             code,
         });
@@ -202,9 +215,65 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
            "message": message, "reason": reason, "code": code})
 }
 
-fn answer(api: &mut Api, method: &str, path: &str, body: &Value) -> (u16, Value) {
+fn answer(api: &mut Api, method: &str, path: &str, query: &str, body: &Value) -> (u16, Value) {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
+        ("GET", ["api", "v1", "configmaps"]) => {
+            // The field selector the watch asks with, `metadata.name=NAME`, as the API server
+            // applies it.
+            let name = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("fieldSelector="))
+                .map(|s| s.replace("%3D", "="))
+                .and_then(|s| s.strip_prefix("metadata.name=").map(str::to_owned));
+            let items: Vec<Value> = api
+                .config_maps
+                .iter()
+                .filter(|((_, n), _)| name.as_ref().is_none_or(|name| n == name))
+                .map(|(_, cm)| cm.clone())
+                .collect();
+            let list = json!({"apiVersion": "v1", "kind": "ConfigMapList",
+                              "metadata": {"resourceVersion": api.version.to_string()}, "items": items});
+            (200, list)
+        }
+        ("GET", ["api", "v1", "namespaces", ns, "configmaps", name]) => {
+            match api.config_maps.get(&(ns.to_string(), name.to_string())) {
+                Some(cm) => (200, cm.clone()),
+                None => (
+                    404,
+                    status(404, "NotFound", &format!("configmaps \"{name}\" not found")),
+                ),
+            }
+        }
+        ("POST", ["api", "v1", "namespaces", ns, "configmaps"]) => {
+            let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let key = (ns.to_string(), name.clone());
+            if let Some(rival) = api.rival_creates.remove(*ns) {
+                store_config_map(api, rival, "ADDED");
+            }
+            if api.config_maps.contains_key(&key) {
+                let message = format!("configmaps \"{name}\" already exists");
+                return (409, status(409, "AlreadyExists", &message));
+            }
+            (201, store_config_map(api, body.clone(), "ADDED"))
+        }
+        ("PUT", ["api", "v1", "namespaces", ns, "configmaps", name]) => {
+            let key = (ns.to_string(), name.to_string());
+            let Some(stored) = api.config_maps.get(&key) else {
+                return (
+                    404,
+                    status(404, "NotFound", &format!("configmaps \"{name}\" not found")),
+                );
+            };
+            if stored["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"] {
+                let message = format!(
+                    "Operation cannot be fulfilled on configmaps \"{name}\": the object has been modified; please \
+                     apply your changes to the latest version and try again"
+                );
+                return (409, status(409, "Conflict", &message));
+            }
+            (200, store_config_map(api, body.clone(), "MODIFIED"))
+        }
         ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
             match api.secrets.get(&(ns.to_string(), name.to_string())) {
                 Some(s) => (200, s.clone()),
@@ -257,6 +326,21 @@ fn answer(api: &mut Api, method: &str, path: &str, body: &Value) -> (u16, Value)
             (200, list)
         }
     }
+}
+
+/// Stores `cm` with a new resource version, sends it on the ConfigMaps' watch as `event`, and
+/// returns it as stored.
+fn store_config_map(api: &mut Api, mut cm: Value, event: &str) -> Value {
+    api.version += 1;
+    cm["metadata"]["resourceVersion"] = json!(api.version.to_string());
+    let key = (
+        cm["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
+        cm["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+    );
+    api.config_maps.insert(key, cm.clone());
+    let event = json!({"type": event, "object": cm});
+    api.pending.entry("configmaps".into()).or_default().push(event);
+    cm
 }
 
 fn object(kind: &str, name: &str, rv: u32, spec: Value) -> Value {
@@ -1121,4 +1205,369 @@ async fn nothing_is_served_before_services_slices_and_pods_were_listed() {
         "{:?}",
         sources(&cp)
     );
+}
+
+// The mesh root in every namespace.
+
+use ringmesh_control::kubernetes::ca_root::{self, RootConfigMap};
+
+/// The ConfigMap the injector mounts (`inject::settings`), and its key.
+const ROOT_CONFIG_MAP: &str = "ringmesh-ca-root";
+const ROOT_KEY: &str = "root-cert.pem";
+
+/// A fake listing the recorded Namespaces `namespaces` (by name, from `namespaces.json`) and
+/// holding the recorded ConfigMaps of `config_maps` (by namespace, from `configmaps.json`), and
+/// a publisher of a new root's bundle running against it; the bundle, as `ringmesh ca root`
+/// prints it.
+async fn publishing(namespaces: &[&str], config_maps: &[&str]) -> (Arc<Fake>, String) {
+    let fake = Arc::new(Fake::default());
+    {
+        let mut a = fake.lock();
+        a.version = 100_000;
+        let listed = namespaces.iter().map(|n| recorded_one("namespaces.json", n)).collect();
+        a.listed.insert("namespaces".into(), listed);
+        for cm in recorded("configmaps.json") {
+            let ns = cm["metadata"]["namespace"].as_str().unwrap().to_string();
+            if config_maps.contains(&ns.as_str()) {
+                let name = cm["metadata"]["name"].as_str().unwrap().to_string();
+                a.config_maps.insert((ns, name), cm);
+            }
+        }
+    }
+    let ca = Ca::new(&generate().unwrap(), CaSettings::default()).unwrap();
+    let bundle = ca::to_pem(ca.trust_bundle());
+    let root = RootConfigMap::of(ROOT_CONFIG_MAP, &ca);
+    assert_eq!(
+        root,
+        RootConfigMap {
+            name: ROOT_CONFIG_MAP.into(),
+            key: ROOT_KEY.into(),
+            pem: bundle.clone()
+        }
+    );
+    tokio::spawn(ca_root::run(client(serve(fake.clone())), root));
+    (fake, bundle)
+}
+
+/// The ConfigMap stored in `ns`.
+fn root_config_map(fake: &Fake, ns: &str) -> Option<Value> {
+    fake.lock()
+        .config_maps
+        .get(&(ns.to_string(), ROOT_CONFIG_MAP.to_string()))
+        .cloned()
+}
+
+/// Whether `ns` holds the published ConfigMap: `bundle` under the key, our label.
+fn published(fake: &Fake, ns: &str, bundle: &str) -> bool {
+    root_config_map(fake, ns).is_some_and(|cm| {
+        cm["data"] == json!({ROOT_KEY: bundle})
+            && cm["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "ringmesh-control"
+    })
+}
+
+/// The writes of ConfigMaps: `(method, namespace, status)`.
+fn config_map_writes(fake: &Fake) -> Vec<(String, String, u16)> {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/configmaps"))
+        .map(|r| {
+            (
+                r.method.clone(),
+                r.path.split('/').nth(4).unwrap_or_default().to_string(),
+                r.code,
+            )
+        })
+        .collect()
+}
+
+fn write(method: &str, ns: &str, code: u16) -> (String, String, u16) {
+    (method.to_string(), ns.to_string(), code)
+}
+
+/// Sends `ns` on the Namespaces' watch as added.
+fn add_namespace(fake: &Fake, ns: &str) {
+    let mut o = recorded_one("namespaces.json", "shop");
+    o["metadata"]["name"] = json!(ns);
+    o["metadata"]["labels"] = json!({"kubernetes.io/metadata.name": ns});
+    o["metadata"]["uid"] = json!(format!("uid-{ns}"));
+    push(fake, "namespaces", "ADDED", o);
+}
+
+/// A point after which what the publisher did about every event sent before can be counted:
+/// the namespace `marker` is added (on the Namespaces' watch) and its ConfigMap awaited, then
+/// that ConfigMap is deleted (on the ConfigMaps' watch) and awaited again. Each watch delivers
+/// in order, and the publisher handles one event at a time. Leaves two creates in `marker`.
+async fn handled_so_far(fake: &Fake, marker: &str, bundle: &str) {
+    add_namespace(fake, marker);
+    let made = || published(fake, marker, bundle);
+    if let Err(e) = common::eventually_async(WAIT, "the marker namespace published", made).await {
+        panic!("{e}: {:?}", config_map_writes(fake));
+    }
+    let gone = fake
+        .lock()
+        .config_maps
+        .remove(&(marker.into(), ROOT_CONFIG_MAP.into()))
+        .unwrap();
+    push(fake, "configmaps", "DELETED", gone);
+    let made_again = || published(fake, marker, bundle);
+    if let Err(e) = common::eventually_async(WAIT, "the marker's ConfigMap made again", made_again).await {
+        panic!("{e}: {:?}", config_map_writes(fake));
+    }
+}
+
+#[tokio::test]
+async fn every_active_namespace_gets_the_mesh_root() {
+    let (fake, bundle) = publishing(&["default", "kube-system", "shop"], &[]).await;
+    let all = ["default", "kube-system", "shop"];
+    let done = || all.iter().all(|ns| published(&fake, ns, &bundle));
+    if let Err(e) = common::eventually_async(WAIT, "every namespace published", done).await {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+    assert!(is_ca_certificate(&bundle), "the trust bundle is the root: {bundle}");
+    let shop = root_config_map(&fake, "shop").unwrap();
+    assert_eq!(
+        shop["metadata"]["labels"],
+        json!({"app.kubernetes.io/managed-by": "ringmesh-control"})
+    );
+    assert_eq!(shop["data"].as_object().unwrap().len(), 1, "one key: {shop}");
+    // Only ConfigMaps of that name are watched (the field selector).
+    let lists: Vec<Request> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/configmaps")
+        .collect();
+    assert!(
+        !lists.is_empty()
+            && lists
+                .iter()
+                .all(|r| r.query.contains("fieldSelector=metadata.name%3Dringmesh-ca-root")),
+        "{lists:?}"
+    );
+    // Our own creates come back on the watch and change nothing.
+    handled_so_far(&fake, "marker", &bundle).await;
+    let mut writes = config_map_writes(&fake);
+    writes.sort();
+    assert_eq!(
+        writes,
+        ["default", "kube-system", "marker", "marker", "shop"].map(|ns| write("POST", ns, 201)),
+        "one create per namespace, nothing more"
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_created_later_gets_it() {
+    let (fake, bundle) = publishing(&["shop"], &[]).await;
+    if let Err(e) = common::eventually_async(WAIT, "shop published", || published(&fake, "shop", &bundle)).await {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+    assert!(root_config_map(&fake, "ratings").is_none());
+    add_namespace(&fake, "ratings");
+    if let Err(e) = common::eventually_async(WAIT, "the new namespace published", || {
+        published(&fake, "ratings", &bundle)
+    })
+    .await
+    {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_config_map_comes_back() {
+    let (fake, bundle) = publishing(&["shop"], &[]).await;
+    if let Err(e) = common::eventually_async(WAIT, "shop published", || published(&fake, "shop", &bundle)).await {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+    // A user deletes it: gone from the store, and the watch says so.
+    let gone = fake
+        .lock()
+        .config_maps
+        .remove(&("shop".into(), ROOT_CONFIG_MAP.into()))
+        .unwrap();
+    push(&fake, "configmaps", "DELETED", gone);
+    if let Err(e) = common::eventually_async(WAIT, "shop published again", || published(&fake, "shop", &bundle)).await {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+    assert_eq!(
+        config_map_writes(&fake),
+        [write("POST", "shop", 201), write("POST", "shop", 201)]
+    );
+}
+
+#[tokio::test]
+async fn a_config_map_holding_another_root_is_updated() {
+    // `shop` holds ours (labelled) with the root of before a rotation.
+    let (fake, bundle) = publishing(&["shop"], &["shop"]).await;
+    let before = root_config_map(&fake, "shop").unwrap();
+    assert_ne!(before["data"][ROOT_KEY], json!(bundle));
+    if let Err(e) = common::eventually_async(WAIT, "shop updated", || published(&fake, "shop", &bundle)).await {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+    let requests = fake.requests();
+    let put = requests.iter().find(|r| r.method == "PUT").expect("an update");
+    assert_eq!(put.path, "/api/v1/namespaces/shop/configmaps/ringmesh-ca-root");
+    assert_eq!(
+        put.body["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
+        "the update names the version it replaces: {}",
+        put.body
+    );
+    assert_eq!(
+        put.body["metadata"]["labels"]["team"], "shop",
+        "other labels are kept: {}",
+        put.body
+    );
+    assert_eq!(put.body["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(
+        config_map_writes(&fake),
+        [write("PUT", "shop", 200)],
+        "updated, never created"
+    );
+}
+
+#[tokio::test]
+async fn a_config_map_without_our_label_is_left_alone() {
+    // `payments` holds one created by hand, holding another CA's root.
+    let (fake, bundle) = publishing(&["payments", "shop"], &["payments"]).await;
+    let theirs = root_config_map(&fake, "payments").unwrap();
+    if let Err(e) = common::eventually_async(WAIT, "shop published", || published(&fake, "shop", &bundle)).await {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+    // Even when it changes, or is handed over by its label.
+    let mut edited = theirs.clone();
+    edited["metadata"]["resourceVersion"] = json!("48400");
+    edited["data"]["extra.pem"] = json!("x");
+    fake.lock()
+        .config_maps
+        .insert(("payments".into(), ROOT_CONFIG_MAP.into()), edited.clone());
+    push(&fake, "configmaps", "MODIFIED", edited.clone());
+    handled_so_far(&fake, "marker", &bundle).await;
+    assert_eq!(root_config_map(&fake, "payments").unwrap(), edited);
+    let mut writes = config_map_writes(&fake);
+    writes.sort();
+    assert_eq!(
+        writes,
+        [
+            write("POST", "marker", 201),
+            write("POST", "marker", 201),
+            write("POST", "shop", 201)
+        ],
+        "payments untouched"
+    );
+
+    let mut handed_over = edited;
+    handed_over["metadata"]["resourceVersion"] = json!("48401");
+    handed_over["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "ringmesh-control"});
+    fake.lock()
+        .config_maps
+        .insert(("payments".into(), ROOT_CONFIG_MAP.into()), handed_over.clone());
+    push(&fake, "configmaps", "MODIFIED", handed_over);
+    if let Err(e) =
+        common::eventually_async(WAIT, "payments taken over", || published(&fake, "payments", &bundle)).await
+    {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+}
+
+#[tokio::test]
+async fn a_terminating_namespace_is_skipped() {
+    let (fake, bundle) = publishing(&["reviews-old", "shop"], &[]).await;
+    if let Err(e) = common::eventually_async(WAIT, "shop published", || published(&fake, "shop", &bundle)).await {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+    // `reviews-old` was listed first (by name) and decided in the same pass.
+    assert!(root_config_map(&fake, "reviews-old").is_none());
+    assert_eq!(config_map_writes(&fake), [write("POST", "shop", 201)]);
+
+    // `shop` is deleted: it turns terminating, then its ConfigMap goes.
+    let mut leaving = recorded_one("namespaces.json", "shop");
+    leaving["metadata"]["deletionTimestamp"] = json!("2026-12-06T17:02:41Z");
+    leaving["status"]["phase"] = json!("Terminating");
+    push(&fake, "namespaces", "MODIFIED", leaving);
+    let gone = fake
+        .lock()
+        .config_maps
+        .remove(&("shop".into(), ROOT_CONFIG_MAP.into()))
+        .unwrap();
+    push(&fake, "configmaps", "DELETED", gone);
+    handled_so_far(&fake, "marker", &bundle).await;
+    assert_eq!(
+        config_map_writes(&fake),
+        [
+            write("POST", "shop", 201),
+            write("POST", "marker", 201),
+            write("POST", "marker", 201)
+        ],
+        "the terminating namespace gets nothing back"
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_on_create_is_read_again_and_compared() {
+    let fake_rival = |ns: &str, pem: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": ROOT_CONFIG_MAP, "namespace": ns,
+                            "labels": {"app.kubernetes.io/managed-by": "ringmesh-control"}},
+               "data": {ROOT_KEY: pem}})
+    };
+    let fake = Arc::new(Fake::default());
+    let ca = Ca::new(&generate().unwrap(), CaSettings::default()).unwrap();
+    let bundle = ca::to_pem(ca.trust_bundle());
+    {
+        let mut a = fake.lock();
+        a.version = 100_000;
+        let listed = ["payments", "shop"]
+            .map(|n| recorded_one("namespaces.json", n))
+            .to_vec();
+        a.listed.insert("namespaces".into(), listed);
+        // Another replica creates both first: in `payments` with the same root, in `shop` with
+        // the root it still holds during a rollout.
+        a.rival_creates
+            .insert("payments".into(), fake_rival("payments", &bundle));
+        let old = recorded_one("configmaps.json", ROOT_CONFIG_MAP);
+        a.rival_creates.insert(
+            "shop".into(),
+            fake_rival("shop", old["data"][ROOT_KEY].as_str().unwrap()),
+        );
+    }
+    tokio::spawn(ca_root::run(
+        client(serve(fake.clone())),
+        RootConfigMap::of(ROOT_CONFIG_MAP, &ca),
+    ));
+    if let Err(e) = common::eventually_async(WAIT, "shop updated", || published(&fake, "shop", &bundle)).await {
+        panic!("{e}: {:?}", calls(&fake.requests()));
+    }
+    handled_so_far(&fake, "marker", &bundle).await;
+    let ours = |p: &str| p.contains("/namespaces/payments/") || p.contains("/namespaces/shop/");
+    let requests = fake.requests();
+    let requests: Vec<(&str, &str, u16)> = calls(&requests).into_iter().filter(|(_, p, _)| ours(p)).collect();
+    let cm = |ns: &str| format!("/api/v1/namespaces/{ns}/configmaps");
+    let one = |ns: &str| format!("/api/v1/namespaces/{ns}/configmaps/{ROOT_CONFIG_MAP}");
+    assert_eq!(
+        requests,
+        [
+            ("POST", cm("payments").as_str(), 409),
+            ("GET", one("payments").as_str(), 200),
+            ("POST", cm("shop").as_str(), 409),
+            ("GET", one("shop").as_str(), 200),
+            ("PUT", one("shop").as_str(), 200),
+        ],
+        "payments held the same root already: read and left; shop held another: updated once"
+    );
+}
+
+#[test]
+fn ringmesh_control_help_names_the_published_config_map() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmesh-control"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for wanted in [
+        "--no-publish-ca-root",
+        "ringmesh-ca-root",
+        "root-cert.pem",
+        "app.kubernetes.io/managed-by=ringmesh-control",
+    ] {
+        assert!(help.contains(wanted), "--help names {wanted}:\n{help}");
+    }
 }

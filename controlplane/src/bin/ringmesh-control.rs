@@ -124,9 +124,18 @@ struct Args {
     /// This control plane's TLS port as injected proxies reach it.
     #[arg(long, env = "RINGMESH_DISCOVERY_ADDRESS", default_value = ringmesh_control::inject::settings::DEFAULT_DISCOVERY_ADDRESS)]
     discovery_address: String,
-    /// The ConfigMap, in each injected namespace, holding the mesh root as `root-cert.pem`.
+    /// The ConfigMap, in each injected namespace, holding the mesh root as `root-cert.pem`:
+    /// what injected sidecars mount, and, with --kubernetes, what the control plane publishes
+    /// in every namespace.
     #[arg(long, env = "RINGMESH_CA_ROOT_CONFIGMAP", default_value = ringmesh_control::inject::settings::DEFAULT_CA_ROOT_CONFIG_MAP)]
     ca_root_configmap: String,
+    /// With --kubernetes, do not publish the mesh root: by default the control plane keeps the
+    /// ConfigMap --ca-root-configmap (ringmesh-ca-root, key root-cert.pem, labelled
+    /// app.kubernetes.io/managed-by=ringmesh-control) in every active namespace, as Istio does
+    /// with istio-ca-root-cert; one without that label is left alone. With this flag it must be
+    /// created by hand in every namespace with injected pods.
+    #[arg(long, env = "RINGMESH_NO_PUBLISH_CA_ROOT")]
+    no_publish_ca_root: bool,
     /// Audience of the injected proxies' service-account token (default: the API server's).
     #[arg(long, env = "RINGMESH_TOKEN_AUDIENCE")]
     token_audience: Option<String>,
@@ -244,7 +253,13 @@ async fn main() -> anyhow::Result<()> {
             let authority = authority(&args, RootStore::Kubernetes(&client), Some(client.clone())).await?;
             let cp = ControlPlane::new(Default::default(), config).with_authority(authority);
             let (synced, listed) = tokio::sync::oneshot::channel();
-            tokio::spawn(ringmesh_control::kubernetes::run(client, cp.clone(), synced));
+            tokio::spawn(ringmesh_control::kubernetes::run(client.clone(), cp.clone(), synced));
+            if !args.no_publish_ca_root {
+                use ringmesh_control::kubernetes::ca_root::{self, RootConfigMap};
+                let authority = cp.authority().context("the mesh CA")?;
+                let root = RootConfigMap::of(&args.ca_root_configmap, &authority.ca);
+                tokio::spawn(ca_root::run(client, root));
+            }
             tracing::info!("listing resources from the Kubernetes API server before serving");
             listed
                 .await
