@@ -198,10 +198,19 @@ impl<V: PartialEq> Known<V> {
     }
 }
 
-/// Whether a namespace takes new objects: not being deleted.
+/// The cluster's own namespaces, where no workload is meshed (Istio's namespace controller
+/// leaves them out too).
+const SYSTEM_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
+
+/// Whether a namespace takes the ConfigMap: not being deleted, not the cluster's own.
 fn active(ns: &Namespace) -> bool {
     ns.metadata.deletion_timestamp.is_none()
         && ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
+        && !ns
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| SYSTEM_NAMESPACES.contains(&n))
 }
 
 /// How often one namespace's ConfigMap may be written.
