@@ -163,6 +163,17 @@ pub fn load_with(
     if !errors.is_empty() {
         return Err(diags(errors));
     }
+    // The workload's addresses decide what the compiler makes of it (the app's ports under
+    // capture: the services whose endpoints are these addresses), so they go in before.
+    if let Some(addresses) = &overrides.workload_addresses {
+        for r in &mut resources {
+            if let ringmesh_api::resources::Resource::ProxyConfig(pc) = r {
+                if let Some(w) = pc.spec.workload.as_mut() {
+                    w.addresses = addresses.iter().map(ToString::to_string).collect();
+                }
+            }
+        }
+    }
     let compiled = ringmesh_api::compile(&ringmesh_api::CompileInput {
         resources,
         extra_endpoints,
@@ -240,5 +251,30 @@ mod tests {
             ListenerKind::Detect { timeout, .. } => assert_eq!(*timeout, Duration::from_millis(7)),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A pod's address comes by the environment, but it decides what the compiler makes of the
+    /// workload: under capture, the ports of the services whose endpoint it is are the app's.
+    #[test]
+    fn the_workload_address_override_is_compiled_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        let yaml = "apiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  capture: {ipv6: false}\n  workload: {name: web, namespace: shop}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: web, namespace: shop}\nspec:\n  hosts: [web]\n  ports: [{number: 80, name: grpc, targetPort: 8080}]\n  endpoints: [{address: 10.1.0.7}]\n";
+        std::fs::write(&file, yaml).unwrap();
+        let without = super::load(std::slice::from_ref(&file), 1, &Overrides::default()).unwrap();
+        assert!(without.snapshot.capture.app_ports.is_empty());
+        let overrides = Overrides {
+            workload_addresses: Some(vec!["10.1.0.7".parse().unwrap()]),
+            ..Default::default()
+        };
+        let with = super::load(&[file], 1, &overrides).unwrap();
+        assert_eq!(
+            with.snapshot.capture.app_ports.keys().copied().collect::<Vec<_>>(),
+            [8080]
+        );
+        assert_eq!(
+            with.snapshot.proxy.workload.addresses,
+            ["10.1.0.7".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 }
