@@ -1,7 +1,8 @@
 //! ringmesh-bench: the benchmark suite that says what one ringmesh hop costs.
 //!
 //! `cargo run --release -p ringmesh-bench` starts one echo upstream and, in front of it, each
-//! topology (`direct`, `ringmesh`, `mesh` = two ringmesh proxies with mutual TLS between them,
+//! topology (`direct`, `ringmesh`, `captured` = `ringmesh` reached by transparent capture in a
+//! network namespace, as root, `mesh` = two ringmesh proxies with mutual TLS between them,
 //! `mesh-plain` = the same without it, and, when installed, `haproxy`, `haproxy-mesh` = `mesh`
 //! built of two haproxies, and `nginx`) as separate processes; then, round after round
 //! (A B C D A B C D …), it measures open-loop latency at a fixed rate (with the proxies' CPU
@@ -16,7 +17,9 @@
 //! `--suite` file; Ctrl-C stops after the current measurement and still writes the report
 //! of the rounds that completed.
 
+pub mod captured;
 pub mod measure;
+pub mod netns;
 pub mod pki;
 pub mod plot;
 pub mod procs;
@@ -53,12 +56,12 @@ pub struct BenchArgs {
     /// YAML suite file (keys as the flags below); flags typed on the command line win.
     #[arg(long)]
     pub suite: Option<PathBuf>,
-    /// Scenarios, in round order (direct, ringmesh or sidecar, mesh, mesh-plain, haproxy,
-    /// haproxy-mesh, nginx).
+    /// Scenarios, in round order (direct, ringmesh or sidecar, captured, mesh, mesh-plain,
+    /// haproxy, haproxy-mesh, nginx). `captured` needs root (skipped otherwise).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,ringmesh,mesh,mesh-plain,haproxy,haproxy-mesh,nginx"
+        default_value = "direct,ringmesh,captured,mesh,mesh-plain,haproxy,haproxy-mesh,nginx"
     )]
     pub scenarios: Vec<String>,
     /// Protocols, each measured on every scenario (http1, h2 = h2c, grpc = gRPC unary over h2c).
@@ -161,7 +164,7 @@ impl BenchArgs {
                 Some(k) if !kinds.contains(&k) => kinds.push(k),
                 Some(_) => {}
                 None => problems.push(format!(
-                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, mesh, mesh-plain, haproxy, haproxy-mesh, nginx)"
+                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, captured, mesh, mesh-plain, haproxy, haproxy-mesh, nginx)"
                 )),
             }
         }
@@ -356,21 +359,11 @@ where
 
     // The shared upstream.
     let echo_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut echo_args = vec![
-        "__echo".to_owned(),
-        "--listen".into(),
-        echo_addr.to_string(),
-        "--workers".into(),
-        "1".into(),
-        "--body-size".into(),
-        cli.body_size.to_string(),
-        "--instance".into(),
-        "bench".into(),
-    ];
-    if let Some(cpu) = cli.cpu_for(2) {
-        echo_args.extend(["--cpus".into(), cpu.to_string()]);
-    }
-    let mut echo = Proc::spawn("echo", &self_exe, &echo_args, &out_dir, cli.cpu_for(2))?;
+    let echo_spec = topology::Echo {
+        body_size: cli.body_size,
+        cpu: cli.cpu_for(2),
+    };
+    let mut echo = Proc::spawn("echo", &self_exe, &echo_spec.args(echo_addr), &out_dir, echo_spec.cpu)?;
     echo.wait_ready(&format!("GET http://{echo_addr}/"), Duration::from_secs(10), || {
         matches!(http_get_status(echo_addr, topology::HOST, "/"), Ok(200))
     })?;
@@ -391,6 +384,7 @@ where
         proxy,
         self_exe,
         echo_addr,
+        echo: echo_spec,
         proxy_workers: cli.proxy_workers,
         proxy_cpu: cli.cpu_for(1),
         nofile,
@@ -404,15 +398,12 @@ where
             break;
         }
         let row = format!("{kind}{}", protocol.suffix());
-        if let Some(bin) = kind.external_binary() {
-            if topology::which(bin).is_none() {
-                let mut s = ScenarioSummary::new(kind, protocol, Status::Skipped);
-                s.notes
-                    .push(format!("skipped: `{bin}` is not on PATH (install it to compare)"));
-                eprintln!("ringmesh-bench: {row}: skipped, `{bin}` not on PATH");
-                summaries.push(s);
-                continue;
-            }
+        if let Some(why) = topology::unavailable(kind) {
+            let mut s = ScenarioSummary::new(kind, protocol, Status::Skipped);
+            s.notes.push(format!("skipped: {why}"));
+            eprintln!("ringmesh-bench: {row}: skipped, {why}");
+            summaries.push(s);
+            continue;
         }
         match topology::start(kind, protocol, &env) {
             Ok(t) => {
@@ -448,6 +439,8 @@ where
                             if hop.mtls { "STRICT" } else { "DISABLE" },
                             hop.describe()
                         ));
+                    } else if let Some(pod) = &t.pod {
+                        s.notes.push(pod.describe(protocol));
                     } else if kind == Kind::HaproxyMesh {
                         s.notes.push(format!(
                             "client-side haproxy → server-side haproxy → echo, {} from the load generator carried \
@@ -710,6 +703,7 @@ where
     };
     targets.extend(report::judge_protocols(&summaries));
     targets.extend(report::judge_mtls(&summaries, cli.rate, mesh_rate_pass.as_ref()));
+    targets.extend(report::judge_captured(&summaries));
     if let Some(w) = &worker_spread {
         targets.push(worker_cpu::judge(w));
     }
@@ -1103,13 +1097,16 @@ fn protocols_line(protocols: &[Protocol], streams: usize) -> String {
 }
 
 /// The idle-connection test holds HTTP/1.1 connections, so it runs on the HTTP/1.1 rows with
-/// a proxy (the HTTP/2 rows' proxies are the same programs, differently configured).
+/// a proxy (the HTTP/2 rows' proxies are the same programs, differently configured), but not
+/// `captured`'s: its proxy is `ringmesh`'s, and its connections' state is the same once
+/// accepted.
 fn idle_test_applies(topo: &Topology) -> bool {
-    topo.has_proxy() && topo.protocol == Protocol::Http1
+    topo.has_proxy() && topo.protocol == Protocol::Http1 && topo.kind != Kind::Captured
 }
 
-/// Dispatches the hidden roles (`__echo`, `__proxy`) this binary is re-executed in; returns
-/// `None` when `args` is an ordinary invocation.
+/// Dispatches the hidden roles (`__echo`, `__proxy`, `__ringmesh`: the `ringmesh` command line,
+/// for `captured`'s rules when the `ringmesh` binary was not built) this binary is re-executed
+/// in; returns `None` when `args` is an ordinary invocation.
 pub fn run_role(args: &[std::ffi::OsString]) -> Option<anyhow::Result<()>> {
     let role = args.get(1)?.to_str()?;
     let rest = args.iter().skip(2).cloned();
@@ -1123,6 +1120,12 @@ pub fn run_role(args: &[std::ffi::OsString]) -> Option<anyhow::Result<()>> {
                 std::iter::once(std::ffi::OsString::from("ringmesh-proxy")).chain(rest),
             ))
         }
+        "__ringmesh" => Some(
+            match ringmesh_control::cli::run(std::iter::once(std::ffi::OsString::from("ringmesh")).chain(rest)) {
+                0 => Ok(()),
+                code => Err(anyhow::anyhow!("ringmesh exited with status {code}")),
+            },
+        ),
         _ => None,
     }
 }

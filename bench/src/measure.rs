@@ -141,7 +141,8 @@ pub(crate) fn probe(entry: SocketAddr, protocol: Protocol) -> bool {
 
 /// Runs one latency and (when `shape.closed_loop`) one throughput measurement against `topo`;
 /// `watch` is handed each run's live counters (for the progress bar) and `None` when the runs
-/// are over.
+/// are over. `upstream` is the shared echo, whose CPU is read unless the row has its own. The
+/// load runs where the row is reached from ([`Topology::reach`]).
 pub fn run_once(
     topo: &Topology,
     upstream: &Proc,
@@ -154,11 +155,15 @@ pub fn run_once(
     c.rate = shape.rate;
     c.duration = shape.duration;
     c.warmup = shape.warmup;
+    let upstream = topo.upstream(upstream);
     let cpu_before = topo.proxy_cpu_time()?;
     let upstream_before = upstream.cpu_time()?;
     let control = Arc::new(RunControl::new());
     watch(Some(control.clone()));
-    let lat = run_load_with(c, control).with_context(|| format!("{} latency run", topo.row_name()));
+    let lat = topo
+        .reach(|| run_load_with(c, control))
+        .and_then(|r| r)
+        .with_context(|| format!("{} latency run", topo.row_name()));
     watch(None);
     let lat = lat?;
     require_success(&lat, "latency")?;
@@ -202,7 +207,10 @@ pub fn run_once(
     let cpu_before = topo.proxy_cpu_time()?;
     let started = Instant::now();
     watch(Some(control.clone()));
-    let thr = run_load_with(c, control).with_context(|| format!("{} throughput run", topo.row_name()));
+    let thr = topo
+        .reach(|| run_load_with(c, control))
+        .and_then(|r| r)
+        .with_context(|| format!("{} throughput run", topo.row_name()));
     watch(None);
     let thr = thr?;
     require_success(&thr, "throughput")?;

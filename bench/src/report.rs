@@ -569,6 +569,114 @@ pub fn judge_mtls(
     out
 }
 
+/// How much p50 capture may add over the explicit listener: the "no measurable latency"
+/// on a machine whose p50 differences between rows move by ±20 µs.
+pub const CAPTURE_P50_LIMIT_US: f64 = 10.0;
+
+/// Judges what transparent capture adds, for every protocol whose rows asked for `captured`:
+/// `captured`'s added p50 within [`CAPTURE_P50_LIMIT_US`] of `ringmesh`'s. Both rows' added
+/// p50 is against `direct` of the same round, so their difference per round is `captured`'s p50
+/// minus `ringmesh`'s of that round; the value is the median over the rounds both measured, as
+/// `mesh` − `mesh-plain` is. N/A, with the reason, when either row is missing, skipped or failed.
+pub fn judge_captured(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    let asked = |p: Protocol| scenarios.iter().any(|s| s.protocol == p && s.scenario == Kind::Captured);
+    for protocol in Protocol::ALL.into_iter().filter(|&p| asked(p)) {
+        let name = format!("{}: captured added p50 vs ringmesh", protocol.label());
+        let target = format!(
+            "captured − ringmesh ≤ +{CAPTURE_P50_LIMIT_US:.0} µs (transparent capture vs the explicit listener)"
+        );
+        let na = |why: String| TargetCheck {
+            name: name.clone(),
+            target: target.clone(),
+            value: why,
+            verdict: "N/A",
+        };
+        let (captured, ringmesh) = match (
+            row_or_why(scenarios, Kind::Captured, protocol),
+            row_or_why(scenarios, Kind::Ringmesh, protocol),
+        ) {
+            (Ok(c), Ok(r)) => (c, r),
+            (c, r) => {
+                let why: Vec<String> = [c.err(), r.err()].into_iter().flatten().collect();
+                out.push(na(why.join("; ")));
+                continue;
+            }
+        };
+        let diffs: Vec<f64> = captured
+            .runs
+            .iter()
+            .filter_map(|c| {
+                let r = ringmesh.runs.iter().find(|r| r.repeat == c.repeat)?;
+                Some(c.latency_us.p50 as f64 - r.latency_us.p50 as f64)
+            })
+            .collect();
+        let Some(d) = spread(&diffs) else {
+            out.push(na("captured and ringmesh share no measured round".into()));
+            continue;
+        };
+        // Beside it: both rows' added p50 (or their p50 without a `direct` row), and the proxy
+        // CPU capture adds per request, averaged over every request, so steadier than a p50
+        // difference of two rows measured seconds apart.
+        let beside = match (captured.added_us.p50, ringmesh.added_us.p50) {
+            (Some(c), Some(r)) => format!(
+                "captured added {} vs ringmesh {}",
+                fmt_signed_us(c.median),
+                fmt_signed_us(r.median)
+            ),
+            _ => format!(
+                "captured {} vs ringmesh {}",
+                opt(captured.latency_us.p50, fmt_us),
+                opt(ringmesh.latency_us.p50, fmt_us)
+            ),
+        };
+        let cpu = match (captured.cpu_cores_per_1k_rps, ringmesh.cpu_cores_per_1k_rps) {
+            (Some(c), Some(r)) => format!(
+                "; proxy CPU capture adds per request: {:+.1} µs",
+                (c.median - r.median) * 1000.0
+            ),
+            _ => String::new(),
+        };
+        out.push(TargetCheck {
+            name: name.clone(),
+            target: target.clone(),
+            value: format!(
+                "{} ({beside}; per-round difference, median over {} round(s){cpu})",
+                fmt_signed_us(d.median),
+                diffs.len()
+            ),
+            verdict: verdict(d.median <= CAPTURE_P50_LIMIT_US),
+        });
+    }
+    out
+}
+
+/// The measured row of `kind` speaking `protocol`, or why there is none, in words for an N/A.
+fn row_or_why(scenarios: &[ScenarioSummary], kind: Kind, protocol: Protocol) -> Result<&ScenarioSummary, String> {
+    let Some(s) = scenarios.iter().find(|s| s.scenario == kind && s.protocol == protocol) else {
+        return Err(format!("no {kind} row of {} (not among --scenarios)", protocol.label()));
+    };
+    // The first line of the first note says why a row was skipped or failed (a failure's note
+    // goes on with the proxy's stderr, which has no place in a table cell).
+    let note = s.notes.first().map_or(String::new(), |n| {
+        let line = n.lines().next().unwrap_or_default();
+        match line.char_indices().nth(200) {
+            Some((cut, _)) => format!(": {}…", &line[..cut]),
+            None => format!(": {line}"),
+        }
+    });
+    match s.status {
+        Status::Ok if !s.runs.is_empty() => Ok(s),
+        Status::Ok => Err(format!("{} has no measured round", s.row_name())),
+        Status::Skipped => Err(format!(
+            "{} was skipped{}",
+            s.row_name(),
+            note.replacen(": skipped: ", ": ", 1)
+        )),
+        Status::Failed => Err(format!("{} failed{note}", s.row_name())),
+    }
+}
+
 /// `mesh`'s added p90 and p99 over `direct`, HTTP/1.1, against Istio's published figures: from
 /// the `--mesh-rate` pass when it ran, else from the main rows at `open_loop_rate`. See
 /// [`judge_mtls`].

@@ -33,6 +33,10 @@ pub enum Kind {
     Direct,
     /// Through one ringmesh-proxy (the sidecar position).
     Ringmesh,
+    /// `ringmesh` reached as a sidecar is: the load generator dials a service's virtual IP and
+    /// the nat rules of `ringmesh iptables` redirect the connection to the proxy's capture
+    /// listener, all in a network namespace of the suite's (`captured.rs`). Needs root.
+    Captured,
     /// Through two ringmesh-proxies: client-side sidecar → server-side sidecar, mutual TLS
     /// between them (HTTP/2 inside), the server side's inbound listener STRICT.
     Mesh,
@@ -54,9 +58,10 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the default order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Direct,
         Kind::Ringmesh,
+        Kind::Captured,
         Kind::Mesh,
         Kind::MeshPlain,
         Kind::Haproxy,
@@ -69,6 +74,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Ringmesh => "ringmesh",
+            Kind::Captured => "captured",
             Kind::Mesh => "mesh",
             Kind::MeshPlain => "mesh-plain",
             Kind::Haproxy => "haproxy",
@@ -90,7 +96,7 @@ impl Kind {
         match self {
             Kind::Direct => 0,
             Kind::Mesh | Kind::MeshPlain | Kind::HaproxyMesh => 2,
-            Kind::Ringmesh | Kind::Haproxy | Kind::Nginx => 1,
+            Kind::Ringmesh | Kind::Captured | Kind::Haproxy | Kind::Nginx => 1,
         }
     }
 
@@ -125,6 +131,52 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Why `kind` cannot run on this machine, in words for the report (`None`: it can). A row that
+/// cannot is skipped with this note, never run to fail.
+pub fn unavailable(kind: Kind) -> Option<String> {
+    if let Some(bin) = kind.external_binary() {
+        if which(bin).is_none() {
+            return Some(format!("`{bin}` is not on PATH (install it to compare)"));
+        }
+    }
+    if kind == Kind::Captured {
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let euid = unsafe { libc::geteuid() };
+        return crate::captured::Tools::find(euid, &ringmesh_control::capture::find_program).err();
+    }
+    None
+}
+
+/// How the echo upstream is run: the shared one, and the `captured` row's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Echo {
+    /// Response body size, bytes.
+    pub body_size: usize,
+    /// CPU to pin it to, if pinning.
+    pub cpu: Option<usize>,
+}
+
+impl Echo {
+    /// The arguments of `ringmesh-bench __echo` listening on `listen`.
+    pub fn args(&self, listen: SocketAddr) -> Vec<String> {
+        let mut args = vec![
+            "__echo".to_owned(),
+            "--listen".into(),
+            listen.to_string(),
+            "--workers".into(),
+            "1".into(),
+            "--body-size".into(),
+            self.body_size.to_string(),
+            "--instance".into(),
+            "bench".into(),
+        ];
+        if let Some(cpu) = self.cpu {
+            args.extend(["--cpus".into(), cpu.to_string()]);
+        }
+        args
+    }
+}
+
 /// What every topology shares.
 #[derive(Debug, Clone)]
 pub struct Env {
@@ -136,6 +188,8 @@ pub struct Env {
     pub proxy: ProxyBinary,
     /// The shared echo upstream.
     pub echo_addr: SocketAddr,
+    /// How the shared echo runs, so that a row with an echo of its own (`captured`) runs it alike.
+    pub echo: Echo,
     /// ringmesh-proxy workers.
     pub proxy_workers: usize,
     /// CPU to pin proxy processes to, if pinning.
@@ -172,6 +226,21 @@ impl ProxyBinary {
         } else {
             ProxyBinary::Embedded(self_exe.to_owned())
         })
+    }
+
+    /// The program file.
+    pub fn path(&self) -> &Path {
+        match self {
+            ProxyBinary::Standalone(p) | ProxyBinary::Embedded(p) => p,
+        }
+    }
+
+    /// The same kind of binary at another path (a copy of this one).
+    pub fn moved_to(&self, path: PathBuf) -> ProxyBinary {
+        match self {
+            ProxyBinary::Standalone(_) => ProxyBinary::Standalone(path),
+            ProxyBinary::Embedded(_) => ProxyBinary::Embedded(path),
+        }
     }
 
     /// The program and arguments that run a proxy on `config`.
@@ -215,10 +284,13 @@ pub struct Topology {
     /// `mesh` and `mesh-plain`: what the proxies' counters showed of the hop between them
     /// after the readiness probe crossed it.
     pub hop: Option<HopCheck>,
+    /// `captured`: the network namespace the row runs in, with its own echo. Last, so that the
+    /// proxies above stop before the namespace is deleted.
+    pub pod: Option<crate::captured::Pod>,
 }
 
 /// How long a proxy may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Topology {
     /// The row's name in messages and file names: the scenario, then the protocol unless it
@@ -259,12 +331,29 @@ impl Topology {
         self.proxies.iter().map(Proc::process_count).sum()
     }
 
-    /// Errors (with the stderr tail) if a proxy process has exited.
+    /// Errors (with the stderr tail) if a proxy process (or the row's own echo) has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for p in &mut self.proxies {
             p.check_alive()?;
         }
+        if let Some(pod) = &mut self.pod {
+            pod.echo.check_alive()?;
+        }
         Ok(())
+    }
+
+    /// Runs `f` where the row's entry is dialled from: inside the row's network namespace for
+    /// `captured` (on a thread of its own, whose threads are there too), here for the others.
+    pub fn reach<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        match &self.pod {
+            Some(pod) => pod.run(f),
+            None => Ok(f()),
+        }
+    }
+
+    /// The echo this row forwards to: its own (`captured`), else `shared`.
+    pub fn upstream<'a>(&'a self, shared: &'a Proc) -> &'a Proc {
+        self.pod.as_ref().map_or(shared, |pod| &pod.echo)
     }
 }
 
@@ -297,9 +386,11 @@ pub fn start(kind: Kind, protocol: Protocol, env: &Env) -> anyhow::Result<Topolo
                 config_paths: Vec::new(),
                 version: None,
                 hop: None,
+                pod: None,
             })
         }
         Kind::Ringmesh => start_ringmesh(env, protocol),
+        Kind::Captured => crate::captured::start(env, protocol),
         Kind::Mesh => start_mesh(env, protocol, Kind::Mesh),
         Kind::MeshPlain => start_mesh(env, protocol, Kind::MeshPlain),
         Kind::Haproxy => start_haproxy(env, protocol),
@@ -319,7 +410,7 @@ pub(crate) fn probe_through(entry: SocketAddr, protocol: Protocol) -> impl FnMut
 }
 
 /// The file and role name of `name` for `protocol` (`ringmesh`, `ringmesh-h2`).
-fn with_suffix(name: &str, protocol: Protocol) -> String {
+pub(crate) fn with_suffix(name: &str, protocol: Protocol) -> String {
     format!("{name}{}", protocol.suffix())
 }
 
@@ -342,6 +433,10 @@ pub enum Place<'a> {
         /// What the hop between the two is.
         hop: Hop<'a>,
     },
+    /// The `captured` row's proxy: no listener of its own but the capture listeners
+    /// (`spec.capture`, IPv4 only), and the echo's ServiceEntry gets `listener` as its virtual
+    /// IP and port, which the app (the load generator) dials and the nat rules redirect.
+    Captured,
 }
 
 /// What the hop between the two proxies of a mesh topology is.
@@ -385,7 +480,9 @@ pub struct RingmeshSpec<'a> {
     pub health: SocketAddr,
     /// Metrics address.
     pub metrics: SocketAddr,
-    /// The HTTP listener (HTTP/1.1 and h2c on the same port; inbound on a mesh's server side).
+    /// The HTTP listener (HTTP/1.1 and h2c on the same port; inbound on a mesh's server side);
+    /// for [`Place::Captured`], the virtual IP and port the capture listener takes connections
+    /// to.
     pub listener: SocketAddr,
     /// The one endpoint of `HOST`: the echo, or the mesh's server-side proxy.
     pub upstream: SocketAddr,
@@ -418,12 +515,23 @@ impl RingmeshSpec<'_> {
             place,
         } = *self;
         let (port_name, port_protocol) = protocol.service_port();
+        let outbound = |listener| format!("  listeners:\n  - {{name: outbound, address: \"{listener}\", protocol: HTTP}}\n");
         let (header, workload, identity, listener_line, labels, peer_authn) = match place {
             Place::Sidecar => (
                 "one outbound listener in front of the echo upstream.".to_owned(),
                 String::new(),
                 String::new(),
-                format!("{{name: outbound, address: \"{listener}\", protocol: HTTP}}"),
+                outbound(listener),
+                "",
+                String::new(),
+            ),
+            Place::Captured => (
+                format!(
+                    "the captured row's proxy: connections to the echo's virtual IP {listener}, redirected by `ringmesh iptables`, arrive on the capture listener."
+                ),
+                String::new(),
+                String::new(),
+                "  capture: {ipv6: false}\n".to_owned(),
                 "",
                 String::new(),
             ),
@@ -451,7 +559,7 @@ impl RingmeshSpec<'_> {
                         format!("the mesh's client-side proxy; its one endpoint, the server-side proxy, is reached over {hop_words}."),
                         workload,
                         identity,
-                        format!("{{name: outbound, address: \"{listener}\", protocol: HTTP}}"),
+                        outbound(listener),
                         ", labels: {\"security.istio.io/tlsMode\": istio}",
                         String::new(),
                     ),
@@ -459,7 +567,7 @@ impl RingmeshSpec<'_> {
                         format!("the mesh's server-side proxy: an inbound listener ({hop_words}) in front of the echo upstream."),
                         workload,
                         identity,
-                        format!("{{name: inbound, address: \"{listener}\", protocol: HTTP, direction: INBOUND}}"),
+                        format!("  listeners:\n  - {{name: inbound, address: \"{listener}\", protocol: HTTP, direction: INBOUND}}\n"),
                         "",
                         format!(
                             "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {ns}}}\nspec:\n  mtls: {{mode: {mode}}}\n",
@@ -479,26 +587,32 @@ spec:
   adminAddress: {admin}
   healthAddress: {health}
   metricsAddress: {metrics}{workload}{identity}
-  listeners:
-  - {listener_line}
-{peer_authn}---
+{listener_line}{peer_authn}---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: echo}}
 spec:
   hosts: [{HOST}]
-  ports: [{{number: 8080, name: {port_name}, protocol: {port_protocol}}}]
+{addresses}  ports: [{{number: {service_port}, name: {port_name}, protocol: {port_protocol}}}]
   resolution: STATIC
   endpoints: [{{address: {echo_ip}, ports: {{{port_name}: {echo_port}}}{labels}}}]
 "#,
             echo_ip = upstream.ip(),
             echo_port = upstream.port(),
+            addresses = match place {
+                Place::Captured => format!("  addresses: [{}]\n", listener.ip()),
+                _ => String::new(),
+            },
+            service_port = match place {
+                Place::Captured => listener.port(),
+                _ => 8080,
+            },
             io_line = io.map_or(String::new(), |io| format!("\n  io: {io}")),
         )
     }
 }
 
-fn loopback(port: u16) -> SocketAddr {
+pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
@@ -565,7 +679,7 @@ pub(crate) fn spawn_ringmesh(
 }
 
 /// What a readiness probe sends, for the error when it never succeeds.
-fn probe_description(entry: SocketAddr, protocol: Protocol) -> String {
+pub(crate) fn probe_description(entry: SocketAddr, protocol: Protocol) -> String {
     match protocol {
         Protocol::Http1 => format!("GET http://{entry}/ with Host: {HOST}"),
         Protocol::H2 => format!("h2c GET http://{entry}/ with :authority {HOST}"),
@@ -586,6 +700,7 @@ fn start_ringmesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         config_paths: vec![path],
         version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
         hop: None,
+        pod: None,
     })
 }
 
@@ -610,6 +725,7 @@ pub fn start_ringmesh_epoll(env: &Env) -> anyhow::Result<Topology> {
         config_paths: vec![path],
         version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
         hop: None,
+        pod: None,
     })
 }
 
@@ -678,6 +794,7 @@ fn start_mesh(env: &Env, protocol: Protocol, kind: Kind) -> anyhow::Result<Topol
         config_paths: vec![client.path, server.path],
         version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
         hop: Some(check),
+        pod: None,
     })
 }
 
@@ -945,6 +1062,7 @@ fn start_haproxy(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         config_paths: vec![path],
         version: external_version(&bin, "-v"),
         hop: None,
+        pod: None,
     })
 }
 
@@ -1009,6 +1127,7 @@ fn start_haproxy_mesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology>
         config_paths: vec![client_path, server_path],
         version: external_version(&bin, "-v"),
         hop: None,
+        pod: None,
     })
 }
 
@@ -1171,6 +1290,7 @@ fn start_nginx(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         config_paths: vec![path],
         version,
         hop: None,
+        pod: None,
     })
 }
 
@@ -1602,6 +1722,17 @@ spec:
     }
 
     #[test]
+    fn captured_is_a_one_proxy_scenario_right_after_ringmesh() {
+        assert_eq!(Kind::parse("captured"), Some(Kind::Captured));
+        assert_eq!(Kind::Captured.proxies(), 1);
+        assert_eq!(Kind::Captured.external_binary(), None);
+        assert_eq!(Kind::ALL[1..3], [Kind::Ringmesh, Kind::Captured]);
+        // The other kinds' availability does not depend on who runs the suite.
+        assert_eq!(unavailable(Kind::Direct), None);
+        assert_eq!(unavailable(Kind::Ringmesh), None);
+    }
+
+    #[test]
     fn haproxy_mesh_is_a_two_proxy_scenario_that_needs_haproxy() {
         assert_eq!(Kind::parse("haproxy-mesh"), Some(Kind::HaproxyMesh));
         assert_eq!(Kind::HaproxyMesh.proxies(), 2);
@@ -1613,6 +1744,7 @@ spec:
             [
                 "direct",
                 "ringmesh",
+                "captured",
                 "mesh",
                 "mesh-plain",
                 "haproxy",

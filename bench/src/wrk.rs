@@ -296,6 +296,11 @@ fn measure(
         self_exe: settings.self_exe.clone(),
         proxy: settings.proxy.clone(),
         echo_addr: upstream_addr,
+        // The upstream here is nginx; no row of this section starts an echo of its own.
+        echo: crate::topology::Echo {
+            body_size: 0,
+            cpu: settings.upstream_cpu,
+        },
         proxy_workers: 1,
         proxy_cpu: settings.proxy_cpu,
         nofile: settings.nofile,

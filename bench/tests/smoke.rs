@@ -1,5 +1,6 @@
 //! End-to-end smoke tests of the suite itself: tiny runs through the real binary (so the
-//! `__echo`/`__proxy` re-execution, the two-proxy `mesh` (mTLS), `mesh-plain` and
+//! `__echo`/`__proxy` re-execution, `captured` (as root: a network namespace, capture rules,
+//! the proxy as UID 1337), the two-proxy `mesh` (mTLS), `mesh-plain` and
 //! `haproxy-mesh`, the `--mesh-rate` pass, readiness, /proc sampling, the `--suite` file,
 //! Ctrl-C and the report files are all exercised). Figures are not judged
 //! here — speed targets live in the benchmark, never in timed tests — only that every
@@ -9,6 +10,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use ringmesh_testkit::eventually;
+
+/// Whether the tests run as root: `captured` runs then, and is skipped otherwise.
+fn root() -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
 
 /// The suite's output folder for one test, removed when the guard drops (panics included).
 fn out_dir(name: &str) -> tempfile::TempDir {
@@ -32,7 +39,7 @@ fn tiny_suite_writes_complete_reports() {
     let suite = out.join("tiny.yaml");
     std::fs::write(
         &suite,
-        "scenarios: [direct, ringmesh, mesh, mesh-plain, haproxy-mesh]\nprotocols: [http1]\nrepeats: 5\nrate: 300\nduration: 0.5s\n\
+        "scenarios: [direct, ringmesh, captured, mesh, mesh-plain, haproxy-mesh]\nprotocols: [http1]\nrepeats: 5\nrate: 300\nduration: 0.5s\n\
          warmup: 200ms\nthroughput-duration: 0.3s\nthroughput-warmup: 0.1s\nidle-connections: 300\n\
          wrk-duration: 1s\nworker-spread-duration: 0\n",
     )
@@ -48,19 +55,33 @@ fn tiny_suite_writes_complete_reports() {
     assert!(!output.status.success());
     assert!(stderr.contains("unknown field `repeat`"), "{stderr}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
         .arg("--suite")
         .arg(&suite)
         .args(["--repeats", "2", "--out"])
         .arg(out)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // `captured`'s network namespace is gone with the run.
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n == &format!("rmbench-{pid}") || n.starts_with(&format!("rmbench-{pid}-")))
+        .collect();
+    assert!(left.is_empty(), "network namespaces left behind: {left:?}");
     assert!(
         stdout.contains("| direct |")
             && stdout.contains("| ringmesh |")
+            && stdout.contains("| captured |")
             && stdout.contains("| mesh |")
             && stdout.contains("| mesh-plain |")
             && stdout.contains("| haproxy-mesh |"),
@@ -97,8 +118,23 @@ fn tiny_suite_writes_complete_reports() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let scenarios = json["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 5);
-    for s in scenarios {
+    let names: Vec<&str> = scenarios.iter().map(|s| s["scenario"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["direct", "ringmesh", "captured", "mesh", "mesh-plain", "haproxy-mesh"]
+    );
+    let row = |name: &str| scenarios.iter().find(|s| s["scenario"] == name).unwrap();
+    // `captured` needs root; skipped otherwise, saying so, never counted as a pass.
+    let captured = row("captured");
+    if !root() {
+        assert_eq!(captured["status"], "skipped", "{captured}");
+        assert!(
+            captured["notes"][0].as_str().unwrap().starts_with("skipped: not run as root"),
+            "{captured}"
+        );
+        assert!(md.contains("| captured | HTTP/1.1 | skipped |"), "{md}");
+    }
+    for s in scenarios.iter().filter(|s| root() || s["scenario"] != "captured") {
         assert_eq!(s["status"], "ok", "{s}");
         assert_eq!(s["runs"].as_array().unwrap().len(), 2);
         assert!(s["throughput_rps"]["median"].as_f64().unwrap() > 0.0);
@@ -110,7 +146,7 @@ fn tiny_suite_writes_complete_reports() {
     assert!(md.contains("- sleep and wake-up: same CPU "), "{md}");
     // haproxy-mesh's CPU at this rate may be under one clock tick: its figures are checked
     // for being there, not for being positive.
-    for rm in &scenarios[1..4] {
+    for rm in ["ringmesh", "mesh", "mesh-plain"].map(row) {
         assert!(rm["added_us"]["p50"]["median"].is_number());
         assert!(rm["cpu_cores_per_1k_rps"]["median"].as_f64().unwrap() > 0.0);
         assert!(rm["throughput_proxy_cores"]["median"].as_f64().unwrap() > 0.0, "{rm}");
@@ -118,13 +154,23 @@ fn tiny_suite_writes_complete_reports() {
         assert!(rm["idle_rss_kib"].as_u64().unwrap() > 0);
         assert_eq!(rm["idle_connections"]["held"], 300);
     }
-    let floor = &scenarios[4];
-    assert_eq!(floor["scenario"], "haproxy-mesh");
+    if root() {
+        // The same proxy as `ringmesh`, reached by capture: measured, with its own echo's CPU,
+        // and no idle-connection test.
+        assert!(captured["added_us"]["p50"]["median"].is_number(), "{captured}");
+        assert!(captured["cpu_cores_per_1k_rps"]["median"].is_number(), "{captured}");
+        assert!(captured["idle_rss_kib"].as_u64().unwrap() > 0, "{captured}");
+        assert!(captured["idle_connections"].is_null(), "{captured}");
+        let note = format!("- captured: `ringmesh` by transparent capture: the load generator's threads and ringmesh-proxy in the network namespace rmbench-{pid}, `ringmesh iptables` applied there, the proxy run as UID/GID 1337");
+        assert!(md.contains(&note), "{md}");
+        assert!(md.contains("HTTP/1.1 requests dial the echo's virtual IP 10.96.0.1:80"), "{md}");
+    }
+    let floor = row("haproxy-mesh");
     assert!(floor["added_us"]["p50"]["median"].is_number(), "{floor}");
     assert!(floor["cpu_cores_per_1k_rps"]["median"].is_number(), "{floor}");
     assert_eq!(floor["idle_connections"]["held"], 300, "{floor}");
     // Two proxies' memory is summed: more than one proxy's.
-    assert!(scenarios[2]["idle_rss_kib"].as_u64() > scenarios[1]["idle_rss_kib"].as_u64());
+    assert!(row("mesh")["idle_rss_kib"].as_u64() > row("ringmesh")["idle_rss_kib"].as_u64());
     // The mesh rows again at 1,000 rps (the default --mesh-rate), open loop only, apart from the
     // main rows; the mesh latency targets are judged from them.
     let pass = &json["mesh_rate"];
@@ -169,10 +215,23 @@ fn tiny_suite_writes_complete_reports() {
         assert_eq!(r["errors"], 0, "{r}");
     }
     assert!(md.contains("wrk -t1 -c16"), "{md}");
-    // Six judged on the suite's own tools, four on mTLS (mesh beside mesh-plain), six on the
-    // wrk rows.
+    // Six judged on the suite's own tools, four on mTLS (mesh beside mesh-plain), one on
+    // capture (captured beside ringmesh), six on the wrk rows.
     let targets = json["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 16);
+    assert_eq!(targets.len(), 17);
+    let capture: Vec<&serde_json::Value> = targets
+        .iter()
+        .filter(|t| t["name"] == "HTTP/1.1: captured added p50 vs ringmesh")
+        .collect();
+    assert_eq!(capture.len(), 1, "{targets:?}");
+    let (verdict, value) = (capture[0]["verdict"].as_str().unwrap(), capture[0]["value"].as_str().unwrap());
+    if root() {
+        assert!(["PASS", "MISS"].contains(&verdict), "judged, not N/A: {}", capture[0]);
+        assert!(value.contains("per-round difference, median over 2 round(s)"), "{value}");
+    } else {
+        assert_eq!(verdict, "N/A", "{}", capture[0]);
+        assert!(value.starts_with("captured was skipped: not run as root"), "{value}");
+    }
     let mtls: Vec<&str> = targets
         .iter()
         .filter(|t| t["name"].as_str().unwrap().contains("mTLS"))
@@ -233,6 +292,12 @@ fn tiny_suite_writes_complete_reports() {
     assert!(svg.starts_with("<svg"));
     for name in ["direct", "ringmesh", "mesh", "mesh-plain", "haproxy-mesh"] {
         assert!(svg.contains(&format!("\n{name}\n")), "{name} not in the plot's legend");
+    }
+    if root() {
+        for f in ["captured-r1.hgrm", "captured-r2.hgrm", "captured.yaml", "captured-iptables.log", "captured-echo.stderr.log"] {
+            assert!(out.join(f).exists(), "{f} missing");
+        }
+        assert!(svg.contains("\ncaptured\n"), "captured not in the plot's legend");
     }
 }
 
