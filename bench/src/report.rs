@@ -656,9 +656,14 @@ fn row_or_why(scenarios: &[ScenarioSummary], kind: Kind, protocol: Protocol) -> 
     let Some(s) = scenarios.iter().find(|s| s.scenario == kind && s.protocol == protocol) else {
         return Err(format!("no {kind} row of {} (not among --scenarios)", protocol.label()));
     };
-    // The first line of the first note says why a row was skipped or failed (a failure's note
-    // goes on with the proxy's stderr, which has no place in a table cell).
-    let note = s.notes.first().map_or(String::new(), |n| {
+    // A skipped row's first note says why, a failed row's last (its others describe the row).
+    // Only the first line: a failure goes on with the proxy's stderr, which has no place in a
+    // table cell.
+    let why = match s.status {
+        Status::Failed => s.notes.last(),
+        _ => s.notes.first(),
+    };
+    let note = why.map_or(String::new(), |n| {
         let line = n.lines().next().unwrap_or_default();
         match line.char_indices().nth(200) {
             Some((cut, _)) => format!(": {}…", &line[..cut]),
