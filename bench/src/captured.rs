@@ -197,9 +197,11 @@ pub fn start(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
     let (program, args) = netns.exec(&env.self_exe, &env.echo.args(loopback(ECHO)));
     let mut echo = Proc::spawn(&format!("{role}-echo"), &program, &args, &env.out_dir, env.echo.cpu)?;
     netns.run(|| {
-        echo.wait_ready(&format!("GET http://{}/ in {}", loopback(ECHO), netns.name()), READY_TIMEOUT, || {
-            matches!(http_get_status(loopback(ECHO), crate::topology::HOST, "/"), Ok(200))
-        })
+        echo.wait_ready(
+            &format!("GET http://{}/ in {}", loopback(ECHO), netns.name()),
+            READY_TIMEOUT,
+            || matches!(http_get_status(loopback(ECHO), crate::topology::HOST, "/"), Ok(200)),
+        )
     })??;
 
     apply_rules(env, &netns, &role)?;
@@ -261,9 +263,7 @@ pub fn start(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
 /// kept in `<role>-iptables.log`.
 fn apply_rules(env: &Env, netns: &NetNs, role: &str) -> anyhow::Result<()> {
     let (cli, mut args) = ringmesh_cli(&env.self_exe);
-    args.extend(
-        ["iptables", "--proxy-uid", &PROXY_UID.to_string(), "--ipv6", "off"].map(str::to_owned),
-    );
+    args.extend(["iptables", "--proxy-uid", &PROXY_UID.to_string(), "--ipv6", "off"].map(str::to_owned));
     let (program, args) = netns.exec(&cli, &args);
     let out = std::process::Command::new(&program)
         .args(&args)
@@ -279,7 +279,12 @@ fn apply_rules(env: &Env, netns: &NetNs, role: &str) -> anyhow::Result<()> {
     );
     std::fs::write(&log, &text).with_context(|| format!("writing {}", log.display()))?;
     if !out.status.success() {
-        bail!("`ringmesh iptables` failed in {} ({}): {}", netns.name(), out.status, text.trim());
+        bail!(
+            "`ringmesh iptables` failed in {} ({}): {}",
+            netns.name(),
+            out.status,
+            text.trim()
+        );
     }
     Ok(())
 }
@@ -318,7 +323,12 @@ mod tests {
         assert_eq!(e, "`setpriv` (util-linux) not found (install to measure it)");
         let e = Tools::find(
             0,
-            &found(&["ip", "iptables-restore", "iptables-nft-restore", "iptables-legacy-restore"]),
+            &found(&[
+                "ip",
+                "iptables-restore",
+                "iptables-nft-restore",
+                "iptables-legacy-restore",
+            ]),
         )
         .unwrap_err();
         assert_eq!(
@@ -350,7 +360,10 @@ mod tests {
             place: Place::Captured,
         };
         let text = spec.render();
-        assert!(text.contains("  metricsAddress: 127.0.0.1:15090\n  capture: {ipv6: false}\n---\n"), "{text}");
+        assert!(
+            text.contains("  metricsAddress: 127.0.0.1:15090\n  capture: {ipv6: false}\n---\n"),
+            "{text}"
+        );
         assert!(!text.contains("listeners"), "{text}");
         assert!(
             text.contains(
@@ -358,7 +371,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("endpoints: [{address: 127.0.0.1, ports: {http: 8080}}]"), "{text}");
+        assert!(
+            text.contains("endpoints: [{address: 127.0.0.1, ports: {http: 8080}}]"),
+            "{text}"
+        );
         for protocol in Protocol::ALL {
             let text = RingmeshSpec { protocol, ..spec }.render();
             let (resources, _) = ringmesh_api::load::load_str("captured.yaml", &text)

@@ -78,11 +78,7 @@ impl NetNs {
     /// Threads `f` starts are in the namespace too. Errors only when the thread cannot join it
     /// or cannot be started; a panic in `f` is passed on.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-        let fd = self
-            .file
-            .as_ref()
-            .context("the namespace is not open")?
-            .as_raw_fd();
+        let fd = self.file.as_ref().context("the namespace is not open")?.as_raw_fd();
         let name = &self.name;
         std::thread::scope(|s| {
             let thread = std::thread::Builder::new()
@@ -98,9 +94,7 @@ impl NetNs {
                     Ok(f())
                 })
                 .with_context(|| format!("starting a thread for network namespace {name}"))?;
-            thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
 }
@@ -111,7 +105,10 @@ impl Drop for NetNs {
         // stop them first (the `captured` row drops its processes before its namespace).
         self.file = None;
         if let Err(e) = run_ip(&self.ip, &["netns", "delete", &self.name]) {
-            eprintln!("ringmesh-bench: could not delete network namespace {}: {e:#}", self.name);
+            eprintln!(
+                "ringmesh-bench: could not delete network namespace {}: {e:#}",
+                self.name
+            );
         }
     }
 }

@@ -580,7 +580,11 @@ pub const CAPTURE_P50_LIMIT_US: f64 = 10.0;
 /// `mesh` − `mesh-plain` is. N/A, with the reason, when either row is missing, skipped or failed.
 pub fn judge_captured(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
     let mut out = Vec::new();
-    let asked = |p: Protocol| scenarios.iter().any(|s| s.protocol == p && s.scenario == Kind::Captured);
+    let asked = |p: Protocol| {
+        scenarios
+            .iter()
+            .any(|s| s.protocol == p && s.scenario == Kind::Captured)
+    };
     for protocol in Protocol::ALL.into_iter().filter(|&p| asked(p)) {
         let name = format!("{}: captured added p50 vs ringmesh", protocol.label());
         let target = format!(

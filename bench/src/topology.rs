@@ -515,7 +515,8 @@ impl RingmeshSpec<'_> {
             place,
         } = *self;
         let (port_name, port_protocol) = protocol.service_port();
-        let outbound = |listener| format!("  listeners:\n  - {{name: outbound, address: \"{listener}\", protocol: HTTP}}\n");
+        let outbound =
+            |listener| format!("  listeners:\n  - {{name: outbound, address: \"{listener}\", protocol: HTTP}}\n");
         let (header, workload, identity, listener_line, labels, peer_authn) = match place {
             Place::Sidecar => (
                 "one outbound listener in front of the echo upstream.".to_owned(),

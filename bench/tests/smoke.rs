@@ -129,7 +129,10 @@ fn tiny_suite_writes_complete_reports() {
     if !root() {
         assert_eq!(captured["status"], "skipped", "{captured}");
         assert!(
-            captured["notes"][0].as_str().unwrap().starts_with("skipped: not run as root"),
+            captured["notes"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("skipped: not run as root"),
             "{captured}"
         );
         assert!(md.contains("| captured | HTTP/1.1 | skipped |"), "{md}");
@@ -163,7 +166,10 @@ fn tiny_suite_writes_complete_reports() {
         assert!(captured["idle_connections"].is_null(), "{captured}");
         let note = format!("- captured: `ringmesh` by transparent capture: the load generator's threads and ringmesh-proxy in the network namespace rmbench-{pid}, `ringmesh iptables` applied there, the proxy run as UID/GID 1337");
         assert!(md.contains(&note), "{md}");
-        assert!(md.contains("HTTP/1.1 requests dial the echo's virtual IP 10.96.0.1:80"), "{md}");
+        assert!(
+            md.contains("HTTP/1.1 requests dial the echo's virtual IP 10.96.0.1:80"),
+            "{md}"
+        );
     }
     let floor = row("haproxy-mesh");
     assert!(floor["added_us"]["p50"]["median"].is_number(), "{floor}");
@@ -224,10 +230,16 @@ fn tiny_suite_writes_complete_reports() {
         .filter(|t| t["name"] == "HTTP/1.1: captured added p50 vs ringmesh")
         .collect();
     assert_eq!(capture.len(), 1, "{targets:?}");
-    let (verdict, value) = (capture[0]["verdict"].as_str().unwrap(), capture[0]["value"].as_str().unwrap());
+    let (verdict, value) = (
+        capture[0]["verdict"].as_str().unwrap(),
+        capture[0]["value"].as_str().unwrap(),
+    );
     if root() {
         assert!(["PASS", "MISS"].contains(&verdict), "judged, not N/A: {}", capture[0]);
-        assert!(value.contains("per-round difference, median over 2 round(s)"), "{value}");
+        assert!(
+            value.contains("per-round difference, median over 2 round(s)"),
+            "{value}"
+        );
     } else {
         assert_eq!(verdict, "N/A", "{}", capture[0]);
         assert!(value.starts_with("captured was skipped: not run as root"), "{value}");
@@ -294,7 +306,13 @@ fn tiny_suite_writes_complete_reports() {
         assert!(svg.contains(&format!("\n{name}\n")), "{name} not in the plot's legend");
     }
     if root() {
-        for f in ["captured-r1.hgrm", "captured-r2.hgrm", "captured.yaml", "captured-iptables.log", "captured-echo.stderr.log"] {
+        for f in [
+            "captured-r1.hgrm",
+            "captured-r2.hgrm",
+            "captured.yaml",
+            "captured-iptables.log",
+            "captured-echo.stderr.log",
+        ] {
             assert!(out.join(f).exists(), "{f} missing");
         }
         assert!(svg.contains("\ncaptured\n"), "captured not in the plot's legend");
