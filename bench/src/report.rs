@@ -24,6 +24,18 @@ pub struct Spread {
     pub max: f64,
 }
 
+/// `a`'s p50 minus `b`'s, round by round (rounds interleave the rows, so drift between rounds
+/// cancels out), for the rounds both measured.
+fn paired_p50_diffs(a: &ScenarioSummary, b: &ScenarioSummary) -> Vec<f64> {
+    a.runs
+        .iter()
+        .filter_map(|r| {
+            let q = b.runs.iter().find(|q| q.repeat == r.repeat)?;
+            Some(r.latency_us.p50 as f64 - q.latency_us.p50 as f64)
+        })
+        .collect()
+}
+
 /// Median and range of `values`; `None` when empty.
 pub fn spread(values: &[f64]) -> Option<Spread> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
@@ -483,14 +495,7 @@ pub fn judge_mtls(
         let target = "mesh − mesh-plain ≤ +15 µs (one mTLS hop)";
         match (mesh, plain) {
             (Some(m), Some(p)) => {
-                let diffs: Vec<f64> = m
-                    .runs
-                    .iter()
-                    .filter_map(|r| {
-                        let q = p.runs.iter().find(|q| q.repeat == r.repeat)?;
-                        Some(r.latency_us.p50 as f64 - q.latency_us.p50 as f64)
-                    })
-                    .collect();
+                let diffs = paired_p50_diffs(m, p);
                 // Beside the p50, the CPU the TLS hop adds per request (both proxies' open-loop
                 // CPU, mesh − mesh-plain): the work TLS puts on the request's path, all of it
                 // serial there, so it bounds what the hop can add to an unqueued request. It is
@@ -607,14 +612,7 @@ pub fn judge_captured(scenarios: &[ScenarioSummary]) -> Vec<TargetCheck> {
                 continue;
             }
         };
-        let diffs: Vec<f64> = captured
-            .runs
-            .iter()
-            .filter_map(|c| {
-                let r = ringmesh.runs.iter().find(|r| r.repeat == c.repeat)?;
-                Some(c.latency_us.p50 as f64 - r.latency_us.p50 as f64)
-            })
-            .collect();
+        let diffs = paired_p50_diffs(captured, ringmesh);
         let Some(d) = spread(&diffs) else {
             out.push(na("captured and ringmesh share no measured round".into()));
             continue;

@@ -294,7 +294,8 @@ impl Default for CaptureConfig {
 }
 
 /// The list-valued flags as given on the command line (strings, parsed by
-/// [`CaptureConfig::from_flags`]).
+/// [`CaptureConfig::from_flags`]). The default is the command's: everything captured both ways,
+/// nothing excluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListFlags {
     /// `-i`.
@@ -311,6 +312,20 @@ pub struct ListFlags {
     pub outbound_ports_exclude: String,
     /// `-c`.
     pub kube_virt_interfaces: String,
+}
+
+impl Default for ListFlags {
+    fn default() -> Self {
+        ListFlags {
+            outbound_ip_ranges_include: "*".into(),
+            outbound_ip_ranges_exclude: String::new(),
+            inbound_ports_include: "*".into(),
+            inbound_ports_exclude: String::new(),
+            outbound_ports_include: String::new(),
+            outbound_ports_exclude: String::new(),
+            kube_virt_interfaces: String::new(),
+        }
+    }
 }
 
 fn only<T>(s: Selection<T>) -> Vec<T> {
@@ -669,15 +684,7 @@ mod tests {
     use super::*;
 
     fn lists() -> ListFlags {
-        ListFlags {
-            outbound_ip_ranges_include: "*".into(),
-            outbound_ip_ranges_exclude: String::new(),
-            inbound_ports_include: "*".into(),
-            inbound_ports_exclude: String::new(),
-            outbound_ports_include: String::new(),
-            outbound_ports_exclude: String::new(),
-            kube_virt_interfaces: String::new(),
-        }
+        ListFlags::default()
     }
 
     fn config(f: impl FnOnce(&mut ListFlags)) -> CaptureConfig {

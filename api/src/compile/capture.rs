@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use super::clusters::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IDLE_PER_ENDPOINT, DEFAULT_POOL_IDLE_TIMEOUT};
+use super::clusters::{default_pool, DEFAULT_CONNECT_TIMEOUT};
 use super::route_actions::default_retry_policy;
 use super::virtual_service::applies_to_mesh;
 use super::{Compiler, Site};
@@ -18,8 +18,8 @@ use crate::registry::{Service, ServicePort};
 use crate::resources::{ProxyConfig, VirtualService};
 use crate::snapshot::{
     AppPort, Capture, CapturedEndpoint, CapturedProtocol, CapturedService, Cluster, ClusterId, Endpoint, ForwardAction,
-    HeaderOps, LbPolicy, Listener, ListenerKind, PoolSettings, ProxySettings, Route, RouteAction, UpstreamProtocol,
-    UpstreamTls, VirtualHost, VirtualHostId, WeightedClusters,
+    HeaderOps, LbPolicy, Listener, ListenerKind, ProxySettings, Route, RouteAction, UpstreamProtocol, UpstreamTls,
+    VirtualHost, VirtualHostId, WeightedClusters,
 };
 
 /// `ringmesh iptables`' (and Istio's) outbound capture port.
@@ -272,13 +272,7 @@ impl Compiler {
             endpoints,
             lb: LbPolicy::RoundRobin,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            pool: PoolSettings {
-                idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
-                max_requests_per_connection: None,
-                max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
-                http2_max_requests: None,
-                max_concurrent_streams: None,
-            },
+            pool: default_pool(),
             protocol: if h2 {
                 UpstreamProtocol::Http2
             } else {

@@ -29,6 +29,17 @@ pub(super) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600)
 /// Idle upstream connections kept per endpoint per worker (no Istio equivalent).
 pub(super) const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 32;
 
+/// Pool settings of a cluster no DestinationRule shapes (Istio's defaults).
+pub(super) fn default_pool() -> PoolSettings {
+    PoolSettings {
+        idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        max_requests_per_connection: None,
+        max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+        http2_max_requests: None,
+        max_concurrent_streams: None,
+    }
+}
+
 /// Where a destination's port is written, for the field path of its diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PortField {
@@ -155,13 +166,7 @@ impl Compiler {
             endpoints: Vec::new(),
             lb: LbPolicy::RoundRobin,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            pool: PoolSettings {
-                idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
-                max_requests_per_connection: None,
-                max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
-                http2_max_requests: None,
-                max_concurrent_streams: None,
-            },
+            pool: default_pool(),
             protocol: UpstreamProtocol::Http1,
             upgrade_meshed: true,
             host_not_found: Some(format!("no cluster found: no ServiceEntry defines host {host}\n")),

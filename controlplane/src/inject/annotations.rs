@@ -77,15 +77,7 @@ impl<'a> Annotations<'a> {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let mut lists = ListFlags {
-            outbound_ip_ranges_include: "*".into(),
-            outbound_ip_ranges_exclude: String::new(),
-            inbound_ports_include: "*".into(),
-            inbound_ports_exclude: String::new(),
-            outbound_ports_include: String::new(),
-            outbound_ports_exclude: String::new(),
-            kube_virt_interfaces: String::new(),
-        };
+        let mut lists = ListFlags::default();
         let mut given = BTreeMap::new();
         for (name, flag) in CAPTURE {
             if let Some(v) = self.get(name) {
