@@ -176,6 +176,10 @@ pub struct InjectArgs {
     /// which the control plane's TokenReview accepts).
     #[arg(long)]
     pub token_audience: Option<String>,
+    /// The sidecar's worker threads (default: one per core its CPU limit allows); a pod's
+    /// `proxy.istio.io/config` `concurrency` wins.
+    #[arg(long, env = "RINGMESH_PROXY_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub proxy_workers: Option<u32>,
 }
 
 impl InjectArgs {
@@ -188,6 +192,7 @@ impl InjectArgs {
             trust_domain: self.trust_domain.clone(),
             ca_root_config_map: self.ca_root_configmap.clone(),
             token_audience: self.token_audience.clone(),
+            proxy_workers: self.proxy_workers,
             ..Default::default()
         }
     }

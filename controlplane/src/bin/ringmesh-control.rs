@@ -139,6 +139,10 @@ struct Args {
     /// Audience of the injected proxies' service-account token (default: the API server's).
     #[arg(long, env = "RINGMESH_TOKEN_AUDIENCE")]
     token_audience: Option<String>,
+    /// Injected sidecars' worker threads (default: one per core their CPU limit allows); a
+    /// pod's `proxy.istio.io/config` `concurrency` wins.
+    #[arg(long, env = "RINGMESH_PROXY_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    proxy_workers: Option<u32>,
 }
 
 /// `--listen-tls`: an address, or `off`.
@@ -386,6 +390,7 @@ async fn injector(
             trust_domain: args.trust_domain.clone(),
             ca_root_config_map: args.ca_root_configmap.clone(),
             token_audience: args.token_audience.clone(),
+            proxy_workers: args.proxy_workers,
             ..Default::default()
         },
         namespaces: match kube {

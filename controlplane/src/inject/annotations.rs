@@ -22,6 +22,9 @@ pub const ISTIO_STATUS: &str = "sidecar.istio.io/status";
 /// `sidecar.istio.io/interceptionMode`: only `REDIRECT` is supported.
 pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
 
+/// Istio's per-pod proxy settings (a YAML `ProxyConfig`): its `concurrency` is read, the rest
+/// is Envoy's and ignored.
+pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
 const CPU: &str = "sidecar.istio.io/proxyCPU";
 const MEMORY: &str = "sidecar.istio.io/proxyMemory";
 const CPU_LIMIT: &str = "sidecar.istio.io/proxyCPULimit";
@@ -137,6 +140,29 @@ impl<'a> Annotations<'a> {
             cpu_limit: pick(CPU_LIMIT, &defaults.cpu_limit)?,
             memory_limit: pick(MEMORY_LIMIT, &defaults.memory_limit)?,
         })
+    }
+}
+
+impl Annotations<'_> {
+    /// The sidecar's worker count: `proxy.istio.io/config`'s `concurrency` (0: one per allowed
+    /// core, as in Istio), else `default`.
+    pub fn proxy_workers(&self, default: Option<u32>) -> Result<Option<u32>, InjectError> {
+        let Some(text) = self.get(PROXY_CONFIG) else {
+            return Ok(default);
+        };
+        let bad = |reason: String| InjectError::Annotation {
+            name: PROXY_CONFIG.into(),
+            reason,
+        };
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| bad(format!("not YAML: {e}")))?;
+        match value.get("concurrency") {
+            None => Ok(default),
+            Some(c) => match c.as_u64() {
+                Some(0) => Ok(None),
+                Some(n) if n <= 1024 => Ok(Some(n as u32)),
+                _ => Err(bad(format!("concurrency must be a number from 0 to 1024, got {c:?}"))),
+            },
+        }
     }
 }
 

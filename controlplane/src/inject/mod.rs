@@ -128,6 +128,7 @@ pub fn inject(pod: &Value, ctx: &PodContext, settings: &InjectSettings) -> Resul
     let annotations_before = Annotations(pod.pointer("/metadata/annotations").and_then(Value::as_object));
     let capture_args = annotations_before.capture_args(settings)?;
     let resources = annotations_before.resources(&settings.resources)?;
+    let workers = annotations_before.proxy_workers(settings.proxy_workers)?;
     let rewrite = !annotations_before.is_false(REWRITE_PROBES);
 
     // The app's probes.
@@ -179,7 +180,7 @@ pub fn inject(pod: &Value, ctx: &PodContext, settings: &InjectSettings) -> Resul
     let config = proxy_config::render(&facts, settings)?;
 
     let init = init_container(settings, capture_args);
-    let proxy = proxy_container(settings, resources, &probers)?;
+    let proxy = proxy_container(settings, resources, workers, &probers)?;
     let volumes = volumes(settings);
     let status = json!({
         "initContainers": [INIT_CONTAINER, PROXY_CONTAINER],
@@ -408,6 +409,7 @@ fn init_container(settings: &InjectSettings, args: Vec<String>) -> Container {
 fn proxy_container(
     settings: &InjectSettings,
     resources: ProxyResources,
+    workers: Option<u32>,
     probers: &Map<String, Value>,
 ) -> Result<Container, InjectError> {
     let mut env = vec![
@@ -420,6 +422,13 @@ fn proxy_container(
             ..Default::default()
         },
     ];
+    if let Some(n) = workers {
+        env.push(EnvVar {
+            name: "RINGMESH_WORKERS".into(),
+            value: Some(n.to_string()),
+            ..Default::default()
+        });
+    }
     if !probers.is_empty() {
         env.push(EnvVar {
             name: APP_PROBERS_ENV.into(),

@@ -69,6 +69,9 @@ pub struct InjectSettings {
     pub token_audience: Option<String>,
     /// The sidecar's resources unless the pod's annotations say otherwise.
     pub resources: ProxyResources,
+    /// The sidecar's worker threads (`RINGMESH_WORKERS`) unless the pod's
+    /// `proxy.istio.io/config` says `concurrency`; `None`: one per core its CPU limit allows.
+    pub proxy_workers: Option<u32>,
 }
 
 impl Default for InjectSettings {
@@ -82,6 +85,7 @@ impl Default for InjectSettings {
             ca_root_config_map: DEFAULT_CA_ROOT_CONFIG_MAP.into(),
             token_audience: None,
             resources: ProxyResources::default(),
+            proxy_workers: None,
         }
     }
 }

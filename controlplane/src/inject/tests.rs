@@ -125,3 +125,40 @@ fn the_apps_own_prometheus_annotations_are_kept() {
     assert_eq!(out["metadata"]["annotations"]["prometheus.io/port"], "9102");
     assert_eq!(out["metadata"]["annotations"]["prometheus.io/scrape"], "true");
 }
+
+/// The sidecar's worker count: the injector's setting, overridden by Istio's per-pod
+/// `proxy.istio.io/config` `concurrency` (0: one per allowed core); a bad one is refused by name.
+#[test]
+fn the_worker_count_comes_from_the_settings_or_istios_proxy_config() {
+    let workers = |pod: &Value, settings: &InjectSettings| -> Option<String> {
+        let injected = inject(pod, &ctx(), settings).unwrap().pod;
+        let proxy = injected["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == PROXY_CONTAINER)
+            .unwrap()
+            .clone();
+        proxy["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "RINGMESH_WORKERS")
+            .map(|e| e["value"].as_str().unwrap().to_owned())
+    };
+    let two = InjectSettings {
+        proxy_workers: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(workers(&pod(), &InjectSettings::default()), None);
+    assert_eq!(workers(&pod(), &two).as_deref(), Some("2"));
+    let mut annotated = pod();
+    annotated["metadata"]["annotations"] =
+        json!({"proxy.istio.io/config": "concurrency: 4\nholdApplicationUntilProxyStarts: true\n"});
+    assert_eq!(workers(&annotated, &two).as_deref(), Some("4"));
+    annotated["metadata"]["annotations"] = json!({"proxy.istio.io/config": "concurrency: 0"});
+    assert_eq!(workers(&annotated, &two), None);
+    annotated["metadata"]["annotations"] = json!({"proxy.istio.io/config": "concurrency: lots"});
+    let e = inject(&annotated, &ctx(), &two).unwrap_err().to_string();
+    assert!(e.contains("proxy.istio.io/config") && e.contains("concurrency"), "{e}");
+}
