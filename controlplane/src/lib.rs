@@ -13,6 +13,7 @@ pub mod cli;
 pub mod etcd;
 pub mod inject;
 pub mod kubernetes;
+pub mod metrics;
 pub mod scope;
 pub mod server;
 pub mod store;

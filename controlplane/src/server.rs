@@ -136,6 +136,8 @@ struct State {
     /// Who sees which document (`scope.rs`), scanned once per resource set.
     scopes: Scopes,
     generation: u64,
+    /// When the generation last moved: what a push's time is measured from.
+    changed_at: Option<Instant>,
     /// Until when the registry is warming (see the module doc); `None` once warm.
     warm_until: Option<Instant>,
     proxies: BTreeMap<String, Proxy>,
@@ -228,6 +230,8 @@ pub struct ControlPlane {
     check: CheckFn,
     /// The mesh CA and how credentials are checked; `None`: no certificates are issued.
     authority: Option<Arc<Authority>>,
+    /// Pushes, ACKs, NACKs and certificates, for `--metrics-listen`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ControlPlane {
@@ -247,7 +251,21 @@ impl ControlPlane {
             config,
             check: check_compiles,
             authority: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// The control plane's metrics in Prometheus' text format (`--metrics-listen`'s
+    /// `/metrics`).
+    pub fn metrics_text(&self) -> String {
+        let gauges = {
+            let st = self.lock();
+            crate::metrics::Gauges {
+                proxies_connected: st.proxies.values().filter(|p| p.status.connected).count() as u64,
+                generation: st.generation,
+            }
+        };
+        self.metrics.render(gauges)
     }
 
     /// Issues certificates with `authority` to proxies whose credential it accepts.
@@ -274,6 +292,7 @@ impl ControlPlane {
 
     fn bump(&self, st: &mut State) {
         st.generation += 1;
+        st.changed_at = Some(Instant::now());
         let _ = self.changed.send(st.generation);
     }
 
@@ -712,8 +731,10 @@ async fn serve_proxy(
     let mut changes = cp.changed.subscribe();
     let mut nonce = 0u64;
     let mut pending = true; // push the current state first
-                            // The last snapshot sent on this stream: what a protocol-3 proxy holds, and the base of the
-                            // next delta.
+                            // Whether a change caused the pending push (the stream's first push has no cause to time).
+    let mut caused = false;
+    // The last snapshot sent on this stream: what a protocol-3 proxy holds, and the base of the
+    // next delta.
     let mut last_sent: Option<Arc<Snapshot>> = None;
     // Every stream watches for the end of the warm-up, so that it is pushed at once; the first
     // to see it moves the generation and the others find it done.
@@ -721,6 +742,11 @@ async fn serve_proxy(
     loop {
         if pending {
             pending = false;
+            let change_at = if std::mem::take(&mut caused) {
+                cp.lock().changed_at
+            } else {
+                None
+            };
             tokio::time::sleep(cp.config.debounce).await;
             let _ = changes.borrow_and_update();
             match cp.snapshot_for(&node_id).await {
@@ -761,6 +787,7 @@ async fn serve_proxy(
                     }
                     last_sent = Some(view.snapshot.clone());
                     cp.sent(&node_id, session, view.snapshot.clone());
+                    cp.metrics.pushed(change_at.map(|t| t.elapsed()));
                 }
                 Err(reason) => {
                     tracing::warn!(node = %node_id, "config not sent: it does not compile for this proxy:\n{reason}");
@@ -779,10 +806,12 @@ async fn serve_proxy(
             changed = changes.changed() => {
                 if changed.is_err() { break; }
                 pending = true;
+                caused = true;
             }
             msg = inbound.next() => match msg {
                 Some(Ok(ProxyMessage { message: Some(proxy_message::Message::CertificateRequest(req)) })) => {
                     let answer = certificate(&cp, &node_id, &identity, req);
+                    cp.metrics.certificate(matches!(answer, control_message::Message::Certificate(_)));
                     if tx.send(Ok(ControlMessage { message: Some(answer) })).await.is_err() {
                         break;
                     }
@@ -843,16 +872,20 @@ fn certificate(
 
 fn handle(cp: &ControlPlane, node_id: &str, session: u64, m: proxy_message::Message) {
     match m {
-        proxy_message::Message::Ack(a) => cp.with_proxy(node_id, session, |p| {
-            p.status.acked_version = a.version;
-            p.status.nack = None;
-            p.status.nacked_version = 0;
-            if p.sent.as_ref().is_some_and(|s| s.version == a.version) {
-                p.acked = p.sent.clone();
-            }
-            false
-        }),
+        proxy_message::Message::Ack(a) => {
+            cp.metrics.acked();
+            cp.with_proxy(node_id, session, |p| {
+                p.status.acked_version = a.version;
+                p.status.nack = None;
+                p.status.nacked_version = 0;
+                if p.sent.as_ref().is_some_and(|s| s.version == a.version) {
+                    p.acked = p.sent.clone();
+                }
+                false
+            })
+        }
         proxy_message::Message::Nack(n) => {
+            cp.metrics.nacked();
             tracing::warn!(node = %node_id, version = n.version, "NACK: {}", n.error);
             cp.with_proxy(node_id, session, |p| {
                 p.status.nack = Some(n.error);

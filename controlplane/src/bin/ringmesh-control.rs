@@ -68,6 +68,11 @@ struct Args {
     /// address's IP, --tls-san); `off` serves plaintext only.
     #[arg(long, env = "RINGMESH_LISTEN_TLS", default_value = "127.0.0.1:15012", value_parser = parse_listen_tls)]
     listen_tls: ListenTls,
+    /// The control plane's metrics, `GET /metrics` in Prometheus' format (Istio's monitoring
+    /// port 15014): proxies connected, pushes and push time, ACKs, NACKs, certificates; `off`
+    /// serves none. A port that cannot be bound is logged and skipped: discovery goes on.
+    #[arg(long, env = "RINGMESH_METRICS_LISTEN", default_value = "127.0.0.1:15014", value_parser = parse_listen_tls)]
+    metrics_listen: ListenTls,
     /// More names for the TLS port's certificate (DNS names or IP addresses; repeat or
     /// comma-separate).
     #[arg(long, env = "RINGMESH_TLS_SAN", value_delimiter = ',')]
@@ -145,7 +150,7 @@ struct Args {
     proxy_workers: Option<u32>,
 }
 
-/// `--listen-tls`: an address, or `off`.
+/// `--listen-tls` and `--metrics-listen`: an address, or `off`.
 #[derive(Debug, Clone, Copy)]
 enum ListenTls {
     On(SocketAddr),
@@ -347,6 +352,19 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Some(addr) = args.injector_listen {
         injector(&args, addr, kube_client).await?;
+    }
+    if let ListenTls::On(addr) = args.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(metrics_listen = %listener.local_addr()?, "metrics serving (/metrics)");
+                let cp = cp.clone();
+                tokio::spawn(ringmesh_control::metrics::serve(
+                    listener,
+                    Arc::new(move || cp.metrics_text()),
+                ));
+            }
+            Err(e) => tracing::warn!("metrics not served: cannot listen on {addr} (--metrics-listen): {e}"),
+        }
     }
     tracing::info!(listen = %args.listen, "ringmesh-control serving");
     let plain = tonic::transport::Server::builder()
