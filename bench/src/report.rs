@@ -1135,6 +1135,17 @@ mod tests {
     use super::*;
     use ringmesh_loadgen::LatencySummary;
 
+    /// The run description the report tests render with.
+    fn test_run_info() -> RunInfo {
+        RunInfo {
+            command: "ringmesh-bench".into(),
+            started_unix: 0,
+            wall_seconds: 1.0,
+            machine: vec![],
+            settings: vec![],
+        }
+    }
+
     fn run(repeat: usize, p50: u64, p99: u64, thr: f64) -> RunResult {
         RunResult {
             repeat,
@@ -1509,13 +1520,7 @@ mod tests {
 
         // The report: the pass's own table, its rows kept out of the main tables' medians.
         let md = markdown(
-            &RunInfo {
-                command: "ringmesh-bench".into(),
-                started_unix: 0,
-                wall_seconds: 1.0,
-                machine: vec![],
-                settings: vec![],
-            },
+            &test_run_info(),
             &main,
             Some(&pass),
             &judge_mtls(&main, 2000.0, Some(&pass)),
@@ -1575,18 +1580,7 @@ mod tests {
         // throughput 41k/30k = 1.37 PASS; p50 20 ≤ 40 PASS; p99 60 ≤ 100 PASS; CPU PASS;
         // RSS PASS; per-conn N/A (no idle test).
         assert_eq!(v, ["PASS", "PASS", "PASS", "PASS", "PASS", "N/A"]);
-        let md = markdown(
-            &RunInfo {
-                command: "ringmesh-bench".into(),
-                started_unix: 0,
-                wall_seconds: 1.0,
-                machine: vec![],
-                settings: vec![],
-            },
-            &[d, rm, ha],
-            None,
-            &targets,
-        );
+        let md = markdown(&test_run_info(), &[d, rm, ha], None, &targets);
         assert!(md.contains("| ringmesh | HTTP/1.1 | 41000 |"), "{md}");
         // Twice direct's echo CPU (0.004) is 0.008 cores per 1,000 rps; the proxy's 0.01 is
         // 1.25× it, and its closed-loop CPU per request the median of 1 s / 40,000 and / 42,000.

@@ -1297,18 +1297,23 @@ fn add_namespace(fake: &Fake, ns: &str) {
 /// the namespace `marker` is added (on the Namespaces' watch) and its ConfigMap awaited, then
 /// that ConfigMap is deleted (on the ConfigMaps' watch) and awaited again. Each watch delivers
 /// in order, and the publisher handles one event at a time. Leaves two creates in `marker`.
+/// Someone deletes `namespace`'s root ConfigMap: gone from the store, and the watch says so.
+fn delete_root_config_map(fake: &Fake, namespace: &str) {
+    let gone = fake
+        .lock()
+        .config_maps
+        .remove(&(namespace.into(), ROOT_CONFIG_MAP.into()))
+        .unwrap();
+    push(fake, "configmaps", "DELETED", gone);
+}
+
 async fn handled_so_far(fake: &Fake, marker: &str, bundle: &str) {
     add_namespace(fake, marker);
     let made = || published(fake, marker, bundle);
     if let Err(e) = common::eventually_async(WAIT, "the marker namespace published", made).await {
         panic!("{e}: {:?}", config_map_writes(fake));
     }
-    let gone = fake
-        .lock()
-        .config_maps
-        .remove(&(marker.into(), ROOT_CONFIG_MAP.into()))
-        .unwrap();
-    push(fake, "configmaps", "DELETED", gone);
+    delete_root_config_map(fake, marker);
     let made_again = || published(fake, marker, bundle);
     if let Err(e) = common::eventually_async(WAIT, "the marker's ConfigMap made again", made_again).await {
         panic!("{e}: {:?}", config_map_writes(fake));
@@ -1379,12 +1384,7 @@ async fn a_deleted_config_map_comes_back() {
         panic!("{e}: {:?}", calls(&fake.requests()));
     }
     // A user deletes it: gone from the store, and the watch says so.
-    let gone = fake
-        .lock()
-        .config_maps
-        .remove(&("shop".into(), ROOT_CONFIG_MAP.into()))
-        .unwrap();
-    push(&fake, "configmaps", "DELETED", gone);
+    delete_root_config_map(&fake, "shop");
     if let Err(e) = common::eventually_async(WAIT, "shop published again", || published(&fake, "shop", &bundle)).await {
         panic!("{e}: {:?}", calls(&fake.requests()));
     }
@@ -1483,12 +1483,7 @@ async fn a_terminating_namespace_is_skipped() {
     leaving["metadata"]["deletionTimestamp"] = json!("2026-12-06T17:02:41Z");
     leaving["status"]["phase"] = json!("Terminating");
     push(&fake, "namespaces", "MODIFIED", leaving);
-    let gone = fake
-        .lock()
-        .config_maps
-        .remove(&("shop".into(), ROOT_CONFIG_MAP.into()))
-        .unwrap();
-    push(&fake, "configmaps", "DELETED", gone);
+    delete_root_config_map(&fake, "shop");
     handled_so_far(&fake, "marker", &bundle).await;
     assert_eq!(
         config_map_writes(&fake),

@@ -13,15 +13,8 @@ if ! declare -F check >/dev/null; then
   fi
   cargo build -q -p ringmesh-control --bins
   BIN=target/debug
-  work=$(mktemp -d)
-  pids=()
+  source tests/interop/standalone.sh
   trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
-  pass=0
-  fail=0
-  check() { # name, condition-command...
-    local name=$1; shift
-    if "$@"; then pass=$((pass + 1)); echo "ok   $name"; else fail=$((fail + 1)); echo "FAIL $name"; fi
-  }
   standalone=1
 fi
 if ! command -v kubectl >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

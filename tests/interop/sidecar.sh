@@ -28,13 +28,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     cargo build -q -p ringmesh-control --bin ringmesh -p ringmesh-proxy --bin ringmesh-proxy
     BIN=target/debug
   fi
-  work=$(mktemp -d)
-  pass=0
-  fail=0
-  check() { # name, condition-command...
-    local name=$1; shift
-    if "$@"; then pass=$((pass + 1)); echo "ok   $name"; else fail=$((fail + 1)); echo "FAIL $name"; fi
-  }
+  source tests/interop/standalone.sh
   sidecar_standalone=1
 fi
 
