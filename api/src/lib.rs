@@ -7,6 +7,7 @@
 //! and `ringmesh analyze` all run this same code, so a config that compiles in one compiles in all.
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod authz;
 pub mod compile;
 pub mod delta;

@@ -34,6 +34,68 @@ pub struct Snapshot {
     /// How connections `ringmesh iptables` redirected are served (`spec.capture`): empty
     /// without capture listeners.
     pub capture: Capture,
+    /// Metrics, access logs, traces and the reason header (`spec.telemetry`).
+    pub telemetry: Telemetry,
+}
+
+/// What the proxy tells about the traffic it carries (`ProxyConfig.spec.telemetry`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Telemetry {
+    /// Access logs; `None`: off.
+    pub access_log: Option<AccessLog>,
+    /// Trace propagation, sampling and export.
+    pub tracing: Tracing,
+    /// Istio's standard metrics are kept.
+    pub istio_metrics: bool,
+    /// Label sets each worker keeps for Istio's metrics.
+    pub max_series: usize,
+    /// Local replies carry `x-ringmesh-reason`.
+    pub reason_header: bool,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            access_log: None,
+            tracing: Tracing::default(),
+            istio_metrics: true,
+            max_series: DEFAULT_MAX_SERIES,
+            reason_header: true,
+        }
+    }
+}
+
+/// Label sets of Istio's metrics each worker keeps unless `spec.telemetry.metrics.maxSeries`
+/// says otherwise.
+pub const DEFAULT_MAX_SERIES: usize = 1000;
+
+/// Bytes of access-log lines a worker holds for the writer unless
+/// `spec.telemetry.accessLog.bufferBytes` says otherwise.
+pub const DEFAULT_ACCESS_LOG_BUFFER: usize = 256 * 1024;
+
+/// `spec.telemetry.accessLog`, compiled.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessLog {
+    /// `/dev/stdout` or a file.
+    pub path: std::path::PathBuf,
+    /// What each line holds, and how.
+    pub format: crate::access_log::LogFormat,
+    /// Bytes of lines a worker holds for the writer.
+    pub buffer_bytes: usize,
+}
+
+/// `spec.telemetry.tracing`, compiled.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tracing {
+    /// Fraction (0..=1) of requests without a sampling decision that start a sampled trace.
+    pub sampling: f64,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        // Istio's default `randomSamplingPercentage`: 1 %.
+        Tracing { sampling: 0.01 }
+    }
 }
 
 /// Where a captured connection goes, from its original destination

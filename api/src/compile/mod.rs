@@ -48,6 +48,8 @@ mod route_actions;
 mod route_match;
 mod security;
 mod service_entry;
+mod telemetry;
+mod tracing;
 mod virtual_service;
 mod workload_entry;
 
@@ -111,6 +113,7 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
     // 2. The proxy's own settings.
     let proxy_config = c.single_proxy_config(&kinds.proxy_configs);
     let proxy = c.proxy_settings(proxy_config);
+    let telemetry = c.telemetry(proxy_config);
     // 3. Services and their endpoints.
     for se in &kinds.service_entries {
         c.service_entry(se);
@@ -155,6 +158,7 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
         clusters: c.clusters,
         security,
         capture,
+        telemetry,
     };
     // A tcp route is checked with its VirtualService and again by the listener that uses it:
     // each finding is reported once.

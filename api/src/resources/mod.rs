@@ -19,6 +19,8 @@ mod destination_rule;
 mod proxy_config;
 mod security;
 mod service_entry;
+mod telemetry;
+mod tracing;
 mod virtual_service;
 mod workload_entry;
 
@@ -26,6 +28,7 @@ pub use destination_rule::*;
 pub use proxy_config::*;
 pub use security::*;
 pub use service_entry::*;
+pub use telemetry::*;
 pub use virtual_service::*;
 pub use workload_entry::*;
 

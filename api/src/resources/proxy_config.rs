@@ -88,6 +88,9 @@ pub struct ProxyConfigSpec {
     /// `meshConfig.outboundTrafficPolicy`); absent: `ALLOW_ANY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_traffic_policy: Option<OutboundTrafficPolicySpec>,
+    /// Metrics, access logs, traces and the reason header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<super::TelemetrySpec>,
 }
 
 /// `ProxyConfig.spec.capture`: the listeners that take traffic `ringmesh iptables` redirected.
