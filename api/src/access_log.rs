@@ -146,7 +146,10 @@ pub const ISTIO_JSON_FORMAT: &[(&str, &str)] = &[
     ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
     ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
     ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
-    ("upstream_transport_failure_reason", "%UPSTREAM_TRANSPORT_FAILURE_REASON%"),
+    (
+        "upstream_transport_failure_reason",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    ),
     ("trace_id", "%TRACE_ID%"),
     ("grpc_status", "%GRPC_STATUS%"),
     ("downstream_peer_principal", "%DOWNSTREAM_PEER_URI_SAN%"),
@@ -225,7 +228,9 @@ fn parse_operator(op: &str) -> Result<Part, FormatError> {
     };
     let field = match body.split_once('(') {
         Some((name, arg)) => {
-            let arg = arg.strip_suffix(')').ok_or_else(|| FormatError::Unknown(op.to_string()))?;
+            let arg = arg
+                .strip_suffix(')')
+                .ok_or_else(|| FormatError::Unknown(op.to_string()))?;
             let names: Vec<String> = arg
                 .split('?')
                 .map(|h| h.trim().to_ascii_lowercase())
@@ -295,7 +300,9 @@ pub fn json_format(object: Option<&str>) -> Result<LogFormat, FormatError> {
     let mut fields = Vec::with_capacity(map.len());
     for (k, v) in map {
         let (serde_yaml::Value::String(k), serde_yaml::Value::String(t)) = (k, v) else {
-            return Err(FormatError::NotJsonObject("every key and value must be a string".into()));
+            return Err(FormatError::NotJsonObject(
+                "every key and value must be a string".into(),
+            ));
         };
         fields.push((k, parse_template(&t)?));
     }
@@ -307,17 +314,24 @@ mod tests {
     use super::*;
 
     fn field(f: Field) -> Part {
-        Part::Field { field: f, max_len: None }
+        Part::Field {
+            field: f,
+            max_len: None,
+        }
     }
 
     #[test]
     fn istio_defaults_parse() {
-        let LogFormat::Text(parts) = text_format(None).unwrap() else { panic!() };
+        let LogFormat::Text(parts) = text_format(None).unwrap() else {
+            panic!()
+        };
         assert_eq!(parts[0], Part::Literal("[".into()));
         assert_eq!(parts[1], field(Field::StartTime));
         assert!(parts.contains(&field(Field::Req(vec!["x-envoy-original-path".into(), ":path".into()]))));
         assert!(parts.contains(&field(Field::UpstreamServiceTime)));
-        let LogFormat::Json(fields) = json_format(None).unwrap() else { panic!() };
+        let LogFormat::Json(fields) = json_format(None).unwrap() else {
+            panic!()
+        };
         assert_eq!(fields.len(), ISTIO_JSON_FORMAT.len());
         assert_eq!(fields[5], ("response_code".into(), vec![field(Field::ResponseCode)]));
     }
@@ -328,27 +342,46 @@ mod tests {
             parse_template("100%% %REQ(USER-AGENT):3% x").unwrap(),
             vec![
                 Part::Literal("100% ".into()),
-                Part::Field { field: Field::Req(vec!["user-agent".into()]), max_len: Some(3) },
+                Part::Field {
+                    field: Field::Req(vec!["user-agent".into()]),
+                    max_len: Some(3)
+                },
                 Part::Literal(" x".into()),
             ]
         );
-        assert_eq!(parse_template("%REQ(:AUTHORITY)%").unwrap(), vec![field(Field::Req(vec![":authority".into()]))]);
+        assert_eq!(
+            parse_template("%REQ(:AUTHORITY)%").unwrap(),
+            vec![field(Field::Req(vec![":authority".into()]))]
+        );
     }
 
     #[test]
     fn mistakes_are_named() {
-        assert_eq!(parse_template("%STRAT_TIME%"), Err(FormatError::Unknown("STRAT_TIME".into())));
+        assert_eq!(
+            parse_template("%STRAT_TIME%"),
+            Err(FormatError::Unknown("STRAT_TIME".into()))
+        );
         assert_eq!(parse_template("a %DURATION"), Err(FormatError::Unclosed(2)));
         assert_eq!(parse_template("%REQ()%"), Err(FormatError::NoHeader("REQ()".into())));
-        assert_eq!(parse_template("%DURATION:x%"), Err(FormatError::BadLength("DURATION:x".into())));
-        assert_eq!(parse_template("%RESP(SERVER)%"), Err(FormatError::Unknown("RESP(SERVER)".into())));
+        assert_eq!(
+            parse_template("%DURATION:x%"),
+            Err(FormatError::BadLength("DURATION:x".into()))
+        );
+        assert_eq!(
+            parse_template("%RESP(SERVER)%"),
+            Err(FormatError::Unknown("RESP(SERVER)".into()))
+        );
         assert!(matches!(json_format(Some("[1]")), Err(FormatError::NotJsonObject(_))));
-        assert!(matches!(json_format(Some("{\"a\": 1}")), Err(FormatError::NotJsonObject(_))));
+        assert!(matches!(
+            json_format(Some("{\"a\": 1}")),
+            Err(FormatError::NotJsonObject(_))
+        ));
     }
 
     #[test]
     fn json_keeps_the_users_keys() {
-        let LogFormat::Json(f) = json_format(Some(r#"{"code": "%RESPONSE_CODE%", "who": "id=%REQ(X-USER)%"}"#)).unwrap()
+        let LogFormat::Json(f) =
+            json_format(Some(r#"{"code": "%RESPONSE_CODE%", "who": "id=%REQ(X-USER)%"}"#)).unwrap()
         else {
             panic!()
         };

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use ringmesh_api::authz::{Authz, Decision, HeaderLookup, HttpAttrs, PeerId, RequestAttrs};
 
+use crate::telemetry::request::AuthzVerdict;
 use crate::telemetry::stats::inc;
 use crate::tls::InboundConn;
 use crate::worker::Worker;
@@ -25,17 +26,17 @@ pub(crate) struct HttpRequest<'a> {
     pub(crate) headers: &'a dyn HeaderLookup,
 }
 
-/// Whether the workload's policies let this request (or connection) through. `true` when no
-/// policy applies to the workload (nothing is counted then).
+/// What the workload's policies say of this request (or connection), with the policy that
+/// decided; `None` when no policy applies to the workload (nothing is counted then).
 pub(crate) fn check(
     worker: &Worker,
     authz: &Authz,
     conn: &InboundConn,
     peer: SocketAddr,
     http: Option<HttpRequest<'_>>,
-) -> bool {
+) -> Option<AuthzVerdict> {
     if authz.is_empty() {
-        return true;
+        return None;
     }
     let attrs = RequestAttrs {
         peer: conn.identity.as_ref().map(|id| PeerId {
@@ -71,8 +72,9 @@ pub(crate) fn check(
                         "RBAC audit: request matched an AUDIT policy"
                     )
                 });
+                return Some(AuthzVerdict::Audited(policy));
             }
-            true
+            Some(AuthzVerdict::Allowed)
         }
         Decision::Denied { policy } => {
             inc(&stats.authz_denied);
@@ -87,7 +89,7 @@ pub(crate) fn check(
                     "RBAC: access denied"
                 )
             });
-            false
+            Some(AuthzVerdict::Denied(policy))
         }
     }
 }

@@ -195,6 +195,30 @@ impl ProxyError {
         }
     }
 
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` vocabulary for this reply (`route_not_found`,
+    /// `no_healthy_upstream`, `rbac_access_denied_matched_policy[…]` is shortened to
+    /// `rbac_access_denied`).
+    pub fn details(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::BadRequest { .. } => "codec_error",
+            ErrorKind::RequestHeaderTimeout => "request_header_timeout",
+            ErrorKind::NoRoute => "route_not_found",
+            ErrorKind::NoHealthyUpstream => "no_healthy_upstream",
+            ErrorKind::NoCluster => "cluster_not_found",
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            ErrorKind::TlsHandshakeFailed => "upstream_reset_before_response_started{connection_failure,TLS_error}",
+            ErrorKind::UpstreamReset => "upstream_reset_before_response_started{connection_termination}",
+            ErrorKind::UpstreamProtocol => "upstream_reset_before_response_started{protocol_error}",
+            ErrorKind::UpstreamTimeout => "response_timeout",
+            ErrorKind::PerTryTimeout => "upstream_per_try_timeout",
+            ErrorKind::DownstreamClosed => "downstream_remote_disconnect",
+            ErrorKind::Overflow => "upstream_max_pending_requests_overflow",
+            ErrorKind::Forbidden => "rbac_access_denied",
+        }
+    }
+
     /// Body text of the local reply, modelled on Envoy's so existing runbooks still match.
     pub fn body(&self) -> &'static str {
         match self.kind {
@@ -239,6 +263,16 @@ impl fmt::Display for ProxyError {
 }
 
 impl std::error::Error for ProxyError {}
+
+/// A local reply's one-line reason for `x-ringmesh-reason`: the error's own words, with the
+/// cluster named when one was chosen (`no healthy endpoint in cluster outbound|80|v2|reviews`).
+pub fn reason_line(e: &ProxyError, cluster: Option<&ringmesh_api::snapshot::Cluster>) -> String {
+    match (e.kind, cluster) {
+        (ErrorKind::NoHealthyUpstream, Some(c)) => format!("no healthy endpoint in cluster {}", c.name),
+        (_, Some(c)) => format!("{} (cluster {})", e.context, c.name),
+        (_, None) => e.context.to_string(),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -61,7 +61,7 @@ pub(crate) async fn serve(
     let view = worker.snapshot.get();
     if let Some(conn) = &inbound {
         // A denied connection is closed before any upstream is dialled.
-        if !crate::authz::check(&worker, &view.snapshot.security.authz, conn, peer, None) {
+        if crate::authz::check(&worker, &view.snapshot.security.authz, conn, peer, None).is_some_and(|v| v.denied()) {
             return;
         }
     }

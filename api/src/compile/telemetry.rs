@@ -60,7 +60,11 @@ impl Compiler {
             }
             let path = a.path.clone().unwrap_or_else(|| "/dev/stdout".into());
             if path.is_empty() {
-                self.error(site, &p.key("path"), "path must not be empty (leave accessLog out to turn logs off)");
+                self.error(
+                    site,
+                    &p.key("path"),
+                    "path must not be empty (leave accessLog out to turn logs off)",
+                );
             }
             if let Some(format) = format {
                 t.access_log = Some(AccessLog {

@@ -32,6 +32,7 @@ use crate::cluster::pool::{self, UpstreamConn};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::lb::{self, ClusterState};
 use crate::state::WorkerSnapshot;
+use crate::telemetry::request::{Details, Facts};
 use crate::telemetry::stats::{dec, inc};
 use crate::worker::Worker;
 
@@ -39,6 +40,8 @@ use crate::worker::Worker;
 /// forwarding reads. Built by the connection loop for each forwarded request.
 pub(crate) struct Exchange<'a> {
     pub(crate) worker: &'a Worker,
+    /// What the request did, for telemetry.
+    pub(crate) facts: &'a Facts,
     pub(crate) view: &'a WorkerSnapshot,
     pub(crate) conn: &'a mut Downstream,
     pub(crate) head: &'a RequestHead,
@@ -140,6 +143,7 @@ pub(crate) enum Try {
 /// Forwards one routed request: the steps below, then tries until one answers or retries end.
 pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
     let cluster_id = ex.action.clusters.pick(ex.worker.rng.next_u64() as u32);
+    ex.facts.cluster.set(Some(cluster_id));
     if let Some(host) = &ex.view.snapshot.cluster(cluster_id).host_not_found {
         return host_not_found(ex, host).await;
     }
@@ -155,6 +159,9 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
     }
     let plan = plan(ex, cluster_id, expect);
     let mut body = RequestBody::take(ex.head.framing(), &mut ex.conn.buf);
+    if let Some(held) = body.held() {
+        ex.facts.bytes_received.set(held.len() as u64);
+    }
     let mut retries = Retries::new(&ex.action.retry, plan.deadline);
     let mut _retry_slot: Option<RetrySlot<'_>> = None;
     loop {
@@ -254,6 +261,8 @@ async fn host_not_found(ex: &mut Exchange<'_>, host: &str) -> Outcome {
     let e = ProxyError::new(ErrorKind::NoCluster, Side::Internal, "destination host not defined");
     ex.worker.stats.record_local_reply(e.flag());
     ex.worker.stats.record_status(e.status());
+    ex.facts.local_reply(&e);
+    ex.facts.bytes_sent.set(host.len() as u64);
     tracing::debug!(peer = %ex.conn.peer, host, "{}: {}", e.status(), e.context);
     let keep = finish_request_body(ex.conn, ex.head, ex.idle).await;
     ex.conn.local_reply(e.status(), &[], host.as_bytes(), !keep).await;
@@ -521,6 +530,7 @@ async fn send_request(
 ) -> Result<BytesMut, Try> {
     let ufd = upstream.fd();
     let first = body.first_write(&plan.upstream_head);
+    ex.facts.sending_upstream(upstream.addr);
     let r = crate::http::send::write_all(&mut upstream.write, ufd, first).await.0;
     if r.is_err() {
         return Err(Try::Failed(if upstream.reused {
@@ -569,7 +579,11 @@ async fn send_request(
         return Err(Try::Failed(UPSTREAM_RESET));
     }
     match sent {
-        None | Some(Ok(_)) => Ok(buf),
+        None => Ok(buf),
+        Some(Ok(n)) => {
+            ex.facts.bytes_received.set(n);
+            Ok(buf)
+        }
         Some(Err(BodyError::Write(_))) => Err(Try::Failed(UPSTREAM_RESET)),
         Some(Err(BodyError::Framing(e))) => Err(Try::ClientFailed(ProxyError::new(
             ErrorKind::BadRequest { status: e.status() },
@@ -606,12 +620,15 @@ async fn read_response_head(
     let mut upstream = upstream;
     let (addr, reused) = (upstream.addr, upstream.reused);
     match read_head(&ask, &mut upstream.read, addr, reused, buf).await {
-        Ok((head, src, buf)) => Try::Response(Response {
-            upstream,
-            head,
-            src,
-            buf,
-        }),
+        Ok((head, src, buf)) => {
+            ex.facts.upstream_head.set(Some(Instant::now()));
+            Try::Response(Response {
+                upstream,
+                head,
+                src,
+                buf,
+            })
+        }
         Err(e) => Try::Failed(e),
     }
 }
@@ -712,6 +729,9 @@ async fn relay_response(ex: &mut Exchange<'_>, plan: &Plan<'_>, resp: Response, 
     let status = rhead.status();
     record_upstream_status(state, status);
     worker.stats.record_status(status);
+    let facts = ex.facts;
+    facts.status.set(status);
+    facts.details.set(Details::ViaUpstream);
     let upgrade = status == 101 && head.connection().upgrade;
     let framing = rhead.framing();
     let client_framing = body::client_framing(framing, head.version_minor());
@@ -750,9 +770,11 @@ async fn relay_response(ex: &mut Exchange<'_>, plan: &Plan<'_>, resp: Response, 
             conn.out.extend_from_slice(&ubuf[..n as usize]);
             let _ = ubuf.split_to(n as usize);
             framing = BodyFraming::Length(0);
+            facts.bytes_sent.set(n);
         }
     }
     let out = std::mem::take(&mut conn.out);
+    facts.client_head.set(Some(Instant::now()));
     let (r, out) = conn.stream.write_all_direct(out).await;
     conn.out = out;
     if r.is_err() {
@@ -772,7 +794,7 @@ async fn relay_response(ex: &mut Exchange<'_>, plan: &Plan<'_>, resp: Response, 
     )
     .await
     {
-        Ok(_) => {}
+        Ok(n) => facts.bytes_sent.set(facts.bytes_sent.get() + n),
         Err(e) => {
             ex.worker.stats.log_limit.log(
                 "response-body-aborted",

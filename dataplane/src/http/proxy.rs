@@ -8,12 +8,13 @@
 //! Nothing here locks; the only allocations per request are the forwarded head and the small
 //! header-span vector.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ringmesh_api::snapshot::{Redirect, RouteAction};
+use ringmesh_api::snapshot::{Redirect, Route, RouteAction};
 use std::sync::Arc;
 
 use super::downstream::{finish_request_body, ClientIo, Downstream};
@@ -24,6 +25,8 @@ use super::request_body::ClientBody;
 use super::route_view::RouteView;
 use crate::capture::RouteBy;
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::state::WorkerSnapshot;
+use crate::telemetry::request::{Details, Facts, Protocol, RequestSide};
 use crate::tls::io::MaybeTls;
 use crate::tls::InboundConn;
 use crate::worker::Worker;
@@ -109,10 +112,8 @@ pub(crate) async fn serve(
             }
         };
         worker.request_started(false);
-        let started = Instant::now();
         let next = handle(&worker, &mut conn, head, limits.downstream_idle_timeout).await;
         worker.request_ended();
-        worker.stats.record_duration_us(started.elapsed().as_micros() as u64);
         match next {
             Next::Keep if !worker.draining.get() => {
                 // A connection that once carried a large body goes back to a small buffer while
@@ -172,10 +173,36 @@ impl From<bool> for Next {
     }
 }
 
-/// Routes and answers one request, and says what the connection does next.
+/// Routes and answers one request, tells telemetry what it did, and says what the connection
+/// does next.
 async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (RequestHead, Bytes), idle: Duration) -> Next {
     let view = worker.snapshot.get();
+    let facts = Facts::new(Protocol::Http1, conn.peer);
+    let route = Cell::new(None);
     let sent = RouteView::new(&src, &head);
+    let next = answer(worker, conn, &view, (&head, &src, &sent), idle, &facts, &route).await;
+    let authority = head
+        .authority(&src)
+        .or_else(|| head.host(&src))
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .unwrap_or("");
+    let side = RequestSide { head: &sent, authority };
+    crate::telemetry::finish(worker, &facts, route.get(), &side, conn.inbound.as_deref());
+    next
+}
+
+/// Routes and answers one request (`handle` without the telemetry); `route` is set to the
+/// route that matched.
+async fn answer<'v>(
+    worker: &Rc<Worker>,
+    conn: &mut Downstream,
+    view: &'v WorkerSnapshot,
+    (head, src, sent): (&RequestHead, &Bytes, &RouteView<'_>),
+    idle: Duration,
+    facts: &Facts,
+    route: &Cell<Option<&'v Route>>,
+) -> Next {
+    let sent = *sent;
     let security = &view.snapshot.security;
     let path = match normalize_path(sent.path, security.path_normalization) {
         Ok(p) => p,
@@ -190,7 +217,7 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
                 Side::Downstream,
                 "request path refused",
             );
-            return reply_error(worker, conn, &head, e, idle, ClientBody::Unread)
+            return reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
                 .await
                 .into();
         }
@@ -211,11 +238,13 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
             host: &host,
             method: req.method,
             path: req.path,
-            headers: &crate::authz::H1Headers { src: &src, head: &head },
+            headers: &crate::authz::H1Headers { src, head },
         };
-        if !crate::authz::check(worker, &security.authz, inbound, conn.peer, Some(request)) {
+        let verdict = crate::authz::check(worker, &security.authz, inbound, conn.peer, Some(request));
+        facts.authz.set(verdict);
+        if verdict.is_some_and(|v| v.denied()) {
             let e = ProxyError::new(ErrorKind::Forbidden, Side::Downstream, "denied by AuthorizationPolicy");
-            return reply_error(worker, conn, &head, e, idle, ClientBody::Unread)
+            return reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
                 .await
                 .into();
         }
@@ -227,10 +256,11 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
     let Some(hit) = hit else {
         let e = ProxyError::new(ErrorKind::NoRoute, Side::Internal, "no virtual host or route matched");
         tracing::debug!(peer = %conn.peer, host, path = req.path, "404: no route");
-        return reply_error(worker, conn, &head, e, idle, ClientBody::Unread)
+        return reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
             .await
             .into();
     };
+    route.set(Some(hit.route));
     match &hit.route.action {
         RouteAction::Direct(d) => {
             let headers: Vec<(&str, &str)> = hit
@@ -241,21 +271,27 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
                 .chain(hit.route.response_headers.add.iter())
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            let keep = finish_request_body(conn, &head, idle).await;
+            let keep = finish_request_body(conn, head, idle).await;
             worker.stats.record_status(d.status);
+            facts.status.set(d.status);
+            facts.details.set(Details::Route);
+            facts.bytes_sent.set(d.body.len() as u64);
             conn.local_reply(d.status, &headers, d.body.as_bytes(), !keep).await;
             keep.into()
         }
         RouteAction::Redirect(r) => {
             let location = redirect_location(r, host, req.path, req.query);
-            let keep = finish_request_body(conn, &head, idle).await;
+            let keep = finish_request_body(conn, head, idle).await;
             worker.stats.record_status(r.status);
+            facts.status.set(r.status);
+            facts.details.set(Details::Route);
             conn.local_reply(r.status, &[("location", &location)], b"", !keep).await;
             keep.into()
         }
         RouteAction::Forward(action) => {
             let mut exchange = Exchange {
                 worker,
+                facts,
                 view: &view,
                 conn: &mut *conn,
                 head: &head,
@@ -269,7 +305,9 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
             let outcome = forward::forward(&mut exchange).await;
             match outcome {
                 Outcome::Done { keep_alive } => keep_alive.into(),
-                Outcome::Failed { error, body } => reply_error(worker, conn, &head, error, idle, body).await.into(),
+                Outcome::Failed { error, body } => {
+                    reply_error(worker, conn, head, error, idle, body, facts).await.into()
+                }
                 Outcome::Aborted => Next::Close,
                 Outcome::Upgrade { upstream, buf } => Next::Upgrade { upstream, buf },
             }
@@ -286,9 +324,12 @@ async fn reply_error(
     e: ProxyError,
     idle: Duration,
     body: ClientBody,
+    facts: &Facts,
 ) -> bool {
     worker.stats.record_local_reply(e.flag());
     worker.stats.record_status(e.status());
+    facts.local_reply(&e);
+    facts.bytes_sent.set(e.body().len() as u64);
     if e.status() >= 500 {
         worker.stats.log_limit.log(
             e.flag(),
@@ -305,9 +346,20 @@ async fn reply_error(
             ClientBody::Unread => finish_request_body(conn, head, idle).await,
         },
     };
-    conn.local_reply(e.status(), &[], e.body().as_bytes(), !keep).await;
+    let view = worker.snapshot.get();
+    let snapshot = &view.snapshot;
+    if snapshot.telemetry.reason_header {
+        let reason = crate::error::reason_line(&e, facts.cluster.get().map(|c| snapshot.cluster(c)));
+        conn.local_reply(e.status(), &[(REASON_HEADER, &reason)], e.body().as_bytes(), !keep)
+            .await;
+    } else {
+        conn.local_reply(e.status(), &[], e.body().as_bytes(), !keep).await;
+    }
     keep
 }
+
+/// The header that carries a local reply's one-line reason (`spec.telemetry.reasonHeader`).
+pub(crate) const REASON_HEADER: &str = "x-ringmesh-reason";
 
 /// Builds the `Location` of a redirect from the request and the route's replacements.
 pub(crate) fn redirect_location(r: &Redirect, host: &str, path: &str, query: Option<&str>) -> String {

@@ -8,6 +8,7 @@ use ringmesh_api::snapshot::RequestHead as RouteRequest;
 use super::h1::RequestHead;
 
 /// A parsed request as routing sees it: borrowed views into the head bytes.
+#[derive(Clone, Copy)]
 pub(crate) struct RouteView<'a> {
     pub(crate) src: &'a [u8],
     pub(crate) head: &'a RequestHead,

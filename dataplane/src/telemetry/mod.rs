@@ -9,5 +9,28 @@
 pub mod capture;
 pub mod log_limit;
 pub mod prometheus;
+pub(crate) mod request;
 pub mod security;
 pub mod stats;
+pub(crate) mod trace;
+
+use crate::worker::Worker;
+
+/// A request ended: its facts go to this worker's shards — the duration and the proxy's own
+/// time, Istio's metrics, the access log, the trace span. Called once per request by the
+/// HTTP/1.1 connection loop and by each HTTP/2 call, after the response (or the reply) went
+/// out.
+/// `route` is the route that matched, if one did; `conn` is the inbound connection's side (the peer's proven identity, the address it
+/// reached), `None` on outbound listeners.
+pub(crate) fn finish(
+    worker: &Worker,
+    facts: &request::Facts,
+    route: Option<&ringmesh_api::snapshot::Route>,
+    req: &request::RequestSide<'_>,
+    conn: Option<&crate::tls::InboundConn>,
+) {
+    worker
+        .stats
+        .record_duration_us(facts.started.elapsed().as_micros() as u64);
+    trace::on_finish(worker, facts, route, req, conn);
+}

@@ -484,7 +484,9 @@ pub(crate) async fn h2_to_h2(
     recv: &mut RecvStream,
     send: &mut SendStream<Bytes>,
     idle: Duration,
+    facts: &crate::telemetry::request::Facts,
 ) -> Result<(), Broken> {
+    let sent = &facts.bytes_sent;
     let mut backlog = Backlog::default();
     let mut ended = false;
     // The upstream's last DATA carried END_STREAM (no trailers): the client's last DATA
@@ -497,7 +499,12 @@ pub(crate) async fn h2_to_h2(
                 .map_err(|_| Broken::Source)?
                 .map_err(|_| Broken::Source)?;
             return match trailers {
-                Some(t) => send.send_trailers(t),
+                Some(t) => {
+                    if let Some(code) = crate::http::grpc::status_of(&t) {
+                        facts.grpc_status.set(Some(code as u16));
+                    }
+                    send.send_trailers(t)
+                }
                 None => send.send_data(Bytes::new(), true),
             }
             .map_err(|_| Broken::Sink);
@@ -541,6 +548,7 @@ pub(crate) async fn h2_to_h2(
         };
         match within(idle, event).await.map_err(|_| stalled_side)?? {
             Relayed::Data(bytes) => {
+                sent.set(sent.get() + bytes.len() as u64);
                 backlog.push(bytes);
                 if recv.is_end_stream() {
                     ended = true;
@@ -569,6 +577,7 @@ pub(crate) async fn h2_to_h1<W: AsyncWriteRent>(
     dst: &mut W,
     framing: BodyFraming,
     idle: Duration,
+    sent: &std::cell::Cell<u64>,
 ) -> Result<(), Broken> {
     let chunked = framing == BodyFraming::Chunked;
     loop {
@@ -576,6 +585,7 @@ pub(crate) async fn h2_to_h1<W: AsyncWriteRent>(
         match next {
             Some(Ok(bytes)) => {
                 let n = bytes.len();
+                sent.set(sent.get() + n as u64);
                 if n > 0 {
                     write_payload(dst, bytes, chunked).await?;
                 }
@@ -717,12 +727,14 @@ pub(crate) async fn h1_to_h2<R: AsyncReadRent>(
     buf: &mut BytesMut,
     send: &mut SendStream<Bytes>,
     idle: Duration,
+    sent: &std::cell::Cell<u64>,
 ) -> Result<(), Broken> {
     let mut source = H1Source::new(framing);
     loop {
         let next = unless_reset(send, source.next(src, buf, idle)).await?;
         match next.map_err(|e| if e.is_source() { Broken::Source } else { Broken::Sink })? {
             H1Piece::Data(bytes) => {
+                sent.set(sent.get() + bytes.len() as u64);
                 // A body of known length ends with its last byte: END_STREAM goes with it.
                 let last = source.ended_without_trailers();
                 send_data(send, bytes, last, idle).await?;

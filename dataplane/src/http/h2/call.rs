@@ -30,7 +30,12 @@ use crate::http::retry::{self, Decision, Retries, RetrySlot};
 use crate::http::route_view::H2RouteView;
 use crate::lb;
 use crate::state::WorkerSnapshot;
+use crate::telemetry::request::{Details, Facts, Protocol, RequestSide};
 use crate::telemetry::stats::inc;
+
+/// The header that carries a local reply's one-line reason.
+const REASON_HEADER: http::header::HeaderName =
+    http::header::HeaderName::from_static(crate::http::proxy::REASON_HEADER);
 use crate::worker::Worker;
 use ringmesh_api::normalize::{normalize_host, normalize_path};
 
@@ -46,19 +51,21 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
     } = handed;
     // Counted in the serving worker's load when it was dispatched (`handoff`).
     worker.request_started(true);
-    let started = Instant::now();
     let (parts, body) = req.into_parts();
     let grpc = grpc::is_grpc(&parts.headers);
     let view = worker.snapshot.get();
+    let facts = Facts::new(if grpc { Protocol::Grpc } else { Protocol::Http2 }, peer);
     let idle = view.snapshot.proxy.limits.downstream_idle_timeout;
     let sent = H2RouteView::new(&parts);
     let client_gone = Cell::new(false);
     let client_stalled = Cell::new(false);
     let reply = Reply {
         worker: &worker,
+        view: &view,
         peer,
         grpc,
         client_gone: &client_gone,
+        facts: &facts,
     };
     let security = &view.snapshot.security;
     let path = match normalize_path(sent.path, security.path_normalization) {
@@ -75,7 +82,16 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
                 "request path refused",
             );
             reply.error(&mut respond, e, None);
-            return finish(&worker, live, &client_gone, &client_stalled, started);
+            return finish(
+                &worker,
+                live,
+                &client_gone,
+                &client_stalled,
+                &facts,
+                None,
+                &sent,
+                inbound.as_deref(),
+            );
         }
     };
     let rv = H2RouteView {
@@ -97,15 +113,27 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
             path: rv.path,
             headers: &crate::authz::H2Headers(&parts.headers),
         };
-        if !crate::authz::check(&worker, &security.authz, inbound, peer, Some(request)) {
+        let verdict = crate::authz::check(&worker, &security.authz, inbound, peer, Some(request));
+        facts.authz.set(verdict);
+        if verdict.is_some_and(|v| v.denied()) {
             let e = ProxyError::new(ErrorKind::Forbidden, Side::Downstream, "denied by AuthorizationPolicy");
             reply.error(&mut respond, e, None);
-            return finish(&worker, live, &client_gone, &client_stalled, started);
+            return finish(
+                &worker,
+                live,
+                &client_gone,
+                &client_stalled,
+                &facts,
+                None,
+                &sent,
+                Some(inbound),
+            );
         }
     }
     let hit = route_by
         .virtual_host(&view.snapshot, host)
         .and_then(|vh| vh.find_route_match(&rv));
+    let routed = hit.as_ref().map(|h| h.route);
     match hit.map(|h| (h.route, h.matched)) {
         None => {
             tracing::debug!(%peer, host, path = rv.path, "404: no route");
@@ -134,6 +162,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
             RouteAction::Forward(action) => {
                 let call = Call {
                     worker: &worker,
+                    facts: &facts,
                     view: &view,
                     peer,
                     xfcc: crate::tls::xfcc(inbound.as_deref()),
@@ -153,17 +182,30 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
             }
         },
     }
-    finish(&worker, live, &client_gone, &client_stalled, started);
+    finish(
+        &worker,
+        live,
+        &client_gone,
+        &client_stalled,
+        &facts,
+        routed,
+        &sent,
+        inbound.as_deref(),
+    );
 }
 
-/// The call is over: what its client did goes to its connection's account, and the worker
-/// counts it done.
+/// The call is over: what its client did goes to its connection's account, the worker counts
+/// it done, and telemetry hears what it did.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     worker: &Worker,
     live: super::handoff::LiveCall,
     client_gone: &Cell<bool>,
     client_stalled: &Cell<bool>,
-    started: Instant,
+    facts: &Facts,
+    route: Option<&Route>,
+    sent: &H2RouteView<'_>,
+    inbound: Option<&crate::tls::InboundConn>,
 ) {
     if client_gone.get() {
         live.reset_by_client();
@@ -173,12 +215,22 @@ fn finish(
     }
     drop(live);
     worker.request_ended();
-    worker.stats.record_duration_us(started.elapsed().as_micros() as u64);
+    let authority = sent
+        .parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| sent.parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let side = RequestSide { head: sent, authority };
+    crate::telemetry::finish(worker, facts, route, &side, inbound);
 }
 
 /// A routed call on its way upstream: what every try reads.
 pub(crate) struct Call<'a> {
     pub(crate) worker: &'a Worker,
+    /// What the call did, for telemetry.
+    pub(crate) facts: &'a Facts,
     pub(crate) view: &'a WorkerSnapshot,
     pub(crate) peer: SocketAddr,
     /// What the call's `x-forwarded-client-cert` becomes (from its connection).
@@ -207,6 +259,7 @@ async fn forward(
 ) -> Result<(), (ProxyError, Option<String>)> {
     let (worker, view) = (call.worker, call.view);
     let cluster_id = call.action.clusters.pick(worker.rng.next_u64() as u32);
+    call.facts.cluster.set(Some(cluster_id));
     let cluster = view.snapshot.cluster(cluster_id);
     if let Some(host) = &cluster.host_not_found {
         return Err((
@@ -320,9 +373,11 @@ fn outgoing(call: &Call<'_>, end_stream: bool) -> Outgoing {
 /// How a call is answered by the proxy itself.
 struct Reply<'a> {
     worker: &'a Worker,
+    view: &'a WorkerSnapshot,
     peer: SocketAddr,
     grpc: bool,
     client_gone: &'a Cell<bool>,
+    facts: &'a Facts,
 }
 
 impl Reply<'_> {
@@ -330,6 +385,7 @@ impl Reply<'_> {
     fn error(&self, respond: &mut SendResponse<Bytes>, e: ProxyError, body: Option<String>) {
         let worker = self.worker;
         worker.stats.record_local_reply(e.flag());
+        self.facts.local_reply(&e);
         if e.kind == ErrorKind::DownstreamClosed {
             self.client_gone.set(true);
             respond.send_reset(h2::Reason::CANCEL);
@@ -340,10 +396,18 @@ impl Reply<'_> {
                 tracing::info!(peer = %self.peer, status = e.status(), flag = e.flag(), "local reply: {}", e.context)
             });
         }
+        let reason = self.reason(&e);
         if self.grpc {
             worker.stats.record_status(200);
+            self.facts.status.set(200);
+            let code = grpc::status_for(&e);
+            self.facts.grpc_status.set(Some(code as u16));
             let text = body.as_deref().unwrap_or_else(|| e.body().trim_end());
-            let _ = respond.send_response(grpc::local_reply(grpc::status_for(&e), text), true);
+            let mut resp = grpc::local_reply(code, text);
+            if let Some(r) = reason.and_then(|r| HeaderValue::from_str(&r).ok()) {
+                resp.headers_mut().insert(REASON_HEADER, r);
+            }
+            let _ = respond.send_response(resp, true);
             return;
         }
         worker.stats.record_status(e.status());
@@ -356,7 +420,20 @@ impl Reply<'_> {
         let h = resp.headers_mut();
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+        if let Some(r) = reason.and_then(|r| HeaderValue::from_str(&r).ok()) {
+            h.insert(REASON_HEADER, r);
+        }
+        self.facts.bytes_sent.set(text.len() as u64);
         send_whole(respond, resp, text);
+    }
+
+    /// `x-ringmesh-reason` for a local reply, unless turned off.
+    fn reason(&self, e: &ProxyError) -> Option<String> {
+        let snapshot = &self.view.snapshot;
+        snapshot
+            .telemetry
+            .reason_header
+            .then(|| crate::error::reason_line(e, self.facts.cluster.get().map(|c| snapshot.cluster(c))))
     }
 
     /// A direct response or redirect configured on the route.
@@ -368,6 +445,9 @@ impl Reply<'_> {
         body: Bytes,
     ) {
         self.worker.stats.record_status(status);
+        self.facts.status.set(status);
+        self.facts.details.set(Details::Route);
+        self.facts.bytes_sent.set(body.len() as u64);
         let mut resp = Response::new(());
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
         let h = resp.headers_mut();

@@ -76,6 +76,7 @@ pub(crate) async fn one_try(
         None => idle,
     };
     let addr = plan.cluster.endpoints[endpoint].address;
+    ex.facts.sending_upstream(addr);
     let opened = client::open(
         worker,
         plan.state,
@@ -135,6 +136,7 @@ pub(crate) async fn one_try(
         Ok(Err(e)) => return Try::Failed(lease.head_failed(&e)),
         Ok(Ok(resp)) => resp,
     };
+    ex.facts.upstream_head.set(Some(Instant::now()));
     let status = resp.status().as_u16();
     let end = resp.body().is_end_stream();
     let now = Instant::now();
@@ -152,6 +154,12 @@ pub(crate) async fn one_try(
     }
     record_upstream_status(plan.state, status);
     worker.stats.record_status(status);
+    let facts = ex.facts;
+    facts.status.set(status);
+    facts.details.set(crate::telemetry::request::Details::ViaUpstream);
+    if let Some(held) = body.held() {
+        facts.bytes_received.set(held.len() as u64);
+    }
     let (parts, mut recv) = resp.into_parts();
     let head_request = ex.head.method() == crate::http::h1::Method::Head;
     let framing = h1_framing_of(&parts, end, head_request, ex.head.version_minor());
@@ -176,6 +184,7 @@ pub(crate) async fn one_try(
             let n = first.len();
             if n <= COALESCE_MAX {
                 let last = recv.is_end_stream();
+                facts.bytes_sent.set(n as u64);
                 put_payload(&mut conn.out, &first, framing == BodyFraming::Chunked);
                 if last {
                     if framing == BodyFraming::Chunked {
@@ -185,6 +194,8 @@ pub(crate) async fn one_try(
                 }
                 let _ = recv.flow_control().release_capacity(n);
             } else {
+                facts.bytes_sent.set(n as u64);
+                facts.client_head.set(Some(Instant::now()));
                 let out = std::mem::take(&mut conn.out);
                 let (r, out) = conn.stream.write_all_direct(out).await;
                 conn.out = out;
@@ -197,6 +208,9 @@ pub(crate) async fn one_try(
             }
         }
     }
+    if facts.client_head.get().is_none() {
+        facts.client_head.set(Some(Instant::now()));
+    }
     let out = std::mem::take(&mut conn.out);
     let (r, out) = conn.stream.write_all_direct(out).await;
     conn.out = out;
@@ -204,7 +218,7 @@ pub(crate) async fn one_try(
         return Try::Relayed(Outcome::Aborted);
     }
     if !ended {
-        match bodies::h2_to_h1(&mut recv, &mut conn.stream, framing, idle).await {
+        match bodies::h2_to_h1(&mut recv, &mut conn.stream, framing, idle, &facts.bytes_sent).await {
             Ok(()) => {}
             Err(e) => {
                 if e == Broken::Source {

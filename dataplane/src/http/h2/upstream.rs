@@ -30,6 +30,7 @@ use crate::http::grpc;
 use crate::http::h1::{self, BodyFraming};
 use crate::http::retry::{self, Decision, Retries};
 use crate::lb::ClusterState;
+use crate::telemetry::request::Details;
 use crate::telemetry::stats::inc;
 
 /// One try's target and deadlines.
@@ -118,6 +119,7 @@ pub(crate) async fn to_h2(
 ) -> Attempt {
     let (worker, idle) = (t.call.worker, t.call.idle);
     let endpoint = (t.endpoint, t.cluster.endpoints[t.endpoint].address);
+    t.call.facts.sending_upstream(endpoint.1);
     let opened = client::open(
         worker,
         t.state,
@@ -156,6 +158,8 @@ pub(crate) async fn to_h2(
         Ok(Err(e)) => return Attempt::Failed(lease.head_failed(&e)),
         Ok(Ok(resp)) => resp,
     };
+    let facts = t.call.facts;
+    facts.upstream_head.set(Some(Instant::now()));
     let status = resp.status().as_u16();
     let trailers_only = resp.body().is_end_stream();
     let grpc_status = if trailers_only {
@@ -168,9 +172,13 @@ pub(crate) async fn to_h2(
     }
     record_upstream_status(t.state, status);
     worker.stats.record_status(status);
+    facts.status.set(status);
+    facts.details.set(Details::ViaUpstream);
+    facts.grpc_status.set(grpc_status.map(|c| c as u16));
     let (mut parts, mut recv) = resp.into_parts();
     apply_ops(&mut parts.headers, &t.call.route.response_headers);
     let head = Response::from_parts(parts, ());
+    facts.client_head.set(Some(Instant::now()));
     let Ok(mut down) = respond.send_response(head, trailers_only) else {
         return Attempt::Done;
     };
@@ -179,7 +187,7 @@ pub(crate) async fn to_h2(
     }
     // `None`: the call's `grpc-timeout` passed before the response ended.
     let finished = {
-        let relay = std::pin::pin!(bodies::h2_to_h2(&mut recv, &mut down, idle));
+        let relay = std::pin::pin!(bodies::h2_to_h2(&mut recv, &mut down, idle, facts));
         bodies::until(t.grpc_deadline, finish(pump, pumped, relay)).await
     };
     match finished {
@@ -304,6 +312,7 @@ pub(crate) async fn to_h1(
     let mut head = BytesMut::with_capacity(512);
     t.outgoing.encode_h1(&mut head);
     let fd = upstream.fd();
+    t.call.facts.sending_upstream(upstream.addr);
     if crate::http::send::write_all(&mut upstream.write, fd, head.freeze())
         .await
         .0
@@ -407,15 +416,20 @@ async fn exchange_h1(
         }
     };
     let (rhead, src, mut buf) = head.map_err(Attempt::Failed)?;
+    let facts = t.call.facts;
+    facts.upstream_head.set(Some(Instant::now()));
     let status = rhead.status();
     if let Some(n) = retry_for(t, retries, replayable.get(), status, None) {
         return Err(Attempt::Retry(n));
     }
     record_upstream_status(t.state, status);
     worker.stats.record_status(status);
+    facts.status.set(status);
+    facts.details.set(Details::ViaUpstream);
     let rframing = rhead.framing();
     let end = matches!(rframing, BodyFraming::None | BodyFraming::Length(0));
     let resp = h1_response_to_h2(&rhead, &src, &t.call.route.response_headers);
+    facts.client_head.set(Some(Instant::now()));
     let Ok(mut down) = respond.send_response(resp, end) else {
         return Err(Attempt::Done);
     };
@@ -426,7 +440,14 @@ async fn exchange_h1(
         }
     } else {
         let finished = {
-            let relay = std::pin::pin!(bodies::h1_to_h2(rframing, read, &mut buf, &mut down, idle));
+            let relay = std::pin::pin!(bodies::h1_to_h2(
+                rframing,
+                read,
+                &mut buf,
+                &mut down,
+                idle,
+                &facts.bytes_sent
+            ));
             finish(pump, pumped, relay).await
         };
         match finished {

@@ -1,0 +1,202 @@
+//! What one HTTP request did, gathered as it goes and read once when it ends.
+//!
+//! The request path fills a [`Facts`] at the points where each fact becomes known — the
+//! cluster, the endpoint of each try, the moments the request went upstream and the
+//! response came back, the status and why — and hands it to [`super::finish`] at the end.
+//! Metrics, the access log, the proxy's own-latency histograms and the trace span are all
+//! made from it there, on the worker, into that worker's shards; nothing is shared. The
+//! fields are `Cell`s because the request path holds the facts by shared reference in the
+//! structs it already passes down (`Exchange`, `Call`), and a request is one task on one core.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use ringmesh_api::snapshot::{ClusterId, RequestHead as RouteRequest};
+
+use super::trace::TraceContext;
+
+/// The protocol the client spoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Protocol {
+    /// HTTP/1.0 or HTTP/1.1.
+    Http1,
+    /// HTTP/2, not gRPC.
+    Http2,
+    /// gRPC (over HTTP/2).
+    Grpc,
+}
+
+impl Protocol {
+    /// Envoy's `%PROTOCOL%`.
+    pub(crate) fn envoy_name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 | Protocol::Grpc => "HTTP/2",
+        }
+    }
+
+    /// Istio's `request_protocol` label.
+    pub(crate) fn istio_name(self) -> &'static str {
+        match self {
+            Protocol::Http1 | Protocol::Http2 => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// What authorization decided, with the policy that made the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthzVerdict {
+    /// Allowed by policy (no DENY matched, an ALLOW did or none applies).
+    Allowed,
+    /// Allowed, and an `AUDIT` policy matched.
+    Audited(ringmesh_api::authz::PolicyRef),
+    /// Denied by this policy.
+    Denied(ringmesh_api::authz::PolicyRef),
+}
+
+impl AuthzVerdict {
+    /// Whether the request was refused.
+    pub(crate) fn denied(self) -> bool {
+        matches!(self, AuthzVerdict::Denied(_))
+    }
+}
+
+/// Why the status is what it is: Envoy's `%RESPONSE_CODE_DETAILS%`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Details {
+    /// Nothing was answered yet.
+    None,
+    /// The upstream's answer was relayed.
+    ViaUpstream,
+    /// A route's direct response or redirect.
+    Route,
+    /// A reply the proxy made, in Envoy's words (`no_healthy_upstream`).
+    Local(&'static str),
+}
+
+/// One request's facts. See the module doc.
+pub(crate) struct Facts {
+    /// When the request head was parsed (the last byte of the head in).
+    pub(crate) started: Instant,
+    /// The same moment on the wall clock, for `%START_TIME%` and spans.
+    pub(crate) start_wall: SystemTime,
+    /// What the client spoke.
+    pub(crate) protocol: Cell<Protocol>,
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    /// The cluster chosen.
+    pub(crate) cluster: Cell<Option<ClusterId>>,
+    /// The endpoint of the last try.
+    pub(crate) upstream: Cell<Option<SocketAddr>>,
+    /// The first byte of the first try went upstream.
+    pub(crate) upstream_sent: Cell<Option<Instant>>,
+    /// The final response head arrived from upstream.
+    pub(crate) upstream_head: Cell<Option<Instant>>,
+    /// The response head went out to the client.
+    pub(crate) client_head: Cell<Option<Instant>>,
+    /// The status sent to the client; 0 when none was.
+    pub(crate) status: Cell<u16>,
+    /// The gRPC status, when one was seen.
+    pub(crate) grpc_status: Cell<Option<u16>>,
+    /// Envoy's response flag of a local reply.
+    pub(crate) flag: Cell<Option<&'static str>>,
+    /// Why the status is what it is.
+    pub(crate) details: Cell<Details>,
+    /// Request body bytes read from the client.
+    pub(crate) bytes_received: Cell<u64>,
+    /// Response body bytes written to the client.
+    pub(crate) bytes_sent: Cell<u64>,
+    /// Authorization's decision (inbound only).
+    pub(crate) authz: Cell<Option<AuthzVerdict>>,
+    /// The request's trace context, once tracing read or started it.
+    pub(crate) trace: Cell<Option<TraceContext>>,
+}
+
+impl Facts {
+    /// Facts of a request whose head was parsed now.
+    pub(crate) fn new(protocol: Protocol, peer: SocketAddr) -> Self {
+        Facts {
+            started: Instant::now(),
+            start_wall: SystemTime::now(),
+            protocol: Cell::new(protocol),
+            peer,
+            cluster: Cell::new(None),
+            upstream: Cell::new(None),
+            upstream_sent: Cell::new(None),
+            upstream_head: Cell::new(None),
+            client_head: Cell::new(None),
+            status: Cell::new(0),
+            grpc_status: Cell::new(None),
+            flag: Cell::new(None),
+            details: Cell::new(Details::None),
+            bytes_received: Cell::new(0),
+            bytes_sent: Cell::new(0),
+            authz: Cell::new(None),
+            trace: Cell::new(None),
+        }
+    }
+
+    /// A reply the proxy made: its status, flag and reason.
+    pub(crate) fn local_reply(&self, e: &crate::error::ProxyError) {
+        self.status.set(e.status());
+        self.flag.set(Some(e.flag()));
+        self.details.set(Details::Local(e.details()));
+    }
+
+    /// The first byte of a try goes upstream now (only the first try's moment is kept).
+    #[inline]
+    pub(crate) fn sending_upstream(&self, to: SocketAddr) {
+        self.upstream.set(Some(to));
+        if self.upstream_sent.get().is_none() {
+            self.upstream_sent.set(Some(Instant::now()));
+        }
+    }
+
+    /// The proxy's own time, in microseconds: head in → first byte out upstream, plus response
+    /// head in → head out to the client. `None` unless the request went upstream and its
+    /// answer came back through the proxy.
+    pub(crate) fn overhead_us(&self) -> Option<u64> {
+        let out = self.upstream_sent.get()?.checked_duration_since(self.started)?;
+        let back = self
+            .client_head
+            .get()?
+            .checked_duration_since(self.upstream_head.get()?)?;
+        Some((out + back).as_micros() as u64)
+    }
+}
+
+/// The request as the client sent it, for the access log's `%REQ(…)%` and the span's
+/// attributes.
+pub(crate) struct RequestSide<'a> {
+    /// Method, path and query as sent, and the head's fields.
+    pub(crate) head: &'a dyn RouteRequest,
+    /// `:authority` or `Host`.
+    pub(crate) authority: &'a str,
+}
+
+impl RequestSide<'_> {
+    /// The first value of a request field, by lower-case name; the request line's parts by
+    /// their HTTP/2 pseudo-header names (`:path` with its query, as sent).
+    pub(crate) fn get(&self, name: &str) -> Option<Value<'_>> {
+        match name {
+            ":method" => Some(Value::One(self.head.method().as_bytes())),
+            ":path" => Some(match self.head.query() {
+                Some(q) => Value::Joined(self.head.path().as_bytes(), q.as_bytes()),
+                None => Value::One(self.head.path().as_bytes()),
+            }),
+            ":authority" | "host" => Some(Value::One(self.authority.as_bytes())).filter(|_| !self.authority.is_empty()),
+            _ => self.head.header(name).map(Value::One),
+        }
+    }
+}
+
+/// A field's value: one slice, or a path and its query joined by `?` when written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Value<'a> {
+    /// As is.
+    One(&'a [u8]),
+    /// `.0` `?` `.1`.
+    Joined(&'a [u8], &'a [u8]),
+}
