@@ -109,9 +109,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC): how certificates' validity and renewal times are shown to a
 /// person (`/certs`, logs, `ringmesh token create`), without a date crate for one formatter.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let secs = match t.duration_since(std::time::SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
+    let mut out = String::with_capacity(20);
+    write_rfc3339(t, false, &mut out);
+    out
+}
+
+/// Writes `t` as `YYYY-MM-DDTHH:MM:SSZ`, or with milliseconds (`…:SS.mmmZ`, Envoy's
+/// `%START_TIME%`) when `millis`.
+pub fn write_rfc3339(t: std::time::SystemTime, millis: bool, out: &mut impl std::fmt::Write) {
+    let (secs, ms) = match t.duration_since(std::time::SystemTime::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_millis()),
+        Err(e) => (-(e.duration().as_secs() as i64), 0),
     };
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Howard Hinnant's civil_from_days.
@@ -124,12 +132,17 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
-    )
+    );
+    if millis {
+        let _ = write!(out, ".{ms:03}");
+    }
+    let _ = out.write_str("Z");
 }
 
 #[cfg(test)]

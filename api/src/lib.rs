@@ -14,6 +14,7 @@ pub mod delta;
 pub mod diagnostic;
 pub mod duration;
 pub mod hash_table;
+pub mod hgrm;
 pub mod load;
 mod locate;
 pub mod matcher;

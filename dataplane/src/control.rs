@@ -269,6 +269,8 @@ async fn control_main(
     let mut hup = signal_if(opts.handle_signals, SignalKind::hangup());
     let mut term = signal_if(opts.handle_signals, SignalKind::terminate());
     let mut int = signal_if(opts.handle_signals, SignalKind::interrupt());
+    // SIGUSR1 reopens the access-log files (after logrotate moved them), as Envoy's does.
+    let mut usr1 = signal_if(opts.handle_signals, SignalKind::user_defined1());
     let mut stop_rx = stop_rx;
     loop {
         let reload = tokio::select! {
@@ -277,6 +279,11 @@ async fn control_main(
             _ = recv_signal(&mut term) => break,
             _ = recv_signal(&mut int) => break,
             _ = recv_signal(&mut hup) => true,
+            _ = recv_signal(&mut usr1) => {
+                crate::telemetry::access_log::reopen();
+                tracing::info!("SIGUSR1: access-log files reopen before the next write");
+                false
+            }
             r = reload_rx.recv() => r.is_some(),
             Some(update) = updates_rx.recv() => {
                 version += 1;

@@ -24,6 +24,7 @@ use crate::capture::TcpDest;
 use crate::cluster::pool::{self, UpstreamConn};
 use crate::http::downstream::ClientIo;
 use crate::lb;
+use crate::telemetry::istio::{TcpConn, TcpEvent};
 use crate::telemetry::stats::inc;
 use crate::tls::inbound::ServerTls;
 use crate::tls::io::MaybeTls;
@@ -65,12 +66,28 @@ pub(crate) async fn serve(
             return;
         }
     }
-    let (mut upstream, mtls, idle_timeout, label) = match dest {
+    // Istio's TCP metrics: a connection counts as opened and closed under the cluster and
+    // endpoint it reached, or with `UF` when none could be reached.
+    let istio = |cluster: Option<usize>, endpoint: Option<usize>, flag, event| {
+        let conn = TcpConn {
+            cluster,
+            endpoint,
+            inbound: inbound.as_deref(),
+            flag,
+        };
+        worker.stats.istio.record_tcp(&view.snapshot, &conn, event);
+    };
+    let unreachable = |cluster: Option<usize>| {
+        istio(cluster, None, Some("UF"), TcpEvent::Opened);
+        istio(cluster, None, Some("UF"), TcpEvent::Closed { sent: 0, received: 0 });
+    };
+    let (mut upstream, mtls, idle_timeout, label, (cluster_idx, endpoint_idx)) = match dest {
         TcpDest::Passthrough(addr) => {
             inc(&worker.stats.upstream_cx_total);
             match pool::connect(addr, PASSTHROUGH_CONNECT_TIMEOUT).await {
-                Ok(conn) => (conn, None, PASSTHROUGH_IDLE_TIMEOUT, PASSTHROUGH),
+                Ok(conn) => (conn, None, PASSTHROUGH_IDLE_TIMEOUT, PASSTHROUGH, (None, None)),
                 Err(e) => {
+                    unreachable(None);
                     inc(&worker.stats.upstream_cx_connect_fail);
                     worker.stats.log_limit.log("tcp passthrough UF", || {
                         tracing::info!(%peer, upstream = %addr, "tcp passthrough: connect failed ({}); closing client", e.context)
@@ -93,8 +110,10 @@ pub(crate) async fn serve(
                     crate::tls::outbound::Target::of(cluster, target.endpoint),
                     PASSTHROUGH_IDLE_TIMEOUT,
                     cluster.name.as_str(),
+                    (Some(target.cluster.0 as usize), Some(target.endpoint)),
                 ),
                 Err(e) => {
+                    unreachable(Some(target.cluster.0 as usize));
                     inc(&worker.stats.upstream_cx_connect_fail);
                     if let Some(ep) = state.endpoints.get(target.endpoint) {
                         inc(&ep.cx_connect_fail);
@@ -119,6 +138,7 @@ pub(crate) async fn serve(
             // reattempt per host; opaque TCP has nothing else to retry.
             let mut upstream = None;
             let mut mtls = None;
+            let mut chosen = None;
             let mut tried = lb::TriedEndpoints::default();
             for _ in 0..cluster.endpoints.len().min(3) {
                 let Some(i) = lb::pick(cluster, state, &worker.rng, hash, &tried) else {
@@ -131,6 +151,7 @@ pub(crate) async fn serve(
                     Ok(conn) => {
                         upstream = Some(conn);
                         mtls = crate::tls::outbound::Target::of(cluster, i);
+                        chosen = Some(i);
                         break;
                     }
                     Err(e) => {
@@ -141,22 +162,38 @@ pub(crate) async fn serve(
                 }
             }
             let Some(upstream) = upstream else {
+                unreachable(Some(cluster_id.0 as usize));
                 worker.stats.log_limit.log(
                     "tcp UF",
                     || tracing::info!(%peer, cluster = %cluster.name, "tcp: no upstream reachable; closing client"),
                 );
                 return;
             };
-            (upstream, mtls, idle_timeout, cluster.name.as_str())
+            (
+                upstream,
+                mtls,
+                idle_timeout,
+                cluster.name.as_str(),
+                (Some(cluster_id.0 as usize), chosen),
+            )
         }
     };
+    istio(cluster_idx, endpoint_idx, None, TcpEvent::Opened);
     client.set_nodelay();
     let early = initial.len() as u64;
     let (sent, received) = if mtls.is_some() || matches!(client, ClientIo::Tls(_)) {
         // Boxed: only TLS tunnels carry its state, not every TCP connection's task.
         match Box::pin(tls_tunnel(&worker, client, upstream, mtls, initial, idle_timeout)).await {
             Some(moved) => moved,
-            None => return,
+            None => {
+                istio(
+                    cluster_idx,
+                    endpoint_idx,
+                    None,
+                    TcpEvent::Closed { sent: 0, received: 0 },
+                );
+                return;
+            }
         }
     } else {
         let ClientIo::Tcp(client) = client else { return };
@@ -164,6 +201,12 @@ pub(crate) async fn serve(
             let (res, _) = upstream.write.write_all(initial).await;
             if let Err(e) = res {
                 tracing::debug!(%peer, cluster = label, "tcp: writing the detected bytes upstream failed: {e}");
+                istio(
+                    cluster_idx,
+                    endpoint_idx,
+                    None,
+                    TcpEvent::Closed { sent: 0, received: 0 },
+                );
                 return;
             }
         }
@@ -178,6 +221,7 @@ pub(crate) async fn serve(
         .stats
         .tcp_bytes_received
         .set(worker.stats.tcp_bytes_received.get() + received);
+    istio(cluster_idx, endpoint_idx, None, TcpEvent::Closed { sent, received });
 }
 
 /// TLS on either side of a tunnel: the bytes pass through the cipher, so they are copied, not

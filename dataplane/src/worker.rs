@@ -25,6 +25,11 @@ pub enum WorkerCommand {
     Stats(flume::Sender<StatsTotals>),
     /// Stop accepting, finish in-flight requests within the drain timeout, then exit.
     Drain,
+    /// Send back a copy of this worker's own-latency histograms; with `reset`, start them over.
+    Histograms {
+        reset: bool,
+        reply: flume::Sender<Vec<crate::telemetry::overhead::OverheadEntry>>,
+    },
 }
 
 /// Per-core state.
@@ -180,6 +185,9 @@ impl Worker {
                 WorkerCommand::Stats(reply) => {
                     let _ = reply.send(self.stats_copy());
                 }
+                WorkerCommand::Histograms { reset, reply } => {
+                    let _ = reply.send(self.stats.overhead.copy(reset));
+                }
                 WorkerCommand::Drain => {
                     self.draining.set(true);
                     if let Some(stop) = stop_accepting.take() {
@@ -198,6 +206,15 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Hands this worker's access-log lines to the writer when they waited long enough, so
+    /// an idle proxy's last lines do not wait for its next request.
+    pub async fn telemetry_ticker(self: Rc<Self>) {
+        loop {
+            monoio::time::sleep(crate::telemetry::access_log::FLUSH_EVERY).await;
+            self.stats.access_log.flush_if_old();
         }
     }
 

@@ -12,6 +12,7 @@
 //! | admin   | `/certs`             | the workload certificate: SPIFFE id, serial, validity, chain and roots, the last renewal error; `identity: null` with the reason when there is none |
 //! | admin   | `/ready`             | `LIVE` (200), `DRAINING` (503), or `INITIALIZING: <why>` (503) before the first config from the control plane |
 //! | admin   | `/stats/prometheus`  | same as the metrics server |
+//! | admin   | `/stats/histograms`  | the proxy's own time per request, HDR per route and cluster: JSON, `?format=hgrm`, `?reset` (`histograms.rs`) |
 //! | admin   | `POST /drain_listeners` | stop accepting and drain, then exit |
 //! | health  | `/healthz/ready`     | 200 when ready, 503 with the reason while draining or before the first config from the control plane (`readiness.rs`) |
 //! | health  | `/app-health/<container>/<livez\|readyz\|startupz>` | the app's own probe, run by the proxy for kubelet (`app_probe.rs`; 404 for a path the injector did not register) |
@@ -32,6 +33,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 pub mod app_probe;
+mod histograms;
 mod readiness;
 
 use readiness::Readiness;
@@ -191,6 +193,7 @@ async fn handle(
             let totals = gather_stats(&state.workers).await;
             text(StatusCode::OK, prometheus::render(&totals), "text/plain; version=0.0.4")
         }
+        (Role::Admin, &Method::GET, "/stats/histograms") => histograms::serve(&state, req.uri().query()).await,
         (Role::Admin, &Method::GET, "/config_dump") => {
             let snapshot = state.source.load();
             let dump = ConfigDump {

@@ -178,6 +178,7 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
             };
         };
         retries.record(endpoint);
+        ex.facts.endpoint.set(Some(endpoint as u32));
         let per_try_deadline = retries.per_try_deadline(Instant::now());
         let result = {
             let _in_flight = InFlight::start(plan.state, endpoint);

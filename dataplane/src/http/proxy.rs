@@ -187,7 +187,7 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
         .and_then(|h| std::str::from_utf8(h).ok())
         .unwrap_or("");
     let side = RequestSide { head: &sent, authority };
-    crate::telemetry::finish(worker, &facts, route.get(), &side, conn.inbound.as_deref());
+    crate::telemetry::finish(worker, &view, &facts, route.get(), &side, conn.inbound.as_deref());
     next
 }
 

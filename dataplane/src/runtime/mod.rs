@@ -235,6 +235,7 @@ async fn worker_main(
     }
     drop(stop_rx);
     monoio::spawn(worker.clone().pool_sweeper());
+    monoio::spawn(worker.clone().telemetry_ticker());
     worker.command_loop(commands, move || drop(stop_tx)).await;
 }
 

@@ -6,8 +6,11 @@
 //! the request path ever waits for that. Log lines a worker may repeat for every request go
 //! through its [`log_limit::LogLimiter`].
 
+pub mod access_log;
 pub mod capture;
+pub mod istio;
 pub mod log_limit;
+pub mod overhead;
 pub mod prometheus;
 pub(crate) mod request;
 pub mod security;
@@ -19,11 +22,11 @@ use crate::worker::Worker;
 /// A request ended: its facts go to this worker's shards — the duration and the proxy's own
 /// time, Istio's metrics, the access log, the trace span. Called once per request by the
 /// HTTP/1.1 connection loop and by each HTTP/2 call, after the response (or the reply) went
-/// out.
-/// `route` is the route that matched, if one did; `conn` is the inbound connection's side (the peer's proven identity, the address it
-/// reached), `None` on outbound listeners.
+/// out. `route` is the route that matched, if one did; `conn` is the inbound connection's
+/// side (the peer's proven identity, the address it reached), `None` on outbound listeners.
 pub(crate) fn finish(
     worker: &Worker,
+    view: &crate::state::WorkerSnapshot,
     facts: &request::Facts,
     route: Option<&ringmesh_api::snapshot::Route>,
     req: &request::RequestSide<'_>,
@@ -32,5 +35,21 @@ pub(crate) fn finish(
     worker
         .stats
         .record_duration_us(facts.started.elapsed().as_micros() as u64);
+    let snapshot = &view.snapshot;
+    let endpoint = facts.endpoint.get().map(|e| e as usize);
+    worker.stats.istio.record_http(snapshot, facts, endpoint, conn);
+    if let (Some(route), Some(cluster), Some(us)) = (route, facts.cluster.get(), facts.overhead_us()) {
+        worker.stats.overhead.record(snapshot, route, cluster, us);
+    }
+    if let Some(cfg) = &snapshot.telemetry.access_log {
+        let line = access_log::Line {
+            snapshot,
+            facts,
+            route,
+            req,
+            conn,
+        };
+        worker.stats.access_log.log(cfg, &line);
+    }
     trace::on_finish(worker, facts, route, req, conn);
 }

@@ -22,7 +22,7 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
 }
 
 /// Escapes a label value per the exposition format.
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -182,6 +182,39 @@ pub fn render(t: &StatsTotals) -> String {
 
     t.security.write_prometheus(&mut out);
     t.capture.write_prometheus(&mut out);
+    t.istio.write_prometheus(&mut out);
+    let writer = super::access_log::writer_stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, help, value) in [
+        (
+            "ringmesh_access_log_lines_total",
+            "Access-log lines handed to the writer.",
+            t.access_log_lines,
+        ),
+        (
+            "ringmesh_access_log_dropped_total",
+            "Access-log lines dropped because a worker's buffer or the writer's queue was full.",
+            t.access_log_dropped,
+        ),
+        (
+            "ringmesh_access_log_write_errors_total",
+            "Access-log writes that failed (a full disk, a missing directory): their lines are lost.",
+            writer.write_errors.load(Relaxed),
+        ),
+        (
+            "ringmesh_access_log_lines_lost_total",
+            "Access-log lines lost to failed writes.",
+            writer.lines_lost.load(Relaxed),
+        ),
+        (
+            "ringmesh_access_log_reopens_total",
+            "Times the access-log files were reopened on SIGUSR1.",
+            writer.reopens.load(Relaxed),
+        ),
+    ] {
+        counter(&mut out, name, help, value);
+    }
+    super::overhead::write_prometheus(&t.overhead, &mut out);
 
     let name = "ringmesh_cluster_upstream_rq_total";
     let _ = writeln!(

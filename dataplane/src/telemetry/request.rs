@@ -88,7 +88,8 @@ pub(crate) struct Facts {
     pub(crate) peer: SocketAddr,
     /// The cluster chosen.
     pub(crate) cluster: Cell<Option<ClusterId>>,
-    /// The endpoint of the last try.
+    /// The endpoint of the last try: its index in the cluster, and its address.
+    pub(crate) endpoint: Cell<Option<u32>>,
     pub(crate) upstream: Cell<Option<SocketAddr>>,
     /// The first byte of the first try went upstream.
     pub(crate) upstream_sent: Cell<Option<Instant>>,
@@ -123,6 +124,7 @@ impl Facts {
             protocol: Cell::new(protocol),
             peer,
             cluster: Cell::new(None),
+            endpoint: Cell::new(None),
             upstream: Cell::new(None),
             upstream_sent: Cell::new(None),
             upstream_head: Cell::new(None),

@@ -62,6 +62,12 @@ pub struct WorkerStats {
     pub security: super::security::SecurityStats,
     /// Counters of captured connections.
     pub capture: super::capture::CaptureStats,
+    /// Istio's standard metrics.
+    pub(crate) istio: super::istio::IstioShard,
+    /// The proxy's own time per request.
+    pub(crate) overhead: super::overhead::OverheadShard,
+    /// Access-log lines waiting for the writer.
+    pub(crate) access_log: super::access_log::AccessLogShard,
 }
 
 impl Default for WorkerStats {
@@ -93,6 +99,9 @@ impl Default for WorkerStats {
             log_limit: super::log_limit::LogLimiter::default(),
             security: Default::default(),
             capture: Default::default(),
+            istio: Default::default(),
+            overhead: Default::default(),
+            access_log: Default::default(),
         }
     }
 }
@@ -174,6 +183,10 @@ impl WorkerStats {
             request_duration_us: self.request_duration_us.borrow().clone(),
             security: self.security.totals(),
             capture: self.capture.totals(),
+            istio: self.istio.copy(),
+            overhead: self.overhead.copy(false),
+            access_log_lines: self.access_log.lines.get(),
+            access_log_dropped: self.access_log.dropped.get(),
             clusters: BTreeMap::new(),
         }
     }
@@ -261,6 +274,16 @@ pub struct StatsTotals {
     pub security: super::security::SecurityTotals,
     /// Counters of captured connections.
     pub capture: super::capture::CaptureTotals,
+    /// Istio's standard metrics.
+    #[serde(skip)]
+    pub istio: super::istio::IstioTotals,
+    /// The proxy's own time per route and cluster.
+    #[serde(skip)]
+    pub overhead: Vec<super::overhead::OverheadEntry>,
+    /// Access-log lines handed to the writer.
+    pub access_log_lines: u64,
+    /// Access-log lines dropped because a buffer or the writer's queue was full.
+    pub access_log_dropped: u64,
     /// Per cluster name.
     pub clusters: BTreeMap<String, ClusterTotals>,
 }
@@ -295,6 +318,10 @@ impl StatsTotals {
             request_duration_us: new_histogram(),
             security: Default::default(),
             capture: Default::default(),
+            istio: Default::default(),
+            overhead: Vec::new(),
+            access_log_lines: 0,
+            access_log_dropped: 0,
             clusters: BTreeMap::new(),
         }
     }
@@ -330,6 +357,10 @@ impl StatsTotals {
         self.detect_timeout += o.detect_timeout;
         self.security.merge(&o.security);
         self.capture.merge(&o.capture);
+        self.istio.merge(&o.istio);
+        super::overhead::merge(&mut self.overhead, &o.overhead);
+        self.access_log_lines += o.access_log_lines;
+        self.access_log_dropped += o.access_log_dropped;
         // Same bounds on both sides, so adding cannot fail; ignore the impossible error rather
         // than panic in the admin thread.
         let _ = self.request_duration_us.add(&o.request_duration_us);

@@ -87,6 +87,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
                 live,
                 &client_gone,
                 &client_stalled,
+                &view,
                 &facts,
                 None,
                 &sent,
@@ -123,6 +124,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
                 live,
                 &client_gone,
                 &client_stalled,
+                &view,
                 &facts,
                 None,
                 &sent,
@@ -187,6 +189,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
         live,
         &client_gone,
         &client_stalled,
+        &view,
         &facts,
         routed,
         &sent,
@@ -202,6 +205,7 @@ fn finish(
     live: super::handoff::LiveCall,
     client_gone: &Cell<bool>,
     client_stalled: &Cell<bool>,
+    view: &WorkerSnapshot,
     facts: &Facts,
     route: Option<&Route>,
     sent: &H2RouteView<'_>,
@@ -223,7 +227,7 @@ fn finish(
         .or_else(|| sent.parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
     let side = RequestSide { head: sent, authority };
-    crate::telemetry::finish(worker, facts, route, &side, inbound);
+    crate::telemetry::finish(worker, view, facts, route, &side, inbound);
 }
 
 /// A routed call on its way upstream: what every try reads.
@@ -294,6 +298,7 @@ async fn forward(
             ));
         };
         retries.record(endpoint);
+        call.facts.endpoint.set(Some(endpoint as u32));
         let try_ = Try {
             call,
             cluster,
