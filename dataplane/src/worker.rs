@@ -151,11 +151,21 @@ impl Worker {
     /// A copy of this worker's statistics including per-cluster and per-endpoint detail.
     pub fn stats_copy(&self) -> StatsTotals {
         let mut t = self.stats.copy();
+        t.per_worker.push(crate::telemetry::stats::WorkerRow {
+            worker: self.id,
+            downstream_cx_total: t.downstream_cx_total,
+            downstream_cx_active: t.downstream_cx_active,
+            downstream_rq_total: t.downstream_rq_total,
+            downstream_rq_active: t.downstream_rq_active,
+            h2_streams_handed_off: t.h2_streams_handed_off,
+        });
         let idle = self.pool.idle_counts();
         for (name, c) in self.snapshot.counters() {
             let mut ct = ClusterTotals {
                 upstream_rq_total: c.rq_total.get(),
                 upstream_rq_active: c.rq_active.get(),
+                upstream_rq_retry: c.rq_retry.get(),
+                upstream_rq_timeout: c.rq_timeout.get(),
                 ..Default::default()
             };
             for (a, b) in ct.upstream_rq_by_class.iter_mut().zip(c.rq_by_class.iter()) {

@@ -72,6 +72,8 @@ pub struct Status {
     pub registry_warming: bool,
     /// How many endpoints in use were kept from before because of that.
     pub kept_endpoints: usize,
+    /// Configs from the control plane this proxy refused (NACK) since it started.
+    pub nacks: u64,
 }
 
 /// The shared cell the admin server reads [`Status`] from.
@@ -442,7 +444,8 @@ async fn session(
                             "config from the control plane refused (NACK):\n{error}"
                         );
                         update(status, |st| {
-                            st.last_error = Some(format!("config version {} refused: {error}", s.version))
+                            st.last_error = Some(format!("config version {} refused: {error}", s.version));
+                            st.nacks += 1;
                         });
                         proxy_message::Message::Nack(Nack {
                             version: s.version,

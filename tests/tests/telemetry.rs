@@ -284,6 +284,27 @@ fn istio_standard_metrics(io: IoMode) {
         "{m}"
     );
     assert!(m.contains("ringmesh_istio_series_overflow_total 0\n"), "{m}");
+
+    // The proxy's own families beside Istio's.
+    assert!(
+        m.contains("ringmesh_worker_downstream_rq_total{worker=\"0\"} 5\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("ringmesh_cluster_endpoints{cluster_name=\"outbound|80||echo.test\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("ringmesh_cluster_upstream_rq_retry_total{cluster_name=\"outbound|80||echo.test\"} 0\n"),
+        "{m}"
+    );
+    let io = if matches!(io, IoMode::IoUring) {
+        "io_uring"
+    } else {
+        "epoll"
+    };
+    assert!(m.contains(&format!("io_driver=\"{io}\"}} 1\n")), "{m}");
+    assert!(m.lines().any(|l| l.starts_with("ringmesh_config_version ")), "{m}");
 }
 
 /// The series bound holds: past `maxSeries` label sets, requests are counted as overflow.

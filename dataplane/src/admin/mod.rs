@@ -191,7 +191,19 @@ async fn handle(
         },
         (Role::Metrics, &Method::GET, "/stats/prometheus") | (Role::Admin, &Method::GET, "/stats/prometheus") => {
             let totals = gather_stats(&state.workers).await;
-            text(StatusCode::OK, prometheus::render(&totals), "text/plain; version=0.0.4")
+            let mut out = prometheus::render(&totals);
+            let control_plane = state.control_plane.load_full();
+            let identity = state.identity.load();
+            prometheus::render_process(
+                &prometheus::ProcessFacts {
+                    io: state.io,
+                    config_version: state.source.load().version,
+                    control_plane: control_plane.as_deref(),
+                    cert_not_after: identity.as_ref().map(|id| id.not_after),
+                },
+                &mut out,
+            );
+            text(StatusCode::OK, out, "text/plain; version=0.0.4")
         }
         (Role::Admin, &Method::GET, "/stats/histograms") => histograms::serve(&state, req.uri().query()).await,
         (Role::Admin, &Method::GET, "/config_dump") => {

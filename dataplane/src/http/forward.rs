@@ -216,7 +216,7 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
             Try::Retry(attempt) => {
                 tracing::debug!(cluster = %plan.cluster.name, attempt, "retrying on status");
                 back_off(retries.backoff(attempt, &ex.worker.rng)).await;
-                _retry_slot = Some(RetrySlot::start(ex.worker));
+                _retry_slot = Some(RetrySlot::start(ex.worker, &plan.state.counters));
                 continue;
             }
             Try::Response(resp) => {
@@ -228,7 +228,7 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
                         pool_refused(ex, &plan, resp).await;
                         tracing::debug!(cluster = %plan.cluster.name, status, attempt, "retrying on status");
                         back_off(retries.backoff(attempt, &ex.worker.rng)).await;
-                        _retry_slot = Some(RetrySlot::start(ex.worker));
+                        _retry_slot = Some(RetrySlot::start(ex.worker, &plan.state.counters));
                         continue;
                     }
                 }
@@ -241,13 +241,14 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
             Decision::AfterBackoff(attempt) if retry::admit(ex.worker) => {
                 tracing::debug!(cluster = %plan.cluster.name, attempt, "retrying after {}", error);
                 back_off(retries.backoff(attempt, &ex.worker.rng)).await;
-                _retry_slot = Some(RetrySlot::start(ex.worker));
+                _retry_slot = Some(RetrySlot::start(ex.worker, &plan.state.counters));
                 continue;
             }
             Decision::AfterBackoff(_) | Decision::Stop => {}
         }
         if matches!(error.kind, ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout) {
             inc(&ex.worker.stats.upstream_rq_timeout);
+            inc(&plan.state.counters.rq_timeout);
         }
         return Outcome::Failed {
             error,

@@ -151,10 +151,11 @@ pub(crate) fn admit(worker: &Worker) -> bool {
 pub(crate) struct RetrySlot<'a>(&'a Worker);
 
 impl<'a> RetrySlot<'a> {
-    /// Starts an admitted retry's try.
-    pub(crate) fn start(worker: &'a Worker) -> Self {
+    /// Starts an admitted retry's try to a cluster (counted on the worker and the cluster).
+    pub(crate) fn start(worker: &'a Worker, cluster: &crate::lb::ClusterCounters) -> Self {
         worker.retries_active.set(worker.retries_active.get() + 1);
         inc(&worker.stats.upstream_rq_retry);
+        inc(&cluster.rq_retry);
         RetrySlot(worker)
     }
 }

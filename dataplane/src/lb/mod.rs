@@ -39,6 +39,10 @@ pub struct ClusterCounters {
     pub rq_active: Cell<u64>,
     /// Upstream responses by class (index 1..=5).
     pub rq_by_class: [Cell<u64>; 6],
+    /// Retries sent to the cluster.
+    pub rq_retry: Cell<u64>,
+    /// Requests to the cluster that timed out (route or per-try timeout, or gRPC deadline).
+    pub rq_timeout: Cell<u64>,
     /// Per endpoint address, for the endpoints of the cluster's current snapshot only.
     pub endpoints: RefCell<HashMap<SocketAddr, Rc<EndpointCounters>>>,
 }

@@ -245,6 +245,9 @@ pub fn render(t: &StatsTotals) -> String {
         }
     }
 
+    cluster_families(t, &mut out);
+    worker_families(t, &mut out);
+
     let name = "ringmesh_request_duration_milliseconds";
     let h = &t.request_duration_us;
     let _ = writeln!(
@@ -264,6 +267,173 @@ pub fn render(t: &StatsTotals) -> String {
     let _ = writeln!(out, "{name}_sum {sum_ms}");
     let _ = writeln!(out, "{name}_count {}", h.len());
     out
+}
+
+/// Per-cluster figures beyond requests: retries, timeouts, connections and the pool.
+fn cluster_families(t: &StatsTotals, out: &mut String) {
+    type Get = fn(&super::stats::ClusterTotals) -> u64;
+    let families: [(&str, &str, &str, Get); 6] = [
+        (
+            "ringmesh_cluster_upstream_rq_active",
+            "gauge",
+            "Requests in flight to each cluster.",
+            |c| c.upstream_rq_active,
+        ),
+        (
+            "ringmesh_cluster_upstream_rq_retry_total",
+            "counter",
+            "Retries sent to each cluster.",
+            |c| c.upstream_rq_retry,
+        ),
+        (
+            "ringmesh_cluster_upstream_rq_timeout_total",
+            "counter",
+            "Requests to each cluster that timed out.",
+            |c| c.upstream_rq_timeout,
+        ),
+        (
+            "ringmesh_cluster_upstream_cx_connect_fail_total",
+            "counter",
+            "Connect failures to each cluster's endpoints.",
+            |c| c.endpoints.values().map(|e| e.cx_connect_fail).sum(),
+        ),
+        (
+            "ringmesh_cluster_upstream_cx_idle",
+            "gauge",
+            "Idle pooled HTTP/1.1 connections to each cluster's endpoints.",
+            |c| c.endpoints.values().map(|e| e.cx_idle).sum(),
+        ),
+        (
+            "ringmesh_cluster_endpoints",
+            "gauge",
+            "Endpoints of each cluster in the running config.",
+            |c| c.endpoints.len() as u64,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (cluster, c) in &t.clusters {
+            let _ = writeln!(out, "{name}{{cluster_name=\"{}\"}} {}", label(cluster), get(c));
+        }
+    }
+}
+
+/// Per-worker figures: how the load spreads over the cores.
+fn worker_families(t: &StatsTotals, out: &mut String) {
+    type Get = fn(&super::stats::WorkerRow) -> u64;
+    let families: [(&str, &str, &str, Get); 5] = [
+        (
+            "ringmesh_worker_downstream_cx_total",
+            "counter",
+            "Downstream connections each worker accepted.",
+            |r| r.downstream_cx_total,
+        ),
+        (
+            "ringmesh_worker_downstream_cx_active",
+            "gauge",
+            "Downstream connections open on each worker.",
+            |r| r.downstream_cx_active,
+        ),
+        (
+            "ringmesh_worker_downstream_rq_total",
+            "counter",
+            "Requests each worker served.",
+            |r| r.downstream_rq_total,
+        ),
+        (
+            "ringmesh_worker_downstream_rq_active",
+            "gauge",
+            "Requests in flight on each worker: its queue of work.",
+            |r| r.downstream_rq_active,
+        ),
+        (
+            "ringmesh_worker_h2_streams_handed_off_total",
+            "counter",
+            "HTTP/2 streams each worker handed to a less busy one.",
+            |r| r.h2_streams_handed_off,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in &t.per_worker {
+            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", r.worker, get(r));
+        }
+    }
+}
+
+/// What the process knows outside the workers' shards: the I/O driver, the config in force,
+/// the control plane's stream and the workload certificate.
+#[derive(Debug)]
+pub struct ProcessFacts<'a> {
+    /// `io_uring` or `epoll`.
+    pub io: &'a str,
+    /// The running snapshot's version.
+    pub config_version: u64,
+    /// The discovery stream, when a control plane is configured.
+    pub control_plane: Option<&'a crate::xds::Status>,
+    /// When the workload certificate expires, if there is one.
+    pub cert_not_after: Option<std::time::SystemTime>,
+}
+
+/// Writes the process-level families.
+pub fn render_process(p: &ProcessFacts<'_>, out: &mut String) {
+    let name = "ringmesh_info";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The running proxy: its version and I/O driver.\n# TYPE {name} gauge\n{name}{{version=\"{}\",io_driver=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        label(p.io)
+    );
+    gauge(
+        out,
+        "ringmesh_config_version",
+        "Version of the running config.",
+        p.config_version,
+    );
+    if let Some(cp) = p.control_plane {
+        gauge(
+            out,
+            "ringmesh_control_plane_connected",
+            "1 while the discovery stream to the control plane is up.",
+            u64::from(cp.state == "connected"),
+        );
+        gauge(
+            out,
+            "ringmesh_control_plane_config_version",
+            "The control plane's version of the config in use (0: none yet).",
+            cp.serving_version,
+        );
+        gauge(
+            out,
+            "ringmesh_control_plane_failures",
+            "Failed sessions with the control plane in a row.",
+            cp.failures,
+        );
+        counter(
+            out,
+            "ringmesh_control_plane_nacks_total",
+            "Configs from the control plane this proxy refused (NACK).",
+            cp.nacks,
+        );
+    }
+    if let Some(at) = p.cert_not_after {
+        let unix = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .map_or(0, |d| d.as_secs());
+        gauge(
+            out,
+            "ringmesh_workload_cert_expiry_timestamp_seconds",
+            "When the workload certificate expires (Unix time).",
+            unix,
+        );
+        gauge(
+            out,
+            "ringmesh_workload_cert_expiry_seconds",
+            "Seconds until the workload certificate expires.",
+            left,
+        );
+    }
 }
 
 #[cfg(test)]

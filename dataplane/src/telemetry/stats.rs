@@ -188,6 +188,7 @@ impl WorkerStats {
             access_log_lines: self.access_log.lines.get(),
             access_log_dropped: self.access_log.dropped.get(),
             clusters: BTreeMap::new(),
+            per_worker: Vec::new(),
         }
     }
 }
@@ -201,6 +202,10 @@ pub struct ClusterTotals {
     pub upstream_rq_active: u64,
     /// Responses by status class (index 1..=5).
     pub upstream_rq_by_class: [u64; 6],
+    /// Retries sent.
+    pub upstream_rq_retry: u64,
+    /// Requests that timed out.
+    pub upstream_rq_timeout: u64,
     /// Per endpoint address: (requests, in flight now, connect failures, idle pooled connections).
     pub endpoints: BTreeMap<String, EndpointTotals>,
 }
@@ -286,6 +291,25 @@ pub struct StatsTotals {
     pub access_log_dropped: u64,
     /// Per cluster name.
     pub clusters: BTreeMap<String, ClusterTotals>,
+    /// One row per worker that answered.
+    pub per_worker: Vec<WorkerRow>,
+}
+
+/// One worker's own figures, for the per-worker metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerRow {
+    /// The worker's index.
+    pub worker: usize,
+    /// Downstream connections accepted.
+    pub downstream_cx_total: u64,
+    /// Downstream connections open now.
+    pub downstream_cx_active: u64,
+    /// Requests received.
+    pub downstream_rq_total: u64,
+    /// Requests in flight now: this core's queue of work.
+    pub downstream_rq_active: u64,
+    /// HTTP/2 streams handed to other workers.
+    pub h2_streams_handed_off: u64,
 }
 
 impl StatsTotals {
@@ -323,6 +347,7 @@ impl StatsTotals {
             access_log_lines: 0,
             access_log_dropped: 0,
             clusters: BTreeMap::new(),
+            per_worker: Vec::new(),
         }
     }
 
@@ -361,6 +386,8 @@ impl StatsTotals {
         super::overhead::merge(&mut self.overhead, &o.overhead);
         self.access_log_lines += o.access_log_lines;
         self.access_log_dropped += o.access_log_dropped;
+        self.per_worker.extend(o.per_worker.iter().cloned());
+        self.per_worker.sort_by_key(|r| r.worker);
         // Same bounds on both sides, so adding cannot fail; ignore the impossible error rather
         // than panic in the admin thread.
         let _ = self.request_duration_us.add(&o.request_duration_us);
@@ -368,6 +395,8 @@ impl StatsTotals {
             let t = self.clusters.entry(name.clone()).or_default();
             t.upstream_rq_total += c.upstream_rq_total;
             t.upstream_rq_active += c.upstream_rq_active;
+            t.upstream_rq_retry += c.upstream_rq_retry;
+            t.upstream_rq_timeout += c.upstream_rq_timeout;
             for (a, b) in t.upstream_rq_by_class.iter_mut().zip(c.upstream_rq_by_class.iter()) {
                 *a += b;
             }

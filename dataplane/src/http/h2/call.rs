@@ -323,7 +323,7 @@ async fn forward(
             Attempt::Retry(attempt) => {
                 tracing::debug!(cluster = %cluster.name, attempt, "retrying on status");
                 back_off(retries.backoff(attempt, &worker.rng)).await;
-                _retry_slot = Some(RetrySlot::start(worker));
+                _retry_slot = Some(RetrySlot::start(worker, &state.counters));
                 continue;
             }
             Attempt::Failed(e) => e,
@@ -333,13 +333,14 @@ async fn forward(
             Decision::AfterBackoff(attempt) if retry::admit(worker) => {
                 tracing::debug!(cluster = %cluster.name, attempt, "retrying after {}", error);
                 back_off(retries.backoff(attempt, &worker.rng)).await;
-                _retry_slot = Some(RetrySlot::start(worker));
+                _retry_slot = Some(RetrySlot::start(worker, &state.counters));
                 continue;
             }
             Decision::AfterBackoff(_) | Decision::Stop => {}
         }
         if matches!(error.kind, ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout) {
             inc(&worker.stats.upstream_rq_timeout);
+            inc(&state.counters.rq_timeout);
         }
         return Err((error, None));
     }

@@ -202,6 +202,7 @@ pub(crate) async fn to_h2(
             // The head went out: the status goes in the trailers. Dropping the upstream
             // stream on return cancels it there.
             inc(&worker.stats.upstream_rq_timeout);
+            inc(&t.state.counters.rq_timeout);
             let _ = down.send_trailers(grpc::deadline_exceeded_trailers());
         }
     }
