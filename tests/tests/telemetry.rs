@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use ringmesh_tests::client::{admin_get, Client};
+use ringmesh_tests::h2client::H2Client;
 use ringmesh_tests::proxy::{proxy_config, service_entry, temp_dir, TestProxy};
 use ringmesh_tests::upstream::Upstream;
 use ringmesh_tests::{both_io, IoMode};
@@ -391,11 +392,64 @@ fn reason_header(io: IoMode) {
     assert!(r.header("x-ringmesh-reason").is_none());
 }
 
+/// HTTP/2 and gRPC calls are logged and counted like HTTP/1.1 requests: the protocol, the gRPC
+/// status of a local reply, and its reason in a header of the HTTP/2 response.
+fn http2_and_grpc_are_logged_and_counted(io: IoMode) {
+    let up = Upstream::named("hello");
+    let dir = temp_dir();
+    let path = dir.path().join("h2.log");
+    let p = proxy(io, &up, &format!("    accessLog:\n      path: {}\n", path.display()));
+    let mut c = H2Client::connect(p.http());
+    let ok = c.get("echo.test", "/h2");
+    assert_eq!(ok.status, 200);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://empty.test/pkg.Svc/Call")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let failed = c.request(req, b"\0\0\0\0\0", None);
+    assert_eq!(failed.field("grpc-status"), Some("14"));
+    assert_eq!(
+        failed.field("x-ringmesh-reason"),
+        Some("no healthy endpoint in cluster outbound|80||empty.test")
+    );
+    let lines = lines_of(&path, 2);
+    let h2: Value = serde_json::from_str(&lines[0]).expect("json");
+    assert_eq!(h2["protocol"], "HTTP/2");
+    assert_eq!(h2["response_code"], 200);
+    assert_eq!(h2["bytes_sent"], 5);
+    assert_eq!(h2["authority"], "echo.test");
+    assert!(h2["proxy_overhead_us"].as_u64().is_some());
+    let grpc: Value = serde_json::from_str(&lines[1]).expect("json");
+    assert_eq!(grpc["protocol"], "HTTP/2");
+    assert_eq!(grpc["response_code"], 200);
+    assert_eq!(grpc["grpc_status"], 14);
+    assert_eq!(grpc["response_flags"], "UH");
+    assert_eq!(grpc["path"], "/pkg.Svc/Call");
+    let m = admin_get(p.admin(), "/stats/prometheus").1;
+    assert_eq!(
+        series_value(
+            &m,
+            "istio_requests_total",
+            &[
+                "request_protocol=\"grpc\"",
+                "grpc_response_status=\"14\"",
+                "response_flags=\"UH\""
+            ]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
 both_io!(
     json_access_log_fields,
     text_access_log,
     istio_standard_metrics,
     istio_series_are_bounded,
     own_latency_histograms,
-    reason_header
+    reason_header,
+    http2_and_grpc_are_logged_and_counted
 );
