@@ -115,7 +115,7 @@ pub(super) async fn serve(state: &AdminState, query: Option<&str>) -> Response<F
             None => merged = Some(e.hdr.clone()),
         }
     }
-    let merged = merged.unwrap_or_else(|| overhead::empty_histogram());
+    let merged = merged.unwrap_or_else(overhead::empty_histogram);
     if format == "hgrm" {
         let mut out = Vec::new();
         if let Err(e) = ringmesh_api::hgrm::write_percentile_distribution(&merged, &mut out, 1000.0) {

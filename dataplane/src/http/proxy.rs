@@ -228,8 +228,8 @@ async fn answer<'v>(
         ..sent
     };
     let host = head
-        .authority(&src)
-        .or_else(|| head.host(&src))
+        .authority(src)
+        .or_else(|| head.host(src))
         .and_then(|h| std::str::from_utf8(h).ok())
         .unwrap_or("");
     if let Some(inbound) = &conn.inbound {
@@ -292,10 +292,10 @@ async fn answer<'v>(
             let mut exchange = Exchange {
                 worker,
                 facts,
-                view: &view,
+                view,
                 conn: &mut *conn,
-                head: &head,
-                src: &src,
+                head,
+                src,
                 req: &req,
                 route: hit.route,
                 matched: hit.matched,
