@@ -444,6 +444,38 @@ fn http2_and_grpc_are_logged_and_counted(io: IoMode) {
     );
 }
 
+/// A request refused before its head could be parsed is logged and counted too, with what is
+/// known: the status, the flag, the client; no method or path.
+fn a_refused_head_is_logged(io: IoMode) {
+    let up = Upstream::named("a");
+    let dir = temp_dir();
+    let path = dir.path().join("bad.log");
+    let p = proxy(io, &up, &format!("    accessLog:\n      path: {}\n", path.display()));
+    let r = request(
+        p.http(),
+        "GET / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.header("x-ringmesh-reason").is_some_and(|v| !v.is_empty()));
+    let line: Value = serde_json::from_str(&lines_of(&path, 1)[0]).expect("json");
+    assert_eq!(line["response_code"], 400);
+    assert_eq!(line["response_flags"], "DPE");
+    assert_eq!(line["response_code_details"], "codec_error");
+    assert_eq!(line["method"], Value::Null);
+    assert_eq!(line["path"], Value::Null);
+    assert!(line["downstream_remote_address"].as_str().is_some());
+    let m = admin_get(p.admin(), "/stats/prometheus").1;
+    assert_eq!(
+        series_value(
+            &m,
+            "istio_requests_total",
+            &["response_code=\"400\"", "response_flags=\"DPE\""]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
 both_io!(
     json_access_log_fields,
     text_access_log,
@@ -451,5 +483,6 @@ both_io!(
     istio_series_are_bounded,
     own_latency_histograms,
     reason_header,
-    http2_and_grpc_are_logged_and_counted
+    http2_and_grpc_are_logged_and_counted,
+    a_refused_head_is_logged
 );

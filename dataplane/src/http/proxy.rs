@@ -107,7 +107,20 @@ pub(crate) async fn serve(
                 worker.stats.record_local_reply(e.flag());
                 worker.stats.record_status(e.status());
                 worker.stats.log_limit.log(e.flag(), || tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "request refused: {}", e.context));
-                conn.local_reply(e.status(), &[], e.body().as_bytes(), true).await;
+                // No head to route: the reply, and what telemetry can say of it (no method,
+                // path or host), as Envoy logs a request its codec refused.
+                let facts = Facts::new(Protocol::Http1, conn.peer);
+                facts.local_reply(&e);
+                facts.bytes_sent.set(e.body().len() as u64);
+                let view = worker.snapshot.get();
+                if view.snapshot.telemetry.reason_header {
+                    conn.local_reply(e.status(), &[(REASON_HEADER, e.context)], e.body().as_bytes(), true)
+                        .await;
+                } else {
+                    conn.local_reply(e.status(), &[], e.body().as_bytes(), true).await;
+                }
+                let side = RequestSide::unparsed();
+                crate::telemetry::finish(&worker, &view, &facts, None, &side, conn.inbound.as_deref());
                 return;
             }
         };

@@ -178,11 +178,40 @@ pub(crate) struct RequestSide<'a> {
     pub(crate) authority: &'a str,
 }
 
+/// A request whose head could not be parsed: no method, path, host or field.
+struct Unparsed;
+
+impl RouteRequest for Unparsed {
+    fn method(&self) -> &str {
+        ""
+    }
+    fn path(&self) -> &str {
+        ""
+    }
+    fn query(&self) -> Option<&str> {
+        None
+    }
+    fn header(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+impl RequestSide<'static> {
+    /// The side of a request refused before its head was parsed.
+    pub(crate) fn unparsed() -> Self {
+        RequestSide {
+            head: &Unparsed,
+            authority: "",
+        }
+    }
+}
+
 impl RequestSide<'_> {
     /// The first value of a request field, by lower-case name; the request line's parts by
     /// their HTTP/2 pseudo-header names (`:path` with its query, as sent).
     pub(crate) fn get(&self, name: &str) -> Option<Value<'_>> {
         match name {
+            ":method" | ":path" if self.head.method().is_empty() => None,
             ":method" => Some(Value::One(self.head.method().as_bytes())),
             ":path" => Some(match self.head.query() {
                 Some(q) => Value::Joined(self.head.path().as_bytes(), q.as_bytes()),
