@@ -66,6 +66,52 @@ pub enum ErrorKind {
     Forbidden,
 }
 
+impl ErrorKind {
+    /// Envoy's response flag for access logs and metrics.
+    pub fn flag(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest { .. } => "DPE",
+            ErrorKind::RequestHeaderTimeout => "DT",
+            ErrorKind::NoRoute => "NR",
+            ErrorKind::NoHealthyUpstream => "UH",
+            ErrorKind::NoCluster => "NC",
+            ErrorKind::ConnectFailed => "UF",
+            ErrorKind::ConnectTimeout => "UF",
+            ErrorKind::TlsHandshakeFailed => "UF",
+            ErrorKind::UpstreamReset => "UC",
+            ErrorKind::UpstreamProtocol => "UPE",
+            ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => "UT",
+            ErrorKind::DownstreamClosed => "DC",
+            ErrorKind::Overflow => "UO",
+            ErrorKind::Forbidden => "RBAC",
+        }
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` vocabulary for this reply (`route_not_found`,
+    /// `no_healthy_upstream`, `rbac_access_denied_matched_policy[…]` is shortened to
+    /// `rbac_access_denied`).
+    pub fn details(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest { .. } => "codec_error",
+            ErrorKind::RequestHeaderTimeout => "request_header_timeout",
+            ErrorKind::NoRoute => "route_not_found",
+            ErrorKind::NoHealthyUpstream => "no_healthy_upstream",
+            ErrorKind::NoCluster => "cluster_not_found",
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            ErrorKind::TlsHandshakeFailed => "upstream_reset_before_response_started{connection_failure,TLS_error}",
+            ErrorKind::UpstreamReset => "upstream_reset_before_response_started{connection_termination}",
+            ErrorKind::UpstreamProtocol => "upstream_reset_before_response_started{protocol_error}",
+            ErrorKind::UpstreamTimeout => "response_timeout",
+            ErrorKind::PerTryTimeout => "upstream_per_try_timeout",
+            ErrorKind::DownstreamClosed => "downstream_remote_disconnect",
+            ErrorKind::Overflow => "upstream_max_pending_requests_overflow",
+            ErrorKind::Forbidden => "rbac_access_denied",
+        }
+    }
+}
+
 /// How far a request got before it failed: what decides whether another try is safe at all
 /// (pingora's `RetryType` plays this part). Whether the request's body can be sent again is
 /// a separate fact, owned by the body (`http::request_body`).
@@ -177,46 +223,12 @@ impl ProxyError {
 
     /// Envoy's response flag for access logs and metrics.
     pub fn flag(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::BadRequest { .. } => "DPE",
-            ErrorKind::RequestHeaderTimeout => "DT",
-            ErrorKind::NoRoute => "NR",
-            ErrorKind::NoHealthyUpstream => "UH",
-            ErrorKind::NoCluster => "NC",
-            ErrorKind::ConnectFailed => "UF",
-            ErrorKind::ConnectTimeout => "UF",
-            ErrorKind::TlsHandshakeFailed => "UF",
-            ErrorKind::UpstreamReset => "UC",
-            ErrorKind::UpstreamProtocol => "UPE",
-            ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => "UT",
-            ErrorKind::DownstreamClosed => "DC",
-            ErrorKind::Overflow => "UO",
-            ErrorKind::Forbidden => "RBAC",
-        }
+        self.kind.flag()
     }
 
-    /// Envoy's `%RESPONSE_CODE_DETAILS%` vocabulary for this reply (`route_not_found`,
-    /// `no_healthy_upstream`, `rbac_access_denied_matched_policy[…]` is shortened to
-    /// `rbac_access_denied`).
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for this reply.
     pub fn details(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::BadRequest { .. } => "codec_error",
-            ErrorKind::RequestHeaderTimeout => "request_header_timeout",
-            ErrorKind::NoRoute => "route_not_found",
-            ErrorKind::NoHealthyUpstream => "no_healthy_upstream",
-            ErrorKind::NoCluster => "cluster_not_found",
-            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => {
-                "upstream_reset_before_response_started{connection_failure}"
-            }
-            ErrorKind::TlsHandshakeFailed => "upstream_reset_before_response_started{connection_failure,TLS_error}",
-            ErrorKind::UpstreamReset => "upstream_reset_before_response_started{connection_termination}",
-            ErrorKind::UpstreamProtocol => "upstream_reset_before_response_started{protocol_error}",
-            ErrorKind::UpstreamTimeout => "response_timeout",
-            ErrorKind::PerTryTimeout => "upstream_per_try_timeout",
-            ErrorKind::DownstreamClosed => "downstream_remote_disconnect",
-            ErrorKind::Overflow => "upstream_max_pending_requests_overflow",
-            ErrorKind::Forbidden => "rbac_access_denied",
-        }
+        self.kind.details()
     }
 
     /// Body text of the local reply, modelled on Envoy's so existing runbooks still match.

@@ -109,9 +109,11 @@ mod tests {
                 unreachable!(),
             )
         });
-        // Test builds (this profile): HTTP 5.9 KiB, TCP 2.6 KiB; with the TLS tunnel inline
-        // the TCP connection's future was 9.1 KiB and every connection's task that large.
-        assert!(http <= 6 * 1024, "an HTTP connection's future is {http} bytes");
+        // Test builds (this profile): HTTP 6.1 KiB, TCP 2.6 KiB; with the TLS tunnel inline
+        // the TCP connection's future was 9.1 KiB and every connection's task that large. The
+        // request's telemetry facts (`telemetry::request::Facts`, 120 bytes) are part of the
+        // HTTP figure; the rest of a request's state is kept off the await points that hold it.
+        assert!(http <= 6 * 1024 + 256, "an HTTP connection's future is {http} bytes");
         assert!(tcp <= 3 * 1024, "a TCP connection's future is {tcp} bytes");
     }
 }

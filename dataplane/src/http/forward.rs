@@ -532,7 +532,7 @@ async fn send_request(
 ) -> Result<BytesMut, Try> {
     let ufd = upstream.fd();
     let first = body.first_write(&plan.upstream_head);
-    ex.facts.sending_upstream(upstream.addr);
+    ex.facts.sending_upstream();
     let r = crate::http::send::write_all(&mut upstream.write, ufd, first).await.0;
     if r.is_err() {
         return Err(Try::Failed(if upstream.reused {
@@ -623,7 +623,7 @@ async fn read_response_head(
     let (addr, reused) = (upstream.addr, upstream.reused);
     match read_head(&ask, &mut upstream.read, addr, reused, buf).await {
         Ok((head, src, buf)) => {
-            ex.facts.upstream_head.set(Some(Instant::now()));
+            ex.facts.mark(crate::telemetry::request::Mark::UpstreamHead);
             Try::Response(Response {
                 upstream,
                 head,
@@ -776,7 +776,7 @@ async fn relay_response(ex: &mut Exchange<'_>, plan: &Plan<'_>, resp: Response, 
         }
     }
     let out = std::mem::take(&mut conn.out);
-    facts.client_head.set(Some(Instant::now()));
+    facts.mark(crate::telemetry::request::Mark::ClientHead);
     let (r, out) = conn.stream.write_all_direct(out).await;
     conn.out = out;
     if r.is_err() {

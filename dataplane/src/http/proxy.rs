@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ringmesh_api::snapshot::{Redirect, Route, RouteAction};
+use ringmesh_api::snapshot::{Redirect, RouteAction};
 use std::sync::Arc;
 
 use super::downstream::{finish_request_body, ClientIo, Downstream};
@@ -25,7 +25,6 @@ use super::request_body::ClientBody;
 use super::route_view::RouteView;
 use crate::capture::RouteBy;
 use crate::error::{ErrorKind, ProxyError, Side};
-use crate::state::WorkerSnapshot;
 use crate::telemetry::request::{Details, Facts, Protocol, RequestSide};
 use crate::tls::io::MaybeTls;
 use crate::tls::InboundConn;
@@ -109,7 +108,7 @@ pub(crate) async fn serve(
                 worker.stats.log_limit.log(e.flag(), || tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "request refused: {}", e.context));
                 // No head to route: the reply, and what telemetry can say of it (no method,
                 // path or host), as Envoy logs a request its codec refused.
-                let facts = Facts::new(Protocol::Http1, conn.peer);
+                let facts = Facts::new(Protocol::Http1);
                 facts.local_reply(&e);
                 facts.bytes_sent.set(e.body().len() as u64);
                 let view = worker.snapshot.get();
@@ -119,7 +118,7 @@ pub(crate) async fn serve(
                 } else {
                     conn.local_reply(e.status(), &[], e.body().as_bytes(), true).await;
                 }
-                let side = RequestSide::unparsed();
+                let side = RequestSide::unparsed(conn.peer);
                 crate::telemetry::finish(&worker, &view, &facts, None, &side, conn.inbound.as_deref());
                 return;
             }
@@ -190,142 +189,137 @@ impl From<bool> for Next {
 /// does next.
 async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (RequestHead, Bytes), idle: Duration) -> Next {
     let view = worker.snapshot.get();
-    let facts = Facts::new(Protocol::Http1, conn.peer);
+    let facts = Facts::new(Protocol::Http1);
     let route = Cell::new(None);
+    let next = 'answer: {
+        let (head, src, view, facts, route) = (&head, &src, &*view, &facts, &route);
+        let sent = RouteView::new(src, head);
+        let security = &view.snapshot.security;
+        let path = match normalize_path(sent.path, security.path_normalization) {
+            Ok(p) => p,
+            Err(why) => {
+                crate::telemetry::stats::inc(&worker.stats.security.path_refused);
+                worker.stats.log_limit.log(
+                    "path-refused",
+                    || tracing::info!(peer = %conn.peer, "400: request path refused: {why}"),
+                );
+                let e = ProxyError::new(
+                    ErrorKind::BadRequest { status: 400 },
+                    Side::Downstream,
+                    "request path refused",
+                );
+                break 'answer reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
+                    .await
+                    .into();
+            }
+        };
+        let req = RouteView {
+            path: &path,
+            path_changed: matches!(path, std::borrow::Cow::Owned(_)),
+            ..sent
+        };
+        let host = head
+            .authority(src)
+            .or_else(|| head.host(src))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .unwrap_or("");
+        if let Some(inbound) = &conn.inbound {
+            let host = normalize_host(host);
+            let request = crate::authz::HttpRequest {
+                host: &host,
+                method: req.method,
+                path: req.path,
+                headers: &crate::authz::H1Headers { src, head },
+            };
+            let verdict = crate::authz::check(worker, &security.authz, inbound, conn.peer, Some(request));
+            facts.authz.set(verdict);
+            if verdict.is_some_and(|v| v.denied()) {
+                let e = ProxyError::new(ErrorKind::Forbidden, Side::Downstream, "denied by AuthorizationPolicy");
+                break 'answer reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
+                    .await
+                    .into();
+            }
+        }
+        let hit = conn
+            .route_by
+            .virtual_host(&view.snapshot, host)
+            .and_then(|vh| vh.find_route_match(&req));
+        let Some(hit) = hit else {
+            let e = ProxyError::new(ErrorKind::NoRoute, Side::Internal, "no virtual host or route matched");
+            tracing::debug!(peer = %conn.peer, host, path = req.path, "404: no route");
+            break 'answer reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
+                .await
+                .into();
+        };
+        route.set(Some(hit.route));
+        match &hit.route.action {
+            RouteAction::Direct(d) => {
+                let headers: Vec<(&str, &str)> = hit
+                    .route
+                    .response_headers
+                    .set
+                    .iter()
+                    .chain(hit.route.response_headers.add.iter())
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let keep = finish_request_body(conn, head, idle).await;
+                worker.stats.record_status(d.status);
+                facts.status.set(d.status);
+                facts.details.set(Details::Route);
+                facts.bytes_sent.set(d.body.len() as u64);
+                conn.local_reply(d.status, &headers, d.body.as_bytes(), !keep).await;
+                keep.into()
+            }
+            RouteAction::Redirect(r) => {
+                let location = redirect_location(r, host, req.path, req.query);
+                let keep = finish_request_body(conn, head, idle).await;
+                worker.stats.record_status(r.status);
+                facts.status.set(r.status);
+                facts.details.set(Details::Route);
+                conn.local_reply(r.status, &[("location", &location)], b"", !keep).await;
+                keep.into()
+            }
+            RouteAction::Forward(action) => {
+                let mut exchange = Exchange {
+                    worker,
+                    facts,
+                    view,
+                    conn: &mut *conn,
+                    head,
+                    src,
+                    req: &req,
+                    route: hit.route,
+                    matched: hit.matched,
+                    action,
+                    idle,
+                };
+                let outcome = forward::forward(&mut exchange).await;
+                match outcome {
+                    Outcome::Done { keep_alive } => keep_alive.into(),
+                    Outcome::Failed { error, body } => {
+                        reply_error(worker, conn, head, error, idle, body, facts).await.into()
+                    }
+                    Outcome::Aborted => Next::Close,
+                    Outcome::Upgrade { upstream, buf } => Next::Upgrade { upstream, buf },
+                }
+            }
+        }
+    };
+    // Made again rather than kept across the await: every byte held there is held by every
+    // idle keep-alive connection's task.
     let sent = RouteView::new(&src, &head);
-    let next = answer(worker, conn, &view, (&head, &src, &sent), idle, &facts, &route).await;
     let authority = head
         .authority(&src)
         .or_else(|| head.host(&src))
         .and_then(|h| std::str::from_utf8(h).ok())
         .unwrap_or("");
-    let side = RequestSide { head: &sent, authority };
+    let side = RequestSide {
+        head: &sent,
+        authority,
+        peer: conn.peer,
+    };
     crate::telemetry::finish(worker, &view, &facts, route.get(), &side, conn.inbound.as_deref());
     next
-}
-
-/// Routes and answers one request (`handle` without the telemetry); `route` is set to the
-/// route that matched.
-async fn answer<'v>(
-    worker: &Rc<Worker>,
-    conn: &mut Downstream,
-    view: &'v WorkerSnapshot,
-    (head, src, sent): (&RequestHead, &Bytes, &RouteView<'_>),
-    idle: Duration,
-    facts: &Facts,
-    route: &Cell<Option<&'v Route>>,
-) -> Next {
-    let sent = *sent;
-    let security = &view.snapshot.security;
-    let path = match normalize_path(sent.path, security.path_normalization) {
-        Ok(p) => p,
-        Err(why) => {
-            crate::telemetry::stats::inc(&worker.stats.security.path_refused);
-            worker.stats.log_limit.log(
-                "path-refused",
-                || tracing::info!(peer = %conn.peer, "400: request path refused: {why}"),
-            );
-            let e = ProxyError::new(
-                ErrorKind::BadRequest { status: 400 },
-                Side::Downstream,
-                "request path refused",
-            );
-            return reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
-                .await
-                .into();
-        }
-    };
-    let req = RouteView {
-        path: &path,
-        path_changed: matches!(path, std::borrow::Cow::Owned(_)),
-        ..sent
-    };
-    let host = head
-        .authority(src)
-        .or_else(|| head.host(src))
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .unwrap_or("");
-    if let Some(inbound) = &conn.inbound {
-        let host = normalize_host(host);
-        let request = crate::authz::HttpRequest {
-            host: &host,
-            method: req.method,
-            path: req.path,
-            headers: &crate::authz::H1Headers { src, head },
-        };
-        let verdict = crate::authz::check(worker, &security.authz, inbound, conn.peer, Some(request));
-        facts.authz.set(verdict);
-        if verdict.is_some_and(|v| v.denied()) {
-            let e = ProxyError::new(ErrorKind::Forbidden, Side::Downstream, "denied by AuthorizationPolicy");
-            return reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
-                .await
-                .into();
-        }
-    }
-    let hit = conn
-        .route_by
-        .virtual_host(&view.snapshot, host)
-        .and_then(|vh| vh.find_route_match(&req));
-    let Some(hit) = hit else {
-        let e = ProxyError::new(ErrorKind::NoRoute, Side::Internal, "no virtual host or route matched");
-        tracing::debug!(peer = %conn.peer, host, path = req.path, "404: no route");
-        return reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
-            .await
-            .into();
-    };
-    route.set(Some(hit.route));
-    match &hit.route.action {
-        RouteAction::Direct(d) => {
-            let headers: Vec<(&str, &str)> = hit
-                .route
-                .response_headers
-                .set
-                .iter()
-                .chain(hit.route.response_headers.add.iter())
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let keep = finish_request_body(conn, head, idle).await;
-            worker.stats.record_status(d.status);
-            facts.status.set(d.status);
-            facts.details.set(Details::Route);
-            facts.bytes_sent.set(d.body.len() as u64);
-            conn.local_reply(d.status, &headers, d.body.as_bytes(), !keep).await;
-            keep.into()
-        }
-        RouteAction::Redirect(r) => {
-            let location = redirect_location(r, host, req.path, req.query);
-            let keep = finish_request_body(conn, head, idle).await;
-            worker.stats.record_status(r.status);
-            facts.status.set(r.status);
-            facts.details.set(Details::Route);
-            conn.local_reply(r.status, &[("location", &location)], b"", !keep).await;
-            keep.into()
-        }
-        RouteAction::Forward(action) => {
-            let mut exchange = Exchange {
-                worker,
-                facts,
-                view,
-                conn: &mut *conn,
-                head,
-                src,
-                req: &req,
-                route: hit.route,
-                matched: hit.matched,
-                action,
-                idle,
-            };
-            let outcome = forward::forward(&mut exchange).await;
-            match outcome {
-                Outcome::Done { keep_alive } => keep_alive.into(),
-                Outcome::Failed { error, body } => {
-                    reply_error(worker, conn, head, error, idle, body, facts).await.into()
-                }
-                Outcome::Aborted => Next::Close,
-                Outcome::Upgrade { upstream, buf } => Next::Upgrade { upstream, buf },
-            }
-        }
-    }
 }
 
 /// Answers with the error's status; keeps the connection only if the request body (if any)

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ringmesh_api::access_log::{Field, LogFormat, Part};
 use ringmesh_api::snapshot::{AccessLog, Route, Snapshot};
 
-use super::request::{AuthzVerdict, Details, Facts, RequestSide, Value};
+use super::request::{AuthzVerdict, Facts, RequestSide, Value};
 
 /// How long a worker holds lines before handing them to the writer.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -265,35 +265,30 @@ fn value<'a>(field: &Field, l: &'a Line<'a>) -> Out<'a> {
     let f = l.facts;
     let cluster = f.cluster.get().map(|c| l.snapshot.cluster(c));
     match field {
-        Field::StartTime => Out::Time(f.start_wall),
+        Field::StartTime => Out::Time(f.start_wall()),
         Field::Req(names) => names.iter().find_map(|n| l.req.get(n)).map_or(Out::None, Out::Bytes),
         Field::Protocol => Out::Str(f.protocol.get().envoy_name()),
         Field::ResponseCode => Out::Num(u64::from(f.status.get())),
-        Field::ResponseFlags => Out::Str(f.flag.get().unwrap_or("-")),
-        Field::ResponseCodeDetails => match f.details.get() {
-            Details::None => Out::None,
-            Details::ViaUpstream => Out::Str("via_upstream"),
-            Details::Route => Out::Str("direct_response"),
-            Details::Local(why) => Out::Str(why),
-        },
+        Field::ResponseFlags => Out::Str(f.flag().unwrap_or("-")),
+        Field::ResponseCodeDetails => f.details_text().map_or(Out::None, Out::Str),
         Field::ConnectionTerminationDetails | Field::UpstreamLocalAddress | Field::UpstreamPeerUriSan => Out::None,
-        Field::UpstreamTransportFailureReason => match f.flag.get() {
+        Field::UpstreamTransportFailureReason => match f.flag() {
             Some("UF") => Out::Str("connection_failure"),
             _ => Out::None,
         },
         Field::BytesReceived => Out::Num(f.bytes_received.get()),
         Field::BytesSent => Out::Num(f.bytes_sent.get()),
         Field::Duration => Out::Num(f.started.elapsed().as_millis() as u64),
-        Field::UpstreamServiceTime => match (f.upstream_sent.get(), f.upstream_head.get()) {
-            (Some(a), Some(b)) => Out::Num(b.saturating_duration_since(a).as_millis() as u64),
+        Field::UpstreamServiceTime => f.upstream_service_ms().map_or(Out::None, Out::Num),
+        Field::GrpcStatus => f.grpc_status.get().map_or(Out::None, |c| Out::Num(u64::from(c))),
+        Field::UpstreamHost => match (cluster, f.endpoint.get()) {
+            (Some(c), Some(e)) => c.endpoints.get(e as usize).map_or(Out::None, |e| Out::Addr(e.address)),
             _ => Out::None,
         },
-        Field::GrpcStatus => f.grpc_status.get().map_or(Out::None, |c| Out::Num(u64::from(c))),
-        Field::UpstreamHost => f.upstream.get().map_or(Out::None, Out::Addr),
         Field::UpstreamCluster => cluster.map_or(Out::None, |c| Out::Str(&c.name)),
         Field::DownstreamLocalAddress => l.conn.map_or(Out::None, |c| Out::Addr(c.local)),
-        Field::DownstreamRemoteAddress => Out::Addr(f.peer),
-        Field::DownstreamRemoteAddressWithoutPort => Out::Ip(f.peer.ip()),
+        Field::DownstreamRemoteAddress => Out::Addr(l.req.peer),
+        Field::DownstreamRemoteAddressWithoutPort => Out::Ip(l.req.peer.ip()),
         Field::RequestedServerName => l.conn.and_then(|c| c.sni.as_deref()).map_or(Out::None, Out::Str),
         Field::RouteName => l.route.map_or(Out::None, |r| Out::Str(&r.name)),
         Field::DownstreamPeerUriSan => l

@@ -366,7 +366,7 @@ impl IstioShard {
             protocol: facts.protocol.get(),
             code: facts.status.get(),
             grpc: facts.grpc_status.get().unwrap_or(u16::MAX),
-            flag: facts.flag.get(),
+            flag: facts.flag(),
             mtls: principal.is_some(),
         };
         let max = telemetry.max_series;

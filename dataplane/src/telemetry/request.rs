@@ -72,37 +72,44 @@ pub(crate) enum Details {
     ViaUpstream,
     /// A route's direct response or redirect.
     Route,
-    /// A reply the proxy made, in Envoy's words (`no_healthy_upstream`).
-    Local(&'static str),
+    /// A reply the proxy made (its kind is [`Facts::local`]).
+    Local,
+}
+
+/// A moment in a request's life, kept as microseconds since its head arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// The first byte of the first try went upstream.
+    UpstreamSent,
+    /// The final response head arrived from upstream.
+    UpstreamHead,
+    /// The response head went out to the client.
+    ClientHead,
 }
 
 /// One request's facts. See the module doc.
+///
+/// Kept small on purpose: it lives in the connection's future, whose size every idle
+/// keep-alive connection pays. Moments are microseconds since `started` (not `Instant`s), the
+/// local reply is its error kind (its flag and details follow from it), and the endpoint's
+/// address and the wall-clock start are derived when the request ends.
 pub(crate) struct Facts {
     /// When the request head was parsed (the last byte of the head in).
     pub(crate) started: Instant,
-    /// The same moment on the wall clock, for `%START_TIME%` and spans.
-    pub(crate) start_wall: SystemTime,
     /// What the client spoke.
     pub(crate) protocol: Cell<Protocol>,
-    /// The client's address.
-    pub(crate) peer: SocketAddr,
     /// The cluster chosen.
     pub(crate) cluster: Cell<Option<ClusterId>>,
-    /// The endpoint of the last try: its index in the cluster, and its address.
+    /// The endpoint of the last try: its index in the cluster.
     pub(crate) endpoint: Cell<Option<u32>>,
-    pub(crate) upstream: Cell<Option<SocketAddr>>,
-    /// The first byte of the first try went upstream.
-    pub(crate) upstream_sent: Cell<Option<Instant>>,
-    /// The final response head arrived from upstream.
-    pub(crate) upstream_head: Cell<Option<Instant>>,
-    /// The response head went out to the client.
-    pub(crate) client_head: Cell<Option<Instant>>,
+    /// [`Mark`]s, as microseconds since `started` plus one (0: not reached).
+    marks: [Cell<u32>; 3],
     /// The status sent to the client; 0 when none was.
     pub(crate) status: Cell<u16>,
     /// The gRPC status, when one was seen.
     pub(crate) grpc_status: Cell<Option<u16>>,
-    /// Envoy's response flag of a local reply.
-    pub(crate) flag: Cell<Option<&'static str>>,
+    /// The kind of a reply the proxy made itself.
+    local: Cell<Option<crate::error::ErrorKind>>,
     /// Why the status is what it is.
     pub(crate) details: Cell<Details>,
     /// Request body bytes read from the client.
@@ -117,21 +124,16 @@ pub(crate) struct Facts {
 
 impl Facts {
     /// Facts of a request whose head was parsed now.
-    pub(crate) fn new(protocol: Protocol, peer: SocketAddr) -> Self {
+    pub(crate) fn new(protocol: Protocol) -> Self {
         Facts {
             started: Instant::now(),
-            start_wall: SystemTime::now(),
             protocol: Cell::new(protocol),
-            peer,
             cluster: Cell::new(None),
             endpoint: Cell::new(None),
-            upstream: Cell::new(None),
-            upstream_sent: Cell::new(None),
-            upstream_head: Cell::new(None),
-            client_head: Cell::new(None),
+            marks: Default::default(),
             status: Cell::new(0),
             grpc_status: Cell::new(None),
-            flag: Cell::new(None),
+            local: Cell::new(None),
             details: Cell::new(Details::None),
             bytes_received: Cell::new(0),
             bytes_sent: Cell::new(0),
@@ -143,29 +145,71 @@ impl Facts {
     /// A reply the proxy made: its status, flag and reason.
     pub(crate) fn local_reply(&self, e: &crate::error::ProxyError) {
         self.status.set(e.status());
-        self.flag.set(Some(e.flag()));
-        self.details.set(Details::Local(e.details()));
+        self.local.set(Some(e.kind));
+        self.details.set(Details::Local);
+    }
+
+    /// Envoy's response flag (`UH`, `NR`, …), `None` for a relayed answer.
+    pub(crate) fn flag(&self) -> Option<&'static str> {
+        self.local.get().map(|k| k.flag())
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%`, `None` before any answer.
+    pub(crate) fn details_text(&self) -> Option<&'static str> {
+        match self.details.get() {
+            Details::None => None,
+            Details::ViaUpstream => Some("via_upstream"),
+            Details::Route => Some("direct_response"),
+            Details::Local => self.local.get().map(|k| k.details()),
+        }
+    }
+
+    /// `mark` happens now.
+    #[inline]
+    pub(crate) fn mark(&self, mark: Mark) {
+        let us = self.started.elapsed().as_micros().min(u128::from(u32::MAX - 1)) as u32;
+        self.marks[mark as usize].set(us + 1);
+    }
+
+    /// `mark` happens now, unless it already happened.
+    #[inline]
+    pub(crate) fn mark_first(&self, mark: Mark) {
+        if self.marks[mark as usize].get() == 0 {
+            self.mark(mark);
+        }
+    }
+
+    /// When `mark` happened, in microseconds since the head arrived.
+    pub(crate) fn at(&self, mark: Mark) -> Option<u64> {
+        match self.marks[mark as usize].get() {
+            0 => None,
+            n => Some(u64::from(n - 1)),
+        }
     }
 
     /// The first byte of a try goes upstream now (only the first try's moment is kept).
     #[inline]
-    pub(crate) fn sending_upstream(&self, to: SocketAddr) {
-        self.upstream.set(Some(to));
-        if self.upstream_sent.get().is_none() {
-            self.upstream_sent.set(Some(Instant::now()));
-        }
+    pub(crate) fn sending_upstream(&self) {
+        self.mark_first(Mark::UpstreamSent);
     }
 
     /// The proxy's own time, in microseconds: head in → first byte out upstream, plus response
     /// head in → head out to the client. `None` unless the request went upstream and its
     /// answer came back through the proxy.
     pub(crate) fn overhead_us(&self) -> Option<u64> {
-        let out = self.upstream_sent.get()?.checked_duration_since(self.started)?;
-        let back = self
-            .client_head
-            .get()?
-            .checked_duration_since(self.upstream_head.get()?)?;
-        Some((out + back).as_micros() as u64)
+        let out = self.at(Mark::UpstreamSent)?;
+        let back = self.at(Mark::ClientHead)?.checked_sub(self.at(Mark::UpstreamHead)?)?;
+        Some(out + back)
+    }
+
+    /// Milliseconds from the request sent upstream to the response head back.
+    pub(crate) fn upstream_service_ms(&self) -> Option<u64> {
+        Some(self.at(Mark::UpstreamHead)?.checked_sub(self.at(Mark::UpstreamSent)?)? / 1000)
+    }
+
+    /// When the head arrived, on the wall clock.
+    pub(crate) fn start_wall(&self) -> SystemTime {
+        SystemTime::now() - self.started.elapsed()
     }
 }
 
@@ -176,6 +220,8 @@ pub(crate) struct RequestSide<'a> {
     pub(crate) head: &'a dyn RouteRequest,
     /// `:authority` or `Host`.
     pub(crate) authority: &'a str,
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
 }
 
 /// A request whose head could not be parsed: no method, path, host or field.
@@ -198,10 +244,11 @@ impl RouteRequest for Unparsed {
 
 impl RequestSide<'static> {
     /// The side of a request refused before its head was parsed.
-    pub(crate) fn unparsed() -> Self {
+    pub(crate) fn unparsed(peer: SocketAddr) -> Self {
         RequestSide {
             head: &Unparsed,
             authority: "",
+            peer,
         }
     }
 }

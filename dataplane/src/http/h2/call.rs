@@ -54,7 +54,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
     let (parts, body) = req.into_parts();
     let grpc = grpc::is_grpc(&parts.headers);
     let view = worker.snapshot.get();
-    let facts = Facts::new(if grpc { Protocol::Grpc } else { Protocol::Http2 }, peer);
+    let facts = Facts::new(if grpc { Protocol::Grpc } else { Protocol::Http2 });
     let idle = view.snapshot.proxy.limits.downstream_idle_timeout;
     let sent = H2RouteView::new(&parts);
     let client_gone = Cell::new(false);
@@ -90,7 +90,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
                 &view,
                 &facts,
                 None,
-                &sent,
+                (&sent, peer),
                 inbound.as_deref(),
             );
         }
@@ -127,7 +127,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
                 &view,
                 &facts,
                 None,
-                &sent,
+                (&sent, peer),
                 Some(inbound),
             );
         }
@@ -192,7 +192,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
         &view,
         &facts,
         routed,
-        &sent,
+        (&sent, peer),
         inbound.as_deref(),
     );
 }
@@ -208,7 +208,7 @@ fn finish(
     view: &WorkerSnapshot,
     facts: &Facts,
     route: Option<&Route>,
-    sent: &H2RouteView<'_>,
+    (sent, peer): (&H2RouteView<'_>, SocketAddr),
     inbound: Option<&crate::tls::InboundConn>,
 ) {
     if client_gone.get() {
@@ -226,7 +226,11 @@ fn finish(
         .map(|a| a.as_str())
         .or_else(|| sent.parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
-    let side = RequestSide { head: sent, authority };
+    let side = RequestSide {
+        head: sent,
+        authority,
+        peer,
+    };
     crate::telemetry::finish(worker, view, facts, route, &side, inbound);
 }
 

@@ -76,7 +76,7 @@ pub(crate) async fn one_try(
         None => idle,
     };
     let addr = plan.cluster.endpoints[endpoint].address;
-    ex.facts.sending_upstream(addr);
+    ex.facts.sending_upstream();
     let opened = client::open(
         worker,
         plan.state,
@@ -136,7 +136,7 @@ pub(crate) async fn one_try(
         Ok(Err(e)) => return Try::Failed(lease.head_failed(&e)),
         Ok(Ok(resp)) => resp,
     };
-    ex.facts.upstream_head.set(Some(Instant::now()));
+    ex.facts.mark(crate::telemetry::request::Mark::UpstreamHead);
     let status = resp.status().as_u16();
     let end = resp.body().is_end_stream();
     let now = Instant::now();
@@ -195,7 +195,7 @@ pub(crate) async fn one_try(
                 let _ = recv.flow_control().release_capacity(n);
             } else {
                 facts.bytes_sent.set(n as u64);
-                facts.client_head.set(Some(Instant::now()));
+                facts.mark(crate::telemetry::request::Mark::ClientHead);
                 let out = std::mem::take(&mut conn.out);
                 let (r, out) = conn.stream.write_all_direct(out).await;
                 conn.out = out;
@@ -208,9 +208,7 @@ pub(crate) async fn one_try(
             }
         }
     }
-    if facts.client_head.get().is_none() {
-        facts.client_head.set(Some(Instant::now()));
-    }
+    facts.mark_first(crate::telemetry::request::Mark::ClientHead);
     let out = std::mem::take(&mut conn.out);
     let (r, out) = conn.stream.write_all_direct(out).await;
     conn.out = out;

@@ -119,7 +119,7 @@ pub(crate) async fn to_h2(
 ) -> Attempt {
     let (worker, idle) = (t.call.worker, t.call.idle);
     let endpoint = (t.endpoint, t.cluster.endpoints[t.endpoint].address);
-    t.call.facts.sending_upstream(endpoint.1);
+    t.call.facts.sending_upstream();
     let opened = client::open(
         worker,
         t.state,
@@ -159,7 +159,7 @@ pub(crate) async fn to_h2(
         Ok(Ok(resp)) => resp,
     };
     let facts = t.call.facts;
-    facts.upstream_head.set(Some(Instant::now()));
+    facts.mark(crate::telemetry::request::Mark::UpstreamHead);
     let status = resp.status().as_u16();
     let trailers_only = resp.body().is_end_stream();
     let grpc_status = if trailers_only {
@@ -178,7 +178,7 @@ pub(crate) async fn to_h2(
     let (mut parts, mut recv) = resp.into_parts();
     apply_ops(&mut parts.headers, &t.call.route.response_headers);
     let head = Response::from_parts(parts, ());
-    facts.client_head.set(Some(Instant::now()));
+    facts.mark(crate::telemetry::request::Mark::ClientHead);
     let Ok(mut down) = respond.send_response(head, trailers_only) else {
         return Attempt::Done;
     };
@@ -313,7 +313,7 @@ pub(crate) async fn to_h1(
     let mut head = BytesMut::with_capacity(512);
     t.outgoing.encode_h1(&mut head);
     let fd = upstream.fd();
-    t.call.facts.sending_upstream(upstream.addr);
+    t.call.facts.sending_upstream();
     if crate::http::send::write_all(&mut upstream.write, fd, head.freeze())
         .await
         .0
@@ -418,7 +418,7 @@ async fn exchange_h1(
     };
     let (rhead, src, mut buf) = head.map_err(Attempt::Failed)?;
     let facts = t.call.facts;
-    facts.upstream_head.set(Some(Instant::now()));
+    facts.mark(crate::telemetry::request::Mark::UpstreamHead);
     let status = rhead.status();
     if let Some(n) = retry_for(t, retries, replayable.get(), status, None) {
         return Err(Attempt::Retry(n));
@@ -430,7 +430,7 @@ async fn exchange_h1(
     let rframing = rhead.framing();
     let end = matches!(rframing, BodyFraming::None | BodyFraming::Length(0));
     let resp = h1_response_to_h2(&rhead, &src, &t.call.route.response_headers);
-    facts.client_head.set(Some(Instant::now()));
+    facts.mark(crate::telemetry::request::Mark::ClientHead);
     let Ok(mut down) = respond.send_response(resp, end) else {
         return Err(Attempt::Done);
     };
