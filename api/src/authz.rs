@@ -172,25 +172,47 @@ impl Authz {
     /// matches → denied; none applies → allowed). AUDIT never changes the decision; it reports
     /// the first matching AUDIT policy.
     pub fn evaluate(&self, req: &RequestAttrs<'_>) -> Decision {
-        let matching = |action: Action| {
-            self.policies
-                .iter()
-                .enumerate()
-                .filter(move |(_, p)| p.action == action)
-                .find(|(_, p)| p.matches(req))
-                .map(|(i, _)| PolicyRef(i as u32))
-        };
-        if let Some(policy) = matching(Action::Deny) {
+        if let Some(policy) = self.first_match(Action::Deny, req) {
             return Decision::Denied { policy };
         }
-        let audit = matching(Action::Audit);
+        let audit = self.first_match(Action::Audit, req);
         let any_allow = self.policies.iter().any(|p| p.action == Action::Allow);
-        if any_allow && matching(Action::Allow).is_none() {
+        if any_allow && self.first_match(Action::Allow, req).is_none() {
             return Decision::Denied {
                 policy: PolicyRef::ALLOW_NOMATCH,
             };
         }
         Decision::Allowed { audit }
+    }
+
+    /// The first `ALLOW` policy that matches `req`: the one that let an allowed request
+    /// through, which [`Authz::evaluate`] does not need to say (the admin server's `/explain`
+    /// does). `None` when no `ALLOW` policy matches, or none applies.
+    pub fn allowed_by(&self, req: &RequestAttrs<'_>) -> Option<PolicyRef> {
+        self.first_match(Action::Allow, req)
+    }
+
+    /// `ALLOW`, `DENY` or `AUDIT`: the action of `policy` as the resource says it;
+    /// [`PolicyRef::ALLOW_NOMATCH`] is `ALLOW` (the `ALLOW` policies' default denial).
+    pub fn policy_action(&self, policy: PolicyRef) -> &'static str {
+        self.policies
+            .get(policy.0 as usize)
+            .map_or("ALLOW", |p| p.action.name())
+    }
+
+    /// Every policy in force, in order: `namespace/name` and its action.
+    pub fn policies(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        self.policies.iter().map(|p| (p.name.as_str(), p.action.name()))
+    }
+
+    /// The first policy of `action` whose rules match `req`.
+    fn first_match(&self, action: Action, req: &RequestAttrs<'_>) -> Option<PolicyRef> {
+        self.policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.action == action)
+            .find(|(_, p)| p.matches(req))
+            .map(|(i, _)| PolicyRef(i as u32))
     }
 }
 
@@ -200,6 +222,17 @@ pub(crate) enum Action {
     Allow,
     Deny,
     Audit,
+}
+
+impl Action {
+    /// The name the resource gives it.
+    fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -19,6 +19,7 @@ pub mod load;
 mod locate;
 pub mod matcher;
 pub mod normalize;
+pub mod otlp;
 mod port_hint;
 pub mod proto;
 pub mod registry;

@@ -361,6 +361,8 @@ mod tests {
             }),
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
+            fault: None,
+            local_rate_limit: None,
         }
     }
 

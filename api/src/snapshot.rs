@@ -45,8 +45,9 @@ pub struct Telemetry {
     pub access_log: Option<AccessLog>,
     /// Trace propagation, sampling and export.
     pub tracing: Tracing,
-    /// Istio's standard metrics are kept.
-    pub istio_metrics: bool,
+    /// Istio's standard metrics are kept, per direction (a `Telemetry`'s `metrics` overrides
+    /// may turn one reporter off).
+    pub istio_metrics: PerDirection<bool>,
     /// Label sets each worker keeps for Istio's metrics.
     pub max_series: usize,
     /// Local replies carry `x-ringmesh-reason`.
@@ -58,7 +59,7 @@ impl Default for Telemetry {
         Telemetry {
             access_log: None,
             tracing: Tracing::default(),
-            istio_metrics: true,
+            istio_metrics: PerDirection::both(true),
             max_series: DEFAULT_MAX_SERIES,
             reason_header: true,
         }
@@ -82,20 +83,215 @@ pub struct AccessLog {
     pub format: crate::access_log::LogFormat,
     /// Bytes of lines a worker holds for the writer.
     pub buffer_bytes: usize,
+    /// Which requests get a line, per direction (a `Telemetry`'s `accessLogging[].match.mode`
+    /// and `filter`); every request unless a `Telemetry` says otherwise.
+    pub filter: PerDirection<LogWhen>,
+}
+
+impl AccessLog {
+    /// Whether a request that ended with `status` (0: none was sent) on an inbound listener
+    /// (`inbound`) or an outbound one gets a line.
+    #[inline]
+    pub fn logs(&self, inbound: bool, status: u16) -> bool {
+        self.filter.get(inbound).admits(status)
+    }
+}
+
+/// A setting for each direction of traffic, as Istio's `Telemetry` tells them apart with
+/// `match.mode`: `inbound` is the workload's server side (`SERVER`: requests on `direction:
+/// INBOUND` listeners), `outbound` its client side (`CLIENT`: requests it sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PerDirection<T> {
+    /// Requests the workload receives.
+    pub inbound: T,
+    /// Requests the workload sends.
+    pub outbound: T,
+}
+
+impl<T: Copy> PerDirection<T> {
+    /// The same setting both ways.
+    pub const fn both(value: T) -> Self {
+        PerDirection {
+            inbound: value,
+            outbound: value,
+        }
+    }
+
+    /// The setting for one direction.
+    #[inline]
+    pub fn get(&self, inbound: bool) -> T {
+        if inbound {
+            self.inbound
+        } else {
+            self.outbound
+        }
+    }
+
+    /// The setting for one direction, to change.
+    pub fn get_mut(&mut self, inbound: bool) -> &mut T {
+        if inbound {
+            &mut self.inbound
+        } else {
+            &mut self.outbound
+        }
+    }
+}
+
+/// Which requests of one direction the access log writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum LogWhen {
+    /// Every request.
+    #[default]
+    Always,
+    /// None (a `Telemetry` turned this direction off).
+    Never,
+    /// Those whose response code passes the test (Istio's CEL `response.code >= 400`).
+    Status(StatusTest),
+}
+
+impl LogWhen {
+    /// Whether a request that ended with `status` gets a line.
+    #[inline]
+    pub fn admits(self, status: u16) -> bool {
+        match self {
+            LogWhen::Always => true,
+            LogWhen::Never => false,
+            LogWhen::Status(test) => test.admits(status),
+        }
+    }
+}
+
+/// `response.code <op> <value>`: the one shape of an access-log filter ringmesh evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StatusTest {
+    /// The comparison.
+    pub op: Comparison,
+    /// The number `response.code` is compared with.
+    pub value: u16,
+}
+
+impl StatusTest {
+    /// Whether `status` passes.
+    #[inline]
+    pub fn admits(self, status: u16) -> bool {
+        let v = self.value;
+        match self.op {
+            Comparison::Eq => status == v,
+            Comparison::Ne => status != v,
+            Comparison::Lt => status < v,
+            Comparison::Le => status <= v,
+            Comparison::Gt => status > v,
+            Comparison::Ge => status >= v,
+        }
+    }
+}
+
+/// A comparison operator of CEL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Comparison {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
 }
 
 /// `spec.telemetry.tracing`, compiled.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tracing {
+    /// `spec.telemetry.tracing` is present. When it is not, the proxy reads and writes no trace
+    /// header (they pass as any other field) and makes no span, as Envoy without a tracer.
+    pub enabled: bool,
     /// Fraction (0..=1) of requests without a sampling decision that start a sampled trace.
     pub sampling: f64,
+    /// Sampled hops are reported as spans. `false` (a `Telemetry`'s `disableSpanReporting`):
+    /// no span is made, while contexts and sampling decisions are still read, made and
+    /// propagated, as Istio documents the field.
+    pub report_spans: bool,
+    /// Bytes of the path kept in a span's `http.url`.
+    pub max_path_tag_length: usize,
+    /// Who this proxy is in its spans.
+    pub identity: SpanIdentity,
+    /// Where spans go; `None`: contexts are propagated, no span is made.
+    pub export: Option<OtlpExport>,
 }
 
 impl Default for Tracing {
     fn default() -> Self {
-        // Istio's default `randomSamplingPercentage`: 1 %.
-        Tracing { sampling: 0.01 }
+        Tracing {
+            enabled: false,
+            // Istio's default `randomSamplingPercentage`: 1 %.
+            sampling: 0.01,
+            report_spans: true,
+            max_path_tag_length: DEFAULT_MAX_PATH_TAG_LENGTH,
+            identity: SpanIdentity::default(),
+            export: None,
+        }
     }
+}
+
+/// Bytes of the path a span's `http.url` keeps unless `maxPathTagLength` says otherwise
+/// (Envoy's and Istio's 256).
+pub const DEFAULT_MAX_PATH_TAG_LENGTH: usize = 256;
+
+/// The proxy's own attributes in every span, as an Istio sidecar sets them (resource
+/// `service.name`; span tags `node_id`, `zone`, `istio.*`). Derived from `spec.workload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SpanIdentity {
+    /// The resource's `service.name`: `tracing.serviceName`, else `<canonical service>.<namespace>`.
+    pub service_name: String,
+    /// `node_id`: the control-plane node id, else Istio's `sidecar~<ip>~<name>.<ns>~<ns>.svc.cluster.local`.
+    pub node_id: String,
+    /// `zone`: the workload's `topology.kubernetes.io/zone` label, else empty.
+    pub zone: String,
+    /// `istio.canonical_service`: label `service.istio.io/canonical-name`, `app.kubernetes.io/name`
+    /// or `app`, else the workload name.
+    pub canonical_service: String,
+    /// `istio.canonical_revision`: label `service.istio.io/canonical-revision`,
+    /// `app.kubernetes.io/version` or `version`, else `latest`.
+    pub canonical_revision: String,
+    /// `istio.mesh_id`: the trust domain (Istio's default mesh id).
+    pub mesh_id: String,
+    /// `istio.namespace`: the workload's namespace.
+    pub namespace: String,
+}
+
+/// An OTLP collector and how spans are batched for it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OtlpExport {
+    /// Host name or IP address.
+    pub service: String,
+    /// Port.
+    pub port: u16,
+    /// gRPC or HTTP.
+    pub protocol: OtlpProtocol,
+    /// Time one export request may take.
+    pub timeout: Duration,
+    /// Spans in one export request.
+    pub max_export_batch_size: usize,
+    /// Spans waiting for export, all workers together.
+    pub max_queue_size: usize,
+    /// The longest a finished span waits before it is sent.
+    pub schedule_delay: Duration,
+}
+
+/// How spans reach the collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+    Grpc,
+    /// OTLP/HTTP: `POST <path>` with an `application/x-protobuf` body.
+    Http {
+        /// The request path (`/v1/traces`).
+        path: String,
+    },
 }
 
 /// Where a captured connection goes, from its original destination
@@ -402,11 +598,38 @@ pub struct Limits {
     pub request_header_timeout: Duration,
     /// Time a downstream connection may sit with no request in flight.
     pub downstream_idle_timeout: Duration,
+    /// Longest silence between two reads of a request body (slow-POST guard); 408 when it
+    /// passes before the response started.
+    pub request_body_timeout: Duration,
+    /// Downstream connections open at once over all workers (each worker takes its share);
+    /// `None`: derived by the proxy at start from its descriptor limit
+    /// ([`default_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// Bytes HTTP/1.1 client connections may hold in read buffers at once over all workers
+    /// (each worker takes its share): what slow or many clients make the proxy hold. Past it
+    /// new connections are refused at accept; open ones are served on.
+    pub max_buffer_bytes: usize,
     /// Time allowed for in-flight requests to finish on shutdown.
     pub drain_timeout: Duration,
     /// Time a `protocol: AUTO` listener waits for the client's first bytes
     /// ([`ListenerKind::Detect`] carries it).
     pub protocol_detection_timeout: Duration,
+}
+
+/// Default `limits.maxBufferBytes`: 256 MiB, 16,384 connections each with a full 16 KiB read
+/// buffer, far above what a sidecar's clients hold (an idle connection holds none).
+pub const DEFAULT_MAX_BUFFER_BYTES: usize = 256 << 20;
+
+/// Default time allowed between two reads of a request body: nginx's `client_body_timeout`.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The connection limit when `limits.maxConnections` is not set: half the descriptor limit
+/// (`RLIMIT_NOFILE`'s soft value), as a proxied connection may hold an upstream socket beside
+/// its own, and at least 256. Envoy has no default; haproxy derives its `maxconn` from the
+/// same limit. Past it `accept` would fail with `EMFILE` for everyone, listeners and upstream
+/// connects alike; refusing the newest client instead keeps the others served.
+pub fn default_max_connections(nofile_soft: u64) -> usize {
+    usize::try_from(nofile_soft / 2).unwrap_or(usize::MAX).max(256)
 }
 
 /// Default time a listener of unknown protocol waits for the client's first bytes before it
@@ -472,6 +695,9 @@ pub struct Listener {
     /// the listener, said in the log, instead of stopping the proxy.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
+    /// A token bucket over the listener's HTTP requests (ringmesh's `localRateLimit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_rate_limit: Option<LocalRateLimit>,
 }
 
 /// Index into [`Snapshot::clusters`].
@@ -537,6 +763,44 @@ pub struct Route {
     pub request_headers: HeaderOps,
     /// Applied to the response before it goes back to the client.
     pub response_headers: HeaderOps,
+    /// Faults injected before the action (Istio's `fault`).
+    pub fault: Option<Box<Fault>>,
+    /// The route's token bucket (ringmesh's `localRateLimit`), checked before the fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_rate_limit: Option<LocalRateLimit>,
+}
+
+/// A route's fault injection: a delay, then an abort, each drawn for its own share of
+/// requests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fault {
+    /// Wait this long before going on, for this share of requests.
+    pub delay: Option<(Duration, FaultShare)>,
+    /// Answer locally instead of going on, for this share of requests.
+    pub abort: Option<(FaultStatus, FaultShare)>,
+}
+
+/// A share of requests, in millionths (Envoy's `FractionalPercent` with `MILLION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FaultShare(pub u32);
+
+impl FaultShare {
+    /// Every request.
+    pub const ALL: FaultShare = FaultShare(1_000_000);
+
+    /// Whether a request falls in the share, given a uniform random number.
+    pub fn hit(self, random: u64) -> bool {
+        self.0 >= 1_000_000 || (random % 1_000_000) < u64::from(self.0)
+    }
+}
+
+/// What an abort answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum FaultStatus {
+    /// This HTTP status.
+    Http(u16),
+    /// This gRPC status (HTTP 200, trailers-only).
+    Grpc(u8),
 }
 
 /// One `match` entry: all conditions must hold.
@@ -576,6 +840,19 @@ pub struct ForwardAction {
     pub timeout: Option<Duration>,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// Clusters that get a copy of a share of the requests, answers discarded (Istio
+    /// `mirror`/`mirrors`).
+    pub mirrors: Vec<Mirror>,
+}
+
+/// One mirror of a route: a copy of each request in `share` goes to `cluster`, with `-shadow`
+/// added to its host; the client never waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Mirror {
+    /// Where the copies go.
+    pub cluster: ClusterId,
+    /// Which share of requests is copied.
+    pub share: FaultShare,
 }
 
 /// Istio `rewrite.uri`: replaces the part of the path that the route's match consumed.
@@ -797,6 +1074,28 @@ pub struct Cluster {
     pub host_not_found: Option<String>,
     /// TLS to the endpoints (see [`Cluster::mtls_to`]), from the DestinationRule's `tls`.
     pub tls: UpstreamTls,
+    /// Passive health checking (Istio `outlierDetection`); `None`: never eject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<OutlierDetection>,
+    /// Active health checks (ringmesh's `healthCheck`); `None`: no probes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Locality-aware balancing for this proxy (`localityLbSetting`); `None`: localities play
+    /// no part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality: Option<LocalityPlan>,
+}
+
+/// How a cluster's endpoints are grouped by locality for this proxy (endpoint indices). The
+/// balancer first chooses a group, then balances inside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum LocalityPlan {
+    /// Priority levels, best first (own subzone, zone, region, failover region, the rest; empty
+    /// levels left out): traffic stays in the first level with healthy endpoints and spills
+    /// over as Envoy does when a level is partly unhealthy.
+    Failover(Vec<Vec<u32>>),
+    /// Groups with their percent of traffic (`distribute`); an endpoint in no group gets none.
+    Distribute(Vec<(u32, Vec<u32>)>),
 }
 
 impl Cluster {
@@ -888,6 +1187,11 @@ pub struct Endpoint {
     pub meshed: bool,
 }
 
+/// Istio's default idle timeout for upstream HTTP connections.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Idle upstream connections kept per endpoint per worker (no Istio equivalent).
+pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 32;
+
 /// Connection pool settings for a cluster (Istio `connectionPool`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolSettings {
@@ -903,6 +1207,151 @@ pub struct PoolSettings {
     /// Most concurrent streams on one upstream HTTP/2 connection (Istio
     /// `maxConcurrentStreams`); `None` is unlimited (the server's `SETTINGS` still apply).
     pub max_concurrent_streams: Option<u32>,
+    /// Most upstream connections to the cluster per proxy (Istio `tcp.maxConnections`):
+    /// HTTP/1.1 (idle pooled ones included), HTTP/2 and TCP-proxy connections; `None` is
+    /// unlimited.
+    pub max_connections: Option<u32>,
+    /// Most requests waiting for an HTTP/1.1 connection once `max_connections` is reached
+    /// (Istio `http.http1MaxPendingRequests`); `None` is unlimited.
+    pub max_pending_requests: Option<u32>,
+    /// Most retries in flight to the cluster at once (Istio `http.maxRetries`, Envoy's
+    /// `max_retries` circuit breaker); `None` is unlimited.
+    pub max_retries: Option<u32>,
+    /// `SO_KEEPALIVE` and its settings on upstream sockets (Istio `tcp.tcpKeepalive`).
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+impl Default for PoolSettings {
+    /// A cluster no DestinationRule shapes: Istio's defaults, no limits.
+    fn default() -> Self {
+        PoolSettings {
+            idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            max_requests_per_connection: None,
+            max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+            http2_max_requests: None,
+            max_concurrent_streams: None,
+            max_connections: None,
+            max_pending_requests: None,
+            max_retries: None,
+            tcp_keepalive: None,
+        }
+    }
+}
+
+impl PoolSettings {
+    /// Whether any limit that the proxy enforces across cores is set.
+    pub fn has_limits(&self) -> bool {
+        self.max_connections.is_some()
+            || self.max_pending_requests.is_some()
+            || self.max_retries.is_some()
+            || self.http2_max_requests.is_some()
+    }
+}
+
+/// TCP keep-alive on upstream sockets; `None` fields keep the kernel's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TcpKeepalive {
+    /// `TCP_KEEPCNT`.
+    pub probes: Option<u32>,
+    /// `TCP_KEEPIDLE`, whole seconds (at least 1).
+    pub time: Option<Duration>,
+    /// `TCP_KEEPINTVL`, whole seconds (at least 1).
+    pub interval: Option<Duration>,
+}
+
+/// A local rate limit (ringmesh's `localRateLimit` on a route or a listener): a token bucket
+/// in the shape of Envoy's `local_ratelimit`, one per proxy whatever core a request lands on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalRateLimit {
+    /// Index into the proxy's table of buckets; every limit of a snapshot has its own.
+    pub id: u32,
+    /// Where the limit was written (`VirtualService ns/name http[2]`, `listener web`): a
+    /// reload keeps a bucket whose key and settings did not change, tokens included.
+    pub key: String,
+    /// Capacity; the bucket starts full.
+    pub max_tokens: u32,
+    /// Tokens added each fill.
+    pub tokens_per_fill: u32,
+    /// Time between fills (at least 50 ms).
+    pub fill_interval: Duration,
+    /// gRPC requests refused get `RESOURCE_EXHAUSTED` rather than `UNAVAILABLE`.
+    pub grpc_resource_exhausted: bool,
+}
+
+impl Snapshot {
+    /// Every local rate limit of the snapshot (routes' and listeners'), each once, by id.
+    pub fn local_rate_limits(&self) -> Vec<&LocalRateLimit> {
+        let mut all: Vec<&LocalRateLimit> = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.local_rate_limit.as_ref())
+            .chain(
+                self.routes
+                    .virtual_hosts
+                    .iter()
+                    .flat_map(|vh| vh.routes.iter())
+                    .filter_map(|r| r.local_rate_limit.as_ref()),
+            )
+            .collect();
+        all.sort_by_key(|l| l.id);
+        all.dedup_by_key(|l| l.id);
+        all
+    }
+}
+
+/// Outlier detection of a cluster (Istio `outlierDetection`, Envoy's consecutive detectors).
+/// A threshold of 0 disables its detector.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutlierDetection {
+    /// 5xx answers in a row that eject (local-origin failures count too unless split).
+    pub consecutive_5xx: u32,
+    /// 502/503/504 answers in a row that eject (local-origin failures too unless split).
+    pub consecutive_gateway: u32,
+    /// Local-origin failures in a row that eject; only with `split_local_origin`.
+    pub consecutive_local_origin: u32,
+    /// Whether connect failures, resets and timeouts count apart from the upstream's answers.
+    pub split_local_origin: bool,
+    /// Time between sweeps that return ejected endpoints and decay the ejection counts.
+    pub interval: Duration,
+    /// Ejection time = this × times the endpoint was ejected (capped at `max_ejection_time`).
+    pub base_ejection_time: Duration,
+    /// Longest ejection (Envoy's default `max_ejection_time`, 300 s; Istio does not expose it).
+    pub max_ejection_time: Duration,
+    /// Most endpoints ejected at once, in percent of the cluster's endpoints.
+    pub max_ejection_percent: u8,
+    /// Below this percentage of healthy endpoints the balancer ignores health (panic mode).
+    pub min_health_percent: u8,
+}
+
+/// Active health checking of a cluster's endpoints (ringmesh's `healthCheck` extension).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthCheck {
+    /// What a probe does.
+    pub probe: HealthProbe,
+    /// Time between probes of one endpoint.
+    pub interval: Duration,
+    /// Time one probe may take.
+    pub timeout: Duration,
+    /// Failed probes in a row that take an endpoint out.
+    pub unhealthy_threshold: u32,
+    /// Passed probes in a row that bring it back.
+    pub healthy_threshold: u32,
+}
+
+/// The kind of an active health probe.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum HealthProbe {
+    /// An HTTP/1.1 `GET` whose status must be one of `expected_statuses`.
+    Http {
+        /// Request path.
+        path: String,
+        /// `Host` header.
+        host: String,
+        /// Statuses that pass.
+        expected_statuses: Vec<u16>,
+    },
+    /// A TCP connection that opens.
+    Tcp,
 }
 
 /// Load-balancing policy of a cluster.

@@ -136,7 +136,12 @@ fn lb_pick(c: &mut Criterion) {
         .snapshot;
         let cluster = snap.clusters.iter().find(|c| c.endpoints.len() == 16).expect("cluster");
         let addrs: Vec<_> = cluster.endpoints.iter().map(|e| e.address).collect();
-        let state = ClusterState::new(cluster, Rc::new(ClusterCounters::default()), &addrs);
+        let state = ClusterState::new(
+            cluster,
+            Rc::new(ClusterCounters::default()),
+            &addrs,
+            ringmesh_proxy::lb::health::ClusterHealth::detached(cluster),
+        );
         let rng = FastRng::with_seed(7);
         let mut key = 0u64;
         g.bench_function(name, |b| {

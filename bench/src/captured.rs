@@ -29,7 +29,7 @@ use crate::procs::{http_get, http_get_status, Proc};
 use crate::protocol::Protocol;
 use crate::topology::{
     loopback, parse_io_driver, probe_description, probe_through, prometheus_counter, with_suffix, Env, Kind, Place,
-    RingmeshSpec, Topology, READY_TIMEOUT,
+    ProxyAdmin, RingmeshSpec, Telemetry, Topology, READY_TIMEOUT,
 };
 
 /// The echo's virtual IP and port, as a ClusterIP Service's: what the load generator dials.
@@ -185,6 +185,7 @@ pub fn start(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         upstream: loopback(ECHO),
         protocol,
         place: Place::Captured,
+        telemetry: Telemetry::Default,
     };
     let text = spec.render();
     // The report's copy, and the one the proxy reads.
@@ -250,6 +251,12 @@ pub fn start(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         config_paths: vec![config_path],
         version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
         hop: None,
+        admins: vec![ProxyAdmin {
+            role: role.clone(),
+            side: "proxy",
+            addr: spec.admin,
+        }],
+        full_telemetry: None,
         pod: Some(Pod {
             echo,
             captured_connections,
@@ -358,6 +365,7 @@ mod tests {
             upstream: loopback(ECHO),
             protocol: Protocol::Http1,
             place: Place::Captured,
+            telemetry: Telemetry::Default,
         };
         let text = spec.render();
         assert!(

@@ -20,12 +20,15 @@
 pub mod captured;
 pub mod measure;
 pub mod netns;
+pub mod own_view;
 pub mod pki;
 pub mod plot;
 pub mod procs;
 pub mod protocol;
 pub mod report;
+pub mod span_sink;
 pub mod suite;
+pub mod telemetry;
 pub mod topology;
 pub mod ui;
 pub mod wake_cost;
@@ -56,12 +59,13 @@ pub struct BenchArgs {
     /// YAML suite file (keys as the flags below); flags typed on the command line win.
     #[arg(long)]
     pub suite: Option<PathBuf>,
-    /// Scenarios, in round order (direct, ringmesh or sidecar, captured, mesh, mesh-plain,
-    /// haproxy, haproxy-mesh, nginx). `captured` needs root (skipped otherwise).
+    /// Scenarios, in round order (direct, ringmesh or sidecar, ringmesh-bare, ringmesh-telemetry,
+    /// captured, mesh, mesh-plain, haproxy, haproxy-mesh, nginx). `captured` needs root (skipped
+    /// otherwise).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,ringmesh,captured,mesh,mesh-plain,haproxy,haproxy-mesh,nginx"
+        default_value = "direct,ringmesh,ringmesh-bare,ringmesh-telemetry,captured,mesh,mesh-plain,haproxy,haproxy-mesh,nginx"
     )]
     pub scenarios: Vec<String>,
     /// Protocols, each measured on every scenario (http1, h2 = h2c, grpc = gRPC unary over h2c).
@@ -164,7 +168,8 @@ impl BenchArgs {
                 Some(k) if !kinds.contains(&k) => kinds.push(k),
                 Some(_) => {}
                 None => problems.push(format!(
-                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, captured, mesh, mesh-plain, haproxy, haproxy-mesh, nginx)"
+                    "unknown scenario {s:?} (known: direct, ringmesh or sidecar, ringmesh-bare, ringmesh-telemetry, captured, mesh, \
+                     mesh-plain, haproxy, haproxy-mesh, nginx)"
                 )),
             }
         }
@@ -441,6 +446,22 @@ where
                         ));
                     } else if let Some(pod) = &t.pod {
                         s.notes.push(pod.describe(protocol));
+                    } else if let Some(full) = &t.full_telemetry {
+                        s.notes.push(format!(
+                            "full telemetry: Istio's metrics, a JSON access log appended to {} (its first line, the \
+                             readiness probe's, was there at start), `{}`: the sampled requests' spans exported over \
+                             OTLP/gRPC to the suite's own collector, which counts them",
+                            full.access_log
+                                .file_name()
+                                .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+                            topology::tracing_lines(full.collector.addr()).trim()
+                        ));
+                    } else if kind == Kind::RingmeshBare {
+                        s.notes.push(
+                            "telemetry off: `spec.telemetry: {metrics: {istio: false}, reasonHeader: false, tracing: \
+                             {sampling: 0}}`, no access log"
+                                .into(),
+                        );
                     } else if kind == Kind::HaproxyMesh {
                         s.notes.push(format!(
                             "client-side haproxy → server-side haproxy → echo, {} from the load generator carried \
@@ -556,6 +577,20 @@ where
     };
     let interrupted_mesh_rate = !was_interrupted && interrupted();
 
+    // What the telemetry rows' proxies show of their telemetry, while they still run: a row
+    // whose telemetry is not what its name says fails.
+    let mut telemetry_checks: Vec<Option<anyhow::Result<telemetry::TelemetryCheck>>> = topologies
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if failed[i].is_some() || runs[i].is_empty() {
+                None
+            } else {
+                telemetry::check(t)
+            }
+        })
+        .collect();
+
     // Memory per idle connection, last: it leaves allocator state behind.
     let mut idle = vec![None; topologies.len()];
     if cli.idle_connections > 0 && !interrupted() {
@@ -660,6 +695,21 @@ where
                 s.under_rate_runs
             ));
         }
+        match telemetry_checks[i].take() {
+            Some(Ok(check)) => {
+                s.notes
+                    .push(format!("telemetry after the rounds: {}", check.describe()));
+                s.notes.extend(telemetry::missing_lines(&check));
+                s.notes.extend(telemetry::lost_spans(&check));
+                s.telemetry = Some(check);
+            }
+            Some(Err(e)) => {
+                // Last: a failed row's last note is its reason (`report::row_or_why`).
+                s.status = Status::Failed;
+                s.notes.push(format!("telemetry check failed: {e:#}"));
+            }
+            None => {}
+        }
     }
     drop(topologies);
     drop(echo);
@@ -704,6 +754,7 @@ where
     targets.extend(report::judge_protocols(&summaries));
     targets.extend(report::judge_mtls(&summaries, cli.rate, mesh_rate_pass.as_ref()));
     targets.extend(report::judge_captured(&summaries));
+    targets.extend(telemetry::judge(&summaries));
     if let Some(w) = &worker_spread {
         targets.push(worker_cpu::judge(w));
     }
@@ -1098,10 +1149,13 @@ fn protocols_line(protocols: &[Protocol], streams: usize) -> String {
 
 /// The idle-connection test holds HTTP/1.1 connections, so it runs on the HTTP/1.1 rows with
 /// a proxy (the HTTP/2 rows' proxies are the same programs, differently configured), but not
-/// `captured`'s: its proxy is `ringmesh`'s, and its connections' state is the same once
-/// accepted.
+/// `captured`'s, `ringmesh-bare`'s or `ringmesh-telemetry`'s: their proxy is `ringmesh`'s,
+/// differently reached or configured, and an idle connection's state is the same in each (the
+/// telemetry buffers are per worker, not per connection).
 fn idle_test_applies(topo: &Topology) -> bool {
-    topo.has_proxy() && topo.protocol == Protocol::Http1 && topo.kind != Kind::Captured
+    topo.has_proxy()
+        && topo.protocol == Protocol::Http1
+        && !matches!(topo.kind, Kind::Captured | Kind::RingmeshBare | Kind::RingmeshTelemetry)
 }
 
 /// Dispatches the hidden roles (`__echo`, `__proxy`, `__ringmesh`: the `ringmesh` command line,

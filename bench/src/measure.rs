@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use ringmesh_loadgen::{run_load_with, LatencySummary, LoadConfig, LoadReport, RunControl, Target};
 use serde::Serialize;
 
+use crate::own_view::{self, OwnRun};
 use crate::procs::Proc;
 use crate::protocol::{h2_connections, Protocol};
 use crate::topology::{Topology, HOST};
@@ -79,6 +80,8 @@ pub struct RunResult {
     pub latency_errors: u64,
     /// Open-loop unsent requests.
     pub latency_unsent: u64,
+    /// Open-loop requests sent, warm-up included (what the proxy's own view counts too).
+    pub latency_sent: u64,
     /// Proxy CPU seconds per 1,000 requests (= cores per 1,000 rps); none for `direct`.
     pub cpu_per_1k: Option<f64>,
     /// The echo upstream's CPU seconds per 1,000 open-loop requests. In `direct` this is what
@@ -93,6 +96,10 @@ pub struct RunResult {
     pub throughput_cpu_us: Option<f64>,
     /// The `.hgrm` written for the open-loop run (file name in the output directory).
     pub hgrm: String,
+    /// Each ringmesh-proxy's own view of the open-loop run, from its admin port (client side
+    /// first; none for rows of other proxies).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub own_view: Vec<OwnRun>,
     /// The open-loop latency histogram (µs), for the percentile plot.
     #[serde(skip)]
     pub histogram: Option<hdrhistogram::Histogram<u64>>,
@@ -158,6 +165,8 @@ pub fn run_once(
     c.duration = shape.duration;
     c.warmup = shape.warmup;
     let upstream = topo.upstream(upstream);
+    // The proxy's own view covers the same run; cleared and read outside the CPU window.
+    own_view::reset(topo).context("clearing the proxy's own-latency histograms")?;
     let cpu_before = topo.proxy_cpu_time()?;
     let upstream_before = upstream.cpu_time()?;
     let control = Arc::new(RunControl::new());
@@ -172,6 +181,8 @@ pub fn run_once(
     let cpu_after = topo.proxy_cpu_time()?;
     let upstream_cpu = upstream.cpu_time()?.saturating_sub(upstream_before);
     anyhow::ensure!(!lat.interrupted, "interrupted");
+    let own_view =
+        own_view::read(topo, out_dir, &shape.file_tag, repeat).context("reading the proxy's own-latency histograms")?;
     let per_1k = |cpu: Duration| (lat.sent_total > 0).then(|| cpu.as_secs_f64() / lat.sent_total as f64 * 1000.0);
     let cpu_per_1k = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) => per_1k(a.saturating_sub(b)),
@@ -188,11 +199,13 @@ pub fn run_once(
         latency_rate_met: lat.met_target(),
         latency_errors: lat.errors,
         latency_unsent: lat.unsent,
+        latency_sent: lat.sent_total,
         cpu_per_1k,
         upstream_cpu_per_1k: per_1k(upstream_cpu),
         throughput_proxy_cores: None,
         throughput_cpu_us: None,
         hgrm,
+        own_view,
         histogram: Some(lat.histogram),
     };
     if !shape.closed_loop {
@@ -243,11 +256,12 @@ fn require_success(report: &LoadReport, run: &str) -> anyhow::Result<()> {
     }
     let e = &report.errors_by_kind;
     anyhow::bail!(
-        "no request of the {run} run succeeded ({} of {} failed: connect {}, reset {}, timeout {}, malformed {}, 4xx {}, 5xx {})",
+        "no request of the {run} run succeeded ({} of {} failed: connect {}, reset {}, unanswered {}, timeout {}, malformed {}, 4xx {}, 5xx {})",
         report.errors,
         report.requests,
         e.connect,
         e.reset,
+        e.unanswered,
         e.timeout,
         e.malformed,
         e.status_4xx,

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::pki::{IdentityFiles, MeshPki, Side};
 use crate::procs::{free_port, http_get, http_get_status, Proc};
 use crate::protocol::Protocol;
+use crate::span_sink::SpanSink;
 
 /// The `Host` every request carries; the ringmesh ServiceEntry is named after it.
 pub const HOST: &str = "echo.bench";
@@ -31,8 +32,18 @@ pub const HOST: &str = "echo.bench";
 pub enum Kind {
     /// Load generator straight to the echo server: the baseline.
     Direct,
-    /// Through one ringmesh-proxy (the sidecar position).
+    /// Through one ringmesh-proxy (the sidecar position), its telemetry as the proxy defaults
+    /// it (Istio's metrics and the reason header on, no access log, no trace export).
     Ringmesh,
+    /// `ringmesh` with every telemetry off that can be: no Istio metrics, no reason header,
+    /// tracing sampling 0, no access log. The floor the telemetry targets are judged from.
+    #[serde(rename = "ringmesh-bare")]
+    RingmeshBare,
+    /// `ringmesh` with full telemetry: Istio's metrics, a JSON access log to a file, tracing at
+    /// 1 % with its spans exported to a collector the suite runs. Checked after the rounds: a
+    /// row that wrote no log line or exported no span fails.
+    #[serde(rename = "ringmesh-telemetry")]
+    RingmeshTelemetry,
     /// `ringmesh` reached as a sidecar is: the load generator dials a service's virtual IP and
     /// the nat rules of `ringmesh iptables` redirect the connection to the proxy's capture
     /// listener, all in a network namespace of the suite's (`captured.rs`). Needs root.
@@ -58,9 +69,11 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the default order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Direct,
         Kind::Ringmesh,
+        Kind::RingmeshBare,
+        Kind::RingmeshTelemetry,
         Kind::Captured,
         Kind::Mesh,
         Kind::MeshPlain,
@@ -74,6 +87,8 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Ringmesh => "ringmesh",
+            Kind::RingmeshBare => "ringmesh-bare",
+            Kind::RingmeshTelemetry => "ringmesh-telemetry",
             Kind::Captured => "captured",
             Kind::Mesh => "mesh",
             Kind::MeshPlain => "mesh-plain",
@@ -96,8 +111,27 @@ impl Kind {
         match self {
             Kind::Direct => 0,
             Kind::Mesh | Kind::MeshPlain | Kind::HaproxyMesh => 2,
-            Kind::Ringmesh | Kind::Captured | Kind::Haproxy | Kind::Nginx => 1,
+            Kind::Ringmesh
+            | Kind::RingmeshBare
+            | Kind::RingmeshTelemetry
+            | Kind::Captured
+            | Kind::Haproxy
+            | Kind::Nginx => 1,
         }
+    }
+
+    /// True for the rows whose proxies are ringmesh-proxies, whose own view (the latency each
+    /// proxy measures of itself, on its admin port) the suite reads beside the load generator's.
+    pub fn is_ringmesh(self) -> bool {
+        matches!(
+            self,
+            Kind::Ringmesh
+                | Kind::RingmeshBare
+                | Kind::RingmeshTelemetry
+                | Kind::Captured
+                | Kind::Mesh
+                | Kind::MeshPlain
+        )
     }
 
     /// The external binary this kind needs on PATH, if any.
@@ -284,9 +318,38 @@ pub struct Topology {
     /// `mesh` and `mesh-plain`: what the proxies' counters showed of the hop between them
     /// after the readiness probe crossed it.
     pub hop: Option<HopCheck>,
+    /// The admin ports of the row's ringmesh-proxies (in `proxies`' order; none for other
+    /// proxies), where the suite reads each proxy's own view of its latency
+    /// (`/stats/histograms`) and its counters.
+    pub admins: Vec<ProxyAdmin>,
+    /// `ringmesh-telemetry`: where its proxy writes its access log and sends its spans, checked
+    /// after the rounds.
+    pub full_telemetry: Option<FullTelemetry>,
     /// `captured`: the network namespace the row runs in, with its own echo. Last, so that the
     /// proxies above stop before the namespace is deleted.
     pub pod: Option<crate::captured::Pod>,
+}
+
+/// One ringmesh-proxy's admin address, with the role that names its files and messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyAdmin {
+    /// The proxy's role (`ringmesh`, `mesh-client-h2`, …).
+    pub role: String,
+    /// `proxy` alone in its row, else `client side` or `server side` of a mesh.
+    pub side: &'static str,
+    /// Its admin address (`/stats/histograms`, `/stats/prometheus`): for `captured`, inside the
+    /// row's network namespace ([`Topology::reach`]).
+    pub addr: SocketAddr,
+}
+
+/// What a `ringmesh-telemetry` proxy was told to write, and where.
+#[derive(Debug)]
+pub struct FullTelemetry {
+    /// Its access log (`OUT/<role>-access.log`, JSON lines).
+    pub access_log: PathBuf,
+    /// The OTLP collector its spans go to: the suite's own, one per row, which counts what
+    /// it receives; it stops with the row.
+    pub collector: SpanSink,
 }
 
 /// How long a proxy may take to become ready.
@@ -386,10 +449,12 @@ pub fn start(kind: Kind, protocol: Protocol, env: &Env) -> anyhow::Result<Topolo
                 config_paths: Vec::new(),
                 version: None,
                 hop: None,
+                admins: Vec::new(),
+                full_telemetry: None,
                 pod: None,
             })
         }
-        Kind::Ringmesh => start_ringmesh(env, protocol),
+        Kind::Ringmesh | Kind::RingmeshBare | Kind::RingmeshTelemetry => start_ringmesh(env, protocol, kind),
         Kind::Captured => crate::captured::start(env, protocol),
         Kind::Mesh => start_mesh(env, protocol, Kind::Mesh),
         Kind::MeshPlain => start_mesh(env, protocol, Kind::MeshPlain),
@@ -467,6 +532,64 @@ impl Place<'_> {
     }
 }
 
+/// What a ringmesh-proxy's `spec.telemetry` says. The suite runs one proxy in the sidecar place
+/// three ways, so that what telemetry costs is read off one run, side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Telemetry<'a> {
+    /// No `spec.telemetry`: the proxy's defaults (Istio's metrics and the reason header on, no
+    /// access log, no trace export). `ringmesh`, and every row but the two below.
+    Default,
+    /// `ringmesh-bare`: everything off that can be. Istio's metrics, the reason header and
+    /// sampling off; the access log is off unless configured. (The proxy's own-latency
+    /// histograms stay: they are what the suite reads of every ringmesh row.)
+    Bare,
+    /// `ringmesh-telemetry`: Istio's metrics, a JSON access log appended to `access_log`, and
+    /// tracing at [`TRACING_SAMPLING_PERCENT`] with its spans exported to `collector`
+    /// ([`tracing_lines`]).
+    Full {
+        /// The access log file.
+        access_log: &'a Path,
+        /// The OTLP/gRPC collector the spans go to.
+        collector: SocketAddr,
+    },
+}
+
+/// Percent of requests the `ringmesh-telemetry` row's proxy samples (Istio's default
+/// `randomSamplingPercentage`).
+pub const TRACING_SAMPLING_PERCENT: f64 = 1.0;
+
+impl Telemetry<'_> {
+    /// The `spec.telemetry` block (after `spec`'s addresses), or nothing for the defaults.
+    fn render(&self) -> String {
+        match *self {
+            Telemetry::Default => String::new(),
+            Telemetry::Bare => {
+                "\n  telemetry:\n    metrics: {istio: false}\n    reasonHeader: false\n    tracing: {sampling: 0}"
+                    .into()
+            }
+            Telemetry::Full { access_log, collector } => format!(
+                "\n  telemetry:\n    metrics: {{istio: true}}\n    accessLog: {{path: {}, encoding: JSON}}\n{}",
+                yaml_path(access_log),
+                tracing_lines(collector)
+            ),
+        }
+    }
+}
+
+/// The one place the `ringmesh-telemetry` row's tracing config is written (under
+/// `spec.telemetry`, indented four spaces, one line, no final newline): sampling at
+/// [`TRACING_SAMPLING_PERCENT`], spans exported over OTLP/gRPC (the proxy's default protocol,
+/// and Istio's) to `collector`, the suite's [`SpanSink`]. Everything else is the proxy's
+/// defaults (batches of up to 512 spans, sent at least every 5 s, a 5 s timeout per export),
+/// which [`crate::telemetry`] waits out after the rounds before it counts what arrived.
+pub fn tracing_lines(collector: SocketAddr) -> String {
+    format!(
+        "    tracing: {{sampling: {TRACING_SAMPLING_PERCENT}, opentelemetry: {{service: {}, port: {}}}}}",
+        collector.ip(),
+        collector.port()
+    )
+}
+
 /// One ringmesh-proxy of a topology: its addresses and what it forwards `HOST` to.
 #[derive(Debug, Clone, Copy)]
 pub struct RingmeshSpec<'a> {
@@ -490,6 +613,8 @@ pub struct RingmeshSpec<'a> {
     pub protocol: Protocol,
     /// Alone, or which side of a mesh hop.
     pub place: Place<'a>,
+    /// Its `spec.telemetry`.
+    pub telemetry: Telemetry<'a>,
 }
 
 /// A path as a YAML double-quoted scalar (JSON's string syntax is YAML's), so an output folder
@@ -513,6 +638,7 @@ impl RingmeshSpec<'_> {
             upstream,
             protocol,
             place,
+            telemetry,
         } = *self;
         let (port_name, port_protocol) = protocol.service_port();
         let outbound =
@@ -587,7 +713,7 @@ spec:
   workers: {workers}{io_line}
   adminAddress: {admin}
   healthAddress: {health}
-  metricsAddress: {metrics}{workload}{identity}
+  metricsAddress: {metrics}{workload}{identity}{telemetry}
 {listener_line}{peer_authn}---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -609,6 +735,7 @@ spec:
                 _ => 8080,
             },
             io_line = io.map_or(String::new(), |io| format!("\n  io: {io}")),
+            telemetry = telemetry.render(),
         )
     }
 }
@@ -626,8 +753,21 @@ pub(crate) struct Spawned {
     pub entry: SocketAddr,
     /// Its `/stats/prometheus`.
     pub metrics: SocketAddr,
+    /// Its admin address (`/stats/histograms`).
+    pub admin: SocketAddr,
     /// Its config file.
     pub path: PathBuf,
+}
+
+impl Spawned {
+    /// Its admin port, named by its role and its `side` of the row (`proxy` alone).
+    pub(crate) fn proxy_admin(&self, side: &'static str) -> ProxyAdmin {
+        ProxyAdmin {
+            role: self.proc.role.clone(),
+            side,
+            addr: self.admin,
+        }
+    }
 }
 
 /// Starts one ringmesh-proxy (role `role`, config `<role>.yaml`) that forwards `HOST` to
@@ -640,6 +780,7 @@ pub(crate) fn spawn_ringmesh(
     io: Option<&str>,
     protocol: Protocol,
     place: Place<'_>,
+    telemetry: Telemetry<'_>,
 ) -> anyhow::Result<Spawned> {
     let admin = loopback(free_port()?);
     let health = loopback(free_port()?);
@@ -656,6 +797,7 @@ pub(crate) fn spawn_ringmesh(
         upstream,
         protocol,
         place,
+        telemetry,
     };
     std::fs::write(&path, spec.render()).with_context(|| format!("writing {}", path.display()))?;
     let (exe, args) = env.proxy.command(&path);
@@ -675,6 +817,7 @@ pub(crate) fn spawn_ringmesh(
         proc,
         entry,
         metrics,
+        admin,
         path,
     })
 }
@@ -688,12 +831,53 @@ pub(crate) fn probe_description(entry: SocketAddr, protocol: Protocol) -> String
     }
 }
 
-fn start_ringmesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
-    let role = with_suffix("ringmesh", protocol);
-    let Spawned { proc, entry, path, .. } = spawn_ringmesh(env, &role, env.echo_addr, None, protocol, Place::Sidecar)?;
+/// `ringmesh`, `ringmesh-bare` and `ringmesh-telemetry`: one ringmesh-proxy in front of the
+/// echo, with the proxy's default telemetry, none, or all of it ([`Telemetry`]). The full
+/// row's access log must have its first line (the readiness probe's) within
+/// [`ACCESS_LOG_TIMEOUT`], or the row fails to start: its figures would not be a logging
+/// proxy's.
+fn start_ringmesh(env: &Env, protocol: Protocol, kind: Kind) -> anyhow::Result<Topology> {
+    let role = with_suffix(kind.name(), protocol);
+    let full = match kind {
+        Kind::RingmeshTelemetry => {
+            let access_log = env.out_dir.join(format!("{role}-access.log"));
+            // The proxy appends: an earlier run's file in the same folder would count as this one's.
+            match std::fs::remove_file(&access_log) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", access_log.display()))
+                }
+                _ => {}
+            }
+            Some(FullTelemetry {
+                access_log,
+                collector: SpanSink::start()?,
+            })
+        }
+        _ => None,
+    };
+    let telemetry = match (&full, kind) {
+        (Some(f), _) => Telemetry::Full {
+            access_log: &f.access_log,
+            collector: f.collector.addr(),
+        },
+        (None, Kind::RingmeshBare) => Telemetry::Bare,
+        (None, _) => Telemetry::Default,
+    };
+    let spawned = spawn_ringmesh(env, &role, env.echo_addr, None, protocol, Place::Sidecar, telemetry)?;
+    if let Some(f) = &full {
+        wait_for_log_line(&f.access_log, ACCESS_LOG_TIMEOUT).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}: a row of full telemetry whose proxy logs nothing would measure a proxy that does not log; \
+                 its stderr:\n{}",
+                spawned.proc.stderr_tail()
+            )
+        })?;
+    }
+    let admins = vec![spawned.proxy_admin("proxy")];
+    let Spawned { proc, entry, path, .. } = spawned;
     let io_driver = parse_io_driver(&proc.stderr_text());
     Ok(Topology {
-        kind: Kind::Ringmesh,
+        kind,
         protocol,
         entry,
         proxies: vec![proc],
@@ -701,21 +885,46 @@ fn start_ringmesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         config_paths: vec![path],
         version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
         hop: None,
+        admins,
+        full_telemetry: full,
         pod: None,
     })
+}
+
+/// How long the full-telemetry row's first access-log line may take: the proxy's writer thread
+/// writes what the workers hand it every 200 ms.
+pub(crate) const ACCESS_LOG_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Waits until `path` holds at least one whole line.
+fn wait_for_log_line(path: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if std::fs::read(path).is_ok_and(|b| b.contains(&b'\n')) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the access log {} has no line {timeout:?} after the readiness probe went through the proxy",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// One ringmesh-proxy forced onto epoll (`io: epoll`, config `ringmesh-epoll.yaml`): what a
 /// container whose seccomp profile refuses io_uring runs.
 pub fn start_ringmesh_epoll(env: &Env) -> anyhow::Result<Topology> {
-    let Spawned { proc, entry, path, .. } = spawn_ringmesh(
+    let spawned = spawn_ringmesh(
         env,
         "ringmesh-epoll",
         env.echo_addr,
         Some("epoll"),
         Protocol::Http1,
         Place::Sidecar,
+        Telemetry::Default,
     )?;
+    let admins = vec![spawned.proxy_admin("proxy")];
+    let Spawned { proc, entry, path, .. } = spawned;
     let io_driver = parse_io_driver(&proc.stderr_text());
     Ok(Topology {
         kind: Kind::Ringmesh,
@@ -726,6 +935,8 @@ pub fn start_ringmesh_epoll(env: &Env) -> anyhow::Result<Topology> {
         config_paths: vec![path],
         version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
         hop: None,
+        admins,
+        full_telemetry: None,
         pod: None,
     })
 }
@@ -757,6 +968,7 @@ fn start_mesh(env: &Env, protocol: Protocol, kind: Kind) -> anyhow::Result<Topol
             side: Side::Server,
             hop: hop(Side::Server),
         },
+        Telemetry::Default,
     )?;
     let client = spawn_ringmesh(
         env,
@@ -768,6 +980,7 @@ fn start_mesh(env: &Env, protocol: Protocol, kind: Kind) -> anyhow::Result<Topol
             side: Side::Client,
             hop: hop(Side::Client),
         },
+        Telemetry::Default,
     )?;
     let scrape = |s: &Spawned| -> anyhow::Result<String> {
         let (status, body) = http_get(s.metrics, "localhost", "/stats/prometheus")
@@ -786,6 +999,7 @@ fn start_mesh(env: &Env, protocol: Protocol, kind: Kind) -> anyhow::Result<Topol
         )
     })?;
     let io_driver = parse_io_driver(&client.proc.stderr_text());
+    let admins = vec![client.proxy_admin("client side"), server.proxy_admin("server side")];
     Ok(Topology {
         kind,
         protocol,
@@ -795,6 +1009,8 @@ fn start_mesh(env: &Env, protocol: Protocol, kind: Kind) -> anyhow::Result<Topol
         config_paths: vec![client.path, server.path],
         version: Some(format!("{} ({})", env!("CARGO_PKG_VERSION"), env.proxy.describe())),
         hop: Some(check),
+        admins,
+        full_telemetry: None,
         pod: None,
     })
 }
@@ -1063,6 +1279,8 @@ fn start_haproxy(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         config_paths: vec![path],
         version: external_version(&bin, "-v"),
         hop: None,
+        admins: Vec::new(),
+        full_telemetry: None,
         pod: None,
     })
 }
@@ -1128,6 +1346,8 @@ fn start_haproxy_mesh(env: &Env, protocol: Protocol) -> anyhow::Result<Topology>
         config_paths: vec![client_path, server_path],
         version: external_version(&bin, "-v"),
         hop: None,
+        admins: Vec::new(),
+        full_telemetry: None,
         pod: None,
     })
 }
@@ -1291,6 +1511,8 @@ fn start_nginx(env: &Env, protocol: Protocol) -> anyhow::Result<Topology> {
         config_paths: vec![path],
         version,
         hop: None,
+        admins: Vec::new(),
+        full_telemetry: None,
         pod: None,
     })
 }
@@ -1350,6 +1572,7 @@ mod tests {
             upstream: a(18080),
             protocol: Protocol::Http1,
             place: Place::Sidecar,
+            telemetry: Telemetry::Default,
         };
         let c = http1(2, None).render();
         assert!(c.contains("workers: 2"));
@@ -1373,6 +1596,7 @@ mod tests {
             upstream: a(18080),
             protocol,
             place,
+            telemetry: Telemetry::Default,
         }
     }
 
@@ -1723,11 +1947,19 @@ spec:
     }
 
     #[test]
-    fn captured_is_a_one_proxy_scenario_right_after_ringmesh() {
+    fn captured_is_a_one_proxy_scenario_right_after_the_ringmesh_rows() {
         assert_eq!(Kind::parse("captured"), Some(Kind::Captured));
         assert_eq!(Kind::Captured.proxies(), 1);
         assert_eq!(Kind::Captured.external_binary(), None);
-        assert_eq!(Kind::ALL[1..3], [Kind::Ringmesh, Kind::Captured]);
+        assert_eq!(
+            Kind::ALL[1..5],
+            [
+                Kind::Ringmesh,
+                Kind::RingmeshBare,
+                Kind::RingmeshTelemetry,
+                Kind::Captured
+            ]
+        );
         // The other kinds' availability does not depend on who runs the suite.
         assert_eq!(unavailable(Kind::Direct), None);
         assert_eq!(unavailable(Kind::Ringmesh), None);
@@ -1745,6 +1977,8 @@ spec:
             [
                 "direct",
                 "ringmesh",
+                "ringmesh-bare",
+                "ringmesh-telemetry",
                 "captured",
                 "mesh",
                 "mesh-plain",
@@ -1753,5 +1987,97 @@ spec:
                 "nginx"
             ]
         );
+    }
+
+    #[test]
+    fn the_telemetry_rows_differ_from_ringmesh_by_spec_telemetry_alone() {
+        assert_eq!(Kind::parse("ringmesh-bare"), Some(Kind::RingmeshBare));
+        assert_eq!(Kind::parse("ringmesh-telemetry"), Some(Kind::RingmeshTelemetry));
+        assert_eq!(
+            serde_json::to_value(Kind::RingmeshTelemetry).unwrap(),
+            "ringmesh-telemetry"
+        );
+        for k in [Kind::RingmeshBare, Kind::RingmeshTelemetry] {
+            assert_eq!(k.proxies(), 1);
+            assert_eq!(k.external_binary(), None);
+            assert_eq!(unavailable(k), None);
+            assert!(k.is_ringmesh());
+        }
+        assert!(!Kind::Haproxy.is_ringmesh() && !Kind::Direct.is_ringmesh());
+        let log = Path::new("/run dir/ringmesh-telemetry-h2-access.log");
+        for protocol in Protocol::ALL {
+            let default = spec(protocol, Place::Sidecar).render();
+            let with = |telemetry| {
+                RingmeshSpec {
+                    telemetry,
+                    ..spec(protocol, Place::Sidecar)
+                }
+                .render()
+            };
+            let bare = with(Telemetry::Bare);
+            let full = with(Telemetry::Full {
+                access_log: log,
+                collector: "127.0.0.1:4317".parse().unwrap(),
+            });
+            assert!(!default.contains("telemetry"), "{default}");
+            let bare_block = "  metricsAddress: 127.0.0.1:3\n  telemetry:\n    metrics: {istio: false}\n    \
+                              reasonHeader: false\n    tracing: {sampling: 0}\n  listeners:\n";
+            assert!(bare.contains(bare_block), "{bare}");
+            assert!(
+                full.contains(
+                    "  telemetry:\n    metrics: {istio: true}\n    accessLog: {path: \"/run dir/ringmesh-telemetry-h2-access.log\", encoding: JSON}\n    tracing: {sampling: 1, opentelemetry: {service: 127.0.0.1, port: 4317}}\n  listeners:\n"
+                ),
+                "{full}"
+            );
+            // Nothing else differs: the same listener, the same ServiceEntry.
+            let without = |text: &str| {
+                text.lines()
+                    .filter(|l| !l.starts_with("    ") && *l != "  telemetry:")
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert_eq!(without(&bare), without(&default));
+            assert_eq!(without(&full), without(&default));
+
+            // As the proxy compiles them.
+            let t = compile(&default).telemetry;
+            assert!(
+                t.istio_metrics == ringmesh_api::snapshot::PerDirection::both(true)
+                    && t.reason_header
+                    && t.access_log.is_none(),
+                "{t:?}"
+            );
+            let t = compile(&bare).telemetry;
+            assert!(
+                t.istio_metrics == ringmesh_api::snapshot::PerDirection::both(false)
+                    && !t.reason_header
+                    && t.access_log.is_none(),
+                "{t:?}"
+            );
+            assert_eq!(t.tracing.sampling, 0.0);
+            let t = compile(&full).telemetry;
+            assert!(
+                t.istio_metrics == ringmesh_api::snapshot::PerDirection::both(true) && t.reason_header,
+                "{t:?}"
+            );
+            assert_eq!(t.access_log.as_ref().map(|a| a.path.as_path()), Some(log));
+            assert!(matches!(
+                t.access_log.as_ref().map(|a| &a.format),
+                Some(ringmesh_api::access_log::LogFormat::Json(_))
+            ));
+            assert_eq!(t.tracing.sampling, TRACING_SAMPLING_PERCENT / 100.0);
+            assert!(t.tracing.enabled);
+            let export = t.tracing.export.as_ref().expect("spans exported");
+            assert_eq!(
+                (export.service.as_str(), export.port, &export.protocol),
+                ("127.0.0.1", 4317, &ringmesh_api::snapshot::OtlpProtocol::Grpc)
+            );
+            // After the rounds the check waits for the last batch: at most one schedule delay,
+            // then one export's three tries.
+            assert!(
+                export.schedule_delay + 3 * export.timeout < crate::telemetry::SPANS_SETTLE_TIMEOUT,
+                "{export:?}"
+            );
+        }
     }
 }

@@ -213,8 +213,15 @@ fn try_measure(
         ..env.clone()
     };
     let role = format!("ringmesh-workers{}", protocol.suffix());
-    let topology::Spawned { proc, entry, path, .. } =
-        topology::spawn_ringmesh(&env, &role, env.echo_addr, None, protocol, topology::Place::Sidecar)?;
+    let topology::Spawned { proc, entry, path, .. } = topology::spawn_ringmesh(
+        &env,
+        &role,
+        env.echo_addr,
+        None,
+        protocol,
+        topology::Place::Sidecar,
+        topology::Telemetry::Default,
+    )?;
     let load = |d: Duration| -> anyhow::Result<ringmesh_loadgen::LoadReport> {
         let target = ringmesh_loadgen::Target::parse(&format!("http://{entry}/"), false)?;
         let mut c = ringmesh_loadgen::LoadConfig::for_target(target);

@@ -39,7 +39,7 @@ fn tiny_suite_writes_complete_reports() {
     let suite = out.join("tiny.yaml");
     std::fs::write(
         &suite,
-        "scenarios: [direct, ringmesh, captured, mesh, mesh-plain, haproxy-mesh]\nprotocols: [http1]\nrepeats: 5\nrate: 300\nduration: 0.5s\n\
+        "scenarios: [direct, ringmesh, ringmesh-bare, ringmesh-telemetry, captured, mesh, mesh-plain, haproxy-mesh]\nprotocols: [http1]\nrepeats: 5\nrate: 300\nduration: 0.5s\n\
          warmup: 200ms\nthroughput-duration: 0.3s\nthroughput-warmup: 0.1s\nidle-connections: 300\n\
          wrk-duration: 1s\nworker-spread-duration: 0\n",
     )
@@ -81,6 +81,8 @@ fn tiny_suite_writes_complete_reports() {
     assert!(
         stdout.contains("| direct |")
             && stdout.contains("| ringmesh |")
+            && stdout.contains("| ringmesh-bare |")
+            && stdout.contains("| ringmesh-telemetry |")
             && stdout.contains("| captured |")
             && stdout.contains("| mesh |")
             && stdout.contains("| mesh-plain |")
@@ -121,7 +123,16 @@ fn tiny_suite_writes_complete_reports() {
     let names: Vec<&str> = scenarios.iter().map(|s| s["scenario"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["direct", "ringmesh", "captured", "mesh", "mesh-plain", "haproxy-mesh"]
+        [
+            "direct",
+            "ringmesh",
+            "ringmesh-bare",
+            "ringmesh-telemetry",
+            "captured",
+            "mesh",
+            "mesh-plain",
+            "haproxy-mesh"
+        ]
     );
     let row = |name: &str| scenarios.iter().find(|s| s["scenario"] == name).unwrap();
     // `captured` needs root; skipped otherwise, saying so, never counted as a pass.
@@ -171,6 +182,126 @@ fn tiny_suite_writes_complete_reports() {
             "{md}"
         );
     }
+    // The telemetry rows: the same proxy as `ringmesh`, telemetry off and full; measured, no
+    // idle-connection test (an idle connection's state is `ringmesh`'s).
+    for name in ["ringmesh-bare", "ringmesh-telemetry"] {
+        let r = row(name);
+        assert!(r["added_us"]["p50"]["median"].is_number(), "{r}");
+        assert!(r["cpu_cores_per_1k_rps"]["median"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["idle_connections"].is_null(), "{r}");
+    }
+    let bare = std::fs::read_to_string(out.join("ringmesh-bare.yaml")).unwrap();
+    assert!(
+        bare.contains(
+            "  telemetry:\n    metrics: {istio: false}\n    reasonHeader: false\n    tracing: {sampling: 0}\n"
+        ),
+        "{bare}"
+    );
+    let full = std::fs::read_to_string(out.join("ringmesh-telemetry.yaml")).unwrap();
+    assert!(
+        full.contains("    accessLog: {path: ") && full.contains("ringmesh-telemetry-access.log\", encoding: JSON}"),
+        "{full}"
+    );
+    assert!(
+        full.contains("    tracing: {sampling: 1, opentelemetry: {service: 127.0.0.1, port: "),
+        "{full}"
+    );
+    // What the proxies showed after the rounds: no Istio metrics on the bare one; on the full one
+    // Istio's metrics and a log line for every request it received.
+    let shown = |name: &str| &row(name)["telemetry"];
+    assert_eq!(
+        shown("ringmesh-bare")["istio_requests"],
+        0,
+        "{}",
+        shown("ringmesh-bare")
+    );
+    assert!(shown("ringmesh-bare")["requests"].as_u64().unwrap() > 0);
+    assert!(shown("ringmesh")["istio_requests"].as_u64().unwrap() > 0);
+    let full_shown = shown("ringmesh-telemetry");
+    let requests = full_shown["requests"].as_u64().unwrap();
+    assert_eq!(full_shown["istio_requests"].as_u64(), Some(requests), "{full_shown}");
+    let log = std::fs::read_to_string(out.join("ringmesh-telemetry-access.log")).unwrap();
+    assert_eq!(log.lines().count() as u64, requests, "a line per request: {full_shown}");
+    assert_eq!(
+        full_shown["access_log"]["lines"].as_u64(),
+        Some(requests),
+        "{full_shown}"
+    );
+    assert_eq!(full_shown["access_log"]["bytes"].as_u64(), Some(log.len() as u64));
+    for line in log.lines().take(3) {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(entry["response_code"], 200, "{line}");
+    }
+    // Tracing at 1 %, exported to the suite's own collector: the proxy made spans, every one
+    // reached the collector (its own counters agree), and none was dropped or left behind.
+    let tracing = &full_shown["tracing"];
+    assert_eq!(tracing["sampling_percent"], 1.0, "{tracing}");
+    let made = tracing["made"].as_u64().unwrap();
+    let received = tracing["received"].as_u64().unwrap();
+    assert!(received > 0, "no span received for {requests} requests: {tracing}");
+    assert_eq!(tracing["exported"].as_u64(), Some(made), "{tracing}");
+    assert!(received >= made, "{tracing}");
+    assert!(tracing["export_requests"].as_u64().unwrap() > 0, "{tracing}");
+    for zero in [
+        "export_failures",
+        "dropped_queue_full",
+        "dropped_export_failed",
+        "pending",
+    ] {
+        assert_eq!(tracing[zero], 0, "{zero}: {tracing}");
+    }
+    // Spans for about 1 % of the requests (the row's check already held them to its range).
+    let (_, lo, hi) = ringmesh_bench::telemetry::expected_spans(requests);
+    assert!(
+        (lo..=hi).contains(&made),
+        "{made} spans for {requests} requests: {tracing}"
+    );
+    assert!(
+        md.contains(&format!(
+            "tracing at 1 %: {received} span(s) received by the suite's collector in "
+        )),
+        "{md}"
+    );
+    assert!(
+        md.contains("## What telemetry costs: full and default beside none (median of rounds)"),
+        "{md}"
+    );
+    assert!(md.contains("| HTTP/1.1 | ringmesh-telemetry | full: "), "{md}");
+    // The proxy's own view beside the load generator's, in every ringmesh row: each proxy timed
+    // every request the load generator sent, its own p50 above zero and below the added p50.
+    let mut ringmesh_rows = vec!["ringmesh", "ringmesh-bare", "ringmesh-telemetry", "mesh", "mesh-plain"];
+    if root() {
+        ringmesh_rows.push("captured");
+    }
+    for name in ringmesh_rows {
+        let r = row(name);
+        let own = &r["own_view"];
+        let proxies = if name.starts_with("mesh") { 2 } else { 1 };
+        assert_eq!(own["proxies"].as_array().unwrap().len(), proxies, "{own}");
+        assert!(own["p50_us"]["median"].as_f64().unwrap() > 0.0, "{name}: {own}");
+        assert_eq!(own["timed"]["median"], own["sent"]["median"], "{name}: {own}");
+        assert!(own["warning"].is_null(), "{name}: {own}");
+        assert!(
+            own["p50_us"]["median"].as_f64() < r["added_us"]["p50"]["median"].as_f64(),
+            "{name}: {own}"
+        );
+        for run in r["runs"].as_array().unwrap() {
+            assert_eq!(run["own_view"].as_array().unwrap().len(), proxies, "{run}");
+        }
+    }
+    assert!(row("haproxy-mesh")["own_view"].is_null());
+    assert!(row("direct")["own_view"].is_null());
+    assert!(
+        md.contains("## The proxy's own view beside the load generator's (median of rounds)"),
+        "{md}"
+    );
+    assert!(md.contains("| mesh | HTTP/1.1 | "), "{md}");
+    assert!(!md.contains("**WARNING**"), "{md}");
+    let own_hgrm = std::fs::read_to_string(out.join("ringmesh-own-r2.hgrm")).unwrap();
+    assert!(
+        !ringmesh_loadgen::parse_hgrm(&own_hgrm).unwrap().is_empty(),
+        "{own_hgrm}"
+    );
     let floor = row("haproxy-mesh");
     assert!(floor["added_us"]["p50"]["median"].is_number(), "{floor}");
     assert!(floor["cpu_cores_per_1k_rps"]["median"].is_number(), "{floor}");
@@ -222,9 +353,20 @@ fn tiny_suite_writes_complete_reports() {
     }
     assert!(md.contains("wrk -t1 -c16"), "{md}");
     // Six judged on the suite's own tools, four on mTLS (mesh beside mesh-plain), one on
-    // capture (captured beside ringmesh), six on the wrk rows.
+    // capture (captured beside ringmesh), two on telemetry (ringmesh-telemetry beside
+    // ringmesh-bare), six on the wrk rows.
     let targets = json["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 17);
+    assert_eq!(targets.len(), 19);
+    for name in [
+        "HTTP/1.1: full telemetry's added p50 vs telemetry off",
+        "HTTP/1.1: proxy CPU per request, full telemetry vs off",
+    ] {
+        let t = targets.iter().find(|t| t["name"] == name).unwrap();
+        assert!(
+            ["PASS", "MISS"].contains(&t["verdict"].as_str().unwrap()),
+            "judged, not N/A: {t}"
+        );
+    }
     let capture: Vec<&serde_json::Value> = targets
         .iter()
         .filter(|t| t["name"] == "HTTP/1.1: captured added p50 vs ringmesh")
@@ -286,6 +428,16 @@ fn tiny_suite_writes_complete_reports() {
         "haproxy-mesh-client.cfg",
         "haproxy-mesh-server.cfg",
         "mesh-1000rps-r2.hgrm",
+        "ringmesh-own-r1.hgrm",
+        "ringmesh-bare-own-r2.hgrm",
+        "ringmesh-telemetry-own-r1.hgrm",
+        "mesh-client-own-r2.hgrm",
+        "mesh-server-own-r2.hgrm",
+        "mesh-plain-server-own-r1.hgrm",
+        "mesh-client-1000rps-own-r1.hgrm",
+        "ringmesh-bare.yaml",
+        "ringmesh-telemetry.yaml",
+        "ringmesh-telemetry-access.log",
         "haproxy-mesh-1000rps-r1.hgrm",
         "pki/client.pem",
         "pki/server.pem",
@@ -302,7 +454,15 @@ fn tiny_suite_writes_complete_reports() {
     assert!(!rows.is_empty());
     let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
     assert!(svg.starts_with("<svg"));
-    for name in ["direct", "ringmesh", "mesh", "mesh-plain", "haproxy-mesh"] {
+    for name in [
+        "direct",
+        "ringmesh",
+        "ringmesh-bare",
+        "ringmesh-telemetry",
+        "mesh",
+        "mesh-plain",
+        "haproxy-mesh",
+    ] {
         assert!(svg.contains(&format!("\n{name}\n")), "{name} not in the plot's legend");
     }
     if root() {
@@ -746,4 +906,105 @@ fn a_mesh_row_whose_hop_is_not_mutual_tls_fails_the_run() {
             assert_eq!(t["verdict"], "N/A", "{t}");
         }
     }
+}
+
+/// The failure the telemetry rows' checks exist for: a row whose telemetry is not what its name
+/// says. A wrapper around the proxy takes `ringmesh-telemetry`'s access log away (so it logs
+/// nothing), takes `ringmesh-telemetry-h2`'s span exporter away (so it samples and sends
+/// nothing) and turns Istio's metrics back on for `ringmesh-bare`: every request would
+/// succeed, and without the checks the rows would compare a proxy with another configuration.
+/// The run must fail, naming the three rows and why.
+#[test]
+fn telemetry_rows_whose_telemetry_is_not_what_they_say_fail_the_run() {
+    let tmp = out_dir("telemetry-broken");
+    let out = tmp.path().join("out");
+    let wrapper = tmp.path().join("proxy-with-other-telemetry.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# $1 is --config, $2 the config file.\ncase \"$2\" in\n  \
+             */ringmesh-telemetry.yaml) sed -i '/^    accessLog:/d' \"$2\" ;;\n  \
+             */ringmesh-telemetry-h2.yaml) sed -i 's/, opentelemetry: {{[^}}]*}}//' \"$2\" ;;\n  \
+             */ringmesh-bare.yaml) sed -i 's/istio: false/istio: true/' \"$2\" ;;\nesac\n\
+             exec '{}' __proxy \"$@\"\n",
+            env!("CARGO_BIN_EXE_ringmesh-bench")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmesh-bench"))
+        .args([
+            "--scenarios",
+            "direct,ringmesh-bare,ringmesh-telemetry",
+            "--protocols",
+            "http1,h2",
+            "--repeats",
+            "1",
+            "--rate",
+            "100",
+            "--duration",
+            "0.2s",
+            "--warmup",
+            "0.1s",
+            "--throughput-duration",
+            "0.1s",
+            "--throughput-warmup",
+            "0.05s",
+            "--idle-connections",
+            "0",
+            "--wrk-duration",
+            "0",
+            "--no-progress",
+            "--proxy-bin",
+        ])
+        .arg(&wrapper)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "rows of other telemetry passed: {stderr}");
+    assert!(
+        stderr.contains("failed: ringmesh-bare, ringmesh-telemetry, ringmesh-telemetry-h2 "),
+        "{stderr}"
+    );
+    // The wrapper did what it says (else this test proves nothing).
+    let full = std::fs::read_to_string(out.join("ringmesh-telemetry.yaml")).unwrap();
+    assert!(!full.contains("accessLog"), "{full}");
+    let full_h2 = std::fs::read_to_string(out.join("ringmesh-telemetry-h2.yaml")).unwrap();
+    assert!(
+        full_h2.contains("    tracing: {sampling: 1}\n") && full_h2.contains("    accessLog:"),
+        "{full_h2}"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| ringmesh-telemetry | HTTP/1.1 | FAILED |"), "{md}");
+    assert!(
+        md.contains("ringmesh-telemetry: failed to start: the access log ") && md.contains(" has no line "),
+        "{md}"
+    );
+    // The bare row ran, and failed when its proxy's counters were read after the rounds.
+    assert!(md.contains("| ringmesh-bare | HTTP/1.1 | FAILED |"), "{md}");
+    assert!(
+        md.contains("ringmesh-bare: telemetry check failed: ringmesh-bare's proxy counted "),
+        "{md}"
+    );
+    // The h2 row logged every request, and failed when no span had reached the collector.
+    assert!(
+        md.contains("ringmesh-telemetry-h2: telemetry check failed: ringmesh-telemetry's collector (127.0.0.1:")
+            && md.contains(" received no span for ")
+            && md.contains(" requests (the proxy made 0 span(s), exported 0, dropped 0)"),
+        "{md}"
+    );
+    // Nothing is judged on rows that did not run as they say.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let targets: Vec<&serde_json::Value> = json["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().contains("telemetry"))
+        .collect();
+    assert_eq!(targets.len(), 4, "{targets:?}");
+    assert!(targets.iter().all(|t| t["verdict"] == "N/A"), "{targets:?}");
 }

@@ -28,7 +28,7 @@ use crate::scope::Scopes;
 use crate::server::{ControlPlane, ProxyConfigView, ProxyStatus};
 use crate::store::{DirStore, Outcome, ResourceKey, StoreError, StoredResource};
 
-/// Kinds the CLI and the API know by name: `(kind, plural, short names)`. The first seven are
+/// Kinds the CLI and the API know by name: `(kind, plural, short names)`. The first eight are
 /// compiled; the others are Istio kinds that ringmesh stores and serves but ignores (the
 /// loader warns about them), so `get` still finds what was applied.
 pub const KINDS: &[(&str, &str, &[&str])] = &[
@@ -39,12 +39,12 @@ pub const KINDS: &[(&str, &str, &[&str])] = &[
     ("ProxyConfig", "proxyconfigs", &[]),
     ("AuthorizationPolicy", "authorizationpolicies", &["ap"]),
     ("PeerAuthentication", "peerauthentications", &["pa"]),
+    ("Telemetry", "telemetries", &["telemetry"]),
     ("RequestAuthentication", "requestauthentications", &["ra"]),
     ("WorkloadGroup", "workloadgroups", &["wg"]),
     ("Gateway", "gateways", &["gw"]),
     ("Sidecar", "sidecars", &[]),
     ("EnvoyFilter", "envoyfilters", &[]),
-    ("Telemetry", "telemetries", &[]),
     ("WasmPlugin", "wasmplugins", &[]),
 ];
 

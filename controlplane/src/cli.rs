@@ -2,7 +2,8 @@
 //! `proxy-status` and `proxy-config` talk to a running `ringmesh-control` over its management
 //! API (`admin.proto`), at `--control-plane` (default [`DEFAULT_CONTROL_PLANE`]). `iptables`
 //! sets up a sidecar's traffic capture on this machine ([`crate::capture`]); `inject` adds the
-//! sidecar to Kubernetes manifests offline ([`crate::inject`]).
+//! sidecar to Kubernetes manifests offline ([`crate::inject`]). `explain` asks one proxy's
+//! admin port (`--admin`) what it would do with a request (`explain.rs`).
 //!
 //! Output follows kubectl and istioctl where users have habits (`virtualservice/reviews
 //! configured`, `get -o yaml`, the proxy-status table). Every failure is one line naming what
@@ -25,6 +26,8 @@ use tonic::transport::Channel;
 
 use crate::admin::{canonical_kind, from_wire_diagnostic, STORE_UNAVAILABLE};
 use crate::store::ResourceKey;
+
+mod explain;
 
 /// Where the control plane listens unless told otherwise (Istio's plaintext port).
 pub const DEFAULT_CONTROL_PLANE: &str = "127.0.0.1:15010";
@@ -143,6 +146,47 @@ pub enum Command {
     /// kube-inject`): Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs;
     /// other kinds and pods opted out (`sidecar.istio.io/inject: "false"`) pass through.
     Inject(Box<InjectArgs>),
+    /// What a proxy would do with one request: the route that matches, the cluster and the
+    /// endpoints it would choose from, the authorization decision and the policy that made it,
+    /// the mTLS mode and the proxy's certificate. Asked of the proxy's admin port.
+    Explain(Box<ExplainArgs>),
+}
+
+/// `ringmesh explain` flags: curl's where curl has one.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The proxy's admin address (`spec.adminAddress`).
+    #[arg(long, env = "RINGMESH_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: String,
+    /// Request method.
+    #[arg(short = 'X', long = "request", default_value = "GET")]
+    pub method: String,
+    /// `Host` (`:authority`) of the request.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Request target: the path, with its `?query`.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// A request header, `name: value`; repeatable.
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// The client's identity (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`): it connects over
+    /// mutual TLS. Without it the client is plaintext.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// The client's IP address (default 127.0.0.1).
+    #[arg(long)]
+    pub source_ip: Option<String>,
+    /// The listener the request arrives on (default: the first outbound HTTP listener).
+    #[arg(long)]
+    pub listener: Option<String>,
+    /// `IP:PORT` the client dialled: a capture listener's original destination, or an inbound
+    /// listener's port.
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Output format: a short report, or the proxy's JSON.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 /// `ringmesh inject` flags.
@@ -355,6 +399,14 @@ pub enum CliError {
         /// The control plane's address.
         addr: String,
         /// What the control plane said, e.g. `etcd at http://10.0.0.5:2379 is unreachable: …`.
+        reason: String,
+    },
+    /// No answer from a proxy's admin port.
+    #[error("cannot reach the proxy's admin port at {addr}: {reason} (set --admin or RINGMESH_ADMIN)")]
+    AdminUnreachable {
+        /// The address tried.
+        addr: String,
+        /// What happened, e.g. `Connection refused (os error 111)`.
         reason: String,
     },
     /// The address does not parse.
@@ -655,6 +707,7 @@ fn call_error(cli: &Cli, status: tonic::Status) -> CliError {
 async fn remote(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
     match &cli.command {
         Command::Analyze { .. } | Command::Iptables(_) | Command::Inject(_) => Ok(()),
+        Command::Explain(args) => explain::run(args, cli.timeout, out).await,
         Command::Apply { files, dry_run, wait } => {
             let inputs = read_inputs(files)?;
             let mut client = connect(cli).await?;

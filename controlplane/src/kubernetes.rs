@@ -1,8 +1,8 @@
 //! Resources from Kubernetes: Istio's custom resources watched through the API server.
 //!
 //! In a cluster, users keep `kubectl apply`-ing the `VirtualService`, `DestinationRule`,
-//! `ServiceEntry`, `WorkloadEntry`, `AuthorizationPolicy` and `PeerAuthentication` objects they
-//! already have (Istio's CRDs, or the ones in
+//! `ServiceEntry`, `WorkloadEntry`, `AuthorizationPolicy`, `PeerAuthentication` and `Telemetry`
+//! objects they already have (Istio's CRDs, or the ones in
 //! `deploy/kubernetes/crds.yaml`); `ringmesh-control --kubernetes` watches them with kube-rs and
 //! serves them to proxies exactly as the directory store serves files: each object becomes one
 //! YAML document (`apiVersion`, `kind`, `metadata.name/namespace/labels`, `spec`), and a set of
@@ -43,6 +43,7 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
         "authorizationpolicies",
     ),
     ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
+    ("telemetry.istio.io", "v1", "Telemetry", "telemetries"),
 ];
 
 /// Why the Kubernetes source could not start.

@@ -5,9 +5,9 @@
 //! proxies of its own namespace, one with `exportTo: [team-a, team-b]` only those namespaces, and
 //! a `DestinationRule` with `workloadSelector.matchLabels` only the workloads of its namespace
 //! whose labels match. Without `exportTo` a resource is visible mesh-wide (Istio's default).
-//! `AuthorizationPolicy` and `PeerAuthentication` go to the workloads of their own namespace
-//! (of every namespace from `istio-system`, the root namespace) that their
-//! `selector.matchLabels` selects. A
+//! `AuthorizationPolicy`, `PeerAuthentication` and `Telemetry` go to the workloads of their own
+//! namespace (of every namespace from `istio-system`, the root namespace) that their
+//! `selector.matchLabels` selects; the proxy's compiler picks among them as Istio does. A
 //! resource without `metadata.namespace` is in `default`, as is a proxy that announces none.
 //!
 //! Each resource set is scanned once ([`Scopes::of`]); picking one proxy's view is then a pass
@@ -26,11 +26,10 @@ struct Scope {
     namespace: String,
     /// `None`: everywhere. Entries are namespaces, with `.` already replaced by `namespace`.
     export_to: Option<Vec<String>>,
-    /// `DestinationRule.workloadSelector.matchLabels`, or a security policy's
-    /// `selector.matchLabels`.
+    /// `DestinationRule.workloadSelector.matchLabels`, or a policy's `selector.matchLabels`.
     selector: Option<BTreeMap<String, String>>,
-    /// A security policy: it applies to its own namespace only, or to every namespace from
-    /// the root namespace.
+    /// A policy (security kinds, `Telemetry`): it applies to its own namespace only, or to
+    /// every namespace from the root namespace.
     policy: bool,
 }
 
@@ -56,7 +55,7 @@ impl Scope {
             });
         let export_to = export_to.filter(|e| !e.iter().any(|x| x == "*"));
         let kind = v.get("kind").and_then(|k| k.as_str());
-        let policy = matches!(kind, Some("AuthorizationPolicy" | "PeerAuthentication"));
+        let policy = matches!(kind, Some("AuthorizationPolicy" | "PeerAuthentication" | "Telemetry"));
         let selector_field = match kind {
             Some("DestinationRule") => Some("workloadSelector"),
             _ if policy => Some("selector"),
@@ -198,17 +197,29 @@ mod tests {
             doc("kind: PeerAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n"),
             doc("kind: AuthorizationPolicy\nmetadata: {name: root-sel, namespace: istio-system}\n\
                  spec: {selector: {matchLabels: {app: cart}}}\n"),
+            doc("kind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\n\
+                 spec: {accessLogging: [{providers: [{name: envoy}]}]}\n"),
+            doc("kind: Telemetry\nmetadata: {name: ns, namespace: shop}\nspec: {tracing: [{randomSamplingPercentage: 10}]}\n"),
+            doc("kind: Telemetry\nmetadata: {name: cart, namespace: shop}\n\
+                 spec: {selector: {matchLabels: {app: cart}}, accessLogging: [{disabled: true}]}\n"),
         ];
         let s = Scopes::of(&docs);
         assert!(!s.is_mesh_wide());
-        assert_eq!(s.visible_to(&workload("shop", &[("app", "cart")])), vec![0, 1, 2, 3]);
-        assert_eq!(s.visible_to(&workload("shop", &[("app", "web")])), vec![0, 2]);
+        assert_eq!(
+            s.visible_to(&workload("shop", &[("app", "cart")])),
+            vec![0, 1, 2, 3, 4, 5, 6]
+        );
+        assert_eq!(s.visible_to(&workload("shop", &[("app", "web")])), vec![0, 2, 4, 5]);
         assert_eq!(
             s.visible_to(&workload("blog", &[("app", "cart")])),
-            vec![2, 3],
+            vec![2, 3, 4],
             "another namespace gets only the root namespace's policies"
         );
-        assert_eq!(s.visible_to(&workload("", &[])), vec![2], "no namespace is `default`");
+        assert_eq!(
+            s.visible_to(&workload("", &[])),
+            vec![2, 4],
+            "no namespace is `default`"
+        );
     }
 
     #[test]

@@ -310,6 +310,80 @@ async fn export_to_and_workload_selector_decide_which_proxies_see_a_resource() {
     assert_eq!(names(&a2.snapshot().await), ["reviews", "team-a-only", "v2-only"]);
 }
 
+/// A `Telemetry` document named `name` in `namespace`, with `spec` (lines indented by two).
+fn telemetry(namespace: &str, name: &str, spec: &str) -> String {
+    format!("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n{spec}")
+}
+
+/// Istio's levels as the control plane sends them: the root namespace's `Telemetry` to every
+/// proxy, a namespace's only to the workloads of that namespace, one with a selector only to
+/// the workloads of its namespace whose labels match; a change to the root namespace's reaches
+/// every proxy, and a namespace's `Telemetry` added later only that namespace's proxies.
+#[tokio::test]
+async fn telemetry_goes_to_its_namespace_and_from_the_root_namespace_everywhere() {
+    let tmp = common::temp_dir("cp", "telemetry");
+    let dir = tmp.path();
+    let log = "  accessLogging:\n  - providers:\n    - name: envoy\n";
+    let root = |pct: u32| {
+        telemetry(
+            "istio-system",
+            "mesh-default",
+            &format!("  tracing:\n  - randomSamplingPercentage: {pct}\n"),
+        )
+    };
+    let team_a = telemetry("team-a", "team-a-logs", log);
+    let canary = telemetry(
+        "team-a",
+        "v2-quiet",
+        "  selector:\n    matchLabels: {version: v2}\n  metrics:\n  - overrides:\n    - disabled: true\n",
+    );
+    let file = |docs: &[&str]| docs.iter().map(|d| format!("{d}---\n")).collect::<String>();
+    std::fs::write(dir.join("mesh.yaml"), file(&[SE, &root(10), &team_a, &canary])).unwrap();
+    let (cp, addr) = start(dir, Duration::from_secs(30)).await;
+    let mut b = connect(addr, hello_in("b", "team-b", "v2")).await;
+    let mut a1 = connect(addr, hello_in("a1", "team-a", "v1")).await;
+    let mut a2 = connect(addr, hello_in("a2", "team-a", "v2")).await;
+    let (sb, s1, s2) = (b.snapshot().await, a1.snapshot().await, a2.snapshot().await);
+    assert_eq!(
+        names(&sb),
+        ["mesh-default", "reviews"],
+        "another namespace: the root's only"
+    );
+    assert_eq!(
+        names(&s1),
+        ["mesh-default", "reviews", "team-a-logs"],
+        "the selector needs version: v2"
+    );
+    assert_eq!(names(&s2), ["mesh-default", "reviews", "team-a-logs", "v2-quiet"]);
+    for (p, s) in [(&b, &sb), (&a1, &s1), (&a2, &s2)] {
+        p.ack(s).await;
+    }
+
+    // The root's changed and team-b's added: every proxy gets the root's change, team-b's
+    // goes to b alone.
+    let team_b = telemetry("team-b", "team-b-logs", log);
+    let mut store = DirStore::open(dir).unwrap();
+    std::fs::write(dir.join("mesh.yaml"), file(&[SE, &root(20), &team_a, &canary, &team_b])).unwrap();
+    assert_eq!(store.refresh(), Ok(true));
+    cp.set_resources(store.current.clone());
+    let root_changed = |s: &Snapshot| {
+        s.documents
+            .iter()
+            .any(|d| d.yaml.contains("randomSamplingPercentage: 20"))
+    };
+    for (p, want) in [
+        (&mut b, vec!["mesh-default", "reviews", "team-b-logs"]),
+        (&mut a1, vec!["mesh-default", "reviews", "team-a-logs"]),
+        (&mut a2, vec!["mesh-default", "reviews", "team-a-logs", "v2-quiet"]),
+    ] {
+        let s = p
+            .snapshot_where(WAIT, root_changed)
+            .await
+            .expect("the root namespace's change is pushed to every proxy");
+        assert_eq!(names(&s), want);
+    }
+}
+
 #[tokio::test]
 async fn a_fast_reconnect_is_not_undone_by_the_old_stream_closing() {
     let tmp = common::temp_dir("cp", "reconnect");

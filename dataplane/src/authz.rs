@@ -38,24 +38,7 @@ pub(crate) fn check(
     if authz.is_empty() {
         return None;
     }
-    let attrs = RequestAttrs {
-        peer: conn.identity.as_ref().map(|id| PeerId {
-            principal: id.principal(),
-            namespace: id.namespace(),
-            service_account: id.service_account(),
-        }),
-        source_ip: peer.ip(),
-        remote_ip: peer.ip(),
-        destination_ip: conn.local.ip(),
-        destination_port: conn.local.port(),
-        sni: conn.sni.as_deref(),
-        http: http.map(|h| HttpAttrs {
-            host: h.host,
-            method: h.method,
-            path: h.path,
-            headers: h.headers,
-        }),
-    };
+    let attrs = attrs(conn, peer, http);
     let stats = &worker.stats.security;
     match authz.evaluate(&attrs) {
         Decision::Allowed { audit } => {
@@ -91,6 +74,30 @@ pub(crate) fn check(
             });
             Some(AuthzVerdict::Denied(policy))
         }
+    }
+}
+
+/// What the policies are asked about a request (or connection) from `peer` on `conn`: the
+/// one translation from the connection's facts to the attributes, shared by [`check`] and
+/// the admin server's `/explain`, so the two cannot disagree.
+pub(crate) fn attrs<'a>(conn: &'a InboundConn, peer: SocketAddr, http: Option<HttpRequest<'a>>) -> RequestAttrs<'a> {
+    RequestAttrs {
+        peer: conn.identity.as_ref().map(|id| PeerId {
+            principal: id.principal(),
+            namespace: id.namespace(),
+            service_account: id.service_account(),
+        }),
+        source_ip: peer.ip(),
+        remote_ip: peer.ip(),
+        destination_ip: conn.local.ip(),
+        destination_port: conn.local.port(),
+        sni: conn.sni.as_deref(),
+        http: http.map(|h| HttpAttrs {
+            host: h.host,
+            method: h.method,
+            path: h.path,
+            headers: h.headers,
+        }),
     }
 }
 

@@ -121,15 +121,32 @@ pub(crate) enum RouteBy {
     Service(SocketAddr),
     /// A captured inbound connection for the app's port: its one route, whatever the `Host`.
     App(u16),
+    /// By `Host`, on the listener at this position of the snapshot's listeners, which has a
+    /// local rate limit (`http::local_rate_limit::listener_ref`): carried here, where it costs
+    /// no byte of the connection's state.
+    HostOnLimited(u16),
 }
 
 impl RouteBy {
+    /// By `Host`, on a listener with a local rate limit at position `limited`, if any.
+    pub(crate) fn on_listener(limited: Option<u16>) -> Self {
+        limited.map_or(RouteBy::Host, RouteBy::HostOnLimited)
+    }
+
+    /// The position of the connection's listener when it has a local rate limit.
+    pub(crate) fn listener_limit(self) -> Option<u16> {
+        match self {
+            RouteBy::HostOnLimited(at) => Some(at),
+            _ => None,
+        }
+    }
+
     /// The virtual host for a request with this `Host`, in `snapshot` (the request's own:
     /// a reload between requests of one connection applies to the next).
     pub(crate) fn virtual_host<'s>(self, snapshot: &'s Snapshot, host: &str) -> Option<&'s VirtualHost> {
         let routes = &snapshot.routes;
         match self {
-            RouteBy::Host => routes.find_host(host),
+            RouteBy::Host | RouteBy::HostOnLimited(_) => routes.find_host(host),
             RouteBy::Service(key) => match snapshot.capture.services.get(&key) {
                 Some(svc) => {
                     let named = routes.find_host_id(host).filter(|id| Some(*id) != svc.default_vhost);

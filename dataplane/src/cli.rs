@@ -55,6 +55,14 @@ pub struct Cli {
     /// Close a downstream connection idle this long (`limits.idleTimeout`, default 300s).
     #[arg(long, env = "RINGMESH_IDLE_TIMEOUT", value_parser = ringmesh_api::duration::parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Longest silence between two reads of a request body before it is answered 408
+    /// (`limits.requestBodyTimeout`, default 60s, positive).
+    #[arg(long, env = "RINGMESH_REQUEST_BODY_TIMEOUT", value_parser = parse_positive_duration)]
+    pub request_body_timeout: Option<Duration>,
+    /// Downstream connections open at once over all workers; more are closed at accept and
+    /// counted (`limits.maxConnections`, default half of `RLIMIT_NOFILE`'s soft limit).
+    #[arg(long, env = "RINGMESH_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
     /// Time in-flight requests get to finish on shutdown (`limits.drainTimeout`, default 5s).
     #[arg(long, env = "RINGMESH_DRAIN_TIMEOUT", value_parser = ringmesh_api::duration::parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -99,6 +107,14 @@ fn parse_detection_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = ringmesh_api::duration::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err(format!("must be positive, got {s:?}"));
+    }
+    Ok(d)
+}
+
 fn parse_app_probers(s: &str) -> Result<AppProbers, String> {
     AppProbers::parse(s).map_err(|e| e.to_string())
 }
@@ -127,6 +143,8 @@ impl Cli {
             request_header_timeout: self.request_header_timeout,
             idle_timeout: self.idle_timeout,
             drain_timeout: self.drain_timeout,
+            request_body_timeout: self.request_body_timeout,
+            max_connections: self.max_connections.map(|v| v as usize),
             protocol_detection_timeout: self.protocol_detection_timeout,
             node_id: self.node_id.clone().filter(|s| !s.is_empty()),
             workload_addresses: self.workload_address.clone(),
@@ -264,6 +282,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no unit"), "{e}");
+    }
+
+    #[test]
+    fn slow_client_limits_on_the_command_line() {
+        let cli = Cli::try_parse_from([
+            "ringmesh-proxy",
+            "--config",
+            "x",
+            "--request-body-timeout",
+            "2s",
+            "--max-connections",
+            "4000",
+        ])
+        .unwrap();
+        let o = cli.overrides();
+        assert_eq!(o.request_body_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(o.max_connections, Some(4000));
+        for (flag, value, want) in [
+            ("--request-body-timeout", "0s", "must be positive"),
+            ("--max-connections", "0", "--max-connections"),
+        ] {
+            let e = Cli::try_parse_from(["ringmesh-proxy", "--config", "x", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{flag} {value}: {e}");
+        }
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct Overrides {
     pub idle_timeout: Option<std::time::Duration>,
     /// `--drain-timeout` / `RINGMESH_DRAIN_TIMEOUT`.
     pub drain_timeout: Option<std::time::Duration>,
+    /// `--request-body-timeout` / `RINGMESH_REQUEST_BODY_TIMEOUT`.
+    pub request_body_timeout: Option<std::time::Duration>,
+    /// `--max-connections` / `RINGMESH_MAX_CONNECTIONS`.
+    pub max_connections: Option<usize>,
     /// `--protocol-detection-timeout` / `RINGMESH_PROTOCOL_DETECTION_TIMEOUT`.
     pub protocol_detection_timeout: Option<std::time::Duration>,
     /// `--node-id` / `RINGMESH_NODE_ID`: the node id announced to the control plane (in a pod:
@@ -89,6 +93,12 @@ impl Overrides {
         if let Some(v) = self.drain_timeout {
             l.drain_timeout = v;
         }
+        if let Some(v) = self.request_body_timeout {
+            l.request_body_timeout = v;
+        }
+        if let Some(v) = self.max_connections {
+            l.max_connections = Some(v);
+        }
         if let Some(v) = self.protocol_detection_timeout {
             l.protocol_detection_timeout = v;
             for listener in &mut snapshot.listeners {
@@ -97,6 +107,7 @@ impl Overrides {
                 }
             }
         }
+        snapshot.telemetry.tracing.fill_identity(&snapshot.proxy);
     }
 }
 

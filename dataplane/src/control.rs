@@ -115,6 +115,9 @@ impl Drop for ProxyHandle {
 /// Loads the config, starts the workers and the control thread, and returns once every
 /// listener is bound and serving.
 pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
+    // Taken before the files are read: a change made after this (even before the control
+    // thread runs) differs from it and is reloaded on the watcher's first tick.
+    let seen = config::fingerprint(&opts.config);
     let loaded = config::load(&opts.config, 1, &opts.overrides)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
@@ -153,6 +156,7 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
     let health_address = health_l.local_addr()?;
     let metrics_address = metrics_l.local_addr()?;
 
+    let (spans_tx, spans_rx) = crate::telemetry::trace::span::channel(workers);
     let set = runtime::start(
         workers,
         &settings.cpus,
@@ -161,6 +165,7 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
         opts.bind_mode,
         source.clone(),
         identity.clone(),
+        spans_tx,
     )?;
     let bound = set.bound.clone();
     tracing::info!(
@@ -186,6 +191,8 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
         identity,
         cert_status,
         app_probers: opts.app_probers.clone(),
+        listeners: bound.clone(),
+        tracing: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -205,8 +212,12 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
                 state,
                 set,
                 [admin_l, health_l, metrics_l],
+                spans_rx,
                 stop_rx,
-                reload_rx,
+                Reloads {
+                    seen,
+                    requests: reload_rx,
+                },
             ));
         })
         .context("spawn control thread")?;
@@ -224,6 +235,14 @@ pub fn start(opts: ProxyOptions) -> anyhow::Result<ProxyHandle> {
     })
 }
 
+/// What makes the control thread reload the files.
+struct Reloads {
+    /// The files' fingerprint when `start` read them.
+    seen: Vec<(std::path::PathBuf, Option<u64>)>,
+    /// `ProxyHandle::reload`'s requests.
+    requests: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
 // The control thread is the one place tokio tasks are allowed (see dataplane/clippy.toml).
 #[allow(clippy::disallowed_methods)]
 async fn control_main(
@@ -231,15 +250,25 @@ async fn control_main(
     state: Arc<AdminState>,
     set: WorkerSet,
     [admin_l, health_l, metrics_l]: [std::net::TcpListener; 3],
+    spans_rx: flume::Receiver<Vec<crate::telemetry::trace::span::SpanRecord>>,
     stop_rx: tokio::sync::oneshot::Receiver<()>,
-    mut reload_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    Reloads {
+        mut seen,
+        requests: mut reload_rx,
+    }: Reloads,
 ) {
     tokio::spawn(admin::serve(Role::Admin, admin_l, state.clone()));
     tokio::spawn(admin::serve(Role::Health, health_l, state.clone()));
     tokio::spawn(admin::serve(Role::Metrics, metrics_l, state.clone()));
+    tokio::spawn(crate::telemetry::trace::export::run(
+        spans_rx,
+        state.source.clone(),
+        state.tracing.clone(),
+    ));
+    // Outlier returns and active health checks: once per proxy, here rather than per worker.
+    tokio::spawn(crate::lb::probe::run(state.source.clone()));
 
     let mut version = state.source.version();
-    let mut seen = config::fingerprint(&opts.config);
     // What the control plane sent last; compiled together with the files on every reload.
     let mut control_input: Option<config::ControlInput> = None;
     let (updates_tx, mut updates_rx) = tokio::sync::mpsc::channel::<crate::xds::Update>(1);

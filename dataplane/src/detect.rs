@@ -147,7 +147,8 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, 
         Outcome::Sniffed(s) if s.is_http() => {
             inc(&worker.stats.detected_http);
             let io = crate::http::downstream::ClientIo::Tcp(stream);
-            crate::http::proxy::serve(worker, io, peer, None, buf, RouteBy::Host).await;
+            let route_by = RouteBy::on_listener(crate::http::local_rate_limit::listener_ref(&worker, listener));
+            crate::http::proxy::serve(worker, io, peer, None, buf, route_by).await;
         }
         Outcome::Sniffed(_) | Outcome::Timeout => {
             inc(if outcome == Outcome::Timeout {

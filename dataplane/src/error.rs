@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use ringmesh_api::snapshot::RetryPolicy;
+use ringmesh_api::snapshot::{FaultStatus, RetryPolicy};
 
 /// Which party an error is attributed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,9 @@ pub enum ErrorKind {
     },
     /// The client did not send a complete head in time (408).
     RequestHeaderTimeout,
+    /// The client fell silent mid-body for longer than `limits.requestBodyTimeout` (408, as
+    /// Envoy answers a stream idle timeout, flag `SI`).
+    RequestBodyTimeout,
     /// No virtual host or route matched (404).
     NoRoute,
     /// The cluster has no endpoint to send to (503).
@@ -64,6 +67,15 @@ pub enum ErrorKind {
     /// The workload's `AuthorizationPolicy`s deny the request (403 `RBAC: access denied`, as
     /// Envoy's RBAC filter answers; gRPC `PERMISSION_DENIED`).
     Forbidden,
+    /// The route's fault injection aborted the request (Envoy's `FI`): its HTTP status, or
+    /// HTTP 200 with its gRPC status.
+    FaultAbort(FaultStatus),
+    /// A local rate limit (`localRateLimit`) had no token left: 429 `local_rate_limited`
+    /// (Envoy's `RL`); gRPC `UNAVAILABLE`, or `RESOURCE_EXHAUSTED` when the limit says so.
+    RateLimited {
+        /// gRPC gets `RESOURCE_EXHAUSTED` rather than `UNAVAILABLE`.
+        grpc_resource_exhausted: bool,
+    },
 }
 
 impl ErrorKind {
@@ -72,6 +84,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest { .. } => "DPE",
             ErrorKind::RequestHeaderTimeout => "DT",
+            ErrorKind::RequestBodyTimeout => "SI",
             ErrorKind::NoRoute => "NR",
             ErrorKind::NoHealthyUpstream => "UH",
             ErrorKind::NoCluster => "NC",
@@ -84,6 +97,8 @@ impl ErrorKind {
             ErrorKind::DownstreamClosed => "DC",
             ErrorKind::Overflow => "UO",
             ErrorKind::Forbidden => "RBAC",
+            ErrorKind::FaultAbort(_) => "FI",
+            ErrorKind::RateLimited { .. } => "RL",
         }
     }
 
@@ -94,6 +109,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest { .. } => "codec_error",
             ErrorKind::RequestHeaderTimeout => "request_header_timeout",
+            ErrorKind::RequestBodyTimeout => "stream_idle_timeout",
             ErrorKind::NoRoute => "route_not_found",
             ErrorKind::NoHealthyUpstream => "no_healthy_upstream",
             ErrorKind::NoCluster => "cluster_not_found",
@@ -108,6 +124,8 @@ impl ErrorKind {
             ErrorKind::DownstreamClosed => "downstream_remote_disconnect",
             ErrorKind::Overflow => "upstream_max_pending_requests_overflow",
             ErrorKind::Forbidden => "rbac_access_denied",
+            ErrorKind::FaultAbort(_) => "fault_filter_abort",
+            ErrorKind::RateLimited { .. } => "local_rate_limited",
         }
     }
 }
@@ -205,7 +223,7 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self.kind {
             ErrorKind::BadRequest { status } => status,
-            ErrorKind::RequestHeaderTimeout => 408,
+            ErrorKind::RequestHeaderTimeout | ErrorKind::RequestBodyTimeout => 408,
             ErrorKind::NoRoute => 404,
             ErrorKind::NoHealthyUpstream | ErrorKind::NoCluster => 503,
             ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshakeFailed => 503,
@@ -218,6 +236,9 @@ impl ProxyError {
             ErrorKind::DownstreamClosed => 499,
             ErrorKind::Overflow => 503,
             ErrorKind::Forbidden => 403,
+            ErrorKind::FaultAbort(FaultStatus::Http(status)) => status,
+            ErrorKind::FaultAbort(FaultStatus::Grpc(_)) => 200,
+            ErrorKind::RateLimited { .. } => 429,
         }
     }
 
@@ -238,6 +259,7 @@ impl ProxyError {
             ErrorKind::BadRequest { status: 505 } => "http version not supported\n",
             ErrorKind::BadRequest { .. } => "bad request\n",
             ErrorKind::RequestHeaderTimeout => "request header timeout\n",
+            ErrorKind::RequestBodyTimeout => "request body timeout\n",
             ErrorKind::NoRoute => "no route\n",
             ErrorKind::NoHealthyUpstream => "no healthy upstream\n",
             ErrorKind::NoCluster => "no cluster found\n",
@@ -257,6 +279,8 @@ impl ProxyError {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow\n"
             }
             ErrorKind::Forbidden => "RBAC: access denied",
+            ErrorKind::FaultAbort(_) => "fault filter abort",
+            ErrorKind::RateLimited { .. } => "local_rate_limited",
         }
     }
 }
@@ -306,6 +330,25 @@ mod tests {
         );
         assert_eq!(e(ErrorKind::NoCluster).retryable(), Retryable::No);
         assert_eq!(e(ErrorKind::PerTryTimeout).status(), 504);
+        let abort = |s| e(ErrorKind::FaultAbort(s));
+        assert_eq!(abort(FaultStatus::Http(418)).status(), 418);
+        assert_eq!(abort(FaultStatus::Grpc(14)).status(), 200);
+        assert_eq!(
+            (
+                abort(FaultStatus::Http(503)).flag(),
+                abort(FaultStatus::Http(503)).details()
+            ),
+            ("FI", "fault_filter_abort")
+        );
+        assert_eq!(abort(FaultStatus::Http(503)).retryable(), Retryable::No);
+        let limited = e(ErrorKind::RateLimited {
+            grpc_resource_exhausted: false,
+        });
+        assert_eq!(
+            (limited.status(), limited.flag(), limited.details(), limited.body()),
+            (429, "RL", "local_rate_limited", "local_rate_limited")
+        );
+        assert_eq!(limited.retryable(), Retryable::No);
     }
 
     fn policy(retry_on: &[&str]) -> RetryPolicy {

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod drain;
 pub mod error;
 pub mod http;
 pub mod identity;

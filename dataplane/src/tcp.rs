@@ -59,6 +59,8 @@ pub(crate) async fn serve(
     inbound: Option<Arc<InboundConn>>,
 ) {
     inc(&worker.stats.tcp_cx_total);
+    // A drain lets the connection run to its end, up to the drain timeout.
+    let _hold = crate::drain::DrainHold::new(&worker);
     let view = worker.snapshot.get();
     if let Some(conn) = &inbound {
         // A denied connection is closed before any upstream is dialled.
@@ -81,10 +83,26 @@ pub(crate) async fn serve(
         istio(cluster, None, Some("UF"), TcpEvent::Opened);
         istio(cluster, None, Some("UF"), TcpEvent::Closed { sent: 0, received: 0 });
     };
+    // A place under the cluster's `maxConnections`, or the connection is closed at once (Envoy's
+    // `upstream_cx_overflow`, flag `UO`): opaque TCP has no request to queue.
+    let slot = |idx: usize| {
+        let (cluster, state) = (&view.snapshot.clusters[idx], &view.clusters[idx]);
+        let breakers = worker.breakers(cluster, state);
+        let slot = breakers.try_connection();
+        if slot.is_none() {
+            let _ = breakers.connection_overflow();
+            istio(Some(idx), None, Some("UO"), TcpEvent::Opened);
+            istio(Some(idx), None, Some("UO"), TcpEvent::Closed { sent: 0, received: 0 });
+            worker.stats.log_limit.log("tcp UO", || {
+                tracing::info!(%peer, cluster = %cluster.name, "tcp: the cluster's maxConnections is reached; closing client")
+            });
+        }
+        slot
+    };
     let (mut upstream, mtls, idle_timeout, label, (cluster_idx, endpoint_idx)) = match dest {
         TcpDest::Passthrough(addr) => {
             inc(&worker.stats.upstream_cx_total);
-            match pool::connect(addr, PASSTHROUGH_CONNECT_TIMEOUT).await {
+            match pool::connect(addr, PASSTHROUGH_CONNECT_TIMEOUT, None, None).await {
                 Ok(conn) => (conn, None, PASSTHROUGH_IDLE_TIMEOUT, PASSTHROUGH, (None, None)),
                 Err(e) => {
                     unreachable(None);
@@ -103,8 +121,18 @@ pub(crate) async fn serve(
             };
             let cluster = view.snapshot.cluster(target.cluster);
             let state = &view.clusters[target.cluster.0 as usize];
+            let Some(slot) = slot(target.cluster.0 as usize) else {
+                return;
+            };
             inc(&worker.stats.upstream_cx_total);
-            match pool::connect(addr, cluster.connect_timeout).await {
+            match pool::connect(
+                addr,
+                cluster.connect_timeout,
+                cluster.pool.tcp_keepalive.as_ref(),
+                Some(slot),
+            )
+            .await
+            {
                 Ok(conn) => (
                     conn,
                     crate::tls::outbound::Target::of(cluster, target.endpoint),
@@ -118,6 +146,7 @@ pub(crate) async fn serve(
                     if let Some(ep) = state.endpoints.get(target.endpoint) {
                         inc(&ep.cx_connect_fail);
                     }
+                    lb::record_outcome(cluster, state, target.endpoint, lb::health::Outcome::LocalFailure);
                     worker.stats.log_limit.log("tcp UF", || {
                         tracing::info!(%peer, upstream = %addr, cluster = %cluster.name, "tcp: connect failed ({}); closing client", e.context)
                     });
@@ -146,9 +175,20 @@ pub(crate) async fn serve(
                 };
                 tried.insert(i);
                 let ep = &cluster.endpoints[i];
+                let Some(slot) = slot(cluster_id.0 as usize) else {
+                    return;
+                };
                 inc(&worker.stats.upstream_cx_total);
-                match pool::connect(ep.address, cluster.connect_timeout).await {
+                match pool::connect(
+                    ep.address,
+                    cluster.connect_timeout,
+                    cluster.pool.tcp_keepalive.as_ref(),
+                    Some(slot),
+                )
+                .await
+                {
                     Ok(conn) => {
+                        lb::record_outcome(cluster, state, i, lb::health::Outcome::Connected);
                         upstream = Some(conn);
                         mtls = crate::tls::outbound::Target::of(cluster, i);
                         chosen = Some(i);
@@ -157,6 +197,7 @@ pub(crate) async fn serve(
                     Err(e) => {
                         inc(&worker.stats.upstream_cx_connect_fail);
                         inc(&state.endpoints[i].cx_connect_fail);
+                        lb::record_outcome(cluster, state, i, lb::health::Outcome::LocalFailure);
                         tracing::debug!(%peer, upstream = %ep.address, cluster = %cluster.name, "tcp connect failed: {e}");
                     }
                 }
@@ -311,7 +352,14 @@ pub(crate) async fn idle_for(last: &Cell<Instant>, idle: Duration) {
 /// Moves bytes both ways until both directions finished or the pair was idle too long.
 /// Returns (client → upstream, upstream → client) byte counts.
 pub async fn pipe_pair(client: TcpStream, upstream: UpstreamConn, idle_timeout: Duration) -> (u64, u64) {
-    let UpstreamConn { read, write, .. } = upstream;
+    // The slot is held until the tunnel closes: the connection counts under its cluster's
+    // `maxConnections` for its whole life.
+    let UpstreamConn {
+        read,
+        write,
+        slot: _slot,
+        ..
+    } = upstream;
     let Ok(upstream) = read.reunite(write) else {
         // The halves were split from one socket in `pool::connect`; they always reunite.
         tracing::warn!("tcp: upstream halves did not reunite; closing");

@@ -5,9 +5,9 @@
 //! only through [`WorkerCommand`] messages, answered by the worker's own command task.
 
 use std::cell::Cell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cluster::pool::UpstreamPool;
 use crate::http::h2::client::H2Pool;
@@ -53,17 +53,42 @@ pub struct Worker {
     pub retries_active: Cell<u32>,
     /// Set once draining started: connections close after their current request.
     pub draining: Cell<bool>,
+    /// Wakes the tasks that must act at once when the drain starts (`drain.rs`).
+    pub drain: crate::drain::DrainSignal,
+    /// Connections a drain waits for besides requests (`drain::DrainHold`).
+    pub drain_holds: Cell<u64>,
+    /// Accept loops whose socket is still open (`drain::DrainHold::accepting`).
+    pub accepting: Cell<u64>,
+    /// This worker's downstream sockets, closed at the end of a drain (`drain.rs`).
+    pub open: crate::drain::OpenConnections,
     /// The workload certificate (written by the control thread): compared by version per new
     /// mTLS connection, and this core's TLS configs rebuilt when it moved.
     pub(crate) identity: Arc<IdentityCell>,
     /// This core's TLS configs for that certificate.
     pub(crate) tls: CoreTls,
+    /// Finished spans on their way to the exporter (`telemetry::trace`).
+    pub(crate) spans: crate::telemetry::trace::span::SpanBuffer,
+    /// Mirrored copies in flight on this core (`http::mirror`), bounded so that a slow mirror
+    /// cannot pile up tasks and buffers.
+    pub(crate) mirrors_in_flight: Cell<u32>,
+    /// This worker, for the tasks a request starts and does not wait for (mirrored copies):
+    /// they outlive the request that borrowed the worker.
+    pub(crate) me: Weak<Worker>,
+    /// The process's `RLIMIT_NOFILE` soft limit when the worker started: the default of
+    /// `limits.maxConnections` derives from it.
+    nofile: u64,
 }
 
 impl Worker {
     /// A worker reading snapshots from `source`.
-    pub(crate) fn new(id: usize, source: Arc<SnapshotSource>, identity: Arc<IdentityCell>, peers: Peers) -> Rc<Self> {
-        Rc::new(Worker {
+    pub(crate) fn new(
+        id: usize,
+        source: Arc<SnapshotSource>,
+        identity: Arc<IdentityCell>,
+        peers: Peers,
+        spans: crate::telemetry::trace::span::SpanBuffer,
+    ) -> Rc<Self> {
+        Rc::new_cyclic(|me| Worker {
             id,
             identity,
             tls: CoreTls::default(),
@@ -75,7 +100,39 @@ impl Worker {
             rng: FastRng::from_entropy(id as u64),
             retries_active: Cell::new(0),
             draining: Cell::new(false),
+            drain: Default::default(),
+            drain_holds: Cell::new(0),
+            accepting: Cell::new(0),
+            open: Default::default(),
+            spans,
+            mirrors_in_flight: Cell::new(0),
+            me: me.clone(),
+            nofile: nofile_soft(),
         })
+    }
+
+    /// Whether this worker already holds its share of `limits.maxConnections` (the limit
+    /// divided evenly over the workers, rounded up: each core counts its own, with no shared
+    /// counter, as Envoy's per-worker overload limits do), so a new connection is refused.
+    pub(crate) fn at_connection_limit(&self) -> bool {
+        let limit = self
+            .snapshot
+            .get()
+            .snapshot
+            .proxy
+            .limits
+            .max_connections
+            .unwrap_or_else(|| ringmesh_api::snapshot::default_max_connections(self.nofile));
+        let share = limit.div_ceil(self.peers.workers().max(1));
+        self.stats.downstream_cx_active.get() >= share as u64
+    }
+
+    /// Whether this worker's client connections already hold its share of
+    /// `limits.maxBufferBytes` in read buffers (`http::downstream::BufferCharge`).
+    pub(crate) fn over_buffer_budget(&self) -> bool {
+        let limit = self.snapshot.get().snapshot.proxy.limits.max_buffer_bytes;
+        let share = limit.div_ceil(self.peers.workers().max(1));
+        self.stats.downstream_buffered_bytes.get() >= share as u64
     }
 
     /// This core's server config for inbound mTLS, with the SPIFFE id it serves.
@@ -113,20 +170,28 @@ impl Worker {
     }
 
     /// Whether the cluster's `http2MaxRequests` leaves room for one more request on this core:
-    /// each worker takes an equal share of the limit, rounded up (so with N workers the proxy
-    /// admits at most N - 1 requests above the limit, and a limit below N admits one per worker).
-    /// `Err` is the overflow failure (503 `UO`), never retried.
-    pub(crate) fn admit_request(
+    /// each worker takes its share of the limit as `cluster::breaker::share` splits it (the
+    /// shares add up to the limit); a limit below the worker count is one counter shared by the
+    /// workers, held by the returned [`Admitted`](crate::cluster::breaker::Admitted) until the
+    /// try ends, so a limit of 1 means 1. `Ok(None)`: no limit. `Err` is the overflow failure
+    /// (503 `UO`), never retried.
+    pub(crate) fn admit_request<'a>(
         &self,
         cluster: &ringmesh_api::snapshot::Cluster,
-        state: &crate::lb::ClusterState,
-    ) -> Result<(), crate::error::ProxyError> {
+        state: &'a crate::lb::ClusterState,
+    ) -> Result<Option<crate::cluster::breaker::Admitted<'a>>, crate::error::ProxyError> {
         let Some(max) = cluster.pool.http2_max_requests else {
-            return Ok(());
+            return Ok(None);
         };
-        let share = u64::from(max).div_ceil(self.peers.workers() as u64).max(1);
-        if state.counters.rq_active.get() < share {
-            return Ok(());
+        let admitted = crate::cluster::breaker::Admitted::take(
+            max,
+            self.peers.workers(),
+            self.id,
+            state.counters.rq_active.get(),
+            state.shared.as_ref(),
+        );
+        if admitted.is_some() {
+            return Ok(admitted);
         }
         inc(&self.stats.upstream_rq_pending_overflow);
         Err(crate::error::ProxyError::new(
@@ -134,6 +199,22 @@ impl Worker {
             crate::error::Side::Internal,
             "cluster's http2MaxRequests reached",
         ))
+    }
+
+    /// The cluster's circuit breakers as this worker applies them (its shares of the limits,
+    /// see `cluster::breaker`).
+    pub(crate) fn breakers<'a>(
+        &self,
+        cluster: &ringmesh_api::snapshot::Cluster,
+        state: &'a crate::lb::ClusterState,
+    ) -> crate::cluster::breaker::Breakers<'a> {
+        crate::cluster::breaker::Breakers::new(
+            &cluster.pool,
+            &state.counters,
+            state.shared.as_ref(),
+            self.peers.workers(),
+            self.id,
+        )
     }
 
     /// Whether the retry budget allows one more retry now (Envoy's `retry_budget`): retries in
@@ -166,6 +247,11 @@ impl Worker {
                 upstream_rq_active: c.rq_active.get(),
                 upstream_rq_retry: c.rq_retry.get(),
                 upstream_rq_timeout: c.rq_timeout.get(),
+                upstream_cx_active: c.cx_active.get(),
+                upstream_cx_overflow: c.cx_overflow.get(),
+                upstream_rq_pending_active: c.rq_pending_active.get(),
+                upstream_rq_pending_overflow: c.rq_pending_overflow.get(),
+                upstream_rq_retry_overflow: c.rq_retry_overflow.get(),
                 ..Default::default()
             };
             for (a, b) in ct.upstream_rq_by_class.iter_mut().zip(c.rq_by_class.iter()) {
@@ -199,20 +285,13 @@ impl Worker {
                     let _ = reply.send(self.stats.overhead.copy(reset));
                 }
                 WorkerCommand::Drain => {
-                    self.draining.set(true);
-                    if let Some(stop) = stop_accepting.take() {
-                        stop();
-                    }
-                    let timeout = self.snapshot.get().snapshot.proxy.limits.drain_timeout;
-                    let deadline = Instant::now() + timeout;
-                    while self.stats.downstream_rq_active.get() > 0 && Instant::now() < deadline {
-                        monoio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    tracing::info!(
-                        worker = self.id,
-                        in_flight = self.stats.downstream_rq_active.get(),
-                        "worker drained"
-                    );
+                    let stop = stop_accepting.take();
+                    crate::drain::run(&self, move || {
+                        if let Some(stop) = stop {
+                            stop();
+                        }
+                    })
+                    .await;
                     return;
                 }
             }
@@ -244,4 +323,17 @@ impl Worker {
             self.h2pool.evict_idle(max_idle);
         }
     }
+}
+
+/// `RLIMIT_NOFILE`'s soft value (unlimited or unreadable: `u64::MAX`).
+fn nofile_soft() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` to a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 || r.rlim_cur == libc::RLIM_INFINITY {
+        return u64::MAX;
+    }
+    r.rlim_cur
 }

@@ -89,6 +89,14 @@ pub struct LoadReport {
     /// Open loop: requests due in the window never sent because their connection was still
     /// blocked on an earlier response at the end.
     pub unsent: u64,
+    /// Connections the server had closed (HTTP/1.1) or sent `GOAWAY` on (HTTP/2) before a
+    /// request was written on them: the request went on a new connection instead. Not
+    /// failures: nothing was sent on the closed connection (warmup included).
+    pub reconnects: u64,
+    /// HTTP/2 requests the server refused unprocessed (above its `GOAWAY`'s last stream id, or
+    /// `REFUSED_STREAM`) and that were sent once more on a new stream (RFC 9113 §8.7); only a
+    /// second refusal counts as a failure (`errors_by_kind.refused`).
+    pub retried_unprocessed: u64,
     /// Requests completed during warmup (not in any other figure).
     pub warmup_requests: u64,
     /// Requests completed in the window that were due during the warmup: the schedule had
@@ -271,12 +279,13 @@ impl LoadReport {
         );
         let _ = writeln!(
             s,
-            "  requests  {} ({} ok, {} errors: connect {}, reset/closed {}, timeout {}, malformed {}, 4xx {}, 5xx {}){}",
+            "  requests  {} ({} ok, {} errors: connect {}, reset/closed {}, unanswered {}, timeout {}, malformed {}, 4xx {}, 5xx {}){}",
             self.requests,
             self.ok,
             self.errors,
             e.connect,
             e.reset,
+            e.unanswered,
             e.timeout,
             e.malformed,
             e.status_4xx,
@@ -287,11 +296,25 @@ impl LoadReport {
                 String::new()
             }
         );
-        if e.grpc_status + e.stream_reset + e.tls > 0 {
+        if e.grpc_status + e.stream_reset + e.refused + e.tls > 0 {
             let _ = writeln!(
                 s,
-                "            grpc-status {}, stream reset {}, tls {}",
-                e.grpc_status, e.stream_reset, e.tls
+                "            grpc-status {}, stream reset {}, refused {}, tls {}",
+                e.grpc_status, e.stream_reset, e.refused, e.tls
+            );
+        }
+        if self.retried_unprocessed > 0 {
+            let _ = writeln!(
+                s,
+                "            {} HTTP/2 requests refused unprocessed by the server (GOAWAY, REFUSED_STREAM) were sent again",
+                self.retried_unprocessed
+            );
+        }
+        if self.reconnects > 0 {
+            let _ = writeln!(
+                s,
+                "            {} connections found closed by the server before a request was sent on them (reopened; not failures)",
+                self.reconnects
             );
         }
         if self.late_from_warmup > 0 {

@@ -222,9 +222,9 @@ fn connection_refused_counts_as_connect_errors() {
     assert_eq!(r.rate_rps, 0.0);
 }
 
-/// A server that reads each request and then closes the connection with a TCP reset
-/// (SO_LINGER 0), answering nothing.
-fn resetting_server() -> (SocketAddr, Arc<AtomicBool>) {
+/// A server that reads each request, writes `answer` (maybe nothing, maybe part of a
+/// response), then closes the connection with a TCP reset (SO_LINGER 0).
+fn resetting_server(answer: &'static [u8]) -> (SocketAddr, Arc<AtomicBool>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -238,6 +238,7 @@ fn resetting_server() -> (SocketAddr, Arc<AtomicBool>) {
             let mut tmp = [0u8; 1024];
             let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
             let _ = conn.read(&mut tmp);
+            let _ = conn.write_all(answer);
             let sock = socket2::SockRef::from(&conn);
             let _ = sock.set_linger(Some(Duration::ZERO));
             drop(conn);
@@ -246,9 +247,27 @@ fn resetting_server() -> (SocketAddr, Arc<AtomicBool>) {
     (addr, stop)
 }
 
+/// A request written and met by a reset before any byte of its answer is `unanswered` (the
+/// keep-alive race's kind), never latency.
 #[test]
-fn resets_count_as_reset_errors() {
-    let (addr, stop) = resetting_server();
+fn resets_before_any_answer_count_as_unanswered() {
+    let (addr, stop) = resetting_server(b"");
+    let mut c = config(addr, "/");
+    c.rate = 200.0;
+    c.duration = Duration::from_millis(500);
+    c.warmup = Duration::ZERO;
+    let r = run_load(c).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let _ = TcpStream::connect(addr);
+    assert_no_latency(&r);
+    assert!(r.errors_by_kind.unanswered >= 90, "{}", r.summary());
+    assert_eq!(r.errors, r.errors_by_kind.unanswered + r.errors_by_kind.connect);
+}
+
+/// A reset after part of the answer is `reset`.
+#[test]
+fn resets_mid_answer_count_as_reset_errors() {
+    let (addr, stop) = resetting_server(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial");
     let mut c = config(addr, "/");
     c.rate = 200.0;
     c.duration = Duration::from_millis(500);

@@ -1,28 +1,40 @@
 #!/usr/bin/env bash
 # Interop tests: the proxy driven by real third-party programs (curl, wrk, h2load, Python's
-# grpcio) on loopback. Installs what it needs (Debian packages; grpcio from PyPI into a
-# virtualenv under target/), builds the release binaries, runs every check and fails when one
-# did not hold. Bounded: every load run has a fixed size or duration.
+# grpcio, OpenTelemetry's OTLP code) on loopback. Installs what it needs (Debian packages;
+# grpcio and opentelemetry-proto from PyPI into a virtualenv under target/), builds the release
+# binaries, runs every check and fails when one did not hold. Bounded: every load run has a
+# fixed size or duration.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 need=()
-for bin in curl wrk haproxy nginx etcd h2load ss openssl sslscan iptables-nft-restore iptables-legacy-restore tcpdump setpriv; do
+for bin in curl wrk haproxy nginx etcd h2load ss openssl sslscan iptables-nft-restore iptables-legacy-restore tcpdump setpriv prometheus promtool slowhttptest; do
   command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server nghttp2-client iproute2 openssl sslscan iptables tcpdump util-linux >/dev/null
+    # The tests run their own nginx, haproxy, etcd and prometheus: a policy-rc.d that refuses
+    # (unless the machine has one) keeps the packages' services from starting on a host with an
+    # init system.
+    policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy=1
+    fi
+    rc=0
+    { apt-get update -qq &&
+      apt-get install -y -qq --no-install-recommends curl wrk haproxy nginx-light etcd-server nghttp2-client iproute2 openssl sslscan iptables tcpdump util-linux prometheus slowhttptest >/dev/null; } || rc=$?
+    [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
+    [ "$rc" = 0 ] || exit "$rc"
   else
     echo "interop: missing ${need[*]} and not root to install them" >&2
     exit 1
   fi
 fi
-# grpcio for the gRPC peers (tests/interop/grpc_interop.py), in a virtualenv of its own so that
-# neither the system's Python nor another project's packages are touched. Debian's python3
-# needs python3-venv for it.
+# grpcio for the gRPC peers (tests/interop/grpc_interop.py) and opentelemetry-proto for the OTLP
+# receiver (tests/interop/otlp_receiver.py), in a virtualenv of its own so that neither the
+# system's Python nor another project's packages are touched. Debian's python3 needs
+# python3-venv for it.
 venv=target/interop-venv
 if [ ! -x "$venv/bin/pip" ] && ! python3 -m venv "$venv"; then
   if [ "$(id -u)" != 0 ]; then
@@ -165,6 +177,15 @@ source tests/interop/h2.sh
 # v1 and v2 workloads, a client-side proxy, and ringmesh-loadgen at 2,000 rps through it.
 source tests/interop/control_plane.sh
 
+# Observability: Debian's prometheus scraping a proxy under ringmesh-loadgen and the control
+# plane, promtool on both expositions, access logs rotated (SIGUSR1) and on a full disk.
+source tests/interop/telemetry.sh
+
+# Distributed tracing: two proxies in a chain exporting to an OTLP receiver on grpcio and
+# opentelemetry-proto (one over gRPC, one over HTTP/protobuf): one trace with parent links, a
+# caller's traceparent kept, B3 multi and single in and out.
+source tests/interop/tracing.sh
+
 # Mutual TLS on an inbound listener against openssl s_client, curl and sslscan.
 source tests/interop/mtls.sh
 
@@ -183,6 +204,10 @@ source tests/interop/sidecar.sh
 
 # The Kubernetes manifests against the API schemas (kubernetes-validate).
 source tests/interop/manifests.sh
+
+# Slow clients: slowhttptest's slowloris and slow-body modes (1,000 connections each) cut by the
+# header and body timeouts while a measured client keeps its p99 within twice its baseline.
+source tests/interop/slow_clients.sh
 
 echo "interop: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -12,6 +12,8 @@ pub mod control;
 pub mod h2client;
 pub mod h2raw;
 pub mod h2upstream;
+pub mod observe;
+pub mod otlp;
 pub mod pki;
 pub mod procs;
 pub mod proxy;

@@ -105,6 +105,11 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Asks it to stop (SIGTERM), as an orchestrator does; returns at once.
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
     /// Pauses it (SIGSTOP): its sockets stay open, it answers nothing.
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ringmesh_tests::client::{admin_get, Client};
 use ringmesh_tests::h2client::H2Client;
+use ringmesh_tests::observe::series_value;
 use ringmesh_tests::proxy::{proxy_config, service_entry, temp_dir, TestProxy};
 use ringmesh_tests::upstream::Upstream;
 use ringmesh_tests::{both_io, IoMode};
@@ -44,16 +45,7 @@ fn proxy(io: IoMode, up: &Upstream, telemetry: &str) -> TestProxy {
 }
 
 fn lines_of(path: &std::path::Path, want: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    ringmesh_testkit::eventually(Duration::from_secs(10), "access-log lines written", || {
-        lines = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        lines.len() >= want
-    })
-    .unwrap_or_else(|e| panic!("{e}: {lines:?}"));
+    let lines = ringmesh_tests::observe::log_lines(path, want);
     assert_eq!(lines.len(), want, "{lines:?}");
     lines
 }
@@ -188,17 +180,6 @@ fn an_unknown_operator_is_refused() {
         msg.contains("spec.telemetry.accessLog.format") && msg.contains("%STRAT_TIME% is not a supported operator"),
         "{msg}"
     );
-}
-
-fn series_value(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-        let (set, value) = rest.rsplit_once("} ")?;
-        labels
-            .iter()
-            .all(|want| set.contains(want))
-            .then(|| value.parse().ok())?
-    })
 }
 
 /// Istio's metrics: the request counted under Istio's labels on both reporters, its duration

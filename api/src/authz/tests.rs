@@ -110,7 +110,11 @@ impl Req {
     }
 
     fn eval(&self, a: &Authz) -> Decision {
-        let attrs = RequestAttrs {
+        a.evaluate(&self.attrs())
+    }
+
+    fn attrs(&self) -> RequestAttrs<'_> {
+        RequestAttrs {
             peer: self.peer.map(|(principal, namespace, service_account)| PeerId {
                 principal,
                 namespace,
@@ -127,8 +131,7 @@ impl Req {
                 path,
                 headers: &self.headers,
             }),
-        };
-        a.evaluate(&attrs)
+        }
     }
 }
 
@@ -816,6 +819,40 @@ fn policy_names() {
     let a = authz(&policy("p", "{}"));
     assert_eq!(a.policy_name(PolicyRef(0)), "shop/p");
     assert_eq!(a.policy_name(PolicyRef::ALLOW_NOMATCH), "allow-nomatch");
+}
+
+// What `/explain` reports beside the decision: the ALLOW policy that let a request through
+// (the first that matches, in order), and each policy's action.
+#[test]
+fn the_allow_policy_that_decided_and_the_actions() {
+    let mut yaml = policy("ops", "{rules: [{from: [{source: {namespaces: [ops]}}]}]}");
+    yaml.push_str(&policy("reads", "{rules: [{to: [{operation: {methods: [GET]}}]}]}"));
+    yaml.push_str(&policy(
+        "no-admin",
+        "{action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}",
+    ));
+    let a = authz(&yaml);
+    let name = |p: Option<PolicyRef>| p.map(|p| a.policy_name(p).to_string());
+    assert_eq!(
+        name(a.allowed_by(&Req::get("/").from("ops", "x").attrs())),
+        Some("shop/ops".into())
+    );
+    assert_eq!(name(a.allowed_by(&Req::get("/").attrs())), Some("shop/reads".into()));
+    assert_eq!(name(a.allowed_by(&Req::get("/").method("POST").attrs())), None);
+    let denied = Req::get("/admin").eval(&a);
+    assert_eq!(denied, Decision::Denied { policy: PolicyRef(2) });
+    assert_eq!(a.policy_action(PolicyRef(2)), "DENY");
+    assert_eq!(a.policy_action(PolicyRef(0)), "ALLOW");
+    assert_eq!(a.policy_action(PolicyRef::ALLOW_NOMATCH), "ALLOW");
+    let all: Vec<_> = a.policies().collect();
+    assert_eq!(
+        all,
+        [
+            ("shop/ops", "ALLOW"),
+            ("shop/reads", "ALLOW"),
+            ("shop/no-admin", "DENY")
+        ]
+    );
 }
 
 #[test]

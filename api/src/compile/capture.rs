@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use super::clusters::{default_pool, DEFAULT_CONNECT_TIMEOUT};
+use super::clusters::DEFAULT_CONNECT_TIMEOUT;
 use super::route_actions::default_retry_policy;
 use super::virtual_service::applies_to_mesh;
 use super::{Compiler, Site};
@@ -88,6 +88,7 @@ impl Compiler {
                     kind: ListenerKind::Captured,
                     inbound,
                     optional: *v6 && spec.ipv6.is_none(),
+                    local_rate_limit: None,
                 });
             }
         }
@@ -272,7 +273,7 @@ impl Compiler {
             endpoints,
             lb: LbPolicy::RoundRobin,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            pool: default_pool(),
+            pool: crate::snapshot::PoolSettings::default(),
             protocol: if h2 {
                 UpstreamProtocol::Http2
             } else {
@@ -281,6 +282,9 @@ impl Compiler {
             upgrade_meshed: false,
             host_not_found: None,
             tls: UpstreamTls::Disable,
+            outlier: None,
+            health_check: None,
+            locality: None,
         });
         id
     }
@@ -357,9 +361,12 @@ fn forward_route(name: String, cluster: ClusterId, inbound: bool) -> Route {
             host_rewrite: None,
             timeout: None,
             retry,
+            mirrors: Vec::new(),
         }),
         request_headers: HeaderOps::default(),
         response_headers: HeaderOps::default(),
+        fault: None,
+        local_rate_limit: None,
     }
 }
 

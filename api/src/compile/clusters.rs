@@ -18,27 +18,12 @@ use crate::locate::FieldPath;
 use crate::registry::{fqdn, Service, ServicePort};
 use crate::resources::{Destination, H2UpgradePolicy};
 use crate::snapshot::{
-    Cluster, ClusterId, Endpoint, LbPolicy, PoolSettings, UpstreamProtocol, UpstreamTls, WeightedClusters,
-    MESHED_LABEL, MESHED_LABEL_VALUE,
+    Cluster, ClusterId, Endpoint, HealthCheck, HealthProbe, LbPolicy, PoolSettings, UpstreamProtocol, UpstreamTls,
+    WeightedClusters, DEFAULT_MAX_IDLE_PER_ENDPOINT, DEFAULT_POOL_IDLE_TIMEOUT, MESHED_LABEL, MESHED_LABEL_VALUE,
 };
 
 /// Istio's default connect timeout.
 pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Istio's default idle timeout for upstream HTTP connections.
-pub(super) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Idle upstream connections kept per endpoint per worker (no Istio equivalent).
-pub(super) const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 32;
-
-/// Pool settings of a cluster no DestinationRule shapes (Istio's defaults).
-pub(super) fn default_pool() -> PoolSettings {
-    PoolSettings {
-        idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
-        max_requests_per_connection: None,
-        max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
-        http2_max_requests: None,
-        max_concurrent_streams: None,
-    }
-}
 
 /// Where a destination's port is written, for the field path of its diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,10 +76,15 @@ impl Compiler {
         // Istio's precedence for TLS: the subset's port-level setting, the subset's, the
         // rule's port-level setting, the rule's.
         let mut tls = base.tls_for(port).cloned();
+        // Outlier detection and health checks follow the same precedence.
+        let mut outlier = base.outlier_for(port).cloned();
+        let mut health_check = base.health_check_for(port).cloned();
         let (policy, labels) = match subset {
             Some(name) => {
                 let s = rule?.subsets.iter().find(|s| s.name == name)?;
                 tls = s.policy.tls_for(port).cloned().or(tls);
+                outlier = s.policy.outlier_for(port).cloned().or(outlier);
+                health_check = s.policy.health_check_for(port).cloned().or(health_check);
                 (base.overridden_by(&s.policy), Some(&s.labels))
             }
             None => (base, None),
@@ -123,7 +113,17 @@ impl Compiler {
                 table: MaglevTable::new(&endpoints, table_size),
             },
         };
+        let locality = self.locality_plan(policy.locality.as_ref(), outlier.is_some(), &endpoints);
         let protocol = upstream_protocol(&service_port, policy.h2_upgrade, policy.use_client_protocol);
+        if let Some(HealthCheck {
+            probe: HealthProbe::Http { host, .. },
+            ..
+        }) = &mut health_check
+        {
+            if host.is_empty() {
+                host.clone_from(&service.host);
+            }
+        }
         let id = ClusterId(self.clusters.len() as u32);
         self.clusters.push(Cluster {
             name: format!("outbound|{port}|{}|{}", subset.unwrap_or(""), service.host),
@@ -139,11 +139,18 @@ impl Compiler {
                 max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
                 http2_max_requests: policy.http2_max_requests.flatten(),
                 max_concurrent_streams: policy.max_concurrent_streams.flatten(),
+                max_connections: policy.max_connections.flatten(),
+                max_pending_requests: policy.max_pending_requests.flatten(),
+                max_retries: policy.max_retries.flatten(),
+                tcp_keepalive: policy.tcp_keepalive,
             },
             protocol,
             upgrade_meshed: policy.h2_upgrade != Some(H2UpgradePolicy::DoNotUpgrade),
             host_not_found: None,
             tls: tls.unwrap_or_default(),
+            outlier,
+            health_check,
+            locality,
         });
         self.cluster_ids.insert(key, id);
         Some(id)
@@ -166,11 +173,14 @@ impl Compiler {
             endpoints: Vec::new(),
             lb: LbPolicy::RoundRobin,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            pool: default_pool(),
+            pool: PoolSettings::default(),
             protocol: UpstreamProtocol::Http1,
             upgrade_meshed: true,
             host_not_found: Some(format!("no cluster found: no ServiceEntry defines host {host}\n")),
             tls: UpstreamTls::Auto,
+            outlier: None,
+            health_check: None,
+            locality: None,
         });
         self.cluster_ids.insert(key, id);
         id

@@ -12,7 +12,7 @@ use super::{Compiler, Site};
 use crate::hash_table::{is_prime, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MIN_RING_SIZE, MAX_RING_SIZE};
 use crate::locate::FieldPath;
 use crate::resources::{ClientTlsMode, ClientTlsSettings, DestinationRule, H2UpgradePolicy, SimpleLb, TrafficPolicy};
-use crate::snapshot::{HashOn, UpstreamTls};
+use crate::snapshot::{HashOn, HealthCheck, OutlierDetection, TcpKeepalive, UpstreamTls};
 
 /// Load balancing chosen by a DestinationRule, before tables are built per cluster.
 #[derive(Debug, Clone)]
@@ -34,12 +34,27 @@ pub(super) struct PolicyParts {
     pub(super) max_requests_per_connection: Option<Option<u32>>,
     pub(super) http2_max_requests: Option<Option<u32>>,
     pub(super) max_concurrent_streams: Option<Option<u32>>,
+    pub(super) max_connections: Option<Option<u32>>,
+    pub(super) max_pending_requests: Option<Option<u32>>,
+    pub(super) max_retries: Option<Option<u32>>,
+    pub(super) tcp_keepalive: Option<TcpKeepalive>,
     pub(super) h2_upgrade: Option<H2UpgradePolicy>,
     pub(super) use_client_protocol: Option<bool>,
+    /// `loadBalancer.localityLbSetting`, checked.
+    pub(super) locality: Option<super::locality::LocalitySetting>,
     /// `tls`; resolved per port by [`PolicyParts::tls_for`], not merged field by field.
     pub(super) tls: Option<UpstreamTls>,
     /// `portLevelSettings[].tls` by port.
     pub(super) port_tls: Vec<(u16, UpstreamTls)>,
+    /// `outlierDetection`; resolved per port like `tls` by [`PolicyParts::outlier_for`].
+    pub(super) outlier: Option<OutlierDetection>,
+    /// `portLevelSettings[].outlierDetection` by port.
+    pub(super) port_outlier: Vec<(u16, OutlierDetection)>,
+    /// `healthCheck` (ringmesh extension); its HTTP `host` is empty when the service host is
+    /// meant. Resolved per port by [`PolicyParts::health_check_for`].
+    pub(super) health_check: Option<HealthCheck>,
+    /// `portLevelSettings[].healthCheck` by port.
+    pub(super) port_health_check: Vec<(u16, HealthCheck)>,
 }
 
 impl PolicyParts {
@@ -51,12 +66,39 @@ impl PolicyParts {
             max_requests_per_connection: other.max_requests_per_connection.or(self.max_requests_per_connection),
             http2_max_requests: other.http2_max_requests.or(self.http2_max_requests),
             max_concurrent_streams: other.max_concurrent_streams.or(self.max_concurrent_streams),
+            max_connections: other.max_connections.or(self.max_connections),
+            max_pending_requests: other.max_pending_requests.or(self.max_pending_requests),
+            max_retries: other.max_retries.or(self.max_retries),
+            tcp_keepalive: other.tcp_keepalive.or(self.tcp_keepalive),
             h2_upgrade: other.h2_upgrade.or(self.h2_upgrade),
             use_client_protocol: other.use_client_protocol.or(self.use_client_protocol),
+            locality: other.locality.clone().or_else(|| self.locality.clone()),
             // Port-level settings outrank the level above them: see `tls_for`.
             tls: None,
             port_tls: Vec::new(),
+            outlier: None,
+            port_outlier: Vec::new(),
+            health_check: None,
+            port_health_check: Vec::new(),
         }
+    }
+
+    /// This policy's outlier detection for `port` (port level, else its own), as `tls_for`.
+    pub(super) fn outlier_for(&self, port: u16) -> Option<&OutlierDetection> {
+        self.port_outlier
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, o)| o)
+            .or(self.outlier.as_ref())
+    }
+
+    /// This policy's active health check for `port` (port level, else its own), as `tls_for`.
+    pub(super) fn health_check_for(&self, port: u16) -> Option<&HealthCheck> {
+        self.port_health_check
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, h)| h)
+            .or(self.health_check.as_ref())
     }
 
     /// This policy's TLS for `port`: its port-level setting, else its own; `None` when neither
@@ -173,6 +215,18 @@ impl Compiler {
                 (None, Some(ch)) => parts.lb = self.consistent_hash(site, &lp.key("consistentHash"), ch),
                 (None, None) => {}
             }
+            if let Some(ls) = &lb.locality_lb_setting {
+                let lsp = lp.key("localityLbSetting");
+                parts.locality = self.locality_setting(site, &lsp, ls);
+                if !ls.failover.is_empty() && tp.outlier_detection.is_none() {
+                    self.warn(
+                        site,
+                        &lsp.key("failover"),
+                        "locality failover applies only where outlierDetection is set (as in Istio); \
+                         set it in this trafficPolicy or the one this applies under",
+                    );
+                }
+            }
         }
         if let Some(pool) = &tp.connection_pool {
             let pp = p.key("connectionPool");
@@ -181,12 +235,11 @@ impl Compiler {
                 if let Some(t) = &tcp.connect_timeout {
                     parts.connect_timeout = self.duration(site, &tp.key("connectTimeout"), t);
                 }
-                if tcp.max_connections.is_some() {
-                    self.warn(
-                        site,
-                        &tp.key("maxConnections"),
-                        "maxConnections is accepted but not enforced yet",
-                    );
+                if let Some(n) = tcp.max_connections {
+                    parts.max_connections = self.pool_limit(site, &tp, "maxConnections", n);
+                }
+                if let Some(k) = &tcp.tcp_keepalive {
+                    parts.tcp_keepalive = self.tcp_keepalive(site, &tp.key("tcpKeepalive"), k);
                 }
             }
             if let Some(http) = &pool.http {
@@ -226,23 +279,24 @@ impl Compiler {
                 }
                 parts.h2_upgrade = http.h2_upgrade_policy;
                 parts.use_client_protocol = http.use_client_protocol;
-                for (field, set) in [
-                    ("http1MaxPendingRequests", http.http1_max_pending_requests.is_some()),
-                    ("maxRetries", http.max_retries.is_some()),
-                ] {
-                    if set {
-                        self.warn(
-                            site,
-                            &hp.key(field),
-                            format!("{field} is accepted but not enforced yet"),
-                        );
-                    }
+                if let Some(n) = http.http1_max_pending_requests {
+                    parts.max_pending_requests = self.pool_limit(site, &hp, "http1MaxPendingRequests", n);
+                }
+                if let Some(n) = http.max_retries {
+                    parts.max_retries = self.pool_limit(site, &hp, "maxRetries", n);
                 }
             }
         }
         if let Some(tls) = &tp.tls {
             parts.tls = self.client_tls(site, &p.key("tls"), tls);
         }
+        if let Some(od) = &tp.outlier_detection {
+            parts.outlier = self.outlier_detection(site, &p.key("outlierDetection"), od);
+        }
+        if let Some(hc) = &tp.health_check {
+            parts.health_check = self.health_check(site, &p.key("healthCheck"), hc);
+        }
+        let mut seen_ports: Vec<u16> = Vec::new();
         for (i, pl) in tp.port_level_settings.iter().enumerate() {
             let pp = p.key("portLevelSettings").index(i);
             let Some(sel) = &pl.port else {
@@ -252,7 +306,7 @@ impl Compiler {
             let Some(port) = self.port(site, &pp.key("port").key("number"), sel.number) else {
                 continue;
             };
-            if parts.port_tls.iter().any(|(p, _)| *p == port) {
+            if seen_ports.contains(&port) {
                 self.error(
                     site,
                     &pp.key("port").key("number"),
@@ -260,11 +314,94 @@ impl Compiler {
                 );
                 continue;
             }
+            seen_ports.push(port);
             if let Some(tls) = pl.tls.as_ref().and_then(|t| self.client_tls(site, &pp.key("tls"), t)) {
                 parts.port_tls.push((port, tls));
             }
+            if let Some(od) = pl
+                .outlier_detection
+                .as_ref()
+                .and_then(|o| self.outlier_detection(site, &pp.key("outlierDetection"), o))
+            {
+                parts.port_outlier.push((port, od));
+            }
+            if let Some(hc) = pl
+                .health_check
+                .as_ref()
+                .and_then(|h| self.health_check(site, &pp.key("healthCheck"), h))
+            {
+                parts.port_health_check.push((port, hc));
+            }
         }
         parts
+    }
+
+    /// A circuit-breaker limit (`maxConnections`, `http1MaxPendingRequests`, `maxRetries`):
+    /// 0 is protobuf's "not set" and Istio's default is 2^32-1, both read as unlimited; a
+    /// negative number or one above 2^32-1 is an error naming the field. `Some(None)`:
+    /// explicitly unlimited (overrides the level above).
+    fn pool_limit(&mut self, site: &Site<'_>, p: &FieldPath, field: &str, n: i64) -> Option<Option<u32>> {
+        match u32::try_from(n) {
+            Ok(0 | u32::MAX) => Some(None),
+            Ok(n) => Some(Some(n)),
+            Err(_) => {
+                self.error(
+                    site,
+                    &p.key(field),
+                    format!("{field} must be a number from 1 to 4294967295 (0 for unlimited), got {n}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Istio `TcpKeepalive`: probes a positive count, time and interval whole seconds of at
+    /// least 1 s (the kernel's unit; a fraction is an error rather than silently rounded).
+    fn tcp_keepalive(
+        &mut self,
+        site: &Site<'_>,
+        p: &FieldPath,
+        k: &crate::resources::TcpKeepalive,
+    ) -> Option<TcpKeepalive> {
+        let mut ok = true;
+        let probes = match k.probes {
+            None | Some(0) => None,
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if n <= 127 => Some(n),
+                _ => {
+                    self.error(
+                        site,
+                        &p.key("probes"),
+                        format!("probes must be a number from 1 to 127 (0 for the kernel's default), got {n}"),
+                    );
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let mut seconds = |field: &str, text: &Option<String>| -> Option<Duration> {
+            let d = self.duration(site, &p.key(field), text.as_deref()?);
+            match d {
+                None => {
+                    ok = false;
+                    None
+                }
+                Some(d) if d.is_zero() => None,
+                Some(d) if d.subsec_nanos() != 0 || d.as_secs() > 32_767 => {
+                    self.error(
+                        site,
+                        &p.key(field),
+                        format!("{field} must be whole seconds from 1s to 32767s, got {d:?}"),
+                    );
+                    ok = false;
+                    None
+                }
+                Some(d) => Some(d),
+            }
+        };
+        let time = seconds("time", &k.time);
+        let interval = seconds("interval", &k.interval);
+        ok.then_some(TcpKeepalive { probes, time, interval })
     }
 
     /// Istio `ClientTLSSettings`: `DISABLE` and `ISTIO_MUTUAL` (the mesh's certificates) are

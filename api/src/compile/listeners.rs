@@ -35,6 +35,7 @@ impl Compiler {
                 kind: ListenerKind::Http,
                 inbound: false,
                 optional: false,
+                local_rate_limit: None,
             }]
         };
         let captured = self.capture_listeners(pc);
@@ -128,6 +129,21 @@ impl Compiler {
                         })
                 }
             };
+            let local_rate_limit = match (&l.local_rate_limit, &kind) {
+                (None, _) => None,
+                (Some(_), Some(ListenerKind::Tcp { .. })) => {
+                    self.error(
+                        site,
+                        &p.key("localRateLimit"),
+                        "localRateLimit limits HTTP requests; a TCP listener carries none (its \
+                         connections are not limited)",
+                    );
+                    None
+                }
+                (Some(spec), _) => {
+                    self.local_rate_limit(site, &p.key("localRateLimit"), spec, format!("listener {}", l.name))
+                }
+            };
             if let (Some(address), Some(kind)) = (address, kind) {
                 out.push(Listener {
                     name: l.name.clone(),
@@ -135,6 +151,7 @@ impl Compiler {
                     kind,
                     inbound: l.direction == TrafficDirection::Inbound,
                     optional: false,
+                    local_rate_limit,
                 });
             }
         }

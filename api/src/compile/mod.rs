@@ -5,8 +5,11 @@
 //! per resource or phase; [`compile`] below is the order of work:
 //!
 //! 1. each resource on its own: duplicates (same kind, namespace and name), `WorkloadEntry`
-//!    addresses ([`workload_entry`]), the security kinds' checks ([`security`]);
-//! 2. the single `ProxyConfig` into process settings ([`proxy_config`]);
+//!    addresses ([`workload_entry`]), the security kinds' checks ([`security`]), `Telemetry`'s
+//!    ([`istio_telemetry`]);
+//! 2. the single `ProxyConfig` into process settings ([`proxy_config`]) and telemetry
+//!    ([`telemetry`]), with the `Telemetry`s that apply to its workload over it
+//!    ([`istio_telemetry`], levels as [`selection`] picks them);
 //! 3. the [`ServiceRegistry`] from ServiceEntries plus [`CompileInput::extra_endpoints`]
 //!    ([`service_entry`]);
 //! 4. DestinationRules into per-host policies and subsets ([`destination_rule`]);
@@ -42,11 +45,17 @@ use crate::snapshot::{ClusterId, RouteTable, Snapshot};
 mod capture;
 mod clusters;
 mod destination_rule;
+mod health;
+mod istio_telemetry;
 mod listeners;
+mod locality;
+pub use locality::{REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL};
 mod proxy_config;
+mod rate_limit;
 mod route_actions;
 mod route_match;
 mod security;
+mod selection;
 mod service_entry;
 mod telemetry;
 mod tracing;
@@ -107,13 +116,18 @@ pub fn compile(input: &CompileInput) -> Result<Compiled, Vec<Diagnostic>> {
             Resource::WorkloadEntry(w) => c.workload_entry(w),
             Resource::AuthorizationPolicy(a) => c.authorization_policy(a),
             Resource::PeerAuthentication(p) => c.peer_authentication(p),
+            Resource::Telemetry(t) => c.istio_telemetry(t),
             _ => {}
         }
     }
     // 2. The proxy's own settings.
     let proxy_config = c.single_proxy_config(&kinds.proxy_configs);
     let proxy = c.proxy_settings(proxy_config);
-    let telemetry = c.telemetry(proxy_config);
+    c.locality = locality::Locality::of_labels(&proxy.workload.labels);
+    c.proxy_labels = proxy.workload.labels.clone();
+    let mut telemetry = c.telemetry(proxy_config);
+    c.apply_telemetries(&mut telemetry, &kinds.telemetries, &proxy.workload);
+    telemetry.tracing.fill_identity(&proxy);
     // 3. Services and their endpoints.
     for se in &kinds.service_entries {
         c.service_entry(se);
@@ -181,6 +195,7 @@ struct ByKind<'a> {
     virtual_services: Vec<&'a crate::resources::VirtualService>,
     authorization_policies: Vec<&'a crate::resources::AuthorizationPolicy>,
     peer_authentications: Vec<&'a crate::resources::PeerAuthentication>,
+    telemetries: Vec<&'a crate::resources::Telemetry>,
 }
 
 impl<'a> ByKind<'a> {
@@ -194,6 +209,7 @@ impl<'a> ByKind<'a> {
                 Resource::VirtualService(v) => kinds.virtual_services.push(v),
                 Resource::AuthorizationPolicy(a) => kinds.authorization_policies.push(a),
                 Resource::PeerAuthentication(p) => kinds.peer_authentications.push(p),
+                Resource::Telemetry(t) => kinds.telemetries.push(t),
                 Resource::WorkloadEntry(_) => {}
             }
         }
@@ -215,6 +231,13 @@ struct Compiler {
     rules: HashMap<String, destination_rule::RuleInfo>,
     clusters: Vec<crate::snapshot::Cluster>,
     cluster_ids: HashMap<(String, u16, Option<String>), ClusterId>,
+    /// Local rate limits given an id so far (the next one's id).
+    rate_limits: u32,
+    /// Where this proxy's workload runs, for locality-aware balancing.
+    locality: Option<locality::Locality>,
+    /// This proxy's workload labels (its locality's topology labels among them), which
+    /// `failoverPriority` compares endpoints' labels with.
+    proxy_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Compiler {

@@ -11,8 +11,12 @@ use crate::locate::FieldPath;
 use crate::resources::{ProxyConfig, ResourceMeta};
 use crate::snapshot::{
     ControlPlaneSettings, ControlPlaneTls, IdentityFiles, IdentitySettings, IoMode, Limits, ProxySettings, RetryBudget,
-    WorkloadSettings, DEFAULT_CERT_LIFETIME, DEFAULT_PROTOCOL_DETECTION_TIMEOUT, DEFAULT_TRUST_DOMAIN,
+    WorkloadSettings, DEFAULT_CERT_LIFETIME, DEFAULT_MAX_BUFFER_BYTES, DEFAULT_PROTOCOL_DETECTION_TIMEOUT,
+    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_TRUST_DOMAIN,
 };
+
+/// Smallest `limits.maxBufferBytes`: a few full read buffers.
+const MIN_BUFFER_BYTES: usize = 64 * 1024;
 
 impl Compiler {
     /// The `ProxyConfig` in force: the first; every further one is an error naming the first.
@@ -47,6 +51,9 @@ impl Compiler {
                 max_headers: 100,
                 request_header_timeout: Duration::from_secs(10),
                 downstream_idle_timeout: Duration::from_secs(300),
+                request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
+                max_connections: None,
+                max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
                 drain_timeout: Duration::from_secs(5),
                 protocol_detection_timeout: DEFAULT_PROTOCOL_DETECTION_TIMEOUT,
             },
@@ -122,6 +129,11 @@ impl Compiler {
                 ),
                 ("idleTimeout", &l.idle_timeout, limits.downstream_idle_timeout),
                 ("drainTimeout", &l.drain_timeout, limits.drain_timeout),
+                (
+                    "requestBodyTimeout",
+                    &l.request_body_timeout,
+                    limits.request_body_timeout,
+                ),
             ];
             for (field, text, slot) in timeouts.iter_mut() {
                 if let Some(text) = text {
@@ -133,6 +145,36 @@ impl Compiler {
             settings.limits.request_header_timeout = timeouts[0].2;
             settings.limits.downstream_idle_timeout = timeouts[1].2;
             settings.limits.drain_timeout = timeouts[2].2;
+            settings.limits.request_body_timeout = timeouts[3].2;
+            if l.request_body_timeout.is_some() && timeouts[3].2.is_zero() {
+                // Zero would cut every body that does not arrive with its head.
+                self.error(
+                    site,
+                    &p.key("requestBodyTimeout"),
+                    "requestBodyTimeout must be positive",
+                );
+            }
+            if let Some(v) = l.max_connections {
+                match usize::try_from(v) {
+                    Ok(n) if n >= 1 => settings.limits.max_connections = Some(n),
+                    _ => self.error(
+                        site,
+                        &p.key("maxConnections"),
+                        format!("maxConnections must be at least 1, got {v}"),
+                    ),
+                }
+            }
+            if let Some(v) = l.max_buffer_bytes {
+                // Below one full read buffer per worker, every connection would be refused.
+                match usize::try_from(v) {
+                    Ok(n) if n >= MIN_BUFFER_BYTES => settings.limits.max_buffer_bytes = n,
+                    _ => self.error(
+                        site,
+                        &p.key("maxBufferBytes"),
+                        format!("maxBufferBytes must be at least {MIN_BUFFER_BYTES} (64 KiB), got {v}"),
+                    ),
+                }
+            }
             if let Some(text) = &l.protocol_detection_timeout {
                 let field = p.key("protocolDetectionTimeout");
                 match self.duration(site, &field, text) {
@@ -184,6 +226,11 @@ impl Compiler {
             ws.namespace = w.namespace.clone().unwrap_or_else(|| "default".into());
             ws.service_account = w.service_account.clone().unwrap_or_else(|| "default".into());
             ws.labels = w.labels.clone();
+            if let Some(l) = &w.locality {
+                if let Err(e) = super::locality::fold_into_labels(l, &mut ws.labels) {
+                    self.error(site, &p.key("locality"), e);
+                }
+            }
             ws.services = w.services.iter().map(|h| h.to_ascii_lowercase()).collect();
             for (i, a) in w.addresses.iter().enumerate() {
                 match a.parse() {

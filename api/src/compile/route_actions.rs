@@ -1,13 +1,19 @@
 //! What an http route does besides forwarding: redirects, direct responses, header
-//! operations and the retry policy (Istio's defaults where a field is absent).
+//! operations, fault injection, mirrors and the retry policy (Istio's defaults where a field is
+//! absent).
 
 use std::time::Duration;
 
+use super::clusters::PortField;
 use super::{Compiler, Site};
 use crate::diagnostic::did_you_mean;
 use crate::locate::FieldPath;
-use crate::resources::{HeaderOperations, Headers, HttpDirectResponse, HttpRedirect, HttpRetry};
-use crate::snapshot::{DirectResponse, GrpcCodes, HeaderOps, Redirect, RetryPolicy};
+use crate::resources::{
+    HeaderOperations, Headers, HttpDirectResponse, HttpFaultInjection, HttpRedirect, HttpRetry, HttpRoute, Percent,
+};
+use crate::snapshot::{
+    DirectResponse, Fault, FaultShare, FaultStatus, GrpcCodes, HeaderOps, Mirror, Redirect, RetryPolicy,
+};
 
 impl Compiler {
     pub(super) fn header_ops(&mut self, site: &Site<'_>, p: &FieldPath, h: &Headers) -> (HeaderOps, HeaderOps) {
@@ -266,4 +272,207 @@ pub(super) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
     let text: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     STANDARD.decode(&text).or_else(|_| URL_SAFE.decode(&text)).ok()
+}
+
+/// gRPC status names as Istio's `grpcStatus` spells them, by code.
+const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+impl Compiler {
+    /// Istio's `fault`: a delay (`fixedDelay`) and/or an abort (`httpStatus` or `grpcStatus`),
+    /// each for `percentage.value` percent of requests (all when absent).
+    pub(super) fn fault(&mut self, site: &Site<'_>, p: &FieldPath, f: &HttpFaultInjection) -> Option<Fault> {
+        if f.delay.is_none() && f.abort.is_none() {
+            self.error(site, p, "fault needs delay or abort");
+            return None;
+        }
+        let mut ok = true;
+        let mut delay = None;
+        if let Some(d) = &f.delay {
+            let dp = p.key("delay");
+            let share = self.fault_share(site, &dp, d.percentage.as_ref(), d.percent);
+            let fixed = match &d.fixed_delay {
+                None => {
+                    self.error(site, &dp, "delay.fixedDelay is required");
+                    None
+                }
+                Some(t) => match self.duration(site, &dp.key("fixedDelay"), t) {
+                    Some(t) if t.is_zero() => {
+                        self.error(site, &dp.key("fixedDelay"), "fixedDelay must be greater than zero");
+                        None
+                    }
+                    t => t,
+                },
+            };
+            match (fixed, share) {
+                (Some(t), Some(s)) => delay = Some((t, s)),
+                _ => ok = false,
+            }
+        }
+        let mut abort = None;
+        if let Some(a) = &f.abort {
+            let ap = p.key("abort");
+            let share = self.fault_share(site, &ap, a.percentage.as_ref(), None);
+            let status = match (a.http_status, &a.grpc_status) {
+                (Some(_), Some(_)) => {
+                    self.error(
+                        site,
+                        &ap.key("grpcStatus"),
+                        "set either httpStatus or grpcStatus, not both",
+                    );
+                    None
+                }
+                (None, None) => {
+                    self.error(site, &ap, "abort needs httpStatus or grpcStatus");
+                    None
+                }
+                (Some(s @ 200..=599), None) => Some(FaultStatus::Http(s as u16)),
+                (Some(s), None) => {
+                    self.error(
+                        site,
+                        &ap.key("httpStatus"),
+                        format!("httpStatus must be between 200 and 599, got {s}"),
+                    );
+                    None
+                }
+                (None, Some(name)) => match GRPC_STATUS_NAMES.iter().position(|n| *n == name.as_str()) {
+                    Some(code) => Some(FaultStatus::Grpc(code as u8)),
+                    None => {
+                        let hint = did_you_mean(name, GRPC_STATUS_NAMES.iter().copied())
+                            .map(|s| format!("; did you mean {s:?}?"))
+                            .unwrap_or_else(|| format!("; expected one of {}", GRPC_STATUS_NAMES.join(", ")));
+                        self.error(
+                            site,
+                            &ap.key("grpcStatus"),
+                            format!("unknown grpcStatus {name:?}{hint}"),
+                        );
+                        None
+                    }
+                },
+            };
+            match (status, share) {
+                (Some(st), Some(s)) => abort = Some((st, s)),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(Fault { delay, abort })
+    }
+
+    /// Istio's `mirror` (with `mirrorPercentage` or the legacy `mirrorPercent`) or `mirrors`,
+    /// one of the two: each destination becomes a cluster, each share millionths.
+    pub(super) fn mirrors(&mut self, site: &Site<'_>, p: &FieldPath, route: &HttpRoute) -> Option<Vec<Mirror>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        if route.mirror.is_some() && !route.mirrors.is_empty() {
+            self.error(
+                site,
+                &p.key("mirrors"),
+                "mirror and mirrors cannot both be set in one http route",
+            );
+            return None;
+        }
+        if route.mirror.is_none() && (route.mirror_percentage.is_some() || route.mirror_percent.is_some()) {
+            let field = if route.mirror_percentage.is_some() {
+                "mirrorPercentage"
+            } else {
+                "mirrorPercent"
+            };
+            self.warn(site, &p.key(field), format!("{field} has no effect without mirror"));
+        }
+        if let Some(d) = &route.mirror {
+            let share = self.share(
+                site,
+                p,
+                "mirrorPercentage",
+                route.mirror_percentage.as_ref(),
+                "mirrorPercent",
+                route.mirror_percent,
+            );
+            let cluster = self.destination_cluster(site, &p.key("mirror"), d, PortField::Route);
+            match (cluster, share) {
+                (Some(cluster), Some(share)) => out.push(Mirror { cluster, share }),
+                _ => ok = false,
+            }
+        }
+        for (i, m) in route.mirrors.iter().enumerate() {
+            let mp = p.key("mirrors").index(i);
+            let Some(d) = &m.destination else {
+                self.error(site, &mp.key("destination"), "destination is required");
+                ok = false;
+                continue;
+            };
+            let share = self.share(site, &mp, "percentage", m.percentage.as_ref(), "", None);
+            let cluster = self.destination_cluster(site, &mp.key("destination"), d, PortField::Route);
+            match (cluster, share) {
+                (Some(cluster), Some(share)) => out.push(Mirror { cluster, share }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `percentage.value` (or the legacy integer `percent`) as millionths; absent means all.
+    fn fault_share(
+        &mut self,
+        site: &Site<'_>,
+        p: &FieldPath,
+        percentage: Option<&Percent>,
+        percent: Option<i64>,
+    ) -> Option<FaultShare> {
+        self.share(site, p, "percentage", percentage, "percent", percent)
+    }
+
+    /// A `Percent` field named `pct_field` (or the legacy integer field `int_field`) of the
+    /// object at `p`, as millionths; absent means all.
+    fn share(
+        &mut self,
+        site: &Site<'_>,
+        p: &FieldPath,
+        pct_field: &str,
+        percentage: Option<&Percent>,
+        int_field: &str,
+        percent: Option<i64>,
+    ) -> Option<FaultShare> {
+        if let Some(pc) = percentage {
+            let v = pc.value;
+            if !(0.0..=100.0).contains(&v) {
+                self.error(
+                    site,
+                    &p.key(pct_field).key("value"),
+                    format!("{pct_field}.value must be between 0 and 100, got {v}"),
+                );
+                return None;
+            }
+            return Some(FaultShare((v * 10_000.0).round() as u32));
+        }
+        match percent {
+            None => Some(FaultShare::ALL),
+            Some(n @ 0..=100) => Some(FaultShare(n as u32 * 10_000)),
+            Some(n) => {
+                self.error(
+                    site,
+                    &p.key(int_field),
+                    format!("{int_field} must be between 0 and 100, got {n}"),
+                );
+                None
+            }
+        }
+    }
 }

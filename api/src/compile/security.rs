@@ -11,16 +11,14 @@
 //! resolved [`PeerAuthn`], with the path normalization from the `ProxyConfig`. The data plane
 //! applies them on inbound listeners.
 
-use std::collections::BTreeMap;
-
+use super::selection::{selector_matches, Levels, Selecting as _};
 use super::{Compiler, Site};
 use crate::authz::{
     Action, Authz, Cidr, ConditionMatch, OperationMatch, Policy, Rule, ServiceAccount, SourceMatch, StrMatch, Values,
 };
 use crate::locate::FieldPath;
 use crate::resources::{
-    AuthorizationPolicy, Condition, Operation, PeerAuthentication, ProxyConfig, ResourceMeta, Source, WorkloadSelector,
-    ROOT_NAMESPACE,
+    AuthorizationPolicy, Condition, Operation, PeerAuthentication, ProxyConfig, ResourceMeta, Source, ROOT_NAMESPACE,
 };
 use crate::snapshot::{Listener, MtlsMode, PeerAuthn, Security, WorkloadSettings};
 
@@ -138,23 +136,6 @@ impl Compiler {
                 path,
                 format!("mode {mode:?} is not one of {}", MTLS_MODES.join(", ")),
             );
-        }
-    }
-
-    fn selector_labels(
-        &mut self,
-        site: &Site<'_>,
-        path: &FieldPath,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) {
-        for key in labels.keys() {
-            if key.is_empty() || key.contains(char::is_whitespace) {
-                self.error(
-                    site,
-                    &path.key("matchLabels"),
-                    format!("label name {key:?} is not valid"),
-                );
-            }
         }
     }
 
@@ -455,15 +436,6 @@ fn not_name(name: &str) -> String {
     format!("not{first}{}", chars.as_str())
 }
 
-/// A policy's selector as Istio reads it: absent or empty selects every workload in scope.
-fn selector_matches(selector: Option<&WorkloadSelector>, labels: &BTreeMap<String, String>) -> bool {
-    selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
-}
-
-fn has_selector(selector: Option<&WorkloadSelector>) -> bool {
-    selector.is_some_and(|s| !s.match_labels.is_empty())
-}
-
 /// A valid mode other than `UNSET`; an invalid one was reported already.
 fn mtls_mode(mode: Option<&str>) -> Option<MtlsMode> {
     match mode? {
@@ -516,8 +488,7 @@ impl Compiler {
         known_ports.extend(listeners.iter().filter(|l| l.inbound).map(|l| l.address.port()));
         let selected = authorization_policies.iter().filter(|ap| {
             let ns = ap.namespace();
-            (ns == workload.namespace || ns == ROOT_NAMESPACE)
-                && selector_matches(ap.spec.selector.as_ref(), &workload.labels)
+            (ns == workload.namespace || ns == ROOT_NAMESPACE) && selector_matches(ap.selector(), &workload.labels)
         });
         let mut authz = Authz::default();
         for ap in selected {
@@ -545,24 +516,11 @@ impl Compiler {
     /// mode) passes to the next; nothing at all is `PERMISSIVE`. Port modes come from the
     /// workload's own policy only (they need a selector).
     fn peer_authn(&mut self, all: &[&PeerAuthentication], w: &WorkloadSettings) -> PeerAuthn {
-        let workload_level = all.iter().filter(|pa| {
-            pa.namespace() == w.namespace
-                && has_selector(pa.spec.selector.as_ref())
-                && selector_matches(pa.spec.selector.as_ref(), &w.labels)
-        });
-        let namespace_level = all
-            .iter()
-            .filter(|pa| pa.namespace() == w.namespace && !has_selector(pa.spec.selector.as_ref()));
-        let mesh_level = all
-            .iter()
-            .filter(|pa| pa.namespace() == ROOT_NAMESPACE && !has_selector(pa.spec.selector.as_ref()));
-        let own = self.first_of(workload_level, "workload");
-        let namespace = self.first_of(namespace_level, "namespace");
-        let mesh = if w.namespace == ROOT_NAMESPACE {
-            None
-        } else {
-            self.first_of(mesh_level, "mesh")
-        };
+        let Levels {
+            mesh,
+            namespace,
+            workload: own,
+        } = self.levels(all, w);
         let mode = |pa: Option<&PeerAuthentication>| {
             pa.and_then(|pa| mtls_mode(pa.spec.mtls.as_ref().and_then(|m| m.mode.as_deref())))
         };
@@ -583,28 +541,6 @@ impl Compiler {
             })
             .unwrap_or_default();
         PeerAuthn { default, ports }
-    }
-
-    /// The first policy of a level; the others are warned about (Istio takes the oldest, which
-    /// files cannot say: here the first in input order).
-    fn first_of<'a>(
-        &mut self,
-        mut level: impl Iterator<Item = &'a &'a PeerAuthentication>,
-        name: &str,
-    ) -> Option<&'a PeerAuthentication> {
-        let first = *level.next()?;
-        for other in level {
-            self.warn(
-                *other,
-                &FieldPath::root(),
-                format!(
-                    "several {name}-level PeerAuthentications apply to this workload; {} is used \
-                     and this one is ignored",
-                    first.source()
-                ),
-            );
-        }
-        Some(first)
     }
 
     fn compile_policy(&mut self, ap: &AuthorizationPolicy, known_ports: &[u16]) -> Option<Policy> {

@@ -162,7 +162,7 @@ impl Compiler {
                 endpoints.push(RegistryEndpoint {
                     address,
                     ports: overrides,
-                    labels: e.labels.clone(),
+                    labels: with_locality(self, site, &ep, e),
                     weight,
                 });
             }
@@ -231,4 +231,21 @@ impl Compiler {
             }
         }
     }
+}
+
+/// An endpoint's labels with its `locality` folded in as topology labels (the labels win);
+/// a malformed locality is an error naming the field, and the labels stay as written.
+pub(super) fn with_locality(
+    c: &mut Compiler,
+    site: &Site<'_>,
+    p: &FieldPath,
+    e: &crate::resources::EndpointSpec,
+) -> BTreeMap<String, String> {
+    let mut labels = e.labels.clone();
+    if let Some(l) = &e.locality {
+        if let Err(msg) = super::locality::fold_into_labels(l, &mut labels) {
+            c.error(site, &p.key("locality"), msg);
+        }
+    }
+    labels
 }

@@ -6,7 +6,7 @@ use super::{Compiler, Site};
 use crate::access_log::{json_format, text_format};
 use crate::locate::FieldPath;
 use crate::resources::{AccessLogEncoding, ProxyConfig};
-use crate::snapshot::{AccessLog, Telemetry, DEFAULT_ACCESS_LOG_BUFFER};
+use crate::snapshot::{AccessLog, LogWhen, PerDirection, Telemetry, DEFAULT_ACCESS_LOG_BUFFER};
 
 /// The smallest per-worker access-log buffer: one long line must fit.
 const MIN_ACCESS_LOG_BUFFER: usize = 4 * 1024;
@@ -22,7 +22,7 @@ impl Compiler {
             t.reason_header = on;
         }
         if let Some(m) = &spec.metrics {
-            t.istio_metrics = m.istio.unwrap_or(true);
+            t.istio_metrics = PerDirection::both(m.istio.unwrap_or(true));
             if let Some(n) = m.max_series {
                 match usize::try_from(n) {
                     Ok(n) if n >= 1 => t.max_series = n,
@@ -71,6 +71,7 @@ impl Compiler {
                     path: path.into(),
                     format,
                     buffer_bytes,
+                    filter: PerDirection::both(LogWhen::Always),
                 });
             }
         }

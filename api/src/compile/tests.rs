@@ -849,10 +849,17 @@ fn connection_pool_and_subset_overrides() {
         1,
         "a subset without labels selects every endpoint"
     );
-    assert!(c
-        .warnings
-        .iter()
-        .any(|w| w.message == "maxConnections is accepted but not enforced yet"));
+    assert_eq!(base.pool.max_connections, Some(10));
+    assert_eq!(
+        slow.pool.max_connections,
+        Some(10),
+        "the subset inherits the rule's limit"
+    );
+    assert!(
+        !c.warnings.iter().any(|w| w.message.contains("not enforced")),
+        "{:?}",
+        c.warnings
+    );
 }
 
 const PROXY: &str = "\
@@ -876,6 +883,58 @@ spec:
     destination: {host: web.example.com}
     idleTimeout: 10m
 ";
+
+/// `limits.maxConnections`, `limits.maxBufferBytes` and `limits.requestBodyTimeout`: defaults
+/// (derived at start; 256 MiB; 60 s),
+/// set values, and refused ones named by field.
+#[test]
+fn connection_limit_and_body_timeout() {
+    let c = ok(SVC);
+    assert_eq!(c.snapshot.proxy.limits.max_connections, None, "derived by the proxy");
+    assert_eq!(c.snapshot.proxy.limits.request_body_timeout, Duration::from_secs(60));
+    assert_eq!(c.snapshot.proxy.limits.max_buffer_bytes, 256 << 20);
+    let set = PROXY.replace(
+        "    maxHeaders: 50\n",
+        "    maxHeaders: 50\n    maxConnections: 5000\n    maxBufferBytes: 65536\n    requestBodyTimeout: 15s\n",
+    );
+    let c = ok(&format!("{set}---\n{SVC}"));
+    assert_eq!(c.snapshot.proxy.limits.max_connections, Some(5000));
+    assert_eq!(c.snapshot.proxy.limits.request_body_timeout, Duration::from_secs(15));
+    assert_eq!(c.snapshot.proxy.limits.max_buffer_bytes, 65536);
+    for (field, value, want) in [
+        (
+            "maxBufferBytes",
+            "65535",
+            "maxBufferBytes must be at least 65536 (64 KiB), got 65535",
+        ),
+        (
+            "maxBufferBytes",
+            "-1",
+            "maxBufferBytes must be at least 65536 (64 KiB), got -1",
+        ),
+        ("maxConnections", "0", "maxConnections must be at least 1, got 0"),
+        ("maxConnections", "-3", "maxConnections must be at least 1, got -3"),
+        ("requestBodyTimeout", "0s", "requestBodyTimeout must be positive"),
+        ("requestBodyTimeout", "soon", "invalid duration"),
+    ] {
+        let bad = PROXY.replace(
+            "    maxHeaders: 50\n",
+            &format!("    maxHeaders: 50\n    {field}: {value}\n"),
+        );
+        let e = errors(&format!("{bad}---\n{SVC}"));
+        let path = format!("spec.limits.{field}");
+        assert_eq!(e[0].field.as_deref(), Some(path.as_str()), "{field}: {value}");
+        assert!(e[0].message.contains(want), "{field}: {value}: {}", e[0].message);
+    }
+    // The default: half the descriptor limit, never under 256.
+    assert_eq!(crate::snapshot::default_max_connections(20_000), 10_000);
+    assert_eq!(crate::snapshot::default_max_connections(1024), 512);
+    assert_eq!(crate::snapshot::default_max_connections(100), 256);
+    assert_eq!(
+        crate::snapshot::default_max_connections(u64::MAX),
+        (u64::MAX / 2) as usize
+    );
+}
 
 #[test]
 fn retry_budget_is_off_unless_configured() {
@@ -2221,6 +2280,361 @@ fn mesh_mtls_min_protocol_version() {
     assert!(
         e.iter()
             .any(|d| d.field.as_deref() == Some("spec.meshMTLS.minProtocolVersion") && d.message.contains("TLSV1_2")),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn fault_injection_shapes() {
+    use crate::snapshot::{FaultShare, FaultStatus};
+    let text = vs("  - match: [{uri: {prefix: /a}}]\n    fault:\n      abort: {httpStatus: 503, percentage: {value: 12.5}}\n    route:\n    - destination: {host: web.example.com}\n  - match: [{uri: {prefix: /b}}]\n    fault:\n      delay: {fixedDelay: 200ms}\n      abort: {grpcStatus: UNAVAILABLE}\n    route:\n    - destination: {host: web.example.com}\n  - match: [{uri: {prefix: /c}}]\n    fault:\n      delay: {fixedDelay: 1s, percent: 7}\n    route:\n    - destination: {host: web.example.com}\n  - route:\n    - destination: {host: web.example.com}\n");
+    let c = ok(&text);
+    let vh = c.snapshot.routes.find_host("web.example.com").expect("vh");
+    let fault = |p: &str| vh.find_route(&Req::new(p)).expect("route").fault.clone();
+    let a = fault("/a").expect("fault on /a");
+    assert_eq!(a.delay, None);
+    assert_eq!(a.abort, Some((FaultStatus::Http(503), FaultShare(125_000))));
+    let b = fault("/b").expect("fault on /b");
+    assert_eq!(b.delay, Some((Duration::from_millis(200), FaultShare::ALL)));
+    assert_eq!(b.abort, Some((FaultStatus::Grpc(14), FaultShare::ALL)));
+    let c3 = fault("/c").expect("fault on /c");
+    assert_eq!(c3.delay, Some((Duration::from_secs(1), FaultShare(70_000))));
+    assert_eq!(c3.abort, None);
+    assert!(fault("/d").is_none());
+}
+
+#[test]
+fn fault_share_hits_its_share() {
+    use crate::snapshot::FaultShare;
+    assert!(FaultShare::ALL.hit(u64::MAX));
+    assert!(!FaultShare(0).hit(0));
+    let tenth = FaultShare(100_000);
+    let hits = (0..1_000_000u64).filter(|n| tenth.hit(*n)).count();
+    assert_eq!(hits, 100_000);
+}
+
+#[test]
+fn fault_errors_name_the_field() {
+    let route = "    route:\n    - destination: {host: web.example.com}\n";
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "    fault:\n      abort: {httpStatus: 503, percentage: {value: 150}}\n",
+            "spec.http[0].fault.abort.percentage.value",
+            "percentage.value must be between 0 and 100, got 150",
+            "value: 150",
+        ),
+        (
+            "    fault:\n      delay: {percentage: {value: 10}}\n",
+            "spec.http[0].fault.delay",
+            "delay.fixedDelay is required",
+            "delay:",
+        ),
+        (
+            "    fault:\n      delay: {fixedDelay: soon}\n",
+            "spec.http[0].fault.delay.fixedDelay",
+            "\"soon\"",
+            "fixedDelay: soon",
+        ),
+        (
+            "    fault:\n      abort: {httpStatus: 700}\n",
+            "spec.http[0].fault.abort.httpStatus",
+            "httpStatus must be between 200 and 599, got 700",
+            "httpStatus: 700",
+        ),
+        (
+            "    fault:\n      abort: {grpcStatus: UNAVAILABEL}\n",
+            "spec.http[0].fault.abort.grpcStatus",
+            "did you mean \"UNAVAILABLE\"",
+            "grpcStatus: UNAVAILABEL",
+        ),
+        (
+            "    fault: {}\n",
+            "spec.http[0].fault",
+            "fault needs delay or abort",
+            "fault:",
+        ),
+        (
+            "    fault:\n      delay: {fixedDelay: 1s, percent: 101}\n",
+            "spec.http[0].fault.delay.percent",
+            "percent must be between 0 and 100, got 101",
+            "percent: 101",
+        ),
+        (
+            "    fault:\n      abort: {percentage: {value: 5}}\n",
+            "spec.http[0].fault.abort",
+            "abort needs httpStatus or grpcStatus",
+            "abort:",
+        ),
+    ];
+    for (fault, field, message, at) in cases {
+        let text = vs(&format!("  - {}{route}", &fault[4..]));
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{fault}: {e:#?}");
+        assert_eq!(e[0].field.as_deref(), Some(*field), "{fault}");
+        assert!(e[0].message.contains(message), "{fault}: {}", e[0].message);
+        assert_eq!(e[0].line, Some(line_of(&text, at, 0)), "{fault}");
+    }
+}
+
+/// A second service for mirrors to copy to.
+const SHADOW_SVC: &str = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: shadow\nspec:\n  hosts: [shadow.example.com]\n  ports:\n  - {number: 80, name: http, protocol: HTTP}\n  endpoints:\n  - address: 127.0.0.2\n    ports: {http: 8080}\n";
+
+#[test]
+fn mirror_shapes() {
+    use crate::snapshot::{FaultShare, RouteAction};
+    let text = format!(
+        "{}{SHADOW_SVC}",
+        vs("  - match: [{uri: {prefix: /a}}]\n    mirror: {host: shadow.example.com}\n    mirrorPercentage: {value: 12.5}\n    route:\n    - destination: {host: web.example.com}\n  - match: [{uri: {prefix: /b}}]\n    mirror: {host: shadow.example.com}\n    mirrorPercent: 7\n    route:\n    - destination: {host: web.example.com}\n  - match: [{uri: {prefix: /c}}]\n    mirrors:\n    - destination: {host: shadow.example.com}\n    - destination: {host: web.example.com}\n      percentage: {value: 1}\n    route:\n    - destination: {host: web.example.com}\n  - route:\n    - destination: {host: web.example.com}\n")
+    );
+    let c = ok(&text);
+    let vh = c.snapshot.routes.find_host("web.example.com").expect("vh");
+    let mirrors = |p: &str| match &vh.find_route(&Req::new(p)).expect("route").action {
+        RouteAction::Forward(f) => f
+            .mirrors
+            .iter()
+            .map(|m| (c.snapshot.cluster(m.cluster).name.clone(), m.share))
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let shadow = "outbound|80||shadow.example.com".to_string();
+    let web = "outbound|80||web.example.com".to_string();
+    assert_eq!(mirrors("/a"), [(shadow.clone(), FaultShare(125_000))]);
+    assert_eq!(mirrors("/b"), [(shadow.clone(), FaultShare(70_000))]);
+    assert_eq!(mirrors("/c"), [(shadow, FaultShare::ALL), (web, FaultShare(10_000))]);
+    assert!(mirrors("/d").is_empty());
+}
+
+#[test]
+fn mirror_errors_name_the_field() {
+    let route = "    route:\n    - destination: {host: web.example.com}\n";
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "    mirror: {host: shadow.example.com}\n    mirrorPercentage: {value: 101}\n",
+            "spec.http[0].mirrorPercentage.value",
+            "mirrorPercentage.value must be between 0 and 100, got 101",
+        ),
+        (
+            "    mirror: {host: shadow.example.com}\n    mirrorPercent: -1\n",
+            "spec.http[0].mirrorPercent",
+            "mirrorPercent must be between 0 and 100, got -1",
+        ),
+        (
+            "    mirror: {host: shadow.example.com}\n    mirrors:\n    - destination: {host: shadow.example.com}\n",
+            "spec.http[0].mirrors",
+            "mirror and mirrors cannot both be set",
+        ),
+        (
+            "    mirrors:\n    - percentage: {value: 5}\n",
+            "spec.http[0].mirrors[0].destination",
+            "destination is required",
+        ),
+        (
+            "    mirrors:\n    - destination: {host: shadow.example.com}\n      percentage: {value: 200}\n",
+            "spec.http[0].mirrors[0].percentage.value",
+            "percentage.value must be between 0 and 100, got 200",
+        ),
+    ];
+    for (yaml, field, message) in cases {
+        let text = format!(
+            "{}{SHADOW_SVC}",
+            vs(&format!("  - match: [{{uri: {{prefix: /a}}}}]\n{yaml}{route}"))
+        );
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|d| d.field.as_deref() == Some(*field) && d.message.contains(message)),
+            "{yaml}: {e:#?}"
+        );
+    }
+    // With a redirect there is nothing to mirror.
+    let text = format!(
+        "{}{SHADOW_SVC}",
+        vs("  - mirror: {host: shadow.example.com}\n    redirect: {uri: /new}\n")
+    );
+    let e = errors(&text);
+    assert!(
+        e.iter().any(|d| d.field.as_deref() == Some("spec.http[0].mirror")
+            && d.message.contains("only be used with route")),
+        "{e:#?}"
+    );
+    // A typo in a mirror's field is refused by the loader, naming it.
+    let text = format!(
+        "{}{SHADOW_SVC}",
+        vs("  - mirror: {host: shadow.example.com}\n    mirrorPercentag: {value: 5}\n    route:\n    - destination: {host: web.example.com}\n")
+    );
+    let e = errors(&text);
+    assert!(e.iter().any(|d| d.message.contains("mirrorPercentag")), "{e:#?}");
+}
+
+mod health;
+mod locality;
+fn dr_pool(tcp: &str, http: &str) -> String {
+    format!(
+        "{SVC}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web}}\nspec:\n  host: web.example.com\n  trafficPolicy:\n    connectionPool:\n      tcp: {{{tcp}}}\n      http: {{{http}}}\n"
+    )
+}
+
+fn fields_and_messages(e: &[Diagnostic]) -> Vec<String> {
+    e.iter()
+        .map(|d| format!("{}: {}", d.field.as_deref().unwrap_or(""), d.message))
+        .collect()
+}
+
+#[test]
+fn circuit_breaker_limits_compile_and_zero_or_istio_default_is_unlimited() {
+    let c = ok(&dr_pool(
+        "maxConnections: 1, tcpKeepalive: {probes: 3, time: 10s, interval: 2s}",
+        "http1MaxPendingRequests: 5, maxRetries: 2",
+    ));
+    let pool = &c.snapshot.clusters[0].pool;
+    assert_eq!(
+        (pool.max_connections, pool.max_pending_requests, pool.max_retries),
+        (Some(1), Some(5), Some(2))
+    );
+    assert_eq!(
+        pool.tcp_keepalive,
+        Some(crate::snapshot::TcpKeepalive {
+            probes: Some(3),
+            time: Some(Duration::from_secs(10)),
+            interval: Some(Duration::from_secs(2)),
+        })
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let c = ok(&dr_pool(
+        "maxConnections: 0, tcpKeepalive: {}",
+        "http1MaxPendingRequests: 4294967295, maxRetries: 0",
+    ));
+    let pool = &c.snapshot.clusters[0].pool;
+    assert_eq!(
+        (pool.max_connections, pool.max_pending_requests, pool.max_retries),
+        (None, None, None),
+        "0 (protobuf's unset) and Istio's default 2^32-1 are unlimited"
+    );
+    let keepalive = pool
+        .tcp_keepalive
+        .expect("an empty tcpKeepalive still turns SO_KEEPALIVE on");
+    assert_eq!(
+        (keepalive.probes, keepalive.time, keepalive.interval),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn negative_circuit_breaker_limits_name_their_field() {
+    let e = errors(&dr_pool(
+        "maxConnections: -1, tcpKeepalive: {probes: -2, time: 1500ms, interval: nope}",
+        "http1MaxPendingRequests: -3, maxRetries: 5000000000",
+    ));
+    assert_eq!(
+        fields_and_messages(&e),
+        [
+            "spec.trafficPolicy.connectionPool.tcp.maxConnections: maxConnections must be a number from 1 to 4294967295 (0 for unlimited), got -1",
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.probes: probes must be a number from 1 to 127 (0 for the kernel's default), got -2",
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time: time must be whole seconds from 1s to 32767s, got 1.5s",
+            &format!(
+                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.interval: {}",
+                e[3].message
+            ),
+            "spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests: http1MaxPendingRequests must be a number from 1 to 4294967295 (0 for unlimited), got -3",
+            "spec.trafficPolicy.connectionPool.http.maxRetries: maxRetries must be a number from 1 to 4294967295 (0 for unlimited), got 5000000000",
+        ]
+    );
+}
+
+#[test]
+fn misspelled_circuit_breaker_and_rate_limit_fields_are_refused() {
+    let e = errors(&dr_pool("maxConection: 1", "maxRetry: 2"));
+    let msgs = fields_and_messages(&e);
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("unknown field `maxConection`; did you mean `maxConnections`?")),
+        "{msgs:#?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("unknown field `maxRetry`")), "{msgs:#?}");
+    let e = errors(&vs(
+        "  - localRateLimt: {maxTokens: 1, fillInterval: 1s}\n    route:\n    - destination: {host: web.example.com}\n",
+    ));
+    let msgs = fields_and_messages(&e);
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("unknown field `localRateLimt`; did you mean `localRateLimit`?")),
+        "{msgs:#?}"
+    );
+    let e = errors(&vs(
+        "  - localRateLimit: {maxTokens: 1, fillIntervl: 1s}\n    route:\n    - destination: {host: web.example.com}\n",
+    ));
+    let msgs = fields_and_messages(&e);
+    assert!(
+        msgs.iter().any(|m| m.contains("unknown field `fillIntervl`")),
+        "{msgs:#?}"
+    );
+}
+
+#[test]
+fn a_route_local_rate_limit_is_an_accepted_extension() {
+    let c = ok(&vs(
+        "  - match: [{uri: {prefix: /a}}]\n    localRateLimit: {maxTokens: 100, tokensPerFill: 10, fillInterval: 100ms}\n    route:\n    - destination: {host: web.example.com}\n  - localRateLimit: {maxTokens: 5, fillInterval: 1s, rateLimitedAsResourceExhausted: true}\n    route:\n    - destination: {host: web.example.com}\n",
+    ));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let limits = c.snapshot.local_rate_limits();
+    assert_eq!(limits.len(), 2);
+    let a = limits[0];
+    assert_eq!(
+        (
+            a.max_tokens,
+            a.tokens_per_fill,
+            a.fill_interval,
+            a.grpc_resource_exhausted
+        ),
+        (100, 10, Duration::from_millis(100), false)
+    );
+    assert_eq!(a.key, "VirtualService default/web http[0]");
+    let b = limits[1];
+    assert_eq!(
+        (b.max_tokens, b.tokens_per_fill, b.grpc_resource_exhausted),
+        (5, 1, true)
+    );
+    assert_ne!(a.id, b.id);
+}
+
+#[test]
+fn bad_local_rate_limits_name_their_field() {
+    let e = errors(&vs(
+        "  - localRateLimit: {maxTokens: -1, tokensPerFill: 0, fillInterval: 10ms}\n    route:\n    - destination: {host: web.example.com}\n  - localRateLimit: {tokensPerFill: 1}\n    route:\n    - destination: {host: web.example.com}\n",
+    ));
+    assert_eq!(
+        fields_and_messages(&e),
+        [
+            "spec.http[0].localRateLimit.maxTokens: maxTokens must be a number from 1 to 4294967295, got -1",
+            "spec.http[0].localRateLimit.tokensPerFill: tokensPerFill must be a number from 1 to 4294967295, got 0",
+            "spec.http[0].localRateLimit.fillInterval: fillInterval must be at least 50ms (as Envoy requires), got 10ms",
+            "spec.http[1].localRateLimit.maxTokens: maxTokens is required",
+            "spec.http[1].localRateLimit.fillInterval: fillInterval is required",
+        ]
+    );
+}
+
+#[test]
+fn a_listener_local_rate_limit_applies_to_http_listeners_only() {
+    let proxy = |protocol: &str, extra: &str| {
+        format!(
+            "{SVC}---\napiVersion: ringmesh.io/v1alpha1\nkind: ProxyConfig\nspec:\n  listeners:\n  - name: web\n    address: 127.0.0.1:15001\n    protocol: {protocol}\n{extra}    localRateLimit: {{maxTokens: 10, fillInterval: 1s}}\n"
+        )
+    };
+    let c = ok(&proxy("HTTP", ""));
+    let l = c.snapshot.listeners[0]
+        .local_rate_limit
+        .as_ref()
+        .expect("the listener's limit");
+    assert_eq!((l.max_tokens, l.key.as_str()), (10, "listener web"));
+    let e = errors(&proxy("TCP", "    destination: {host: web.example.com}\n"));
+    assert_eq!(
+        fields_and_messages(&e),
+        ["spec.listeners[0].localRateLimit: localRateLimit limits HTTP requests; a TCP listener carries none (its connections are not limited)"]
+    );
+    let e = errors(&proxy("HTTP", "    localRateLimt: {}\n"));
+    assert!(
+        fields_and_messages(&e).iter().any(|m| m.contains("localRateLimt")),
         "{e:#?}"
     );
 }

@@ -142,9 +142,12 @@ impl Compiler {
                 host_rewrite: None,
                 timeout: None,
                 retry: default_retry_policy(),
+                mirrors: Vec::new(),
             }),
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
+            fault: None,
+            local_rate_limit: None,
         };
         Some(VirtualHost::new(service.host.clone(), domains, vec![route]))
     }
@@ -184,6 +187,16 @@ impl Compiler {
                 );
                 return None;
             }
+        }
+        let mirrored = route.mirror.is_some() || !route.mirrors.is_empty();
+        if mirrored && !has_route {
+            let field = if route.mirror.is_some() { "mirror" } else { "mirrors" };
+            self.error(
+                site,
+                &p.key(field),
+                format!("{field} can only be used with route (not with redirect or directResponse)"),
+            );
+            ok = false;
         }
         if route.rewrite.is_some() && !has_route {
             self.error(
@@ -260,16 +273,37 @@ impl Compiler {
                 None => None,
             };
             let retry = self.retry_policy(site, &p.key("retries"), route.retries.as_ref());
-            match (clusters, retry) {
-                (Some(clusters), Some(retry)) => Some(RouteAction::Forward(ForwardAction {
+            let mirrors = self.mirrors(site, &p, route);
+            match (clusters, retry, mirrors) {
+                (Some(clusters), Some(retry), Some(mirrors)) => Some(RouteAction::Forward(ForwardAction {
                     clusters,
                     path_rewrite,
                     host_rewrite,
                     timeout,
                     retry,
+                    mirrors,
                 })),
                 _ => None,
             }
+        };
+        let fault = match &route.fault {
+            Some(f) => match self.fault(site, &p.key("fault"), f) {
+                Some(f) => Some(Box::new(f)),
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        let local_rate_limit = match &route.local_rate_limit {
+            Some(spec) => {
+                let key = format!("{} http[{i}]", site.label());
+                let limit = self.local_rate_limit(site, &p.key("localRateLimit"), spec, key);
+                ok &= limit.is_some();
+                limit
+            }
+            None => None,
         };
         let action = action?;
         if !ok {
@@ -281,6 +315,8 @@ impl Compiler {
             action,
             request_headers: std::mem::take(&mut request_headers),
             response_headers: std::mem::take(&mut response_headers),
+            fault,
+            local_rate_limit,
         })
     }
 }

@@ -55,13 +55,14 @@ impl Compiler {
                 overrides.insert(name.clone(), n);
             }
         }
+        let labels = super::service_entry::with_locality(self, site, &spec, &we.spec);
         if let (Some(address), Some(weight)) = (address, weight) {
             self.workload_entries.push(SelectableWorkload {
                 namespace: we.metadata.namespace().to_owned(),
                 endpoint: RegistryEndpoint {
                     address,
                     ports: overrides,
-                    labels: we.spec.labels.clone(),
+                    labels,
                     weight,
                 },
             });

@@ -62,7 +62,14 @@ pub struct TrafficPolicy {
     /// TLS to the upstream; absent: mutual TLS to meshed endpoints (Istio's auto mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
-    /// Overrides for single ports (only `tls` is implemented at this level).
+    /// Passive health checking: eject endpoints that keep failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// ringmesh extension (Istio has none): active health checks, probes the proxy sends to
+    /// every endpoint of the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Overrides for single ports (`tls`, `outlierDetection` and `healthCheck` at this level).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
 }
@@ -77,7 +84,93 @@ pub struct PortTrafficPolicy {
     /// TLS to the upstream on this port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
+    /// Outlier detection on this port (replaces the level's whole `outlierDetection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Active health checks on this port (ringmesh extension; replaces the level's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
+
+/// Istio `OutlierDetection`: consecutive-error ejection (Envoy's success-rate and
+/// failure-percentage detectors are not exposed by Istio either). Numbers are kept signed so
+/// that a negative value is reported by the compiler with its field rather than by serde.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Count local-origin failures (connect failures, resets, timeouts) apart from the
+    /// upstream's own 5xx answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_external_local_origin_errors: Option<bool>,
+    /// Local-origin failures in a row before ejection (with the split; default 5, 0 disables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failures: Option<i64>,
+    /// 502, 503, 504 (and local failures without the split) in a row before ejection
+    /// (default 0: disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<i64>,
+    /// 5xx answers (and local failures without the split) in a row before ejection (default
+    /// 5, 0 disables).
+    #[serde(rename = "consecutive5xxErrors", default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx_errors: Option<i64>,
+    /// Time between ejection sweeps (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Minimum ejection time, multiplied by the times the endpoint was ejected (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    /// Most endpoints of the cluster ejected at once, in percent (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<i64>,
+    /// Below this percentage of healthy endpoints, ejection is ignored (panic mode; default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_health_percent: Option<i64>,
+}
+
+/// ringmesh's active health check (an extension of Istio's `TrafficPolicy`): one of `http` or
+/// `tcp`, sent by the proxy to each endpoint every `interval`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Probe with an HTTP/1.1 `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    /// Probe by opening a TCP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHealthCheck>,
+    /// Time between probes of one endpoint (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Time a probe may take (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Failed probes in a row that take an endpoint out (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<i64>,
+    /// Passed probes in a row that bring it back (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<i64>,
+}
+
+/// `healthCheck.http`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHealthCheck {
+    /// Path to request (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `Host` header (default: the service host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Statuses that pass (default `[200]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<i64>,
+}
+
+/// `healthCheck.tcp`: passes when the connection opens.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpHealthCheck {}
 
 /// Istio `ClientTLSSettings`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -137,6 +230,54 @@ pub struct LoadBalancerSettings {
     /// Consistent hashing (session affinity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHashLb>,
+    /// Locality-aware balancing: failover by locality (with `outlierDetection`), or weights
+    /// per locality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+}
+
+/// Istio `LocalityLoadBalancerSetting`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityLbSetting {
+    /// Share of traffic per destination locality, by the client's locality.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<LocalityDistribute>,
+    /// Region to fail over to, by the client's region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    /// Labels whose values order endpoints for failover: `key` (the proxy's value) or
+    /// `key=value` (that value instead).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+    /// `false` turns locality balancing off for this rule (it is on by default wherever
+    /// outlier detection is, as in Istio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// Istio `LocalityLoadBalancerSetting.Distribute`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityDistribute {
+    /// The client's locality, `region/zone/subzone` with `*` for any rest.
+    #[serde(default)]
+    pub from: String,
+    /// Destination locality pattern → percent of traffic (summing to 100).
+    #[serde(default)]
+    pub to: std::collections::BTreeMap<String, i64>,
+}
+
+/// Istio `LocalityLoadBalancerSetting.Failover`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityFailover {
+    /// The client's region.
+    #[serde(default)]
+    pub from: String,
+    /// The region its traffic goes to when its own region has no healthy endpoint.
+    #[serde(default)]
+    pub to: String,
 }
 
 /// Istio `LoadBalancerSettings.SimpleLB`.
@@ -244,12 +385,32 @@ pub struct ConnectionPoolSettings {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TcpPoolSettings {
-    /// Most connections to the destination (accepted, not enforced yet).
+    /// Most upstream connections to the destination (HTTP/1.1, HTTP/2 and TCP) per proxy;
+    /// 0 or absent is unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<i64>,
     /// TCP connect timeout (default 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,
+    /// TCP keep-alive probes on upstream sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// Istio `ConnectionPoolSettings.TCPSettings.TcpKeepalive`: `SO_KEEPALIVE` with the kernel's
+/// defaults for what is not set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dead (`TCP_KEEPCNT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<i64>,
+    /// Idle time before the first probe (`TCP_KEEPIDLE`), e.g. `"7200s"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Time between probes (`TCP_KEEPINTVL`), e.g. `"75s"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
 }
 
 /// Istio `ConnectionPoolSettings.HTTPSettings`.
@@ -262,10 +423,11 @@ pub struct HttpPoolSettings {
     /// Requests per connection; 0 or absent is unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<i64>,
-    /// Queued requests (accepted, not enforced yet).
+    /// Requests waiting for an upstream HTTP/1.1 connection once `maxConnections` is reached;
+    /// 0 or absent is unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http1_max_pending_requests: Option<i64>,
-    /// Outstanding retries (accepted, not enforced yet; `ProxyConfig` `retryBudget` is the cap).
+    /// Retries in flight to the destination at once; 0 or absent is unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<i64>,
     /// Requests in flight to the destination at once; 0 or absent is unlimited.

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::locate::{FieldPath, Locator};
 
 mod destination_rule;
+mod istio_telemetry;
 mod proxy_config;
 mod security;
 mod service_entry;
@@ -25,10 +26,12 @@ mod virtual_service;
 mod workload_entry;
 
 pub use destination_rule::*;
+pub use istio_telemetry::*;
 pub use proxy_config::*;
 pub use security::*;
 pub use service_entry::*;
 pub use telemetry::*;
+pub use tracing::{BatchSpec, OpenTelemetrySpec, OtlpGrpcSpec, OtlpHttpSpec};
 pub use virtual_service::*;
 pub use workload_entry::*;
 
@@ -99,6 +102,9 @@ impl fmt::Debug for Origin {
 }
 
 /// Any resource ringmesh understands. Serialized with its `kind` tag, like the YAML it came from.
+// Resources are parsed once per load and held in one `Vec` until compiled; a kilobyte per
+// entry is nothing there, and boxing the largest kinds would only add an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum Resource {
@@ -117,6 +123,9 @@ pub enum Resource {
     /// Whether the workloads it selects require mutual TLS (compiled into
     /// `Snapshot.security.peer_authn`).
     PeerAuthentication(PeerAuthentication),
+    /// Access logs, trace sampling and Istio's metrics for the workloads it selects (compiled
+    /// into `Snapshot.telemetry`, over the `ProxyConfig`'s).
+    Telemetry(Telemetry),
 }
 
 /// What every kind carries beside its spec: kind, name, namespace, where it was loaded from,
@@ -199,6 +208,7 @@ resource_meta!(ProxyConfig);
 resource_meta!(WorkloadEntry);
 resource_meta!(AuthorizationPolicy);
 resource_meta!(PeerAuthentication);
+resource_meta!(Telemetry);
 
 impl Resource {
     /// The resource's metadata as its kind implements it: the one place that matches on kinds.
@@ -211,6 +221,7 @@ impl Resource {
             Resource::WorkloadEntry(r) => r,
             Resource::AuthorizationPolicy(r) => r,
             Resource::PeerAuthentication(r) => r,
+            Resource::Telemetry(r) => r,
         }
     }
 
@@ -223,6 +234,7 @@ impl Resource {
             Resource::WorkloadEntry(r) => r,
             Resource::AuthorizationPolicy(r) => r,
             Resource::PeerAuthentication(r) => r,
+            Resource::Telemetry(r) => r,
         }
     }
 }

@@ -231,6 +231,11 @@ pub struct WorkloadSpec {
     /// IP addresses of the workload.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+    /// Where the workload runs, `region/zone/subzone`, for locality-aware balancing; the
+    /// `topology.kubernetes.io/region`/`zone` and `topology.istio.io/subzone` labels say the
+    /// same and win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
     /// Service hosts (FQDN) the workload serves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
@@ -307,6 +312,18 @@ pub struct LimitsSpec {
     /// Default `300s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// Longest silence between two reads of a request body (nginx's `client_body_timeout`);
+    /// default `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body_timeout: Option<String>,
+    /// Downstream connections open at once, over all listeners and workers; default half the
+    /// process's `RLIMIT_NOFILE` soft limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i64>,
+    /// Bytes client connections may hold in read buffers at once, over all workers; past it
+    /// new connections are refused at accept. Default 256 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_buffer_bytes: Option<i64>,
     /// Default `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
@@ -387,6 +404,10 @@ pub struct ListenerSpec {
     /// TCP and AUTO only: close after this long without traffic (default `1h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// A token bucket over the HTTP requests of this listener, shared by every core (HTTP and
+    /// AUTO listeners; refused on TCP ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rate_limit: Option<crate::resources::LocalRateLimit>,
 }
 
 /// A TCP listener's default destination.

@@ -130,6 +130,11 @@ pub struct EndpointSpec {
     /// Load-balancing weight; absent or 0 means 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i64>,
+    /// Where it runs, `region/zone/subzone` (Istio's `locality`); the
+    /// `topology.kubernetes.io/region`/`zone` and `topology.istio.io/subzone` labels say the
+    /// same and win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
     /// The service account the endpoint runs as (informational: the identity its proxy
     /// proves is checked against the trust domain and any `subjectAltNames`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

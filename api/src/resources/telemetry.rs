@@ -17,7 +17,7 @@ pub struct TelemetrySpec {
     pub access_log: Option<AccessLogSpec>,
     /// Trace propagation, sampling and export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracing: Option<TracingSpec>,
+    pub tracing: Option<Box<TracingSpec>>,
     /// Istio's standard metrics and the proxy's own-latency histograms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSpec>,

@@ -79,6 +79,110 @@ pub struct HttpRoute {
     /// Header operations for every destination of this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+    /// Faults injected into the route's traffic (delays, aborts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<HttpFaultInjection>,
+    /// A copy of each request goes here too, its answer discarded (Istio `mirror`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Destination>,
+    /// Share of requests `mirror` copies; absent means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percentage: Option<Percent>,
+    /// Deprecated integer share (0-100) for `mirror`, used when `mirrorPercentage` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percent: Option<i64>,
+    /// Several mirrors, each with its own share (Istio `mirrors`; not with `mirror`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<HttpMirrorPolicy>,
+    /// ringmesh extension (Istio has it only through an EnvoyFilter): a token bucket over the
+    /// route's requests, shared by every core of the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rate_limit: Option<LocalRateLimit>,
+}
+
+/// Istio `HTTPMirrorPolicy`: one mirror of `mirrors`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMirrorPolicy {
+    /// Where the copies go (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+    /// Share of requests copied; absent means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+}
+
+/// A token bucket in the shape of Envoy's `local_ratelimit` filter: it starts full with
+/// `maxTokens`, gains `tokensPerFill` every `fillInterval` (never above `maxTokens`), and each
+/// request takes one token or is answered 429.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalRateLimit {
+    /// Capacity of the bucket (required, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    /// Tokens added each fill (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_fill: Option<i64>,
+    /// Time between fills, at least 50 ms (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fill_interval: Option<String>,
+    /// A gRPC request refused gets `RESOURCE_EXHAUSTED` instead of `UNAVAILABLE` (Envoy's
+    /// `rate_limited_as_resource_exhausted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_as_resource_exhausted: Option<bool>,
+}
+
+/// Istio `HTTPFaultInjection`: a delay before forwarding, an abort instead of it, or both
+/// (the delay first).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpFaultInjection {
+    /// Delay some requests before forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Answer some requests with an error instead of forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// Istio `HTTPFaultInjection.Delay`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    /// How long to wait, e.g. `"5s"` (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_delay: Option<String>,
+    /// Share of requests delayed; absent means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+    /// Deprecated integer percentage (0-100), used when `percentage` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i64>,
+}
+
+/// Istio `HTTPFaultInjection.Abort`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    /// HTTP status to answer with (200-599).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<i64>,
+    /// gRPC status name to answer with, e.g. `UNAVAILABLE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<String>,
+    /// Share of requests aborted; absent means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+}
+
+/// Istio `Percent`: a share in percent, fractions allowed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Percent {
+    /// 0.0 to 100.0.
+    #[serde(default)]
+    pub value: f64,
 }
 
 /// Istio `HTTPMatchRequest`: all set conditions must hold.

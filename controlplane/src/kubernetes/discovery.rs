@@ -21,6 +21,12 @@
 //! - **precedence**: a ServiceEntry a user wrote for the same host wins; the synthesized one is
 //!   dropped (debug log), because the compiler refuses a host defined twice and that would
 //!   refuse the whole set.
+//! - **locality**: an endpoint carries the `topology.kubernetes.io/region`/`zone` and
+//!   `topology.istio.io/subzone` labels (what locality-aware balancing reads) from its Pod's
+//!   labels where they say them, else from its Node's labels, else the zone from its slice
+//!   (`endpoints[].zone`), as Istio derives a Pod's locality from its Node. Nodes are read for
+//!   those three labels only; until they are listed (or if the service account may not list
+//!   them) endpoints are served without what only the Node says.
 //! - `ExternalName` Services, Services without TCP ports and slices of FQDN addresses are not
 //!   served (debug log); proxies carry TCP only, so UDP and SCTP ports are left out.
 
@@ -43,6 +49,7 @@ pub const KINDS: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "Service", "services"),
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     ("", "v1", "Pod", "pods"),
+    ("", "v1", "Node", "nodes"),
 ];
 
 /// The label of an EndpointSlice that names its Service (same namespace).
@@ -92,7 +99,25 @@ struct EndpointFacts {
     ready: bool,
     /// The Pod it is, by `targetRef`.
     pod: Option<Name>,
+    /// The Node it runs on (`nodeName`).
+    node: Option<String>,
+    /// Its zone as the slice says it.
+    zone: Option<String>,
 }
+
+/// What is kept of a Node: where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeFacts {
+    /// `(label, value)` for each topology label the Node has.
+    topology: Vec<(&'static str, String)>,
+}
+
+/// The labels locality-aware balancing reads, in `region/zone/subzone` order.
+const TOPOLOGY_LABELS: [&str; 3] = [
+    ringmesh_api::compile::REGION_LABEL,
+    ringmesh_api::compile::ZONE_LABEL,
+    ringmesh_api::compile::SUBZONE_LABEL,
+];
 
 /// What is kept of a Pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +134,7 @@ pub struct Cluster {
     services: Listing<ServiceFacts>,
     slices: Listing<SliceFacts>,
     pods: Listing<PodFacts>,
+    nodes: Listing<NodeFacts>,
 }
 
 impl Default for Cluster {
@@ -117,12 +143,14 @@ impl Default for Cluster {
             services: Listing::new("Service"),
             slices: Listing::new("EndpointSlice"),
             pods: Listing::new("Pod"),
+            nodes: Listing::new("Node"),
         }
     }
 }
 
 impl Cluster {
-    /// Whether each of the three kinds was listed once.
+    /// Whether Services, EndpointSlices and Pods were listed once (Nodes only add locality, and
+    /// a control plane not allowed to list them still serves).
     pub fn listed(&self) -> bool {
         self.services.listed() && self.slices.listed() && self.pods.listed()
     }
@@ -134,6 +162,7 @@ impl Cluster {
             "Service" => self.services.event(event, read_service),
             "EndpointSlice" => self.slices.event(event, read_slice),
             "Pod" => self.pods.event(event, read_pod),
+            "Node" => self.nodes.event(event, read_node),
             _ => false,
         }
     }
@@ -209,6 +238,7 @@ impl Cluster {
                 if pod.is_some_and(|p| p.meshed) {
                     labels.insert(TLS_MODE_LABEL.into(), "istio".into());
                 }
+                self.add_locality(e, &mut labels);
                 for address in &e.addresses {
                     endpoints.entry(*address).or_insert_with(|| EndpointSpec {
                         address: address.to_string(),
@@ -221,6 +251,24 @@ impl Cluster {
             }
         }
         endpoints.into_values().collect()
+    }
+
+    /// Fills in the topology labels the Pod's own labels left out: from the endpoint's Node,
+    /// then the zone its slice names.
+    fn add_locality(&self, e: &EndpointFacts, labels: &mut BTreeMap<String, String>) {
+        let node = e
+            .node
+            .as_ref()
+            // Nodes have no namespace: listed under `default`, as `name_of` keys them.
+            .and_then(|n| self.nodes.objects().get(&("default".to_owned(), n.clone())));
+        for (label, value) in node.iter().flat_map(|n| &n.topology) {
+            labels.entry((*label).to_owned()).or_insert_with(|| value.clone());
+        }
+        if let Some(zone) = &e.zone {
+            labels
+                .entry(TOPOLOGY_LABELS[1].to_owned())
+                .or_insert_with(|| zone.clone());
+        }
     }
 }
 
@@ -380,6 +428,8 @@ fn read_slice((ns, name): &Name, obj: &DynamicObject) -> Read<SliceFacts> {
                 let pod_ns = r.namespace.filter(|n| !n.is_empty()).unwrap_or_else(|| ns.clone());
                 Some((pod_ns, r.name.filter(|n| !n.is_empty())?))
             }),
+            node: e.node_name.filter(|n| !n.is_empty()),
+            zone: e.zone.filter(|z| !z.is_empty()),
         })
         .collect();
     Read::Keep(SliceFacts {
@@ -403,6 +453,16 @@ fn read_pod(_: &Name, obj: &DynamicObject) -> Read<PodFacts> {
         service_account,
         meshed: annotations.is_some_and(|a| SIDECAR_ANNOTATIONS.iter().any(|k| a.contains_key(*k))),
     })
+}
+
+/// A Node is read for its topology labels alone.
+fn read_node(_: &Name, obj: &DynamicObject) -> Read<NodeFacts> {
+    let labels = obj.metadata.labels.as_ref();
+    let topology = TOPOLOGY_LABELS
+        .iter()
+        .filter_map(|&l| Some((l, labels?.get(l).filter(|v| !v.is_empty())?.clone())))
+        .collect();
+    Read::Keep(NodeFacts { topology })
 }
 
 #[cfg(test)]
@@ -473,6 +533,79 @@ mod tests {
     /// An endpoint without `conditions.ready` is ready (as the API documents), the exportTo
     /// annotation is carried, and a Service turned `ExternalName` is withdrawn, as is one gone
     /// from a re-listing.
+    #[test]
+    fn endpoints_carry_their_locality_from_pod_node_or_slice() {
+        let mut cluster = Cluster::default();
+        listed(&mut cluster);
+        cluster.event(
+            "Service",
+            event(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"clusterIP": "10.0.0.9", "ports": [{"name": "http", "port": 80}]}
+            })),
+        );
+        for (pod, labels) in [
+            ("on-node", serde_json::json!({"app": "web"})),
+            (
+                "own-zone",
+                serde_json::json!({"app": "web", "topology.kubernetes.io/zone": "z-pod"}),
+            ),
+        ] {
+            cluster.event(
+                "Pod",
+                event(serde_json::json!({"metadata": {"name": pod, "namespace": "shop", "labels": labels}})),
+            );
+        }
+        let pod = |name: &str| serde_json::json!({"kind": "Pod", "name": name, "namespace": "shop"});
+        cluster.event(
+            "EndpointSlice",
+            event(serde_json::json!({
+                "metadata": {"name": "web-1", "namespace": "shop", "labels": {SERVICE_NAME_LABEL: "web"}},
+                "addressType": "IPv4",
+                "endpoints": [
+                    {"addresses": ["10.1.0.2"], "nodeName": "n1", "zone": "z-slice", "targetRef": pod("on-node")},
+                    {"addresses": ["10.1.0.3"], "nodeName": "n1", "targetRef": pod("own-zone")},
+                    {"addresses": ["10.1.0.4"], "nodeName": "unknown", "zone": "z-slice"}
+                ]
+            })),
+        );
+        let labels = |cluster: &Cluster| -> Vec<BTreeMap<String, String>> {
+            let docs = cluster.service_entries(&BTreeSet::new());
+            let (resources, _) = ringmesh_api::load_str("t", &docs[0].yaml).expect("loads");
+            let ringmesh_api::resources::Resource::ServiceEntry(se) = &resources[0] else {
+                panic!("{resources:?}")
+            };
+            se.spec.endpoints.iter().map(|e| e.labels.clone()).collect()
+        };
+        // No Node listed yet: the slice's zone only.
+        let before = labels(&cluster);
+        assert_eq!(before[0].get(ZONE), Some(&"z-slice".to_owned()));
+        assert_eq!(before[0].get(REGION), None);
+
+        assert!(cluster.event(
+            "Node",
+            event(serde_json::json!({"metadata": {"name": "n1", "labels": {
+                "topology.kubernetes.io/region": "r1", "topology.kubernetes.io/zone": "z-node",
+                "topology.istio.io/subzone": "s1", "kubernetes.io/os": "linux"}}})),
+        ));
+        let after = labels(&cluster);
+        // The Node's labels before the slice's zone; the Pod's own before either.
+        assert_eq!(after[0].get(REGION), Some(&"r1".to_owned()));
+        assert_eq!(after[0].get(ZONE), Some(&"z-node".to_owned()));
+        assert_eq!(after[0].get(SUBZONE), Some(&"s1".to_owned()));
+        assert_eq!(after[1].get(ZONE), Some(&"z-pod".to_owned()));
+        assert_eq!(after[1].get(REGION), Some(&"r1".to_owned()));
+        assert_eq!(after[2].get(ZONE), Some(&"z-slice".to_owned()));
+        assert!(
+            after.iter().all(|l| !l.contains_key("kubernetes.io/os")),
+            "only topology labels"
+        );
+    }
+
+    const REGION: &str = "topology.kubernetes.io/region";
+    const ZONE: &str = "topology.kubernetes.io/zone";
+    const SUBZONE: &str = "topology.istio.io/subzone";
+
     #[test]
     fn unknown_readiness_export_to_and_withdrawals() {
         let mut cluster = Cluster::default();

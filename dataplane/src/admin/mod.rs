@@ -10,6 +10,7 @@
 //! | admin   | `/clusters`          | clusters, endpoints and per-endpoint counters as JSON |
 //! | admin   | `/control_plane`     | the discovery stream: state, replica, config version, last error (404 without one) |
 //! | admin   | `/certs`             | the workload certificate: SPIFFE id, serial, validity, chain and roots, the last renewal error; `identity: null` with the reason when there is none |
+//! | admin   | `/explain?host=…&path=…` | what the proxy would do with one request: route, clusters and endpoints, authorization and its policy, mTLS mode, its certificate (`explain.rs`, which lists the parameters) |
 //! | admin   | `/ready`             | `LIVE` (200), `DRAINING` (503), or `INITIALIZING: <why>` (503) before the first config from the control plane |
 //! | admin   | `/stats/prometheus`  | same as the metrics server |
 //! | admin   | `/stats/histograms`  | the proxy's own time per request, HDR per route and cluster: JSON, `?format=hgrm`, `?reset` (`histograms.rs`) |
@@ -33,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 pub mod app_probe;
+mod explain;
 mod histograms;
 mod readiness;
 
@@ -68,6 +70,10 @@ pub struct AdminState {
     pub cert_status: crate::identity::CertStatusCell,
     /// The app's probes kubelet asks the health server to run (`RINGMESH_KUBE_APP_PROBERS`).
     pub app_probers: app_probe::AppProbers,
+    /// Listener names and their bound addresses (a listener on port 0 has its real port here).
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// The span exporter's counters (added to the workers' at scrape time).
+    pub(crate) tracing: Arc<crate::telemetry::trace::stats::ExportStats>,
 }
 
 /// Which of the three servers a connection arrived on.
@@ -111,8 +117,12 @@ fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) 
 }
 
 fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
+    json_with(StatusCode::OK, v)
+}
+
+fn json_with<T: Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(v) {
-        Ok(b) => text(StatusCode::OK, b, "application/json"),
+        Ok(b) => text(status, b, "application/json"),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("serialize: {e}\n"),
@@ -140,6 +150,10 @@ struct ClusterView {
     connect_timeout_ms: u128,
     upstream_rq_total: u64,
     upstream_rq_active: u64,
+    /// Endpoints ejected by outlier detection now (Envoy's `outlier_detection.ejections_active`).
+    ejections_active: u64,
+    /// Healthy endpoints are below `minHealthPercent`: health is ignored (Envoy's panic mode).
+    panic: bool,
     endpoints: Vec<EndpointView>,
 }
 
@@ -149,6 +163,10 @@ struct EndpointView {
     weight: u32,
     labels: std::collections::BTreeMap<String, String>,
     health: &'static str,
+    /// Envoy's `health_flags`: `/failed_outlier_check`, `/failed_active_hc`, or empty.
+    health_flags: String,
+    /// Times ejected, decayed while healthy (the ejection-time multiplier).
+    outlier_ejections: u32,
     rq_total: u64,
     rq_active: u64,
     cx_connect_fail: u64,
@@ -190,8 +208,12 @@ async fn handle(
             ),
         },
         (Role::Metrics, &Method::GET, "/stats/prometheus") | (Role::Admin, &Method::GET, "/stats/prometheus") => {
-            let totals = gather_stats(&state.workers).await;
+            let mut totals = gather_stats(&state.workers).await;
+            totals.tracing.add_exporter(&state.tracing);
             let mut out = prometheus::render(&totals);
+            let (snapshot, health) = state.source.load_with_health();
+            prometheus::render_health(&snapshot, &health, &mut out);
+            prometheus::render_rate_limits(&state.source.shared(), &mut out);
             let control_plane = state.control_plane.load_full();
             let identity = state.identity.load();
             prometheus::render_process(
@@ -225,16 +247,18 @@ async fn handle(
                 "text/plain",
             ),
         },
+        (Role::Admin, &Method::GET, "/explain") => explain::answer(&state, req.uri().query().unwrap_or("")).await,
         (Role::Admin, &Method::GET, "/certs") => {
             json(&crate::identity::certs_json(&state.identity, &state.cert_status.load()))
         }
         (Role::Admin, &Method::GET, "/clusters") => {
-            let snapshot = state.source.load();
+            let (snapshot, health) = state.source.load_with_health();
             let totals = gather_stats(&state.workers).await;
             let clusters: Vec<ClusterView> = snapshot
                 .clusters
                 .iter()
-                .map(|c| {
+                .zip(&health.clusters)
+                .map(|(c, (ch, eps))| {
                     let t = totals.clusters.get(&c.name);
                     ClusterView {
                         name: c.name.clone(),
@@ -245,16 +269,29 @@ async fn handle(
                         connect_timeout_ms: c.connect_timeout.as_millis(),
                         upstream_rq_total: t.map_or(0, |t| t.upstream_rq_total),
                         upstream_rq_active: t.map_or(0, |t| t.upstream_rq_active),
+                        ejections_active: ch.ejections_active(),
+                        panic: ch.in_panic(),
                         endpoints: c
                             .endpoints
                             .iter()
-                            .map(|e| {
+                            .zip(eps)
+                            .map(|(e, eh)| {
                                 let et = t.and_then(|t| t.endpoints.get(&e.address.to_string()));
+                                let flags = eh.flags();
+                                let mut health_flags = String::new();
+                                if flags & crate::lb::health::FAILED_OUTLIER_CHECK != 0 {
+                                    health_flags.push_str("/failed_outlier_check");
+                                }
+                                if flags & crate::lb::health::FAILED_ACTIVE_HC != 0 {
+                                    health_flags.push_str("/failed_active_hc");
+                                }
                                 EndpointView {
                                     address: e.address.to_string(),
                                     weight: e.weight,
                                     labels: e.labels.clone(),
-                                    health: "HEALTHY",
+                                    health: if flags == 0 { "HEALTHY" } else { "UNHEALTHY" },
+                                    health_flags,
+                                    outlier_ejections: eh.ejections(),
                                     rq_total: et.map_or(0, |x| x.rq_total),
                                     rq_active: et.map_or(0, |x| x.rq_active),
                                     cx_connect_fail: et.map_or(0, |x| x.cx_connect_fail),

@@ -4,4 +4,5 @@
 //! checkout is a `Vec::pop` on this core's memory. Connecting has a timeout and reports
 //! failures as [`crate::error::ProxyError`]s that the retry logic understands.
 
+pub mod breaker;
 pub mod pool;

@@ -15,6 +15,8 @@ use monoio::io::Splitable;
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
+use ringmesh_api::snapshot::TcpKeepalive;
+
 use crate::error::{ErrorKind, ProxyError, Side};
 
 /// Pooled connections idle at least this long are probed before reuse.
@@ -42,6 +44,9 @@ pub struct UpstreamConn {
     /// Read buffer kept with the connection, so a pooled connection reads its next response
     /// without a new allocation.
     pub buf: bytes::BytesMut,
+    /// Its place under the cluster's `maxConnections` (a limited cluster only): released when
+    /// the connection closes.
+    pub slot: Option<super::breaker::ConnSlot>,
 }
 
 #[derive(Debug)]
@@ -83,10 +88,15 @@ impl UpstreamPool {
         None
     }
 
-    /// Returns a connection after a complete exchange, unless the pool for it is full.
+    /// Returns a connection after a complete exchange, unless the pool for it is full (or its
+    /// cluster's connection limit is shared by the workers: see `breaker`). A request of the
+    /// cluster waiting for a connection on this core is woken.
     pub fn checkin(&self, conn: UpstreamConn, max_idle: usize) {
-        if max_idle == 0 {
+        if max_idle == 0 || conn.slot.as_ref().is_some_and(|s| !s.poolable()) {
             return;
+        }
+        if let Some(slot) = &conn.slot {
+            slot.notify();
         }
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(conn.addr).or_default();
@@ -98,6 +108,22 @@ impl UpstreamPool {
             conn,
             since: Instant::now(),
         });
+    }
+
+    /// Closes the oldest idle connection counted against `cluster`'s limit, to make room for
+    /// one to another endpoint; whether there was one.
+    pub(crate) fn evict_one_of(&self, cluster: &crate::lb::ClusterCounters) -> bool {
+        let evicted = {
+            let mut idle = self.idle.borrow_mut();
+            idle.values_mut().find_map(|list| {
+                let i = list
+                    .iter()
+                    .position(|e| e.conn.slot.as_ref().is_some_and(|s| s.of(cluster)))?;
+                Some(list.remove(i))
+            })
+        };
+        // Dropped outside the borrow: its slot's release wakes a waiter.
+        evicted.is_some()
     }
 
     /// Idle connections per endpoint (for `/clusters`).
@@ -138,12 +164,19 @@ fn is_open(fd: RawFd) -> bool {
 }
 
 /// Connects to `addr` within `timeout`, with `TCP_NODELAY` set (we write whole heads and
-/// chunks; Nagle would only add latency).
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, ProxyError> {
+/// chunks; Nagle would only add latency) and the cluster's keep-alive. `slot` is the
+/// connection's place under its cluster's `maxConnections`, held for its life.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<&TcpKeepalive>,
+    slot: Option<super::breaker::ConnSlot>,
+) -> Result<UpstreamConn, ProxyError> {
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             let fd = stream.as_raw_fd();
+            set_keepalive(fd, keepalive);
             let (read, write) = stream.into_split();
             Ok(UpstreamConn {
                 read,
@@ -153,6 +186,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn
                 requests: 0,
                 reused: false,
                 buf: bytes::BytesMut::new(),
+                slot,
             })
         }
         Ok(Err(_)) => Err(ProxyError::new(
@@ -165,5 +199,75 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn
             Side::Upstream,
             "upstream connect timed out",
         )),
+    }
+}
+
+/// Istio's `tcpKeepalive` on an upstream socket: `SO_KEEPALIVE`, and `TCP_KEEPCNT`,
+/// `TCP_KEEPIDLE`, `TCP_KEEPINTVL` where set (the kernel's defaults otherwise: 9 probes, 7200 s,
+/// 75 s). A failure is logged at debug and ignored: the connection works without probes.
+pub(crate) fn set_keepalive(fd: RawFd, keepalive: Option<&TcpKeepalive>) {
+    let Some(k) = keepalive else {
+        return;
+    };
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs().clamp(1, i32::MAX as u64) as i32);
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, Some(1)),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, k.probes.map(|p| p as i32)),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(k.time)),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(k.interval)),
+    ] {
+        let Some(value) = value else {
+            continue;
+        };
+        // SAFETY: `fd` is a socket owned by the caller for the duration of the call; the value
+        // is a valid `c_int` whose size is passed.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(
+                "setting TCP keep-alive option {name}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(fd: RawFd, level: i32, name: i32) -> i32 {
+        let mut v: i32 = -1;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: a valid socket and an `i32` with its size.
+        let r = unsafe { libc::getsockopt(fd, level, name, (&mut v as *mut i32).cast(), &mut len) };
+        assert_eq!(r, 0);
+        v
+    }
+
+    #[test]
+    fn keepalive_settings_reach_the_socket() {
+        let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let fd = s.as_raw_fd();
+        assert_eq!(get(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+        set_keepalive(
+            fd,
+            Some(&TcpKeepalive {
+                probes: Some(3),
+                time: Some(Duration::from_secs(10)),
+                interval: Some(Duration::from_secs(2)),
+            }),
+        );
+        assert_ne!(get(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+        assert_eq!(get(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 3);
+        assert_eq!(get(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 10);
+        assert_eq!(get(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 2);
     }
 }

@@ -46,11 +46,17 @@ impl BodyError {
     }
 }
 
-/// Reads more bytes from `src` into `buf` (appending). `Ok(0)` is EOF.
-pub async fn read_more<R: AsyncReadRent>(src: &mut R, buf: &mut BytesMut, idle: Duration) -> Result<usize, BodyError> {
+/// Grows `buf` by a read's worth when less than a quarter of one is free: what
+/// [`read_more`] does first, for a caller that must know the size before the read is posted.
+pub fn make_room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
+}
+
+/// Reads more bytes from `src` into `buf` (appending). `Ok(0)` is EOF.
+pub async fn read_more<R: AsyncReadRent>(src: &mut R, buf: &mut BytesMut, idle: Duration) -> Result<usize, BodyError> {
+    make_room(buf);
     let owned = std::mem::take(buf);
     let len = owned.len();
     match monoio::time::timeout(idle, src.read(owned.slice_mut(len..))).await {

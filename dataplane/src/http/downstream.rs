@@ -7,6 +7,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use crate::error::{ErrorKind, ProxyError, Side};
 use crate::tls::inbound::ServerTls;
 use crate::tls::io::RentIo;
 use crate::tls::InboundConn;
+use crate::worker::Worker;
 
 /// Largest request body read and thrown away when a request is answered locally; larger
 /// bodies make the proxy close the connection instead.
@@ -132,9 +134,49 @@ pub(crate) struct Downstream {
     pub(crate) buf: BytesMut,
     /// Reused buffer for heads written to the client.
     pub(crate) out: BytesMut,
+    /// The longest silence between reads of the current request's body
+    /// (`limits.requestBodyTimeout`, set per request).
+    pub(crate) body_timeout: Duration,
+    /// What `buf` and `out` hold, charged to the worker's `limits.maxBufferBytes` share.
+    pub(crate) charge: BufferCharge,
+}
+
+/// The bytes one client connection's buffers hold, charged to its worker's
+/// `downstream_buffered_bytes` (the `limits.maxBufferBytes` budget, checked at accept) and
+/// given back when the connection ends. Updated where buffers are taken, grown or dropped
+/// ([`Downstream::account`]), not on every read of a streamed body: a body's reads reuse the
+/// buffer the last update saw, or grow it by one read, and the next update settles it.
+#[derive(Debug)]
+pub(crate) struct BufferCharge {
+    worker: Rc<Worker>,
+    charged: usize,
+}
+
+impl BufferCharge {
+    /// Nothing charged yet, to `worker`.
+    pub(crate) fn new(worker: Rc<Worker>) -> Self {
+        BufferCharge { worker, charged: 0 }
+    }
+
+    fn set(&mut self, bytes: usize) {
+        let total = &self.worker.stats.downstream_buffered_bytes;
+        total.set(total.get() - self.charged as u64 + bytes as u64);
+        self.charged = bytes;
+    }
+}
+
+impl Drop for BufferCharge {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }
 
 impl Downstream {
+    /// Charges what the connection's buffers hold now (`BufferCharge`).
+    pub(crate) fn account(&mut self) {
+        self.charge.set(self.buf.capacity() + self.out.capacity());
+    }
+
     /// Reads until a whole head is parsed. `Ok(None)`: the client closed or idled out before
     /// sending a byte of a new request.
     pub(crate) async fn read_head(
@@ -157,11 +199,24 @@ impl Downstream {
                 }
                 deadline.get_or_insert_with(|| Instant::now() + header_timeout);
             }
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => idle,
+            let read = match deadline {
+                Some(d) => {
+                    // The buffer a half-sent head waits with is charged before the wait: a
+                    // slow client holds it for as long as it likes.
+                    body::make_room(&mut self.buf);
+                    self.account();
+                    body::read_more(
+                        &mut self.stream,
+                        &mut self.buf,
+                        d.saturating_duration_since(Instant::now()),
+                    )
+                    .await
+                }
+                // Between requests: wait with no buffer held.
+                None if self.buf.is_empty() => self.read_idle(idle).await,
+                None => body::read_more(&mut self.stream, &mut self.buf, idle).await,
             };
-            match body::read_more(&mut self.stream, &mut self.buf, wait).await {
+            match read {
                 Ok(0) => {
                     return if self.buf.is_empty() {
                         Ok(None)
@@ -173,7 +228,7 @@ impl Downstream {
                         ))
                     };
                 }
-                Ok(_) => {}
+                Ok(_) => self.account(),
                 Err(BodyError::Idle) if deadline.is_some() => {
                     return Err(ProxyError::new(
                         ErrorKind::RequestHeaderTimeout,
@@ -182,6 +237,48 @@ impl Downstream {
                     ));
                 }
                 Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Waits up to `idle` for the client's next bytes while holding no buffer, then reads them
+    /// into a fresh one; as [`body::read_more`] otherwise. An idle keep-alive connection
+    /// costs its task and its socket, nothing more: a read posted to the ring (or parked on
+    /// epoll) would pin its buffer for the whole wait. Over TLS the wait stays a read (rustls
+    /// may hold decrypted bytes the socket no longer shows).
+    pub(crate) async fn read_idle(&mut self, idle: Duration) -> Result<usize, BodyError> {
+        let ClientIo::Tcp(s) = &mut self.stream else {
+            return body::read_more(&mut self.stream, &mut self.buf, idle).await;
+        };
+        let deadline = Instant::now() + idle;
+        loop {
+            // Both allocations go back to the allocator for the wait; a pipelined request is
+            // never waited for, as it is already in `buf`.
+            self.buf = BytesMut::new();
+            self.out = BytesMut::new();
+            self.charge.set(self.buf.capacity() + self.out.capacity());
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match monoio::time::timeout(wait, s.readable(true)).await {
+                Err(_) => return Err(BodyError::Idle),
+                Ok(Err(e)) => return Err(BodyError::Read(e)),
+                Ok(Ok(())) => {}
+            }
+            self.buf.reserve(super::proxy::INITIAL_BUFFER);
+            self.charge.set(self.buf.capacity() + self.out.capacity());
+            if !super::send::direct() {
+                // epoll: the driver knows the socket is readable, so this read is the one
+                // `recv` a read after an arrival always was.
+                let wait = deadline.saturating_duration_since(Instant::now());
+                return body::read_more(s, &mut self.buf, wait).await;
+            }
+            // io_uring: the bytes are there, so one `recv` takes them, without a second trip
+            // through the ring (a submission, a park and a wake-up).
+            match super::send::recv_now(s.as_raw_fd(), &mut self.buf) {
+                Ok(n) => return Ok(n),
+                // Readiness that went stale (another reader cannot exist, but a spurious
+                // wake-up can): wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(BodyError::Read(e)),
             }
         }
     }
@@ -215,8 +312,15 @@ pub(crate) async fn finish_request_body(conn: &mut Downstream, head: &RequestHea
     match head.framing() {
         BodyFraming::None | BodyFraming::Length(0) => true,
         BodyFraming::Length(n) if n > MAX_DISCARD => false,
-        framing => body::discard(framing, &mut conn.stream, &mut conn.buf, idle, MAX_DISCARD)
-            .await
-            .is_ok(),
+        // A body trickled in is cut as one streamed to an upstream would be.
+        framing => body::discard(
+            framing,
+            &mut conn.stream,
+            &mut conn.buf,
+            conn.body_timeout.min(idle),
+            MAX_DISCARD,
+        )
+        .await
+        .is_ok(),
     }
 }

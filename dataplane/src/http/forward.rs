@@ -26,14 +26,16 @@ use super::h1::{
     ResponseEncode, ResponseHead, ResponseParser,
 };
 use super::request_body::{ClientBody, RequestBody};
-use super::retry::{self, Decision, Retries, RetrySlot};
+use super::retry::{Decision, Retries, RetrySlot};
 use super::route_view::RouteView;
+use crate::cluster::breaker::ConnSlot;
 use crate::cluster::pool::{self, UpstreamConn};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::lb::{self, ClusterState};
 use crate::state::WorkerSnapshot;
 use crate::telemetry::request::{Details, Facts};
 use crate::telemetry::stats::{dec, inc};
+use crate::telemetry::trace;
 use crate::worker::Worker;
 
 /// One routed request on its way upstream: what routing decided and what every step of
@@ -157,20 +159,48 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
             body: ClientBody::Unread,
         };
     }
+    // Before the plan: the route's timeout counts from the whole request, as Envoy's does.
+    let gathered = RequestBody::gather(
+        ex.head.framing(),
+        &mut ex.conn.stream,
+        &mut ex.conn.buf,
+        ex.conn.body_timeout,
+    )
+    .await;
+    ex.conn.account();
+    let mut body = match gathered {
+        Ok(body) => body,
+        Err(e) => return client_failed(client_body_error(e)),
+    };
     let plan = plan(ex, cluster_id, expect);
-    let mut body = RequestBody::take(ex.head.framing(), &mut ex.conn.buf);
+    if !ex.action.mirrors.is_empty() {
+        let empty = Bytes::new();
+        let copy = super::mirror::Copy {
+            head: &plan.upstream_head,
+            body: if body.is_empty() { Some(&empty) } else { body.held() },
+            method: ex.head.method(),
+            upgrade: ex.head.connection().upgrade,
+            timeout: ex.action.timeout,
+            version: ex.view.snapshot.version,
+        };
+        super::mirror::start(ex.worker, &ex.action.mirrors, &copy);
+    }
     if let Some(held) = body.held() {
         ex.facts.bytes_received.set(held.len() as u64);
     }
     let mut retries = Retries::new(&ex.action.retry, plan.deadline);
     let mut _retry_slot: Option<RetrySlot<'_>> = None;
     loop {
-        if let Err(error) = ex.worker.admit_request(plan.cluster, plan.state) {
-            return Outcome::Failed {
-                error,
-                body: body.client(),
-            };
-        }
+        // Held until this try ends (with its answer relayed, if it is the one answered).
+        let _admitted = match ex.worker.admit_request(plan.cluster, plan.state) {
+            Ok(admitted) => admitted,
+            Err(error) => {
+                return Outcome::Failed {
+                    error,
+                    body: body.client(),
+                }
+            }
+        };
         let Some(endpoint) = lb::pick(plan.cluster, plan.state, &ex.worker.rng, plan.hash, retries.tried()) else {
             return Outcome::Failed {
                 error: ProxyError::new(ErrorKind::NoHealthyUpstream, Side::Internal, "cluster has no endpoints"),
@@ -200,22 +230,18 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
         };
         // A retry counts against the budget only while its try is in flight.
         _retry_slot = None;
+        retries.try_ended();
         let error = match result {
-            Try::ClientFailed(e) => {
-                // A broken body cannot be skipped to find the next request: answer and close.
-                return match e.kind {
-                    ErrorKind::BadRequest { .. } => Outcome::Failed {
-                        error: e,
-                        body: ClientBody::Cut,
-                    },
-                    _ => Outcome::Aborted,
-                };
+            Try::ClientFailed(e) => return client_failed(e),
+            Try::Failed(error) => {
+                record_try_failure(plan.cluster, plan.state, endpoint, &error);
+                error
             }
-            Try::Failed(error) => error,
             Try::Relayed(outcome) => return outcome,
             Try::Retry(attempt) => {
                 tracing::debug!(cluster = %plan.cluster.name, attempt, "retrying on status");
                 back_off(retries.backoff(attempt, &ex.worker.rng)).await;
+                retries.retry_started();
                 _retry_slot = Some(RetrySlot::start(ex.worker, &plan.state.counters));
                 continue;
             }
@@ -223,11 +249,12 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
                 let status = resp.head.status();
                 if let Decision::AfterBackoff(attempt) = retries.after_status(status, body.replayable(), Instant::now())
                 {
-                    if retry::admit(ex.worker) {
-                        record_upstream_status(plan.state, status);
+                    if retries.admit(ex.worker, &ex.worker.breakers(plan.cluster, plan.state)) {
+                        record_upstream_status(plan.cluster, plan.state, endpoint, status);
                         pool_refused(ex, &plan, resp).await;
                         tracing::debug!(cluster = %plan.cluster.name, status, attempt, "retrying on status");
                         back_off(retries.backoff(attempt, &ex.worker.rng)).await;
+                        retries.retry_started();
                         _retry_slot = Some(RetrySlot::start(ex.worker, &plan.state.counters));
                         continue;
                     }
@@ -238,9 +265,12 @@ pub(crate) async fn forward(ex: &mut Exchange<'_>) -> Outcome {
         };
         match retries.after_failure(&error, body.replayable(), Instant::now()) {
             Decision::Now => continue,
-            Decision::AfterBackoff(attempt) if retry::admit(ex.worker) => {
+            Decision::AfterBackoff(attempt)
+                if retries.admit(ex.worker, &ex.worker.breakers(plan.cluster, plan.state)) =>
+            {
                 tracing::debug!(cluster = %plan.cluster.name, attempt, "retrying after {}", error);
                 back_off(retries.backoff(attempt, &ex.worker.rng)).await;
+                retries.retry_started();
                 _retry_slot = Some(RetrySlot::start(ex.worker, &plan.state.counters));
                 continue;
             }
@@ -353,6 +383,15 @@ fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> 
         if need_id {
             write_uuid4(worker.rng.next_u64(), worker.rng.next_u64(), &mut request_id);
         }
+        let mut trace = trace::begin(&worker.rng, &view.snapshot.telemetry.tracing, || {
+            trace::Incoming::from_fields(head.headers().iter().map(|h| (h.name(src), h.value(src))))
+        });
+        if let Some(t) = trace.as_mut().filter(|t| t.sampled && need_id) {
+            t.request_id = Some(request_id);
+        }
+        ex.facts.trace.set(trace);
+        let trace_out = trace.as_ref().map(trace::Outgoing::of);
+        let trace_fields = trace_out.as_ref().map(trace::Outgoing::fields);
         let opts = RequestEncode {
             target: rewritten.as_deref().map(str::as_bytes),
             authority: action.host_rewrite.as_deref().map(str::as_bytes),
@@ -365,6 +404,7 @@ fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> 
             forwarded_proto: Some("http"),
             request_id: need_id.then_some(&request_id[..]),
             xfcc: Some(xfcc),
+            trace: trace_fields.as_ref().map(|f| f.as_slice()),
             framing: head.framing(),
             connection: if head.connection().upgrade {
                 ConnectionHeader::Upgrade
@@ -392,22 +432,37 @@ fn plan<'a>(ex: &Exchange<'a>, cluster_id: ClusterId, expect: bool) -> Plan<'a> 
 /// connection is simply dropped.
 async fn pool_refused(ex: &Exchange<'_>, plan: &Plan<'_>, resp: Response) {
     let Response {
-        mut upstream,
+        upstream,
         head: rhead,
-        mut buf,
+        buf,
         ..
     } = resp;
+    pool_after_discard(ex.worker, plan.cluster, upstream, &rhead, buf, ex.idle, 64 * 1024).await;
+}
+
+/// Reads away the body of a response nobody will see (at most `max` bytes, each read within
+/// `idle`) and returns the connection to this core's pool; a body that closes the connection,
+/// runs longer or breaks drops it instead.
+pub(crate) async fn pool_after_discard(
+    worker: &Worker,
+    cluster: &Cluster,
+    mut upstream: UpstreamConn,
+    rhead: &ResponseHead,
+    mut buf: BytesMut,
+    idle: Duration,
+    max: u64,
+) {
+    let framing = rhead.framing();
     let reusable = rhead.connection().keep_alive
-        && body::discard(rhead.framing(), &mut upstream.read, &mut buf, ex.idle, 64 * 1024)
+        && framing != BodyFraming::CloseDelimited
+        && body::discard(framing, &mut upstream.read, &mut buf, idle, max)
             .await
             .is_ok()
         && buf.is_empty();
     if reusable {
         upstream.requests += 1;
         upstream.buf = buf;
-        ex.worker
-            .pool
-            .checkin(upstream, plan.cluster.pool.max_idle_per_endpoint);
+        worker.pool.checkin(upstream, cluster.pool.max_idle_per_endpoint);
     }
 }
 
@@ -465,8 +520,21 @@ pub(crate) fn write_uuid4(hi: u64, lo: u64, out: &mut [u8; 36]) {
     }
 }
 
-pub(crate) fn record_upstream_status(state: &ClusterState, status: u16) {
+pub(crate) fn record_upstream_status(cluster: &Cluster, state: &ClusterState, endpoint: usize, status: u16) {
     inc(&state.counters.rq_by_class[(status / 100).min(5) as usize]);
+    lb::record_outcome(cluster, state, endpoint, lb::health::Outcome::Response(status));
+}
+
+/// Counts a failed try against its endpoint for outlier detection (connect failures, resets,
+/// timeouts; not what the client caused, nor a pooled connection the upstream had closed while
+/// idle, which is not a sign of a sick endpoint).
+pub(crate) fn record_try_failure(cluster: &Cluster, state: &ClusterState, endpoint: usize, error: &ProxyError) {
+    if error.is_reused_conn_dead() {
+        return;
+    }
+    if let Some(outcome) = lb::health::Outcome::of_error(error.kind) {
+        lb::record_outcome(cluster, state, endpoint, outcome);
+    }
 }
 
 /// One try: a connection to `endpoint`, the request on it, and the response head back.
@@ -488,7 +556,11 @@ async fn one_try(
     read_response_head(ex, plan, upstream, buf, per_try_deadline).await
 }
 
-/// A pooled connection to the endpoint, or a new one within the connect timeout.
+/// A pooled connection to the endpoint, or a new one within the connect timeout. At the
+/// cluster's `maxConnections` (`cluster::breaker`) the request waits in this core's queue, if
+/// `http1MaxPendingRequests` leaves room, until a connection of the cluster returns to the
+/// pool or closes — within the try's deadline, or the idle timeout without one — and is
+/// refused at once (503 `UO`) otherwise.
 pub(crate) async fn upstream_conn(
     worker: &Worker,
     cluster: &Cluster,
@@ -501,16 +573,89 @@ pub(crate) async fn upstream_conn(
         inc(&worker.stats.upstream_cx_reused);
         return Ok(c);
     }
+    let slot = match worker.breakers(cluster, state).try_connection() {
+        Some(slot) => slot,
+        // Boxed: only a request at the limit carries the queue's state, not every
+        // connection's task.
+        None => match Box::pin(wait_for_connection(worker, cluster, state, addr, per_try_deadline)).await? {
+            Waited::Pooled(c) => return Ok(c),
+            Waited::Slot(slot) => slot,
+        },
+    };
     inc(&worker.stats.upstream_cx_total);
     let timeout = match per_try_deadline {
         Some(d) => cluster.connect_timeout.min(d.saturating_duration_since(Instant::now())),
         None => cluster.connect_timeout,
     };
-    pool::connect(addr, timeout).await.inspect_err(|error| {
-        inc(&worker.stats.upstream_cx_connect_fail);
-        inc(&state.endpoints[endpoint].cx_connect_fail);
-        tracing::debug!(upstream = %addr, cluster = %cluster.name, "{error}");
-    })
+    pool::connect(addr, timeout, cluster.pool.tcp_keepalive.as_ref(), Some(slot))
+        .await
+        .inspect_err(|error| {
+            inc(&worker.stats.upstream_cx_connect_fail);
+            inc(&state.endpoints[endpoint].cx_connect_fail);
+            tracing::debug!(upstream = %addr, cluster = %cluster.name, "{error}");
+        })
+}
+
+/// What waiting at the cluster's connection limit ended with.
+enum Waited {
+    /// A connection to the endpoint came back to the pool.
+    Pooled(UpstreamConn),
+    /// A place for a new connection came free.
+    Slot(ConnSlot),
+}
+
+/// The request is at its cluster's `maxConnections` on this core: it makes room by closing an
+/// idle connection of the cluster to another endpoint, or waits in the core's queue (within
+/// `http1MaxPendingRequests`, else 503 `UO` at once) until a connection of the cluster returns
+/// to the pool or closes, within the try's deadline (or the idle timeout without one).
+async fn wait_for_connection(
+    worker: &Worker,
+    cluster: &Cluster,
+    state: &ClusterState,
+    addr: std::net::SocketAddr,
+    per_try_deadline: Option<Instant>,
+) -> Result<Waited, ProxyError> {
+    let breakers = worker.breakers(cluster, state);
+    let mut pending = None;
+    loop {
+        if let Some(c) = worker.pool.checkout(addr, cluster.pool.idle_timeout) {
+            inc(&worker.stats.upstream_cx_reused);
+            return Ok(Waited::Pooled(c));
+        }
+        if let Some(slot) = breakers.try_connection() {
+            return Ok(Waited::Slot(slot));
+        }
+        if breakers.pools() && worker.pool.evict_one_of(&state.counters) {
+            continue;
+        }
+        if pending.is_none() {
+            match breakers.enter_pending() {
+                Ok(p) => pending = Some(p),
+                Err(e) => {
+                    inc(&worker.stats.upstream_rq_pending_overflow);
+                    return Err(e);
+                }
+            }
+        }
+        let until = per_try_deadline
+            .unwrap_or_else(|| Instant::now() + worker.snapshot.get().snapshot.proxy.limits.downstream_idle_timeout);
+        match monoio::time::timeout(
+            until.saturating_duration_since(Instant::now()),
+            breakers.wait_for_connection(),
+        )
+        .await
+        {
+            Ok(Some(slot)) => return Ok(Waited::Slot(slot)),
+            Ok(None) => {}
+            Err(_) => {
+                return Err(ProxyError::new(
+                    ErrorKind::UpstreamTimeout,
+                    Side::Upstream,
+                    "no upstream connection came free in time (maxConnections)",
+                ))
+            }
+        }
+    }
 }
 
 /// An upstream that closed or reset a connection of its own accord.
@@ -554,7 +699,8 @@ async fn send_request(
         let mut probe = std::pin::pin!(upstream
             .read
             .cancelable_read(std::mem::take(&mut buf).slice_mut(len..), canceller.handle()));
-        let mut sending = std::pin::pin!(body.stream(&mut conn.stream, &mut conn.buf, &mut upstream.write, ex.idle));
+        let mut sending =
+            std::pin::pin!(body.stream(&mut conn.stream, &mut conn.buf, &mut upstream.write, conn.body_timeout));
         let first = monoio::select! {
             sent = &mut sending => Ok(sent),
             read = &mut probe => Err(read),
@@ -587,16 +733,37 @@ async fn send_request(
             Ok(buf)
         }
         Some(Err(BodyError::Write(_))) => Err(Try::Failed(UPSTREAM_RESET)),
-        Some(Err(BodyError::Framing(e))) => Err(Try::ClientFailed(ProxyError::new(
+        Some(Err(e)) => Err(Try::ClientFailed(client_body_error(e))),
+    }
+}
+
+/// The client's fault in reading its body: a broken framing, a silence past
+/// `limits.requestBodyTimeout`, or a close.
+fn client_body_error(e: BodyError) -> ProxyError {
+    match e {
+        BodyError::Framing(e) => ProxyError::new(
             ErrorKind::BadRequest { status: e.status() },
             Side::Downstream,
             e.reason(),
-        ))),
-        Some(Err(_)) => Err(Try::ClientFailed(ProxyError::new(
+        ),
+        BodyError::Idle => ProxyError::new(ErrorKind::RequestBodyTimeout, Side::Downstream, "request body timeout"),
+        _ => ProxyError::new(
             ErrorKind::DownstreamClosed,
             Side::Downstream,
             "client went away mid-body",
-        ))),
+        ),
+    }
+}
+
+/// How a request ends when its client broke its body: a broken body cannot be skipped to find
+/// the next request, so the answer closes the connection; a client that left gets nothing.
+fn client_failed(e: ProxyError) -> Outcome {
+    match e.kind {
+        ErrorKind::BadRequest { .. } | ErrorKind::RequestBodyTimeout => Outcome::Failed {
+            error: e,
+            body: ClientBody::Cut,
+        },
+        _ => Outcome::Aborted,
     }
 }
 
@@ -729,7 +896,12 @@ async fn relay_response(ex: &mut Exchange<'_>, plan: &Plan<'_>, resp: Response, 
         buf: mut ubuf,
     } = resp;
     let status = rhead.status();
-    record_upstream_status(state, status);
+    record_upstream_status(
+        cluster,
+        state,
+        ex.facts.endpoint.get().map_or(usize::MAX, |e| e as usize),
+        status,
+    );
     worker.stats.record_status(status);
     let facts = ex.facts;
     facts.status.set(status);

@@ -17,6 +17,7 @@
 //! `DEADLINE_EXCEEDED` in the trailers (a route timeout bounds only the wait for the head).
 //! | malformed request (400) | `INTERNAL` (13) |
 //! | the client went away | `CANCELLED` (1) |
+//! | an injected fault's abort | its `grpcStatus`, or its `httpStatus` by gRPC's HTTP-to-gRPC table |
 //!
 //! The mapping follows gRPC's HTTP-to-gRPC table, except that a timeout is
 //! `DEADLINE_EXCEEDED` rather than `UNAVAILABLE`: the deadline is what expired, and a client
@@ -27,16 +28,21 @@ use std::time::Duration;
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
+use ringmesh_api::snapshot::FaultStatus;
+
 use crate::error::{ErrorKind, ProxyError};
 
 /// `grpc-status` codes the proxy writes or reads.
 pub(crate) mod code {
     pub(crate) const CANCELLED: u32 = 1;
+    pub(crate) const UNKNOWN: u32 = 2;
     pub(crate) const DEADLINE_EXCEEDED: u32 = 4;
     pub(crate) const PERMISSION_DENIED: u32 = 7;
     pub(crate) const UNIMPLEMENTED: u32 = 12;
     pub(crate) const INTERNAL: u32 = 13;
     pub(crate) const UNAVAILABLE: u32 = 14;
+    pub(crate) const RESOURCE_EXHAUSTED: u32 = 8;
+    pub(crate) const UNAUTHENTICATED: u32 = 16;
 }
 
 /// Whether a request is a gRPC call (`content-type: application/grpc`, with or without a
@@ -84,9 +90,29 @@ pub(crate) fn status_for(e: &ProxyError) -> u32 {
     match e.kind {
         ErrorKind::NoRoute => code::UNIMPLEMENTED,
         ErrorKind::UpstreamTimeout | ErrorKind::PerTryTimeout => code::DEADLINE_EXCEEDED,
-        ErrorKind::BadRequest { .. } | ErrorKind::RequestHeaderTimeout => code::INTERNAL,
+        ErrorKind::BadRequest { .. } | ErrorKind::RequestHeaderTimeout | ErrorKind::RequestBodyTimeout => {
+            code::INTERNAL
+        }
         ErrorKind::DownstreamClosed => code::CANCELLED,
         ErrorKind::Forbidden => code::PERMISSION_DENIED,
+        ErrorKind::FaultAbort(FaultStatus::Grpc(c)) => u32::from(c),
+        // Envoy's local rate limit: 429 maps to UNAVAILABLE (gRPC's HTTP table) unless the
+        // limit asks for RESOURCE_EXHAUSTED (`rate_limited_as_resource_exhausted`).
+        ErrorKind::RateLimited {
+            grpc_resource_exhausted: true,
+        } => code::RESOURCE_EXHAUSTED,
+        ErrorKind::RateLimited {
+            grpc_resource_exhausted: false,
+        } => code::UNAVAILABLE,
+        // gRPC's HTTP-to-gRPC status table.
+        ErrorKind::FaultAbort(FaultStatus::Http(s)) => match s {
+            400 => code::INTERNAL,
+            401 => code::UNAUTHENTICATED,
+            403 => code::PERMISSION_DENIED,
+            404 => code::UNIMPLEMENTED,
+            429 | 502 | 503 | 504 => code::UNAVAILABLE,
+            _ => code::UNKNOWN,
+        },
         ErrorKind::NoHealthyUpstream
         | ErrorKind::NoCluster
         | ErrorKind::ConnectFailed

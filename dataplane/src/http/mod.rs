@@ -2,15 +2,19 @@
 //! (`grpc`), body streaming (`body`),
 //! the per-connection loop (`proxy`) over a client connection (`downstream`) and the request
 //! as routing sees it (`route_view`), and upstream forwarding (`forward`) with the request body
-//! kept for every try (`request_body`) and retries (`retry`).
+//! kept for every try (`request_body`) and retries (`retry`); routes' and listeners' token buckets
+//! (`local_rate_limit`).
 //! Nothing here locks or blocks; bodies stream through owned buffers.
 
 pub mod body;
 pub(crate) mod downstream;
+pub(crate) mod fault;
 pub(crate) mod forward;
 pub(crate) mod grpc;
 pub mod h1;
 pub mod h2;
+pub mod local_rate_limit;
+pub(crate) mod mirror;
 pub mod proxy;
 pub(crate) mod request_body;
 pub(crate) mod retry;

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ringmesh_api::snapshot::{Redirect, RouteAction};
+use ringmesh_api::snapshot::{FaultStatus, Redirect, RouteAction};
 use std::sync::Arc;
 
 use super::downstream::{finish_request_body, ClientIo, Downstream};
@@ -58,7 +58,10 @@ pub(crate) async fn serve(
         route_by,
         buf: initial,
         out: BytesMut::new(),
+        body_timeout: Duration::ZERO,
+        charge: super::downstream::BufferCharge::new(worker.clone()),
     };
+    conn.account();
     // HTTP/2 with prior knowledge starts with its preface; anything else is HTTP/1.x. The
     // bytes read to tell are the HTTP/1 parser's first read, so HTTP/1 pays one comparison.
     match sniff(&worker, &mut conn).await {
@@ -87,47 +90,43 @@ pub(crate) async fn serve(
         None => return,
     }
     loop {
-        let limits = worker.snapshot.get().snapshot.proxy.limits.clone();
-        let head_limits = HeadLimits {
-            max_head_bytes: limits.max_request_head_bytes,
-            max_headers: limits.max_headers,
-        };
-        let head = match conn
-            .read_head(
+        // Copied out rather than the whole `Limits` kept: what is held across the wait below
+        // is held by every idle connection's task.
+        let (head_limits, idle, header_timeout, body_timeout) = {
+            let view = worker.snapshot.get();
+            let l = &view.snapshot.proxy.limits;
+            let head_limits = HeadLimits {
+                max_head_bytes: l.max_request_head_bytes,
+                max_headers: l.max_headers,
+            };
+            (
                 head_limits,
-                limits.downstream_idle_timeout,
-                limits.request_header_timeout,
+                l.downstream_idle_timeout,
+                l.request_header_timeout,
+                l.request_body_timeout,
             )
-            .await
-        {
+        };
+        let head = match conn.read_head(head_limits, idle, header_timeout).await {
             Ok(Some(h)) => h,
             Ok(None) => return, // clean close or idle timeout between requests
             Err(e) => {
-                worker.stats.record_local_reply(e.flag());
-                worker.stats.record_status(e.status());
-                worker.stats.log_limit.log(e.flag(), || tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "request refused: {}", e.context));
-                // No head to route: the reply, and what telemetry can say of it (no method,
-                // path or host), as Envoy logs a request its codec refused.
-                let facts = Facts::new(Protocol::Http1);
-                facts.local_reply(&e);
-                facts.bytes_sent.set(e.body().len() as u64);
-                let view = worker.snapshot.get();
-                if view.snapshot.telemetry.reason_header {
-                    conn.local_reply(e.status(), &[(REASON_HEADER, e.context)], e.body().as_bytes(), true)
-                        .await;
-                } else {
-                    conn.local_reply(e.status(), &[], e.body().as_bytes(), true).await;
-                }
-                let side = RequestSide::unparsed(conn.peer);
-                crate::telemetry::finish(&worker, &view, &facts, None, &side, conn.inbound.as_deref());
+                // Boxed, as a request is: the refusal's telemetry state is not part of the wait.
+                Box::pin(refuse(&worker, &mut conn, e)).await;
                 return;
             }
         };
         worker.request_started(false);
-        let next = handle(&worker, &mut conn, head, limits.downstream_idle_timeout).await;
+        conn.body_timeout = body_timeout;
+        // Boxed: a request's state lives on the heap while it is served, so the task of an
+        // idle keep-alive connection (sized for its largest state) holds only the wait.
+        let next = Box::pin(handle(&worker, &mut conn, head, idle)).await;
         worker.request_ended();
         match next {
-            Next::Keep if !worker.draining.get() => {
+            // While draining, every answer says `Connection: close` and ends in `Close`; one
+            // whose head went out just before the drain began promised keep-alive, so the
+            // connection stays for the client's next request (answered with `close`), or until
+            // the drain closes it idle (`drain.rs`).
+            Next::Keep => {
                 // A connection that once carried a large body goes back to a small buffer while
                 // it idles, so memory per idle connection stays what it was before.
                 if conn.buf.is_empty() && conn.buf.capacity() > SHRINK_ABOVE {
@@ -136,14 +135,41 @@ pub(crate) async fn serve(
                 if conn.out.capacity() > SHRINK_ABOVE {
                     conn.out = BytesMut::new();
                 }
+                conn.account();
             }
-            Next::Keep | Next::Close => return,
+            Next::Close => return,
             Next::Upgrade { upstream, buf } => {
-                forward::tunnel(conn, upstream, buf, limits.downstream_idle_timeout).await;
+                let _hold = crate::drain::DrainHold::new(&worker);
+                Box::pin(forward::tunnel(conn, upstream, buf, idle)).await;
                 return;
             }
         }
     }
+}
+
+/// Answers a request whose head could not be read (malformed, too large, too slow) and tells
+/// telemetry; the connection closes after it.
+async fn refuse(worker: &Rc<Worker>, conn: &mut Downstream, e: ProxyError) {
+    worker.stats.record_local_reply(e.flag());
+    worker.stats.record_status(e.status());
+    worker.stats.log_limit.log(
+        e.flag(),
+        || tracing::info!(peer = %conn.peer, status = e.status(), flag = e.flag(), "request refused: {}", e.context),
+    );
+    // No head to route: the reply, and what telemetry can say of it (no method,
+    // path or host), as Envoy logs a request its codec refused.
+    let facts = Facts::new(Protocol::Http1);
+    facts.local_reply(&e);
+    facts.bytes_sent.set(e.body().len() as u64);
+    let view = worker.snapshot.get();
+    if view.snapshot.telemetry.reason_header {
+        conn.local_reply(e.status(), &[(REASON_HEADER, e.context)], e.body().as_bytes(), true)
+            .await;
+    } else {
+        conn.local_reply(e.status(), &[], e.body().as_bytes(), true).await;
+    }
+    let side = RequestSide::unparsed(conn.peer);
+    crate::telemetry::finish(worker, &view, &facts, None, &side, conn.inbound.as_deref());
 }
 
 /// Reads until the first bytes tell HTTP/2 from HTTP/1.x; `None` when the client closed or
@@ -155,7 +181,12 @@ async fn sniff(worker: &Worker, conn: &mut Downstream) -> Option<Sniff> {
             Sniff::NeedMore => {}
             decided => return Some(decided),
         }
-        match super::body::read_more(&mut conn.stream, &mut conn.buf, idle).await {
+        let read = if conn.buf.is_empty() {
+            conn.read_idle(idle).await
+        } else {
+            super::body::read_more(&mut conn.stream, &mut conn.buf, idle).await
+        };
+        match read {
             Ok(n) if n > 0 => {}
             _ => return None,
         }
@@ -252,6 +283,34 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
                 .into();
         };
         route.set(Some(hit.route));
+        // ringmesh's local rate limits, the listener's and the route's: 429 `RL`.
+        if let Some(e) = super::local_rate_limit::check(
+            view,
+            conn.route_by.listener_limit(),
+            hit.route.local_rate_limit.as_ref(),
+        ) {
+            break 'answer reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
+                .await
+                .into();
+        }
+        // Istio's fault injection: the delay, then the abort, before the route's action.
+        if let Some(fault) = hit.route.fault.as_deref() {
+            let draw = super::fault::draw(worker, fault);
+            if let Some(delay) = draw.delay {
+                facts.delayed.set(true);
+                if !super::fault::h1_delay(conn, delay).await {
+                    let e = super::fault::client_gone();
+                    worker.stats.record_local_reply(e.flag());
+                    facts.local_reply(&e);
+                    break 'answer Next::Close;
+                }
+            }
+            if let Some(e) = draw.abort {
+                break 'answer reply_error(worker, conn, head, e, idle, ClientBody::Unread, facts)
+                    .await
+                    .into();
+            }
+        }
         match &hit.route.action {
             RouteAction::Direct(d) => {
                 let headers: Vec<(&str, &str)> = hit
@@ -262,7 +321,7 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
                     .chain(hit.route.response_headers.add.iter())
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
-                let keep = finish_request_body(conn, head, idle).await;
+                let keep = finish_request_body(conn, head, idle).await && !worker.draining.get();
                 worker.stats.record_status(d.status);
                 facts.status.set(d.status);
                 facts.details.set(Details::Route);
@@ -272,7 +331,7 @@ async fn handle(worker: &Rc<Worker>, conn: &mut Downstream, (head, src): (Reques
             }
             RouteAction::Redirect(r) => {
                 let location = redirect_location(r, host, req.path, req.query);
-                let keep = finish_request_body(conn, head, idle).await;
+                let keep = finish_request_body(conn, head, idle).await && !worker.draining.get();
                 worker.stats.record_status(r.status);
                 facts.status.set(r.status);
                 facts.details.set(Details::Route);
@@ -353,15 +412,32 @@ async fn reply_error(
             ClientBody::Unread => finish_request_body(conn, head, idle).await,
         },
     };
+    // The body was read past first, so closing does not reset the connection under the answer.
+    let keep = keep && !worker.draining.get();
     let view = worker.snapshot.get();
     let snapshot = &view.snapshot;
-    if snapshot.telemetry.reason_header {
-        let reason = crate::error::reason_line(&e, facts.cluster.get().map(|c| snapshot.cluster(c)));
-        conn.local_reply(e.status(), &[(REASON_HEADER, &reason)], e.body().as_bytes(), !keep)
-            .await;
-    } else {
-        conn.local_reply(e.status(), &[], e.body().as_bytes(), !keep).await;
+    // An injected gRPC abort carries its status as gRPC would, in a `grpc-status` field.
+    let grpc_status = match e.kind {
+        ErrorKind::FaultAbort(FaultStatus::Grpc(code)) => Some(code.to_string()),
+        _ => None,
+    };
+    let reason = snapshot
+        .telemetry
+        .reason_header
+        .then(|| crate::error::reason_line(&e, facts.cluster.get().map(|c| snapshot.cluster(c))));
+    let mut headers: [(&str, &str); 2] = [("", ""); 2];
+    let mut n = 0;
+    for (name, value) in [
+        (REASON_HEADER, reason.as_deref()),
+        ("grpc-status", grpc_status.as_deref()),
+    ] {
+        if let Some(value) = value {
+            headers[n] = (name, value);
+            n += 1;
+        }
     }
+    conn.local_reply(e.status(), &headers[..n], e.body().as_bytes(), !keep)
+        .await;
     keep
 }
 

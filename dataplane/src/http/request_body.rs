@@ -69,6 +69,32 @@ impl RequestBody {
         RequestBody { framing, state }
     }
 
+    /// Reads the rest of a small body (by `Content-Length`, up to [`BUFFER_MAX`]) before any
+    /// upstream is chosen, then [`take`](Self::take)s it, as nginx's request buffering does:
+    /// a client trickling its body in ties up no upstream connection while it does (1,000
+    /// slow-body clients would otherwise hold 1,000 upstream connections), the upstream never
+    /// sees half a request that is then cut, and a retry can send the whole body again.
+    /// Each read waits at most `idle` (`limits.requestBodyTimeout`). Chunked and larger
+    /// bodies still stream as they arrive.
+    pub(crate) async fn gather<R: AsyncReadRent>(
+        framing: BodyFraming,
+        src: &mut R,
+        buf: &mut BytesMut,
+        idle: Duration,
+    ) -> Result<Self, BodyError> {
+        if let BodyFraming::Length(n) = framing {
+            if n <= BUFFER_MAX && (buf.len() as u64) < n {
+                buf.reserve(n as usize - buf.len());
+                while (buf.len() as u64) < n {
+                    if body::read_more(src, buf, idle).await? == 0 {
+                        return Err(BodyError::Truncated);
+                    }
+                }
+            }
+        }
+        Ok(Self::take(framing, buf))
+    }
+
     /// What a try writes first: the head, with the held body appended when there is one (one
     /// send instead of two is the largest saving per request on loopback).
     pub(crate) fn first_write(&self, head: &Bytes) -> Bytes {
@@ -257,6 +283,68 @@ mod tests {
             assert!(!body.replayable());
             assert!(body.delivered());
             assert_eq!(body.client(), ClientBody::Consumed);
+        });
+    }
+
+    #[test]
+    fn a_small_body_sent_in_pieces_is_gathered_before_any_upstream() {
+        run(async {
+            use monoio::io::AsyncWriteRentExt;
+            let (mut client, mut from_client) = connected().await;
+            let mut b = buf(b"he");
+            let gathering = monoio::spawn(async move {
+                let body =
+                    RequestBody::gather(BodyFraming::Length(5), &mut from_client, &mut b, Duration::from_secs(5))
+                        .await
+                        .expect("gathered");
+                (body, b)
+            });
+            for piece in [&b"l"[..], b"lo", b"GET"] {
+                let (r, _) = client.write_all(piece.to_vec()).await;
+                r.expect("feed");
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let (body, rest) = gathering.await;
+            assert_eq!(body.held().map(|b| &b[..]), Some(&b"hello"[..]));
+            assert!(!body.streams() && body.replayable());
+            assert!(b"GET".starts_with(&rest[..]), "what follows the body stays: {rest:?}");
+        });
+    }
+
+    #[test]
+    fn a_body_that_stops_or_ends_early_is_not_gathered() {
+        run(async {
+            let (_client, mut from_client) = connected().await;
+            let mut b = buf(b"he");
+            let r = RequestBody::gather(
+                BodyFraming::Length(5),
+                &mut from_client,
+                &mut b,
+                Duration::from_millis(50),
+            )
+            .await;
+            assert!(matches!(r, Err(BodyError::Idle)), "{r:?}");
+
+            let (client, mut from_client) = connected().await;
+            drop(client);
+            let mut b = buf(b"he");
+            let r = RequestBody::gather(BodyFraming::Length(5), &mut from_client, &mut b, Duration::from_secs(5)).await;
+            assert!(matches!(r, Err(BodyError::Truncated)), "{r:?}");
+        });
+    }
+
+    #[test]
+    fn large_and_chunked_bodies_are_not_gathered() {
+        run(async {
+            let (_client, mut from_client) = connected().await;
+            let mut b = buf(b"he");
+            for framing in [BodyFraming::Length(BUFFER_MAX + 1), BodyFraming::Chunked] {
+                let body = RequestBody::gather(framing, &mut from_client, &mut b, Duration::from_millis(50))
+                    .await
+                    .expect("no read");
+                assert!(body.streams(), "{framing:?}");
+            }
+            assert_eq!(&b[..], b"he");
         });
     }
 

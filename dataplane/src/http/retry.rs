@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use ringmesh_api::snapshot::RetryPolicy;
 
+use crate::cluster::breaker::{Breakers, RetryGuard};
 use crate::error::ProxyError;
 use crate::lb::TriedEndpoints;
 use crate::rng::FastRng;
@@ -40,6 +41,9 @@ pub(crate) struct Retries<'a> {
     /// Whether the one transparent retry was used.
     transparent_used: bool,
     tried: TriedEndpoints,
+    /// The cluster's `maxRetries` place of the last retry admitted, held through its back-off
+    /// and its try.
+    retry_place: Option<RetryGuard>,
 }
 
 impl<'a> Retries<'a> {
@@ -51,6 +55,42 @@ impl<'a> Retries<'a> {
             taken: 0,
             transparent_used: false,
             tried: TriedEndpoints::default(),
+            retry_place: None,
+        }
+    }
+
+    /// Whether a retry the policy asks for may go: the worker's retry budget and the
+    /// cluster's `maxRetries` (Envoy's `max_retries` circuit breaker) both leave room. A retry
+    /// over either is not made (the last failure or response is the answer) and counted in
+    /// `upstream_rq_retry_overflow`. The cluster's place is held from here until the retry's
+    /// try ends ([`Retries::try_ended`]), its back-off included.
+    pub(crate) fn admit(&mut self, worker: &Worker, breakers: &Breakers<'_>) -> bool {
+        if !admit(worker) {
+            return false;
+        }
+        match breakers.try_retry() {
+            Some(guard) => {
+                self.retry_place = Some(guard);
+                true
+            }
+            None => {
+                inc(&worker.stats.upstream_rq_retry_overflow);
+                false
+            }
+        }
+    }
+
+    /// The admitted retry's back-off is over and its try starts.
+    pub(crate) fn retry_started(&mut self) {
+        if let Some(place) = &self.retry_place {
+            place.start();
+        }
+    }
+
+    /// A try ended: a retry's place under `maxRetries` is given back.
+    pub(crate) fn try_ended(&mut self) {
+        if self.retry_place.as_ref().is_some_and(RetryGuard::running) {
+            self.retry_place = None;
         }
     }
 
@@ -137,7 +177,7 @@ impl<'a> Retries<'a> {
 }
 
 /// Whether the worker's retry budget lets one more retry start; counts the refusal when not.
-pub(crate) fn admit(worker: &Worker) -> bool {
+fn admit(worker: &Worker) -> bool {
     if worker.retry_allowed() {
         return true;
     }

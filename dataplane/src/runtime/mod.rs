@@ -23,6 +23,7 @@ use crate::http::h2::handoff::{Inbox, Peers};
 use crate::identity::IdentityCell;
 use crate::listener;
 use crate::state::SnapshotSource;
+use crate::telemetry::trace::span::{SpanBuffer, SpanSender};
 use crate::worker::{Worker, WorkerCommand};
 
 /// The I/O driver workers actually run.
@@ -124,6 +125,7 @@ pub(crate) fn start(
     bind_mode: BindMode,
     source: Arc<SnapshotSource>,
     identity: Arc<IdentityCell>,
+    spans: SpanSender,
 ) -> anyhow::Result<WorkerSet> {
     let workers = workers.max(1);
     // sockets[w][l]: worker w's socket for listener l. The first bind resolves port 0; the
@@ -156,6 +158,7 @@ pub(crate) fn start(
         commands.push(tx);
         let source = source.clone();
         let identity = identity.clone();
+        let spans = spans.clone();
         let listeners = active.clone();
         let cpu = if cpus.is_empty() {
             None
@@ -178,13 +181,29 @@ pub(crate) fn start(
                         .build()
                         .map(|mut rt| {
                             crate::http::send::enable_direct_sends();
-                            rt.block_on(worker_main(id, (source, identity), listeners, socks, rx, peers, inbox))
+                            rt.block_on(worker_main(
+                                id,
+                                (source, identity, spans),
+                                listeners,
+                                socks,
+                                rx,
+                                peers,
+                                inbox,
+                            ))
                         }),
                     IoDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
                         .enable_timer()
                         .build()
                         .map(|mut rt| {
-                            rt.block_on(worker_main(id, (source, identity), listeners, socks, rx, peers, inbox))
+                            rt.block_on(worker_main(
+                                id,
+                                (source, identity, spans),
+                                listeners,
+                                socks,
+                                rx,
+                                peers,
+                                inbox,
+                            ))
                         }),
                 };
                 if let Err(e) = result {
@@ -204,14 +223,14 @@ pub(crate) fn start(
 
 async fn worker_main(
     id: usize,
-    (source, identity): (Arc<SnapshotSource>, Arc<IdentityCell>),
+    (source, identity, spans): (Arc<SnapshotSource>, Arc<IdentityCell>, SpanSender),
     listeners: Vec<Listener>,
     sockets: Vec<std::net::TcpListener>,
     commands: flume::Receiver<WorkerCommand>,
     peers: Peers,
     inbox: Inbox,
 ) {
-    let worker = Worker::new(id, source, identity, peers);
+    let worker = Worker::new(id, source, identity, peers, SpanBuffer::new(spans));
     monoio::spawn(crate::http::h2::handoff::receive(worker.clone(), inbox));
     // Dropping this sender tells every accept loop to stop.
     let (stop_tx, stop_rx) = flume::bounded::<()>(1);
@@ -236,6 +255,7 @@ async fn worker_main(
     drop(stop_rx);
     monoio::spawn(worker.clone().pool_sweeper());
     monoio::spawn(worker.clone().telemetry_ticker());
+    monoio::spawn(crate::telemetry::trace::flusher(worker.clone()));
     worker.command_loop(commands, move || drop(stop_tx)).await;
 }
 

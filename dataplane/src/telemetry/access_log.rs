@@ -12,7 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
-use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -66,8 +66,12 @@ pub(crate) struct Line<'a> {
 
 impl AccessLogShard {
     /// Renders one request's line into the buffer (or counts it dropped), and hands the
-    /// buffer over when it is large or old enough.
+    /// buffer over when it is large or old enough. A request the config's filter leaves out
+    /// (a `Telemetry`'s `match.mode` or `filter`) costs one comparison and is not counted.
     pub(crate) fn log(&self, cfg: &AccessLog, line: &Line<'_>) {
+        if !cfg.logs(line.conn.is_some(), line.facts.status.get()) {
+            return;
+        }
         let mut buf = self.buf.borrow_mut();
         {
             let mut path = self.path.borrow_mut();
@@ -212,12 +216,15 @@ fn write_loop(rx: flume::Receiver<Chunk>) {
             *file = open(&chunk.path);
         }
         let result = match file {
-            Some(f) => f.write_all(&chunk.bytes),
-            None => Err(std::io::Error::other("the file could not be opened")),
+            Some(f) => append_lines(f, &chunk.bytes),
+            None => Err((
+                std::io::Error::other("the file could not be opened"),
+                bytecount(&chunk.bytes),
+            )),
         };
-        if let Err(e) = result {
+        if let Err((e, lost)) = result {
             stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            stats.lines_lost.fetch_add(bytecount(&chunk.bytes), Ordering::Relaxed);
+            stats.lines_lost.fetch_add(lost, Ordering::Relaxed);
             // Opened again at the next chunk: a disk that had no room may have room later.
             *file = None;
             let now = Instant::now();
@@ -227,6 +234,48 @@ fn write_loop(rx: flume::Receiver<Chunk>) {
             }
         }
     }
+}
+
+/// Where the writer appends: a file, cut back after a failed write.
+trait Append: std::io::Write {
+    /// Drops the last `n` bytes (the torn end of a line a failed write left).
+    fn cut(&mut self, n: u64);
+}
+
+impl Append for File {
+    fn cut(&mut self, n: u64) {
+        // Only a regular file has a length to cut: a pipe's or a terminal's torn line stays.
+        if let Ok(meta) = self.metadata() {
+            if let (true, Some(len)) = (meta.is_file(), meta.len().checked_sub(n)) {
+                let _ = self.set_len(len);
+            }
+        }
+    }
+}
+
+/// Appends a chunk of whole lines. A write that fails part-way (a full disk) is cut back to the
+/// last whole line written, so that the file never holds a torn line for the next write to run
+/// into, and the lines that did not make it are counted exactly: the error comes back with how
+/// many they are.
+fn append_lines(f: &mut impl Append, bytes: &[u8]) -> Result<(), (std::io::Error, u64)> {
+    let mut written = 0;
+    while written < bytes.len() {
+        let err = match f.write(&bytes[written..]) {
+            Ok(0) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+            Ok(n) => {
+                written += n;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => e,
+        };
+        let whole = memchr::memrchr(b'\n', &bytes[..written]).map_or(0, |i| i + 1);
+        if whole < written {
+            f.cut((written - whole) as u64);
+        }
+        return Err((err, bytecount(&bytes[whole..])));
+    }
+    Ok(())
 }
 
 fn open(path: &Path) -> Option<File> {
@@ -324,14 +373,16 @@ fn text_of(v: &Out<'_>, tmp: &mut Vec<u8>) -> bool {
             let mut b = itoa::Buffer::new();
             tmp.extend_from_slice(b.format(*n).as_bytes());
         }
-        Out::Time(t) => {
-            let mut s = String::with_capacity(24);
-            ringmesh_api::duration::write_rfc3339(*t, true, &mut s);
-            tmp.extend_from_slice(s.as_bytes());
+        Out::Time(t) => write_start_time(*t, tmp),
+        Out::Addr(SocketAddr::V4(a)) => {
+            write_ipv4(*a.ip(), tmp);
+            tmp.push(b':');
+            tmp.extend_from_slice(itoa::Buffer::new().format(a.port()).as_bytes());
         }
         Out::Addr(a) => {
             let _ = write!(tmp, "{a}");
         }
+        Out::Ip(IpAddr::V4(a)) => write_ipv4(*a, tmp),
         Out::Ip(a) => {
             let _ = write!(tmp, "{a}");
         }
@@ -348,6 +399,47 @@ fn text_of(v: &Out<'_>, tmp: &mut Vec<u8>) -> bool {
         }
     }
     true
+}
+
+/// An IPv4 address in dotted decimal, without `fmt` (which cost a line more than its escaping;
+/// every line has two or three addresses).
+fn write_ipv4(a: Ipv4Addr, tmp: &mut Vec<u8>) {
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            tmp.push(b'.');
+        }
+        tmp.extend_from_slice(digits.format(octet).as_bytes());
+    }
+}
+
+/// The start time as Envoy writes it (`2026-12-07T13:29:56.123Z`): the date and time of day
+/// formatted once per second on each worker (Envoy caches them the same way), the
+/// milliseconds by hand.
+fn write_start_time(t: SystemTime, tmp: &mut Vec<u8>) {
+    thread_local! {
+        /// The last second formatted on this worker, and its text without the `Z`.
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != secs {
+            text.clear();
+            ringmesh_api::duration::write_rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs), false, text);
+            text.pop();
+            *second = secs;
+        }
+        tmp.extend_from_slice(text.as_bytes());
+    });
+    let ms = since.subsec_millis();
+    tmp.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
 fn hex(b: &[u8], out: &mut Vec<u8>) {
@@ -430,45 +522,152 @@ fn render_text(parts: &[Part], l: &Line<'_>, out: &mut Vec<u8>, tmp: &mut Vec<u8
 }
 
 /// Control bytes (and `\`) escaped, so a value cannot forge a line.
+///
+/// Written by hand, in runs: a line has some twenty values, nearly all with nothing to escape,
+/// so each is one scan and one copy rather than a push per byte.
 fn text_escape(v: &[u8], out: &mut Vec<u8>) {
-    for &b in v {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0..=0x1f | 0x7f => {
+    let mut run = 0;
+    for (i, &b) in v.iter().enumerate() {
+        if b == b'\\' || b < 0x20 || b == 0x7f {
+            out.extend_from_slice(&v[run..i]);
+            if b == b'\\' {
+                out.extend_from_slice(b"\\\\");
+            } else {
                 out.extend_from_slice(b"\\x");
                 hex(&[b], out);
             }
-            b => out.push(b),
+            run = i + 1;
         }
     }
+    out.extend_from_slice(&v[run..]);
 }
 
-/// A JSON string; bytes that are not UTF-8 become U+FFFD.
+/// A JSON string; each invalid UTF-8 sequence becomes U+FFFD (as `String::from_utf8_lossy`
+/// makes it).
+///
+/// Written by hand, for the same reason as [`text_escape`]: decoding and re-encoding every
+/// character cost the access log more than the rest of its line. A value is nearly always
+/// valid UTF-8 with nothing to escape: the standard library's validation (word at a time),
+/// then one table-driven scan and one copy.
 fn json_string(v: &[u8], out: &mut Vec<u8>) {
+    out.reserve(v.len() + 2);
     out.push(b'"');
-    for c in String::from_utf8_lossy(v).chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.extend_from_slice(b"\\u00");
-                hex(&[c as u8], out);
-            }
-            c => {
-                let mut b = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+    if std::str::from_utf8(v).is_ok() {
+        json_escape(v, out);
+    } else {
+        for chunk in v.utf8_chunks() {
+            json_escape(chunk.valid().as_bytes(), out);
+            if !chunk.invalid().is_empty() {
+                out.extend_from_slice(char::REPLACEMENT_CHARACTER.encode_utf8(&mut [0; 4]).as_bytes());
             }
         }
     }
     out.push(b'"');
+}
+
+/// Bytes JSON requires escaped inside a string, and DEL.
+const JSON_ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t
+};
+
+/// Escapes valid UTF-8 into a JSON string's body.
+fn json_escape(s: &[u8], out: &mut Vec<u8>) {
+    let mut run = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if !JSON_ESCAPED[b as usize] {
+            continue;
+        }
+        out.extend_from_slice(&s[run..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                hex(&[b], out);
+            }
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&s[run..]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A disk with room for `room` bytes.
+    struct Disk {
+        data: Vec<u8>,
+        room: usize,
+    }
+
+    impl std::io::Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.room - self.data.len());
+            if n == 0 {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            self.data.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Append for Disk {
+        fn cut(&mut self, n: u64) {
+            self.data.truncate(self.data.len() - n as usize);
+        }
+    }
+
+    #[test]
+    fn a_full_disk_keeps_whole_lines_and_counts_the_rest_lost() {
+        let chunk = b"line-0001\nline-0002\nline-0003\n";
+        // Room for two lines and half of the third: the torn half is cut, one line is lost.
+        let mut disk = Disk {
+            data: b"old\n".to_vec(),
+            room: 4 + 25,
+        };
+        let (e, lost) = append_lines(&mut disk, chunk).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(28));
+        assert_eq!(lost, 1);
+        assert_eq!(disk.data, b"old\nline-0001\nline-0002\n");
+        // Room for exactly two lines: nothing to cut.
+        let mut disk = Disk {
+            data: Vec::new(),
+            room: 20,
+        };
+        assert_eq!(append_lines(&mut disk, chunk).unwrap_err().1, 1);
+        assert_eq!(disk.data, b"line-0001\nline-0002\n");
+        // No room at all: every line lost, the file as it was.
+        let mut disk = Disk {
+            data: b"old\n".to_vec(),
+            room: 4,
+        };
+        assert_eq!(append_lines(&mut disk, chunk).unwrap_err().1, 3);
+        assert_eq!(disk.data, b"old\n");
+        // Room enough: all written.
+        let mut disk = Disk {
+            data: Vec::new(),
+            room: 1000,
+        };
+        assert!(append_lines(&mut disk, chunk).is_ok());
+        assert_eq!(disk.data, chunk);
+    }
 
     #[test]
     fn escapes() {
@@ -478,5 +677,63 @@ mod tests {
         let mut out = Vec::new();
         text_escape(b"a\nb\\", &mut out);
         assert_eq!(out, b"a\\x0ab\\\\");
+    }
+
+    /// The decoder's definition, character by character: what `json_string` must equal.
+    fn json_string_by_char(v: &[u8]) -> String {
+        let mut s = String::from("\"");
+        for c in String::from_utf8_lossy(v).chars() {
+            match c {
+                '"' => s.push_str("\\\""),
+                '\\' => s.push_str("\\\\"),
+                '\n' => s.push_str("\\n"),
+                '\r' => s.push_str("\\r"),
+                '\t' => s.push_str("\\t"),
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => s.push_str(&format!("\\u{:04x}", c as u32)),
+                c => s.push(c),
+            }
+        }
+        s.push('"');
+        s
+    }
+
+    #[test]
+    fn start_time_and_addresses_read_as_fmt_writes_them() {
+        for (secs, nanos) in [
+            (0, 0),
+            (1_796_648_627, 5_000_000),
+            (1_796_648_627, 999_999_999),
+            (951_782_400, 123_456_789),
+        ] {
+            let t = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+            let mut want = String::new();
+            ringmesh_api::duration::write_rfc3339(t, true, &mut want);
+            for _ in 0..2 {
+                let mut got = Vec::new();
+                text_of(&Out::Time(t), &mut got);
+                assert_eq!(String::from_utf8(got).unwrap(), want);
+            }
+        }
+        for a in ["0.0.0.0:0", "127.0.0.1:15001", "255.255.255.255:65535", "[::1]:80"] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut got = Vec::new();
+            text_of(&Out::Addr(a), &mut got);
+            assert_eq!(String::from_utf8(got).unwrap(), a.to_string());
+            let mut got = Vec::new();
+            text_of(&Out::Ip(a.ip()), &mut got);
+            assert_eq!(String::from_utf8(got).unwrap(), a.ip().to_string());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn json_string_is_the_lossy_decoding_escaped(v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut out = Vec::new();
+            json_string(&v, &mut out);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), json_string_by_char(&v));
+            let mut text = Vec::new();
+            text_escape(&v, &mut text);
+            proptest::prop_assert!(!text.iter().any(|&b| b < 0x20 || b == 0x7f), "a control byte escaped the text form");
+        }
     }
 }

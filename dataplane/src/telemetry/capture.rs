@@ -1,49 +1,11 @@
 //! Counters of captured connections (`spec.capture`), per worker; declared once with their
 //! Prometheus names, as the security counters are.
 
-use std::cell::Cell;
-use std::fmt::Write;
-
-use serde::Serialize;
-
-macro_rules! capture_counters {
-    ($($field:ident => $metric:literal, $help:literal;)*) => {
-        /// One worker's capture counters.
-        #[derive(Debug, Default)]
-        pub struct CaptureStats {
-            $(#[doc = $help] pub(crate) $field: Cell<u64>,)*
-        }
-
-        /// Capture counters summed over workers.
-        #[derive(Debug, Clone, Default, Serialize)]
-        pub struct CaptureTotals {
-            $(#[doc = $help] pub $field: u64,)*
-        }
-
-        impl CaptureStats {
-            /// A copy of this shard.
-            pub fn totals(&self) -> CaptureTotals {
-                CaptureTotals { $($field: self.$field.get(),)* }
-            }
-        }
-
-        impl CaptureTotals {
-            /// Adds another shard's copy.
-            pub fn merge(&mut self, o: &CaptureTotals) {
-                $(self.$field += o.$field;)*
-            }
-
-            /// Writes every counter in Prometheus' text format.
-            pub fn write_prometheus(&self, out: &mut String) {
-                $(
-                    let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter\n{} {}", $metric, $help, $metric, $metric, self.$field);
-                )*
-            }
-        }
-    };
-}
-
-capture_counters! {
+counter_set! {
+    /// One worker's capture counters.
+    CaptureStats,
+    /// Capture counters summed over workers.
+    CaptureTotals {
     outbound_service => "ringmesh_capture_outbound_service_total", "Captured outbound connections to a service's virtual IP and port.";
     outbound_endpoint => "ringmesh_capture_outbound_endpoint_total", "Captured outbound connections to a service endpoint's own address (a pod IP), sent to it as TCP (mTLS to its proxy).";
     passthrough => "ringmesh_capture_passthrough_total", "Captured outbound connections to a destination no service declares, passed through as TCP (outboundTrafficPolicy ALLOW_ANY; Istio's PassthroughCluster).";
@@ -52,4 +14,5 @@ capture_counters! {
     inbound_passthrough => "ringmesh_capture_inbound_passthrough_total", "Captured inbound connections to a port the config does not name, passed to the app as TCP.";
     loop_refused => "ringmesh_capture_loop_refused_total", "Connections to a capture port that were not redirected (made to the port itself), refused so the proxy never loops into itself.";
     no_original_dst => "ringmesh_capture_no_original_dst_total", "Connections to a capture port without an original destination (no REDIRECT rule or conntrack), refused.";
+}
 }

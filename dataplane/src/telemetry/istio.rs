@@ -350,7 +350,7 @@ impl IstioShard {
         inbound: Option<&crate::tls::InboundConn>,
     ) {
         let telemetry = &snapshot.telemetry;
-        if !telemetry.istio_metrics {
+        if !telemetry.istio_metrics.get(inbound.is_some()) {
             return;
         }
         let mut inner = self.inner.borrow_mut();
@@ -402,7 +402,7 @@ impl IstioShard {
 
     /// Counts a TCP connection opened (`opened`) or its bytes and close.
     pub(crate) fn record_tcp(&self, snapshot: &Snapshot, conn: &TcpConn<'_>, event: TcpEvent) {
-        if !snapshot.telemetry.istio_metrics {
+        if !snapshot.telemetry.istio_metrics.get(conn.inbound.is_some()) {
             return;
         }
         let mut inner = self.inner.borrow_mut();

@@ -6,10 +6,54 @@
 //! the request path ever waits for that. Log lines a worker may repeat for every request go
 //! through its [`log_limit::LogLimiter`].
 
+/// A set of plain counters of one kind, declared once with their Prometheus names and help:
+/// the per-worker shard (`$stats`, `Cell`s), its copy summed over workers (`$totals`), the
+/// merge and the exposition all follow from the list.
+macro_rules! counter_set {
+    ($(#[$smeta:meta])* $stats:ident, $(#[$tmeta:meta])* $totals:ident {
+        $($field:ident => $metric:literal, $help:literal;)*
+    }) => {
+        $(#[$smeta])*
+        #[derive(Debug, Default)]
+        pub struct $stats {
+            $(#[doc = $help] pub(crate) $field: std::cell::Cell<u64>,)*
+        }
+
+        $(#[$tmeta])*
+        #[derive(Debug, Clone, Default, serde::Serialize)]
+        pub struct $totals {
+            $(#[doc = $help] pub $field: u64,)*
+        }
+
+        impl $stats {
+            /// A copy of this shard.
+            pub fn totals(&self) -> $totals {
+                $totals { $($field: self.$field.get(),)* }
+            }
+        }
+
+        impl $totals {
+            /// Adds another shard's copy.
+            pub fn merge(&mut self, o: &$totals) {
+                $(self.$field += o.$field;)*
+            }
+
+            /// Writes every counter in Prometheus' text format.
+            pub fn write_prometheus(&self, out: &mut String) {
+                use std::fmt::Write as _;
+                $(
+                    let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter\n{} {}", $metric, $help, $metric, $metric, self.$field);
+                )*
+            }
+        }
+    };
+}
+
 pub mod access_log;
 pub mod capture;
 pub mod istio;
 pub mod log_limit;
+pub mod mirror;
 pub mod overhead;
 pub mod prometheus;
 pub(crate) mod request;
@@ -41,6 +85,9 @@ pub(crate) fn finish(
     if let (Some(route), Some(cluster), Some(us)) = (route, facts.cluster.get(), facts.overhead_us()) {
         worker.stats.overhead.record(snapshot, route, cluster, us);
     }
+    // Before the access log: a request answered before its context was read gets one here,
+    // and `%TRACE_ID%` shows it.
+    trace::on_finish(worker, view, facts, route, req, conn);
     if let Some(cfg) = &snapshot.telemetry.access_log {
         let line = access_log::Line {
             snapshot,
@@ -51,5 +98,4 @@ pub(crate) fn finish(
         };
         worker.stats.access_log.log(cfg, &line);
     }
-    trace::on_finish(worker, facts, route, req, conn);
 }

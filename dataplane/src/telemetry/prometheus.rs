@@ -2,15 +2,17 @@
 //!
 //! Names follow Prometheus conventions with the `ringmesh_` namespace, shaped after Envoy's
 //! (`downstream_rq_total`, `upstream_cx_connect_fail`) so that dashboards port by renaming; the
-//! request-duration histogram uses Istio's bucket bounds.
+//! request-duration histogram uses Istio's bucket bounds, in seconds (Prometheus' base unit:
+//! Istio's own `istio_request_duration_milliseconds` keeps its name and unit).
 
 use std::fmt::Write;
 
 use super::stats::StatsTotals;
 
-/// Istio's default bucket bounds for `istio_request_duration_milliseconds`.
-const DURATION_BUCKETS_MS: [f64; 16] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+/// Bucket bounds of `ringmesh_request_duration_seconds`: Istio's classic bounds for
+/// `istio_request_duration_milliseconds` (0.5 ms to 300 s), in seconds.
+const DURATION_BUCKETS_S: [f64; 16] = [
+    0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -46,6 +48,24 @@ pub fn render(t: &StatsTotals) -> String {
         "ringmesh_downstream_cx_active",
         "Downstream connections open.",
         t.downstream_cx_active,
+    );
+    counter(
+        &mut out,
+        "ringmesh_downstream_cx_overflow_total",
+        "Downstream connections closed at accept because limits.maxConnections were open (Envoy's downstream_cx_overflow).",
+        t.downstream_cx_overflow,
+    );
+    counter(
+        &mut out,
+        "ringmesh_downstream_cx_buffer_overflow_total",
+        "Downstream connections closed at accept because client connections held limits.maxBufferBytes in read buffers.",
+        t.downstream_cx_buffer_overflow,
+    );
+    gauge(
+        &mut out,
+        "ringmesh_downstream_buffered_bytes",
+        "Bytes HTTP/1.1 client connections hold in read buffers (counted against limits.maxBufferBytes).",
+        t.downstream_buffered_bytes,
     );
     counter(
         &mut out,
@@ -127,7 +147,7 @@ pub fn render(t: &StatsTotals) -> String {
     counter(
         &mut out,
         "ringmesh_upstream_rq_retry_overflow_total",
-        "Retries refused by the retry budget.",
+        "Retries refused by the retry budget or a cluster's maxRetries.",
         t.upstream_rq_retry_overflow,
     );
     counter(
@@ -139,7 +159,7 @@ pub fn render(t: &StatsTotals) -> String {
     counter(
         &mut out,
         "ringmesh_upstream_rq_pending_overflow_total",
-        "Requests refused at once (503 UO) because a cluster's http2MaxRequests was reached.",
+        "Requests refused at once (503 UO) because a cluster's http2MaxRequests, or its maxConnections and http1MaxPendingRequests, were reached.",
         t.upstream_rq_pending_overflow,
     );
     counter(
@@ -182,6 +202,7 @@ pub fn render(t: &StatsTotals) -> String {
 
     t.security.write_prometheus(&mut out);
     t.capture.write_prometheus(&mut out);
+    t.mirror.write_prometheus(&mut out);
     t.istio.write_prometheus(&mut out);
     let writer = super::access_log::writer_stats();
     use std::sync::atomic::Ordering::Relaxed;
@@ -215,6 +236,7 @@ pub fn render(t: &StatsTotals) -> String {
         counter(&mut out, name, help, value);
     }
     super::overhead::write_prometheus(&t.overhead, &mut out);
+    t.tracing.write_prometheus(&mut out);
 
     let name = "ringmesh_cluster_upstream_rq_total";
     let _ = writeln!(
@@ -248,23 +270,23 @@ pub fn render(t: &StatsTotals) -> String {
     cluster_families(t, &mut out);
     worker_families(t, &mut out);
 
-    let name = "ringmesh_request_duration_milliseconds";
+    let name = "ringmesh_request_duration_seconds";
     let h = &t.request_duration_us;
     let _ = writeln!(
         out,
         "# HELP {name} Time from request head to response complete.\n# TYPE {name} histogram"
     );
-    for le in DURATION_BUCKETS_MS {
-        let upper_us = (le * 1000.0) as u64;
+    for le in DURATION_BUCKETS_S {
+        let upper_us = (le * 1e6).round() as u64;
         let count = h.count_between(0, upper_us);
         let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
     }
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
     // A fold from +0.0, not `sum()`: an empty float sum is -0.0, which prints as `-0`.
-    let sum_ms = h.iter_recorded().fold(0.0, |acc, v| {
+    let sum_s = h.iter_recorded().fold(0.0, |acc, v| {
         acc + v.value_iterated_to() as f64 * v.count_at_value() as f64
-    }) / 1000.0;
-    let _ = writeln!(out, "{name}_sum {sum_ms}");
+    }) / 1e6;
+    let _ = writeln!(out, "{name}_sum {sum_s}");
     let _ = writeln!(out, "{name}_count {}", h.len());
     out
 }
@@ -272,7 +294,7 @@ pub fn render(t: &StatsTotals) -> String {
 /// Per-cluster figures beyond requests: retries, timeouts, connections and the pool.
 fn cluster_families(t: &StatsTotals, out: &mut String) {
     type Get = fn(&super::stats::ClusterTotals) -> u64;
-    let families: [(&str, &str, &str, Get); 6] = [
+    let families: [(&str, &str, &str, Get); 11] = [
         (
             "ringmesh_cluster_upstream_rq_active",
             "gauge",
@@ -302,6 +324,36 @@ fn cluster_families(t: &StatsTotals, out: &mut String) {
             "gauge",
             "Idle pooled HTTP/1.1 connections to each cluster's endpoints.",
             |c| c.endpoints.values().map(|e| e.cx_idle).sum(),
+        ),
+        (
+            "ringmesh_cluster_upstream_cx_active",
+            "gauge",
+            "Upstream connections open to each cluster (HTTP/1.1 idle ones included, HTTP/2, TCP).",
+            |c| c.upstream_cx_active,
+        ),
+        (
+            "ringmesh_cluster_upstream_cx_overflow_total",
+            "counter",
+            "Times each cluster's maxConnections kept a connection from opening (Envoy's upstream_cx_overflow).",
+            |c| c.upstream_cx_overflow,
+        ),
+        (
+            "ringmesh_cluster_upstream_rq_pending_active",
+            "gauge",
+            "Requests waiting for a connection to each cluster.",
+            |c| c.upstream_rq_pending_active,
+        ),
+        (
+            "ringmesh_cluster_upstream_rq_pending_overflow_total",
+            "counter",
+            "Requests refused at once (503 UO) because each cluster's maxConnections and http1MaxPendingRequests were reached (Envoy's upstream_rq_pending_overflow).",
+            |c| c.upstream_rq_pending_overflow,
+        ),
+        (
+            "ringmesh_cluster_upstream_rq_retry_overflow_total",
+            "counter",
+            "Retries not made because each cluster's maxRetries was reached (Envoy's upstream_rq_retry_overflow).",
+            |c| c.upstream_rq_retry_overflow,
         ),
         (
             "ringmesh_cluster_endpoints",
@@ -376,6 +428,31 @@ pub struct ProcessFacts<'a> {
 }
 
 /// Writes the process-level families.
+/// The local rate limits' counters, read from their shared buckets (Envoy's
+/// `http_local_rate_limit.ok` and `.rate_limited`), labelled with where each limit is written.
+/// A limit whose settings change starts its counters over with its new bucket.
+pub fn render_rate_limits(shared: &crate::state::SharedLimits, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, help, rate_limited) in [
+        (
+            "ringmesh_http_local_rate_limit_ok_total",
+            "Requests a local rate limit let through.",
+            false,
+        ),
+        (
+            "ringmesh_http_local_rate_limit_rate_limited_total",
+            "Requests a local rate limit refused (429 RL).",
+            true,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for b in shared.buckets() {
+            let v = if rate_limited { &b.rate_limited } else { &b.ok };
+            let _ = writeln!(out, "{name}{{limit=\"{}\"}} {}", label(&b.limit.key), v.load(Relaxed));
+        }
+    }
+}
+
 pub fn render_process(p: &ProcessFacts<'_>, out: &mut String) {
     let name = "ringmesh_info";
     let _ = writeln!(
@@ -436,6 +513,106 @@ pub fn render_process(p: &ProcessFacts<'_>, out: &mut String) {
     }
 }
 
+/// Per-cluster endpoint health: Envoy's `outlier_detection.*` and `health_check.*` cluster
+/// statistics, read from the tables every core shares (atomics; nothing to merge).
+/// Only clusters with `outlierDetection` or `healthCheck` are listed.
+pub fn render_health(
+    snapshot: &ringmesh_api::snapshot::Snapshot,
+    tables: &crate::lb::health::HealthTables,
+    out: &mut String,
+) {
+    use crate::lb::health::ClusterHealth;
+    use std::sync::atomic::Ordering::Relaxed;
+    type Get = fn(&ClusterHealth) -> u64;
+    let families: [(&str, &str, &str, Get); 11] = [
+        (
+            "ringmesh_cluster_outlier_detection_ejections_active",
+            "gauge",
+            "Endpoints of each cluster ejected by outlier detection now.",
+            |c| c.ejections_active(),
+        ),
+        (
+            "ringmesh_cluster_outlier_detection_ejections_enforced_total",
+            "counter",
+            "Ejections carried out.",
+            |c| c.stats.ejections_enforced_total.load(Relaxed),
+        ),
+        (
+            "ringmesh_cluster_outlier_detection_ejections_overflow_total",
+            "counter",
+            "Ejections refused because maxEjectionPercent was reached.",
+            |c| c.stats.ejections_overflow.load(Relaxed),
+        ),
+        (
+            "ringmesh_cluster_outlier_detection_ejections_enforced_consecutive_5xx_total",
+            "counter",
+            "Ejections for consecutive 5xx.",
+            |c| c.stats.ejections_enforced_consecutive_5xx.load(Relaxed),
+        ),
+        (
+            "ringmesh_cluster_outlier_detection_ejections_enforced_consecutive_gateway_failure_total",
+            "counter",
+            "Ejections for consecutive gateway errors.",
+            |c| c.stats.ejections_enforced_consecutive_gateway_failure.load(Relaxed),
+        ),
+        (
+            "ringmesh_cluster_outlier_detection_ejections_enforced_consecutive_local_origin_failure_total",
+            "counter",
+            "Ejections for consecutive local-origin failures.",
+            |c| {
+                c.stats
+                    .ejections_enforced_consecutive_local_origin_failure
+                    .load(Relaxed)
+            },
+        ),
+        (
+            "ringmesh_cluster_health_check_attempt_total",
+            "counter",
+            "Active health probes sent.",
+            |c| c.stats.health_check_attempt.load(Relaxed),
+        ),
+        (
+            "ringmesh_cluster_health_check_success_total",
+            "counter",
+            "Active health probes that passed.",
+            |c| c.stats.health_check_success.load(Relaxed),
+        ),
+        (
+            "ringmesh_cluster_health_check_failure_total",
+            "counter",
+            "Active health probes that failed.",
+            |c| c.stats.health_check_failure.load(Relaxed),
+        ),
+        (
+            "ringmesh_cluster_membership_healthy",
+            "gauge",
+            "Endpoints of each cluster neither ejected nor failing their health check.",
+            |c| c.healthy(),
+        ),
+        (
+            "ringmesh_cluster_lb_healthy_panic",
+            "gauge",
+            "1 while healthy endpoints are below minHealthPercent and health is ignored.",
+            |c| c.in_panic() as u64,
+        ),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    let clusters: Vec<_> = snapshot
+        .clusters
+        .iter()
+        .zip(&tables.clusters)
+        .filter(|(c, _)| c.outlier.is_some() || c.health_check.is_some())
+        .map(|(_, (ch, _))| ch)
+        .filter(|ch| seen.insert(ch.name.as_str()))
+        .collect();
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for c in &clusters {
+            let _ = writeln!(out, "{name}{{cluster_name=\"{}\"}} {}", label(&c.name), get(c));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,18 +631,17 @@ mod tests {
         assert!(text.contains("ringmesh_downstream_rq_total 7\n"));
         assert!(text.contains("ringmesh_downstream_rq_xx_total{response_code_class=\"2xx\"} 1\n"));
         assert!(text.contains("ringmesh_local_replies_total{response_flags=\"NR\"} 1\n"));
-        assert!(text.contains("ringmesh_request_duration_milliseconds_bucket{le=\"0.5\"} 0\n"));
-        assert!(text.contains("ringmesh_request_duration_milliseconds_bucket{le=\"1\"} 1\n"));
-        assert!(text.contains("ringmesh_request_duration_milliseconds_count 1\n"));
+        assert!(text.contains("ringmesh_request_duration_seconds_bucket{le=\"0.0005\"} 0\n"));
+        assert!(text.contains("ringmesh_request_duration_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(text.contains("ringmesh_request_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("ringmesh_request_duration_seconds_count 1\n"));
+        assert!(!text.contains("ringmesh_request_duration_milliseconds"), "{text}");
     }
 
     #[test]
     fn an_empty_histogram_sums_to_zero_not_minus_zero() {
         let text = render(&StatsTotals::empty());
-        assert!(
-            text.contains("ringmesh_request_duration_milliseconds_sum 0\n"),
-            "{text}"
-        );
+        assert!(text.contains("ringmesh_request_duration_seconds_sum 0\n"), "{text}");
         assert!(!text.contains("-0"), "{text}");
     }
 

@@ -110,6 +110,8 @@ pub(crate) struct Facts {
     pub(crate) grpc_status: Cell<Option<u16>>,
     /// The kind of a reply the proxy made itself.
     local: Cell<Option<crate::error::ErrorKind>>,
+    /// The route's fault injection delayed the request (Envoy's `DI`).
+    pub(crate) delayed: Cell<bool>,
     /// Why the status is what it is.
     pub(crate) details: Cell<Details>,
     /// Request body bytes read from the client.
@@ -134,6 +136,7 @@ impl Facts {
             status: Cell::new(0),
             grpc_status: Cell::new(None),
             local: Cell::new(None),
+            delayed: Cell::new(false),
             details: Cell::new(Details::None),
             bytes_received: Cell::new(0),
             bytes_sent: Cell::new(0),
@@ -149,9 +152,28 @@ impl Facts {
         self.details.set(Details::Local);
     }
 
-    /// Envoy's response flag (`UH`, `NR`, …), `None` for a relayed answer.
+    /// Envoy's response flags (`UH`, `NR`, `DI,FI`, …), `None` for a relayed answer that was
+    /// not delayed.
     pub(crate) fn flag(&self) -> Option<&'static str> {
-        self.local.get().map(|k| k.flag())
+        let local = self.local.get().map(|k| k.flag());
+        if !self.delayed.get() {
+            return local;
+        }
+        // Several flags are joined in Envoy's order of flags (…, NR, DI, FI, …, DC, …).
+        Some(match local {
+            None => "DI",
+            Some("FI") => "DI,FI",
+            Some("UH") => "UH,DI",
+            Some("UT") => "UT,DI",
+            Some("UF") => "UF,DI",
+            Some("UC") => "UC,DI",
+            Some("UO") => "UO,DI",
+            Some("DC") => "DI,DC",
+            Some("DPE") => "DI,DPE",
+            Some("UPE") => "DI,UPE",
+            Some("NC") => "DI,NC",
+            Some(other) => other,
+        })
     }
 
     /// Envoy's `%RESPONSE_CODE_DETAILS%`, `None` before any answer.

@@ -13,6 +13,14 @@ pub struct WorkerStats {
     pub downstream_cx_total: Cell<u64>,
     /// Downstream connections open now.
     pub downstream_cx_active: Cell<u64>,
+    /// Downstream connections closed at accept because the worker's share of
+    /// `limits.maxConnections` was open (Envoy's `downstream_cx_overflow`).
+    pub downstream_cx_overflow: Cell<u64>,
+    /// Downstream connections closed at accept because client connections held the worker's
+    /// share of `limits.maxBufferBytes`.
+    pub downstream_cx_buffer_overflow: Cell<u64>,
+    /// Bytes client connections hold in read buffers now (`http::downstream::BufferCharge`).
+    pub downstream_buffered_bytes: Cell<u64>,
     /// HTTP requests whose head was parsed.
     pub downstream_rq_total: Cell<u64>,
     /// Requests in flight now.
@@ -62,12 +70,16 @@ pub struct WorkerStats {
     pub security: super::security::SecurityStats,
     /// Counters of captured connections.
     pub capture: super::capture::CaptureStats,
+    /// Counters of mirrored requests.
+    pub mirror: super::mirror::MirrorStats,
     /// Istio's standard metrics.
     pub(crate) istio: super::istio::IstioShard,
     /// The proxy's own time per request.
     pub(crate) overhead: super::overhead::OverheadShard,
     /// Access-log lines waiting for the writer.
     pub(crate) access_log: super::access_log::AccessLogShard,
+    /// Spans made and dropped.
+    pub(crate) tracing: super::trace::TraceStats,
 }
 
 impl Default for WorkerStats {
@@ -75,6 +87,9 @@ impl Default for WorkerStats {
         WorkerStats {
             downstream_cx_total: Cell::new(0),
             downstream_cx_active: Cell::new(0),
+            downstream_cx_overflow: Cell::new(0),
+            downstream_cx_buffer_overflow: Cell::new(0),
+            downstream_buffered_bytes: Cell::new(0),
             downstream_rq_total: Cell::new(0),
             downstream_rq_active: Cell::new(0),
             responses_by_class: Default::default(),
@@ -99,9 +114,11 @@ impl Default for WorkerStats {
             log_limit: super::log_limit::LogLimiter::default(),
             security: Default::default(),
             capture: Default::default(),
+            mirror: Default::default(),
             istio: Default::default(),
             overhead: Default::default(),
             access_log: Default::default(),
+            tracing: Default::default(),
         }
     }
 }
@@ -155,6 +172,9 @@ impl WorkerStats {
             workers: 1,
             downstream_cx_total: self.downstream_cx_total.get(),
             downstream_cx_active: self.downstream_cx_active.get(),
+            downstream_cx_overflow: self.downstream_cx_overflow.get(),
+            downstream_cx_buffer_overflow: self.downstream_cx_buffer_overflow.get(),
+            downstream_buffered_bytes: self.downstream_buffered_bytes.get(),
             downstream_rq_total: self.downstream_rq_total.get(),
             downstream_rq_active: self.downstream_rq_active.get(),
             responses_by_class: by_class,
@@ -183,10 +203,12 @@ impl WorkerStats {
             request_duration_us: self.request_duration_us.borrow().clone(),
             security: self.security.totals(),
             capture: self.capture.totals(),
+            mirror: self.mirror.totals(),
             istio: self.istio.copy(),
             overhead: self.overhead.copy(false),
             access_log_lines: self.access_log.lines.get(),
             access_log_dropped: self.access_log.dropped.get(),
+            tracing: self.tracing.totals(),
             clusters: BTreeMap::new(),
             per_worker: Vec::new(),
         }
@@ -206,6 +228,16 @@ pub struct ClusterTotals {
     pub upstream_rq_retry: u64,
     /// Requests that timed out.
     pub upstream_rq_timeout: u64,
+    /// Upstream connections open now (idle pooled ones included).
+    pub upstream_cx_active: u64,
+    /// Connections refused by `maxConnections`.
+    pub upstream_cx_overflow: u64,
+    /// Requests waiting for a connection now.
+    pub upstream_rq_pending_active: u64,
+    /// Requests refused because `http1MaxPendingRequests` was reached.
+    pub upstream_rq_pending_overflow: u64,
+    /// Retries not made because `maxRetries` was reached.
+    pub upstream_rq_retry_overflow: u64,
     /// Per endpoint address: (requests, in flight now, connect failures, idle pooled connections).
     pub endpoints: BTreeMap<String, EndpointTotals>,
 }
@@ -232,6 +264,12 @@ pub struct StatsTotals {
     pub downstream_cx_total: u64,
     #[allow(missing_docs)]
     pub downstream_cx_active: u64,
+    #[allow(missing_docs)]
+    pub downstream_cx_overflow: u64,
+    #[allow(missing_docs)]
+    pub downstream_cx_buffer_overflow: u64,
+    #[allow(missing_docs)]
+    pub downstream_buffered_bytes: u64,
     #[allow(missing_docs)]
     pub downstream_rq_total: u64,
     #[allow(missing_docs)]
@@ -279,6 +317,8 @@ pub struct StatsTotals {
     pub security: super::security::SecurityTotals,
     /// Counters of captured connections.
     pub capture: super::capture::CaptureTotals,
+    /// Counters of mirrored requests.
+    pub mirror: super::mirror::MirrorTotals,
     /// Istio's standard metrics.
     #[serde(skip)]
     pub istio: super::istio::IstioTotals,
@@ -289,6 +329,8 @@ pub struct StatsTotals {
     pub access_log_lines: u64,
     /// Access-log lines dropped because a buffer or the writer's queue was full.
     pub access_log_dropped: u64,
+    /// Tracing's counters (the exporter's are added by the admin server).
+    pub(crate) tracing: super::trace::TraceTotals,
     /// Per cluster name.
     pub clusters: BTreeMap<String, ClusterTotals>,
     /// One row per worker that answered.
@@ -319,6 +361,9 @@ impl StatsTotals {
             workers: 0,
             downstream_cx_total: 0,
             downstream_cx_active: 0,
+            downstream_cx_overflow: 0,
+            downstream_cx_buffer_overflow: 0,
+            downstream_buffered_bytes: 0,
             downstream_rq_total: 0,
             downstream_rq_active: 0,
             responses_by_class: [0; 6],
@@ -342,10 +387,12 @@ impl StatsTotals {
             request_duration_us: new_histogram(),
             security: Default::default(),
             capture: Default::default(),
+            mirror: Default::default(),
             istio: Default::default(),
             overhead: Vec::new(),
             access_log_lines: 0,
             access_log_dropped: 0,
+            tracing: Default::default(),
             clusters: BTreeMap::new(),
             per_worker: Vec::new(),
         }
@@ -356,6 +403,9 @@ impl StatsTotals {
         self.workers += o.workers;
         self.downstream_cx_total += o.downstream_cx_total;
         self.downstream_cx_active += o.downstream_cx_active;
+        self.downstream_cx_overflow += o.downstream_cx_overflow;
+        self.downstream_cx_buffer_overflow += o.downstream_cx_buffer_overflow;
+        self.downstream_buffered_bytes += o.downstream_buffered_bytes;
         self.downstream_rq_total += o.downstream_rq_total;
         self.downstream_rq_active += o.downstream_rq_active;
         for (a, b) in self.responses_by_class.iter_mut().zip(o.responses_by_class.iter()) {
@@ -382,12 +432,14 @@ impl StatsTotals {
         self.detect_timeout += o.detect_timeout;
         self.security.merge(&o.security);
         self.capture.merge(&o.capture);
+        self.mirror.merge(&o.mirror);
         self.istio.merge(&o.istio);
         super::overhead::merge(&mut self.overhead, &o.overhead);
         self.access_log_lines += o.access_log_lines;
         self.access_log_dropped += o.access_log_dropped;
         self.per_worker.extend(o.per_worker.iter().cloned());
         self.per_worker.sort_by_key(|r| r.worker);
+        self.tracing.merge(&o.tracing);
         // Same bounds on both sides, so adding cannot fail; ignore the impossible error rather
         // than panic in the admin thread.
         let _ = self.request_duration_us.add(&o.request_duration_us);
@@ -397,6 +449,11 @@ impl StatsTotals {
             t.upstream_rq_active += c.upstream_rq_active;
             t.upstream_rq_retry += c.upstream_rq_retry;
             t.upstream_rq_timeout += c.upstream_rq_timeout;
+            t.upstream_cx_active += c.upstream_cx_active;
+            t.upstream_cx_overflow += c.upstream_cx_overflow;
+            t.upstream_rq_pending_active += c.upstream_rq_pending_active;
+            t.upstream_rq_pending_overflow += c.upstream_rq_pending_overflow;
+            t.upstream_rq_retry_overflow += c.upstream_rq_retry_overflow;
             for (a, b) in t.upstream_rq_by_class.iter_mut().zip(c.upstream_rq_by_class.iter()) {
                 *a += b;
             }

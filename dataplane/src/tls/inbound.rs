@@ -47,7 +47,7 @@ enum Protocol {
 }
 
 impl<'a> Plan<'a> {
-    fn of_listener(kind: &ListenerKind, name: &'a str) -> Self {
+    fn of_listener(worker: &Worker, kind: &ListenerKind, name: &'a str) -> Self {
         let protocol = match kind {
             ListenerKind::Http => Protocol::Http,
             ListenerKind::Tcp { .. } => Protocol::Tcp,
@@ -57,7 +57,7 @@ impl<'a> Plan<'a> {
         };
         Plan {
             protocol,
-            route_by: RouteBy::Host,
+            route_by: RouteBy::on_listener(crate::http::local_rate_limit::listener_ref(worker, name)),
             tcp: TcpDest::Listener(name),
         }
     }
@@ -112,7 +112,7 @@ pub(crate) async fn serve(
         (orig, Plan::of_app_port(&worker, orig))
     } else {
         match stream.local_addr() {
-            Ok(a) => (a, Plan::of_listener(kind, name)),
+            Ok(a) => (a, Plan::of_listener(&worker, kind, name)),
             Err(e) => {
                 tracing::debug!(%peer, "inbound: no local address: {e}");
                 return;

@@ -181,15 +181,54 @@ fn parse_head(buf: &[u8], is_head: bool) -> Result<Head, ErrorKind> {
     }
 }
 
-/// Reads into the connection buffer; EOF and errors both mean the peer went away mid-exchange.
-async fn fill(conn: &mut Conn) -> Result<(), ErrorKind> {
+/// Reads into the connection buffer; EOF and errors both mean the peer went away mid-exchange
+/// (`Unanswered` when not one byte of the response had come yet).
+async fn fill(conn: &mut Conn, answered: bool) -> Result<(), ErrorKind> {
     let buf = std::mem::take(&mut conn.rbuf);
     let (res, buf) = read_more(&mut conn.stream, buf).await;
     conn.rbuf = buf;
     match res {
+        Ok(0) | Err(_) if !answered => Err(ErrorKind::Unanswered),
         Ok(0) | Err(_) => Err(ErrorKind::Reset),
         Ok(_) => Ok(()),
     }
+}
+
+/// Whether the server already closed this idle keep-alive connection (its FIN, a reset, or
+/// bytes nobody asked for are waiting): then a request written on it would be lost, so the
+/// caller opens a new connection instead, as HTTP clients do with pooled connections. One
+/// non-blocking `recv(MSG_PEEK)`; an open, quiet connection answers `EAGAIN`.
+fn closed_by_server(conn: &Conn) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer we own, on the connection's own descriptor.
+    let n = unsafe {
+        libc::recv(
+            conn.stream.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        n if n >= 0 => true,
+        _ => !matches!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EAGAIN | libc::EINTR)
+        ),
+    }
+}
+
+/// The connection for the next request: `kept` when the server has not closed it, else a new
+/// one (counted in `reconnects`).
+async fn reuse_or_connect(shared: &ThreadShared, kept: Option<Conn>, addr: SocketAddr) -> Result<Conn, ErrorKind> {
+    if let Some(c) = kept {
+        if !closed_by_server(&c) {
+            return Ok(c);
+        }
+        shared.stats.borrow_mut().reconnects += 1;
+    }
+    connect(addr, shared.connect_timeout).await
 }
 
 /// Sends one request and reads its complete response. Returns the status and whether the
@@ -198,6 +237,7 @@ async fn exchange(conn: &mut Conn, request: Bytes, is_head: bool) -> Result<(u16
     let (res, _) = conn.stream.write_all(request).await;
     res.map_err(|_| ErrorKind::Reset)?;
     conn.rbuf.clear();
+    let mut interim = false;
     let (status, mut pos, framing, keep_alive) = loop {
         match parse_head(&conn.rbuf, is_head)? {
             Head::Complete {
@@ -208,8 +248,9 @@ async fn exchange(conn: &mut Conn, request: Bytes, is_head: bool) -> Result<(u16
             } => break (status, head_len, framing, keep_alive),
             Head::Interim(len) => {
                 conn.rbuf.drain(..len);
+                interim = true;
             }
-            Head::Partial => fill(conn).await?,
+            Head::Partial => fill(conn, interim || !conn.rbuf.is_empty()).await?,
         }
     };
     match framing {
@@ -225,7 +266,7 @@ async fn exchange(conn: &mut Conn, request: Bytes, is_head: bool) -> Result<(u16
                 }
                 conn.rbuf.clear();
                 pos = 0;
-                fill(conn).await?;
+                fill(conn, true).await?;
             }
         }
         BodyFraming::Chunked => {
@@ -239,7 +280,7 @@ async fn exchange(conn: &mut Conn, request: Bytes, is_head: bool) -> Result<(u16
                 }
                 conn.rbuf.clear();
                 pos = 0;
-                fill(conn).await?;
+                fill(conn, true).await?;
             }
         }
         BodyFraming::UntilClose => loop {
@@ -344,15 +385,12 @@ pub(crate) async fn open_loop(shared: &ThreadShared, index: usize) {
             break;
         }
         k += 1;
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => match connect(addr, shared.connect_timeout).await {
-                Ok(c) => c,
-                Err(kind) => {
-                    shared.record(due, Err(kind));
-                    continue;
-                }
-            },
+        let mut c = match reuse_or_connect(shared, conn.take(), addr).await {
+            Ok(c) => c,
+            Err(kind) => {
+                shared.record(due, Err(kind));
+                continue;
+            }
         };
         shared.stats.borrow_mut().sent += 1;
         match timed_exchange(shared, &mut c, request).await {
@@ -378,18 +416,13 @@ pub(crate) async fn closed_loop(shared: &ThreadShared, index: usize) {
             shared.control.note_stopped();
             break;
         }
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => {
-                let at = Instant::now();
-                match connect(addr, shared.connect_timeout).await {
-                    Ok(c) => c,
-                    Err(kind) => {
-                        shared.record(at, Err(kind));
-                        monoio::time::sleep(CLOSED_LOOP_RECONNECT_PAUSE).await;
-                        continue;
-                    }
-                }
+        let at = Instant::now();
+        let mut c = match reuse_or_connect(shared, conn.take(), addr).await {
+            Ok(c) => c,
+            Err(kind) => {
+                shared.record(at, Err(kind));
+                monoio::time::sleep(CLOSED_LOOP_RECONNECT_PAUSE).await;
+                continue;
             }
         };
         let sent_at = Instant::now();
@@ -409,6 +442,35 @@ pub(crate) async fn closed_loop(shared: &ThreadShared, index: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection the server closed while it idled is seen as closed before a request is
+    /// written on it; an open, quiet one is not.
+    #[test]
+    fn a_connection_closed_by_the_server_is_seen_before_reuse() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let conn = connect(listener.local_addr().unwrap(), Duration::from_secs(2))
+                .await
+                .unwrap();
+            let (server, _) = listener.accept().unwrap();
+            assert!(!closed_by_server(&conn), "open and quiet");
+            drop(server);
+            // Loopback delivers the FIN within the close; the bound only guards a slow machine.
+            let mut seen = false;
+            for _ in 0..1000 {
+                if closed_by_server(&conn) {
+                    seen = true;
+                    break;
+                }
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(seen, "the server's FIN is seen");
+        });
+    }
 
     #[test]
     fn due_times_spread_connections_evenly() {

@@ -211,7 +211,14 @@ pub(crate) fn h2_headers(user: &[(String, String)], protocol: Protocol) -> anyho
 
 /// Maps an `h2` error to the kind it is counted as.
 fn h2_kind(e: &h2::Error) -> ErrorKind {
-    if e.is_reset() {
+    // A stream above the last stream id of the server's GOAWAY (h2 reports the GOAWAY itself
+    // for it; a stream the server did take and that was cut later ends in an I/O error), or
+    // reset with REFUSED_STREAM: the server did nothing with it.
+    let refused_by_goaway = e.is_go_away() && e.is_remote();
+    let refused_stream = e.is_reset() && e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM);
+    if refused_by_goaway || refused_stream {
+        ErrorKind::Refused
+    } else if e.is_reset() {
         ErrorKind::StreamReset
     } else if e.is_io() || e.is_go_away() {
         ErrorKind::Reset
@@ -433,14 +440,22 @@ impl Lane {
     async fn exchange_inner(&mut self, shared: &ThreadShared, proto: &ProtoShared) -> Result<u16, ErrorKind> {
         match self {
             Lane::H2(slot) => {
-                let r = h2_exchange(slot, shared, proto).await;
+                let mut r = h2_exchange(slot, shared, proto).await;
+                if matches!(r, Err(ErrorKind::Refused)) {
+                    shared.stats.borrow_mut().retried_unprocessed += 1;
+                    r = h2_exchange(slot, shared, proto).await;
+                }
                 if matches!(r, Err(ErrorKind::Reset)) {
                     slot.drop_connection();
                 }
                 r
             }
             Lane::Grpc(slot) => {
-                let r = grpc_unary(slot, shared, proto).await;
+                let mut r = grpc_unary(slot, shared, proto).await;
+                if matches!(r, Err(ErrorKind::Refused)) {
+                    shared.stats.borrow_mut().retried_unprocessed += 1;
+                    r = grpc_unary(slot, shared, proto).await;
+                }
                 if matches!(r, Err(ErrorKind::Reset)) {
                     slot.drop_connection();
                 }
@@ -474,9 +489,22 @@ impl Lane {
     }
 }
 
+/// A connection ready for a new stream. One on which the server sent `GOAWAY` (a draining
+/// proxy) takes no new stream — `h2` refuses it before anything is sent — so the lane opens a
+/// new connection instead (counted in `reconnects`, not as a failure); streams already open on
+/// the old one finish there.
 async fn ready(slot: &ConnSlot, shared: &ThreadShared, proto: &ProtoShared) -> Result<SendRequest<Bytes>, ErrorKind> {
     let send = slot.handle(proto, shared.connect_timeout).await?;
-    send.ready().await.map_err(|e| h2_kind(&e))
+    match send.ready().await {
+        Ok(send) => Ok(send),
+        Err(e) if e.is_go_away() && e.is_remote() => {
+            slot.drop_connection();
+            shared.stats.borrow_mut().reconnects += 1;
+            let send = slot.handle(proto, shared.connect_timeout).await?;
+            send.ready().await.map_err(|e| h2_kind(&e))
+        }
+        Err(e) => Err(h2_kind(&e)),
+    }
 }
 
 async fn h2_exchange(slot: &ConnSlot, shared: &ThreadShared, proto: &ProtoShared) -> Result<u16, ErrorKind> {

@@ -442,6 +442,8 @@ fn build_report(
         errors: total.errors.total(),
         errors_by_kind: total.errors,
         unsent: total.unsent,
+        reconnects: total.reconnects,
+        retried_unprocessed: total.retried_unprocessed,
         warmup_requests: total.warmup,
         late_from_warmup: total.late_from_warmup,
         sent_total: total.sent,

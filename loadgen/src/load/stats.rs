@@ -28,8 +28,15 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 pub enum ErrorKind {
     /// Could not connect (refused, unreachable, connect timeout).
     Connect,
-    /// The connection was reset or closed before the full response arrived.
+    /// The connection was reset or closed after part of the response arrived (or, HTTP/2 and
+    /// TCP, before the full response arrived).
     Reset,
+    /// HTTP/1.1: the connection closed (FIN or reset) after the request was written and before
+    /// any byte of its response: a server that closed a keep-alive connection while the
+    /// request was on its way, or that went away. The request was sent, so it is a failure;
+    /// a connection already closed *before* the request was written is not (the generator
+    /// looks before reusing one, and reconnects: `reconnects` in the report).
+    Unanswered,
     /// No complete response within the request timeout.
     Timeout,
     /// The response could not be parsed as HTTP/1.x.
@@ -40,8 +47,13 @@ pub enum ErrorKind {
     Status5xx,
     /// A gRPC call that ended with a `grpc-status` other than OK (0).
     GrpcStatus,
-    /// An HTTP/2 stream reset by the server (`RST_STREAM`) or refused.
+    /// An HTTP/2 stream reset by the server (`RST_STREAM`).
     StreamReset,
+    /// An HTTP/2 stream the server refused unprocessed — above the last stream id of its
+    /// `GOAWAY`, or reset with `REFUSED_STREAM` — twice: such a request is sent once more on
+    /// another stream (RFC 9113 §8.7 allows it: the server did nothing with it; counted in
+    /// `retried_unprocessed`), and counted here only when that one is refused too.
+    Refused,
     /// The TLS handshake failed (untrusted certificate, no `h2` ALPN, bad client cert).
     Tls,
 }
@@ -53,6 +65,9 @@ pub struct ErrorCounts {
     pub connect: u64,
     /// Connections reset or closed mid-exchange.
     pub reset: u64,
+    /// HTTP/1.1 requests written on a connection that then closed before any byte of the
+    /// response ([`ErrorKind::Unanswered`]).
+    pub unanswered: u64,
     /// Requests that timed out.
     pub timeout: u64,
     /// Unparseable responses.
@@ -65,6 +80,8 @@ pub struct ErrorCounts {
     pub grpc_status: u64,
     /// HTTP/2 streams reset by the peer.
     pub stream_reset: u64,
+    /// HTTP/2 requests refused unprocessed twice ([`ErrorKind::Refused`]).
+    pub refused: u64,
     /// Failed TLS handshakes.
     pub tls: u64,
 }
@@ -74,12 +91,14 @@ impl ErrorCounts {
     pub fn total(&self) -> u64 {
         self.connect
             + self.reset
+            + self.unanswered
             + self.timeout
             + self.malformed
             + self.status_4xx
             + self.status_5xx
             + self.grpc_status
             + self.stream_reset
+            + self.refused
             + self.tls
     }
 
@@ -88,12 +107,14 @@ impl ErrorCounts {
         match kind {
             ErrorKind::Connect => self.connect += 1,
             ErrorKind::Reset => self.reset += 1,
+            ErrorKind::Unanswered => self.unanswered += 1,
             ErrorKind::Timeout => self.timeout += 1,
             ErrorKind::Malformed => self.malformed += 1,
             ErrorKind::Status4xx => self.status_4xx += 1,
             ErrorKind::Status5xx => self.status_5xx += 1,
             ErrorKind::GrpcStatus => self.grpc_status += 1,
             ErrorKind::StreamReset => self.stream_reset += 1,
+            ErrorKind::Refused => self.refused += 1,
             ErrorKind::Tls => self.tls += 1,
         }
     }
@@ -101,12 +122,14 @@ impl ErrorCounts {
     pub(crate) fn merge(&mut self, o: &ErrorCounts) {
         self.connect += o.connect;
         self.reset += o.reset;
+        self.unanswered += o.unanswered;
         self.timeout += o.timeout;
         self.malformed += o.malformed;
         self.status_4xx += o.status_4xx;
         self.status_5xx += o.status_5xx;
         self.grpc_status += o.grpc_status;
         self.stream_reset += o.stream_reset;
+        self.refused += o.refused;
         self.tls += o.tls;
     }
 
@@ -136,6 +159,11 @@ pub(crate) struct ThreadStats {
     /// Open loop only: requests due inside the window that were never sent because their
     /// connection was still waiting on an earlier response when the run ended.
     pub(crate) unsent: u64,
+    /// Connections found closed by the server before a request was written on them (HTTP/1.1:
+    /// closed while idle; HTTP/2: `GOAWAY` received); the request went on a new connection.
+    pub(crate) reconnects: u64,
+    /// HTTP/2 requests refused unprocessed and sent once more (see [`ErrorKind::Refused`]).
+    pub(crate) retried_unprocessed: u64,
     /// With `--hlog`: interval length and one histogram per interval of the window.
     pub(crate) intervals: Option<(std::time::Duration, Vec<Histogram<u64>>)>,
 }
@@ -151,6 +179,8 @@ impl ThreadStats {
             late_from_warmup: 0,
             sent: 0,
             unsent: 0,
+            reconnects: 0,
+            retried_unprocessed: 0,
             intervals: None,
         }
     }
@@ -187,6 +217,8 @@ impl ThreadStats {
         self.late_from_warmup += o.late_from_warmup;
         self.sent += o.sent;
         self.unsent += o.unsent;
+        self.reconnects += o.reconnects;
+        self.retried_unprocessed += o.retried_unprocessed;
         if let Some((len, theirs)) = &o.intervals {
             let (_, mine) = self.intervals.get_or_insert_with(|| (*len, Vec::new()));
             while mine.len() < theirs.len() {

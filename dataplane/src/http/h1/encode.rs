@@ -4,11 +4,12 @@
 //! bytes it was parsed from; these functions write the head the next hop should see into a
 //! `BytesMut` in one pass: start line, the original fields minus hop-by-hop ones (RFC 9110
 //! §7.6.1) and minus what the route removes, the route's set/add operations, the proxy's own
-//! fields (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`, `x-forwarded-client-cert`)
-//! and framing fields that match how the body is actually forwarded. Hop-by-hop fields were
+//! fields (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`, `x-forwarded-client-cert`,
+//! and the trace context when tracing is on) and framing fields that match how the body is actually forwarded. Hop-by-hop fields were
 //! classified at parse time ([`HeaderKind`]), so the common case compares no strings. Bodies
 //! are never touched here. Nothing here allocates beyond growing `dst`, reads a clock, or draws
-//! random numbers (the caller passes a generated request id and the connection's XFCC element).
+//! random numbers (the caller passes a generated request id, the connection's XFCC element and
+//! the formatted trace fields).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use bytes::{BufMut, BytesMut};
 use http::HeaderValue;
 
 use super::head::{BodyFraming, HeaderKind, HeaderSpan, RequestHead, ResponseHead, TargetForm};
+use crate::telemetry::trace::is_propagation_field;
 
 /// Route header operations, applied to the original fields before the proxy adds its own.
 ///
@@ -116,6 +118,10 @@ pub struct RequestEncode<'a, N = &'a str, V = &'a str> {
     pub request_id: Option<&'a [u8]>,
     /// What to do with `x-forwarded-client-cert`; `None` leaves it alone.
     pub xfcc: Option<Xfcc<'a>>,
+    /// This hop's trace context (`telemetry::trace`): the request's own propagation fields
+    /// (`traceparent`, `b3`, `x-b3-*`; not `tracestate`) are left out and these are written
+    /// instead; `None` (tracing off) leaves them alone.
+    pub trace: Option<&'a [(&'static str, &'a [u8])]>,
     /// How the body is forwarded: `Length(n)` writes `content-length: n`, `Chunked` writes
     /// `transfer-encoding: chunked`, `None` writes neither.
     pub framing: BodyFraming,
@@ -135,6 +141,7 @@ impl<'a> RequestEncode<'a> {
             forwarded_proto: None,
             request_id: None,
             xfcc: None,
+            trace: None,
             framing: head.framing(),
             connection: if head.connection().upgrade {
                 ConnectionHeader::Upgrade
@@ -156,6 +163,7 @@ impl<'a, N, V> RequestEncode<'a, N, V> {
             forwarded_proto: self.forwarded_proto,
             request_id: self.request_id,
             xfcc: self.xfcc,
+            trace: self.trace,
             framing: self.framing,
             connection: self.connection,
         }
@@ -209,7 +217,10 @@ pub fn encode_request_head<N: AsRef<[u8]>, V: AsRef<[u8]>>(
     opts: &RequestEncode<'_, N, V>,
     dst: &mut BytesMut,
 ) {
-    dst.reserve(head.len() + 128 + opts.xfcc.map_or(0, Xfcc::room));
+    let trace_room: usize = opts
+        .trace
+        .map_or(0, |t| t.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
+    dst.reserve(head.len() + 128 + opts.xfcc.map_or(0, Xfcc::room) + trace_room);
     dst.put_slice(head.method().as_bytes(src));
     dst.put_u8(b' ');
     match opts.target {
@@ -242,6 +253,7 @@ pub fn encode_request_head<N: AsRef<[u8]>, V: AsRef<[u8]>>(
             HeaderKind::XForwardedFor if opts.client_ip.is_some() => continue, // merged below
             HeaderKind::XForwardedProto if opts.forwarded_proto.is_some() => continue,
             HeaderKind::XForwardedClientCert if opts.xfcc.is_some() => continue, // dropped or merged below
+            HeaderKind::Other if opts.trace.is_some() && is_propagation_field(h.name(src)) => continue, // ours below
             _ => {}
         }
         if head.connection().extra_tokens && named_by_connection(head.headers(), src, h) {
@@ -289,6 +301,9 @@ pub fn encode_request_head<N: AsRef<[u8]>, V: AsRef<[u8]>>(
     }
     if let (false, Some(id)) = (has_request_id, opts.request_id) {
         put_field(dst, b"x-request-id", id);
+    }
+    for (name, value) in opts.trace.unwrap_or_default() {
+        put_field(dst, name.as_bytes(), value);
     }
     put_framing(dst, opts.framing);
     put_connection(dst, opts.connection);

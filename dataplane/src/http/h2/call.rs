@@ -26,12 +26,13 @@ use crate::http::forward::{back_off, hash_key, write_uuid4, InFlight};
 use crate::http::grpc;
 use crate::http::h1::Xfcc;
 use crate::http::proxy::redirect_location;
-use crate::http::retry::{self, Decision, Retries, RetrySlot};
+use crate::http::retry::{Decision, Retries, RetrySlot};
 use crate::http::route_view::H2RouteView;
 use crate::lb;
 use crate::state::WorkerSnapshot;
 use crate::telemetry::request::{Details, Facts, Protocol, RequestSide};
 use crate::telemetry::stats::inc;
+use crate::telemetry::trace;
 
 /// The header that carries a local reply's one-line reason.
 const REASON_HEADER: http::header::HeaderName =
@@ -142,47 +143,73 @@ pub(crate) async fn serve(worker: Rc<Worker>, handed: Handed) {
             let e = ProxyError::new(ErrorKind::NoRoute, Side::Internal, "no virtual host or route matched");
             reply.error(&mut respond, e, None);
         }
-        Some((route, matched)) => match &route.action {
-            RouteAction::Direct(d) => {
-                let headers = route
-                    .response_headers
-                    .set
-                    .iter()
-                    .chain(route.response_headers.add.iter());
-                reply.direct(
-                    &mut respond,
-                    d.status,
-                    headers,
-                    Bytes::copy_from_slice(d.body.as_bytes()),
-                );
+        Some((route, matched)) => 'route: {
+            // ringmesh's local rate limits, the listener's and the route's: 429 `RL` (gRPC
+            // `UNAVAILABLE` or `RESOURCE_EXHAUSTED`). The buckets are the same on every core,
+            // so a call handed to another worker counts where it is served.
+            let limited =
+                crate::http::local_rate_limit::check(&view, route_by.listener_limit(), route.local_rate_limit.as_ref());
+            if let Some(e) = limited {
+                reply.error(&mut respond, e, None);
+                break 'route;
             }
-            RouteAction::Redirect(r) => {
-                let location = redirect_location(r, host, rv.path, rv.query);
-                let loc = [("location".to_string(), location)];
-                reply.direct(&mut respond, r.status, loc.iter(), Bytes::new());
-            }
-            RouteAction::Forward(action) => {
-                let call = Call {
-                    worker: &worker,
-                    facts: &facts,
-                    view: &view,
-                    peer,
-                    xfcc: crate::tls::xfcc(inbound.as_deref()),
-                    parts: &parts,
-                    rv: &rv,
-                    route,
-                    matched,
-                    action,
-                    grpc,
-                    idle,
-                    client_gone: &client_gone,
-                    client_stalled: &client_stalled,
-                };
-                if let Err((e, body)) = forward(&call, ReplayBody::new(body), &mut respond).await {
-                    reply.error(&mut respond, e, body);
+            // Istio's fault injection: the delay, then the abort, before the route's action.
+            if let Some(fault) = route.fault.as_deref() {
+                let draw = crate::http::fault::draw(&worker, fault);
+                if let Some(delay) = draw.delay {
+                    facts.delayed.set(true);
+                    if !crate::http::fault::h2_delay(delay, &mut respond).await {
+                        reply.error(&mut respond, crate::http::fault::client_gone(), None);
+                        break 'route;
+                    }
+                }
+                if let Some(e) = draw.abort {
+                    reply.error(&mut respond, e, None);
+                    break 'route;
                 }
             }
-        },
+            match &route.action {
+                RouteAction::Direct(d) => {
+                    let headers = route
+                        .response_headers
+                        .set
+                        .iter()
+                        .chain(route.response_headers.add.iter());
+                    reply.direct(
+                        &mut respond,
+                        d.status,
+                        headers,
+                        Bytes::copy_from_slice(d.body.as_bytes()),
+                    );
+                }
+                RouteAction::Redirect(r) => {
+                    let location = redirect_location(r, host, rv.path, rv.query);
+                    let loc = [("location".to_string(), location)];
+                    reply.direct(&mut respond, r.status, loc.iter(), Bytes::new());
+                }
+                RouteAction::Forward(action) => {
+                    let call = Call {
+                        worker: &worker,
+                        facts: &facts,
+                        view: &view,
+                        peer,
+                        xfcc: crate::tls::xfcc(inbound.as_deref()),
+                        parts: &parts,
+                        rv: &rv,
+                        route,
+                        matched,
+                        action,
+                        grpc,
+                        idle,
+                        client_gone: &client_gone,
+                        client_stalled: &client_stalled,
+                    };
+                    if let Err((e, body)) = forward(&call, ReplayBody::new(body), &mut respond).await {
+                        reply.error(&mut respond, e, body);
+                    }
+                }
+            }
+        }
     }
     finish(
         &worker,
@@ -291,10 +318,12 @@ async fn forward(
         (a, b) => a.or(b),
     };
     let outgoing = outgoing(call, body.is_empty());
+    crate::http::mirror::not_over_http2(worker, &call.action.mirrors);
     let mut retries = Retries::new(&call.action.retry, deadline);
     let mut _retry_slot: Option<RetrySlot<'_>> = None;
     loop {
-        worker.admit_request(cluster, state).map_err(|e| (e, None))?;
+        // Held until this try ends.
+        let _admitted = worker.admit_request(cluster, state).map_err(|e| (e, None))?;
         let Some(endpoint) = lb::pick(cluster, state, &worker.rng, hash, retries.tried()) else {
             return Err((
                 ProxyError::new(ErrorKind::NoHealthyUpstream, Side::Internal, "cluster has no endpoints"),
@@ -322,21 +351,27 @@ async fn forward(
             }
         };
         _retry_slot = None;
+        retries.try_ended();
         let error = match attempt {
             Attempt::Done => return Ok(()),
             Attempt::Retry(attempt) => {
                 tracing::debug!(cluster = %cluster.name, attempt, "retrying on status");
                 back_off(retries.backoff(attempt, &worker.rng)).await;
+                retries.retry_started();
                 _retry_slot = Some(RetrySlot::start(worker, &state.counters));
                 continue;
             }
-            Attempt::Failed(e) => e,
+            Attempt::Failed(e) => {
+                crate::http::forward::record_try_failure(cluster, state, endpoint, &e);
+                e
+            }
         };
         match retries.after_failure(&error, body.replayable(), Instant::now()) {
             Decision::Now => continue,
-            Decision::AfterBackoff(attempt) if retry::admit(worker) => {
+            Decision::AfterBackoff(attempt) if retries.admit(worker, &worker.breakers(cluster, state)) => {
                 tracing::debug!(cluster = %cluster.name, attempt, "retrying after {}", error);
                 back_off(retries.backoff(attempt, &worker.rng)).await;
+                retries.retry_started();
                 _retry_slot = Some(RetrySlot::start(worker, &state.counters));
                 continue;
             }
@@ -366,6 +401,19 @@ fn outgoing(call: &Call<'_>, end_stream: bool) -> Outgoing {
     });
     let mut request_id = [0u8; 36];
     write_uuid4(call.worker.rng.next_u64(), call.worker.rng.next_u64(), &mut request_id);
+    let headers = &call.parts.headers;
+    let mut ctx = trace::begin(&call.worker.rng, &call.view.snapshot.telemetry.tracing, || {
+        trace::Incoming::from_fields(headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())))
+    });
+    if let Some(t) = ctx
+        .as_mut()
+        .filter(|t| t.sampled && !headers.contains_key("x-request-id"))
+    {
+        t.request_id = Some(request_id);
+    }
+    call.facts.trace.set(ctx);
+    let trace_out = ctx.as_ref().map(trace::Outgoing::of);
+    let trace_fields = trace_out.as_ref().map(trace::Outgoing::fields);
     Outgoing::from_h2(
         call.parts,
         end_stream,
@@ -376,6 +424,7 @@ fn outgoing(call: &Call<'_>, end_stream: bool) -> Outgoing {
             client_ip: call.peer.ip(),
             request_id: &request_id,
             xfcc: call.xfcc,
+            trace: trace_fields.as_ref().map(|f| f.as_slice()),
         },
     )
 }
@@ -432,6 +481,10 @@ impl Reply<'_> {
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
         if let Some(r) = reason.and_then(|r| HeaderValue::from_str(&r).ok()) {
             h.insert(REASON_HEADER, r);
+        }
+        // An injected gRPC abort carries its status as gRPC would, in a `grpc-status` field.
+        if let ErrorKind::FaultAbort(ringmesh_api::snapshot::FaultStatus::Grpc(code)) = e.kind {
+            h.insert("grpc-status", HeaderValue::from(u16::from(code)));
         }
         self.facts.bytes_sent.set(text.len() as u64);
         send_whole(respond, resp, text);

@@ -115,9 +115,9 @@ pub(crate) enum OpenFailed {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn open(
     worker: &crate::worker::Worker,
+    cluster: &ringmesh_api::snapshot::Cluster,
     state: &crate::lb::ClusterState,
     endpoint: (usize, SocketAddr),
-    limits: ConnLimits,
     mtls: Option<crate::tls::outbound::Target<'_>>,
     wait: Duration,
     request: http::Request<()>,
@@ -131,8 +131,17 @@ pub(crate) async fn open(
         host: target.host,
         config: &config,
     });
-    let lease = match super::bodies::within(wait, worker.h2pool.lease(endpoint.1, limits, tls, &worker.stats)).await {
+    let limits = super::upstream::conn_limits(cluster);
+    let breakers = worker.breakers(cluster, state);
+    let lease = match super::bodies::within(
+        wait,
+        worker.h2pool.lease(endpoint.1, limits, tls, &breakers, &worker.stats),
+    )
+    .await
+    {
         Ok(Ok(l)) => l,
+        // The cluster's maxConnections kept a new connection from opening: no connect failed.
+        Ok(Err(e)) if e.kind == ErrorKind::Overflow => return Err(OpenFailed::Failed(e)),
         Ok(Err(e)) => {
             inc(&worker.stats.upstream_cx_connect_fail);
             inc(&state.endpoints[endpoint.0].cx_connect_fail);
@@ -215,6 +224,8 @@ pub(crate) struct ConnLimits {
     pub(crate) max_requests: Option<u32>,
     /// TCP connect timeout.
     pub(crate) connect_timeout: Duration,
+    /// TCP keep-alive on the socket.
+    pub(crate) keepalive: Option<ringmesh_api::snapshot::TcpKeepalive>,
 }
 
 /// Connections are kept apart by endpoint and by whether they are mutual TLS (a rotation does
@@ -244,6 +255,7 @@ impl H2Pool {
         addr: SocketAddr,
         limits: ConnLimits,
         tls: Option<Mtls<'_>>,
+        breakers: &crate::cluster::breaker::Breakers<'_>,
         stats: &crate::telemetry::stats::WorkerStats,
     ) -> Result<Lease, ProxyError> {
         use crate::telemetry::stats::inc;
@@ -260,6 +272,11 @@ impl H2Pool {
             let attempt = match pending {
                 Some(p) => p,
                 None => {
+                    // A new connection needs a place under the cluster's maxConnections; none
+                    // left: refused at once (HTTP/2 requests do not queue for a connection).
+                    let Some(slot) = breakers.try_connection() else {
+                        return Err(breakers.connection_overflow());
+                    };
                     let tls = match &tls {
                         None => None,
                         Some(m) => match (m.config)() {
@@ -277,7 +294,9 @@ impl H2Pool {
                             }
                         },
                     };
-                    let fut = connect(addr, limits.connect_timeout, tls).boxed_local().shared();
+                    let fut = connect(addr, limits.connect_timeout, limits.keepalive, tls, slot)
+                        .boxed_local()
+                        .shared();
                     self.connecting.borrow_mut().insert(key, fut.clone());
                     fut
                 }
@@ -366,7 +385,9 @@ async fn keep_alive(ping: Option<h2::PingPong>) {
 async fn connect(
     addr: SocketAddr,
     timeout: Duration,
+    keepalive: Option<ringmesh_api::snapshot::TcpKeepalive>,
     tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    slot: crate::cluster::breaker::ConnSlot,
 ) -> Result<Rc<H2Conn>, ProxyError> {
     let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => s,
@@ -386,8 +407,9 @@ async fn connect(
         }
     };
     let _ = stream.set_nodelay(true);
+    crate::cluster::pool::set_keepalive(std::os::fd::AsRawFd::as_raw_fd(&stream), keepalive.as_ref());
     match tls {
-        None => start(addr, timeout, MaybeTls::Plain(io::compat(stream)), None).await,
+        None => start(addr, timeout, MaybeTls::Plain(io::compat(stream)), None, slot).await,
         Some((config, host)) => {
             let name = ServerName::try_from(host)
                 .unwrap_or_else(|_| ServerName::try_from("mesh.invalid").expect("a valid DNS name"));
@@ -395,7 +417,7 @@ async fn connect(
             match monoio::time::timeout(timeout.max(crate::tls::inbound::CLIENT_HANDSHAKE_TIMEOUT), connect).await {
                 Ok(Ok(tls)) => {
                     let peer = crate::tls::outbound::peer_of(&tls);
-                    start(addr, timeout, MaybeTls::Tls(Box::new(tls)), peer).await
+                    start(addr, timeout, MaybeTls::Tls(Box::new(tls)), peer, slot).await
                 }
                 Ok(Err(e)) => {
                     tracing::info!(upstream = %addr, "outbound mTLS handshake failed: {e}");
@@ -421,6 +443,7 @@ async fn start(
     timeout: Duration,
     stream: MaybeTls<ClientTls>,
     peer: Option<Box<str>>,
+    slot: crate::cluster::breaker::ConnSlot,
 ) -> Result<Rc<H2Conn>, ProxyError> {
     let handshake = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
@@ -443,6 +466,8 @@ async fn start(
     let closed = Rc::new(Cell::new(false));
     let done = closed.clone();
     monoio::spawn(async move {
+        // The connection counts under its cluster's maxConnections until its task ends.
+        let _slot = slot;
         let mut connection = connection;
         let ping = connection.ping_pong();
         let ended = {

@@ -21,13 +21,12 @@ use h2::SendStream;
 use super::bodies::{self, Broken, H1Piece, H1Source};
 use super::client::{self, OpenFailed};
 use super::headers::{encode_h2_response_as_h1, h1_framing_of, Outgoing, Rewrite};
-use super::upstream::conn_limits;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::forward::{record_upstream_status, Exchange, Outcome, Plan, Try, UPSTREAM_RESET};
 use crate::http::grpc;
 use crate::http::h1::{write_chunk_header, BodyFraming, ConnectionHeader, CRLF, LAST_CHUNK};
 use crate::http::request_body::RequestBody;
-use crate::http::retry::{self, Decision, Retries};
+use crate::http::retry::{Decision, Retries};
 
 /// Largest first DATA frame copied into the same write as the response head.
 const COALESCE_MAX: usize = 16 * 1024;
@@ -35,6 +34,9 @@ const COALESCE_MAX: usize = 16 * 1024;
 /// The request as it goes to an HTTP/2 upstream, built on the first try that needs it.
 fn outgoing<'p>(ex: &Exchange<'_>, plan: &'p Plan<'_>) -> &'p Outgoing {
     plan.h2_head.get_or_init(|| {
+        let trace = ex.facts.trace.get();
+        let trace = trace.as_ref().map(crate::telemetry::trace::Outgoing::of);
+        let trace = trace.as_ref().map(crate::telemetry::trace::Outgoing::fields);
         Outgoing::from_h1(
             ex.head,
             ex.src,
@@ -45,6 +47,7 @@ fn outgoing<'p>(ex: &Exchange<'_>, plan: &'p Plan<'_>) -> &'p Outgoing {
                 client_ip: ex.conn.peer.ip(),
                 request_id: &plan.request_id,
                 xfcc: crate::tls::xfcc(ex.conn.inbound.as_deref()),
+                trace: trace.as_ref().map(|f| f.as_slice()),
             },
         )
     })
@@ -79,9 +82,9 @@ pub(crate) async fn one_try(
     ex.facts.sending_upstream();
     let opened = client::open(
         worker,
+        plan.cluster,
         plan.state,
         (endpoint, addr),
-        conn_limits(plan.cluster),
         crate::tls::outbound::Target::of(plan.cluster, endpoint),
         wait(),
         outgoing(ex, plan).to_h2(),
@@ -147,12 +150,12 @@ pub(crate) async fn one_try(
         }
     }
     if let Decision::AfterBackoff(n) = decision {
-        if retry::admit(worker) {
-            record_upstream_status(plan.state, status);
+        if retries.admit(worker, &worker.breakers(plan.cluster, plan.state)) {
+            record_upstream_status(plan.cluster, plan.state, endpoint, status);
             return Try::Retry(n);
         }
     }
-    record_upstream_status(plan.state, status);
+    record_upstream_status(plan.cluster, plan.state, endpoint, status);
     worker.stats.record_status(status);
     let facts = ex.facts;
     facts.status.set(status);

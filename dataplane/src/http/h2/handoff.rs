@@ -115,6 +115,10 @@ impl Drop for LiveCall {
 #[repr(align(128))]
 struct Load(AtomicU32);
 
+/// Added to a draining worker's load: no stream is handed to it any more (its own count stays
+/// in the bits below).
+const RETIRED: u32 = 1 << 30;
+
 /// Every worker's inbox and load; each worker holds a copy.
 #[derive(Debug, Clone)]
 pub struct Peers {
@@ -174,15 +178,34 @@ impl Peers {
         }
     }
 
-    /// This worker's requests in flight, with the streams handed to it and not yet started.
+    /// This worker's requests in flight, with the streams handed to it and not yet started
+    /// (and [`RETIRED`] once it drains).
     fn mine(&self) -> u32 {
         self.loads[self.me].0.load(Ordering::Relaxed)
+    }
+
+    /// Takes this worker out of the hand-off as its drain begins: no stream is handed to it
+    /// from now on, so it can tell when the last one handed to it is done and exit.
+    pub(crate) fn retire(&self) {
+        if self.loads.len() > 1 {
+            self.loads[self.me].0.fetch_add(RETIRED, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests in flight on this worker, streams handed to it and not yet started included
+    /// (0 with one worker, where nothing keeps count: `downstream_rq_active` says it there).
+    pub(crate) fn in_flight(&self) -> u32 {
+        if self.loads.len() > 1 {
+            self.mine() & (RETIRED - 1)
+        } else {
+            0
+        }
     }
 
     /// The worker a new stream should go to, when not this one.
     fn target(&self) -> Option<usize> {
         let mine = self.mine();
-        if self.loads.len() < 2 || mine < MARGIN {
+        if self.loads.len() < 2 || !(MARGIN..RETIRED).contains(&mine) {
             return None;
         }
         let (id, load) = self
@@ -191,6 +214,7 @@ impl Peers {
             .enumerate()
             .filter(|(id, _)| *id != self.me)
             .map(|(id, l)| (id, l.0.load(Ordering::Relaxed)))
+            .filter(|&(_, l)| l < RETIRED)
             .min_by_key(|&(_, l)| l)?;
         (load + MARGIN <= mine).then_some(id)
     }
@@ -254,6 +278,28 @@ mod tests {
         let alone = Peers::alone();
         load(&alone, 100);
         assert_eq!(alone.target(), None);
+    }
+
+    /// A draining worker gets no stream handed to it and hands none away, and still counts
+    /// the ones it was handed before.
+    #[test]
+    fn a_retired_worker_is_never_a_target_and_counts_what_it_holds() {
+        let set = channels(3);
+        let (me, _) = &set[0];
+        let load = |p: &Peers, n: u32| (0..n).for_each(|_| p.started());
+        load(me, 9);
+        load(&set[2].0, 2);
+        assert_eq!(me.target(), Some(1));
+        set[1].0.retire();
+        assert_eq!(me.target(), Some(2), "the idle but draining worker is passed over");
+        assert_eq!(set[1].0.in_flight(), 0);
+        load(&set[1].0, 1);
+        assert_eq!(set[1].0.in_flight(), 1, "its own count survives the mark");
+        set[1].0.ended();
+        assert_eq!(set[1].0.in_flight(), 0);
+        me.retire();
+        assert_eq!(me.target(), None, "a draining worker serves its streams itself");
+        assert_eq!(me.in_flight(), 9);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! A request bound for an upstream is first put in one protocol-neutral shape, [`Outgoing`]
 //! (method, authority, path, fields), whichever protocol it arrived on; the route's rewrites,
 //! header operations and the proxy's own fields (`x-forwarded-for`, `x-forwarded-proto`,
-//! `x-request-id`, `x-forwarded-client-cert`) are applied while building it, once per request.
+//! `x-request-id`, `x-forwarded-client-cert`, the trace context) are applied while building it,
+//! once per request.
 //! It then leaves as an HTTP/2 request ([`Outgoing::to_h2`]) or an HTTP/1.1 head
 //! ([`Outgoing::encode_h1`]).
 //! Responses go the other way with [`h1_response_to_h2`] and [`encode_h2_response_as_h1`].
@@ -29,6 +30,7 @@ use ringmesh_api::snapshot::HeaderOps;
 use crate::http::h1::{
     put_field, put_framing, BodyFraming, ConnectionHeader, HeaderKind, RequestHead, ResponseHead, Xfcc, CRLF,
 };
+use crate::telemetry::trace::is_propagation_field;
 
 /// A request on its way to an upstream, in the shape both encoders read.
 #[derive(Debug, Clone)]
@@ -62,6 +64,9 @@ pub(crate) struct Rewrite<'a> {
     pub(crate) request_id: &'a [u8; 36],
     /// What `x-forwarded-client-cert` becomes.
     pub(crate) xfcc: Xfcc<'a>,
+    /// This hop's trace context, in place of the request's propagation fields; `None`
+    /// (tracing off) leaves them alone.
+    pub(crate) trace: Option<&'a [(&'static str, &'a [u8])]>,
 }
 
 /// Fields that describe one HTTP/1.1 connection hop, never forwarded across protocols.
@@ -107,6 +112,7 @@ impl Outgoing {
         for (name, value) in &parts.headers {
             if name == header::HOST
                 || connection_specific(name) && !(name == header::TE && te_is_trailers(value.as_bytes()))
+                || rw.trace.is_some() && is_propagation_field(name.as_str().as_bytes())
             {
                 continue;
             }
@@ -182,7 +188,9 @@ impl Outgoing {
                 k if k.is_hop_by_hop() => continue,
                 _ => {}
             }
-            if connection_names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            if connection_names.iter().any(|n| n.eq_ignore_ascii_case(name))
+                || rw.trace.is_some() && h.kind() == HeaderKind::Other && is_propagation_field(name)
+            {
                 continue;
             }
             // The h1 parser accepted both as tokens / field values; these cannot fail, and a
@@ -246,6 +254,9 @@ impl Outgoing {
                 self.headers.insert(rid, v);
             }
         }
+        if let Some(fields) = rw.trace {
+            insert_trace(&mut self.headers, fields);
+        }
     }
 
     /// The HTTP/2 request (head only; the body follows on the stream).
@@ -284,6 +295,22 @@ impl Outgoing {
         }
         put_framing(dst, self.framing);
         dst.put_slice(CRLF);
+    }
+}
+
+/// The trace fields: their values copied into one buffer and shared by the fields (one
+/// allocation for all of them).
+fn insert_trace(headers: &mut HeaderMap, fields: &[(&'static str, &[u8])]) {
+    let mut all = BytesMut::with_capacity(fields.iter().map(|(_, v)| v.len()).sum());
+    for (_, v) in fields {
+        all.put_slice(v);
+    }
+    let mut all = all.freeze();
+    for (name, v) in fields {
+        // Lower-case hex and dashes: always a valid field value.
+        if let Ok(value) = HeaderValue::from_maybe_shared(all.split_to(v.len())) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
     }
 }
 
@@ -508,6 +535,7 @@ mod tests {
             ops,
             client_ip: "10.0.0.1".parse().unwrap(),
             request_id: ID,
+            trace: None,
             xfcc: Xfcc::Sanitize,
         }
     }

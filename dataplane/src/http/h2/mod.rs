@@ -51,6 +51,7 @@ pub fn h1_head_through_h2(raw: &[u8], limits: crate::http::h1::HeadLimits) -> Op
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             request_id: &id,
             xfcc: crate::http::h1::Xfcc::Sanitize,
+            trace: None,
         },
     );
     let req = out.to_h2();

@@ -73,6 +73,8 @@ pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 /// Longest sleep of a connection's task between looks at draining and idleness.
 const TICK: Duration = Duration::from_secs(5);
+/// The same while draining: how soon a connection whose last stream ended lets the drain go.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
 
 /// Serves one HTTP/2 connection whose first bytes (`read`, the preface and maybe more) were
 /// already read by the connection loop. `stream` is the socket (`io::compat`) or TLS over it;
@@ -114,17 +116,33 @@ pub(crate) async fn serve(
     let mut quiet_since = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let mut draining = false;
+    // The drain waits for this connection while it has streams (they may be served on other
+    // cores, and only this task moves their frames), and wakes it at once to send its GOAWAY.
+    // Once draining, a connection without streams lets go and is closed with the idle ones.
+    let mut hold = Some(crate::drain::DrainHold::new(&worker));
+    let drain = worker.drain.watch();
     loop {
         if worker.draining.get() && !draining {
+            // GOAWAY with the highest stream id and a PING, then, once the PING is answered,
+            // GOAWAY with the last stream the client opened: every stream sent before the
+            // client saw the first one is served; the connection closes after the last.
             draining = true;
             conn.graceful_shutdown();
+            timer.as_mut().reset((Instant::now() + DRAIN_TICK).into());
         }
         let accepted = {
             let accept = std::pin::pin!(conn.accept());
             let flooded = poll_fn(|cx| flood.poll_flagged(cx));
-            match select(select(accept, timer.as_mut()), std::pin::pin!(flooded)).await {
+            let drain_began = std::pin::pin!(poll_fn(|cx| if draining {
+                Poll::Pending
+            } else {
+                drain.poll_started(cx)
+            }));
+            let timer_or_drain = select(timer.as_mut(), drain_began);
+            match select(select(accept, timer_or_drain), std::pin::pin!(flooded)).await {
                 Either::Left((Either::Left((next, _)), _)) => Some(Some(next)),
-                Either::Left((Either::Right(((), _)), _)) => {
+                Either::Left((Either::Right((Either::Right(((), _)), _)), _)) => Some(None),
+                Either::Left((Either::Right((Either::Left(((), _)), _)), _)) => {
                     // Wake again for the next deadline (idle close, ping, ping answer), and at
                     // least every `TICK` to notice a drain. One timer for the connection's
                     // life: accepting a stream arms none.
@@ -134,7 +152,7 @@ pub(crate) async fn serve(
                             .min(limits.downstream_idle_timeout)
                             .saturating_sub(quiet_since.elapsed()),
                     }
-                    .clamp(Duration::from_millis(10), TICK);
+                    .clamp(Duration::from_millis(10), if draining { DRAIN_TICK } else { TICK });
                     timer.as_mut().reset((Instant::now() + tick).into());
                     Some(None)
                 }
@@ -152,6 +170,9 @@ pub(crate) async fn serve(
         };
         match accepted {
             Some(Some(Ok((req, respond)))) => {
+                if hold.is_none() {
+                    hold = Some(crate::drain::DrainHold::new(&worker));
+                }
                 quiet_since = Instant::now();
                 ping_sent = None;
                 if calls.abusive(MAX_LIVE_CALLS) {
@@ -195,6 +216,9 @@ pub(crate) async fn serve(
             }
             Some(None) => return,
             None => {
+                if draining && !conn.has_streams() {
+                    hold = None;
+                }
                 if calls.stalled() {
                     worker.stats.log_limit.log("h2-zero-window", || {
                         tracing::info!(%peer, "HTTP/2 client left a response without window for the idle timeout; GOAWAY")

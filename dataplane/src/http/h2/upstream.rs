@@ -28,7 +28,7 @@ use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::forward::{read_head, record_upstream_status, upstream_conn, HeadRead, UPSTREAM_RESET};
 use crate::http::grpc;
 use crate::http::h1::{self, BodyFraming};
-use crate::http::retry::{self, Decision, Retries};
+use crate::http::retry::{Decision, Retries};
 use crate::lb::ClusterState;
 use crate::telemetry::request::Details;
 use crate::telemetry::stats::inc;
@@ -93,8 +93,8 @@ fn retry_for(
         }
     }
     match decision {
-        Decision::AfterBackoff(n) if retry::admit(t.call.worker) => {
-            record_upstream_status(t.state, status);
+        Decision::AfterBackoff(n) if retries.admit(t.call.worker, &t.call.worker.breakers(t.cluster, t.state)) => {
+            record_upstream_status(t.cluster, t.state, t.endpoint, status);
             Some(n)
         }
         _ => None,
@@ -107,6 +107,7 @@ pub(crate) fn conn_limits(cluster: &Cluster) -> ConnLimits {
         max_streams: cluster.pool.max_concurrent_streams.unwrap_or(u32::MAX),
         max_requests: cluster.pool.max_requests_per_connection,
         connect_timeout: cluster.connect_timeout,
+        keepalive: cluster.pool.tcp_keepalive,
     }
 }
 
@@ -122,9 +123,9 @@ pub(crate) async fn to_h2(
     t.call.facts.sending_upstream();
     let opened = client::open(
         worker,
+        t.cluster,
         t.state,
         endpoint,
-        conn_limits(t.cluster),
         crate::tls::outbound::Target::of(t.cluster, t.endpoint),
         wait(t),
         t.outgoing.to_h2(),
@@ -170,7 +171,7 @@ pub(crate) async fn to_h2(
     if let Some(n) = retry_for(t, retries, replayable.get(), status, grpc_status) {
         return Attempt::Retry(n);
     }
-    record_upstream_status(t.state, status);
+    record_upstream_status(t.cluster, t.state, t.endpoint, status);
     worker.stats.record_status(status);
     facts.status.set(status);
     facts.details.set(Details::ViaUpstream);
@@ -423,7 +424,7 @@ async fn exchange_h1(
     if let Some(n) = retry_for(t, retries, replayable.get(), status, None) {
         return Err(Attempt::Retry(n));
     }
-    record_upstream_status(t.state, status);
+    record_upstream_status(t.cluster, t.state, t.endpoint, status);
     worker.stats.record_status(status);
     facts.status.set(status);
     facts.details.set(Details::ViaUpstream);

@@ -574,7 +574,9 @@ impl Drop for TimerEntry {
     }
 }
 
-#[cfg_attr(target_arch = "x86_64", repr(align(128)))]
-#[cfg_attr(not(target_arch = "x86_64"), repr(align(64)))]
+// ringmesh patch: no padding. tokio pads these fields to a cache line because its timer wheel
+// is touched from several threads; monoio's timers live and fire on one thread, so the padding
+// only made every `Sleep` 640 bytes (128-byte aligned), and with it every connection task that
+// waits under a timeout.
 #[derive(Debug, Default)]
 struct CachePadded<T>(T);
