@@ -268,7 +268,11 @@ fn tiny_suite_writes_complete_reports() {
     );
     assert!(md.contains("| HTTP/1.1 | ringmesh-telemetry | full: "), "{md}");
     // The proxy's own view beside the load generator's, in every ringmesh row: each proxy timed
-    // every request the load generator sent, its own p50 above zero and below the added p50.
+    // every request the load generator sent, and its own p50 is above zero. Whether that p50 is
+    // below the load generator's added p50 is a timing (a tiny suite's added p50 on a shared
+    // machine can be a few microseconds, or negative): the test holds the report to saying so
+    // exactly when it does not, not the machine to a figure.
+    let mut warned = Vec::new();
     let mut ringmesh_rows = vec!["ringmesh", "ringmesh-bare", "ringmesh-telemetry", "mesh", "mesh-plain"];
     if root() {
         ringmesh_rows.push("captured");
@@ -280,11 +284,11 @@ fn tiny_suite_writes_complete_reports() {
         assert_eq!(own["proxies"].as_array().unwrap().len(), proxies, "{own}");
         assert!(own["p50_us"]["median"].as_f64().unwrap() > 0.0, "{name}: {own}");
         assert_eq!(own["timed"]["median"], own["sent"]["median"], "{name}: {own}");
-        assert!(own["warning"].is_null(), "{name}: {own}");
-        assert!(
-            own["p50_us"]["median"].as_f64() < r["added_us"]["p50"]["median"].as_f64(),
-            "{name}: {own}"
-        );
+        let below = own["p50_us"]["median"].as_f64() < r["added_us"]["p50"]["median"].as_f64();
+        assert_eq!(own["warning"].is_null(), below, "{name}: {own}");
+        if !below {
+            warned.push(name);
+        }
         for run in r["runs"].as_array().unwrap() {
             assert_eq!(run["own_view"].as_array().unwrap().len(), proxies, "{run}");
         }
@@ -296,7 +300,13 @@ fn tiny_suite_writes_complete_reports() {
         "{md}"
     );
     assert!(md.contains("| mesh | HTTP/1.1 | "), "{md}");
-    assert!(!md.contains("**WARNING**"), "{md}");
+    // A warning in the report for each row whose own view disagreed, and for no other.
+    // (The suite runs HTTP/1.1 only here, so a row's name is its scenario's.)
+    assert_eq!(md.matches("**WARNING** |").count(), warned.len(), "{warned:?}: {md}");
+    assert_eq!(md.matches("\n**WARNING** ").count(), warned.len(), "{warned:?}: {md}");
+    for name in &warned {
+        assert!(md.contains(&format!("\n**WARNING** {name}: the proxy's own p50 (")), "{md}");
+    }
     let own_hgrm = std::fs::read_to_string(out.join("ringmesh-own-r2.hgrm")).unwrap();
     assert!(
         !ringmesh_loadgen::parse_hgrm(&own_hgrm).unwrap().is_empty(),
