@@ -1,12 +1,12 @@
 //! Compiles etcd's protos (`proto/etcd/`, vendored from etcd) into the client `etcd.rs` speaks,
 //! with protox (a protobuf compiler in pure Rust) so that no build needs a system `protoc`, and
-//! sets the shared link flags of the binaries (`build/pack-relocs.rs`).
+//! sets the shared link flags of the binaries (`build/link.rs`).
 
-#[path = "../build/pack-relocs.rs"]
-mod pack_relocs;
+#[path = "../build/link.rs"]
+mod link;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    pack_relocs::main();
+    link::main();
     let protos = [
         "proto/etcd/api/etcdserverpb/rpc.proto",
         "proto/etcd/api/mvccpb/kv.proto",
@@ -14,7 +14,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
-    println!("cargo:rerun-if-changed=../build/pack-relocs.rs");
     let fds = protox::compile(protos, ["proto"])?;
     // Clients only; `etcd.rs` builds its own channels (one per member, see `EtcdClient`).
     tonic_prost_build::configure()

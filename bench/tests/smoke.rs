@@ -305,7 +305,10 @@ fn tiny_suite_writes_complete_reports() {
     assert_eq!(md.matches("**WARNING** |").count(), warned.len(), "{warned:?}: {md}");
     assert_eq!(md.matches("\n**WARNING** ").count(), warned.len(), "{warned:?}: {md}");
     for name in &warned {
-        assert!(md.contains(&format!("\n**WARNING** {name}: the proxy's own p50 (")), "{md}");
+        assert!(
+            md.contains(&format!("\n**WARNING** {name}: the proxy's own p50 (")),
+            "{md}"
+        );
     }
     let own_hgrm = std::fs::read_to_string(out.join("ringmesh-own-r2.hgrm")).unwrap();
     assert!(
