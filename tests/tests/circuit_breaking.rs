@@ -274,7 +274,10 @@ fn http2_max_requests_of_one_holds_with_two_workers(io: IoMode) {
     assert_eq!(gate.most_held(), 1, "the upstream never held two requests at once");
     gate.open();
     assert_eq!(held.join().expect("client").status, 200);
-    // The slot went back: the next request is served, on whichever worker takes it.
+    // The slot goes back once the try has ended, just after the answer's last write (a client
+    // that asks again the instant it reads the answer can still meet it held): then the next
+    // request is served, on whichever worker takes it.
+    metric_reaches(p.admin(), "ringmesh_cluster_upstream_rq_active", 0.0);
     for _ in 0..4 {
         assert_eq!(Client::connect(p.http()).get("echo.test", "/after").status, 200);
     }

@@ -418,9 +418,14 @@ fn refused_proxy_keeps_serving_and_says_why(io: IoMode) {
 fn ready_once_the_first_config_is_applied(io: IoMode) {
     let dir = temp_dir();
     std::fs::write(dir.path().join("mesh.yaml"), mesh(100, 0).join("\n---\n")).unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+    // The control plane's port, held by a socket that is bound but not listening: connecting
+    // to it is refused (nothing listens yet), and no other test's listener can take the port
+    // meanwhile, as one could after a listener on port 0 was dropped.
+    let reserved = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    reserved
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .unwrap();
+    let addr = reserved.local_addr().unwrap().as_socket().unwrap();
     let v1 = Upstream::named("v1");
     let _app = TestProxy::start(&[proxy_config(
         io,
@@ -464,6 +469,7 @@ fn ready_once_the_first_config_is_applied(io: IoMode) {
     }
     assert_eq!(Client::connect(client.http()).get("reviews.test", "/").status, 404);
 
+    drop(reserved);
     let mut cp = TestControlPlane::serve(dir.path().to_path_buf(), addr);
     if let Err(e) = eventually(Duration::from_secs(15), "/healthz/ready to answer 200", || {
         admin_get(client.health(), "/healthz/ready") == (200, "ready\n".into())
